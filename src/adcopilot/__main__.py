@@ -1,0 +1,5 @@
+"""Allows `python -m adcopilot`."""
+
+from adcopilot.cli import main
+
+main()

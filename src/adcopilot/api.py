@@ -1,0 +1,214 @@
+"""The Python API: :class:`Copilot` loads a model and inspects query/reference pairs.
+
+Usage::
+
+    from adcopilot import Copilot
+    cp = Copilot.load()                       # the shipped default model
+    r = cp.inspect("query.png", ["good1.png", "good2.png"])
+    r.verdict, r.score, [b.bbox_2d for b in r.boxes]
+    cp = Copilot.load("baseline")             # the training-free comparison
+
+Data flow: load and validate images -> resize both to the model's square size -> register the
+query onto the (first) reference -> detector's anomaly map in the reference frame -> warp the
+map back to the query frame -> resize to the query's pixels -> score, verdict, boxes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.geometry import region_name
+from adcopilot.imaging import ImageInput, load_image, to_float_array
+from adcopilot.model.boxes import BoxRules, boxes_from_map
+from adcopilot.model.detector import Detector
+from adcopilot.registration import Registration, register, warp
+from adcopilot.results import Box, InspectionResult
+
+log = logging.getLogger(__name__)
+
+
+def _source_name(src: ImageInput, fallback: str) -> str:
+    return str(src) if isinstance(src, (str, os.PathLike)) else fallback
+
+
+def _cache_key(src: ImageInput, size: int) -> str | None:
+    h = hashlib.sha1(str(size).encode())
+    if isinstance(src, (str, os.PathLike)):
+        p = Path(src)
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        h.update(f"{p.resolve()}|{st.st_mtime_ns}|{st.st_size}".encode())
+    elif isinstance(src, (bytes, bytearray)):
+        h.update(bytes(src))
+    elif isinstance(src, np.ndarray):
+        h.update(np.ascontiguousarray(src).tobytes())
+        h.update(str(src.shape).encode())
+    else:
+        return None
+    return h.hexdigest()
+
+
+class Copilot:
+    """An inspection assistant around one detector (and, when present, a language model)."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        threshold: float | None = None,
+        registration: bool = True,
+        box_rules: BoxRules | None = None,
+        cache_size: int = 256,
+        language: Any = None,
+        model_name: str | None = None,
+    ) -> None:
+        self.detector = detector
+        self.threshold = float(threshold if threshold is not None else detector.threshold)
+        self.registration = registration
+        self.box_rules = box_rules or BoxRules()
+        self.language = language
+        self.model_name = model_name or detector.name
+        self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
+        self._cache_size = cache_size
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        threshold: float | None = None,
+        registration: bool = True,
+    ) -> Copilot:
+        """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder."""
+        from adcopilot.model.registry import load_detector
+
+        detector, meta = load_detector(model)
+        thr = threshold if threshold is not None else meta.get("threshold")
+        return cls(
+            detector,
+            threshold=thr,
+            registration=registration,
+            language=meta.get("language"),
+            model_name=meta.get("name", detector.name),
+        )
+
+    # ------------------------------------------------------------------ references
+    def _reference(self, src: ImageInput, name: str) -> tuple[np.ndarray, Any]:
+        size = self.detector.image_size
+        key = _cache_key(src, size)
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        arr = to_float_array(load_image(src, name=name), size)
+        entry = (arr, self.detector.encode_reference(arr))
+        if key is not None:
+            self._cache[key] = entry
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return entry
+
+    # ------------------------------------------------------------------ inspection
+    def anomaly_map(
+        self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
+    ) -> tuple[np.ndarray, tuple[int, int], Registration, dict[str, float]]:
+        """Anomaly map in the query's pixels ((H, W) float32), the query size (w, h), the
+        registration used, and timings in ms."""
+        refs = self._as_list(references)
+        t0 = time.perf_counter()
+        qimg = load_image(query, name=_source_name(query, "query"))
+        size = self.detector.image_size
+        q = to_float_array(qimg, size)
+        encoded = [self._reference(r, _source_name(r, f"reference {i + 1}")) for i, r in enumerate(refs)]
+        t1 = time.perf_counter()
+        reg = register(q, encoded[0][0]) if self.registration else Registration()
+        q_aligned = warp(q, reg.matrix) if reg.method != "identity" else q
+        t2 = time.perf_counter()
+        amap = self.detector.anomaly_map(q_aligned, [e[1] for e in encoded])  # (S, S), reference frame
+        t3 = time.perf_counter()
+        if reg.method != "identity":
+            amap = warp(amap, reg.inverse, border="constant")
+        w, h = qimg.size
+        amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        timings = {
+            "load": (t1 - t0) * 1e3,
+            "register": (t2 - t1) * 1e3,
+            "detect": (t3 - t2) * 1e3,
+        }
+        return amap, (w, h), reg, timings
+
+    def inspect(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        *,
+        threshold: float | None = None,
+    ) -> InspectionResult:
+        """Compare ``query`` with normal ``references``; verdict, score, boxes, description."""
+        thr = float(threshold if threshold is not None else self.threshold)
+        t0 = time.perf_counter()
+        amap, (w, h), reg, timings = self.anomaly_map(query, references)
+        score = self.detector.pool_score(amap)
+        anomalous = score >= thr
+        boxes: list[Box] = []
+        if anomalous:
+            for bbox, s in boxes_from_map(amap, thr, self.box_rules):
+                boxes.append(Box(bbox_2d=bbox, label=self._label(bbox, w, h), score=s))
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return InspectionResult(
+            query=_source_name(query, "query"),
+            references=[_source_name(r, f"reference {i + 1}") for i, r in enumerate(self._as_list(references))],
+            verdict="anomalous" if anomalous else "normal",
+            score=score,
+            threshold=thr,
+            boxes=boxes,
+            description=self._describe(anomalous, boxes, w, h),
+            model=self.model_name,
+            image_size=(w, h),
+            registration=reg.to_dict(),
+            timings_ms=timings,
+            anomaly_map=amap,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _as_list(references: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+        if isinstance(references, (str, os.PathLike, bytes, bytearray, np.ndarray)) or not isinstance(
+            references, Sequence
+        ):
+            refs = [references]
+        else:
+            refs = list(references)
+        if not refs:
+            raise AdcopilotError("at least one normal reference image is needed (--ref)")
+        return refs
+
+    def _label(self, bbox: list[int], w: int, h: int) -> str:
+        return "defect"
+
+    @staticmethod
+    def _describe(anomalous: bool, boxes: list[Box], w: int, h: int) -> str:
+        if not anomalous:
+            return "No defect found: the query matches the normal reference."
+        if not boxes:
+            return "The query differs from the normal reference, but no compact defect region stands out."
+        parts = []
+        for b in boxes[:3]:
+            x1, y1, x2, y2 = b.bbox_2d
+            frac = 100.0 * (x2 - x1) * (y2 - y1) / float(w * h)
+            parts.append(f"{b.label} at the {region_name(b.bbox_2d, w, h)} ({frac:.1f}% of the image)")
+        n = len(boxes)
+        return f"{n} defect region{'s' if n > 1 else ''} found: " + "; ".join(parts) + "."

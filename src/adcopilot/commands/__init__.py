@@ -1,0 +1,1 @@
+"""CLI commands, one module each; :mod:`adcopilot.cli` registers them on the app."""

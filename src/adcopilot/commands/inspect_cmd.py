@@ -1,0 +1,49 @@
+"""``adcopilot inspect QUERY --ref REF [--ref ...]``: verdict, score, boxes, annotated image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("inspect")
+    def inspect(
+        query: Path = typer.Argument(..., help="The image to inspect."),
+        ref: list[Path] = typer.Option(..., "--ref", "-r", help="A normal reference image (repeatable)."),
+        model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
+        threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: the model's)."),
+        no_register: bool = typer.Option(False, "--no-register", help="Do not align the query onto the reference."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        save: Path = typer.Option(None, "--save", help="Write the annotated query image here."),
+        ask: str = typer.Option(None, "--ask", help="A question about the pair, answered in words."),
+    ) -> None:
+        """Compare QUERY with normal reference images and report defects."""
+        from adcopilot.api import Copilot
+        from adcopilot.visualize import save_annotated
+
+        cp = Copilot.load(model, threshold=threshold, registration=not no_register)
+        result = cp.inspect(query, ref)
+        if ask:
+            result.answer = cp.ask(query, ref, ask, result=result)
+        if save is not None:
+            save_annotated(query, result, save)
+        if as_json:
+            d = result.to_dict()
+            if save is not None:
+                d["annotated_image"] = str(save)
+            typer.echo(__import__("json").dumps(d, indent=2))
+            return
+        con = Console()
+        colour = "red" if result.is_anomalous else "green"
+        con.print(f"[bold {colour}]{result.verdict.upper()}[/]  score {result.score:.4f}  "
+                  f"(threshold {result.threshold:.4f}, model {result.model})")
+        for b in result.boxes:
+            con.print(f"  {b.label:<14} bbox_2d={b.bbox_2d}  score {b.score:.3f}")
+        con.print(result.description)
+        if result.answer:
+            con.print(f"[bold]Answer:[/] {result.answer}")
+        if save is not None:
+            con.print(f"annotated image: {save}")

@@ -1,0 +1,1 @@
+"""Data: real sources (ELPV, MVTec-style folders, MMAD), synthetic defects, Chat-AD curation."""

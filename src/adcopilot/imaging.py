@@ -1,0 +1,168 @@
+"""Image input: loading, validation, orientation and resizing.
+
+Accepts PNG, JPEG, BMP, TIFF and WebP files in 8/16-bit grayscale, RGB, RGBA or palette mode,
+applies the EXIF orientation, and refuses decompression bombs. Every failure raises
+:class:`~adcopilot.errors.ImageError` with one line naming the file and the problem.
+
+Usage::
+
+    img = load_image("part.png")          # PIL.Image in RGB
+    arr = to_float_array(img, 256)        # (256, 256, 3) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from adcopilot.errors import ImageError
+
+#: Default cap on the pixel count of an input image (about 80 megapixels).
+MAX_PIXELS = 80_000_000
+#: Formats we accept; anything else Pillow can decode is refused with a clear message.
+SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP"}
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+def _describe(source: ImageInput, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any supported mode to 8-bit RGB; 16-bit data is rescaled by its own range."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        # Full-range 16-bit images are scaled by 1/257; low-dynamic-range ones are stretched so a
+        # 12-bit sensor image does not come out black.
+        if hi <= 255:
+            scaled = arr
+        elif hi - lo < 1e-9:
+            scaled = np.zeros_like(arr)
+        else:
+            scaled = (arr - lo) / (hi - lo) * 255.0
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become white, as they would on a light table.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_image(
+    source: ImageInput, *, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """Load and validate an image from a path, bytes, a PIL image or an array; return RGB.
+
+    Raises:
+        ImageError: missing, empty, not an image, corrupt or truncated, unsupported format,
+            or more than ``max_pixels`` pixels.
+    """
+    label = _describe(source, name)
+    if isinstance(source, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(source) or source)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, label)
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise ImageError(f"{label}: empty image data")
+        stream: io.BytesIO | Path = io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{label}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{label}: is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{label}: empty file")
+        stream = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(stream)
+            fmt = img.format
+            if fmt not in SUPPORTED_FORMATS:
+                raise ImageError(
+                    f"{label}: unsupported image format {fmt}; use PNG, JPEG, BMP, TIFF or WebP"
+                )
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"{label}: image too large ({w}x{h} pixels, limit {max_pixels:,})")
+            if w == 0 or h == 0:
+                raise ImageError(f"{label}: image has zero size")
+            img.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image file or unknown format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{label}: image too large (decompression bomb guard)") from None
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg or "broken data stream" in msg:
+            raise ImageError(f"{label}: truncated image file") from None
+        raise ImageError(f"{label}: corrupt image ({msg})") from None
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{label}: corrupt image ({exc})") from None
+    img = ImageOps.exif_transpose(img) or img
+    return _to_rgb(img)
+
+
+def _from_array(arr: np.ndarray, label: str) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageError(f"{label}: array of shape {arr.shape} is not an image (H,W), (H,W,3) or (H,W,4)")
+    if arr.size == 0:
+        raise ImageError(f"{label}: empty array")
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float64)
+        if a.max() <= 1.0 and a.min() >= 0.0 and np.issubdtype(arr.dtype, np.floating):
+            a = a * 255.0
+        elif a.max() > 255:
+            a = a / max(a.max(), 1.0) * 255.0
+        arr = np.clip(a, 0, 255).astype(np.uint8)
+    return _to_rgb(Image.fromarray(arr))
+
+
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    """Resize to ``size x size`` (both images of a pair are treated alike, so the aspect change
+    does not create differences; boxes are mapped back by :func:`scale_box`)."""
+    return img.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def to_float_array(img: Image.Image, size: int | None = None) -> np.ndarray:
+    """RGB image -> (H, W, 3) float32 array in [0, 1], optionally resized square."""
+    if size is not None:
+        img = resize_square(img, size)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def scale_box(box: list[float], from_size: tuple[int, int], to_size: tuple[int, int]) -> list[int]:
+    """Map an (x1, y1, x2, y2) box from an image of (w, h) ``from_size`` to ``to_size``, clamped."""
+    fw, fh = from_size
+    tw, th = to_size
+    sx, sy = tw / fw, th / fh
+    x1, y1, x2, y2 = box
+    out = [
+        int(np.floor(x1 * sx)),
+        int(np.floor(y1 * sy)),
+        int(np.ceil(x2 * sx)),
+        int(np.ceil(y2 * sy)),
+    ]
+    out[0] = min(max(out[0], 0), tw - 1)
+    out[1] = min(max(out[1], 0), th - 1)
+    out[2] = min(max(out[2], out[0] + 1), tw)
+    out[3] = min(max(out[3], out[1] + 1), th)
+    return out

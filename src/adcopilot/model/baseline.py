@@ -1,0 +1,55 @@
+"""Training-free baseline: nearest reference patch distance on frozen EfficientNet-Lite0 features.
+
+For every query patch (stride 8) the cosine distance to its nearest patch among all reference
+patches is its anomaly value (the PatchCore idea with the references as the memory bank). The
+(S/8, S/8) map is up-sampled bilinearly and smoothed with a Gaussian (sigma 4 px); the image
+score is the maximum of the smoothed map. It needs no training and stays selectable as the
+baseline of every learned model (``--model baseline``).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adcopilot.model.detector import Detector, to_batch
+from adcopilot.model.upsample import upsample_centered
+from adcopilot.model.vision import EfficientNetLite0, load_vision_tower
+
+
+def normalized_patch_features(tower: EfficientNetLite0, x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, 152, S/8, S/8), each scale's vectors L2-normalised, joint norm 1."""
+    f = tower.patch_features(x)
+    s8 = F.normalize(f["s8"], dim=1)
+    s16 = F.normalize(upsample_centered(f["s16"], 2), dim=1)
+    return torch.cat([s8, s16], dim=1) / np.sqrt(2.0)
+
+
+class NearestPatchDetector(Detector):
+    name = "baseline"
+
+    def __init__(
+        self, tower: EfficientNetLite0 | None = None, image_size: int = 256, threshold: float = 0.35
+    ) -> None:
+        self.tower = tower if tower is not None else load_vision_tower()
+        self.image_size = image_size
+        self.threshold = threshold
+
+    @torch.inference_mode()
+    def encode_reference(self, image: np.ndarray) -> torch.Tensor:
+        feats = normalized_patch_features(self.tower, to_batch([image]))  # (1, C, h, w)
+        return feats[0].flatten(1).T.contiguous()  # (h*w, C)
+
+    @torch.inference_mode()
+    def anomaly_map(self, query: np.ndarray, references: list[torch.Tensor]) -> np.ndarray:
+        feats = normalized_patch_features(self.tower, to_batch([query]))[0]  # (C, h, w)
+        c, h, w = feats.shape
+        q = feats.flatten(1).T  # (h*w, C)
+        bank = torch.cat(references, dim=0)  # (k*h*w, C)
+        # Unit vectors: squared distance = 2 - 2 cos; report 1 - cos (0 = identical).
+        sim = q @ bank.T  # (h*w, k*h*w)
+        dist = (1.0 - sim.max(dim=1).values).clamp_min(0).reshape(1, 1, h, w)
+        amap = upsample_centered(dist, self.image_size // h)[0, 0].numpy()
+        return cv2.GaussianBlur(amap, (0, 0), 4).astype(np.float32)

@@ -1,0 +1,42 @@
+"""The interface every anomaly detector behind :class:`adcopilot.Copilot` implements.
+
+A detector works on square float images of ``image_size`` pixels (the API resizes, registers
+and maps the results back to the query's pixels). Reference features are computed by
+:meth:`Detector.encode_reference` once and cached by the caller.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def to_batch(images: list[np.ndarray]) -> torch.Tensor:
+    """[(S, S, 3) float in [0, 1]] -> (B, 3, S, S) tensor."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float()
+
+
+class Detector(ABC):
+    """Anomaly detector comparing a query with one or more normal references."""
+
+    name: str = "detector"
+    image_size: int = 256
+    threshold: float = 0.5
+
+    @abstractmethod
+    def encode_reference(self, image: np.ndarray) -> Any:
+        """Features of one reference image ((S, S, 3) float in [0, 1]); cached by the caller."""
+
+    @abstractmethod
+    def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
+        """(S, S) float32 anomaly map of the query (in the reference frame) given encoded refs."""
+
+    def pool_score(self, amap: np.ndarray) -> float:
+        """Image score from the map: its maximum (after the detector's own smoothing)."""
+        return float(amap.max())
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "image_size": self.image_size, "threshold": self.threshold}

@@ -1,0 +1,42 @@
+"""Resolve a model name or folder to a detector: "baseline", "default" or a checkpoint folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from adcopilot.errors import CheckpointError
+from adcopilot.model.detector import Detector
+
+log = logging.getLogger(__name__)
+
+#: The shipped default checkpoint, inside the package so that it installs with it.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "nano"
+
+
+def load_detector(model: str | os.PathLike | None) -> tuple[Detector, dict[str, Any]]:
+    """Return (detector, metadata) for a model spec."""
+    spec = "default" if model is None else str(model)
+    if spec == "baseline":
+        from adcopilot.model.baseline import NearestPatchDetector
+
+        return NearestPatchDetector(), {"name": "baseline"}
+    if spec == "default":
+        if (DEFAULT_CHECKPOINT / "config.json").exists():
+            return _load_checkpoint(DEFAULT_CHECKPOINT)
+        log.warning("no shipped checkpoint found at %s; using the training-free baseline", DEFAULT_CHECKPOINT)
+        from adcopilot.model.baseline import NearestPatchDetector
+
+        return NearestPatchDetector(), {"name": "baseline"}
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(f"{spec}: no such model; use 'default', 'baseline' or a checkpoint folder")
+    return _load_checkpoint(path)
+
+
+def _load_checkpoint(path: Path) -> tuple[Detector, dict[str, Any]]:
+    from adcopilot.model.nano import load_nano_detector
+
+    return load_nano_detector(path)

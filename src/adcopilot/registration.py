@@ -1,0 +1,111 @@
+"""Registration of the query onto the reference (rotation, translation, small scale).
+
+Parts on a line are rarely placed exactly alike; comparing patch features of misaligned images
+turns pose into false defects. We estimate a similarity transform query -> reference with
+OpenCV's ECC maximisation (Evangelidis & Psarakis 2008) on smoothed grey images at low
+resolution, initialised by phase correlation. Fallback: if ECC fails to converge, or the
+aligned images correlate less than the unaligned ones, the identity is used, and the result says so.
+
+Usage::
+
+    reg = register(query_rgb, ref_rgb)     # (H, W, 3) float arrays of the same size
+    aligned = warp(query_rgb, reg.matrix)  # query in the reference's frame
+    back = warp(map_in_ref_frame, reg.inverse)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+WORK_SIZE = 128
+
+
+@dataclass
+class Registration:
+    matrix: np.ndarray = field(default_factory=lambda: np.eye(2, 3, dtype=np.float32))  # query -> ref
+    method: str = "identity"
+    correlation_before: float = 0.0
+    correlation_after: float = 0.0
+
+    @property
+    def inverse(self) -> np.ndarray:
+        return cv2.invertAffineTransform(self.matrix).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "matrix": [[round(float(v), 5) for v in row] for row in self.matrix],
+            "correlation_before": round(self.correlation_before, 4),
+            "correlation_after": round(self.correlation_after, 4),
+        }
+
+
+def _gray(img: np.ndarray, size: int) -> np.ndarray:
+    g = img.mean(axis=2) if img.ndim == 3 else img
+    g = cv2.resize(g.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(g, (0, 0), 1.5)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    a = a - a.mean()
+    b = b - b.mean()
+    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / d) if d > 1e-9 else 0.0
+
+
+def warp(img: np.ndarray, matrix: np.ndarray, border: str = "replicate") -> np.ndarray:
+    """Apply a 2x3 matrix (in the image's own pixel units) to an (H, W[, C]) array."""
+    h, w = img.shape[:2]
+    mode = cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT
+    return cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=mode)
+
+
+def register(query: np.ndarray, reference: np.ndarray, max_iter: int = 60) -> Registration:
+    """Similarity transform mapping the query onto the reference (both (H, W, 3), same size)."""
+    h, w = query.shape[:2]
+    q = _gray(query, WORK_SIZE)
+    r = _gray(reference, WORK_SIZE)
+    before = _ncc(q, r)
+    init = np.eye(2, 3, dtype=np.float32)
+    try:
+        hann = cv2.createHanningWindow((WORK_SIZE, WORK_SIZE), cv2.CV_32F)
+        (dx, dy), _ = cv2.phaseCorrelate(r, q, hann)
+        init[0, 2], init[1, 2] = dx, dy
+    except cv2.error:
+        pass
+    warp_m = init.copy()
+    method = "ecc"
+    try:
+        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, max_iter, 1e-5)
+        # findTransformECC finds W with template(x) ~ input(W x): template = reference, input = query,
+        # so W maps reference pixels to query pixels; we keep its inverse (query -> reference).
+        _, warp_m = cv2.findTransformECC(r, q, warp_m, cv2.MOTION_EUCLIDEAN, criteria, None, 5)
+    except cv2.error:
+        method = "phase"
+        warp_m = init
+    ref_to_query = warp_m.astype(np.float32)
+    q_to_r = cv2.invertAffineTransform(ref_to_query)
+    aligned = cv2.warpAffine(q, q_to_r, (WORK_SIZE, WORK_SIZE), borderMode=cv2.BORDER_REPLICATE)
+    valid = cv2.warpAffine(np.ones_like(q), q_to_r, (WORK_SIZE, WORK_SIZE)) > 0.99
+    after = _ncc(aligned, r, valid if valid.sum() > 100 else None)
+    # Guard: keep the identity when alignment does not help, or moves absurdly far.
+    shift = float(np.hypot(q_to_r[0, 2], q_to_r[1, 2])) / WORK_SIZE
+    if after <= before + 1e-3 or shift > 0.25:
+        return Registration(method="identity", correlation_before=before, correlation_after=before)
+    # Rescale the translation from the working size to the image size (rotation is unchanged).
+    scale = np.array([[1, 1, w / WORK_SIZE], [1, 1, h / WORK_SIZE]], dtype=np.float32)
+    if w != h:
+        # Non-square images: conjugate with the anisotropic scaling.
+        s = np.diag([w / WORK_SIZE, h / WORK_SIZE, 1.0]).astype(np.float32)
+        m3 = np.vstack([q_to_r, [0, 0, 1]]).astype(np.float32)
+        full = (s @ m3 @ np.linalg.inv(s))[:2]
+    else:
+        full = q_to_r * scale
+    return Registration(
+        matrix=full.astype(np.float32), method=method, correlation_before=before, correlation_after=after
+    )

@@ -1,0 +1,89 @@
+"""Typed, JSON-serialisable results of an inspection.
+
+Boxes use AD-Copilot's (Qwen2.5-VL's) convention: ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}``
+in absolute pixel coordinates of the query image, x2/y2 exclusive.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Verdict = Literal["normal", "anomalous"]
+
+
+@dataclass
+class Box:
+    """One defect box in query pixels."""
+
+    bbox_2d: list[int]
+    label: str = "defect"
+    score: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.bbox_2d) != 4:
+            raise ValueError(f"bbox_2d needs 4 numbers, got {self.bbox_2d}")
+        x1, y1, x2, y2 = (int(v) for v in self.bbox_2d)
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"empty box {self.bbox_2d}")
+        self.bbox_2d = [x1, y1, x2, y2]
+        self.score = float(self.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox_2d": list(self.bbox_2d), "label": self.label, "score": round(self.score, 4)}
+
+
+@dataclass
+class InspectionResult:
+    """What :meth:`adcopilot.Copilot.inspect` returns.
+
+    ``anomaly_map`` is (H, W) float32 in the query's pixel grid (not serialised to JSON);
+    ``score`` is pooled from it (see the detector's documentation) and compared with
+    ``threshold`` to give ``verdict``.
+    """
+
+    query: str
+    references: list[str]
+    verdict: Verdict
+    score: float
+    threshold: float
+    boxes: list[Box] = field(default_factory=list)
+    description: str = ""
+    model: str = ""
+    image_size: tuple[int, int] = (0, 0)  # (width, height) of the query
+    registration: dict[str, Any] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    answer: str | None = None
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in ("normal", "anomalous"):
+            raise ValueError(f"verdict must be 'normal' or 'anomalous', got {self.verdict!r}")
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.verdict == "anomalous"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "query": self.query,
+            "references": list(self.references),
+            "verdict": self.verdict,
+            "score": round(float(self.score), 6),
+            "threshold": round(float(self.threshold), 6),
+            "boxes": [b.to_dict() for b in self.boxes],
+            "description": self.description,
+            "model": self.model,
+            "image_size": list(self.image_size),
+            "registration": self.registration,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+        if self.answer is not None:
+            d["answer"] = self.answer
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)

@@ -1,0 +1,54 @@
+"""Boxes from anomaly maps, regions on MMAD's 3x3 grid, IoU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adcopilot.geometry import box_iou, region_name
+from adcopilot.model.boxes import BoxRules, boxes_from_map
+
+
+def test_single_blob_tight_box():
+    m = np.zeros((100, 100), np.float32)
+    m[10:20, 30:50] = 1.0
+    boxes = boxes_from_map(m, 0.5)
+    assert boxes == [([30, 10, 50, 20], 1.0)]
+
+
+def test_nearby_pieces_merge_far_ones_do_not():
+    m = np.zeros((200, 200), np.float32)
+    m[10:20, 10:20] = 0.9
+    m[10:20, 23:30] = 0.8  # 3 px gap: merged
+    m[150:160, 150:170] = 0.7  # far away
+    boxes = boxes_from_map(m, 0.5, BoxRules(merge_frac=0.03))
+    assert len(boxes) == 2
+    assert boxes[0][0] == [10, 10, 30, 20]
+    assert boxes[1][0] == [150, 150, 170, 160]
+
+
+def test_specks_dropped_and_empty():
+    m = np.zeros((100, 100), np.float32)
+    m[50, 50] = 1.0
+    assert boxes_from_map(m, 0.5, BoxRules(min_pixels=4)) == []
+    assert boxes_from_map(np.zeros((10, 10), np.float32), 0.5) == []
+
+
+def test_sorted_by_score_and_capped():
+    m = np.zeros((300, 300), np.float32)
+    for i in range(5):
+        m[10 + 60 * i : 20 + 60 * i, 10:20] = 0.5 + 0.1 * i
+    boxes = boxes_from_map(m, 0.4, BoxRules(max_boxes=3))
+    assert [round(s, 2) for _, s in boxes] == [0.9, 0.8, 0.7]
+
+
+def test_region_names():
+    assert region_name([0, 0, 10, 10], 300, 300) == "top left"
+    assert region_name([140, 140, 160, 160], 300, 300) == "center"
+    assert region_name([290, 290, 300, 300], 300, 300) == "bottom right"
+    assert region_name([140, 0, 160, 10], 300, 300) == "top"
+
+
+def test_iou():
+    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    assert box_iou([0, 0, 10, 10], [10, 10, 20, 20]) == 0.0
+    assert abs(box_iou([0, 0, 10, 10], [5, 0, 15, 10]) - 1 / 3) < 1e-9

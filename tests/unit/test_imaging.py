@@ -1,0 +1,151 @@
+"""Image input: every supported mode loads; every bad file gives a one-line error naming it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adcopilot.errors import ImageError
+from adcopilot.imaging import load_image, scale_box, to_float_array
+
+
+@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("TIFF", "tif"), ("WEBP", "webp")])
+def test_formats_load_as_rgb(tmp_path, texture, fmt, ext):
+    p = tmp_path / f"a.{ext}"
+    Image.fromarray(texture).save(p, format=fmt)
+    img = load_image(p)
+    assert img.mode == "RGB" and img.size == (128, 128)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "LA", "1"])
+def test_modes(tmp_path, texture, mode):
+    base = Image.fromarray(texture)
+    if mode == "I;16":
+        arr = (texture[:, :, 0].astype(np.uint16) * 257)
+        img = Image.fromarray(arr)
+    else:
+        img = base.convert(mode)
+    p = tmp_path / "m.png"
+    img.save(p)
+    out = load_image(p)
+    assert out.mode == "RGB"
+    a = np.asarray(out)
+    assert a.std() > 0 or mode == "1"
+
+
+def test_16bit_low_range_is_stretched(tmp_path):
+    arr = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)  # a 12-bit sensor
+    p = tmp_path / "s.png"
+    Image.fromarray(arr).save(p)
+    a = np.asarray(load_image(p))
+    assert a.max() == 255 and a.min() == 0
+
+
+def test_exif_orientation(tmp_path):
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = 255  # left half white
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    p = tmp_path / "o.jpg"
+    img.save(p, exif=exif.tobytes())
+    out = load_image(p)
+    assert out.size == (20, 40)  # width and height swapped
+    top = np.asarray(out)[:5].mean()
+    assert top > 200  # the white half is now on top
+
+
+def test_missing(tmp_path):
+    with pytest.raises(ImageError, match=r"nope\.png: no such file"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_empty(tmp_path):
+    p = tmp_path / "e.png"
+    p.write_bytes(b"")
+    with pytest.raises(ImageError, match=r"e\.png: empty file"):
+        load_image(p)
+
+
+def test_not_an_image(tmp_path):
+    p = tmp_path / "t.png"
+    p.write_text("hello, I am text")
+    with pytest.raises(ImageError, match=r"t\.png: not an image"):
+        load_image(p)
+
+
+def test_truncated(tmp_path, texture):
+    p = tmp_path / "full.png"
+    Image.fromarray(texture).save(p)
+    data = p.read_bytes()
+    q = tmp_path / "trunc.png"
+    q.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"trunc\.png: (truncated|corrupt)"):
+        load_image(q)
+
+
+def test_truncated_jpeg(tmp_path, texture):
+    p = tmp_path / "full.jpg"
+    Image.fromarray(texture).save(p, quality=95)
+    q = tmp_path / "trunc.jpg"
+    q.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(ImageError, match=r"trunc\.jpg"):
+        load_image(q)
+
+
+def test_corrupt_header(tmp_path, texture):
+    p = tmp_path / "c.png"
+    Image.fromarray(texture).save(p)
+    data = bytearray(p.read_bytes())
+    data[20:60] = b"\x00" * 40  # wreck the IHDR chunk
+    p.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"c\.png"):
+        load_image(p)
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ImageError, match="is a directory"):
+        load_image(tmp_path)
+
+
+def test_pixel_cap(tmp_path):
+    p = tmp_path / "big.png"
+    Image.new("L", (300, 300)).save(p)
+    with pytest.raises(ImageError, match=r"big\.png: image too large"):
+        load_image(p, max_pixels=10_000)
+
+
+def test_unsupported_format(tmp_path, texture):
+    p = tmp_path / "a.gif"
+    Image.fromarray(texture).save(p, format="GIF")
+    with pytest.raises(ImageError, match="unsupported image format GIF"):
+        load_image(p)
+
+
+def test_message_is_one_line(tmp_path):
+    p = tmp_path / "t.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(ImageError) as ei:
+        load_image(p)
+    assert "\n" not in str(ei.value)
+
+
+def test_arrays_and_bytes(texture, tmp_path):
+    assert load_image(texture).size == (128, 128)
+    assert load_image(texture[:, :, 0]).mode == "RGB"
+    assert load_image(texture.astype(np.float32) / 255.0).size == (128, 128)
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(np.zeros((4, 4, 7)))
+    p = tmp_path / "b.png"
+    Image.fromarray(texture).save(p)
+    assert load_image(p.read_bytes()).size == (128, 128)
+    with pytest.raises(ImageError, match="empty image data"):
+        load_image(b"")
+
+
+def test_to_float_array_and_scale_box(texture):
+    a = to_float_array(load_image(texture), 64)
+    assert a.shape == (64, 64, 3) and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+    assert scale_box([10, 10, 20, 20], (100, 100), (200, 50)) == [20, 5, 40, 10]
+    assert scale_box([0, 0, 100, 100], (100, 100), (10, 10)) == [0, 0, 10, 10]
