@@ -1,0 +1,221 @@
+"""The Comparison Encoder of AD-Copilot (Jiang et al., 2026), generic over any vision tower.
+
+It compares each image with its "previous image" at the feature level, before any language model
+sees them, and condenses the comparison into ``L`` comparison tokens:
+
+    P_i = I_i            for i = 0   (the first image is paired with itself)
+    P_i = I_{i-1}        for i >= 1  (every later image with its predecessor)
+
+    encoder (pre-norm RMSNorm, residuals):
+      prev = prev + CrossAttn1(q=norm1(prev), kv=norm1(cur))      "previous attends to current"
+      prev = prev + SwiGLU1(norm2(prev))
+      cur  = cur  + CrossAttn2(q=norm3(cur),  kv=norm3(prev))     "current attends to the updated previous"
+      cur  = cur  - SwiGLU2(norm4(cur))                            (minus, as the released model does)
+    decoder:
+      q = Q + CrossAttn(q=dnorm1(Q), kv=dnorm1(cur))               Q: L learnable comparison queries
+      q = q + SwiGLU(dnorm2(q))
+      comparison tokens = Projector(q)                             (L, out_width)
+
+Parameter names and shapes follow the authors' released checkpoint (fused key/value projection
+``kv``, ``q_proj``, ``proj``; ``encoder_norm1..4``; ``encoder_mlp1/2``; ``decoder_*``;
+``query_embeddings``; ``compare_projector``), so the full-scale model loads the released weights into
+this very class (width 1280, 16 heads, MLP 3420, L 100, out 3584: 63,801,344 parameters).
+
+Positions: the released model runs on Qwen2.5-VL ViT features, which already carry 2-D rotary
+positions from the ViT, and is configured here with ``rope_2d=False``. Towers whose features carry no
+explicit position (the nano model's CNN) use ``rope_2d=True``: a 2-D rotary embedding (half of each
+head's channels rotated by the row, half by the column, as Qwen2-VL's vision rotary does) applied to
+queries and keys of the two encoder cross-attentions. Being relative, it lets a query patch prefer
+reference patches at the same place, which is what comparison of aligned parts needs, adds no
+parameters (the checkpoint layout is unchanged) and works at any grid size.
+
+Usage::
+
+    enc = ComparisonEncoder(ComparisonConfig(width=192, num_heads=6, mlp_hidden=512, num_queries=16, out_width=576))
+    tokens, cur = enc(cur_feats, prev_feats)                   # (B, N, C), (B, M, C)
+    tokens_seq = enc.forward_sequence(feats)                   # (n_images, N, C): pairing rule applied
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ComparisonConfig:
+    width: int = 1280  # channels of the vision features (and of the comparison queries)
+    num_heads: int = 16
+    mlp_hidden: int = 3420
+    num_queries: int = 100  # L
+    out_width: int = 3584  # the language model's width
+    depth: int = 1  # encoder layers; the released model has one
+    eps: float = 1e-6
+    mlp2_sign: float = -1.0  # the released model subtracts the second encoder MLP
+    rope_2d: bool = False
+    rope_theta: float = 100.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU feed-forward without bias, shaped like Qwen2.5-VL's vision MLP."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(width, hidden, bias=False)
+        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rotary_2d(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate (B, H, N, D) by 2-D positions pos (N, 2) = (row, col); D/2 channels per axis."""
+    d = x.shape[-1]
+    quarter = d // 4
+    if quarter == 0:
+        return x
+    freqs = 1.0 / (theta ** (torch.arange(quarter, device=x.device, dtype=torch.float32) / quarter))
+    ang = torch.cat([pos[:, :1].float() * freqs, pos[:, 1:2].float() * freqs], dim=-1)  # (N, D/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 : 2 * (d // 2)]
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return torch.cat([out, x[..., 2 * (d // 2) :]], dim=-1) if d % 2 else out
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention with a fused key/value projection (released layout)."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(width, width, bias=True)
+        self.kv = nn.Linear(width, 2 * width, bias=True)  # rows [0, width) are K, [width, 2 width) V
+        self.proj = nn.Linear(width, width, bias=True)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        q_pos: torch.Tensor | None = None,
+        kv_pos: torch.Tensor | None = None,
+        theta: float = 100.0,
+    ) -> torch.Tensor:
+        b, n, c = q.shape
+        m = kv.shape[1]
+        h = self.num_heads
+        qh = self.q_proj(q).view(b, n, h, c // h).transpose(1, 2)  # (B, H, N, D)
+        k, v = self.kv(kv).view(b, m, 2, h, c // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, D)
+        if q_pos is not None and kv_pos is not None:
+            qh = rotary_2d(qh, q_pos, theta)
+            k = rotary_2d(k, kv_pos, theta)
+        out = F.scaled_dot_product_attention(qh, k, v)  # (B, H, N, D), scale D^-0.5
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class EncoderLayer(nn.Module):
+    """One bidirectional comparison layer (used for layers after the first when depth > 1)."""
+
+    def __init__(self, cfg: ComparisonConfig) -> None:
+        super().__init__()
+        w = cfg.width
+        self.cross_attn1 = CrossAttention(w, cfg.num_heads)
+        self.cross_attn2 = CrossAttention(w, cfg.num_heads)
+        self.norm1, self.norm2, self.norm3, self.norm4 = (nn.RMSNorm(w, eps=cfg.eps) for _ in range(4))
+        self.mlp1 = SwiGLU(w, cfg.mlp_hidden)
+        self.mlp2 = SwiGLU(w, cfg.mlp_hidden)
+
+
+class ComparisonEncoder(nn.Module):
+    """Bidirectional cross-attention encoder + comparison-query decoder + projector."""
+
+    def __init__(self, cfg: ComparisonConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        # Layer 0, with the released checkpoint's flat names.
+        self.encoder_cross_attn1 = CrossAttention(w, cfg.num_heads)
+        self.encoder_cross_attn2 = CrossAttention(w, cfg.num_heads)
+        self.encoder_norm1 = nn.RMSNorm(w, eps=cfg.eps)
+        self.encoder_norm2 = nn.RMSNorm(w, eps=cfg.eps)
+        self.encoder_norm3 = nn.RMSNorm(w, eps=cfg.eps)
+        self.encoder_norm4 = nn.RMSNorm(w, eps=cfg.eps)
+        self.encoder_mlp1 = SwiGLU(w, cfg.mlp_hidden)
+        self.encoder_mlp2 = SwiGLU(w, cfg.mlp_hidden)
+        self.extra_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.depth - 1))
+        self.decoder_cross_attn = CrossAttention(w, cfg.num_heads)
+        self.decoder_norm1 = nn.RMSNorm(w, eps=cfg.eps)
+        self.decoder_norm2 = nn.RMSNorm(w, eps=cfg.eps)
+        self.decoder_mlp = SwiGLU(w, cfg.mlp_hidden)
+        self.query_embeddings = nn.Parameter(torch.randn(cfg.num_queries, w) * 0.02)
+        self.compare_projector = nn.Linear(w, cfg.out_width, bias=True)
+
+    def _layers(self):
+        yield (self.encoder_cross_attn1, self.encoder_cross_attn2, self.encoder_norm1, self.encoder_norm2,
+               self.encoder_norm3, self.encoder_norm4, self.encoder_mlp1, self.encoder_mlp2)
+        for layer in self.extra_layers:
+            yield (layer.cross_attn1, layer.cross_attn2, layer.norm1, layer.norm2, layer.norm3, layer.norm4,
+                   layer.mlp1, layer.mlp2)
+
+    def encode(
+        self,
+        cur: torch.Tensor,
+        prev: torch.Tensor,
+        cur_pos: torch.Tensor | None = None,
+        prev_pos: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cur (B, N, C), prev (B, M, C) -> updated (cur, prev). Positions (N, 2), (M, 2) if rope_2d."""
+        if not self.cfg.rope_2d:
+            cur_pos = prev_pos = None
+        t = self.cfg.rope_theta
+        for xa1, xa2, n1, n2, n3, n4, mlp1, mlp2 in self._layers():
+            p, c = n1(prev), n1(cur)
+            prev = prev + xa1(p, c, prev_pos, cur_pos, t)  # previous attends to current
+            prev = prev + mlp1(n2(prev))
+            c, p = n3(cur), n3(prev)
+            cur = cur + xa2(c, p, cur_pos, prev_pos, t)  # current attends to the updated previous
+            cur = cur + self.cfg.mlp2_sign * mlp2(n4(cur))
+        return cur, prev
+
+    def decode(self, cur: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cur (B, N, C) -> (comparison tokens (B, L, out_width), query states (B, L, C))."""
+        b = cur.shape[0]
+        q = self.query_embeddings.unsqueeze(0).expand(b, -1, -1)  # (B, L, C)
+        q = q + self.decoder_cross_attn(self.decoder_norm1(q), self.decoder_norm1(cur))
+        q = q + self.decoder_mlp(self.decoder_norm2(q))
+        return self.compare_projector(q), q
+
+    def forward(
+        self,
+        cur: torch.Tensor,
+        prev: torch.Tensor,
+        cur_pos: torch.Tensor | None = None,
+        prev_pos: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compare ``cur`` (B, N, C) with ``prev`` (B, M, C); return (tokens (B, L, out), cur (B, N, C))."""
+        cur, _ = self.encode(cur, prev, cur_pos, prev_pos)
+        tokens, _ = self.decode(cur)
+        return tokens, cur
+
+    def forward_sequence(self, feats: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the pairing rule to a sequence of images' features (n, N, C) -> tokens (n, L, out).
+
+        Image 0 is compared with itself, image i with image i-1 (the references come first, the
+        query last, so the query is compared with the reference just before it)."""
+        prev = torch.cat([feats[:1], feats[:-1]], dim=0)  # P_0 = I_0, P_i = I_{i-1}
+        tokens, _ = self.forward(feats, prev, pos, pos)
+        return tokens
+
+
+def grid_positions(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """(h*w, 2) integer (row, col) positions of a row-major patch grid."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return torch.stack([ys.flatten(), xs.flatten()], dim=-1)
