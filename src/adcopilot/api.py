@@ -21,6 +21,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,17 @@ def _cache_key(src: ImageInput, size: int) -> str | None:
     else:
         return None
     return h.hexdigest()
+
+
+@dataclass
+class Analysis:
+    """Raw output of :meth:`Copilot.analyze`."""
+
+    amap: np.ndarray  # (H, W) float32 in the query's pixels
+    score: float
+    size: tuple[int, int]  # (w, h) of the query
+    registration: Registration
+    timings: dict[str, float]
 
 
 class Copilot:
@@ -122,11 +134,10 @@ class Copilot:
         return entry
 
     # ------------------------------------------------------------------ inspection
-    def anomaly_map(
+    def analyze(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
-    ) -> tuple[np.ndarray, tuple[int, int], Registration, dict[str, float]]:
-        """Anomaly map in the query's pixels ((H, W) float32), the query size (w, h), the
-        registration used, and timings in ms."""
+    ) -> Analysis:
+        """Anomaly map in the query's pixels, image score, query size, registration and timings."""
         refs = self._as_list(references)
         t0 = time.perf_counter()
         qimg = load_image(query, name=_source_name(query, "query"))
@@ -137,18 +148,22 @@ class Copilot:
         reg = register(q, encoded[0][0]) if self.registration else Registration()
         q_aligned = warp(q, reg.matrix) if reg.method != "identity" else q
         t2 = time.perf_counter()
-        amap = self.detector.anomaly_map(q_aligned, [e[1] for e in encoded])  # (S, S), reference frame
+        amap, score = self.detector.detect(q_aligned, [e[1] for e in encoded])  # (S, S), reference frame
         t3 = time.perf_counter()
         if reg.method != "identity":
             amap = warp(amap, reg.inverse, border="constant")
         w, h = qimg.size
         amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-        timings = {
-            "load": (t1 - t0) * 1e3,
-            "register": (t2 - t1) * 1e3,
-            "detect": (t3 - t2) * 1e3,
-        }
-        return amap, (w, h), reg, timings
+        timings = {"load": (t1 - t0) * 1e3, "register": (t2 - t1) * 1e3, "detect": (t3 - t2) * 1e3}
+        return Analysis(amap, float(score), (w, h), reg, timings)
+
+    def anomaly_map(
+        self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
+    ) -> tuple[np.ndarray, tuple[int, int], Registration, dict[str, float]]:
+        """Anomaly map in the query's pixels ((H, W) float32), the query size (w, h), the
+        registration used, and timings in ms."""
+        a = self.analyze(query, references)
+        return a.amap, a.size, a.registration, a.timings
 
     def inspect(
         self,
@@ -160,12 +175,17 @@ class Copilot:
         """Compare ``query`` with normal ``references``; verdict, score, boxes, description."""
         thr = float(threshold if threshold is not None else self.threshold)
         t0 = time.perf_counter()
-        amap, (w, h), reg, timings = self.anomaly_map(query, references)
-        score = self.detector.pool_score(amap)
+        a = self.analyze(query, references)
+        amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score
         anomalous = score >= thr
         boxes: list[Box] = []
         if anomalous:
-            for bbox, s in boxes_from_map(amap, thr, self.box_rules):
+            found = boxes_from_map(amap, thr, self.box_rules)
+            if not found and amap.max() > 0:
+                # The image score can exceed the threshold while no pixel does (a diffuse
+                # difference): box the strongest region, relative to the map's own peak.
+                found = boxes_from_map(amap, 0.5 * float(amap.max()), self.box_rules)[:1]
+            for bbox, s in found:
                 boxes.append(Box(bbox_2d=bbox, label=self._label(bbox, w, h), score=s))
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return InspectionResult(

@@ -34,6 +34,11 @@ class Detector(ABC):
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         """(S, S) float32 anomaly map of the query (in the reference frame) given encoded refs."""
 
+    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
+        """(anomaly map (S, S), image score). Default: the map and its pooled score."""
+        amap = self.anomaly_map(query, references)
+        return amap, self.pool_score(amap)
+
     def pool_score(self, amap: np.ndarray) -> float:
         """Image score from the map: its maximum (after the detector's own smoothing)."""
         return float(amap.max())
