@@ -93,6 +93,7 @@ class Copilot:
         self.box_rules = box_rules or BoxRules()
         self.language = language
         self.model_name = model_name or detector.name
+        self.calibration: dict[str, Any] | None = None  # the calibration.json in use, if any
         self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
         self._cache_size = cache_size
 
@@ -104,19 +105,29 @@ class Copilot:
         *,
         threshold: float | None = None,
         registration: bool = True,
+        calibration: str | os.PathLike | None = None,
     ) -> Copilot:
-        """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder."""
+        """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder.
+
+        Threshold: ``threshold`` if given, else the calibrated one (``calibration`` file, else the
+        stored ``calibration.json``, see :mod:`adcopilot.line.calibration_file`), else the model's.
+        """
+        from adcopilot.line.calibration_file import resolve_calibration
         from adcopilot.model.registry import load_detector
 
         detector, meta = load_detector(model)
-        thr = threshold if threshold is not None else meta.get("threshold")
-        return cls(
+        name = meta.get("name", detector.name)
+        cal = None if threshold is not None else resolve_calibration(model, name, calibration)
+        thr = threshold if threshold is not None else cal["threshold"] if cal else meta.get("threshold")
+        cp = cls(
             detector,
             threshold=thr,
             registration=registration,
             language=meta.get("language"),
-            model_name=meta.get("name", detector.name),
+            model_name=name,
         )
+        cp.calibration = cal
+        return cp
 
     # ------------------------------------------------------------------ references
     def _reference(self, src: ImageInput, name: str) -> tuple[np.ndarray, Any]:

@@ -1,0 +1,100 @@
+"""Where a calibrated threshold is stored and how ``Copilot.load`` finds it.
+
+``adcopilot calibrate`` writes ``calibration.json`` (threshold, costs, metrics, model name, date):
+
+* for a checkpoint folder: ``<folder>/calibration.json``, beside the model's ``config.json``;
+* for the built-in models (``default``, ``baseline``): ``$ADCOPILOT_HOME/calibration/<model-name>.json``.
+
+``Copilot.load`` uses it when no explicit threshold is given; an explicit ``threshold`` always
+wins, and ``calibration=FILE`` picks a specific file. A file calibrated for another model is
+ignored with a warning (or refused, when named explicitly).
+
+Usage::
+
+    path = default_calibration_path("baseline", "baseline")   # ~/.cache/adcopilot/calibration/baseline.json
+    cal = resolve_calibration("baseline", "baseline", None)     # dict or None
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from adcopilot import assets
+from adcopilot.errors import AdcopilotError
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "calibration.json"
+BUILTIN_SPECS = {None, "default", "baseline"}
+
+
+def calibration_dir() -> Path:
+    return assets.home() / "calibration"
+
+
+def default_calibration_path(model_spec: str | os.PathLike | None, model_name: str) -> Path:
+    """Where the calibration of this model is written and looked up."""
+    spec = None if model_spec is None else str(model_spec)
+    if spec in BUILTIN_SPECS:
+        return calibration_dir() / f"{model_name}.json"
+    return Path(spec) / FILE_NAME
+
+
+def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a calibration file."""
+    p = Path(path)
+    if not p.exists():
+        raise AdcopilotError(f"{p}: no such calibration file")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdcopilotError(f"{p}: cannot read the calibration file ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise AdcopilotError(f"{p}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("threshold"), (int, float)):
+        raise AdcopilotError(f"{p}: not a calibration file (no numeric 'threshold')")
+    data["path"] = str(p)
+    return data
+
+
+def write_calibration(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write atomically (a reader never sees half a file)."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps({k: v for k, v in data.items() if k != "path"}, indent=2) + "\n")
+        os.replace(tmp, p)
+    except OSError as exc:
+        raise AdcopilotError(f"{p}: cannot write the calibration ({exc})") from None
+    return p
+
+
+def resolve_calibration(
+    model_spec: str | os.PathLike | None, model_name: str, explicit: str | os.PathLike | None = None
+) -> dict[str, Any] | None:
+    """The calibration to use for a model: the explicit file, else the stored one, else None."""
+    if explicit is not None:
+        cal = read_calibration(explicit)
+        if cal.get("model") not in (None, model_name):
+            raise AdcopilotError(
+                f"{explicit}: calibrated for model '{cal.get('model')}', not for the loaded '{model_name}'"
+            )
+        return cal
+    path = default_calibration_path(model_spec, model_name)
+    if not path.exists():
+        return None
+    try:
+        cal = read_calibration(path)
+    except AdcopilotError as exc:
+        log.warning("ignoring the stored calibration: %s", exc)
+        return None
+    if cal.get("model") not in (None, model_name):
+        log.warning("ignoring %s: calibrated for model '%s', not '%s'", path, cal.get("model"), model_name)
+        return None
+    log.info("using the calibrated threshold %.4f from %s", cal["threshold"], path)
+    return cal
