@@ -56,6 +56,9 @@ def _register_commands() -> None:
     models_cmd.register(app)
     inspect_cmd.register(app)
     demo_cmd.register(app)
+    from adcopilot.commands import train_cmd
+
+    train_cmd.register(app)
 
 
 _register_commands()

@@ -1,0 +1,70 @@
+"""Training configuration: a YAML file of known keys, validated, saved into each run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adcopilot.errors import AdcopilotError
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 1
+    name: str = "nano"
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    eval_every: int = 500
+    eval_pairs: int = 96
+    num_workers: int = 1
+    run_dir: str = "runs/stage1"
+    init_from: str | None = None  # a checkpoint folder to start from (adapt, later stages)
+    model: dict[str, Any] = field(default_factory=dict)  # NanoConfig overrides
+    data: dict[str, Any] = field(default_factory=dict)  # task-specific data options
+    loss: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config; unknown keys and wrong types are reported with the file's name."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise AdcopilotError(f"{p}: no such config file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise AdcopilotError(f"{p}: malformed YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise AdcopilotError(f"{p}: a config must be a mapping of keys to values")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise AdcopilotError(f"{path}: unknown config key(s) {', '.join(unknown)}")
+    try:
+        cfg = TrainConfig(**raw)
+    except TypeError as exc:
+        raise AdcopilotError(f"{path}: {exc}") from None
+    for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
+            raise AdcopilotError(f"{path}: '{name}' must be a positive integer, got {getattr(cfg, name)!r}")
+    return cfg
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
