@@ -1,0 +1,155 @@
+"""MMAD scoring: official rules (with their two faults) and strict mode, on hand-computed fixtures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.eval.scoring import AnswerRecord, load_answers, parse_official, parse_strict, score
+
+YN = {"A": "Yes", "B": "No"}
+FOUR = {"A": "A round hole.", "B": "A long scratch.", "C": "A stain.", "D": "A crack."}
+
+
+def rec(image, qtype, gold, reply, options=None, q=0, error=None):
+    return AnswerRecord(image=image, question_type=qtype, gold=gold, reply=reply,
+                        options=YN if options is None else options, question_index=q, error=error)
+
+
+BROKEN = "DS-MVTec/bottle/image/broken/000.png"
+
+
+def fixture_records():
+    return [
+        rec(BROKEN, "Anomaly Detection", "A", "A"),                       # abnormal, right
+        rec("DS-MVTec/bottle/image/good/001.png", "Anomaly Detection", "B", "A"),  # normal, wrong
+        rec("DS-MVTec/bottle/image/good/002.png", "Anomaly Detection", "B", "B"),  # normal, right
+        rec(BROKEN, "Defect Classification", "B", "B. A round hole.", FOUR, q=1),  # official: A (article)
+        rec(BROKEN, "Defect Description", "A", "none", {}, q=2),          # no letter, no options
+        rec(BROKEN, "Defect Analysis", "D", "D", FOUR, q=3),              # official: skipped
+        rec(BROKEN, "Object Structure", "A", "A", FOUR, q=4),             # merged into Object Analysis
+        rec("MVTec-LOCO/juice/test/logical/000.png", "Anomaly Detection", "A", "Answer: A"),
+    ]
+
+
+def test_official_parser_takes_last_letter_and_the_article():
+    assert parse_official("B. A round hole.", FOUR) == "A"  # the known fault
+    assert parse_official("I think B, no, C", FOUR) == "C"
+    assert parse_official("Answer: A", YN) == "A"
+    assert parse_official("yes", YN) == "A"  # fuzzy option match
+    assert parse_official("", YN) == "A"  # cutoff 0: even an empty reply gets an option
+    assert parse_official("nothing", {}) == "nothing"  # no options: the raw reply stays
+
+
+def test_strict_parser():
+    assert parse_strict("B. A round hole.", FOUR) == "B"
+    assert parse_strict("The answer is A because the hole is round.", FOUR) == "A"
+    assert parse_strict("A. A round hole.", FOUR) == "A"
+    assert parse_strict("(C)", FOUR) == "C"
+    assert parse_strict("E", FOUR) is None  # not an option
+    assert parse_strict("", YN) is None
+    assert parse_strict("No, the object looks fine.", YN) == "B"
+    assert parse_strict("A stain.", FOUR) == "C"  # option text, no answer letter
+    assert parse_strict("maybe", YN) is None
+
+
+def test_official_table_hand_computed():
+    t = score(fixture_records(), "official")
+    assert t.columns == ["Anomaly Detection", "Defect Classification", "Defect Description", "Defect Analysis",
+                         "Object Analysis", "Average", "Recall", "Precision", "F1", "Overkill", "Miss"]
+    ds = t.rows["DS-MVTec"]
+    assert ds["Anomaly Detection"] == pytest.approx(75.0)  # (1/2 normal + 1/1 anomalous) / 2
+    assert ds["Defect Classification"] == 0.0  # "B. A round hole." read as A
+    assert ds["Defect Description"] == 0.0  # dropped: no questions left, official writes 0
+    assert ds["Defect Analysis"] == 0.0  # skipped by the remove-while-iterating fault
+    assert ds["Object Analysis"] == 100.0
+    assert ds["Average"] == pytest.approx(35.0)
+    assert (ds["Recall"], ds["Precision"]) == (pytest.approx(100.0), pytest.approx(50.0))
+    assert ds["F1"] == pytest.approx(200 / 3)
+    assert (ds["Overkill"], ds["Miss"]) == (pytest.approx(50.0), pytest.approx(0.0))
+    loco = t.rows["MVTec-LOCO"]
+    assert loco["Anomaly Detection"] == pytest.approx(50.0)  # no normal image: normal accuracy 0
+    assert loco["Average"] == pytest.approx(10.0)
+    assert t.rows["Average"]["Anomaly Detection"] == pytest.approx(62.5)
+    assert t.headline == pytest.approx(22.5)
+    assert (t.n_dropped, t.n_skipped, t.n_counted) == (1, 1, 6)
+    assert t.counts["DS-MVTec"]["Defect Analysis"] == {"total": 0, "correct": 0}
+
+
+def test_strict_table_hand_computed():
+    t = score(fixture_records(), "strict")
+    ds = t.rows["DS-MVTec"]
+    assert ds["Defect Classification"] == 100.0
+    assert ds["Defect Description"] == 0.0  # unparsable counts wrong
+    assert ds["Defect Analysis"] == 100.0
+    assert ds["Average"] == pytest.approx(75.0)
+    loco = t.rows["MVTec-LOCO"]
+    assert loco["Anomaly Detection"] == 100.0  # only the anomalous side exists
+    assert loco["Defect Classification"] is None and loco["Average"] == 100.0
+    assert loco["Overkill"] is None and loco["Miss"] == 0.0
+    assert t.headline == pytest.approx(87.5)
+    assert (t.n_dropped, t.n_skipped, t.n_unparsable, t.n_counted) == (0, 0, 1, 8)
+
+
+def test_skip_after_drop_is_exactly_one_record():
+    recs = [
+        rec("D/c/good/0.png", "Object Classification", "A", "??", {}),  # dropped
+        rec("D/c/good/1.png", "Object Classification", "A", "A", {}),  # skipped (would be right)
+        rec("D/c/good/2.png", "Object Classification", "A", "B", {}),  # counted, wrong
+        rec("D/c/good/3.png", "Object Classification", "Q", "A", {}),  # gold not a letter: dropped
+        rec("D/c/good/4.png", "Object Classification", "A", "??", {}),  # skipped, though invalid itself
+        rec("D/c/good/5.png", "Object Classification", "A", "A", {}),  # counted, right
+    ]
+    t = score(recs, "official")
+    assert t.counts["D"]["Object Classification"] == {"total": 2, "correct": 1}
+    assert (t.n_dropped, t.n_skipped) == (2, 2)
+    s = score(recs, "strict")
+    assert s.counts["D"]["Object Classification"] == {"total": 6, "correct": 2}
+    assert s.n_invalid_gold == 1
+
+
+def test_errors_left_out_officially_counted_wrong_strictly():
+    recs = [rec("D/c/bad/0.png", "Anomaly Detection", "A", "A"),
+            rec("D/c/bad/1.png", "Anomaly Detection", "A", "", error="q.png: no such file")]
+    assert score(recs, "official").rows["D"]["Anomaly Detection"] == 50.0  # (0 normal + 1) / 2
+    assert score(recs, "strict").rows["D"]["Anomaly Detection"] == 50.0  # 1 of 2 anomalous right
+    assert score(recs, "official").counts["D"]["Anomaly Detection"]["total"] == 1
+    assert score(recs, "strict").counts["D"]["Anomaly Detection"]["total"] == 2
+
+
+def test_csv_and_json_layout(tmp_path):
+    t = score(fixture_records(), "official")
+    t.to_csv(tmp_path / "s.csv")
+    t.to_json(tmp_path / "s.json")
+    rows = list(csv.reader(io.StringIO((tmp_path / "s.csv").read_text())))
+    assert rows[0][0] == "" and rows[0][1] == "Anomaly Detection" and rows[0][-2:] == ["Overkill", "Miss"]
+    assert [r[0] for r in rows[1:]] == ["DS-MVTec", "MVTec-LOCO", "Average"]
+    assert float(rows[1][rows[0].index("Average")]) == pytest.approx(35.0)
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["scoring"] == "official" and data["table"]["Average"]["Average"] == pytest.approx(22.5)
+    assert "MVTec-LOCO" in t.format()
+
+
+def test_load_answers_jsonl_latest_line_wins_and_official_json(tmp_path):
+    p = tmp_path / "answers.jsonl"
+    lines = [
+        {"image": BROKEN, "q": 0, "type": "Anomaly Detection", "gold": "A", "reply": "", "error": "down"},
+        {"image": BROKEN, "q": 0, "type": "Anomaly Detection", "gold": "A", "reply": "A", "options": YN},
+    ]
+    p.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    recs = load_answers(p)
+    assert len(recs) == 1 and recs[0].reply == "A" and recs[0].error is None
+    off = tmp_path / "answers_1_shot_x.json"
+    off.write_text(json.dumps([{"image": BROKEN, "question": {"type": "text", "text": "Q"},
+                                "question_type": "Anomaly Detection", "correct_answer": "A", "gpt_answer": "A"}]))
+    assert score(load_answers(off)).rows["DS-MVTec"]["Anomaly Detection"] == 50.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": 1}\n')
+    with pytest.raises(AdcopilotError, match="bad.jsonl: line 1"):
+        load_answers(bad)
+    with pytest.raises(AdcopilotError, match="unknown scoring mode"):
+        score(recs, "lenient")
