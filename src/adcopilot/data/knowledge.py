@@ -52,6 +52,10 @@ class DefectType:
     causes: list[str] = field(default_factory=list)
     effects: list[str] = field(default_factory=list)
     acceptable: bool | None = None  # usually acceptable; None = unknown
+    noun: str = ""  # countable noun for sentences ("break" for "broken"); default the name
+
+    def __post_init__(self) -> None:
+        self.noun = self.noun or self.name
 
 
 @dataclass
@@ -131,7 +135,7 @@ class Knowledge:
         where = f"{source}: defects.{key}"
         if not isinstance(entry, dict):
             raise AdcopilotError(f"{where}: expected a mapping")
-        unknown = set(entry) - {"synonyms", "description", "causes", "effects", "acceptable"}
+        unknown = set(entry) - {"synonyms", "description", "causes", "effects", "acceptable", "noun"}
         if unknown:
             raise AdcopilotError(f"{where}: unknown fields {sorted(unknown)}")
         acc = entry.get("acceptable")
@@ -144,6 +148,7 @@ class Knowledge:
             causes=_as_list(entry.get("causes"), where + ".causes"),
             effects=_as_list(entry.get("effects"), where + ".effects"),
             acceptable=acc,
+            noun=_as_text(entry.get("noun"), where + ".noun"),
         )
 
     @staticmethod

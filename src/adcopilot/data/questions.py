@@ -253,7 +253,9 @@ def object_display(category: str, knowledge: Knowledge) -> str:
     """The object's name for options: the knowledge entry's name or the class, without digits."""
     info = knowledge.object(category)
     name = info.name if info else normalise(category)
-    return name.rstrip("0123456789").strip() or name
+    name = name.rstrip("0123456789").strip() or name
+    # Short names are acronyms ("pcb" -> "PCB").
+    return name.upper() if len(name) <= 3 and " " not in name else name
 
 
 def _entry(q: str, options: dict[str, str], answer: str, qtype: str, annotation: bool) -> dict:
