@@ -89,13 +89,34 @@ def _fade(t: np.ndarray) -> np.ndarray:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
+def _perlin_octave(h: int, w: int, rng: np.random.Generator, period: float) -> np.ndarray:
+    """One octave of gradient noise, values in about [-0.71, 0.71]: (h, w) float32."""
+    gh, gw = int(math.ceil(h / period)) + 2, int(math.ceil(w / period)) + 2
+    angles = rng.uniform(0.0, 2 * np.pi, (gh, gw)).astype(np.float32)
+    gx, gy = np.cos(angles), np.sin(angles)
+    ys = np.arange(h, dtype=np.float32) / np.float32(period) + np.float32(rng.uniform(0, 1))
+    xs = np.arange(w, dtype=np.float32) / np.float32(period) + np.float32(rng.uniform(0, 1))
+    y0, x0 = ys.astype(np.int32), xs.astype(np.int32)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    yi, xi = y0[:, None], x0[None, :]
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        return gx[yi + dy, xi + dx] * (fx - dx) + gy[yi + dy, xi + dx] * (fy - dy)
+
+    u, v = _fade(fx), _fade(fy)
+    top = corner(0, 0) * (1 - u) + corner(0, 1) * u
+    bottom = corner(1, 0) * (1 - u) + corner(1, 1) * u
+    return top * (1 - v) + bottom * v
+
+
 def perlin_noise(
     shape: tuple[int, int], rng: np.random.Generator, scale: float, octaves: int = 1
 ) -> np.ndarray:
     """2-D gradient (Perlin) noise of ``shape`` as float32 in [0, 1].
 
     ``scale`` is the feature size in pixels (the lattice period); each further octave halves it
-    and halves its amplitude.
+    and halves its amplitude. Octaves with large periods are computed on a coarser grid and
+    resized (the field is smooth there), which makes large noise cheap.
     """
     h, w = int(shape[0]), int(shape[1])
     total = np.zeros((h, w), np.float32)
@@ -103,28 +124,20 @@ def perlin_noise(
     period = max(float(scale), 1.0)
     amp = 1.0
     for _ in range(max(int(octaves), 1)):
-        gh, gw = int(math.ceil(h / period)) + 2, int(math.ceil(w / period)) + 2
-        angles = rng.uniform(0.0, 2 * np.pi, (gh, gw)).astype(np.float32)
-        gx, gy = np.cos(angles), np.sin(angles)
-        ys = np.arange(h, dtype=np.float32) / period + np.float32(rng.uniform(0, 1))
-        xs = np.arange(w, dtype=np.float32) / period + np.float32(rng.uniform(0, 1))
-        y0, x0 = ys.astype(np.int32), xs.astype(np.int32)
-        fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-        yi, xi = y0[:, None], x0[None, :]
-
-        def corner(dy: int, dx: int, fy=fy, fx=fx, yi=yi, xi=xi, gx=gx, gy=gy) -> np.ndarray:
-            return gx[yi + dy, xi + dx] * (fx - dx) + gy[yi + dy, xi + dx] * (fy - dy)
-
-        u, v = _fade(fx), _fade(fy)
-        top = corner(0, 0) * (1 - u) + corner(0, 1) * u
-        bottom = corner(1, 0) * (1 - u) + corner(1, 1) * u
-        total += amp * (top * (1 - v) + bottom * v)
+        f = max(int(period // 6), 1)  # sample at least 6 points per period
+        if f > 1:
+            hs, ws = -(-h // f) + 1, -(-w // f) + 1
+            small = _perlin_octave(hs, ws, rng, period / f)
+            octave = cv2.resize(small, (ws * f, hs * f), interpolation=cv2.INTER_LINEAR)[:h, :w]
+        else:
+            octave = _perlin_octave(h, w, rng, period)
+        total += np.float32(amp) * octave
         amp_sum += amp
         amp *= 0.5
         period = max(period / 2, 1.0)
     # Perlin values lie in [-sqrt(1/2), sqrt(1/2)].
-    out = total / amp_sum / math.sqrt(0.5) * 0.5 + 0.5
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    out = total * np.float32(0.5 / amp_sum / math.sqrt(0.5)) + np.float32(0.5)
+    return np.clip(out, 0.0, 1.0)
 
 
 def smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cells: float) -> np.ndarray:
@@ -212,6 +225,7 @@ class _Ctx:
     region: np.ndarray | None
     background: np.ndarray  # (3,) colour of what lies behind the material
     params: dict[str, Any]
+    full: np.ndarray | None = None  # the whole image (painters get a window around the defect)
 
 
 def _local_mean(img: np.ndarray, c: _Ctx) -> np.ndarray:
@@ -444,14 +458,16 @@ def _texture(img: np.ndarray, rng: np.random.Generator, c: _Ctx) -> np.ndarray:
 
 def _cutpaste(img: np.ndarray, rng: np.random.Generator, c: _Ctx) -> np.ndarray:
     h, w = img.shape[:2]
+    src = img if c.full is None else c.full  # the patch may come from anywhere in the image
+    fh, fw = src.shape[:2]
     scar = rng.random() < 0.35
     if scar:  # CutPaste-scar: a thin long strip
         pw, ph = max(int(c.size * rng.uniform(0.1, 0.25)), 2), max(int(c.size * rng.uniform(1.0, 2.0)), 3)
     else:
         pw, ph = max(int(c.size * rng.uniform(0.6, 1.2)), 2), max(int(c.size * rng.uniform(0.6, 1.2)), 2)
-    pw, ph = min(pw, w), min(ph, h)
-    sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-    patch = img[sy : sy + ph, sx : sx + pw].copy()
+    pw, ph = min(pw, fw), min(ph, fh)
+    sy, sx = int(rng.integers(0, fh - ph + 1)), int(rng.integers(0, fw - pw + 1))
+    patch = src[sy : sy + ph, sx : sx + pw].copy()
     if rng.random() < 0.5:
         patch = np.clip(patch * rng.uniform(0.8, 1.2) + rng.uniform(-0.08, 0.08), 0, 1)
     angle = float(rng.uniform(-45, 45)) if (scar or rng.random() < 0.5) else 0.0
@@ -542,11 +558,13 @@ def is_grey(image: np.ndarray) -> bool:
 
 def _background_colour(img: np.ndarray, region: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
     if region is not None and (~region).sum() >= 16:
-        return np.median(img[~region], axis=0).astype(np.float32)
+        outside = img[~region]
+        step = max(len(outside) // 4096, 1)  # a subsample is enough for a median
+        return np.median(outside[::step], axis=0).astype(np.float32)
     # No background visible (a texture): a void is dark, or occasionally the opposite of the mean.
     if rng.random() < 0.75:
         return np.full(3, rng.uniform(0.0, 0.12), np.float32)
-    return (1.0 - img.reshape(-1, 3).mean(0)).astype(np.float32)
+    return (1.0 - img[::4, ::4].reshape(-1, 3).mean(0)).astype(np.float32)
 
 
 def _pick_centre(region: np.ndarray | None, h: int, w: int, rng: np.random.Generator,
@@ -619,33 +637,41 @@ def add_defect(
         background = np.full(3, background.mean(), np.float32)
     painter = _PAINTERS[kind]
     mask = np.zeros((h, w), bool)
-    out_u8 = img_u8
+    out_u8 = img_u8.copy()
     params: dict[str, Any] = {}
     for attempt in range(_MAX_TRIES + 1):
         boost = 1.4**attempt
         size = max(scale * min(h, w) * min(boost, 2.0), 2.0)
         cy, cx = _pick_centre(region, h, w, rng, prefer_edge=(kind == "missing" and rng.random() < 0.5))
-        c = _Ctx(cy, cx, size, min(strength * boost, 1.0), region, background,
-                 {"scale": scale, "strength": min(strength * boost, 1.0), "centre": (cy, cx)})
-        out = painter(img, rng, c) if attempt < _MAX_TRIES else _fallback(img, rng, c)
+        # Paint in a window around the centre (every painter stays within 4 sizes of it).
+        r = int(4 * size) + 4
+        y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r + 1, h), max(int(cx) - r, 0), min(int(cx) + r + 1, w)
+        sub_region = None if region is None else region[y0:y1, x0:x1]
+        c = _Ctx(cy - y0, cx - x0, size, min(strength * boost, 1.0), sub_region, background,
+                 {"scale": scale, "strength": min(strength * boost, 1.0), "centre": (cy, cx)}, full=img)
+        sub = img[y0:y1, x0:x1]
+        out = painter(sub, rng, c) if attempt < _MAX_TRIES else _fallback(sub, rng, c)
         if grey:
             out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
-        out_u8 = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
-        change = np.abs(out_u8.astype(np.int16) - img_u8.astype(np.int16)).max(axis=2)
-        mask = change >= MIN_CHANGE
-        if region is not None:
-            mask &= region
-        if mask.any():
+        sub_u8 = cv2.convertScaleAbs(np.maximum(out, 0).astype(np.float32), alpha=255.0)
+        d = cv2.absdiff(sub_u8, img_u8[y0:y1, x0:x1])
+        sub_mask = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]) >= MIN_CHANGE
+        if sub_region is not None:
+            sub_mask &= sub_region
+        if sub_mask.any():
+            # Restore every pixel outside the mask, so the mask is exactly the set of changed pixels.
+            orig = img_u8[y0:y1, x0:x1]
+            sub_u8 = np.where(sub_mask[..., None], sub_u8, orig)
+            mask[y0:y1, x0:x1] = (sub_u8 != orig).any(axis=2)
+            out_u8 = img_u8.copy()
+            out_u8[y0:y1, x0:x1] = sub_u8
             params = c.params
             params["attempt"] = attempt
             if attempt == _MAX_TRIES:
                 params["fallback"] = True
             break
         log.debug("defect %s left no visible change (attempt %d); retrying stronger", kind, attempt)
-    # Restore everything outside the mask, so the mask is exactly the set of changed pixels.
-    result = np.where(mask[..., None], out_u8, img_u8)
-    mask = (result != img_u8).any(axis=2)
-    return SynthDefect(image=result, mask=mask.astype(np.uint8), kind=kind, label=LABELS[kind], params=params)
+    return SynthDefect(image=out_u8, mask=mask.astype(np.uint8), kind=kind, label=LABELS[kind], params=params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -681,23 +707,27 @@ def photometric(image: np.ndarray, rng: np.random.Generator, *, light: float = 0
     img_u8 = as_rgb_uint8(image)
     h, w = img_u8.shape[:2]
     grey = is_grey(img_u8)
-    x = img_u8.astype(np.float32) / 255.0
     if light > 0:
         gamma = float(np.exp(rng.uniform(-light, light)))
-        x = np.power(x, gamma)
         gain = 1 + rng.uniform(-light, light)
         bias = rng.uniform(-light, light) * 0.3
+        # Gamma, gain and bias through a 256-entry table (much faster than per-pixel powers).
+        table = (np.power(np.arange(256, dtype=np.float32) / 255.0, gamma) * gain + bias).astype(np.float32)
+        x = cv2.LUT(img_u8, table)
         yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
         xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
-        grad = 1 + (yy * rng.uniform(-1, 1) + xx * rng.uniform(-1, 1)) * light * 0.5
-        x = x * gain * grad[..., None] + bias
+        grad = 1 + (yy * np.float32(rng.uniform(-1, 1)) + xx * np.float32(rng.uniform(-1, 1))) * np.float32(light * 0.5)
+        x *= grad[..., None]
+    else:
+        x = img_u8.astype(np.float32) / 255.0
     if rng.random() < 0.3 and min(h, w) >= 8:
         x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.3, 0.9)))
     sigma = float(rng.uniform(0, noise)) if noise > 0 else 0.0
     if sigma > 0:
-        n = rng.normal(0, sigma, (h, w, 1) if grey else (h, w, 3)).astype(np.float32)
-        x = x + n
-    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+        n = rng.standard_normal((h, w, 1) if grey else (h, w, 3), dtype=np.float32)
+        x = x + n * np.float32(sigma)
+    # float -> uint8 with rounding and saturation in one pass.
+    return cv2.convertScaleAbs(np.maximum(x, 0), alpha=255.0)
 
 
 def jitter(
