@@ -59,6 +59,9 @@ def _register_commands() -> None:
     from adcopilot.commands import train_cmd
 
     train_cmd.register(app)
+    from adcopilot.commands import curate_cmd
+
+    curate_cmd.register(app)
 
 
 _register_commands()

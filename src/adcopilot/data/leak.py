@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adcopilot.errors import AdcopilotError
+from adcopilot.errors import AdcopilotError, ImageError
 from adcopilot.imaging import load_image
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,11 @@ def find_leaks(
     if not trained:
         return leaks
     for img in _expand(test_images):
-        h = content_hash(img)
+        try:
+            h = content_hash(img)
+        except ImageError as exc:  # a bad file cannot be checked; say so and go on
+            log.warning("leak check skipped %s", exc)
+            continue
         if h in trained:
             ts, tp = trained[h]
             leaks.append(Leak(image=os.fspath(img), hash=h, train_set=ts, train_path=tp))
