@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,15 @@ def _grain(shape: tuple[int, int], rng: np.random.Generator, amount: float) -> n
     return (1 + (rng.random((*shape, 1), dtype=np.float32) - 0.5) * 2 * amount).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel row and column coordinates (s, s) float32, cached (read-only)."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy.setflags(write=False)
+    xx.setflags(write=False)
+    return yy, xx
+
+
 def _background(s: int, p: Params, rng: np.random.Generator) -> np.ndarray:
     """Plain or slightly textured background with a soft illumination gradient: (s, s, 3)."""
     yy = np.linspace(-0.5, 0.5, s, dtype=np.float32)[:, None]
@@ -117,7 +127,7 @@ def _s_wood(rng: np.random.Generator) -> Params:
 
 
 def _r_wood(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     n = perlin_noise((s, s), rng, s / 3, 2)
     u = xx * np.cos(p["angle"]) + yy * np.sin(p["angle"])
     v = 0.5 + 0.5 * np.sin(u * p["freq"] + n * p["warp"])
@@ -131,7 +141,7 @@ def _s_fabric(rng: np.random.Generator) -> Params:
 
 
 def _r_fabric(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     a = p["angle"]
     u = (xx * np.cos(a) + yy * np.sin(a)) / p["period"]
     v = (-xx * np.sin(a) + yy * np.cos(a)) / p["period"]
@@ -180,7 +190,7 @@ def _s_mesh(rng: np.random.Generator) -> Params:
 
 
 def _r_mesh(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     a = p["angle"]
     u = (xx * np.cos(a) + yy * np.sin(a)) / p["period"]
     v = (-xx * np.sin(a) + yy * np.cos(a)) / p["period"]
@@ -200,7 +210,7 @@ def _s_tiles(rng: np.random.Generator) -> Params:
 
 
 def _r_tiles(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     row = np.floor(yy / p["h"])
     xs = xx / p["w"] + row * p["offset"]
     col = np.floor(xs)
@@ -270,7 +280,7 @@ def _s_solar(rng: np.random.Generator) -> Params:
 
 def _r_solar(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
     """Electroluminescence-like cell: busbars, fingers, grain (poly) or smooth (mono), cut corners."""
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     level = np.full((s, s), p["level"], np.float32)
     if p["poly"]:
         g = perlin_noise((s, s), rng, p["grain_scale"], 2)
@@ -332,6 +342,83 @@ def _r_pcb(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
     return img * _grain((s, s), rng, 0.04)
 
 
+def _s_label(rng: np.random.Generator) -> Params:
+    return {"paper": _palette(rng, (0.0, 0.3), (0.75, 1.0)), "ink": _palette(rng, (0.0, 0.9), (0.0, 0.45)),
+            "rows": int(rng.integers(4, 12)), "text": int(rng.integers(0, 2**31)), "barcode": bool(rng.random() < 0.5),
+            "font": int(rng.choice([0, 1, 2, 3])), "bold": int(rng.choice([1, 1, 2]))}
+
+
+def _r_label(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
+    """A printed label: rows of characters and an optional barcode (print defects show here)."""
+    # putText draws on 8-bit images only.
+    img = np.broadcast_to(np.round(p["paper"] * 255).astype(np.uint8), (s, s, 3)).copy()
+    lay = np.random.default_rng(p["text"])
+    ink = tuple(float(v) * 255 for v in p["ink"])
+    chars = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789-/."
+    row_h = s / (p["rows"] + 1)
+    font_scale = row_h / 40.0
+    for r in range(p["rows"]):
+        n = int(lay.integers(4, 22))
+        txt = "".join(lay.choice(list(chars), n))
+        y = int((r + 1) * row_h)
+        cv2.putText(img, txt, (int(s * 0.05), y), p["font"], font_scale, ink, max(int(p["bold"] * s / 256), 1),
+                    cv2.LINE_AA)
+    if p["barcode"]:
+        x = s * 0.55
+        widths = lay.integers(1, 4, 40) * max(s / 256, 0.5)
+        for k, bw in enumerate(widths):
+            if k % 2 == 0:
+                _fill(img, np.array([[x, s * 0.6], [x + bw, s * 0.6], [x + bw, s * 0.9], [x, s * 0.9]]), ink)
+            x += bw
+            if x > s * 0.95:
+                break
+    return img.astype(np.float32) / 255.0 * _grain((s, s), rng, 0.03)
+
+
+def _s_perforated(rng: np.random.Generator) -> Params:
+    return {"sheet": _palette(rng, (0.0, 0.3), (0.35, 0.9)), "hole": _palette(rng, (0.0, 0.3), (0.0, 0.3)),
+            "pitch": rng.uniform(10, 28), "r": rng.uniform(0.2, 0.4), "slot": bool(rng.random() < 0.3),
+            "stagger": bool(rng.random() < 0.5)}
+
+
+def _r_perforated(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = _grid(s)
+    row = np.floor(yy / p["pitch"])
+    xs = xx / p["pitch"] + (0.5 * (row % 2) if p["stagger"] else 0)
+    u = xs - np.floor(xs) - 0.5
+    v = yy / p["pitch"] - row - 0.5
+    if p["slot"]:
+        u = np.maximum(np.abs(u) - 0.15, 0)
+    d = np.sqrt(u * u + v * v)
+    hole = np.clip((p["r"] - d) * p["pitch"], 0, 1)
+    sheen = 0.85 + 0.3 * perlin_noise((s, s), rng, s / 2)
+    return _mix(p["sheet"] * sheen[..., None], p["hole"], hole) * _grain((s, s), rng, 0.04)
+
+
+def _s_zipper(rng: np.random.Generator) -> Params:
+    return {"tape": _palette(rng, (0.1, 0.9), (0.1, 0.8)), "teeth": _palette(rng, (0.0, 0.5), (0.3, 0.95)),
+            "pitch": rng.uniform(8, 16), "width": rng.uniform(0.15, 0.3), "vertical": bool(rng.random() < 0.5)}
+
+
+def _r_zipper(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
+    """A closed zipper: fabric tape on both sides, interlocking teeth down the middle."""
+    yy, xx = _grid(s)
+    if not p["vertical"]:
+        yy, xx = xx, yy
+    half = p["width"] * s / 2
+    dx = xx - s / 2
+    phase = yy / p["pitch"]
+    side = np.where(dx < 0, 0.0, 0.5)  # teeth from the two sides alternate
+    f = (phase + side) - np.floor(phase + side)
+    tooth = (np.abs(dx) < half) & (f < 0.55) & ((dx < 0) | (dx > -half)) & ((dx > -half) & (dx < half))
+    tooth = tooth & (np.where(dx < 0, -dx, dx) < half * (0.6 + 0.4 * np.sin(np.pi * f / 0.55)))
+    weave = 0.85 + 0.15 * np.sin(xx * 1.7) * np.sin(yy * 1.7)
+    tape = p["tape"] * weave[..., None]
+    shade = 0.7 + 0.3 * np.sin(np.pi * np.clip(f / 0.55, 0, 1))
+    img = np.where(tooth[..., None], p["teeth"] * shade[..., None], tape)
+    return img * _grain((s, s), rng, 0.04)
+
+
 # ----------------------------------------------------------------------------------------------
 # objects: sample(rng) -> params; render(params, size, pose, rng) -> (image (s,s,3) float, mask bool)
 # pose = (dx, dy, angle) in fractions of the size and radians.
@@ -368,7 +455,7 @@ def _r_screw(p: Params, s: int, pose: tuple[float, float, float], rng: np.random
     mask = np.zeros((s, s), np.float32)
     _fill(mask, _rot(shaft, a, cx, cy))
     _fill(mask, _rot(head, a, cx, cy))
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     along = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
     across = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
     in_head = along < x0 + head_len
@@ -405,7 +492,7 @@ def _r_nut(p: Params, s: int, pose: tuple[float, float, float], rng: np.random.G
     hole = np.zeros((s, s), np.float32)
     _circle(hole, cx, cy, r * p["hole"])
     mask = np.clip(mask - hole, 0, 1)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     rad = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / r
     ang = np.arctan2(yy - cy, xx - cx)
     # Brushed radial sheen plus a chamfer ring near the hole.
@@ -428,7 +515,7 @@ def _r_bottle(p: Params, s: int, pose: tuple[float, float, float], rng: np.rando
     img = _background(s, p, rng)
     cx, cy = s * (0.5 + pose[0]), s * (0.5 + pose[1])
     r = p["size"] * s / 2 * 1.1
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     rad = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / r
     mask = np.zeros((s, s), np.float32)
     _circle(mask, cx, cy, r)
@@ -458,7 +545,7 @@ def _r_pill(p: Params, s: int, pose: tuple[float, float, float], rng: np.random.
     mask = np.zeros((s, s), np.float32)
     cv2.ellipse(mask, (int(cx * 16), int(cy * 16)), (int(rx * 16), int(ry * 16)), float(np.degrees(a)), 0, 360,
                 1.0, -1, cv2.LINE_AA, shift=4)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     u = ((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) / rx
     v = (-(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)) / ry
     dome = np.sqrt(np.clip(1 - u * u - v * v, 0, 1))
@@ -497,7 +584,7 @@ def _r_capsule(p: Params, s: int, pose: tuple[float, float, float], rng: np.rand
     _line(mask, p0, p1, 1.0, int(2 * r))
     _circle(mask, *p0, r)
     _circle(mask, *p1, r)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     along = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
     across = (-(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)) / r
     shade = _cylinder_shade(across, 0.35)
@@ -526,7 +613,7 @@ def _r_cable(p: Params, s: int, pose: tuple[float, float, float], rng: np.random
     img = _background(s, p, rng)
     cx, cy = s * (0.5 + pose[0]), s * (0.5 + pose[1])
     mask = np.zeros((s, s), np.float32)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     if p["style"] == "section":  # cross-section: jacket with three insulated conductors
         r = p["size"] * s / 2
         _circle(mask, cx, cy, r)
@@ -580,7 +667,7 @@ def _r_gear(p: Params, s: int, pose: tuple[float, float, float], rng: np.random.
         t = a + k * 2 * np.pi / max(p["holes"], 1)
         _circle(holes, cx + np.cos(t) * r * 0.55, cy + np.sin(t) * r * 0.55, r * 0.1)
     mask = np.clip(mask - holes, 0, 1)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    yy, xx = _grid(s)
     rr = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / r
     ring = 0.85 + 0.15 * np.cos(rr * 40)  # turned (lathe) rings
     shade = ring * (0.8 + 0.2 * np.cos(np.arctan2(yy - cy, xx - cx) - 2.0))
@@ -618,7 +705,7 @@ def _r_transistor(p: Params, s: int, pose: tuple[float, float, float], rng: np.r
         _fill(legs, _rot(np.array([[x - s * 0.02, bh], [x + s * 0.02, bh], [x + s * 0.02, bh + s * 0.3],
                                    [x - s * 0.02, bh + s * 0.3]]), a, cx, cy))
     mask = np.clip(body + tab + legs, 0, 1)
-    yy = np.mgrid[0:s, 0:s][0].astype(np.float32)
+    yy = _grid(s)[0]
     metal = p["colour"] * (0.8 + 0.2 * np.sin(yy / s * 20))[..., None]
     obj = _mix(metal, p["body"], np.clip(body, 0, 1))
     obj = obj * _grain((s, s), np.random.default_rng(p["surface"]), 0.04)
@@ -626,6 +713,35 @@ def _r_transistor(p: Params, s: int, pose: tuple[float, float, float], rng: np.r
     shadow = cv2.GaussianBlur(mask, (0, 0), s / 80)
     shadow = np.roll(shadow, (int(s * 0.015), int(s * 0.015)), (0, 1))
     img = img * (1 - 0.4 * shadow[..., None])
+    return img * (1 - mask[..., None]) + obj * mask[..., None], mask > 0.5
+
+
+def _s_nut_organic(rng: np.random.Generator) -> Params:
+    p = _obj_base(rng, _palette(rng, (0.4, 0.8), (0.3, 0.7), (8, 22)))
+    p.update(aspect=rng.uniform(0.75, 0.95), angle=rng.uniform(0, 2 * np.pi), stripes=rng.uniform(6, 14),
+             tip=rng.uniform(0.1, 0.25))
+    return p
+
+
+def _r_nut_organic(p: Params, s: int, pose: tuple[float, float, float], rng: np.random.Generator):
+    """A hazelnut-like organic object: a rounded shell with a pointed tip and streaks."""
+    img = _background(s, p, rng)
+    cx, cy = s * (0.5 + pose[0]), s * (0.5 + pose[1])
+    a = p["angle"] + pose[2]
+    r = p["size"] * s / 2 * 0.9
+    th = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+    rad = r * (1 + p["tip"] * np.exp(-((np.angle(np.exp(1j * th))) ** 2) / 0.15))
+    pts = np.stack([np.cos(th) * rad, np.sin(th) * rad * p["aspect"]], 1)
+    mask = np.zeros((s, s), np.float32)
+    _fill(mask, _rot(pts, a, cx, cy))
+    yy, xx = _grid(s)
+    u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+    v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+    ang = np.arctan2(v, u)
+    dist = np.sqrt(u * u + v * v) / r
+    streak = 0.8 + 0.2 * np.sin(ang * p["stripes"] + 3 * perlin_noise((s, s), np.random.default_rng(p["surface"]), s / 6))
+    dome = np.sqrt(np.clip(1 - dist * dist, 0, 1))
+    obj = p["colour"] * (streak * (0.55 + 0.45 * dome))[..., None] * _grain((s, s), rng, 0.04)
     return img * (1 - mask[..., None]) + obj * mask[..., None], mask > 0.5
 
 
@@ -641,6 +757,9 @@ TEXTURES: dict[str, tuple[Callable[..., Params], Callable[..., np.ndarray]]] = {
     "stone": (_s_stone, _r_stone),
     "solar": (_s_solar, _r_solar),
     "pcb": (_s_pcb, _r_pcb),
+    "label": (_s_label, _r_label),
+    "perforated": (_s_perforated, _r_perforated),
+    "zipper": (_s_zipper, _r_zipper),
 }
 
 OBJECTS: dict[str, tuple[Callable[..., Params], Callable[..., tuple[np.ndarray, np.ndarray]]]] = {
@@ -652,9 +771,13 @@ OBJECTS: dict[str, tuple[Callable[..., Params], Callable[..., tuple[np.ndarray, 
     "cable": (_s_cable, _r_cable),
     "gear": (_s_gear, _r_gear),
     "transistor": (_s_transistor, _r_transistor),
+    "hazelnut": (_s_nut_organic, _r_nut_organic),
 }
 
 CATEGORIES: tuple[str, ...] = tuple(TEXTURES) + tuple(OBJECTS)
+
+#: Textures whose layout is fixed: their two views are nearly aligned crops.
+ALIGNED = frozenset({"pcb", "label", "solar", "zipper", "perforated", "tiles", "mesh", "fabric"})
 
 #: Textures are rendered this much larger than the output and cropped (two crops = two views).
 _MARGIN = 1.15
@@ -681,8 +804,13 @@ def _views(category: str, p: Params, grey: bool, size: int, rng: np.random.Gener
         canvas = TEXTURES[category][1](p, big, rng)
         out = []
         slack = big - size
+        # Laid-out products (a PCB, a label, a cell) are photographed in the same place each
+        # time; random materials are compared with any other patch of the same material.
+        near = max(int(size * 0.03), 1) if category in ALIGNED else slack
+        by, bx = int(rng.integers(0, slack + 1)), int(rng.integers(0, slack + 1))
         for _ in range(n):
-            oy, ox = int(rng.integers(0, slack + 1)), int(rng.integers(0, slack + 1))
+            oy = int(np.clip(by + rng.integers(-near, near + 1), 0, slack))
+            ox = int(np.clip(bx + rng.integers(-near, near + 1), 0, slack))
             out.append((_to_u8(canvas[oy : oy + size, ox : ox + size], grey), None))
         return out
     render = OBJECTS[category][1]

@@ -253,15 +253,24 @@ def _dark_or_bright(img: np.ndarray, c: _Ctx, rng: np.random.Generator, p_dark: 
 
 def _crack(img: np.ndarray, rng: np.random.Generator, c: _Ctx) -> np.ndarray:
     h, w = img.shape[:2]
-    lines = [_random_walk(rng, c.cy, c.cx, c.size * rng.uniform(1.0, 2.5), max(c.size / 12, 1.5), 0.35)]
-    n_branch = rng.integers(0, 4)
+    # Two random walks leaving the centre in opposite directions, plus a few branches.
+    a = rng.uniform(0, 2 * np.pi)
+    step, wiggle = max(c.size / 12, 1.5), rng.uniform(0.15, 0.5)
+    lines = [_random_walk(rng, c.cy, c.cx, c.size * rng.uniform(1.0, 2.5), step, wiggle, angle=a + d)
+             for d in (0.0, np.pi)]
+    n_branch = int(rng.integers(0, 5))
     for _ in range(n_branch):
-        base = lines[0][rng.integers(0, len(lines[0]))]
-        lines.append(_random_walk(rng, base[1], base[0], c.size * rng.uniform(0.3, 1.0),
-                                  max(c.size / 14, 1.5), 0.5))
+        trunk = lines[int(rng.integers(0, 2))]
+        base = trunk[rng.integers(0, len(trunk))]
+        lines.append(_random_walk(rng, base[1], base[0], c.size * rng.uniform(0.3, 1.0), step, 0.5))
     thick = int(rng.choice([1, 1, 2, 3])) if c.size > 12 else 1
     cov = _draw_lines((h, w), lines, thick)
-    c.params.update(branches=int(n_branch), thickness=thick)
+    if rng.random() < 0.4:
+        # A soft halo along the crack (as cracks look in electroluminescence images).
+        halo = cv2.GaussianBlur(cov, (0, 0), rng.uniform(1.5, 4.0))
+        cov = np.maximum(cov, np.clip(halo * rng.uniform(1.0, 3.0), 0, 1) * rng.uniform(0.3, 0.7))
+        c.params["halo"] = True
+    c.params.update(branches=n_branch, thickness=thick)
     return _blend(img, cov, _dark_or_bright(img, c, rng, 0.85))
 
 
@@ -424,7 +433,13 @@ def _deformation(img: np.ndarray, rng: np.random.Generator, c: _Ctx) -> np.ndarr
 def _foreign_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A random texture (H, W, 3) float32 unrelated to the image (DRAEM's anomaly source)."""
     h, w = shape
-    style = rng.integers(0, 4)
+    style = rng.integers(0, 5)
+    if style == 4:  # another procedural material
+        from adcopilot.data import procedural  # lazy: procedural itself uses this module's noise
+
+        category = str(rng.choice(list(procedural.TEXTURES)))
+        img, _ = procedural.render(category, rng, max(h, w, 8))
+        return img[:h, :w].astype(np.float32) / 255.0
     if style == 0:  # coloured fractal noise
         t = np.stack([perlin_noise((h, w), rng, max(min(h, w) / rng.uniform(2, 16), 1), 3) for _ in range(3)], -1)
     elif style == 1:  # stripes
@@ -606,7 +621,7 @@ def add_defect(
         rng: the random generator (the result is a pure function of its state and the inputs).
         kind: one of :data:`DEFECT_KINDS`; random when None.
         region: optional (H, W) bool mask; the defect's pixels all lie inside it.
-        scale: defect size as a fraction of min(H, W); random (log-uniform 0.03..0.3) when None.
+        scale: defect size as a fraction of min(H, W); random (log-uniform 0.03..0.35) when None.
 
     Raises:
         AdcopilotError: bad image, unknown kind, region of the wrong shape or empty.
@@ -627,7 +642,7 @@ def add_defect(
     grey = is_grey(img_u8)
     img = img_u8.astype(np.float32) / 255.0
     if scale is None:
-        scale = float(np.exp(rng.uniform(np.log(0.03), np.log(0.3))))
+        scale = float(np.exp(rng.uniform(np.log(0.03), np.log(0.35))))
     scale = float(scale)
     if not (scale > 0):
         raise AdcopilotError(f"scale must be positive, got {scale}")
