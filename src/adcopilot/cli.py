@@ -62,6 +62,11 @@ def _register_commands() -> None:
     from adcopilot.commands import curate_cmd
 
     curate_cmd.register(app)
+    from adcopilot.commands import batch_cmd, calibrate_cmd, serve_cmd
+
+    batch_cmd.register(app)
+    calibrate_cmd.register(app)
+    serve_cmd.register(app)
 
 
 _register_commands()

@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
         query: Path = typer.Argument(..., help="The image to inspect."),
         ref: list[Path] = typer.Option(..., "--ref", "-r", help="A normal reference image (repeatable)."),
         model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
-        threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: the model's)."),
+        threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated, else the model's)."),
+        calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json (from adcopilot calibrate)."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align the query onto the reference."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Path = typer.Option(None, "--save", help="Write the annotated query image here."),
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
         from adcopilot.api import Copilot
         from adcopilot.visualize import save_annotated
 
-        cp = Copilot.load(model, threshold=threshold, registration=not no_register)
+        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
         result = cp.inspect(query, ref)
         if ask:
             result.answer = cp.ask(query, ref, ask, result=result)

@@ -69,7 +69,7 @@ def reference_paths(sources: Sequence[str | os.PathLike]) -> list[Path]:
             raise AdcopilotError(f"{p}: no such file")
         else:
             raise AdcopilotError(f"{p}: no such reference folder or image")
-    return list(dict.fromkeys(q.resolve() for q in out))
+    return list(dict.fromkeys(q.absolute() for q in out))
 
 
 class ReferenceBank:

@@ -95,7 +95,7 @@ def _from_folder(root: Path, prefix: str) -> list[LotItem]:
         if d.lower() in NORMAL_NAMES
     }
     return [
-        LotItem(f.resolve(), prefix + r.as_posix(), truth_from_folders(r.parts[:-1], normal_parents))
+        LotItem(f.absolute(), prefix + r.as_posix(), truth_from_folders(r.parts[:-1], normal_parents))
         for f, r in zip(files, rels, strict=True)
     ]
 
@@ -119,7 +119,7 @@ def _from_csv(path: Path) -> list[LotItem]:
         p = Path(value)
         full = p if p.is_absolute() else path.parent / p
         truth = parse_label(row.get(label_col) or "", f"{path}:{n}") if label_col else None
-        items.append(LotItem(full.resolve(), p.as_posix(), truth))
+        items.append(LotItem(full.absolute(), p.as_posix(), truth))
     return items
 
 
@@ -138,7 +138,7 @@ def collect(sources: Sequence[str | os.PathLike]) -> list[LotItem]:
                 raise AdcopilotError(f"{p}: no such CSV list")
             items.extend(_from_csv(p))
         elif p.exists() or is_image(p):
-            items.append(LotItem(p.resolve(), p.name))  # a missing image is reported by the batch
+            items.append(LotItem(p.absolute(), p.name))  # a missing image is reported by the batch
         else:
             raise AdcopilotError(f"{p}: no such folder, image or CSV list")
     seen: dict[str, LotItem] = {}

@@ -1,0 +1,71 @@
+"""``adcopilot batch QUERIES --refs NORMALS [--out DIR]``: inspect a whole lot, resumably, with a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("batch")
+    def batch(
+        queries: list[Path] = typer.Argument(..., help="Folders (searched recursively), images or CSV lists."),
+        refs: list[Path] = typer.Option(..., "--refs", help="Normal reference images or folders (repeatable)."),
+        out: Path = typer.Option(Path("batch-results"), "--out", "-o", help="Output folder (re-runs resume here)."),
+        shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per query."),
+        shard: str = typer.Option(None, "--shard", help="Process only shard i of n, e.g. 2/4 (deterministic)."),
+        model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
+        threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated, else the model's)."),
+        calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json."),
+        no_register: bool = typer.Option(False, "--no-register", help="Do not align queries onto references."),
+        no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated images."),
+        workers: int = typer.Option(2, "--workers", help="Image-loading threads."),
+        threads: int = typer.Option(None, "--threads", help="Torch compute threads (default: torch's)."),
+        restart: bool = typer.Option(False, "--restart", help="Discard this shard's earlier results."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Inspect every query against its nearest normal reference(s); CSV, JSONL, images, HTML report."""
+        from adcopilot.api import Copilot
+        from adcopilot.line.batch import BatchConfig, run_batch
+        from adcopilot.line.sources import collect, parse_shard
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+        cfg = BatchConfig(
+            shots=shots, shard=parse_shard(shard), workers=workers, save_images=not no_images,
+            restart=restart, progress=not quiet,
+        )
+        items = collect(queries)
+        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        s = run_batch(cp, items, refs, out, cfg)
+        summary = json.loads(s.files["summary"].read_text()) if "summary" in s.files else {}
+        if as_json:
+            typer.echo(json.dumps({
+                "out": str(out), "shard": list(cfg.shard), "in_shard": s.total, "done_before": s.done_before,
+                "processed": s.processed, "skipped": [{"file": f, "reason": r} for f, r in s.skipped],
+                "seconds": round(s.seconds, 2), "images_per_second": round(s.images_per_second, 2),
+                "report": {k: str(v) for k, v in s.files.items()}, "summary": summary,
+            }, indent=2))
+            return
+        typer.echo(
+            f"shard {cfg.shard[0]}/{cfg.shard[1]}: {s.total} queries, {s.done_before} done before, "
+            f"{s.processed} inspected in {s.seconds:.1f} s ({s.images_per_second:.1f} images/s), {len(s.skipped)} skipped"
+        )
+        for f, reason in s.skipped[:10]:
+            typer.echo(f"  skipped {f}: {reason}")
+        if len(s.skipped) > 10:
+            typer.echo(f"  ... {len(s.skipped) - 10} more in {s.files['skipped']}")
+        if summary:
+            line = f"lot so far: {summary['inspected']} inspected, {summary['anomalous']} anomalous, {summary['normal']} normal"
+            t = summary.get("truth")
+            if t:
+                ok = t["overkill_rate"] if t["overkill_rate"] is not None else 0.0
+                ms = t["miss_rate"] if t["miss_rate"] is not None else 0.0
+                line += f"; overkill {t['overkill']}/{t['normal']} ({100 * ok:.1f}%), miss {t['miss']}/{t['defective']} ({100 * ms:.1f}%)"
+            typer.echo(line)
+            typer.echo(f"report: {s.files['html']}  table: {s.files['csv']}")

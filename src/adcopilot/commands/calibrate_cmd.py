@@ -1,0 +1,82 @@
+"""``adcopilot calibrate``: the threshold of least expected cost from labelled normal and defective images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("calibrate")
+    def calibrate(
+        normals: list[Path] = typer.Option(None, "--normals", help="Labelled normal images: folders, files or CSV (repeatable)."),
+        defects: list[Path] = typer.Option(None, "--defects", help="Labelled defective images (repeatable)."),
+        refs: list[Path] = typer.Option(None, "--refs", help="Normal reference images or folders to compare with."),
+        results: Path = typer.Option(None, "--results", help="Reuse the scores of a batch folder (truth from folder names)."),
+        miss_cost: float = typer.Option(1.0, "--miss-cost", help="Cost of a missed defect."),
+        false_alarm_cost: float = typer.Option(1.0, "--false-alarm-cost", help="Cost of a false alarm (overkill)."),
+        target_miss_rate: float = typer.Option(None, "--target-miss-rate", help="Instead of costs: the highest threshold with at most this miss rate."),
+        prevalence: float = typer.Option(None, "--prevalence", help="Share of defective parts on the line (default: that of the labelled set)."),
+        shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per image."),
+        model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
+        no_register: bool = typer.Option(False, "--no-register", help="Do not align images onto references."),
+        out: Path = typer.Option(Path("calibration-run"), "--out", "-o", help="Work folder: scores, roc.png, cost.png."),
+        save_to: Path = typer.Option(None, "--save", help="Write calibration.json here instead of the model's place."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not store the threshold."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+    ) -> None:
+        """Choose and store the decision threshold used by inspect, batch and serve."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from adcopilot.api import Copilot
+        from adcopilot.errors import AdcopilotError
+        from adcopilot.line import calibration_run as run
+        from adcopilot.line.report import load_results
+
+        cp = Copilot.load(model, registration=not no_register)  # scores do not depend on the threshold
+        if results is not None:
+            if normals or defects:
+                raise AdcopilotError("use either --results or --normals/--defects, not both")
+            if not results.is_dir():
+                raise AdcopilotError(f"{results}: no such batch folder")
+            records, _ = load_results(results)
+            source = f"batch results {results}"
+            models = {r.get("model") for r in records} - {None}
+            if models and models != {cp.model_name}:
+                raise AdcopilotError(f"{results}: scored by model {sorted(models)}, not by '{cp.model_name}' (--model)")
+        else:
+            if not normals or not defects:
+                raise AdcopilotError("calibration needs --normals and --defects (or --results from a batch)")
+            if not refs:
+                raise AdcopilotError("--refs is needed: the normal references the images are compared with")
+            records = run.score_items(cp, run.labelled_items(normals, defects), refs, out, shots=shots, progress=not quiet)
+            source = f"normals {', '.join(map(str, normals))}; defects {', '.join(map(str, defects))}"
+        choice = run.choose_from_records(
+            records, miss_cost=miss_cost, false_alarm_cost=false_alarm_cost,
+            target_miss_rate=target_miss_rate, prevalence=prevalence,
+        )
+        charts = run.write_curves(choice, out, cp.model_name)
+        record = run.calibration_record(cp, choice, shots=shots, source=source)
+        path = None if dry_run else run.save(record, model, save_to)
+        if as_json:
+            typer.echo(json.dumps({**record, "saved": str(path) if path else None,
+                                   "charts": {k: str(v) for k, v in charts.items()}}, indent=2))
+            return
+        m, c = choice.metrics, choice.metrics["confusion"]
+        con = Console()
+        con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its default {cp.detector.threshold:.4f})")
+        table = Table(title="confusion matrix", show_lines=True)
+        table.add_column("")
+        table.add_column("verdict normal")
+        table.add_column("verdict anomalous")
+        table.add_row("truly normal", str(c["tn"]), f"{c['fp']} (overkill)")
+        table.add_row("truly defective", f"{c['fn']} (miss)", str(c["tp"]))
+        con.print(table)
+        con.print(f"overkill {c['fp']}/{m['n_normal']} ({100 * m['overkill']:.1f}%)  miss {c['fn']}/{m['n_defective']} "
+                  f"({100 * m['miss']:.1f}%)  AUROC {m['auroc']:.4f}  expected cost per part {choice.expected_cost:.4f}")
+        con.print(f"curves: {charts['roc']}  {charts['cost']}")
+        con.print(f"saved: {path} (used by inspect, batch and serve)" if path else "not saved (--dry-run)")

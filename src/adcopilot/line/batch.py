@@ -1,0 +1,312 @@
+"""Batch inspection of a lot: every query against its nearest normal reference(s), resumable.
+
+For each query the ``shots`` most similar normal references are chosen by a global feature
+(:mod:`adcopilot.line.references`), the query is inspected with :class:`adcopilot.Copilot`, and
+one JSON line is appended to ``results.jsonl`` (flushed per file, so an interruption loses at most
+the file in flight; a re-run skips the files already there). Images are decoded by a pool of
+threads while the model works on the previous chunk; annotated images and thumbnails are written
+by the same pool. Unreadable files are skipped and listed in ``skipped.csv`` with the reason.
+
+Output folder::
+
+    results.jsonl        one record per query (boxes included)        (results-2of4.jsonl per shard)
+    skipped.csv          file, reason                                  (skipped-2of4.csv per shard)
+    batch.json           what produced the results (model, threshold, references, shots)
+    annotated/<key>.jpg  query with heat-map and boxes
+    thumbs/<key>.jpg     small versions for the report
+    results.csv, report.html   merged from every shard present (see report.py)
+
+Usage::
+
+    summary = run_batch(Copilot.load(), collect(["lot/"]), ["normals/"], "out", BatchConfig(shots=2))
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from adcopilot.api import Copilot
+from adcopilot.errors import AdcopilotError
+from adcopilot.imaging import load_image, to_float_array
+from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, reference_paths, tower_for
+from adcopilot.line.sources import LotItem, shard
+from adcopilot.results import InspectionResult
+from adcopilot.visualize import annotate
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "batch.json"
+
+
+@dataclass
+class BatchConfig:
+    shots: int = 1
+    shard: tuple[int, int] = (1, 1)  # (i, n), 1-based
+    workers: int = 2  # image-decoding threads
+    chunk: int = 8  # queries whose global features are computed in one pass
+    save_images: bool = True
+    thumb_size: int = 128
+    report: bool = True
+    restart: bool = False
+    match_threshold: bool = True  # refuse to resume results made with another threshold
+    progress: bool = True
+
+
+@dataclass
+class BatchSummary:
+    out_dir: Path
+    total: int  # queries in this shard
+    done_before: int  # already in the results when the run started
+    processed: int  # inspected by this run
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    seconds: float = 0.0
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Loaded:
+    item: LotItem
+    image: Image.Image | None = None
+    small: np.ndarray | None = None  # (g, g, 3) for the global feature
+    error: str | None = None
+
+
+def shard_suffix(index: int, count: int) -> str:
+    return "" if count == 1 else f"-{index}of{count}"
+
+
+def outcome(truth: str | None, verdict: str) -> str | None:
+    """pass / detected / overkill (false alarm) / miss; None when the truth is unknown."""
+    if truth is None:
+        return None
+    if truth == "normal":
+        return "overkill" if verdict == "anomalous" else "pass"
+    return "detected" if verdict == "anomalous" else "miss"
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a results file; a torn last line (interrupted write) is ignored."""
+    out = []
+    if not path.exists():
+        return out
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s:%d: unreadable record ignored (interrupted write?)", path, n)
+    return out
+
+
+def _asset_name(key: str) -> str:
+    # Keep the key's folders, add .jpg (a.png and a.jpg stay distinct); no escaping from the folder.
+    safe = "/".join(p for p in key.split("/") if p not in ("", ".", ".."))
+    return safe + ".jpg"
+
+
+def _manifest(copilot: Copilot, bank: ReferenceBank, cfg: BatchConfig) -> dict[str, Any]:
+    refs = hashlib.sha1("\n".join(str(p) for p in bank.paths).encode()).hexdigest()[:16]
+    return {
+        "model": copilot.model_name,
+        "image_size": copilot.detector.image_size,
+        "threshold": round(copilot.threshold, 6),
+        "registration": copilot.registration,
+        "shots": cfg.shots,
+        "references": {"count": len(bank), "digest": refs},
+    }
+
+
+def _check_manifest(out: Path, new: dict[str, Any], cfg: BatchConfig) -> None:
+    path = out / MANIFEST
+    if path.exists() and not cfg.restart:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        keys = [k for k in new if k != "threshold" or cfg.match_threshold]
+        diff = [k for k in keys if old.get(k) != new[k]]
+        if old and diff:
+            raise AdcopilotError(
+                f"{out}: holds results of a different run ({', '.join(f'{k}: {old.get(k)} -> {new[k]}' for k in diff)});"
+                " use another --out or --restart"
+            )
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # shards may write it at the same time
+    tmp.write_text(json.dumps(new, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _load(item: LotItem, need_small: bool) -> _Loaded:
+    try:
+        img = load_image(item.path, name=str(item.path))
+    except AdcopilotError as exc:
+        return _Loaded(item, error=str(exc))
+    small = to_float_array(img, GLOBAL_SIZE) if need_small else None
+    return _Loaded(item, img, small)
+
+
+def _save_pictures(img: Image.Image, result: InspectionResult, annotated: Path, thumb: Path, size: int) -> None:
+    pic = annotate(img, result)
+    annotated.parent.mkdir(parents=True, exist_ok=True)
+    pic.save(annotated, quality=90)
+    pic.thumbnail((size, size), Image.Resampling.BILINEAR)
+    thumb.parent.mkdir(parents=True, exist_ok=True)
+    pic.save(thumb, quality=80)
+
+
+def _chunks(items: Sequence[LotItem], n: int) -> Iterator[list[LotItem]]:
+    for i in range(0, len(items), n):
+        yield list(items[i : i + n])
+
+
+def run_batch(
+    copilot: Copilot,
+    queries: Sequence[LotItem],
+    references: Sequence[str | os.PathLike] | ReferenceBank,
+    out_dir: str | os.PathLike,
+    config: BatchConfig | None = None,
+) -> BatchSummary:
+    """Inspect this shard's queries not yet in the results; write outputs; return a summary."""
+    cfg = config or BatchConfig()
+    if cfg.shots < 1:
+        raise AdcopilotError(f"--shots must be at least 1, got {cfg.shots}")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AdcopilotError(f"{out}: cannot create the output folder ({exc})") from None
+    index, count = cfg.shard
+    mine = shard(queries, index, count)
+    suffix = shard_suffix(index, count)
+    results_path, skipped_path = out / f"results{suffix}.jsonl", out / f"skipped{suffix}.csv"
+
+    tower = tower_for(copilot.detector)
+    if isinstance(references, ReferenceBank):
+        bank = references
+    else:
+        # Global features only matter when there is a choice to make.
+        choice = len(reference_paths(references)) > cfg.shots
+        bank = ReferenceBank.from_paths(references, tower, need_features=choice)
+    need_select = len(bank) > cfg.shots and bank.features.shape[1] > 0
+    _check_manifest(out, _manifest(copilot, bank, cfg), cfg)
+    if cfg.restart:
+        for p in (results_path, skipped_path):
+            p.unlink(missing_ok=True)
+
+    done = {r.get("file") for r in read_records(results_path)}
+    todo = [it for it in mine if it.key not in done]
+    summary = BatchSummary(out, len(mine), len(mine) - len(todo), 0)
+    summary.skipped.extend((f"reference {p}", reason) for p, reason in bank.skipped)
+    log.info("%d queries in shard %d/%d, %d already done, %d references", len(mine), index, count,
+             summary.done_before, len(bank))
+
+    t0 = time.perf_counter()
+    # A torn last line (killed mid-write) must not glue onto the next record.
+    if results_path.exists() and results_path.stat().st_size > 0:
+        with results_path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    else:
+        torn = False
+    with (
+        ThreadPoolExecutor(max(1, cfg.workers), thread_name_prefix="batch-io") as pool,
+        results_path.open("a", encoding="utf-8") as fres,
+        skipped_path.open("w", newline="", encoding="utf-8") as fskip,
+        tqdm(total=len(todo), unit="img", desc="inspect", disable=not cfg.progress, dynamic_ncols=True) as bar,
+    ):
+        if torn:
+            fres.write("\n")
+        skip_writer = csv.writer(fskip)
+        skip_writer.writerow(["file", "reason"])
+        for f, reason in summary.skipped:
+            skip_writer.writerow([f, reason])
+        chunks = list(_chunks(todo, max(1, cfg.chunk)))
+        pending: deque[list[Future[_Loaded]]] = deque()
+        writes: list[Future[None]] = []
+
+        def submit(k: int) -> None:
+            if k < len(chunks):
+                pending.append([pool.submit(_load, it, need_select) for it in chunks[k]])
+
+        submit(0)
+        for k in range(len(chunks)):
+            submit(k + 1)  # decode the next chunk while this one is inspected
+            loaded = [f.result() for f in pending.popleft()]
+            ok = [x for x in loaded if x.error is None]
+            feats = global_features(tower, [x.small for x in ok]) if need_select and ok else None  # (B, 112)
+            done_writes, writes = [w for w in writes if w.done()], [w for w in writes if not w.done()]
+            for w in done_writes:
+                w.result()  # re-raise a failed write
+            for j, x in enumerate(ok):
+                try:
+                    chosen = bank.nearest(feats[j] if feats is not None else None, cfg.shots, exclude=x.item.path)
+                    result = copilot.inspect(x.image, [str(p) for p, _ in chosen])
+                except AdcopilotError as exc:
+                    x.error = str(exc)
+                    continue
+                result.query = str(x.item.path)
+                rec = _record(x.item, result, chosen)
+                if cfg.save_images:
+                    name = _asset_name(x.item.key)
+                    rec["annotated"], rec["thumb"] = f"annotated/{name}", f"thumbs/{name}"
+                    writes.append(pool.submit(_save_pictures, x.image, result, out / rec["annotated"],
+                                              out / rec["thumb"], cfg.thumb_size))
+                fres.write(json.dumps(rec) + "\n")
+                fres.flush()
+                summary.processed += 1
+            for x in loaded:
+                if x.error is not None:
+                    summary.skipped.append((x.item.key, x.error))
+                    skip_writer.writerow([x.item.key, x.error])
+                    log.warning("skipped %s", x.error)
+            fskip.flush()
+            bar.update(len(loaded))
+        for w in writes:
+            w.result()
+    summary.seconds = time.perf_counter() - t0
+    summary.files = {"results": results_path, "skipped": skipped_path}
+    if cfg.report:
+        from adcopilot.line.report import build_report
+
+        summary.files.update(build_report(out))
+    return summary
+
+
+def _record(item: LotItem, r: InspectionResult, chosen: list[tuple[Path, float]]) -> dict[str, Any]:
+    return {
+        "file": item.key,
+        "path": str(item.path),
+        "truth": item.truth,
+        "verdict": r.verdict,
+        "outcome": outcome(item.truth, r.verdict),
+        "score": round(float(r.score), 6),
+        "threshold": round(float(r.threshold), 6),
+        "boxes": [b.to_dict() for b in r.boxes],
+        "description": r.description,
+        "references": [str(p) for p, _ in chosen],
+        "similarity": [round(s, 4) for _, s in chosen],
+        "image_size": list(r.image_size),
+        "registration": r.registration.get("method"),
+        "model": r.model,
+        "time_ms": round(r.timings_ms.get("total", 0.0), 2),
+    }

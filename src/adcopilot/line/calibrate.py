@@ -1,0 +1,141 @@
+"""The decision threshold of least expected cost, from scores of labelled normal and defective images.
+
+On a line, a missed defect (a bad part shipped) and a false alarm (overkill: a good part rejected
+or re-inspected) have different prices. For a threshold ``t`` (anomalous when ``score >= t``) the
+expected cost per inspected part is
+
+    cost(t) = miss_cost * p * miss_rate(t) + false_alarm_cost * (1 - p) * overkill_rate(t)
+
+where ``p`` is the share of defective parts on the line (``prevalence``; by default the share in
+the labelled set). Candidates are the midpoints between consecutive distinct scores (and one value
+below / above all), so every achievable split is tried once. With ``target_miss_rate`` instead,
+the threshold is the highest one whose miss rate does not exceed it (the fewest false alarms).
+
+Usage::
+
+    cal = choose_threshold(scores, labels, miss_cost=20, false_alarm_cost=1)
+    cal.threshold, cal.metrics["confusion"], cal.metrics["overkill"], cal.metrics["miss"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adcopilot.errors import AdcopilotError
+
+
+@dataclass
+class Curves:
+    """Per-candidate-threshold rates and costs, thresholds ascending."""
+
+    thresholds: np.ndarray
+    overkill: np.ndarray  # false-alarm rate among normals (FPR)
+    miss: np.ndarray  # miss rate among defectives (FNR)
+    cost: np.ndarray
+
+
+@dataclass
+class ThresholdChoice:
+    threshold: float
+    expected_cost: float
+    metrics: dict[str, Any]
+    curves: Curves = field(repr=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
+    u = np.unique(scores.astype(np.float64))
+    span = max(float(u[-1] - u[0]), 1e-6)
+    mids = (u[:-1] + u[1:]) / 2.0
+    return np.concatenate([[u[0] - 0.05 * span], mids, [u[-1] + 0.05 * span]])
+
+
+def rates(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(overkill rate, miss rate) at each threshold; labels 1 = defective."""
+    neg = np.sort(scores[labels == 0])
+    pos = np.sort(scores[labels == 1])
+    # Anomalous when score >= t: normals at or above t are false alarms, defectives below t are misses.
+    overkill = 1.0 - np.searchsorted(neg, thresholds, side="left") / len(neg)
+    miss = np.searchsorted(pos, thresholds, side="left") / len(pos)
+    return overkill, miss
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half): P(score of a defect > score of a normal)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(scores)
+    n1 = int((labels == 1).sum())
+    n0 = len(labels) - n1
+    return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2.0) / (n0 * n1))
+
+
+def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, int]:
+    pred = scores >= threshold
+    return {
+        "tp": int((pred & (labels == 1)).sum()),
+        "fn": int((~pred & (labels == 1)).sum()),
+        "fp": int((pred & (labels == 0)).sum()),
+        "tn": int((~pred & (labels == 0)).sum()),
+    }
+
+
+def choose_threshold(
+    scores: np.ndarray | list[float],
+    labels: np.ndarray | list[int],
+    *,
+    miss_cost: float = 1.0,
+    false_alarm_cost: float = 1.0,
+    target_miss_rate: float | None = None,
+    prevalence: float | None = None,
+) -> ThresholdChoice:
+    """Pick the threshold; ``labels``: 1 defective, 0 normal."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if s.shape != y.shape or s.ndim != 1:
+        raise AdcopilotError(f"scores and labels must be two equal-length lists (got {s.shape} and {y.shape})")
+    if not np.isfinite(s).all():
+        raise AdcopilotError("some scores are not finite numbers")
+    n1, n0 = int((y == 1).sum()), int((y == 0).sum())
+    if n0 == 0 or n1 == 0:
+        raise AdcopilotError(
+            f"calibration needs both normal and defective images (got {n0} normal, {n1} defective)"
+        )
+    if miss_cost < 0 or false_alarm_cost < 0 or miss_cost + false_alarm_cost == 0:
+        raise AdcopilotError("--miss-cost and --false-alarm-cost must be >= 0 and not both 0")
+    if target_miss_rate is not None and not 0.0 <= target_miss_rate < 1.0:
+        raise AdcopilotError(f"--target-miss-rate must be in [0, 1), got {target_miss_rate}")
+    p = n1 / (n0 + n1) if prevalence is None else float(prevalence)
+    if not 0.0 < p < 1.0:
+        raise AdcopilotError(f"--prevalence must be between 0 and 1 (exclusive), got {prevalence}")
+
+    t = candidate_thresholds(s)
+    overkill, miss = rates(s, y, t)
+    cost = miss_cost * p * miss + false_alarm_cost * (1.0 - p) * overkill
+    if target_miss_rate is not None:
+        ok = np.nonzero(miss <= target_miss_rate + 1e-12)[0]
+        i = int(ok[-1])  # miss rate grows with t: the highest allowed threshold
+    else:
+        best = np.nonzero(np.isclose(cost, cost.min(), rtol=0, atol=1e-12))[0]
+        i = int(best[len(best) // 2])  # ties: the middle one, away from both classes
+    thr = float(t[i])
+    conf = confusion(s, y, thr)
+    metrics = {
+        "confusion": conf,
+        "overkill": conf["fp"] / n0,
+        "miss": conf["fn"] / n1,
+        "accuracy": (conf["tp"] + conf["tn"]) / (n0 + n1),
+        "auroc": auroc(s, y),
+        "n_normal": n0,
+        "n_defective": n1,
+    }
+    settings = {
+        "miss_cost": float(miss_cost),
+        "false_alarm_cost": float(false_alarm_cost),
+        "target_miss_rate": target_miss_rate,
+        "prevalence": p,
+    }
+    return ThresholdChoice(thr, float(cost[i]), metrics, Curves(t, overkill, miss, cost), settings)

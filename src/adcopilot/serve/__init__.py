@@ -1,0 +1,1 @@
+"""The REST service and web page of ``adcopilot serve`` (FastAPI); see :mod:`adcopilot.serve.app`."""

@@ -1,0 +1,163 @@
+"""The REST service and web page (FastAPI): inspect pairs, register reference sets, ask questions.
+
+Endpoints (OpenAPI schema at ``/openapi.json``)::
+
+    GET  /                       the web page (upload or drop a pair, verdict, heat-map, boxes, chat)
+    GET  /v1/health              liveness and the loaded model
+    GET  /v1/models              the model, its threshold and calibration
+    POST /v1/inspect             multipart: query + reference(s) or reference_set [+ threshold, heatmap]
+    POST /v1/ask                 multipart: query + reference(s) or reference_set + question [+ history]
+    POST /v1/references          multipart: references (+ name) -> {"id": ...}
+    GET  /v1/references          registered sets;   DELETE /v1/references/{id}
+
+Errors are JSON ``{"detail": "<one line>"}``: 401 (API key), 404 (unknown reference set), 413 (body
+or image too large), 415 (unsupported format), 422 (bad input), 501 (no language model).
+With an API key configured, every ``/v1`` endpoint but ``/v1/health`` needs ``X-API-Key: KEY`` (or
+``Authorization: Bearer KEY``). The model runs one request at a time; uploads are read in parallel.
+
+Usage::
+
+    app = create_app(Copilot.load(), ServeConfig(api_key="secret"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import hmac
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adcopilot import __version__
+from adcopilot.api import Copilot
+from adcopilot.errors import AdcopilotError
+from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
+
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key, if one is set.")
+_bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token (alternative to X-API-Key).")
+
+
+def _page() -> str:
+    return resources.files("adcopilot.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+async def _read(files: list[UploadFile] | None) -> list[Upload]:
+    return [(f.filename or f"upload {i + 1}", await f.read()) for i, f in enumerate(files or [])]
+
+
+def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI application serving ``copilot``."""
+    cfg = config or ServeConfig()
+    svc = InspectionService(copilot, cfg)
+    app = FastAPI(
+        title="adcopilot",
+        version=__version__,
+        description="Industrial anomaly detection by comparison with normal references: verdict, boxes, answers.",
+        docs_url=None,  # the interactive docs load scripts from a CDN; the line is offline
+        redoc_url=None,
+        max_body_size=cfg.max_upload_bytes,
+        form_limits={"max_files": cfg.max_references + 2, "max_fields": 16},
+    )
+    app.state.service = svc
+    page = _page()
+
+    def require_key(
+        key: Annotated[str | None, Depends(_key_header)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if cfg.api_key is None:
+            return
+        given = key or (bearer.credentials if bearer else None)
+        if not given or not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
+            raise ServiceError("missing or wrong API key (send X-API-Key)", 401)
+
+    @app.exception_handler(AdcopilotError)
+    async def _adcopilot_error(_: Request, exc: AdcopilotError) -> JSONResponse:
+        status = exc.status if isinstance(exc, ServiceError) else 422
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "form"))
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 413:
+            detail = f"request too large (limit {cfg.max_upload_bytes:,} bytes)"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/v1/health", tags=["service"])
+    def health() -> dict[str, Any]:
+        """Liveness, the loaded model, uptime and the number of model requests served."""
+        return svc.health()
+
+    @app.get("/v1/models", tags=["service"], dependencies=[Depends(require_key)])
+    def models() -> dict[str, Any]:
+        """The loaded model: image size, threshold (and whether it is calibrated), language model."""
+        return svc.models()
+
+    @app.post("/v1/inspect", tags=["inspection"], dependencies=[Depends(require_key)])
+    async def inspect(
+        query: Annotated[UploadFile, File(description="The image to inspect.")],
+        references: Annotated[list[UploadFile] | None, File(description="Normal reference image(s).")] = None,
+        reference_set: Annotated[str | None, Form(description="Id of a registered reference set.")] = None,
+        threshold: Annotated[float | None, Form(description="Decision threshold (default: the model's).")] = None,
+        heatmap: Annotated[bool, Form(description="Also return the anomaly map as a PNG overlay.")] = False,
+        preview: Annotated[bool, Form(description="Also return the query as a JPEG (for formats a browser cannot show).")] = False,
+    ) -> dict[str, Any]:
+        """Compare the query with normal references: verdict, score, boxes (query pixels), description."""
+        q = (await _read([query]))[0]
+        refs = await _read(references)
+        return await run_in_threadpool(
+            svc.inspect, q, refs, reference_set, threshold=threshold, heatmap=heatmap, preview=preview
+        )
+
+    @app.post("/v1/ask", tags=["inspection"], dependencies=[Depends(require_key)])
+    async def ask(
+        query: Annotated[UploadFile, File(description="The image the question is about.")],
+        question: Annotated[str, Form(description="The question, in words.")],
+        references: Annotated[list[UploadFile] | None, File(description="Normal reference image(s).")] = None,
+        reference_set: Annotated[str | None, Form(description="Id of a registered reference set.")] = None,
+        history: Annotated[str | None, Form(description='Earlier turns, JSON: [{"role": "user", "content": "..."}, ...]')] = None,
+    ) -> dict[str, Any]:
+        """Answer a question about the pair (needs a model with a language model; 501 otherwise)."""
+        q = (await _read([query]))[0]
+        refs = await _read(references)
+        return await run_in_threadpool(svc.ask, q, refs, reference_set, question, history)
+
+    @app.post("/v1/references", tags=["references"], dependencies=[Depends(require_key)])
+    async def add_references(
+        references: Annotated[list[UploadFile], File(description="Normal reference image(s).")],
+        name: Annotated[str | None, Form(description="A name for the set.")] = None,
+    ) -> dict[str, Any]:
+        """Register normal references once; inspect with their id (their features stay cached)."""
+        refs = await _read(references)
+        return await run_in_threadpool(svc.register_references, refs, name)
+
+    @app.get("/v1/references", tags=["references"], dependencies=[Depends(require_key)])
+    def list_references() -> dict[str, Any]:
+        """The registered reference sets, most recently used last."""
+        return svc.reference_sets()
+
+    @app.delete("/v1/references/{set_id}", tags=["references"], dependencies=[Depends(require_key)])
+    def delete_references(set_id: str) -> dict[str, Any]:
+        """Forget a reference set."""
+        svc.delete_references(set_id)
+        return {"deleted": set_id}
+
+    return app
