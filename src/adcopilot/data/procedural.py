@@ -85,6 +85,18 @@ def _grid(s: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
+def _voronoi(s: int, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Voronoi cells of ``n`` random seeds: labels (s, s) int32 in [0, n) and a soft edge map."""
+    seeds = np.ones((s, s), np.uint8)
+    ys, xs = rng.integers(0, s, n), rng.integers(0, s, n)
+    seeds[ys, xs] = 0
+    _, labels = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    labels = (labels - 1).astype(np.int32)  # labels count seeds from 1
+    lab = labels.astype(np.float32)
+    edge = (cv2.Laplacian(lab, cv2.CV_32F) != 0).astype(np.float32)
+    return labels, cv2.GaussianBlur(edge, (0, 0), 0.7)
+
+
 def _background(s: int, p: Params, rng: np.random.Generator) -> np.ndarray:
     """Plain or slightly textured background with a soft illumination gradient: (s, s, 3)."""
     yy = np.linspace(-0.5, 0.5, s, dtype=np.float32)[:, None]
@@ -275,7 +287,8 @@ def _s_solar(rng: np.random.Generator) -> Params:
     return {"poly": bool(rng.random() < 0.5), "busbars": int(rng.choice([2, 3, 4, 5])),
             "fingers": rng.uniform(5, 10), "level": rng.uniform(0.35, 0.75),
             "corners": bool(rng.random() < 0.5), "colour": bool(rng.random() < 0.15),
-            "bus_dark": bool(rng.random() < 0.8), "grain_scale": rng.uniform(6, 25)}
+            "bus_dark": bool(rng.random() < 0.8), "grain_scale": rng.uniform(6, 25),
+            "grain_edge": rng.uniform(0.0, 0.3), "grain_contrast": rng.uniform(0.1, 0.4)}
 
 
 def _r_solar(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
@@ -283,9 +296,11 @@ def _r_solar(p: Params, s: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = _grid(s)
     level = np.full((s, s), p["level"], np.float32)
     if p["poly"]:
-        g = perlin_noise((s, s), rng, p["grain_scale"], 2)
-        cells = np.floor(g * 8) / 8  # quantised -> crystal grains of different brightness
-        level = level * (0.7 + 0.5 * cells) + (g - 0.5) * 0.05
+        # Crystal grains: Voronoi cells of different brightness with darker boundaries.
+        labels, edges = _voronoi(s, rng, int(s * s / p["grain_scale"] ** 2 / 4) + 4)
+        bright = rng.uniform(1 - p["grain_contrast"], 1.05, labels.max() + 1).astype(np.float32)
+        g = perlin_noise((s, s), rng, p["grain_scale"] * 2)
+        level = level * bright[labels] * (1 - p["grain_edge"] * edges) + (g - 0.5) * 0.08
     else:
         r = np.sqrt((xx - s / 2) ** 2 + (yy - s / 2) ** 2) / s
         level = level * (1.05 - 0.4 * r * r) * (1 + (smooth_noise((s, s), rng, 6) - 0.5) * 0.15)
