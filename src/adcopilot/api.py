@@ -117,6 +117,10 @@ class Copilot:
 
         detector, meta = load_detector(model)
         name = meta.get("name", detector.name)
+        if "full" in meta:  # the full-scale model answers in text: boxes, verdict, answers
+            from adcopilot.full.pipeline import FullCopilot
+
+            return FullCopilot(meta["full"], threshold=threshold, model_name=name)
         cal = None if threshold is not None else resolve_calibration(model, name, calibration)
         thr = threshold if threshold is not None else cal["threshold"] if cal else meta.get("threshold")
         cp = cls(

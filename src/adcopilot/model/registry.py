@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -36,7 +37,25 @@ def load_detector(model: str | os.PathLike | None) -> tuple[Detector, dict[str, 
     return _load_checkpoint(path)
 
 
+def _is_full_checkpoint(path: Path) -> bool:
+    """A full-scale (Qwen2.5-VL) checkpoint: config.json with an AD-Copilot or Qwen2.5-VL model type."""
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and (
+        raw.get("model_type") in ("ad_copilot", "yangjian", "qwen2_5_vl")
+        or "ADCopilotVLForConditionalGeneration" in (raw.get("architectures") or [])
+    )
+
+
 def _load_checkpoint(path: Path) -> tuple[Detector, dict[str, Any]]:
+    if _is_full_checkpoint(path):
+        from adcopilot.full.pipeline import FullDetector, FullModel
+
+        full = FullModel.load(path)
+        meta = {"name": full.name, "language": full, "full": full, "threshold": FullDetector.threshold}
+        return FullDetector(full), meta
     from adcopilot.model.nano import load_nano_detector
 
     return load_nano_detector(path)

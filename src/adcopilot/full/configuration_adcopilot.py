@@ -1,0 +1,132 @@
+"""Configuration of the full-scale AD-Copilot model: Qwen2.5-VL plus the Comparison Encoder.
+
+:class:`ADCopilotConfig` is a :class:`transformers.Qwen2_5_VLConfig` (so every size of the vision
+tower and the language model is set as for Qwen2.5-VL) with the comparison settings added at the
+top level. ``model_type`` is ``"ad_copilot"``, as in the authors' released config, and the
+comparison-token count is mirrored into ``vision_config.compare_token_size`` where the release
+keeps it.
+
+Settings (all serialised to ``config.json``):
+
+- ``sequence_compare`` (True): run the Comparison Encoder and add comparison tokens. False gives a
+  plain Qwen2.5-VL.
+- ``compare_token_size`` (100): L, comparison tokens per image (= learnable queries; the released
+  layout has L queries at ViT width and a plain ViT-width -> LLM-width projector, no 2x2 merge).
+- ``compare_placement`` ("all"): which images receive comparison tokens right after their base
+  tokens: ``"all"`` (every image, as the release) or ``"query"`` (only the last image of each
+  sample). The processor and the model read it from here.
+- ``compare_position`` ("diagonal"): M-RoPE positions of the comparison tokens. ``"diagonal"``
+  places token k at (t, k, k) offset like the image's own grid (the paper's figure, (i,0,0) to
+  (i,L,L)); ``"shared"`` gives all L tokens one position, the one right after the image;
+  ``"sequential"`` numbers them like text. **Unresolved**: which one the released weights were
+  trained with can only be settled by comparing logits with the authors' code on a GPU.
+- ``compare_pairing`` ("sample"): "previous image" of the first image of each sample is itself
+  (``"sample"``), or, as the released code does, the pairing runs over the flattened list of all
+  images in the batch (``"batch"``; identical for batch size 1).
+- ``compare_num_heads`` / ``compare_mlp_hidden`` (None: the ViT's heads and MLP width),
+  ``compare_depth`` (1), ``compare_mlp2_sign`` (-1.0, the released model subtracts the second
+  encoder MLP).
+
+Usage::
+
+    cfg = ADCopilotConfig(vision_config={...}, text_config={...}, compare_token_size=100)
+    cfg.comparison_config()          # the ComparisonConfig of the encoder
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Qwen2_5_VLConfig
+
+from adcopilot.model.compare import ComparisonConfig
+
+PLACEMENTS = ("all", "query")
+POSITIONS = ("diagonal", "shared", "sequential")
+PAIRINGS = ("sample", "batch")
+
+#: Comparison settings mirrored into ``vision_config`` (the vision tower builds the encoder from it).
+_MIRRORED = (
+    "compare_token_size",
+    "compare_num_heads",
+    "compare_mlp_hidden",
+    "compare_depth",
+    "compare_mlp2_sign",
+)
+
+
+class ADCopilotConfig(Qwen2_5_VLConfig):
+    """Qwen2.5-VL configuration with the Comparison Encoder's settings."""
+
+    model_type = "ad_copilot"
+
+    sequence_compare: bool = True
+    compare_token_size: int = 100
+    compare_placement: str = "all"
+    compare_position: str = "diagonal"
+    compare_pairing: str = "sample"
+    compare_num_heads: int | None = None
+    compare_mlp_hidden: int | None = None
+    compare_depth: int = 1
+    compare_mlp2_sign: float = -1.0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        for name, allowed in (
+            ("compare_placement", PLACEMENTS),
+            ("compare_position", POSITIONS),
+            ("compare_pairing", PAIRINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if int(self.compare_token_size) < 1:
+            raise ValueError(f"compare_token_size must be positive, got {self.compare_token_size}")
+        vc = self.vision_config
+        for name in _MIRRORED:
+            setattr(vc, name, getattr(self, name))
+        vc.compare_out_width = self.text_config.hidden_size
+        vc.sequence_compare = self.sequence_compare
+
+    def comparison_config(self) -> ComparisonConfig:
+        """The Comparison Encoder's configuration (width = the ViT's, output = the LLM's width)."""
+        return comparison_config_from_vision(self.vision_config)
+
+
+def comparison_config_from_vision(vc: Any) -> ComparisonConfig:
+    """ComparisonConfig from a vision config carrying the mirrored ``compare_*`` settings."""
+    return ComparisonConfig(
+        width=vc.hidden_size,
+        num_heads=getattr(vc, "compare_num_heads", None) or vc.num_heads,
+        mlp_hidden=getattr(vc, "compare_mlp_hidden", None) or vc.intermediate_size,
+        num_queries=int(getattr(vc, "compare_token_size", 100)),
+        out_width=int(getattr(vc, "compare_out_width", vc.out_hidden_size)),
+        depth=int(getattr(vc, "compare_depth", 1)),
+        mlp2_sign=float(getattr(vc, "compare_mlp2_sign", -1.0)),
+        rope_2d=False,  # ViT features already carry the ViT's 2-D rotary positions
+    )
+
+
+def config_from_released(raw: dict[str, Any]) -> ADCopilotConfig:
+    """Build an :class:`ADCopilotConfig` from a ``config.json`` dict in any of the known layouts.
+
+    Accepts our own saves, the authors' released layout (``model_type`` ``"ad_copilot"`` or the
+    Thinking variant's ``"yangjian"``, ``compare_token_size`` inside ``vision_config``,
+    ``sequence_compare`` at the top level) and plain Qwen2.5-VL configs (``"qwen2_5_vl"``: the
+    comparison settings get their defaults but ``sequence_compare`` is off unless set, so the
+    model answers as the base model until a comparison encoder is trained).
+    """
+    d = dict(raw)
+    if raw.get("model_type") == "qwen2_5_vl" and "sequence_compare" not in raw:
+        d["sequence_compare"] = False  # a plain Qwen2.5-VL behaves as itself unless asked otherwise
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path"):
+        d.pop(key, None)
+    vision = dict(d.get("vision_config") or {})
+    if "compare_token_size" not in d and "compare_token_size" in vision:
+        d["compare_token_size"] = int(vision["compare_token_size"])
+    vision.pop("model_type", None)
+    for key in (*_MIRRORED, "compare_out_width", "sequence_compare"):
+        vision.pop(key, None)
+    d["vision_config"] = vision
+    if "torch_dtype" in d and "dtype" not in d:
+        d["dtype"] = d.pop("torch_dtype")
+    return ADCopilotConfig(**d)

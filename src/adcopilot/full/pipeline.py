@@ -1,0 +1,314 @@
+"""Inference with the full-scale model: text generation, and a :class:`Copilot` that answers in text.
+
+:class:`FullModel` holds a loaded model and processor and turns images + a prompt into an
+answer (greedy decoding with the KV cache, the release's settings: images thumbnailed to 512
+pixels, 64x28x28 to 1280x28x28 pixels through the ViT). :class:`FullCopilot` gives it the
+:class:`adcopilot.Copilot` interface used by ``inspect``, ``chat``, ``serve`` and the batch tools:
+
+- ``inspect`` asks for the defects' boxes in Qwen2.5-VL's JSON, maps them from the frame the model
+  saw back to the query's pixels, and reports verdict ``anomalous`` when there is at least one
+  box (score 1.0) and ``normal`` for ``[]`` (score 0.0);
+- ``ask`` / ``chat`` answer a question about the pair, with the earlier turns as history;
+- ``analyze`` (the anomaly-map path the batch tools use) rasterises those boxes into a map.
+
+Usage::
+
+    fm = FullModel.load("ckpt/", device="cuda", dtype="bfloat16")
+    fm.generate(["good.png", "query.png"], "Is there any defect in the query object?")
+    cp = FullCopilot(fm)
+    r = cp.inspect("query.png", ["good.png"]); r.boxes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from adcopilot.api import Analysis, Copilot
+from adcopilot.errors import AdcopilotError
+from adcopilot.eval.bbox import bbox_prompt, parse_box_text
+from adcopilot.imaging import ImageInput, load_image
+from adcopilot.model.detector import Detector
+from adcopilot.registration import Registration
+from adcopilot.results import Box, InspectionResult
+
+log = logging.getLogger(__name__)
+
+#: The release's inference settings.
+MAX_IMAGE_SIZE = 512
+MIN_PIXELS = 64 * 28 * 28
+MAX_PIXELS = 1280 * 28 * 28
+
+
+def comparison_preamble(n_refs: int) -> str:
+    """AD-Copilot's wording that says which images are the normal references and which the query."""
+    if n_refs == 1:
+        return "The first image is a normal sample. The second image is the query sample."
+    return f"The first {n_refs} images are normal samples. The last image is the query sample."
+
+
+def _pil(src: ImageInput, name: str, max_size: int | None):
+    img = load_image(src, name=name).convert("RGB")
+    if max_size and max(img.size) > max_size:
+        img = img.copy()
+        img.thumbnail((max_size, max_size))
+    return img
+
+
+class FullModel:
+    """A loaded full-scale model and its processor: images + prompt -> text."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        max_new_tokens: int = 256,
+        max_image_size: int | None = MAX_IMAGE_SIZE,
+        name: str = "full",
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.max_new_tokens = max_new_tokens
+        self.max_image_size = max_image_size
+        self.name = name
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int = MAX_PIXELS,
+        **kwargs: Any,
+    ) -> FullModel:
+        """Load a checkpoint folder (see :func:`adcopilot.full.loading.load_full_model`)."""
+        from adcopilot.full.loading import load_full_model, load_processor
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_full_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels, config=model.config)
+        return cls(model, processor, name=os.path.basename(os.path.normpath(str(path))) or "full", **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prepare(self, images: Sequence[ImageInput], turns: Sequence[dict[str, str]]) -> dict[str, torch.Tensor]:
+        """Model inputs for ``images`` (references first, query last) and a conversation ending with a user turn."""
+        from adcopilot.full.processing_adcopilot import format_chat
+
+        pics = [_pil(src, f"image {i + 1}", self.max_image_size) for i, src in enumerate(images)]
+        text = format_chat(list(turns), len(pics))
+        inputs = self.processor(images=pics or None, text=[text], return_tensors="pt")
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+    def generate(
+        self,
+        images: Sequence[ImageInput],
+        prompt: str,
+        *,
+        history: Sequence[dict[str, str]] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> str:
+        """Greedy answer to ``prompt`` about ``images`` (after the ``history`` turns, if any)."""
+        text, _ = self.generate_with_frame(images, prompt, history=history, max_new_tokens=max_new_tokens)
+        return text
+
+    def generate_with_frame(
+        self,
+        images: Sequence[ImageInput],
+        prompt: str,
+        *,
+        history: Sequence[dict[str, str]] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> tuple[str, tuple[int, int] | None]:
+        """The answer and the (w, h) of the query as the model saw it (its box coordinates' frame)."""
+        turns = [*(history or []), {"role": "user", "content": prompt}]
+        inputs = self.prepare(images, turns)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False
+            )
+        new = out[0, inputs["input_ids"].shape[1]:]
+        reply = self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+        frame = None
+        grid = inputs.get("image_grid_thw")
+        if grid is not None and len(grid):
+            patch = int(getattr(self.processor.image_processor, "patch_size", 14))
+            _, gh, gw = (int(v) for v in grid[-1])
+            frame = (gw * patch, gh * patch)
+        return reply, frame
+
+
+_LABEL = re.compile(r'"label"\s*:\s*"([^"]*)"')
+
+
+def parse_labelled_boxes(
+    text: str, size: tuple[int, int], frame: tuple[int, int] | None
+) -> list[tuple[list[int], str]] | None:
+    """Boxes of a ``[{"bbox_2d": [...], "label": ...}]`` answer in query pixels, with labels.
+
+    ``frame``: the (w, h) the coordinates refer to (the resized query); None if unparsable."""
+    raw = parse_box_text(text)
+    if raw is None:
+        return None
+    labels = _LABEL.findall(text)
+    w, h = size
+    fw, fh = frame or size
+    out = []
+    for i, (x1, y1, x2, y2) in enumerate(raw):
+        xa, xb = sorted((x1 * w / fw, x2 * w / fw))
+        ya, yb = sorted((y1 * h / fh, y2 * h / fh))
+        box = [int(round(min(max(v, 0), lim))) for v, lim in ((xa, w), (ya, h), (xb, w), (yb, h))]
+        if box[2] > box[0] and box[3] > box[1]:
+            out.append((box, labels[i] if i < len(labels) and labels[i].strip() else "defect"))
+    return out
+
+
+class FullDetector(Detector):
+    """The :class:`Detector` view of a full model, for the anomaly-map tools (batch, calibrate).
+
+    Its map is the model's boxes, rasterised (1 inside a box, 0 elsewhere), and its score the
+    map's maximum: the model gives no graded score, so a threshold between 0 and 1 is all there is."""
+
+    name = "full"
+    image_size = 448
+    threshold = 0.5
+
+    def __init__(self, full: FullModel) -> None:
+        self.full = full
+
+    def encode_reference(self, image: np.ndarray) -> np.ndarray:
+        return image
+
+    def _boxes(self, query: np.ndarray, references: list[np.ndarray]) -> list[tuple[list[int], str]]:
+        imgs = [(np.clip(a, 0, 1) * 255).astype(np.uint8) for a in [*references, query]]
+        reply, frame = self.full.generate_with_frame(imgs, bbox_prompt(len(references)))
+        s = query.shape[0]
+        return parse_labelled_boxes(reply, (query.shape[1], s), frame) or []
+
+    def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
+        amap = np.zeros(query.shape[:2], dtype=np.float32)
+        for (x1, y1, x2, y2), _ in self._boxes(query, references):
+            amap[y1:y2, x1:x2] = 1.0
+        return amap
+
+    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
+        amap = self.anomaly_map(query, references)
+        return amap, float(amap.max())
+
+
+class FullCopilot(Copilot):
+    """:class:`adcopilot.Copilot` backed by the full-scale model: boxes, verdict and answers in text."""
+
+    def __init__(self, full: FullModel, *, threshold: float | None = None, model_name: str | None = None) -> None:
+        super().__init__(
+            FullDetector(full), threshold=threshold, registration=False, language=full,
+            model_name=model_name or full.name,
+        )
+        self.full = full
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls, model: str | os.PathLike, *, threshold: float | None = None, **kwargs: Any
+    ) -> FullCopilot:
+        return cls(FullModel.load(model, **kwargs), threshold=threshold)
+
+    def inspect(
+        self, query: ImageInput, references: ImageInput | Sequence[ImageInput], *, threshold: float | None = None
+    ) -> InspectionResult:
+        """Ask the model for the defects' boxes; anomalous when it names at least one."""
+        refs = self._as_list(references)
+        thr = float(threshold if threshold is not None else self.threshold)
+        t0 = time.perf_counter()
+        qname = query if isinstance(query, (str, os.PathLike)) else "query"
+        w, h = load_image(query, name=str(qname)).size
+        reply, frame = self.full.generate_with_frame([*refs, query], bbox_prompt(len(refs)))
+        found = parse_labelled_boxes(reply, (w, h), frame)
+        if found is None:
+            log.warning("the model's answer has no boxes to read: %r", reply[:200])
+            found = []
+        score = 1.0 if found else 0.0
+        boxes = [Box(bbox_2d=b, label=label, score=score) for b, label in found]
+        anomalous = score >= thr
+        amap = np.zeros((h, w), dtype=np.float32)
+        for b in boxes:
+            x1, y1, x2, y2 = b.bbox_2d
+            amap[y1:y2, x1:x2] = 1.0
+        return InspectionResult(
+            query=str(qname),
+            references=[str(r) if isinstance(r, (str, os.PathLike)) else f"reference {i + 1}"
+                        for i, r in enumerate(refs)],
+            verdict="anomalous" if anomalous else "normal",
+            score=score,
+            threshold=thr,
+            boxes=boxes if anomalous else [],
+            description=self._describe(anomalous, boxes if anomalous else [], w, h),
+            model=self.model_name,
+            image_size=(w, h),
+            registration=Registration().to_dict(),
+            timings_ms={"total": (time.perf_counter() - t0) * 1e3},
+            anomaly_map=amap,
+        )
+
+    def analyze(self, query: ImageInput, references: ImageInput | Sequence[ImageInput]) -> Analysis:
+        r = self.inspect(query, references)
+        return Analysis(r.anomaly_map, r.score, r.image_size, Registration(), r.timings_ms)
+
+    def ask(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        *,
+        result: InspectionResult | None = None,
+        history: Sequence[dict[str, str]] | None = None,
+    ) -> str:
+        """The model's answer to ``question`` about the pair (after the ``history`` turns)."""
+        if not question or not question.strip():
+            raise AdcopilotError("the question is empty")
+        refs = self._as_list(references)
+        first = not history
+        prompt = f"{comparison_preamble(len(refs))} {question.strip()}" if first else question.strip()
+        return self.full.generate([*refs, query], prompt, history=history)
+
+    def chat(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        history: list[dict[str, str]] | None = None,
+    ) -> tuple[str, list[dict[str, str]]]:
+        """One turn of a conversation: the answer and the history including this turn."""
+        history = list(history or [])
+        answer = self.ask(query, references, question, history=history)
+        prompt = question.strip()
+        if not history:
+            prompt = f"{comparison_preamble(len(self._as_list(references)))} {prompt}"
+        return answer, [*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def describe_loaded(full: FullModel) -> dict[str, Any]:
+    """Model facts for logs and the serve page."""
+    cfg = full.model.config
+    return {
+        "name": full.name,
+        "parameters": int(sum(p.numel() for p in full.model.parameters())),
+        "compare_token_size": cfg.compare_token_size,
+        "compare_position": cfg.compare_position,
+        "dtype": str(next(full.model.parameters()).dtype),
+        "device": str(full.device),
+        "config": json.loads(cfg.to_json_string())["model_type"],
+    }
