@@ -131,3 +131,12 @@ def test_dataset_shapes_and_determinism_across_workers():
     assert not torch.equal(single["query"], other_seed["query"])
     ds.set_epoch(1)
     assert not torch.equal(single["query"], _collect(ds)["query"])
+
+
+def test_spot_the_difference_changes_are_visible():
+    black = np.zeros((40, 40, 3), np.uint8)
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        before, after, mask, caption = spot_the_difference(black, rng)
+        diff = np.abs(before.astype(int) - after.astype(int)).max(axis=2)
+        assert diff[mask.astype(bool)].mean() >= 30, caption

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from adcopilot.data import procedural, synth
-from adcopilot.data.normals import licensed_normal_images
+from adcopilot.data.normals import HELDOUT_FOR_EVALUATION, licensed_normal_images
 from adcopilot.errors import AdcopilotError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ _COLOURS: dict[str, tuple[int, int, int]] = {
 _GREYS: dict[str, tuple[int, int, int]] = {
     "black": (10, 10, 10), "dark grey": (70, 70, 70), "light grey": (180, 180, 180), "white": (250, 250, 250),
 }
+_MIN_CONTRAST = 40  # mean grey-level change inside a shape for it to count as visible
 _SHAPES = ("square", "circle", "triangle", "star", "cross", "ring", "bar")
 
 
@@ -124,7 +125,7 @@ def spot_the_difference(
     h, w = img.shape[:2]
     palette = _GREYS if synth.is_grey(img) else _COLOURS
     names = list(palette)
-    for _ in range(10):
+    for _ in range(20):
         op = str(rng.choice(["added", "removed", "moved", "recolored"]))
         shape = str(rng.choice(_SHAPES))
         r = max(min(h, w) * rng.uniform(0.05, 0.14), 1.5)
@@ -147,7 +148,13 @@ def spot_the_difference(
         else:
             before, after = _paint(img, cover, palette[col]), _paint(img, cover, palette[col2])
             caption = f"the {shape} at {where} changed colour from {col} to {col2}"
-        mask = (before != after).any(axis=2)
+        diff = np.abs(before.astype(np.int16) - after.astype(np.int16)).max(axis=2)
+        inside = cover > 0.5
+        if not inside.any() or diff[inside].mean() < _MIN_CONTRAST:
+            continue  # e.g. a black shape on a black background: not a visible difference
+        # Faint anti-aliased edge pixels are made identical, so the mask is exactly what differs.
+        mask = diff >= synth.MIN_CHANGE
+        after = np.where(mask[..., None], after, before)
         if mask.sum() >= max(4, int(0.0005 * h * w)):
             return before, after, mask.astype(np.uint8), caption
     raise AdcopilotError(f"image of shape {img.shape}: could not make a visible change")
@@ -202,7 +209,12 @@ class PairSampler:
         self.p_multi = float(p_multi)
         self.p_grey = float(p_grey)
         self.rng = np.random.default_rng(seed)
-        self._photos = licensed_normal_images() if "photos" in self.sources else []
+        # Photos held out for evaluation never enter training.
+        self._photos = (
+            [p for p in licensed_normal_images() if p.name not in HELDOUT_FOR_EVALUATION]
+            if "photos" in self.sources
+            else []
+        )
         if "photos" in self.sources and not self._photos:
             log.warning("no licensed photos installed; sampling procedural images only")
 
