@@ -96,6 +96,11 @@ LICENCES: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+#: Photos kept out of every training set so that evaluation (the bundled benchmark) has real
+#: normal images no model has seen: training samplers exclude them, the benchmark uses only them.
+HELDOUT_FOR_EVALUATION: tuple[str, ...] = ("skimage/gravel", "skimage/coffee", "skimage/coins", "sklearn/flower")
+
+
 def _package_dir(package: str) -> Path | None:
     # find_spec does not import the package (importing scikit-image is slow).
     spec = importlib.util.find_spec(package)
