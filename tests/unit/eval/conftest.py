@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adcopilot.geometry import region_name
+
+
+def sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
 
 def _texture(seed: int, size: int = 64) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -55,10 +61,11 @@ def write_benchmark(root: Path, n_bad: int = 3, n_good: int = 2) -> Path:
                     (root / mrel).parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(mask).save(root / mrel)
                     entry["mask_path"] = mrel
-                    cells = {0: "Top left.", 1: "Top.", 2: "Center."}
+                    cell = region_name([x, y, x + 12, y + 12], 64, 64)
+                    wrong = [c for c in ("bottom right", "bottom left", "right", "top right") if c != cell][:3]
                     entry["conversation"].insert(1, {
                         "Question": "Where is the defect located in the image?", "Answer": "A",
-                        "Options": {"A": cells[i % 3], "B": "Bottom right.", "C": "Bottom left.", "D": "Right."},
+                        "Options": {k: sentence(v) for k, v in zip("ABCD", [cell, *wrong], strict=True)},
                         "type": "Defect Localization", "annotation": True})
                 data[rel] = entry
     path = root / "mmad.json"

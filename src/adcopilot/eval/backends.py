@@ -1,0 +1,546 @@
+"""Evaluation backends: one interface for our models, local Qwen2.5-VL checkpoints and chat endpoints.
+
+Every backend answers one MMAD question at a time from the normal references and the query
+(``images = [*references, query]``) and returns the raw reply text, which the scorer parses:
+
+========================  ==========================================================================
+``nano``                   the trained AD-Copilot-nano checkpoint (``Copilot.load("default")`` or a
+                           folder); with a language model (``answer_choice``) it answers every
+                           question, else it answers Anomaly Detection from the verdict and Defect
+                           Localization from the top box's grid cell, and gives an empty reply to
+                           the other sub-tasks (scored as the chosen scoring mode says)
+``baseline``               the same rules with the training-free nearest-patch detector
+``transformers``           a local Qwen2.5-VL-family checkpoint folder (AD-Copilot-style ones too,
+                           when the full model is installed), the benchmark's prompt, greedy
+                           decoding, 128 new tokens, on CPU or CUDA
+``openai``                 any OpenAI-compatible chat endpoint taking images (e.g. a vLLM server of
+                           Qwen2.5-VL): ``ADCOPILOT_OPENAI_BASE_URL``, ``ADCOPILOT_OPENAI_API_KEY``,
+                           ``ADCOPILOT_OPENAI_MODEL`` (or ``model=``); images as base64 PNG data
+                           URLs; retries with exponential back-off; at most ``concurrency``
+                           requests in flight
+========================  ==========================================================================
+
+For MMAD-BBox, :meth:`Backend.boxes` returns the reply to the localization prompt
+(:func:`adcopilot.eval.bbox.bbox_prompt`) and the frame its coordinates refer to.
+
+Usage::
+
+    backend = make_backend("baseline")
+    reply = backend.answer([ref_path, query_path], question)     # e.g. "A"
+    box = backend.boxes([ref_path, query_path])                   # BoxAnswer(text='[{"bbox_2d": ...}]')
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import logging
+import math
+import os
+import platform
+import random
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.eval.bbox import BoxCoords, bbox_prompt
+from adcopilot.eval.mmad import PromptPart, Question, official_prompt
+from adcopilot.geometry import GRID_NAMES, region_name
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("nano", "baseline", "transformers", "openai")
+AD = "Anomaly Detection"
+DL = "Defect Localization"
+
+
+@dataclass
+class BoxAnswer:
+    """A localization reply and the coordinate frame of its numbers."""
+
+    text: str
+    coords: BoxCoords = "pixel"
+    frame: tuple[int, int] | None = None  # (w, h) the pixel coordinates refer to; None = the query
+
+
+class Backend(ABC):
+    """Answers MMAD questions about ``[*references, query]``."""
+
+    name: str = "backend"
+    #: How many questions may be asked at once (the runner's thread count).
+    concurrency: int = 1
+    supports_boxes: bool = False
+
+    @abstractmethod
+    def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
+        """The raw reply to one multiple-choice question (the query is the last image)."""
+
+    def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
+        """The reply to the localization prompt (MMAD-BBox)."""
+        raise AdcopilotError(f"backend '{self.name}' does not answer with boxes")
+
+    def describe(self) -> dict[str, Any]:
+        """Backend name and configuration, recorded with every run."""
+        return {"name": self.name}
+
+
+# --------------------------------------------------------------------------- nano / baseline
+_REGION_WORDS = sorted((n for row in GRID_NAMES for n in row), key=lambda n: -len(n.split()))
+_CELL_POS = {name: (r, c) for r, row in enumerate(GRID_NAMES) for c, name in enumerate(row)}
+_SYNONYMS = [
+    (re.compile(r"\b(centre|middle|central)\b"), "center"),
+    (re.compile(r"\bupper\b"), "top"),
+    (re.compile(r"\blower\b"), "bottom"),
+    (re.compile(r"\b(left-hand|leftmost)\b"), "left"),
+    (re.compile(r"\b(right-hand|rightmost)\b"), "right"),
+]
+
+
+def option_cells(text: str) -> list[str]:
+    """3x3 grid cells an option names, in order ("Top left and center." -> [top left, center])."""
+    t = " ".join(re.findall(r"[a-z]+", text.lower().replace("-", " ")))
+    for pattern, word in _SYNONYMS:
+        t = pattern.sub(word, t)
+    words, cells, i = t.split(), [], 0
+    while i < len(words):
+        for name in _REGION_WORDS:
+            n = name.split()
+            if words[i : i + len(n)] == n:
+                cells.append(name)
+                i += len(n)
+                break
+        else:
+            i += 1
+    return list(dict.fromkeys(cells))
+
+
+def pick_region_option(predicted: list[str], options: dict[str, str]) -> str:
+    """The option letter naming ``predicted`` cells best: same set, else most shared cells,
+    else the nearest cell on the grid. "" when no option names a cell."""
+    named = {k: option_cells(v) for k, v in options.items()}
+    named = {k: v for k, v in named.items() if v}
+    if not named or not predicted:
+        return ""
+    for k, cells in named.items():
+        if set(cells) == set(predicted):
+            return k
+
+    def dist(a: str, b: str) -> float:
+        (r1, c1), (r2, c2) = _CELL_POS[a], _CELL_POS[b]
+        return math.hypot(r1 - r2, c1 - c2)
+
+    def rank(item: tuple[str, list[str]]) -> tuple[int, float, str]:
+        k, cells = item
+        shared = len(set(cells) & set(predicted))
+        nearest = min(dist(c, predicted[0]) for c in cells)
+        return (-shared, nearest + 0.01 * len(cells), k)
+
+    return min(named.items(), key=rank)[0]
+
+
+def yes_no_letters(options: dict[str, str]) -> tuple[str | None, str | None]:
+    """(letter of the "Yes" option, letter of the "No" option)."""
+    yes = no = None
+    for k, v in options.items():
+        first = (re.findall(r"[a-z]+", v.lower()) or [""])[0]
+        if first == "yes":
+            yes = k
+        elif first == "no":
+            no = k
+    return yes, no
+
+
+_DEFECT_WORDS = re.compile(r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*)\b")
+_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
+
+
+def yes_means_defect(question: str) -> bool:
+    """Whether "Yes" claims a defect ("Is there any defect ...?") or normality ("Is it normal?")."""
+    t = question.lower()
+    return bool(_DEFECT_WORDS.search(t)) or not _NORMAL_WORDS.search(t)
+
+
+class CopilotBackend(Backend):
+    """Our models through :class:`adcopilot.Copilot` (``nano`` or ``baseline``)."""
+
+    supports_boxes = True
+
+    def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Any = None, threshold: float | None = None) -> None:
+        self.name = name
+        self.model = str(model)
+        if copilot is None:
+            from adcopilot.api import Copilot
+
+            copilot = Copilot.load(model, threshold=threshold)
+        self.copilot = copilot
+        self._results: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def inspect(self, images: Sequence[str | os.PathLike]) -> Any:
+        """The inspection result of ``images`` (the last is the query), cached per image list."""
+        if len(images) < 2:
+            raise AdcopilotError(f"backend '{self.name}' compares with normal references: use --k-shot 1 or more")
+        key = tuple(os.fspath(p) for p in images)
+        with self._lock:
+            if key in self._results:
+                self._results.move_to_end(key)
+                return self._results[key]
+        result = self.copilot.inspect(images[-1], list(images[:-1]))
+        with self._lock:
+            self._results[key] = result
+            while len(self._results) > 8:
+                self._results.popitem(last=False)
+        return result
+
+    def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
+        if hasattr(self.copilot, "answer_choice"):
+            return str(self.copilot.answer_choice(images[-1], list(images[:-1]), question.text, question.options))
+        if question.subtask == AD:
+            yes, no = yes_no_letters(question.options)
+            if yes is None or no is None:
+                return ""
+            defective = self.inspect(images).is_anomalous
+            return yes if defective == yes_means_defect(question.text) else no
+        if question.subtask == DL:
+            return pick_region_option(self.predicted_cells(images), question.options)
+        return ""  # no language model: nothing to say
+
+    def predicted_cells(self, images: Sequence[str | os.PathLike]) -> list[str]:
+        """Grid cells of the two strongest boxes, or of the anomaly map's peak when none."""
+        r = self.inspect(images)
+        w, h = r.image_size
+        cells = [region_name(b.bbox_2d, w, h) for b in r.boxes]
+        if not cells and r.anomaly_map is not None:
+            y, x = np.unravel_index(int(np.argmax(r.anomaly_map)), r.anomaly_map.shape)
+            cells = [region_name([x, y, x + 1, y + 1], w, h)]
+        return list(dict.fromkeys(cells))[:2]
+
+    def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
+        r = self.inspect(images)
+        return BoxAnswer(json.dumps([{"bbox_2d": b.bbox_2d, "label": b.label} for b in r.boxes]))
+
+    def describe(self) -> dict[str, Any]:
+        d = {"name": self.name, "model": self.copilot.model_name, "threshold": float(self.copilot.threshold)}
+        d["language_model"] = hasattr(self.copilot, "answer_choice")
+        d["detector"] = self.copilot.detector.describe()
+        return d
+
+
+# --------------------------------------------------------------------------- transformers
+def smart_resize(w: int, h: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+    """Qwen2-VL's resize rule: sides multiples of ``factor``, pixel count within the bounds -> (w, h)."""
+    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if hb * wb > max_pixels:
+        beta = math.sqrt((h * w) / max_pixels)
+        hb, wb = max(factor, math.floor(h / beta / factor) * factor), max(factor, math.floor(w / beta / factor) * factor)
+    elif hb * wb < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return wb, hb
+
+
+def _load_pil(path: str | os.PathLike, max_size: int | None = None):
+    from adcopilot.imaging import load_image
+
+    img = load_image(path)
+    if max_size and max(img.size) > max_size:
+        img = img.copy()
+        img.thumbnail((max_size, max_size))
+    return img
+
+
+class TransformersBackend(Backend):
+    """A local Qwen2.5-VL-family checkpoint with Hugging Face transformers (no hub access)."""
+
+    name = "transformers"
+    supports_boxes = True
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_new_tokens: int = 128,
+        min_pixels: int = 64 * 28 * 28,
+        max_pixels: int = 1280 * 28 * 28,
+        max_image_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if importlib.util.find_spec("transformers") is None:
+            raise AdcopilotError("backend 'transformers' needs the transformers package: pip install transformers==5.24.0")
+        path = Path(model_path)
+        if not (path / "config.json").is_file():
+            raise AdcopilotError(f"{path}: not a local checkpoint folder (no config.json); the transformers backend never downloads")
+        import inspect
+
+        import torch
+
+        from adcopilot.eval.qwen_inputs import QwenInputs
+
+        model_type = _model_type(path)
+        if model_type == "qwen2_5_vl":
+            from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
+        elif model_type == "qwen2_vl":
+            from transformers import Qwen2VLForConditionalGeneration as model_cls
+        else:
+            model_cls = _ad_copilot_class(model_type)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype: Any = dtype
+        if dtype != "auto":
+            torch_dtype = getattr(torch, dtype, None)
+            if not isinstance(torch_dtype, torch.dtype):
+                raise AdcopilotError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
+        torch.manual_seed(seed)
+        self.model = model_cls.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device).eval()
+        self.inputs = QwenInputs(path, min_pixels, max_pixels)
+        # Older transformers compute M-RoPE positions from the ids alone and take no token types.
+        self._token_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
+        self.path, self.device, self.model_type = path, device, model_type
+        self.max_new_tokens, self.max_image_size = max_new_tokens, max_image_size
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self._lock = threading.Lock()
+
+    def _generate(self, parts: Sequence[PromptPart]) -> tuple[str, Any]:
+        import torch
+
+        loaded = [(k, _load_pil(v, self.max_image_size) if k == "image" else v) for k, v in parts]
+        batch = self.inputs.encode(loaded, with_token_types=self._token_types)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False)
+        reply = self.inputs.decode(out[0, batch["input_ids"].shape[1] :])
+        return reply, batch.get("image_grid_thw")
+
+    def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
+        return self._generate(official_prompt(images[:-1], images[-1], question))[0]
+
+    def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
+        parts: list[PromptPart] = [("image", os.fspath(p)) for p in images]
+        parts.append(("text", bbox_prompt(len(images) - 1)))
+        reply, grid = self._generate(parts)
+        # Qwen2.5-VL answers in pixels of the image it saw: the query's resized frame.
+        frame = self.inputs.frame(grid[-1]) if grid is not None and len(grid) else None
+        return BoxAnswer(reply, "pixel", frame)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": str(self.path),
+            "model_type": self.model_type,
+            "device": self.device,
+            "dtype": str(next(self.model.parameters()).dtype),
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "max_new_tokens": self.max_new_tokens,
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+            "decoding": "greedy",
+        }
+
+
+def _model_type(path: Path) -> str:
+    try:
+        return str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdcopilotError(f"{path / 'config.json'}: unreadable ({exc})") from None
+
+
+def _ad_copilot_class(model_type: str) -> Any:
+    """The class for an AD-Copilot-style checkpoint, from the full model when it is installed."""
+    if model_type in ("ad_copilot", "yangjian"):
+        spec = importlib.util.find_spec("adcopilot.model.qwen")
+        if spec is not None:
+            from adcopilot.model import qwen
+
+            cls = getattr(qwen, "ADCopilotForConditionalGeneration", None)
+            if cls is not None:
+                return cls
+        raise AdcopilotError(
+            f"model_type '{model_type}' (an AD-Copilot checkpoint) needs the full model "
+            "(adcopilot.model.qwen.ADCopilotForConditionalGeneration), which is not installed"
+        )
+    raise AdcopilotError(f"model_type '{model_type}' is not a Qwen2.5-VL-family checkpoint")
+
+
+# --------------------------------------------------------------------------- openai
+def image_data_url(path: str | os.PathLike, max_size: int | None = 512) -> tuple[str, tuple[int, int]]:
+    """A base64 PNG data URL of the image (thumbnailed to ``max_size``) and the size sent (w, h)."""
+    img = _load_pil(path, max_size)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), img.size
+
+
+class OpenAIBackend(Backend):
+    """An OpenAI-compatible ``/chat/completions`` endpoint that accepts images."""
+
+    name = "openai"
+    supports_boxes = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 4,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        timeout_s: float = 120.0,
+        max_image_size: int | None = 512,
+        max_tokens: int = 128,
+        box_coords: str = "qwen",
+        seed: int = 0,
+    ) -> None:
+        if importlib.util.find_spec("httpx") is None:
+            raise AdcopilotError("backend 'openai' needs the httpx package: pip install httpx==0.28.1")
+        import httpx
+
+        base = base_url or os.environ.get("ADCOPILOT_OPENAI_BASE_URL")
+        if not base:
+            raise AdcopilotError("backend 'openai' needs ADCOPILOT_OPENAI_BASE_URL (e.g. http://localhost:8000/v1)")
+        self.model = model or os.environ.get("ADCOPILOT_OPENAI_MODEL")
+        if not self.model:
+            raise AdcopilotError("backend 'openai' needs a model name: --model NAME or ADCOPILOT_OPENAI_MODEL")
+        if box_coords not in ("pixel", "relative1000", "qwen"):
+            raise AdcopilotError(f"unknown box coordinates '{box_coords}'; use pixel, relative1000 or qwen")
+        if concurrency < 1:
+            raise AdcopilotError(f"--concurrency must be at least 1, got {concurrency}")
+        key = api_key if api_key is not None else os.environ.get("ADCOPILOT_OPENAI_API_KEY", "")
+        self.url = base.rstrip("/") + "/chat/completions"
+        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
+        self.max_image_size, self.max_tokens, self.box_coords, self.seed = max_image_size, max_tokens, box_coords, seed
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(headers=headers, timeout=timeout_s)
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._httpx = httpx
+        self._jitter = random.Random(seed)
+
+    def _content(self, parts: Sequence[PromptPart]) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+        content, last_size = [], None
+        for kind, value in parts:
+            if kind == "image":
+                url, last_size = image_data_url(value, self.max_image_size)
+                content.append({"type": "image_url", "image_url": {"url": url}})
+            else:
+                content.append({"type": "text", "text": value})
+        return content, last_size
+
+    def chat(self, content: list[dict[str, Any]]) -> str:
+        """POST one user message; retry connection errors, 429 and 5xx with exponential back-off."""
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+            "seed": self.seed,
+        }
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = self.backoff_s * 2 ** (attempt - 1) * (1 + 0.1 * self._jitter.random())
+                log.info("retrying %s in %.1f s (%s)", self.url, delay, last)
+                time.sleep(delay)
+            try:
+                with self._slots:
+                    resp = self._client.post(self.url, json=payload)
+            except self._httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                last = f"HTTP {resp.status_code}"
+                continue
+            if resp.status_code >= 400:
+                raise AdcopilotError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}")
+            try:
+                message = resp.json()["choices"][0]["message"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise AdcopilotError(f"{self.url}: reply is not a chat completion: {resp.text[:200]}") from None
+            text = message.get("content") or ""
+            if isinstance(text, list):  # content parts
+                text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+            return str(text)
+        raise AdcopilotError(f"{self.url}: no answer after {self.max_retries + 1} attempts ({last})")
+
+    def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
+        content, _ = self._content(official_prompt(images[:-1], images[-1], question))
+        return self.chat(content)
+
+    def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
+        parts: list[PromptPart] = [("image", os.fspath(p)) for p in images]
+        parts.append(("text", bbox_prompt(len(images) - 1)))
+        content, sent = self._content(parts)
+        text = self.chat(content)
+        if self.box_coords == "relative1000":
+            return BoxAnswer(text, "relative1000")
+        if self.box_coords == "qwen" and sent is not None:
+            return BoxAnswer(text, "pixel", smart_resize(*sent))  # the frame a Qwen2.5-VL server saw
+        return BoxAnswer(text, "pixel", sent)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "url": self.url,
+            "concurrency": self.concurrency,
+            "max_retries": self.max_retries,
+            "max_image_size": self.max_image_size,
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+            "box_coords": self.box_coords,
+        }
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --------------------------------------------------------------------------- factory
+def make_backend(name: str, model: str | None = None, **options: Any) -> Backend:
+    """Build a backend by name (see the module docstring); ``model`` is its checkpoint or model name."""
+    if name == "baseline":
+        return CopilotBackend("baseline", "baseline", threshold=options.get("threshold"))
+    if name == "nano":
+        from adcopilot.model.registry import DEFAULT_CHECKPOINT
+
+        target = model or "default"
+        if target == "default" and not (DEFAULT_CHECKPOINT / "config.json").exists():
+            raise AdcopilotError(
+                f"backend 'nano' needs a trained checkpoint: none at {DEFAULT_CHECKPOINT}; "
+                "pass --model FOLDER or use --backend baseline"
+            )
+        return CopilotBackend("nano", target, threshold=options.get("threshold"))
+    if name == "transformers":
+        if not model:
+            raise AdcopilotError("backend 'transformers' needs --model PATH (a local Qwen2.5-VL checkpoint folder)")
+        keys = ("device", "dtype", "max_new_tokens", "min_pixels", "max_pixels", "max_image_size", "seed")
+        return TransformersBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
+    if name == "openai":
+        keys = ("base_url", "api_key", "concurrency", "max_retries", "backoff_s", "timeout_s", "max_image_size",
+                "max_tokens", "box_coords", "seed")
+        return OpenAIBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
+    raise AdcopilotError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a run (recorded in run.json)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("adcopilot", "torch", "transformers", "numpy", "httpx"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
