@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adcopilot import __version__
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
+from adcopilot.serve.limits import BodyLimit
 from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key, if one is set.")
@@ -61,9 +62,9 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
         description="Industrial anomaly detection by comparison with normal references: verdict, boxes, answers.",
         docs_url=None,  # the interactive docs load scripts from a CDN; the line is offline
         redoc_url=None,
-        max_body_size=cfg.max_upload_bytes,
         form_limits={"max_files": cfg.max_references + 2, "max_fields": 16},
     )
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)
     app.state.service = svc
     page = _page()
 
@@ -86,16 +87,16 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for e in exc.errors():
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "form"))
+            loc_parts = list(e.get("loc", ()))
+            if loc_parts and loc_parts[0] in ("body", "query", "path", "header", "cookie"):
+                loc_parts = loc_parts[1:]  # where it came from; the field name follows
+            loc = ".".join(str(x) for x in loc_parts)
             parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 413:
-            detail = f"request too large (limit {cfg.max_upload_bytes:,} bytes)"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:

@@ -201,8 +201,8 @@ class InspectionService:
         self, query: Upload, references: list[Upload], reference_set: str | None = None,
         *, threshold: float | None = None, heatmap: bool = False, preview: bool = False,
     ) -> dict[str, Any]:
-        refs = self._references(references, reference_set)
         qimg = self._query(query)
+        refs = self._references(references, reference_set)
         # Reference bytes go to the model as they are: its cache knows them by content.
         with self._model_lock:
             self.requests += 1
@@ -233,8 +233,8 @@ class InspectionService:
         turns = self._history(history)
         if not hasattr(cp, "ask"):
             raise ServiceError(f"model '{cp.model_name}' cannot answer questions (no language model)", 501)
-        refs = self._references(references, reference_set)
         qimg = self._query(query)
+        refs = self._references(references, reference_set)
         with self._model_lock:
             self.requests += 1
             try:

@@ -1,0 +1,119 @@
+"""Batch inspection: outputs, truth and outcomes, bad files, resume, shards, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.line.batch import BatchConfig, read_records, run_batch
+from adcopilot.line.report import load_results
+from adcopilot.line.sources import collect
+
+
+def _cfg(**kw):
+    return BatchConfig(progress=False, **kw)
+
+
+def test_batch_writes_every_output(tiny_copilot, lot):
+    s = run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg())
+    out = lot["out"]
+    assert (s.total, s.done_before, s.processed) == (8, 0, 7)
+    assert s.skipped == [("defect/broken.png", f"{lot['lot'] / 'defect' / 'broken.png'}: not an image file or unknown format")]
+    recs = {r["file"]: r for r in read_records(out / "results.jsonl")}
+    assert len(recs) == 7
+    assert {r["outcome"] for k, r in recs.items() if k.startswith("good/")} == {"pass"}
+    assert {r["outcome"] for k, r in recs.items() if k.startswith("defect/")} == {"detected"}
+    d0 = recs["defect/d0.png"]
+    assert d0["verdict"] == "anomalous" and d0["boxes"] and d0["truth"] == "defective"
+    # Boxes are in the query's pixels (96 x 96) and cover the painted square (10..30, 20..40).
+    x1, y1, x2, y2 = d0["boxes"][0]["bbox_2d"]
+    assert 0 <= x1 < 30 and 0 <= y1 < 40 and x2 > 10 and y2 > 20 and x2 <= 96 and y2 <= 96
+    assert len(d0["references"]) == 1 and d0["references"][0].startswith(str(lot["refs"]))
+    assert (out / d0["annotated"]).exists() and Image.open(out / d0["thumb"]).size[0] <= 128
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 7 and rows[0].keys() >= {"file", "verdict", "score", "outcome", "boxes"}
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert [r["file"] for r in skipped] == ["defect/broken.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["truth"]["confusion"] == {"tn": 4, "fp": 0, "tp": 3, "fn": 0}
+    assert summary["truth"]["miss_rate"] == 0 and summary["truth"]["overkill_rate"] == 0
+    assert summary["skipped"] == 1
+
+
+def test_report_is_self_contained_and_worst_first(tiny_copilot, lot):
+    # A threshold between the clean and the defective scores, then one defect marked "good" by its folder:
+    # it becomes an overkill and must come first in the report.
+    (lot["lot"] / "good" / "sneaky.png").write_bytes((lot["lot"] / "defect" / "d1.png").read_bytes())
+    run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg())
+    page = (lot["out"] / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from elsewhere
+    assert page.count("data:image/jpeg;base64,") == 8
+    files = re.findall(r"<td>((?:good|defect)/[^<]+)</td>", page)
+    assert files[0] == "good/sneaky.png"
+    assert "overkill (1 of 5 normal)" in page and "defect/broken.png" in page
+
+
+def test_resume_skips_finished_files_and_survives_a_torn_line(tiny_copilot, lot):
+    items = collect([lot["lot"]])
+    run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(save_images=False))
+    res = lot["out"] / "results.jsonl"
+    lines = res.read_text().splitlines()
+    # Interrupted run: the last two records lost, the one before torn in the middle.
+    res.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:20])
+    s = run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(save_images=False))
+    assert s.done_before == 4 and s.processed == 3  # 7 good files; the broken one is retried and skipped again
+    recs, skipped = load_results(lot["out"])
+    assert len(recs) == 7 and [f for f, _ in skipped] == ["defect/broken.png"]
+    again = run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(save_images=False))
+    assert again.processed == 0 and again.done_before == 7
+
+
+def test_shards_split_the_work_and_the_report_merges_them(tiny_copilot, lot):
+    items = collect([lot["lot"]])
+    a = run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(shard=(1, 2), save_images=False))
+    b = run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(shard=(2, 2), save_images=False))
+    assert a.total + b.total == 8 and a.total > 0 and b.total > 0
+    ka = {r["file"] for r in read_records(lot["out"] / "results-1of2.jsonl")}
+    kb = {r["file"] for r in read_records(lot["out"] / "results-2of2.jsonl")}
+    assert not ka & kb and len(ka | kb) == 7
+    recs, _ = load_results(lot["out"])
+    assert len(recs) == 7
+    assert len(list(csv.DictReader((lot["out"] / "results.csv").open()))) == 7
+
+
+def test_resuming_with_another_model_setting_is_refused(tiny_copilot, lot):
+    items = collect([lot["lot"]])
+    run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(save_images=False))
+    with pytest.raises(AdcopilotError, match=r"holds results of a different run \(shots: 1 -> 2\)"):
+        run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(shots=2, save_images=False))
+    s = run_batch(tiny_copilot, items, [lot["refs"]], lot["out"], _cfg(shots=2, restart=True, save_images=False))
+    assert s.processed == 7 and all(len(r["references"]) == 2 for r in read_records(lot["out"] / "results.jsonl"))
+
+
+def test_nearest_reference_is_chosen_per_query(tiny_copilot, tmp_path):
+    from .conftest import texture, with_defect
+
+    refs, q = tmp_path / "refs", tmp_path / "q"
+    refs.mkdir()
+    q.mkdir()
+    Image.fromarray(texture(1)).save(refs / "noise.png")
+    Image.fromarray(texture(2, kind="stripes")).save(refs / "stripes.png")
+    Image.fromarray(texture(2, kind="stripes")).save(q / "a_stripes.png")
+    Image.fromarray(with_defect(texture(1))).save(q / "b_noise_defect.png")
+    run_batch(tiny_copilot, collect([q]), [refs], tmp_path / "out", _cfg(save_images=False))
+    recs = {r["file"]: r for r in read_records(tmp_path / "out" / "results.jsonl")}
+    assert recs["a_stripes.png"]["references"][0].endswith("stripes.png")
+    assert recs["a_stripes.png"]["verdict"] == "normal"
+    assert recs["b_noise_defect.png"]["references"][0].endswith("noise.png")
+    assert recs["b_noise_defect.png"]["verdict"] == "anomalous"
+    assert recs["a_stripes.png"]["truth"] is None and recs["a_stripes.png"]["outcome"] is None
+
+
+def test_bad_shots(tiny_copilot, lot):
+    with pytest.raises(AdcopilotError, match="--shots must be at least 1"):
+        run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg(shots=0))
