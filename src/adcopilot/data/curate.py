@@ -352,6 +352,15 @@ def clear_out(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def portable(path: str, out: Path) -> str:
+    """A path inside the output folder relative to it (the set can move), any other absolute."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def _pick_references(
     e: Entry, pools: dict[str, list[Entry]], k: int, rng: np.random.Generator
 ) -> list[str]:
@@ -382,7 +391,8 @@ def curate(cfg: CurateConfig) -> CurateReport:
         raise AdcopilotError("no usable source: " + "; ".join(r for _, r in problems))
     split = assign_splits(entries, cfg.seed, cfg.test_fraction)
     (cfg.out / "splits.json").write_text(json.dumps(
-        {e.key: {"split": split[e.key], "instance": e.instance, "image": e.image_path} for e in entries},
+        {e.key: {"split": split[e.key], "instance": e.instance, "image": portable(e.image_path, cfg.out)}
+         for e in entries},
         indent=0), encoding="utf-8")
 
     # Reference pools: normal images of each class in the train split (never MMAD's).
@@ -423,16 +433,17 @@ def curate(cfg: CurateConfig) -> CurateReport:
                     skipped_fh.write(json.dumps({"key": e.key, "reason": reason}) + "\n")
                     state.record(e.key, [], status="skipped", reason=reason)
                     continue
-                item = LabelledItem(image_path=e.image_path, category=e.category, defect=a.defect,
-                                    mask=None, image_size=a.size, boxes=a.boxes, dataset=e.dataset)
-                facts = ItemFacts(item, key=e.key, split=split[e.key], references=refs, facts=a.facts,
-                                  before=e.base_path)
+                item = LabelledItem(image_path=portable(e.image_path, cfg.out), category=e.category,
+                                    defect=a.defect, mask=None, image_size=a.size, boxes=a.boxes, dataset=e.dataset)
+                facts = ItemFacts(item, key=e.key, split=split[e.key], references=[portable(r, cfg.out) for r in refs],
+                                  facts=a.facts, before=portable(e.base_path, cfg.out) if e.base_path else None)
                 if e.kind == "mmad":
                     samples = mcq_samples(facts, kb, rng, conversation=_valid_mmad(e)) if "mcq" in cfg.tasks else []
                 else:
                     names = sorted(defect_names[e.category])
                     samples = make_samples(facts, kb, rng, defect_names=names, balancer=balancer, tasks=cfg.tasks)
-                state.record(e.key, samples, status="ok", hash=a.hash, split=split[e.key], image=e.image_path)
+                state.record(e.key, samples, status="ok", hash=a.hash, split=split[e.key],
+                             image=portable(e.image_path, cfg.out))
     finally:
         bar.close()
         state.close()
@@ -510,7 +521,7 @@ def _finalise(
         prev = hashes.get(rec["hash"])
         # An image in both splits counts as train: the leak guard must see it.
         if prev is None or sp == "train":
-            hashes[rec["hash"]] = {"split": sp, "path": e.image_path}
+            hashes[rec["hash"]] = {"split": sp, "path": rec["image"]}
     leak.write_manifest(cfg.out, hashes)
     card = {
         "config": cfg.key_settings(),

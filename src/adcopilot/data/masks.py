@@ -180,28 +180,38 @@ def _solidity(comp: np.ndarray, area: int) -> float:
     return float(min(1.0, area / max(hull_area, 1.0)))
 
 
-def mask_to_boxes(mask: np.ndarray, rules: MaskRules | None = None) -> list[Region]:
-    """(H, W) mask -> defect regions with tight boxes, largest first (rules in the module doc)."""
-    rules = rules or MaskRules()
-    binary = binarise(np.asarray(mask))
+def _regions(binary: np.ndarray, rules: MaskRules) -> tuple[list[Region], np.ndarray]:
+    """(regions largest first, hole-filled (H, W) bool mask) of a bool mask.
+
+    Works on the crop around the defect pixels (padded by the merge distance), which gives the
+    same result as the whole image and is much faster for small defects on large images.
+    """
     h, w = binary.shape
-    if not binary.any():
-        return []
-    if rules.fill_holes:
-        binary = ndimage.binary_fill_holes(binary)
+    pts = cv2.findNonZero(binary.astype(np.uint8))
+    if pts is None:
+        return [], binary
     k = max(1, int(round(rules.merge_frac * float(np.hypot(h, w)))))
-    merged = cv2.dilate(binary.astype(np.uint8), np.ones((k, k), np.uint8)) if k > 1 else binary.astype(np.uint8)
+    bx, by, bw, bh = cv2.boundingRect(pts)
+    pad = k + 1
+    ox, oy = max(0, bx - pad), max(0, by - pad)
+    crop = binary[oy : min(h, by + bh + pad), ox : min(w, bx + bw + pad)]
+    if rules.fill_holes:
+        crop = ndimage.binary_fill_holes(crop)
+    filled = np.zeros_like(binary)
+    filled[oy : oy + crop.shape[0], ox : ox + crop.shape[1]] = crop
+    crop_u8 = crop.astype(np.uint8)
+    merged = cv2.dilate(crop_u8, np.ones((k, k), np.uint8)) if k > 1 else crop_u8
     n, labels, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
-    min_area = max(rules.min_pixels, int(rules.min_area_frac * h * w))
     found: list[Region] = []
     for i in range(1, n):
-        x, y, bw, bh = (int(v) for v in stats[i, :4])
-        comp = (labels[y : y + bh, x : x + bw] == i) & binary[y : y + bh, x : x + bw]
+        x, y, cw, ch = (int(v) for v in stats[i, :4])
+        comp = (labels[y : y + ch, x : x + cw] == i) & crop[y : y + ch, x : x + cw]
         ys, xs = np.nonzero(comp)
         if len(xs) == 0:
             continue
-        x1, y1, x2, y2 = x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1
-        comp = comp[y1 - y : y2 - y, x1 - x : x2 - x]
+        comp = comp[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        x1, y1 = ox + x + int(xs.min()), oy + y + int(ys.min())
+        x2, y2 = ox + x + int(xs.max()) + 1, oy + y + int(ys.max()) + 1
         area = int(len(xs))
         elong, theta = _moments(comp)
         box = [x1, y1, x2, y2]
@@ -210,7 +220,7 @@ def mask_to_boxes(mask: np.ndarray, rules: MaskRules | None = None) -> list[Regi
                 bbox_2d=box,
                 area=area,
                 area_fraction=area / float(h * w),
-                centroid=(float(x + xs.mean()), float(y + ys.mean())),
+                centroid=(float(ox + x + xs.mean()), float(oy + y + ys.mean())),
                 grid=region_name(box, w, h),
                 elongation=round(elong, 3),
                 orientation_deg=round(theta, 1),
@@ -219,8 +229,14 @@ def mask_to_boxes(mask: np.ndarray, rules: MaskRules | None = None) -> list[Regi
             )
         )
     found.sort(key=lambda r: (-r.area, r.bbox_2d))
+    min_area = max(rules.min_pixels, int(rules.min_area_frac * h * w))
     kept = [r for r in found if r.area >= min_area]
-    return kept or found[:1]
+    return kept or found[:1], filled
+
+
+def mask_to_boxes(mask: np.ndarray, rules: MaskRules | None = None) -> list[Region]:
+    """(H, W) mask -> defect regions with tight boxes, largest first (rules in the module doc)."""
+    return _regions(binarise(np.asarray(mask)), rules or MaskRules())[0]
 
 
 def size_word(area_fraction: float) -> str:
@@ -307,7 +323,7 @@ def describe_regions(
     """
     binary = binarise(np.asarray(mask))
     h, w = binary.shape
-    regions = mask_to_boxes(binary, rules)
+    regions, filled = _regions(binary, rules or MaskRules())
     arr = None
     if image is not None:
         arr = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
@@ -315,7 +331,6 @@ def describe_regions(
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         if arr.shape[:2] != (h, w):
             raise MaskError(f"mask is {w}x{h} but its image is {arr.shape[1]}x{arr.shape[0]}")
-    filled = ndimage.binary_fill_holes(binary) if (rules or MaskRules()).fill_holes else binary
     ring = max(3, int(round(0.02 * float(np.hypot(h, w)))))
     out = []
     for r in regions:

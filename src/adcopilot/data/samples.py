@@ -10,8 +10,10 @@ JSONL sample schema (one object per line)::
 
     {"id": str,                       # "<item key>:<task><n>", unique and stable
      "task": "caption" | "vqa" | "localization" | "mcq" | "comparison",
-     "image": str,                    # the query image (absolute path)
-     "references": [str],             # normal image(s) shown before the query (absolute paths)
+     "image": str,                    # the query image
+     "references": [str],             # normal image(s) shown before the query
+                                      # (paths: absolute, or relative to the curated folder for the
+                                      # images it holds, e.g. synthetic/...)
      "category": str, "defect": str | None,   # None = good
      "dataset": str,
      "image_size": [w, h],            # of the query image, pixels
