@@ -35,6 +35,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -354,11 +355,14 @@ def clear_out(out: Path) -> None:
 
 def portable(path: str, out: Path) -> str:
     """A path inside the output folder relative to it (the set can move), any other absolute."""
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(out.resolve()).as_posix()
-    except ValueError:
-        return str(p)
+    p = os.path.abspath(path)
+    root = _abs_dir(str(out))
+    return Path(p[len(root):]).as_posix() if p.startswith(root) else p
+
+
+@functools.lru_cache(maxsize=8)
+def _abs_dir(path: str) -> str:
+    return os.path.join(str(Path(path).resolve()), "")
 
 
 def _pick_references(
@@ -447,7 +451,7 @@ def curate(cfg: CurateConfig) -> CurateReport:
     finally:
         bar.close()
         state.close()
-    return _finalise(cfg, entries, split, state, source_problems, t0)
+    return _finalise(cfg, kb, entries, split, state, source_problems, t0)
 
 
 def _valid_mmad(e: Entry) -> list[dict]:
@@ -463,7 +467,7 @@ def _valid_mmad(e: Entry) -> list[dict]:
 
 
 def _finalise(
-    cfg: CurateConfig, entries: list[Entry], split: dict[str, str], state: _State,
+    cfg: CurateConfig, kb: Knowledge, entries: list[Entry], split: dict[str, str], state: _State,
     source_problems: list[dict], t0: float,
 ) -> CurateReport:
     order = {e.key: i for i, e in enumerate(entries)}
@@ -505,7 +509,6 @@ def _finalise(
     hashes: dict[str, dict] = {}
     skipped = []
     used = 0
-    kb = Knowledge.load(cfg.knowledge)
     for e in entries:
         rec = state.done.get(e.key)
         if rec is None:

@@ -249,13 +249,25 @@ def phrase(key: str, rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _singular(name: str) -> str:
+    """Folder names are often plural ("plates", "batteries"); sentences speak of one object."""
+    *head, last = name.split(" ")
+    if len(last) > 4 and last.endswith("ies"):
+        last = last[:-3] + "y"
+    elif len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        last = last[:-1]
+    return " ".join([*head, last])
+
+
 def object_display(category: str, knowledge: Knowledge) -> str:
     """The object's name for options: the knowledge entry's name or the class, without digits."""
     info = knowledge.object(category)
     name = info.name if info else normalise(category)
     name = name.rstrip("0123456789").strip() or name
-    # Short names are acronyms ("pcb" -> "PCB").
-    return name.upper() if len(name) <= 3 and " " not in name else name
+    if info is None:
+        name = _singular(name)
+    # Short names of known objects are acronyms ("pcb" -> "PCB").
+    return name.upper() if info is not None and len(name) <= 3 and " " not in name else name
 
 
 def _entry(q: str, options: dict[str, str], answer: str, qtype: str, annotation: bool) -> dict:

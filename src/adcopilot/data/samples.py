@@ -222,7 +222,7 @@ class _Text:
     def difference(self) -> str:
         if not self.anomalous:
             return f"There is no defect in the second image; like the first, it shows a normal {self.object}."
-        loc = f" {self.where()}" if self.cells else ""
+        loc = f" {self.where()} of the image" if self.cells else ""
         return f"The second image shows {_article(self.noun)}{loc} that the normal sample does not have."
 
     def description(self) -> str:
@@ -347,11 +347,11 @@ def comparison_sample(f: ItemFacts, kb: Knowledge, rng: np.random.Generator) -> 
     if not refs:
         return None
     q = _choice(rng, _COMPARE_ASK)
-    loc = f" {t.where()}" if t.cells else ""
+    loc = f" {t.where()} of the image" if t.cells else ""
     if f.before:
         a = f"The second image has {_article(t.noun)}{loc} that the first image does not have; otherwise the two images are identical."
     elif t.anomalous:
-        a = f"The second image shows {_article(t.noun)}{loc} of the {t.object}; the first image, a normal sample, has none."
+        a = f"The second image shows {_article(t.noun)} on the {t.object}{loc}; the first image, a normal sample, has none."
     else:
         a = f"Both images show a normal {t.object}; neither has a defect."
     return _base(f, t, "comparison", 0, _turns((q, a)), refs)

@@ -114,3 +114,11 @@ def test_format_mcq():
     text = format_mcq("Is there any defect?", {"A": "Yes.", "B": "No."})
     assert text.splitlines() == ["Is there any defect?", "A. Yes.", "B. No.",
                                  "Answer with the option's letter from the given choices directly."]
+
+
+@pytest.mark.parametrize("category,shown", [("plates", "plate"), ("batteries", "battery"), ("glass", "glass"),
+                                            ("pcb3", "PCB"), ("metal_nut", "metal nut"), ("capsules", "capsules")])
+def test_object_names_in_sentences(kb, category, shown):
+    from adcopilot.data.questions import object_display
+
+    assert object_display(category, kb) == shown

@@ -94,7 +94,7 @@ def test_vqa_turns_and_first_question(kb):
     s = vqa_sample(_facts(), kb, np.random.default_rng(3))
     assert 3 <= len(s["turns"]) // 2 <= 6
     assert "difference" in s["turns"][0]["content"] or "differ" in s["turns"][0]["content"]
-    assert _answers(s)[0] == "The second image shows a crack at the top right that the normal sample does not have."
+    assert _answers(s)[0] == "The second image shows a crack at the top right of the image that the normal sample does not have."
 
 
 def test_comparison_of_an_exact_pair(kb):
