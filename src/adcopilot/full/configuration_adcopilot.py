@@ -29,6 +29,7 @@ Settings (all serialised to ``config.json``):
 
 Usage::
 
+    cfg = ADCopilotConfig()                       # the released 7B model's sizes
     cfg = ADCopilotConfig(vision_config={...}, text_config={...}, compare_token_size=100)
     cfg.comparison_config()          # the ComparisonConfig of the encoder
 """
@@ -44,6 +45,20 @@ from adcopilot.model.compare import ComparisonConfig
 PLACEMENTS = ("all", "query")
 POSITIONS = ("diagonal", "shared", "sequential")
 PAIRINGS = ("sample", "batch")
+
+#: Qwen2.5-VL-7B's vision tower and language model (the released model's base): the defaults here.
+VISION_7B: dict[str, Any] = dict(
+    depth=32, hidden_size=1280, hidden_act="silu", intermediate_size=3420, num_heads=16, in_channels=3,
+    out_hidden_size=3584, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+)
+TEXT_7B: dict[str, Any] = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    use_sliding_window=False, sliding_window=32768, max_window_layers=28,
+    bos_token_id=151643, eos_token_id=151645,
+)
 
 #: Comparison settings mirrored into ``vision_config`` (the vision tower builds the encoder from it).
 _MIRRORED = (
@@ -71,6 +86,16 @@ class ADCopilotConfig(Qwen2_5_VLConfig):
     compare_mlp2_sign: float = -1.0
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # Unlike Qwen2_5_VLConfig (whose bare defaults are the 72B's), unset sizes are the 7B's.
+        if self.vision_config is None:
+            self.vision_config = dict(VISION_7B)
+        elif isinstance(self.vision_config, dict):
+            self.vision_config = {**VISION_7B, **self.vision_config}
+        flat_text = any(k in kwargs for k in ("hidden_size", "num_hidden_layers", "vocab_size"))
+        if self.text_config is None and not flat_text:  # 4.x configs keep the text settings at the top level
+            self.text_config = dict(TEXT_7B)
+        elif isinstance(self.text_config, dict):
+            self.text_config = {**TEXT_7B, **self.text_config}
         super().__post_init__(**kwargs)
         for name, allowed in (
             ("compare_placement", PLACEMENTS),
