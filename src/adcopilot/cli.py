@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        # Without standalone mode typer *returns* the status of an Exit (130 after Ctrl-C).
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                typer.echo("interrupted", err=True)
+            sys.exit(code)
     except AdcopilotError as exc:
         if _DEBUG["on"]:
             raise
