@@ -195,8 +195,12 @@ def _analyses(entries: list[Entry], seed: int, workers: int) -> Iterator[Analysi
         for e in entries:
             yield analyse(e, seed)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
         yield from pool.map(_analyse_star, [(e, seed) for e in entries], chunksize=4)
+    finally:
+        # On an interruption, do not wait for the images still queued.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -418,9 +422,10 @@ def curate(cfg: CurateConfig) -> CurateReport:
     bar = tqdm(total=len(entries), initial=len(entries) - len(todo), unit="img", desc="curate",
                disable=not cfg.progress)
     skipped_path = cfg.out / "skipped.jsonl"
+    analyses = _analyses(todo, cfg.seed, cfg.workers)
     try:
         with open(skipped_path, "a", encoding="utf-8") as skipped_fh:
-            for a in _analyses(todo, cfg.seed, cfg.workers):
+            for a in analyses:
                 e = todo_by_key[a.key]
                 bar.update(1)
                 if not a.ok:
@@ -449,6 +454,7 @@ def curate(cfg: CurateConfig) -> CurateReport:
                 state.record(e.key, samples, status="ok", hash=a.hash, split=split[e.key],
                              image=portable(e.image_path, cfg.out))
     finally:
+        analyses.close()
         bar.close()
         state.close()
     return _finalise(cfg, kb, entries, split, state, source_problems, t0)

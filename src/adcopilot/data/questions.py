@@ -185,6 +185,23 @@ def _pick(pool: list[str], k: int, rng: np.random.Generator, exclude: set[str]) 
     return out
 
 
+#: Words too common in the knowledge texts to tell two of them apart.
+_COMMON = {"during", "with", "that", "from", "into", "which", "their", "other", "than", "part", "parts",
+           "surface", "material", "product", "defect", "around", "where", "usually", "area", "mostly", "there"}
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in "".join(c if c.isalpha() else " " for c in text.lower()).split()
+            if len(w) >= 5 and w not in _COMMON}
+
+
+def _unlike(pool: list[str], truths: list[str], max_shared: int) -> list[str]:
+    """Pool entries sharing at most ``max_shared`` distinctive words with every true text, so a
+    distractor is not a second right answer in other words ("impact during handling")."""
+    true_words = [_words(t) for t in truths]
+    return [p for p in pool if all(len(_words(p) & tw) <= max_shared for tw in true_words)]
+
+
 def _pick_preferred(
     first: list[str], rest: list[str], k: int, rng: np.random.Generator, exclude: set[str]
 ) -> list[str]:
@@ -340,7 +357,9 @@ def mmad_conversation(
     if dtype is not None and dtype.description:
         descs = {t.name: t.description for t in pool_types if t.description and t.name != dtype.name}
         first = [t.description for t in other_types if t.description]
-        wrong = _pick_preferred(first, list(descs.values()), 3, rng, {normalise(dtype.description)})
+        truth = [dtype.description]
+        wrong = _pick_preferred(_unlike(first, truth, 1), _unlike(list(descs.values()), truth, 1), 3, rng,
+                                {normalise(dtype.description)})
         add("Defect Description", "Defect Description", dtype.description, wrong, True)
 
     if dtype is not None:
@@ -352,7 +371,7 @@ def mmad_conversation(
             correct = own[int(rng.integers(len(own)))]
             first = [x for t in other_types for x in getattr(t, attr)]
             rest = [x for t in pool_types if t.name != dtype.name for x in getattr(t, attr)]
-            wrong = _pick_preferred(first, rest, 3, rng, {normalise(x) for x in own})
+            wrong = _pick_preferred(_unlike(first, own, 0), _unlike(rest, own, 0), 3, rng, {normalise(x) for x in own})
             add(f"Defect Analysis {intent}", "Defect Analysis", correct, wrong, True)
 
     # Object questions, answered from the knowledge base.

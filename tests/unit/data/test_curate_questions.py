@@ -122,3 +122,18 @@ def test_object_names_in_sentences(kb, category, shown):
     from adcopilot.data.questions import object_display
 
     assert object_display(category, kb) == shown
+
+
+def test_analysis_distractors_are_not_second_right_answers(kb):
+    from adcopilot.data.questions import _words
+
+    for name, d in kb.defects.items():
+        if not (d.causes or d.effects) or name in ("defect", "combined"):
+            continue
+        item = LabelledItem("q.png", "bottle", name, None, (90, 90), None)
+        for seed in range(4):
+            (q,) = [e for e in mmad_conversation(item, kb, np.random.default_rng(seed)) if e["type"] == "Defect Analysis"]
+            truths = d.causes if normalise(_correct(q).rstrip(".")) in [normalise(c) for c in d.causes] else d.effects
+            for letter, text in q["Options"].items():
+                if letter != q["Answer"]:
+                    assert all(not (_words(text) & _words(t)) for t in truths), (name, text, truths)
