@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         no_register: bool = typer.Option(False, "--no-register", help="Do not align queries onto references."),
         no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated images."),
         workers: int = typer.Option(2, "--workers", help="Image-loading threads."),
-        threads: int = typer.Option(None, "--threads", help="Torch compute threads (default: torch's)."),
+        threads: int = typer.Option(None, "--threads", help="Model compute threads (default: the cores left by --workers)."),
         restart: bool = typer.Option(False, "--restart", help="Discard this shard's earlier results."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -31,11 +31,9 @@ def register(app: typer.Typer) -> None:
         from adcopilot.api import Copilot
         from adcopilot.line.batch import BatchConfig, run_batch
         from adcopilot.line.sources import collect, parse_shard
+        from adcopilot.line.threads import set_compute_threads
 
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(max(1, threads))
+        set_compute_threads(threads, reserve=max(1, workers))
         cfg = BatchConfig(
             shots=shots, shard=parse_shard(shard), workers=workers, save_images=not no_images,
             restart=restart, progress=not quiet,

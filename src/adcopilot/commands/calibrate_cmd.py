@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
         from adcopilot.errors import AdcopilotError
         from adcopilot.line import calibration_run as run
         from adcopilot.line.report import load_results
+        from adcopilot.line.threads import set_compute_threads
 
+        set_compute_threads(None, reserve=2)  # as batch: two image-loading threads
         cp = Copilot.load(model, registration=not no_register)  # scores do not depend on the threshold
         if results is not None:
             if normals or defects:

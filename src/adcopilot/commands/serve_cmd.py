@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="Largest request body, MB."),
         max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image, in pixels."),
         max_references: int = typer.Option(16, "--max-references", help="Most references per request or set."),
-        threads: int = typer.Option(None, "--threads", help="Torch compute threads (default: torch's)."),
+        threads: int = typer.Option(None, "--threads", help="Model compute threads (default: all cores but one)."),
     ) -> None:
         """Serve the model over HTTP: /v1/inspect, /v1/ask, /v1/references, /v1/health, /v1/models, and a web page at /."""
         import uvicorn
@@ -36,10 +36,9 @@ def register(app: typer.Typer) -> None:
             raise AdcopilotError(f"--port {port}: not a TCP port (1-65535)")
         if max_upload_mb <= 0 or max_pixels <= 0 or max_references <= 0:
             raise AdcopilotError("--max-upload-mb, --max-pixels and --max-references must be positive")
-        if threads is not None:
-            import torch
+        from adcopilot.line.threads import set_compute_threads
 
-            torch.set_num_threads(max(1, threads))
+        set_compute_threads(threads, reserve=1)  # one core for the server's own work
         cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
         cfg = ServeConfig(api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
                           max_pixels=max_pixels, max_references=max_references)

@@ -1,0 +1,133 @@
+"""The inspection line on real ELPV solar cells with the real vision weights: batch, calibrate, inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from adcopilot.data.elpv import load_cells
+
+
+def run(*args: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ADCOPILOT_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "adcopilot", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def elpv_lot(tmp_path_factory):
+    """refs/ (3 mono + 3 poly normals), lot/good (8), lot/defect (6), calib/{good,defect} (other cells)."""
+    root = tmp_path_factory.mktemp("elpv")
+    cells = load_cells()
+    good = [c for c in cells if c.probability == 0.0]
+    bad = [c for c in cells if c.probability == 1.0]
+    picks = {
+        "refs": [c for c in good if c.kind == "mono"][:3] + [c for c in good if c.kind == "poly"][:3],
+        "lot/good": [c for c in good if c.kind == "mono"][3:7] + [c for c in good if c.kind == "poly"][3:7],
+        "lot/defect": bad[:6],
+        "calib/good": good[20:36],
+        "calib/defect": bad[6:16],
+    }
+    for folder, chosen in picks.items():
+        (root / folder).mkdir(parents=True)
+        for c in chosen:
+            shutil.copyfile(c.path, root / folder / c.name)
+    (root / "lot" / "defect" / "truncated.png").write_bytes(picks["lot/defect"][0].path.read_bytes()[:500])
+    return root
+
+
+def test_batch_cli_report_resume_and_shards(elpv_lot, tmp_path):
+    out = tmp_path / "out"
+    p = run("batch", str(elpv_lot / "lot"), "--refs", str(elpv_lot / "refs"), "--out", str(out),
+            "--model", "baseline", "--json", "--quiet", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["processed"] == 14 and [s["file"] for s in d["skipped"]] == ["defect/truncated.png"]
+    assert "truncated image file" in d["skipped"][0]["reason"]
+    t = d["summary"]["truth"]
+    assert t["normal"] == 8 and t["defective"] == 6
+    assert t["miss"] + t["confusion"]["tp"] == 6 and t["overkill"] + t["confusion"]["tn"] == 8
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # The nearest reference is a cell of the same type (mono vs poly look very different).
+    kinds = {c.name: c.kind for c in load_cells()}
+    same = [kinds[os.path.basename(r["references"][0])] == kinds[os.path.basename(r["path"])] for r in recs]
+    assert sum(same) >= 12, same
+    assert all((out / r["annotated"]).exists() for r in recs)
+    assert (out / "report.html").stat().st_size > 10_000
+    again = json.loads(run("batch", str(elpv_lot / "lot"), "--refs", str(elpv_lot / "refs"), "--out", str(out),
+                           "--model", "baseline", "--json", "--quiet", home=tmp_path).stdout)
+    assert again["processed"] == 0 and again["done_before"] == 15 - 1
+    # Two shards into another folder: together the same files and the same scores.
+    out2 = tmp_path / "sharded"
+    for i in (1, 2):
+        p = run("batch", str(elpv_lot / "lot"), "--refs", str(elpv_lot / "refs"), "--out", str(out2), "--shard", f"{i}/2",
+                "--model", "baseline", "--no-images", "--quiet", home=tmp_path)
+        assert p.returncode == 0, p.stderr
+    merged = json.loads((out2 / "summary.json").read_text())
+    assert merged["inspected"] == 14
+    import csv
+
+    a = {r["file"]: float(r["score"]) for r in csv.DictReader((out / "results.csv").open())}
+    b = {r["file"]: float(r["score"]) for r in csv.DictReader((out2 / "results.csv").open())}
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)  # deterministic
+
+
+def test_batch_cli_errors_are_one_line(tmp_path):
+    p = run("batch", str(tmp_path), "--refs", str(tmp_path / "none"), "--model", "baseline", "--shard", "3/2", home=tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith("error: --shard '3/2'") and "Traceback" not in p.stderr
+    p = run("batch", str(tmp_path), "--refs", str(tmp_path / "none"), "--model", "baseline", "--out", str(tmp_path / "o"),
+            home=tmp_path)
+    assert p.returncode == 2 and "none: no such reference folder or image" in p.stderr
+
+
+def test_calibrate_stores_the_threshold_that_inspect_uses(elpv_lot, tmp_path):
+    home = tmp_path / "home"
+    p = run("calibrate", "--normals", str(elpv_lot / "calib" / "good"), "--defects", str(elpv_lot / "calib" / "defect"),
+            "--refs", str(elpv_lot / "refs"), "--miss-cost", "5", "--false-alarm-cost", "1", "--model", "baseline",
+            "--out", str(tmp_path / "cal"), "--json", "--quiet", home=home)
+    assert p.returncode == 0, p.stderr
+    cal = json.loads(p.stdout)
+    assert cal["saved"] == str(home / "calibration" / "baseline.json")
+    assert cal["metrics"]["n_normal"] == 16 and cal["metrics"]["n_defective"] == 10
+    assert (tmp_path / "cal" / "roc.png").exists() and (tmp_path / "cal" / "cost.png").exists()
+    # Least expected cost: never worse than the model's own threshold on the same scores.
+    recs = [json.loads(x) for x in (tmp_path / "cal" / "results.jsonl").read_text().splitlines()]
+
+    def cost(t: float) -> float:
+        fn = sum(r["score"] < t for r in recs if r["truth"] == "defective")
+        fp = sum(r["score"] >= t for r in recs if r["truth"] == "normal")
+        return (5 * fn + fp) / len(recs)
+
+    assert cal["expected_cost"] == pytest.approx(cost(cal["threshold"]))
+    assert cost(cal["threshold"]) <= cost(cal["model_threshold"])
+    q, ref = elpv_lot / "lot" / "defect", elpv_lot / "refs"
+    query = sorted(q.glob("cell*.png"))[0]
+    refimg = sorted(ref.glob("*.png"))[0]
+    used = json.loads(run("inspect", str(query), "--ref", str(refimg), "--model", "baseline", "--json", home=home).stdout)
+    assert used["threshold"] == pytest.approx(cal["threshold"])
+    forced = json.loads(run("inspect", str(query), "--ref", str(refimg), "--model", "baseline", "--threshold", "0.9",
+                            "--json", home=home).stdout)
+    assert forced["threshold"] == 0.9
+    # A specific calibration file wins over the stored one.
+    other = tmp_path / "strict.json"
+    other.write_text(json.dumps({**{k: v for k, v in cal.items() if k not in ("saved", "charts")}, "threshold": 0.123}))
+    chosen = json.loads(run("inspect", str(query), "--ref", str(refimg), "--model", "baseline", "--calibration", str(other),
+                            "--json", home=home).stdout)
+    assert chosen["threshold"] == pytest.approx(0.123)
+
+
+def test_calibrate_from_batch_results_and_bad_input(elpv_lot, tmp_path):
+    out = tmp_path / "out"
+    assert run("batch", str(elpv_lot / "calib"), "--refs", str(elpv_lot / "refs"), "--out", str(out), "--model", "baseline",
+               "--no-images", "--quiet", home=tmp_path).returncode == 0
+    p = run("calibrate", "--results", str(out), "--target-miss-rate", "0.2", "--model", "baseline", "--dry-run",
+            "--out", str(tmp_path / "c"), "--json", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cal = json.loads(p.stdout)
+    assert cal["saved"] is None and cal["metrics"]["miss"] <= 0.2
+    p = run("calibrate", "--normals", str(elpv_lot / "calib" / "good"), "--model", "baseline", home=tmp_path)
+    assert p.returncode == 2 and "needs --normals and --defects" in p.stderr
