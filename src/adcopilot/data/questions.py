@@ -377,6 +377,7 @@ def mmad_conversation(
     # Object questions, answered from the knowledge base.
     name = object_display(item.category, knowledge)
     names = [object_display(k, knowledge) for k in knowledge.objects]
+    names = [n for n in names if _singular(n) != _singular(name)]  # not "capsules" for "capsule"
     add("Object Classification", "Object Classification", name, _pick(names, 3, rng, {normalise(name)}), False)
     info = knowledge.object(item.category)
     if info is not None:
@@ -386,5 +387,5 @@ def mmad_conversation(
             if not own:
                 continue
             pool = [getattr(o, attr) for o in knowledge.objects.values() if o.name != info.name and getattr(o, attr)]
-            add(qtype, qtype, own, _pick(pool, 3, rng, {normalise(own)}), False)
+            add(qtype, qtype, own, _pick(_unlike(pool, [own], 1), 3, rng, {normalise(own)}), False)
     return out
