@@ -59,6 +59,9 @@ def _register_commands() -> None:
     from adcopilot.commands import train_cmd
 
     train_cmd.register(app)
+    from adcopilot.commands import adapt_cmd
+
+    adapt_cmd.register(app)
     from adcopilot.commands import curate_cmd
 
     curate_cmd.register(app)
@@ -67,6 +70,9 @@ def _register_commands() -> None:
     batch_cmd.register(app)
     calibrate_cmd.register(app)
     serve_cmd.register(app)
+    from adcopilot.commands import eval_cmd
+
+    eval_cmd.register(app)
 
 
 _register_commands()

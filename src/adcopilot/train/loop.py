@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +53,10 @@ def _schedule(cfg: TrainConfig):
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return f
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def train(task: Task, cfg: TrainConfig, *, resume: bool = False) -> Path:
@@ -96,6 +102,10 @@ def train(task: Task, cfg: TrainConfig, *, resume: bool = False) -> Path:
             with metrics_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    # Background jobs ignore SIGINT; make SIGTERM (kill, a scheduler's pre-emption) save a checkpoint too.
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     t0 = time.time()
     step = start
     bar = tqdm(total=cfg.steps, initial=start, desc=f"stage {cfg.stage}", disable=not accelerator.is_main_process)
@@ -135,6 +145,9 @@ def train(task: Task, cfg: TrainConfig, *, resume: bool = False) -> Path:
         checkpoint(step, elapsed_before + time.time() - t0)
         log.warning("interrupted at step %d; checkpoint saved to %s (resume with --resume)", step, ckpt)
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     bar.close()
     elapsed = elapsed_before + time.time() - t0
     checkpoint(step, elapsed)

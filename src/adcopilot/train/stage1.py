@@ -48,8 +48,11 @@ class Stage1Task:
         if sampler is None:
             from adcopilot.data.pairs import PairSampler
 
-            opts = {k: v for k, v in cfg.data.items() if k not in ("multi_ref_prob", "max_refs")}
-            sampler = PairSampler(size=self.model_cfg.image_size, seed=cfg.seed, **opts)
+            opts = {k: v for k, v in cfg.data.items() if k not in ("multi_ref_prob", "max_refs", "train_size")}
+            # The model is resolution-agnostic (relative positions, convolutional head): training at a
+            # smaller size than inference costs quadratically less attention.
+            size = int(cfg.data.get("train_size", self.model_cfg.image_size))
+            sampler = PairSampler(size=size, seed=cfg.seed, **opts)
         self.sampler = sampler
         self.multi_ref_prob = float(cfg.data.get("multi_ref_prob", 0.2))
         self.max_refs = int(cfg.data.get("max_refs", 3))
@@ -112,10 +115,17 @@ class Stage1Task:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.forward(model, batch)
         dev = out["pixel_logits"].device
-        target = mask_to_cells(batch["mask"].to(dev), STRIDE)  # (B, 1, h, w)
+        mask = batch["mask"].to(dev)
+        # A mask of -1 means "location unknown" (image-level labels, adapt --defects): no pixel loss.
+        known = (mask >= 0).flatten(1).all(dim=1)  # (B,)
         lw = self.cfg.loss
-        l_focal = focal_loss(out["pixel_logits"], target)
-        l_dice = dice_loss(out["pixel_logits"], target)
+        if known.any():
+            target = mask_to_cells(mask[known], STRIDE)  # (b, 1, h, w)
+            logits = out["pixel_logits"][known]
+            l_focal = focal_loss(logits, target)
+            l_dice = dice_loss(logits, target)
+        else:
+            l_focal = l_dice = out["pixel_logits"].sum() * 0.0
         l_img = F.binary_cross_entropy_with_logits(out["image_logit"], batch["label"].to(dev))
         total = (
             float(lw.get("focal", 5.0)) * l_focal
@@ -142,8 +152,9 @@ class Stage1Task:
         for batch in self._eval_set:
             out = self.forward(model, batch)
             prob = torch.sigmoid(upsample_centered(out["pixel_logits"], STRIDE))[:, 0]  # (B, S, S)
-            pix_s.append(prob[:, ::4, ::4].flatten().cpu().numpy())
-            pix_t.append(batch["mask"][:, ::4, ::4].flatten().numpy())
+            known = (batch["mask"] >= 0).flatten(1).all(dim=1)
+            pix_s.append(prob[known][:, ::4, ::4].flatten().cpu().numpy())
+            pix_t.append(batch["mask"][known][:, ::4, ::4].flatten().numpy())
             img_s.append(torch.sigmoid(out["image_logit"]).cpu().numpy())
             img_t.append(batch["label"].numpy())
         model.train(was_training)

@@ -1,0 +1,44 @@
+"""Plain folders of images: recursive listing and tolerant loading (bad files reported, skipped)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from adcopilot.errors import AdcopilotError, ImageError
+from adcopilot.imaging import load_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted); an error if it is missing or holds none."""
+    root = Path(folder)
+    if not root.exists():
+        raise AdcopilotError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise AdcopilotError(f"{root}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AdcopilotError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def load_folder(folder: str | Path, size: int) -> tuple[list[np.ndarray], list[tuple[Path, str]]]:
+    """Load every image of a folder resized to ``size``: (uint8 (S, S, 3) arrays, [(bad file, reason)])."""
+    images, bad = [], []
+    for path in list_images(folder):
+        try:
+            img = load_image(path).resize((size, size))
+        except ImageError as exc:
+            bad.append((path, str(exc)))
+            log.warning("skipping %s", exc)
+            continue
+        images.append(np.asarray(img, dtype=np.uint8))
+    if not images:
+        raise AdcopilotError(f"{folder}: none of the images could be read (first problem: {bad[0][1]})")
+    return images, bad
