@@ -14,13 +14,16 @@ Steps:
 4. Per image (in order): pick normal references of its class from the train split (never the
    image itself or its instance), generate the samples (:mod:`adcopilot.data.samples`) with a
    generator seeded by (seed, image key), so a sample does not depend on the run's order.
-5. Write ``train.jsonl`` and ``test.jsonl``, ``hashes.json`` (the leak guard's manifest),
+5. Write ``train.jsonl`` and ``test.jsonl`` (a test image whose pixels equal a training image's,
+   e.g. one file in two sources, is left out of the test split and listed as skipped),
+   ``hashes.json`` (the leak guard's manifest),
    the dataset card ``card.md`` / ``card.json``, and validate every sample (boxes inside the
    image, answer letters among the options, JSON answers parse).
 
 Resume: each finished image appends its samples to ``samples.partial.jsonl`` and one line to
 ``progress.jsonl``; a rerun with the same settings skips finished images (a half-written tail is
-cut off) and produces the same files as an uninterrupted run.
+cut off) and produces the same files as an uninterrupted run. Skipped images stay skipped on a
+rerun; after fixing them, start over with ``--fresh``.
 
 Output folder::
 
@@ -476,43 +479,14 @@ def _finalise(
     cfg: CurateConfig, kb: Knowledge, entries: list[Entry], split: dict[str, str], state: _State,
     source_problems: list[dict], t0: float,
 ) -> CurateReport:
-    order = {e.key: i for i, e in enumerate(entries)}
-    by_task: dict[str, Counter] = defaultdict(Counter)
-    by_type: dict[str, Counter] = defaultdict(Counter)
-    letters: dict[int, Counter] = defaultdict(Counter)
-    problems: list[str] = []
-    examples: dict[str, dict] = {}
-    n = 0
-    # Samples are written per image in scan order, so files are the same after a resume.
-    keys_in_file: list[str] = []
-    with open(cfg.out / "train.jsonl.tmp", "w", encoding="utf-8") as tr, \
-            open(cfg.out / "test.jsonl.tmp", "w", encoding="utf-8") as te:
-        chunks: dict[str, list[str]] = defaultdict(list)
-        for s in state.samples():
-            key = s["id"].rsplit(":", 1)[0]
-            if key not in order:
-                continue  # an image no longer in the sources
-            if not chunks[key]:
-                keys_in_file.append(key)
-            chunks[key].append(json.dumps(s, ensure_ascii=False))
-            problems += validate_sample(s)
-            n += 1
-            by_task[s["task"]][s["split"]] += 1
-            if s["task"] == "mcq":
-                by_type[s["type"]][s["split"]] += 1
-                letters[len(s["options"])][s["answer"]] += 1
-            example_key = s["task"] if s["task"] != "mcq" else f"mcq: {s['type']}"
-            if example_key not in examples and (s["defect"] is not None or s["task"] == "mcq"):
-                examples[example_key] = s
-        for key in sorted(keys_in_file, key=order.__getitem__):
-            fh = tr if split[key] == "train" else te
-            fh.write("".join(line + "\n" for line in chunks[key]))
-    (cfg.out / "train.jsonl.tmp").replace(cfg.out / "train.jsonl")
-    (cfg.out / "test.jsonl.tmp").replace(cfg.out / "test.jsonl")
-
+    # Hashes first: a test image whose pixels are also a training image (the same file under two
+    # names or in two sources) is dropped from the test split, so the set never leaks into itself.
     images_by_class: dict[str, Counter] = defaultdict(Counter)
     images_by_defect: dict[str, Counter] = defaultdict(Counter)
     hashes: dict[str, dict] = {}
+    train_hashes = {rec["hash"] for rec in state.done.values() if rec.get("status") == "ok" and rec["split"] == "train"}
+    duplicates = {k for k, rec in state.done.items()
+                  if rec.get("status") == "ok" and rec["split"] == "test" and rec["hash"] in train_hashes}
     skipped = []
     used = 0
     for e in entries:
@@ -522,15 +496,45 @@ def _finalise(
         if rec.get("status") != "ok":
             skipped.append({"key": e.key, "reason": rec.get("reason", "")})
             continue
+        if e.key in duplicates:
+            skipped.append({"key": e.key, "reason": f"{e.image_path}: test image identical to a training image; "
+                                                    "left out of the test split"})
+            continue
         used += 1
         sp = split[e.key]
         images_by_class[e.category][sp] += 1
         d = kb.defect(e.defect) if e.defect else None
         images_by_defect["good" if e.defect is None else (d.name if d else e.defect)][sp] += 1
-        prev = hashes.get(rec["hash"])
-        # An image in both splits counts as train: the leak guard must see it.
-        if prev is None or sp == "train":
+        hashes.setdefault(rec["hash"], {"split": sp, "path": rec["image"]})
+        if sp == "train":
             hashes[rec["hash"]] = {"split": sp, "path": rec["image"]}
+
+    by_task: dict[str, Counter] = defaultdict(Counter)
+    by_type: dict[str, Counter] = defaultdict(Counter)
+    letters: dict[int, Counter] = defaultdict(Counter)
+    problems: list[str] = []
+    examples: dict[str, dict] = {}
+    known = {e.key for e in entries}
+    n = 0
+    # Streamed in processing order, which is the scan order (also after a resume).
+    with open(cfg.out / "train.jsonl.tmp", "w", encoding="utf-8") as tr, \
+            open(cfg.out / "test.jsonl.tmp", "w", encoding="utf-8") as te:
+        for s in state.samples():
+            key = s["id"].rsplit(":", 1)[0]
+            if key not in known or key in duplicates:
+                continue  # an image no longer in the sources, or a duplicate of a training image
+            (tr if s["split"] == "train" else te).write(json.dumps(s, ensure_ascii=False) + "\n")
+            problems += validate_sample(s)
+            n += 1
+            by_task[s["task"]][s["split"]] += 1
+            if s["task"] == "mcq":
+                by_type[s["type"]][s["split"]] += 1
+                letters[len(s["options"])][s["answer"]] += 1
+            example_key = s["task"] if s["task"] != "mcq" else f"mcq: {s['type']}"
+            if example_key not in examples and (s["defect"] is not None or s["task"] == "mcq"):
+                examples[example_key] = s
+    (cfg.out / "train.jsonl.tmp").replace(cfg.out / "train.jsonl")
+    (cfg.out / "test.jsonl.tmp").replace(cfg.out / "test.jsonl")
     leak.write_manifest(cfg.out, hashes)
     card = {
         "config": cfg.key_settings(),

@@ -155,3 +155,18 @@ def test_mmad_source_is_test_only(tmp_path):
     assert {s["answer"] for s in test} == {"A", "B"}  # the bad letter "Z" was dropped
     assert all(s["references"] == [str((root / "MVTec-AD/bottle/train/good/001.png").resolve())] for s in test)
     assert {v["split"] for v in load_manifest(out).values()} == {"test"}
+
+
+def test_same_image_in_two_sources_never_leaks_into_test(curate_tree, tmp_path):
+    import shutil
+
+    shutil.copytree(curate_tree / "cells", tmp_path / "copies" / "cells")  # the same files, another source
+    out = tmp_path / "out"
+    rep = curate(CurateConfig(sources=[str(curate_tree / "cells"), str(tmp_path / "copies")], out=out,
+                              test_fraction=0.5, progress=False))
+    dropped = [s for s in rep.skipped if "identical to a training image" in s["reason"]]
+    assert dropped  # with this seed some copies fell on the other side of the split
+    test = _read(out / "test.jsonl")
+    from adcopilot.data.leak import find_leaks
+
+    assert test and find_leaks(sorted({s["image"] for s in test}), [out]) == []
