@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup assets demo test test-unit test-integration lint bench clean
+.PHONY: setup assets browser demo test test-unit test-integration lint bench clean
 
 $(VENV)/.stamp-install: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,16 +26,23 @@ assets: setup
 demo: assets
 	$(BIN)/adcopilot demo
 
+# Headless Chromium for the web page's end-to-end test (Debian; idempotent). Without it that test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ( $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver ) || \
+	  echo "warning: chromium could not be installed; the browser test will be skipped"
+
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
-test-integration: assets
+test-integration: assets browser
 	$(PY) -m pytest tests/integration -q
 
-test: assets lint
+test: assets lint browser
 	$(PY) -m pytest tests -q
 
 clean:
