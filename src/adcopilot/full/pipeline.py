@@ -27,6 +27,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,15 @@ class FullModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_full_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
         processor = load_processor(path, min_pixels=min_pixels, max_pixels=max_pixels, config=model.config)
+        gen_file = Path(path) / "generation_config.json"
+        if "max_new_tokens" not in kwargs and gen_file.is_file():
+            # A checkpoint's own generation settings give the default answer length.
+            try:
+                limit = json.loads(gen_file.read_text()).get("max_new_tokens")
+            except json.JSONDecodeError as exc:
+                raise AdcopilotError(f"{gen_file}: malformed JSON ({exc.msg})") from None
+            if isinstance(limit, int) and limit > 0:
+                kwargs["max_new_tokens"] = limit
         return cls(model, processor, name=os.path.basename(os.path.normpath(str(path))) or "full", **kwargs)
 
     @property

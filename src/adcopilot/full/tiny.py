@@ -99,6 +99,7 @@ def build_tiny(texts: Iterable[str] = (), seed: int = 0, **overrides: Any):
     config = tiny_config(tokenizer, **overrides)
     torch.manual_seed(seed)
     model = ADCopilotVLForConditionalGeneration(config).eval()
+    model.generation_config.max_new_tokens = 16  # a toy: short answers
     processor = tiny_processor(tokenizer, config.compare_token_size, config.compare_placement)
     return model, processor
 

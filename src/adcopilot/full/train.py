@@ -40,6 +40,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -92,6 +93,7 @@ class FullTrainConfig:
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None  # eager / sdpa / flash_attention_2
     find_unused_parameters: bool = False  # DDP: set when some batches have no images
+    cpu: bool = False  # train on CPU processes (gloo), e.g. smoke tests of a launch configuration
     compare_position: str | None = None  # override the checkpoint's M-RoPE placement
     seed: int = 0
     log_every: int = 10
@@ -283,6 +285,7 @@ def train(cfg: FullTrainConfig) -> Path:
     if cfg.full_finetune:
         stage = stage.with_full_finetune()
     accelerator = Accelerator(
+        cpu=cfg.cpu,
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=cfg.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
@@ -326,8 +329,9 @@ def train(cfg: FullTrainConfig) -> Path:
         meta = load_checkpoint(ckpt, model, optimizer, scheduler, names)
         start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
         log.info("resumed from step %d", start)
-    log.info("stage %d (%s): %d samples, %d steps, %s of %s parameters trained, %d processes",
-             stage.number, stage.name, len(samples), total, f"{n_train:,}", f"{n_all:,}", accelerator.num_processes)
+    if accelerator.is_main_process:
+        log.info("stage %d (%s): %d samples, %d steps, %s of %s parameters trained, %d processes",
+                     stage.number, stage.name, len(samples), total, f"{n_train:,}", f"{n_all:,}", accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     def log_metrics(row: dict[str, Any]) -> None:
@@ -451,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     except AdcopilotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    print(final)
+    if os.environ.get("RANK", "0") == "0":
+        print(final)
 
 
 if __name__ == "__main__":
