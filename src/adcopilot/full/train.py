@@ -311,6 +311,12 @@ def train(cfg: FullTrainConfig) -> Path:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_stage(model, stage, cfg)
+    if accelerator.mixed_precision in ("bf16", "fp16") and cfg.dtype in ("bfloat16", "float16"):
+        # Frozen weights stay in 16 bits; trained ones get fp32 master copies (autocast runs the
+        # matmuls in 16 bits), else small updates vanish in bf16 rounding.
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
