@@ -311,9 +311,11 @@ def train(cfg: FullTrainConfig) -> Path:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_stage(model, stage, cfg)
-    if accelerator.mixed_precision in ("bf16", "fp16") and cfg.dtype in ("bfloat16", "float16"):
+    upcast = accelerator.mixed_precision in ("bf16", "fp16") and cfg.dtype in ("bfloat16", "float16")
+    if upcast and not _sharded(accelerator):
         # Frozen weights stay in 16 bits; trained ones get fp32 master copies (autocast runs the
-        # matmuls in 16 bits), else small updates vanish in bf16 rounding.
+        # matmuls in 16 bits), else small updates vanish in bf16 rounding. DeepSpeed keeps its own
+        # fp32 masters; FSDP needs one dtype per wrapped unit (load with --dtype float32 there).
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
