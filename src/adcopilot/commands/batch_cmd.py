@@ -30,8 +30,8 @@ def register(app: typer.Typer) -> None:
         """Inspect every query against its nearest normal reference(s); CSV, JSONL, images, HTML report."""
         from adcopilot.api import Copilot
         from adcopilot.line.batch import BatchConfig, run_batch
+        from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
         from adcopilot.line.sources import collect, parse_shard
-        from adcopilot.line.threads import set_compute_threads
 
         set_compute_threads(threads, reserve=max(1, workers))
         cfg = BatchConfig(
@@ -39,7 +39,9 @@ def register(app: typer.Typer) -> None:
             restart=restart, progress=not quiet,
         )
         items = collect(queries)
-        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        cp = prepare_for_inference(
+            Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        )
         s = run_batch(cp, items, refs, out, cfg)
         summary = json.loads(s.files["summary"].read_text()) if "summary" in s.files else {}
         if as_json:

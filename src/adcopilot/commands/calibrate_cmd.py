@@ -36,10 +36,10 @@ def register(app: typer.Typer) -> None:
         from adcopilot.errors import AdcopilotError
         from adcopilot.line import calibration_run as run
         from adcopilot.line.report import load_results
-        from adcopilot.line.threads import set_compute_threads
+        from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
         set_compute_threads(None, reserve=2)  # as batch: two image-loading threads
-        cp = Copilot.load(model, registration=not no_register)  # scores do not depend on the threshold
+        cp = prepare_for_inference(Copilot.load(model, registration=not no_register))  # scores: any threshold
         if results is not None:
             if normals or defects:
                 raise AdcopilotError("use either --results or --normals/--defects, not both")

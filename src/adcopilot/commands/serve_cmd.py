@@ -36,10 +36,12 @@ def register(app: typer.Typer) -> None:
             raise AdcopilotError(f"--port {port}: not a TCP port (1-65535)")
         if max_upload_mb <= 0 or max_pixels <= 0 or max_references <= 0:
             raise AdcopilotError("--max-upload-mb, --max-pixels and --max-references must be positive")
-        from adcopilot.line.threads import set_compute_threads
+        from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
         set_compute_threads(threads, reserve=1)  # one core for the server's own work
-        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        cp = prepare_for_inference(
+            Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        )
         cfg = ServeConfig(api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
                           max_pixels=max_pixels, max_references=max_references)
         typer.echo(f"adcopilot serving model {cp.model_name} (threshold {cp.threshold:.4f}) on http://{host}:{port}/"

@@ -2,10 +2,10 @@
 
 For each query the ``shots`` most similar normal references are chosen by a global feature
 (:mod:`adcopilot.line.references`), the query is inspected with :class:`adcopilot.Copilot`, and
-one JSON line is appended to ``results.jsonl`` (flushed per file, so an interruption loses at most
-the file in flight; a re-run skips the files already there). Images are decoded by a pool of
-threads while the model works on the previous chunk; annotated images and thumbnails are written
-by the same pool. Unreadable files are skipped and listed in ``skipped.csv`` with the reason.
+one JSON line is appended to ``results.jsonl`` (flushed per chunk, so an interruption loses at most
+the chunk in flight; a re-run skips the files already there). A pool of threads decodes the images
+and computes their global features while the model works on the previous chunk, and writes the
+annotated images and thumbnails. Unreadable files are skipped and listed in ``skipped.csv`` with the reason.
 
 Output folder::
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -45,6 +45,7 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, reference_paths, tower_for
 from adcopilot.line.sources import LotItem, shard
+from adcopilot.model.vision import EfficientNetLite0
 from adcopilot.results import InspectionResult
 from adcopilot.visualize import annotate
 
@@ -58,9 +59,9 @@ class BatchConfig:
     shots: int = 1
     shard: tuple[int, int] = (1, 1)  # (i, n), 1-based
     workers: int = 2  # image-decoding threads
-    chunk: int = 8  # queries whose global features are computed in one pass
+    chunk: int = 8  # queries decoded ahead while the model works; results flushed per chunk
     save_images: bool = True
-    thumb_size: int = 128
+    thumb_size: int = 96  # the report shows them at 96 px
     report: bool = True
     restart: bool = False
     match_threshold: bool = True  # refuse to resume results made with another threshold
@@ -86,7 +87,7 @@ class BatchSummary:
 class _Loaded:
     item: LotItem
     image: Image.Image | None = None
-    small: np.ndarray | None = None  # (g, g, 3) for the global feature
+    feature: torch.Tensor | None = None  # (112,) global feature, when references are to be chosen
     error: str | None = None
 
 
@@ -156,13 +157,16 @@ def _check_manifest(out: Path, new: dict[str, Any], cfg: BatchConfig) -> None:
     os.replace(tmp, path)
 
 
-def _load(item: LotItem, need_small: bool) -> _Loaded:
+def _load(item: LotItem, tower: EfficientNetLite0 | None) -> _Loaded:
+    """Decode (and, with a tower, compute the global feature) in a worker thread, beside the model."""
     try:
         img = load_image(item.path, name=str(item.path))
     except AdcopilotError as exc:
         return _Loaded(item, error=str(exc))
-    small = to_float_array(img, GLOBAL_SIZE) if need_small else None
-    return _Loaded(item, img, small)
+    feature = None
+    if tower is not None:
+        feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]  # (112,)
+    return _Loaded(item, img, feature)
 
 
 def _save_pictures(img: Image.Image, result: InspectionResult, annotated: Path, thumb: Path, size: int) -> None:
@@ -171,7 +175,7 @@ def _save_pictures(img: Image.Image, result: InspectionResult, annotated: Path, 
     pic.save(annotated, quality=90)
     pic.thumbnail((size, size), Image.Resampling.BILINEAR)
     thumb.parent.mkdir(parents=True, exist_ok=True)
-    pic.save(thumb, quality=80)
+    pic.save(thumb, quality=75)
 
 
 def _chunks(items: Sequence[LotItem], n: int) -> Iterator[list[LotItem]]:
@@ -246,20 +250,19 @@ def run_batch(
 
         def submit(k: int) -> None:
             if k < len(chunks):
-                pending.append([pool.submit(_load, it, need_select) for it in chunks[k]])
+                pending.append([pool.submit(_load, it, tower if need_select else None) for it in chunks[k]])
 
         submit(0)
         for k in range(len(chunks)):
             submit(k + 1)  # decode the next chunk while this one is inspected
             loaded = [f.result() for f in pending.popleft()]
             ok = [x for x in loaded if x.error is None]
-            feats = global_features(tower, [x.small for x in ok]) if need_select and ok else None  # (B, 112)
             done_writes, writes = [w for w in writes if w.done()], [w for w in writes if not w.done()]
             for w in done_writes:
                 w.result()  # re-raise a failed write
-            for j, x in enumerate(ok):
+            for x in ok:
                 try:
-                    chosen = bank.nearest(feats[j] if feats is not None else None, cfg.shots, exclude=x.item.path)
+                    chosen = bank.nearest(x.feature, cfg.shots, exclude=x.item.path)
                     result = copilot.inspect(x.image, [str(p) for p, _ in chosen])
                 except AdcopilotError as exc:
                     x.error = str(exc)
@@ -272,8 +275,8 @@ def run_batch(
                     writes.append(pool.submit(_save_pictures, x.image, result, out / rec["annotated"],
                                               out / rec["thumb"], cfg.thumb_size))
                 fres.write(json.dumps(rec) + "\n")
-                fres.flush()
                 summary.processed += 1
+            fres.flush()  # once per chunk: an interruption loses at most this chunk's records
             for x in loaded:
                 if x.error is not None:
                     summary.skipped.append((x.item.key, x.error))

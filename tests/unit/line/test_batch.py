@@ -34,7 +34,7 @@ def test_batch_writes_every_output(tiny_copilot, lot):
     x1, y1, x2, y2 = d0["boxes"][0]["bbox_2d"]
     assert 0 <= x1 < 30 and 0 <= y1 < 40 and x2 > 10 and y2 > 20 and x2 <= 96 and y2 <= 96
     assert len(d0["references"]) == 1 and d0["references"][0].startswith(str(lot["refs"]))
-    assert (out / d0["annotated"]).exists() and Image.open(out / d0["thumb"]).size[0] <= 128
+    assert (out / d0["annotated"]).exists() and Image.open(out / d0["thumb"]).size[0] <= 96
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 7 and rows[0].keys() >= {"file", "verdict", "score", "outcome", "boxes"}
     skipped = list(csv.DictReader((out / "skipped.csv").open()))
