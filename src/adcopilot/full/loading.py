@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from adcopilot.errors import CheckpointError
 from adcopilot.full.configuration_adcopilot import ADCopilotConfig, config_from_released
@@ -192,7 +193,7 @@ def load_full_model(
     report = LoadReport()
     state: dict[str, torch.Tensor] = {}
     wrong: list[str] = []
-    for file in files:
+    for file in tqdm(files, desc=f"loading {root.name}", unit="shard", disable=len(files) < 2):
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 names = list(f.keys())  # a safetensors handle is not iterable
