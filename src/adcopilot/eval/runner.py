@@ -124,6 +124,10 @@ def finish_run(out: Path, **counts: Any) -> None:
 
 
 def _identity(bench: MMADBenchmark, backend: Backend, k_shot: int, templates: str) -> dict[str, Any]:
+    if templates not in ("random", "similar"):
+        raise AdcopilotError(f"unknown template mode '{templates}'; use 'random' or 'similar'")
+    if k_shot < 0:
+        raise AdcopilotError(f"--k-shot must be 0 or more, got {k_shot}")
     d = backend.describe()
     return {
         "benchmark": str(bench.path.resolve()),

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import io
 import json
 import os
@@ -89,11 +90,18 @@ def parse_official(reply: str, options: Mapping[str, str] | None = None) -> str:
     if found:
         return found[-1]
     if options:
-        match = difflib.get_close_matches(reply, list(options.values()), n=1, cutoff=0.0)
-        if match:
-            for key, value in options.items():
-                if value == match[0]:
-                    return key
+        return _closest_option(reply, tuple(options.items()))
+    return reply
+
+
+@functools.lru_cache(maxsize=65536)
+def _closest_option(reply: str, options: tuple[tuple[str, str], ...]) -> str:
+    # Cached: the same unparsable replies ("", "I cannot tell") come back many times.
+    match = difflib.get_close_matches(reply, [v for _, v in options], n=1, cutoff=0.0)
+    if match:
+        for key, value in options:
+            if value == match[0]:
+                return key
     return reply
 
 

@@ -1,0 +1,208 @@
+"""``adcopilot eval mmad | mmad-bbox | detect | score``: MMAD-format evaluation of any backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+BENCH_HELP = "'bundled' (built on first use) or the path of an MMAD-format mmad.json."
+
+
+def _bench(benchmark: str, image_root: Path | None) -> Any:
+    from adcopilot.eval.mmad import load_mmad
+
+    if benchmark == "bundled":
+        from adcopilot.eval.bundled import ensure_bundled
+
+        path = ensure_bundled()
+        return load_mmad(path, image_root or path.parent)
+    return load_mmad(benchmark, image_root)
+
+
+def _selection(datasets: list[str] | None, classes: list[str] | None, tasks: list[str] | None, limit: int | None) -> dict:
+    return {"datasets": datasets or [], "classes": classes or [], "tasks": tasks or [], "limit": limit}
+
+
+def _backend(backend: str, model: str | None, **options: Any) -> Any:
+    from adcopilot.eval.backends import make_backend
+
+    return make_backend(backend, model, **options)
+
+
+def _out(out: Path | None, task: str, backend: str, benchmark: str, k_shot: int, templates: str) -> Path:
+    if out is not None:
+        return out
+    bench = "bundled" if benchmark == "bundled" else Path(benchmark).parent.name or "mmad"
+    return Path("eval-runs") / f"{task}-{backend}-{bench}-{k_shot}shot-{templates}"
+
+
+def _write_scores(records: list, out: Path, mode: str) -> str:
+    from adcopilot.eval.scoring import score
+
+    text = ""
+    for m in ("official", "strict"):
+        table = score(records, m)
+        table.to_csv(out / f"scores_{m}.csv")
+        table.to_json(out / f"scores_{m}.json")
+        if m == mode:
+            text = table.format()
+    return text
+
+
+def register(app: typer.Typer) -> None:
+    ev = typer.Typer(help="Evaluate a backend on MMAD-format benchmarks (MMAD, MMAD-BBox, detection).", no_args_is_help=True)
+
+    common: dict[str, Any] = {
+        "benchmark": typer.Option("bundled", "--benchmark", "-b", help=BENCH_HELP),
+        "image_root": typer.Option(None, "--image-root", help="Folder the image paths are relative to (default: the JSON's folder)."),
+        "backend": typer.Option("baseline", "--backend", help="nano, baseline, transformers or openai."),
+        "model": typer.Option(None, "--model", "-m", help="nano: checkpoint folder; transformers: local checkpoint folder; openai: model name."),
+        "k_shot": typer.Option(1, "--k-shot", "-k", help="Normal templates per query."),
+        "templates": typer.Option("random", "--templates", help="random (the benchmark's default) or similar."),
+        "datasets": typer.Option(None, "--dataset", help="Only this dataset (repeatable)."),
+        "classes": typer.Option(None, "--class", help="Only this class (repeatable)."),
+        "limit": typer.Option(None, "--limit", help="Only N images, spread evenly over the selection."),
+        "out": typer.Option(None, "--out", "-o", help="Run folder (answers, run.json, scores); re-running resumes."),
+        "device": typer.Option("auto", "--device", help="transformers: cpu, cuda or auto."),
+        "dtype": typer.Option("auto", "--dtype", help="transformers: auto, float32, bfloat16, float16."),
+        "concurrency": typer.Option(4, "--concurrency", help="openai: requests in flight."),
+        "quiet": typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    }
+
+    def opts(**kw: Any) -> dict[str, Any]:
+        return {"device": kw["device"], "dtype": kw["dtype"], "concurrency": kw["concurrency"]}
+
+    @ev.command("mmad")
+    def mmad(
+        benchmark: str = common["benchmark"],
+        image_root: Path = common["image_root"],
+        backend: str = common["backend"],
+        model: str = common["model"],
+        k_shot: int = common["k_shot"],
+        templates: str = common["templates"],
+        datasets: list[str] = common["datasets"],
+        classes: list[str] = common["classes"],
+        tasks: list[str] = typer.Option(None, "--task", help="Only this sub-task: AD, DC, DL, DD, DA, OC, OA (repeatable)."),
+        limit: int = common["limit"],
+        scoring: str = typer.Option("official", "--scoring", help="official (the benchmark's rules) or strict (corrected)."),
+        out: Path = common["out"],
+        device: str = common["device"],
+        dtype: str = common["dtype"],
+        concurrency: int = common["concurrency"],
+        quiet: bool = common["quiet"],
+    ) -> None:
+        """Answer MMAD's multiple-choice questions and print the dataset x sub-task table."""
+        from adcopilot.errors import AdcopilotError
+        from adcopilot.eval.runner import run_mmad
+        from adcopilot.eval.scoring import SCORING_MODES
+
+        if scoring not in SCORING_MODES:
+            raise AdcopilotError(f"unknown --scoring '{scoring}'; use official or strict")
+        bench = _bench(benchmark, image_root)
+        items = bench.select(datasets, classes, tasks, limit)
+        be = _backend(backend, model, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        folder = _out(out, "mmad", backend, benchmark, k_shot, templates)
+        records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
+                           selection=_selection(datasets, classes, tasks, limit))
+        typer.echo(_write_scores(records, folder, scoring))
+        typer.echo(f"results: {folder}/scores_{scoring}.csv, .json (answers: {folder}/answers.jsonl)")
+
+    @ev.command("mmad-bbox")
+    def mmad_bbox(
+        benchmark: str = common["benchmark"],
+        image_root: Path = common["image_root"],
+        backend: str = common["backend"],
+        model: str = common["model"],
+        k_shot: int = common["k_shot"],
+        templates: str = common["templates"],
+        datasets: list[str] = common["datasets"],
+        classes: list[str] = common["classes"],
+        limit: int = common["limit"],
+        out: Path = common["out"],
+        device: str = common["device"],
+        dtype: str = common["dtype"],
+        concurrency: int = common["concurrency"],
+        quiet: bool = common["quiet"],
+    ) -> None:
+        """Ask for defect boxes and report mIoU, accuracy at IoU 0.1/0.3/0.5 and false alarms."""
+        from adcopilot.eval.bbox import format_bbox_summary, summarize_bbox
+        from adcopilot.eval.runner import run_bbox
+
+        bench = _bench(benchmark, image_root)
+        items = bench.select(datasets, classes, None, limit)
+        be = _backend(backend, model, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        folder = _out(out, "bbox", backend, benchmark, k_shot, templates)
+        records, skipped = run_bbox(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
+                                    selection=_selection(datasets, classes, None, limit))
+        summary = summarize_bbox(records)
+        summary["skipped"] = skipped
+        (folder / "bbox.json").write_text(json.dumps(summary, indent=2))
+        typer.echo(format_bbox_summary(summary))
+        if any(skipped.values()):
+            typer.echo(f"left out: {skipped['no_mask']} anomalous images without a mask, {skipped['bad_mask']} unreadable or empty masks")
+        typer.echo(f"results: {folder}/bbox.json (answers: {folder}/boxes.jsonl)")
+
+    @ev.command("detect")
+    def detect(
+        benchmark: str = common["benchmark"],
+        image_root: Path = common["image_root"],
+        backend: str = common["backend"],
+        model: str = common["model"],
+        k_shot: int = common["k_shot"],
+        templates: str = common["templates"],
+        datasets: list[str] = common["datasets"],
+        classes: list[str] = common["classes"],
+        limit: int = common["limit"],
+        out: Path = common["out"],
+        quiet: bool = common["quiet"],
+    ) -> None:
+        """Image AUROC, AP, F1-max, balanced accuracy; pixel AUROC and PRO where masks exist."""
+        from adcopilot.eval.runner import run_detect
+
+        bench = _bench(benchmark, image_root)
+        items = bench.select(datasets, classes, None, limit)
+        be = _backend(backend, model)
+        folder = _out(out, "detect", backend, benchmark, k_shot, templates)
+        result = run_detect(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
+                            selection=_selection(datasets, classes, None, limit))
+        typer.echo(_format_detect(result))
+        typer.echo(f"results: {folder}/detect.json")
+
+    @ev.command("score")
+    def score_file(
+        answers: Path = typer.Argument(..., help="answers.jsonl of a run, or the benchmark's own answers JSON."),
+        scoring: str = typer.Option("official", "--scoring", help="official or strict."),
+        csv_out: Path = typer.Option(None, "--csv", help="Also write the table as CSV here."),
+        json_out: Path = typer.Option(None, "--json", help="Also write the table as JSON here."),
+    ) -> None:
+        """Score an answers file again (e.g. with the other scoring mode)."""
+        from adcopilot.eval.scoring import load_answers, score
+
+        table = score(load_answers(answers), scoring)
+        typer.echo(table.format())
+        if csv_out:
+            table.to_csv(csv_out)
+        if json_out:
+            table.to_json(json_out)
+
+    app.add_typer(ev, name="eval")
+
+
+def _format_detect(result: dict[str, Any]) -> str:
+    cols = ["auroc", "ap", "f1_max", "balanced_accuracy", "pixel_auroc", "pro", "normal", "anomalous"]
+    heads = ["dataset", *cols]
+    body = []
+    for name, m in result["metrics"].items():
+        row = [name]
+        for c in cols:
+            v = m.get(c)
+            row.append("-" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) else str(v)))
+        body.append(row)
+    widths = [max(len(r[i]) for r in [heads, *body]) for i in range(len(heads))]
+    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [heads, *body]]
+    lines.append(f"threshold {result['threshold']:.4f} (balanced accuracy at it); metrics in percent; failed images: {result['failed']}")
+    return "\n".join(lines)
