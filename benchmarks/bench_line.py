@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -58,12 +59,21 @@ def make_lot(root: Path, n: int, size: int = 256) -> tuple[Path, Path]:
     return root / "lot", root / "refs"
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads): on a shared machine, what the work really cost."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def bench_batch(cp: Copilot, lot: Path, refs: Path, out: Path, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
+    c0 = cpu_seconds()
     s = run_batch(cp, collect([lot]), [refs], out, BatchConfig(workers=workers, progress=False, report=False))
+    cpu = cpu_seconds() - c0
     t = time.perf_counter()
     build_report(out)
     return {"images": s.processed, "seconds": round(s.seconds, 2), "images_per_s": round(s.images_per_second, 1),
+            "cpu_ms_per_image": round(1e3 * cpu / max(1, s.processed), 1),
             "report_build_s": round(time.perf_counter() - t, 2)}
 
 
@@ -92,14 +102,16 @@ def bench_service(cp: Copilot, queries: list[Path], ref: Path, requests: int, cl
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(2 * clients)))  # warm-up: reference features cached
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         res = list(pool.map(one, range(requests)))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     srv.should_exit = True
     th.join(10)
     lat = sorted(x for _, x in res)
     return {"requests": requests, "clients": clients, "errors": sum(s != 200 for s, _ in res),
-            "requests_per_s": round(requests / wall, 1), "p50_ms": round(1e3 * statistics.median(lat), 1),
+            "requests_per_s": round(requests / wall, 1),
+            "cpu_ms_per_request": round(1e3 * cpu / requests, 1),  # server and clients together
+            "p50_ms": round(1e3 * statistics.median(lat), 1),
             "p95_ms": round(1e3 * lat[int(0.95 * (len(lat) - 1))], 1)}
 
 

@@ -38,23 +38,25 @@ def register(app: typer.Typer) -> None:
         from adcopilot.line.report import load_results
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
-        set_compute_threads(None, reserve=2)  # as batch: two image-loading threads
-        cp = prepare_for_inference(Copilot.load(model, registration=not no_register))  # scores: any threshold
+        # Check the arguments before loading the model.
         if results is not None:
             if normals or defects:
                 raise AdcopilotError("use either --results or --normals/--defects, not both")
             if not results.is_dir():
                 raise AdcopilotError(f"{results}: no such batch folder")
+        elif not normals or not defects:
+            raise AdcopilotError("calibration needs --normals and --defects (or --results from a batch)")
+        elif not refs:
+            raise AdcopilotError("--refs is needed: the normal references the images are compared with")
+        set_compute_threads(None, reserve=2)  # as batch: two image-loading threads
+        cp = prepare_for_inference(Copilot.load(model, registration=not no_register))  # scores: any threshold
+        if results is not None:
             records, _ = load_results(results)
             source = f"batch results {results}"
             models = {r.get("model") for r in records} - {None}
             if models and models != {cp.model_name}:
                 raise AdcopilotError(f"{results}: scored by model {sorted(models)}, not by '{cp.model_name}' (--model)")
         else:
-            if not normals or not defects:
-                raise AdcopilotError("calibration needs --normals and --defects (or --results from a batch)")
-            if not refs:
-                raise AdcopilotError("--refs is needed: the normal references the images are compared with")
             records = run.score_items(cp, run.labelled_items(normals, defects), refs, out, shots=shots, progress=not quiet)
             source = f"normals {', '.join(map(str, normals))}; defects {', '.join(map(str, defects))}"
         choice = run.choose_from_records(

@@ -39,6 +39,19 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return list(np.linspace(lo, hi, n))
 
 
+def _dashed(d: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], colour: tuple[int, int, int],
+            dash: float = 7.0, gap: float = 5.0) -> None:
+    length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
+    if length == 0:
+        return
+    ux, uy = (b[0] - a[0]) / length, (b[1] - a[1]) / length
+    t = 0.0
+    while t < length:
+        e = min(t + dash, length)
+        d.line([(a[0] + ux * t, a[1] + uy * t), (a[0] + ux * e, a[1] + uy * e)], fill=colour, width=2)
+        t = e + gap
+
+
 def line_chart(
     path: str | Path,
     series: Sequence[Series],
@@ -90,8 +103,8 @@ def line_chart(
         colour = s.colour or PALETTE[k % len(PALETTE)]
         pts = [px(float(a), float(b)) for a, b in zip(s.x, s.y, strict=True)]
         if s.dashed:
-            for a, b in zip(pts[::2], pts[1::2], strict=False):
-                d.line([a, b], fill=colour, width=2)
+            for a, b in zip(pts[:-1], pts[1:], strict=True):
+                _dashed(d, a, b, colour)
         elif len(pts) > 1:
             d.line(pts, fill=colour, width=2)
         d.line([(left + 12, top + 14 + 18 * k), (left + 36, top + 14 + 18 * k)], fill=colour, width=3)

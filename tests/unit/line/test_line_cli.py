@@ -1,0 +1,25 @@
+"""The line's commands: bad arguments give one line on stderr and exit status 2, before any model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --shard '0/2': i must be between 1 and n"),
+        (["calibrate", "--normals", "good"], "error: calibration needs --normals and --defects"),
+        (["calibrate", "--results", "nowhere"], "error: nowhere: no such batch folder"),
+        (["serve", "--port", "70000"], "error: --port 70000: not a TCP port"),
+    ],
+)
+def test_bad_arguments(args, message, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "adcopilot", *args], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message) and "Traceback" not in p.stderr
