@@ -128,7 +128,17 @@ def test_an_unreadable_image_is_replaced_by_the_next_sample(tmp_path, caplog):
     assert "skipping sample s1" in caplog.text
 
 
-def test_training_resumes_to_the_same_weights(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; start (and leave) it clean so --cpu takes effect."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_training_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state):
     data = write_chat_data(tmp_path / "data", n=4)
     texts = [json.loads(x)["turns"][1]["content"] for x in data.read_text().splitlines()]
     ckpt = build_tiny_checkpoint(tmp_path / "tiny", texts=texts)
