@@ -277,22 +277,29 @@ class FullCopilot(Copilot):
         r = self.inspect(query, references)
         return Analysis(r.anomaly_map, r.score, r.image_size, Registration(), r.timings_ms)
 
+    @property
+    def can_answer_choices(self) -> bool:
+        """The full model answers multiple-choice questions (by generating the letter)."""
+        return True
+
     def ask(
         self,
         query: ImageInput,
         references: ImageInput | Sequence[ImageInput],
         question: str,
-        *,
-        result: InspectionResult | None = None,
         history: Sequence[dict[str, str]] | None = None,
+        result: InspectionResult | None = None,
+        max_new_tokens: int | None = None,
     ) -> str:
-        """The model's answer to ``question`` about the pair (after the ``history`` turns)."""
+        """The model's answer to ``question`` about the pair (after the ``history`` turns).
+
+        The first turn opens with AD-Copilot's wording saying which image is the reference and
+        which the query; ``result`` is accepted for interface compatibility and not needed."""
         if not question or not question.strip():
             raise AdcopilotError("the question is empty")
         refs = self._as_list(references)
-        first = not history
-        prompt = f"{comparison_preamble(len(refs))} {question.strip()}" if first else question.strip()
-        return self.full.generate([*refs, query], prompt, history=history)
+        prompt = question.strip() if history else f"{comparison_preamble(len(refs))} {question.strip()}"
+        return self.full.generate([*refs, query], prompt, history=history, max_new_tokens=max_new_tokens)
 
     def chat(
         self,
@@ -308,6 +315,36 @@ class FullCopilot(Copilot):
         if not history:
             prompt = f"{comparison_preamble(len(self._as_list(references)))} {prompt}"
         return answer, [*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+    def answer_choice(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        options: dict[str, str],
+        mode: str = "letter",
+    ) -> str:
+        """The letter of the option the model names (MMAD's wording; the first letter it writes)."""
+        if not options:
+            raise AdcopilotError("a multiple-choice question needs options")
+        listed = "\n".join(f"{k}: {v}" for k, v in options.items())
+        prompt = f"{question.strip()}\n{listed}\nAnswer with the option's letter from the given choices directly."
+        reply = self.ask(query, references, prompt, max_new_tokens=8)
+        for m in re.finditer(r"\b([A-Z])\b", reply):
+            if m.group(1) in options:
+                return m.group(1)
+        return reply.strip()[:1]
+
+    def localize(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        mode: str = "text",
+        result: InspectionResult | None = None,
+    ) -> list[dict]:
+        """Labelled defect boxes ``[{"bbox_2d", "label", "score"}]`` in query pixels, from the model's answer."""
+        r = result or self.inspect(query, references)
+        return [b.to_dict() for b in r.boxes]
 
 
 def describe_loaded(full: FullModel) -> dict[str, Any]:

@@ -68,6 +68,10 @@ def test_ask_and_chat_are_deterministic_and_keep_history(copilot, pair):
     assert answer == a1 and len(history) == 2 and history[0]["content"].startswith(comparison_preamble(1))
     _, history = copilot.chat(query, [ref], "Where is it?", history)
     assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
+    assert copilot.can_answer_choices
+    letter = copilot.answer_choice(query, [ref], "Is there any defect?", {"A": "Yes", "B": "No"})
+    assert isinstance(letter, str) and len(letter) <= 1
+    assert copilot.localize(query, [ref]) == [b.to_dict() for b in copilot.inspect(query, [ref]).boxes]
 
 
 def test_cli_inspect_with_the_checkpoint(ckpt, pair, tmp_path, capsys):
