@@ -125,6 +125,11 @@ def register(app: typer.Typer) -> None:
         device: str = common["device"],
         dtype: str = common["dtype"],
         concurrency: int = common["concurrency"],
+        box_coords: str = typer.Option(
+            "qwen", "--box-coords",
+            help="openai: the frame of the numbers in replies: qwen (Qwen2.5-VL's resized image), pixel (the image sent) "
+            "or relative1000 (0-1000).",
+        ),
         quiet: bool = common["quiet"],
     ) -> None:
         """Ask for defect boxes and report mIoU, accuracy at IoU 0.1/0.3/0.5 and false alarms."""
@@ -133,7 +138,7 @@ def register(app: typer.Typer) -> None:
 
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, None, limit)
-        be = _backend(backend, model, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        be = _backend(backend, model, box_coords=box_coords, **opts(device=device, dtype=dtype, concurrency=concurrency))
         folder = _out(out, "bbox", backend, benchmark, k_shot, templates)
         records, skipped = run_bbox(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                                     selection=_selection(datasets, classes, None, limit))

@@ -10,9 +10,9 @@ Every backend answers one MMAD question at a time from the normal references and
                            Localization from the top box's grid cell, and gives an empty reply to
                            the other sub-tasks (scored as the chosen scoring mode says)
 ``baseline``               the same rules with the training-free nearest-patch detector
-``transformers``           a local Qwen2.5-VL-family checkpoint folder (AD-Copilot-style ones too,
-                           when the full model is installed), the benchmark's prompt, greedy
-                           decoding, 128 new tokens, on CPU or CUDA
+``transformers``           a local Qwen2.5-VL-family checkpoint folder (AD-Copilot-style ones,
+                           model_type ``ad_copilot``/``yangjian``, through ``adcopilot.full``),
+                           the benchmark's prompt, greedy decoding, 128 new tokens, CPU or CUDA
 ``openai``                 any OpenAI-compatible chat endpoint taking images (e.g. a vLLM server of
                            Qwen2.5-VL): ``ADCOPILOT_OPENAI_BASE_URL``, ``ADCOPILOT_OPENAI_API_KEY``,
                            ``ADCOPILOT_OPENAI_MODEL`` (or ``model=``); images as base64 PNG data
@@ -288,13 +288,7 @@ class TransformersBackend(Backend):
 
         from adcopilot.eval.qwen_inputs import QwenInputs
 
-        model_type = _model_type(path)
-        if model_type == "qwen2_5_vl":
-            from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
-        elif model_type == "qwen2_vl":
-            from transformers import Qwen2VLForConditionalGeneration as model_cls
-        else:
-            model_cls = _ad_copilot_class(model_type)
+        model_type, architectures = _model_type(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         torch_dtype: Any = dtype
@@ -303,8 +297,24 @@ class TransformersBackend(Backend):
             if not isinstance(torch_dtype, torch.dtype):
                 raise AdcopilotError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
         torch.manual_seed(seed)
-        self.model = model_cls.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device).eval()
-        self.inputs = QwenInputs(path, min_pixels, max_pixels)
+        self.inputs: Any
+        if model_type in AD_COPILOT_TYPES or AD_COPILOT_ARCHITECTURE in architectures:
+            # AD-Copilot-style: the Comparison Encoder inside Qwen2.5-VL (adcopilot.full), whose
+            # processor adds the comparison-token placeholders.
+            from adcopilot.eval.qwen_inputs import ProcessorInputs
+            from adcopilot.full.loading import load_full_model, load_processor
+
+            self.model = load_full_model(path, device=device, dtype=dtype)
+            self.inputs = ProcessorInputs(load_processor(path, min_pixels, max_pixels, config=self.model.config))
+        else:
+            if model_type == "qwen2_5_vl":
+                from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
+            elif model_type == "qwen2_vl":
+                from transformers import Qwen2VLForConditionalGeneration as model_cls
+            else:
+                raise AdcopilotError(f"{path}: model_type '{model_type}' is not a Qwen2.5-VL-family checkpoint")
+            self.model = model_cls.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device).eval()
+            self.inputs = QwenInputs(path, min_pixels, max_pixels)
         # Older transformers compute M-RoPE positions from the ids alone and take no token types.
         self._token_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
         self.path, self.device, self.model_type = path, device, model_type
@@ -349,28 +359,19 @@ class TransformersBackend(Backend):
         }
 
 
-def _model_type(path: Path) -> str:
+AD_COPILOT_TYPES = ("ad_copilot", "yangjian")
+AD_COPILOT_ARCHITECTURE = "ADCopilotVLForConditionalGeneration"
+
+
+def _model_type(path: Path) -> tuple[str, list[str]]:
+    """(model_type, architectures) of a checkpoint's config.json."""
     try:
-        return str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+        raw = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AdcopilotError(f"{path / 'config.json'}: unreadable ({exc})") from None
-
-
-def _ad_copilot_class(model_type: str) -> Any:
-    """The class for an AD-Copilot-style checkpoint, from the full model when it is installed."""
-    if model_type in ("ad_copilot", "yangjian"):
-        spec = importlib.util.find_spec("adcopilot.model.qwen")
-        if spec is not None:
-            from adcopilot.model import qwen
-
-            cls = getattr(qwen, "ADCopilotForConditionalGeneration", None)
-            if cls is not None:
-                return cls
-        raise AdcopilotError(
-            f"model_type '{model_type}' (an AD-Copilot checkpoint) needs the full model "
-            "(adcopilot.model.qwen.ADCopilotForConditionalGeneration), which is not installed"
-        )
-    raise AdcopilotError(f"model_type '{model_type}' is not a Qwen2.5-VL-family checkpoint")
+    if not isinstance(raw, dict):
+        raise AdcopilotError(f"{path / 'config.json'}: expected a JSON object")
+    return str(raw.get("model_type", "")), [str(a) for a in raw.get("architectures") or []]
 
 
 # --------------------------------------------------------------------------- openai

@@ -105,3 +105,39 @@ class QwenInputs:
 
     def decode(self, ids: Any) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+class ProcessorInputs:
+    """The same interface over a processor object (the full model's ``ADCopilotProcessor``, which
+    also writes the comparison-token placeholders of AD-Copilot-style checkpoints)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.patch = int(getattr(processor.image_processor, "patch_size", 14))
+
+    def encode(self, parts: Sequence[tuple[str, Any]], with_token_types: bool = True) -> dict[str, Any]:
+        content, images = [], []
+        for kind, value in parts:
+            if kind == "image":
+                content.append({"type": "image"})
+                images.append(value)
+            else:
+                content.append({"type": "text", "text": value})
+        text = self.processor.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}],
+            chat_template=self.processor.chat_template,
+            tokenize=False,
+            add_generation_prompt=True,
+            add_vision_id=True,
+        )
+        batch = dict(self.processor(images=images or None, text=[text], return_tensors="pt"))
+        if not with_token_types:
+            batch.pop("mm_token_type_ids", None)
+        return batch
+
+    def frame(self, grid_thw: Any) -> tuple[int, int]:
+        _, gh, gw = (int(v) for v in grid_thw)
+        return gw * self.patch, gh * self.patch
+
+    def decode(self, ids: Any) -> str:
+        return str(self.processor.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))

@@ -60,3 +60,27 @@ def test_clear_errors(tmp_path, tiny_qwen):
         make_backend("transformers", str(other))
     with pytest.raises(AdcopilotError, match="unknown dtype"):
         make_backend("transformers", str(tiny_qwen), dtype="float7")
+
+
+def test_ad_copilot_style_checkpoint_answers_the_official_prompt(tmp_path, small_bench):
+    from adcopilot.full.tiny import build_tiny_checkpoint
+
+    ckpt = build_tiny_checkpoint(tmp_path / "tiny-ad-copilot")
+    be = make_backend("transformers", str(ckpt), device="cpu", max_new_tokens=4)
+    assert be.describe()["model_type"] == "ad_copilot"
+    bench = load_mmad(small_bench)
+    item = bench.items[0]
+    images = [*bench.references(item, 1), bench.resolve(item.image_path)]
+    batch = be.inputs.encode([("text", "x"), ("image", _pil(images[0])), ("image", _pil(images[1]))])
+    # Each image: its base tokens plus the comparison tokens the processor adds.
+    n_pad = int((batch["input_ids"] == be.inputs.processor.image_token_id).sum())
+    base = int(batch["image_grid_thw"].prod(dim=1).sum()) // 4
+    assert n_pad == base + 2 * be.model.config.compare_token_size
+    reply = be.answer(images, item.questions[0])
+    assert isinstance(reply, str) and reply == be.answer(images, item.questions[0])
+
+
+def _pil(path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
