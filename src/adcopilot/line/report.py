@@ -254,7 +254,9 @@ def build_report(out_dir: str | os.PathLike) -> dict[str, Path]:
         manifest = {}
     csv_path = write_csv(records, out / "results.csv")
     summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps({**summary, "run": manifest}, indent=2) + "\n")
+    tmp = summary_path.with_suffix(f".{os.getpid()}.tmp")  # shards may finish at the same time
+    tmp.write_text(json.dumps({**summary, "run": manifest}, indent=2) + "\n")
+    os.replace(tmp, summary_path)
     html_path = write_html(records, skipped, summary, out, out / "report.html", manifest)
     log.info("report: %s", html_path)
     return {"csv": csv_path, "summary": summary_path, "html": html_path}
