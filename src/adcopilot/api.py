@@ -218,6 +218,83 @@ class Copilot:
             anomaly_map=amap,
         )
 
+    # ------------------------------------------------------------------ questions (language model)
+    @property
+    def can_answer_choices(self) -> bool:
+        """Whether a nano language model answers questions (``ask``, ``answer_choice``, ``chat``)."""
+        from adcopilot.language.handle import NanoLanguage
+
+        return isinstance(self.language, NanoLanguage)
+
+    def _nano_language(self) -> Any:
+        from adcopilot.language.handle import NanoLanguage
+
+        if not isinstance(self.language, NanoLanguage):
+            raise AdcopilotError(
+                f"model '{self.model_name}' has no language model: it inspects but cannot answer questions "
+                "(use the default model or a checkpoint with a language/ folder)"
+            )
+        return self.language
+
+    def ask(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        history: list[dict] | None = None,
+        result: InspectionResult | None = None,
+        max_new_tokens: int = 64,
+    ) -> str:
+        """The language model's answer to ``question`` about the pair, after the ``history`` turns.
+
+        A request for boxes ("... bounding boxes ... as JSON") is answered with the dense head's
+        boxes labelled by the language model (``result``'s boxes when given)."""
+        from adcopilot.language.handle import ask
+
+        lang = self._nano_language()
+        return ask(self, lang, query, self._as_list(references), question, history, result, max_new_tokens)
+
+    def answer_choice(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        options: dict[str, str],
+        mode: str = "likelihood",
+    ) -> str:
+        """The letter of the option the language model picks (``mode``: likelihood or letter)."""
+        from adcopilot.language.answer import answer_choice
+
+        lang = self._nano_language()
+        visual = lang.visual(query, self._as_list(references))
+        return answer_choice(lang.model, visual, question, options, mode=mode)  # type: ignore[arg-type]
+
+    def localize(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        mode: str = "head",
+        result: InspectionResult | None = None,
+    ) -> list[dict]:
+        """Labelled defect boxes ``[{"bbox_2d", "label", ...}]`` in query pixels: ``head`` = the
+        dense head's boxes labelled by the language model, ``text`` = the language model's own."""
+        from adcopilot.language.handle import localize
+
+        lang = self._nano_language()
+        return localize(self, lang, query, self._as_list(references), mode=mode, result=result)
+
+    def chat(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        history: list[dict] | None = None,
+    ) -> tuple[str, list[dict]]:
+        """One turn of a conversation: the answer and the history including this turn."""
+        answer = self.ask(query, references, question, history=history)
+        turns = [*(history or []), {"role": "user", "content": question.strip()}]
+        return answer, [*turns, {"role": "assistant", "content": answer}]
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _as_list(references: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

@@ -73,6 +73,9 @@ def _register_commands() -> None:
     from adcopilot.commands import eval_cmd
 
     eval_cmd.register(app)
+    from adcopilot.commands import chat_cmd
+
+    chat_cmd.register(app)
 
 
 _register_commands()

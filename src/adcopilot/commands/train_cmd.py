@@ -14,7 +14,7 @@ def default_config(stage: int) -> Path:
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        stage: int = typer.Option(..., "--stage", help="Training stage: 1 (visual comparison), 2, 3."),
+        stage: int = typer.Option(..., "--stage", help="Training stage: 1 (visual comparison), 2 (alignment), 3 (instruction tuning)."),
         config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: the stage's bundled one)."),
         run_dir: str = typer.Option(None, "--run-dir", help="Run folder (checkpoints, metrics, final model)."),
         steps: int = typer.Option(None, "--steps", help="Override the number of steps."),
@@ -42,7 +42,11 @@ def register(app: typer.Typer) -> None:
             from adcopilot.train.stage1 import Stage1Task
 
             task = Stage1Task(cfg, card_writer=stage1_card)
+        elif stage in (2, 3):
+            from adcopilot.train.stage_language import LanguageTask
+
+            task = LanguageTask(cfg)
         else:
-            raise AdcopilotError(f"--stage {stage}: unknown stage (known: 1)")
+            raise AdcopilotError(f"--stage {stage}: unknown stage (known: 1, 2, 3)")
         final = train(task, cfg, resume=resume)
         typer.echo(f"final model: {final}")

@@ -171,14 +171,25 @@ def yes_means_defect(question: str) -> bool:
     return bool(_DEFECT_WORDS.search(t)) or not _NORMAL_WORDS.search(t)
 
 
+def has_language(copilot: Any) -> bool:
+    """Whether ``copilot`` answers questions with a language model (``answer_choice``)."""
+    flag = getattr(copilot, "can_answer_choices", None)
+    return bool(flag) if flag is not None else hasattr(copilot, "answer_choice")
+
+
 class CopilotBackend(Backend):
-    """Our models through :class:`adcopilot.Copilot` (``nano`` or ``baseline``)."""
+    """Our models through :class:`adcopilot.Copilot` (``nano`` or ``baseline``).
+
+    MMAD-BBox with a language model: ``box_mode="head"`` answers with the dense head's boxes
+    labelled by the language model, ``"text"`` with the boxes the language model writes itself."""
 
     supports_boxes = True
 
-    def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Any = None, threshold: float | None = None) -> None:
+    def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Any = None, threshold: float | None = None,
+                 box_mode: str = "head") -> None:
         self.name = name
         self.model = str(model)
+        self.box_mode = box_mode
         if copilot is None:
             from adcopilot.api import Copilot
 
@@ -204,7 +215,7 @@ class CopilotBackend(Backend):
         return result
 
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
-        if hasattr(self.copilot, "answer_choice"):
+        if has_language(self.copilot):
             return str(self.copilot.answer_choice(images[-1], list(images[:-1]), question.text, question.options))
         if question.subtask == AD:
             yes, no = yes_no_letters(question.options)
@@ -227,12 +238,18 @@ class CopilotBackend(Backend):
         return list(dict.fromkeys(cells))[:2]
 
     def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
+        if has_language(self.copilot) and hasattr(self.copilot, "localize"):
+            r = self.inspect(images) if self.box_mode == "head" else None
+            found = self.copilot.localize(images[-1], list(images[:-1]), mode=self.box_mode, result=r)
+            return BoxAnswer(json.dumps([{"bbox_2d": b["bbox_2d"], "label": b["label"]} for b in found]))
         r = self.inspect(images)
         return BoxAnswer(json.dumps([{"bbox_2d": b.bbox_2d, "label": b.label} for b in r.boxes]))
 
     def describe(self) -> dict[str, Any]:
         d = {"name": self.name, "model": self.copilot.model_name, "threshold": float(self.copilot.threshold)}
-        d["language_model"] = hasattr(self.copilot, "answer_choice")
+        d["language_model"] = has_language(self.copilot)
+        if d["language_model"]:
+            d["box_mode"] = self.box_mode
         d["detector"] = self.copilot.detector.describe()
         return d
 
@@ -521,7 +538,8 @@ def make_backend(name: str, model: str | None = None, **options: Any) -> Backend
                 f"backend 'nano' needs a trained checkpoint: none at {DEFAULT_CHECKPOINT}; "
                 "pass --model FOLDER or use --backend baseline"
             )
-        return CopilotBackend("nano", target, threshold=options.get("threshold"))
+        return CopilotBackend("nano", target, threshold=options.get("threshold"),
+                              box_mode=options.get("box_mode") or "head")
     if name == "transformers":
         if not model:
             raise AdcopilotError("backend 'transformers' needs --model PATH (a local Qwen2.5-VL checkpoint folder)")

@@ -58,4 +58,9 @@ def _load_checkpoint(path: Path) -> tuple[Detector, dict[str, Any]]:
         return FullDetector(full), meta
     from adcopilot.model.nano import load_nano_detector
 
-    return load_nano_detector(path)
+    detector, meta = load_nano_detector(path)
+    if (path / "language" / "config.json").exists():  # answers questions; loaded on first use
+        from adcopilot.language.handle import NanoLanguage
+
+        meta["language"] = NanoLanguage(path / "language", detector)
+    return detector, meta

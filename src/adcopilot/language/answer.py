@@ -1,0 +1,199 @@
+"""Answering with NanoCopilot: multiple choice, free answers, and two kinds of localization answers.
+
+Multiple choice (``answer_choice``), two modes:
+
+- ``"likelihood"`` (default): the prompt (images, question with its lettered options) is run once
+  and its key/value cache reused for every option; option ``X`` is scored by the log-likelihood
+  of the trained answer ``"X. <option text>"`` followed by the end-of-turn token, **divided by its
+  number of tokens** (the mean log-probability per token; without it long options lose by
+  length alone, and the end-of-turn token stops a prefix such as "Top" from beating "Top left").
+  The highest score wins; ties go to the earlier letter.
+- ``"letter"``: the letter the model generates first, restricted to the options' letters (one
+  forward pass: the arg-max of the next-token logits over the letter tokens).
+
+Free answers (``generate``): greedy decoding with the cache, stopped at the end-of-turn token or
+``max_new_tokens``.
+
+Localization: ``label_boxes`` names each box of the dense anomaly head (from ``Copilot.inspect``)
+by asking the language model "What type of defect is at the <region> of the image?" and scoring
+the defect labels it was trained on (same length normalisation); ``text_boxes`` lets the language
+model write the ``bbox_2d`` JSON itself, in the model's S x S input frame, rescaled to the query.
+
+Usage::
+
+    letter = answer_choice(model, visual, "Is there any defect?", {"A": "Yes.", "B": "No."})
+    text = generate(model, visual, [{"role": "user", "content": "Describe the defect."}])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.geometry import region_name
+from adcopilot.language.model import NanoCopilot
+from adcopilot.language.prompt import mcq_answer, mcq_question
+from adcopilot.language.visual import VisualInputs
+
+ChoiceMode = Literal["likelihood", "letter"]
+#: The question asked for the language model's own boxes (one of the trained phrasings).
+TEXT_BOX_QUESTION = "Output the bounding boxes of all defects in the query image as JSON."
+
+
+def label_question(region: str) -> str:
+    return f"What type of defect is at the {region} of the image?"
+
+
+@torch.inference_mode()
+def prefill(
+    model: NanoCopilot, turns: Sequence[dict[str, str]], visual: VisualInputs | None
+) -> tuple[torch.Tensor, Any]:
+    """Run the prompt (ending with the assistant header): (next-token log-probs (V,), cache)."""
+    enc = model.encode_turns(turns, visual, add_generation_prompt=True)
+    out = model.hidden_states(enc.embeds[None], use_cache=True)
+    logp = F.log_softmax(model.logits(out.last_hidden_state[0, -1]).float(), dim=-1)
+    return logp, out.cache
+
+
+@torch.inference_mode()
+def score_continuations(
+    model: NanoCopilot, turns: Sequence[dict[str, str]], visual: VisualInputs | None, texts: Sequence[str]
+) -> list[float]:
+    """Mean log-probability per token of each ``text`` + end-of-turn as the assistant's answer."""
+    if not texts:
+        raise AdcopilotError("nothing to score: no options")
+    first, cache = prefill(model, turns, visual)
+    seqs = [model._ids(t) + [model.eot_id] for t in texts]
+    n, longest = len(seqs), max(len(s) for s in seqs)
+    scores = [float(first[s[0]]) for s in seqs]
+    if longest > 1:
+        ids = torch.full((n, longest - 1), model.eot_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s) - 1] = torch.tensor(s[:-1])
+        cache.batch_repeat_interleave(n)
+        emb = model.llm.get_input_embeddings()(ids.to(model.device))  # (n, T-1, H)
+        # Right padding needs no mask: a causal position never sees the padding after it.
+        hid = model.hidden_states(emb, cache=cache, use_cache=True).last_hidden_state
+        logp = F.log_softmax(model.logits(hid).float(), dim=-1)  # (n, T-1, V)
+        for i, s in enumerate(seqs):
+            for j in range(1, len(s)):
+                scores[i] += float(logp[i, j - 1, s[j]])
+    return [sc / len(s) for sc, s in zip(scores, seqs, strict=True)]
+
+
+def _letter_ids(model: NanoCopilot, letters: Sequence[str]) -> list[int]:
+    ids = []
+    for k in letters:
+        toks = model._ids(k)
+        if len(toks) != 1:
+            raise AdcopilotError(f"option key {k!r} is not a single token; use letters A-E")
+        ids.append(toks[0])
+    return ids
+
+
+@torch.inference_mode()
+def answer_choice(
+    model: NanoCopilot,
+    visual: VisualInputs | None,
+    question: str,
+    options: dict[str, str],
+    *,
+    mode: ChoiceMode = "likelihood",
+    history: Sequence[dict[str, str]] | None = None,
+) -> str:
+    """The letter of the chosen option (see the module docstring for the two modes)."""
+    if not options:
+        raise AdcopilotError("a multiple-choice question needs options")
+    turns = [*(history or []), {"role": "user", "content": mcq_question(question, options)}]
+    letters = list(options)
+    if mode == "letter":
+        logp, _ = prefill(model, turns, visual)
+        ids = _letter_ids(model, letters)
+        return letters[int(torch.stack([logp[i] for i in ids]).argmax())]
+    if mode != "likelihood":
+        raise AdcopilotError(f"unknown answer mode {mode!r}; use 'likelihood' or 'letter'")
+    scores = score_continuations(model, turns, visual, [mcq_answer(k, options) for k in letters])
+    return letters[max(range(len(letters)), key=lambda i: (scores[i], -i))]
+
+
+@torch.inference_mode()
+def generate(
+    model: NanoCopilot,
+    visual: VisualInputs | None,
+    turns: Sequence[dict[str, str]],
+    max_new_tokens: int = 64,
+) -> str:
+    """Greedy answer to the last user turn of ``turns``."""
+    if max_new_tokens < 1:
+        raise AdcopilotError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    logp, cache = prefill(model, turns, visual)
+    stop = {model.eot_id, int(model.tokenizer.eos_token_id)}
+    out: list[int] = []
+    emb_layer = model.llm.get_input_embeddings()
+    for step in range(max_new_tokens):
+        nxt = int(logp.argmax())
+        if nxt in stop:
+            break
+        out.append(nxt)
+        if step == max_new_tokens - 1:
+            break
+        emb = emb_layer(torch.tensor([[nxt]], device=model.device))
+        res = model.hidden_states(emb, cache=cache, use_cache=True)
+        cache = res.cache
+        logp = F.log_softmax(model.logits(res.last_hidden_state[0, -1]).float(), dim=-1)
+    return model.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+@torch.inference_mode()
+def label_boxes(
+    model: NanoCopilot, visual: VisualInputs | None, boxes: Sequence[Sequence[int]], size: tuple[int, int],
+    labels: Sequence[str] | None = None,
+) -> list[str]:
+    """A defect label for each box (query pixels, image ``size`` (w, h)), chosen by the language
+    model among ``labels`` (default: the labels it was trained on)."""
+    cands = list(labels or model.cfg.defect_labels)
+    if not cands:
+        return ["defect"] * len(boxes)
+    out = []
+    for b in boxes:
+        turns = [{"role": "user", "content": label_question(region_name(b, *size))}]
+        scores = score_continuations(model, turns, visual, [f"{c}." for c in cands])
+        out.append(cands[max(range(len(cands)), key=lambda i: (scores[i], -i))])
+    return out
+
+
+def text_boxes(
+    model: NanoCopilot, visual: VisualInputs | None, size: tuple[int, int], frame: int, max_new_tokens: int = 96
+) -> tuple[str, list[dict[str, Any]]]:
+    """The language model's own boxes: (raw reply, [{"bbox_2d", "label"}] in query pixels).
+
+    The model answers in its ``frame`` x ``frame`` input frame; coordinates are rescaled to
+    ``size`` (w, h) and clipped. An unparsable reply gives no boxes."""
+    from adcopilot.eval.bbox import _boxes_from_json, parse_box_text
+
+    reply = generate(model, visual, [{"role": "user", "content": TEXT_BOX_QUESTION}], max_new_tokens)
+    raw = parse_box_text(reply) or []
+    labels: list[str] = []
+    try:
+        import json
+
+        start = reply.find("[")
+        obj, _ = json.JSONDecoder().raw_decode(reply[start:]) if start >= 0 else (None, 0)
+        if isinstance(obj, list) and _boxes_from_json(obj) is not None:
+            labels = [str(o.get("label", "defect")) if isinstance(o, dict) else "defect" for o in obj]
+    except ValueError:
+        labels = []
+    w, h = size
+    sx, sy = w / float(frame), h / float(frame)
+    out = []
+    for i, b in enumerate(raw):
+        x1, y1, x2, y2 = (max(0.0, v) for v in b)
+        box = [int(round(min(x1 * sx, w))), int(round(min(y1 * sy, h))), int(round(min(x2 * sx, w))),
+               int(round(min(y2 * sy, h)))]
+        if box[2] > box[0] and box[3] > box[1]:
+            out.append({"bbox_2d": box, "label": labels[i] if i < len(labels) else "defect"})
+    return reply, out

@@ -1,0 +1,158 @@
+"""The language model behind ``Copilot.ask`` / ``answer_choice`` / ``chat``, loaded on first use.
+
+``Copilot.load()`` only notes where a checkpoint's ``language/`` folder is (fast); the language
+model (about 3 s) is read the first time a question is asked. Visual inputs of the last few
+(query, references) pairs are cached, so a conversation about one pair computes them once.
+
+Usage::
+
+    lang = NanoLanguage(Path("checkpoints/nano/language"), detector)   # nothing loaded yet
+    lang.model                                                         # NanoCopilot, loaded now
+    v = lang.visual("query.png", ["good.png"])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from adcopilot.imaging import ImageInput
+from adcopilot.language.visual import VisualEncoder, VisualInputs
+
+log = logging.getLogger(__name__)
+
+
+def _pair_key(query: ImageInput, refs: Sequence[ImageInput], size: int) -> str | None:
+    from adcopilot.api import _cache_key
+
+    keys = [_cache_key(x, size) for x in [query, *refs]]
+    return None if any(k is None for k in keys) else "|".join(keys)  # type: ignore[arg-type]
+
+
+class NanoLanguage:
+    """A nano checkpoint's language model (lazy) and the visual encoder feeding it."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike | None = None,
+        detector: Any = None,
+        *,
+        model: Any = None,
+        encoder: VisualEncoder | None = None,
+        registration: bool = True,
+    ) -> None:
+        if folder is None and model is None:
+            raise ValueError("give a language checkpoint folder or a loaded model")
+        self.folder = Path(folder) if folder is not None else None
+        self._model = model
+        self._detector = detector
+        self._encoder = encoder
+        self._registration = registration
+        self._visual: OrderedDict[str, VisualInputs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        """The :class:`~adcopilot.language.model.NanoCopilot`, loaded on first access."""
+        with self._lock:
+            if self._model is None:
+                from adcopilot.language.model import NanoCopilot
+
+                t0 = time.perf_counter()
+                assert self.folder is not None
+                self._model = NanoCopilot.load(self.folder)
+                log.info("language model loaded from %s in %.1f s", self.folder, time.perf_counter() - t0)
+            return self._model
+
+    @property
+    def encoder(self) -> VisualEncoder:
+        if self._encoder is None:
+            if self._detector is None:
+                raise ValueError("no detector to encode images with")
+            self._encoder = VisualEncoder(self._detector, registration=self._registration)
+        return self._encoder
+
+    def visual(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs | None:
+        """Visual inputs of the pair (None for a text-only model), cached per pair of files."""
+        if not self.model.cfg.use_images:
+            return None
+        key = _pair_key(query, references, self.encoder.size)
+        if key is not None and key in self._visual:
+            self._visual.move_to_end(key)
+            return self._visual[key]
+        v = self.encoder.encode(query, list(references))
+        if key is not None:
+            self._visual[key] = v
+            while len(self._visual) > 8:
+                self._visual.popitem(last=False)
+        return v
+
+
+# --------------------------------------------------------------------------- Copilot methods
+_BOX_REQUEST = None
+
+
+def is_box_request(question: str) -> bool:
+    """Whether a question asks for defect boxes (answered with ``bbox_2d`` JSON)."""
+    import re
+
+    global _BOX_REQUEST
+    if _BOX_REQUEST is None:
+        _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGNORECASE)
+    return bool(_BOX_REQUEST.search(question))
+
+
+def localize(
+    copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], *, mode: str = "head",
+    result: Any = None,
+) -> list[dict[str, Any]]:
+    """Defect boxes in query pixels with labels: ``head`` = the dense head's boxes labelled by the
+    language model (``result`` reused when given, its boxes relabelled), ``text`` = boxes the
+    language model writes itself."""
+    from adcopilot.errors import AdcopilotError
+    from adcopilot.imaging import load_image
+    from adcopilot.language import answer as A
+
+    if mode == "text":
+        from adcopilot.api import _source_name
+
+        size = load_image(query, name=_source_name(query, "query")).size
+        _, boxes = A.text_boxes(lang.model, lang.visual(query, refs), size, lang.encoder.size)
+        return boxes
+    if mode != "head":
+        raise AdcopilotError(f"unknown box mode {mode!r}; use 'head' or 'text'")
+    r = result if result is not None else copilot.inspect(query, refs)
+    if not r.boxes:
+        return []
+    labels = A.label_boxes(lang.model, lang.visual(query, refs), [b.bbox_2d for b in r.boxes], r.image_size)
+    for b, label in zip(r.boxes, labels, strict=True):
+        b.label = label
+    return [b.to_dict() for b in r.boxes]
+
+
+def ask(
+    copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], question: str,
+    history: Sequence[dict[str, str]] | None, result: Any, max_new_tokens: int,
+) -> str:
+    """The answer to ``question`` after ``history``; box requests are answered with boxes as JSON."""
+    import json
+
+    from adcopilot.errors import AdcopilotError
+    from adcopilot.language import answer as A
+
+    q = (question or "").strip()
+    if not q:
+        raise AdcopilotError("the question is empty")
+    for t in history or []:
+        if not isinstance(t, dict) or t.get("role") not in ("user", "assistant") or not isinstance(t.get("content"), str):
+            raise AdcopilotError("history: each turn must be {'role': 'user' | 'assistant', 'content': str}")
+    if is_box_request(q):
+        return json.dumps(localize(copilot, lang, query, refs, result=result))
+    turns = [*(history or []), {"role": "user", "content": q}]
+    return A.generate(lang.model, lang.visual(query, refs), turns, max_new_tokens)

@@ -1,0 +1,356 @@
+"""NanoCopilot: visual tokens projected into SmolLM2-135M-Instruct (frozen base, optional LoRA).
+
+    VisualInputs (frozen tower + Comparison Encoder, see visual.py)
+      per image: glob (1280) -> global token; base (9, 152) -> 9 base tokens   (1 + 9, 576)
+      per pair:  compare (16, 576) -> 16 comparison tokens                     (16, 576)
+                 cells (9, 5 + 304) -> 9 anomaly-map tokens                    (9, 576)
+      -> spliced into the chat at the placeholders of prompt.py
+      -> SmolLM2-135M-Instruct (frozen; LoRA adapters from stage 3) -> next-token logits
+
+Every projector is a two-layer MLP; its output is RMS-normalised to the scale of the language
+model's word embeddings, and base / anomaly-map tokens get a learned position embedding of their
+grid cell. With one reference a sequence holds 10 + 10 + 25 = 45 image tokens.
+
+Saved folder (``language/`` inside a checkpoint): ``config.json``, ``projectors.safetensors`` and,
+after stage 3, ``adapter_model.safetensors`` (the LoRA weights, peft's key names). The language
+model itself is not saved: it comes from its package (``llm`` in the config names it).
+
+Usage::
+
+    model = NanoCopilot.build(NanoCopilotConfig(), *load_llm("smollm2-135m"))
+    loss, metrics = model.loss([(turns, visual_inputs), ...])
+    model.save("checkpoint/language"); NanoCopilot.load("checkpoint/language")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from adcopilot.errors import CheckpointError
+from adcopilot.language import prompt as P
+from adcopilot.language.llm import end_of_turn_id, load_llm
+from adcopilot.language.visual import CELL_STATS, CELL_WIDTH, FEATURES, GLOBAL, GRID, VisualInputs
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURE = "adcopilot-nano-language"
+IGNORE = -100
+
+
+@dataclass
+class NanoCopilotConfig:
+    llm: str = "smollm2-135m"  # asset name or local folder of the language model
+    hidden: int = 576  # the language model's width
+    compare_width: int = 576  # width of the Comparison Encoder's tokens
+    num_compare: int = 16
+    grid: int = GRID
+    use_images: bool = True  # False: the text-only ablation (no image tokens at all)
+    use_compare: bool = True  # False: base tokens only (no comparison / anomaly-map tokens)
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    embed_rms: float = 0.0  # RMS of the language model's word embeddings (set when built)
+    system: str = P.SYSTEM
+    defect_labels: list[str] = field(default_factory=list)  # labels the model was trained to name
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NanoCopilotConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _mlp(cin: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(cin), nn.Linear(cin, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+
+class Projectors(nn.Module):
+    """Visual inputs -> LLM-width token blocks (the ``projector`` module group)."""
+
+    def __init__(self, cfg: NanoCopilotConfig) -> None:
+        super().__init__()
+        h, cells = cfg.hidden, cfg.grid * cfg.grid
+        self.glob = _mlp(GLOBAL, h)
+        self.base = _mlp(FEATURES, h)
+        self.base_pos = nn.Parameter(torch.randn(cells, h) * 0.02)
+        self.compare = _mlp(cfg.compare_width, h)
+        self.cell_feats = _mlp(CELL_WIDTH - CELL_STATS, h)
+        self.cell_stats = nn.Sequential(nn.Linear(CELL_STATS, h), nn.GELU(), nn.Linear(h, h))
+        self.cell_pos = nn.Parameter(torch.randn(cells, h) * 0.02)
+        self.norm = nn.RMSNorm(h, eps=1e-6)
+        if cfg.embed_rms > 0:
+            nn.init.constant_(self.norm.weight, cfg.embed_rms)
+
+    def forward(self, v: VisualInputs, with_compare: bool = True) -> dict[str, torch.Tensor]:
+        """{"ref<i>": (1 + G*G, H), "query": (1 + G*G, H), "compare": (L + G*G, H)}."""
+        dev = self.base_pos.device
+        base = self.base(v.base.to(dev)) + self.base_pos  # (n, G*G, H)
+        glob = self.glob(v.glob.to(dev)).unsqueeze(1)  # (n, 1, H)
+        images = self.norm(torch.cat([glob, base], dim=1))  # (n, 1 + G*G, H)
+        out = {f"ref{i}": images[i] for i in range(images.shape[0] - 1)}
+        out["query"] = images[-1]
+        if with_compare:
+            cells = v.cells.to(dev)
+            cell = self.cell_feats(cells[:, CELL_STATS:]) + self.cell_stats(cells[:, :CELL_STATS]) + self.cell_pos
+            out["compare"] = self.norm(torch.cat([self.compare(v.compare.to(dev)), cell], dim=0))  # (L + G*G, H)
+        return out
+
+
+@dataclass
+class Encoded:
+    """One tokenised conversation: embeddings and labels (IGNORE where no loss)."""
+
+    embeds: torch.Tensor  # (T, H)
+    labels: torch.Tensor  # (T,)
+
+
+class NanoCopilot(nn.Module):
+    """Projectors + a causal language model (frozen, optionally with LoRA adapters)."""
+
+    def __init__(self, cfg: NanoCopilotConfig, llm: Any, tokenizer: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.projectors = Projectors(cfg)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.eot_id = end_of_turn_id(tokenizer)
+        self._lora_on = False
+        if cfg.lora:
+            self.enable_lora()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def build(cls, cfg: NanoCopilotConfig, llm: Any, tokenizer: Any) -> NanoCopilot:
+        """A fresh model; the projectors' output scale is matched to the word embeddings."""
+        if cfg.embed_rms <= 0:
+            w = llm.get_input_embeddings().weight
+            cfg.embed_rms = float(w.detach().float().pow(2).mean().sqrt())
+        if cfg.hidden != llm.config.hidden_size:
+            raise CheckpointError(f"config hidden {cfg.hidden} != language model width {llm.config.hidden_size}")
+        return cls(cfg, llm, tokenizer)
+
+    def enable_lora(self) -> None:
+        """Wrap the language model with LoRA adapters (stage 3); the base stays frozen."""
+        if self._lora_on:
+            return
+        from peft import LoraConfig, get_peft_model
+
+        pc = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, lora_dropout=0.0,
+                        target_modules=list(self.cfg.lora_targets), bias="none")
+        self.llm = get_peft_model(self.llm, pc)
+        self.cfg.lora = True
+        self._lora_on = True
+
+    @property
+    def causal_lm(self) -> Any:
+        """The causal LM (with its LoRA layers injected when enabled)."""
+        return self.llm.get_base_model() if self._lora_on else self.llm
+
+    @property
+    def device(self) -> torch.device:
+        return self.projectors.base_pos.device
+
+    # ---------------------------------------------------------------- sequences
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def segments(self, turns: Sequence[dict[str, str]], n_refs: int, add_generation_prompt: bool = False) -> list[P.Segment]:
+        return P.conversation_segments(
+            self.tokenizer, turns, n_refs, with_images=self.cfg.use_images, with_compare=self.cfg.use_compare,
+            add_generation_prompt=add_generation_prompt, system=self.cfg.system,
+        )
+
+    def encode(self, segments: Sequence[P.Segment], visual: VisualInputs | None) -> Encoded:
+        """Embeddings (T, H) and labels (T,) of a segmented conversation (loss on answers and the
+        end-of-turn token after each)."""
+        emb_layer = self.llm.get_input_embeddings()
+        blocks = None
+        if any(kind == "image" for kind, _ in segments):
+            if visual is None:
+                raise CheckpointError("this prompt has image placeholders but no visual inputs were given")
+            blocks = self.projectors(visual, with_compare=self.cfg.use_compare)
+        parts: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        after_answer = False
+        for kind, value in segments:
+            if kind == "image":
+                assert blocks is not None
+                if value not in blocks:
+                    raise CheckpointError(f"prompt asks for image block {value!r}, visual inputs have {sorted(blocks)}")
+                parts.append(blocks[value])
+                labels.append(torch.full((blocks[value].shape[0],), IGNORE, dtype=torch.long))
+                after_answer = False
+                continue
+            ids = self._ids(value)
+            if not ids:
+                continue
+            t = torch.tensor(ids, dtype=torch.long)
+            lab = t.clone() if kind == "answer" else torch.full_like(t, IGNORE)
+            if kind == "text" and after_answer and ids[0] == self.eot_id:
+                lab[0] = ids[0]  # learn to stop
+            parts.append(emb_layer(t.to(self.device)))
+            labels.append(lab)
+            after_answer = kind == "answer"
+        return Encoded(torch.cat(parts, dim=0), torch.cat(labels, dim=0))
+
+    def encode_turns(
+        self, turns: Sequence[dict[str, str]], visual: VisualInputs | None, n_refs: int | None = None,
+        add_generation_prompt: bool = False,
+    ) -> Encoded:
+        n = n_refs if n_refs is not None else (visual.n_refs if visual is not None else 1)
+        return self.encode(self.segments(turns, n, add_generation_prompt), visual if self.cfg.use_images else None)
+
+    @staticmethod
+    def collate(items: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded (B, T, H) embeddings, (B, T) attention mask, (B, T) labels."""
+        t = max(e.embeds.shape[0] for e in items)
+        h = items[0].embeds.shape[1]
+        emb = items[0].embeds.new_zeros(len(items), t, h)
+        mask = torch.zeros(len(items), t, dtype=torch.long)
+        labels = torch.full((len(items), t), IGNORE, dtype=torch.long)
+        for i, e in enumerate(items):
+            n = e.embeds.shape[0]
+            emb[i, :n] = e.embeds
+            mask[i, :n] = 1
+            labels[i, :n] = e.labels
+        return emb, mask, labels
+
+    def hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor | None = None, **kw: Any) -> Any:
+        """The decoder's outputs (last hidden states, cache) for input embeddings (B, T, H)."""
+        inner = self.causal_lm.model
+        return inner(inputs_embeds=embeds, attention_mask=None if mask is None else mask.to(embeds.device), **kw)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.causal_lm.lm_head(hidden)
+
+    # ---------------------------------------------------------------- training
+    def loss(
+        self, batch: Sequence[tuple[Sequence[dict[str, str]], VisualInputs | None]]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean next-token cross-entropy over answer tokens of a batch of (turns, visual inputs)."""
+        items = [self.encode_turns(turns, v) for turns, v in batch]
+        emb, mask, labels = self.collate(items)
+        hid = self.hidden_states(emb, mask).last_hidden_state  # (B, T, H)
+        target = labels[:, 1:].to(hid.device)  # position t predicts token t + 1
+        sel = target != IGNORE
+        if not sel.any():
+            raise CheckpointError("a training batch has no answer tokens")
+        logits = self.logits(hid[:, :-1][sel])  # only where there is a target: (N, V)
+        loss = F.cross_entropy(logits.float(), target[sel])
+        acc = float((logits.argmax(-1) == target[sel]).float().mean())
+        return loss, {"token_acc": acc, "tokens": float(sel.sum())}
+
+    # ---------------------------------------------------------------- persistence
+    def _saved(self, key: str) -> bool:
+        return not key.startswith("llm.") or "lora_" in key
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """Only the trained parts (projectors, LoRA): the frozen language model is not saved."""
+        full = super().state_dict(*args, **kwargs)
+        return type(full)((k, v) for k, v in full.items() if self._saved(k))
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        own = {k for k in super().state_dict() if self._saved(k)}
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        if strict and (missing or unexpected):
+            raise CheckpointError(f"language state does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return super().load_state_dict(state, strict=False, assign=assign)
+
+    def save(self, folder: str | os.PathLike, card: str | None = None) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        proj = {k: v.detach().contiguous().cpu() for k, v in self.projectors.state_dict().items()}
+        save_file(proj, str(folder / "projectors.safetensors"), metadata={"architecture": ARCHITECTURE})
+        if self._lora_on:
+            from peft import get_peft_model_state_dict
+
+            lora = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.llm).items()}
+            save_file(lora, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        else:
+            (folder / "adapter_model.safetensors").unlink(missing_ok=True)
+        config = {"architecture": ARCHITECTURE, **asdict(self.cfg)}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        if card is not None:
+            (folder / "MODEL_CARD.md").write_text(card)
+        return folder
+
+    @staticmethod
+    def read_config(folder: str | os.PathLike) -> NanoCopilotConfig:
+        path = Path(folder) / "config.json"
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing; a language checkpoint holds config.json and projectors.safetensors")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+        if raw.get("architecture") != ARCHITECTURE:
+            raise CheckpointError(f"{path}: not an {ARCHITECTURE} checkpoint (architecture={raw.get('architecture')!r})")
+        return NanoCopilotConfig.from_dict(raw)
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike, llm: Any = None, tokenizer: Any = None, *, lora: bool | None = None
+    ) -> NanoCopilot:
+        """Load a saved language checkpoint onto its language model (``llm``/``tokenizer`` to reuse
+        one already loaded). ``lora=True`` adds fresh adapters to a checkpoint saved without them."""
+        folder = Path(folder)
+        cfg = cls.read_config(folder)
+        if llm is None or tokenizer is None:
+            llm, tokenizer = load_llm(cfg.llm)
+        has_lora = cfg.lora
+        cfg.lora = False
+        model = cls(cfg, llm, tokenizer)
+        _load_into(model.projectors, folder / "projectors.safetensors")
+        if has_lora:
+            adapter = folder / "adapter_model.safetensors"
+            if not adapter.exists():
+                raise CheckpointError(f"{adapter}: missing; the config says the model has LoRA adapters")
+            model.enable_lora()
+            from peft import set_peft_model_state_dict
+
+            try:
+                state = load_file(str(adapter))
+            except Exception as exc:
+                raise CheckpointError(f"{adapter}: cannot read safetensors ({exc})") from None
+            result = set_peft_model_state_dict(model.llm, state)
+            bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+            if bad:
+                raise CheckpointError(f"{adapter}: adapters do not match the language model ({bad[:3]})")
+        elif lora:
+            model.enable_lora()
+        model.eval()
+        return model
+
+
+def _load_into(module: nn.Module, path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from None
+    own = module.state_dict()
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected or bad:
+        raise CheckpointError(
+            f"{path}: does not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {bad[:3]})"
+        )
+    module.load_state_dict(state)
+
+
+def count_parameters(module: nn.Module, trainable: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)

@@ -1,0 +1,328 @@
+"""Stages 2 and 3 of AD-Copilot-nano: teaching SmolLM2 to talk about what the comparison saw.
+
+Stage 2, alignment and domain knowledge: the projectors learn to speak to the frozen language
+model on captions (detail captions, spot-the-difference captions) and inspection-knowledge text
+grounded in the pair (what the object is, which defect it shows and what that defect is).
+
+Stage 3, inspection instruction tuning: LoRA adapters on the language model plus the projectors,
+on the Chat-AD mixture (multiple-choice questions of the seven MMAD sub-tasks, anomaly questions
+balanced between normal and defective queries; multi-turn VQA; box labels; boxes as JSON;
+captions).
+
+Module groups (``adcopilot.train.stages``) in the nano model: ``projector`` = the projectors of
+:class:`adcopilot.language.model.NanoCopilot`, ``lora`` = its LoRA adapters. The vision tower and
+the whole Comparison Encoder (its layers *and* its comparison queries) stay frozen in both stages:
+their outputs are precomputed once per sample (:mod:`adcopilot.train.chat_data`), which is what
+makes the two stages fit 90 minutes on 2 CPU cores, and the shipped detector (verdicts, boxes,
+calibrated thresholds) stays exactly the stage-1 model. Stage-3's low-learning-rate update of the
+Comparison Encoder in the shared stage table is therefore not applied at nano scale; the
+LLM-side comparison projector, trained in both stages, adapts the comparison tokens instead.
+
+Batches are a pure function of (seed, step), so ``--resume`` replays the same stream.
+
+Usage::
+
+    task = LanguageTask(load_config("configs/stage2.yaml"))
+    train(task, task.cfg)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.language.model import NanoCopilot, NanoCopilotConfig
+from adcopilot.language.prompt import mcq_answer, strip_preamble
+from adcopilot.language.visual import VisualInputs
+from adcopilot.train.config import TrainConfig
+from adcopilot.train.stages import get_stage
+
+log = logging.getLogger(__name__)
+
+#: Mixture weights per stage: family -> probability of a conversation of that family.
+MIXTURES: dict[int, dict[str, float]] = {
+    2: {"caption": 0.3, "comparison": 0.2, "object": 0.25, "defect": 0.25},
+    3: {"ad_normal": 0.12, "ad_defect": 0.12, "mcq": 0.4, "label": 0.08, "vqa": 0.1, "localization": 0.08,
+        "caption": 0.05, "comparison": 0.05},
+}
+AD = "Anomaly Detection"
+LABEL_ASK = "What type of defect is at the {region} of the image?"
+
+
+def _turns(s: dict) -> list[dict[str, str]]:
+    return [{"role": t["role"], "content": t["content"]} for t in s["turns"]]
+
+
+class Mixture:
+    """The conversations of one stage, drawn family by family (see :data:`MIXTURES`)."""
+
+    def __init__(self, data: Any, stage: int, split: str = "train", frame: int = 256, max_vqa_turns: int = 3,
+                 max_pack: int = 2) -> None:
+        from adcopilot.data.knowledge import Knowledge
+        from adcopilot.train.chat_data import KNOWLEDGE
+
+        self.data = data
+        self.weights = MIXTURES[stage]
+        self.kb = Knowledge.load([KNOWLEDGE])
+        self.frame = frame
+        self.max_vqa_turns = max_vqa_turns
+        self.max_pack = max_pack
+        samples = data.samples(split)
+        self.pools: dict[str, list[dict]] = defaultdict(list)
+        self.mcq_by_image: dict[str, list[dict]] = defaultdict(list)
+        for s in samples:
+            task = s["task"]
+            if task == "mcq":
+                self.mcq_by_image[s["image"]].append(s)
+                if s.get("type") == AD:
+                    self.pools["ad_defect" if s.get("defect") else "ad_normal"].append(s)
+                else:
+                    self.pools["mcq"].append(s)
+            elif task in ("caption", "comparison", "vqa", "localization"):
+                self.pools[task].append(s)
+            if task == "caption":  # one per image: the grounded knowledge families
+                self.pools["object"].append(s)
+                if s.get("defect") is None or s.get("boxes"):
+                    self.pools["defect"].append(s)
+                if s.get("boxes"):
+                    self.pools["label"].append(s)
+        self.families = [f for f in self.weights if self.pools.get(f)]
+        if not self.families:
+            raise AdcopilotError(f"{data.root}: no samples for stage {stage}'s mixture")
+        p = np.array([self.weights[f] for f in self.families])
+        self.p = p / p.sum()
+
+    def draw(self, rng: np.random.Generator) -> tuple[list[dict[str, str]], VisualInputs]:
+        """One conversation and its visual inputs."""
+        fam = self.families[int(rng.choice(len(self.families), p=self.p))]
+        pool = self.pools[fam]
+        s = pool[int(rng.integers(len(pool)))]
+        return self.conversation(fam, s, rng), self.data.visual(s)
+
+    # ---------------------------------------------------------------- families
+    def conversation(self, fam: str, s: dict, rng: np.random.Generator) -> list[dict[str, str]]:
+        if fam in ("ad_normal", "ad_defect", "mcq"):
+            return self._mcq(s, rng)
+        if fam == "label":
+            return self._label(s, rng)
+        if fam == "object":
+            return self._object(s)
+        if fam == "defect":
+            return self._defect(s)
+        turns = _turns(s)
+        if fam == "vqa":
+            return turns[: 2 * self.max_vqa_turns]
+        if fam == "localization":
+            return self._localization(s, turns)
+        return turns
+
+    def _mcq(self, s: dict, rng: np.random.Generator) -> list[dict[str, str]]:
+        # Up to max_pack questions about the same pair in one conversation (the image tokens are
+        # paid once); the first is the drawn one, so families keep their weights.
+        others = [o for o in self.mcq_by_image.get(s["image"], []) if o["id"] != s["id"]]
+        k = int(rng.integers(0, min(self.max_pack, len(others) + 1)))
+        chosen = [s] + [others[int(i)] for i in rng.choice(len(others), size=k, replace=False)] if k else [s]
+        out: list[dict[str, str]] = []
+        for q in chosen:
+            out += [{"role": "user", "content": strip_preamble(q["turns"][0]["content"])},
+                    {"role": "assistant", "content": mcq_answer(q["answer"], q["options"])}]
+        return out
+
+    def _label(self, s: dict, rng: np.random.Generator) -> list[dict[str, str]]:
+        from adcopilot.geometry import region_name
+
+        b = s["boxes"][int(rng.integers(len(s["boxes"])))]
+        w, h = s["image_size"]
+        return [{"role": "user", "content": LABEL_ASK.format(region=region_name(b["bbox_2d"], w, h))},
+                {"role": "assistant", "content": f"{b['label']}."}]
+
+    def _object(self, s: dict) -> list[dict[str, str]]:
+        from adcopilot.data.questions import object_display, sentence
+
+        info = self.kb.object(s["category"])
+        name = object_display(s["category"], self.kb)
+        text = f"It is {'an' if name[:1] in 'aeiou' else 'a'} {name}."
+        if info is not None and info.description:
+            text += f" {sentence(info.description)}"
+        return [{"role": "user", "content": "What is the object in the query image? Describe it."},
+                {"role": "assistant", "content": text}]
+
+    def _defect(self, s: dict) -> list[dict[str, str]]:
+        from adcopilot.data.questions import sentence
+
+        ask = "Does the query have a defect? If so, what kind of defect is it?"
+        if s.get("defect") is None:
+            return [{"role": "user", "content": ask},
+                    {"role": "assistant", "content": "No. The query matches the normal sample; it has no defect."}]
+        label = s["boxes"][0]["label"]
+        d = self.kb.defect(s["defect"])
+        text = f"Yes. It has {'an' if label[:1] in 'aeiou' else 'a'} {label}."
+        if d is not None and d.description:
+            text += f" {sentence(d.description)}"
+        return [{"role": "user", "content": ask}, {"role": "assistant", "content": text}]
+
+    def _localization(self, s: dict, turns: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Boxes rescaled to the model's frame x frame input (what the model sees)."""
+        w, h = s["image_size"]
+        sx, sy = self.frame / float(w), self.frame / float(h)
+        boxes = [{"bbox_2d": [round(b["bbox_2d"][0] * sx), round(b["bbox_2d"][1] * sy), round(b["bbox_2d"][2] * sx),
+                              round(b["bbox_2d"][3] * sy)], "label": b["label"]} for b in s.get("boxes", [])]
+        return [turns[0], {"role": "assistant", "content": json.dumps(boxes)}]
+
+
+class LanguageTask:
+    """Stage 2 or 3 for :func:`adcopilot.train.loop.train`.
+
+    Config: ``init_from`` is the checkpoint to start from (stage 2: a stage-1 comparison
+    checkpoint; stage 3: a stage-2 export); ``data`` holds ``dir`` (where the training data is
+    built) and :class:`~adcopilot.train.chat_data.ChatDataConfig` keys; ``model`` holds
+    :class:`~adcopilot.language.model.NanoCopilotConfig` overrides (e.g. ``use_compare: false``
+    for the ablation)."""
+
+    def __init__(self, cfg: TrainConfig, llm: Any = None, tokenizer: Any = None, data: Any = None,
+                 progress: bool = True) -> None:
+        from adcopilot.train.chat_data import ChatData, ChatDataConfig
+
+        if cfg.stage not in (2, 3):
+            raise AdcopilotError(f"LanguageTask trains stages 2 and 3, not {cfg.stage}")
+        if not cfg.init_from:
+            what = "a stage-1 comparison checkpoint" if cfg.stage == 2 else "a stage-2 export"
+            raise AdcopilotError(f"stage {cfg.stage} needs --init-from: {what}")
+        self.cfg = cfg
+        if cfg.data.get("threads"):  # on a shared CPU one thread per process is often fastest
+            torch.set_num_threads(int(cfg.data["threads"]))
+        self.stage = get_stage(cfg.stage)
+        self.init = Path(cfg.init_from)
+        if not (self.init / "model.safetensors").exists():
+            raise AdcopilotError(f"{self.init}: not a checkpoint folder (model.safetensors missing)")
+        if cfg.stage == 3 and not (self.init / "language" / "config.json").exists():
+            raise AdcopilotError(f"{self.init}: no language/ folder; stage 3 starts from a stage-2 export")
+        if data is None:
+            opts = {k: v for k, v in cfg.data.items() if k not in ("dir", "threads")}
+            root = Path(cfg.data.get("dir", Path(cfg.run_dir).parent / "chatdata"))
+            data = ChatData.prepare(root, self.init, ChatDataConfig.from_dict(opts), progress=progress)
+        self.data = data
+        self.llm, self.tokenizer = llm, tokenizer
+        self.mixture = Mixture(data, cfg.stage, frame=self._frame())
+        self._eval: list[dict] | None = None
+
+    def _frame(self) -> int:
+        return int(json.loads((self.init / "config.json").read_text()).get("image_size", 256))
+
+    # ---------------------------------------------------------------- model
+    def build(self) -> nn.Module:
+        from adcopilot.language.llm import load_llm
+
+        overrides = dict(self.cfg.model)
+        if self.cfg.stage == 2:
+            if self.llm is None:
+                self.llm, self.tokenizer = load_llm(overrides.get("llm", NanoCopilotConfig.llm))
+            cfg = NanoCopilotConfig.from_dict({**overrides, "lora": False})
+            model = NanoCopilot.build(cfg, self.llm, self.tokenizer)
+        else:
+            model = NanoCopilot.load(self.init / "language", self.llm, self.tokenizer)
+            for k in ("use_images", "use_compare", "lora_r", "lora_alpha", "lora_targets", "system"):
+                if k in overrides:
+                    setattr(model.cfg, k, overrides[k])
+            model.enable_lora()
+        model.cfg.defect_labels = self.data.defect_labels()
+        groups = {"projector": model.projectors.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for g in self.stage.trainable:
+            for p in groups.get(g, []):
+                p.requires_grad_(True)
+        if "lora" in self.stage.trainable:
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.requires_grad_(True)
+        skipped = [g for g in self.stage.trainable if g not in ("projector", "lora")]
+        if skipped:
+            log.info("stage %d: groups %s stay frozen at nano scale (their outputs are precomputed)",
+                     self.cfg.stage, skipped)
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("stage %d: %d trainable parameters", self.cfg.stage, n)
+        model.train()
+        return model
+
+    # ---------------------------------------------------------------- data
+    def batches(self, start_step: int, process_index: int) -> Iterator[tuple[int, Any]]:
+        step = start_step
+        while True:
+            rng = np.random.default_rng([self.cfg.seed, step, process_index])
+            yield step, [self.mixture.draw(rng) for _ in range(self.cfg.batch_size)]
+            step += 1
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return model.loss(batch)  # type: ignore[operator]
+
+    # ---------------------------------------------------------------- evaluation
+    def _eval_questions(self) -> list[dict]:
+        """A fixed, type-balanced set of held-out multiple-choice questions."""
+        if self._eval is None:
+            by_type: dict[str, list[dict]] = defaultdict(list)
+            for s in self.data.samples("test"):
+                if s["task"] == "mcq":
+                    by_type[s["type"]].append(s)
+            rng = np.random.default_rng(4242)
+            n = max(1, self.cfg.eval_pairs // max(1, len(by_type)))
+            out: list[dict] = []
+            for t in sorted(by_type):
+                pool = by_type[t]
+                out += [pool[int(i)] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+            self._eval = out
+        return self._eval
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Multiple-choice accuracy on held-out curated questions (likelihood answers)."""
+        from adcopilot.data.questions import MMAD_SUBTASK
+        from adcopilot.language.answer import answer_choice
+
+        was = model.training
+        model.eval()
+        hits: dict[str, list[float]] = defaultdict(list)
+        for s in self._eval_questions():
+            q = strip_preamble(s["turns"][0]["content"]).split("\n")[0]
+            v = self.data.visual(s) if model.cfg.use_images else None  # type: ignore[union-attr]
+            letter = answer_choice(model, v, q, s["options"])  # type: ignore[arg-type]
+            hits[MMAD_SUBTASK.get(s["type"], s["type"])].append(float(letter == s["answer"]))
+        model.train(was)
+        res = {k: round(100 * float(np.mean(v)), 1) for k, v in sorted(hits.items())}
+        if res:
+            res["mean"] = round(float(np.mean(list(res.values()))), 1)
+        return res
+
+    # ---------------------------------------------------------------- export
+    def export(self, model: nn.Module, folder: Path, metrics: dict[str, Any]) -> None:
+        """A complete checkpoint: the stage-1 comparison model (copied) + ``language/``."""
+        from adcopilot.train.language_card import language_card
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(self.init / name, folder / name)
+        model.cfg.training = {"stage": self.cfg.stage, "seed": self.cfg.seed, **metrics}  # type: ignore[union-attr]
+        model.save(folder / "language")  # type: ignore[operator]
+        card = language_card(self.cfg, metrics, self.init, model.cfg)  # type: ignore[arg-type]
+        previous = (self.init / "MODEL_CARD.md").read_text() if (self.init / "MODEL_CARD.md").exists() else ""
+        (folder / "MODEL_CARD.md").write_text(merge_card(previous, f"stage {self.cfg.stage}", card))
+
+
+def merge_card(text: str, key: str, section: str) -> str:
+    """Replace (or append) the section marked ``<!-- language:{key} -->`` in a model card."""
+    start, end = f"<!-- language:{key} -->", f"<!-- /language:{key} -->"
+    block = f"{start}\n{section.strip()}\n{end}\n"
+    if start in text and end in text:
+        a, b = text.index(start), text.index(end) + len(end)
+        return text[:a] + block.rstrip("\n") + text[b:]
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
