@@ -22,6 +22,15 @@ def _bench(benchmark: str, image_root: Path | None) -> Any:
     return load_mmad(benchmark, image_root)
 
 
+def _check(templates: str, k_shot: int) -> None:
+    from adcopilot.errors import AdcopilotError
+
+    if templates not in ("random", "similar"):
+        raise AdcopilotError(f"unknown --templates '{templates}' (template mode); use random or similar")
+    if k_shot < 0:
+        raise AdcopilotError(f"--k-shot must be 0 or more, got {k_shot}")
+
+
 def _selection(datasets: list[str] | None, classes: list[str] | None, tasks: list[str] | None, limit: int | None) -> dict:
     return {"datasets": datasets or [], "classes": classes or [], "tasks": tasks or [], "limit": limit}
 
@@ -101,6 +110,7 @@ def register(app: typer.Typer) -> None:
 
         if scoring not in SCORING_MODES:
             raise AdcopilotError(f"unknown --scoring '{scoring}'; use official or strict")
+        _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, tasks, limit)
         be = _backend(backend, model, **opts(device=device, dtype=dtype, concurrency=concurrency))
@@ -130,15 +140,24 @@ def register(app: typer.Typer) -> None:
             help="openai: the frame of the numbers in replies: qwen (Qwen2.5-VL's resized image), pixel (the image sent) "
             "or relative1000 (0-1000).",
         ),
+        box_mode: str = typer.Option(
+            "head", "--box-mode",
+            help="nano with a language model: head (the dense head's boxes, labelled) or text (the boxes it writes).",
+        ),
         quiet: bool = common["quiet"],
     ) -> None:
         """Ask for defect boxes and report mIoU, accuracy at IoU 0.1/0.3/0.5 and false alarms."""
         from adcopilot.eval.bbox import format_bbox_summary, summarize_bbox
         from adcopilot.eval.runner import run_bbox
 
+        _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, None, limit)
-        be = _backend(backend, model, box_coords=box_coords, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        if box_mode not in ("head", "text"):
+            from adcopilot.errors import AdcopilotError
+
+            raise AdcopilotError(f"unknown --box-mode '{box_mode}'; use head or text")
+        be = _backend(backend, model, box_coords=box_coords, box_mode=box_mode, **opts(device=device, dtype=dtype, concurrency=concurrency))
         folder = _out(out, "bbox", backend, benchmark, k_shot, templates)
         records, skipped = run_bbox(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                                     selection=_selection(datasets, classes, None, limit))
@@ -167,6 +186,7 @@ def register(app: typer.Typer) -> None:
         """Image AUROC, AP, F1-max, balanced accuracy; pixel AUROC and PRO where masks exist."""
         from adcopilot.eval.runner import run_detect
 
+        _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, None, limit)
         be = _backend(backend, model)

@@ -51,6 +51,9 @@ def test_input_errors(run, tmp_path, small_bench):
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--backend", "gpt5"), "unknown backend 'gpt5'")
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--task", "XY"), "unknown sub-task 'XY'")
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--backend", "transformers"), "needs --model PATH")
+    one_error_line(run("mmad-bbox", "--benchmark", str(small_bench), "--box-mode", "magic"), "--box-mode")
+    one_error_line(run("mmad", "--benchmark", str(small_bench), "--templates", "best"), "template mode")
+    one_error_line(run("detect", "--benchmark", str(small_bench), "--k-shot", "-1"), "--k-shot")
 
 
 def test_score_an_answers_file(run, tmp_path):
