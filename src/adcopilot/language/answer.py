@@ -126,8 +126,9 @@ def generate(
     visual: VisualInputs | None,
     turns: Sequence[dict[str, str]],
     max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
 ) -> str:
-    """Greedy answer to the last user turn of ``turns``."""
+    """Greedy answer to the last user turn of ``turns`` (no stop before ``min_new_tokens``)."""
     if max_new_tokens < 1:
         raise AdcopilotError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     logp, cache = prefill(model, turns, visual)
@@ -135,6 +136,9 @@ def generate(
     out: list[int] = []
     emb_layer = model.llm.get_input_embeddings()
     for step in range(max_new_tokens):
+        if step < min_new_tokens:
+            logp = logp.clone()
+            logp[list(stop)] = float("-inf")
         nxt = int(logp.argmax())
         if nxt in stop:
             break
@@ -166,34 +170,41 @@ def label_boxes(
     return out
 
 
+def boxes_from_reply(reply: str, size: tuple[int, int], frame: int) -> list[dict[str, Any]]:
+    """Boxes written by the language model in its ``frame`` x ``frame`` input frame ->
+    [{"bbox_2d", "label"}] in query pixels (``size`` (w, h)), clipped; empty boxes dropped."""
+    import json
+
+    from adcopilot.eval.bbox import parse_box_text
+
+    raw = parse_box_text(reply) or []
+    labels: list[str] = []
+    start = reply.find("[")
+    if start >= 0:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(reply[start:])
+        except ValueError:
+            obj = None
+        if isinstance(obj, list) and len(obj) == len(raw):
+            labels = [str(o.get("label", "defect")) if isinstance(o, dict) else "defect" for o in obj]
+    w, h = size
+    sx, sy = w / float(frame), h / float(frame)
+    out = []
+    for i, b in enumerate(raw):
+        x1, y1, x2, y2 = (max(0.0, float(v)) for v in b)
+        box = [int(round(min(x1 * sx, w))), int(round(min(y1 * sy, h))), int(round(min(x2 * sx, w))),
+               int(round(min(y2 * sy, h)))]
+        if box[2] > box[0] and box[3] > box[1]:
+            out.append({"bbox_2d": box, "label": labels[i] if i < len(labels) else "defect"})
+    return out
+
+
 def text_boxes(
     model: NanoCopilot, visual: VisualInputs | None, size: tuple[int, int], frame: int, max_new_tokens: int = 96
 ) -> tuple[str, list[dict[str, Any]]]:
     """The language model's own boxes: (raw reply, [{"bbox_2d", "label"}] in query pixels).
 
-    The model answers in its ``frame`` x ``frame`` input frame; coordinates are rescaled to
-    ``size`` (w, h) and clipped. An unparsable reply gives no boxes."""
-    from adcopilot.eval.bbox import _boxes_from_json, parse_box_text
-
+    The model answers in its ``frame`` x ``frame`` input frame (see :func:`boxes_from_reply`);
+    an unparsable reply gives no boxes."""
     reply = generate(model, visual, [{"role": "user", "content": TEXT_BOX_QUESTION}], max_new_tokens)
-    raw = parse_box_text(reply) or []
-    labels: list[str] = []
-    try:
-        import json
-
-        start = reply.find("[")
-        obj, _ = json.JSONDecoder().raw_decode(reply[start:]) if start >= 0 else (None, 0)
-        if isinstance(obj, list) and _boxes_from_json(obj) is not None:
-            labels = [str(o.get("label", "defect")) if isinstance(o, dict) else "defect" for o in obj]
-    except ValueError:
-        labels = []
-    w, h = size
-    sx, sy = w / float(frame), h / float(frame)
-    out = []
-    for i, b in enumerate(raw):
-        x1, y1, x2, y2 = (max(0.0, v) for v in b)
-        box = [int(round(min(x1 * sx, w))), int(round(min(y1 * sy, h))), int(round(min(x2 * sx, w))),
-               int(round(min(y2 * sy, h)))]
-        if box[2] > box[0] and box[3] > box[1]:
-            out.append({"bbox_2d": box, "label": labels[i] if i < len(labels) else "defect"})
-    return reply, out
+    return reply, boxes_from_reply(reply, size, frame)

@@ -240,18 +240,27 @@ class NanoCopilot(nn.Module):
     def loss(
         self, batch: Sequence[tuple[Sequence[dict[str, str]], VisualInputs | None]]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean next-token cross-entropy over answer tokens of a batch of (turns, visual inputs)."""
-        items = [self.encode_turns(turns, v) for turns, v in batch]
-        emb, mask, labels = self.collate(items)
-        hid = self.hidden_states(emb, mask).last_hidden_state  # (B, T, H)
-        target = labels[:, 1:].to(hid.device)  # position t predicts token t + 1
-        sel = target != IGNORE
-        if not sel.any():
+        """Mean next-token cross-entropy over the answer tokens of a batch of (turns, visual inputs).
+
+        Conversations are run in micro-batches of similar length (sorted, padding under ~15%),
+        which on a CPU costs the same as one padded batch without the padding's wasted work."""
+        items = sorted((self.encode_turns(turns, v) for turns, v in batch), key=lambda e: e.embeds.shape[0])
+        total = torch.zeros((), device=self.device)
+        n_tok, n_hit = 0, 0
+        for chunk in _length_chunks(items):
+            emb, mask, labels = self.collate(chunk)
+            hid = self.hidden_states(emb, mask).last_hidden_state  # (b, T, H)
+            target = labels[:, 1:].to(hid.device)  # position t predicts token t + 1
+            sel = target != IGNORE
+            if not sel.any():
+                continue
+            logits = self.logits(hid[:, :-1][sel])  # only where there is a target: (N, V)
+            total = total + F.cross_entropy(logits.float(), target[sel], reduction="sum")
+            n_tok += int(sel.sum())
+            n_hit += int((logits.argmax(-1) == target[sel]).sum())
+        if n_tok == 0:
             raise CheckpointError("a training batch has no answer tokens")
-        logits = self.logits(hid[:, :-1][sel])  # only where there is a target: (N, V)
-        loss = F.cross_entropy(logits.float(), target[sel])
-        acc = float((logits.argmax(-1) == target[sel]).float().mean())
-        return loss, {"token_acc": acc, "tokens": float(sel.sum())}
+        return total / n_tok, {"token_acc": n_hit / n_tok, "tokens": float(n_tok)}
 
     # ---------------------------------------------------------------- persistence
     def _saved(self, key: str) -> bool:
@@ -333,6 +342,22 @@ class NanoCopilot(nn.Module):
             model.enable_lora()
         model.eval()
         return model
+
+
+def _length_chunks(items: list[Encoded], waste: float = 0.15) -> list[list[Encoded]]:
+    """Consecutive groups of length-sorted items whose padding stays under ``waste``."""
+    chunks: list[list[Encoded]] = []
+    cur: list[Encoded] = []
+    for e in items:
+        cand = [*cur, e]
+        longest = max(x.embeds.shape[0] for x in cand)
+        if cur and longest * len(cand) > (1 + waste) * sum(x.embeds.shape[0] for x in cand):
+            chunks.append(cur)
+            cand = [e]
+        cur = cand
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 def _load_into(module: nn.Module, path: Path) -> None:

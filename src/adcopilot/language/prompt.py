@@ -5,11 +5,11 @@ conversation is rendered with the language model's own chat template (ChatML for
 placeholders that :class:`adcopilot.language.model.NanoCopilot` replaces by embeddings::
 
     <|im_start|>system
-    You are an industrial inspection assistant. ...<|im_end|>
+    You are an industrial inspection assistant.<|im_end|>
     <|im_start|>user
     The first image is a normal sample: [ref 0: 1 global + 9 base tokens]
-    The second image is the query sample: [query: 1 global + 9 base tokens]
-    Comparison of the query with the normal sample: [16 comparison tokens][9 anomaly-map tokens]
+    The second image is the query: [query: 1 global + 9 base tokens]
+    Their comparison: [16 comparison tokens][9 anomaly-map tokens]
     <question><|im_end|>
     <|im_start|>assistant
     <answer><|im_end|>
@@ -17,7 +17,7 @@ placeholders that :class:`adcopilot.language.model.NanoCopilot` replaces by embe
     <next question><|im_end|>  ...
 
 With k references the first lines read "Images 1 to k are normal samples: [ref 0] [ref 1] ...",
-"Image k+1 is the query sample: [query]". The comparison tokens follow the query's base tokens,
+"Image k+1 is the query: [query]". The comparison tokens follow the query's base tokens,
 as in AD-Copilot (each image's comparison tokens next to that image; references, compared with
 themselves, carry none in the nano model). Images appear in the first user turn only; later turns
 are plain text. Ablations drop blocks: ``with_compare=False`` removes the comparison line (both
@@ -38,10 +38,7 @@ from typing import Any, Literal
 
 from adcopilot.errors import AdcopilotError
 
-SYSTEM = (
-    "You are an industrial inspection assistant. You compare a query image with normal samples "
-    "and answer briefly."
-)
+SYSTEM = "You are an industrial inspection assistant."
 #: The sentences curated samples open with; the prompt builder puts its own image lines there.
 _PREAMBLES = (
     "The first image is a normal sample. The second image is the query sample.",
@@ -75,12 +72,12 @@ def image_block(n_refs: int, *, with_images: bool = True, with_compare: bool = T
     if n_refs < 1:
         raise AdcopilotError("at least one normal reference image is needed")
     if n_refs == 1:
-        lines = ["The first image is a normal sample: <|ref0|>", "The second image is the query sample: <|query|>"]
-        cmp = "Comparison of the query with the normal sample: <|compare|>"
+        lines = ["The first image is a normal sample: <|ref0|>", "The second image is the query: <|query|>"]
+        cmp = "Their comparison: <|compare|>"
     else:
         refs = " ".join(f"<|ref{i}|>" for i in range(n_refs))
-        lines = [f"Images 1 to {n_refs} are normal samples: {refs}", f"Image {n_refs + 1} is the query sample: <|query|>"]
-        cmp = "Comparison of the query with the normal samples: <|compare|>"
+        lines = [f"Images 1 to {n_refs} are normal samples: {refs}", f"Image {n_refs + 1} is the query: <|query|>"]
+        cmp = "Their comparison: <|compare|>"
     if with_compare:
         lines.append(cmp)
     return "\n".join(lines) + "\n"

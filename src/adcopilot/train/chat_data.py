@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,12 @@ class ChatDataConfig:
     shots: int = 4  # normal views per product
     photo_shots: int = 6
     variants: int = 2  # synthetic defects per normal image
-    test_fraction: float = 0.1
+    test_fraction: float = 0.2
+    # Spot-the-difference samples are left out by default: their reference (the image before the
+    # defect was painted) would double the features to precompute, and captions say the same.
+    tasks: list[str] = field(default_factory=lambda: ["caption", "vqa", "localization", "mcq"])
+    categories: list[str] | None = None  # procedural categories (None: all)
+    photos: bool = True  # the licensed sample photos as products
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -103,10 +108,10 @@ def write_normals(out: Path, cfg: ChatDataConfig, progress: bool = True) -> list
     from adcopilot.data.synth import jitter
 
     jobs: list[tuple[Path, str, int]] = []  # (folder, kind, index)
-    for cat in procedural.CATEGORIES:
+    for cat in cfg.categories if cfg.categories is not None else procedural.CATEGORIES:
         for i in range(cfg.instances):
             jobs.append((out / "procedural" / f"{cat}_{i}", cat, i))
-    photos = dict(training_photos())
+    photos = dict(training_photos()) if cfg.photos else {}
     for name in sorted(photos):
         jobs.append((out / "photos" / name, "photo:" + name, 0))
     for folder, kind, i in tqdm(jobs, desc="normal images", disable=not progress):
@@ -121,7 +126,7 @@ def write_normals(out: Path, cfg: ChatDataConfig, progress: bool = True) -> list
             product, _ = procedural.render(kind, rng, cfg.size)
         for j in range(n):
             _save(folder / f"{j:02d}.png", jitter(product, rng))
-    return [f"normal:{out / 'procedural'}", f"normal:{out / 'photos'}"]
+    return [f"normal:{out / sub}" for sub in ("procedural", "photos") if (out / sub).is_dir()]
 
 
 def _file_hash(path: Path) -> str:
@@ -145,7 +150,7 @@ class ChatData:
     @classmethod
     def prepare(
         cls, root: str | os.PathLike, comparison: str | os.PathLike, cfg: ChatDataConfig | None = None,
-        progress: bool = True, workers: int = 1,
+        progress: bool = True, workers: int = 1, detector: Any = None,
     ) -> ChatData:
         """Build (or finish building) the data in ``root`` for the comparison checkpoint ``comparison``."""
         from adcopilot.data.curate import CurateConfig, curate
@@ -158,11 +163,12 @@ class ChatData:
         if not weights.exists():
             raise AdcopilotError(f"{comparison}: no stage-1 comparison checkpoint there (model.safetensors missing)")
         manifest_path = root / "manifest.json"
-        want = {"data": {k: v for k, v in cfg.__dict__.items() if k != "extra"},
+        want = {"data": {k: v for k, v in asdict(cfg).items() if k != "extra"},
                 "comparison_hash": _file_hash(weights)}
         if manifest_path.exists():
             have = json.loads(manifest_path.read_text())
-            if have.get("data") != want["data"]:
+            defaults = {k: v for k, v in asdict(ChatDataConfig()).items() if k != "extra"}
+            if {**defaults, **(have.get("data") or {})} != want["data"]:
                 raise AdcopilotError(f"{root}: built with other data settings {have.get('data')}; use another data.dir")
             if have.get("comparison_hash") != want["comparison_hash"]:
                 log.warning("%s: features were made with another comparison checkpoint; recomputing them", root)
@@ -173,13 +179,13 @@ class ChatData:
         report_file = root / "curated" / "train.jsonl"
         if not report_file.exists():
             curate(CurateConfig(sources=sources, out=root / "curated", seed=cfg.seed, test_fraction=cfg.test_fraction,
-                                references=1, variants=cfg.variants, knowledge=[str(KNOWLEDGE)],
+                                references=1, variants=cfg.variants, knowledge=[str(KNOWLEDGE)], tasks=tuple(cfg.tasks),
                                 workers=workers, progress=progress))
         data = cls(root)
-        data._compute_features(comparison, progress)
+        data._compute_features(comparison, progress, detector)
         return data
 
-    def _compute_features(self, comparison: Path, progress: bool) -> None:
+    def _compute_features(self, comparison: Path, progress: bool, detector: Any = None) -> None:
         from adcopilot.language.visual import VisualEncoder
         from adcopilot.model.nano import load_nano_detector
 
@@ -194,7 +200,8 @@ class ChatData:
                     todo.setdefault(k, s)
         if not todo:
             return
-        detector, _ = load_nano_detector(comparison)
+        if detector is None:  # the checkpoint's comparison model on the pretrained tower
+            detector, _ = load_nano_detector(comparison)
         enc = VisualEncoder(detector, cache_size=16)
         n_shards = len(list(feats.glob("shard-*.safetensors")))
         buf: dict[str, torch.Tensor] = {}

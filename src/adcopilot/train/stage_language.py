@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Mixture weights per stage: family -> probability of a conversation of that family.
 MIXTURES: dict[int, dict[str, float]] = {
-    2: {"caption": 0.3, "comparison": 0.2, "object": 0.25, "defect": 0.25},
-    3: {"ad_normal": 0.12, "ad_defect": 0.12, "mcq": 0.4, "label": 0.08, "vqa": 0.1, "localization": 0.08,
-        "caption": 0.05, "comparison": 0.05},
+    2: {"caption": 0.2, "comparison": 0.1, "object": 0.35, "defect": 0.35},
+    3: {"ad_normal": 0.12, "ad_defect": 0.12, "mcq": 0.42, "label": 0.08, "vqa": 0.1, "localization": 0.08,
+        "caption": 0.05, "comparison": 0.03},
 }
 AD = "Anomaly Detection"
 LABEL_ASK = "What type of defect is at the {region} of the image?"
@@ -66,7 +66,7 @@ def _turns(s: dict) -> list[dict[str, str]]:
 class Mixture:
     """The conversations of one stage, drawn family by family (see :data:`MIXTURES`)."""
 
-    def __init__(self, data: Any, stage: int, split: str = "train", frame: int = 256, max_vqa_turns: int = 3,
+    def __init__(self, data: Any, stage: int, split: str = "train", frame: int = 256, max_vqa_turns: int = 2,
                  max_pack: int = 2) -> None:
         from adcopilot.data.knowledge import Knowledge
         from adcopilot.train.chat_data import KNOWLEDGE

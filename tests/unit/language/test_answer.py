@@ -1,0 +1,78 @@
+"""Answering: cached option scores equal full-sequence scores, modes agree once trained, boxes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.language import answer as A
+from adcopilot.language.model import IGNORE
+from adcopilot.language.prompt import mcq_answer, mcq_question
+
+OPTIONS = {"A": "Yes.", "B": "No."}
+QUESTION = "Is there any defect in the object?"
+
+
+def full_sequence_score(model, turns, visual, text):
+    """Mean log-probability of ``text`` + end-of-turn, from one pass over the whole conversation."""
+    enc = model.encode_turns([*turns, {"role": "assistant", "content": text}], visual)
+    hid = model.hidden_states(enc.embeds[None]).last_hidden_state[0]
+    logp = F.log_softmax(model.logits(hid[:-1]).float(), dim=-1)
+    target = enc.labels[1:]
+    sel = target != IGNORE
+    return float(logp[sel].gather(1, target[sel][:, None]).mean())
+
+
+def train(model, batch, steps=40, lr=1e-2):
+    model.enable_lora()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        loss, _ = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@torch.no_grad()
+def test_cached_scores_equal_full_sequence_scores(model, visual):
+    turns = [{"role": "user", "content": mcq_question(QUESTION, {"A": "Yes.", "B": "No.", "C": "A crack at the top."})}]
+    texts = ["A. Yes.", "B. No.", "C. A crack at the top."]
+    cached = A.score_continuations(model, turns, visual, texts)
+    for text, got in zip(texts, cached, strict=True):
+        assert got == pytest.approx(full_sequence_score(model, turns, visual, text), abs=1e-4)
+
+
+def test_trained_answer_is_chosen_by_every_mode(model, visual):
+    mcq = [{"role": "user", "content": mcq_question(QUESTION, OPTIONS)},
+           {"role": "assistant", "content": mcq_answer("B", OPTIONS)}]
+    label = [{"role": "user", "content": A.label_question("top left")}, {"role": "assistant", "content": "stain."}]
+    train(model, [(mcq, visual), (label, visual)])
+    assert A.answer_choice(model, visual, QUESTION, OPTIONS) == "B"
+    assert A.answer_choice(model, visual, QUESTION, OPTIONS, mode="letter") == "B"
+    assert A.generate(model, visual, mcq[:1], max_new_tokens=12) == "B. No."
+    assert A.label_boxes(model, visual, [[0, 0, 20, 20]], (64, 64)) == ["stain"]
+
+
+@torch.no_grad()
+def test_generation_is_deterministic_and_bounded(model, visual):
+    turns = [{"role": "user", "content": "Describe the defect."}]
+    a = A.generate(model, visual, turns, max_new_tokens=5)
+    assert a == A.generate(model, visual, turns, max_new_tokens=5)
+    assert len(model._ids(a)) <= 5
+    with pytest.raises(AdcopilotError):
+        A.generate(model, visual, turns, max_new_tokens=0)
+    with pytest.raises(AdcopilotError, match="mode"):
+        A.answer_choice(model, visual, QUESTION, OPTIONS, mode="vote")  # type: ignore[arg-type]
+    with pytest.raises(AdcopilotError):
+        A.answer_choice(model, visual, QUESTION, {})
+
+
+def test_boxes_from_reply_rescales_to_the_query():
+    reply = '[{"bbox_2d": [64, 32, 128, 96], "label": "Crack"}, {"bbox_2d": [200, 200, 300, 300], "label": "Hole"}]'
+    boxes = A.boxes_from_reply(reply, (512, 256), frame=256)
+    assert boxes == [{"bbox_2d": [128, 32, 256, 96], "label": "Crack"}, {"bbox_2d": [400, 200, 512, 256], "label": "Hole"}]
+    assert A.boxes_from_reply("I cannot tell.", (100, 100), 256) == []
+    assert A.boxes_from_reply("[]", (100, 100), 256) == []

@@ -1,0 +1,142 @@
+"""Copilot.ask / answer_choice / localize / chat, the eval backend hook, and the chat command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adcopilot.api import Copilot
+from adcopilot.errors import AdcopilotError
+from adcopilot.eval.backends import CopilotBackend, has_language
+from adcopilot.eval.mmad import Question
+from adcopilot.language.handle import NanoLanguage
+from adcopilot.language.visual import VisualEncoder
+
+OPTIONS = {"A": "Yes.", "B": "No.", "C": "Maybe."}
+
+
+@pytest.fixture
+def copilot(model, detector):
+    lang = NanoLanguage(model=model, encoder=VisualEncoder(detector, registration=False))
+    return Copilot(detector, language=lang, registration=False, threshold=0.0)
+
+
+def test_ask_answer_choice_and_chat(copilot, pair_images):
+    q, r = pair_images
+    assert copilot.can_answer_choices and has_language(copilot)
+    answer = copilot.ask(q, [r], "What is different?", max_new_tokens=4)
+    assert isinstance(answer, str)
+    assert copilot.answer_choice(q, r, "Is there any defect?", OPTIONS) in OPTIONS
+    assert copilot.answer_choice(q, r, "Is there any defect?", OPTIONS, mode="letter") in OPTIONS
+    reply, history = copilot.chat(q, [r], "What is different?")
+    assert [t["role"] for t in history] == ["user", "assistant"] and history[1]["content"] == reply
+    _, history = copilot.chat(q, [r], "Where?", history=history)
+    assert len(history) == 4
+
+
+def test_box_answers(copilot, pair_images):
+    q, r = pair_images
+    result = copilot.inspect(q, [r])
+    assert result.boxes  # threshold 0: something is boxed
+    head = copilot.localize(q, [r], mode="head", result=result)
+    assert [b["bbox_2d"] for b in head] == [b.bbox_2d for b in result.boxes]
+    assert all(b["label"] in ("crack", "stain", "hole") for b in head)
+    assert json.loads(copilot.ask(q, [r], "Output the bounding boxes of all defects as JSON.", result=result)) == head
+    text = copilot.localize(q, [r], mode="text")
+    assert isinstance(text, list) and all(len(b["bbox_2d"]) == 4 for b in text)
+    with pytest.raises(AdcopilotError, match="box mode"):
+        copilot.localize(q, [r], mode="guess")
+
+
+def test_bad_questions(copilot, pair_images):
+    q, r = pair_images
+    with pytest.raises(AdcopilotError, match="empty"):
+        copilot.ask(q, [r], "   ")
+    with pytest.raises(AdcopilotError, match="history"):
+        copilot.ask(q, [r], "Why?", history=[{"role": "user"}])
+    with pytest.raises(AdcopilotError, match="reference"):
+        copilot.ask(q, [], "Why?")
+
+
+def test_without_language_model(detector, pair_images):
+    q, r = pair_images
+    cp = Copilot(detector, registration=False)
+    assert not cp.can_answer_choices and not has_language(cp)
+    with pytest.raises(AdcopilotError, match="no language model"):
+        cp.ask(q, [r], "Is it defective?")
+    with pytest.raises(AdcopilotError, match="no language model"):
+        cp.answer_choice(q, [r], "Is it defective?", OPTIONS)
+
+
+def test_backend_uses_the_language_model(copilot, tmp_path, pair_images):
+    q, r = pair_images
+    paths = []
+    for name, arr in (("ref.png", r), ("query.png", q)):
+        Image.fromarray(arr).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    backend = CopilotBackend("nano", copilot=copilot)
+    question = Question(index=0, text="What is the defect?", options={"A": "Crack.", "B": "Stain.", "C": "Hole.", "D": "None."},
+                        answer="A", type="Defect Classification")
+    assert backend.answer(paths, question) in "ABCD"
+    assert backend.describe()["language_model"] is True
+    assert isinstance(json.loads(backend.boxes(paths).text), list)
+
+
+# --------------------------------------------------------------------------- the command line
+def _write_checkpoint(tmp_path, model, detector):
+    from .tiny import tiny_llm
+
+    llm_dir = tmp_path / "tiny-llm"
+    tiny_llm(len(model.tokenizer)).save_pretrained(llm_dir)
+    model.tokenizer.save_pretrained(llm_dir)
+    ckpt = tmp_path / "ckpt"
+    detector.model.save(ckpt)
+    model.cfg.llm = str(llm_dir)
+    model.save(ckpt / "language")
+    return ckpt
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "adcopilot", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_chat_command(tmp_path, model, detector, pair_images):
+    q, r = pair_images
+    Image.fromarray(q).save(tmp_path / "q.png")
+    Image.fromarray(r).save(tmp_path / "r.png")
+    ckpt = _write_checkpoint(tmp_path, model, detector)
+    conv = tmp_path / "conv.json"
+    p = run("chat", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt),
+            "--max-new-tokens", "3", "--ask", "What is different?", "--ask", f"/save {conv}", "--ask", "/reset",
+            "--ask", "/save " + str(tmp_path / "empty.json"), "--ask", "/quit", "--ask", "never asked")
+    assert p.returncode == 0, p.stderr
+    saved = json.loads(conv.read_text())
+    assert [t["role"] for t in saved["turns"]] == ["user", "assistant"]
+    assert saved["turns"][0]["content"] == "What is different?"
+    assert json.loads((tmp_path / "empty.json").read_text())["turns"] == []
+    assert "never asked" not in p.stdout
+    bad = run("chat", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", "baseline", "--ask", "hi")
+    assert bad.returncode == 2 and "no language model" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run("chat", str(tmp_path / "nope.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt))
+    assert missing.returncode == 2 and "nope.png" in missing.stderr
+
+
+def test_inspect_ask(tmp_path, model, detector, pair_images):
+    q, r = pair_images
+    Image.fromarray(q).save(tmp_path / "q.png")
+    Image.fromarray(r).save(tmp_path / "r.png")
+    ckpt = _write_checkpoint(tmp_path, model, detector)
+    p = run("inspect", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt), "--json",
+            "--ask", "Is there a defect?")
+    assert p.returncode == 0, p.stderr
+    assert isinstance(json.loads(p.stdout)["answer"], str)
+    np.testing.assert_equal(Copilot.load(ckpt).can_answer_choices, True)
