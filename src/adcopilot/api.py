@@ -266,8 +266,10 @@ class Copilot:
         from adcopilot.language.answer import answer_choice
 
         lang = self._nano_language()
-        visual = lang.visual(query, self._as_list(references))
-        return answer_choice(lang.model, visual, question, options, mode=mode)  # type: ignore[arg-type]
+        refs = self._as_list(references)
+        visual = lang.visual(query, refs)
+        return answer_choice(lang.model, visual, question, options, mode=mode,  # type: ignore[arg-type]
+                             prefix=lang.prefix(query, refs))
 
     def localize(
         self,

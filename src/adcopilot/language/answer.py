@@ -27,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -48,25 +49,46 @@ def label_question(region: str) -> str:
     return f"What type of defect is at the {region} of the image?"
 
 
+#: A store of prompt-prefix caches and the key of this pair in it (see :func:`prefill`).
+Prefix = tuple[dict[str, Any], str]
+
+
 @torch.inference_mode()
 def prefill(
-    model: NanoCopilot, turns: Sequence[dict[str, str]], visual: VisualInputs | None
+    model: NanoCopilot, turns: Sequence[dict[str, str]], visual: VisualInputs | None, prefix: Prefix | None = None
 ) -> tuple[torch.Tensor, Any]:
-    """Run the prompt (ending with the assistant header): (next-token log-probs (V,), cache)."""
-    enc = model.encode_turns(turns, visual, add_generation_prompt=True)
-    out = model.hidden_states(enc.embeds[None], use_cache=True)
+    """Run the prompt (ending with the assistant header): (next-token log-probs (V,), cache).
+
+    With ``prefix`` = (store, key), the part of the prompt up to the last image token (system
+    text and every image block: the same for every question about one pair) is computed once per
+    key and its cache reused; only the question is run again."""
+    n = visual.n_refs if visual is not None else 1
+    segs = model.segments(turns, n, add_generation_prompt=True)
+    images = [i for i, (kind, _) in enumerate(segs) if kind == "image"]
+    if prefix is None or not images:
+        enc = model.encode(segs, visual if model.cfg.use_images else None)
+        out = model.hidden_states(enc.embeds[None], use_cache=True)
+    else:
+        store, key = prefix
+        cut = images[-1] + 1
+        if key not in store:
+            head = model.encode(segs[:cut], visual)
+            store[key] = model.hidden_states(head.embeds[None], use_cache=True).cache
+        tail = model.encode(segs[cut:], None)
+        out = model.hidden_states(tail.embeds[None], cache=copy.deepcopy(store[key]), use_cache=True)
     logp = F.log_softmax(model.logits(out.last_hidden_state[0, -1]).float(), dim=-1)
     return logp, out.cache
 
 
 @torch.inference_mode()
 def score_continuations(
-    model: NanoCopilot, turns: Sequence[dict[str, str]], visual: VisualInputs | None, texts: Sequence[str]
+    model: NanoCopilot, turns: Sequence[dict[str, str]], visual: VisualInputs | None, texts: Sequence[str],
+    prefix: Prefix | None = None,
 ) -> list[float]:
     """Mean log-probability per token of each ``text`` + end-of-turn as the assistant's answer."""
     if not texts:
         raise AdcopilotError("nothing to score: no options")
-    first, cache = prefill(model, turns, visual)
+    first, cache = prefill(model, turns, visual, prefix)
     seqs = [model._ids(t) + [model.eot_id] for t in texts]
     n, longest = len(seqs), max(len(s) for s in seqs)
     scores = [float(first[s[0]]) for s in seqs]
@@ -104,6 +126,7 @@ def answer_choice(
     *,
     mode: ChoiceMode = "likelihood",
     history: Sequence[dict[str, str]] | None = None,
+    prefix: Prefix | None = None,
 ) -> str:
     """The letter of the chosen option (see the module docstring for the two modes)."""
     if not options:
@@ -111,12 +134,12 @@ def answer_choice(
     turns = [*(history or []), {"role": "user", "content": mcq_question(question, options)}]
     letters = list(options)
     if mode == "letter":
-        logp, _ = prefill(model, turns, visual)
+        logp, _ = prefill(model, turns, visual, prefix)
         ids = _letter_ids(model, letters)
         return letters[int(torch.stack([logp[i] for i in ids]).argmax())]
     if mode != "likelihood":
         raise AdcopilotError(f"unknown answer mode {mode!r}; use 'likelihood' or 'letter'")
-    scores = score_continuations(model, turns, visual, [mcq_answer(k, options) for k in letters])
+    scores = score_continuations(model, turns, visual, [mcq_answer(k, options) for k in letters], prefix)
     return letters[max(range(len(letters)), key=lambda i: (scores[i], -i))]
 
 
@@ -127,11 +150,12 @@ def generate(
     turns: Sequence[dict[str, str]],
     max_new_tokens: int = 64,
     min_new_tokens: int = 0,
+    prefix: Prefix | None = None,
 ) -> str:
     """Greedy answer to the last user turn of ``turns`` (no stop before ``min_new_tokens``)."""
     if max_new_tokens < 1:
         raise AdcopilotError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    logp, cache = prefill(model, turns, visual)
+    logp, cache = prefill(model, turns, visual, prefix)
     stop = {model.eot_id, int(model.tokenizer.eos_token_id)}
     out: list[int] = []
     emb_layer = model.llm.get_input_embeddings()
@@ -155,7 +179,7 @@ def generate(
 @torch.inference_mode()
 def label_boxes(
     model: NanoCopilot, visual: VisualInputs | None, boxes: Sequence[Sequence[int]], size: tuple[int, int],
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None, prefix: Prefix | None = None,
 ) -> list[str]:
     """A defect label for each box (query pixels, image ``size`` (w, h)), chosen by the language
     model among ``labels`` (default: the labels it was trained on)."""
@@ -165,7 +189,7 @@ def label_boxes(
     out = []
     for b in boxes:
         turns = [{"role": "user", "content": label_question(region_name(b, *size))}]
-        scores = score_continuations(model, turns, visual, [f"{c}." for c in cands])
+        scores = score_continuations(model, turns, visual, [f"{c}." for c in cands], prefix)
         out.append(cands[max(range(len(cands)), key=lambda i: (scores[i], -i))])
     return out
 
@@ -200,11 +224,12 @@ def boxes_from_reply(reply: str, size: tuple[int, int], frame: int) -> list[dict
 
 
 def text_boxes(
-    model: NanoCopilot, visual: VisualInputs | None, size: tuple[int, int], frame: int, max_new_tokens: int = 96
+    model: NanoCopilot, visual: VisualInputs | None, size: tuple[int, int], frame: int, max_new_tokens: int = 96,
+    prefix: Prefix | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The language model's own boxes: (raw reply, [{"bbox_2d", "label"}] in query pixels).
 
     The model answers in its ``frame`` x ``frame`` input frame (see :func:`boxes_from_reply`);
     an unparsable reply gives no boxes."""
-    reply = generate(model, visual, [{"role": "user", "content": TEXT_BOX_QUESTION}], max_new_tokens)
+    reply = generate(model, visual, [{"role": "user", "content": TEXT_BOX_QUESTION}], max_new_tokens, prefix=prefix)
     return reply, boxes_from_reply(reply, size, frame)

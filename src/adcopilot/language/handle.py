@@ -55,6 +55,7 @@ class NanoLanguage:
         self._encoder = encoder
         self._registration = registration
         self._visual: OrderedDict[str, VisualInputs] = OrderedDict()
+        self._prefixes: dict[str, Any] = {}  # pair key -> cache of the prompt up to the image tokens
         self._lock = threading.Lock()
 
     @property
@@ -90,8 +91,14 @@ class NanoLanguage:
         if key is not None:
             self._visual[key] = v
             while len(self._visual) > 8:
-                self._visual.popitem(last=False)
+                old, _ = self._visual.popitem(last=False)
+                self._prefixes.pop(old, None)
         return v
+
+    def prefix(self, query: ImageInput, references: Sequence[ImageInput]) -> tuple[dict[str, Any], str] | None:
+        """(store, key) for reusing the prompt prefix of this pair across questions (None: no reuse)."""
+        key = _pair_key(query, references, self.encoder.size)
+        return None if key is None or not self.model.cfg.use_images else (self._prefixes, key)
 
 
 # --------------------------------------------------------------------------- Copilot methods
@@ -123,14 +130,16 @@ def localize(
         from adcopilot.api import _source_name
 
         size = load_image(query, name=_source_name(query, "query")).size
-        _, boxes = A.text_boxes(lang.model, lang.visual(query, refs), size, lang.encoder.size)
+        _, boxes = A.text_boxes(lang.model, lang.visual(query, refs), size, lang.encoder.size,
+                                prefix=lang.prefix(query, refs))
         return boxes
     if mode != "head":
         raise AdcopilotError(f"unknown box mode {mode!r}; use 'head' or 'text'")
     r = result if result is not None else copilot.inspect(query, refs)
     if not r.boxes:
         return []
-    labels = A.label_boxes(lang.model, lang.visual(query, refs), [b.bbox_2d for b in r.boxes], r.image_size)
+    labels = A.label_boxes(lang.model, lang.visual(query, refs), [b.bbox_2d for b in r.boxes], r.image_size,
+                           prefix=lang.prefix(query, refs))
     for b, label in zip(r.boxes, labels, strict=True):
         b.label = label
     return [b.to_dict() for b in r.boxes]
@@ -155,4 +164,4 @@ def ask(
     if is_box_request(q):
         return json.dumps(localize(copilot, lang, query, refs, result=result))
     turns = [*(history or []), {"role": "user", "content": q}]
-    return A.generate(lang.model, lang.visual(query, refs), turns, max_new_tokens)
+    return A.generate(lang.model, lang.visual(query, refs), turns, max_new_tokens, prefix=lang.prefix(query, refs))

@@ -76,3 +76,16 @@ def test_boxes_from_reply_rescales_to_the_query():
     assert boxes == [{"bbox_2d": [128, 32, 256, 96], "label": "Crack"}, {"bbox_2d": [400, 200, 512, 256], "label": "Hole"}]
     assert A.boxes_from_reply("I cannot tell.", (100, 100), 256) == []
     assert A.boxes_from_reply("[]", (100, 100), 256) == []
+
+
+@torch.no_grad()
+def test_reused_prefix_gives_the_same_answers(model, visual):
+    turns = [{"role": "user", "content": mcq_question(QUESTION, OPTIONS)}]
+    store: dict = {}
+    plain = A.score_continuations(model, turns, visual, ["A. Yes.", "B. No."])
+    for _ in range(2):  # the second time the stored prefix is used
+        reused = A.score_continuations(model, turns, visual, ["A. Yes.", "B. No."], prefix=(store, "pair"))
+        assert reused == pytest.approx(plain, abs=1e-4)
+    assert list(store) == ["pair"]
+    other = [{"role": "user", "content": "Describe the defect."}]
+    assert A.generate(model, visual, other, 6, prefix=(store, "pair")) == A.generate(model, visual, other, 6)
