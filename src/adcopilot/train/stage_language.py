@@ -205,7 +205,9 @@ class LanguageTask:
         self.init = Path(cfg.init_from)
         if not (self.init / "model.safetensors").exists():
             raise AdcopilotError(f"{self.init}: not a checkpoint folder (model.safetensors missing)")
-        if cfg.stage == 3 and not (self.init / "language" / "config.json").exists():
+        # The text-only ablation has no projectors to align: it may start from a stage-1 checkpoint.
+        self.text_only = cfg.model.get("use_images") is False
+        if cfg.stage == 3 and not self.text_only and not (self.init / "language" / "config.json").exists():
             raise AdcopilotError(f"{self.init}: no language/ folder; stage 3 starts from a stage-2 export")
         if data is None:
             opts = {k: v for k, v in cfg.data.items() if k not in ("dir", "threads")}
@@ -229,6 +231,11 @@ class LanguageTask:
                 self.llm, self.tokenizer = load_llm(overrides.get("llm", NanoCopilotConfig.llm))
             cfg = NanoCopilotConfig.from_dict({**overrides, "lora": False})
             model = NanoCopilot.build(cfg, self.llm, self.tokenizer)
+        elif not (self.init / "language" / "config.json").exists():  # text-only ablation from stage 1
+            if self.llm is None:
+                self.llm, self.tokenizer = load_llm(overrides.get("llm", NanoCopilotConfig.llm))
+            model = NanoCopilot.build(NanoCopilotConfig.from_dict({**overrides, "lora": False}), self.llm, self.tokenizer)
+            model.enable_lora()
         else:
             model = NanoCopilot.load(self.init / "language", self.llm, self.tokenizer)
             for k in ("use_images", "use_compare", "lora_r", "lora_alpha", "lora_targets", "system"):

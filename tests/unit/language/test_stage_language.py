@@ -138,3 +138,18 @@ def test_merge_card_replaces_its_own_section():
     text = merge_card("# stage 1 card\n", "stage 2", "## Language 2\nold")
     text = merge_card(text, "stage 2", "## Language 2\nnew")
     assert text.startswith("# stage 1 card") and "new" in text and "old" not in text
+
+
+def test_text_only_ablation_starts_from_stage1(setup):
+    from adcopilot.api import Copilot
+
+    root, cmp_dir, llm_dir, data = setup
+    cfg = _cfg(root, 3, cmp_dir, llm_dir, steps=1, run_dir=str(root / "run-text"))
+    cfg.model["use_images"] = False
+    final = train(LanguageTask(cfg, data=data, progress=False), cfg)
+    cp = Copilot.load(final)
+    s = next(x for x in data.samples("test") if x["task"] == "mcq")
+    image = data.path(s["image"])
+    assert cp.language.visual(image, [data.path(r) for r in s["references"]]) is None  # no image tokens
+    assert cp.answer_choice(image, [data.path(r) for r in s["references"]], "Is there any defect?",
+                            {"A": "Yes.", "B": "No."}) in "AB"
