@@ -50,32 +50,17 @@ def _root(
     )
 
 
+#: Every command module under adcopilot.commands, in the order of the help listing.
+COMMANDS = (
+    "inspect", "chat", "demo", "batch", "calibrate", "serve", "adapt", "curate", "train", "eval", "models",
+)
+
+
 def _register_commands() -> None:
-    from adcopilot.commands import demo_cmd, inspect_cmd, models_cmd
+    import importlib
 
-    models_cmd.register(app)
-    inspect_cmd.register(app)
-    demo_cmd.register(app)
-    from adcopilot.commands import train_cmd
-
-    train_cmd.register(app)
-    from adcopilot.commands import adapt_cmd
-
-    adapt_cmd.register(app)
-    from adcopilot.commands import curate_cmd
-
-    curate_cmd.register(app)
-    from adcopilot.commands import batch_cmd, calibrate_cmd, serve_cmd
-
-    batch_cmd.register(app)
-    calibrate_cmd.register(app)
-    serve_cmd.register(app)
-    from adcopilot.commands import eval_cmd
-
-    eval_cmd.register(app)
-    from adcopilot.commands import chat_cmd
-
-    chat_cmd.register(app)
+    for name in COMMANDS:
+        importlib.import_module(f"adcopilot.commands.{name}_cmd").register(app)
 
 
 _register_commands()

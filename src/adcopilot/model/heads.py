@@ -6,10 +6,11 @@ training-free nearest-reference-patch distance (the baseline's signal) as one ex
 it learns to *refine* a comparison that already transfers to unseen products (suppressing normal
 variation such as crystal grain, sharpening true differences) instead of learning it from scratch.
 
-Image score pooling (documented for users): ``image_logit = topk_mean(pixel_logits, 1%) +
-cls(mean(comparison query states))``, the first term as in multiple-instance learning (a defect
-anywhere makes the image anomalous), the second a global judgement from the comparison tokens;
-the score is ``sigmoid(image_logit)``, the decision threshold 0.5 unless calibrated.
+Image score pooling (documented for users): ``image_logit = topk_mean(pixel_logits, 1%)``, as in
+multiple-instance learning (a defect anywhere makes the image anomalous); optionally
+(``global_score``) plus ``cls(mean(comparison query states))``, a global judgement from the
+comparison tokens, off in the shipped model because it did not transfer to unseen real data.
+The score is ``sigmoid(image_logit)``, the decision threshold 0.5 unless calibrated.
 """
 
 from __future__ import annotations

