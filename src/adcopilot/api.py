@@ -226,6 +226,11 @@ class Copilot:
 
         return isinstance(self.language, NanoLanguage)
 
+    def preload_language(self) -> None:
+        """Start loading the language model in the background, if there is one (a question is coming)."""
+        if hasattr(self.language, "preload"):
+            self.language.preload()
+
     def _nano_language(self) -> Any:
         from adcopilot.language.handle import NanoLanguage
 

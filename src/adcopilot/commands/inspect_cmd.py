@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         from adcopilot.visualize import save_annotated
 
         cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        if ask:
+            cp.preload_language()  # loads while the pair is inspected
         result = cp.inspect(query, ref)
         if ask:
             result.answer = cp.ask(query, ref, ask, result=result)

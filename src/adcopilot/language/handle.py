@@ -71,6 +71,17 @@ class NanoLanguage:
                 log.info("language model loaded from %s in %.1f s", self.folder, time.perf_counter() - t0)
             return self._model
 
+    def preload(self) -> None:
+        """Start loading the language model in a background thread (overlaps with inspection)."""
+        if self._model is None and self.folder is not None:
+            threading.Thread(target=self._preload, daemon=True, name="adcopilot-llm-load").start()
+
+    def _preload(self) -> None:
+        try:
+            self.model  # noqa: B018 - loads it
+        except Exception as exc:  # reported again, with its message, when the model is used
+            log.debug("background load of the language model failed: %s", exc)
+
     @property
     def encoder(self) -> VisualEncoder:
         if self._encoder is None:
