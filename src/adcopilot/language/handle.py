@@ -87,7 +87,15 @@ class NanoLanguage:
         if self._encoder is None:
             if self._detector is None:
                 raise ValueError("no detector to encode images with")
-            self._encoder = VisualEncoder(self._detector, registration=self._registration)
+            detector = self._detector
+            # The comparison model the language model was trained with, when the checkpoint
+            # keeps its own copy (the detector may since have been retrained or adapted).
+            own = self.folder / "comparison" if self.folder is not None else None
+            if own is not None and (own / "config.json").exists():
+                from adcopilot.model.nano import NanoComparisonModel, NanoDetector
+
+                detector = NanoDetector(NanoComparisonModel.load(own), getattr(detector, "tower", None))
+            self._encoder = VisualEncoder(detector, registration=self._registration)
         return self._encoder
 
     def visual(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs | None:

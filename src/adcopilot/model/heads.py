@@ -10,7 +10,9 @@ Image score pooling (documented for users): ``image_logit = topk_mean(pixel_logi
 multiple-instance learning (a defect anywhere makes the image anomalous); optionally
 (``global_score``) plus ``cls(mean(comparison query states))``, a global judgement from the
 comparison tokens, off in the shipped model because it did not transfer to unseen real data.
-The score is ``sigmoid(image_logit)``, the decision threshold 0.5 unless calibrated.
+That logit is what training optimises; at inference the reported score is the mean of the top
+1% of the smoothed, full-resolution pixel probability map (``nano.pooled_score``), which
+transferred better to unseen real data; the decision threshold is 0.5 unless calibrated.
 """
 
 from __future__ import annotations
