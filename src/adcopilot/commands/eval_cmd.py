@@ -22,6 +22,17 @@ def _bench(benchmark: str, image_root: Path | None) -> Any:
     return load_mmad(benchmark, image_root)
 
 
+def _leak_check(bench: Any, items: list, train_sets: list[Path] | None, strict: bool) -> None:
+    """Warn loudly (refuse with --strict) when a query image was in a curated training set."""
+    if not train_sets:
+        return
+    from adcopilot.data.leak import check_leaks
+
+    leaks = check_leaks([bench.resolve(i.image_path) for i in items], train_sets, strict=strict)
+    if leaks:
+        typer.echo(f"WARNING: {len(leaks)} test image(s) were in a training set; see the log above", err=True)
+
+
 def _check(templates: str, k_shot: int) -> None:
     from adcopilot.errors import AdcopilotError
 
@@ -79,6 +90,9 @@ def register(app: typer.Typer) -> None:
         "dtype": typer.Option("auto", "--dtype", help="transformers: auto, float32, bfloat16, float16."),
         "concurrency": typer.Option(4, "--concurrency", help="openai: requests in flight."),
         "quiet": typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        "train_set": typer.Option(None, "--train-set", help="A curated training set (adcopilot curate output); "
+                                  "warn when a test image was in it (repeatable)."),
+        "strict_leaks": typer.Option(False, "--strict", help="Refuse to evaluate when a test image was in a --train-set."),
     }
 
     def opts(**kw: Any) -> dict[str, Any]:
@@ -102,6 +116,8 @@ def register(app: typer.Typer) -> None:
         dtype: str = common["dtype"],
         concurrency: int = common["concurrency"],
         quiet: bool = common["quiet"],
+        train_set: list[Path] = common["train_set"],
+        strict_leaks: bool = common["strict_leaks"],
     ) -> None:
         """Answer MMAD's multiple-choice questions and print the dataset x sub-task table."""
         from adcopilot.errors import AdcopilotError
@@ -113,6 +129,7 @@ def register(app: typer.Typer) -> None:
         _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, tasks, limit)
+        _leak_check(bench, items, train_set, strict_leaks)
         be = _backend(backend, model, **opts(device=device, dtype=dtype, concurrency=concurrency))
         folder = _out(out, "mmad", backend, benchmark, k_shot, templates)
         records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
@@ -145,6 +162,8 @@ def register(app: typer.Typer) -> None:
             help="nano with a language model: head (the dense head's boxes, labelled) or text (the boxes it writes).",
         ),
         quiet: bool = common["quiet"],
+        train_set: list[Path] = common["train_set"],
+        strict_leaks: bool = common["strict_leaks"],
     ) -> None:
         """Ask for defect boxes and report mIoU, accuracy at IoU 0.1/0.3/0.5 and false alarms."""
         from adcopilot.eval.bbox import format_bbox_summary, summarize_bbox
@@ -153,6 +172,7 @@ def register(app: typer.Typer) -> None:
         _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, None, limit)
+        _leak_check(bench, items, train_set, strict_leaks)
         if box_mode not in ("head", "text"):
             from adcopilot.errors import AdcopilotError
 
@@ -182,6 +202,8 @@ def register(app: typer.Typer) -> None:
         limit: int = common["limit"],
         out: Path = common["out"],
         quiet: bool = common["quiet"],
+        train_set: list[Path] = common["train_set"],
+        strict_leaks: bool = common["strict_leaks"],
     ) -> None:
         """Image AUROC, AP, F1-max, balanced accuracy; pixel AUROC and PRO where masks exist."""
         from adcopilot.eval.runner import run_detect
@@ -189,6 +211,7 @@ def register(app: typer.Typer) -> None:
         _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, None, limit)
+        _leak_check(bench, items, train_set, strict_leaks)
         be = _backend(backend, model)
         folder = _out(out, "detect", backend, benchmark, k_shot, templates)
         result = run_detect(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
