@@ -129,11 +129,21 @@ def write_normals(out: Path, cfg: ChatDataConfig, progress: bool = True) -> list
     return [f"normal:{out / sub}" for sub in ("procedural", "photos") if (out / sub).is_dir()]
 
 
-def _file_hash(path: Path) -> str:
+def comparison_hash(folder: Path) -> str:
+    """Identity of a comparison checkpoint: its weights and the settings that change its outputs."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(folder / "model.safetensors", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        cfg = {}
+    from adcopilot.model.nano import NanoConfig
+
+    # Resolved settings (defaults filled in), so a changed default is noticed too.
+    settings = {k: v for k, v in vars(NanoConfig.from_dict(cfg)).items() if k not in ("name", "extra")}
+    h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -164,7 +174,7 @@ class ChatData:
             raise AdcopilotError(f"{comparison}: no stage-1 comparison checkpoint there (model.safetensors missing)")
         manifest_path = root / "manifest.json"
         want = {"data": {k: v for k, v in asdict(cfg).items() if k != "extra"},
-                "comparison_hash": _file_hash(weights)}
+                "comparison_hash": comparison_hash(comparison)}
         if manifest_path.exists():
             have = json.loads(manifest_path.read_text())
             defaults = {k: v for k, v in asdict(ChatDataConfig()).items() if k != "extra"}

@@ -209,17 +209,21 @@ class LanguageTask:
         self.text_only = cfg.model.get("use_images") is False
         if cfg.stage == 3 and not self.text_only and not (self.init / "language" / "config.json").exists():
             raise AdcopilotError(f"{self.init}: no language/ folder; stage 3 starts from a stage-2 export")
+        # The comparison model whose outputs the language model learns from: a stage-2 export keeps
+        # its own copy in language/comparison/ (the root's detector may be retrained later).
+        own = self.init / "language" / "comparison"
+        self.comparison = own if (own / "model.safetensors").exists() else self.init
         if data is None:
             opts = {k: v for k, v in cfg.data.items() if k not in ("dir", "threads")}
             root = Path(cfg.data.get("dir", Path(cfg.run_dir).parent / "chatdata"))
-            data = ChatData.prepare(root, self.init, ChatDataConfig.from_dict(opts), progress=progress)
+            data = ChatData.prepare(root, self.comparison, ChatDataConfig.from_dict(opts), progress=progress)
         self.data = data
         self.llm, self.tokenizer = llm, tokenizer
         self.mixture = Mixture(data, cfg.stage, frame=self._frame())
         self._eval: list[dict] | None = None
 
     def _frame(self) -> int:
-        return int(json.loads((self.init / "config.json").read_text()).get("image_size", 256))
+        return int(json.loads((self.comparison / "config.json").read_text()).get("image_size", 256))
 
     # ---------------------------------------------------------------- model
     def build(self) -> nn.Module:
@@ -312,7 +316,8 @@ class LanguageTask:
 
     # ---------------------------------------------------------------- export
     def export(self, model: nn.Module, folder: Path, metrics: dict[str, Any]) -> None:
-        """A complete checkpoint: the stage-1 comparison model (copied) + ``language/``."""
+        """A complete checkpoint: the detector of ``init_from`` (copied) + ``language/``, which keeps
+        in ``language/comparison/`` the comparison model its visual inputs came from."""
         from adcopilot.train.language_card import language_card
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -320,6 +325,9 @@ class LanguageTask:
             shutil.copyfile(self.init / name, folder / name)
         model.cfg.training = {"stage": self.cfg.stage, "seed": self.cfg.seed, **metrics}  # type: ignore[union-attr]
         model.save(folder / "language")  # type: ignore[operator]
+        (folder / "language" / "comparison").mkdir(exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(self.comparison / name, folder / "language" / "comparison" / name)
         card = language_card(self.cfg, metrics, self.init, model.cfg)  # type: ignore[arg-type]
         previous = (self.init / "MODEL_CARD.md").read_text() if (self.init / "MODEL_CARD.md").exists() else ""
         (folder / "MODEL_CARD.md").write_text(merge_card(previous, f"stage {self.cfg.stage}", card))

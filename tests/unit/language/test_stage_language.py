@@ -110,6 +110,9 @@ def test_stage2_then_stage3_export_and_resume(setup, tok):
     final3 = train(LanguageTask(cfg3, data=data, progress=False), cfg3)
     lang3 = NanoCopilot.read_config(final3 / "language")
     assert lang3.lora and lang3.training["stage"] == 3
+    # The language model keeps the comparison model its training inputs came from.
+    kept = final3 / "language" / "comparison"
+    assert (kept / "model.safetensors").read_bytes() == (cmp_dir / "model.safetensors").read_bytes()
     assert set(lang3.training["eval"]) >= {"Anomaly Detection", "mean"}
     card = (final3 / "MODEL_CARD.md").read_text()
     assert "stage 2" in card and "stage 3" in card and "No ELPV" in card
