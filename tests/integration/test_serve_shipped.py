@@ -37,7 +37,15 @@ def pair() -> dict[str, bytes]:
 def client(tmp_path_factory) -> TestClient:
     import os
 
-    os.environ["ADCOPILOT_HOME"] = str(tmp_path_factory.mktemp("home"))  # no stored calibration
+    from adcopilot import assets
+
+    # A home without stored calibrations, but with the fetched assets and converted models.
+    real = assets.home()
+    home = tmp_path_factory.mktemp("home")
+    for sub in ("assets", "models", "wheels"):
+        if (real / sub).exists():
+            (home / sub).symlink_to(real / sub)
+    os.environ["ADCOPILOT_HOME"] = str(home)
     return TestClient(create_app(Copilot.load()))
 
 
@@ -63,4 +71,4 @@ def test_ask_is_answered_or_refused_clearly(client, pair):
     if getattr(cp, "language", None) is None:
         assert r.status_code == 501 and "language model" in r.json()["detail"]
     else:
-        assert r.status_code == 200 and r.json()["answer"].strip()
+        assert r.status_code == 200 and r.json()["answer"].strip(), r.text
