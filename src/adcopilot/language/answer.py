@@ -3,13 +3,14 @@
 Multiple choice (``answer_choice``), two modes:
 
 - ``"likelihood"`` (default): the prompt (images, question with its lettered options) is run once
-  and its key/value cache reused for every option; option ``X`` is scored by the log-likelihood
-  of the trained answer ``"X. <option text>"`` followed by the end-of-turn token, **divided by its
-  number of tokens** (the mean log-probability per token; without it long options lose by
-  length alone, and the end-of-turn token stops a prefix such as "Top" from beating "Top left").
-  The highest score wins; ties go to the earlier letter.
-- ``"letter"``: the letter the model generates first, restricted to the options' letters (one
-  forward pass: the arg-max of the next-token logits over the letter tokens).
+  and its key/value cache reused for every option; each option is scored by the log-likelihood
+  of its text as the answer (the trained answer format, e.g. ``"Top left."``) followed by the
+  end-of-turn token, **divided by its number of tokens** (the mean log-probability per token;
+  without it long options lose by length alone, and the end-of-turn token stops a prefix such
+  as "Top" from beating "Top left"). The highest score wins; ties go to the earlier letter.
+- ``"letter"``: the model generates its answer greedily and the letter is read from it: a
+  leading letter if it writes one, else the option whose text it wrote (exact after
+  normalising, else the most similar, :func:`match_option`).
 
 Free answers (``generate``): greedy decoding with the cache, stopped at the end-of-turn token or
 ``max_new_tokens``.
@@ -107,14 +108,33 @@ def score_continuations(
     return [sc / len(s) for sc, s in zip(scores, seqs, strict=True)]
 
 
-def _letter_ids(model: NanoCopilot, letters: Sequence[str]) -> list[int]:
-    ids = []
-    for k in letters:
-        toks = model._ids(k)
-        if len(toks) != 1:
-            raise AdcopilotError(f"option key {k!r} is not a single token; use letters A-E")
-        ids.append(toks[0])
-    return ids
+def match_option(reply: str, options: dict[str, str]) -> str:
+    """The option a free reply names: a leading letter ("B", "B."), else the option whose text it
+    is (normalised), else the option sharing the most words with it (then the most similar text)."""
+    import difflib
+    import re
+
+    text = reply.strip()
+    m = re.match(r"^\(?([A-Z])(?:[.):]|$)", text)  # "B", "B.", "(B)"; not the article in "A round hole"
+    if m and m.group(1) in options:
+        return m.group(1)
+
+    def norm(t: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9]+", t.lower()))
+
+    r = norm(text)
+    for k, v in options.items():
+        if norm(v) == r:
+            return k
+    words = set(r.split())
+
+    def similarity(k: str) -> tuple[float, float, int]:
+        o = norm(options[k])
+        ow = set(o.split())
+        jaccard = len(ow & words) / max(1, len(ow | words))  # shared words first, then characters
+        return jaccard, difflib.SequenceMatcher(None, o, r).ratio(), -list(options).index(k)
+
+    return max(options, key=similarity)
 
 
 @torch.inference_mode()
@@ -134,9 +154,8 @@ def answer_choice(
     turns = [*(history or []), {"role": "user", "content": mcq_question(question, options)}]
     letters = list(options)
     if mode == "letter":
-        logp, _ = prefill(model, turns, visual, prefix)
-        ids = _letter_ids(model, letters)
-        return letters[int(torch.stack([logp[i] for i in ids]).argmax())]
+        longest = max(len(model._ids(v)) for v in options.values())
+        return match_option(generate(model, visual, turns, max_new_tokens=longest + 4, prefix=prefix), options)
     if mode != "likelihood":
         raise AdcopilotError(f"unknown answer mode {mode!r}; use 'likelihood' or 'letter'")
     scores = score_continuations(model, turns, visual, [mcq_answer(k, options) for k in letters], prefix)

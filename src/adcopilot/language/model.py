@@ -66,6 +66,8 @@ class NanoCopilotConfig:
     embed_rms: float = 0.0  # RMS of the language model's word embeddings (set when built)
     system: str = P.SYSTEM
     defect_labels: list[str] = field(default_factory=list)  # labels the model was trained to name
+    anchored: bool = True  # vocabulary-anchored map, verdict and defect-type tokens (see Projectors)
+    type_loss: float = 1.0  # weight of the defect-type classifier's auxiliary loss
     training: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -78,11 +80,26 @@ def _mlp(cin: int, hidden: int) -> nn.Sequential:
 
 
 class Projectors(nn.Module):
-    """Visual inputs -> LLM-width token blocks (the ``projector`` module group)."""
+    """Visual inputs -> LLM-width token blocks (the ``projector`` module group).
+
+    Vocabulary anchors (``anchored``) make the comparison evidence legible to the frozen language
+    model from the first step, instead of leaving it to be discovered by a few hundred LoRA steps:
+
+    - anomaly-map token i = learned projection of cell i + gain * peak_i * E("<cell i's region>")
+      (E: the mean word embedding of a phrase, e.g. " top left"): a hot cell reads like its name;
+    - verdict token = (1 - s) E(" normal") + s E(" defective"), s = sigmoid((score - c) * k) of
+      the detector's image score (c, k learned);
+    - defect-type token = sum_k softmax(type_head(hottest cell))_k E(" <label k>") over the defect
+      labels of the training data; ``type_head`` also gets an auxiliary classification loss.
+
+    The anchors are buffers computed from the language model's embeddings when the model is built
+    and saved with the projectors.
+    """
 
     def __init__(self, cfg: NanoCopilotConfig) -> None:
         super().__init__()
         h, cells = cfg.hidden, cfg.grid * cfg.grid
+        self.anchored = cfg.anchored
         self.glob = _mlp(GLOBAL, h)
         self.base = _mlp(FEATURES, h)
         self.base_pos = nn.Parameter(torch.randn(cells, h) * 0.02)
@@ -93,19 +110,66 @@ class Projectors(nn.Module):
         self.norm = nn.RMSNorm(h, eps=1e-6)
         if cfg.embed_rms > 0:
             nn.init.constant_(self.norm.weight, cfg.embed_rms)
+        if self.anchored:
+            k = max(1, len(cfg.defect_labels))
+            # The learned part of anchored tokens starts small: the anchor speaks first.
+            self.cell_norm = nn.RMSNorm(h, eps=1e-6)
+            nn.init.constant_(self.cell_norm.weight, 0.1 * (cfg.embed_rms or 1.0))
+            self.anchor_gain = nn.Parameter(torch.tensor(1.0))
+            self.verdict_center = nn.Parameter(torch.tensor(0.5))
+            self.verdict_scale = nn.Parameter(torch.tensor(10.0))
+            self.type_head = nn.Sequential(nn.LayerNorm(CELL_WIDTH - CELL_STATS), nn.Linear(CELL_WIDTH - CELL_STATS, k))
+            self.register_buffer("region_anchor", torch.zeros(cells, h))
+            self.register_buffer("verdict_anchor", torch.zeros(2, h))
+            self.register_buffer("label_anchor", torch.zeros(k, h))
+
+    @torch.no_grad()
+    def set_anchors(self, embed: Any, tokenizer: Any, labels: Sequence[str], grid: int) -> None:
+        """Fill the anchor buffers from the language model's word embeddings."""
+        if not self.anchored:
+            return
+        from adcopilot.geometry import GRID_NAMES
+
+        def word(text: str) -> torch.Tensor:
+            ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+            return embed(torch.tensor(ids, device=self.base_pos.device)).float().mean(0)
+
+        if grid == 3:
+            names = [n for row in GRID_NAMES for n in row]
+        else:  # a finer grid: name each cell by the 3 x 3 region holding its centre
+            names = [GRID_NAMES[min(2, int((r + 0.5) * 3 / grid))][min(2, int((c + 0.5) * 3 / grid))]
+                     for r in range(grid) for c in range(grid)]
+        self.region_anchor.copy_(torch.stack([word(n) for n in names]))
+        self.verdict_anchor.copy_(torch.stack([word("normal"), word("defective")]))
+        if labels:
+            self.label_anchor.copy_(torch.stack([word(lab.lower()) for lab in labels]))
 
     def forward(self, v: VisualInputs, with_compare: bool = True) -> dict[str, torch.Tensor]:
-        """{"ref<i>": (1 + G*G, H), "query": (1 + G*G, H), "compare": (L + G*G, H)}."""
+        """{"ref<i>": (1 + G*G, H), "query": (1 + G*G, H), "compare": (L + G*G [+ 2], H)} and, when
+        anchored, "type_logits": (K,)."""
         dev = self.base_pos.device
         base = self.base(v.base.to(dev)) + self.base_pos  # (n, G*G, H)
         glob = self.glob(v.glob.to(dev)).unsqueeze(1)  # (n, 1, H)
         images = self.norm(torch.cat([glob, base], dim=1))  # (n, 1 + G*G, H)
         out = {f"ref{i}": images[i] for i in range(images.shape[0] - 1)}
         out["query"] = images[-1]
-        if with_compare:
-            cells = v.cells.to(dev)
-            cell = self.cell_feats(cells[:, CELL_STATS:]) + self.cell_stats(cells[:, :CELL_STATS]) + self.cell_pos
-            out["compare"] = self.norm(torch.cat([self.compare(v.compare.to(dev)), cell], dim=0))  # (L + G*G, H)
+        if not with_compare:
+            return out
+        cells = v.cells.to(dev)
+        cell = self.cell_feats(cells[:, CELL_STATS:]) + self.cell_stats(cells[:, :CELL_STATS]) + self.cell_pos
+        compare = self.norm(self.compare(v.compare.to(dev)))  # (L, H)
+        if not self.anchored:
+            out["compare"] = torch.cat([compare, self.norm(cell)], dim=0)  # (L + G*G, H)
+            return out
+        peak = cells[:, :1]  # (G*G, 1): peak anomaly probability per cell
+        cell = self.cell_norm(cell) + self.anchor_gain * peak * self.region_anchor  # (G*G, H)
+        s = torch.sigmoid((torch.as_tensor(v.score, device=dev) - self.verdict_center) * self.verdict_scale)
+        verdict = (1 - s) * self.verdict_anchor[0] + s * self.verdict_anchor[1]  # (H,)
+        hottest = cells[int(peak[:, 0].argmax()), CELL_STATS:]  # (304,)
+        type_logits = self.type_head(hottest)  # (K,)
+        kind = type_logits.softmax(-1) @ self.label_anchor  # (H,)
+        out["compare"] = torch.cat([compare, cell, verdict[None], kind[None]], dim=0)  # (L + G*G + 2, H)
+        out["type_logits"] = type_logits
         return out
 
 
@@ -115,6 +179,7 @@ class Encoded:
 
     embeds: torch.Tensor  # (T, H)
     labels: torch.Tensor  # (T,)
+    type_logits: torch.Tensor | None = None  # (K,) of the defect-type head, when anchored
 
 
 class NanoCopilot(nn.Module):
@@ -140,7 +205,9 @@ class NanoCopilot(nn.Module):
             cfg.embed_rms = float(w.detach().float().pow(2).mean().sqrt())
         if cfg.hidden != llm.config.hidden_size:
             raise CheckpointError(f"config hidden {cfg.hidden} != language model width {llm.config.hidden_size}")
-        return cls(cfg, llm, tokenizer)
+        model = cls(cfg, llm, tokenizer)
+        model.projectors.set_anchors(llm.get_input_embeddings(), tokenizer, cfg.defect_labels, cfg.grid)
+        return model
 
     def enable_lora(self) -> None:
         """Wrap the language model with LoRA adapters (stage 3); the base stays frozen."""
@@ -204,7 +271,8 @@ class NanoCopilot(nn.Module):
             parts.append(emb_layer(t.to(self.device)))
             labels.append(lab)
             after_answer = kind == "answer"
-        return Encoded(torch.cat(parts, dim=0), torch.cat(labels, dim=0))
+        return Encoded(torch.cat(parts, dim=0), torch.cat(labels, dim=0),
+                       blocks.get("type_logits") if blocks is not None else None)
 
     def encode_turns(
         self, turns: Sequence[dict[str, str]], visual: VisualInputs | None, n_refs: int | None = None,
@@ -237,14 +305,21 @@ class NanoCopilot(nn.Module):
         return self.causal_lm.lm_head(hidden)
 
     # ---------------------------------------------------------------- training
-    def loss(
-        self, batch: Sequence[tuple[Sequence[dict[str, str]], VisualInputs | None]]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean next-token cross-entropy over the answer tokens of a batch of (turns, visual inputs).
+    def loss(self, batch: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean next-token cross-entropy over the answer tokens of a batch of (turns, visual inputs
+        [, defect label index or -1]), plus the defect-type head's auxiliary loss (anchored models).
 
         Conversations are run in micro-batches of similar length (sorted, padding under ~15%),
         which on a CPU costs the same as one padded batch without the padding's wasted work."""
-        items = sorted((self.encode_turns(turns, v) for turns, v in batch), key=lambda e: e.embeds.shape[0])
+        encoded = []
+        type_terms = []
+        for item in batch:
+            e = self.encode_turns(item[0], item[1])
+            encoded.append(e)
+            label = int(item[2]) if len(item) > 2 and item[2] is not None else -1
+            if label >= 0 and e.type_logits is not None:
+                type_terms.append(F.cross_entropy(e.type_logits[None].float(), torch.tensor([label], device=self.device)))
+        items = sorted(encoded, key=lambda e: e.embeds.shape[0])
         total = torch.zeros((), device=self.device)
         n_tok, n_hit = 0, 0
         for chunk in _length_chunks(items):
@@ -260,7 +335,13 @@ class NanoCopilot(nn.Module):
             n_hit += int((logits.argmax(-1) == target[sel]).sum())
         if n_tok == 0:
             raise CheckpointError("a training batch has no answer tokens")
-        return total / n_tok, {"token_acc": n_hit / n_tok, "tokens": float(n_tok)}
+        lm = total / n_tok
+        metrics = {"token_acc": n_hit / n_tok, "tokens": float(n_tok), "lm": float(lm.detach())}
+        if type_terms:
+            aux = torch.stack(type_terms).mean()
+            metrics["type"] = float(aux.detach())
+            return lm + self.cfg.type_loss * aux, metrics
+        return lm, metrics
 
     # ---------------------------------------------------------------- persistence
     def _saved(self, key: str) -> bool:

@@ -158,5 +158,9 @@ def mcq_question(question: str, options: dict[str, str]) -> str:
 
 
 def mcq_answer(letter: str, options: dict[str, str]) -> str:
-    """The trained answer to a multiple-choice question: the letter and the option ("B. Top left.")."""
-    return f"{letter}. {options[letter]}"
+    """The trained answer to a multiple-choice question: the chosen option's text ("Top left.").
+
+    The text rather than the letter: the option's own words carry the evidence (a small model
+    copies "Scratch" from what it saw more easily than it binds "C" to the third option), and
+    option likelihoods then compare the options' texts."""
+    return options[letter]

@@ -45,6 +45,7 @@ from adcopilot.api import _cache_key, _source_name
 from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.detector import to_batch
+from adcopilot.model.nano import pooled_score
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite0
 from adcopilot.registration import register, warp
@@ -64,7 +65,7 @@ class VisualInputs:
     glob: torch.Tensor  # (n_images, 1280)
     compare: torch.Tensor  # (L, 576)
     cells: torch.Tensor  # (G*G, CELL_WIDTH)
-    score: float = 0.0  # the detector's image probability
+    score: float = 0.0  # the detector's image score (its verdict compares it with the threshold)
 
     @property
     def n_refs(self) -> int:
@@ -189,10 +190,11 @@ class VisualEncoder:
         dist = upsample_centered(out["distance"], self.size // h)[0, 0].numpy()
         if self.smooth > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.smooth)
+        # The same image score as the detector's verdict (``NanoDetector.detect``).
+        score = pooled_score(prob, self.model.cfg.topk_frac)
         if aligned:  # back to the query's own frame, where regions are named
             prob = warp(prob, reg.inverse, border="constant")
             dist = warp(dist, reg.inverse, border="constant")
-        score = float(torch.sigmoid(out["image_logit"])[0])
         feats = torch.cat([rf, qf[None]])  # (k+1, 152, h, w)
         return VisualInputs(
             base=pool_grid(feats),  # (k+1, G*G, 152)

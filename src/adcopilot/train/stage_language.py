@@ -78,6 +78,7 @@ class Mixture:
         self.max_vqa_turns = max_vqa_turns
         self.max_pack = max_pack
         samples = data.samples(split)
+        self.label_index = {lab: i for i, lab in enumerate(data.defect_labels())}
         self.pools: dict[str, list[dict]] = defaultdict(list)
         self.mcq_by_image: dict[str, list[dict]] = defaultdict(list)
         for s in samples:
@@ -102,12 +103,13 @@ class Mixture:
         p = np.array([self.weights[f] for f in self.families])
         self.p = p / p.sum()
 
-    def draw(self, rng: np.random.Generator) -> tuple[list[dict[str, str]], VisualInputs]:
-        """One conversation and its visual inputs."""
+    def draw(self, rng: np.random.Generator) -> tuple[list[dict[str, str]], VisualInputs, int]:
+        """One conversation, its visual inputs and the index of its defect label (-1: none)."""
         fam = self.families[int(rng.choice(len(self.families), p=self.p))]
         pool = self.pools[fam]
         s = pool[int(rng.integers(len(pool)))]
-        return self.conversation(fam, s, rng), self.data.visual(s)
+        label = self.label_index.get(s["boxes"][0]["label"], -1) if s.get("defect") and s.get("boxes") else -1
+        return self.conversation(fam, s, rng), self.data.visual(s), label
 
     # ---------------------------------------------------------------- families
     def conversation(self, fam: str, s: dict, rng: np.random.Generator) -> list[dict[str, str]]:
@@ -233,12 +235,13 @@ class LanguageTask:
         if self.cfg.stage == 2:
             if self.llm is None:
                 self.llm, self.tokenizer = load_llm(overrides.get("llm", NanoCopilotConfig.llm))
-            cfg = NanoCopilotConfig.from_dict({**overrides, "lora": False})
+            cfg = NanoCopilotConfig.from_dict({**overrides, "lora": False, "defect_labels": self.data.defect_labels()})
             model = NanoCopilot.build(cfg, self.llm, self.tokenizer)
         elif not (self.init / "language" / "config.json").exists():  # text-only ablation from stage 1
             if self.llm is None:
                 self.llm, self.tokenizer = load_llm(overrides.get("llm", NanoCopilotConfig.llm))
-            model = NanoCopilot.build(NanoCopilotConfig.from_dict({**overrides, "lora": False}), self.llm, self.tokenizer)
+            cfg = NanoCopilotConfig.from_dict({**overrides, "lora": False, "defect_labels": self.data.defect_labels()})
+            model = NanoCopilot.build(cfg, self.llm, self.tokenizer)
             model.enable_lora()
         else:
             model = NanoCopilot.load(self.init / "language", self.llm, self.tokenizer)
@@ -246,7 +249,8 @@ class LanguageTask:
                 if k in overrides:
                     setattr(model.cfg, k, overrides[k])
             model.enable_lora()
-        model.cfg.defect_labels = self.data.defect_labels()
+        if model.cfg.defect_labels != self.data.defect_labels():
+            raise AdcopilotError(f"{self.init}: trained on other defect labels than the data in {self.data.root}")
         groups = {"projector": model.projectors.parameters()}
         for p in model.parameters():
             p.requires_grad_(False)

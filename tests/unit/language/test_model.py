@@ -15,7 +15,7 @@ CONV = [{"role": "user", "content": "Is there any defect?"}, {"role": "assistant
 
 def test_sequence_layout_and_labels(model, visual):
     enc = model.encode_turns(CONV, visual)
-    n_image = 2 * (1 + 9) + 4 + 9  # ref and query (global + 3x3 base), 4 comparison + 9 map tokens
+    n_image = 2 * (1 + 9) + 4 + 9 + 2  # ref and query (global + 3x3 base), 4 comparison, 9 map, verdict, type
     text_ids = sum(len(model._ids(v)) for k, v in model.segments(CONV, 1) if k != "image")
     assert enc.embeds.shape == (n_image + text_ids, 32)
     labelled = enc.labels[enc.labels != IGNORE].tolist()
@@ -27,7 +27,7 @@ def test_ablation_sequences_drop_their_tokens(model, visual):
     full = model.encode_turns(CONV, visual).embeds.shape[0]
     model.cfg.use_compare = False
     no_cmp = model.encode_turns(CONV, visual).embeds.shape[0]
-    assert no_cmp <= full - 13  # 13 comparison + map tokens and the line introducing them
+    assert no_cmp <= full - 15  # 15 comparison, map, verdict and type tokens and the line introducing them
     assert [v for k, v in model.segments(CONV, 1) if k == "image"] == ["ref0", "query"]
     model.cfg.use_images = False
     text_only = model.encode_turns(CONV, None)
@@ -52,6 +52,27 @@ def test_training_lowers_the_loss_and_reaches_the_projectors(model, visual):
     assert float(loss.detach()) < 0.5 * first
     assert metrics["tokens"] == len(model._ids("A. Yes.")) + len(model._ids("crack.")) + 2
     assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_anchored_tokens_read_like_words(model, visual):
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    cells = visual.cells.clone()
+    cells[:, 0] = 0.0
+    cells[2, 0] = 1.0  # only the top-right cell is hot
+    hot = dataclasses.replace(visual, cells=cells, score=0.95)
+    block = model.projectors(hot)["compare"]  # (4 + 9 + 2, H)
+    anchors = model.projectors.region_anchor
+    sims = F.cosine_similarity(block[4:13], anchors, dim=-1)
+    assert int(sims.argmax()) == 2 and float(sims[2]) > 0.8
+    verdict = block[13]
+    defect_like = F.cosine_similarity(verdict, model.projectors.verdict_anchor[1], dim=0)
+    normal_like = F.cosine_similarity(verdict, model.projectors.verdict_anchor[0], dim=0)
+    assert float(defect_like) > float(normal_like)
+    loss, metrics = model.loss([(CONV, hot, 1), (CONV, hot, -1)])
+    assert "type" in metrics and metrics["type"] > 0
 
 
 def test_state_dict_holds_only_trained_parts(model):

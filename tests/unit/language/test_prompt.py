@@ -62,5 +62,5 @@ def test_mcq_format():
     q = mcq_question("Is there any defect?", {"A": "Yes.", "B": "No."})
     assert q.splitlines() == ["Is there any defect?", "A. Yes.", "B. No.",
                               "Answer with the option's letter from the given choices directly."]
-    assert mcq_answer("B", {"A": "Yes.", "B": "No."}) == "B. No."
+    assert mcq_answer("B", {"A": "Yes.", "B": "No."}) == "No."
     assert strip_preamble("Image 1 is a normal reference and image 2 is the query to inspect. Why?") == "Why?"

@@ -78,8 +78,7 @@ def test_mixtures(setup):
         turns = m3.conversation(fam, s, rng)
         assert [t["role"] for t in turns][-1] == "assistant" and turns[0]["role"] == "user"
         if fam in ("ad_normal", "ad_defect", "mcq"):
-            letter = turns[1]["content"].split(".")[0]
-            assert turns[1]["content"] == f"{letter}. {s['options'][letter]}" or len(turns) > 2
+            assert turns[1]["content"] in s["options"].values()
             if fam == "ad_defect":
                 assert s["defect"] is not None
         if fam == "localization":
@@ -100,7 +99,7 @@ def test_stage2_then_stage3_export_and_resume(setup, tok):
     cfg2 = _cfg(root, 2, cmp_dir, llm_dir)
     task2 = LanguageTask(cfg2, data=data, progress=False)
     b1, b2 = next(task2.batches(3, 0)), next(task2.batches(3, 0))
-    assert b1[0] == 3 and [t for t, _ in b1[1]] == [t for t, _ in b2[1]]
+    assert b1[0] == 3 and [x[0] for x in b1[1]] == [x[0] for x in b2[1]]
     final2 = train(task2, cfg2)
     assert {p.name for p in final2.iterdir()} >= {"config.json", "model.safetensors", "language", "MODEL_CARD.md"}
     lang2 = NanoCopilot.read_config(final2 / "language")
