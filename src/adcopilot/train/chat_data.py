@@ -24,10 +24,12 @@ No ELPV, MVTec, VisA or MMAD image is used. Usage::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,22 @@ def write_normals(out: Path, cfg: ChatDataConfig, progress: bool = True) -> list
     return [f"normal:{out / sub}" for sub in ("procedural", "photos") if (out / sub).is_dir()]
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` for the duration of the block (POSIX; no-op elsewhere)."""
+    with open(path, "a") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def comparison_hash(folder: Path) -> str:
     """Identity of a comparison checkpoint: its weights and the settings that change its outputs."""
     h = hashlib.sha256()
@@ -163,12 +181,18 @@ class ChatData:
         progress: bool = True, workers: int = 1, detector: Any = None,
     ) -> ChatData:
         """Build (or finish building) the data in ``root`` for the comparison checkpoint ``comparison``."""
-        from adcopilot.data.curate import CurateConfig, curate
-
         cfg = cfg or ChatDataConfig()
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        comparison = Path(comparison)
+        with _locked(root / ".lock"):  # two trainings may start on one data folder
+            return cls._prepare(root, Path(comparison), cfg, progress, workers, detector)
+
+    @classmethod
+    def _prepare(
+        cls, root: Path, comparison: Path, cfg: ChatDataConfig, progress: bool, workers: int, detector: Any
+    ) -> ChatData:
+        from adcopilot.data.curate import CurateConfig, curate
+
         weights = comparison / "model.safetensors"
         if not weights.exists():
             raise AdcopilotError(f"{comparison}: no stage-1 comparison checkpoint there (model.safetensors missing)")

@@ -205,16 +205,19 @@ class LanguageTask:
             torch.set_num_threads(int(cfg.data["threads"]))
         self.stage = get_stage(cfg.stage)
         self.init = Path(cfg.init_from)
-        if not (self.init / "model.safetensors").exists():
-            raise AdcopilotError(f"{self.init}: not a checkpoint folder (model.safetensors missing)")
         # The text-only ablation has no projectors to align: it may start from a stage-1 checkpoint.
         self.text_only = cfg.model.get("use_images") is False
+        if not (self.init / "model.safetensors").exists():
+            raise AdcopilotError(f"{self.init}: not a checkpoint folder (model.safetensors missing)")
         if cfg.stage == 3 and not self.text_only and not (self.init / "language" / "config.json").exists():
             raise AdcopilotError(f"{self.init}: no language/ folder; stage 3 starts from a stage-2 export")
-        # The comparison model whose outputs the language model learns from: a stage-2 export keeps
-        # its own copy in language/comparison/ (the root's detector may be retrained later).
+        # The comparison model whose outputs the language model learns from. Stage 3 continues the
+        # language model of its init_from, so it keeps that model's comparison copy
+        # (language/comparison/; the root's detector may have been retrained since); a new language
+        # model (stage 2, the text-only ablation) learns from the checkpoint's own detector.
         own = self.init / "language" / "comparison"
-        self.comparison = own if (own / "model.safetensors").exists() else self.init
+        continues = cfg.stage == 3 and not self.text_only
+        self.comparison = own if continues and (own / "model.safetensors").exists() else self.init
         if data is None:
             opts = {k: v for k, v in cfg.data.items() if k not in ("dir", "threads")}
             root = Path(cfg.data.get("dir", Path(cfg.run_dir).parent / "chatdata"))

@@ -123,6 +123,10 @@ def test_stage2_then_stage3_export_and_resume(setup, tok):
     with pytest.raises(AdcopilotError, match="already exists"):
         train(LanguageTask(cfg3b, data=data, progress=False), cfg3b)
 
+    # A new language model learns from the checkpoint's detector; stage 3 keeps its model's copy.
+    assert LanguageTask(_cfg(root, 2, final3, llm_dir), data=data).comparison == final3
+    assert LanguageTask(_cfg(root, 3, final3, llm_dir), data=data).comparison == kept
+
     cp = Copilot.load(final3)
     assert cp.can_answer_choices
     assert cp.language.model.cfg.lora  # loaded on first use, from the tiny language model's folder
