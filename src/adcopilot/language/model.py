@@ -72,7 +72,10 @@ class NanoCopilotConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NanoCopilotConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if d.get("architecture") == ARCHITECTURE and "anchored" not in d:
+            known["anchored"] = False  # saved before anchored tokens existed
+        return cls(**known)
 
 
 def _mlp(cin: int, hidden: int) -> nn.Sequential:

@@ -240,7 +240,7 @@ class LanguageTask:
                 self.llm, self.tokenizer = load_llm(overrides.get("llm", NanoCopilotConfig.llm))
             cfg = NanoCopilotConfig.from_dict({**overrides, "lora": False, "defect_labels": self.data.defect_labels()})
             model = NanoCopilot.build(cfg, self.llm, self.tokenizer)
-        elif not (self.init / "language" / "config.json").exists():  # text-only ablation from stage 1
+        elif self.text_only:  # a new text-only language model (the ablation), from any checkpoint
             if self.llm is None:
                 self.llm, self.tokenizer = load_llm(overrides.get("llm", NanoCopilotConfig.llm))
             cfg = NanoCopilotConfig.from_dict({**overrides, "lora": False, "defect_labels": self.data.defect_labels()})
