@@ -120,3 +120,14 @@ def test_broken_checkpoints(model, tmp_path, llm, tok):
     (folder / "config.json").write_text(json.dumps({**cfg, "grid": 4}))
     with pytest.raises(CheckpointError, match="does not match"):
         NanoCopilot.load(folder, llm, tok)
+
+
+def test_checkpoints_from_before_anchored_tokens_still_load(llm, tok, tmp_path):
+    from adcopilot.language.model import NanoCopilotConfig
+
+    old = NanoCopilot.build(NanoCopilotConfig(hidden=32, compare_width=24, num_compare=4, anchored=False), llm, tok)
+    folder = old.save(tmp_path / "language")
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["anchored"], cfg["type_loss"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert not NanoCopilot.load(folder, llm, tok).cfg.anchored
