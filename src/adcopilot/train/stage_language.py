@@ -252,6 +252,8 @@ class LanguageTask:
                 if k in overrides:
                     setattr(model.cfg, k, overrides[k])
             model.enable_lora()
+        if getattr(model.projectors, "anchored", False) and model.cfg.use_images and model.cfg.use_compare:
+            fit_type_head(model.projectors, self.data, seed=self.cfg.seed)
         if model.cfg.defect_labels != self.data.defect_labels():
             raise AdcopilotError(f"{self.init}: trained on other defect labels than the data in {self.data.root}")
         groups = {"projector": model.projectors.parameters()}
@@ -338,6 +340,39 @@ class LanguageTask:
         card = language_card(self.cfg, metrics, self.init, model.cfg)  # type: ignore[arg-type]
         previous = (self.init / "MODEL_CARD.md").read_text() if (self.init / "MODEL_CARD.md").exists() else ""
         (folder / "MODEL_CARD.md").write_text(merge_card(previous, f"stage {self.cfg.stage}", card))
+
+
+def fit_type_head(projectors: nn.Module, data: Any, *, steps: int = 400, l2: float = 0.1, seed: int = 0) -> float:
+    """Fit the defect-type head on the precomputed features of every labelled training defect.
+
+    A regularised softmax regression on the hottest cell's features, seconds on a CPU; the
+    stages then fine-tune it with its auxiliary loss. Without this the head would learn from the
+    few labelled conversations of each training step only. Returns the final training loss."""
+    from adcopilot.language.visual import CELL_STATS
+
+    index = {lab: i for i, lab in enumerate(data.defect_labels())}
+    xs, ys = [], []
+    for s in data.samples("train"):
+        if s["task"] == "caption" and s.get("defect") and s.get("boxes"):  # one per image
+            cells = data.visual(s).cells
+            xs.append(cells[int(cells[:, 0].argmax()), CELL_STATS:])
+            ys.append(index[s["boxes"][0]["label"]])
+    if not xs:
+        return float("nan")
+    head = projectors.type_head
+    dev = next(head.parameters()).device
+    x, y = torch.stack(xs).to(dev), torch.tensor(ys, device=dev)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        logits = head(x)
+        loss = torch.nn.functional.cross_entropy(logits, y) + l2 * head[-1].weight.pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    acc = float((head(x).argmax(-1) == y).float().mean())
+    log.info("defect-type head fitted on %d labelled defects: loss %.3f, training accuracy %.3f", len(ys), float(loss), acc)
+    return float(loss)
 
 
 def merge_card(text: str, key: str, section: str) -> str:
