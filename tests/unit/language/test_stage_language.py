@@ -159,3 +159,26 @@ def test_text_only_ablation_starts_from_stage1(setup):
     assert cp.language.visual(image, [data.path(r) for r in s["references"]]) is None  # no image tokens
     assert cp.answer_choice(image, [data.path(r) for r in s["references"]], "Is there any defect?",
                             {"A": "Yes.", "B": "No."}) in "AB"
+
+
+def test_type_head_is_fitted_on_the_labelled_defects(setup):
+    from adcopilot.language.model import NanoCopilotConfig, Projectors
+    from adcopilot.language.visual import CELL_STATS
+    from adcopilot.train.stage_language import fit_type_head
+
+    _, _, _, data = setup
+    labels = data.defect_labels()
+    proj = Projectors(NanoCopilotConfig(hidden=32, compare_width=24, num_compare=4, defect_labels=labels))
+    index = {lab: i for i, lab in enumerate(labels)}
+    defects = [s for s in data.samples("train") if s["task"] == "caption" and s.get("defect") and s.get("boxes")]
+
+    def accuracy() -> float:
+        hits = 0
+        for s in defects:
+            cells = data.visual(s).cells
+            hits += int(proj.type_head(cells[int(cells[:, 0].argmax()), CELL_STATS:]).argmax()) == index[s["boxes"][0]["label"]]
+        return hits / len(defects)
+
+    before = accuracy()
+    loss = fit_type_head(proj, data, steps=100)
+    assert loss == loss and accuracy() == 1.0 > before  # a handful of defects: learned exactly
