@@ -370,9 +370,11 @@ def fit_type_head(projectors: nn.Module, data: Any, *, steps: int = 400, l2: flo
         opt.zero_grad()
         loss.backward()
         opt.step()
-    acc = float((head(x).argmax(-1) == y).float().mean())
-    log.info("defect-type head fitted on %d labelled defects: loss %.3f, training accuracy %.3f", len(ys), float(loss), acc)
-    return float(loss)
+    with torch.no_grad():
+        acc = float((head(x).argmax(-1) == y).float().mean())
+    final = float(loss.detach())
+    log.info("defect-type head fitted on %d labelled defects: loss %.3f, training accuracy %.3f", len(ys), final, acc)
+    return final
 
 
 def merge_card(text: str, key: str, section: str) -> str:
