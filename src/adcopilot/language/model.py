@@ -67,6 +67,8 @@ class NanoCopilotConfig:
     system: str = P.SYSTEM
     defect_labels: list[str] = field(default_factory=list)  # labels the model was trained to name
     anchored: bool = True  # vocabulary-anchored map, verdict and defect-type tokens (see Projectors)
+    evidence: bool = True  # a "Detector:" line stating the dense head's findings in words
+    evidence_threshold: float = 0.5  # image score at which the detector line says "defective"
     type_loss: float = 1.0  # weight of the defect-type classifier's auxiliary loss
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +77,8 @@ class NanoCopilotConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if d.get("architecture") == ARCHITECTURE and "anchored" not in d:
             known["anchored"] = False  # saved before anchored tokens existed
+        if d.get("architecture") == ARCHITECTURE and "evidence" not in d:
+            known["evidence"] = False  # saved before the detector line existed
         return cls(**known)
 
 
@@ -241,7 +245,38 @@ class NanoCopilot(nn.Module):
         return P.conversation_segments(
             self.tokenizer, turns, n_refs, with_images=self.cfg.use_images, with_compare=self.cfg.use_compare,
             add_generation_prompt=add_generation_prompt, system=self.cfg.system,
+            with_evidence=self.cfg.evidence and self.projectors.anchored,
         )
+
+    @torch.no_grad()
+    def evidence_text(self, v: VisualInputs) -> str:
+        """The dense head's findings in words, e.g. "Detector: defective (score 0.91); strongest
+        difference at the top left; it looks like a scratch." (the verdict at
+        ``evidence_threshold``; up to two grid cells whose peak is at least 0.8 of the highest; the
+        defect-type head's best label, said only for a defective verdict)."""
+        from adcopilot.geometry import GRID_NAMES
+
+        defective = v.score >= self.cfg.evidence_threshold
+        parts = [f"Detector: {'defective' if defective else 'normal'} (score {v.score:.2f})"]
+        peak = v.cells[:, 0]
+        g = self.cfg.grid
+        names = ([n for row in GRID_NAMES for n in row] if g == 3 else
+                 [GRID_NAMES[min(2, int((r + 0.5) * 3 / g))][min(2, int((c + 0.5) * 3 / g))]
+                  for r in range(g) for c in range(g)])
+        top = float(peak.max())
+        if top < 0.3:
+            parts.append("no localized difference")
+        else:
+            order = [int(i) for i in torch.argsort(peak, descending=True)]
+            cells = [names[order[0]]] + [names[i] for i in order[1:2] if float(peak[i]) >= 0.8 * top]
+            parts.append("strongest difference at the " + " and the ".join(dict.fromkeys(cells)))
+        if defective and self.cfg.defect_labels:
+            from adcopilot.language.visual import CELL_STATS
+
+            hottest = v.cells[int(peak.argmax()), CELL_STATS:].to(self.device)
+            label = self.cfg.defect_labels[int(self.projectors.type_head(hottest).argmax())]
+            parts.append(f"it looks like {'an' if label[:1].lower() in 'aeiou' else 'a'} {label.lower()}")
+        return "; ".join(parts) + "."
 
     def encode(self, segments: Sequence[P.Segment], visual: VisualInputs | None) -> Encoded:
         """Embeddings (T, H) and labels (T,) of a segmented conversation (loss on answers and the
@@ -256,6 +291,9 @@ class NanoCopilot(nn.Module):
         labels: list[torch.Tensor] = []
         after_answer = False
         for kind, value in segments:
+            if kind == "image" and value == "evidence":
+                assert visual is not None
+                kind, value = "text", self.evidence_text(visual)
             if kind == "image":
                 assert blocks is not None
                 if value not in blocks:

@@ -9,7 +9,8 @@ placeholders that :class:`adcopilot.language.model.NanoCopilot` replaces by embe
     <|im_start|>user
     The first image is a normal sample: [ref 0: 1 global + 9 base tokens]
     The second image is the query: [query: 1 global + 9 base tokens]
-    Their comparison: [16 comparison tokens][9 anomaly-map tokens]
+    Their comparison: [16 comparison tokens][9 anomaly-map tokens][verdict][defect type]
+    Detector: defective (score 0.91); strongest difference at the top left; it looks like a scratch.
     <question><|im_end|>
     <|im_start|>assistant
     <answer><|im_end|>
@@ -19,10 +20,12 @@ placeholders that :class:`adcopilot.language.model.NanoCopilot` replaces by embe
 With k references the first lines read "Images 1 to k are normal samples: [ref 0] [ref 1] ...",
 "Image k+1 is the query: [query]". The comparison tokens follow the query's base tokens,
 as in AD-Copilot (each image's comparison tokens next to that image; references, compared with
-themselves, carry none in the nano model). Images appear in the first user turn only; later turns
-are plain text. Ablations drop blocks: ``with_compare=False`` removes the comparison line (both
-the comparison and the anomaly-map tokens), ``with_images=False`` removes every image line (the
-text-only language model).
+themselves, carry none in the nano model). The "Detector:" line (``with_evidence``) states the
+dense head's findings in words (:meth:`NanoCopilot.evidence_text`): the verdict at the model's
+threshold, the grid cells where the anomaly map peaks and the defect-type head's best guess. Images appear in the first user turn only; later turns
+are plain text. Ablations drop blocks: ``with_compare=False`` removes the comparison line and the
+detector line (everything that comes from comparing the images), ``with_images=False`` removes
+every image line (the text-only language model).
 
 Usage::
 
@@ -45,7 +48,7 @@ _PREAMBLES = (
     "The first image shows a normal sample and the second image the query.",
     "Image 1 is a normal reference and image 2 is the query to inspect.",
 )
-_PLACEHOLDER = re.compile(r"<\|(ref\d+|query|compare|answer\d+)\|>")
+_PLACEHOLDER = re.compile(r"<\|(ref\d+|query|compare|evidence|answer\d+)\|>")
 
 SegmentKind = Literal["text", "image", "answer"]
 Segment = tuple[SegmentKind, str]
@@ -65,7 +68,9 @@ def strip_preamble(text: str) -> str:
     return t
 
 
-def image_block(n_refs: int, *, with_images: bool = True, with_compare: bool = True) -> str:
+def image_block(
+    n_refs: int, *, with_images: bool = True, with_compare: bool = True, with_evidence: bool = False
+) -> str:
     """The image lines of the first user turn, with placeholders (empty without images)."""
     if not with_images:
         return ""
@@ -80,6 +85,8 @@ def image_block(n_refs: int, *, with_images: bool = True, with_compare: bool = T
         cmp = "Their comparison: <|compare|>"
     if with_compare:
         lines.append(cmp)
+        if with_evidence:
+            lines.append("<|evidence|>")
     return "\n".join(lines) + "\n"
 
 
@@ -92,6 +99,7 @@ def render(
     with_compare: bool = True,
     add_generation_prompt: bool = False,
     system: str = SYSTEM,
+    with_evidence: bool = False,
 ) -> tuple[str, list[str]]:
     """The chat-template text with placeholders, and the assistant answers in order."""
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
@@ -102,7 +110,8 @@ def render(
         if role == "user":
             content = sanitize(strip_preamble(content) if first_user else content.strip())
             if first_user:
-                content = image_block(n_refs, with_images=with_images, with_compare=with_compare) + content
+                content = image_block(n_refs, with_images=with_images, with_compare=with_compare,
+                                      with_evidence=with_evidence) + content
                 first_user = False
             messages.append({"role": "user", "content": content})
         elif role == "assistant":
@@ -125,12 +134,13 @@ def conversation_segments(
     with_compare: bool = True,
     add_generation_prompt: bool = False,
     system: str = SYSTEM,
+    with_evidence: bool = False,
 ) -> list[Segment]:
     """Split the rendered conversation into text, image (``ref<i>``, ``query``, ``compare``) and
     answer segments, in sequence order."""
     text, answers = render(
         tokenizer, turns, n_refs, with_images=with_images, with_compare=with_compare,
-        add_generation_prompt=add_generation_prompt, system=system,
+        add_generation_prompt=add_generation_prompt, system=system, with_evidence=with_evidence,
     )
     out: list[Segment] = []
     pos = 0

@@ -253,7 +253,10 @@ class LanguageTask:
                     setattr(model.cfg, k, overrides[k])
             model.enable_lora()
         if getattr(model.projectors, "anchored", False) and model.cfg.use_images and model.cfg.use_compare:
+            if self.cfg.stage == 3:  # the detector line (a stage-2 export may predate it)
+                model.cfg.evidence = bool(overrides.get("evidence", True))
             fit_type_head(model.projectors, self.data, seed=self.cfg.seed)
+            model.cfg.evidence_threshold = fit_evidence_threshold(self.data)
         if model.cfg.defect_labels != self.data.defect_labels():
             raise AdcopilotError(f"{self.init}: trained on other defect labels than the data in {self.data.root}")
         groups = {"projector": model.projectors.parameters()}
@@ -340,6 +343,24 @@ class LanguageTask:
         card = language_card(self.cfg, metrics, self.init, model.cfg)  # type: ignore[arg-type]
         previous = (self.init / "MODEL_CARD.md").read_text() if (self.init / "MODEL_CARD.md").exists() else ""
         (folder / "MODEL_CARD.md").write_text(merge_card(previous, f"stage {self.cfg.stage}", card))
+
+
+def fit_evidence_threshold(data: Any) -> float:
+    """The image score that best separates normal from defective training queries (balanced
+    accuracy), used by the detector line of the prompt."""
+    scores, bad = [], []
+    for s in data.samples("train"):
+        if s["task"] == "caption":  # one per image
+            scores.append(data.visual(s).score)
+            bad.append(s.get("defect") is not None)
+    x, y = np.array(scores), np.array(bad)
+    if not y.any() or y.all():
+        return 0.5
+    cands = np.unique(x)
+    bal = [((x >= t)[y].mean() + (x < t)[~y].mean()) / 2 for t in cands]
+    t = float(cands[int(np.argmax(bal))])
+    log.info("detector line threshold %.3f (balanced accuracy %.3f on %d training images)", t, max(bal), len(x))
+    return t
 
 
 def fit_type_head(projectors: nn.Module, data: Any, *, steps: int = 400, l2: float = 0.1, seed: int = 0) -> float:

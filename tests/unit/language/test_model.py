@@ -16,7 +16,9 @@ CONV = [{"role": "user", "content": "Is there any defect?"}, {"role": "assistant
 def test_sequence_layout_and_labels(model, visual):
     enc = model.encode_turns(CONV, visual)
     n_image = 2 * (1 + 9) + 4 + 9 + 2  # ref and query (global + 3x3 base), 4 comparison, 9 map, verdict, type
-    text_ids = sum(len(model._ids(v)) for k, v in model.segments(CONV, 1) if k != "image")
+    segs = model.segments(CONV, 1)
+    assert ("image", "evidence") in segs  # the detector line follows the comparison tokens
+    text_ids = sum(len(model._ids(v)) for k, v in segs if k != "image") + len(model._ids(model.evidence_text(visual)))
     assert enc.embeds.shape == (n_image + text_ids, 32)
     labelled = enc.labels[enc.labels != IGNORE].tolist()
     # Loss on the answer and on the end-of-turn token after it, nowhere else.
@@ -71,6 +73,10 @@ def test_anchored_tokens_read_like_words(model, visual):
     defect_like = F.cosine_similarity(verdict, model.projectors.verdict_anchor[1], dim=0)
     normal_like = F.cosine_similarity(verdict, model.projectors.verdict_anchor[0], dim=0)
     assert float(defect_like) > float(normal_like)
+    model.cfg.evidence_threshold = 0.5
+    line = model.evidence_text(hot)
+    assert line.startswith("Detector: defective (score 0.95); strongest difference at the top right; it looks like a")
+    assert model.evidence_text(dataclasses.replace(hot, score=0.1)).startswith("Detector: normal (score 0.10)")
     loss, metrics = model.loss([(CONV, hot, 1), (CONV, hot, -1)])
     assert "type" in metrics and metrics["type"] > 0
 
