@@ -56,3 +56,25 @@ def test_licensed_photos():
         assert p.name in LICENCES and p.licence and p.source
         assert p.image.ndim == 3 and p.image.shape[2] == 3 and p.image.dtype == np.uint8
         assert "NC" not in p.licence and "ND" not in p.licence
+
+
+def test_sibling_pieces_share_layout_not_grain():
+    """Two pieces of a polycrystalline cell: busbars and fingers in place, crystal grain different."""
+    rng = np.random.default_rng(3)
+    p, grey = procedural._instance("solar", rng)
+    p.update(poly=True, corners=False, grain_contrast=0.4)
+    crops = procedural._views("solar", p, grey, 96, np.random.default_rng(1), 2)
+    pieces = procedural._views("solar", p, grey, 96, np.random.default_rng(1), 2, siblings=True)
+    def diff(views) -> float:
+        a, b = (v[0] if isinstance(v, tuple) else v for v in views)
+        return float(np.abs(a.astype(float) - b.astype(float)).mean())
+
+    assert diff(pieces) > 1.25 * diff(crops)
+    # The layout (busbar columns: the darkest/brightest columns on average) is the same piece to piece.
+    cols = [v[0].astype(float).mean(axis=(0, 2)) for v in pieces]
+    assert np.corrcoef(cols[0], cols[1])[0, 1] > 0.8
+    # Pairs: two views of one piece by default, two pieces at sibling_rate 1.
+    one = [diff(procedural.random_normal_pair(np.random.default_rng(s), 64, "stone")[:2]) for s in range(4)]
+    two = [diff(procedural.random_normal_pair(np.random.default_rng(s), 64, "stone", sibling_rate=1.0)[:2])
+           for s in range(4)]
+    assert np.mean(two) > np.mean(one)

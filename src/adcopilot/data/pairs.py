@@ -190,13 +190,15 @@ class PairSampler:
         p_photo: float = 0.25,
         p_multi: float = 0.2,
         p_grey: float = 0.25,
+        sibling_rate: float = 0.0,
     ) -> None:
         if int(size) < 8:
             raise AdcopilotError(f"size must be at least 8 pixels, got {size}")
         unknown = [s for s in sources if s not in SOURCES]
         if unknown or not sources:
             raise AdcopilotError(f"unknown pair source(s) {unknown or sources}; choose from {', '.join(SOURCES)}")
-        for name, p in (("p_normal", p_normal), ("p_general", p_general), ("p_photo", p_photo)):
+        for name, p in (("p_normal", p_normal), ("p_general", p_general), ("p_photo", p_photo),
+                        ("sibling_rate", sibling_rate)):
             if not 0.0 <= p <= 1.0:
                 raise AdcopilotError(f"{name} must be in [0, 1], got {p}")
         if p_normal + p_general > 1.0:
@@ -208,6 +210,8 @@ class PairSampler:
         self.p_photo = float(p_photo)
         self.p_multi = float(p_multi)
         self.p_grey = float(p_grey)
+        # Pairs of varying materials (procedural.VARYING) that show two different pieces.
+        self.sibling_rate = float(sibling_rate)
         self.rng = np.random.default_rng(seed)
         # Photos held out for evaluation never enter training.
         self._photos = (
@@ -252,7 +256,7 @@ class PairSampler:
                                             ("procedural" in self.sources and rng.random() < self.p_photo))
         if use_photo:
             return self._photo_views(rng)
-        return procedural.random_normal_pair(rng, self.size)
+        return procedural.random_normal_pair(rng, self.size, sibling_rate=self.sibling_rate)
 
     # -- sampling -------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ model without licence questions. Textures (wood, fabric, brushed metal, carpet, 
 leather, granular, stone, solar cell, PCB) fill the frame and have no object mask; objects
 (screw, nut, washer, bottle, pill, capsule, cable, gear, transistor) lie on a background and come
 with their (H, W) bool mask. A *pair* is two normal views of the same instance: the same part
-re-rendered with a small pose change, or two shifted crops of one texture.
+re-rendered with a small pose change, or two shifted crops of one texture, or (for materials whose
+structure varies from piece to piece, ``VARYING``) sometimes two different pieces of one material.
 
 Usage::
 
@@ -794,6 +795,11 @@ CATEGORIES: tuple[str, ...] = tuple(TEXTURES) + tuple(OBJECTS)
 #: Textures whose layout is fixed: their two views are nearly aligned crops.
 ALIGNED = frozenset({"pcb", "label", "solar", "zipper", "perforated", "tiles", "mesh", "fabric"})
 
+#: Materials whose fine structure differs from piece to piece (crystal grain, wood grain, stone,
+#: leather, pile): two pieces share the kind's parameters but not the random structure.
+VARYING = frozenset({"solar", "wood", "carpet", "leather", "granular", "stone", "metal"})
+
+
 #: Textures are rendered this much larger than the output and cropped (two crops = two views).
 _MARGIN = 1.15
 
@@ -812,18 +818,21 @@ def _instance(category: str, rng: np.random.Generator) -> tuple[Params, bool]:
 
 
 def _views(category: str, p: Params, grey: bool, size: int, rng: np.random.Generator, n: int,
-           max_shift: float = 0.05) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """``n`` views of one instance: crops of one texture canvas, or re-renders with a pose change."""
+           max_shift: float = 0.05, siblings: bool = False) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``n`` views of one instance: crops of one texture canvas, or re-renders with a pose change.
+    With ``siblings`` a texture is rendered afresh for every view (same parameters, new random
+    structure: two pieces of one material)."""
     if category in TEXTURES:
         big = int(round(size * _MARGIN))
         canvas = TEXTURES[category][1](p, big, rng)
+        canvases = [canvas] + [TEXTURES[category][1](p, big, rng) if siblings else canvas for _ in range(n - 1)]
         out = []
         slack = big - size
         # Laid-out products (a PCB, a label, a cell) are photographed in the same place each
         # time; random materials are compared with any other patch of the same material.
         near = max(int(size * 0.03), 1) if category in ALIGNED else slack
         by, bx = int(rng.integers(0, slack + 1)), int(rng.integers(0, slack + 1))
-        for _ in range(n):
+        for canvas in canvases:
             oy = int(np.clip(by + rng.integers(-near, near + 1), 0, slack))
             ox = int(np.clip(bx + rng.integers(-near, near + 1), 0, slack))
             out.append((_to_u8(canvas[oy : oy + size, ox : ox + size], grey), None))
@@ -857,14 +866,16 @@ def random_normal(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray
 
 
 def random_normal_pair(
-    rng: np.random.Generator, size: int = 256, category: str | None = None
+    rng: np.random.Generator, size: int = 256, category: str | None = None, sibling_rate: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """Two normal views of one instance: (reference, query_base, query's object mask or None, category)."""
+    """Two normal views of one instance (or, at ``sibling_rate`` for ``VARYING`` materials, two
+    pieces of one material, so that a model learns such differences are normal): (reference, query_base, query's object mask or None, category)."""
     category = category or str(rng.choice(CATEGORIES))
     if category not in TEXTURES and category not in OBJECTS:
         from adcopilot.errors import AdcopilotError
 
         raise AdcopilotError(f"unknown procedural category {category!r}; choose from {', '.join(CATEGORIES)}")
     p, grey = _instance(category, rng)
-    (ref, _), (query, qmask) = _views(category, p, grey, size, rng, 2)
+    siblings = category in VARYING and sibling_rate > 0 and bool(rng.random() < sibling_rate)
+    (ref, _), (query, qmask) = _views(category, p, grey, size, rng, 2, siblings=siblings)
     return ref, query, qmask, category
