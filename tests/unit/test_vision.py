@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adcopilot.model.vision import EfficientNetLite0, dense_features, load_vision_tower
+from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, dense_features, load_vision_tower
 
 
 def test_feature_shapes_random_weights():
@@ -23,3 +23,22 @@ def test_parameter_names_follow_lukemelas_layout():
     assert "_blocks.15._project_conv.weight" in names
     assert "_blocks.0._expand_conv.weight" not in names  # expand ratio 1 has no expansion
     assert len(names) == 296
+
+
+def test_fused_tower_gives_the_towers_features():
+    torch.manual_seed(0)
+    m = load_vision_tower(pretrained=False)
+    for mod in m.modules():  # non-trivial batch-norm statistics, so that folding them matters
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    fused = FusedPatchTower.from_tower(m)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        want, got = m.patch_features(x), fused.patch_features(x)
+    for k in ("s8", "s16"):
+        assert torch.allclose(got[k], want[k], atol=1e-4, rtol=1e-4)
+    assert not any(p.requires_grad for p in fused.parameters())
+    assert m._blocks[0]._bn1.running_var.min() >= 0.5  # the tower itself is untouched

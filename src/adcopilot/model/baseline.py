@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from adcopilot.model.detector import Detector, to_batch
 from adcopilot.model.upsample import upsample_centered
-from adcopilot.model.vision import EfficientNetLite0, load_vision_tower
+from adcopilot.model.vision import EfficientNetLite0, PatchTower, load_vision_tower
 
 
-def normalized_patch_features(tower: EfficientNetLite0, x: torch.Tensor) -> torch.Tensor:
+def normalized_patch_features(tower: PatchTower, x: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) -> (B, 152, S/8, S/8), each scale's vectors L2-normalised, joint norm 1."""
     f = tower.patch_features(x)
     s8 = F.normalize(f["s8"], dim=1)

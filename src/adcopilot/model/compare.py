@@ -109,16 +109,30 @@ class CrossAttention(nn.Module):
         kv_pos: torch.Tensor | None = None,
         theta: float = 100.0,
     ) -> torch.Tensor:
+        """q (B, N, C) attends to kv (B, M, C) -> (B, N, C); rotary positions only if both are given."""
+        if q_pos is None or kv_pos is None:
+            q_pos = kv_pos = None
+        return self.attend(self.project_queries(q, q_pos, theta), kv, kv_pos, theta)
+
+    def project_queries(self, q: torch.Tensor, q_pos: torch.Tensor | None = None, theta: float = 100.0) -> torch.Tensor:
+        """(B, N, C) -> per-head queries (B, H, N, D), rotated by ``q_pos`` when given.
+
+        They depend on ``q`` alone, so a caller whose queries repeat may compute them once."""
         b, n, c = q.shape
+        qh = self.q_proj(q).view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        return rotary_2d(qh, q_pos, theta) if q_pos is not None else qh
+
+    def attend(
+        self, qh: torch.Tensor, kv: torch.Tensor, kv_pos: torch.Tensor | None = None, theta: float = 100.0
+    ) -> torch.Tensor:
+        """Per-head queries (B, H, N, D) from :meth:`project_queries` attend to kv (B, M, C) -> (B, N, C)."""
+        b, h, n, d = qh.shape
         m = kv.shape[1]
-        h = self.num_heads
-        qh = self.q_proj(q).view(b, n, h, c // h).transpose(1, 2)  # (B, H, N, D)
-        k, v = self.kv(kv).view(b, m, 2, h, c // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, D)
-        if q_pos is not None and kv_pos is not None:
-            qh = rotary_2d(qh, q_pos, theta)
+        k, v = self.kv(kv).view(b, m, 2, h, d).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, D)
+        if kv_pos is not None:
             k = rotary_2d(k, kv_pos, theta)
         out = F.scaled_dot_product_attention(qh, k, v)  # (B, H, N, D), scale D^-0.5
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * d))
 
 
 class EncoderLayer(nn.Module):
@@ -165,20 +179,42 @@ class ComparisonEncoder(nn.Module):
             yield (layer.cross_attn1, layer.cross_attn2, layer.norm1, layer.norm2, layer.norm3, layer.norm4,
                    layer.mlp1, layer.mlp2)
 
+    def _positions(
+        self, cur_pos: torch.Tensor | None, prev_pos: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The positions the encoder rotates by: both, or neither (no rope_2d, or one missing)."""
+        if not self.cfg.rope_2d or cur_pos is None or prev_pos is None:
+            return None, None
+        return cur_pos, prev_pos
+
+    def first_queries(self, prev: torch.Tensor, prev_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The first layer's "previous attends to current" queries (B, H, M, D) of prev (B, M, C).
+
+        They depend on ``prev`` alone (not on the current image), so a caller comparing many images
+        with the same previous image can compute them once and pass them to :meth:`encode`. They are
+        rotated by ``prev_pos`` when ``rope_2d`` and it is given (give the current image's positions
+        to :meth:`encode` too, as rotation needs both)."""
+        pos = prev_pos if self.cfg.rope_2d else None
+        return self.encoder_cross_attn1.project_queries(self.encoder_norm1(prev), pos, self.cfg.rope_theta)
+
     def encode(
         self,
         cur: torch.Tensor,
         prev: torch.Tensor,
         cur_pos: torch.Tensor | None = None,
         prev_pos: torch.Tensor | None = None,
+        prev_queries: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cur (B, N, C), prev (B, M, C) -> updated (cur, prev). Positions (N, 2), (M, 2) if rope_2d."""
-        if not self.cfg.rope_2d:
-            cur_pos = prev_pos = None
+        """cur (B, N, C), prev (B, M, C) -> updated (cur, prev). Positions (N, 2), (M, 2) if rope_2d.
+
+        ``prev_queries``: :meth:`first_queries` of the same ``prev`` and positions, if cached."""
+        cur_pos, prev_pos = self._positions(cur_pos, prev_pos)
+        if prev_queries is None:
+            prev_queries = self.first_queries(prev, prev_pos)
         t = self.cfg.rope_theta
-        for xa1, xa2, n1, n2, n3, n4, mlp1, mlp2 in self._layers():
-            p, c = n1(prev), n1(cur)
-            prev = prev + xa1(p, c, prev_pos, cur_pos, t)  # previous attends to current
+        for i, (xa1, xa2, n1, n2, n3, n4, mlp1, mlp2) in enumerate(self._layers()):
+            pq = prev_queries if i == 0 else xa1.project_queries(n1(prev), prev_pos, t)
+            prev = prev + xa1.attend(pq, n1(cur), cur_pos, t)  # previous attends to current
             prev = prev + mlp1(n2(prev))
             c, p = n3(cur), n3(prev)
             cur = cur + xa2(c, p, cur_pos, prev_pos, t)  # current attends to the updated previous

@@ -12,6 +12,13 @@
 With k references, the query's "previous image" is the concatenation of the k references' patches
 (the pairing rule generalised to a k-shot memory; with one reference it is the paper's rule).
 
+Inference (:class:`NanoDetector`) computes the same thing faster: the tower runs as a
+:class:`~adcopilot.model.vision.FusedPatchTower`; everything on the reference side that does not
+depend on the query (its patch tokens, their input projection and the first cross-attention's
+queries, :class:`ReferenceInputs`) is computed once per reference and cached by the caller; the
+comparison tokens are not decoded when nothing reads them. Maps agree with :meth:`forward` to
+float rounding.
+
 Checkpoint folder: ``config.json`` (architecture, threshold, image size), ``model.safetensors``
 (trained parts only; the tower comes from its package) and ``MODEL_CARD.md``.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +44,7 @@ from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_po
 from adcopilot.model.detector import Detector, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.upsample import upsample_centered
-from adcopilot.model.vision import EfficientNetLite0, load_vision_tower
+from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, load_vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,32 @@ class NanoConfig:
         return cls(**known)
 
 
+@dataclass(frozen=True)
+class ReferenceInputs:
+    """The query-independent inputs of a comparison with ``k`` references (M = k * N patches).
+
+    Every field is per patch, so the inputs of several references concatenate along the patch axis
+    (:meth:`concat`); one reference's are worth caching with its features (about 1.7 MB at 256 px).
+    """
+
+    tokens: torch.Tensor  # (B, M, 152) unit-norm patch features, row-major per reference
+    prev: torch.Tensor  # (B, M, C) their input projection: the encoder's "previous image"
+    queries: torch.Tensor  # (B, H, M, D) the first cross-attention's queries of ``prev``
+    pos: torch.Tensor  # (M, 2) grid positions of the patches
+
+    @classmethod
+    def concat(cls, parts: Sequence[ReferenceInputs]) -> ReferenceInputs:
+        """The inputs of several references as one "previous image" (k-shot memory)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            tokens=torch.cat([p.tokens for p in parts], dim=1),
+            prev=torch.cat([p.prev for p in parts], dim=1),
+            queries=torch.cat([p.queries for p in parts], dim=2),
+            pos=torch.cat([p.pos for p in parts], dim=0),
+        )
+
+
 class NanoComparisonModel(nn.Module):
     """The trainable part of the nano model (the tower is passed in, frozen, and not saved)."""
 
@@ -102,29 +136,39 @@ class NanoComparisonModel(nn.Module):
 
     def forward(self, qf: torch.Tensor, rf: torch.Tensor) -> dict[str, torch.Tensor]:
         """qf (B, 152, h, w) query features; rf (B, k, 152, h, w) reference features."""
+        return self.compare_with(qf, self.reference_inputs(rf))
+
+    def reference_inputs(self, rf: torch.Tensor) -> ReferenceInputs:
+        """rf (B, k, 152, h, w) reference features -> their query-independent comparison inputs."""
+        b, k, c, h, w = rf.shape
+        tokens = rf.flatten(3).permute(0, 1, 3, 2).reshape(b, k * h * w, c)  # (B, k*N, 152)
+        pos = grid_positions(h, w, rf.device).repeat(k, 1)  # (k*N, 2): every reference on the same grid
+        prev = self.input_proj(tokens)
+        return ReferenceInputs(tokens=tokens, prev=prev, queries=self.compare.first_queries(prev, pos), pos=pos)
+
+    def compare_with(
+        self, qf: torch.Tensor, refs: ReferenceInputs, with_tokens: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """qf (B, 152, h, w) compared with the references' inputs; ``with_tokens=False`` skips the
+        comparison-token decoder when the image logit does not need it (no "tokens" then)."""
         b, c, h, w = qf.shape
-        k = rf.shape[1]
         q_tokens = qf.flatten(2).transpose(1, 2)  # (B, N, 152)
-        r_tokens = rf.flatten(3).permute(0, 1, 3, 2).reshape(b, k * h * w, c)  # (B, k*N, 152)
         # Nearest-reference-patch cosine distance (features are unit norm).
-        sim = torch.bmm(q_tokens, r_tokens.transpose(1, 2))  # (B, N, k*N)
+        sim = torch.bmm(q_tokens, refs.tokens.transpose(1, 2))  # (B, N, k*N)
         distance = (1.0 - sim.max(dim=2).values).clamp_min(0).view(b, 1, h, w)
         pos = grid_positions(h, w, qf.device)  # (N, 2)
-        ref_pos = pos.repeat(k, 1)  # (k*N, 2): every reference on the same grid
-        cur, prev = self.input_proj(q_tokens), self.input_proj(r_tokens)
-        cur, _ = self.compare.encode(cur, prev, pos, ref_pos)  # (B, N, C)
-        tokens, q_states = self.compare.decode(cur)  # (B, L, out), (B, L, C)
+        cur = self.input_proj(q_tokens)
+        cur, _ = self.compare.encode(cur, refs.prev, pos, refs.pos, prev_queries=refs.queries)  # (B, N, C)
         fmap = cur.transpose(1, 2).reshape(b, -1, h, w)  # (B, C, h, w)
         pixel_logits = self.head(fmap, distance)  # (B, 1, h, w)
         image_logit = topk_mean(pixel_logits, self.cfg.topk_frac)  # (B,)
-        if self.cfg.global_score:
-            image_logit = image_logit + self.image_head(q_states.mean(1)).squeeze(1)
-        return {
-            "pixel_logits": pixel_logits,
-            "image_logit": image_logit,
-            "tokens": tokens,
-            "distance": distance,
-        }
+        out = {"pixel_logits": pixel_logits, "image_logit": image_logit, "distance": distance}
+        if with_tokens or self.cfg.global_score:
+            tokens, q_states = self.compare.decode(cur)  # (B, L, out), (B, L, C)
+            if self.cfg.global_score:
+                out["image_logit"] = image_logit + self.image_head(q_states.mean(1)).squeeze(1)
+            out["tokens"] = tokens
+        return out
 
     # -------------------------------------------------------------- persistence
     def save(self, folder: str | Path, *, card: str | None = None, extra_config: dict | None = None) -> Path:
@@ -186,35 +230,51 @@ def pooled_score(prob: np.ndarray, frac: float) -> float:
 
 
 class NanoDetector(Detector):
-    """:class:`Detector` around a trained :class:`NanoComparisonModel`."""
+    """:class:`Detector` around a trained :class:`NanoComparisonModel`.
+
+    A reference is encoded once into :class:`ReferenceInputs` (cached by the caller); a query costs
+    the fused tower, the comparison and the dense head. ``tower`` stays the plain frozen tower (the
+    language encoder shares it); the detector runs a fused copy of it.
+    """
 
     def __init__(
         self, model: NanoComparisonModel, tower: EfficientNetLite0 | None = None, name: str = "nano"
     ) -> None:
         self.model = model.eval()
         self.tower = tower if tower is not None else load_vision_tower()
+        self.fused_tower = FusedPatchTower.from_tower(self.tower)
         self.image_size = model.cfg.image_size
         self.threshold = model.cfg.threshold
         self.name = name
         self._last_score: float | None = None
 
-    @torch.inference_mode()
-    def encode_reference(self, image: np.ndarray) -> torch.Tensor:
-        return self.model.features(self.tower, to_batch([image]))[0]  # (152, h, w)
+    def _features(self, image: np.ndarray) -> torch.Tensor:
+        """(S, S, 3) float image -> (1, 152, h, w) normalised patch features (fused tower)."""
+        return normalized_patch_features(self.fused_tower, to_batch([image]))
 
     @torch.inference_mode()
-    def run(self, query: np.ndarray, references: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        qf = self.model.features(self.tower, to_batch([query]))  # (1, 152, h, w)
-        rf = torch.stack(references).unsqueeze(0)  # (1, k, 152, h, w)
-        return self.model(qf, rf)
+    def encode_reference(self, image: np.ndarray) -> ReferenceInputs:
+        return self.model.reference_inputs(self._features(image).unsqueeze(1))
+
+    @torch.inference_mode()
+    def run(
+        self, query: np.ndarray, references: Sequence[ReferenceInputs | torch.Tensor], with_tokens: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The model's outputs for a query and encoded references (or raw (152, h, w) features)."""
+        refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
+        return self.model.compare_with(self._features(query), refs, with_tokens=with_tokens)
+
+    def _as_inputs(self, reference: ReferenceInputs | torch.Tensor) -> ReferenceInputs:
+        if isinstance(reference, ReferenceInputs):
+            return reference
+        return self.model.reference_inputs(reference[None, None])
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
-        out = self.run(query, references)
-        logits = out["pixel_logits"]
+        logits = self.run(query, references, with_tokens=False)["pixel_logits"]
         prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
         if self.model.cfg.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
-        return prob.astype(np.float32), pooled_score(prob, self.model.cfg.topk_frac)
+        return prob.astype(np.float32, copy=False), pooled_score(prob, self.model.cfg.topk_frac)
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         return self.detect(query, references)[0]

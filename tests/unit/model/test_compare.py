@@ -76,3 +76,18 @@ def test_rotary_is_relative():
     d1 = (rotary_2d(q, p1, 100.0) * rotary_2d(k, p2, 100.0)).sum()
     d2 = (rotary_2d(q, p1 + shift, 100.0) * rotary_2d(k, p2 + shift, 100.0)).sum()
     assert torch.allclose(d1, d2, atol=1e-4)
+
+
+def test_cached_first_queries_give_the_same_encoding():
+    torch.manual_seed(0)
+    enc = ComparisonEncoder(ComparisonConfig(**{**TINY.to_dict(), "depth": 2, "rope_2d": True})).eval()
+    cur, prev = torch.randn(1, 16, 32), torch.randn(1, 32, 32)
+    pos = grid_positions(4, 4)
+    prev_pos = pos.repeat(2, 1)
+    with torch.no_grad():
+        want = enc.encode(cur, prev, pos, prev_pos)
+        cached = enc.first_queries(prev, prev_pos)
+        got = enc.encode(cur, prev, pos, prev_pos, prev_queries=cached)
+    assert cached.shape == (1, 4, 32, 8)
+    for w, g in zip(want, got, strict=True):
+        assert torch.allclose(w, g, atol=1e-6)

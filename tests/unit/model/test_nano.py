@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adcopilot.errors import CheckpointError
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, ReferenceInputs
 from adcopilot.model.vision import load_vision_tower
 
 TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
@@ -56,6 +56,31 @@ def test_save_load_round_trip_and_detector(tmp_path, tower):
     assert m_a.shape == (64, 64) and np.allclose(m_a, m_b) and s_a == pytest.approx(s_b)
     assert 0.0 <= s_a <= 1.0
     assert (tmp_path / "ck" / "MODEL_CARD.md").exists()
+
+
+def test_detector_reference_cache_matches_the_uncached_forward(tower):
+    """The detector's path (fused tower, cached reference inputs, no token decoder) computes what
+    ``forward`` computes from the plain tower's features, with one and with two references."""
+    torch.manual_seed(2)
+    model = NanoComparisonModel(TINY).eval()
+    det = NanoDetector(model, tower)
+    rng = np.random.default_rng(1)
+    q, r1, r2 = (rng.random((64, 64, 3), dtype=np.float32) for _ in range(3))
+    for refs in ([r1], [r1, r2]):
+        cached = [det.encode_reference(r) for r in refs]
+        assert all(isinstance(c, ReferenceInputs) for c in cached)
+        with torch.no_grad():
+            qf = model.features(tower, torch.from_numpy(q).permute(2, 0, 1)[None])
+            rf = model.features(tower, torch.from_numpy(np.stack(refs)).permute(0, 3, 1, 2))[None]
+            want = model(qf, rf)
+        got = det.run(q, cached, with_tokens=False)
+        assert "tokens" not in got
+        for key in ("pixel_logits", "distance", "image_logit"):
+            assert torch.allclose(got[key], want[key], atol=1e-4), key
+        assert torch.allclose(det.run(q, cached)["tokens"], want["tokens"], atol=1e-4)
+        # raw (152, h, w) features are still accepted as references
+        raw = det.run(q, list(rf[0]), with_tokens=False)
+        assert torch.allclose(raw["pixel_logits"], want["pixel_logits"], atol=1e-4)
 
 
 def test_checkpoint_errors(tmp_path):
