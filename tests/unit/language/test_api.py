@@ -140,3 +140,40 @@ def test_inspect_ask(tmp_path, model, detector, pair_images):
     assert p.returncode == 0, p.stderr
     assert isinstance(json.loads(p.stdout)["answer"], str)
     np.testing.assert_equal(Copilot.load(ckpt).can_answer_choices, True)
+
+
+def test_detector_line_follows_the_users_threshold(model, detector, tmp_path):
+    """A calibrated (or given) threshold moves the chat's verdict with `inspect`'s, unless the
+    language model reads another comparison model than the detector."""
+    stored = model.cfg.evidence_threshold
+    lang = NanoLanguage(model=model, encoder=VisualEncoder(detector, registration=False))
+    lang.verdict_threshold = 0.9
+    assert model.cfg.evidence_threshold == 0.9
+    lang.verdict_threshold = None
+    assert model.cfg.evidence_threshold == stored
+
+    same = tmp_path / "same"
+    detector.model.save(same / "comparison")
+    lang = NanoLanguage(same, detector, model=model)
+    lang.verdict_threshold = 0.7
+    assert model.cfg.evidence_threshold == 0.7
+
+    other = tmp_path / "other"
+    detector.model.save(other / "comparison")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(other / "comparison" / "model.safetensors"))
+    k = next(iter(weights))
+    weights[k] = weights[k] + 1.0
+    save_file(weights, str(other / "comparison" / "model.safetensors"))
+    model.cfg.evidence_threshold = stored
+    lang = NanoLanguage(other, detector, model=model)
+    lang.verdict_threshold = 0.7
+    assert model.cfg.evidence_threshold == stored
+
+
+def test_copilot_load_passes_the_threshold():
+    """Copilot.load(threshold=...) hands the threshold to the language model's detector line."""
+    cp = Copilot.load(threshold=0.42)
+    assert has_language(cp) and cp.language.verdict_threshold == 0.42
+    assert Copilot.load().language.verdict_threshold is None
