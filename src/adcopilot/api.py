@@ -131,8 +131,6 @@ class Copilot:
             model_name=name,
         )
         cp.calibration = cal
-        if (cal is not None or threshold is not None) and hasattr(cp.language, "verdict_threshold"):
-            cp.language.verdict_threshold = thr  # the chat's detector line agrees with `inspect`
         return cp
 
     # ------------------------------------------------------------------ references

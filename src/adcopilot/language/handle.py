@@ -57,8 +57,6 @@ class NanoLanguage:
         self._visual: OrderedDict[str, VisualInputs] = OrderedDict()
         self._prefixes: dict[str, Any] = {}  # pair key -> cache of the prompt up to the image tokens
         self._lock = threading.Lock()
-        self._verdict_threshold: float | None = None
-        self._stored_threshold: float | None = None  # the language model's own, once loaded
 
     @property
     def model(self) -> Any:
@@ -72,51 +70,7 @@ class NanoLanguage:
                 self._model = NanoCopilot.load(self.folder)
                 self._model.merge_adapters()  # answering only: same answers, faster
                 log.info("language model loaded from %s in %.1f s", self.folder, time.perf_counter() - t0)
-                self._apply_verdict_threshold(self._model)
             return self._model
-
-    @property
-    def verdict_threshold(self) -> float | None:
-        """The user's verdict threshold (calibrated, or given), so that the detector line of the
-        prompt says "defective" where ``inspect`` does; None: the language model's stored one."""
-        return self._verdict_threshold
-
-    @verdict_threshold.setter
-    def verdict_threshold(self, value: float | None) -> None:
-        self._verdict_threshold = None if value is None else float(value)
-        if self._model is not None:
-            self._apply_verdict_threshold(self._model)
-            self._prefixes.clear()  # cached prompts hold the old detector line
-
-    def _apply_verdict_threshold(self, model: Any) -> None:
-        """Use the user's threshold in the detector line, where the scores it reads are the
-        detector's own (a language model keeping another comparison model keeps its threshold)."""
-        if not getattr(model.cfg, "evidence", False):
-            return
-        if self._stored_threshold is None:
-            self._stored_threshold = float(model.cfg.evidence_threshold)
-        if self._verdict_threshold is None:
-            model.cfg.evidence_threshold = self._stored_threshold
-        elif self._reads_other_model():
-            log.warning("the language model reads another comparison model than the detector; "
-                        "its detector line keeps its own threshold %.3f", self._stored_threshold)
-        else:
-            model.cfg.evidence_threshold = self._verdict_threshold
-
-    def _reads_other_model(self) -> bool:
-        """True when the checkpoint's ``comparison/`` copy differs from the detector's weights."""
-        own = self.folder / "comparison" if self.folder is not None else None
-        if own is None or not (own / "model.safetensors").exists():
-            return False
-        import torch
-        from safetensors.torch import load_file
-
-        mine = getattr(self._detector, "model", None)
-        if mine is None:
-            return True
-        theirs = load_file(str(own / "model.safetensors"))
-        ours = mine.state_dict()
-        return theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k]) for k in theirs)
 
     def preload(self) -> None:
         """Start loading the language model in a background thread (overlaps with inspection)."""
