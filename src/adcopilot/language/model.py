@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,7 +228,9 @@ class NanoCopilot(nn.Module):
 
         pc = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, lora_dropout=0.0,
                         target_modules=list(self.cfg.lora_targets), bias="none")
-        self.llm = get_peft_model(self.llm, pc)
+        with warnings.catch_warnings():  # peft probes a transformers attribute deprecated in v5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.llm = get_peft_model(self.llm, pc)
         self.cfg.lora = True
         self._lora_on = True
 
