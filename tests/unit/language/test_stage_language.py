@@ -182,3 +182,23 @@ def test_type_head_is_fitted_on_the_labelled_defects(setup):
     before = accuracy()
     loss = fit_type_head(proj, data, steps=100)
     assert loss == loss and accuracy() == 1.0 > before  # a handful of defects: learned exactly
+
+
+def test_evidence_threshold_best_separates_the_training_queries(setup):
+    """The detector line's threshold is the training-image score with the best balanced accuracy."""
+    import numpy as np
+
+    from adcopilot.train.stage_language import fit_evidence_threshold
+
+    _, _, _, data = setup
+    caps = [s for s in data.samples("train") if s["task"] == "caption"]
+    x = np.array([data.visual(s).score for s in caps])
+    y = np.array([s.get("defect") is not None for s in caps])
+    assert y.any() and not y.all()
+
+    def balanced(t: float) -> float:
+        return ((x >= t)[y].mean() + (x < t)[~y].mean()) / 2
+
+    t = fit_evidence_threshold(data)
+    assert t in set(x.tolist())
+    assert balanced(t) >= max(balanced(float(c)) for c in np.linspace(x.min(), x.max() + 1e-6, 50)) - 1e-9
