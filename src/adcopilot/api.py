@@ -266,12 +266,24 @@ class Copilot:
         question: str,
         options: dict[str, str],
         mode: str = "likelihood",
+        *,
+        grounded: bool = True,
+        result: InspectionResult | None = None,
     ) -> str:
-        """The letter of the option the language model picks (``mode``: likelihood or letter)."""
+        """The letter of the chosen option. ``grounded`` (default): a defect yes/no or defect-location
+        question is answered from the inspection (``result``, or inspected now) so that the answer
+        agrees with ``inspect``'s verdict and boxes at this copilot's threshold
+        (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
+        language model (``mode``: likelihood or letter)."""
+        from adcopilot.grounding import detector_choice, question_kind
         from adcopilot.language.answer import answer_choice
 
-        lang = self._nano_language()
         refs = self._as_list(references)
+        if grounded and question_kind(question, options) is not None:
+            letter = detector_choice(result if result is not None else self.inspect(query, refs), question, options)
+            if letter:
+                return letter
+        lang = self._nano_language()
         visual = lang.visual(query, refs)
         return answer_choice(lang.model, visual, question, options, mode=mode,  # type: ignore[arg-type]
                              prefix=lang.prefix(query, refs))

@@ -118,6 +118,11 @@ def register(app: typer.Typer) -> None:
         quiet: bool = common["quiet"],
         train_set: list[Path] = common["train_set"],
         strict_leaks: bool = common["strict_leaks"],
+        answers: str = typer.Option(
+            "grounded", "--answers",
+            help="nano with a language model: grounded (defect yes/no and location questions from the detector, "
+            "the rest from the language model) or language (the language model answers all).",
+        ),
     ) -> None:
         """Answer MMAD's multiple-choice questions and print the dataset x sub-task table."""
         from adcopilot.errors import AdcopilotError
@@ -126,11 +131,13 @@ def register(app: typer.Typer) -> None:
 
         if scoring not in SCORING_MODES:
             raise AdcopilotError(f"unknown --scoring '{scoring}'; use official or strict")
+        if answers not in ("grounded", "language"):
+            raise AdcopilotError(f"unknown --answers '{answers}'; use grounded or language")
         _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, tasks, limit)
         _leak_check(bench, items, train_set, strict_leaks)
-        be = _backend(backend, model, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        be = _backend(backend, model, answers=answers, **opts(device=device, dtype=dtype, concurrency=concurrency))
         folder = _out(out, "mmad", backend, benchmark, k_shot, templates)
         records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                            selection=_selection(datasets, classes, tasks, limit))

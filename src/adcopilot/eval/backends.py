@@ -41,7 +41,6 @@ import math
 import os
 import platform
 import random
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -51,12 +50,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.bbox import BoxCoords, bbox_prompt
 from adcopilot.eval.mmad import PromptPart, Question, official_prompt
-from adcopilot.geometry import GRID_NAMES, region_name
+from adcopilot.grounding import (  # noqa: F401 - re-exported: the backends' answer rules
+    detector_choice,
+    option_cells,
+    pick_region_option,
+    predicted_cells,
+    yes_means_defect,
+    yes_no_letters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,81 +100,6 @@ class Backend(ABC):
 
 
 # --------------------------------------------------------------------------- nano / baseline
-_REGION_WORDS = sorted((n for row in GRID_NAMES for n in row), key=lambda n: -len(n.split()))
-_CELL_POS = {name: (r, c) for r, row in enumerate(GRID_NAMES) for c, name in enumerate(row)}
-_SYNONYMS = [
-    (re.compile(r"\b(centre|middle|central)\b"), "center"),
-    (re.compile(r"\bupper\b"), "top"),
-    (re.compile(r"\blower\b"), "bottom"),
-    (re.compile(r"\b(left-hand|leftmost)\b"), "left"),
-    (re.compile(r"\b(right-hand|rightmost)\b"), "right"),
-]
-
-
-def option_cells(text: str) -> list[str]:
-    """3x3 grid cells an option names, in order ("Top left and center." -> [top left, center])."""
-    t = " ".join(re.findall(r"[a-z]+", text.lower().replace("-", " ")))
-    for pattern, word in _SYNONYMS:
-        t = pattern.sub(word, t)
-    words, cells, i = t.split(), [], 0
-    while i < len(words):
-        for name in _REGION_WORDS:
-            n = name.split()
-            if words[i : i + len(n)] == n:
-                cells.append(name)
-                i += len(n)
-                break
-        else:
-            i += 1
-    return list(dict.fromkeys(cells))
-
-
-def pick_region_option(predicted: list[str], options: dict[str, str]) -> str:
-    """The option letter naming ``predicted`` cells best: same set, else most shared cells,
-    else the nearest cell on the grid. "" when no option names a cell."""
-    named = {k: option_cells(v) for k, v in options.items()}
-    named = {k: v for k, v in named.items() if v}
-    if not named or not predicted:
-        return ""
-    for k, cells in named.items():
-        if set(cells) == set(predicted):
-            return k
-
-    def dist(a: str, b: str) -> float:
-        (r1, c1), (r2, c2) = _CELL_POS[a], _CELL_POS[b]
-        return math.hypot(r1 - r2, c1 - c2)
-
-    def rank(item: tuple[str, list[str]]) -> tuple[int, float, str]:
-        k, cells = item
-        shared = len(set(cells) & set(predicted))
-        nearest = min(dist(c, predicted[0]) for c in cells)
-        return (-shared, nearest + 0.01 * len(cells), k)
-
-    return min(named.items(), key=rank)[0]
-
-
-def yes_no_letters(options: dict[str, str]) -> tuple[str | None, str | None]:
-    """(letter of the "Yes" option, letter of the "No" option)."""
-    yes = no = None
-    for k, v in options.items():
-        first = (re.findall(r"[a-z]+", v.lower()) or [""])[0]
-        if first == "yes":
-            yes = k
-        elif first == "no":
-            no = k
-    return yes, no
-
-
-_DEFECT_WORDS = re.compile(r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*)\b")
-_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
-
-
-def yes_means_defect(question: str) -> bool:
-    """Whether "Yes" claims a defect ("Is there any defect ...?") or normality ("Is it normal?")."""
-    t = question.lower()
-    return bool(_DEFECT_WORDS.search(t)) or not _NORMAL_WORDS.search(t)
-
-
 def has_language(copilot: Any) -> bool:
     """Whether ``copilot`` answers questions with a language model (``answer_choice``)."""
     flag = getattr(copilot, "can_answer_choices", None)
@@ -180,16 +109,20 @@ def has_language(copilot: Any) -> bool:
 class CopilotBackend(Backend):
     """Our models through :class:`adcopilot.Copilot` (``nano`` or ``baseline``).
 
-    MMAD-BBox with a language model: ``box_mode="head"`` answers with the dense head's boxes
-    labelled by the language model, ``"text"`` with the boxes the language model writes itself."""
+    With a language model, ``grounded`` (default) answers defect yes/no and defect-location
+    questions from the detector (:mod:`adcopilot.grounding`) and the rest with the language model;
+    ``grounded=False`` asks the language model everything. MMAD-BBox with a language model:
+    ``box_mode="head"`` answers with the dense head's boxes labelled by the language model,
+    ``"text"`` with the boxes the language model writes itself."""
 
     supports_boxes = True
 
     def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Any = None, threshold: float | None = None,
-                 box_mode: str = "head") -> None:
+                 box_mode: str = "head", grounded: bool = True) -> None:
         self.name = name
         self.model = str(model)
         self.box_mode = box_mode
+        self.grounded = grounded
         if copilot is None:
             from adcopilot.api import Copilot
 
@@ -216,7 +149,9 @@ class CopilotBackend(Backend):
 
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
         if has_language(self.copilot):
-            return str(self.copilot.answer_choice(images[-1], list(images[:-1]), question.text, question.options))
+            result = self.inspect(images) if self.grounded else None
+            return str(self.copilot.answer_choice(images[-1], list(images[:-1]), question.text, question.options,
+                                                  grounded=self.grounded, result=result))
         if question.subtask == AD:
             yes, no = yes_no_letters(question.options)
             if yes is None or no is None:
@@ -229,13 +164,7 @@ class CopilotBackend(Backend):
 
     def predicted_cells(self, images: Sequence[str | os.PathLike]) -> list[str]:
         """Grid cells of the two strongest boxes, or of the anomaly map's peak when none."""
-        r = self.inspect(images)
-        w, h = r.image_size
-        cells = [region_name(b.bbox_2d, w, h) for b in r.boxes]
-        if not cells and r.anomaly_map is not None:
-            y, x = np.unravel_index(int(np.argmax(r.anomaly_map)), r.anomaly_map.shape)
-            cells = [region_name([x, y, x + 1, y + 1], w, h)]
-        return list(dict.fromkeys(cells))[:2]
+        return predicted_cells(self.inspect(images))
 
     def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
         if has_language(self.copilot) and hasattr(self.copilot, "localize"):
@@ -250,6 +179,7 @@ class CopilotBackend(Backend):
         d["language_model"] = has_language(self.copilot)
         if d["language_model"]:
             d["box_mode"] = self.box_mode
+            d["answers"] = "grounded" if self.grounded else "language"
         d["detector"] = self.copilot.detector.describe()
         return d
 
@@ -539,7 +469,8 @@ def make_backend(name: str, model: str | None = None, **options: Any) -> Backend
                 "pass --model FOLDER or use --backend baseline"
             )
         return CopilotBackend("nano", target, threshold=options.get("threshold"),
-                              box_mode=options.get("box_mode") or "head")
+                              box_mode=options.get("box_mode") or "head",
+                              grounded=options.get("answers", "grounded") != "language")
     if name == "transformers":
         if not model:
             raise AdcopilotError("backend 'transformers' needs --model PATH (a local Qwen2.5-VL checkpoint folder)")

@@ -129,13 +129,16 @@ def _identity(bench: MMADBenchmark, backend: Backend, k_shot: int, templates: st
     if k_shot < 0:
         raise AdcopilotError(f"--k-shot must be 0 or more, got {k_shot}")
     d = backend.describe()
-    return {
+    identity = {
         "benchmark": str(bench.path.resolve()),
         "backend": d.get("name"),
         "model": d.get("model"),
         "k_shot": k_shot,
         "templates": templates,
     }
+    if "answers" in d:  # grounded or language-only answers: a resumed run must not mix them
+        identity["answers"] = d["answers"]
+    return identity
 
 
 # --------------------------------------------------------------------------- job runner

@@ -140,3 +140,23 @@ def test_inspect_ask(tmp_path, model, detector, pair_images):
     assert p.returncode == 0, p.stderr
     assert isinstance(json.loads(p.stdout)["answer"], str)
     np.testing.assert_equal(Copilot.load(ckpt).can_answer_choices, True)
+
+
+def test_grounded_answers_agree_with_the_inspection(model, detector, pair_images, tmp_path):
+    q, r = pair_images
+    lang = NanoLanguage(model=model, encoder=VisualEncoder(detector, registration=False))
+    yes_no = {"A": "Yes.", "B": "No."}
+    for threshold, expected in ((0.0, "A"), (2.0, "B")):  # every score flags / none does
+        cp = Copilot(detector, language=lang, registration=False, threshold=threshold)
+        assert cp.inspect(q, [r]).is_anomalous == (expected == "A")
+        assert cp.answer_choice(q, r, "Is there any defect?", yes_no) == expected
+        assert cp.answer_choice(q, r, "Is the object normal?", yes_no) == ("B" if expected == "A" else "A")
+        # The language model alone still answers (its own reading, whatever it is).
+        assert cp.answer_choice(q, r, "Is there any defect?", yes_no, grounded=False) in yes_no
+    be = CopilotBackend("nano", copilot=Copilot(detector, language=lang, registration=False, threshold=2.0))
+    question = Question(index=0, text="Is there any defect?", options=yes_no, answer="A", type="Anomaly Detection")
+    paths = [tmp_path / "r.png", tmp_path / "q.png"]
+    for path, image in zip(paths, (r, q), strict=True):
+        Image.fromarray(image).save(path)
+    assert be.answer(paths, question) == "B"
+    assert be.describe()["answers"] == "grounded"

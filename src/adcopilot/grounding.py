@@ -1,0 +1,145 @@
+"""Multiple-choice questions the detector answers itself: "is there a defect?" and "where is it?".
+
+Two kinds of inspection question have an answer in the detector's own output:
+
+``defect``
+    A yes/no question about defects or normality ("Is there any defect in the object?", "Is the
+    query normal?") that names no image region. Answer: the inspection verdict at the active
+    threshold, with the question's polarity ("Yes" claims a defect unless the question asks about
+    normality).
+``location``
+    A question asking where the defect is ("Where is the defect located?") whose options name
+    cells of the 3x3 grid ("Top left.", "Center and bottom."). Answer: the option naming the grid
+    cells of the two strongest boxes best (the anomaly map's peak when there is no box).
+
+With a language model, ``Copilot.answer_choice`` answers these two kinds from the detector by
+default (``grounded=True``): on the bundled benchmark the language model alone answered both
+worse than the detector it reads, and a chat answer that contradicts the verdict and boxes that
+``inspect`` shows for the same pair misleads an inspector. The verdict also follows a calibrated
+threshold, which the language model's detector line does not (see the model card). Every other
+question goes to the language model.
+
+Usage::
+
+    letter = detector_choice(result, "Is there any defect?", {"A": "Yes.", "B": "No."})  # "A" / "B" / None
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from adcopilot.geometry import GRID_NAMES, region_name
+
+_REGION_WORDS = sorted((n for row in GRID_NAMES for n in row), key=lambda n: -len(n.split()))
+_CELL_POS = {name: (r, c) for r, row in enumerate(GRID_NAMES) for c, name in enumerate(row)}
+_SYNONYMS = [
+    (re.compile(r"\b(centre|middle|central)\b"), "center"),
+    (re.compile(r"\bupper\b"), "top"),
+    (re.compile(r"\blower\b"), "bottom"),
+    (re.compile(r"\b(left-hand|leftmost)\b"), "left"),
+    (re.compile(r"\b(right-hand|rightmost)\b"), "right"),
+]
+_DEFECT_WORDS = re.compile(r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*)\b")
+_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
+_WHERE_WORDS = re.compile(r"\b(where|locat\w*|position\w*|region|which part|which area)\b")
+
+
+def option_cells(text: str) -> list[str]:
+    """3x3 grid cells a text names, in order ("Top left and center." -> [top left, center])."""
+    t = " ".join(re.findall(r"[a-z]+", text.lower().replace("-", " ")))
+    for pattern, word in _SYNONYMS:
+        t = pattern.sub(word, t)
+    words, cells, i = t.split(), [], 0
+    while i < len(words):
+        for name in _REGION_WORDS:
+            n = name.split()
+            if words[i : i + len(n)] == n:
+                cells.append(name)
+                i += len(n)
+                break
+        else:
+            i += 1
+    return list(dict.fromkeys(cells))
+
+
+def pick_region_option(predicted: list[str], options: dict[str, str]) -> str:
+    """The option letter naming ``predicted`` cells best: same set, else most shared cells,
+    else the nearest cell on the grid. "" when no option names a cell."""
+    named = {k: option_cells(v) for k, v in options.items()}
+    named = {k: v for k, v in named.items() if v}
+    if not named or not predicted:
+        return ""
+    for k, cells in named.items():
+        if set(cells) == set(predicted):
+            return k
+
+    def dist(a: str, b: str) -> float:
+        (r1, c1), (r2, c2) = _CELL_POS[a], _CELL_POS[b]
+        return math.hypot(r1 - r2, c1 - c2)
+
+    def rank(item: tuple[str, list[str]]) -> tuple[int, float, str]:
+        k, cells = item
+        shared = len(set(cells) & set(predicted))
+        nearest = min(dist(c, predicted[0]) for c in cells)
+        return (-shared, nearest + 0.01 * len(cells), k)
+
+    return min(named.items(), key=rank)[0]
+
+
+def yes_no_letters(options: dict[str, str]) -> tuple[str | None, str | None]:
+    """(letter of the "Yes" option, letter of the "No" option)."""
+    yes = no = None
+    for k, v in options.items():
+        first = (re.findall(r"[a-z]+", v.lower()) or [""])[0]
+        if first == "yes":
+            yes = k
+        elif first == "no":
+            no = k
+    return yes, no
+
+
+def yes_means_defect(question: str) -> bool:
+    """Whether "Yes" claims a defect ("Is there any defect ...?") or normality ("Is it normal?")."""
+    t = question.lower()
+    return bool(_DEFECT_WORDS.search(t)) or not _NORMAL_WORDS.search(t)
+
+
+def question_kind(question: str, options: dict[str, str]) -> str | None:
+    """``"defect"``, ``"location"`` or None (a question for the language model); see the module."""
+    t = question.lower()
+    yes, no = yes_no_letters(options)
+    if yes is not None and no is not None and len(options) == 2:
+        about_defects = bool(_DEFECT_WORDS.search(t) or _NORMAL_WORDS.search(t))
+        # "Is there a defect at the top left?" asks about one region: not the image verdict.
+        return "defect" if about_defects and not option_cells(question) else None
+    # Options naming grid cells (one may be something else, e.g. "There is no defect.").
+    named = sum(1 for v in options.values() if option_cells(v))
+    if named >= 2 and named >= len(options) - 1 and _WHERE_WORDS.search(t):
+        return "location"
+    return None
+
+
+def predicted_cells(result: Any) -> list[str]:
+    """Grid cells of an inspection result's two strongest boxes, or of its map's peak when none."""
+    w, h = result.image_size
+    cells = [region_name(b.bbox_2d, w, h) for b in result.boxes]
+    if not cells and result.anomaly_map is not None:
+        y, x = np.unravel_index(int(np.argmax(result.anomaly_map)), result.anomaly_map.shape)
+        cells = [region_name([x, y, x + 1, y + 1], w, h)]
+    return list(dict.fromkeys(cells))[:2]
+
+
+def detector_choice(result: Any, question: str, options: dict[str, str]) -> str | None:
+    """The option letter the inspection ``result`` gives, or None when the question is not a
+    defect or location question (or the options cannot be matched)."""
+    kind = question_kind(question, options)
+    if kind == "defect":
+        yes, no = yes_no_letters(options)
+        return yes if result.is_anomalous == yes_means_defect(question) else no
+    if kind == "location":
+        return pick_region_option(predicted_cells(result), options) or None
+    return None

@@ -1,0 +1,50 @@
+"""Which questions the detector answers itself, and the letters it gives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adcopilot.grounding import detector_choice, predicted_cells, question_kind
+from adcopilot.results import Box, InspectionResult
+
+YES_NO = {"A": "Yes.", "B": "No."}
+REGIONS = {"A": "Top left.", "B": "Center.", "C": "Bottom right.", "D": "Top."}
+
+
+def result(anomalous: bool, boxes: list[list[int]] = (), peak: tuple[int, int] | None = None) -> InspectionResult:
+    amap = np.zeros((90, 90), np.float32)
+    if peak is not None:
+        amap[peak] = 1.0
+    return InspectionResult(
+        query="q.png", references=["r.png"], verdict="anomalous" if anomalous else "normal", score=0.0,
+        threshold=0.5, boxes=[Box(bbox_2d=list(b)) for b in boxes], image_size=(90, 90), anomaly_map=amap,
+    )
+
+
+def test_question_kinds():
+    assert question_kind("Is there any defect in the object?", YES_NO) == "defect"
+    assert question_kind("Compared with the normal sample, is the query object defective?", {"A": "No", "B": "Yes"}) == "defect"
+    assert question_kind("Is the object normal?", YES_NO) == "defect"
+    assert question_kind("Where is the defect located in the image?", REGIONS) == "location"
+    # Not the detector's: a region-specific yes/no, a yes/no about something else, a type question.
+    assert question_kind("Is there a defect at the top left?", YES_NO) is None
+    assert question_kind("Is the object made of metal?", YES_NO) is None
+    assert question_kind("What type of defect is present?", {"A": "Scratch.", "B": "Hole."}) is None
+    assert question_kind("Where is the defect?", {"A": "Scratch.", "B": "Hole."}) is None
+    assert question_kind("Is there any defect?", {"A": "Yes.", "B": "No.", "C": "Maybe."}) is None
+
+
+def test_defect_answers_follow_the_verdict_and_the_question_polarity():
+    assert detector_choice(result(True), "Is there any defect?", YES_NO) == "A"
+    assert detector_choice(result(False), "Is there any defect?", YES_NO) == "B"
+    assert detector_choice(result(True), "Is the object normal?", YES_NO) == "B"
+    assert detector_choice(result(False), "Is the object normal?", {"A": "No.", "B": "Yes."}) == "B"
+
+
+def test_location_answers_from_boxes_or_the_peak():
+    r = result(True, boxes=[[0, 0, 20, 20]])
+    assert predicted_cells(r) == ["top left"]
+    assert detector_choice(r, "Where is the defect located?", REGIONS) == "A"
+    r = result(True, peak=(80, 85))  # no box: the map's peak, bottom right
+    assert detector_choice(r, "Where is the defect located?", REGIONS) == "C"
+    assert detector_choice(r, "What type of defect is present?", {"A": "Scratch.", "B": "Hole."}) is None
