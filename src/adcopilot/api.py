@@ -249,15 +249,20 @@ class Copilot:
         history: list[dict] | None = None,
         result: InspectionResult | None = None,
         max_new_tokens: int = 64,
+        *,
+        grounded: bool = True,
     ) -> str:
         """The language model's answer to ``question`` about the pair, after the ``history`` turns.
 
         A request for boxes ("... bounding boxes ... as JSON") is answered with the dense head's
-        boxes labelled by the language model (``result``'s boxes when given)."""
+        boxes labelled by the language model (``result``'s boxes when given). ``grounded``
+        (default): the answer to a yes/no defect question ("Is there a defect?") starts with
+        ``inspect``'s verdict at this copilot's threshold, and the language model goes on from it."""
         from adcopilot.language.handle import ask
 
         lang = self._nano_language()
-        return ask(self, lang, query, self._as_list(references), question, history, result, max_new_tokens)
+        return ask(self, lang, query, self._as_list(references), question, history, result, max_new_tokens,
+                   grounded=grounded)
 
     def answer_choice(
         self,
@@ -284,9 +289,11 @@ class Copilot:
             if letter:
                 return letter
         lang = self._nano_language()
-        visual = lang.visual(query, refs)
+        # Grounded: the language model reads the detector at this copilot's threshold too.
+        t = (result.threshold if result is not None else self.threshold) if grounded else None
+        visual = lang.visual(query, refs, t)
         return answer_choice(lang.model, visual, question, options, mode=mode,  # type: ignore[arg-type]
-                             prefix=lang.prefix(query, refs))
+                             prefix=lang.prefix(query, refs, t))
 
     def localize(
         self,

@@ -13,7 +13,9 @@ Two kinds of inspection question have an answer in the detector's own output:
     cells of the two strongest boxes best (the anomaly map's peak when there is no box).
 
 With a language model, ``Copilot.answer_choice`` answers these two kinds from the detector by
-default (``grounded=True``): on the bundled benchmark the language model alone answered both
+default (``grounded=True``), and a free answer (``Copilot.ask``) to a yes/no defect question
+starts with the verdict's "Yes." or "No.", which the language model continues
+(:func:`grounded_start`): on the bundled benchmark the language model alone answered both
 worse than the detector it reads, and a chat answer that contradicts the verdict and boxes that
 ``inspect`` shows for the same pair misleads an inspector. The verdict also follows a calibrated
 threshold, which the language model's detector line does not (see the model card). Every other
@@ -121,6 +123,23 @@ def question_kind(question: str, options: dict[str, str]) -> str | None:
     if named >= 2 and named >= len(options) - 1 and _WHERE_WORDS.search(t):
         return "location"
     return None
+
+
+_YES_NO_START = re.compile(r"^\s*(is|are|does|do|has|have|was|were|can you see|do you see|could)\b")
+
+
+def verdict_question(question: str) -> bool:
+    """Whether a free question is a yes/no question about defects or normality naming no region."""
+    t = question.lower()
+    return bool(_YES_NO_START.search(t) and (_DEFECT_WORDS.search(t) or _NORMAL_WORDS.search(t)) and not option_cells(t))
+
+
+def grounded_start(result: Any, question: str) -> str:
+    """How a free answer to ``question`` must begin: "Yes." / "No." from the inspection verdict
+    for a :func:`verdict_question`, else ""."""
+    if not verdict_question(question):
+        return ""
+    return "Yes." if result.is_anomalous == yes_means_defect(question) else "No."
 
 
 def predicted_cells(result: Any) -> list[str]:

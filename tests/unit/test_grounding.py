@@ -48,3 +48,16 @@ def test_location_answers_from_boxes_or_the_peak():
     r = result(True, peak=(80, 85))  # no box: the map's peak, bottom right
     assert detector_choice(r, "Where is the defect located?", REGIONS) == "C"
     assert detector_choice(r, "What type of defect is present?", {"A": "Scratch.", "B": "Hole."}) is None
+
+
+def test_free_answers_start_with_the_verdict():
+    from adcopilot.grounding import grounded_start, verdict_question
+
+    assert verdict_question("Is there any defect in the object?")
+    assert verdict_question("Does this part look normal?")
+    assert not verdict_question("What kind of defect is it?")
+    assert not verdict_question("Is there a defect at the bottom left?")
+    assert grounded_start(result(True), "Is there any defect?") == "Yes."
+    assert grounded_start(result(False), "Is there any defect?") == "No."
+    assert grounded_start(result(True), "Does this part look normal?") == "No."
+    assert grounded_start(result(True), "Describe the defect.") == ""

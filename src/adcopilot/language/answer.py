@@ -170,15 +170,22 @@ def generate(
     max_new_tokens: int = 64,
     min_new_tokens: int = 0,
     prefix: Prefix | None = None,
+    start: str = "",
 ) -> str:
-    """Greedy answer to the last user turn of ``turns`` (no stop before ``min_new_tokens``)."""
+    """Greedy answer to the last user turn of ``turns`` (no stop before ``min_new_tokens``); the
+    answer begins with ``start`` (e.g. a grounded "Yes."), which the model then continues."""
     if max_new_tokens < 1:
         raise AdcopilotError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     logp, cache = prefill(model, turns, visual, prefix)
     stop = {model.eot_id, int(model.tokenizer.eos_token_id)}
     out: list[int] = []
     emb_layer = model.llm.get_input_embeddings()
-    for step in range(max_new_tokens):
+    for tok in model.tokenizer(start, add_special_tokens=False)["input_ids"] if start else []:
+        out.append(int(tok))  # teacher-forced: the model reads its given first words
+        res = model.hidden_states(emb_layer(torch.tensor([[tok]], device=model.device)), cache=cache, use_cache=True)
+        cache = res.cache
+        logp = F.log_softmax(model.logits(res.last_hidden_state[0, -1]).float(), dim=-1)
+    for step in range(len(out), max_new_tokens):
         if step < min_new_tokens:
             logp = logp.clone()
             logp[list(stop)] = float("-inf")

@@ -99,26 +99,48 @@ class NanoLanguage:
             self._encoder = VisualEncoder(detector, registration=self._registration)
         return self._encoder
 
-    def visual(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs | None:
-        """Visual inputs of the pair (None for a text-only model), cached per pair of files."""
+    def _rescore(self, threshold: float | None) -> float | None:
+        """The verdict threshold to map onto the detector line's, or None when no mapping is needed."""
+        cfg = self.model.cfg
+        if threshold is None or not cfg.evidence or abs(float(threshold) - cfg.evidence_threshold) < 1e-9:
+            return None
+        return float(threshold)
+
+    def visual(
+        self, query: ImageInput, references: Sequence[ImageInput], threshold: float | None = None
+    ) -> VisualInputs | None:
+        """Visual inputs of the pair (None for a text-only model), cached per pair of files.
+
+        ``threshold``: the verdict threshold in use (``inspect``'s); the image score the language
+        model reads is mapped so that this threshold lands on its detector line's
+        (:meth:`VisualInputs.rescored`), so its verdict agrees with ``inspect``'s."""
         if not self.model.cfg.use_images:
             return None
         key = _pair_key(query, references, self.encoder.size)
         if key is not None and key in self._visual:
             self._visual.move_to_end(key)
-            return self._visual[key]
-        v = self.encoder.encode(query, list(references))
-        if key is not None:
-            self._visual[key] = v
-            while len(self._visual) > 8:
-                old, _ = self._visual.popitem(last=False)
-                self._prefixes.pop(old, None)
-        return v
+            v = self._visual[key]
+        else:
+            v = self.encoder.encode(query, list(references))
+            if key is not None:
+                self._visual[key] = v
+                while len(self._visual) > 8:
+                    old, _ = self._visual.popitem(last=False)
+                    for k in [k for k in self._prefixes if k.startswith(old)]:
+                        self._prefixes.pop(k, None)
+        t = self._rescore(threshold)
+        return v if t is None else v.rescored(t, self.model.cfg.evidence_threshold)
 
-    def prefix(self, query: ImageInput, references: Sequence[ImageInput]) -> tuple[dict[str, Any], str] | None:
-        """(store, key) for reusing the prompt prefix of this pair across questions (None: no reuse)."""
+    def prefix(
+        self, query: ImageInput, references: Sequence[ImageInput], threshold: float | None = None
+    ) -> tuple[dict[str, Any], str] | None:
+        """(store, key) for reusing the prompt prefix of this pair (at this verdict threshold)
+        across questions (None: no reuse)."""
         key = _pair_key(query, references, self.encoder.size)
-        return None if key is None or not self.model.cfg.use_images else (self._prefixes, key)
+        if key is None or not self.model.cfg.use_images:
+            return None
+        t = self._rescore(threshold)
+        return (self._prefixes, key if t is None else f"{key}@{t:.6g}")
 
 
 # --------------------------------------------------------------------------- Copilot methods
@@ -150,16 +172,17 @@ def localize(
         from adcopilot.api import _source_name
 
         size = load_image(query, name=_source_name(query, "query")).size
-        _, boxes = A.text_boxes(lang.model, lang.visual(query, refs), size, lang.encoder.size,
-                                prefix=lang.prefix(query, refs))
+        t = copilot.threshold
+        _, boxes = A.text_boxes(lang.model, lang.visual(query, refs, t), size, lang.encoder.size,
+                                prefix=lang.prefix(query, refs, t))
         return boxes
     if mode != "head":
         raise AdcopilotError(f"unknown box mode {mode!r}; use 'head' or 'text'")
     r = result if result is not None else copilot.inspect(query, refs)
     if not r.boxes:
         return []
-    labels = A.label_boxes(lang.model, lang.visual(query, refs), [b.bbox_2d for b in r.boxes], r.image_size,
-                           prefix=lang.prefix(query, refs))
+    labels = A.label_boxes(lang.model, lang.visual(query, refs, r.threshold), [b.bbox_2d for b in r.boxes],
+                           r.image_size, prefix=lang.prefix(query, refs, r.threshold))
     for b, label in zip(r.boxes, labels, strict=True):
         b.label = label
     return [b.to_dict() for b in r.boxes]
@@ -167,9 +190,11 @@ def localize(
 
 def ask(
     copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], question: str,
-    history: Sequence[dict[str, str]] | None, result: Any, max_new_tokens: int,
+    history: Sequence[dict[str, str]] | None, result: Any, max_new_tokens: int, grounded: bool = True,
 ) -> str:
-    """The answer to ``question`` after ``history``; box requests are answered with boxes as JSON."""
+    """The answer to ``question`` after ``history``; box requests are answered with boxes as JSON.
+    ``grounded``: a yes/no defect question's answer starts with the inspection's verdict
+    (:func:`adcopilot.grounding.grounded_start`)."""
     import json
 
     from adcopilot.errors import AdcopilotError
@@ -184,4 +209,12 @@ def ask(
     if is_box_request(q):
         return json.dumps(localize(copilot, lang, query, refs, result=result))
     turns = [*(history or []), {"role": "user", "content": q}]
-    return A.generate(lang.model, lang.visual(query, refs), turns, max_new_tokens, prefix=lang.prefix(query, refs))
+    from adcopilot.grounding import grounded_start, verdict_question
+
+    start, t = "", (result.threshold if result is not None else copilot.threshold)
+    if grounded and verdict_question(q):
+        start = grounded_start(result if result is not None else copilot.inspect(query, refs), q)
+    if not grounded:
+        t = None  # the language model's own reading, at the threshold it was trained with
+    return A.generate(lang.model, lang.visual(query, refs, t), turns, max_new_tokens,
+                      prefix=lang.prefix(query, refs, t), start=start)

@@ -81,6 +81,16 @@ class VisualInputs:
             f"{prefix}.score": torch.tensor([self.score], dtype=torch.float32),
         }
 
+    def rescored(self, threshold: float, trained: float) -> VisualInputs:
+        """A copy whose image score (also in ``cells``) is mapped monotonically so that
+        ``threshold`` (the verdict's) lands on ``trained`` (the score the language model learned
+        to call defective), 0 on 0 and 1 on 1: the model then reads a verdict agreeing with
+        ``threshold`` together with a score that agrees with its verdict."""
+        s = rescale_score(self.score, threshold, trained)
+        cells = self.cells.clone()
+        cells[:, CELL_STATS - 1] = s
+        return VisualInputs(base=self.base, glob=self.glob, compare=self.compare, cells=cells, score=s)
+
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> VisualInputs:
         return cls(
@@ -90,6 +100,14 @@ class VisualInputs:
             cells=tensors[f"{prefix}.cells"].float(),
             score=float(tensors[f"{prefix}.score"][0]),
         )
+
+
+def rescale_score(score: float, threshold: float, trained: float) -> float:
+    """Piecewise-linear map of [0, 1] onto itself taking ``threshold`` to ``trained``."""
+    t = min(max(float(threshold), 1e-6), 1 - 1e-6)
+    if score < t:
+        return float(score) * trained / t
+    return trained + (float(score) - t) * (1.0 - trained) / (1.0 - t)
 
 
 def tower_features(tower: EfficientNetLite0, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -160,3 +160,13 @@ def test_grounded_answers_agree_with_the_inspection(model, detector, pair_images
         Image.fromarray(image).save(path)
     assert be.answer(paths, question) == "B"
     assert be.describe()["answers"] == "grounded"
+
+
+def test_free_yes_no_answers_start_with_the_verdict(model, detector, pair_images):
+    q, r = pair_images
+    lang = NanoLanguage(model=model, encoder=VisualEncoder(detector, registration=False))
+    for threshold, start in ((0.0, "Yes."), (2.0, "No.")):
+        cp = Copilot(detector, language=lang, registration=False, threshold=threshold)
+        answer = cp.ask(q, [r], "Is there any defect?", max_new_tokens=5)
+        assert answer.startswith(start)
+        assert len(answer) > len(start)  # the language model went on
