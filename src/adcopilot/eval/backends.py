@@ -149,9 +149,14 @@ class CopilotBackend(Backend):
 
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
         if has_language(self.copilot):
-            result = self.inspect(images) if self.grounded else None
+            from adcopilot.api import Copilot
+            from adcopilot.grounding import question_kind
+
+            grounded = self.grounded and isinstance(self.copilot, Copilot)  # the full model answers all itself
+            # The cached inspection, when the detector answers this question.
+            result = self.inspect(images) if grounded and question_kind(question.text, question.options) else None
             return str(self.copilot.answer_choice(images[-1], list(images[:-1]), question.text, question.options,
-                                                  grounded=self.grounded, result=result))
+                                                  grounded=grounded, result=result))
         if question.subtask == AD:
             yes, no = yes_no_letters(question.options)
             if yes is None or no is None:
@@ -179,7 +184,10 @@ class CopilotBackend(Backend):
         d["language_model"] = has_language(self.copilot)
         if d["language_model"]:
             d["box_mode"] = self.box_mode
-            d["answers"] = "grounded" if self.grounded else "language"
+            from adcopilot.api import Copilot
+
+            grounded = self.grounded and isinstance(self.copilot, Copilot)
+            d["answers"] = "grounded" if grounded else "language"
         d["detector"] = self.copilot.detector.describe()
         return d
 

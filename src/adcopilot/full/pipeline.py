@@ -323,8 +323,13 @@ class FullCopilot(Copilot):
         question: str,
         options: dict[str, str],
         mode: str = "letter",
+        *,
+        grounded: bool = False,
+        result: InspectionResult | None = None,
     ) -> str:
-        """The letter of the option the model names (MMAD's wording; the first letter it writes)."""
+        """The letter of the option the model names (MMAD's wording; the first letter it writes).
+        ``grounded`` and ``result`` are accepted for interface compatibility: the full model answers
+        every question itself."""
         if not options:
             raise AdcopilotError("a multiple-choice question needs options")
         listed = "\n".join(f"{k}: {v}" for k, v in options.items())
