@@ -130,4 +130,21 @@ def test_calibrate_from_batch_results_and_bad_input(elpv_lot, tmp_path):
     cal = json.loads(p.stdout)
     assert cal["saved"] is None and cal["metrics"]["miss"] <= 0.2
     p = run("calibrate", "--normals", str(elpv_lot / "calib" / "good"), "--model", "baseline", home=tmp_path)
-    assert p.returncode == 2 and "needs --normals and --defects" in p.stderr
+    assert p.returncode == 2 and "needs --normals and --defects" in p.stderr and "--target-false-alarm-rate" in p.stderr
+
+
+def test_calibrate_from_normal_images_only(elpv_lot, tmp_path):
+    p = run("calibrate", "--normals", str(elpv_lot / "calib" / "good"), "--refs", str(elpv_lot / "refs"),
+            "--target-false-alarm-rate", "0.1", "--model", "baseline", "--out", str(tmp_path / "c"), "--json", "--quiet",
+            home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cal = json.loads(p.stdout)
+    assert cal["metrics"]["n_defective"] == 0 and cal["metrics"]["miss"] is None
+    recs = [json.loads(x) for x in (tmp_path / "c" / "results.jsonl").read_text().splitlines()]
+    flagged = sum(r["score"] >= cal["threshold"] for r in recs)
+    assert flagged <= 0.1 * len(recs) and cal["metrics"]["confusion"]["fp"] == flagged
+    # The most sensitive such threshold: just below it, more than 10 % of the normals would be flagged.
+    below = max(r["score"] for r in recs if r["score"] < cal["threshold"])
+    assert sum(r["score"] >= below for r in recs) > 0.1 * len(recs)
+    assert cal["metrics"]["overkill_upper95"] > cal["metrics"]["overkill"]
+    assert (tmp_path / "c" / "false-alarms.png").exists() and cal["saved"]

@@ -1,4 +1,5 @@
-"""``adcopilot calibrate``: the threshold of least expected cost from labelled normal and defective images."""
+"""``adcopilot calibrate``: the threshold of least expected cost from labelled normal and defective images,
+or, from normal images only, the most sensitive threshold within a false-alarm rate."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ def register(app: typer.Typer) -> None:
         miss_cost: float = typer.Option(1.0, "--miss-cost", help="Cost of a missed defect."),
         false_alarm_cost: float = typer.Option(1.0, "--false-alarm-cost", help="Cost of a false alarm (overkill)."),
         target_miss_rate: float = typer.Option(None, "--target-miss-rate", help="Instead of costs: the highest threshold with at most this miss rate."),
+        target_false_alarm_rate: float = typer.Option(
+            None, "--target-false-alarm-rate",
+            help="Instead of costs: the lowest threshold with at most this false-alarm rate on the normals "
+            "(--defects then optional).",
+        ),
         prevalence: float = typer.Option(None, "--prevalence", help="Share of defective parts on the line (default: that of the labelled set)."),
         shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per image."),
         model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
@@ -44,8 +50,11 @@ def register(app: typer.Typer) -> None:
                 raise AdcopilotError("use either --results or --normals/--defects, not both")
             if not results.is_dir():
                 raise AdcopilotError(f"{results}: no such batch folder")
-        elif not normals or not defects:
-            raise AdcopilotError("calibration needs --normals and --defects (or --results from a batch)")
+        elif not normals or (not defects and target_false_alarm_rate is None):
+            raise AdcopilotError(
+                "calibration needs --normals and --defects (or --results from a batch); "
+                "with --normals only, give --target-false-alarm-rate"
+            )
         elif not refs:
             raise AdcopilotError("--refs is needed: the normal references the images are compared with")
         set_compute_threads(None, reserve=2)  # as batch: two image-loading threads
@@ -58,10 +67,12 @@ def register(app: typer.Typer) -> None:
                 raise AdcopilotError(f"{results}: scored by model {sorted(models)}, not by '{cp.model_name}' (--model)")
         else:
             records = run.score_items(cp, run.labelled_items(normals, defects), refs, out, shots=shots, progress=not quiet)
-            source = f"normals {', '.join(map(str, normals))}; defects {', '.join(map(str, defects))}"
+            source = f"normals {', '.join(map(str, normals))}"
+            if defects:
+                source += f"; defects {', '.join(map(str, defects))}"
         choice = run.choose_from_records(
             records, miss_cost=miss_cost, false_alarm_cost=false_alarm_cost,
-            target_miss_rate=target_miss_rate, prevalence=prevalence,
+            target_miss_rate=target_miss_rate, target_false_alarm_rate=target_false_alarm_rate, prevalence=prevalence,
         )
         charts = run.write_curves(choice, out, cp.model_name)
         record = run.calibration_record(cp, choice, shots=shots, source=source)
@@ -80,7 +91,12 @@ def register(app: typer.Typer) -> None:
         table.add_row("truly normal", str(c["tn"]), f"{c['fp']} (overkill)")
         table.add_row("truly defective", f"{c['fn']} (miss)", str(c["tp"]))
         con.print(table)
-        con.print(f"overkill {c['fp']}/{m['n_normal']} ({100 * m['overkill']:.1f}%)  miss {c['fn']}/{m['n_defective']} "
-                  f"({100 * m['miss']:.1f}%)  AUROC {m['auroc']:.4f}  expected cost per part {choice.expected_cost:.4f}")
-        con.print(f"curves: {charts['roc']}  {charts['cost']}")
+        bound = f" (95% upper bound {100 * m['overkill_upper95']:.1f}%)"
+        if m["n_defective"]:
+            con.print(f"overkill {c['fp']}/{m['n_normal']} ({100 * m['overkill']:.1f}%){bound}  miss {c['fn']}/{m['n_defective']} "
+                      f"({100 * m['miss']:.1f}%)  AUROC {m['auroc']:.4f}  expected cost per part {choice.expected_cost:.4f}")
+        else:
+            con.print(f"overkill {c['fp']}/{m['n_normal']} ({100 * m['overkill']:.1f}%){bound}  miss unknown "
+                      "(no defective images)")
+        con.print("curves: " + "  ".join(str(v) for v in charts.values()))
         con.print(f"saved: {path} (used by inspect, batch and serve)" if path else "not saved (--dry-run)")

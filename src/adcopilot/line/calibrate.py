@@ -11,6 +11,12 @@ the labelled set). Candidates are the midpoints between consecutive distinct sco
 below / above all), so every achievable split is tried once. With ``target_miss_rate`` instead,
 the threshold is the highest one whose miss rate does not exceed it (the fewest false alarms).
 
+With ``target_false_alarm_rate`` the threshold is the lowest one whose false-alarm rate on the
+normal images does not exceed it (the most sensitive allowed). This needs no defective images: a
+line that has only good parts so far can set its threshold from them (misses are then unknown).
+The metrics give the 95 % upper bound of the false-alarm rate (Clopper-Pearson), because with n
+normals a rate below about 3/n cannot be shown: with 20 normals and none flagged it is 14 %.
+
 Usage::
 
     cal = choose_threshold(scores, labels, miss_cost=20, false_alarm_cost=1)
@@ -59,6 +65,8 @@ def rates(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tup
     pos = np.sort(scores[labels == 1])
     # Anomalous when score >= t: normals at or above t are false alarms, defectives below t are misses.
     overkill = 1.0 - np.searchsorted(neg, thresholds, side="left") / len(neg)
+    if len(pos) == 0:  # normals only: misses unknown
+        return overkill, np.full(len(thresholds), np.nan)
     miss = np.searchsorted(pos, thresholds, side="left") / len(pos)
     return overkill, miss
 
@@ -71,6 +79,15 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     n1 = int((labels == 1).sum())
     n0 = len(labels) - n1
     return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2.0) / (n0 * n1))
+
+
+def overkill_upper_bound(false_alarms: int, n_normal: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound of the false-alarm rate seen as ``false_alarms`` of ``n_normal``."""
+    from scipy.stats import beta
+
+    if false_alarms >= n_normal:
+        return 1.0
+    return float(beta.ppf(confidence, false_alarms + 1, n_normal - false_alarms))
 
 
 def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, int]:
@@ -90,9 +107,10 @@ def choose_threshold(
     miss_cost: float = 1.0,
     false_alarm_cost: float = 1.0,
     target_miss_rate: float | None = None,
+    target_false_alarm_rate: float | None = None,
     prevalence: float | None = None,
 ) -> ThresholdChoice:
-    """Pick the threshold; ``labels``: 1 defective, 0 normal."""
+    """Pick the threshold; ``labels``: 1 defective, 0 normal (all 0 with ``target_false_alarm_rate``)."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if s.shape != y.shape or s.ndim != 1:
@@ -100,22 +118,33 @@ def choose_threshold(
     if not np.isfinite(s).all():
         raise AdcopilotError("some scores are not finite numbers")
     n1, n0 = int((y == 1).sum()), int((y == 0).sum())
-    if n0 == 0 or n1 == 0:
+    if target_miss_rate is not None and target_false_alarm_rate is not None:
+        raise AdcopilotError("give --target-miss-rate or --target-false-alarm-rate, not both")
+    if target_false_alarm_rate is not None:
+        if not 0.0 <= target_false_alarm_rate < 1.0:
+            raise AdcopilotError(f"--target-false-alarm-rate must be in [0, 1), got {target_false_alarm_rate}")
+        if n0 == 0:
+            raise AdcopilotError("--target-false-alarm-rate needs normal images (got none)")
+    elif n0 == 0 or n1 == 0:
         raise AdcopilotError(
-            f"calibration needs both normal and defective images (got {n0} normal, {n1} defective)"
+            f"calibration needs both normal and defective images (got {n0} normal, {n1} defective); "
+            "with normal images only, give --target-false-alarm-rate"
         )
     if miss_cost < 0 or false_alarm_cost < 0 or miss_cost + false_alarm_cost == 0:
         raise AdcopilotError("--miss-cost and --false-alarm-cost must be >= 0 and not both 0")
     if target_miss_rate is not None and not 0.0 <= target_miss_rate < 1.0:
         raise AdcopilotError(f"--target-miss-rate must be in [0, 1), got {target_miss_rate}")
     p = n1 / (n0 + n1) if prevalence is None else float(prevalence)
-    if not 0.0 < p < 1.0:
+    if not 0.0 < p < 1.0 and not (n1 == 0 and prevalence is None):
         raise AdcopilotError(f"--prevalence must be between 0 and 1 (exclusive), got {prevalence}")
 
     t = candidate_thresholds(s)
     overkill, miss = rates(s, y, t)
-    cost = miss_cost * p * miss + false_alarm_cost * (1.0 - p) * overkill
-    if target_miss_rate is not None:
+    cost = (miss_cost * p * miss if n1 else 0.0) + false_alarm_cost * (1.0 - p) * overkill
+    if target_false_alarm_rate is not None:
+        ok = np.nonzero(overkill <= target_false_alarm_rate + 1e-12)[0]
+        i = int(ok[0])  # overkill falls as t grows: the lowest allowed threshold
+    elif target_miss_rate is not None:
         ok = np.nonzero(miss <= target_miss_rate + 1e-12)[0]
         i = int(ok[-1])  # miss rate grows with t: the highest allowed threshold
     else:
@@ -126,9 +155,10 @@ def choose_threshold(
     metrics = {
         "confusion": conf,
         "overkill": conf["fp"] / n0,
-        "miss": conf["fn"] / n1,
+        "overkill_upper95": overkill_upper_bound(conf["fp"], n0),
+        "miss": conf["fn"] / n1 if n1 else None,
         "accuracy": (conf["tp"] + conf["tn"]) / (n0 + n1),
-        "auroc": auroc(s, y),
+        "auroc": auroc(s, y) if n1 and n0 else None,
         "n_normal": n0,
         "n_defective": n1,
     }
@@ -136,6 +166,7 @@ def choose_threshold(
         "miss_cost": float(miss_cost),
         "false_alarm_cost": float(false_alarm_cost),
         "target_miss_rate": target_miss_rate,
+        "target_false_alarm_rate": target_false_alarm_rate,
         "prevalence": p,
     }
     return ThresholdChoice(thr, float(cost[i]), metrics, Curves(t, overkill, miss, cost), settings)

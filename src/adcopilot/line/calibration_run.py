@@ -66,10 +66,19 @@ def choose_from_records(records: Sequence[dict[str, Any]], **kwargs: Any) -> Thr
 
 
 def write_curves(choice: ThresholdChoice, out_dir: str | os.PathLike, model_name: str) -> dict[str, Path]:
-    """roc.png (detection rate vs false-alarm rate) and cost.png (expected cost vs threshold)."""
+    """roc.png (detection rate vs false-alarm rate) and cost.png (expected cost vs threshold); with
+    normal images only, false-alarms.png (false-alarm rate vs threshold)."""
     out = Path(out_dir)
     c = choice.curves
     m = choice.metrics
+    if not m["n_defective"]:
+        chart = line_chart(
+            out / "false-alarms.png",
+            [Series(c.thresholds, c.overkill, f"false-alarm rate on {m['n_normal']} normal images")],
+            "threshold", "false-alarm (overkill) rate", "False alarms by threshold (no defective images)",
+            vline=(choice.threshold, f"chosen {choice.threshold:.4f}"),
+        )
+        return {"false_alarms": chart}
     roc = line_chart(
         out / "roc.png",
         [Series(c.overkill[::-1], (1 - c.miss)[::-1], f"{model_name} (AUROC {m['auroc']:.3f})"),

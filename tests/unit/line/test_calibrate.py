@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.line.calibrate import auroc, choose_threshold, confusion
+from adcopilot.line.calibrate import auroc, choose_threshold, confusion, overkill_upper_bound
 from adcopilot.line.calibration_file import (
     default_calibration_path,
     read_calibration,
@@ -65,6 +65,24 @@ def test_target_miss_rate_takes_the_highest_allowed_threshold():
     assert c.metrics["miss"] == 0 and c.threshold == pytest.approx(0.325)
 
 
+def test_target_false_alarm_rate_from_normal_images_only():
+    s = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    c = choose_threshold(s, [0] * 10, target_false_alarm_rate=0.2)  # two of ten normals may be flagged
+    assert c.threshold == pytest.approx(0.75) and c.metrics["confusion"]["fp"] == 2
+    assert c.metrics["miss"] is None and c.metrics["auroc"] is None and c.metrics["n_defective"] == 0
+    c = choose_threshold(s, [0] * 10, target_false_alarm_rate=0.0)  # none: above the highest normal
+    assert c.threshold > 0.9 and c.metrics["overkill"] == 0
+    # With defects too, the misses at that threshold are reported.
+    c = choose_threshold([*s, 0.95, 0.65], [0] * 10 + [1, 1], target_false_alarm_rate=0.2)
+    assert c.threshold == pytest.approx(0.75) and c.metrics["miss"] == 0.5
+
+
+def test_false_alarm_upper_bound_is_clopper_pearson():
+    assert overkill_upper_bound(0, 20) == pytest.approx(1 - 0.05 ** (1 / 20))  # closed form when none is seen
+    assert overkill_upper_bound(0, 300) < 0.01 < overkill_upper_bound(0, 250)  # the "rule of three"
+    assert overkill_upper_bound(5, 5) == 1.0
+
+
 def test_auroc_matches_the_rank_definition():
     rng = np.random.default_rng(0)
     s = np.round(rng.random(50), 1)  # ties on purpose
@@ -83,6 +101,9 @@ def test_auroc_matches_the_rank_definition():
         ({"scores": [0.1, 0.2], "labels": [0, 1], "miss_cost": -1}, "--miss-cost"),
         ({"scores": [0.1, 0.2], "labels": [0, 1], "target_miss_rate": 1.5}, "--target-miss-rate"),
         ({"scores": [0.1, 0.2], "labels": [0, 1], "prevalence": 0}, "--prevalence"),
+        ({"scores": [0.1, 0.2], "labels": [0, 1], "target_false_alarm_rate": 1}, "--target-false-alarm-rate"),
+        ({"scores": [0.1, 0.2], "labels": [1, 1], "target_false_alarm_rate": 0.1}, "needs normal images"),
+        ({"scores": [0.1, 0.2], "labels": [0, 1], "target_false_alarm_rate": 0.1, "target_miss_rate": 0.1}, "not both"),
     ],
 )
 def test_bad_calibration_input(kwargs, match):
@@ -99,6 +120,10 @@ def test_curves_are_drawn(tmp_path):
         assert im.shape == (480, 640, 3)
         # Something was drawn in the series colour (not just axes on white).
         assert (np.abs(im.astype(int) - [31, 119, 180]).sum(-1) < 30).sum() > 200
+    files = write_curves(choose_threshold(rng.random(30), [0] * 30, target_false_alarm_rate=0.1), tmp_path, "tiny")
+    assert list(files) == ["false_alarms"]  # no defects: no ROC
+    im = np.asarray(Image.open(files["false_alarms"]).convert("RGB"))
+    assert (np.abs(im.astype(int) - [31, 119, 180]).sum(-1) < 30).sum() > 200
 
 
 def test_calibration_files_are_found_where_load_looks(tmp_path, monkeypatch):
