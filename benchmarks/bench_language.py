@@ -2,9 +2,12 @@
 
 Measures, on a pair of the bundled benchmark (a held-out photo's query and its template):
 
-- the median time of ``Copilot.answer_choice`` (likelihood mode, 4 options) over ``--n`` questions,
-  after one warm-up (the visual inputs of the pair are cached after the first question, as in a
-  conversation or an MMAD run: what is timed is the language model);
+- the median time of ``Copilot.answer_choice`` (likelihood mode, 4 options) over ``--n`` questions
+  that the language model answers (not the defect yes/no and location questions, which grounded
+  answers take from the detector), after one warm-up (the visual inputs of the pair are cached
+  after the first question, as in a conversation or an MMAD run: what is timed is the language
+  model): uncalibrated (the default), and calibrated (``prior_weight=0.5``; each question's
+  content-free scores are computed the first time it is asked, which every question here is);
 - the same in letter mode;
 - the median time of a free answer forced to exactly 40 new tokens (greedy, cache);
 - the wall time of a cold ``adcopilot inspect QUERY --ref REF --ask "..."`` in a fresh process
@@ -47,7 +50,10 @@ def main() -> None:
     items = [it for it in bench.items if it.dataset == "HeldOut-Photos" and not it.is_normal]
     item = items[0]
     query, ref = bench.resolve(item.image_path), bench.references(item, 1)[0]
-    questions = [q for it in items for q in it.questions if len(q.options) == 4][: args.n]
+    from adcopilot.grounding import question_kind
+
+    questions = [q for it in items for q in it.questions
+                 if len(q.options) == 4 and question_kind(q.text, q.options) is None][: args.n]
 
     t0 = time.perf_counter()
     cp = Copilot.load(args.model)
@@ -64,6 +70,7 @@ def main() -> None:
         return statistics.median(times)
 
     mc = median_time(lambda q: cp.answer_choice(query, [ref], q.text, q.options))
+    calibrated = median_time(lambda q: cp.answer_choice(query, [ref], q.text, q.options, prior_weight=0.5))
     letter = median_time(lambda q: cp.answer_choice(query, [ref], q.text, q.options, mode="letter"))
     lang = cp.language
     visual = lang.visual(query, [ref])
@@ -89,6 +96,7 @@ def main() -> None:
         "load_s": round(load_s, 2),
         "first_question_s": round(warm_s, 2),
         "mc_likelihood_median_s": round(mc, 3),
+        "mc_likelihood_calibrated_median_s": round(calibrated, 3),
         "mc_letter_median_s": round(letter, 3),
         "answer_40_tokens_median_s": round(statistics.median(gen), 3),
         "cold_inspect_ask_s": round(cold, 2),

@@ -274,14 +274,17 @@ class Copilot:
         *,
         grounded: bool = True,
         result: InspectionResult | None = None,
+        prior_weight: float | None = None,
     ) -> str:
         """The letter of the chosen option. ``grounded`` (default): a defect yes/no or defect-location
         question is answered from the inspection (``result``, or inspected now) so that the answer
         agrees with ``inspect``'s verdict and boxes at this copilot's threshold
         (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
-        language model (``mode``: likelihood or letter)."""
+        language model (``mode``: likelihood or letter), its option scores calibrated against a
+        content-free pair with ``prior_weight`` (None: the default, 0 = uncalibrated; 0.5 was the
+        best weight on held-out training questions; see :mod:`adcopilot.language.answer`)."""
         from adcopilot.grounding import detector_choice, question_kind
-        from adcopilot.language.answer import answer_choice
+        from adcopilot.language.answer import PRIOR_WEIGHT, answer_choice
 
         refs = self._as_list(references)
         if grounded and question_kind(question, options) is not None:
@@ -292,8 +295,11 @@ class Copilot:
         # Grounded: the language model reads the detector at this copilot's threshold too.
         t = (result.threshold if result is not None else self.threshold) if grounded else None
         visual = lang.visual(query, refs, t)
+        w = PRIOR_WEIGHT if prior_weight is None else float(prior_weight)
+        if not 0.0 <= w <= 1.0:
+            raise AdcopilotError(f"prior_weight must be between 0 and 1, got {prior_weight}")
         return answer_choice(lang.model, visual, question, options, mode=mode,  # type: ignore[arg-type]
-                             prefix=lang.prefix(query, refs, t))
+                             prefix=lang.prefix(query, refs, t), prior=lang.prior() if w else None, prior_weight=w)
 
     def localize(
         self,

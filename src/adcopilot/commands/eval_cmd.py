@@ -123,6 +123,11 @@ def register(app: typer.Typer) -> None:
             help="nano with a language model: grounded (defect yes/no and location questions from the detector, "
             "the rest from the language model) or language (the language model answers all).",
         ),
+        prior_weight: float = typer.Option(
+            None, "--prior-weight",
+            help="nano with a language model: how much of a content-free pair's option score is taken off "
+            "(0-1; default 0 = uncalibrated; 0.5 was best on held-out training questions).",
+        ),
     ) -> None:
         """Answer MMAD's multiple-choice questions and print the dataset x sub-task table."""
         from adcopilot.errors import AdcopilotError
@@ -133,11 +138,13 @@ def register(app: typer.Typer) -> None:
             raise AdcopilotError(f"unknown --scoring '{scoring}'; use official or strict")
         if answers not in ("grounded", "language"):
             raise AdcopilotError(f"unknown --answers '{answers}'; use grounded or language")
+        if prior_weight is not None and not 0.0 <= prior_weight <= 1.0:
+            raise AdcopilotError(f"--prior-weight must be between 0 and 1, got {prior_weight}")
         _check(templates, k_shot)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, tasks, limit)
         _leak_check(bench, items, train_set, strict_leaks)
-        be = _backend(backend, model, answers=answers, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        be = _backend(backend, model, answers=answers, prior_weight=prior_weight, **opts(device=device, dtype=dtype, concurrency=concurrency))
         folder = _out(out, "mmad", backend, benchmark, k_shot, templates)
         records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                            selection=_selection(datasets, classes, tasks, limit))

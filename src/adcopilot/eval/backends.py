@@ -111,18 +111,20 @@ class CopilotBackend(Backend):
 
     With a language model, ``grounded`` (default) answers defect yes/no and defect-location
     questions from the detector (:mod:`adcopilot.grounding`) and the rest with the language model;
-    ``grounded=False`` asks the language model everything. MMAD-BBox with a language model:
+    ``grounded=False`` asks the language model everything; ``prior_weight`` calibrates its option
+    scores against a content-free pair (None: the default). MMAD-BBox with a language model:
     ``box_mode="head"`` answers with the dense head's boxes labelled by the language model,
     ``"text"`` with the boxes the language model writes itself."""
 
     supports_boxes = True
 
     def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Any = None, threshold: float | None = None,
-                 box_mode: str = "head", grounded: bool = True) -> None:
+                 box_mode: str = "head", grounded: bool = True, prior_weight: float | None = None) -> None:
         self.name = name
         self.model = str(model)
         self.box_mode = box_mode
         self.grounded = grounded
+        self.prior_weight = prior_weight
         if copilot is None:
             from adcopilot.api import Copilot
 
@@ -152,11 +154,13 @@ class CopilotBackend(Backend):
             from adcopilot.api import Copilot
             from adcopilot.grounding import question_kind
 
-            grounded = self.grounded and isinstance(self.copilot, Copilot)  # the full model answers all itself
+            args = (images[-1], list(images[:-1]), question.text, question.options)
+            if not isinstance(self.copilot, Copilot):  # the full model answers every question itself
+                return str(self.copilot.answer_choice(*args))
             # The cached inspection, when the detector answers this question.
-            result = self.inspect(images) if grounded and question_kind(question.text, question.options) else None
-            return str(self.copilot.answer_choice(images[-1], list(images[:-1]), question.text, question.options,
-                                                  grounded=grounded, result=result))
+            result = self.inspect(images) if self.grounded and question_kind(question.text, question.options) else None
+            return str(self.copilot.answer_choice(*args, grounded=self.grounded, result=result,
+                                                  prior_weight=self.prior_weight))
         if question.subtask == AD:
             yes, no = yes_no_letters(question.options)
             if yes is None or no is None:
@@ -186,8 +190,11 @@ class CopilotBackend(Backend):
             d["box_mode"] = self.box_mode
             from adcopilot.api import Copilot
 
-            grounded = self.grounded and isinstance(self.copilot, Copilot)
-            d["answers"] = "grounded" if grounded else "language"
+            if isinstance(self.copilot, Copilot):
+                from adcopilot.language.answer import PRIOR_WEIGHT
+
+                d["answers"] = "grounded" if self.grounded else "language"
+                d["prior_weight"] = PRIOR_WEIGHT if self.prior_weight is None else float(self.prior_weight)
         d["detector"] = self.copilot.detector.describe()
         return d
 
@@ -478,7 +485,8 @@ def make_backend(name: str, model: str | None = None, **options: Any) -> Backend
             )
         return CopilotBackend("nano", target, threshold=options.get("threshold"),
                               box_mode=options.get("box_mode") or "head",
-                              grounded=options.get("answers", "grounded") != "language")
+                              grounded=options.get("answers", "grounded") != "language",
+                              prior_weight=options.get("prior_weight"))
     if name == "transformers":
         if not model:
             raise AdcopilotError("backend 'transformers' needs --model PATH (a local Qwen2.5-VL checkpoint folder)")

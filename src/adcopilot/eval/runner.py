@@ -136,8 +136,9 @@ def _identity(bench: MMADBenchmark, backend: Backend, k_shot: int, templates: st
         "k_shot": k_shot,
         "templates": templates,
     }
-    if "answers" in d:  # grounded or language-only answers: a resumed run must not mix them
-        identity["answers"] = d["answers"]
+    for key in ("answers", "prior_weight"):  # how a language model answers: a resumed run must not mix
+        if key in d:
+            identity[key] = d[key]
     return identity
 
 

@@ -56,6 +56,7 @@ class NanoLanguage:
         self._registration = registration
         self._visual: OrderedDict[str, VisualInputs] = OrderedDict()
         self._prefixes: dict[str, Any] = {}  # pair key -> cache of the prompt up to the image tokens
+        self._prior: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -130,6 +131,21 @@ class NanoLanguage:
                         self._prefixes.pop(k, None)
         t = self._rescore(threshold)
         return v if t is None else v.rescored(t, self.model.cfg.evidence_threshold)
+
+    def prior(self) -> Any:
+        """The :class:`adcopilot.language.answer.Prior`: option scores given a content-free pair
+        (two flat grey images), for calibrated multiple-choice answers."""
+        if self._prior is None:
+            import numpy as np
+
+            from adcopilot.language.answer import Prior
+
+            visual = None
+            if self.model.cfg.use_images:
+                grey = np.full((self.encoder.size, self.encoder.size, 3), 128, np.uint8)
+                visual = self.encoder.encode(grey, [grey])
+            self._prior = Prior(visual)
+        return self._prior
 
     def prefix(
         self, query: ImageInput, references: Sequence[ImageInput], threshold: float | None = None

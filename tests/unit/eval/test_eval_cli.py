@@ -53,6 +53,7 @@ def test_input_errors(run, tmp_path, small_bench):
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--backend", "transformers"), "needs --model PATH")
     one_error_line(run("mmad-bbox", "--benchmark", str(small_bench), "--box-mode", "magic"), "--box-mode")
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--answers", "oracle"), "--answers", "grounded or language")
+    one_error_line(run("mmad", "--benchmark", str(small_bench), "--prior-weight", "3"), "--prior-weight")
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--templates", "best"), "template mode")
     one_error_line(run("detect", "--benchmark", str(small_bench), "--k-shot", "-1"), "--k-shot")
 

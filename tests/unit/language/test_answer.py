@@ -98,3 +98,23 @@ def test_reused_prefix_gives_the_same_answers(model, visual):
     assert list(store) == ["pair"]
     other = [{"role": "user", "content": "Describe the defect."}]
     assert A.generate(model, visual, other, 6, prefix=(store, "pair")) == A.generate(model, visual, other, 6)
+
+
+@torch.no_grad()
+def test_calibrated_choice_subtracts_the_content_free_scores(model, visual):
+    options = {"A": "Yes.", "B": "No.", "C": "A crack at the top."}
+    turns = [{"role": "user", "content": mcq_question(QUESTION, options)}]
+    texts = list(options.values())
+    raw = A.score_continuations(model, turns, visual, texts)
+    # Calibrating against the very pair asked about takes every preference away: a tie, the first letter.
+    same = A.Prior(visual)
+    assert A.answer_choice(model, visual, QUESTION, options, prior=same, prior_weight=1.0) == "A"
+    # Against another pair: the option with the highest raw - weight * content-free score.
+    other = visual.rescored(0.9, 0.1)  # a different image score: different model inputs
+    prior = A.Prior(other)
+    base = A.score_continuations(model, turns, other, texts)
+    for w in (0.0, 0.5, 1.0):
+        expected = max(range(3), key=lambda i: (raw[i] - w * base[i], -i))
+        assert A.answer_choice(model, visual, QUESTION, options, prior=prior, prior_weight=w) == "ABC"[expected]
+    assert prior.scores(model, turns, texts) == pytest.approx(base, abs=1e-4)  # computed once, then reused
+    assert len(prior._scores) == 1

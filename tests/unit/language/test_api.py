@@ -170,3 +170,13 @@ def test_free_yes_no_answers_start_with_the_verdict(model, detector, pair_images
         answer = cp.ask(q, [r], "Is there any defect?", max_new_tokens=5)
         assert answer.startswith(start)
         assert len(answer) > len(start)  # the language model went on
+
+
+def test_calibrated_answers_through_the_copilot(copilot, pair_images):
+    q, r = pair_images
+    options = {"A": "A scratch.", "B": "A stain.", "C": "A hole."}
+    assert copilot.answer_choice(q, r, "What type of defect is present?", options, prior_weight=0.5) in options
+    prior = copilot.language.prior()
+    assert prior is copilot.language.prior() and prior.visual is not None and len(prior._scores) == 1
+    with pytest.raises(AdcopilotError, match="prior_weight"):
+        copilot.answer_choice(q, r, "What type of defect is present?", options, prior_weight=2.0)
