@@ -13,10 +13,11 @@ Multiple choice (``answer_choice``), two modes:
   flat grey images) and the same question: what the model would say without seeing anything.
   This removes its preference for some option texts whatever the images ("contextual
   calibration", Zhao et al. 2021; PMI scoring, Holtzman et al. 2021). Measured with the shipped
-  model: on the training data's held-out questions, mean accuracy 49.4 % uncalibrated, 52.5 % at
-  weight 0.5 (the best of 0-1), 47.0 % at 1.0; on the bundled benchmark's photo questions that the
-  language model answers, 31.8 % -> 32.0 % (noise); and a question asked for the first time costs
-  a second scoring (0.35 -> 0.70 s at 1 thread). Off by default (weight 0) for that reason.
+  model on the questions it answers (``benchmarks/calibrated_answers.py``): on the training data's
+  held-out questions, mean accuracy over sub-tasks 41.7 % uncalibrated, 45.0 % at weight 0.5 (the
+  best of 0-1), 39.3 % at 1.0; on the bundled benchmark's held-out photos, 31.0 % -> 31.6 % (noise);
+  and a question asked for the first time costs a second scoring (0.35 -> 0.70 s at 1 thread).
+  Off by default (weight 0) for those two reasons.
 - ``"letter"``: the model generates its answer greedily and the letter is read from it: a
   leading letter if it writes one, else the option whose text it wrote (exact after
   normalising, else the most similar, :func:`match_option`).
