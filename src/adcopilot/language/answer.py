@@ -208,9 +208,11 @@ def generate(
     min_new_tokens: int = 0,
     prefix: Prefix | None = None,
     start: str = "",
+    ban_after_start: Sequence[int] = (),
 ) -> str:
     """Greedy answer to the last user turn of ``turns`` (no stop before ``min_new_tokens``); the
-    answer begins with ``start`` (e.g. a grounded "Yes."), which the model then continues."""
+    answer begins with ``start`` (e.g. a grounded "Yes."), which the model then continues, its
+    first own token not one of ``ban_after_start`` (e.g. a second, contradicting "No")."""
     if max_new_tokens < 1:
         raise AdcopilotError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     logp, cache = prefill(model, turns, visual, prefix)
@@ -222,6 +224,9 @@ def generate(
         res = model.hidden_states(emb_layer(torch.tensor([[tok]], device=model.device)), cache=cache, use_cache=True)
         cache = res.cache
         logp = F.log_softmax(model.logits(res.last_hidden_state[0, -1]).float(), dim=-1)
+    if out and ban_after_start:
+        logp = logp.clone()
+        logp[list(ban_after_start)] = float("-inf")
     for step in range(len(out), max_new_tokens):
         if step < min_new_tokens:
             logp = logp.clone()

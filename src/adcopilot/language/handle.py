@@ -232,5 +232,7 @@ def ask(
         start = grounded_start(result if result is not None else copilot.inspect(query, refs), q)
     if not grounded:
         t = None  # the language model's own reading, at the threshold it was trained with
+    # After the verdict, the model goes on explaining; it may not open with a second yes/no.
+    ban = sorted({lang.model._ids(w)[0] for w in (" Yes", " No", " yes", " no", "Yes", "No")}) if start else []
     return A.generate(lang.model, lang.visual(query, refs, t), turns, max_new_tokens,
-                      prefix=lang.prefix(query, refs, t), start=start)
+                      prefix=lang.prefix(query, refs, t), start=start, ban_after_start=ban)

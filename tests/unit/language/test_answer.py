@@ -118,3 +118,17 @@ def test_calibrated_choice_subtracts_the_content_free_scores(model, visual):
         assert A.answer_choice(model, visual, QUESTION, options, prior=prior, prior_weight=w) == "ABC"[expected]
     assert prior.scores(model, turns, texts) == pytest.approx(base, abs=1e-4)  # computed once, then reused
     assert len(prior._scores) == 1
+
+
+@torch.no_grad()
+def test_forced_start_and_banned_first_token(model, visual):
+    turns = [{"role": "user", "content": QUESTION}]
+    free = A.generate(model, visual, turns, max_new_tokens=6, start="Yes.")
+    assert free.startswith("Yes.")
+    start_ids = model._ids("Yes.")
+    full = model._ids(free)
+    assert full[: len(start_ids)] == start_ids and len(full) > len(start_ids)
+    first = full[len(start_ids)]  # the model's own first token after the forced start
+    banned = A.generate(model, visual, turns, max_new_tokens=6, start="Yes.", ban_after_start=[first])
+    ids = model._ids(banned)
+    assert banned.startswith("Yes.") and (len(ids) == len(start_ids) or ids[len(start_ids)] != first)
