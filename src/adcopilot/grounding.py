@@ -104,9 +104,18 @@ def yes_no_letters(options: dict[str, str]) -> tuple[str | None, str | None]:
     return yes, no
 
 
+_NEGATED_DEFECT = re.compile(
+    r"\b(free (of|from)|without|no|not have|lacks?|lacking)\s+(any\s+|a\s+|an\s+)?(visible\s+)?"
+    r"(defect|anomal|damage|flaw|abnormal)"
+)
+
+
 def yes_means_defect(question: str) -> bool:
-    """Whether "Yes" claims a defect ("Is there any defect ...?") or normality ("Is it normal?")."""
+    """Whether "Yes" claims a defect ("Is there any defect ...?") or normality ("Is it normal?",
+    "Is the part free of defects?")."""
     t = question.lower()
+    if _NEGATED_DEFECT.search(t):
+        return False
     return bool(_DEFECT_WORDS.search(t)) or not _NORMAL_WORDS.search(t)
 
 

@@ -39,6 +39,10 @@ def test_defect_answers_follow_the_verdict_and_the_question_polarity():
     assert detector_choice(result(False), "Is there any defect?", YES_NO) == "B"
     assert detector_choice(result(True), "Is the object normal?", YES_NO) == "B"
     assert detector_choice(result(False), "Is the object normal?", {"A": "No.", "B": "Yes."}) == "B"
+    # Negated defect words: "Yes" claims normality.
+    for q in ("Is the part free of defects?", "Is there no defect in the object?", "Is the surface without any damage?"):
+        assert detector_choice(result(True), q, YES_NO) == "B", q
+        assert detector_choice(result(False), q, YES_NO) == "A", q
 
 
 def test_location_answers_from_boxes_or_the_peak():
