@@ -278,8 +278,9 @@ class Copilot:
     ) -> str:
         """The letter of the chosen option. ``grounded`` (default): a defect yes/no or defect-location
         question is answered from the inspection (``result``, or inspected now) so that the answer
-        agrees with ``inspect``'s verdict and boxes at this copilot's threshold
-        (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
+        agrees with ``inspect``'s verdict and boxes at this copilot's threshold, and a defect-type
+        question whose options all name defect labels the model was trained on by its defect-type
+        head (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
         language model (``mode``: likelihood or letter), its option scores calibrated against a
         content-free pair with ``prior_weight`` (None: the default, 0 = uncalibrated; 0.5 was the
         best weight on held-out training questions; see :mod:`adcopilot.language.answer`)."""
@@ -295,6 +296,16 @@ class Copilot:
         # Grounded: the language model reads the detector at this copilot's threshold too.
         t = (result.threshold if result is not None else self.threshold) if grounded else None
         visual = lang.visual(query, refs, t)
+        if grounded:  # "what type of defect?" with options naming trained labels: the type head
+            from adcopilot.grounding import option_cells, type_options
+            from adcopilot.language.answer import type_choice
+
+            choices = type_options(question, options, list(lang.model.cfg.defect_labels))
+            named = option_cells(question)  # "What defect is at the top left?": that cell
+            region = named[0] if len(named) == 1 else None
+            letter = type_choice(lang.model, visual, choices, region) if choices else None
+            if letter:
+                return letter
         w = PRIOR_WEIGHT if prior_weight is None else float(prior_weight)
         if not 0.0 <= w <= 1.0:
             raise AdcopilotError(f"prior_weight must be between 0 and 1, got {prior_weight}")

@@ -65,3 +65,33 @@ def test_free_answers_start_with_the_verdict():
     assert grounded_start(result(False), "Is there any defect?") == "No."
     assert grounded_start(result(True), "Does this part look normal?") == "No."
     assert grounded_start(result(True), "Describe the defect.") == ""
+
+
+LABELS = ["Contamination", "Crack", "Dark Region", "Hole", "Missing Material", "Pitting", "Scratch", "Stain"]
+
+
+def test_options_are_matched_to_trained_defect_labels():
+    from adcopilot.grounding import option_label
+
+    expect = {"Stain.": "Stain", "Metal contamination": "Contamination", "Scratches": "Scratch", "Cracks": "Crack",
+              "Missing": "Missing Material", "Pits": "Pitting", "Dark region.": "Dark Region",
+              "Material missing.": "Missing Material"}
+    for text, label in expect.items():
+        assert LABELS[option_label(text, LABELS)] == label, text
+    for text in ("Whole.", "Cut", "Broken large", "Glue", "a"):
+        assert option_label(text, LABELS) is None, text
+
+
+def test_type_questions():
+    from adcopilot.grounding import type_options
+
+    opts = {"A": "Stain.", "B": "Hole.", "C": "Scratch.", "D": "Crack."}
+    assert type_options("What type of defect is present in the object?", opts, LABELS) == {"A": 7, "B": 3, "C": 6, "D": 1}
+    assert type_options("Which defect does the query show?", opts, LABELS) is not None
+    assert type_options("What is the defect category?", opts, LABELS) is not None
+    assert type_options("What is the defect in the query image?", opts, LABELS) is not None
+    assert type_options("What is the object made of?", opts, LABELS) is None  # not about a defect
+    assert type_options("Where is the defect?", opts, LABELS) is None  # not a type question
+    assert type_options("What type of defect is present?", {**opts, "D": "Glue."}, LABELS) is None  # unknown label
+    assert type_options("What type of defect is present?", {"A": "Stain.", "B": "Stains."}, LABELS) is None  # same label
+    assert type_options("What type of defect is present?", opts, []) is None

@@ -200,6 +200,27 @@ def answer_choice(
 
 
 @torch.inference_mode()
+def type_choice(
+    model: NanoCopilot, visual: VisualInputs | None, choices: dict[str, int], region: str | None = None
+) -> str | None:
+    """The letter whose defect label (``choices``: letter -> index into ``cfg.defect_labels``) the
+    defect-type head finds likeliest in the query's most anomalous grid cell (or in ``region``,
+    a 3x3 cell name, when the question names one); None without a type head."""
+    from adcopilot.geometry import GRID_NAMES
+    from adcopilot.language.visual import CELL_STATS
+
+    proj = model.projectors
+    if visual is None or not getattr(proj, "anchored", False) or not model.cfg.defect_labels:
+        return None
+    cells = visual.cells.to(model.device)
+    names = [n for row in GRID_NAMES for n in row]
+    i = names.index(region) if region in names and cells.shape[0] == len(names) else int(cells[:, 0].argmax())
+    hottest = cells[i, CELL_STATS:]  # (304,)
+    prob = proj.type_head(hottest).softmax(-1)  # (K,)
+    return max(choices, key=lambda k: (float(prob[choices[k]]), -list(choices).index(k)))
+
+
+@torch.inference_mode()
 def generate(
     model: NanoCopilot,
     visual: VisualInputs | None,

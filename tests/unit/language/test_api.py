@@ -180,3 +180,36 @@ def test_calibrated_answers_through_the_copilot(copilot, pair_images):
     assert prior is copilot.language.prior() and prior.visual is not None and len(prior._scores) == 1
     with pytest.raises(AdcopilotError, match="prior_weight"):
         copilot.answer_choice(q, r, "What type of defect is present?", options, prior_weight=2.0)
+
+
+def test_type_questions_are_answered_by_the_type_head(copilot, pair_images):
+    import torch
+
+    q, r = pair_images
+    options = {"A": "Crack.", "B": "Stain.", "C": "Hole."}  # the tiny model's labels: crack, stain, hole
+    head = copilot.language.model.projectors.type_head[1]  # Linear(304 -> 3)
+    with torch.no_grad():
+        head.weight.zero_()
+        for favoured, letter in ((1, "B"), (2, "C"), (0, "A")):
+            head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(favoured), 3).float() * 5)
+            assert copilot.answer_choice(q, r, "What type of defect is present?", options) == letter
+    # An option naming no trained label: the language model answers (any of the options).
+    assert copilot.answer_choice(q, r, "What type of defect is present?", {"A": "Glue.", "B": "Stain."}) in ("A", "B")
+
+
+def test_type_question_about_a_named_region_reads_that_cell(copilot, pair_images):
+    import torch
+
+    from adcopilot.language.visual import CELL_STATS
+
+    q, r = pair_images
+    options = {"A": "Crack.", "B": "Stain."}
+    head = copilot.language.model.projectors.type_head
+    cells = copilot.language.visual(q, [r], copilot.threshold).cells
+    with torch.no_grad():
+        # Per cell, the head's preference between crack and stain, then ask about each cell by name.
+        prefs = [head(cells[i, CELL_STATS:]).softmax(-1)[:2] for i in range(9)]
+        names = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
+        for i, name in enumerate(names):
+            want = "A" if float(prefs[i][0]) >= float(prefs[i][1]) else "B"
+            assert copilot.answer_choice(q, r, f"What type of defect is at the {name} of the image?", options) == want
