@@ -121,7 +121,8 @@ def register(app: typer.Typer) -> None:
         answers: str = typer.Option(
             "grounded", "--answers",
             help="nano with a language model: grounded (defect yes/no and location questions from the detector, "
-            "the rest from the language model) or language (the language model answers all).",
+            "defect-type questions from the type head, the rest from the language model) or language "
+            "(the language model answers all).",
         ),
         prior_weight: float = typer.Option(
             None, "--prior-weight",

@@ -110,7 +110,8 @@ class CopilotBackend(Backend):
     """Our models through :class:`adcopilot.Copilot` (``nano`` or ``baseline``).
 
     With a language model, ``grounded`` (default) answers defect yes/no and defect-location
-    questions from the detector (:mod:`adcopilot.grounding`) and the rest with the language model;
+    questions from the detector and defect-type questions from the type head
+    (:mod:`adcopilot.grounding`), and the rest with the language model;
     ``grounded=False`` asks the language model everything; ``prior_weight`` calibrates its option
     scores against a content-free pair (None: the default). MMAD-BBox with a language model:
     ``box_mode="head"`` answers with the dense head's boxes labelled by the language model,
