@@ -3,8 +3,8 @@
 Measures, on a pair of the bundled benchmark (a held-out photo's query and its template):
 
 - the median time of ``Copilot.answer_choice`` (likelihood mode, 4 options) over ``--n`` questions
-  that the language model answers (not the defect yes/no and location questions, which grounded
-  answers take from the detector), after one warm-up (the visual inputs of the pair are cached
+  that the language model answers (not the defect yes/no, location and type questions, which
+  grounded answers take from the detector and the type head), after one warm-up (the visual inputs of the pair are cached
   after the first question, as in a conversation or an MMAD run: what is timed is the language
   model): uncalibrated (the default), and calibrated (``prior_weight=0.5``; each question's
   content-free scores are computed the first time it is asked, which every question here is);
@@ -50,10 +50,14 @@ def main() -> None:
     items = [it for it in bench.items if it.dataset == "HeldOut-Photos" and not it.is_normal]
     item = items[0]
     query, ref = bench.resolve(item.image_path), bench.references(item, 1)[0]
-    from adcopilot.grounding import question_kind
+    from adcopilot.grounding import question_kind, type_options
 
-    questions = [q for it in items for q in it.questions
-                 if len(q.options) == 4 and question_kind(q.text, q.options) is None][: args.n]
+    from adcopilot.model.registry import DEFAULT_CHECKPOINT
+
+    folder = DEFAULT_CHECKPOINT if args.model == "default" else Path(args.model)
+    labels = json.loads((folder / "language" / "config.json").read_text()).get("defect_labels", [])
+    questions = [q for it in items for q in it.questions if len(q.options) == 4
+                 and question_kind(q.text, q.options) is None and type_options(q.text, q.options, labels) is None][: args.n]
 
     t0 = time.perf_counter()
     cp = Copilot.load(args.model)
