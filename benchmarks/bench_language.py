@@ -51,7 +51,6 @@ def main() -> None:
     item = items[0]
     query, ref = bench.resolve(item.image_path), bench.references(item, 1)[0]
     from adcopilot.grounding import question_kind, type_options
-
     from adcopilot.model.registry import DEFAULT_CHECKPOINT
 
     folder = DEFAULT_CHECKPOINT if args.model == "default" else Path(args.model)
