@@ -76,6 +76,10 @@ class Analysis:
 class Copilot:
     """An inspection assistant around one detector (and, when present, a language model)."""
 
+    #: Whether ``answer_choice`` takes ``grounded`` / ``result`` / ``prior_weight`` (grounded answers,
+    #: :mod:`adcopilot.grounding`); a model that answers every question itself says False.
+    grounds_answers = True
+
     def __init__(
         self,
         detector: Detector,
@@ -287,6 +291,9 @@ class Copilot:
         from adcopilot.grounding import detector_choice, question_kind
         from adcopilot.language.answer import PRIOR_WEIGHT, answer_choice
 
+        w = PRIOR_WEIGHT if prior_weight is None else float(prior_weight)
+        if not 0.0 <= w <= 1.0:
+            raise AdcopilotError(f"prior_weight must be between 0 and 1, got {prior_weight}")
         refs = self._as_list(references)
         if grounded and question_kind(question, options) is not None:
             letter = detector_choice(result if result is not None else self.inspect(query, refs), question, options)
@@ -306,9 +313,6 @@ class Copilot:
             letter = type_choice(lang.model, visual, choices, region) if choices else None
             if letter:
                 return letter
-        w = PRIOR_WEIGHT if prior_weight is None else float(prior_weight)
-        if not 0.0 <= w <= 1.0:
-            raise AdcopilotError(f"prior_weight must be between 0 and 1, got {prior_weight}")
         return answer_choice(lang.model, visual, question, options, mode=mode,  # type: ignore[arg-type]
                              prefix=lang.prefix(query, refs, t), prior=lang.prior() if w else None, prior_weight=w)
 

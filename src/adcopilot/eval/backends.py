@@ -54,7 +54,6 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.eval.bbox import BoxCoords, bbox_prompt
 from adcopilot.eval.mmad import PromptPart, Question, official_prompt
 from adcopilot.grounding import (  # noqa: F401 - re-exported: the backends' answer rules
-    detector_choice,
     option_cells,
     pick_region_option,
     predicted_cells,
@@ -152,11 +151,10 @@ class CopilotBackend(Backend):
 
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
         if has_language(self.copilot):
-            from adcopilot.api import Copilot
             from adcopilot.grounding import question_kind
 
             args = (images[-1], list(images[:-1]), question.text, question.options)
-            if not isinstance(self.copilot, Copilot):  # the full model answers every question itself
+            if not getattr(self.copilot, "grounds_answers", False):  # the full model answers all itself
                 return str(self.copilot.answer_choice(*args))
             # The cached inspection, when the detector answers this question.
             result = self.inspect(images) if self.grounded and question_kind(question.text, question.options) else None
@@ -189,9 +187,7 @@ class CopilotBackend(Backend):
         d["language_model"] = has_language(self.copilot)
         if d["language_model"]:
             d["box_mode"] = self.box_mode
-            from adcopilot.api import Copilot
-
-            if isinstance(self.copilot, Copilot):
+            if getattr(self.copilot, "grounds_answers", False):
                 from adcopilot.language.answer import PRIOR_WEIGHT
 
                 d["answers"] = "grounded" if self.grounded else "language"

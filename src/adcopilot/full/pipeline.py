@@ -223,6 +223,8 @@ class FullDetector(Detector):
 class FullCopilot(Copilot):
     """:class:`adcopilot.Copilot` backed by the full-scale model: boxes, verdict and answers in text."""
 
+    grounds_answers = False  # it answers every question itself (and inspecting means generating)
+
     def __init__(self, full: FullModel, *, threshold: float | None = None, model_name: str | None = None) -> None:
         super().__init__(
             FullDetector(full), threshold=threshold, registration=False, language=full,
@@ -323,13 +325,8 @@ class FullCopilot(Copilot):
         question: str,
         options: dict[str, str],
         mode: str = "letter",
-        *,
-        grounded: bool = False,
-        result: InspectionResult | None = None,
     ) -> str:
-        """The letter of the option the model names (MMAD's wording; the first letter it writes).
-        ``grounded`` and ``result`` are accepted for interface compatibility: the full model answers
-        every question itself."""
+        """The letter of the option the model names (MMAD's wording; the first letter it writes)."""
         if not options:
             raise AdcopilotError("a multiple-choice question needs options")
         listed = "\n".join(f"{k}: {v}" for k, v in options.items())

@@ -125,3 +125,17 @@ def test_batch_tools_get_a_map_from_the_boxes(copilot, pair):
     buf = io.BytesIO()
     Image.open(query).save(buf, format="PNG")
     assert copilot.inspect(buf.getvalue(), [ref]).query == "query"
+
+
+def test_nano_eval_backend_lets_the_full_model_answer_every_question(copilot, pair):
+    from adcopilot.eval.backends import CopilotBackend
+    from adcopilot.eval.mmad import Question
+
+    query, ref = pair
+    assert not copilot.grounds_answers  # it answers itself: no grounding, no detector pass per question
+    be = CopilotBackend("nano", copilot=copilot)
+    q = Question(index=0, text="Is there any defect?", options={"A": "Yes.", "B": "No."}, answer="A",
+                 type="Anomaly Detection")
+    reply = be.answer([ref, query], q)
+    assert reply == copilot.answer_choice(query, [ref], q.text, q.options)
+    assert "answers" not in be.describe()
