@@ -158,12 +158,13 @@ def option_label(text: str, labels: list[str]) -> int | None:
             if o == label.lower():
                 return i
     for o in forms:
-        for i, label in enumerate(labels):
-            l_ = label.lower()
-            # Every word of the label in the option, in any order ("Material missing"), or the
-            # option a word's beginning or end ("Missing", "Pits" -> "Pitting").
-            if set(l_.split()) <= set(o.split()) or l_.endswith(o) or l_.startswith(o):
-                return i
+        # Every word of the label in the option, in any order ("Material missing"), or the option
+        # the label's beginning or end ("Missing", "Pits" -> "Pitting"); only when one label fits
+        # ("Material" could be extra or missing material).
+        fits = [i for i, label in enumerate(labels)
+                if set(label.lower().split()) <= set(o.split()) or label.lower().startswith(o) or label.lower().endswith(o)]
+        if len(fits) == 1:
+            return fits[0]
     return None
 
 

@@ -67,7 +67,8 @@ def test_free_answers_start_with_the_verdict():
     assert grounded_start(result(True), "Describe the defect.") == ""
 
 
-LABELS = ["Contamination", "Crack", "Dark Region", "Hole", "Missing Material", "Pitting", "Scratch", "Stain"]
+LABELS = ["Contamination", "Crack", "Dark Region", "Extra Material", "Hole", "Missing Material", "Pitting", "Scratch",
+          "Stain"]
 
 
 def test_options_are_matched_to_trained_defect_labels():
@@ -78,7 +79,7 @@ def test_options_are_matched_to_trained_defect_labels():
               "Material missing.": "Missing Material"}
     for text, label in expect.items():
         assert LABELS[option_label(text, LABELS)] == label, text
-    for text in ("Whole.", "Cut", "Broken large", "Glue", "a"):
+    for text in ("Whole.", "Cut", "Broken large", "Glue", "a", "Material."):  # "Material": two labels fit
         assert option_label(text, LABELS) is None, text
 
 
@@ -86,7 +87,7 @@ def test_type_questions():
     from adcopilot.grounding import type_options
 
     opts = {"A": "Stain.", "B": "Hole.", "C": "Scratch.", "D": "Crack."}
-    assert type_options("What type of defect is present in the object?", opts, LABELS) == {"A": 7, "B": 3, "C": 6, "D": 1}
+    assert type_options("What type of defect is present in the object?", opts, LABELS) == {"A": 8, "B": 4, "C": 7, "D": 1}
     assert type_options("Which defect does the query show?", opts, LABELS) is not None
     assert type_options("What is the defect category?", opts, LABELS) is not None
     assert type_options("What is the defect in the query image?", opts, LABELS) is not None

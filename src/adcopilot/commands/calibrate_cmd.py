@@ -45,6 +45,11 @@ def register(app: typer.Typer) -> None:
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
         # Check the arguments before loading the model.
+        if target_miss_rate is not None and target_false_alarm_rate is not None:
+            raise AdcopilotError("give --target-miss-rate or --target-false-alarm-rate, not both")
+        for flag, value in (("--target-miss-rate", target_miss_rate), ("--target-false-alarm-rate", target_false_alarm_rate)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise AdcopilotError(f"{flag} must be in [0, 1), got {value}")
         if results is not None:
             if normals or defects:
                 raise AdcopilotError("use either --results or --normals/--defects, not both")

@@ -14,6 +14,9 @@ import pytest
         (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --shard '0/2': i must be between 1 and n"),
         (["calibrate", "--normals", "good"], "error: calibration needs --normals and --defects"),
         (["calibrate", "--results", "nowhere"], "error: nowhere: no such batch folder"),
+        (["calibrate", "--normals", "good", "--target-false-alarm-rate", "1.5"], "error: --target-false-alarm-rate must be in [0, 1)"),
+        (["calibrate", "--normals", "good", "--target-false-alarm-rate", "0.1", "--target-miss-rate", "0.1"],
+         "error: give --target-miss-rate or --target-false-alarm-rate, not both"),
         (["serve", "--port", "70000"], "error: --port 70000: not a TCP port"),
     ],
 )
