@@ -40,12 +40,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(assets.home() / "models" / "nano-elpv"))
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--size", type=int, default=None, help="training image size (adapt --size; default its own)")
     ap.add_argument("--no-defects", action="store_true", help="adapt from good images only")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     good, bad = export_train_folders()
     argv = ["adapt", "--normals", str(good), "--out", args.out, "--steps", str(args.steps),
             "--licence", f"ELPV dataset images: {LICENCE} (non-commercial); this model inherits it"]
+    if args.size:
+        argv += ["--size", str(args.size)]
     if not args.no_defects:
         argv += ["--defects", str(bad)]
     if args.resume:

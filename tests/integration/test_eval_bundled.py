@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from adcopilot.data.normals import HELDOUT_FOR_EVALUATION
 from adcopilot.eval import bundled
@@ -55,6 +57,20 @@ def test_contents_and_format(built):
             assert gt_boxes_from_mask(bench.resolve(item.mask_path))
     letters = [q.answer for i in bench.items for q in i.questions if len(q.options) == 4]
     assert max(letters.count(x) for x in "ABCD") - min(letters.count(x) for x in "ABCD") <= 4  # balanced
+
+
+def test_defect_records_describe_every_synthetic_defect(built):
+    root, _ = built
+    bench = load_mmad(root / "mmad.json")
+    records = json.loads((root / "defects.json").read_text())
+    defective = [i for i in bench.items if i.mask_path is not None and i.key.startswith(bundled.PHOTOS_DATASET)]
+    assert sorted(records) == sorted(i.key for i in defective)
+    for item in defective:
+        r = records[item.key]
+        mask = np.asarray(Image.open(bench.resolve(item.mask_path))) > 0
+        assert r["area_px"] == int(mask.sum())
+        assert 0 < r["contrast"] <= 1
+        assert r["label"].replace(" ", "_") in item.key
 
 
 def test_build_is_deterministic(built, tmp_path):

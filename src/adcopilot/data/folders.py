@@ -30,8 +30,18 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def load_folder(folder: str | Path, size: int) -> tuple[list[np.ndarray], list[tuple[Path, str]]]:
     """Load every image of a folder resized to ``size``: (uint8 (S, S, 3) arrays, [(bad file, reason)])."""
-    images, bad = [], []
-    for path in list_images(folder):
+    images, _, bad = load_folder_groups(folder, size)
+    return images, bad
+
+
+def load_folder_groups(
+    folder: str | Path, size: int
+) -> tuple[list[np.ndarray], list[str], list[tuple[Path, str]]]:
+    """Like :func:`load_folder`, with each image's group: the sub-folder holding it, relative to
+    ``folder`` ("" for images directly inside), e.g. the product variant ("mono", "poly")."""
+    root = Path(folder)
+    images, groups, bad = [], [], []
+    for path in list_images(root):
         try:
             img = load_image(path).resize((size, size))
         except ImageError as exc:
@@ -39,6 +49,8 @@ def load_folder(folder: str | Path, size: int) -> tuple[list[np.ndarray], list[t
             log.warning("skipping %s", exc)
             continue
         images.append(np.asarray(img, dtype=np.uint8))
+        rel = path.parent.relative_to(root).as_posix()
+        groups.append("" if rel == "." else rel)
     if not images:
         raise AdcopilotError(f"{folder}: none of the images could be read (first problem: {bad[0][1]})")
-    return images, bad
+    return images, groups, bad

@@ -46,6 +46,9 @@ class ComparisonPair:
     label: int  # 1 anomalous
     kind: str  # "normal", a defect kind from synth.DEFECT_KINDS (joined by "+"), or a general change
     category: str  # procedural category or "photo:<name>"
+    # Other normal images of the product for k-shot training, when the sampler has them (adapt);
+    # otherwise extra references are jittered views of ``reference``.
+    more_references: tuple[np.ndarray, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The bundled benchmark: a small, real, MMAD-format benchmark built reproducibly on first use.
 
 Nothing of it is committed: it is built from installed packages into
-``$ADCOPILOT_HOME/benchmarks/bundled/`` (``mmad.json``, images, masks, ``bundle.json``) the first
+``$ADCOPILOT_HOME/benchmarks/bundled/`` (``mmad.json``, images, masks, ``bundle.json``, and
+``defects.json``: each synthetic defect's kind, area and contrast, for analyses by visibility) the first
 time ``adcopilot eval ... --benchmark bundled`` runs, and rebuilt only when
 :data:`BUNDLE_VERSION` changes. The build is deterministic: fixed seeds, sorted inputs, the
 same bytes on every machine with the same package versions. Two datasets:
@@ -53,7 +54,7 @@ from adcopilot.errors import AdcopilotError
 log = logging.getLogger(__name__)
 
 #: Bump when the build changes what it writes: the cached bundle is then rebuilt.
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: defects.json (each synthetic defect's kind, size and contrast)
 ELPV_DATASET = "ELPV"
 PHOTOS_DATASET = "HeldOut-Photos"
 SEED = 0
@@ -240,7 +241,22 @@ def _product_crop(photo: np.ndarray) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(photo[y : y + s, x : x + s]), (CROP, CROP), interpolation=cv2.INTER_AREA)
 
 
-def _build_photos(root: Path, kb: Any, balancer: Any, bar: tqdm) -> dict[str, dict]:
+def defect_record(before: np.ndarray, d: Any) -> dict[str, Any]:
+    """What one synthetic defect is: kind, mask area, and its *contrast*, the mean over the mask of
+    the largest per-channel change (0-1), which tells a faint defect from a plain one."""
+    m = d.mask > 0
+    change = np.abs(d.image.astype(np.int16) - before.astype(np.int16)).max(axis=2) / 255.0
+    return {
+        "kind": d.kind,
+        "label": d.label,
+        "area_px": int(m.sum()),
+        "contrast": round(float(change[m].mean()), 4) if m.any() else 0.0,
+        "strength": round(float(d.params.get("strength", 0.0)), 4),
+        "scale": round(float(d.params.get("scale", 0.0)), 4),
+    }
+
+
+def _build_photos(root: Path, kb: Any, balancer: Any, bar: tqdm, defects: dict[str, dict]) -> dict[str, dict]:
     from adcopilot.data.normals import licensed_normal_images
     from adcopilot.data.questions import LabelledItem, mmad_conversation
     from adcopilot.data.synth import LABELS, add_defect, jitter
@@ -273,9 +289,10 @@ def _build_photos(root: Path, kb: Any, balancer: Any, bar: tqdm) -> dict[str, di
             if bad:
                 kind = p.kinds[(i - N_NORMAL) % len(p.kinds)]
                 d = add_defect(shot, rng, kind)
-                shot, label = d.image, d.label
-                folder = label.replace(" ", "_")
+                folder = d.label.replace(" ", "_")
                 rel = f"{PHOTOS_DATASET}/{cls}/test/{folder}/{i:03d}.png"
+                defects[rel] = defect_record(shot, d)
+                shot, label = d.image, d.label
                 mask_rel = f"{PHOTOS_DATASET}/{cls}/ground_truth/{folder}/{i:03d}_mask.png"
                 _save_png(root, mask_rel, (d.mask > 0).astype(np.uint8) * 255)
             else:
@@ -302,8 +319,10 @@ def build_bundled(out: str | os.PathLike, progress: bool = True) -> dict[str, An
     total = 4 * ELPV_PER_SIDE + len(PRODUCTS) * (N_NORMAL + N_DEFECT)
     with tqdm(total=total, desc="building bundled benchmark", unit="img", disable=not progress) as bar:
         data = _build_elpv(root, kb, balancer, bar)
-        data.update(_build_photos(root, kb, balancer, bar))
+        defects: dict[str, dict] = {}
+        data.update(_build_photos(root, kb, balancer, bar, defects))
     (root / "mmad.json").write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    (root / "defects.json").write_text(json.dumps(defects, indent=1))
     questions: dict[str, int] = {}
     for entry in data.values():
         for q in entry["conversation"]:

@@ -12,6 +12,7 @@ The same task serves ``adcopilot adapt``: there the sampler draws the user's own
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,10 +75,11 @@ class Stage1Task:
         from adcopilot.data.synth import jitter
 
         refs, queries, masks, labels = [], [], [], []
+        takes_refs = "n_refs" in inspect.signature(self.sampler.sample).parameters
         for _ in range(n):
-            p = self.sampler.sample(rng)
-            views = [p.reference]
-            for _ in range(k - 1):
+            p = self.sampler.sample(rng, n_refs=k) if takes_refs else self.sampler.sample(rng)
+            views = [p.reference, *p.more_references[: k - 1]]
+            while len(views) < k:
                 extra = jitter((p.reference * 255).astype(np.uint8), rng)
                 views.append(extra.astype(np.float32) / 255.0)
             refs.append(np.stack(views))

@@ -82,6 +82,44 @@ def test_adapt_sampler_with_image_labels(tmp_path, tower, rng):
     train(Stage1Task(cfg, sampler=sampler, tower=tower), cfg)  # unknown masks: image loss only, no crash
 
 
+def test_adapt_sampler_pairs_within_a_variant(rng):
+    """References and query come from one variant; k-shot references are other good images of it."""
+    # Variant "a" images are dark, variant "b" bright: a pair's images tell their variant.
+    dark = [np.full((32, 32, 3), 20 + i, np.uint8) for i in range(3)]
+    bright = [np.full((32, 32, 3), 230 - i, np.uint8) for i in range(3)]
+    defect_b = [np.full((32, 32, 3), 235, np.uint8)]
+    sampler = AdaptSampler(dark + bright, defect_b, p_defect_image=0.3, groups=["a"] * 3 + ["b"] * 3,
+                           defect_groups=["b"])
+    seen_k = set()
+    for i in range(60):
+        p = sampler.sample(np.random.default_rng(i), n_refs=4)
+        refs = [p.reference, *p.more_references]
+        seen_k.add(len(refs))
+        query_bright = p.query.mean() > 0.5
+        assert all((r.mean() > 0.5) == query_bright for r in refs), p.kind
+        if p.kind == "labelled":
+            assert query_bright
+    assert seen_k == {4}
+    # Without groups (or with a variant of one image) every image may pair with every other.
+    solo = AdaptSampler(dark + bright[:1], [], groups=["a"] * 3 + ["b"])
+    assert any(solo.sample(np.random.default_rng(i)).query.mean() > 0.5 for i in range(60))
+    with pytest.raises(ValueError, match="one group per good image"):
+        AdaptSampler(dark, [], groups=["a"])
+
+
+def test_stage1_batches_take_the_samplers_references(tmp_path, tower):
+    normals = [np.full((32, 32, 3), 40 * i, np.uint8) for i in range(4)]
+    cfg = _cfg(tmp_path, steps=1, batch_size=3)
+    task = Stage1Task(cfg, sampler=AdaptSampler(normals, []), tower=tower)
+    batch = task._pairs(np.random.default_rng(0), 3, 3)
+    refs = batch["refs"]  # (B, 3, 3, S, S)
+    assert refs.shape[:2] == (3, 3)
+    # Three distinct good images (different grey levels), not jittered copies of one.
+    for b in range(3):
+        levels = {round(float(refs[b, j].mean()), 1) for j in range(3)}
+        assert len(levels) == 3
+
+
 def test_config_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("stage: 1\nstepz: 3\n")

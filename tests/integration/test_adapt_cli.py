@@ -1,0 +1,74 @@
+"""`adcopilot adapt` end to end on real ELPV cells with the shipped model: variants, bad files, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from adcopilot.data.elpv import load_cells
+
+
+def run(*args: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ADCOPILOT_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "adcopilot", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory):
+    """good/{mono,poly} (3 cells each, one truncated file), defective/mono (2 cells), a query and a reference."""
+    root = tmp_path_factory.mktemp("adapt")
+    cells = load_cells()
+    good = {k: [c for c in cells if c.probability == 0.0 and c.kind == k] for k in ("mono", "poly")}
+    bad = [c for c in cells if c.probability == 1.0 and c.kind == "mono"]
+    for kind, chosen in good.items():
+        (root / "good" / kind).mkdir(parents=True)
+        for c in chosen[:3]:
+            shutil.copyfile(c.path, root / "good" / kind / c.name)
+    (root / "good" / "mono" / "truncated.png").write_bytes(good["mono"][0].path.read_bytes()[:400])
+    (root / "defective" / "mono").mkdir(parents=True)
+    for c in bad[:2]:
+        shutil.copyfile(c.path, root / "defective" / "mono" / c.name)
+    shutil.copyfile(good["mono"][5].path, root / "ref.png")
+    shutil.copyfile(bad[3].path, root / "query.png")
+    return root
+
+
+def test_adapt_writes_a_checkpoint_inspect_takes(product, tmp_path):
+    out = tmp_path / "nano-cells"
+    r = run("adapt", "--normals", str(product / "good"), "--defects", str(product / "defective"), "--out", str(out),
+            "--steps", "3", "--batch-size", "2", "--size", "64", "--licence", "test cells", home=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "good images per variant: mono 3, poly 3" in r.stderr
+    assert "truncated.png" in r.stderr and "Traceback" not in r.stderr
+    card = (out / "MODEL_CARD.md").read_text()
+    assert '"variants"' in card and "test cells" in card
+    assert (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["architecture"]
+    r = run("inspect", str(product / "query.png"), "--ref", str(product / "ref.png"), "--model", str(out), "--json",
+            home=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert result["verdict"] in ("normal", "anomalous") and 0.0 <= result["score"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--normals", "MISSING"], "no such folder"),
+        (["--normals", "EMPTY"], "no images found"),
+        (["--normals", "ONE"], "at least two readable good images"),
+    ],
+)
+def test_adapt_bad_input(product, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "one").mkdir()
+    shutil.copyfile(product / "ref.png", tmp_path / "one" / "ref.png")
+    folders = {"MISSING": tmp_path / "nope", "EMPTY": tmp_path / "empty", "ONE": tmp_path / "one"}
+    argv = [str(folders.get(a, a)) for a in args]
+    r = run("adapt", *argv, "--out", str(tmp_path / "o"), "--steps", "1", home=tmp_path)
+    assert r.returncode != 0
+    assert message in r.stderr and "Traceback" not in r.stderr
