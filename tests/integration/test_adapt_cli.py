@@ -46,7 +46,13 @@ def test_adapt_writes_a_checkpoint_inspect_takes(product, tmp_path):
     assert "good images per variant: mono 3, poly 3" in r.stderr
     assert "truncated.png" in r.stderr and "Traceback" not in r.stderr
     card = (out / "MODEL_CARD.md").read_text()
-    assert '"variants"' in card and "test cells" in card
+    assert '"variants"' in card and "test cells" in card and "Product memory" in card
+    # The product memory: one bank per variant, calibrated on held-out good images.
+    from adcopilot.model.memory import ProductMemory
+
+    memory = ProductMemory.load(out)
+    assert memory is not None and sorted(memory.variants) == ["mono", "poly"]
+    assert all(v.high > v.low and v.bank.shape[1] == 152 for v in memory.variants.values())
     assert (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["architecture"]
     r = run("inspect", str(product / "query.png"), "--ref", str(product / "ref.png"), "--model", str(out), "--json",
             home=tmp_path)
@@ -55,9 +61,29 @@ def test_adapt_writes_a_checkpoint_inspect_takes(product, tmp_path):
     assert result["verdict"] in ("normal", "anomalous") and 0.0 <= result["score"] <= 1.0
 
 
+def test_adapt_memory_only_in_seconds(product, tmp_path):
+    """--steps 0: the base weights, unchanged, with a product memory; inspection fuses both maps."""
+    out = tmp_path / "memory-only"
+    r = run("adapt", "--normals", str(product / "good"), "--out", str(out), "--steps", "0", "--memory-weight", "1",
+            home=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "not fine-tuned" in (out / "MODEL_CARD.md").read_text()
+    assert json.loads((out / "config.json").read_text())["memory_weight"] == 1.0
+    from adcopilot import Copilot
+
+    cp = Copilot.load(str(out))
+    a = cp.analyze(product / "query.png", [product / "ref.png"])
+    b = cp.analyze(product / "ref.png", [product / "ref.png"])
+    assert a.amap.max() <= 1.0 and b.score < a.score  # the reference against itself is normal
+    assert cp.detector.describe()["memory"]["variants"]["mono"]["images"] >= 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--normals", "ONE", "--memory-weight", "2"], "--memory-weight must lie in [0, 1]"),
+        (["--normals", "ONE", "--steps", "-1"], "--steps must be 0 or more"),
+        (["--normals", "ONE", "--steps", "0", "--memory-patches", "0"], "nothing to do"),
         (["--normals", "MISSING"], "no such folder"),
         (["--normals", "EMPTY"], "no images found"),
         (["--normals", "ONE"], "at least two readable good images"),
@@ -69,6 +95,6 @@ def test_adapt_bad_input(product, tmp_path, args, message):
     shutil.copyfile(product / "ref.png", tmp_path / "one" / "ref.png")
     folders = {"MISSING": tmp_path / "nope", "EMPTY": tmp_path / "empty", "ONE": tmp_path / "one"}
     argv = [str(folders.get(a, a)) for a in args]
-    r = run("adapt", *argv, "--out", str(tmp_path / "o"), "--steps", "1", home=tmp_path)
+    r = run("adapt", "--steps", "1", "--out", str(tmp_path / "o"), *argv, home=tmp_path)
     assert r.returncode != 0
     assert message in r.stderr and "Traceback" not in r.stderr

@@ -43,6 +43,7 @@ from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_positions
 from adcopilot.model.detector import Detector, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
+from adcopilot.model.memory import ProductMemory
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, load_vision_tower
 
@@ -238,9 +239,17 @@ class NanoDetector(Detector):
     """
 
     def __init__(
-        self, model: NanoComparisonModel, tower: EfficientNetLite0 | None = None, name: str = "nano"
+        self,
+        model: NanoComparisonModel,
+        tower: EfficientNetLite0 | None = None,
+        name: str = "nano",
+        memory: ProductMemory | None = None,
+        memory_weight: float = 0.5,
     ) -> None:
         self.model = model.eval()
+        # An adapted model's product memory (see model/memory.py) and its weight in the fused map.
+        self.memory = memory
+        self.memory_weight = float(memory_weight)
         self.tower = tower if tower is not None else load_vision_tower()
         self.fused_tower = FusedPatchTower.from_tower(self.tower)
         self.image_size = model.cfg.image_size
@@ -269,12 +278,25 @@ class NanoDetector(Detector):
             return reference
         return self.model.reference_inputs(reference[None, None])
 
+    @torch.inference_mode()
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
-        logits = self.run(query, references, with_tokens=False)["pixel_logits"]
+        qf = self._features(query)  # (1, 152, h, w)
+        refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
+        logits = self.model.compare_with(qf, refs, with_tokens=False)["pixel_logits"]
         prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
         if self.model.cfg.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
+        if self.memory is not None:
+            h, w = qf.shape[2:]
+            mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size)
+            prob = (1.0 - self.memory_weight) * prob + self.memory_weight * mem
         return prob.astype(np.float32, copy=False), pooled_score(prob, self.model.cfg.topk_frac)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self.memory is not None:
+            d["memory"] = {"weight": self.memory_weight, "variants": self.memory.describe()}
+        return d
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         return self.detect(query, references)[0]
@@ -285,4 +307,7 @@ def load_nano_detector(folder: str | Path) -> tuple[NanoDetector, dict[str, Any]
     model = NanoComparisonModel.load(folder)
     raw = json.loads((folder / "config.json").read_text())
     name = raw.get("name", folder.name)
-    return NanoDetector(model, name=name), {"name": name, "threshold": raw.get("threshold", 0.5)}
+    memory = ProductMemory.load(folder)
+    weight = float(raw.get("memory_weight", 0.5))
+    detector = NanoDetector(model, name=name, memory=memory, memory_weight=weight)
+    return detector, {"name": name, "threshold": raw.get("threshold", 0.5)}

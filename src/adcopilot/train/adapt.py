@@ -109,9 +109,12 @@ def adapt_card(sources: dict[str, Any], base: str, licence_note: str):
     import json
 
     def write(cfg, metrics: dict[str, Any]) -> str:
+        how = (f"The weights of `{base}`, not fine-tuned (`adcopilot adapt --steps 0`): what is adapted is the "
+               "product memory below." if cfg.steps == 0 else
+               f"Fine-tuned from `{base}` with `adcopilot adapt` (seed {cfg.seed}, {cfg.steps} steps, batch {cfg.batch_size}).")
         return f"""# adcopilot nano — adapted model
 
-Fine-tuned from `{base}` with `adcopilot adapt` (seed {cfg.seed}, {cfg.steps} steps, batch {cfg.batch_size}).
+{how}
 
 ## Data
 ```json

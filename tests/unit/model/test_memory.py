@@ -1,0 +1,93 @@
+"""Product memory: variants, calibration, the fused map of an adapted detector, save/load and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adcopilot.errors import CheckpointError
+from adcopilot.model.memory import ProductMemory, build_memory
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.vision import load_vision_tower
+
+
+def block_features(image: np.ndarray) -> torch.Tensor:
+    """(64, 64, 3) -> (1, 4, 8, 8): each 8x8 block's mean colour plus a constant, unit norm."""
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    mean = F.avg_pool2d(x, 8)  # (1, 3, 8, 8)
+    return F.normalize(torch.cat([mean, torch.full_like(mean[:, :1], 0.5)], dim=1), dim=1)
+
+
+def checker(colours: tuple[tuple[float, ...], tuple[float, ...]], shift: int) -> np.ndarray:
+    """A 64-px checkerboard of 8-px squares in two colours, shifted by ``shift`` squares."""
+    img = np.zeros((64, 64, 3), np.float32)
+    for by in range(8):
+        for bx in range(8):
+            img[by * 8:(by + 1) * 8, bx * 8:(bx + 1) * 8] = colours[(by + bx + shift) % 2]
+    return img
+
+
+RED_GREEN = ((0.8, 0.1, 0.1), (0.1, 0.8, 0.1))
+BLUE_YELLOW = ((0.1, 0.1, 0.8), (0.8, 0.8, 0.1))
+
+
+def _memory() -> ProductMemory:
+    images = [checker(RED_GREEN, s) for s in range(4)] + [checker(BLUE_YELLOW, s) for s in range(4)]
+    groups = ["a"] * 4 + ["b"] * 4
+    return build_memory(images, groups, block_features, patches=50, seed=0)
+
+
+def test_build_chooses_and_flags_what_the_variant_never_shows():
+    memory = _memory()
+    assert sorted(memory.variants) == ["a", "b"]
+    assert all(v.bank.shape == (50, 4) for v in memory.variants.values())
+    ref_b = block_features(checker(BLUE_YELLOW, 1))[0].flatten(1).T
+    assert memory.choose(ref_b) == "b"
+    normal = checker(BLUE_YELLOW, 0)
+    defect = normal.copy()
+    defect[16:32, 16:32] = 1.0  # a white square never seen in variant b
+    maps = [memory.anomaly_map(block_features(x)[0].flatten(1).T, ref_b, (8, 8), 64) for x in (normal, defect)]
+    assert maps[0].max() == pytest.approx(0.0, abs=1e-6)
+    assert maps[1][24, 24] == pytest.approx(1.0) and maps[1][2, 2] < 0.05
+    assert all(m.shape == (64, 64) and m.dtype == np.float32 for m in maps)
+
+
+def test_a_variant_of_one_image_gets_no_bank():
+    memory = build_memory([checker(RED_GREEN, 0), checker(RED_GREEN, 1), checker(BLUE_YELLOW, 0)],
+                          ["a", "a", "b"], block_features, patches=10)
+    assert list(memory.variants) == ["a"]
+
+
+def test_save_load_round_trip_and_corrupt_file(tmp_path):
+    memory = _memory()
+    memory.save(tmp_path)
+    again = ProductMemory.load(tmp_path)
+    assert again is not None and again.describe() == memory.describe()
+    assert torch.allclose(again.variants["a"].bank.float(), memory.variants["a"].bank.float())
+    assert ProductMemory.load(tmp_path / "nothing-here") is None
+    (tmp_path / "memory.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="memory.safetensors: not a readable product memory"):
+        ProductMemory.load(tmp_path)
+
+
+def test_detector_fuses_the_memory_map_by_its_weight():
+    torch.manual_seed(0)
+    tower = load_vision_tower(pretrained=False)
+    cfg = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
+    model = NanoComparisonModel(cfg).eval()
+    plain = NanoDetector(model, tower)
+    rng = np.random.default_rng(0)
+    goods = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(4)]
+    memory = build_memory(goods, [""] * 4, plain._features, patches=100)
+    q, r = rng.random((64, 64, 3), dtype=np.float32), goods[0]
+    base_map, _ = plain.detect(q, [plain.encode_reference(r)])
+    for w in (0.0, 0.5, 1.0):
+        det = NanoDetector(model, tower, memory=memory, memory_weight=w)
+        fused, score = det.detect(q, [det.encode_reference(r)])
+        refs = det.encode_reference(r).tokens[0]
+        mem_map = memory.anomaly_map(det._features(q)[0].flatten(1).T, refs, (8, 8), 64)
+        assert np.allclose(fused, (1 - w) * base_map + w * mem_map, atol=1e-5)
+        assert 0.0 <= score <= 1.0
+    assert det.describe()["memory"]["weight"] == 1.0
