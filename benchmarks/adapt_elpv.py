@@ -5,8 +5,8 @@ committed; this script is the command that makes it. It writes the ELPV *trainin
 as folders under ``$ADCOPILOT_HOME/data/elpv-train/{good,defective}/<type>`` (symlinks to the
 installed package's files), runs ``adcopilot adapt`` on them, and the test split is left untouched.
 
-    python benchmarks/adapt_elpv.py --out $ADCOPILOT_HOME/models/nano-elpv --steps 300
-    python benchmarks/bench_elpv.py --model $ADCOPILOT_HOME/models/nano-elpv --shots 1 5
+    python benchmarks/adapt_elpv.py --out $ADCOPILOT_HOME/models/nano-elpv --steps 1500
+    python benchmarks/bench_elpv.py --model $ADCOPILOT_HOME/models/nano-elpv --shots 1 5 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(assets.home() / "models" / "nano-elpv"))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--size", type=int, default=None, help="training image size (adapt --size; default its own)")
+    ap.add_argument("--memory-patches", type=int, default=None, help="adapt --memory-patches (0: no memory)")
     ap.add_argument("--no-defects", action="store_true", help="adapt from good images only")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
@@ -49,6 +50,8 @@ def main() -> None:
             "--licence", f"ELPV dataset images: {LICENCE} (non-commercial); this model inherits it"]
     if args.size:
         argv += ["--size", str(args.size)]
+    if args.memory_patches is not None:
+        argv += ["--memory-patches", str(args.memory_patches)]
     if not args.no_defects:
         argv += ["--defects", str(bad)]
     if args.resume:
