@@ -5,7 +5,7 @@ committed; this script is the command that makes it. It writes the ELPV *trainin
 as folders under ``$ADCOPILOT_HOME/data/elpv-train/{good,defective}/<type>`` (symlinks to the
 installed package's files), runs ``adcopilot adapt`` on them, and the test split is left untouched.
 
-    python benchmarks/adapt_elpv.py --out $ADCOPILOT_HOME/models/nano-elpv --steps 1500
+    python benchmarks/adapt_elpv.py --out $ADCOPILOT_HOME/models/nano-elpv --steps 1000 --size 256
     python benchmarks/bench_elpv.py --model $ADCOPILOT_HOME/models/nano-elpv --shots 1 5 --seeds 0 1
 """
 
@@ -39,7 +39,7 @@ def export_train_folders() -> tuple[Path, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(assets.home() / "models" / "nano-elpv"))
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--size", type=int, default=None, help="training image size (adapt --size; default its own)")
     ap.add_argument("--memory-patches", type=int, default=None, help="adapt --memory-patches (0: no memory)")
     ap.add_argument("--no-defects", action="store_true", help="adapt from good images only")

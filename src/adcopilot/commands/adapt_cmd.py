@@ -27,7 +27,10 @@ def register(app: typer.Typer) -> None:
         ),
         batch_size: int = typer.Option(8, "--batch-size"),
         lr: float = typer.Option(1e-4, "--lr"),
-        size: int = typer.Option(160, "--size", help="Training image size in pixels."),
+        size: int = typer.Option(
+            256, "--size",
+            help="Training image size in pixels: the size inspection uses (on ELPV, 256 beat 160; 160 is ~2.5x faster).",
+        ),
         seed: int = typer.Option(0, "--seed"),
         licence: str = typer.Option(None, "--licence", help="Licence of your images, recorded in the model card."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted adaptation in OUT."),
