@@ -42,12 +42,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     args = ap.parse_args()
 
+    for run, name in ((args.detect, "scores.jsonl"), (args.bbox, "boxes.jsonl")):
+        if run is not None and not (run / name).is_file():
+            raise SystemExit(f"error: {run}: no {name}; give the folder of an `adcopilot eval` run on the bundle")
     path = ensure_bundled(progress=False)
     bench = load_mmad(path)
     records = json.loads((path.parent / "defects.json").read_text())
     rows = [json.loads(x) for x in (args.detect / "scores.jsonl").read_text().splitlines() if x.strip()]
     scores = {r["image"]: r for r in rows if r["image"].startswith(PHOTOS_DATASET) and r.get("error") is None}
-    items = {i.key: i for i in bench.items if i.key in scores}
+    by_key = {i.key: i for i in bench.items}
+    items = {k: i for k, i in by_key.items() if k in scores}
     normals = [k for k, i in items.items() if i.mask_path is None]
     defective = [k for k, i in items.items() if i.mask_path is not None]
     threshold = float(rows[0]["threshold"])
@@ -57,7 +61,7 @@ def main() -> None:
             r = json.loads(line)
             if r["image"] not in records:
                 continue
-            item = bench.items[[i.key for i in bench.items].index(r["image"])]
+            item = by_key[r["image"]]
             size = Image.open(bench.resolve(item.image_path)).size
             gt = gt_boxes_from_mask(bench.resolve(item.mask_path), size)
             rec = BBoxRecord(image=r["image"], reply=r.get("reply", ""), gt=gt, image_size=size,

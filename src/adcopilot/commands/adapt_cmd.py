@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -76,11 +77,11 @@ def register(app: typer.Typer) -> None:
             _fine_tune(out, base, good, groups, bad_imgs, defect_groups, card,
                        seed=seed, steps=steps, batch_size=batch_size, lr=lr, size=size, resume=resume)
         if memory_patches:
-            _write_memory(out, normals, memory_patches, memory_weight, seed)
+            _write_memory(out, normals, good, groups, memory_patches, memory_weight, seed)
         typer.echo(f"adapted model: {out}  (use: adcopilot inspect QUERY --ref REF --model {out})")
 
 
-def _copy_base(base: Path, out: Path, card: object, seed: int) -> None:
+def _copy_base(base: Path, out: Path, card: Callable[..., str], seed: int) -> None:
     """The base model unchanged (no fine-tuning), with the adapted model's card."""
     from adcopilot.model.nano import NanoComparisonModel
     from adcopilot.train.config import TrainConfig
@@ -112,30 +113,33 @@ def _fine_tune(out, base, good, groups, bad_imgs, defect_groups, card, *, seed, 
         (out / f.name).write_bytes(f.read_bytes())
 
 
-def _write_memory(out: Path, normals: Path, patches: int, weight: float, seed: int) -> None:
-    """Build the product memory from the good images at the model's size; record it in config.json."""
+def _write_memory(
+    out: Path, normals: Path, good: list, groups: list[str], patches: int, weight: float, seed: int
+) -> None:
+    """Build the product memory from the good images at the model's size; record it in config.json.
+
+    ``good`` / ``groups`` are the images already loaded (uint8, training size), reused when that is the
+    model's size; otherwise the folder is read again at the model's size.
+    """
     import json
 
+    import numpy as np
     from tqdm import tqdm
 
-    from adcopilot.data.folders import list_images
-    from adcopilot.errors import ImageError
-    from adcopilot.imaging import load_image, to_float_array
+    from adcopilot.data.folders import load_folder_groups
     from adcopilot.model.memory import build_memory
     from adcopilot.model.nano import load_nano_detector
 
     detector, _ = load_nano_detector(out)
     size = detector.image_size
-    floats, groups = [], []
-    for path in list_images(normals):
-        try:  # exactly as inspection prepares an image; bad files were reported above
-            floats.append(to_float_array(load_image(path), size))
-        except ImageError:
-            continue
-        rel = path.parent.relative_to(normals).as_posix()
-        groups.append("" if rel == "." else rel)
-    with tqdm(total=len(floats), desc="product memory", unit="img") as bar:
-        memory = build_memory(floats, groups, detector._features, patches=patches, seed=seed, progress=bar.update)
+    if good[0].shape[0] != size:
+        good, groups, _ = load_folder_groups(normals, size)  # bad files were reported above
+
+    def features(image):  # uint8 -> float one image at a time: a float copy of all would be large
+        return detector.patch_features(image.astype(np.float32) / 255.0)
+
+    with tqdm(total=len(good), desc="product memory", unit="img") as bar:
+        memory = build_memory(good, groups, features, patches=patches, seed=seed, progress=bar.update)
     if not memory.variants:
         typer.echo("no variant has two good images: the model is written without a product memory", err=True)
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from adcopilot.errors import AdcopilotError, ImageError
-from adcopilot.imaging import load_image
+from adcopilot.imaging import load_image, resize_square
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def load_folder_groups(
     images, groups, bad = [], [], []
     for path in list_images(root):
         try:
-            img = load_image(path).resize((size, size))
+            img = resize_square(load_image(path), size)  # exactly as inspection resizes
         except ImageError as exc:
             bad.append((path, str(exc)))
             log.warning("skipping %s", exc)

@@ -145,7 +145,7 @@ def build_memory(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> ProductMemory:
-    """A memory from good images ((S, S, 3) float in [0, 1] at the detector's size) and their variants.
+    """A memory from good images (S, S, 3) at the detector's size and their variants.
 
     ``features(image)`` returns its (1, C, h, w) unit-norm patch features. Each variant needs two
     images at least (one for the bank, one to calibrate); smaller variants are left out.
@@ -178,7 +178,6 @@ def build_memory(
         bank = bank.to(torch.float16).float()  # what is stored is what calibrates
         size = images[0].shape[0]
         maxima, medians = [], []
-        probe = VariantMemory(bank, 0.0, 1.0, len(keep))
         for i in cal:
             f = features(images[i])
             q = f[0].flatten(1).T
@@ -189,9 +188,6 @@ def build_memory(
             if progress:
                 progress(1)
         low = float(np.median(medians))
-        high = float(np.quantile(maxima, 0.95))
-        if high <= low:
-            high = low + 1e-3
-        probe.low, probe.high = low, high
-        variants[name] = probe
+        high = max(float(np.quantile(maxima, 0.95)), low + 1e-3)
+        variants[name] = VariantMemory(bank, low, high, len(keep))
     return ProductMemory(variants)

@@ -257,13 +257,13 @@ class NanoDetector(Detector):
         self.name = name
         self._last_score: float | None = None
 
-    def _features(self, image: np.ndarray) -> torch.Tensor:
+    def patch_features(self, image: np.ndarray) -> torch.Tensor:
         """(S, S, 3) float image -> (1, 152, h, w) normalised patch features (fused tower)."""
         return normalized_patch_features(self.fused_tower, to_batch([image]))
 
     @torch.inference_mode()
     def encode_reference(self, image: np.ndarray) -> ReferenceInputs:
-        return self.model.reference_inputs(self._features(image).unsqueeze(1))
+        return self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
 
     @torch.inference_mode()
     def run(
@@ -271,7 +271,7 @@ class NanoDetector(Detector):
     ) -> dict[str, torch.Tensor]:
         """The model's outputs for a query and encoded references (or raw (152, h, w) features)."""
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
-        return self.model.compare_with(self._features(query), refs, with_tokens=with_tokens)
+        return self.model.compare_with(self.patch_features(query), refs, with_tokens=with_tokens)
 
     def _as_inputs(self, reference: ReferenceInputs | torch.Tensor) -> ReferenceInputs:
         if isinstance(reference, ReferenceInputs):
@@ -280,7 +280,7 @@ class NanoDetector(Detector):
 
     @torch.inference_mode()
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
-        qf = self._features(query)  # (1, 152, h, w)
+        qf = self.patch_features(query)  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         logits = self.model.compare_with(qf, refs, with_tokens=False)["pixel_logits"]
         prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()

@@ -55,6 +55,8 @@ class Stage1Task:
             size = int(cfg.data.get("train_size", self.model_cfg.image_size))
             sampler = PairSampler(size=size, seed=cfg.seed, **opts)
         self.sampler = sampler
+        # A sampler that can draw k references itself (adapt: other good images) is asked for them.
+        self._sampler_takes_refs = "n_refs" in inspect.signature(sampler.sample).parameters
         self.multi_ref_prob = float(cfg.data.get("multi_ref_prob", 0.2))
         self.max_refs = int(cfg.data.get("max_refs", 3))
         self.card_writer = card_writer
@@ -75,9 +77,8 @@ class Stage1Task:
         from adcopilot.data.synth import jitter
 
         refs, queries, masks, labels = [], [], [], []
-        takes_refs = "n_refs" in inspect.signature(self.sampler.sample).parameters
         for _ in range(n):
-            p = self.sampler.sample(rng, n_refs=k) if takes_refs else self.sampler.sample(rng)
+            p = self.sampler.sample(rng, n_refs=k) if self._sampler_takes_refs else self.sampler.sample(rng)
             views = [p.reference, *p.more_references[: k - 1]]
             while len(views) < k:
                 extra = jitter((p.reference * 255).astype(np.uint8), rng)

@@ -80,14 +80,14 @@ def test_detector_fuses_the_memory_map_by_its_weight():
     plain = NanoDetector(model, tower)
     rng = np.random.default_rng(0)
     goods = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(4)]
-    memory = build_memory(goods, [""] * 4, plain._features, patches=100)
+    memory = build_memory(goods, [""] * 4, plain.patch_features, patches=100)
     q, r = rng.random((64, 64, 3), dtype=np.float32), goods[0]
     base_map, _ = plain.detect(q, [plain.encode_reference(r)])
     for w in (0.0, 0.5, 1.0):
         det = NanoDetector(model, tower, memory=memory, memory_weight=w)
         fused, score = det.detect(q, [det.encode_reference(r)])
         refs = det.encode_reference(r).tokens[0]
-        mem_map = memory.anomaly_map(det._features(q)[0].flatten(1).T, refs, (8, 8), 64)
+        mem_map = memory.anomaly_map(det.patch_features(q)[0].flatten(1).T, refs, (8, 8), 64)
         assert np.allclose(fused, (1 - w) * base_map + w * mem_map, atol=1e-5)
         assert 0.0 <= score <= 1.0
     assert det.describe()["memory"]["weight"] == 1.0
