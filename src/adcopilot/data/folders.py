@@ -39,8 +39,16 @@ def load_folder_groups(
 ) -> tuple[list[np.ndarray], list[str], list[tuple[Path, str]]]:
     """Like :func:`load_folder`, with each image's group: the sub-folder holding it, relative to
     ``folder`` ("" for images directly inside), e.g. the product variant ("mono", "poly")."""
+    images, groups, _, bad = load_folder_entries(folder, size)
+    return images, groups, bad
+
+
+def load_folder_entries(
+    folder: str | Path, size: int
+) -> tuple[list[np.ndarray], list[str], list[Path], list[tuple[Path, str]]]:
+    """Like :func:`load_folder_groups`, with each loaded image's path: (images, groups, paths, bad)."""
     root = Path(folder)
-    images, groups, bad = [], [], []
+    images, groups, paths, bad = [], [], [], []
     for path in list_images(root):
         try:
             img = resize_square(load_image(path), size)  # exactly as inspection resizes
@@ -49,8 +57,9 @@ def load_folder_groups(
             log.warning("skipping %s", exc)
             continue
         images.append(np.asarray(img, dtype=np.uint8))
+        paths.append(path)
         rel = path.parent.relative_to(root).as_posix()
         groups.append("" if rel == "." else rel)
     if not images:
         raise AdcopilotError(f"{folder}: none of the images could be read (first problem: {bad[0][1]})")
-    return images, groups, bad
+    return images, groups, paths, bad

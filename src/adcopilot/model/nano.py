@@ -245,11 +245,14 @@ class NanoDetector(Detector):
         name: str = "nano",
         memory: ProductMemory | None = None,
         memory_weight: float = 0.5,
+        memory_weights: dict[str, float] | None = None,
     ) -> None:
         self.model = model.eval()
-        # An adapted model's product memory (see model/memory.py) and its weight in the fused map.
+        # An adapted model's product memory (see model/memory.py) and its weight in the fused map:
+        # per variant where ``adapt`` chose one on validation images, else ``memory_weight``.
         self.memory = memory
         self.memory_weight = float(memory_weight)
+        self.memory_weights = {str(k): float(v) for k, v in (memory_weights or {}).items()}
         self.tower = tower if tower is not None else load_vision_tower()
         self.fused_tower = FusedPatchTower.from_tower(self.tower)
         self.image_size = model.cfg.image_size
@@ -279,23 +282,39 @@ class NanoDetector(Detector):
         return self.model.reference_inputs(reference[None, None])
 
     @torch.inference_mode()
-    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
+    def maps(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """The two maps before fusion: (comparison model's (S, S) probability map, product memory's
+        calibrated (S, S) map or None without a memory, the memory variant used or None)."""
         qf = self.patch_features(query)  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         logits = self.model.compare_with(qf, refs, with_tokens=False)["pixel_logits"]
         prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
         if self.model.cfg.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
-        if self.memory is not None:
-            h, w = qf.shape[2:]
-            mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size)
-            prob = (1.0 - self.memory_weight) * prob + self.memory_weight * mem
+        if self.memory is None:
+            return prob, None, None
+        h, w = qf.shape[2:]
+        variant = self.memory.choose(refs.tokens[0][: h * w])
+        mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size)
+        return prob, mem, variant
+
+    def weight_for(self, variant: str | None) -> float:
+        """The memory's weight in the fused map for ``variant`` (chosen per variant by ``adapt``)."""
+        return self.memory_weights.get(variant, self.memory_weight) if variant is not None else self.memory_weight
+
+    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
+        prob, mem, variant = self.maps(query, references)
+        if mem is not None:
+            w = self.weight_for(variant)
+            prob = (1.0 - w) * prob + w * mem
         return prob.astype(np.float32, copy=False), pooled_score(prob, self.model.cfg.topk_frac)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         if self.memory is not None:
             d["memory"] = {"weight": self.memory_weight, "variants": self.memory.describe()}
+            if self.memory_weights:
+                d["memory"]["weights"] = dict(self.memory_weights)
         return d
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
@@ -309,5 +328,8 @@ def load_nano_detector(folder: str | Path) -> tuple[NanoDetector, dict[str, Any]
     name = raw.get("name", folder.name)
     memory = ProductMemory.load(folder)
     weight = float(raw.get("memory_weight", 0.5))
-    detector = NanoDetector(model, name=name, memory=memory, memory_weight=weight)
+    weights = raw.get("memory_weights") or {}
+    if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in weights.values()):
+        raise CheckpointError(f"{folder / 'config.json'}: memory_weights must map variants to numbers in [0, 1]")
+    detector = NanoDetector(model, name=name, memory=memory, memory_weight=weight, memory_weights=weights)
     return detector, {"name": name, "threshold": raw.get("threshold", 0.5)}

@@ -72,12 +72,19 @@ def test_save_load_round_trip_and_corrupt_file(tmp_path):
         ProductMemory.load(tmp_path)
 
 
-def test_detector_fuses_the_memory_map_by_its_weight():
+TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
+
+
+def _tiny_detector():
+    """A random-initialised tower and comparison model at 64 px, and a detector without memory."""
     torch.manual_seed(0)
     tower = load_vision_tower(pretrained=False)
-    cfg = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
-    model = NanoComparisonModel(cfg).eval()
-    plain = NanoDetector(model, tower)
+    model = NanoComparisonModel(TINY).eval()
+    return tower, model, NanoDetector(model, tower)
+
+
+def test_detector_fuses_the_memory_map_by_its_weight():
+    tower, model, plain = _tiny_detector()
     rng = np.random.default_rng(0)
     goods = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(4)]
     memory = build_memory(goods, [""] * 4, plain.patch_features, patches=100)
@@ -91,3 +98,35 @@ def test_detector_fuses_the_memory_map_by_its_weight():
         assert np.allclose(fused, (1 - w) * base_map + w * mem_map, atol=1e-5)
         assert 0.0 <= score <= 1.0
     assert det.describe()["memory"]["weight"] == 1.0
+
+
+def test_detector_uses_the_weight_chosen_for_the_reference_variant():
+    """Per-variant weights (adapt's validation): the variant of the first reference picks the weight."""
+    tower, model, plain = _tiny_detector()
+    rng = np.random.default_rng(1)
+    dark = [rng.random((64, 64, 3), dtype=np.float32) * 0.3 for _ in range(4)]
+    bright = [0.7 + rng.random((64, 64, 3), dtype=np.float32) * 0.3 for _ in range(4)]
+    memory = build_memory(dark + bright, ["dark"] * 4 + ["bright"] * 4, plain.patch_features, patches=100)
+    det = NanoDetector(model, tower, memory=memory, memory_weight=0.5, memory_weights={"dark": 0.0, "bright": 1.0})
+    for refs, weight in ((dark, 0.0), (bright, 1.0)):
+        q = refs[1]
+        prob, mem, variant = det.maps(q, [det.encode_reference(refs[0])])
+        assert variant == ("dark" if weight == 0.0 else "bright") and det.weight_for(variant) == weight
+        fused, _ = det.detect(q, [det.encode_reference(refs[0])])
+        assert np.allclose(fused, (1 - weight) * prob + weight * mem, atol=1e-6)
+    assert det.weight_for("unknown") == 0.5 and det.describe()["memory"]["weights"] == {"dark": 0.0, "bright": 1.0}
+
+
+def test_malformed_per_variant_weights_are_refused_in_one_line(tmp_path):
+    import json
+
+    from adcopilot.model.nano import load_nano_detector
+
+    NanoComparisonModel(TINY).save(tmp_path, extra_config={"memory_weights": {"mono": 2}})
+    with pytest.raises(CheckpointError, match="memory_weights must map variants to numbers in"):
+        load_nano_detector(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["memory_weights"] = ["mono"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_nano_detector(tmp_path)

@@ -1,0 +1,119 @@
+"""Adaptation's validation split, and the memory weight chosen on it.
+
+An adapted model fuses two anomaly maps: the fine-tuned comparison model's and the product
+memory's (:mod:`adcopilot.model.memory`). Which of the two deserves more trust depends on the
+product: on ELPV's monocrystalline cells the memory was far stronger (image AUROC 0.948 against
+0.863), on polycrystalline cells the fine-tuned comparison (0.889 against 0.844), and no single
+weight was best for both. So ``adcopilot adapt`` holds a seeded share of each variant's images out of
+fine-tuning and out of the memory, inspects them 1-shot as inspection would (registered onto a
+reference drawn from the variant's training images), and keeps, per variant, the weight with the
+best image AUROC.
+
+* Anomalous validation queries: the variant's held-out labelled defective images when there are
+  at least :data:`MIN_REAL_DEFECTS` of them (what the user cares about), otherwise synthetic
+  defects (:func:`adcopilot.data.synth.add_defect`, seeded) on the held-out good images.
+* Normal validation queries: the held-out good images.
+* Weights tried: :data:`WEIGHTS`; ties go to the weight nearest 0.5 (the neutral average).
+* The split is a pure function of the sorted file list, the fraction and the seed, and is written
+  beside the model (``validation.json``), so it can be checked and reproduced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+log = logging.getLogger(__name__)
+
+WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+MIN_GROUP = 10  # a variant with fewer good images keeps all of them for training
+MIN_REAL_DEFECTS = 5
+
+
+def holdout(
+    groups: Sequence[str], fraction: float, seed: int, salt: int = 0, min_group: int = MIN_GROUP, min_held: int = 1
+) -> list[bool]:
+    """Which images are held out: a seeded ``fraction`` (at least one) of every group of at least
+    ``min_group`` images, when that makes ``min_held`` images or more. ``salt`` keeps the good and the
+    defective images' splits independent."""
+    held = [False] * len(groups)
+    if fraction <= 0:
+        return held
+    rng = np.random.default_rng([seed, salt])
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        if len(idx) < min_group:
+            continue
+        n = max(1, int(round(fraction * len(idx))))
+        if n < min_held:
+            continue
+        for i in rng.permutation(idx)[:n]:
+            held[int(i)] = True
+    return held
+
+
+@dataclass
+class VariantChoice:
+    """The validation of one variant: AUROC per weight and the weight kept."""
+
+    weight: float
+    auroc: dict[float, float]
+    normals: int
+    anomalies: int
+    anomaly_source: str  # "labelled" or "synthetic"
+
+
+def choose_weight(aurocs: dict[float, float]) -> float:
+    """The weight with the best AUROC; ties to the one nearest 0.5."""
+    best = max(aurocs.values())
+    return min((w for w, a in aurocs.items() if a >= best - 1e-9), key=lambda w: (abs(w - 0.5), w))
+
+
+def select_weights(
+    maps: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    score: Callable[[np.ndarray], float],
+    train_good: dict[str, list[np.ndarray]],
+    val_good: dict[str, list[np.ndarray]],
+    val_defects: dict[str, list[np.ndarray]],
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, VariantChoice]:
+    """Per variant, the memory weight with the best validation image AUROC.
+
+    ``maps(query, reference)`` (uint8 (S, S, 3) images) returns the comparison model's and the
+    memory's (S, S) maps; ``score(map)`` pools a fused map into the image score. Variants without
+    held-out good images are left out (they keep the default weight).
+    """
+    from adcopilot.data import synth
+
+    rng = np.random.default_rng([seed, 2])
+    out: dict[str, VariantChoice] = {}
+    for name in sorted(val_good):
+        goods, refs = val_good[name], train_good.get(name, [])
+        if not goods or not refs:
+            continue
+        real = val_defects.get(name, [])
+        if len(real) >= MIN_REAL_DEFECTS:
+            anomalies, source = list(real), "labelled"
+        else:
+            anomalies, source = [synth.add_defect(g, rng).image for g in goods], "synthetic"
+        queries = [(g, 0) for g in goods] + [(a, 1) for a in anomalies]
+        pairs = []  # (comparison map, memory map, label)
+        for q, label in queries:
+            ref = refs[int(rng.integers(len(refs)))]
+            m_cmp, m_mem = maps(q, ref)
+            pairs.append((m_cmp, m_mem, label))
+            if progress:
+                progress(1)
+        labels = [p[2] for p in pairs]
+        aurocs = {
+            w: round(float(roc_auc_score(labels, [score((1 - w) * c + w * m) for c, m, _ in pairs])), 4)
+            for w in WEIGHTS
+        }
+        out[name] = VariantChoice(choose_weight(aurocs), aurocs, len(goods), len(anomalies), source)
+        log.info("variant %r: memory weight %.2f (AUROC by weight %s)", name or ".", out[name].weight, aurocs)
+    return out

@@ -1,0 +1,68 @@
+"""Adaptation's validation split and the per-variant choice of the memory weight."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adcopilot.train.validation import WEIGHTS, choose_weight, holdout, select_weights
+
+
+def test_holdout_is_seeded_per_group_and_respects_the_minimums():
+    groups = ["a"] * 20 + ["b"] * 9 + ["c"] * 10
+    held = holdout(groups, 0.2, seed=0)
+    assert held == holdout(groups, 0.2, seed=0)  # a pure function of its inputs
+    assert held != holdout(groups, 0.2, seed=1) and held != holdout(groups, 0.2, seed=0, salt=1)
+    per = {g: sum(h for h, x in zip(held, groups, strict=True) if x == g) for g in "abc"}
+    assert per == {"a": 4, "b": 0, "c": 2}  # "b" has fewer than 10 images: all kept for training
+    assert not any(holdout(groups, 0.0, seed=0))
+    assert sum(holdout(["a"] * 20, 0.2, seed=0, min_held=5)) == 0  # 4 held out would be too few
+    assert sum(holdout(["a"] * 25, 0.2, seed=0, min_held=5)) == 5
+
+
+def test_choose_weight_prefers_the_best_then_the_neutral_average():
+    assert choose_weight({0.0: 0.7, 0.25: 0.8, 0.5: 0.85, 0.75: 0.9, 1.0: 0.88}) == 0.75
+    assert choose_weight({0.0: 0.9, 0.25: 0.9, 0.5: 0.9, 0.75: 0.9, 1.0: 0.9}) == 0.5
+    assert choose_weight({0.0: 0.95, 0.25: 0.95, 0.5: 0.8, 0.75: 0.8, 1.0: 0.8}) == 0.25
+
+
+def _image(rng, bright: bool) -> np.ndarray:
+    """A plain grey image with a little noise (dark or bright: the two variants)."""
+    return (rng.integers(0, 3, (32, 32, 3)) + (190 if bright else 60)).astype(np.uint8)
+
+
+def test_select_weights_trusts_the_map_that_separates_the_variant():
+    """Two variants: on one only the memory's map shows the defect, on the other only the comparison's."""
+    rng = np.random.default_rng(0)
+    train = {"mem": [_image(rng, False) for _ in range(4)], "cmp": [_image(rng, True) for _ in range(4)]}
+    val = {"mem": [_image(rng, False) for _ in range(8)], "cmp": [_image(rng, True) for _ in range(8)]}
+    noise = np.random.default_rng(1)
+
+    def maps(query, reference):
+        # The defect map: where the query departs from its plain reference (synthetic defects do).
+        departure = np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0
+        departure[departure < 0.02] = 0.0  # the images' own noise
+        random_map = (noise.random((32, 32)) * 0.5).astype(np.float32)
+        return (random_map, departure) if reference.mean() < 128 else (departure, random_map)
+
+    choices = select_weights(maps, lambda m: float(m.max()), train, val, {}, seed=0)
+    assert set(choices) == {"mem", "cmp"}
+    for c in choices.values():
+        assert c.anomaly_source == "synthetic" and c.normals == 8 and c.anomalies == 8
+        assert set(c.auroc) == set(WEIGHTS)
+    assert choices["mem"].weight >= 0.5 and choices["cmp"].weight <= 0.5
+    assert choices["mem"].auroc[1.0] > choices["mem"].auroc[0.0]
+    assert choices["cmp"].auroc[0.0] > choices["cmp"].auroc[1.0]
+
+
+def test_select_weights_uses_labelled_defects_when_there_are_enough():
+    rng = np.random.default_rng(0)
+    goods = [_image(rng, False) for _ in range(5)]
+    labelled = [np.full((32, 32, 3), 255, np.uint8) for _ in range(5)]
+
+    def maps(query, reference):
+        m = np.full((32, 32), query.mean() / 255.0, np.float32)
+        return m, m
+
+    choices = select_weights(maps, lambda m: float(m.max()), {"a": goods}, {"a": goods}, {"a": labelled}, seed=0)
+    assert choices["a"].anomaly_source == "labelled" and choices["a"].anomalies == 5
+    assert choices["a"].auroc[0.5] == 1.0 and choices["a"].weight == 0.5
