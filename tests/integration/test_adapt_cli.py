@@ -84,6 +84,7 @@ def test_adapt_memory_only_in_seconds(product, tmp_path):
         (["--normals", "ONE", "--memory-weight", "2"], "--memory-weight must lie in [0, 1]"),
         (["--normals", "ONE", "--memory-weight", "most"], "--memory-weight must be 'auto' or a number"),
         (["--normals", "ONE", "--validation", "1"], "--validation must lie in [0, 1)"),
+        (["--normals", "ONE", "--memory-weight", "auto", "--memory-patches", "0"], "auto needs a product memory"),
         (["--normals", "ONE", "--steps", "-1"], "--steps must be 0 or more"),
         (["--normals", "ONE", "--steps", "0", "--memory-patches", "0"], "nothing to do"),
         (["--normals", "MISSING"], "no such folder"),
@@ -102,32 +103,42 @@ def test_adapt_bad_input(product, tmp_path, args, message):
     assert message in r.stderr and "Traceback" not in r.stderr
 
 
-def test_adapt_chooses_the_memory_weight_on_held_out_images(tmp_path):
-    """--memory-weight auto (the default): a share of a variant's good images is held out, written to
-    validation.json, and the weight with the best validation AUROC is kept for that variant."""
+def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
+    """A variant of 10 or more good images: a share is held out (validation.json), measured in the card;
+    --memory-weight auto keeps the weight with the best validation AUROC for that variant."""
     cells = [c for c in load_cells() if c.probability == 0.0 and c.kind == "mono"][:12]
     good = tmp_path / "good" / "mono"
     good.mkdir(parents=True)
     for c in cells:
         shutil.copyfile(c.path, good / c.name)
-    out = tmp_path / "auto"
+    out = tmp_path / "fixed"
     r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(out), "--steps", "0", home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     split = json.loads((out / "validation.json").read_text())
     assert len(split["normals"]) == 2 and all(n.startswith("mono/") for n in split["normals"])
     config = json.loads((out / "config.json").read_text())
-    assert list(config["memory_weights"]) == ["mono"] and config["memory_weights"]["mono"] in (0, 0.25, 0.5, 0.75, 1)
-    assert "variant mono: memory weight" in r.stderr
+    assert config["memory_weight"] == 0.5 and config["memory_weights"] == {}
     card = (out / "MODEL_CARD.md").read_text()
-    assert "Memory weight chosen per variant" in card and "| mono | 2 | 2 (synthetic) |" in card
+    assert "## Validation (held-out images" in card and "| mono | 2 | 2 (synthetic) |" in card
+    assert "validation, variant mono: image AUROC" in r.stderr and "weight kept 0.5" in r.stderr
+    # The memory beside the model holds every good image; the validation's held 10.
+    from adcopilot.model.memory import ProductMemory
+
+    assert ProductMemory.load(out).variants["mono"].images >= 10
+
+    auto = tmp_path / "auto"
+    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(auto), "--steps", "0",
+            "--memory-weight", "auto", home=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    config = json.loads((auto / "config.json").read_text())
+    assert list(config["memory_weights"]) == ["mono"] and config["memory_weights"]["mono"] in (0, 0.25, 0.5, 0.75, 1)
+    assert json.loads((auto / "validation.json").read_text()) == split  # the same seeded split
     from adcopilot import Copilot
 
-    assert Copilot.load(str(out)).detector.memory_weights == config["memory_weights"]
-    # A fixed weight: no images held out, nothing chosen.
-    fixed = tmp_path / "fixed"
-    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(fixed), "--steps", "0",
-            "--memory-weight", "0.3", home=tmp_path)
+    assert Copilot.load(str(auto)).detector.memory_weights == config["memory_weights"]
+    # No validation: every image trains, nothing is measured.
+    none = tmp_path / "none"
+    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(none), "--steps", "0",
+            "--validation", "0", home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert not (fixed / "validation.json").exists()
-    config = json.loads((fixed / "config.json").read_text())
-    assert config["memory_weight"] == 0.3 and config["memory_weights"] == {}
+    assert not (none / "validation.json").exists() and "## Validation" not in (none / "MODEL_CARD.md").read_text()

@@ -40,21 +40,22 @@ def register(app: typer.Typer) -> None:
             help="Normal patches kept per variant in the product memory (0: no memory; see model/memory.py).",
         ),
         memory_weight: str = typer.Option(
-            "auto", "--memory-weight",
-            help="Weight of the memory's map in the fused anomaly map: a number in 0-1, or 'auto' to choose it "
-            "per variant on the --validation images.",
+            "0.5", "--memory-weight",
+            help="Weight of the memory's map in the fused anomaly map: a number in 0-1, or 'auto' to take, per "
+            "variant, the weight with the best AUROC on the validation images (noisy with few of them).",
         ),
         validation: float = typer.Option(
             0.2, "--validation",
-            help="With --memory-weight auto: share of each variant's images held out of training to choose the "
-            "weight (variants under 10 good images keep all theirs, and the default weight 0.5).",
+            help="Share of each variant's images held out of training to measure the adapted model (image AUROC "
+            "in the model card); 0: none. Variants under 10 good images keep all theirs.",
         ),
     ) -> None:
         """Fine-tune the comparison model on your own good (and optionally bad) images, minutes on a CPU."""
         from adcopilot.data.folders import load_folder_entries
         from adcopilot.errors import AdcopilotError
         from adcopilot.train.adapt import adapt_card, default_licence_note, resolve_base
-        from adcopilot.train.validation import MIN_REAL_DEFECTS, holdout
+        from adcopilot.train.adapt_finish import Images, finish
+        from adcopilot.train.validation import MIN_REAL_DEFECTS, holdout, write_split
 
         if steps < 0:
             raise AdcopilotError(f"--steps must be 0 or more, got {steps}")
@@ -65,6 +66,8 @@ def register(app: typer.Typer) -> None:
             raise AdcopilotError(f"--validation must lie in [0, 1), got {validation}")
         if steps == 0 and memory_patches == 0:
             raise AdcopilotError("nothing to do: --steps 0 and --memory-patches 0")
+        if weight is None and memory_patches == 0:
+            raise AdcopilotError("--memory-weight auto needs a product memory (--memory-patches above 0)")
         base = resolve_base(model)
         good, groups, good_paths, bad_good = load_folder_entries(normals, size)
         bad_imgs, defect_groups, defect_paths, bad_def = (
@@ -76,19 +79,20 @@ def register(app: typer.Typer) -> None:
             raise AdcopilotError(f"{normals}: adaptation needs at least two readable good images")
         variants = {g or ".": groups.count(g) for g in sorted(set(groups))}
         typer.echo("good images per variant: " + ", ".join(f"{g} {n}" for g, n in variants.items()), err=True)
-        # Validation images (only to choose the memory weight): out of fine-tuning and of the memory's choice.
-        split = validation if memory_patches and weight is None else 0.0
-        held_good = holdout(groups, split, seed, salt=0)
-        held_bad = holdout(defect_groups, split, seed, salt=1, min_held=MIN_REAL_DEFECTS)
+        # Validation images: out of fine-tuning and out of the memory they are measured with.
+        held_good = holdout(groups, validation, seed, salt=0)
+        held_bad = holdout(defect_groups, validation, seed, salt=1, min_held=MIN_REAL_DEFECTS)
         sources = {"normals": str(normals), "n_normals": len(good), "variants": variants}
         if defects is not None:
             sources.update({"defects": str(defects), "n_defects": len(bad_imgs)})
         if any(held_good):
-            sources["validation"] = {"fraction": split, "seed": seed, "held_out_normals": sum(held_good),
+            sources["validation"] = {"fraction": validation, "seed": seed, "held_out_normals": sum(held_good),
                                      "held_out_defects": sum(held_bad), "file": "validation.json"}
             out.mkdir(parents=True, exist_ok=True)
-            _write_split(out / "validation.json", normals, good_paths, held_good, defects, defect_paths, held_bad,
-                         split, seed)
+            write_split(out / "validation.json", (normals, good_paths, held_good), (defects, defect_paths, held_bad),
+                        validation, seed)
+        elif weight is None:
+            typer.echo("--memory-weight auto: no variant has 10 good images to hold out; the weight stays 0.5", err=True)
         if memory_patches:
             sources["memory"] = {"patches_per_variant": memory_patches, "seed": seed,
                                  "weight": "chosen per variant on the validation images" if weight is None else weight}
@@ -101,9 +105,8 @@ def register(app: typer.Typer) -> None:
             _fine_tune(out, base, [good[i] for i in keep_g], [groups[i] for i in keep_g],
                        [bad_imgs[i] for i in keep_b], [defect_groups[i] for i in keep_b], card,
                        seed=seed, steps=steps, batch_size=batch_size, lr=lr, size=size, resume=resume)
-        if memory_patches:
-            _write_memory(out, normals, good, groups, memory_patches, weight, seed,
-                          held_good=held_good, defects=(bad_imgs, defect_groups, held_bad), defects_dir=defects)
+        finish(out, Images(normals, good, groups, held_good), Images(defects, bad_imgs, defect_groups, held_bad),
+               patches=memory_patches, weight=weight, seed=seed, echo=lambda m: typer.echo(m, err=True))
         typer.echo(f"adapted model: {out}  (use: adcopilot inspect QUERY --ref REF --model {out})")
 
 
@@ -120,20 +123,6 @@ def _parse_weight(text: str) -> float | None:
     if not 0.0 <= value <= 1.0:
         raise AdcopilotError(f"--memory-weight must lie in [0, 1], got {text}")
     return value
-
-
-def _write_split(path: Path, normals: Path, good_paths: list[Path], held_good: list[bool], defects: Path | None,
-                 defect_paths: list[Path], held_bad: list[bool], fraction: float, seed: int) -> None:
-    """The validation split on disk: held-out files relative to their folders."""
-    import json
-
-    doc = {
-        "fraction": fraction,
-        "seed": seed,
-        "normals": [p.relative_to(normals).as_posix() for p, h in zip(good_paths, held_good, strict=True) if h],
-        "defects": [p.relative_to(defects).as_posix() for p, h in zip(defect_paths, held_bad, strict=True) if h] if defects else [],
-    }
-    path.write_text(json.dumps(doc, indent=1))
 
 
 def _copy_base(base: Path, out: Path, card: Callable[..., str], seed: int) -> None:
@@ -166,125 +155,3 @@ def _fine_tune(out, base, good, groups, bad_imgs, defect_groups, card, *, seed, 
     # The adapted checkpoint lives directly in OUT (the run folder keeps logs and training state).
     for f in final.iterdir():
         (out / f.name).write_bytes(f.read_bytes())
-
-
-def _write_memory(
-    out: Path, normals: Path, good: list, groups: list[str], patches: int, weight: float | None, seed: int,
-    *, held_good: list[bool], defects: tuple[list, list[str], list[bool]], defects_dir: Path | None = None,
-) -> None:
-    """Build the product memory from the good images at the model's size, choose its weight (``None``:
-    per variant, on the held-out images) and record both in config.json and the model card.
-
-    ``good`` / ``groups`` are the images already loaded (uint8, training size), reused when that is the
-    model's size; otherwise the folders are read again at the model's size (same files, same order).
-    """
-    import json
-
-    import numpy as np
-    from tqdm import tqdm
-
-    from adcopilot.data.folders import load_folder_groups
-    from adcopilot.model.memory import build_memory
-    from adcopilot.model.nano import load_nano_detector
-
-    detector, _ = load_nano_detector(out)
-    detector.memory = None  # a memory left in OUT by an earlier run plays no part
-    size = detector.image_size
-    bad_imgs, defect_groups, held_bad = defects
-    if good[0].shape[0] != size:
-        good, groups, _ = load_folder_groups(normals, size)  # bad files were reported above
-        if any(held_bad) and defects_dir is not None:
-            bad_imgs, _, _ = load_folder_groups(defects_dir, size)
-
-    def features(image):  # uint8 -> float one image at a time: a float copy of all would be large
-        return detector.patch_features(image.astype(np.float32) / 255.0)
-
-    choices = {}
-    if weight is None and any(held_good):
-        choices = _choose_weights(detector, features, good, groups, held_good, bad_imgs, defect_groups, held_bad,
-                                  patches, seed)
-    with tqdm(total=len(good), desc="product memory", unit="img") as bar:
-        memory = build_memory(good, groups, features, patches=patches, seed=seed, progress=bar.update)
-    if not memory.variants:
-        typer.echo("no variant has two good images: the model is written without a product memory", err=True)
-        return
-    memory.save(out)
-    default = 0.5 if weight is None else weight
-    config_path = out / "config.json"
-    config = json.loads(config_path.read_text())
-    config["memory_weight"] = default
-    config["memory_weights"] = {name: c.weight for name, c in choices.items()}
-    config_path.write_text(json.dumps(config, indent=2))
-    card = out / "MODEL_CARD.md"
-    summary = json.dumps(memory.describe(), indent=2)
-    text = card.read_text() + f"\n## Product memory (`{out.name}/memory.safetensors`)\n```json\n{summary}\n```\n"
-    text += _weights_section(choices, default, auto=weight is None)
-    card.write_text(text)
-
-
-def _choose_weights(detector, features, good, groups, held_good, bad_imgs, defect_groups, held_bad, patches, seed):
-    """Per variant, the memory weight with the best 1-shot image AUROC on the held-out images, with a
-    memory built from the training images only (:mod:`adcopilot.train.validation`)."""
-    from tqdm import tqdm
-
-    from adcopilot.model.memory import build_memory
-    from adcopilot.model.nano import pooled_score
-    from adcopilot.registration import register, warp
-    from adcopilot.train.validation import MIN_REAL_DEFECTS, select_weights
-
-    train = [i for i, h in enumerate(held_good) if not h]
-    with tqdm(total=len(train), desc="validation memory", unit="img") as bar:
-        detector.memory = build_memory([good[i] for i in train], [groups[i] for i in train], features,
-                                       patches=patches, seed=seed, progress=bar.update)
-
-    def by_variant(images, names, mask, keep):
-        d: dict[str, list] = {}
-        for img, g, h in zip(images, names, mask, strict=True):
-            if h == keep:
-                d.setdefault(g, []).append(img)
-        return d
-
-    def maps(query, reference):
-        q, r = query.astype("float32") / 255.0, reference.astype("float32") / 255.0
-        reg = register(q, r)  # as inspection does
-        q = warp(q, reg.matrix) if reg.method != "identity" else q
-        prob, mem, _ = detector.maps(q, [detector.encode_reference(r)])
-        return prob, mem
-
-    def score(m):
-        return pooled_score(m, detector.model.cfg.topk_frac)
-
-    val_good = by_variant(good, groups, held_good, True)
-    val_bad = by_variant(bad_imgs, defect_groups, held_bad, True)
-    total = sum(len(v) + (len(val_bad.get(k, [])) if len(val_bad.get(k, [])) >= MIN_REAL_DEFECTS else len(v))
-                for k, v in val_good.items())
-    with tqdm(total=total, desc="choosing the memory weight", unit="img") as bar:
-        choices = select_weights(maps, score, by_variant(good, groups, held_good, False), val_good, val_bad, seed,
-                                 progress=bar.update)
-    detector.memory = None
-    for name, c in choices.items():
-        typer.echo(f"variant {name or '.'}: memory weight {c.weight} (validation AUROC by weight: "
-                   + ", ".join(f"{w}: {a:.3f}" for w, a in c.auroc.items()) + f"; {c.anomaly_source} defects)", err=True)
-    return choices
-
-
-def _weights_section(choices, default: float, auto: bool) -> str:
-    """The model card's account of the memory weight."""
-    if not choices:
-        why = ("the default: no variant had enough good images to hold some out (10)" if auto
-               else "set with --memory-weight")
-        return f"\nMemory weight in the fused map: {default} ({why}).\n"
-    from adcopilot.train.validation import WEIGHTS
-
-    rows = "\n".join(
-        f"| {name or '.'} | {c.normals} | {c.anomalies} ({c.anomaly_source}) | "
-        + " | ".join(f"{c.auroc[w]:.3f}" for w in WEIGHTS) + f" | **{c.weight}** |"
-        for name, c in choices.items()
-    )
-    head = " | ".join(str(w) for w in WEIGHTS)
-    return (
-        "\nMemory weight chosen per variant on the validation images (held out of fine-tuning and of this "
-        "choice's memory; 1-shot, registered, references from the training images; `validation.json`). "
-        f"Image AUROC by weight (0 = comparison model only, 1 = memory only); other variants use {default}:\n\n"
-        f"| variant | normal | anomalous | {head} | chosen |\n|---|---|---|{'---|' * len(WEIGHTS)}---|\n{rows}\n"
-    )

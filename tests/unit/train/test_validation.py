@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adcopilot.train.validation import WEIGHTS, choose_weight, holdout, select_weights
+from adcopilot.train.validation import WEIGHTS, choose_weight, holdout, validate, write_split
 
 
 def test_holdout_is_seeded_per_group_and_respects_the_minimums():
@@ -44,7 +44,7 @@ def test_select_weights_trusts_the_map_that_separates_the_variant():
         random_map = (noise.random((32, 32)) * 0.5).astype(np.float32)
         return (random_map, departure) if reference.mean() < 128 else (departure, random_map)
 
-    choices = select_weights(maps, lambda m: float(m.max()), train, val, {}, seed=0)
+    choices = validate(maps, lambda m: float(m.max()), train, val, {}, seed=0)
     assert set(choices) == {"mem", "cmp"}
     for c in choices.values():
         assert c.anomaly_source == "synthetic" and c.normals == 8 and c.anomalies == 8
@@ -52,6 +52,33 @@ def test_select_weights_trusts_the_map_that_separates_the_variant():
     assert choices["mem"].weight >= 0.5 and choices["cmp"].weight <= 0.5
     assert choices["mem"].auroc[1.0] > choices["mem"].auroc[0.0]
     assert choices["cmp"].auroc[0.0] > choices["cmp"].auroc[1.0]
+    # A fixed weight is kept whatever the validation says; the AUROCs are the same measurements.
+    noise = np.random.default_rng(1)
+    fixed = validate(maps, lambda m: float(m.max()), train, val, {}, seed=0, fixed=0.5)
+    assert {c.weight for c in fixed.values()} == {0.5}
+    assert {n: c.auroc for n, c in fixed.items()} == {n: c.auroc for n, c in choices.items()}
+
+
+def test_validate_without_a_memory_measures_the_comparison_model_alone():
+    rng = np.random.default_rng(0)
+    goods = [_image(rng, False) for _ in range(6)]
+
+    def maps(query, reference):
+        return np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0, None
+
+    choices = validate(maps, lambda m: float(m.max()), {"a": goods[:3]}, {"a": goods[3:]}, {}, seed=0)
+    assert list(choices["a"].auroc) == [0.0] and choices["a"].weight == 0.0
+    assert choices["a"].auroc[0.0] > 0.5
+
+
+def test_write_split_lists_held_out_files_relative_to_their_folders(tmp_path):
+    import json
+    from pathlib import Path
+
+    good = [Path("/data/good/mono/a.png"), Path("/data/good/mono/b.png"), Path("/data/good/poly/c.png")]
+    write_split(tmp_path / "v.json", (Path("/data/good"), good, [True, False, True]), (None, [], []), 0.2, 3)
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert doc == {"fraction": 0.2, "seed": 3, "normals": ["mono/a.png", "poly/c.png"], "defects": []}
 
 
 def test_select_weights_uses_labelled_defects_when_there_are_enough():
@@ -63,6 +90,6 @@ def test_select_weights_uses_labelled_defects_when_there_are_enough():
         m = np.full((32, 32), query.mean() / 255.0, np.float32)
         return m, m
 
-    choices = select_weights(maps, lambda m: float(m.max()), {"a": goods}, {"a": goods}, {"a": labelled}, seed=0)
+    choices = validate(maps, lambda m: float(m.max()), {"a": goods}, {"a": goods}, {"a": labelled}, seed=0)
     assert choices["a"].anomaly_source == "labelled" and choices["a"].anomalies == 5
     assert choices["a"].auroc[0.5] == 1.0 and choices["a"].weight == 0.5

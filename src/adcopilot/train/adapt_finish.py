@@ -1,0 +1,157 @@
+"""The end of ``adcopilot adapt``: validation on the held-out images, the product memory, config and card.
+
+Order matters: the validation runs with a memory built from the *training* good images only (the
+held-out ones must not be in it, or they would look perfectly normal); the memory written beside the
+model is then rebuilt from all good images, since the user's inspection benefits from every one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from adcopilot.data.folders import load_folder_groups
+from adcopilot.model.memory import build_memory
+from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
+from adcopilot.registration import register, warp
+from adcopilot.train.validation import MIN_REAL_DEFECTS, WEIGHTS, VariantChoice, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Images:
+    """Images given to ``adapt`` (uint8 (S, S, 3) at the training size), their variants and which
+    are held out for validation; ``folder`` is None when none were given."""
+
+    folder: Path | None
+    images: list[np.ndarray]
+    groups: list[str]
+    held: list[bool]
+
+    def at_size(self, size: int) -> Images:
+        """The same images at ``size`` (the folder is read again: same files, same order)."""
+        if not self.images or self.images[0].shape[0] == size or self.folder is None:
+            return self
+        images, groups, _ = load_folder_groups(self.folder, size)  # bad files were reported before
+        return Images(self.folder, images, groups, self.held)
+
+    def by_variant(self, held: bool) -> dict[str, list[np.ndarray]]:
+        out: dict[str, list[np.ndarray]] = {}
+        for img, g, h in zip(self.images, self.groups, self.held, strict=True):
+            if h == held:
+                out.setdefault(g, []).append(img)
+        return out
+
+
+def finish(
+    out: Path, good: Images, defects: Images, *, patches: int, weight: float | None, seed: int,
+    echo: Callable[[str], None] = log.info,
+) -> None:
+    """Validate the adapted model in ``out`` on the held-out images, write its product memory (when
+    ``patches`` > 0) with the memory weight (``None``: per variant, the best on validation), and
+    record both in config.json and MODEL_CARD.md."""
+    detector, _ = load_nano_detector(out)
+    detector.memory = None  # a memory left in OUT by an earlier run plays no part
+    size = detector.image_size
+    good, defects = good.at_size(size), defects.at_size(size)
+
+    def features(image: np.ndarray):  # uint8 -> float one image at a time: a float copy of all would be large
+        return detector.patch_features(image.astype(np.float32) / 255.0)
+
+    choices: dict[str, VariantChoice] = {}
+    if any(good.held):
+        choices = _validate(detector, features, good, defects, patches, weight, seed)
+        for name, c in choices.items():
+            echo(f"validation, variant {name or '.'}: image AUROC "
+                 + ", ".join(f"{a:.3f} at memory weight {w}" if len(c.auroc) > 1 else f"{a:.3f}" for w, a in c.auroc.items())
+                 + f" ({c.normals} good, {c.anomalies} {c.anomaly_source} defective); weight kept {c.weight}")
+    default = 0.5 if weight is None else weight
+    text = ""
+    if patches:
+        with tqdm(total=len(good.images), desc="product memory", unit="img") as bar:
+            memory = build_memory(good.images, good.groups, features, patches=patches, seed=seed, progress=bar.update)
+        if memory.variants:
+            memory.save(out)
+            config_path = out / "config.json"
+            config = json.loads(config_path.read_text())
+            config["memory_weight"] = default
+            config["memory_weights"] = {name: c.weight for name, c in choices.items()} if weight is None else {}
+            config_path.write_text(json.dumps(config, indent=2))
+            summary = json.dumps(memory.describe(), indent=2)
+            text += f"\n## Product memory (`{out.name}/memory.safetensors`)\n```json\n{summary}\n```\n"
+            text += _weight_note(choices, default, auto=weight is None)
+        else:
+            echo("no variant has two good images: the model is written without a product memory")
+    text += _validation_section(choices)
+    card = out / "MODEL_CARD.md"
+    card.write_text(card.read_text() + text)
+
+
+def _validate(detector: NanoDetector, features, good: Images, defects: Images, patches: int, weight: float | None,
+              seed: int) -> dict[str, VariantChoice]:
+    """1-shot inspection of the held-out images, with a memory of the training good images only."""
+    train = [i for i, h in enumerate(good.held) if not h]
+    if patches:
+        with tqdm(total=len(train), desc="validation memory", unit="img") as bar:
+            detector.memory = build_memory([good.images[i] for i in train], [good.groups[i] for i in train],
+                                           features, patches=patches, seed=seed, progress=bar.update)
+
+    def maps(query: np.ndarray, reference: np.ndarray):
+        q, r = query.astype(np.float32) / 255.0, reference.astype(np.float32) / 255.0
+        reg = register(q, r)  # as inspection does
+        q = warp(q, reg.matrix) if reg.method != "identity" else q
+        prob, mem, _ = detector.maps(q, [detector.encode_reference(r)])
+        return prob, mem
+
+    def score(m: np.ndarray) -> float:
+        return pooled_score(m, detector.model.cfg.topk_frac)
+
+    val_good, val_bad = good.by_variant(True), defects.by_variant(True)
+    total = sum(len(v) + (len(val_bad.get(k, [])) if len(val_bad.get(k, [])) >= MIN_REAL_DEFECTS else len(v))
+                for k, v in val_good.items())
+    try:
+        with tqdm(total=total, desc="validation", unit="img") as bar:
+            return validate(maps, score, good.by_variant(False), val_good, val_bad, seed, fixed=weight,
+                            progress=bar.update)
+    finally:
+        detector.memory = None
+
+
+def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) -> str:
+    if not auto:
+        return f"\nMemory weight in the fused map: {default} (`--memory-weight`).\n"
+    if not choices:
+        return (f"\nMemory weight in the fused map: {default} (`--memory-weight auto`, but no variant had enough "
+                "good images to hold some out).\n")
+    kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
+    return (f"\nMemory weight per variant, the best on the validation images (`--memory-weight auto`): {kept}; "
+            f"other variants {default}.\n")
+
+
+def _validation_section(choices: dict[str, VariantChoice]) -> str:
+    """The model card's held-out measure: image AUROC per variant and memory weight."""
+    if not choices:
+        return ""
+    with_memory = any(len(c.auroc) > 1 for c in choices.values())
+    weights = WEIGHTS if with_memory else (0.0,)
+    head = " | ".join(f"weight {w}" for w in weights) if with_memory else "image AUROC"
+    rows = "\n".join(
+        f"| {name or '.'} | {c.normals} | {c.anomalies} ({c.anomaly_source}) | "
+        + " | ".join(f"**{c.auroc[w]:.3f}**" if w == c.weight else f"{c.auroc[w]:.3f}" for w in weights) + " |"
+        for name, c in choices.items()
+    )
+    return (
+        "\n## Validation (held-out images, `validation.json`)\n\n"
+        "Images held out of fine-tuning and of the memory they were inspected with; 1-shot, registered, each "
+        "with a reference drawn from the variant's training images. Image AUROC"
+        + (" by the memory's weight in the fused map (0: comparison model alone, 1: memory alone; bold: the "
+           "weight kept)" if with_memory else "") + ":\n\n"
+        f"| variant | good | defective | {head} |\n|---|---|---|{'---|' * len(weights)}\n{rows}\n"
+    )
