@@ -4,6 +4,7 @@ The ELPV images are CC BY-NC-SA 4.0, so the adapted model is non-commercial and 
 committed; this script is the command that makes it. It writes the ELPV *training* split (seed 0)
 as folders under ``$ADCOPILOT_HOME/data/elpv-train/{good,defective}/<type>`` (symlinks to the
 installed package's files), runs ``adcopilot adapt`` on them, and the test split is left untouched.
+``adapt`` holds a fifth of that training split out of fine-tuning (its validation, ``validation.json``).
 
     python benchmarks/adapt_elpv.py --out $ADCOPILOT_HOME/models/nano-elpv --steps 1000 --size 256
     python benchmarks/bench_elpv.py --model $ADCOPILOT_HOME/models/nano-elpv --shots 1 5 --seeds 0 1
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--size", type=int, default=None, help="training image size (adapt --size; default its own)")
     ap.add_argument("--memory-patches", type=int, default=None, help="adapt --memory-patches (0: no memory)")
+    ap.add_argument("--memory-weight", default=None, help="adapt --memory-weight (a number in 0-1, or auto)")
     ap.add_argument("--no-defects", action="store_true", help="adapt from good images only")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
@@ -52,6 +54,8 @@ def main() -> None:
         argv += ["--size", str(args.size)]
     if args.memory_patches is not None:
         argv += ["--memory-patches", str(args.memory_patches)]
+    if args.memory_weight is not None:
+        argv += ["--memory-weight", args.memory_weight]
     if not args.no_defects:
         argv += ["--defects", str(bad)]
     if args.resume:
