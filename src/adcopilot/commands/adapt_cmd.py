@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         from adcopilot.errors import AdcopilotError
         from adcopilot.train.adapt import adapt_card, default_licence_note, resolve_base
         from adcopilot.train.adapt_finish import Images, finish
-        from adcopilot.train.validation import MIN_REAL_DEFECTS, holdout, write_split
+        from adcopilot.train.validation import validation_split, write_split
 
         if steps < 0:
             raise AdcopilotError(f"--steps must be 0 or more, got {steps}")
@@ -80,8 +80,7 @@ def register(app: typer.Typer) -> None:
         variants = {g or ".": groups.count(g) for g in sorted(set(groups))}
         typer.echo("good images per variant: " + ", ".join(f"{g} {n}" for g, n in variants.items()), err=True)
         # Validation images: out of fine-tuning and out of the memory they are measured with.
-        held_good = holdout(groups, validation, seed, salt=0)
-        held_bad = holdout(defect_groups, validation, seed, salt=1, min_held=MIN_REAL_DEFECTS)
+        held_good, held_bad = validation_split(groups, defect_groups, validation, seed)
         sources = {"normals": str(normals), "n_normals": len(good), "variants": variants}
         if defects is not None:
             sources.update({"defects": str(defects), "n_defects": len(bad_imgs)})

@@ -59,6 +59,17 @@ def holdout(
     return held
 
 
+def validation_split(
+    groups: Sequence[str], defect_groups: Sequence[str], fraction: float, seed: int
+) -> tuple[list[bool], list[bool]]:
+    """Which good and which defective images are held out. Defects are held out only for variants
+    that have held-out good images (elsewhere they would measure nothing and only leave training)."""
+    held_good = holdout(groups, fraction, seed, salt=0)
+    measured = {g for g, h in zip(groups, held_good, strict=True) if h}
+    held = holdout(defect_groups, fraction, seed, salt=1, min_held=MIN_REAL_DEFECTS)
+    return held_good, [h and g in measured for h, g in zip(held, defect_groups, strict=True)]
+
+
 @dataclass
 class VariantChoice:
     """The validation of one variant: AUROC per weight and the weight kept."""

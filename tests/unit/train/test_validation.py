@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from adcopilot.train.validation import WEIGHTS, choose_weight, holdout, validate, write_split
+from adcopilot.train.validation import (
+    WEIGHTS,
+    choose_weight,
+    holdout,
+    validate,
+    validation_split,
+    write_split,
+)
 
 
 def test_holdout_is_seeded_per_group_and_respects_the_minimums():
@@ -17,6 +24,15 @@ def test_holdout_is_seeded_per_group_and_respects_the_minimums():
     assert not any(holdout(groups, 0.0, seed=0))
     assert sum(holdout(["a"] * 20, 0.2, seed=0, min_held=5)) == 0  # 4 held out would be too few
     assert sum(holdout(["a"] * 25, 0.2, seed=0, min_held=5)) == 5
+
+
+def test_defects_are_held_out_only_where_good_images_are():
+    goods = ["mono"] * 20 + ["poly"] * 5  # poly: too few good images to hold any out
+    defects = ["mono"] * 25 + ["poly"] * 25
+    held_good, held_bad = validation_split(goods, defects, 0.2, seed=0)
+    assert sum(held_good[:20]) == 4 and not any(held_good[20:])
+    assert sum(held_bad[:25]) == 5 and not any(held_bad[25:])  # poly's defects all stay for training
+    assert validation_split(goods, defects, 0.0, seed=0) == ([False] * 25, [False] * 50)
 
 
 def test_choose_weight_prefers_the_best_then_the_neutral_average():
