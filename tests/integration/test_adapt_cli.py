@@ -83,7 +83,7 @@ def test_adapt_memory_only_in_seconds(product, tmp_path):
     [
         (["--normals", "ONE", "--memory-weight", "2"], "--memory-weight must lie in [0, 1]"),
         (["--normals", "ONE", "--memory-weight", "most"], "--memory-weight must be 'auto' or a number"),
-        (["--normals", "ONE", "--validation", "1"], "--validation must lie in [0, 1)"),
+        (["--normals", "ONE", "--validation", "0.8"], "--validation must lie in [0, 0.5]"),
         (["--normals", "ONE", "--memory-weight", "auto", "--memory-patches", "0"], "auto needs a product memory"),
         (["--normals", "ONE", "--steps", "-1"], "--steps must be 0 or more"),
         (["--normals", "ONE", "--steps", "0", "--memory-patches", "0"], "nothing to do"),

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         validation: float = typer.Option(
             0.2, "--validation",
             help="Share of each variant's images held out of training to measure the adapted model (image AUROC "
-            "in the model card); 0: none. Variants under 10 good images keep all theirs.",
+            "in the model card); 0: none; at most 0.5. Variants under 10 good images keep all theirs.",
         ),
     ) -> None:
         """Fine-tune the comparison model on your own good (and optionally bad) images, minutes on a CPU."""
@@ -62,8 +62,8 @@ def register(app: typer.Typer) -> None:
         if memory_patches < 0:
             raise AdcopilotError(f"--memory-patches must be 0 or more, got {memory_patches}")
         weight = _parse_weight(memory_weight)
-        if not 0.0 <= validation < 1.0:
-            raise AdcopilotError(f"--validation must lie in [0, 1), got {validation}")
+        if not 0.0 <= validation <= 0.5:  # more would leave training too few images
+            raise AdcopilotError(f"--validation must lie in [0, 0.5], got {validation}")
         if steps == 0 and memory_patches == 0:
             raise AdcopilotError("nothing to do: --steps 0 and --memory-patches 0")
         if weight is None and memory_patches == 0:
