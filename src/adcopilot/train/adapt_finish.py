@@ -71,7 +71,8 @@ def finish(
         for name, c in choices.items():
             echo(f"validation, variant {name or '.'}: image AUROC "
                  + ", ".join(f"{a:.3f} at memory weight {w}" if len(c.auroc) > 1 else f"{a:.3f}" for w, a in c.auroc.items())
-                 + f" ({c.normals} good, {c.anomalies} {c.anomaly_source} defective); weight kept {c.weight}")
+                 + f" ({c.normals} good, {c.anomalies} {c.anomaly_source} defective)"
+                 + (f"; weight kept {c.weight}" if len(c.auroc) > 1 else ""))
     default = 0.5 if weight is None else weight
     text = ""
     if patches:
@@ -149,7 +150,8 @@ def _validation_section(choices: dict[str, VariantChoice]) -> str:
     )
     return (
         "\n## Validation (held-out images, `validation.json`)\n\n"
-        "Images held out of fine-tuning and of the memory they were inspected with; 1-shot, registered, each "
+        "Images held out of fine-tuning" + (" and of the memory they were inspected with" if with_memory else "")
+        + "; 1-shot, registered, each "
         "with a reference drawn from the variant's training images. Image AUROC"
         + (" by the memory's weight in the fused map (0: comparison model alone, 1: memory alone; bold: the "
            "weight kept)" if with_memory else "") + ":\n\n"
