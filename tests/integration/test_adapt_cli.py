@@ -52,6 +52,7 @@ def test_adapt_writes_a_checkpoint_inspect_takes(product, tmp_path):
 
     memory = ProductMemory.load(out)
     assert memory is not None and sorted(memory.variants) == ["mono", "poly"]
+    assert json.loads((out / "config.json").read_text())["memory_weight"] == 0.5  # fine-tuned: the default
     assert all(v.high > v.low and v.bank.shape[1] == 152 for v in memory.variants.values())
     assert (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["architecture"]
     r = run("inspect", str(product / "query.png"), "--ref", str(product / "ref.png"), "--model", str(out), "--json",
@@ -117,10 +118,10 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     split = json.loads((out / "validation.json").read_text())
     assert len(split["normals"]) == 2 and all(n.startswith("mono/") for n in split["normals"])
     config = json.loads((out / "config.json").read_text())
-    assert config["memory_weight"] == 0.5 and config["memory_weights"] == {}
+    assert config["memory_weight"] == 0.75 and config["memory_weights"] == {}  # --steps 0: the memory weighs more
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Validation (held-out images" in card and "| mono | 2 | 2 (synthetic) |" in card
-    assert "validation, variant mono: image AUROC" in r.stderr and "weight kept 0.5" in r.stderr
+    assert "validation, variant mono: image AUROC" in r.stderr and "weight kept 0.75" in r.stderr
     # The memory beside the model holds every good image; the validation's held 10.
     from adcopilot.model.memory import ProductMemory
 

@@ -127,7 +127,8 @@ def _validate(detector: NanoDetector, features, good: Images, defects: Images, p
 
 def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) -> str:
     if not auto:
-        return f"\nMemory weight in the fused map: {default} (`--memory-weight`).\n"
+        return (f"\nMemory weight in the fused map: {default} (`--memory-weight`; by default 0.5 after fine-tuning, "
+                "0.75 without).\n")
     if not choices:
         return (f"\nMemory weight in the fused map: {default} (`--memory-weight auto`, but no variant had enough "
                 "good images to hold some out).\n")
