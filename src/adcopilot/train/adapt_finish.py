@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from adcopilot.data.folders import load_folder_groups
+from adcopilot.errors import AdcopilotError
 from adcopilot.model.memory import build_memory
 from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
 from adcopilot.registration import register, warp
@@ -40,6 +41,8 @@ class Images:
         if not self.images or self.images[0].shape[0] == size or self.folder is None:
             return self
         images, groups, _ = load_folder_groups(self.folder, size)  # bad files were reported before
+        if len(images) != len(self.images):
+            raise AdcopilotError(f"{self.folder}: its images changed during the adaptation; run it again")
         return Images(self.folder, images, groups, self.held)
 
     def by_variant(self, held: bool) -> dict[str, list[np.ndarray]]:
