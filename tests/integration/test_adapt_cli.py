@@ -143,8 +143,11 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
             "--validation", "0", home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (none / "validation.json").exists() and "## Validation" not in (none / "MODEL_CARD.md").read_text()
-    # Without a memory the validation measures the fine-tuned comparison model alone.
+    # Without a memory the validation measures the fine-tuned comparison model alone; a memory left in the
+    # folder by an earlier run is removed, not inherited.
     plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copyfile(out / "memory.safetensors", plain / "memory.safetensors")
     r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(plain), "--steps", "1", "--size", "64",
             "--batch-size", "2", "--memory-patches", "0", home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

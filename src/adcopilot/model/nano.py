@@ -327,9 +327,15 @@ def load_nano_detector(folder: str | Path) -> tuple[NanoDetector, dict[str, Any]
     raw = json.loads((folder / "config.json").read_text())
     name = raw.get("name", folder.name)
     memory = ProductMemory.load(folder)
-    weight = float(raw.get("memory_weight", 0.5))
+    weight = raw.get("memory_weight", 0.5)
     weights = raw.get("memory_weights") or {}
-    if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in weights.values()):
+
+    def is_weight(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+    if not is_weight(weight):
+        raise CheckpointError(f"{folder / 'config.json'}: memory_weight must be a number in [0, 1], got {weight!r}")
+    if not isinstance(weights, dict) or not all(is_weight(v) for v in weights.values()):
         raise CheckpointError(f"{folder / 'config.json'}: memory_weights must map variants to numbers in [0, 1]")
     detector = NanoDetector(model, name=name, memory=memory, memory_weight=weight, memory_weights=weights)
     return detector, {"name": name, "threshold": raw.get("threshold", 0.5)}

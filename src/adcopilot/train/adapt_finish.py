@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from adcopilot.data.folders import load_folder_groups
 from adcopilot.errors import AdcopilotError
-from adcopilot.model.memory import build_memory
+from adcopilot.model.memory import MEMORY_FILE, build_memory
 from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
 from adcopilot.registration import register, warp
 from adcopilot.train.validation import MIN_REAL_DEFECTS, WEIGHTS, VariantChoice, validate
@@ -60,8 +60,8 @@ def finish(
     """Validate the adapted model in ``out`` on the held-out images, write its product memory (when
     ``patches`` > 0) with the memory weight (``None``: per variant, the best on validation), and
     record both in config.json and MODEL_CARD.md."""
+    (out / MEMORY_FILE).unlink(missing_ok=True)  # a memory left in OUT by an earlier run is not this model's
     detector, _ = load_nano_detector(out)
-    detector.memory = None  # a memory left in OUT by an earlier run plays no part
     size = detector.image_size
     good, defects = good.at_size(size), defects.at_size(size)
 

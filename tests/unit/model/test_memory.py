@@ -130,3 +130,7 @@ def test_malformed_per_variant_weights_are_refused_in_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="config.json"):
         load_nano_detector(tmp_path)
+    config.update(memory_weights={}, memory_weight="half")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="memory_weight must be a number in"):
+        load_nano_detector(tmp_path)
