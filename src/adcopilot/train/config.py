@@ -27,7 +27,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 500
     eval_pairs: int = 96
-    num_workers: int = 1
+    num_workers: int = 1  # background processes drawing training batches (0: in the training process)
     run_dir: str = "runs/stage1"
     init_from: str | None = None  # a checkpoint folder to start from (adapt, later stages)
     model: dict[str, Any] = field(default_factory=dict)  # NanoConfig overrides

@@ -66,6 +66,10 @@ def train(task: Task, cfg: TrainConfig, *, resume: bool = False) -> Path:
 
     accelerator = Accelerator()
     set_seed(cfg.seed)
+    if accelerator.device.type == "cuda":
+        # TF32 matrix products: ample precision for these small models, several times faster.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     run = Path(cfg.run_dir)
     ckpt = run / "checkpoint"
     if run.exists() and any(run.iterdir()) and not resume and ckpt.exists():

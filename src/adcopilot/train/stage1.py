@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,8 +58,6 @@ class Stage1Task:
         self.sampler = sampler
         # A sampler that can draw k references itself (adapt: other good images) is asked for them.
         self._sampler_takes_refs = "n_refs" in inspect.signature(sampler.sample).parameters
-        self.multi_ref_prob = float(cfg.data.get("multi_ref_prob", 0.2))
-        self.max_refs = int(cfg.data.get("max_refs", 3))
         self.card_writer = card_writer
         self._eval_set: list[Any] | None = None
 
@@ -74,40 +73,29 @@ class Stage1Task:
 
     # ---------------------------------------------------------------- data
     def _pairs(self, rng: np.random.Generator, n: int, k: int) -> dict[str, torch.Tensor]:
-        from adcopilot.data.synth import jitter
-
-        refs, queries, masks, labels = [], [], [], []
-        for _ in range(n):
-            p = self.sampler.sample(rng, n_refs=k) if self._sampler_takes_refs else self.sampler.sample(rng)
-            views = [p.reference, *p.more_references[: k - 1]]
-            while len(views) < k:
-                extra = jitter((p.reference * 255).astype(np.uint8), rng)
-                views.append(extra.astype(np.float32) / 255.0)
-            refs.append(np.stack(views))
-            queries.append(p.query)
-            masks.append(p.mask)
-            labels.append(p.label)
-        return {
-            "refs": torch.from_numpy(np.stack(refs)).permute(0, 1, 4, 2, 3).float(),  # (B, k, 3, S, S)
-            "query": torch.from_numpy(np.stack(queries)).permute(0, 3, 1, 2).float(),  # (B, 3, S, S)
-            "mask": torch.from_numpy(np.stack(masks)).float(),  # (B, S, S)
-            "label": torch.tensor(labels, dtype=torch.float32),
-        }
+        return make_pairs(self.sampler, self._sampler_takes_refs, rng, n, k)
 
     def batches(self, start_step: int, process_index: int) -> Iterator[tuple[int, Any]]:
-        step = start_step
-        while True:
-            # A pure function of (seed, step, process): resuming replays the same stream.
-            rng = np.random.default_rng([self.cfg.seed, step, process_index])
-            k = 1
-            if rng.random() < self.multi_ref_prob:
-                k = int(rng.integers(2, self.max_refs + 1))
-            yield step, self._pairs(rng, self.cfg.batch_size, k)
-            step += 1
+        stream = StepBatches(self.sampler, self.cfg, start_step, process_index)
+        if self.cfg.num_workers <= 0:
+            for i in range(len(stream)):
+                yield start_step + i, stream[i]
+            return
+        # Background processes draw the pairs (CPU work) while this one trains; the DataLoader keeps
+        # the order, so the stream is the same whatever the number of workers. "spawn", not fork:
+        # a child forked after OpenCV's thread pool started can deadlock in its first cv2 call.
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,
+            prefetch_factor=4, worker_init_fn=_quiet_worker, multiprocessing_context="spawn",
+        )
+        for i, batch in enumerate(loader):
+            yield start_step + i, batch
 
     # ---------------------------------------------------------------- loss
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         dev = next(model.parameters()).device
+        if next(self.tower.parameters()).device != dev:  # the frozen tower follows the model (GPU runs)
+            self.tower.to(dev)
         b, k = batch["refs"].shape[:2]
         with torch.no_grad():
             qf = NanoComparisonModel.features(self.tower, batch["query"].to(dev))  # (B, 152, h, w)
@@ -174,3 +162,57 @@ class Stage1Task:
     def export(self, model: nn.Module, folder: Path, metrics: dict[str, Any]) -> None:
         card = self.card_writer(self.cfg, metrics) if self.card_writer else None
         model.save(folder, card=card, extra_config={"training": {"stage": 1, "seed": self.cfg.seed, **metrics}})
+
+
+def make_pairs(sampler: Any, takes_refs: bool, rng: np.random.Generator, n: int, k: int) -> dict[str, torch.Tensor]:
+    """``n`` pairs with ``k`` references each, stacked into tensors."""
+    from adcopilot.data.synth import jitter
+
+    refs, queries, masks, labels = [], [], [], []
+    for _ in range(n):
+        p = sampler.sample(rng, n_refs=k) if takes_refs else sampler.sample(rng)
+        views = [p.reference, *p.more_references[: k - 1]]
+        while len(views) < k:
+            extra = jitter((p.reference * 255).astype(np.uint8), rng)
+            views.append(extra.astype(np.float32) / 255.0)
+        refs.append(np.stack(views))
+        queries.append(p.query)
+        masks.append(p.mask)
+        labels.append(p.label)
+    return {
+        "refs": torch.from_numpy(np.stack(refs)).permute(0, 1, 4, 2, 3).float(),  # (B, k, 3, S, S)
+        "query": torch.from_numpy(np.stack(queries)).permute(0, 3, 1, 2).float(),  # (B, 3, S, S)
+        "mask": torch.from_numpy(np.stack(masks)).float(),  # (B, S, S)
+        "label": torch.tensor(labels, dtype=torch.float32),
+    }
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is the batch of step ``start + i``: a pure function of (seed, step, process), so a
+    resumed run, or one with more data workers, sees exactly the batches of an uninterrupted one."""
+
+    def __init__(self, sampler: Any, cfg: TrainConfig, start: int, process_index: int) -> None:
+        self.sampler = sampler
+        self.takes_refs = "n_refs" in inspect.signature(sampler.sample).parameters
+        self.seed, self.batch_size = cfg.seed, cfg.batch_size
+        self.multi_ref_prob = float(cfg.data.get("multi_ref_prob", 0.2))
+        self.max_refs = int(cfg.data.get("max_refs", 3))
+        self.start, self.stop = start, max(start, cfg.steps)
+        self.process_index = process_index
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, self.start + i, self.process_index])
+        k = 1
+        if rng.random() < self.multi_ref_prob:
+            k = int(rng.integers(2, self.max_refs + 1))
+        return make_pairs(self.sampler, self.takes_refs, rng, self.batch_size, k)
+
+
+def _quiet_worker(_: int) -> None:
+    # One thread per data worker: the workers already run in parallel.
+    cv2.setNumThreads(1)

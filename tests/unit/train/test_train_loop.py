@@ -120,6 +120,22 @@ def test_stage1_batches_take_the_samplers_references(tmp_path, tower):
         assert len(levels) == 3
 
 
+def test_batches_do_not_depend_on_the_number_of_data_workers(tmp_path, tower):
+    sampler = PairSampler(48, seed=0, p_normal=0.3)
+    streams = []
+    for workers in (0, 2):
+        cfg = _cfg(tmp_path, steps=5, batch_size=2, num_workers=workers, data={"train_size": 48, "multi_ref_prob": 0.5})
+        streams.append(list(Stage1Task(cfg, sampler=sampler, tower=tower).batches(2, 0)))
+    serial, parallel = streams
+    assert [s for s, _ in serial] == [s for s, _ in parallel] == [2, 3, 4]
+    for (_, a), (_, b) in zip(serial, parallel, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    # Different steps are different batches.
+    assert not torch.equal(serial[0][1]["query"], serial[1][1]["query"])
+
+
 def test_config_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("stage: 1\nstepz: 3\n")
