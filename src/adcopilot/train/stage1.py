@@ -123,7 +123,7 @@ class Stage1Task:
             + float(lw.get("dice", 1.0)) * l_dice
             + float(lw.get("image", 0.5)) * l_img
         )
-        return total, {"focal": float(l_focal), "dice": float(l_dice), "image": float(l_img)}
+        return total, {"focal": float(l_focal.detach()), "dice": float(l_dice.detach()), "image": float(l_img.detach())}
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
