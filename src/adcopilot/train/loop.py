@@ -62,9 +62,16 @@ def _raise_interrupt(signum, frame) -> None:
 def train(task: Task, cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or resume) training; returns the folder of the exported final model."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    accelerator = Accelerator()
+    # Without a GPU, processes started by `accelerate launch` join as CPU (gloo) processes; without
+    # cpu=True each would train alone, unaware of the others.
+    # find_unused_parameters: stage 1's losses leave the comparison tokens' decoder and projector (read
+    # only by the language model) without gradients, which plain DDP refuses.
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     set_seed(cfg.seed)
     if accelerator.device.type == "cuda":
         # TF32 matrix products: ample precision for these small models, several times faster.
@@ -99,7 +106,7 @@ def train(task: Task, cfg: TrainConfig, *, resume: bool = False) -> Path:
     def checkpoint(step: int, elapsed: float) -> None:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_training_state(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step, {"elapsed_s": elapsed})
+            save_training_state(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, step, {"elapsed_s": elapsed, "world_size": accelerator.num_processes})
 
     def log_metrics(row: dict[str, Any]) -> None:
         if accelerator.is_main_process:
