@@ -151,6 +151,7 @@ def _fine_tune(out, base, good, groups, bad_imgs, defect_groups, card, *, seed, 
         stage=1, name=out.name, seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(20, steps),
         checkpoint_every=max(10, min(50, steps)), log_every=10, eval_every=0, eval_pairs=48,
         run_dir=str(out / "run"), init_from=str(base),
+        num_workers=1,  # one background process draws the pairs while this one trains
         # k-shot batches (2-5 references, other good images of the variant) as often as inspection uses them.
         data={"train_size": size, "multi_ref_prob": 0.3, "max_refs": 5},
     )

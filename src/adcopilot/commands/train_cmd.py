@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -49,4 +50,5 @@ def register(app: typer.Typer) -> None:
         else:
             raise AdcopilotError(f"--stage {stage}: unknown stage (known: 1, 2, 3)")
         final = train(task, cfg, resume=resume)
-        typer.echo(f"final model: {final}")
+        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, once rather than per process
+            typer.echo(f"final model: {final}")

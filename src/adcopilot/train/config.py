@@ -27,7 +27,9 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 500
     eval_pairs: int = 96
-    num_workers: int = 1  # background processes drawing training batches (0: in the training process)
+    # Background processes drawing the training batches; 0 draws them in the training process. They are
+    # spawned, so a script that trains through the Python API with workers needs `if __name__ == "__main__":`.
+    num_workers: int = 0
     run_dir: str = "runs/stage1"
     init_from: str | None = None  # a checkpoint folder to start from (adapt, later stages)
     model: dict[str, Any] = field(default_factory=dict)  # NanoConfig overrides
@@ -63,6 +65,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
             raise AdcopilotError(f"{path}: '{name}' must be a positive integer, got {getattr(cfg, name)!r}")
+    if not isinstance(cfg.num_workers, int) or isinstance(cfg.num_workers, bool) or cfg.num_workers < 0:
+        raise AdcopilotError(f"{path}: 'num_workers' must be 0 or a positive integer, got {cfg.num_workers!r}")
     return cfg
 
 

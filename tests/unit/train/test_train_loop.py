@@ -147,3 +147,7 @@ def test_config_errors(tmp_path):
     p.write_text("steps: -1\n")
     with pytest.raises(AdcopilotError, match="positive integer"):
         load_config(p)
+    p.write_text("num_workers: -2\n")
+    with pytest.raises(AdcopilotError, match="'num_workers' must be 0 or a positive integer"):
+        load_config(p)
+    assert load_config(None, {"num_workers": 3}).num_workers == 3
