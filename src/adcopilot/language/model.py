@@ -361,6 +361,10 @@ class NanoCopilot(nn.Module):
         return self.causal_lm.lm_head(hidden)
 
     # ---------------------------------------------------------------- training
+    def forward(self, batch: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training forward = :meth:`loss`; data-parallel wrappers (DDP) call ``forward`` and sync its gradients."""
+        return self.loss(batch)
+
     def loss(self, batch: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean next-token cross-entropy over the answer tokens of a batch of (turns, visual inputs
         [, defect label index or -1]), plus the defect-type head's auxiliary loss (anchored models).

@@ -287,7 +287,7 @@ class LanguageTask:
             step += 1
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        return model.loss(batch)  # type: ignore[operator]
+        return model(batch)  # forward = loss, through the data-parallel wrapper when there is one
 
     # ---------------------------------------------------------------- evaluation
     def _eval_questions(self) -> list[dict]:
