@@ -67,7 +67,7 @@ def test_anchored_tokens_read_like_words(model, visual):
     hot = dataclasses.replace(visual, cells=cells, score=0.95)
     block = model.projectors(hot)["compare"]  # (4 + 9 + 2, H)
     anchors = model.projectors.region_anchor
-    sims = F.cosine_similarity(block[4:13], anchors, dim=-1)
+    sims = F.cosine_similarity(block[4:13], anchors, dim=-1).detach()
     assert int(sims.argmax()) == 2 and float(sims[2]) > 0.8
     verdict = block[13]
     defect_like = F.cosine_similarity(verdict, model.projectors.verdict_anchor[1], dim=0)
