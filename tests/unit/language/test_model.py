@@ -65,9 +65,10 @@ def test_anchored_tokens_read_like_words(model, visual):
     cells[:, 0] = 0.0
     cells[2, 0] = 1.0  # only the top-right cell is hot
     hot = dataclasses.replace(visual, cells=cells, score=0.95)
-    block = model.projectors(hot)["compare"]  # (4 + 9 + 2, H)
+    with torch.no_grad():
+        block = model.projectors(hot)["compare"]  # (4 + 9 + 2, H)
     anchors = model.projectors.region_anchor
-    sims = F.cosine_similarity(block[4:13], anchors, dim=-1).detach()
+    sims = F.cosine_similarity(block[4:13], anchors, dim=-1)
     assert int(sims.argmax()) == 2 and float(sims[2]) > 0.8
     verdict = block[13]
     defect_like = F.cosine_similarity(verdict, model.projectors.verdict_anchor[1], dim=0)
