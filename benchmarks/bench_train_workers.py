@@ -19,6 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from adcopilot.commands.train_cmd import default_config
 from adcopilot.train.config import load_config
 from adcopilot.train.loop import train
 from adcopilot.train.stage1 import Stage1Task
@@ -27,7 +28,7 @@ from adcopilot.train.stage1 import Stage1Task
 def run_once(workers: int, args: argparse.Namespace, root: Path) -> float:
     """Steps per second of one short training run with ``workers`` data processes."""
     cfg = load_config(
-        Path(__file__).resolve().parent.parent / "src/adcopilot/configs/stage1.yaml",
+        default_config(1),
         {"steps": args.steps, "batch_size": args.batch, "num_workers": workers, "log_every": 5,
          "checkpoint_every": 10_000, "eval_every": 0, "eval_pairs": 8, "run_dir": str(root / f"w{workers}")},
     )
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.steps < 10:
+        ap.error("--steps must be at least 10 (the rate is taken between logged steps, every 5)")
     rates: dict[int, list[float]] = {w: [] for w in args.num_workers}
     for r in range(args.rounds):
         for w in args.num_workers:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -64,12 +65,14 @@ def train(task: Task, cfg: TrainConfig, *, resume: bool = False) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    # Without a GPU, processes started by `accelerate launch` join as CPU (gloo) processes; without
-    # cpu=True each would train alone, unaware of the others.
+    # Several processes started by `accelerate launch` on a machine without CUDA join as CPU (gloo)
+    # processes; without cpu=True each would train alone, unaware of the others. A single process keeps
+    # Accelerate's own device choice (e.g. Apple's MPS).
     # find_unused_parameters: stage 1's losses leave the comparison tokens' decoder and projector (read
     # only by the language model) without gradients, which plain DDP refuses.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=several and not torch.cuda.is_available(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(cfg.seed)

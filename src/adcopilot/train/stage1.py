@@ -56,8 +56,6 @@ class Stage1Task:
             size = int(cfg.data.get("train_size", self.model_cfg.image_size))
             sampler = PairSampler(size=size, seed=cfg.seed, **opts)
         self.sampler = sampler
-        # A sampler that can draw k references itself (adapt: other good images) is asked for them.
-        self._sampler_takes_refs = "n_refs" in inspect.signature(sampler.sample).parameters
         self.card_writer = card_writer
         self._eval_set: list[Any] | None = None
 
@@ -73,7 +71,7 @@ class Stage1Task:
 
     # ---------------------------------------------------------------- data
     def _pairs(self, rng: np.random.Generator, n: int, k: int) -> dict[str, torch.Tensor]:
-        return make_pairs(self.sampler, self._sampler_takes_refs, rng, n, k)
+        return make_pairs(self.sampler, rng, n, k)
 
     def batches(self, start_step: int, process_index: int) -> Iterator[tuple[int, Any]]:
         stream = StepBatches(self.sampler, self.cfg, start_step, process_index)
@@ -164,9 +162,13 @@ class Stage1Task:
         model.save(folder, card=card, extra_config={"training": {"stage": 1, "seed": self.cfg.seed, **metrics}})
 
 
-def make_pairs(sampler: Any, takes_refs: bool, rng: np.random.Generator, n: int, k: int) -> dict[str, torch.Tensor]:
+def make_pairs(sampler: Any, rng: np.random.Generator, n: int, k: int) -> dict[str, torch.Tensor]:
     """``n`` pairs with ``k`` references each, stacked into tensors."""
     from adcopilot.data.synth import jitter
+
+    # A sampler that can draw k references itself (adapt: other good images) is asked for them;
+    # otherwise extra references are jittered views of the one it gives.
+    takes_refs = "n_refs" in inspect.signature(sampler.sample).parameters
 
     refs, queries, masks, labels = [], [], [], []
     for _ in range(n):
@@ -193,7 +195,6 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, sampler: Any, cfg: TrainConfig, start: int, process_index: int) -> None:
         self.sampler = sampler
-        self.takes_refs = "n_refs" in inspect.signature(sampler.sample).parameters
         self.seed, self.batch_size = cfg.seed, cfg.batch_size
         self.multi_ref_prob = float(cfg.data.get("multi_ref_prob", 0.2))
         self.max_refs = int(cfg.data.get("max_refs", 3))
@@ -210,7 +211,7 @@ class StepBatches(torch.utils.data.Dataset):
         k = 1
         if rng.random() < self.multi_ref_prob:
             k = int(rng.integers(2, self.max_refs + 1))
-        return make_pairs(self.sampler, self.takes_refs, rng, self.batch_size, k)
+        return make_pairs(self.sampler, rng, self.batch_size, k)
 
 
 def _quiet_worker(_: int) -> None:
