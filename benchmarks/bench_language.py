@@ -49,7 +49,7 @@ def main() -> None:
     bench = load_mmad(ensure_bundled(progress=False))
     items = [it for it in bench.items if it.dataset == "HeldOut-Photos" and not it.is_normal]
     item = items[0]
-    query, ref = bench.resolve(item.image_path), bench.references(item, 1)[0]
+    query, ref = bench.query(item), bench.references(item, 1)[0]
     from adcopilot.grounding import question_kind, type_options
     from adcopilot.model.registry import DEFAULT_CHECKPOINT
 

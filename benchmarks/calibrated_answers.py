@@ -93,7 +93,7 @@ def main() -> None:
     items = [it for it in bench.items if it.dataset == "HeldOut-Photos"]
     for item in tqdm(items, desc="bundled photos"):
         refs = bench.references(item, 1, "random")
-        visual = lang.visual(bench.resolve(item.image_path), refs, cp.threshold)
+        visual = lang.visual(bench.query(item), refs, cp.threshold)
         for qu in item.questions:
             if question_kind(qu.text, qu.options) is None:
                 results["bundled"].append(record(qu.type, qu.text, qu.options, qu.answer, visual))

@@ -62,8 +62,8 @@ def main() -> None:
             if r["image"] not in records:
                 continue
             item = by_key[r["image"]]
-            size = Image.open(bench.resolve(item.image_path)).size
-            gt = gt_boxes_from_mask(bench.resolve(item.mask_path), size)
+            size = Image.open(bench.query(item)).size
+            gt = gt_boxes_from_mask(bench.mask(item), size)
             rec = BBoxRecord(image=r["image"], reply=r.get("reply", ""), gt=gt, image_size=size,
                              coords=r.get("coords") or "pixel", error=r.get("error")).evaluate()
             run_iou[r["image"]] = float(rec.iou or 0.0)
@@ -71,12 +71,11 @@ def main() -> None:
     def masks(keys: list[str]) -> list[np.ndarray]:
         out = []
         for k in keys:
-            mp = items[k].mask_path
-            if mp is None:
-                w, h = Image.open(bench.resolve(items[k].image_path)).size
+            if items[k].mask_path is None:
+                w, h = Image.open(bench.query(items[k])).size
                 out.append(np.zeros((h, w), bool))
             else:
-                out.append(np.asarray(Image.open(bench.resolve(mp))) > 0)
+                out.append(np.asarray(Image.open(bench.mask(items[k]))) > 0)
         return out
 
     edges = [0.0, *sorted(args.bands), np.inf]
@@ -91,7 +90,7 @@ def main() -> None:
         upper = []
         for k in keys:
             amap = _map(args.detect, k)
-            gt = gt_boxes_from_mask(bench.resolve(items[k].mask_path), (amap.shape[1], amap.shape[0]))
+            gt = gt_boxes_from_mask(bench.mask(items[k]), (amap.shape[1], amap.shape[0]))
             top = boxes_from_map(amap, 0.5 * float(amap.max()))[:1]
             upper.append(union_iou([b for b, _ in top], gt))
         row = {

@@ -46,7 +46,7 @@ def test_contents_and_format(built):
     assert {q.subtask for i in photos for q in i.questions} == set(SUBTASKS)
     assert {i.class_name for i in photos} == {"gravel", "coffee_cup", "coins", "flower"}
     for item in bench.items:
-        assert bench.resolve(item.image_path).is_file()
+        assert bench.query(item).is_file() and item.image_path != item.key  # the real layout
         assert len(item.random_templates) == len(item.similar_templates) == 4
         assert all(bench.resolve(t).is_file() and "good" in t for t in item.random_templates + item.similar_templates)
         assert item.is_normal == (item.mask_path is None) or item.dataset == "ELPV"
@@ -54,7 +54,7 @@ def test_contents_and_format(built):
         assert len(ad) == 1 and ad[0].options[ad[0].answer] == ("No." if item.is_normal else "Yes.")
     for item in photos:
         if not item.is_normal:
-            assert gt_boxes_from_mask(bench.resolve(item.mask_path))
+            assert gt_boxes_from_mask(bench.mask(item))
     letters = [q.answer for i in bench.items for q in i.questions if len(q.options) == 4]
     assert max(letters.count(x) for x in "ABCD") - min(letters.count(x) for x in "ABCD") <= 4  # balanced
 
@@ -67,7 +67,7 @@ def test_defect_records_describe_every_synthetic_defect(built):
     assert sorted(records) == sorted(i.key for i in defective)
     for item in defective:
         r = records[item.key]
-        mask = np.asarray(Image.open(bench.resolve(item.mask_path))) > 0
+        mask = np.asarray(Image.open(bench.mask(item))) > 0
         assert r["area_px"] == int(mask.sum())
         assert 0 < r["contrast"] <= 1
         assert r["label"].replace(" ", "_") in item.key

@@ -27,8 +27,15 @@ def _leak_check(bench: Any, items: list, train_sets: list[Path] | None, strict: 
     if not train_sets:
         return
     from adcopilot.data.leak import check_leaks
+    from adcopilot.errors import AdcopilotError
 
-    leaks = check_leaks([bench.resolve(i.image_path) for i in items], train_sets, strict=strict)
+    queries = []
+    for item in items:
+        try:
+            queries.append(bench.query(item))
+        except AdcopilotError:
+            continue  # a missing query is reported as that question's failure
+    leaks = check_leaks(queries, train_sets, strict=strict)
     if leaks:
         typer.echo(f"WARNING: {len(leaks)} test image(s) were in a training set; see the log above", err=True)
 

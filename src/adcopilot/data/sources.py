@@ -33,6 +33,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adcopilot.data.mmad_paths import query_candidates, resolve_mask, resolve_query
 from adcopilot.errors import AdcopilotError
 
 log = logging.getLogger(__name__)
@@ -224,18 +225,30 @@ def read_mmad(path: Path, image_root: Path | None = None) -> list[Entry]:
         if not isinstance(rec, dict) or not isinstance(rec.get("conversation"), list):
             log.warning("%s: entry %s has no conversation list; skipped", path, key)
             continue
-        rel = str(rec.get("image_path") or key)
-        parts = Path(rel).parts
+        # The key is the query's path relative to the root (adcopilot.data.mmad_paths).
+        parts = Path(key).parts
         good = "good" in parts
         # MMAD paths look like <dataset>/<class>/image/<defect or good>/<file>.
         dataset = parts[0] if len(parts) > 1 else "MMAD"
         category = parts[1] if len(parts) > 2 else dataset
         defect = None if good else (parts[-2] if len(parts) >= 2 else "defect")
+        image = rec.get("image_path")
+        try:
+            query = resolve_query(root, key, str(image) if image else None)
+        except AdcopilotError as exc:
+            log.warning("%s: %s", path, exc)
+            query = query_candidates(root, key)[0]  # the analysis then reports it as unreadable
         mask = rec.get("mask_path")
+        mask_file = None
+        if mask and not good:
+            try:
+                mask_file = resolve_mask(root, key, str(mask))
+            except AdcopilotError as exc:
+                log.warning("%s: %s", path, exc)
         out.append(Entry(
-            key=f"mmad/{rel}", image_path=str((root / rel).resolve()), category=category, defect=defect,
-            dataset=dataset, kind="mmad", instance=f"mmad/{rel}",
-            mask_path=str((root / mask).resolve()) if mask and not good else None,
+            key=f"mmad/{key}", image_path=str(query.resolve()), category=category, defect=defect,
+            dataset=dataset, kind="mmad", instance=f"mmad/{key}",
+            mask_path=str(mask_file.resolve()) if mask_file else None,
             fixed_split="test",
             references=[str((root / t).resolve()) for t in rec.get("random_templates") or []],
             conversation=[c for c in rec["conversation"] if isinstance(c, dict)],

@@ -54,7 +54,7 @@ from adcopilot.errors import AdcopilotError
 log = logging.getLogger(__name__)
 
 #: Bump when the build changes what it writes: the cached bundle is then rebuilt.
-BUNDLE_VERSION = 2  # 2: defects.json (each synthetic defect's kind, size and contrast)
+BUNDLE_VERSION = 3  # 2: defects.json (each synthetic defect's kind, size and contrast); 3: the real layout
 ELPV_DATASET = "ELPV"
 PHOTOS_DATASET = "HeldOut-Photos"
 SEED = 0
@@ -184,10 +184,17 @@ def _knowledge() -> Any:
     return kb
 
 
+def _in_class(rel: str) -> str:
+    """A root-relative ``<dataset>/<class>/...`` path made relative to its class folder."""
+    return "/".join(rel.split("/")[2:])
+
+
 def _entry(rel: str, random_t: list[str], similar_t: list[str], conversation: list[dict], mask: str | None) -> dict:
-    entry: dict[str, Any] = {"image_path": rel}
+    # The real file's layout: the key is root-relative, image_path and mask_path are relative to
+    # the class folder (adcopilot.data.mmad_paths), templates root-relative.
+    entry: dict[str, Any] = {"image_path": _in_class(rel)}
     if mask:
-        entry["mask_path"] = mask
+        entry["mask_path"] = _in_class(mask)
     entry.update(similar_templates=similar_t, random_templates=random_t, conversation=conversation)
     return entry
 

@@ -17,7 +17,10 @@ Usage::
     for item in items:
         refs = bench.references(item, k=1, mode="random")
         for q in item.questions:
-            parts = official_prompt(refs, bench.resolve(item.image_path), q)
+            parts = official_prompt(refs, bench.query(item), q)
+
+Paths follow the real file (:mod:`adcopilot.data.mmad_paths`): the query is read from the key,
+the mask joined as the benchmark's ``generate_metadata.py`` joins it, templates from the root.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from adcopilot.data.mmad_paths import resolve_mask, resolve_query
 from adcopilot.errors import AdcopilotError
 
 log = logging.getLogger(__name__)
@@ -117,12 +121,19 @@ class MMADItem:
     """One query image of an MMAD file and its questions."""
 
     key: str  # the JSON key: the query's path relative to the data root
-    image_path: str
-    mask_path: str | None
+    image_path: str | None  # as written: relative to the class folder in the real file
+    mask_path: str | None  # as written (see adcopilot.data.mmad_paths for how it is joined)
     random_templates: list[str]
     similar_templates: list[str]
     questions: list[Question] = field(default_factory=list)
     order: int = 0  # position in the file (scoring follows the file's order)
+    #: Every question of the image, also those a sub-task selection left out of ``questions``
+    #: (a protocol that asks them turn by turn needs the earlier ones).
+    conversation: tuple[Question, ...] = ()
+
+    def earlier(self, question: Question) -> list[Question]:
+        """The questions of the image's conversation before ``question``, in the file's order."""
+        return [q for q in (self.conversation or tuple(self.questions)) if q.index < question.index]
 
     @property
     def dataset(self) -> str:
@@ -170,7 +181,18 @@ class MMADBenchmark:
     items: list[MMADItem]
 
     def resolve(self, rel: str) -> Path:
+        """A path relative to the data root (templates)."""
         return self.root / rel
+
+    def query(self, item: MMADItem) -> Path:
+        """The query image of ``item`` (from its key, as the benchmark's query scripts read it)."""
+        return resolve_query(self.root, item.key, item.image_path)
+
+    def mask(self, item: MMADItem) -> Path:
+        """The defect mask of ``item``; raises when it has none or none of its candidates exists."""
+        if not item.mask_path:
+            raise AdcopilotError(f"'{item.key}' has no mask_path")
+        return resolve_mask(self.root, item.key, item.mask_path)
 
     @property
     def datasets(self) -> list[str]:
@@ -232,6 +254,7 @@ def _with_questions(item: MMADItem, questions: list[Question]) -> MMADItem:
         similar_templates=item.similar_templates,
         questions=questions,
         order=item.order,
+        conversation=item.conversation,
     )
 
 
@@ -286,16 +309,18 @@ def parse_mmad(data: object, path: Path) -> list[MMADItem]:
         conv = value.get("conversation")
         if not isinstance(conv, list):
             raise AdcopilotError(f"{where} has no conversation list")
-        mask = value.get("mask_path")
+        mask, image = value.get("mask_path"), value.get("image_path")
+        questions = [_parse_question(q, i, where) for i, q in enumerate(conv)]
         items.append(
             MMADItem(
                 key=key,
-                image_path=str(value.get("image_path") or key),
+                image_path=str(image) if image else None,
                 mask_path=str(mask) if mask else None,
                 random_templates=_str_list(value.get("random_templates"), f"{where}.random_templates"),
                 similar_templates=_str_list(value.get("similar_templates"), f"{where}.similar_templates"),
-                questions=[_parse_question(q, i, where) for i, q in enumerate(conv)],
+                questions=questions,
                 order=order,
+                conversation=tuple(questions),
             )
         )
     return items

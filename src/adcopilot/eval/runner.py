@@ -197,7 +197,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, str | None, float]:
 
 
 def _images(bench: MMADBenchmark, item: MMADItem, k_shot: int, templates: TemplateMode) -> list[Path]:
-    return [*bench.references(item, k_shot, templates), bench.resolve(item.image_path)]
+    return [*bench.references(item, k_shot, templates), bench.query(item)]
 
 
 # --------------------------------------------------------------------------- MMAD
@@ -295,6 +295,14 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def _query_size(bench: MMADBenchmark, item: MMADItem) -> tuple[int, int] | None:
+    """(w, h) of the query; None when it cannot be found or read (its record then holds the error)."""
+    try:
+        return _image_size(bench.query(item))
+    except AdcopilotError:
+        return None
+
+
 def run_bbox(
     bench: MMADBenchmark,
     items: Sequence[MMADItem],
@@ -328,9 +336,8 @@ def run_bbox(
         if not item.mask_path:
             skipped["no_mask"] += 1
             continue
-        size = _image_size(bench.resolve(item.image_path))
         try:
-            gt = gt_boxes_from_mask(bench.resolve(item.mask_path), size)
+            gt = gt_boxes_from_mask(bench.mask(item), _query_size(bench, item))
         except AdcopilotError as exc:
             log.warning("skipping %s: %s", item.key, exc)
             skipped["bad_mask"] += 1
@@ -366,7 +373,7 @@ def run_bbox(
     records = []
     for item, gt in scored:
         rec = have.get(item.key, {"reply": "", "error": "not answered"})
-        size = _image_size(bench.resolve(item.image_path)) or (1, 1)
+        size = _query_size(bench, item) or (1, 1)
         frame = rec.get("frame")
         records.append(
             BBoxRecord(
@@ -469,7 +476,7 @@ def _pixel(bench: MMADBenchmark, items: Iterable[MMADItem], maps_dir: Path, pixe
             mask = np.zeros(amap.shape, bool)
         elif item.mask_path:
             try:
-                mask = load_mask(bench.resolve(item.mask_path))
+                mask = load_mask(bench.mask(item))
             except AdcopilotError as exc:
                 log.warning("no pixel metrics for %s: %s", item.key, exc)
                 continue

@@ -11,7 +11,7 @@ from PIL import Image
 
 from adcopilot.data.curate import CurateConfig, assign_splits, curate
 from adcopilot.data.leak import load_manifest
-from adcopilot.data.sources import detect_kind, scan_sources
+from adcopilot.data.sources import detect_kind, read_mmad, scan_sources
 from adcopilot.errors import AdcopilotError
 
 
@@ -129,10 +129,11 @@ def test_splits_keep_instances_together_and_follow_the_fraction(curate_tree, tmp
         assign_splits(entries, 0, 1.5)
 
 
-def test_mmad_source_is_test_only(tmp_path):
+def test_mmad_source_is_test_only(tmp_path, caplog):
+    # The real file's layout: keys relative to the root, image_path and mask_path to the class folder.
     root = tmp_path / "MMAD"
     for rel in ("DS-MVTec/bottle/image/good/000.png", "DS-MVTec/bottle/image/broken_large/000.png",
-                "MVTec-AD/bottle/train/good/001.png"):
+                "MVTec-AD/bottle/train/good/001.png", "DS-MVTec/bottle/rbg_mask/broken_large/000_rbg_mask.png"):
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((32, 32, 3), 100 + len(rel), np.uint8)).save(p)
@@ -140,13 +141,23 @@ def test_mmad_source_is_test_only(tmp_path):
          "type": "Anomaly Detection", "annotation": True}
     data = {
         "DS-MVTec/bottle/image/broken_large/000.png": {
-            "image_path": "DS-MVTec/bottle/image/broken_large/000.png", "random_templates": ["MVTec-AD/bottle/train/good/001.png"],
-            "conversation": [q, {**q, "Answer": "Z"}]},
+            "image_path": "image/broken_large/000.png", "mask_path": "rbg_mask/broken_large/000_rbg_mask.png",
+            "random_templates": ["MVTec-AD/bottle/train/good/001.png"], "conversation": [q, {**q, "Answer": "Z"}]},
         "DS-MVTec/bottle/image/good/000.png": {
-            "image_path": "DS-MVTec/bottle/image/good/000.png", "random_templates": ["MVTec-AD/bottle/train/good/001.png"],
+            "image_path": "image/good/000.png", "random_templates": ["MVTec-AD/bottle/train/good/001.png"],
+            "conversation": [{**q, "Answer": "B"}]},
+        "DS-MVTec/bottle/image/good/404.png": {
+            "image_path": "image/good/404.png", "random_templates": ["MVTec-AD/bottle/train/good/001.png"],
             "conversation": [{**q, "Answer": "B"}]},
     }
     (root / "mmad.json").write_text(json.dumps(data))
+    entries = read_mmad(root / "mmad.json")
+    bad = next(e for e in entries if "broken_large" in e.key)
+    assert bad.image_path == str((root / "DS-MVTec/bottle/image/broken_large/000.png").resolve())
+    assert bad.mask_path == str((root / "DS-MVTec/bottle/rbg_mask/broken_large/000_rbg_mask.png").resolve())
+    assert bad.category == "bottle" and bad.defect == "broken_large" and bad.dataset == "DS-MVTec"
+    missing = [r.getMessage() for r in caplog.records if "404.png" in r.getMessage()]
+    assert missing and "no query image found (tried" in missing[0] and str(root / "image/good/404.png") in missing[0]
     out = tmp_path / "out"
     rep = curate(CurateConfig(sources=[f"mmad:{root / 'mmad.json'}"], out=out, progress=False))
     test = _read(out / "test.jsonl")
@@ -155,6 +166,7 @@ def test_mmad_source_is_test_only(tmp_path):
     assert {s["answer"] for s in test} == {"A", "B"}  # the bad letter "Z" was dropped
     assert all(s["references"] == [str((root / "MVTec-AD/bottle/train/good/001.png").resolve())] for s in test)
     assert {v["split"] for v in load_manifest(out).values()} == {"test"}
+    assert any("404.png" in s["key"] for s in rep.skipped)  # the missing query is reported, not used
 
 
 def test_same_image_in_two_sources_never_leaks_into_test(curate_tree, tmp_path):

@@ -24,6 +24,17 @@ def _texture(seed: int, size: int = 64) -> np.ndarray:
     return (noise * 255).astype(np.uint8)
 
 
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _write_json(root: Path, data: dict) -> Path:
+    path = root / "mmad.json"
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
 def write_benchmark(root: Path, n_bad: int = 3, n_good: int = 2) -> Path:
     """Two datasets; anomalous images have a dark square and a mask; returns mmad.json's path."""
     base = _texture(0)
@@ -58,8 +69,7 @@ def write_benchmark(root: Path, n_bad: int = 3, n_good: int = 2) -> Path:
                          ]}
                 if bad:
                     mrel = f"{ds}/{cls}/ground_truth/hole/{i:03d}_mask.png"
-                    (root / mrel).parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(mask).save(root / mrel)
+                    _save(root / mrel, mask)
                     entry["mask_path"] = mrel
                     cell = region_name([x, y, x + 12, y + 12], 64, 64)
                     wrong = [c for c in ("bottom right", "bottom left", "right", "top right") if c != cell][:3]
@@ -68,11 +78,71 @@ def write_benchmark(root: Path, n_bad: int = 3, n_good: int = 2) -> Path:
                         "Options": {k: sentence(v) for k, v in zip("ABCD", [cell, *wrong], strict=True)},
                         "type": "Defect Localization", "annotation": True})
                 data[rel] = entry
-    path = root / "mmad.json"
-    path.write_text(json.dumps(data, indent=1))
-    return path
+    return _write_json(root, data)
 
 
 @pytest.fixture
 def small_bench(tmp_path) -> Path:
     return write_benchmark(tmp_path / "bench")
+
+
+#: The real benchmark file's layout, reproduced on generated images: per dataset, the class
+#: folder, the query's folder under it, where its masks live and how ``mask_path`` is written.
+#: DS-MVTec keeps masks in a sibling folder of ``image/`` and writes ``mask_path`` relative to
+#: the class folder; VisA's ``mask_path`` is the one ``generate_metadata.py``'s join
+#: (the key's first three components + ``mask_path``) finds.
+REAL_LAYOUT = {
+    "DS-MVTec": {"cls": "screw", "image": "image/{sub}/{i:03d}.png", "mask_file": "rbg_mask/{sub}/{i:03d}_rbg_mask.png",
+                 "mask_path": "rbg_mask/{sub}/{i:03d}_rbg_mask.png", "bad": "scratch_head",
+                 "templates": "MVTec-AD/screw/train/good/{t:03d}.png"},
+    "VisA": {"cls": "candle", "image": "test/{sub}/{i:03d}.JPG", "mask_file": "ground_truth/{sub}/{i:03d}.png",
+             "mask_path": "../ground_truth/{sub}/{i:03d}.png", "bad": "bad",
+             "templates": "VisA/candle/train/good/{t:03d}.JPG"},
+}
+OBJECTS = {"A": "Bottle.", "B": "Candle.", "C": "Cable.", "D": "Screw."}
+
+
+def write_real_layout(root: Path, n_bad: int = 2, n_good: int = 2) -> Path:
+    """An ``mmad.json`` in the real download's layout (see :data:`REAL_LAYOUT`); returns its path.
+
+    Keys are root-relative, ``image_path`` and ``mask_path`` are not; templates are root-relative.
+    """
+    data = {}
+    for ds, lay in REAL_LAYOUT.items():
+        cls = lay["cls"]
+        base = _texture(1 if ds == "VisA" else 2)
+        templates = []
+        for t in range(2):
+            rel = lay["templates"].format(t=t)
+            _save(root / rel, base)
+            templates.append(rel)
+        gold_object = next(k for k, v in OBJECTS.items() if v == sentence(cls))
+        for i in range(n_bad + n_good):
+            bad = i < n_bad
+            sub = lay["bad"] if bad else "good"
+            image_path = lay["image"].format(sub=sub, i=i)
+            key = f"{ds}/{cls}/{image_path}"
+            img = base.copy()
+            if bad:
+                y, x = 10 + 20 * i, 12
+                img[y : y + 16, x : x + 16] = 0
+            _save(root / key, img)
+            entry = {"image_path": image_path, "similar_templates": templates[::-1], "random_templates": templates,
+                     "conversation": [
+                         {"Question": "Is there any defect in the object?", "Answer": "A" if bad else "B",
+                          "Options": {"A": "Yes.", "B": "No."}, "type": "Anomaly Detection", "annotation": True},
+                         {"Question": "What kind of product is in the image?", "Answer": gold_object,
+                          "Options": OBJECTS, "type": "Object Classification", "annotation": False},
+                     ]}
+            if bad:
+                mask = np.zeros((64, 64), np.uint8)
+                mask[y : y + 16, x : x + 16] = 255
+                _save(root / ds / cls / lay["mask_file"].format(sub=sub, i=i), mask)
+                entry["mask_path"] = lay["mask_path"].format(sub=sub, i=i)
+            data[key] = entry
+    return _write_json(root, data)
+
+
+@pytest.fixture
+def real_bench(tmp_path) -> Path:
+    return write_real_layout(tmp_path / "MMAD")

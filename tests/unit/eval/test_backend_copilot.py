@@ -60,7 +60,7 @@ def test_answers_detection_and_localization_from_inspection(tiny_copilot, small_
     be = CopilotBackend("baseline", copilot=tiny_copilot)
     bench = load_mmad(small_bench)
     for item in bench.items:
-        images = [*bench.references(item, 1), bench.resolve(item.image_path)]
+        images = [*bench.references(item, 1), bench.query(item)]
         for q in item.questions:
             reply = be.answer(images, q)
             if q.type == "Anomaly Detection":
@@ -70,13 +70,13 @@ def test_answers_detection_and_localization_from_inspection(tiny_copilot, small_
             else:
                 assert reply == ""  # no language model
     bad = bench.items[0]
-    ans = be.boxes([*bench.references(bad, 1), bench.resolve(bad.image_path)])
+    ans = be.boxes([*bench.references(bad, 1), bench.query(bad)])
     boxes = json.loads(ans.text)
     assert boxes and all(len(b["bbox_2d"]) == 4 for b in boxes)
     good = bench.items[3]
-    assert json.loads(be.boxes([*bench.references(good, 1), bench.resolve(good.image_path)]).text) == []
+    assert json.loads(be.boxes([*bench.references(good, 1), bench.query(good)]).text) == []
     with pytest.raises(AdcopilotError, match="--k-shot 1 or more"):
-        be.answer([bench.resolve(bad.image_path)], bad.questions[0])
+        be.answer([bench.query(bad)], bad.questions[0])
 
 
 def test_nano_needs_a_checkpoint(tmp_path):

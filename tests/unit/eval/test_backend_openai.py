@@ -102,7 +102,7 @@ def env(monkeypatch):
 def test_answer_retries_after_500_and_sends_the_official_prompt(env, small_bench):
     bench = load_mmad(small_bench)
     item = bench.items[0]
-    images = [*bench.references(item, 1), bench.resolve(item.image_path)]
+    images = [*bench.references(item, 1), bench.query(item)]
     with ChatServer() as srv:
         env(srv.url)
         be = make_backend("openai", "qwen2.5-vl-7b", backoff_s=0.01)
@@ -136,7 +136,7 @@ def test_run_respects_the_concurrency_limit_and_scores(env, small_bench, tmp_pat
 def test_boxes_in_the_frame_of_the_image_sent(env, small_bench):
     bench = load_mmad(small_bench)
     item = bench.items[0]
-    images = [*bench.references(item, 1), bench.resolve(item.image_path)]
+    images = [*bench.references(item, 1), bench.query(item)]
     with ChatServer(fail_first=0) as srv:
         env(srv.url)
         ans = make_backend("openai", "m", box_coords="pixel").boxes(images)
@@ -150,7 +150,7 @@ def test_boxes_in_the_frame_of_the_image_sent(env, small_bench):
 def test_gives_up_after_retries_and_refuses_bad_keys(env, small_bench, tmp_path, monkeypatch):
     bench = load_mmad(small_bench)
     item = bench.items[0]
-    images = [*bench.references(item, 1), bench.resolve(item.image_path)]
+    images = [*bench.references(item, 1), bench.query(item)]
     with ChatServer(always_fail=True) as srv:
         env(srv.url)
         be = make_backend("openai", "m", max_retries=2, backoff_s=0.01)

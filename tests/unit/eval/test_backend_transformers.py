@@ -24,7 +24,7 @@ def test_answers_deterministically_and_boxes_carry_the_frame(tiny_qwen, small_be
     be = make_backend("transformers", str(tiny_qwen), device="cpu", max_new_tokens=6)
     bench = load_mmad(small_bench)
     item = bench.items[0]
-    images = [*bench.references(item, 1), bench.resolve(item.image_path)]
+    images = [*bench.references(item, 1), bench.query(item)]
     reply = be.answer(images, item.questions[0])
     assert isinstance(reply, str) and reply == be.answer(images, item.questions[0])  # greedy
     box = be.boxes(images)
@@ -70,7 +70,7 @@ def test_ad_copilot_style_checkpoint_answers_the_official_prompt(tmp_path, small
     assert be.describe()["model_type"] == "ad_copilot"
     bench = load_mmad(small_bench)
     item = bench.items[0]
-    images = [*bench.references(item, 1), bench.resolve(item.image_path)]
+    images = [*bench.references(item, 1), bench.query(item)]
     batch = be.inputs.encode([("text", "x"), ("image", _pil(images[0])), ("image", _pil(images[1]))])
     # Each image: its base tokens plus the comparison tokens the processor adds.
     n_pad = int((batch["input_ids"] == be.inputs.processor.image_token_id).sum())

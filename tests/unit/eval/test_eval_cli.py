@@ -74,3 +74,41 @@ def test_score_an_answers_file(run, tmp_path):
     p = run("score", str(answers), "--scoring", "strict", "--json", str(tmp_path / "s.json"))
     assert json.loads((tmp_path / "s.json").read_text())["table"]["D"]["Anomaly Detection"] == 50.0
     one_error_line(run("score", str(tmp_path / "none.jsonl")), "none.jsonl", "no such answers file")
+
+
+def test_real_layout_through_every_eval_command(run, tmp_path, real_bench):
+    """A file in the real download's layout: no failed image in any command, scores = a hand count."""
+    out = tmp_path / "mmad"
+    p = run("mmad", "--benchmark", str(real_bench), "--backend", "baseline", "--out", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["questions"] == 16 and meta["failed"] == 0
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert not any(a["error"] for a in answers)
+    table = json.loads((out / "scores_official.json").read_text())["table"]
+    # The baseline has no language model: an empty reply to the object question, which the
+    # official parser maps to the closest option text; for "" every option ties at 0 and difflib
+    # keeps the greatest string, "Screw." (D): right for the screw, wrong for the candle.
+    assert table["DS-MVTec"]["Object Classification"] == 100.0
+    assert table["VisA"]["Object Classification"] == 0.0
+    for ds in ("DS-MVTec", "VisA"):  # balanced accuracy counted by hand from the replies
+        ad = [a for a in answers if a["image"].startswith(ds) and a["type"] == "Anomaly Detection"]
+        normal = [a["reply"] == a["gold"] for a in ad if "/good/" in a["image"]]
+        anomalous = [a["reply"] == a["gold"] for a in ad if "/good/" not in a["image"]]
+        assert len(normal) == len(anomalous) == 2
+        hand = 100 * (sum(normal) / 2 + sum(anomalous) / 2) / 2
+        assert table[ds]["Anomaly Detection"] == pytest.approx(hand)
+
+    p = run("mmad-bbox", "--benchmark", str(real_bench), "--out", str(tmp_path / "bbox"), "--quiet")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((tmp_path / "bbox" / "bbox.json").read_text())
+    assert summary["skipped"] == {"no_mask": 0, "bad_mask": 0}
+    assert summary["overall"]["anomalous_images"] == 4 and summary["overall"]["normal_images"] == 4
+    assert json.loads((tmp_path / "bbox" / "run.json").read_text())["failed"] == 0
+
+    p = run("detect", "--benchmark", str(real_bench), "--out", str(tmp_path / "det"), "--quiet")
+    assert p.returncode == 0, p.stderr
+    result = json.loads((tmp_path / "det" / "detect.json").read_text())
+    assert result["failed"] == 0
+    overall = result["metrics"]["overall"]
+    assert overall["images"] == 8 and overall["pixel_images"] == 8  # every mask found and read

@@ -49,7 +49,7 @@ def test_official_prompt_wording(small_bench):
     b = load_mmad(small_bench)
     item = b.items[0]
     refs = b.references(item, 1)
-    parts = official_prompt(refs, b.resolve(item.image_path), item.questions[0])
+    parts = official_prompt(refs, b.query(item), item.questions[0])
     kinds = [k for k, _ in parts]
     assert kinds == ["text", "text", "text", "image", "text", "image", "text", "text"]
     assert parts[0][1] == INSTRUCTION
@@ -91,3 +91,49 @@ def test_missing_file_and_root(tmp_path, small_bench):
         load_mmad(tmp_path / "absent.json")
     with pytest.raises(AdcopilotError, match="image root is not a folder"):
         load_mmad(small_bench, tmp_path / "nowhere")
+
+
+def test_real_layout_query_from_the_key_masks_as_the_benchmark_joins_them(real_bench):
+    b = load_mmad(real_bench)
+    root = real_bench.parent
+    screw = b.items[0]
+    assert screw.key == "DS-MVTec/screw/image/scratch_head/000.png" and screw.image_path == "image/scratch_head/000.png"
+    assert not (root / screw.image_path).exists()  # joining image_path to the root finds nothing
+    assert b.query(screw) == root / screw.key
+    # DS-MVTec: mask_path is relative to the class folder, the download's sibling folder rbg_mask/.
+    assert b.mask(screw) == root / "DS-MVTec/screw/rbg_mask/scratch_head/000_rbg_mask.png"
+    candle = next(i for i in b.items if i.dataset == "VisA" and not i.is_normal)
+    # VisA: found by generate_metadata.py's join, the key's first three components + mask_path.
+    assert b.mask(candle) == root / "VisA/candle/test" / candle.mask_path
+    assert b.mask(candle).is_file()
+    assert [p.relative_to(root).as_posix() for p in b.references(screw, 2)] == [
+        "MVTec-AD/screw/train/good/000.png", "MVTec-AD/screw/train/good/001.png"]
+
+
+def test_missing_query_or_mask_names_every_path_tried(real_bench):
+    b = load_mmad(real_bench)
+    root = real_bench.parent
+    item = b.items[0]
+    (root / item.key).unlink()
+    with pytest.raises(AdcopilotError) as exc:
+        b.query(item)
+    msg = str(exc.value)
+    assert "\n" not in msg and "no query image found" in msg
+    for tried in (root / item.key, root / "DS-MVTec/screw" / item.image_path, root / item.image_path):
+        assert str(tried) in msg
+    (root / "DS-MVTec/screw/rbg_mask/scratch_head/000_rbg_mask.png").unlink()
+    with pytest.raises(AdcopilotError) as exc:
+        b.mask(item)
+    msg = str(exc.value)
+    assert "no mask found" in msg and "\n" not in msg
+    for tried in ("DS-MVTec/screw/image/rbg_mask", "DS-MVTec/screw/rbg_mask", f"{root}/rbg_mask"):
+        assert tried in msg
+    with pytest.raises(AdcopilotError, match="has no mask_path"):
+        b.mask(next(i for i in b.items if i.is_normal))
+
+
+def test_earlier_questions_survive_a_subtask_selection(real_bench):
+    b = load_mmad(real_bench)
+    (item,) = b.select(tasks=["OC"], limit=1)
+    (oc,) = item.questions
+    assert [q.type for q in item.earlier(oc)] == ["Anomaly Detection"]

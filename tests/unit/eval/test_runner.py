@@ -58,7 +58,7 @@ def test_torn_last_line_is_redone(backend, small_bench, tmp_path):
 def test_bad_files_are_recorded_and_retried(backend, small_bench, tmp_path):
     bench = load_mmad(small_bench)
     item = bench.items[1]
-    img = bench.resolve(item.image_path)
+    img = bench.query(item)
     shutil.move(img, tmp_path / "aside.png")
     out = tmp_path / "run"
     records = run_mmad(bench, bench.items[:3], backend, out, progress=False)
