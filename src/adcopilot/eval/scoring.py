@@ -22,6 +22,10 @@
    positive), Overkill = 100 (1 - normal accuracy) and Miss = 100 (1 - anomalous accuracy) come
    from the Anomaly Detection questions.
 
+An answers file written by the benchmark's own query scripts (``gpt_answer``) holds answers those
+scripts already parsed; they are compared as written, in both modes, as the official summary
+compares them (official: a stored "", "B." or "a" is dropped; strict: it counts wrong).
+
 ``strict`` fixes what the official rules get wrong:
 
 - parsing: an explicit cue ("Answer: B", "option B") wins; otherwise the last standalone option
@@ -81,6 +85,9 @@ class AnswerRecord:
     options: dict[str, str] = field(default_factory=dict)
     question_index: int = 0
     error: str | None = None  # the backend failed on this question
+    #: ``reply`` is already the answer the benchmark's own script parsed (its answers files'
+    #: ``gpt_answer``): compared as written, never parsed again.
+    parsed: bool = False
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -231,6 +238,14 @@ def _column_order(types_seen: list[str]) -> list[str]:
     return known + [t for t in types_seen if t not in SUBTASKS]
 
 
+def _prediction(r: AnswerRecord, strict: bool) -> str | None:
+    """The predicted letter of a record (strict: None when it names no option)."""
+    if r.parsed:  # the official summary compares the stored string itself
+        valid = set(r.options) if strict and r.options else set(LETTERS)
+        return r.reply if r.reply in valid or not strict else None
+    return parse_strict(r.reply, r.options) if strict else parse_official(r.reply, r.options)
+
+
 def score(
     records: Sequence[AnswerRecord], mode: str = "official", normal_flag: str = NORMAL_FLAG
 ) -> ScoreTable:
@@ -253,11 +268,11 @@ def score(
         gold_ok = r.gold in LETTERS
         n_invalid_gold += not gold_ok
         if strict:
-            pred = None if r.error is not None else parse_strict(r.reply, r.options)
+            pred = None if r.error is not None else _prediction(r, strict)
             n_unparsable += pred is None and r.error is None
             correct = gold_ok and pred == r.gold
         else:
-            pred = parse_official(r.reply, r.options)
+            pred = _prediction(r, strict)
             if not gold_ok or pred not in LETTERS:
                 n_dropped += 1
                 n_skipped += i + 1 < n  # the official loop steps over the next record too
@@ -330,7 +345,12 @@ def score(
 
 def records_from_official_answers(data: object, where: str) -> list[AnswerRecord]:
     """Records from the benchmark's own answers file (a list of ``{"image", "question",
-    "question_type", "correct_answer", "gpt_answer"}``), to re-score it here."""
+    "question_type", "correct_answer", "gpt_answer"}``), to re-score it here.
+
+    ``gpt_answer`` is what the benchmark's query script already parsed from the model's reply;
+    the official summary compares that string with the gold letter as it is (an empty or
+    non-letter answer is dropped), so the records are marked ``parsed`` and never re-parsed.
+    """
     if not isinstance(data, list):
         raise AdcopilotError(f"{where}: expected a list of answers")
     out = []
@@ -347,6 +367,7 @@ def records_from_official_answers(data: object, where: str) -> list[AnswerRecord
                 reply=str(a["gpt_answer"]),
                 options={str(k): str(v) for k, v in opts.items()},
                 question_index=i,
+                parsed=True,
             )
         )
     return out

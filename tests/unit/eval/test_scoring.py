@@ -153,3 +153,51 @@ def test_load_answers_jsonl_latest_line_wins_and_official_json(tmp_path):
         load_answers(bad)
     with pytest.raises(AdcopilotError, match="unknown scoring mode"):
         score(recs, "lenient")
+
+
+def official_answer(image, gold, answer, options=YN):
+    """One entry as the benchmark's query scripts write it: ``gpt_answer`` is their parse of the reply."""
+    text = "Question: Is there any defect in the object? \n" + "".join(f"{k}. {v}\n" for k, v in options.items())
+    return {"image": image, "question": {"type": "text", "text": text, "options": options},
+            "question_type": "Anomaly Detection", "correct_answer": gold, "gpt_answer": answer}
+
+
+def test_official_answers_file_compares_the_stored_strings(tmp_path):
+    """The official summary: ``gpt_answer`` not in A-E -> removed while iterating, so the next
+    entry is never looked at either; everything else compared as the string it is."""
+    good, bad = "DS-MVTec/bottle/image/good/{}.png", "DS-MVTec/bottle/image/broken/{}.png"
+    answers = [
+        official_answer(good.format(0), "B", "B"),     # normal, right
+        official_answer(bad.format(1), "A", ""),       # empty: removed...
+        official_answer(bad.format(2), "A", "B"),      # ...and this one stepped over
+        official_answer(bad.format(3), "A", "A"),      # anomalous, right
+        official_answer(bad.format(4), "A", "A."),     # not a letter as stored: removed...
+        official_answer(good.format(5), "B", "A"),     # ...and stepped over
+        official_answer(good.format(6), "B", "A"),     # normal, wrong
+        official_answer(good.format(7), "B", "b"),     # lower case: removed (nothing follows)
+    ]
+    path = tmp_path / "answers_1_shot_model.json"
+    path.write_text(json.dumps(answers, indent=4))
+    table = score(load_answers(path), "official")
+    # counted: normal 0 (right), 6 (wrong); anomalous 3 (right) -> (1/2 + 1/1) / 2
+    assert table.rows["DS-MVTec"]["Anomaly Detection"] == 75.0
+    assert (table.n_counted, table.n_dropped, table.n_skipped) == (3, 3, 2)
+    assert table.rows["DS-MVTec"]["Overkill"] == 50.0 and table.rows["DS-MVTec"]["Miss"] == 0.0
+    # Strict: nothing dropped or skipped; a stored non-letter counts wrong, never re-read as "A"/"B".
+    strict = score(load_answers(path), "strict")
+    assert strict.n_unparsable == 3 and strict.n_counted == 8
+    # normal: 0 right, 5 wrong, 6 wrong, 7 wrong ("b"); anomalous: 1 wrong (""), 2 wrong, 3 right, 4 wrong ("A.")
+    assert strict.rows["DS-MVTec"]["Anomaly Detection"] == pytest.approx(100 * (1 / 4 + 1 / 4) / 2)
+
+
+def test_eval_score_on_an_official_answers_file(tmp_path):
+    from adcopilot.cli import main
+
+    path = tmp_path / "answers_1_shot_model.json"
+    path.write_text(json.dumps([official_answer("D/c/test/good/0.png", "B", "B"),
+                                official_answer("D/c/test/bad/1.png", "A", ""),
+                                official_answer("D/c/test/bad/2.png", "A", "A")]))
+    main(["eval", "score", str(path), "--json", str(tmp_path / "t.json")])
+    table = json.loads((tmp_path / "t.json").read_text())
+    # "" dropped and the next entry skipped: only the normal image is counted (anomalous side 0).
+    assert table["table"]["D"]["Anomaly Detection"] == 50.0 and table["dropped"] == 1 and table["skipped"] == 1
