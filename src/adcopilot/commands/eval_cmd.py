@@ -96,6 +96,22 @@ def register(app: typer.Typer) -> None:
         "device": typer.Option("auto", "--device", help="transformers: cpu, cuda or auto."),
         "dtype": typer.Option("auto", "--dtype", help="transformers: auto, float32, bfloat16, float16."),
         "concurrency": typer.Option(4, "--concurrency", help="openai: requests in flight."),
+        "protocol": typer.Option(
+            "qwen", "--protocol",
+            help="openai: how the questions are asked: qwen (the benchmark's Qwen2.5-VL script: one question per "
+            "request, PNG images, greedy, 128 tokens) or gpt4o (its GPT-4o script: images first, the questions "
+            "accumulated turn by turn, JPEG in a 512 px box with low detail, 200 tokens, refusals asked again).",
+        ),
+        "max_image_size": typer.Option(
+            None, "--max-image-size",
+            help="openai and transformers: shrink each image so its long side is at most this many pixels before "
+            "sending it (0: never; default: qwen sends the file's size, gpt4o fits it into 512 px).",
+        ),
+        "vision_ids": typer.Option(
+            True, "--vision-ids/--no-vision-ids",
+            help="openai, qwen protocol: ask the server to label the images 'Picture N:' (chat_template_kwargs "
+            "add_vision_id, as the benchmark's Qwen script; vLLM takes it, OpenAI's API does not).",
+        ),
         "quiet": typer.Option(False, "--quiet", "-q", help="No progress bar."),
         "train_set": typer.Option(None, "--train-set", help="A curated training set (adcopilot curate output); "
                                   "warn when a test image was in it (repeatable)."),
@@ -103,7 +119,14 @@ def register(app: typer.Typer) -> None:
     }
 
     def opts(**kw: Any) -> dict[str, Any]:
-        return {"device": kw["device"], "dtype": kw["dtype"], "concurrency": kw["concurrency"]}
+        from adcopilot.eval.openai_protocols import protocol
+
+        protocol(kw["protocol"])  # an unknown name fails here, whatever the backend
+        if kw["max_image_size"] is not None and kw["max_image_size"] < 0:
+            from adcopilot.errors import AdcopilotError
+
+            raise AdcopilotError(f"--max-image-size must be 0 (no limit) or more, got {kw['max_image_size']}")
+        return {k: kw[k] for k in ("device", "dtype", "concurrency", "protocol", "max_image_size", "vision_ids")}
 
     @ev.command("mmad")
     def mmad(
@@ -122,6 +145,9 @@ def register(app: typer.Typer) -> None:
         device: str = common["device"],
         dtype: str = common["dtype"],
         concurrency: int = common["concurrency"],
+        protocol: str = common["protocol"],
+        max_image_size: int = common["max_image_size"],
+        vision_ids: bool = common["vision_ids"],
         quiet: bool = common["quiet"],
         train_set: list[Path] = common["train_set"],
         strict_leaks: bool = common["strict_leaks"],
@@ -149,10 +175,12 @@ def register(app: typer.Typer) -> None:
         if prior_weight is not None and not 0.0 <= prior_weight <= 1.0:
             raise AdcopilotError(f"--prior-weight must be between 0 and 1, got {prior_weight}")
         _check(templates, k_shot)
+        options = opts(device=device, dtype=dtype, concurrency=concurrency, protocol=protocol,
+                       max_image_size=max_image_size, vision_ids=vision_ids)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, tasks, limit)
         _leak_check(bench, items, train_set, strict_leaks)
-        be = _backend(backend, model, answers=answers, prior_weight=prior_weight, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        be = _backend(backend, model, answers=answers, prior_weight=prior_weight, **options)
         folder = _out(out, "mmad", backend, benchmark, k_shot, templates)
         records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                            selection=_selection(datasets, classes, tasks, limit))
@@ -183,6 +211,9 @@ def register(app: typer.Typer) -> None:
             "head", "--box-mode",
             help="nano with a language model: head (the dense head's boxes, labelled) or text (the boxes it writes).",
         ),
+        protocol: str = common["protocol"],
+        max_image_size: int = common["max_image_size"],
+        vision_ids: bool = common["vision_ids"],
         quiet: bool = common["quiet"],
         train_set: list[Path] = common["train_set"],
         strict_leaks: bool = common["strict_leaks"],
@@ -192,6 +223,8 @@ def register(app: typer.Typer) -> None:
         from adcopilot.eval.runner import run_bbox
 
         _check(templates, k_shot)
+        options = opts(device=device, dtype=dtype, concurrency=concurrency, protocol=protocol,
+                       max_image_size=max_image_size, vision_ids=vision_ids)
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, None, limit)
         _leak_check(bench, items, train_set, strict_leaks)
@@ -199,7 +232,7 @@ def register(app: typer.Typer) -> None:
             from adcopilot.errors import AdcopilotError
 
             raise AdcopilotError(f"unknown --box-mode '{box_mode}'; use head or text")
-        be = _backend(backend, model, box_coords=box_coords, box_mode=box_mode, **opts(device=device, dtype=dtype, concurrency=concurrency))
+        be = _backend(backend, model, box_coords=box_coords, box_mode=box_mode, **options)
         folder = _out(out, "bbox", backend, benchmark, k_shot, templates)
         records, skipped = run_bbox(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                                     selection=_selection(datasets, classes, None, limit))

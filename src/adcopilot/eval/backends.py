@@ -15,9 +15,11 @@ Every backend answers one MMAD question at a time from the normal references and
                            the benchmark's prompt, greedy decoding, 128 new tokens, CPU or CUDA
 ``openai``                 any OpenAI-compatible chat endpoint taking images (e.g. a vLLM server of
                            Qwen2.5-VL): ``ADCOPILOT_OPENAI_BASE_URL``, ``ADCOPILOT_OPENAI_API_KEY``,
-                           ``ADCOPILOT_OPENAI_MODEL`` (or ``model=``); images as base64 PNG data
-                           URLs; retries with exponential back-off; at most ``concurrency``
-                           requests in flight
+                           ``ADCOPILOT_OPENAI_MODEL`` (or ``model=``); the request of the
+                           benchmark's Qwen2.5-VL script (``protocol="qwen"``) or of its GPT-4o
+                           script (``"gpt4o"``), see :mod:`adcopilot.eval.openai_protocols`;
+                           images as base64 data URLs; retries with exponential back-off; at
+                           most ``concurrency`` requests in flight
 ========================  ==========================================================================
 
 For MMAD-BBox, :meth:`Backend.boxes` returns the reply to the localization prompt
@@ -32,12 +34,9 @@ Usage::
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import io
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -53,6 +52,8 @@ from typing import Any
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.bbox import BoxCoords, bbox_prompt
 from adcopilot.eval.mmad import PromptPart, Question, official_prompt
+from adcopilot.eval.openai_protocols import gpt4o_text, is_refusal, smart_resize
+from adcopilot.eval.openai_protocols import protocol as get_protocol
 from adcopilot.grounding import (  # noqa: F401 - re-exported: the backends' answer rules
     option_cells,
     pick_region_option,
@@ -88,6 +89,14 @@ class Backend(ABC):
     @abstractmethod
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
         """The raw reply to one multiple-choice question (the query is the last image)."""
+
+    def answer_in_conversation(
+        self, images: Sequence[str | os.PathLike], question: Question, earlier: Sequence[Question]
+    ) -> str:
+        """The reply to ``question`` asked after ``earlier`` (the image's questions before it, in
+        the file's order). A protocol that asks them turn by turn uses them; by default each
+        question is asked alone."""
+        return self.answer(images, question)
 
     def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
         """The reply to the localization prompt (MMAD-BBox)."""
@@ -197,18 +206,6 @@ class CopilotBackend(Backend):
 
 
 # --------------------------------------------------------------------------- transformers
-def smart_resize(w: int, h: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
-    """Qwen2-VL's resize rule: sides multiples of ``factor``, pixel count within the bounds -> (w, h)."""
-    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
-    if hb * wb > max_pixels:
-        beta = math.sqrt((h * w) / max_pixels)
-        hb, wb = max(factor, math.floor(h / beta / factor) * factor), max(factor, math.floor(w / beta / factor) * factor)
-    elif hb * wb < min_pixels:
-        beta = math.sqrt(min_pixels / (h * w))
-        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
-    return wb, hb
-
-
 def _load_pil(path: str | os.PathLike, max_size: int | None = None):
     from adcopilot.imaging import load_image
 
@@ -334,16 +331,14 @@ def _model_type(path: Path) -> tuple[str, list[str]]:
 
 
 # --------------------------------------------------------------------------- openai
-def image_data_url(path: str | os.PathLike, max_size: int | None = 512) -> tuple[str, tuple[int, int]]:
-    """A base64 PNG data URL of the image (thumbnailed to ``max_size``) and the size sent (w, h)."""
-    img = _load_pil(path, max_size)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), img.size
-
-
 class OpenAIBackend(Backend):
-    """An OpenAI-compatible ``/chat/completions`` endpoint that accepts images."""
+    """An OpenAI-compatible ``/chat/completions`` endpoint that accepts images.
+
+    ``protocol`` is how the benchmark's published runs asked (:mod:`adcopilot.eval.openai_protocols`):
+    ``qwen`` (the Qwen2.5-VL script) or ``gpt4o`` (the GPT-4o script). ``vision_ids`` (qwen)
+    asks the server to label the images "Picture N: " in its chat template, as the Qwen script
+    did (``chat_template_kwargs``, which vLLM takes; OpenAI's own API refuses it).
+    """
 
     name = "openai"
     supports_boxes = True
@@ -357,15 +352,18 @@ class OpenAIBackend(Backend):
         max_retries: int = 5,
         backoff_s: float = 1.0,
         timeout_s: float = 120.0,
-        max_image_size: int | None = 512,
-        max_tokens: int = 128,
+        max_image_size: int | None = None,
+        max_tokens: int | None = None,
         box_coords: str = "qwen",
         seed: int = 0,
+        protocol: str = "qwen",
+        vision_ids: bool = True,
     ) -> None:
         if importlib.util.find_spec("httpx") is None:
             raise AdcopilotError("backend 'openai' needs the httpx package: pip install httpx==0.28.1")
         import httpx
 
+        self.protocol = get_protocol(protocol)
         base = base_url or os.environ.get("ADCOPILOT_OPENAI_BASE_URL")
         if not base:
             raise AdcopilotError("backend 'openai' needs ADCOPILOT_OPENAI_BASE_URL (e.g. http://localhost:8000/v1)")
@@ -376,10 +374,15 @@ class OpenAIBackend(Backend):
             raise AdcopilotError(f"unknown box coordinates '{box_coords}'; use pixel, relative1000 or qwen")
         if concurrency < 1:
             raise AdcopilotError(f"--concurrency must be at least 1, got {concurrency}")
+        if max_image_size is not None and max_image_size < 0:
+            raise AdcopilotError(f"--max-image-size must be 0 (no limit) or more, got {max_image_size}")
         key = api_key if api_key is not None else os.environ.get("ADCOPILOT_OPENAI_API_KEY", "")
         self.url = base.rstrip("/") + "/chat/completions"
         self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
-        self.max_image_size, self.max_tokens, self.box_coords, self.seed = max_image_size, max_tokens, box_coords, seed
+        self.max_image_size = max_image_size or None
+        self.max_tokens = max_tokens or self.protocol.max_tokens
+        self.box_coords, self.seed = box_coords, seed
+        self.vision_ids = vision_ids and self.protocol.name == "qwen"
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -388,25 +391,37 @@ class OpenAIBackend(Backend):
         self._httpx = httpx
         self._jitter = random.Random(seed)
 
+    def _image(self, path: str | os.PathLike) -> tuple[dict[str, Any], tuple[int, int]]:
+        url, size = self.protocol.encode(path, self.max_image_size)
+        image_url: dict[str, Any] = {"url": url}
+        if self.protocol.image_detail:
+            image_url["detail"] = self.protocol.image_detail
+        return {"type": "image_url", "image_url": image_url}, size
+
     def _content(self, parts: Sequence[PromptPart]) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
         content, last_size = [], None
         for kind, value in parts:
             if kind == "image":
-                url, last_size = image_data_url(value, self.max_image_size)
-                content.append({"type": "image_url", "image_url": {"url": url}})
+                part, last_size = self._image(value)
+                content.append(part)
             else:
                 content.append({"type": "text", "text": value})
         return content, last_size
 
+    def payload(self, content: list[dict[str, Any]]) -> dict[str, Any]:
+        """The request body for one user message with ``content``."""
+        body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": content}],
+                                "max_tokens": self.max_tokens}
+        if self.protocol.greedy:
+            body.update(temperature=0, seed=self.seed)
+        if self.vision_ids:
+            body["chat_template_kwargs"] = {"add_vision_id": True}
+        return body
+
     def chat(self, content: list[dict[str, Any]]) -> str:
-        """POST one user message; retry connection errors, 429 and 5xx with exponential back-off."""
-        payload = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": self.max_tokens,
-            "temperature": 0,
-            "seed": self.seed,
-        }
+        """POST one user message; retry connection errors, 429 and 5xx with exponential back-off
+        (and, with the gpt4o protocol, replies that refuse)."""
+        payload = self.payload(content)
         last = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -423,19 +438,40 @@ class OpenAIBackend(Backend):
                 last = f"HTTP {resp.status_code}"
                 continue
             if resp.status_code >= 400:
-                raise AdcopilotError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}")
-            try:
-                message = resp.json()["choices"][0]["message"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise AdcopilotError(f"{self.url}: reply is not a chat completion: {resp.text[:200]}") from None
-            text = message.get("content") or ""
-            if isinstance(text, list):  # content parts
-                text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-            return str(text)
+                hint = ""
+                if self.vision_ids and "chat_template_kwargs" in resp.text:
+                    hint = " (this server takes no chat_template_kwargs: use --no-vision-ids)"
+                raise AdcopilotError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}{hint}")
+            text = self._reply_text(resp)
+            if self.protocol.retry_refusals and is_refusal(text):
+                last = f"refused: {text[:80]!r}"
+                continue
+            return text
         raise AdcopilotError(f"{self.url}: no answer after {self.max_retries + 1} attempts ({last})")
 
+    def _reply_text(self, resp: Any) -> str:
+        try:
+            message = resp.json()["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise AdcopilotError(f"{self.url}: reply is not a chat completion: {resp.text[:200]}") from None
+        text = message.get("content") or ""
+        if isinstance(text, list):  # content parts
+            text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+        return str(text)
+
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
-        content, _ = self._content(official_prompt(images[:-1], images[-1], question))
+        return self.answer_in_conversation(images, question, [])
+
+    def answer_in_conversation(
+        self, images: Sequence[str | os.PathLike], question: Question, earlier: Sequence[Question]
+    ) -> str:
+        if not self.protocol.accumulate:
+            content, _ = self._content(official_prompt(images[:-1], images[-1], question))
+            return self.chat(content)
+        # gpt4o: every image first (templates, then the query), then one text block listing the
+        # questions asked so far; the reply's last letter answers the last of them.
+        content = [self._image(p)[0] for p in images]
+        content.append({"type": "text", "text": gpt4o_text(len(images) - 1, [*earlier, question])})
         return self.chat(content)
 
     def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
@@ -454,11 +490,13 @@ class OpenAIBackend(Backend):
             "name": self.name,
             "model": self.model,
             "url": self.url,
+            "protocol": self.protocol.name,
+            "vision_ids": self.vision_ids,
             "concurrency": self.concurrency,
             "max_retries": self.max_retries,
             "max_image_size": self.max_image_size,
             "max_tokens": self.max_tokens,
-            "temperature": 0,
+            "temperature": 0 if self.protocol.greedy else "server default",
             "box_coords": self.box_coords,
         }
 
@@ -491,7 +529,7 @@ def make_backend(name: str, model: str | None = None, **options: Any) -> Backend
         return TransformersBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
     if name == "openai":
         keys = ("base_url", "api_key", "concurrency", "max_retries", "backoff_s", "timeout_s", "max_image_size",
-                "max_tokens", "box_coords", "seed")
+                "max_tokens", "box_coords", "seed", "protocol", "vision_ids")
         return OpenAIBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
     raise AdcopilotError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
 

@@ -136,7 +136,7 @@ def _identity(bench: MMADBenchmark, backend: Backend, k_shot: int, templates: st
         "k_shot": k_shot,
         "templates": templates,
     }
-    for key in ("answers", "prior_weight"):  # how a language model answers: a resumed run must not mix
+    for key in ("answers", "prior_weight", "protocol"):  # how the questions are asked: a resumed run must not mix
         if key in d:
             identity[key] = d[key]
     return identity
@@ -246,8 +246,9 @@ def run_mmad(
 
     def work(job: _Job) -> dict[str, Any]:
         assert job.question is not None
-        reply, err, dt = _timed(lambda: backend.answer(job.images, job.question))
-        return _mmad_record(job.item, job.question, reply or "", err, dt)
+        q = job.question
+        reply, err, dt = _timed(lambda: backend.answer_in_conversation(job.images, q, job.item.earlier(q)))
+        return _mmad_record(job.item, q, reply or "", err, dt)
 
     for rec in _run_jobs(jobs, work, answers, backend.concurrency, "mmad", progress):
         have[(rec["image"], rec["q"])] = rec
