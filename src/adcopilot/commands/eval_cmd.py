@@ -59,6 +59,11 @@ def _backend(backend: str, model: str | None, **options: Any) -> Any:
     return make_backend(backend, model, **options)
 
 
+def _label(backend: str, protocol: str) -> str:
+    """The backend's name in a default run folder (the openai protocol too, so runs do not mix)."""
+    return f"{backend}-{protocol}" if backend == "openai" and protocol != "qwen" else backend
+
+
 def _out(out: Path | None, task: str, backend: str, benchmark: str, k_shot: int, templates: str) -> Path:
     if out is not None:
         return out
@@ -181,7 +186,7 @@ def register(app: typer.Typer) -> None:
         items = bench.select(datasets, classes, tasks, limit)
         _leak_check(bench, items, train_set, strict_leaks)
         be = _backend(backend, model, answers=answers, prior_weight=prior_weight, **options)
-        folder = _out(out, "mmad", backend, benchmark, k_shot, templates)
+        folder = _out(out, "mmad", _label(backend, protocol), benchmark, k_shot, templates)
         records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                            selection=_selection(datasets, classes, tasks, limit))
         typer.echo(_write_scores(records, folder, scoring))
@@ -233,7 +238,7 @@ def register(app: typer.Typer) -> None:
 
             raise AdcopilotError(f"unknown --box-mode '{box_mode}'; use head or text")
         be = _backend(backend, model, box_coords=box_coords, box_mode=box_mode, **options)
-        folder = _out(out, "bbox", backend, benchmark, k_shot, templates)
+        folder = _out(out, "bbox", _label(backend, protocol), benchmark, k_shot, templates)
         records, skipped = run_bbox(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                                     selection=_selection(datasets, classes, None, limit))
         summary = summarize_bbox(records)
