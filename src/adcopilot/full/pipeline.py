@@ -85,6 +85,11 @@ def read_verdict(answer: str) -> str:
     return "anomalous" if word in ("a", "yes") else "normal"
 
 
+def image_name(src: ImageInput, index: int) -> str:
+    """How errors name an image: its path, else its place in the list."""
+    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else f"image {index + 1}"
+
+
 def _pil(src: ImageInput, name: str, max_size: int | None):
     img = load_image(src, name=name).convert("RGB")
     if max_size and max(img.size) > max_size:
@@ -151,7 +156,7 @@ class FullModel:
         """Model inputs for ``images`` (references first, query last) and a conversation ending with a user turn."""
         from adcopilot.full.processing_adcopilot import format_chat
 
-        pics = [_pil(src, f"image {i + 1}", self.max_image_size) for i, src in enumerate(images)]
+        pics = [_pil(src, image_name(src, i), self.max_image_size) for i, src in enumerate(images)]
         text = format_chat(list(turns), len(pics))
         inputs = self.processor(images=pics or None, text=[text], return_tensors="pt")
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
