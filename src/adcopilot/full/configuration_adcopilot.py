@@ -18,8 +18,10 @@ Settings (all serialised to ``config.json``):
 - ``compare_position`` ("diagonal"): M-RoPE positions of the comparison tokens, s being the image's
   first position. ``"start"``: all L tokens at (s, s, s) and the text after them restarting at s + 1
   (the public port's scheme, the default of the authors' checkpoints); ``"diagonal"``: token k at
-  (s, s + k, s + k) (the paper's figure, (i, 0, 0) to (i, L, L)); ``"shared"``: all L tokens at one
-  position right after the image's grid; ``"sequential"``: numbered like text after the grid.
+  (s, s + k, s + k) (the paper's figure, (i, 0, 0) to (i, L, L)); ``"last"``: all L tokens at the
+  image's last base token (s, s + h - 1, s + w - 1), which the port's comment says its code does;
+  ``"shared"``: all L tokens at one position right after the image's grid; ``"sequential"``:
+  numbered like text after the grid.
   Which one the released weights were trained with is argued in ``docs/scale.md``; only a logits
   comparison with the authors' code on a GPU settles it (``adcopilot full parity``).
 - ``compare_attention_layout`` ("standard"): the head merge of the Comparison Encoder's attentions
@@ -50,7 +52,7 @@ from transformers import Qwen2_5_VLConfig
 from adcopilot.model.compare import LAYOUTS, ComparisonConfig
 
 PLACEMENTS = ("all", "query")
-POSITIONS = ("diagonal", "start", "shared", "sequential")
+POSITIONS = ("diagonal", "start", "last", "shared", "sequential")
 ATTENTION_LAYOUTS = LAYOUTS
 #: The variant an authors' checkpoint (model_type ad_copilot or yangjian, without our settings) gets:
 #: the public port's computation (the evidence is in docs/scale.md).

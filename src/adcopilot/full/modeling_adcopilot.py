@@ -129,15 +129,24 @@ class ADCopilotVisionModel(Qwen2_5_VisionTransformerPretrainedModel):
         return out
 
 
-def comparison_positions(start: int, extent: int, num: int, mode: str) -> tuple[torch.Tensor, int]:
+def comparison_positions(
+    start: int, extent: int, num: int, mode: str, grid: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, int]:
     """M-RoPE positions (3, num) of an image's comparison tokens and the next free position.
 
-    ``start``: the image's first position; ``extent``: max(grid h, grid w) of its base tokens.
+    ``start``: the image's first position; ``extent``: max(grid h, grid w) of its base tokens;
+    ``grid``: (h, w) of its base tokens (needed by ``last``).
     diagonal: token k at (start, start + k, start + k), the paper's (i, 0, 0) .. (i, L, L);
     start: all at (start, start, start) and the next free position start + 1 (the public port's:
     the text after them overlaps the image's grid); shared: all at (p, p, p), p = the position
-    right after the image; sequential: like text."""
+    right after the image; last: all at the image's last base token, (start, start + h - 1,
+    start + w - 1) (what the port's comment says its code does); sequential: like text."""
     k = torch.arange(num)
+    if mode == "last":
+        if grid is None:
+            raise ValueError("compare_position 'last' needs the image's grid")
+        gh, gw = grid
+        return torch.tensor([start, start + gh - 1, start + gw - 1]).view(3, 1).expand(3, num).clone(), start + extent
     if mode == "start":
         return torch.full((3, num), start, dtype=torch.long), start + 1
     if mode == "diagonal":
@@ -273,7 +282,8 @@ class ADCopilotModel(ADCopilotPreTrainedModel, Qwen2_5_VLModel):
                 extent = int(max(thw[1], thw[2])) // merge
                 n_base = int(thw.prod()) // merge**2
                 if kind == 1 and length == n_base + num:
-                    comp, pos = comparison_positions(pos, extent, num, mode)
+                    grid = (int(thw[1]) // merge, int(thw[2]) // merge)
+                    comp, pos = comparison_positions(pos, extent, num, mode, grid)
                     parts.append(comp.to(device))
                 elif length == n_base:
                     pos += extent

@@ -125,11 +125,15 @@ def test_positions_of_comparison_tokens():
     assert nxt == 17  # the image's grid is wider than the diagonal
     pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="shared")
     assert pos.tolist() == [[13] * 5] * 3 and nxt == 14
+    pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="start")
+    assert pos.tolist() == [[10] * 5] * 3 and nxt == 11  # the text after them overlaps the grid
+    pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="last", grid=(2, 3))
+    assert pos.tolist() == [[10] * 5, [11] * 5, [12] * 5] and nxt == 13
     pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="sequential")
     assert pos.tolist() == [[13, 14, 15, 16, 17]] * 3 and nxt == 18
 
 
-@pytest.mark.parametrize("mode", ["diagonal", "shared", "sequential"])
+@pytest.mark.parametrize("mode", ["diagonal", "start", "last", "shared", "sequential"])
 def test_rope_index_places_tokens_after_each_image(tiny, images, mode):
     model, processor = tiny
     model.config.compare_position = mode
@@ -146,7 +150,7 @@ def test_rope_index_places_tokens_after_each_image(tiny, images, mode):
     base = pos[:, 0, first[:4]]
     assert base[0].tolist() == [start] * 4 and base[1].tolist() == [start, start, start + 1, start + 1]
     comp = pos[:, 0, first[4:]]
-    expected, nxt = comparison_positions(start, 2, 8, mode)
+    expected, nxt = comparison_positions(start, 2, 8, mode, (2, 2))
     assert comp.tolist() == expected.tolist()
     # The <|vision_end|> after the image takes the next free position.
     assert int(pos[0, 0, first[-1] + 1]) == nxt

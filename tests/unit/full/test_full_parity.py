@@ -41,7 +41,7 @@ def test_parity_dumps_every_variant(ckpt, pair, tmp_path, capsys):
     summary = json.loads((out / "parity.json").read_text())
     tensors = load_file(str(out / "parity.safetensors"))
     names = [variant_name(*v) for v in VARIANTS]
-    assert sorted(summary["variants"]) == sorted(names) and len(names) == 8
+    assert sorted(summary["variants"]) == sorted(names) and len(names) == 10
     assert summary["checkpoint_variant"] == "standard-diagonal"  # our save keeps its own
     ids = tensors["input_ids"]
     for name in names:
