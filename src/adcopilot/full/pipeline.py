@@ -442,6 +442,7 @@ def describe_loaded(full: FullModel) -> dict[str, Any]:
         "parameters": int(sum(p.numel() for p in full.model.parameters())),
         "compare_token_size": cfg.compare_token_size,
         "compare_position": cfg.compare_position,
+        "compare_attention_layout": cfg.compare_attention_layout,
         "dtype": str(next(full.model.parameters()).dtype),
         "device": str(full.device),
         "config": json.loads(cfg.to_json_string())["model_type"],

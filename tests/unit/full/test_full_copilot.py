@@ -84,6 +84,11 @@ def test_cli_inspect_with_the_checkpoint(ckpt, pair, tmp_path, capsys):
     main(["inspect", str(query), "--ref", str(ref), "--model", str(ckpt), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "tiny" and out["verdict"] in ("normal", "anomalous", "unknown")
+    main(["inspect", str(query), "--ref", str(ref), "--model", str(ckpt)])
+    printed = capsys.readouterr().out
+    assert printed.split()[0] == out["verdict"].upper()
+    # An unreadable answer is printed as such, with the model's words.
+    assert ("no verdict could be read" in printed) == (out["verdict"] == "unknown")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "ad_copilot"}))

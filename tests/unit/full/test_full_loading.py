@@ -232,3 +232,27 @@ def test_bad_folders_give_one_line_errors(tmp_path):
         load_full_model(tmp_path)
     with pytest.raises(CheckpointError, match="unknown model setting"):
         read_config(tmp_path, wings=2)
+
+
+def test_bad_checkpoints_are_one_line_and_exit_2_from_the_cli(tiny, images, tmp_path, capsys):
+    from adcopilot.cli import main
+
+    model, processor = tiny
+    images[0].save(tmp_path / "ref.png")
+    images[1].save(tmp_path / "query.png")
+    cases = {
+        "no-encoder": (dict(keep=lambda k: "compare_visual_encoder" not in k), "without the Comparison Encoder"),
+        "wrong-shape": (dict(transform=lambda k, v: v[:, :16].contiguous() if k.endswith("encoder_cross_attn1.kv.weight") else v),
+                        "encoder_cross_attn1.kv.weight: checkpoint [64, 16] vs model [64, 32]"),
+        "no-shard": (dict(), "model-00001-of-00002.safetensors: shard listed"),
+    }
+    for name, (kwargs, message) in cases.items():
+        folder = tmp_path / name
+        write_released_checkpoint(model, processor, folder, **kwargs)
+        if name == "no-shard":
+            (folder / "model-00001-of-00002.safetensors").unlink()
+        with pytest.raises(SystemExit) as exc:
+            main(["inspect", str(tmp_path / "query.png"), "--ref", str(tmp_path / "ref.png"), "--model", str(folder)])
+        err = capsys.readouterr().err
+        errors = [line for line in err.split("\n") if line.startswith("error: ")]  # besides the progress bar
+        assert exc.value.code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, name

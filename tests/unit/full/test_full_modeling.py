@@ -213,3 +213,19 @@ def test_comparison_encoder_is_the_shared_class(tiny):
     enc = model.comparison_encoder
     assert type(enc) is ComparisonEncoder
     assert enc.cfg == ComparisonConfig(width=32, num_heads=2, mlp_hidden=64, num_queries=8, out_width=64)
+
+
+def test_encoder_rmsnorm_is_qwens_in_bf16():
+    """Float32 statistics, cast back, then the weight: bit for bit transformers' Qwen2 RMSNorm."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from adcopilot.model.compare import QwenRMSNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 7, 64) * 3).to(torch.bfloat16)
+    weight = torch.rand(64) * 2
+    ours, qwen, plain = QwenRMSNorm(64, eps=1e-6), Qwen2RMSNorm(64, eps=1e-6), torch.nn.RMSNorm(64, eps=1e-6)
+    for norm in (ours, qwen, plain):
+        norm.to(torch.bfloat16).weight.data.copy_(weight)
+    assert torch.equal(ours(x), qwen(x))
+    assert not torch.equal(plain(x), qwen(x))  # the order of cast and weight matters in bf16
