@@ -167,3 +167,19 @@ def test_large_images_are_thumbnailed_with_lanczos_as_the_authors_scripts(model_
 
     assert torch.equal(got, pixels(Image.Resampling.LANCZOS))
     assert not torch.equal(got, pixels(Image.Resampling.BICUBIC))
+
+
+def test_the_checkpoints_end_tokens_stop_the_answer(pair, tmp_path):
+    from adcopilot.full.tiny import build_tiny_checkpoint
+
+    query, ref = pair
+    ckpt = build_tiny_checkpoint(tmp_path / "ckpt")
+    tok = FullModel.load(ckpt).processor.tokenizer
+    answer = "There is a scratch at the top."
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    stop = ids[2]  # a second end token, as generation_config.json lists several
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    (ckpt / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [gen["eos_token_id"], stop]}))
+    script = Scripted(tok, {"defect": answer})
+    cp = FullCopilot(FullModel.load(ckpt, logits_processor=[script], max_new_tokens=32))
+    assert cp.ask(query, [ref], "Is there any defect?") == tok.decode(ids[:3], skip_special_tokens=True).strip()
