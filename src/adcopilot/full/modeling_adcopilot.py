@@ -13,6 +13,11 @@ right after its base tokens, and ``get_rope_index`` gives them M-RoPE positions.
          images the sequence has placeholders for: every image, or only the query)
       -> scattered into the <|image_pad|> positions of the LLM sequence -> Qwen2.5 LLM -> logits
 
+``config.compare_attention_layout`` picks the encoder's computation: ``release`` (the public
+port's interleaving head merge, on window-ordered features of all images padded to the longest,
+paired by a roll over the batch) or ``standard``; ``config.compare_position`` the comparison
+tokens' M-RoPE positions (``docs/scale.md`` weighs the evidence for each).
+
 Which images carry comparison tokens is read from the sequence itself: an image whose run of
 ``<|image_pad|>`` tokens is L longer than its base-token count has them (the processor decides,
 following ``config.compare_placement``). So the model, ``get_rope_index`` and generation with the
