@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-Verdict = Literal["normal", "anomalous"]
+Verdict = Literal["normal", "anomalous", "unknown"]
+#: ``unknown``: a model that answers in text gave an answer that could not be read as a verdict
+#: (the result then carries it in ``raw_answer``); never reported as normal.
+VERDICTS = ("normal", "anomalous", "unknown")
 
 
 @dataclass
@@ -57,11 +60,12 @@ class InspectionResult:
     registration: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     answer: str | None = None
+    raw_answer: str | None = None  # a text model's own words behind the verdict and boxes
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.verdict not in ("normal", "anomalous"):
-            raise ValueError(f"verdict must be 'normal' or 'anomalous', got {self.verdict!r}")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     @property
     def is_anomalous(self) -> bool:
@@ -83,6 +87,8 @@ class InspectionResult:
         }
         if self.answer is not None:
             d["answer"] = self.answer
+        if self.raw_answer is not None:
+            d["raw_answer"] = self.raw_answer
         return d
 
     def to_json(self, **kwargs: Any) -> str:

@@ -40,7 +40,7 @@ def annotate(query: ImageInput, result: InspectionResult, alpha: float = 0.45) -
         cv2.rectangle(img, (x1, ty - th - 3), (x1 + tw + 4, ty + 3), RED, -1)
         cv2.putText(img, text, (x1 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
     verdict = f"{result.verdict.upper()}  score {result.score:.3f} / thr {result.threshold:.3f}"
-    colour = RED if result.is_anomalous else (30, 160, 60)
+    colour = RED if result.is_anomalous else (30, 160, 60) if result.verdict == "normal" else (200, 150, 0)
     cv2.putText(img, verdict, (6, 6 + int(22 * font_scale)), cv2.FONT_HERSHEY_SIMPLEX, font_scale, colour, 2, cv2.LINE_AA)
     return Image.fromarray(img)
 

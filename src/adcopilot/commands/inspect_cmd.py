@@ -40,12 +40,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(__import__("json").dumps(d, indent=2))
             return
         con = Console()
-        colour = "red" if result.is_anomalous else "green"
+        colour = {"anomalous": "red", "normal": "green"}.get(result.verdict, "yellow")
         con.print(f"[bold {colour}]{result.verdict.upper()}[/]  score {result.score:.4f}  "
                   f"(threshold {result.threshold:.4f}, model {result.model})")
         for b in result.boxes:
             con.print(f"  {b.label:<14} bbox_2d={b.bbox_2d}  score {b.score:.3f}")
         con.print(result.description)
+        if result.verdict == "unknown" and result.raw_answer is not None:
+            con.print(f"[bold]The model's answer (no verdict could be read from it):[/] {result.raw_answer}")
         if result.answer:
             con.print(f"[bold]Answer:[/] {result.answer}")
         if save is not None:

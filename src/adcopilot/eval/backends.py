@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.bbox import BoxCoords, bbox_prompt
 from adcopilot.eval.mmad import PromptPart, Question, official_prompt
@@ -61,6 +63,7 @@ from adcopilot.grounding import (  # noqa: F401 - re-exported: the backends' ans
     yes_means_defect,
     yes_no_letters,
 )
+from adcopilot.reasoning import final_answer
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +215,7 @@ def _load_pil(path: str | os.PathLike, max_size: int | None = None):
     img = load_image(path)
     if max_size and max(img.size) > max_size:
         img = img.copy()
-        img.thumbnail((max_size, max_size))
+        img.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)  # as AD-Copilot's scripts
     return img
 
 
@@ -286,7 +289,8 @@ class TransformersBackend(Backend):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._lock, torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False)
-        reply = self.inputs.decode(out[0, batch["input_ids"].shape[1] :])
+        # A reasoning model's answer is what follows its <think>...</think>.
+        reply = final_answer(self.inputs.decode(out[0, batch["input_ids"].shape[1] :]))
         return reply, batch.get("image_grid_thw")
 
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:

@@ -15,11 +15,20 @@ Settings (all serialised to ``config.json``):
 - ``compare_placement`` ("all"): which images receive comparison tokens right after their base
   tokens: ``"all"`` (every image, as the release) or ``"query"`` (only the last image of each
   sample). The processor and the model read it from here.
-- ``compare_position`` ("diagonal"): M-RoPE positions of the comparison tokens. ``"diagonal"``
-  places token k at (t, k, k) offset like the image's own grid (the paper's figure, (i,0,0) to
-  (i,L,L)); ``"shared"`` gives all L tokens one position, the one right after the image;
-  ``"sequential"`` numbers them like text. **Unresolved**: which one the released weights were
-  trained with can only be settled by comparing logits with the authors' code on a GPU.
+- ``compare_position`` ("diagonal"): M-RoPE positions of the comparison tokens, s being the image's
+  first position. ``"start"``: all L tokens at (s, s, s) and the text after them restarting at s + 1
+  (the public port's scheme, the default of the authors' checkpoints); ``"diagonal"``: token k at
+  (s, s + k, s + k) (the paper's figure, (i, 0, 0) to (i, L, L)); ``"last"``: all L tokens at the
+  image's last base token (s, s + h - 1, s + w - 1), which the port's comment says its code does;
+  ``"shared"``: all L tokens at one position right after the image's grid; ``"sequential"``:
+  numbered like text after the grid.
+  Which one the released weights were trained with is argued in ``docs/scale.md``; only a logits
+  comparison with the authors' code on a GPU settles it (``adcopilot full parity``).
+- ``compare_attention_layout`` ("standard"): the head merge of the Comparison Encoder's attentions
+  (:mod:`adcopilot.model.compare`). ``"release"`` reproduces the public port's interleaving merge and
+  what it implies: pre-merge features in the vision tower's window order, all images of a batch
+  padded to the longest with masks and paired by a roll over the batch (``compare_pairing`` is then
+  ``"batch"`` whatever it says); ``"standard"`` merges heads as usual, on features in patch order.
 - ``compare_pairing`` ("sample"): "previous image" of the first image of each sample is itself
   (``"sample"``), or, as the released code does, the pairing runs over the flattened list of all
   images in the batch (``"batch"``; identical for batch size 1).
@@ -40,10 +49,19 @@ from typing import Any
 
 from transformers import Qwen2_5_VLConfig
 
-from adcopilot.model.compare import ComparisonConfig
+from adcopilot.model.compare import LAYOUTS, ComparisonConfig
 
 PLACEMENTS = ("all", "query")
-POSITIONS = ("diagonal", "shared", "sequential")
+POSITIONS = ("diagonal", "start", "last", "shared", "sequential")
+ATTENTION_LAYOUTS = LAYOUTS
+#: The variant an authors' checkpoint (model_type ad_copilot or yangjian, without our settings) gets:
+#: the public port's computation (the evidence is in docs/scale.md).
+RELEASE_VARIANT: dict[str, str] = {
+    "compare_attention_layout": "release",
+    "compare_position": "start",
+    "compare_pairing": "batch",
+}
+RELEASED_MODEL_TYPES = ("ad_copilot", "yangjian")
 PAIRINGS = ("sample", "batch")
 
 #: Qwen2.5-VL-7B's vision tower and language model (the released model's base): the defaults here.
@@ -67,6 +85,7 @@ _MIRRORED = (
     "compare_mlp_hidden",
     "compare_depth",
     "compare_mlp2_sign",
+    "compare_attention_layout",
 )
 
 
@@ -79,6 +98,7 @@ class ADCopilotConfig(Qwen2_5_VLConfig):
     compare_token_size: int = 100
     compare_placement: str = "all"
     compare_position: str = "diagonal"
+    compare_attention_layout: str = "standard"
     compare_pairing: str = "sample"
     compare_num_heads: int | None = None
     compare_mlp_hidden: int | None = None
@@ -101,6 +121,7 @@ class ADCopilotConfig(Qwen2_5_VLConfig):
             ("compare_placement", PLACEMENTS),
             ("compare_position", POSITIONS),
             ("compare_pairing", PAIRINGS),
+            ("compare_attention_layout", ATTENTION_LAYOUTS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -128,6 +149,7 @@ def comparison_config_from_vision(vc: Any) -> ComparisonConfig:
         depth=int(getattr(vc, "compare_depth", 1)),
         mlp2_sign=float(getattr(vc, "compare_mlp2_sign", -1.0)),
         rope_2d=False,  # ViT features already carry the ViT's 2-D rotary positions
+        attention_layout=str(getattr(vc, "compare_attention_layout", "standard")),
     )
 
 
@@ -138,9 +160,14 @@ def config_from_released(raw: dict[str, Any]) -> ADCopilotConfig:
     Thinking variant's ``"yangjian"``, ``compare_token_size`` inside ``vision_config``,
     ``sequence_compare`` at the top level) and plain Qwen2.5-VL configs (``"qwen2_5_vl"``: the
     comparison settings get their defaults but ``sequence_compare`` is off unless set, so the
-    model answers as the base model until a comparison encoder is trained).
+    model answers as the base model until a comparison encoder is trained). An authors' config
+    (``ad_copilot`` or ``yangjian`` without our ``compare_position`` setting, which our saves always
+    write) gets :data:`RELEASE_VARIANT` for the settings it does not name.
     """
     d = dict(raw)
+    if is_authors_config(raw):
+        for key, value in RELEASE_VARIANT.items():
+            d.setdefault(key, value)
     if raw.get("model_type") == "qwen2_5_vl" and "sequence_compare" not in raw:
         d["sequence_compare"] = False  # a plain Qwen2.5-VL behaves as itself unless asked otherwise
     for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path"):
@@ -155,3 +182,8 @@ def config_from_released(raw: dict[str, Any]) -> ADCopilotConfig:
     if "torch_dtype" in d and "dtype" not in d:
         d["dtype"] = d.pop("torch_dtype")
     return ADCopilotConfig(**d)
+
+
+def is_authors_config(raw: dict[str, Any]) -> bool:
+    """Whether a ``config.json`` dict is the authors' release (not a save of this package)."""
+    return raw.get("model_type") in RELEASED_MODEL_TYPES and "compare_position" not in raw

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from adcopilot.errors import CheckpointError
-from adcopilot.full.configuration_adcopilot import ADCopilotConfig, config_from_released
+from adcopilot.full.configuration_adcopilot import (
+    RELEASE_VARIANT,
+    RELEASED_MODEL_TYPES,
+    ADCopilotConfig,
+    config_from_released,
+    is_authors_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,30 +89,50 @@ def is_full_checkpoint(path: str | os.PathLike) -> bool:
     return raw.get("model_type") in KNOWN_MODEL_TYPES or ARCHITECTURE in (raw.get("architectures") or [])
 
 
-def read_config(path: str | os.PathLike, **overrides: Any) -> ADCopilotConfig:
-    """The :class:`ADCopilotConfig` of a checkpoint folder (any known layout), ``overrides`` applied."""
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing (a checkpoint folder needs config.json)")
+def _read_json_object(file: Path) -> dict[str, Any]:
+    """A JSON file holding an object; anything else is a one-line :class:`CheckpointError`."""
     try:
         raw = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{file}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
+    return raw
+
+
+def read_config(path: str | os.PathLike, **overrides: Any) -> ADCopilotConfig:
+    """The :class:`ADCopilotConfig` of a checkpoint folder (any known layout), ``overrides`` applied."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (a checkpoint folder needs config.json)")
+    raw = _read_json_object(file)
     mt = raw.get("model_type")
     if mt not in KNOWN_MODEL_TYPES and ARCHITECTURE not in (raw.get("architectures") or []):
         raise CheckpointError(f"{file}: model_type {mt!r} is not an AD-Copilot or Qwen2.5-VL checkpoint")
     for k in overrides:
         if not hasattr(ADCopilotConfig, k):
             raise CheckpointError(f"unknown model setting {k!r}")
+    # The authors' defaults are decided on the file itself, before the caller's overrides.
+    defaults = {k: v for k, v in RELEASE_VARIANT.items() if k not in raw} if is_authors_config(raw) else {}
     try:
-        cfg = config_from_released({**raw, **overrides})
+        cfg = config_from_released({**raw, **defaults, **overrides})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: invalid configuration ({exc})") from None
+    if defaults:
+        log.info("%s: the authors' checkpoint; computing as the released model: %s", file,
+                 ", ".join(f"{k}={getattr(cfg, k)}" for k in RELEASE_VARIANT))
     if mt == "qwen2_5_vl" and not cfg.sequence_compare:
         log.info("%s: a plain Qwen2.5-VL config; comparison tokens are off (sequence_compare=True to add them)", file)
     return cfg
+
+
+def _model_type(root: Path) -> str:
+    """The ``model_type`` of a folder whose config.json :func:`read_config` has accepted."""
+    return str(json.loads((root / "config.json").read_text()).get("model_type", ""))
+
+
+#: A shard's name as transformers writes it: ``model-00001-of-00004.safetensors``.
+_SHARD = re.compile(r"-(\d+)-of-(\d+)\.safetensors$")
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:
@@ -127,6 +154,14 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
         if any(root.glob("*.bin")) or any(root.glob("*.pt")):
             raise CheckpointError(f"{root}: only pickle weights (.bin/.pt) found; convert them to safetensors")
         raise CheckpointError(f"{root}: no .safetensors weights found")
+    totals = {int(m.group(2)) for f in files if (m := _SHARD.search(f.name))}
+    for total in totals:  # shards without an index: all of them must be there
+        have = {int(m.group(1)) for f in files if (m := _SHARD.search(f.name)) and int(m.group(2)) == total}
+        lacking = sorted(set(range(1, total + 1)) - have)
+        if lacking:
+            raise CheckpointError(
+                f"{root}: {len(lacking)} of {total} weight shards missing (e.g. shard {lacking[0]} of {total})"
+            )
     return files
 
 
@@ -179,6 +214,7 @@ def load_full_model(
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint folder")
     config = read_config(root, **config_overrides)
+    released = _model_type(root) in RELEASED_MODEL_TYPES
     torch_dtype = _dtype(dtype, config)
     files = weight_files(root)
     try:
@@ -233,6 +269,12 @@ def load_full_model(
             f"{root}: the Comparison Encoder is incomplete: {len(compare_missing)} of {n_compare} tensors missing "
             f"({', '.join(compare_missing[:3])})"
         )
+    if compare_missing and released and config.sequence_compare:
+        # An AD-Copilot checkpoint is trained with its encoder: a random one would answer silently wrong.
+        raise CheckpointError(
+            f"{root}: an AD-Copilot checkpoint without the Comparison Encoder's tensors "
+            f"({COMPARE_KEY.removeprefix('model.')}*); only a plain Qwen2.5-VL folder may lack them"
+        )
     report.missing = missing
     report.loaded = len(state)
 
@@ -248,8 +290,28 @@ def load_full_model(
         raise CheckpointError(f"{root}: parameters left unloaded: {', '.join(leftover[:5])}")
     model.to(device)
     model.eval()
+    gen = read_generation_config(root)
+    if gen is not None:
+        model.generation_config = gen
     log.info("%s: %s", root, report.summary())
     return (model, report) if return_report else model
+
+
+def read_generation_config(root: Path):
+    """The folder's ``generation_config.json`` (end tokens, repetition penalty, ...), or None if absent.
+
+    ``generate`` then uses it as the authors' ``from_pretrained`` does; callers still choose greedy
+    decoding and the answer length."""
+    from transformers import GenerationConfig
+
+    file = root / "generation_config.json"
+    if not file.is_file():
+        return None
+    raw = _read_json_object(file)
+    try:
+        return GenerationConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{file}: invalid generation settings ({exc})") from None
 
 
 def _fresh_comparison_encoder(model, seed: int, dtype: torch.dtype, device: str | torch.device) -> None:

@@ -13,6 +13,11 @@ right after its base tokens, and ``get_rope_index`` gives them M-RoPE positions.
          images the sequence has placeholders for: every image, or only the query)
       -> scattered into the <|image_pad|> positions of the LLM sequence -> Qwen2.5 LLM -> logits
 
+``config.compare_attention_layout`` picks the encoder's computation: ``release`` (the public
+port's interleaving head merge, on window-ordered features of all images padded to the longest,
+paired by a roll over the batch) or ``standard``; ``config.compare_position`` the comparison
+tokens' M-RoPE positions (``docs/scale.md`` weighs the evidence for each).
+
 Which images carry comparison tokens is read from the sequence itself: an image whose run of
 ``<|image_pad|>`` tokens is L longer than its base-token count has them (the processor decides,
 following ``config.compare_placement``). So the model, ``get_rope_index`` and generation with the
@@ -84,10 +89,17 @@ class ADCopilotVisionModel(Qwen2_5_VisionTransformerPretrainedModel):
         super()._init_weights(module)
         _init_comparison(module)
 
-    def pre_merge_features(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """The ViT's last hidden states (window order, (sum N_i, C)) -> per image (N_i, C) in patch order.
+    def pre_merge_features(
+        self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, window_order: bool = False
+    ) -> list[torch.Tensor]:
+        """The ViT's last hidden states (window order, (sum N_i, C)) -> per image (N_i, C).
 
-        Patch order is the processor's: merge blocks row-major, the 2x2 patches of a block together."""
+        In patch order (the processor's: merge blocks row-major, the 2x2 patches of a block
+        together), or left in the tower's window order with ``window_order`` (each image's rows
+        stay contiguous either way), as the released model reads them."""
+        sizes = grid_thw.prod(-1).tolist()
+        if window_order:
+            return list(torch.split(hidden_states, sizes))
         unit = self.spatial_merge_unit
         window_index, _ = get_vision_window_index(
             grid_thw, spatial_merge_size=self.spatial_merge_size, window_size=self.window_size,
@@ -96,15 +108,20 @@ class ADCopilotVisionModel(Qwen2_5_VisionTransformerPretrainedModel):
         reverse = torch.argsort(window_index.to(hidden_states.device))
         n, c = hidden_states.shape
         states = hidden_states.reshape(n // unit, unit, c)[reverse].reshape(n, c)  # undo the window permutation
-        sizes = grid_thw.prod(-1).tolist()
         return list(torch.split(states, sizes))
 
     def comparison_tokens(
-        self, feats: list[torch.Tensor], prev_index: list[int], wanted: list[int]
+        self, feats: list[torch.Tensor], prev_index: list[int], wanted: list[int], layout: str = "standard"
     ) -> dict[int, torch.Tensor]:
         """Comparison tokens (L, D) of each image in ``wanted``, image i compared with ``prev_index[i]``.
 
-        Pairs of equal patch counts run as one batch through the encoder."""
+        ``standard``: pairs of equal patch counts run as one batch through the encoder. ``release``:
+        every image at once, padded to the longest (the released model's batching), as the
+        interleaving head merge makes each token depend on the padded length."""
+        enc = self.compare_visual_encoder
+        if layout == "release":
+            tokens = enc.forward_padded(feats, prev_index, layout=layout)  # (n, L, D)
+            return {i: tokens[i] for i in wanted}
         groups: dict[tuple[int, int], list[int]] = {}
         for i in wanted:
             groups.setdefault((feats[i].shape[0], feats[prev_index[i]].shape[0]), []).append(i)
@@ -112,18 +129,31 @@ class ADCopilotVisionModel(Qwen2_5_VisionTransformerPretrainedModel):
         for idxs in groups.values():
             cur = torch.stack([feats[i] for i in idxs])  # (g, N, C)
             prev = torch.stack([feats[prev_index[i]] for i in idxs])  # (g, M, C)
-            tokens, _ = self.compare_visual_encoder(cur, prev)  # (g, L, D)
-            out.update(zip(idxs, tokens.unbind(0), strict=True))
+            group_tokens, _ = enc(cur, prev, layout=layout)  # (g, L, D)
+            out.update(zip(idxs, group_tokens.unbind(0), strict=True))
         return out
 
 
-def comparison_positions(start: int, extent: int, num: int, mode: str) -> tuple[torch.Tensor, int]:
+def comparison_positions(
+    start: int, extent: int, num: int, mode: str, grid: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, int]:
     """M-RoPE positions (3, num) of an image's comparison tokens and the next free position.
 
-    ``start``: the image's first position; ``extent``: max(grid h, grid w) of its base tokens.
+    ``start``: the image's first position; ``extent``: max(grid h, grid w) of its base tokens;
+    ``grid``: (h, w) of its base tokens (needed by ``last``).
     diagonal: token k at (start, start + k, start + k), the paper's (i, 0, 0) .. (i, L, L);
-    shared: all at (p, p, p), p = the position right after the image; sequential: like text."""
+    start: all at (start, start, start) and the next free position start + 1 (the public port's:
+    the text after them overlaps the image's grid); shared: all at (p, p, p), p = the position
+    right after the image; last: all at the image's last base token, (start, start + h - 1,
+    start + w - 1) (what the port's comment says its code does); sequential: like text."""
     k = torch.arange(num)
+    if mode == "last":
+        if grid is None:
+            raise ValueError("compare_position 'last' needs the image's grid")
+        gh, gw = grid
+        return torch.tensor([start, start + gh - 1, start + gw - 1]).view(3, 1).expand(3, num).clone(), start + extent
+    if mode == "start":
+        return torch.full((3, num), start, dtype=torch.long), start + 1
     if mode == "diagonal":
         pos = torch.stack([torch.full_like(k, start), start + k, start + k])
         return pos, start + max(extent, num)
@@ -182,7 +212,9 @@ class ADCopilotModel(ADCopilotPreTrainedModel, Qwen2_5_VLModel):
                     )
                 has.append(r == b + num)
             first = list(itertools.accumulate([0] + [len(row) for row in runs[:-1]]))
-        starts = set(first) if self.config.compare_pairing == "sample" else {0}
+        # The release layout pairs over the whole batch (a roll over the flattened images).
+        by_sample = self.config.compare_pairing == "sample" and self.config.compare_attention_layout != "release"
+        starts = set(first) if by_sample else {0}
         prev = [i if i in starts else i - 1 for i in range(n)]  # P_0 = I_0, P_i = I_{i-1}
         return has, prev
 
@@ -201,8 +233,11 @@ class ADCopilotModel(ADCopilotPreTrainedModel, Qwen2_5_VLModel):
         wanted = [i for i, h in enumerate(has) if h and base[i].shape[0] == n_base[i]]
         if not wanted:
             return tuple(base)
-        feats = self.visual.pre_merge_features(image_outputs.last_hidden_state, image_grid_thw)
-        tokens = self.visual.comparison_tokens(feats, prev, wanted)
+        layout = self.config.compare_attention_layout
+        feats = self.visual.pre_merge_features(
+            image_outputs.last_hidden_state, image_grid_thw, window_order=layout == "release"
+        )
+        tokens = self.visual.comparison_tokens(feats, prev, wanted, layout)
         for i in wanted:
             base[i] = torch.cat([base[i], tokens[i].to(base[i].dtype)], dim=0)  # (N_i/4 + L, D)
         return tuple(base)
@@ -252,7 +287,8 @@ class ADCopilotModel(ADCopilotPreTrainedModel, Qwen2_5_VLModel):
                 extent = int(max(thw[1], thw[2])) // merge
                 n_base = int(thw.prod()) // merge**2
                 if kind == 1 and length == n_base + num:
-                    comp, pos = comparison_positions(pos, extent, num, mode)
+                    grid = (int(thw[1]) // merge, int(thw[2]) // merge)
+                    comp, pos = comparison_positions(pos, extent, num, mode, grid)
                     parts.append(comp.to(device))
                 elif length == n_base:
                     pos += extent

@@ -5,10 +5,15 @@ answer (greedy decoding with the KV cache, the release's settings: images thumbn
 pixels, 64x28x28 to 1280x28x28 pixels through the ViT). :class:`FullCopilot` gives it the
 :class:`adcopilot.Copilot` interface used by ``inspect``, ``chat``, ``serve`` and the batch tools:
 
-- ``inspect`` asks for the defects' boxes in Qwen2.5-VL's JSON, maps them from the frame the model
-  saw back to the query's pixels, and reports verdict ``anomalous`` when there is at least one
-  box (score 1.0) and ``normal`` for ``[]`` (score 0.0);
+- ``inspect`` asks the authors' own yes/no question ("Is there any anomaly in the second image?
+  A. Yes B. No. Please answer the letter only."): A gives ``anomalous`` (score 1.0), B ``normal``
+  (score 0.0), anything else ``unknown`` with the model's words in ``raw_answer``. When anomalous,
+  a second turn asks for the defects' boxes in Qwen2.5-VL's JSON (``bbox_2d``), mapped from the
+  frame the model saw back to the query's pixels;
 - ``ask`` / ``chat`` answer a question about the pair, with the earlier turns as history;
+- every answer is read after the reasoning of a Thinking model (``<think>...</think>``, see
+  :mod:`adcopilot.reasoning`); ``generate`` follows the checkpoint's ``generation_config.json``
+  (end tokens, repetition penalty) with greedy decoding;
 - ``analyze`` (the anomaly-map path the batch tools use) rasterises those boxes into a map.
 
 Usage::
@@ -32,12 +37,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from transformers import LogitsProcessorList
 
 from adcopilot.api import Analysis, Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.bbox import bbox_prompt, parse_box_text
 from adcopilot.imaging import ImageInput, load_image
 from adcopilot.model.detector import Detector
+from adcopilot.reasoning import THINK_CLOSE, THINK_OPEN, final_answer
 from adcopilot.registration import Registration
 from adcopilot.results import Box, InspectionResult
 
@@ -56,11 +64,37 @@ def comparison_preamble(n_refs: int) -> str:
     return f"The first {n_refs} images are normal samples. The last image is the query sample."
 
 
+def anomaly_question(n_refs: int) -> str:
+    """The authors' yes/no question (their inference script's default prompt), for ``n_refs`` references."""
+    if n_refs == 1:
+        intro, query = "The first image is a normal sample.", "the second image"
+    else:
+        intro, query = f"The first {n_refs} images are normal samples.", "the last image"
+    return f"{intro} Is there any anomaly in {query}? A. Yes B. No. Please answer the letter only."
+
+
+_YES_NO = re.compile(r"^\W*(?:(A|B)\b|(yes|no)\b)", re.I)
+
+
+def read_verdict(answer: str) -> str:
+    """``anomalous`` for A / Yes, ``normal`` for B / No (at the answer's start), else ``unknown``."""
+    m = _YES_NO.match(answer)
+    if not m:
+        return "unknown"
+    word = (m.group(1) or m.group(2)).lower()
+    return "anomalous" if word in ("a", "yes") else "normal"
+
+
+def image_name(src: ImageInput, index: int) -> str:
+    """How errors name an image: its path, else its place in the list."""
+    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else f"image {index + 1}"
+
+
 def _pil(src: ImageInput, name: str, max_size: int | None):
     img = load_image(src, name=name).convert("RGB")
     if max_size and max(img.size) > max_size:
         img = img.copy()
-        img.thumbnail((max_size, max_size))
+        img.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)  # as the authors' scripts
     return img
 
 
@@ -75,9 +109,12 @@ class FullModel:
         max_new_tokens: int = 256,
         max_image_size: int | None = MAX_IMAGE_SIZE,
         name: str = "full",
+        logits_processor: Sequence[Any] | None = None,
     ) -> None:
         self.model = model
         self.processor = processor
+        # Constrained decoding: transformers LogitsProcessors applied at every generated token.
+        self.logits_processor = list(logits_processor or [])
         self.max_new_tokens = max_new_tokens
         self.max_image_size = max_image_size
         self.name = name
@@ -119,7 +156,7 @@ class FullModel:
         """Model inputs for ``images`` (references first, query last) and a conversation ending with a user turn."""
         from adcopilot.full.processing_adcopilot import format_chat
 
-        pics = [_pil(src, f"image {i + 1}", self.max_image_size) for i, src in enumerate(images)]
+        pics = [_pil(src, image_name(src, i), self.max_image_size) for i, src in enumerate(images)]
         text = format_chat(list(turns), len(pics))
         inputs = self.processor(images=pics or None, text=[text], return_tensors="pt")
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
@@ -132,11 +169,12 @@ class FullModel:
         history: Sequence[dict[str, str]] | None = None,
         max_new_tokens: int | None = None,
     ) -> str:
-        """Greedy answer to ``prompt`` about ``images`` (after the ``history`` turns, if any)."""
-        text, _ = self.generate_with_frame(images, prompt, history=history, max_new_tokens=max_new_tokens)
-        return text
+        """Greedy answer to ``prompt`` about ``images`` (after the ``history`` turns, if any), read
+        after any reasoning."""
+        text, _ = self.generate_raw(images, prompt, history=history, max_new_tokens=max_new_tokens)
+        return final_answer(text)
 
-    def generate_with_frame(
+    def generate_raw(
         self,
         images: Sequence[ImageInput],
         prompt: str,
@@ -144,12 +182,16 @@ class FullModel:
         history: Sequence[dict[str, str]] | None = None,
         max_new_tokens: int | None = None,
     ) -> tuple[str, tuple[int, int] | None]:
-        """The answer and the (w, h) of the query as the model saw it (its box coordinates' frame)."""
+        """The whole reply (reasoning included) and the (w, h) of the query as the model saw it
+        (its box coordinates' frame)."""
         turns = [*(history or []), {"role": "user", "content": prompt}]
         inputs = self.prepare(images, turns)
         with torch.inference_mode():
+            extra: dict[str, Any] = {}
+            if self.logits_processor:
+                extra["logits_processor"] = LogitsProcessorList(self.logits_processor)
             out = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False
+                **inputs, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, **extra
             )
         new = out[0, inputs["input_ids"].shape[1]:]
         reply = self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -160,6 +202,14 @@ class FullModel:
             _, gh, gw = (int(v) for v in grid[-1])
             frame = (gw * patch, gh * patch)
         return reply, frame
+
+
+def option_letter(answer: str, options: dict[str, str]) -> str | None:
+    """The first standalone capital letter of ``answer`` that is a key of ``options``, else None."""
+    for m in re.finditer(r"\b([A-Z])\b", answer):
+        if m.group(1) in options:
+            return m.group(1)
+    return None
 
 
 _LABEL = re.compile(r'"label"\s*:\s*"([^"]*)"')
@@ -205,9 +255,9 @@ class FullDetector(Detector):
 
     def _boxes(self, query: np.ndarray, references: list[np.ndarray]) -> list[tuple[list[int], str]]:
         imgs = [(np.clip(a, 0, 1) * 255).astype(np.uint8) for a in [*references, query]]
-        reply, frame = self.full.generate_with_frame(imgs, bbox_prompt(len(references)))
-        s = query.shape[0]
-        return parse_labelled_boxes(reply, (query.shape[1], s), frame) or []
+        reply, frame = self.full.generate_raw(imgs, bbox_prompt(len(references)))
+        h, w = query.shape[:2]
+        return parse_labelled_boxes(final_answer(reply), (w, h), frame) or []
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         amap = np.zeros(query.shape[:2], dtype=np.float32)
@@ -241,37 +291,54 @@ class FullCopilot(Copilot):
     def inspect(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput], *, threshold: float | None = None
     ) -> InspectionResult:
-        """Ask the model for the defects' boxes; anomalous when it names at least one."""
+        """The verdict from the authors' yes/no question; when anomalous, boxes from a second turn.
+
+        An answer that is neither A/Yes nor B/No gives verdict ``unknown`` (never ``normal``), with
+        the model's words in ``raw_answer``; an anomalous verdict whose boxes cannot be read keeps
+        its verdict, with no boxes and the box answer in ``raw_answer``."""
         refs = self._as_list(references)
         thr = float(threshold if threshold is not None else self.threshold)
         t0 = time.perf_counter()
         qname = query if isinstance(query, (str, os.PathLike)) else "query"
         w, h = load_image(query, name=str(qname)).size
-        reply, frame = self.full.generate_with_frame([*refs, query], bbox_prompt(len(refs)))
-        found = parse_labelled_boxes(reply, (w, h), frame)
-        if found is None:
-            log.warning("the model's answer has no boxes to read: %r", reply[:200])
-            found = []
-        score = 1.0 if found else 0.0
-        boxes = [Box(bbox_2d=b, label=label, score=score) for b, label in found]
-        anomalous = score >= thr
+        images = [*refs, query]
+        question = anomaly_question(len(refs))
+        raw, _ = self.full.generate_raw(images, question)
+        answer = final_answer(raw)
+        verdict = read_verdict(answer)
+        boxes: list[Box] = []
+        raw_answer = raw if verdict == "unknown" else None
+        if verdict == "anomalous":
+            history = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            box_raw, frame = self.full.generate_raw(images, bbox_prompt(len(refs)), history=history)
+            found = parse_labelled_boxes(final_answer(box_raw), (w, h), frame)
+            if found is None:
+                log.warning("the model's box answer has no boxes to read: %r", box_raw[:200])
+                raw_answer = box_raw
+            boxes = [Box(bbox_2d=b, label=label, score=1.0) for b, label in found or []]
+        score = 1.0 if verdict == "anomalous" else 0.0
         amap = np.zeros((h, w), dtype=np.float32)
         for b in boxes:
             x1, y1, x2, y2 = b.bbox_2d
             amap[y1:y2, x1:x2] = 1.0
+        if verdict == "unknown":
+            description = "No verdict: the model's answer to the yes/no question could not be read."
+        else:
+            description = self._describe(verdict == "anomalous", boxes, w, h)
         return InspectionResult(
             query=str(qname),
             references=[str(r) if isinstance(r, (str, os.PathLike)) else f"reference {i + 1}"
                         for i, r in enumerate(refs)],
-            verdict="anomalous" if anomalous else "normal",
+            verdict=verdict,  # type: ignore[arg-type]
             score=score,
             threshold=thr,
-            boxes=boxes if anomalous else [],
-            description=self._describe(anomalous, boxes if anomalous else [], w, h),
+            boxes=boxes,
+            description=description,
             model=self.model_name,
             image_size=(w, h),
             registration=Registration().to_dict(),
             timings_ms={"total": (time.perf_counter() - t0) * 1e3},
+            raw_answer=raw_answer,
             anomaly_map=amap,
         )
 
@@ -293,15 +360,27 @@ class FullCopilot(Copilot):
         result: InspectionResult | None = None,
         max_new_tokens: int | None = None,
     ) -> str:
-        """The model's answer to ``question`` about the pair (after the ``history`` turns).
+        """The model's answer to ``question`` about the pair (after the ``history`` turns), read
+        after any reasoning.
 
         The first turn opens with AD-Copilot's wording saying which image is the reference and
         which the query; ``result`` is accepted for interface compatibility and not needed."""
+        return final_answer(self.ask_raw(query, references, question, history, max_new_tokens))
+
+    def ask_raw(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        history: Sequence[dict[str, str]] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> str:
+        """:meth:`ask`'s whole reply, reasoning included."""
         if not question or not question.strip():
             raise AdcopilotError("the question is empty")
         refs = self._as_list(references)
         prompt = question.strip() if history else f"{comparison_preamble(len(refs))} {question.strip()}"
-        return self.full.generate([*refs, query], prompt, history=history, max_new_tokens=max_new_tokens)
+        return self.full.generate_raw([*refs, query], prompt, history=history, max_new_tokens=max_new_tokens)[0]
 
     def chat(
         self,
@@ -326,16 +405,22 @@ class FullCopilot(Copilot):
         options: dict[str, str],
         mode: str = "letter",
     ) -> str:
-        """The letter of the option the model names (MMAD's wording; the first letter it writes)."""
+        """The letter of the option the model names (MMAD's wording), or "" when its answer names none.
+
+        Read after any reasoning: the first standalone capital letter that is an option's key."""
         if not options:
             raise AdcopilotError("a multiple-choice question needs options")
         listed = "\n".join(f"{k}: {v}" for k, v in options.items())
         prompt = f"{question.strip()}\n{listed}\nAnswer with the option's letter from the given choices directly."
-        reply = self.ask(query, references, prompt, max_new_tokens=8)
-        for m in re.finditer(r"\b([A-Z])\b", reply):
-            if m.group(1) in options:
-                return m.group(1)
-        return reply.strip()[:1]
+        raw = self.ask_raw(query, references, prompt, max_new_tokens=8)
+        if THINK_OPEN in raw and THINK_CLOSE not in raw:  # a reasoning model: let it finish its reasoning
+            raw = self.ask_raw(query, references, prompt)
+        reply = final_answer(raw)
+        letter = option_letter(reply, options)
+        if letter is None:
+            log.warning("the model's answer names no option of %s: %r", sorted(options), reply[:200])
+            return ""
+        return letter
 
     def localize(
         self,
@@ -357,6 +442,7 @@ def describe_loaded(full: FullModel) -> dict[str, Any]:
         "parameters": int(sum(p.numel() for p in full.model.parameters())),
         "compare_token_size": cfg.compare_token_size,
         "compare_position": cfg.compare_position,
+        "compare_attention_layout": cfg.compare_attention_layout,
         "dtype": str(next(full.model.parameters()).dtype),
         "device": str(full.device),
         "config": json.loads(cfg.to_json_string())["model_type"],

@@ -95,6 +95,7 @@ class FullTrainConfig:
     find_unused_parameters: bool = False  # DDP: set when some batches have no images
     cpu: bool = False  # train on CPU processes (gloo), e.g. smoke tests of a launch configuration
     compare_position: str | None = None  # override the checkpoint's M-RoPE placement
+    compare_attention_layout: str | None = None  # override the checkpoint's head merge (release / standard)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -248,14 +249,20 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, names: list[str])
     return meta
 
 
+def model_overrides(cfg: FullTrainConfig) -> dict[str, Any]:
+    """Model settings a training run sets on the checkpoint it starts from."""
+    overrides: dict[str, Any] = {"sequence_compare": True}
+    for key in ("compare_position", "compare_attention_layout"):
+        if getattr(cfg, key):
+            overrides[key] = getattr(cfg, key)
+    return overrides
+
+
 def export_final(cfg: FullTrainConfig, trained: dict[str, torch.Tensor], out: Path, card: str) -> Path:
     """Base checkpoint + trained tensors (LoRA merged) -> a checkpoint folder ``--model`` loads."""
     from adcopilot.full.loading import load_full_model, load_processor, save_full_model
 
-    overrides: dict[str, Any] = {"sequence_compare": True}
-    if cfg.compare_position:
-        overrides["compare_position"] = cfg.compare_position
-    base = load_full_model(cfg.model, dtype=cfg.dtype, **overrides)
+    base = load_full_model(cfg.model, dtype=cfg.dtype, **model_overrides(cfg))
     processor = load_processor(cfg.model, config=base.config)
     if any(param_group(k) == "lora" for k in trained):
         from peft import get_peft_model
@@ -302,10 +309,8 @@ def train(cfg: FullTrainConfig) -> Path:
         log.info("losses %s belong to the nano model's heads; the full model trains with 'lm'",
                  sorted(set(stage.losses) - {"lm"}))
 
-    overrides: dict[str, Any] = {"sequence_compare": True}
-    if cfg.compare_position:
-        overrides["compare_position"] = cfg.compare_position
-    model = load_full_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, **overrides)
+    model = load_full_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+                            **model_overrides(cfg))
     processor = load_processor(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, config=model.config)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:

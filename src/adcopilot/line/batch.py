@@ -96,8 +96,8 @@ def shard_suffix(index: int, count: int) -> str:
 
 
 def outcome(truth: str | None, verdict: str) -> str | None:
-    """pass / detected / overkill (false alarm) / miss; None when the truth is unknown."""
-    if truth is None:
+    """pass / detected / overkill (false alarm) / miss; None when the truth or the verdict is unknown."""
+    if truth is None or verdict == "unknown":
         return None
     if truth == "normal":
         return "overkill" if verdict == "anomalous" else "pass"

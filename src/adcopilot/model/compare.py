@@ -21,6 +21,15 @@ Parameter names and shapes follow the authors' released checkpoint (fused key/va
 ``query_embeddings``; ``compare_projector``), so the full-scale model loads the released weights into
 this very class (width 1280, 16 heads, MLP 3420, L 100, out 3584: 63,801,344 parameters).
 
+Attention layout: ``attention_layout="standard"`` merges the heads of each attention output as usual
+((B, H, N, D) -> (B, N, H*D), one position per row). ``"release"`` reproduces the head merge of the
+public port of the released model, which transposes the (B, N, H, D) output of transformers' attention
+functions back to (B, H, N, D) before the reshape: row n of the merged output then holds H chunks of D
+channels taken from (head, position) pairs n*H .. n*H + H - 1 in head-major order, i.e. heads and
+positions interleaved. In that layout a row depends on the order and the count of the rows (padding
+included), so :meth:`ComparisonEncoder.forward_padded` also reproduces the port's batching: every image
+padded with zeros to the longest, masked as keys, paired by a roll over the whole list.
+
 Positions: the released model runs on Qwen2.5-VL ViT features, which already carry 2-D rotary
 positions from the ViT, and is configured here with ``rope_2d=False``. Towers whose features carry no
 explicit position (the nano model's CNN) use ``rope_2d=True``: a 2-D rotary embedding (half of each
@@ -57,9 +66,31 @@ class ComparisonConfig:
     mlp2_sign: float = -1.0  # the released model subtracts the second encoder MLP
     rope_2d: bool = False
     rope_theta: float = 100.0
+    attention_layout: str = "standard"  # "standard" or "release" (the port's interleaving head merge)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: Head merges of the cross-attentions (see the module's docstring).
+LAYOUTS = ("standard", "release")
+
+
+class QwenRMSNorm(nn.Module):
+    """RMSNorm computed as Qwen's: in float32, cast back to the input's dtype, then scaled by the weight.
+
+    (``nn.RMSNorm`` multiplies by the weight before casting, which differs in bf16.)"""
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
 
 
 class SwiGLU(nn.Module):
@@ -108,11 +139,15 @@ class CrossAttention(nn.Module):
         q_pos: torch.Tensor | None = None,
         kv_pos: torch.Tensor | None = None,
         theta: float = 100.0,
+        kv_mask: torch.Tensor | None = None,
+        layout: str = "standard",
     ) -> torch.Tensor:
-        """q (B, N, C) attends to kv (B, M, C) -> (B, N, C); rotary positions only if both are given."""
+        """q (B, N, C) attends to kv (B, M, C) -> (B, N, C); rotary positions only if both are given.
+
+        ``kv_mask`` (B, M) bool: True for real rows (False rows are padding, never attended to)."""
         if q_pos is None or kv_pos is None:
             q_pos = kv_pos = None
-        return self.attend(self.project_queries(q, q_pos, theta), kv, kv_pos, theta)
+        return self.attend(self.project_queries(q, q_pos, theta), kv, kv_pos, theta, kv_mask, layout)
 
     def project_queries(self, q: torch.Tensor, q_pos: torch.Tensor | None = None, theta: float = 100.0) -> torch.Tensor:
         """(B, N, C) -> per-head queries (B, H, N, D), rotated by ``q_pos`` when given.
@@ -123,7 +158,13 @@ class CrossAttention(nn.Module):
         return rotary_2d(qh, q_pos, theta) if q_pos is not None else qh
 
     def attend(
-        self, qh: torch.Tensor, kv: torch.Tensor, kv_pos: torch.Tensor | None = None, theta: float = 100.0
+        self,
+        qh: torch.Tensor,
+        kv: torch.Tensor,
+        kv_pos: torch.Tensor | None = None,
+        theta: float = 100.0,
+        kv_mask: torch.Tensor | None = None,
+        layout: str = "standard",
     ) -> torch.Tensor:
         """Per-head queries (B, H, N, D) from :meth:`project_queries` attend to kv (B, M, C) -> (B, N, C)."""
         b, h, n, d = qh.shape
@@ -131,7 +172,13 @@ class CrossAttention(nn.Module):
         k, v = self.kv(kv).view(b, m, 2, h, d).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, D)
         if kv_pos is not None:
             k = rotary_2d(k, kv_pos, theta)
-        out = F.scaled_dot_product_attention(qh, k, v)  # (B, H, N, D), scale D^-0.5
+        mask = kv_mask[:, None, None, :] if kv_mask is not None else None  # (B, 1, 1, M)
+        out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)  # (B, H, N, D), scale D^-0.5
+        if layout == "release":
+            # The port's merge: (B, H, N, D) reshaped as it is, heads and positions interleaved.
+            return self.proj(out.reshape(b, n, h * d))
+        if layout != "standard":
+            raise ValueError(f"attention layout must be one of {LAYOUTS}, got {layout!r}")
         return self.proj(out.transpose(1, 2).reshape(b, n, h * d))
 
 
@@ -143,7 +190,7 @@ class EncoderLayer(nn.Module):
         w = cfg.width
         self.cross_attn1 = CrossAttention(w, cfg.num_heads)
         self.cross_attn2 = CrossAttention(w, cfg.num_heads)
-        self.norm1, self.norm2, self.norm3, self.norm4 = (nn.RMSNorm(w, eps=cfg.eps) for _ in range(4))
+        self.norm1, self.norm2, self.norm3, self.norm4 = (QwenRMSNorm(w, eps=cfg.eps) for _ in range(4))
         self.mlp1 = SwiGLU(w, cfg.mlp_hidden)
         self.mlp2 = SwiGLU(w, cfg.mlp_hidden)
 
@@ -158,16 +205,16 @@ class ComparisonEncoder(nn.Module):
         # Layer 0, with the released checkpoint's flat names.
         self.encoder_cross_attn1 = CrossAttention(w, cfg.num_heads)
         self.encoder_cross_attn2 = CrossAttention(w, cfg.num_heads)
-        self.encoder_norm1 = nn.RMSNorm(w, eps=cfg.eps)
-        self.encoder_norm2 = nn.RMSNorm(w, eps=cfg.eps)
-        self.encoder_norm3 = nn.RMSNorm(w, eps=cfg.eps)
-        self.encoder_norm4 = nn.RMSNorm(w, eps=cfg.eps)
+        self.encoder_norm1 = QwenRMSNorm(w, eps=cfg.eps)
+        self.encoder_norm2 = QwenRMSNorm(w, eps=cfg.eps)
+        self.encoder_norm3 = QwenRMSNorm(w, eps=cfg.eps)
+        self.encoder_norm4 = QwenRMSNorm(w, eps=cfg.eps)
         self.encoder_mlp1 = SwiGLU(w, cfg.mlp_hidden)
         self.encoder_mlp2 = SwiGLU(w, cfg.mlp_hidden)
         self.extra_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.depth - 1))
         self.decoder_cross_attn = CrossAttention(w, cfg.num_heads)
-        self.decoder_norm1 = nn.RMSNorm(w, eps=cfg.eps)
-        self.decoder_norm2 = nn.RMSNorm(w, eps=cfg.eps)
+        self.decoder_norm1 = QwenRMSNorm(w, eps=cfg.eps)
+        self.decoder_norm2 = QwenRMSNorm(w, eps=cfg.eps)
         self.decoder_mlp = SwiGLU(w, cfg.mlp_hidden)
         self.query_embeddings = nn.Parameter(torch.randn(cfg.num_queries, w) * 0.02)
         self.compare_projector = nn.Linear(w, cfg.out_width, bias=True)
@@ -204,28 +251,38 @@ class ComparisonEncoder(nn.Module):
         cur_pos: torch.Tensor | None = None,
         prev_pos: torch.Tensor | None = None,
         prev_queries: torch.Tensor | None = None,
+        cur_mask: torch.Tensor | None = None,
+        prev_mask: torch.Tensor | None = None,
+        layout: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cur (B, N, C), prev (B, M, C) -> updated (cur, prev). Positions (N, 2), (M, 2) if rope_2d.
 
-        ``prev_queries``: :meth:`first_queries` of the same ``prev`` and positions, if cached."""
+        ``prev_queries``: :meth:`first_queries` of the same ``prev`` and positions, if cached.
+        ``cur_mask`` (B, N) / ``prev_mask`` (B, M): True for real rows, where images are padded.
+        ``layout``: the attention layout (default: the config's)."""
+        layout = layout or self.cfg.attention_layout
         cur_pos, prev_pos = self._positions(cur_pos, prev_pos)
         if prev_queries is None:
             prev_queries = self.first_queries(prev, prev_pos)
         t = self.cfg.rope_theta
         for i, (xa1, xa2, n1, n2, n3, n4, mlp1, mlp2) in enumerate(self._layers()):
             pq = prev_queries if i == 0 else xa1.project_queries(n1(prev), prev_pos, t)
-            prev = prev + xa1.attend(pq, n1(cur), cur_pos, t)  # previous attends to current
+            prev = prev + xa1.attend(pq, n1(cur), cur_pos, t, cur_mask, layout)  # previous attends to current
             prev = prev + mlp1(n2(prev))
             c, p = n3(cur), n3(prev)
-            cur = cur + xa2(c, p, cur_pos, prev_pos, t)  # current attends to the updated previous
+            cur = cur + xa2(c, p, cur_pos, prev_pos, t, prev_mask, layout)  # current attends to the updated previous
             cur = cur + self.cfg.mlp2_sign * mlp2(n4(cur))
         return cur, prev
 
-    def decode(self, cur: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, cur: torch.Tensor, cur_mask: torch.Tensor | None = None, layout: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cur (B, N, C) -> (comparison tokens (B, L, out_width), query states (B, L, C))."""
+        layout = layout or self.cfg.attention_layout
         b = cur.shape[0]
-        q = self.query_embeddings.unsqueeze(0).expand(b, -1, -1)  # (B, L, C)
-        q = q + self.decoder_cross_attn(self.decoder_norm1(q), self.decoder_norm1(cur))
+        q = self.query_embeddings.unsqueeze(0).expand(b, -1, -1).to(cur.dtype)  # (B, L, C)
+        q = q + self.decoder_cross_attn(self.decoder_norm1(q), self.decoder_norm1(cur), kv_mask=cur_mask,
+                                        layout=layout)
         q = q + self.decoder_mlp(self.decoder_norm2(q))
         return self.compare_projector(q), q
 
@@ -235,20 +292,45 @@ class ComparisonEncoder(nn.Module):
         prev: torch.Tensor,
         cur_pos: torch.Tensor | None = None,
         prev_pos: torch.Tensor | None = None,
+        layout: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Compare ``cur`` (B, N, C) with ``prev`` (B, M, C); return (tokens (B, L, out), cur (B, N, C))."""
-        cur, _ = self.encode(cur, prev, cur_pos, prev_pos)
-        tokens, _ = self.decode(cur)
+        cur, _ = self.encode(cur, prev, cur_pos, prev_pos, layout=layout)
+        tokens, _ = self.decode(cur, layout=layout)
         return tokens, cur
+
+    def forward_padded(
+        self, feats: list[torch.Tensor], prev_index: list[int] | None = None, layout: str | None = None
+    ) -> torch.Tensor:
+        """Every image of ``feats`` (n tensors (N_i, C)) at once, padded: -> tokens (n, L, out).
+
+        The released model's batching: each image padded with zero rows to the longest N (the
+        padding masked as keys, not as queries), image i compared with ``prev_index[i]``
+        (default: the roll over the list, image 0 with itself)."""
+        n = len(feats)
+        longest = max(f.shape[0] for f in feats)
+        padded = torch.stack([F.pad(f, (0, 0, 0, longest - f.shape[0])) for f in feats])  # (n, N, C)
+        mask = torch.zeros(n, longest, dtype=torch.bool, device=padded.device)
+        for i, f in enumerate(feats):
+            mask[i, : f.shape[0]] = True
+        prev_index = previous_images(n) if prev_index is None else prev_index
+        cur, _ = self.encode(padded, padded[prev_index], cur_mask=mask, prev_mask=mask[prev_index], layout=layout)
+        tokens, _ = self.decode(cur, mask, layout=layout)
+        return tokens
 
     def forward_sequence(self, feats: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the pairing rule to a sequence of images' features (n, N, C) -> tokens (n, L, out).
 
         Image 0 is compared with itself, image i with image i-1 (the references come first, the
         query last, so the query is compared with the reference just before it)."""
-        prev = torch.cat([feats[:1], feats[:-1]], dim=0)  # P_0 = I_0, P_i = I_{i-1}
+        prev = feats[previous_images(feats.shape[0])]  # P_0 = I_0, P_i = I_{i-1}
         tokens, _ = self.forward(feats, prev, pos, pos)
         return tokens
+
+
+def previous_images(n: int) -> list[int]:
+    """The pairing rule over a list of n images: image 0 with itself, image i with image i - 1."""
+    return [0] + list(range(n - 1))
 
 
 def grid_positions(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:

@@ -125,11 +125,15 @@ def test_positions_of_comparison_tokens():
     assert nxt == 17  # the image's grid is wider than the diagonal
     pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="shared")
     assert pos.tolist() == [[13] * 5] * 3 and nxt == 14
+    pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="start")
+    assert pos.tolist() == [[10] * 5] * 3 and nxt == 11  # the text after them overlaps the grid
+    pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="last", grid=(2, 3))
+    assert pos.tolist() == [[10] * 5, [11] * 5, [12] * 5] and nxt == 13
     pos, nxt = comparison_positions(start=10, extent=3, num=5, mode="sequential")
     assert pos.tolist() == [[13, 14, 15, 16, 17]] * 3 and nxt == 18
 
 
-@pytest.mark.parametrize("mode", ["diagonal", "shared", "sequential"])
+@pytest.mark.parametrize("mode", ["diagonal", "start", "last", "shared", "sequential"])
 def test_rope_index_places_tokens_after_each_image(tiny, images, mode):
     model, processor = tiny
     model.config.compare_position = mode
@@ -146,7 +150,7 @@ def test_rope_index_places_tokens_after_each_image(tiny, images, mode):
     base = pos[:, 0, first[:4]]
     assert base[0].tolist() == [start] * 4 and base[1].tolist() == [start, start, start + 1, start + 1]
     comp = pos[:, 0, first[4:]]
-    expected, nxt = comparison_positions(start, 2, 8, mode)
+    expected, nxt = comparison_positions(start, 2, 8, mode, (2, 2))
     assert comp.tolist() == expected.tolist()
     # The <|vision_end|> after the image takes the next free position.
     assert int(pos[0, 0, first[-1] + 1]) == nxt
@@ -209,3 +213,19 @@ def test_comparison_encoder_is_the_shared_class(tiny):
     enc = model.comparison_encoder
     assert type(enc) is ComparisonEncoder
     assert enc.cfg == ComparisonConfig(width=32, num_heads=2, mlp_hidden=64, num_queries=8, out_width=64)
+
+
+def test_encoder_rmsnorm_is_qwens_in_bf16():
+    """Float32 statistics, cast back, then the weight: bit for bit transformers' Qwen2 RMSNorm."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from adcopilot.model.compare import QwenRMSNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 7, 64) * 3).to(torch.bfloat16)
+    weight = torch.rand(64) * 2
+    ours, qwen, plain = QwenRMSNorm(64, eps=1e-6), Qwen2RMSNorm(64, eps=1e-6), torch.nn.RMSNorm(64, eps=1e-6)
+    for norm in (ours, qwen, plain):
+        norm.to(torch.bfloat16).weight.data.copy_(weight)
+    assert torch.equal(ours(x), qwen(x))
+    assert not torch.equal(plain(x), qwen(x))  # the order of cast and weight matters in bf16
