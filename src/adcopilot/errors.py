@@ -29,3 +29,15 @@ class AssetMissingError(AdcopilotError):
 
 class CheckpointError(AdcopilotError):
     """A checkpoint that cannot be loaded (missing file, wrong shapes, unknown keys)."""
+
+
+def require_finite(value: float, what: str) -> float:
+    """``value`` as a float, or an :class:`AdcopilotError` naming ``what`` when it is NaN or infinite
+    (Python's float parsing and JSON reader both accept ``nan`` and ``inf``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AdcopilotError(f"{what}: must be a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise AdcopilotError(f"{what}: must be a finite number, got {value}")
+    return number

@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
         # Check the arguments before loading the model.
+        run.check_settings(miss_cost=miss_cost, false_alarm_cost=false_alarm_cost, target_miss_rate=target_miss_rate,
+                           target_false_alarm_rate=target_false_alarm_rate, prevalence=prevalence)
         if target_miss_rate is not None and target_false_alarm_rate is not None:
             raise AdcopilotError("give --target-miss-rate or --target-false-alarm-rate, not both")
         for flag, value in (("--target-miss-rate", target_miss_rate), ("--target-false-alarm-rate", target_false_alarm_rate)):

@@ -28,10 +28,12 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from adcopilot.api import Copilot
-        from adcopilot.errors import AdcopilotError
+        from adcopilot.errors import AdcopilotError, require_finite
         from adcopilot.serve.app import create_app
         from adcopilot.serve.service import ServeConfig
 
+        if threshold is not None:
+            require_finite(threshold, "--threshold")
         if not 0 < port < 65536:
             raise AdcopilotError(f"--port {port}: not a TCP port (1-65535)")
         if max_upload_mb <= 0 or max_pixels <= 0 or max_references <= 0:
