@@ -154,6 +154,17 @@ class Copilot:
                 self._cache.popitem(last=False)
         return entry
 
+    def forget_references(self, references: Sequence[ImageInput]) -> int:
+        """Drop the cached encodings of these references (a set no longer used); the number dropped."""
+        size = self.detector.image_size
+        keys = {_cache_key(r, size) for r in references} - {None}
+        return sum(self._cache.pop(k, None) is not None for k in keys)
+
+    @property
+    def cached_references(self) -> int:
+        """How many reference encodings are cached."""
+        return len(self._cache)
+
     # ------------------------------------------------------------------ inspection
     def analyze(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
