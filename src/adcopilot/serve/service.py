@@ -24,6 +24,7 @@ import base64
 import hashlib
 import io
 import logging
+import os
 import threading
 import time
 import warnings
@@ -162,7 +163,7 @@ class InspectionService:
         status = "ok" if cp is not None else "failed" if self._load_error else "loading"
         return {"status": status, "live": True, "ready": cp is not None,
                 "model": cp.model_name if cp is not None else None, "error": self._load_error,
-                "uptime_s": round(time.time() - self.started, 1), "requests": self.requests,
+                "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1), "requests": self.requests,
                 "reference_sets": len(self._sets),
                 "cached_references": getattr(cp, "cached_references", 0) if cp is not None else 0}
 
