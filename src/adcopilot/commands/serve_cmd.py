@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import typer
@@ -27,6 +28,8 @@ def register(app: typer.Typer) -> None:
         max_history_turns: int = typer.Option(16, "--max-history-turns", help="Most earlier turns a question may carry."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest answer, in tokens."),
         workers: int = typer.Option(1, "--workers", help="Server processes, each with its own model."),
+        sets_dir: Path = typer.Option(None, "--reference-sets", help="Keep registered reference sets in this folder "
+                                      "(kept across restarts; default: in memory, or a temporary folder the workers share)."),
         threads: int = typer.Option(None, "--threads", help="Model compute threads per process (default: the cores "
                                     "but one, shared among the workers)."),
     ) -> None:
@@ -50,9 +53,15 @@ def register(app: typer.Typer) -> None:
                             ("--workers", workers)):
             if value < 1:
                 raise AdcopilotError(f"{flag} must be at least 1, got {value}")
+        if sets_dir is not None:
+            try:
+                sets_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise AdcopilotError(f"{sets_dir}: cannot create the reference-set folder ({exc})") from None
         cfg = ServeConfig(api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
                           max_pixels=max_pixels, max_references=max_references, request_timeout_s=request_timeout,
-                          max_history_turns=max_history_turns, max_new_tokens=max_new_tokens)
+                          max_history_turns=max_history_turns, max_new_tokens=max_new_tokens,
+                          sets_dir=None if sets_dir is None else str(sets_dir.absolute()))
         settings = ServeSettings(model=model, threshold=threshold, calibration=None if calibration is None else str(calibration),
                                  registration=not no_register, threads=threads, workers=workers, config=vars(cfg))
         settings.apply_threads()
@@ -67,5 +76,8 @@ def register(app: typer.Typer) -> None:
             uvicorn.run(create_app(cp, cfg), host=host, port=port, log_level="warning")
             return
         del cp  # each worker process loads its own
-        os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run(APP_FACTORY, factory=True, workers=workers, host=host, port=port, log_level="warning")
+        with tempfile.TemporaryDirectory(prefix="adcopilot-sets-") as shared:
+            # A set registered with one worker must be known to all: they share a folder.
+            settings.config["sets_dir"] = cfg.sets_dir or shared
+            os.environ[SETTINGS_ENV] = settings.to_json()
+            uvicorn.run(APP_FACTORY, factory=True, workers=workers, host=host, port=port, log_level="warning")

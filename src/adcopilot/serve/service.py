@@ -28,10 +28,10 @@ import os
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -42,6 +42,7 @@ from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
 from adcopilot.serve.history import parse_history
+from adcopilot.serve.reference_sets import FolderSets, MemorySets, ReferenceSets
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class ServeConfig:
     max_history_chars: int = 8000  # characters of content over all turns
     max_new_tokens: int = 64  # longest answer, in tokens
     request_timeout_s: float = 60.0  # longest a request may wait for and use the model (then 503)
+    sets_dir: str | None = None  # keep reference sets in this folder (shared by worker processes)
 
 
 def check_header(upload: Upload, max_pixels: int) -> None:
@@ -125,8 +127,9 @@ class InspectionService:
         self._copilot = copilot
         self._load_error: str | None = None
         self._model_lock = threading.Lock()
-        self._sets_lock = threading.Lock()
-        self._sets: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        limit = self.config.max_reference_sets
+        self._sets: ReferenceSets = (
+            FolderSets(Path(self.config.sets_dir), limit) if self.config.sets_dir else MemorySets(limit))
 
     # ------------------------------------------------------------------ the model
     def set_copilot(self, copilot: Copilot | None, error: str | None = None) -> None:
@@ -196,24 +199,16 @@ class InspectionService:
         rid = digest.hexdigest()[:16]
         entry = {"id": rid, "name": name or refs[0][0], "count": len(refs), "files": [n for n, _ in refs],
                  "data": [d for _, d in refs], "created": time.time()}
-        with self._sets_lock:
-            self._sets[rid] = entry
-            self._sets.move_to_end(rid)
-            dropped = []
-            while len(self._sets) > self.config.max_reference_sets:
-                dropped.append(self._sets.popitem(last=False)[1])
-        for old in dropped:
+        for old in self._sets.put(entry):
             self._free(old)
         return self._public(entry)
 
     def reference_sets(self) -> dict[str, Any]:
-        with self._sets_lock:
-            return {"reference_sets": [self._public(e) for e in self._sets.values()]}
+        return {"reference_sets": [self._public(e) for e in self._sets.values()]}
 
     def delete_references(self, rid: str) -> int:
-        """Forget a set and its cached reference encodings; the number of encodings freed."""
-        with self._sets_lock:
-            entry = self._sets.pop(rid, None)
+        """Forget a set and its cached reference encodings (in this process); the number freed."""
+        entry = self._sets.pop(rid)
         if entry is None:
             raise ServiceError(f"reference set '{rid}' not found", 404)
         return self._free(entry)
@@ -223,11 +218,14 @@ class InspectionService:
         cp = self._copilot
         if cp is None or not hasattr(cp, "forget_references"):
             return 0
-        with self._sets_lock:
-            kept = {hashlib.sha1(d).digest() for e in self._sets.values() for d in e["data"]}
+        kept = {hashlib.sha1(d).digest() for e in self._sets.values() for d in e["data"]}
         gone = [d for d in entry["data"] if hashlib.sha1(d).digest() not in kept]
-        with self._model(time.monotonic()):  # the cache belongs to the model thread
-            return cp.forget_references(gone)
+        try:
+            with self._model(time.monotonic()):  # the cache belongs to the model thread
+                return cp.forget_references(gone)
+        except ServiceError:  # the model stayed busy: its cache bound (least recently used out) still holds
+            log.warning("reference encodings not freed now: the model is busy")
+            return 0
 
     @staticmethod
     def _public(e: dict[str, Any]) -> dict[str, Any]:
@@ -246,12 +244,10 @@ class InspectionService:
         if reference_set:
             if uploads:
                 raise ServiceError("send either reference images or a reference_set id, not both")
-            with self._sets_lock:
-                e = self._sets.get(reference_set)
-                if e is None:
-                    raise ServiceError(f"reference set '{reference_set}' not found; register it with POST /v1/references", 404)
-                self._sets.move_to_end(reference_set)
-                return list(zip(e["files"], e["data"], strict=True))
+            e = self._sets.get(reference_set)
+            if e is None:
+                raise ServiceError(f"reference set '{reference_set}' not found; register it with POST /v1/references", 404)
+            return list(zip(e["files"], e["data"], strict=True))
         return self._check_refs(uploads)
 
     def _query(self, upload: Upload) -> Image.Image:

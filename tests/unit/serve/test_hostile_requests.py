@@ -156,3 +156,24 @@ def test_a_set_pushed_out_of_the_store_frees_its_features_too(make_client, image
     client.post("/v1/references", files=[("references", ("b.png", second, "image/png"))])
     h = client.get("/v1/health").json()
     assert h["reference_sets"] == 1 and h["cached_references"] == before - 1
+
+
+def test_workers_sharing_a_folder_share_their_reference_sets(tiny_copilot, images, tmp_path):
+    # Two apps over one folder, as the worker processes of `serve --workers 2` are.
+    a, b = (TestClient(create_app(tiny_copilot, ServeConfig(sets_dir=str(tmp_path), max_reference_sets=2)))
+            for _ in range(2))
+    rid = a.post("/v1/references", files=[("references", ("r.png", images["ref"], "image/png"))],
+                 data={"name": "line 3"}).json()["id"]
+    assert [s["name"] for s in b.get("/v1/references").json()["reference_sets"]] == ["line 3"]
+    r = b.post("/v1/inspect", files=[("query", ("q.png", images["bad"], "image/png"))], data={"reference_set": rid})
+    assert r.status_code == 200 and r.json()["verdict"] == "anomalous", r.text
+    assert b.delete(f"/v1/references/{rid}").status_code == 200
+    r = a.post("/v1/inspect", files=[("query", ("q.png", images["bad"], "image/png"))], data={"reference_set": rid})
+    assert r.status_code == 404
+    # The limit holds over the folder: the least recently used set goes first.
+    ids = [a.post("/v1/references", files=[("references", (f"{k}.png", _distinct_ref(images, k), "image/png"))]).json()["id"]
+           for k in (21, 22)]
+    b.post("/v1/inspect", files=[("query", ("q.png", images["good"], "image/png"))], data={"reference_set": ids[0]})
+    b.post("/v1/references", files=[("references", ("23.png", _distinct_ref(images, 23), "image/png"))])
+    left = {s["id"] for s in a.get("/v1/references").json()["reference_sets"]}
+    assert len(left) == 2 and ids[0] in left and ids[1] not in left

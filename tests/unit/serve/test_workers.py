@@ -50,12 +50,17 @@ def test_two_worker_processes_each_load_a_model_and_answer(tmp_path, images):
         for _ in range(4):
             r = httpx.post(f"{url}/v1/inspect", files=files, timeout=60)
             assert r.status_code == 200 and r.json()["model"] == "baseline", r.text
+        # A set registered with one worker is known to every worker (new connections reach both).
+        rid = httpx.post(f"{url}/v1/references", files=[files[1]], timeout=60).json()["id"]
+        for _ in range(6):
+            r = httpx.post(f"{url}/v1/inspect", files=[files[0]], data={"reference_set": rid}, timeout=60)
+            assert r.status_code == 200, r.text
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # a clean stop of the supervisor and both workers
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0
 
