@@ -49,7 +49,9 @@ def test_names_that_are_not_utf8_go_through_batch_and_report(tiny_copilot, tmp_p
     rows = list(csv.DictReader((out / "results.csv").open(encoding="utf-8")))
     assert sorted(r["file"] for r in rows) == ["defect/pi\\xe8ce-\\xff.png", "good/pi\\xe8ce-\\xff.png"]
     assert {r["verdict"] for r in rows} == {"normal", "anomalous"}
-    assert "pi\\xe8ce-\\xff.png" in (out / "report.html").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "pi\\xe8ce-\\xff.png" in page
+    assert 'href="annotated/good/pi%E8ce-%FF.png.jpg"' in page  # the link reaches the file by its bytes
     assert "broken-\\xff.png" in (out / "skipped.csv").read_text(encoding="utf-8")
     # The records keep the exact names: the annotated image exists under its real (bytes) name.
     recs = read_records(out / "results.jsonl")
@@ -152,3 +154,31 @@ def test_a_calibration_file_with_a_non_finite_threshold_is_refused(tmp_path, tex
     with pytest.raises(AdcopilotError, match=r"calibration.json: 'threshold': must be a finite number, got (nan|inf|-inf)$"):
         read_calibration(p)
     json.loads(p.read_text())  # Python's JSON reads these: the check is ours
+
+
+def test_calibrating_other_images_in_the_same_work_folder_is_refused_until_restart(tiny_copilot, tmp_path):
+    from adcopilot.line import calibration_run as run
+
+    base = texture(0)
+    for d in ("a", "b"):
+        _save(tmp_path / d / "good" / "1.png", base)
+        _save(tmp_path / d / "bad" / "1.png", with_defect(base))
+    _save(tmp_path / "refs" / "r.png", base)
+    work = tmp_path / "work"
+    first = run.score_items(tiny_copilot, run.labelled_items([tmp_path / "a/good"], [tmp_path / "a/bad"]),
+                            [tmp_path / "refs"], work, progress=False)
+    assert len(first) == 2
+    other = run.labelled_items([tmp_path / "b/good"], [tmp_path / "b/bad"])
+    with pytest.raises(AdcopilotError, match=r"work: holds results of a different run \(lot: "):
+        run.score_items(tiny_copilot, other, [tmp_path / "refs"], work, progress=False)
+    again = run.score_items(tiny_copilot, other, [tmp_path / "refs"], work, progress=False, restart=True)
+    assert {r["path"] for r in again} == {str((tmp_path / f"b/{k}/1.png").absolute()) for k in ("good", "bad")}
+
+
+def test_calibrate_refuses_non_finite_settings_before_any_work(tmp_path):
+    from adcopilot.line import calibration_run as run
+
+    for kwargs, flag in (({"miss_cost": float("nan")}, "--miss-cost"), ({"prevalence": float("inf")}, "--prevalence"),
+                         ({"target_miss_rate": float("-inf")}, "--target-miss-rate")):
+        with pytest.raises(AdcopilotError, match=rf"^{flag}: must be a finite number"):
+            run.choose_from_records([{"truth": "normal", "score": 0.1}, {"truth": "defective", "score": 0.9}], **kwargs)
