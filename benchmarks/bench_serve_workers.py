@@ -4,7 +4,9 @@ For each worker count a real ``adcopilot serve`` is started on 127.0.0.1 (the de
 ``--model``), waited for until every worker has loaded its model, warmed up, then measured:
 
 * one client, one request at a time: the single-request latency (p50);
-* ``--clients`` concurrent clients, ``--requests`` requests: requests/s, p50 and p99 latency.
+* ``--clients`` concurrent clients, ``--requests`` requests: requests/s, p50 and p99 latency, and
+  the CPU time the server's processes (supervisor and workers) spent per request: on a shared
+  machine, where wall-clock scaling is drowned by other jobs, what the work costs on dedicated cores.
 
 Each request uploads an ELPV cell (256 px) and one normal reference (cached by content in each
 worker after its first use). Only loopback is used; the run is bounded by ``--requests``.
@@ -31,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 from bench_line import make_lot
 
 START_LIMIT_S = 300
@@ -60,6 +63,20 @@ def start(model: str, workers: int, port: int) -> subprocess.Popen:
             pass
         time.sleep(0.1)
     return proc
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of the server process and its workers (user + system)."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -117,7 +134,9 @@ def main() -> None:
         try:
             load(url, data, ref, 4 * args.clients, args.clients)  # warm-up: every worker caches the reference
             single = load(url, data, ref, 20, 1)
+            c0 = server_cpu_seconds(proc.pid)
             many = load(url, data, ref, args.requests, args.clients)
+            many["server_cpu_ms_per_request"] = round(1e3 * (server_cpu_seconds(proc.pid) - c0) / args.requests, 1)
         finally:
             stop(proc)
         run = {"workers": w, "single_p50_ms": single["p50_ms"], **many,

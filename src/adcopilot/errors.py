@@ -8,6 +8,8 @@ shows a traceback for these.
 
 from __future__ import annotations
 
+import math
+
 
 class AdcopilotError(Exception):
     """An error caused by the user's input or environment, with a one-line message."""
@@ -38,6 +40,6 @@ def require_finite(value: float, what: str) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise AdcopilotError(f"{what}: must be a number, got {value!r}") from None
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise AdcopilotError(f"{what}: must be a finite number, got {value}")
     return number
