@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adcopilot.errors import AdcopilotError
+from adcopilot.errors import AdcopilotError, require_finite
 from adcopilot.geometry import region_name
 from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.model.boxes import BoxRules, boxes_from_map
@@ -51,7 +51,7 @@ def _cache_key(src: ImageInput, size: int) -> str | None:
             st = p.stat()
         except OSError:
             return None
-        h.update(f"{p.resolve()}|{st.st_mtime_ns}|{st.st_size}".encode())
+        h.update(os.fsencode(p.resolve()) + f"|{st.st_mtime_ns}|{st.st_size}".encode())  # bytes: any file name
     elif isinstance(src, (bytes, bytearray)):
         h.update(bytes(src))
     elif isinstance(src, np.ndarray):
@@ -119,6 +119,8 @@ class Copilot:
         from adcopilot.line.calibration_file import resolve_calibration
         from adcopilot.model.registry import load_detector
 
+        if threshold is not None:
+            require_finite(threshold, "threshold")
         detector, meta = load_detector(model)
         name = meta.get("name", detector.name)
         if "full" in meta:  # the full-scale model answers in text: boxes, verdict, answers
@@ -151,6 +153,17 @@ class Copilot:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return entry
+
+    def forget_references(self, references: Sequence[ImageInput]) -> int:
+        """Drop the cached encodings of these references (a set no longer used); the number dropped."""
+        size = self.detector.image_size
+        keys = {_cache_key(r, size) for r in references} - {None}
+        return sum(self._cache.pop(k, None) is not None for k in keys)
+
+    @property
+    def cached_references(self) -> int:
+        """How many reference encodings are cached."""
+        return len(self._cache)
 
     # ------------------------------------------------------------------ inspection
     def analyze(
@@ -192,7 +205,7 @@ class Copilot:
         threshold: float | None = None,
     ) -> InspectionResult:
         """Compare ``query`` with normal ``references``; verdict, score, boxes, description."""
-        thr = float(threshold if threshold is not None else self.threshold)
+        thr = require_finite(threshold if threshold is not None else self.threshold, "threshold")
         t0 = time.perf_counter()
         a = self.analyze(query, references)
         amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score

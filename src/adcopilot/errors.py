@@ -8,6 +8,8 @@ shows a traceback for these.
 
 from __future__ import annotations
 
+import math
+
 
 class AdcopilotError(Exception):
     """An error caused by the user's input or environment, with a one-line message."""
@@ -29,3 +31,15 @@ class AssetMissingError(AdcopilotError):
 
 class CheckpointError(AdcopilotError):
     """A checkpoint that cannot be loaded (missing file, wrong shapes, unknown keys)."""
+
+
+def require_finite(value: float, what: str) -> float:
+    """``value`` as a float, or an :class:`AdcopilotError` naming ``what`` when it is NaN or infinite
+    (Python's float parsing and JSON reader both accept ``nan`` and ``inf``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AdcopilotError(f"{what}: must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise AdcopilotError(f"{what}: must be a finite number, got {value}")
+    return number

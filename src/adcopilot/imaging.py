@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from adcopilot.errors import ImageError
+from adcopilot.paths import missing_reason
 
 #: Default cap on the pixel count of an input image (about 80 megapixels).
 MAX_PIXELS = 80_000_000
@@ -81,7 +82,7 @@ def load_image(
     else:
         path = Path(source)
         if not path.exists():
-            raise ImageError(f"{label}: no such file")
+            raise ImageError(f"{label}: {missing_reason(path)}")
         if path.is_dir():
             raise ImageError(f"{label}: is a directory, not an image file")
         if path.stat().st_size == 0:

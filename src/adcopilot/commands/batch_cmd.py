@@ -29,10 +29,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Inspect every query against its nearest normal reference(s); CSV, JSONL, images, HTML report."""
         from adcopilot.api import Copilot
+        from adcopilot.errors import require_finite
         from adcopilot.line.batch import BatchConfig, run_batch
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
         from adcopilot.line.sources import collect, parse_shard
 
+        if threshold is not None:
+            require_finite(threshold, "--threshold")
         set_compute_threads(threads, reserve=max(1, workers))
         cfg = BatchConfig(
             shots=shots, shard=parse_shard(shard), workers=workers, save_images=not no_images,

@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("calibration-run"), "--out", "-o", help="Work folder: scores, roc.png, cost.png."),
         save_to: Path = typer.Option(None, "--save", help="Write calibration.json here instead of the model's place."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not store the threshold."),
+        restart: bool = typer.Option(False, "--restart", help="Discard the scores --out holds (of other images or settings)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
     ) -> None:
@@ -45,6 +46,8 @@ def register(app: typer.Typer) -> None:
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
         # Check the arguments before loading the model.
+        run.check_settings(miss_cost=miss_cost, false_alarm_cost=false_alarm_cost, target_miss_rate=target_miss_rate,
+                           target_false_alarm_rate=target_false_alarm_rate, prevalence=prevalence)
         if target_miss_rate is not None and target_false_alarm_rate is not None:
             raise AdcopilotError("give --target-miss-rate or --target-false-alarm-rate, not both")
         for flag, value in (("--target-miss-rate", target_miss_rate), ("--target-false-alarm-rate", target_false_alarm_rate)):
@@ -71,7 +74,8 @@ def register(app: typer.Typer) -> None:
             if models and models != {cp.model_name}:
                 raise AdcopilotError(f"{results}: scored by model {sorted(models)}, not by '{cp.model_name}' (--model)")
         else:
-            records = run.score_items(cp, run.labelled_items(normals, defects), refs, out, shots=shots, progress=not quiet)
+            records = run.score_items(cp, run.labelled_items(normals, defects), refs, out, shots=shots, progress=not quiet,
+                                      restart=restart)
             source = f"normals {', '.join(map(str, normals))}"
             if defects:
                 source += f"; defects {', '.join(map(str, defects))}"

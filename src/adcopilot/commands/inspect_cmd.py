@@ -23,8 +23,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare QUERY with normal reference images and report defects."""
         from adcopilot.api import Copilot
+        from adcopilot.errors import require_finite
         from adcopilot.visualize import save_annotated
 
+        if threshold is not None:
+            require_finite(threshold, "--threshold")
         cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
         if ask:
             cp.preload_language()  # loads while the pair is inspected

@@ -1,8 +1,9 @@
-"""``adcopilot serve [--host --port]``: the REST service and web page (FastAPI + uvicorn)."""
+"""``adcopilot serve [--host --port --workers N]``: the REST service and web page (FastAPI + uvicorn)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import typer
@@ -22,31 +23,61 @@ def register(app: typer.Typer) -> None:
         max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="Largest request body, MB."),
         max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image, in pixels."),
         max_references: int = typer.Option(16, "--max-references", help="Most references per request or set."),
-        threads: int = typer.Option(None, "--threads", help="Model compute threads (default: all cores but one)."),
+        request_timeout: float = typer.Option(
+            60.0, "--request-timeout", help="Longest a request may wait for and use the model, seconds (then 503)."),
+        max_history_turns: int = typer.Option(16, "--max-history-turns", help="Most earlier turns a question may carry."),
+        max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest answer, in tokens."),
+        workers: int = typer.Option(1, "--workers", help="Server processes, each with its own model."),
+        sets_dir: Path = typer.Option(None, "--reference-sets", help="Keep registered reference sets in this folder "
+                                      "(kept across restarts; default: in memory, or a temporary folder the workers share)."),
+        threads: int = typer.Option(None, "--threads", help="Model compute threads per process (default: the cores "
+                                    "but one, shared among the workers)."),
     ) -> None:
         """Serve the model over HTTP: /v1/inspect, /v1/ask, /v1/references, /v1/health, /v1/models, and a web page at /."""
         import uvicorn
 
-        from adcopilot.api import Copilot
-        from adcopilot.errors import AdcopilotError
+        from adcopilot.errors import AdcopilotError, require_finite
         from adcopilot.serve.app import create_app
+        from adcopilot.serve.factory import APP_FACTORY, SETTINGS_ENV, ServeSettings
         from adcopilot.serve.service import ServeConfig
 
+        if threshold is not None:
+            require_finite(threshold, "--threshold")
         if not 0 < port < 65536:
             raise AdcopilotError(f"--port {port}: not a TCP port (1-65535)")
         if max_upload_mb <= 0 or max_pixels <= 0 or max_references <= 0:
             raise AdcopilotError("--max-upload-mb, --max-pixels and --max-references must be positive")
-        from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
-
-        set_compute_threads(threads, reserve=1)  # one core for the server's own work
-        cp = prepare_for_inference(
-            Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
-        )
+        if not require_finite(request_timeout, "--request-timeout") > 0:
+            raise AdcopilotError(f"--request-timeout must be positive, got {request_timeout}")
+        for flag, value in (("--max-history-turns", max_history_turns), ("--max-new-tokens", max_new_tokens),
+                            ("--workers", workers)):
+            if value < 1:
+                raise AdcopilotError(f"{flag} must be at least 1, got {value}")
+        if sets_dir is not None:
+            try:
+                sets_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise AdcopilotError(f"{sets_dir}: cannot create the reference-set folder ({exc})") from None
         cfg = ServeConfig(api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
-                          max_pixels=max_pixels, max_references=max_references)
-        typer.echo(f"adcopilot serving model {cp.model_name} (threshold {cp.threshold:.4f}) on http://{host}:{port}/"
-                   + ("  [API key required]" if cfg.api_key else ""))
+                          max_pixels=max_pixels, max_references=max_references, request_timeout_s=request_timeout,
+                          max_history_turns=max_history_turns, max_new_tokens=max_new_tokens,
+                          sets_dir=None if sets_dir is None else str(sets_dir.absolute()))
+        settings = ServeSettings(model=model, threshold=threshold, calibration=None if calibration is None else str(calibration),
+                                 registration=not no_register, threads=threads, workers=workers, config=vars(cfg))
+        settings.apply_threads()
+        cp = settings.load()  # here too with several workers: a bad model or calibration fails now, in one line
+        where = f"http://{host}:{port}/" + ("  [API key required]" if cfg.api_key else "")
+        typer.echo(f"adcopilot serving model {cp.model_name} (threshold {cp.threshold:.4f}) on {where}"
+                   + (f"  [{workers} worker processes; /v1/ready answers 200 once each has loaded]" if workers > 1 else ""))
         if host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
             typer.echo("warning: listening beyond this machine without an API key", err=True)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        uvicorn.run(create_app(cp, cfg), host=host, port=port, log_level="warning")
+        if workers == 1:
+            uvicorn.run(create_app(cp, cfg), host=host, port=port, log_level="warning")
+            return
+        del cp  # each worker process loads its own
+        with tempfile.TemporaryDirectory(prefix="adcopilot-sets-") as shared:
+            # A set registered with one worker must be known to all: they share a folder.
+            settings.config["sets_dir"] = cfg.sets_dir or shared
+            os.environ[SETTINGS_ENV] = settings.to_json()
+            uvicorn.run(APP_FACTORY, factory=True, workers=workers, host=host, port=port, log_level="warning")

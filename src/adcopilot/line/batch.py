@@ -46,6 +46,7 @@ from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, reference_paths, tower_for
 from adcopilot.line.sources import LotItem, shard
 from adcopilot.model.vision import EfficientNetLite0
+from adcopilot.paths import name_bytes, readable
 from adcopilot.results import InspectionResult
 from adcopilot.visualize import annotate
 
@@ -126,9 +127,21 @@ def _asset_name(key: str) -> str:
     return safe + ".jpg"
 
 
-def _manifest(copilot: Copilot, bank: ReferenceBank, cfg: BatchConfig) -> dict[str, Any]:
-    refs = hashlib.sha1("\n".join(str(p) for p in bank.paths).encode()).hexdigest()[:16]
+def _digest(names: Sequence[str | os.PathLike[str]]) -> str:
+    # The names' exact bytes: a file name need not be valid UTF-8.
+    return hashlib.sha1(b"\n".join(name_bytes(n) for n in names)).hexdigest()[:16]
+
+
+def lot_id(queries: Sequence[LotItem]) -> str:
+    """The lot as a short text: its size and a digest of every key and file (all shards alike)."""
+    keyed = sorted((it.key, os.fspath(it.path)) for it in queries)
+    return f"{len(keyed)} files, {_digest([x for pair in keyed for x in pair])}"
+
+
+def _manifest(copilot: Copilot, bank: ReferenceBank, cfg: BatchConfig, queries: Sequence[LotItem]) -> dict[str, Any]:
+    refs = _digest(bank.paths)
     return {
+        "lot": lot_id(queries),
         "model": copilot.model_name,
         "image_size": copilot.detector.image_size,
         "threshold": round(copilot.threshold, 6),
@@ -145,7 +158,8 @@ def _check_manifest(out: Path, new: dict[str, Any], cfg: BatchConfig) -> None:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
-        keys = [k for k in new if k != "threshold" or cfg.match_threshold]
+        # Folders written before the lot was recorded have no "lot": their records are taken as they are.
+        keys = [k for k in new if (k != "threshold" or cfg.match_threshold) and (k != "lot" or "lot" in old)]
         diff = [k for k in keys if old.get(k) != new[k]]
         if old and diff:
             raise AdcopilotError(
@@ -212,7 +226,7 @@ def run_batch(
         choice = len(reference_paths(references)) > cfg.shots
         bank = ReferenceBank.from_paths(references, tower, need_features=choice)
     need_select = len(bank) > cfg.shots and bank.features.shape[1] > 0
-    _check_manifest(out, _manifest(copilot, bank, cfg), cfg)
+    _check_manifest(out, _manifest(copilot, bank, cfg, queries), cfg)
     if cfg.restart:
         for p in (results_path, skipped_path):
             p.unlink(missing_ok=True)
@@ -243,7 +257,7 @@ def run_batch(
         skip_writer = csv.writer(fskip)
         skip_writer.writerow(["file", "reason"])
         for f, reason in summary.skipped:
-            skip_writer.writerow([f, reason])
+            skip_writer.writerow([readable(f), readable(reason)])
         chunks = list(_chunks(todo, max(1, cfg.chunk)))
         pending: deque[list[Future[_Loaded]]] = deque()
         writes: list[Future[None]] = []
@@ -280,7 +294,7 @@ def run_batch(
             for x in loaded:
                 if x.error is not None:
                     summary.skipped.append((x.item.key, x.error))
-                    skip_writer.writerow([x.item.key, x.error])
+                    skip_writer.writerow([readable(x.item.key), readable(x.error)])
                     log.warning("skipped %s", x.error)
             fskip.flush()
             bar.update(len(loaded))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adcopilot import assets
-from adcopilot.errors import AdcopilotError
+from adcopilot.errors import AdcopilotError, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
         raise AdcopilotError(f"{p}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("threshold"), (int, float)):
         raise AdcopilotError(f"{p}: not a calibration file (no numeric 'threshold')")
+    require_finite(data["threshold"], f"{p}: 'threshold'")
     data["path"] = str(p)
     return data
 

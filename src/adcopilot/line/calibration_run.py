@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from adcopilot.api import Copilot
-from adcopilot.errors import AdcopilotError
+from adcopilot.errors import AdcopilotError, require_finite
 from adcopilot.line.batch import BatchConfig, run_batch
 from adcopilot.line.calibrate import ThresholdChoice, choose_threshold
 from adcopilot.line.calibration_file import default_calibration_path, write_calibration
@@ -55,8 +55,23 @@ def score_items(
     return [r for r in records if r["file"] in keys]
 
 
+#: The settings of a calibration and the flags that give them.
+SETTING_FLAGS = {
+    "miss_cost": "--miss-cost", "false_alarm_cost": "--false-alarm-cost", "target_miss_rate": "--target-miss-rate",
+    "target_false_alarm_rate": "--target-false-alarm-rate", "prevalence": "--prevalence",
+}
+
+
+def check_settings(**settings: float | None) -> None:
+    """Refuse a NaN or infinite cost, rate or prevalence in one line naming its flag."""
+    for name, value in settings.items():
+        if value is not None:
+            require_finite(value, SETTING_FLAGS.get(name, name))
+
+
 def choose_from_records(records: Sequence[dict[str, Any]], **kwargs: Any) -> ThresholdChoice:
     """Threshold from records that carry a truth (folder names, CSV labels or --normals/--defects)."""
+    check_settings(**{k: v for k, v in kwargs.items() if k in SETTING_FLAGS})
     known = [r for r in records if r.get("truth") in ("normal", "defective")]
     if not known:
         raise AdcopilotError("no labelled results to calibrate on (need truth from folder names or labels)")

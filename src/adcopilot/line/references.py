@@ -31,6 +31,7 @@ from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.sources import is_image, list_images
 from adcopilot.model.detector import Detector, to_batch
 from adcopilot.model.vision import EfficientNetLite0, load_vision_tower
+from adcopilot.paths import missing_reason
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def reference_paths(sources: Sequence[str | os.PathLike]) -> list[Path]:
             out.extend(found)
         elif p.exists():
             out.append(p)
-        elif is_image(p):
-            raise AdcopilotError(f"{p}: no such file")
+        elif is_image(p) or os.path.islink(p):
+            raise AdcopilotError(f"{p}: {missing_reason(p)}")
         else:
             raise AdcopilotError(f"{p}: no such reference folder or image")
     return list(dict.fromkeys(q.absolute() for q in out))

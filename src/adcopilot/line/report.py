@@ -24,10 +24,12 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from PIL import Image
 
 from adcopilot.line.batch import MANIFEST, read_records
+from adcopilot.paths import name_bytes, readable
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,11 @@ def load_results(out_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list
             if "file" in r:
                 by_file[r["file"]] = r
     skipped: dict[str, str] = {}
+    written = {readable(k) for k in by_file}  # skipped.csv holds readable names
     for p in sorted(out.glob("skipped*.csv")):
         with p.open(newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                if row.get("file") and row["file"] not in by_file:
+                if row.get("file") and row["file"] not in written:
                     skipped[row["file"]] = row.get("reason", "")
     return [by_file[k] for k in sorted(by_file)], sorted(skipped.items())
 
@@ -101,10 +104,10 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> Path:
         w.writerow(CSV_COLUMNS)
         for r in records:
             w.writerow([
-                r["file"], r.get("path", ""), r.get("truth") or "", r["verdict"], r.get("outcome") or "",
+                readable(r["file"]), readable(r.get("path", "")), r.get("truth") or "", r["verdict"], r.get("outcome") or "",
                 r["score"], r["threshold"], len(r.get("boxes", [])), json.dumps([b["bbox_2d"] for b in r.get("boxes", [])]),
-                ";".join(r.get("references", [])), ";".join(str(v) for v in r.get("similarity", [])),
-                r.get("annotated") or "", r.get("time_ms", ""),
+                ";".join(readable(p) for p in r.get("references", [])), ";".join(str(v) for v in r.get("similarity", [])),
+                readable(r.get("annotated") or ""), r.get("time_ms", ""),
             ])
     os.replace(tmp, path)
     return path
@@ -200,14 +203,15 @@ def write_html(
         uri = _thumb_uri(out, r)
         img = f'<img loading="lazy" alt="" src="{uri}">' if uri else ""
         if r.get("annotated"):
-            img = f'<a href="{e(r["annotated"])}">{img}</a>'
+            img = f'<a href="{e(quote(name_bytes(r["annotated"])))}">{img}</a>'
         margin = r["score"] - r["threshold"]
         boxes = " ".join(str(b["bbox_2d"]) for b in r.get("boxes", [])[:3])
-        refs = ", ".join(Path(p).name for p in r.get("references", []))
+        refs = ", ".join(readable(Path(p).name) for p in r.get("references", []))
+        name = readable(r["file"])
         oc = r.get("outcome") or ""
         rows.append(
-            f'<tr class="{oc}" data-o="{oc}" data-verdict="{r["verdict"]}" data-f="{e(r["file"].lower())}">'
-            f'<td data-v="{rank}">{rank}</td><td>{img}</td><td>{e(r["file"])}</td><td>{e(r.get("truth") or "")}</td>'
+            f'<tr class="{oc}" data-o="{oc}" data-verdict="{r["verdict"]}" data-f="{e(name.lower())}">'
+            f'<td data-v="{rank}">{rank}</td><td>{img}</td><td>{e(name)}</td><td>{e(r.get("truth") or "")}</td>'
             f'<td class="{r["verdict"]}">{r["verdict"]}</td><td>{oc}</td>'
             f'<td data-v="{r["score"]}">{r["score"]:.4f}</td><td data-v="{margin}">{margin:+.4f}</td>'
             f'<td data-v="{len(r.get("boxes", []))}">{len(r.get("boxes", []))} <small>{e(boxes)}</small></td>'

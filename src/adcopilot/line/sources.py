@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from adcopilot.errors import AdcopilotError
+from adcopilot.paths import missing_reason, name_bytes, readable
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL_NAMES = {"good", "ok", "normal", "pass", "passed", "nominal", "negative", "clean"}
@@ -57,7 +61,14 @@ def is_image(path: Path) -> bool:
 def list_images(root: Path) -> list[Path]:
     """Image files under ``root`` (recursive, hidden folders skipped), sorted by relative path."""
     out = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of the folders walked: a linked folder once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink back to a folder already walked (a loop), or a 2nd link
+            log.warning("%s: symlink loop or second link to a folder already searched, not followed", readable(dirpath))
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image(Path(f)))
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
@@ -123,28 +134,68 @@ def _from_csv(path: Path) -> list[LotItem]:
     return items
 
 
+def distinct_tails(paths: Sequence[Path], start: int = 1) -> list[str]:
+    """For each path the shortest run of its last parts (at least ``start``) that no other path
+    shares: ``[a/good, b/good]`` -> ``["a/good", "b/good"]``; equal paths get equal tails."""
+    parts = [p.parts for p in paths]
+    tails: list[str | None] = [None] * len(paths)
+    for n in range(start, max((len(x) for x in parts), default=start) + 1):
+        cand = ["/".join(x[-n:]) for x in parts]
+        owners: dict[str, set[tuple[str, ...]]] = {}
+        for c, x in zip(cand, parts, strict=True):
+            owners.setdefault(c, set()).add(x)
+        for i, c in enumerate(cand):
+            if tails[i] is None and len(owners[c]) == 1:
+                tails[i] = c
+    return [t if t is not None else "/".join(x) for t, x in zip(tails, parts, strict=True)]
+
+
+def _unique_keys(items: list[LotItem]) -> list[LotItem]:
+    """One item per file; files that share a key get keys long enough to tell them apart (their
+    parent folders), so no query is dropped. The same file named twice is one query."""
+    by_key: dict[str, list[LotItem]] = {}
+    for it in items:
+        group = by_key.setdefault(it.key, [])
+        if all(other.path != it.path for other in group):
+            group.append(it)
+    out: list[LotItem] = []
+    for key, group in by_key.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        tails = distinct_tails([it.path for it in group], start=len(key.split("/")) + 1)
+        out.extend(LotItem(it.path, t, it.truth) for it, t in zip(group, tails, strict=True))
+    if len({it.key for it in out}) < len(out):  # a longer key met another file's key: use whole paths
+        out = [LotItem(it.path, it.path.as_posix().lstrip("/"), it.truth) for it in out]
+    return out
+
+
 def collect(sources: Sequence[str | os.PathLike]) -> list[LotItem]:
-    """Queries from folders, single images and CSV lists; keys unique, order deterministic."""
+    """Queries from folders, single images and CSV lists; keys unique, order deterministic.
+
+    With several folders each one's keys start with the shortest end of its path that tells it
+    from the others (``lineA/good/001.png``, ``lineB/good/001.png``)."""
     if not sources:
         raise AdcopilotError("no queries given: pass folders, images or a CSV list")
+    paths = [Path(src) for src in sources]
+    folders = [p for p in paths if p.is_dir()]
+    labels = dict(zip(folders, distinct_tails([p.resolve() for p in folders]), strict=True))
     several = len(sources) > 1
     items: list[LotItem] = []
-    for src in sources:
-        p = Path(src)
+    for p in paths:
         if p.is_dir():
-            items.extend(_from_folder(p, f"{p.resolve().name}/" if several else ""))
+            items.extend(_from_folder(p, f"{labels[p]}/" if several else ""))
         elif p.suffix.lower() == ".csv":
             if not p.exists():
-                raise AdcopilotError(f"{p}: no such CSV list")
+                raise AdcopilotError(f"{p}: {missing_reason(p).replace('no such file', 'no such CSV list')}")
             items.extend(_from_csv(p))
         elif p.exists() or is_image(p):
             items.append(LotItem(p.absolute(), p.name))  # a missing image is reported by the batch
+        elif os.path.islink(p):
+            raise AdcopilotError(f"{p}: {missing_reason(p)}")
         else:
             raise AdcopilotError(f"{p}: no such folder, image or CSV list")
-    seen: dict[str, LotItem] = {}
-    for it in items:
-        seen.setdefault(it.key, it)
-    return list(seen.values())
+    return _unique_keys(items)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -163,7 +214,7 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 
 def shard_of(key: str, count: int) -> int:
     """1-based shard of a key: a stable hash, the same on every machine and Python version."""
-    return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:12], 16) % count + 1
+    return int(hashlib.sha1(name_bytes(key)).hexdigest()[:12], 16) % count + 1
 
 
 def shard(items: Sequence[LotItem], index: int, count: int) -> list[LotItem]:

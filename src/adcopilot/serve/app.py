@@ -3,7 +3,8 @@
 Endpoints (OpenAPI schema at ``/openapi.json``)::
 
     GET  /                       the web page (upload or drop a pair, verdict, heat-map, boxes, chat)
-    GET  /v1/health              liveness and the loaded model
+    GET  /v1/health              liveness, readiness (model loaded or not) and the loaded model
+    GET  /v1/ready               200 once the model is loaded, 503 before (for load balancers)
     GET  /v1/models              the model, its threshold and calibration
     POST /v1/inspect             multipart: query + reference(s) or reference_set [+ threshold, heatmap]
     POST /v1/ask                 multipart: query + reference(s) or reference_set + question [+ history]
@@ -11,27 +12,35 @@ Endpoints (OpenAPI schema at ``/openapi.json``)::
     GET  /v1/references          registered sets;   DELETE /v1/references/{id}
 
 Errors are JSON ``{"detail": "<one line>"}``: 401 (API key), 404 (unknown reference set), 413 (body
-or image too large), 415 (unsupported format), 422 (bad input), 501 (no language model).
+or image too large), 415 (unsupported format), 422 (bad input), 501 (no language model), 503 (model
+not loaded yet, or the request ran past its time limit), 500 (a fault of ours, logged).
 With an API key configured, every ``/v1`` endpoint but ``/v1/health`` needs ``X-API-Key: KEY`` (or
 ``Authorization: Bearer KEY``). The model runs one request at a time; uploads are read in parallel.
+A request that takes longer than ``request_timeout_s`` is answered 503 (its model work, bounded by
+the caps on questions, history and answer length, finishes in the background).
 
 Usage::
 
     app = create_app(Copilot.load(), ServeConfig(api_key="secret"))
+    app = create_app(lambda: Copilot.load("baseline"))   # loads in the background; /v1/ready says when
     uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
+import logging
+import threading
+from collections.abc import Callable
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adcopilot import __version__
@@ -39,6 +48,9 @@ from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.serve.limits import BodyLimit
 from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key, if one is set.")
 _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token (alternative to X-API-Key).")
@@ -52,10 +64,34 @@ async def _read(files: list[UploadFile] | None) -> list[Upload]:
     return [(f.filename or f"upload {i + 1}", await f.read()) for i, f in enumerate(files or [])]
 
 
-def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI application serving ``copilot``."""
+def _load_in_background(svc: InspectionService, load: Callable[[], Copilot]) -> None:
+    def run() -> None:
+        try:
+            svc.set_copilot(load())
+        except AdcopilotError as exc:
+            svc.set_copilot(None, str(exc))
+        except Exception as exc:  # the service stays up and says why it is not ready
+            log.exception("loading the model failed")
+            svc.set_copilot(None, f"{type(exc).__name__}: {exc}")
+
+    threading.Thread(target=run, daemon=True, name="adcopilot-model-load").start()
+
+
+def create_app(copilot: Copilot | Callable[[], Copilot], config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI application serving ``copilot``, or the copilot that ``copilot()`` loads (in a
+    background thread: the service answers at once and is ready when the model is)."""
     cfg = config or ServeConfig()
-    svc = InspectionService(copilot, cfg)
+    svc = InspectionService(copilot if isinstance(copilot, Copilot) else None, cfg)
+    if not isinstance(copilot, Copilot):
+        _load_in_background(svc, copilot)
+
+    async def in_time(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run model work in a thread; past the time limit answer 503 and leave it to finish alone."""
+        try:
+            with anyio.fail_after(cfg.request_timeout_s):
+                return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), abandon_on_cancel=True)
+        except TimeoutError:
+            raise ServiceError(f"the request took longer than its time limit ({cfg.request_timeout_s:g} s)", 503) from None
     app = FastAPI(
         title="adcopilot",
         version=__version__,
@@ -94,6 +130,12 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
             parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error: %s: %s", type(exc).__name__, exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the service log has the details"},
+                            status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
@@ -104,8 +146,13 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/v1/health", tags=["service"])
     def health() -> dict[str, Any]:
-        """Liveness, the loaded model, uptime and the number of model requests served."""
+        """Liveness, readiness (model loaded), the model, uptime, requests served, cached reference sets."""
         return svc.health()
+
+    @app.get("/v1/ready", tags=["service"])
+    def ready() -> dict[str, Any]:
+        """200 once the model is loaded; 503 while it loads or when it could not be loaded."""
+        return {"ready": True, "model": svc.copilot.model_name}  # svc.copilot: 503 until loaded
 
     @app.get("/v1/models", tags=["service"], dependencies=[Depends(require_key)])
     def models() -> dict[str, Any]:
@@ -124,9 +171,7 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
         """Compare the query with normal references: verdict, score, boxes (query pixels), description."""
         q = (await _read([query]))[0]
         refs = await _read(references)
-        return await run_in_threadpool(
-            svc.inspect, q, refs, reference_set, threshold=threshold, heatmap=heatmap, preview=preview
-        )
+        return await in_time(svc.inspect, q, refs, reference_set, threshold=threshold, heatmap=heatmap, preview=preview)
 
     @app.post("/v1/ask", tags=["inspection"], dependencies=[Depends(require_key)])
     async def ask(
@@ -139,7 +184,7 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
         """Answer a question about the pair (needs a model with a language model; 501 otherwise)."""
         q = (await _read([query]))[0]
         refs = await _read(references)
-        return await run_in_threadpool(svc.ask, q, refs, reference_set, question, history)
+        return await in_time(svc.ask, q, refs, reference_set, question, history)
 
     @app.post("/v1/references", tags=["references"], dependencies=[Depends(require_key)])
     async def add_references(
@@ -148,7 +193,7 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """Register normal references once; inspect with their id (their features stay cached)."""
         refs = await _read(references)
-        return await run_in_threadpool(svc.register_references, refs, name)
+        return await in_time(svc.register_references, refs, name)
 
     @app.get("/v1/references", tags=["references"], dependencies=[Depends(require_key)])
     def list_references() -> dict[str, Any]:
@@ -157,8 +202,7 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
 
     @app.delete("/v1/references/{set_id}", tags=["references"], dependencies=[Depends(require_key)])
     def delete_references(set_id: str) -> dict[str, Any]:
-        """Forget a reference set."""
-        svc.delete_references(set_id)
-        return {"deleted": set_id}
+        """Forget a reference set and free its cached reference encodings."""
+        return {"deleted": set_id, "freed_references": svc.delete_references(set_id)}
 
     return app

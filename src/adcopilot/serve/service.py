@@ -3,7 +3,13 @@
 One :class:`InspectionService` wraps one :class:`adcopilot.Copilot`. The model runs under a lock
 (one inference at a time: the model and its reference cache are not thread-safe, and on a small
 CPU parallel inferences only compete for the same cores), while uploads are received and decoded
-in parallel. Reference sets are kept in memory, least recently used first out.
+in parallel. Reference sets are kept in memory, least recently used first out; a set deleted or
+pushed out takes its cached reference encodings with it.
+
+Nothing holds the model for long: a request waits for it at most ``request_timeout_s`` (then 503),
+questions and their history are capped in length, and answers in generated tokens. The model may
+be given later (:meth:`InspectionService.set_copilot`, a worker loading it in the background):
+until then the service is live but not ready, and model requests answer 503.
 
 Usage::
 
@@ -17,13 +23,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import logging
+import os
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -31,8 +39,10 @@ import numpy as np
 from PIL import Image
 
 from adcopilot.api import Copilot
-from adcopilot.errors import AdcopilotError, ImageError
+from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
+from adcopilot.serve.history import parse_history
+from adcopilot.serve.reference_sets import FolderSets, MemorySets, ReferenceSets
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,11 @@ class ServeConfig:
     max_reference_sets: int = 64
     heatmap_max_side: int = 512
     max_question_chars: int = 2000
+    max_history_turns: int = 16
+    max_history_chars: int = 8000  # characters of content over all turns
+    max_new_tokens: int = 64  # longest answer, in tokens
+    request_timeout_s: float = 60.0  # longest a request may wait for and use the model (then 503)
+    sets_dir: str | None = None  # keep reference sets in this folder (shared by worker processes)
 
 
 def check_header(upload: Upload, max_pixels: int) -> None:
@@ -105,19 +120,55 @@ def jpeg_preview(img: Image.Image, max_side: int) -> str:
 
 
 class InspectionService:
-    def __init__(self, copilot: Copilot, config: ServeConfig | None = None) -> None:
-        self.copilot = copilot
+    def __init__(self, copilot: Copilot | None, config: ServeConfig | None = None) -> None:
         self.config = config or ServeConfig()
         self.started = time.time()
         self.requests = 0
+        self._copilot = copilot
+        self._load_error: str | None = None
         self._model_lock = threading.Lock()
-        self._sets_lock = threading.Lock()
-        self._sets: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        limit = self.config.max_reference_sets
+        self._sets: ReferenceSets = (
+            FolderSets(Path(self.config.sets_dir), limit) if self.config.sets_dir else MemorySets(limit))
+
+    # ------------------------------------------------------------------ the model
+    def set_copilot(self, copilot: Copilot | None, error: str | None = None) -> None:
+        """The model is loaded (ready from now on), or could not be (``error``, one line)."""
+        self._copilot, self._load_error = copilot, error
+
+    @property
+    def ready(self) -> bool:
+        return self._copilot is not None
+
+    @property
+    def copilot(self) -> Copilot:
+        if self._copilot is None:
+            why = f"the model could not be loaded ({self._load_error})" if self._load_error else "the model is loading"
+            raise ServiceError(f"not ready: {why}; see /v1/health", 503)
+        return self._copilot
+
+    @contextmanager
+    def _model(self, started: float) -> Iterator[Copilot]:
+        """The model, held by this request alone; 503 when it does not come free within the time limit."""
+        cp = self.copilot
+        left = self.config.request_timeout_s - (time.monotonic() - started)
+        if left <= 0 or not self._model_lock.acquire(timeout=left):
+            raise ServiceError(f"service busy: the model did not come free within {self.config.request_timeout_s:g} s", 503)
+        try:
+            self.requests += 1
+            yield cp
+        finally:
+            self._model_lock.release()
 
     # ------------------------------------------------------------------ information
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.copilot.model_name,
-                "uptime_s": round(time.time() - self.started, 1), "requests": self.requests}
+        cp = self._copilot
+        status = "ok" if cp is not None else "failed" if self._load_error else "loading"
+        return {"status": status, "live": True, "ready": cp is not None,
+                "model": cp.model_name if cp is not None else None, "error": self._load_error,
+                "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1), "requests": self.requests,
+                "reference_sets": len(self._sets),
+                "cached_references": getattr(cp, "cached_references", 0) if cp is not None else 0}
 
     def models(self) -> dict[str, Any]:
         cp = self.copilot
@@ -148,21 +199,33 @@ class InspectionService:
         rid = digest.hexdigest()[:16]
         entry = {"id": rid, "name": name or refs[0][0], "count": len(refs), "files": [n for n, _ in refs],
                  "data": [d for _, d in refs], "created": time.time()}
-        with self._sets_lock:
-            self._sets[rid] = entry
-            self._sets.move_to_end(rid)
-            while len(self._sets) > self.config.max_reference_sets:
-                self._sets.popitem(last=False)
+        for old in self._sets.put(entry):
+            self._free(old)
         return self._public(entry)
 
     def reference_sets(self) -> dict[str, Any]:
-        with self._sets_lock:
-            return {"reference_sets": [self._public(e) for e in self._sets.values()]}
+        return {"reference_sets": [self._public(e) for e in self._sets.values()]}
 
-    def delete_references(self, rid: str) -> None:
-        with self._sets_lock:
-            if self._sets.pop(rid, None) is None:
-                raise ServiceError(f"reference set '{rid}' not found", 404)
+    def delete_references(self, rid: str) -> int:
+        """Forget a set and its cached reference encodings (in this process); the number freed."""
+        entry = self._sets.pop(rid)
+        if entry is None:
+            raise ServiceError(f"reference set '{rid}' not found", 404)
+        return self._free(entry)
+
+    def _free(self, entry: dict[str, Any]) -> int:
+        """Drop the model's cached encodings of a set's images that no other registered set holds."""
+        cp = self._copilot
+        if cp is None or not hasattr(cp, "forget_references"):
+            return 0
+        kept = {hashlib.sha1(d).digest() for e in self._sets.values() for d in e["data"]}
+        gone = [d for d in entry["data"] if hashlib.sha1(d).digest() not in kept]
+        try:
+            with self._model(time.monotonic()):  # the cache belongs to the model thread
+                return cp.forget_references(gone)
+        except ServiceError:  # the model stayed busy: its cache bound (least recently used out) still holds
+            log.warning("reference encodings not freed now: the model is busy")
+            return 0
 
     @staticmethod
     def _public(e: dict[str, Any]) -> dict[str, Any]:
@@ -181,12 +244,10 @@ class InspectionService:
         if reference_set:
             if uploads:
                 raise ServiceError("send either reference images or a reference_set id, not both")
-            with self._sets_lock:
-                e = self._sets.get(reference_set)
-                if e is None:
-                    raise ServiceError(f"reference set '{reference_set}' not found; register it with POST /v1/references", 404)
-                self._sets.move_to_end(reference_set)
-                return list(zip(e["files"], e["data"], strict=True))
+            e = self._sets.get(reference_set)
+            if e is None:
+                raise ServiceError(f"reference set '{reference_set}' not found; register it with POST /v1/references", 404)
+            return list(zip(e["files"], e["data"], strict=True))
         return self._check_refs(uploads)
 
     def _query(self, upload: Upload) -> Image.Image:
@@ -201,13 +262,15 @@ class InspectionService:
         self, query: Upload, references: list[Upload], reference_set: str | None = None,
         *, threshold: float | None = None, heatmap: bool = False, preview: bool = False,
     ) -> dict[str, Any]:
+        started = time.monotonic()
+        if threshold is not None:
+            require_finite(threshold, "threshold")
         qimg = self._query(query)
         refs = self._references(references, reference_set)
         # Reference bytes go to the model as they are: its cache knows them by content.
-        with self._model_lock:
-            self.requests += 1
+        with self._model(started) as cp:
             try:
-                r = self.copilot.inspect(qimg, [d for _, d in refs], threshold=threshold)
+                r = cp.inspect(qimg, [d for _, d in refs], threshold=threshold)
             except ImageError as exc:
                 raise ServiceError(self._name_refs(str(exc), refs)) from None
         r.query = query[0]
@@ -224,43 +287,28 @@ class InspectionService:
         self, query: Upload, references: list[Upload], reference_set: str | None, question: str,
         history: str | None = None,
     ) -> dict[str, Any]:
+        started = time.monotonic()
         cp = self.copilot
         question = (question or "").strip()
         if not question:
             raise ServiceError("the question is empty")
         if len(question) > self.config.max_question_chars:
             raise ServiceError(f"the question is too long ({len(question)} characters, limit {self.config.max_question_chars})")
-        turns = self._history(history)
+        turns = parse_history(history, max_turns=self.config.max_history_turns, max_chars=self.config.max_history_chars)
         if not hasattr(cp, "ask"):
             raise ServiceError(f"model '{cp.model_name}' cannot answer questions (no language model)", 501)
         qimg = self._query(query)
         refs = self._references(references, reference_set)
-        with self._model_lock:
-            self.requests += 1
+        with self._model(started):
             try:
-                answer = cp.ask(qimg, [d for _, d in refs], question, history=turns)
+                answer = cp.ask(qimg, [d for _, d in refs], question, history=turns,
+                                max_new_tokens=self.config.max_new_tokens)
             except ImageError as exc:
                 raise ServiceError(self._name_refs(str(exc), refs)) from None
             except AdcopilotError as exc:
                 # Without a language model, the model says so: that is "not implemented here".
                 raise ServiceError(str(exc), 501 if getattr(cp, "language", None) is None else 422) from None
         return {"answer": answer, "model": cp.model_name, "question": question}
-
-    @staticmethod
-    def _history(history: str | None) -> list[dict[str, str]] | None:
-        if not history:
-            return None
-        try:
-            turns = json.loads(history)
-        except json.JSONDecodeError as exc:
-            raise ServiceError(f"history: malformed JSON ({exc.msg})") from None
-        ok = isinstance(turns, list) and all(
-            isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)
-            for t in turns
-        )
-        if not ok:
-            raise ServiceError('history: expected a list of {"role": "user"|"assistant", "content": "..."}')
-        return turns
 
     @staticmethod
     def _name_refs(message: str, refs: list[Upload]) -> str:

@@ -18,6 +18,15 @@ import pytest
         (["calibrate", "--normals", "good", "--target-false-alarm-rate", "0.1", "--target-miss-rate", "0.1"],
          "error: give --target-miss-rate or --target-false-alarm-rate, not both"),
         (["serve", "--port", "70000"], "error: --port 70000: not a TCP port"),
+        (["serve", "--threshold", "inf"], "error: --threshold: must be a finite number, got inf"),
+        (["serve", "--request-timeout", "nan"], "error: --request-timeout: must be a finite number, got nan"),
+        (["serve", "--request-timeout", "0"], "error: --request-timeout must be positive, got 0.0"),
+        (["serve", "--workers", "0"], "error: --workers must be at least 1, got 0"),
+        (["batch", "lot", "--refs", "refs", "--threshold", "nan"], "error: --threshold: must be a finite number, got nan"),
+        (["inspect", "q.png", "--ref", "r.png", "--threshold", "-inf"], "error: --threshold: must be a finite number"),
+        (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--miss-cost", "nan"],
+         "error: --miss-cost: must be a finite number, got nan"),
+        (["calibrate", "--results", "out", "--prevalence", "inf"], "error: --prevalence: must be a finite number"),
     ],
 )
 def test_bad_arguments(args, message, tmp_path):
