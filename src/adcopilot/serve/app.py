@@ -3,6 +3,7 @@
 Endpoints (OpenAPI schema at ``/openapi.json``)::
 
     GET  /                       the web page (upload or drop a pair, verdict, heat-map, boxes, chat)
+    GET  /static/...             the page's scripts and styles
     GET  /v1/health              liveness and the loaded model
     GET  /v1/models              the model, its threshold and calibration
     POST /v1/inspect             multipart: query + reference(s) or reference_set [+ threshold, heatmap]
@@ -31,6 +32,7 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,6 +69,8 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)
     app.state.service = svc
     page = _page()
+    # The page's own scripts and styles (no CDN: the line is offline).
+    app.mount("/static", StaticFiles(packages=[("adcopilot.serve", "static")]), name="static")
 
     def require_key(
         key: Annotated[str | None, Depends(_key_header)],
@@ -118,8 +122,8 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
         references: Annotated[list[UploadFile] | None, File(description="Normal reference image(s).")] = None,
         reference_set: Annotated[str | None, Form(description="Id of a registered reference set.")] = None,
         threshold: Annotated[float | None, Form(description="Decision threshold (default: the model's).")] = None,
-        heatmap: Annotated[bool, Form(description="Also return the anomaly map as a PNG overlay.")] = False,
-        preview: Annotated[bool, Form(description="Also return the query as a JPEG (for formats a browser cannot show).")] = False,
+        heatmap: Annotated[bool, Form(description="Also return the anomaly map: a PNG overlay and a coarse grid of its values.")] = False,
+        preview: Annotated[bool, Form(description="Also return the query and the first reference as JPEGs (for formats a browser cannot show).")] = False,
     ) -> dict[str, Any]:
         """Compare the query with normal references: verdict, score, boxes (query pixels), description."""
         q = (await _read([query]))[0]
