@@ -14,15 +14,12 @@ import base64
 import io
 import json
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from adcopilot import Copilot, assets
@@ -30,6 +27,7 @@ from adcopilot.geometry import box_iou
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.serve.app import create_app
 from adcopilot.serve.browser import find_chromium
+from adcopilot.serve.local import serve_in_thread
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) is not installed")
 axe_selenium_python = pytest.importorskip("axe_selenium_python", reason="axe-selenium-python (dev extra) is not installed")
@@ -73,19 +71,8 @@ def server(tmp_path_factory):
             (home / sub).symlink_to(real / sub)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADCOPILOT_HOME", str(home))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        srv = uvicorn.Server(uvicorn.Config(create_app(Copilot.load()), host="127.0.0.1", port=port, log_level="warning"))
-        th = threading.Thread(target=srv.run, daemon=True)
-        th.start()
-        deadline = time.monotonic() + 60
-        while not srv.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-        srv.should_exit = True
-        th.join(10)
+        with serve_in_thread(create_app(Copilot.load()), timeout=60) as url:
+            yield url
 
 
 @pytest.fixture(scope="module")

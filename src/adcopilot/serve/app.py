@@ -3,7 +3,6 @@
 Endpoints (OpenAPI schema at ``/openapi.json``)::
 
     GET  /                       the web page (upload or drop a pair, verdict, heat-map, boxes, chat)
-    GET  /static/...             the page's scripts and styles
     GET  /v1/health              liveness and the loaded model
     GET  /v1/models              the model, its threshold and calibration
     POST /v1/inspect             multipart: query + reference(s) or reference_set [+ threshold, heatmap]
@@ -32,7 +31,6 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,6 +38,7 @@ from adcopilot import __version__
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.serve.limits import BodyLimit
+from adcopilot.serve.page import page_html
 from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key, if one is set.")
@@ -47,7 +46,7 @@ _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer toke
 
 
 def _page() -> str:
-    return resources.files("adcopilot.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    return page_html(resources.files("adcopilot.serve").joinpath("static"))
 
 
 async def _read(files: list[UploadFile] | None) -> list[Upload]:
@@ -69,8 +68,6 @@ def create_app(copilot: Copilot, config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)
     app.state.service = svc
     page = _page()
-    # The page's own scripts and styles (no CDN: the line is offline).
-    app.mount("/static", StaticFiles(packages=[("adcopilot.serve", "static")]), name="static")
 
     def require_key(
         key: Annotated[str | None, Depends(_key_header)],
