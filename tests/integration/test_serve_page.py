@@ -255,6 +255,13 @@ def test_changed_inputs_and_bad_files_never_look_judged(driver, server, files, t
     assert _js(driver, "return document.querySelectorAll('#results-body tr').length") == 0
     assert _js(driver, "return document.getElementById('viewer').classList.contains('stale')")
     assert _js(driver, "return document.getElementById('download-json').disabled")
+    # Inputs changed while a lot is being inspected: nothing of the old lot shows up, then or later.
+    _choose(driver, "query-file", [files["bad"]] * 3)
+    driver.find_element(By.ID, "inspect-btn").click()
+    _choose(driver, "ref-files", [files["clean"]])
+    _wait(driver, "return !document.getElementById('inspect-btn').disabled")
+    assert _verdict(driver) == "not inspected" and _page_boxes(driver) == []
+    assert _js(driver, "return document.querySelectorAll('#results-body tr').length") == 0
     _choose(driver, "query-file", [files["broken"]])
     _inspect(driver, 1)
     assert _verdict(driver) == "not judged" and _page_boxes(driver) == []
@@ -313,7 +320,7 @@ def test_reference_sets_and_downloads(driver, server, files, downloads):
     assert httpx.get(server + "/v1/references").json()["reference_sets"] == []
 
 
-def test_keyboard_screen_reader_axe_chat_and_phone(driver, server, files, tmp_path):
+def test_keyboard_screen_reader_axe_and_phone(driver, server, files, tmp_path):
     _open(driver, server)
     # Real file inputs, reachable with Tab, each with its label.
     for input_id in ("query-file", "ref-files"):
@@ -334,14 +341,6 @@ def test_keyboard_screen_reader_axe_chat_and_phone(driver, server, files, tmp_pa
     live = _js(driver, "const v = document.getElementById('verdict').closest('[aria-live]');"
                        " return v && v.getAttribute('aria-live')")
     assert live == "polite"
-    # Chat: a working indicator while the model thinks, then the answer.
-    driver.find_element(By.ID, "question").send_keys("Is there a defect?", Keys.ENTER)
-    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking') !== null &&"
-                       " document.getElementById('chat-log').getAttribute('aria-busy') === 'true'")
-    _wait(driver, "return document.querySelector('#chat-log .msg.assistant, #chat-log .msg.error')", timeout=120)
-    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking')") is None
-    assert _js(driver, "return document.querySelectorAll('#chat-log .msg.assistant').length") == 1, _js(
-        driver, "return document.getElementById('chat-log').textContent")
     # axe-core (shipped by axe-selenium-python, injected from disk) on the page with a result shown.
     axe = axe_selenium_python.Axe(driver)
     axe.inject()
@@ -361,4 +360,18 @@ def test_keyboard_screen_reader_axe_chat_and_phone(driver, server, files, tmp_pa
     found = axe.run()  # the narrow layout too
     bad = [(v["id"], v["impact"]) for v in found["violations"] if v["impact"] in ("serious", "critical")]
     assert not bad, axe.report(found["violations"])
+    _no_page_errors(driver)
+
+
+def test_chat_shows_that_the_model_is_working_then_the_answer(driver, server, files):
+    _open(driver, server)
+    _choose(driver, "query-file", [files["bad"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    driver.find_element(By.ID, "question").send_keys("Is there a defect?", Keys.ENTER)
+    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking') !== null &&"
+                       " document.getElementById('chat-log').getAttribute('aria-busy') === 'true'")
+    _wait(driver, "return document.querySelector('#chat-log .msg.assistant, #chat-log .msg.error')", timeout=120)
+    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking')") is None
+    assert _js(driver, "return document.querySelectorAll('#chat-log .msg.assistant').length") == 1, _js(
+        driver, "return document.getElementById('chat-log').textContent")
     _no_page_errors(driver)

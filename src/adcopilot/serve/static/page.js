@@ -90,6 +90,7 @@ async function inputsChanged() {
   const gen = ++state.generation;
   state.rows = []; state.selected = -1; state.history = [];
   state.refImg = null; state.queryImg = null;
+  if (!$("busy").hidden) setBusy("finishing the earlier request…");  // its answer will be dropped
   if ($("chat-log").childElementCount) say("note", "page", "Inputs changed: earlier answers were about other images.");
   setStatus("");
   render();
@@ -168,6 +169,16 @@ async function inspectAll() {
   state.selected = 0; state.history = [];
   setStatus(""); render();
   $("inspect-btn").disabled = true;
+  try {
+    const failed = await inspectRows(gen);
+    if (gen === state.generation) setStatus(failed ? `${failed} of ${state.rows.length} could not be inspected (see the table).` : "", failed > 0);
+  } finally {
+    setBusy(""); $("inspect-btn").disabled = false;
+  }
+}
+
+/** Inspect the rows one by one; stops as soon as the inputs change. The number that failed. */
+async function inspectRows(gen) {
   const needRefPreview = !state.refImg;
   let failed = 0;
   for (const [i, row] of state.rows.entries()) {
@@ -181,20 +192,19 @@ async function inspectAll() {
     const t0 = performance.now();
     try {
       const res = await api("POST", "/v1/inspect", fd);
-      if (gen !== state.generation) return;  // inputs changed meanwhile: this answer is for other images
+      if (gen !== state.generation) return failed;  // inputs changed meanwhile: this answer is for other images
       row.grid = res.anomaly_grid ? AdcBoxes.decodeGrid(res.anomaly_grid) : null;
       row.img = (showable ? await fileImage(row.file) : null) || (res.preview ? await loadImage(res.preview) : null);
       if (res.reference_preview && !state.refImg) state.refImg = await loadImage(res.reference_preview);
-      if (gen !== state.generation) return;
+      if (gen !== state.generation) return failed;
       row.res = res; row.ms = performance.now() - t0; row.status = "done";
     } catch (e) {
-      if (gen !== state.generation) return;
+      if (gen !== state.generation) return failed;
       row.status = "error"; row.error = e.message; failed++;
     }
     render();
   }
-  setBusy(""); $("inspect-btn").disabled = false;
-  setStatus(failed ? `${failed} of ${state.rows.length} could not be inspected (see the table).` : "", failed > 0);
+  return failed;
 }
 
 /** A row's verdict and boxes at the current threshold: the service's own when it is the threshold the
