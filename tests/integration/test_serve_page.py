@@ -171,6 +171,9 @@ def test_several_queries_side_by_side_with_opacity_and_zoom(driver, server, file
     assert all(r[3:] == [512, 512] and r[2] > 200 for r in rects)
     assert _pixels(driver, "ref-view", 10, 10)[3] == 255 and _pixels(driver, "query-view", 320, 220)[:3] == [250] * 3
     driver.save_screenshot(str(tmp_path / "station.png"))
+    _js(driver, "document.getElementById('results').scrollIntoView()")
+    driver.save_screenshot(str(tmp_path / "table.png"))
+    _js(driver, "window.scrollTo(0, 0)")
     # Opacity: at 0 the overlay is the query itself on the defect; higher, the heat colours it.
     at = (320, 220)
 
