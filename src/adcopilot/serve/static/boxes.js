@@ -104,5 +104,5 @@ const AdcBoxes = (() => {
     return { verdict: "anomalous", boxes };
   }
 
-  return { decodeGrid, boxesFromGrid, judge, roundHalfEven };
+  return { decodeGrid, boxesFromGrid, judge };
 })();

@@ -268,9 +268,8 @@ function renderViewer() {
   const j = done ? judgement(row) : null;
   const vmax = scaleTop(row);
   const heat = done && row.grid && $("show-heat").checked ? heatOf(row, vmax) : null;
-  const view = $("view");
-  view.width = w; view.height = h;
-  AdcViewer.drawOverlay(view.getContext("2d"), qimg, w, h, heat, done && row.grid ? row.grid.cell : 1,
+  const view = $("view");  // drawn in query pixels, whatever the canvas's own size
+  AdcViewer.drawOverlay(AdcViewer.fitCanvas(view, w, h), qimg, w, h, heat, done && row.grid ? row.grid.cell : 1,
                         Number($("opacity").value), j ? j.boxes : [], false);
   AdcViewer.placeBoxes($("boxes"), $("boxlist"), j ? j.boxes : [], w, h);
   // Not judged (inputs just changed, working, failed): grey, so nothing looks like a verdict.

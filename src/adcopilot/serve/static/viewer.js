@@ -101,12 +101,22 @@ const AdcViewer = (() => {
     }
   }
 
-  /** An image (or nothing) on a panel's canvas at its own pixel size. */
-  function showImage(canvas, img, w, h) {
-    canvas.width = w || 1; canvas.height = h || 1;
+  /** Size ``canvas`` for an image of w x h pixels, at most MAX_SIDE on a side (a 40-megapixel part
+      need not cost a browser 160 MB per panel); its context draws in the image's own pixels. */
+  const MAX_SIDE = 2048;
+  function fitCanvas(canvas, w, h) {
+    const s = Math.min(1, MAX_SIDE / Math.max(w || 1, h || 1));
+    canvas.width = Math.max(1, Math.round((w || 1) * s)); canvas.height = Math.max(1, Math.round((h || 1) * s));
     const ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    if (img) ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+    ctx.setTransform(canvas.width / (w || 1), 0, 0, canvas.height / (h || 1), 0, 0);
+    return ctx;
+  }
+
+  /** An image (or nothing) on a panel's canvas. */
+  function showImage(canvas, img, w, h) {
+    const ctx = fitCanvas(canvas, w, h);
+    ctx.clearRect(0, 0, w || 1, h || 1);
+    if (img) ctx.drawImage(img, 0, 0, w || 1, h || 1);
   }
 
   /** Zoom by ``step`` levels (0: fit); every stage grows together, and the panes scroll together. */
@@ -136,5 +146,5 @@ const AdcViewer = (() => {
     }
   }
 
-  return { heatImage, drawScale, drawOverlay, placeBoxes, showImage, zoom, syncScroll, colour, alpha };
+  return { heatImage, drawScale, drawOverlay, placeBoxes, fitCanvas, showImage, zoom, syncScroll };
 })();
