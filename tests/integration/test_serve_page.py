@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from adcopilot.geometry import box_iou
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.serve.app import create_app
 from adcopilot.serve.browser import find_chromium
+from adcopilot.serve.grid import anomaly_grid
 from adcopilot.serve.local import serve_in_thread
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) is not installed")
@@ -245,6 +247,34 @@ def test_threshold_slider_redraws_verdict_and_boxes_by_the_services_rule(driver,
     assert httpx.get(server + "/v1/health").json()["requests"] == requests_before + 5
     driver.find_element(By.ID, "threshold-reset").click()
     assert _verdict(driver) == "ANOMALOUS" and len(_page_boxes(driver)) == len(first["boxes"])
+
+
+def test_the_pages_box_rule_is_the_services_on_many_maps(driver, server):
+    """The page's port of boxes_from_map against the real one, on maps with many components, odd sizes,
+    even and odd merge squares, specks to drop and more boxes than are kept."""
+    _open(driver, server)
+    rng = np.random.default_rng(0)
+    cases = 0
+    for (h, w), rules in [((37, 53), BoxRules()), ((128, 100), BoxRules(merge_frac=0.05, max_boxes=3)),
+                          ((64, 64), BoxRules(merge_frac=0.0, min_pixels=1)), ((90, 120), BoxRules(merge_frac=0.02)),
+                          ((60, 80), BoxRules(merge_frac=0.025))]:  # a 2.5 px square: Python rounds it to 2
+        amap = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2)
+        g = anomaly_grid(amap, rules, max_side=max(h, w))  # one pixel per cell: the page sees the map itself
+        assert g["cell"] == 1
+        for q in (0.5, 0.8, 0.95, 0.995):
+            t = float(np.quantile(amap, q))
+            page = _js(driver, f"return AdcBoxes.boxesFromGrid(AdcBoxes.decodeGrid({json.dumps(g)}), {t!r})")
+            assert [(b["box"], b["score"]) for b in page] == boxes_from_map(amap, t, rules), (h, w, rules, q)
+            cases += len(page) > 1
+    assert cases >= 4
+    # An image score at the threshold with no cell reaching it: one box at half the map's peak, as inspect does.
+    amap = cv2.GaussianBlur(rng.random((40, 40)).astype(np.float32), (0, 0), 2)
+    g = anomaly_grid(amap, BoxRules(), max_side=40)
+    t = float(amap.max()) * 1.5
+    judged = _js(driver, f"return AdcBoxes.judge({{score: {t}, image_size: [40, 40]}},"
+                         f" AdcBoxes.decodeGrid({json.dumps(g)}), {t!r})")
+    assert judged["verdict"] == "anomalous"
+    assert [b["bbox_2d"] for b in judged["boxes"]] == [b for b, _ in boxes_from_map(amap, 0.5 * float(amap.max()), BoxRules())[:1]]
 
 
 def test_changed_inputs_and_bad_files_never_look_judged(driver, server, files, tmp_path):
