@@ -6,19 +6,15 @@ with the reason. A screenshot of the page after the inspection is written to the
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from adcopilot import Copilot
 from adcopilot.geometry import box_iou
 from adcopilot.serve.app import create_app
 from adcopilot.serve.browser import HeadlessChromium, find_chromium
+from adcopilot.serve.local import serve_in_thread
 
 DEFECT = [300, 200, 340, 240]
 
@@ -30,19 +26,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     monkeypatch.setenv("ADCOPILOT_HOME", str(tmp_path / "home"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(Copilot.load()), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
+    with serve_in_thread(create_app(Copilot.load()), timeout=60) as url:
+        yield url
 
 
 def test_upload_a_pair_and_see_boxes(server, tmp_path):

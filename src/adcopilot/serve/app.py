@@ -47,6 +47,7 @@ from adcopilot import __version__
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.serve.limits import BodyLimit
+from adcopilot.serve.page import page_html
 from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer toke
 
 
 def _page() -> str:
-    return resources.files("adcopilot.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    return page_html(resources.files("adcopilot.serve").joinpath("static"))
 
 
 async def _read(files: list[UploadFile] | None) -> list[Upload]:
@@ -165,8 +166,8 @@ def create_app(copilot: Copilot | Callable[[], Copilot], config: ServeConfig | N
         references: Annotated[list[UploadFile] | None, File(description="Normal reference image(s).")] = None,
         reference_set: Annotated[str | None, Form(description="Id of a registered reference set.")] = None,
         threshold: Annotated[float | None, Form(description="Decision threshold (default: the model's).")] = None,
-        heatmap: Annotated[bool, Form(description="Also return the anomaly map as a PNG overlay.")] = False,
-        preview: Annotated[bool, Form(description="Also return the query as a JPEG (for formats a browser cannot show).")] = False,
+        heatmap: Annotated[bool, Form(description="Also return the anomaly map: a PNG overlay and a coarse grid of its values.")] = False,
+        preview: Annotated[bool, Form(description="Also return the query and the first reference as JPEGs (for formats a browser cannot show).")] = False,
     ) -> dict[str, Any]:
         """Compare the query with normal references: verdict, score, boxes (query pixels), description."""
         q = (await _read([query]))[0]

@@ -41,6 +41,7 @@ from PIL import Image
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
+from adcopilot.serve.grid import anomaly_grid
 from adcopilot.serve.history import parse_history
 from adcopilot.serve.reference_sets import FolderSets, MemorySets, ReferenceSets
 
@@ -279,8 +280,12 @@ class InspectionService:
         out["reference_set"] = reference_set
         if heatmap and r.anomaly_map is not None:
             out["heatmap"] = heatmap_png(r.anomaly_map, r.threshold, self.config.heatmap_max_side)
-        if preview:  # for clients that cannot show the format (a browser and a TIFF)
+            # The map's values too, coarse, so a client can re-draw boxes at another threshold.
+            out["anomaly_grid"] = anomaly_grid(r.anomaly_map, getattr(self.copilot, "box_rules", None))
+        if preview:  # for clients that cannot show the format (a browser and a TIFF, a stored set)
             out["preview"] = jpeg_preview(qimg, self.config.heatmap_max_side * 2)
+            out["reference_preview"] = jpeg_preview(self._query(refs[0]),  # checked and decoded as a query is
+                                                   self.config.heatmap_max_side * 2)
         return out
 
     def ask(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -167,3 +168,11 @@ def test_the_page_is_self_contained(client):
     for bad in ("<script src", "<link ", "http://", "https://", "@import"):
         assert bad not in page
     assert client.get("/docs").status_code == 404  # the CDN-based docs are off; /openapi.json stays
+
+
+def test_the_page_carries_its_styles_and_scripts(client):
+    page = client.get("/").text
+    for part in ("static/page.css", "static/boxes.js", "static/viewer.js", "static/page.js"):
+        text = resources.files("adcopilot.serve").joinpath(part).read_text(encoding="utf-8")
+        assert text in page, part  # written in whole, not linked
+    assert "/static/" not in page

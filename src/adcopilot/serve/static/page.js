@@ -1,0 +1,428 @@
+/* adcopilot web page: what the inspector does. Choose queries and references (files or a stored
+   reference set), inspect every query (one request each, the service runs them one at a time), show
+   the chosen one, re-judge all at the threshold on the slider from the maps already returned,
+   download results, ask questions. A result is shown only for the inputs it was made from: any
+   change of inputs clears the results, and a failed request shows no verdict. */
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const IMAGE_TYPES = /\.(png|jpe?g|bmp|webp|gif)$/i;  // what a browser shows by itself; others come as previews
+const state = {
+  queries: [], refs: [], setId: "", sets: [], setFiles: new Map(),  // set id -> the files saved from this page
+  rows: [], selected: -1, generation: 0,  // generation: results of older inputs are dropped on arrival
+  modelThreshold: null, touched: false, threshold: null,
+  refImg: null, queryImg: null, history: [], heat: new WeakMap(),
+};
+
+// ------------------------------------------------------------------ small helpers
+function authHeaders() {
+  const key = $("apikey").value.trim();
+  try { localStorage.setItem("adcopilot-key", key); } catch (e) { /* private mode */ }
+  return key ? { "X-API-Key": key } : {};
+}
+try { $("apikey").value = localStorage.getItem("adcopilot-key") || ""; } catch (e) { /* private mode */ }
+
+function setStatus(text, error) { const s = $("status"); s.textContent = text; s.className = error ? "error" : ""; }
+
+function setBusy(text) {
+  $("busy").hidden = !text; $("busy-text").textContent = text || "";
+  for (const id of ["viewer", "results"]) $(id).setAttribute("aria-busy", text ? "true" : "false");
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the browser cannot show this image"));
+    img.src = src;
+  });
+}
+
+const urls = new WeakMap();
+function fileUrl(f) { if (!urls.has(f)) urls.set(f, URL.createObjectURL(f)); return urls.get(f); }
+async function fileImage(f) {
+  if (!f || !IMAGE_TYPES.test(f.name)) return null;
+  try { return await loadImage(fileUrl(f)); } catch (e) { return null; }
+}
+
+async function api(method, url, body) {
+  const r = await fetch(url, { method, body, headers: authHeaders() });
+  let data;
+  try { data = await r.json(); } catch (e) { data = { detail: r.statusText || "no answer" }; }
+  if (!r.ok) throw new Error(`${r.status}: ${typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)}`);
+  return data;
+}
+
+function download(name, blob) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob); a.download = name;
+  document.body.appendChild(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+function stem(name) { return name.replace(/\.[^.]*$/, "") || "result"; }
+
+// ------------------------------------------------------------------ inputs
+function thumbs(el, files) {
+  el.textContent = "";
+  for (const f of files) {
+    const img = document.createElement("img");
+    img.alt = f.name; img.title = f.name;
+    img.onerror = () => { const s = document.createElement("span"); s.textContent = f.name; img.replaceWith(s); };
+    img.src = fileUrl(f);
+    el.appendChild(img);
+  }
+}
+
+function setupDrop(zone, input, onFiles) {
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault(); zone.classList.remove("over");
+    const files = Array.from(e.dataTransfer.files || []);
+    if (files.length) onFiles(files);
+  });
+  input.addEventListener("change", () => onFiles(Array.from(input.files || [])));
+}
+
+/** The inputs changed: results of the old ones go at once (never shown as if judged), the new images show. */
+async function inputsChanged() {
+  const gen = ++state.generation;
+  state.rows = []; state.selected = -1; state.history = [];
+  state.refImg = null; state.queryImg = null;
+  if (!$("busy").hidden) setBusy("finishing the earlier request…");  // its answer will be dropped
+  if ($("chat-log").childElementCount) say("note", "page", "Inputs changed: earlier answers were about other images.");
+  setStatus("");
+  render();
+  const refFiles = state.setId ? state.setFiles.get(state.setId) || [] : state.refs;
+  const [q, r] = await Promise.all([fileImage(state.queries[0]), fileImage(refFiles[0])]);
+  if (gen !== state.generation) return;
+  state.queryImg = q; state.refImg = r;
+  render();
+}
+
+setupDrop($("query-drop"), $("query-file"), (files) => {
+  state.queries = files; thumbs($("query-thumbs"), files); inputsChanged();
+});
+setupDrop($("ref-drop"), $("ref-files"), (files) => {
+  state.refs = files; thumbs($("ref-thumbs"), files);
+  if (state.setId) { state.setId = ""; $("ref-set").value = ""; $("forget-set").hidden = true; }
+  inputsChanged();
+});
+$("ref-set").addEventListener("change", () => {
+  state.setId = $("ref-set").value; $("forget-set").hidden = !state.setId; inputsChanged();
+});
+
+async function loadSets(choose) {
+  try {
+    state.sets = (await api("GET", "/v1/references")).reference_sets;
+  } catch (e) { setStatus(`reference sets: ${e.message}`, true); return; }
+  const sel = $("ref-set");
+  sel.length = 1;
+  for (const s of state.sets) {
+    const o = document.createElement("option");
+    o.value = s.id; o.textContent = `set “${s.name}” (${s.count} image${s.count > 1 ? "s" : ""})`;
+    sel.appendChild(o);
+  }
+  if (choose !== undefined) state.setId = choose;
+  if (!state.sets.some((s) => s.id === state.setId)) state.setId = "";
+  sel.value = state.setId; $("forget-set").hidden = !state.setId;
+}
+
+$("save-set").addEventListener("click", async () => {
+  if (!state.refs.length) { setStatus("Choose the good images to save as a set first.", true); return; }
+  const fd = new FormData();
+  for (const f of state.refs) fd.append("references", f, f.name);
+  const name = $("set-name").value.trim();
+  if (name) fd.append("name", name);
+  try {
+    const s = await api("POST", "/v1/references", fd);
+    state.setFiles.set(s.id, state.refs);
+    await loadSets(s.id);
+    setStatus(`Saved set “${s.name}”; inspections now use it.`);
+    inputsChanged();
+  } catch (e) { setStatus(`saving the set: ${e.message}`, true); }
+});
+
+$("forget-set").addEventListener("click", async () => {
+  const id = state.setId;
+  try { await api("DELETE", `/v1/references/${encodeURIComponent(id)}`); } catch (e) { setStatus(e.message, true); }
+  state.setFiles.delete(id);
+  await loadSets("");
+  inputsChanged();
+});
+
+// ------------------------------------------------------------------ inspection
+function pairForm(file) {
+  const fd = new FormData();
+  fd.append("query", file, file.name);
+  if (state.setId) fd.append("reference_set", state.setId);
+  else for (const f of state.refs) fd.append("references", f, f.name);
+  return fd;
+}
+
+async function inspectAll() {
+  if (!state.queries.length) { setStatus("Choose at least one query image.", true); return; }
+  if (!state.setId && !state.refs.length) { setStatus("Choose a normal reference image or a reference set.", true); return; }
+  const gen = ++state.generation;
+  state.rows = state.queries.map((file) => ({ file, status: "waiting" }));
+  state.selected = 0; state.history = [];
+  setStatus(""); render();
+  $("inspect-btn").disabled = true;
+  try {
+    const failed = await inspectRows(gen);
+    if (gen === state.generation) setStatus(failed ? `${failed} of ${state.rows.length} could not be inspected (see the table).` : "", failed > 0);
+  } finally {
+    setBusy(""); $("inspect-btn").disabled = false;
+  }
+}
+
+/** Inspect the rows one by one; stops as soon as the inputs change. The number that failed. */
+async function inspectRows(gen) {
+  const needRefPreview = !state.refImg;
+  let failed = 0;
+  for (const [i, row] of state.rows.entries()) {
+    setBusy(`inspecting ${i + 1} of ${state.rows.length}…`);
+    row.status = "working"; render();
+    const fd = pairForm(row.file);
+    fd.append("heatmap", "true");
+    const showable = IMAGE_TYPES.test(row.file.name);
+    if (!showable || (needRefPreview && i === 0)) fd.append("preview", "true");
+    if (state.touched) fd.append("threshold", String(state.threshold));
+    const t0 = performance.now();
+    try {
+      const res = await api("POST", "/v1/inspect", fd);
+      if (gen !== state.generation) return failed;  // inputs changed meanwhile: this answer is for other images
+      row.grid = res.anomaly_grid ? AdcBoxes.decodeGrid(res.anomaly_grid) : null;
+      row.img = (showable ? await fileImage(row.file) : null) || (res.preview ? await loadImage(res.preview) : null);
+      if (res.reference_preview && !state.refImg) state.refImg = await loadImage(res.reference_preview);
+      if (gen !== state.generation) return failed;
+      row.res = res; row.ms = performance.now() - t0; row.status = "done";
+    } catch (e) {
+      if (gen !== state.generation) return failed;
+      row.status = "error"; row.error = e.message; failed++;
+    }
+    render();
+  }
+  return failed;
+}
+
+/** A row's verdict and boxes at the current threshold: the service's own when it is the threshold the
+    service used, otherwise re-computed here from the returned map. */
+function judgement(row) {
+  const res = row.res;
+  const t = state.touched ? state.threshold : res.threshold;
+  if (Math.abs(t - res.threshold) <= 5e-7) {
+    return { threshold: res.threshold, verdict: res.verdict, boxes: res.boxes, description: res.description, served: true };
+  }
+  const j = AdcBoxes.judge(res, row.grid, t);
+  const n = j.boxes.length;
+  const description = j.verdict === "normal" ? "Normal at this threshold: the image score is below it." :
+    !row.grid ? "Anomalous at this threshold; inspect again to see its boxes (this model returns no map)." :
+    `${n} defect region${n === 1 ? "" : "s"} at this threshold (re-drawn on the page from the returned map).`;
+  return { threshold: t, verdict: j.verdict, boxes: row.grid ? j.boxes : [], description, served: false };
+}
+
+// ------------------------------------------------------------------ rendering
+function render() { renderVerdict(); renderViewer(); renderTable(); }
+
+function selectedRow() { return state.rows[state.selected] || null; }
+
+function renderVerdict() {
+  const row = selectedRow(), v = $("verdict");
+  let text = "not inspected", cls = "none", file = "", score = "", desc = "";
+  if (row) file = row.file.name;
+  else if (state.queries.length) { file = state.queries[0].name; desc = "Press Inspect to judge it."; }
+  if (row && (row.status === "waiting" || row.status === "working")) { text = "inspecting…"; }
+  else if (row && row.status === "error") { text = "not judged"; desc = `Could not be inspected: ${row.error}`; }
+  else if (row && row.status === "done") {
+    const j = judgement(row);
+    text = j.verdict.toUpperCase(); cls = j.verdict; desc = j.description;
+    score = `score ${row.res.score.toFixed(4)} · threshold ${j.threshold.toFixed(4)}`;
+  }
+  v.textContent = text; v.className = cls;
+  $("verdict-file").textContent = file; $("score").textContent = score; $("description").textContent = desc;
+  const done = row && row.status === "done";
+  $("download-json").disabled = !done; $("download-image").disabled = !done;
+  $("download-all").disabled = !state.rows.some((r) => r.status === "done");
+}
+
+function scaleTop(row) {
+  const thr = state.modelThreshold ?? (row && row.res ? row.res.threshold : null);
+  return thr > 0 ? 2 * thr : (row && row.grid ? row.grid.max : 1);
+}
+
+function heatOf(row, vmax) {
+  let h = state.heat.get(row);
+  if (!h || h.vmax !== vmax) { h = { vmax, image: AdcViewer.heatImage(row.grid, vmax) }; state.heat.set(row, h); }
+  return h.image;
+}
+
+function renderViewer() {
+  const row = selectedRow(), done = row && row.status === "done";
+  const qimg = done ? row.img : state.queryImg;
+  const [w, h] = done ? row.res.image_size : qimg ? [qimg.naturalWidth, qimg.naturalHeight] : [1, 1];
+  const rimg = state.refImg;
+  AdcViewer.showImage($("ref-view"), rimg, rimg ? rimg.naturalWidth : w, rimg ? rimg.naturalHeight : h);
+  AdcViewer.showImage($("query-view"), qimg, w, h);
+  const j = done ? judgement(row) : null;
+  const vmax = scaleTop(row);
+  const heat = done && row.grid && $("show-heat").checked ? heatOf(row, vmax) : null;
+  const view = $("view");  // drawn in query pixels, whatever the canvas's own size
+  AdcViewer.drawOverlay(AdcViewer.fitCanvas(view, w, h), qimg, w, h, heat, done && row.grid ? row.grid.cell : 1,
+                        Number($("opacity").value), j ? j.boxes : [], false);
+  AdcViewer.placeBoxes($("boxes"), $("boxlist"), j ? j.boxes : [], w, h);
+  // Not judged (inputs just changed, working, failed): grey, so nothing looks like a verdict.
+  $("viewer").classList.toggle("stale", !done);
+  const thr = j ? j.threshold : (state.touched ? state.threshold : state.modelThreshold);
+  AdcViewer.drawScale($("scale-bar"), $("scale-ticks"), vmax, thr);
+  const t = done ? row.res.timings_ms || {} : {};
+  $("timing").textContent = done ? `model ${row.res.model} · ${Math.round(t.total || 0)} ms in the model` : "";
+}
+
+function renderTable() {
+  const body = $("results-body");
+  body.textContent = "";
+  state.rows.forEach((row, i) => {
+    const tr = document.createElement("tr");
+    if (i === state.selected) { tr.className = "selected"; tr.setAttribute("aria-current", "true"); }
+    const cell = (text, cls) => { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; };
+    cell(String(i + 1), "num");
+    const name = document.createElement("button");
+    name.type = "button"; name.className = "show"; name.textContent = row.file.name;
+    name.setAttribute("aria-label", `Show ${row.file.name}`);
+    name.addEventListener("click", () => { state.selected = i; state.history = []; render(); });
+    cell("").appendChild(name);
+    if (row.status === "done") {
+      const j = judgement(row);
+      cell(j.verdict, `v-${j.verdict}`); cell(row.res.score.toFixed(4), "num"); cell(String(j.boxes.length), "num");
+      cell(`${Math.round(row.ms)} ms`, "num");
+    } else {
+      cell(row.status === "error" ? `not judged: ${row.error}` : row.status === "working" ? "inspecting…" : "waiting",
+           row.status === "error" ? "v-error" : "v-waiting");
+      cell(""); cell(""); cell("");
+    }
+    body.appendChild(tr);
+  });
+}
+
+// ------------------------------------------------------------------ threshold, heat, zoom
+function setThresholdControls(value) {
+  $("threshold-range").value = String(value);
+  $("threshold").value = String(Number(value.toPrecision(6)));
+  $("threshold-range").setAttribute("aria-valuetext", value.toFixed(4));
+}
+
+function onThreshold(value) {
+  if (!Number.isFinite(value) || value < 0) return;
+  state.touched = true; state.threshold = value;
+  setThresholdControls(value);
+  renderVerdict(); renderViewer(); renderTable();
+}
+$("threshold-range").addEventListener("input", () => onThreshold(Number($("threshold-range").value)));
+$("threshold").addEventListener("change", () => onThreshold(Number($("threshold").value)));
+$("threshold-reset").addEventListener("click", () => {
+  state.touched = false; state.threshold = state.modelThreshold;
+  if (state.modelThreshold != null) setThresholdControls(state.modelThreshold);
+  render();
+});
+$("opacity").addEventListener("input", renderViewer);
+$("show-heat").addEventListener("change", renderViewer);
+const stages = Array.from(document.querySelectorAll(".stage"));
+$("zoom-in").addEventListener("click", () => AdcViewer.zoom(1, stages, $("zoom-level")));
+$("zoom-out").addEventListener("click", () => AdcViewer.zoom(-1, stages, $("zoom-level")));
+$("zoom-fit").addEventListener("click", () => AdcViewer.zoom(0, stages, $("zoom-level")));
+AdcViewer.syncScroll(Array.from(document.querySelectorAll(".pane")));
+
+// ------------------------------------------------------------------ downloads
+function resultJson(row) {
+  const { heatmap, preview, reference_preview, anomaly_grid, ...res } = row.res;  // images stay out of the file
+  const j = judgement(row);
+  if (!j.served) res.on_page = { threshold: j.threshold, verdict: j.verdict, boxes: j.boxes, note: j.description };
+  return res;
+}
+
+$("download-json").addEventListener("click", () => {
+  const row = selectedRow(); if (!row || row.status !== "done") return;
+  download(`${stem(row.file.name)}.adcopilot.json`, new Blob([JSON.stringify(resultJson(row), null, 2)], { type: "application/json" }));
+});
+
+$("download-all").addEventListener("click", () => {
+  const all = state.rows.map((r) => (r.status === "done" ? resultJson(r) : { query: r.file.name, error: r.error || r.status }));
+  download("adcopilot-results.json", new Blob([JSON.stringify(all, null, 2)], { type: "application/json" }));
+});
+
+$("download-image").addEventListener("click", () => {
+  const row = selectedRow(); if (!row || row.status !== "done") return;
+  const [w, h] = row.res.image_size, c = document.createElement("canvas");
+  c.width = w; c.height = h;
+  const heat = row.grid && $("show-heat").checked ? heatOf(row, scaleTop(row)) : null;
+  AdcViewer.drawOverlay(c.getContext("2d"), row.img, w, h, heat, row.grid ? row.grid.cell : 1,
+                        Number($("opacity").value), judgement(row).boxes, true);
+  c.toBlob((blob) => download(`${stem(row.file.name)}.annotated.png`, blob), "image/png");
+});
+
+// ------------------------------------------------------------------ questions
+function say(kind, who, text) {
+  const m = document.createElement("div"); m.className = `msg ${kind}`;
+  const b = document.createElement("b"); b.textContent = who + ": ";
+  m.appendChild(b); m.appendChild(document.createTextNode(text));
+  $("chat-log").appendChild(m); $("chat-log").scrollTop = 1e9;
+  return m;
+}
+
+async function ask(question) {
+  const row = selectedRow(), file = row ? row.file : state.queries[0];
+  if (!file || (!state.setId && !state.refs.length)) { say("error", "page", "Choose a query and a normal reference first."); return; }
+  say("user", "you", question);
+  const fd = pairForm(file);
+  fd.append("question", question);
+  if (state.history.length) fd.append("history", JSON.stringify(state.history));
+  const gen = state.generation;
+  const thinking = document.createElement("div");
+  thinking.className = "msg thinking";
+  thinking.innerHTML = '<span class="spinner" aria-hidden="true"></span><span>thinking…</span>';
+  $("chat-log").appendChild(thinking); $("chat-log").setAttribute("aria-busy", "true");
+  const t0 = performance.now();
+  const tick = setInterval(() => { thinking.lastChild.textContent = `thinking… ${Math.round((performance.now() - t0) / 1000)} s`; }, 1000);
+  $("ask-btn").disabled = true;
+  try {
+    const res = await api("POST", "/v1/ask", fd);
+    if (gen === state.generation) {
+      say("assistant", "adcopilot", res.answer);
+      state.history.push({ role: "user", content: question }, { role: "assistant", content: res.answer });
+    }
+  } catch (e) {
+    say("error", "error", e.message);
+  } finally {
+    clearInterval(tick); thinking.remove();
+    $("chat-log").setAttribute("aria-busy", "false"); $("ask-btn").disabled = false;
+  }
+}
+
+$("inspect-btn").addEventListener("click", inspectAll);
+$("chat-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const q = $("question").value.trim();
+  if (q) { $("question").value = ""; ask(q); }
+});
+
+// ------------------------------------------------------------------ the model and the stored sets
+async function modelInfo() {
+  try {
+    const r = await fetch("/v1/models", { headers: authHeaders() });
+    if (!r.ok) { $("model").textContent = r.status === 401 ? "enter the API key" : `model information: ${r.status}`; return; }
+    const m = (await r.json()).models[0];
+    $("model").textContent = `model ${m.name} · ${m.image_size} px · threshold ${m.threshold.toFixed(4)}` +
+      (m.threshold_source === "calibration" ? " (calibrated)" : "") + (m.language ? " · answers questions" : " · no language model");
+    state.modelThreshold = m.threshold;
+    const top = 3 * m.threshold > 0 ? 3 * m.threshold : 1;
+    $("threshold-range").max = String(top); $("threshold-range").step = String(top / 1000);
+    if (!state.touched) { state.threshold = m.threshold; setThresholdControls(m.threshold); }
+    render();
+    loadSets();
+  } catch (e) { $("model").textContent = "service unreachable"; }
+}
+$("apikey").addEventListener("change", modelInfo);
+render();
+modelInfo();

@@ -1,0 +1,410 @@
+"""The web page as an inspection station, in headless Chromium through Selenium, with the shipped model:
+several queries and a results table, reference / query / overlay side by side, heat-map opacity and
+zoom, a threshold slider whose verdict and boxes follow the service's rule, results cleared when
+inputs change or a request fails, reference sets, downloads, working indicators, keyboard and
+axe-core checks, and the phone layout. Screenshots go to each test's tmp folder.
+
+Needs Chromium and chromedriver (Debian: chromium, chromium-driver) and the dev extra (selenium,
+axe-selenium-python); without them these tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from adcopilot import Copilot, assets
+from adcopilot.geometry import box_iou
+from adcopilot.model.boxes import BoxRules, boxes_from_map
+from adcopilot.serve.app import create_app
+from adcopilot.serve.browser import find_chromium
+from adcopilot.serve.grid import anomaly_grid
+from adcopilot.serve.local import serve_in_thread
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) is not installed")
+axe_selenium_python = pytest.importorskip("axe_selenium_python", reason="axe-selenium-python (dev extra) is not installed")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402  (after the skip)
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+DEFECT = [300, 200, 340, 240]
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    find_chromium() is None or CHROMEDRIVER is None,
+    reason="Chromium or chromedriver not found: apt-get install chromium chromium-driver to enable",
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("images")
+    ref = data.brick()
+    bad = ref.copy()
+    x1, y1, x2, y2 = DEFECT
+    bad[y1:y2, x1:x2] = 250
+    paths = {"ref": d / "good.png", "bad": d / "query.png", "clean": d / "clean.png", "broken": d / "broken.png"}
+    Image.fromarray(ref).save(paths["ref"])
+    Image.fromarray(bad).save(paths["bad"])
+    Image.fromarray(ref).save(paths["clean"])
+    paths["broken"].write_bytes(b"this is not an image")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # A home without stored calibrations, but with the fetched assets (the language model) and models.
+    real, home = assets.home(), tmp_path_factory.mktemp("home")
+    for sub in ("assets", "models", "wheels"):
+        if (real / sub).exists():
+            (home / sub).symlink_to(real / sub)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADCOPILOT_HOME", str(home))
+        with serve_in_thread(create_app(Copilot.load()), timeout=60) as url:
+            yield url
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def driver(downloads):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = find_chromium()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-extensions",
+              "--disable-background-networking", "--window-size=1280,900"):
+        opts.add_argument(a)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(options=opts, service=webdriver.ChromeService(CHROMEDRIVER))
+    d.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    yield d
+    d.quit()
+
+
+def _open(driver, server: str, width: int = 1280, height: int = 900) -> None:
+    driver.set_window_size(width, height)
+    driver.get(server + "/")
+    driver.get_log("browser")  # what earlier pages logged (a refused bad file, on purpose) is theirs
+    _wait(driver, "return document.getElementById('model').textContent.startsWith('model')")
+
+
+def _wait(driver, script: str, timeout: float = 60):
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: d.execute_script(script))
+
+
+def _js(driver, script: str):
+    return driver.execute_script(script)
+
+
+def _choose(driver, input_id: str, paths: list[Path]) -> None:
+    el = driver.find_element(By.ID, input_id)
+    el.clear()  # chromedriver adds to a multiple input's files; a user's choice replaces them
+    el.send_keys("\n".join(str(p) for p in paths))
+
+
+def _inspect(driver, rows: int) -> None:
+    driver.find_element(By.ID, "inspect-btn").click()
+    _wait(driver, f"return document.querySelectorAll('#results-body tr').length === {rows} && "
+                  "!document.getElementById('inspect-btn').disabled")
+
+
+def _verdict(driver) -> str:
+    return _js(driver, "return document.getElementById('verdict').textContent")
+
+
+def _page_boxes(driver) -> list[list[int]]:
+    return _js(driver, "return Array.from(document.querySelectorAll('#boxes .box'), b => JSON.parse(b.dataset.bbox))")
+
+
+def _no_page_errors(driver) -> None:
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert not severe, severe
+
+
+def _served(server: str, files: dict[str, Path], **form) -> dict:
+    r = httpx.post(server + "/v1/inspect", data={"heatmap": "true", **form}, timeout=60, files=[
+        ("query", ("query.png", files["bad"].read_bytes(), "image/png")),
+        ("references", ("good.png", files["ref"].read_bytes(), "image/png"))])
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _pixels(driver, canvas_id: str, x: int, y: int) -> list[int]:
+    return _js(driver, f"return Array.from(document.getElementById('{canvas_id}').getContext('2d')"
+                       f".getImageData({x}, {y}, 1, 1).data)")
+
+
+def test_several_queries_side_by_side_with_opacity_and_zoom(driver, server, files, tmp_path):
+    _open(driver, server)
+    _choose(driver, "query-file", [files["bad"], files["clean"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    # Record the working indicator: the model may answer faster than a poll.
+    _js(driver, """window.sawBusy = false; new MutationObserver(() => {
+        if (!document.getElementById('busy').hidden) window.sawBusy = true; })
+        .observe(document.getElementById('busy'), {attributes: true});""")
+    _inspect(driver, 2)
+    assert _js(driver, "return window.sawBusy") and _js(driver, "return document.getElementById('busy').hidden")
+    table = _js(driver, "return Array.from(document.querySelectorAll('#results-body tr'), r => "
+                        "Array.from(r.cells, c => c.textContent))")
+    assert [r[1:3] for r in table] == [["query.png", "anomalous"], ["clean.png", "normal"]]
+    assert _verdict(driver) == "ANOMALOUS"
+    assert box_iou(_page_boxes(driver)[0], DEFECT) > 0.3
+    # Reference, query and overlay side by side, each drawn at its image's size.
+    rects = _js(driver, "return ['ref-view', 'query-view', 'view'].map(id => { const c = document.getElementById(id),"
+                        " r = c.getBoundingClientRect(); return [r.left, r.top, r.width, c.width, c.height]; })")
+    assert rects[0][0] < rects[1][0] < rects[2][0] and abs(rects[0][1] - rects[2][1]) < 2
+    assert all(r[3:] == [512, 512] and r[2] > 200 for r in rects)
+    assert _pixels(driver, "ref-view", 10, 10)[3] == 255 and _pixels(driver, "query-view", 320, 220)[:3] == [250] * 3
+    driver.save_screenshot(str(tmp_path / "station.png"))
+    _js(driver, "document.getElementById('results').scrollIntoView()")
+    driver.save_screenshot(str(tmp_path / "table.png"))
+    _js(driver, "window.scrollTo(0, 0)")
+    # Opacity: at 0 the overlay is the query itself on the defect; higher, the heat colours it.
+    at = (320, 220)
+
+    def set_range(el_id: str, value: float) -> None:
+        _js(driver, f"const e = document.getElementById('{el_id}'); e.value = '{value}';"
+                    " e.dispatchEvent(new Event('input', {bubbles: true}));")
+
+    set_range("opacity", 0)
+    plain = _pixels(driver, "view", *at)
+    set_range("opacity", 1)
+    heated = _pixels(driver, "view", *at)
+    assert plain[:3] == [250, 250, 250] and heated[:3] != plain[:3]
+    assert _js(driver, "return document.querySelectorAll('#scale-ticks span').length") == 3  # 0, top, threshold
+    # Zoom: the three grow together, and scrolling one pane scrolls the others.
+    for _ in range(2):
+        driver.find_element(By.ID, "zoom-in").click()
+    assert _js(driver, "return document.getElementById('zoom-level').textContent") == "200%"
+    _js(driver, "document.querySelector('#overlay-panel .pane').scrollLeft = 120")
+    _wait(driver, "return document.querySelector('#ref-panel .pane').scrollLeft > 100", timeout=5)
+    widths = _js(driver, "return Array.from(document.querySelectorAll('.stage'), s => s.getBoundingClientRect().width"
+                         " / s.parentElement.clientWidth)")
+    assert widths == pytest.approx([2, 2, 2], abs=0.05)
+    driver.save_screenshot(str(tmp_path / "zoomed.png"))
+    driver.find_element(By.ID, "zoom-fit").click()
+    # The second query from the table.
+    driver.find_element(By.CSS_SELECTOR, "#results-body tr:nth-child(2) button").click()
+    assert _verdict(driver) == "NORMAL" and _page_boxes(driver) == []
+    _no_page_errors(driver)
+
+
+def test_threshold_slider_redraws_verdict_and_boxes_by_the_services_rule(driver, server, files, tmp_path):
+    _open(driver, server)
+    _choose(driver, "query-file", [files["bad"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    _inspect(driver, 1)
+    requests_before = httpx.get(server + "/v1/health").json()["requests"]
+    first = _served(server, files)
+    g = first["anomaly_grid"]
+    grid = np.frombuffer(base64.b64decode(g["values"]), "<f4").reshape(g["height"], g["width"])
+    cell, rules, model_thr = g["cell"], BoxRules(**g["rules"]), first["threshold"]
+    assert cell == 4  # 512 px: the page works on the coarse grid, not on the map itself
+
+    def expected(t: float) -> tuple[str, list[list[int]]]:  # the service's rules, on the grid
+        if first["score"] < t:
+            return "NORMAL", []
+        found = boxes_from_map(grid, t, rules) or boxes_from_map(grid, 0.5 * float(grid.max()), rules)[:1]
+        return "ANOMALOUS", [[x1 * cell, y1 * cell, min(x2 * cell, 512), min(y2 * cell, 512)] for (x1, y1, x2, y2), _ in found]
+
+    compared = set()
+    for factor in (0.05, 0.35, 1.5, 3.0):
+        t = round(model_thr * factor, 6)
+        _js(driver, f"const e = document.getElementById('threshold'); e.value = '{t}';"
+                    " e.dispatchEvent(new Event('change', {bubbles: true}));")
+        verdict, boxes = _verdict(driver), _page_boxes(driver)
+        assert (verdict, boxes) == expected(t), t
+        served = _served(server, files, threshold=str(t))
+        assert verdict == served["verdict"].upper()
+        for b in served["boxes"]:  # every box the service finds lies in one the page draws, give or take a cell
+            x1, y1, x2, y2 = b["bbox_2d"]
+            assert any(p[0] <= x1 + cell and p[1] <= y1 + cell and p[2] >= x2 - cell and p[3] >= y2 - cell
+                       for p in boxes), (t, b, boxes)
+        if served["boxes"]:
+            assert box_iou(served["boxes"][0]["bbox_2d"], boxes[0]) > 0.5
+        compared.add((verdict, len(boxes) > 1))
+        if factor == 0.05:
+            driver.save_screenshot(str(tmp_path / "low-threshold.png"))
+    assert {("ANOMALOUS", True), ("NORMAL", False)} <= compared  # several boxes at a low threshold, none when high
+    # The page asked the model nothing while the slider moved: only this test's own requests reached it.
+    assert httpx.get(server + "/v1/health").json()["requests"] == requests_before + 5
+    driver.find_element(By.ID, "threshold-reset").click()
+    assert _verdict(driver) == "ANOMALOUS" and len(_page_boxes(driver)) == len(first["boxes"])
+
+
+def test_the_pages_box_rule_is_the_services_on_many_maps(driver, server):
+    """The page's port of boxes_from_map against the real one, on maps with many components, odd sizes,
+    even and odd merge squares, specks to drop and more boxes than are kept."""
+    _open(driver, server)
+    rng = np.random.default_rng(0)
+    cases = 0
+    for (h, w), rules in [((37, 53), BoxRules()), ((128, 100), BoxRules(merge_frac=0.05, max_boxes=3)),
+                          ((64, 64), BoxRules(merge_frac=0.0, min_pixels=1)), ((90, 120), BoxRules(merge_frac=0.02)),
+                          ((60, 80), BoxRules(merge_frac=0.025))]:  # a 2.5 px square: Python rounds it to 2
+        amap = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2)
+        g = anomaly_grid(amap, rules, max_side=max(h, w))  # one pixel per cell: the page sees the map itself
+        assert g["cell"] == 1
+        for q in (0.5, 0.8, 0.95, 0.995):
+            t = float(np.quantile(amap, q))
+            page = _js(driver, f"return AdcBoxes.boxesFromGrid(AdcBoxes.decodeGrid({json.dumps(g)}), {t!r})")
+            assert [(b["box"], b["score"]) for b in page] == boxes_from_map(amap, t, rules), (h, w, rules, q)
+            cases += len(page) > 1
+    assert cases >= 4
+    # An image score at the threshold with no cell reaching it: one box at half the map's peak, as inspect does.
+    amap = cv2.GaussianBlur(rng.random((40, 40)).astype(np.float32), (0, 0), 2)
+    g = anomaly_grid(amap, BoxRules(), max_side=40)
+    t = float(amap.max()) * 1.5
+    judged = _js(driver, f"return AdcBoxes.judge({{score: {t}, image_size: [40, 40]}},"
+                         f" AdcBoxes.decodeGrid({json.dumps(g)}), {t!r})")
+    assert judged["verdict"] == "anomalous"
+    assert [b["bbox_2d"] for b in judged["boxes"]] == [b for b, _ in boxes_from_map(amap, 0.5 * float(amap.max()), BoxRules())[:1]]
+
+
+def test_changed_inputs_and_bad_files_never_look_judged(driver, server, files, tmp_path):
+    _open(driver, server)
+    _choose(driver, "query-file", [files["bad"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    _inspect(driver, 1)
+    assert _verdict(driver) == "ANOMALOUS"
+    _choose(driver, "query-file", [files["clean"]])  # a new query: the old verdict goes at once
+    assert _verdict(driver) == "not inspected" and _page_boxes(driver) == []
+    assert _js(driver, "return document.querySelectorAll('#results-body tr').length") == 0
+    assert _js(driver, "return document.getElementById('viewer').classList.contains('stale')")
+    assert _js(driver, "return document.getElementById('download-json').disabled")
+    # Inputs changed while a lot is being inspected: nothing of the old lot shows up, then or later.
+    _choose(driver, "query-file", [files["bad"]] * 3)
+    driver.find_element(By.ID, "inspect-btn").click()
+    _choose(driver, "ref-files", [files["clean"]])
+    _wait(driver, "return !document.getElementById('inspect-btn').disabled")
+    assert _verdict(driver) == "not inspected" and _page_boxes(driver) == []
+    assert _js(driver, "return document.querySelectorAll('#results-body tr').length") == 0
+    _choose(driver, "query-file", [files["broken"]])
+    _inspect(driver, 1)
+    assert _verdict(driver) == "not judged" and _page_boxes(driver) == []
+    row = _js(driver, "return document.querySelector('#results-body tr').textContent")
+    assert "not judged" in row and "broken.png" in row
+    assert "broken.png" in _js(driver, "return document.getElementById('description').textContent")
+    assert _js(driver, "return document.getElementById('viewer').classList.contains('stale')")
+    driver.save_screenshot(str(tmp_path / "bad-file.png"))
+
+
+def _downloaded(folder: Path, name: str) -> Path:
+    path = folder / name
+    deadline = time.monotonic() + 15
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{name} was not downloaded"
+        time.sleep(0.05)
+    time.sleep(0.2)  # written in one go for files this small; let it close
+    return path
+
+
+def test_reference_sets_and_downloads(driver, server, files, downloads):
+    _open(driver, server)
+    _choose(driver, "ref-files", [files["ref"]])
+    driver.find_element(By.ID, "set-name").send_keys("brick wall A")
+    driver.find_element(By.ID, "save-set").click()
+    set_id = _wait(driver, "return document.getElementById('ref-set').value", timeout=30)
+    assert "brick wall A" in _js(driver, "const s = document.getElementById('ref-set');"
+                                         " return s.options[s.selectedIndex].textContent")
+    assert any(s["id"] == set_id for s in httpx.get(server + "/v1/references").json()["reference_sets"])
+    _choose(driver, "query-file", [files["bad"]])
+    _inspect(driver, 1)
+    assert _verdict(driver) == "ANOMALOUS"
+    driver.find_element(By.ID, "download-json").click()
+    saved = json.loads(_downloaded(downloads, "query.adcopilot.json").read_text())
+    assert saved["reference_set"] == set_id and saved["verdict"] == "anomalous" and "anomaly_grid" not in saved
+    assert [b["bbox_2d"] for b in saved["boxes"]] == _page_boxes(driver)
+    _js(driver, "document.getElementById('show-heat').click()")  # boxes only: the red is theirs
+    driver.find_element(By.ID, "download-image").click()
+    img = np.asarray(Image.open(io.BytesIO(_downloaded(downloads, "query.annotated.png").read_bytes())).convert("RGB"))
+    assert img.shape == (512, 512, 3)
+    red = (img[..., 0] > 180) & (img[..., 1] < 90) & (img[..., 2] < 90)
+    x1, y1, x2, y2 = saved["boxes"][0]["bbox_2d"]
+    near = red[max(0, y1 - 30):y2 + 4, max(0, x1 - 4):x2 + 120].sum()
+    assert near > 100 and red.sum() - near < 0.1 * near
+    # A stored set is chosen on a fresh page too, and forgotten from it.
+    _open(driver, server)
+    _wait(driver, f"return Array.from(document.getElementById('ref-set').options).some(o => o.value === '{set_id}')")
+    _js(driver, f"const s = document.getElementById('ref-set'); s.value = '{set_id}';"
+                " s.dispatchEvent(new Event('change'));")
+    _choose(driver, "query-file", [files["bad"]])
+    _inspect(driver, 1)
+    assert _verdict(driver) == "ANOMALOUS"
+    assert _pixels(driver, "ref-view", 10, 10)[3] == 255  # the set's reference, shown from the service's preview
+    driver.find_element(By.ID, "forget-set").click()
+    _wait(driver, "return document.getElementById('ref-set').value === ''", timeout=30)
+    assert httpx.get(server + "/v1/references").json()["reference_sets"] == []
+
+
+def test_keyboard_screen_reader_axe_and_phone(driver, server, files, tmp_path):
+    _open(driver, server)
+    # Real file inputs, reachable with Tab, each with its label.
+    for input_id in ("query-file", "ref-files"):
+        assert _js(driver, f"const e = document.getElementById('{input_id}'); return e.labels.length > 0 &&"
+                           " e.offsetWidth > 0 && e.tabIndex >= 0")
+    _js(driver, "document.getElementById('apikey').focus()")  # the last control of the header
+    reached = []
+    for _ in range(8):
+        ActionChains(driver).send_keys(Keys.TAB).perform()  # the keyboard, not a file path
+        reached.append(_js(driver, "return document.activeElement.id"))
+        if reached[-1] == "ref-files":
+            break
+    assert reached == ["query-file", "ref-set", "ref-files"], reached  # the page's first task comes first
+    _choose(driver, "query-file", [files["bad"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    driver.find_element(By.ID, "inspect-btn").send_keys(Keys.ENTER)
+    _wait(driver, "return document.getElementById('verdict').textContent === 'ANOMALOUS'")
+    live = _js(driver, "const v = document.getElementById('verdict').closest('[aria-live]');"
+                       " return v && v.getAttribute('aria-live')")
+    assert live == "polite"
+    # axe-core (shipped by axe-selenium-python, injected from disk) on the page with a result shown.
+    axe = axe_selenium_python.Axe(driver)
+    axe.inject()
+    found = axe.run()
+    bad = [(v["id"], v["impact"], len(v["nodes"])) for v in found["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, axe.report(found["violations"])
+    # Phone: the verdict comes first and stays in sight.
+    driver.set_window_size(390, 844)
+    _wait(driver, "return window.innerWidth <= 400", timeout=10)
+    top = _js(driver, "return ['verdict-bar', 'inputs', 'overlay-panel', 'chat'].map(id =>"
+                      " document.getElementById(id).getBoundingClientRect().top)")
+    assert top[0] < top[1] < top[2] < top[3] and top[0] < 100
+    driver.save_screenshot(str(tmp_path / "phone.png"))
+    _js(driver, "document.getElementById('viewer').scrollIntoView()")
+    assert -1 <= _js(driver, "return document.getElementById('verdict-bar').getBoundingClientRect().top") < 5
+    driver.save_screenshot(str(tmp_path / "phone-scrolled.png"))
+    found = axe.run()  # the narrow layout too
+    bad = [(v["id"], v["impact"]) for v in found["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, axe.report(found["violations"])
+    _no_page_errors(driver)
+
+
+def test_chat_shows_that_the_model_is_working_then_the_answer(driver, server, files):
+    _open(driver, server)
+    _choose(driver, "query-file", [files["bad"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    driver.find_element(By.ID, "question").send_keys("Is there a defect?", Keys.ENTER)
+    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking') !== null &&"
+                       " document.getElementById('chat-log').getAttribute('aria-busy') === 'true'")
+    _wait(driver, "return document.querySelector('#chat-log .msg.assistant, #chat-log .msg.error')", timeout=120)
+    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking')") is None
+    assert _js(driver, "return document.querySelectorAll('#chat-log .msg.assistant').length") == 1, _js(
+        driver, "return document.getElementById('chat-log').textContent")
+    _no_page_errors(driver)
