@@ -51,7 +51,7 @@ def main() -> None:
     item = items[0]
     query, ref = bench.resolve(item.image_path), bench.references(item, 1)[0]
     from adcopilot.grounding import question_kind, type_options
-    from adcopilot.model.registry import DEFAULT_CHECKPOINT
+    from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 
     folder = DEFAULT_CHECKPOINT if args.model == "default" else Path(args.model)
     labels = json.loads((folder / "language" / "config.json").read_text()).get("defect_labels", [])

@@ -13,7 +13,7 @@ import pytest
 
 from adcopilot import Copilot
 from adcopilot.geometry import box_iou
-from adcopilot.model.registry import DEFAULT_CHECKPOINT
+from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_CHECKPOINT / "config.json").exists(), reason="no shipped checkpoint in this checkout"

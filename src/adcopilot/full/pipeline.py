@@ -1,9 +1,10 @@
-"""Inference with the full-scale model: text generation, and a :class:`Copilot` that answers in text.
+"""Inference with the full-scale model: text generation, and a copilot that answers in text.
 
 :class:`FullModel` holds a loaded model and processor and turns images + a prompt into an
 answer (greedy decoding with the KV cache, the release's settings: images thumbnailed to 512
-pixels, 64x28x28 to 1280x28x28 pixels through the ViT). :class:`FullCopilot` gives it the
-:class:`adcopilot.Copilot` interface used by ``inspect``, ``chat``, ``serve`` and the batch tools:
+pixels, 64x28x28 to 1280x28x28 pixels through the ViT). :class:`FullCopilot` makes it an
+Inspector, Answerer and Localizer (:mod:`adcopilot.protocols`) for ``inspect``, ``chat``, ``serve``
+and the batch tools:
 
 - ``inspect`` asks for the defects' boxes in Qwen2.5-VL's JSON, maps them from the frame the model
   saw back to the query's pixels, and reports verdict ``anomalous`` when there is at least one
@@ -33,13 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from adcopilot.api import Analysis, Copilot
 from adcopilot.errors import AdcopilotError
-from adcopilot.eval.bbox import bbox_prompt, parse_box_text
+from adcopilot.full.loading import load_full_model, load_processor
+from adcopilot.full.processing_adcopilot import format_chat
 from adcopilot.imaging import ImageInput, load_image
+from adcopilot.inputs import as_references, reference_names, source_name
+from adcopilot.model.box_text import bbox_prompt, parse_box_text
 from adcopilot.model.detector import Detector
 from adcopilot.registration import Registration
-from adcopilot.results import Box, InspectionResult
+from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,6 @@ class FullModel:
         **kwargs: Any,
     ) -> FullModel:
         """Load a checkpoint folder (see :func:`adcopilot.full.loading.load_full_model`)."""
-        from adcopilot.full.loading import load_full_model, load_processor
-
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_full_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
@@ -117,8 +118,6 @@ class FullModel:
 
     def prepare(self, images: Sequence[ImageInput], turns: Sequence[dict[str, str]]) -> dict[str, torch.Tensor]:
         """Model inputs for ``images`` (references first, query last) and a conversation ending with a user turn."""
-        from adcopilot.full.processing_adcopilot import format_chat
-
         pics = [_pil(src, f"image {i + 1}", self.max_image_size) for i, src in enumerate(images)]
         text = format_chat(list(turns), len(pics))
         inputs = self.processor(images=pics or None, text=[text], return_tensors="pt")
@@ -220,17 +219,21 @@ class FullDetector(Detector):
         return amap, float(amap.max())
 
 
-class FullCopilot(Copilot):
-    """:class:`adcopilot.Copilot` backed by the full-scale model: boxes, verdict and answers in text."""
+class FullCopilot:
+    """The full-scale copilot: boxes, verdict and answers in text.
 
-    grounds_answers = False  # it answers every question itself (and inspecting means generating)
+    An Inspector, Answerer and Localizer (:mod:`adcopilot.protocols`); it answers every question
+    itself, so it takes no grounding options. ``detector`` is its anomaly-map view for the batch
+    and calibration tools."""
+
+    registration = False  # the model compares the images itself
+    calibration: dict[str, Any] | None = None
 
     def __init__(self, full: FullModel, *, threshold: float | None = None, model_name: str | None = None) -> None:
-        super().__init__(
-            FullDetector(full), threshold=threshold, registration=False, language=full,
-            model_name=model_name or full.name,
-        )
         self.full = full
+        self.detector = FullDetector(full)
+        self.threshold = float(threshold if threshold is not None else self.detector.threshold)
+        self.model_name = model_name or full.name
 
     @classmethod
     def load(  # type: ignore[override]
@@ -242,11 +245,11 @@ class FullCopilot(Copilot):
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput], *, threshold: float | None = None
     ) -> InspectionResult:
         """Ask the model for the defects' boxes; anomalous when it names at least one."""
-        refs = self._as_list(references)
+        refs = as_references(references)
         thr = float(threshold if threshold is not None else self.threshold)
         t0 = time.perf_counter()
-        qname = query if isinstance(query, (str, os.PathLike)) else "query"
-        w, h = load_image(query, name=str(qname)).size
+        qname = source_name(query, "query")
+        w, h = load_image(query, name=qname).size
         reply, frame = self.full.generate_with_frame([*refs, query], bbox_prompt(len(refs)))
         found = parse_labelled_boxes(reply, (w, h), frame)
         if found is None:
@@ -260,14 +263,13 @@ class FullCopilot(Copilot):
             x1, y1, x2, y2 = b.bbox_2d
             amap[y1:y2, x1:x2] = 1.0
         return InspectionResult(
-            query=str(qname),
-            references=[str(r) if isinstance(r, (str, os.PathLike)) else f"reference {i + 1}"
-                        for i, r in enumerate(refs)],
+            query=qname,
+            references=reference_names(refs),
             verdict="anomalous" if anomalous else "normal",
             score=score,
             threshold=thr,
             boxes=boxes if anomalous else [],
-            description=self._describe(anomalous, boxes if anomalous else [], w, h),
+            description=describe_findings(anomalous, boxes if anomalous else [], w, h),
             model=self.model_name,
             image_size=(w, h),
             registration=Registration().to_dict(),
@@ -279,10 +281,8 @@ class FullCopilot(Copilot):
         r = self.inspect(query, references)
         return Analysis(r.anomaly_map, r.score, r.image_size, Registration(), r.timings_ms)
 
-    @property
-    def can_answer_choices(self) -> bool:
-        """The full model answers multiple-choice questions (by generating the letter)."""
-        return True
+    def preload_language(self) -> None:
+        """Nothing to preload: the model that inspects also answers."""
 
     def ask(
         self,
@@ -290,6 +290,7 @@ class FullCopilot(Copilot):
         references: ImageInput | Sequence[ImageInput],
         question: str,
         history: Sequence[dict[str, str]] | None = None,
+        *,
         result: InspectionResult | None = None,
         max_new_tokens: int | None = None,
     ) -> str:
@@ -299,7 +300,7 @@ class FullCopilot(Copilot):
         which the query; ``result`` is accepted for interface compatibility and not needed."""
         if not question or not question.strip():
             raise AdcopilotError("the question is empty")
-        refs = self._as_list(references)
+        refs = as_references(references)
         prompt = question.strip() if history else f"{comparison_preamble(len(refs))} {question.strip()}"
         return self.full.generate([*refs, query], prompt, history=history, max_new_tokens=max_new_tokens)
 
@@ -315,7 +316,7 @@ class FullCopilot(Copilot):
         answer = self.ask(query, references, question, history=history)
         prompt = question.strip()
         if not history:
-            prompt = f"{comparison_preamble(len(self._as_list(references)))} {prompt}"
+            prompt = f"{comparison_preamble(len(as_references(references)))} {prompt}"
         return answer, [*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
     def answer_choice(
@@ -324,9 +325,11 @@ class FullCopilot(Copilot):
         references: ImageInput | Sequence[ImageInput],
         question: str,
         options: dict[str, str],
-        mode: str = "letter",
+        *,
+        result: InspectionResult | None = None,
     ) -> str:
-        """The letter of the option the model names (MMAD's wording; the first letter it writes)."""
+        """The letter of the option the model names (MMAD's wording; the first letter it writes);
+        ``result`` is accepted for interface compatibility and not needed."""
         if not options:
             raise AdcopilotError("a multiple-choice question needs options")
         listed = "\n".join(f"{k}: {v}" for k, v in options.items())
@@ -341,23 +344,9 @@ class FullCopilot(Copilot):
         self,
         query: ImageInput,
         references: ImageInput | Sequence[ImageInput],
-        mode: str = "text",
+        *,
         result: InspectionResult | None = None,
     ) -> list[dict]:
         """Labelled defect boxes ``[{"bbox_2d", "label", "score"}]`` in query pixels, from the model's answer."""
         r = result or self.inspect(query, references)
         return [b.to_dict() for b in r.boxes]
-
-
-def describe_loaded(full: FullModel) -> dict[str, Any]:
-    """Model facts for logs and the serve page."""
-    cfg = full.model.config
-    return {
-        "name": full.name,
-        "parameters": int(sum(p.numel() for p in full.model.parameters())),
-        "compare_token_size": cfg.compare_token_size,
-        "compare_position": cfg.compare_position,
-        "dtype": str(next(full.model.parameters()).dtype),
-        "device": str(full.device),
-        "config": json.loads(cfg.to_json_string())["model_type"],
-    }

@@ -39,6 +39,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from adcopilot.data.questions import format_mcq
 from adcopilot.errors import AdcopilotError
 
 SYSTEM = "You are an industrial inspection assistant."
@@ -160,8 +161,6 @@ def conversation_segments(
 
 def mcq_question(question: str, options: dict[str, str]) -> str:
     """A multiple-choice question as MMAD asks it (question, lettered options, instruction)."""
-    from adcopilot.data.questions import format_mcq
-
     if not options:
         raise AdcopilotError("a multiple-choice question needs at least one option")
     return format_mcq(question.strip(), {str(k): str(v) for k, v in options.items()})

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from adcopilot.line.batch import MANIFEST, read_records
+from adcopilot.line.records import MANIFEST, read_records
 
 log = logging.getLogger(__name__)
 

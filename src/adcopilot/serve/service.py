@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError, ImageError
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
+from adcopilot.protocols import Answerer, Inspector
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def jpeg_preview(img: Image.Image, max_side: int) -> str:
 
 
 class InspectionService:
-    def __init__(self, copilot: Copilot, config: ServeConfig | None = None) -> None:
+    def __init__(self, copilot: Inspector, config: ServeConfig | None = None) -> None:
         self.copilot = copilot
         self.config = config or ServeConfig()
         self.started = time.time()
@@ -131,7 +131,7 @@ class InspectionService:
             "calibration": None if not cal else {k: cal.get(k) for k in (
                 "path", "date", "miss_cost", "false_alarm_cost", "target_miss_rate", "prevalence", "metrics")},
             "registration": cp.registration,
-            "language": hasattr(cp, "ask") and getattr(cp, "language", None) is not None,
+            "language": isinstance(cp, Answerer),
         }]}
 
     # ------------------------------------------------------------------ reference sets
@@ -231,7 +231,7 @@ class InspectionService:
         if len(question) > self.config.max_question_chars:
             raise ServiceError(f"the question is too long ({len(question)} characters, limit {self.config.max_question_chars})")
         turns = self._history(history)
-        if not hasattr(cp, "ask"):
+        if not isinstance(cp, Answerer):
             raise ServiceError(f"model '{cp.model_name}' cannot answer questions (no language model)", 501)
         qimg = self._query(query)
         refs = self._references(references, reference_set)
@@ -242,8 +242,7 @@ class InspectionService:
             except ImageError as exc:
                 raise ServiceError(self._name_refs(str(exc), refs)) from None
             except AdcopilotError as exc:
-                # Without a language model, the model says so: that is "not implemented here".
-                raise ServiceError(str(exc), 501 if getattr(cp, "language", None) is None else 422) from None
+                raise ServiceError(str(exc), 422) from None  # e.g. a malformed history
         return {"answer": answer, "model": cp.model_name, "question": question}
 
     @staticmethod
