@@ -31,22 +31,6 @@ from adcopilot.errors import AdcopilotError
 
 log = logging.getLogger(__name__)
 
-DEFECT_KINDS: tuple[str, ...] = (
-    "crack",
-    "scratch",
-    "hole",
-    "pit",
-    "stain",
-    "contamination",
-    "missing",
-    "extra",
-    "color",
-    "deformation",
-    "texture",
-    "cutpaste",
-    "dark_region",
-    "line",
-)
 
 #: Human-readable names (used as box labels and in captions).
 LABELS: dict[str, str] = {
@@ -457,7 +441,8 @@ def _line(img: np.ndarray, rng: np.random.Generator, c: _Ctx) -> np.ndarray:
     return _blend(img, cov, _dark_or_bright(img, c, rng, 0.6))
 
 
-_PAINTERS: dict[str, Callable[[np.ndarray, np.random.Generator, _Ctx], np.ndarray]] = {
+#: The defect painters by kind: (image, rng, context) -> the painted image.
+PAINTERS: dict[str, Callable[[np.ndarray, np.random.Generator, _Ctx], np.ndarray]] = {
     "crack": _crack,
     "scratch": _scratch,
     "hole": _hole,
@@ -473,6 +458,8 @@ _PAINTERS: dict[str, Callable[[np.ndarray, np.random.Generator, _Ctx], np.ndarra
     "dark_region": _dark_region,
     "line": _line,
 }
+#: Every kind :func:`add_defect` paints, in a fixed order (a random kind is drawn by index).
+DEFECT_KINDS: tuple[str, ...] = tuple(PAINTERS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,7 +545,7 @@ def add_defect(
     h, w = img_u8.shape[:2]
     if kind is None:
         kind = str(rng.choice(DEFECT_KINDS))
-    if kind not in _PAINTERS:
+    if kind not in PAINTERS:
         raise AdcopilotError(f"unknown defect kind {kind!r}; choose from {', '.join(DEFECT_KINDS)}")
     if region is not None:
         region = np.asarray(region)
@@ -578,7 +565,7 @@ def add_defect(
     background = _background_colour(img, region, rng)
     if grey:
         background = np.full(3, background.mean(), np.float32)
-    painter = _PAINTERS[kind]
+    painter = PAINTERS[kind]
     mask = np.zeros((h, w), bool)
     out_u8 = img_u8.copy()
     params: dict[str, Any] = {}
