@@ -35,7 +35,7 @@ from adcopilot.errors import CheckpointError
 from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.inputs import as_references, cache_key, reference_names, source_name
 from adcopilot.language.answering import LanguageAnswers
-from adcopilot.language.handle import NanoLanguage
+from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
 from adcopilot.model.detector import Detector

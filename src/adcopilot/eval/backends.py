@@ -62,6 +62,7 @@ from adcopilot.grounding import (  # noqa: F401 - re-exported: the backends' ans
     yes_means_defect,
     yes_no_letters,
 )
+from adcopilot.imaging import load_thumbnail
 from adcopilot.language.answer import PRIOR_WEIGHT
 from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT, kind_of_config, read_config_json
 from adcopilot.protocols import Answerer, Inspector, Localizer
@@ -204,16 +205,6 @@ def smart_resize(w: int, h: int, factor: int = 28, min_pixels: int = 56 * 56, ma
     return wb, hb
 
 
-def _load_pil(path: str | os.PathLike, max_size: int | None = None):
-    from adcopilot.imaging import load_image
-
-    img = load_image(path)
-    if max_size and max(img.size) > max_size:
-        img = img.copy()
-        img.thumbnail((max_size, max_size))
-    return img
-
-
 class TransformersBackend(Backend):
     """A local Qwen2.5-VL-family checkpoint with Hugging Face transformers (no hub access)."""
 
@@ -280,7 +271,7 @@ class TransformersBackend(Backend):
     def _generate(self, parts: Sequence[PromptPart]) -> tuple[str, Any]:
         import torch
 
-        loaded = [(k, _load_pil(v, self.max_image_size) if k == "image" else v) for k, v in parts]
+        loaded = [(k, load_thumbnail(v, self.max_image_size) if k == "image" else v) for k, v in parts]
         batch = self.inputs.encode(loaded, with_token_types=self._token_types)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._lock, torch.inference_mode():
@@ -317,7 +308,7 @@ class TransformersBackend(Backend):
 # --------------------------------------------------------------------------- openai
 def image_data_url(path: str | os.PathLike, max_size: int | None = 512) -> tuple[str, tuple[int, int]]:
     """A base64 PNG data URL of the image (thumbnailed to ``max_size``) and the size sent (w, h)."""
-    img = _load_pil(path, max_size)
+    img = load_thumbnail(path, max_size)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), img.size

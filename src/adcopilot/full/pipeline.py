@@ -37,7 +37,7 @@ import torch
 from adcopilot.errors import AdcopilotError
 from adcopilot.full.loading import load_full_model, load_processor
 from adcopilot.full.processing_adcopilot import format_chat
-from adcopilot.imaging import ImageInput, load_image
+from adcopilot.imaging import ImageInput, load_image, load_thumbnail
 from adcopilot.inputs import as_references, reference_names, source_name
 from adcopilot.model.box_text import bbox_prompt, parse_box_text
 from adcopilot.model.detector import Detector
@@ -57,14 +57,6 @@ def comparison_preamble(n_refs: int) -> str:
     if n_refs == 1:
         return "The first image is a normal sample. The second image is the query sample."
     return f"The first {n_refs} images are normal samples. The last image is the query sample."
-
-
-def _pil(src: ImageInput, name: str, max_size: int | None):
-    img = load_image(src, name=name).convert("RGB")
-    if max_size and max(img.size) > max_size:
-        img = img.copy()
-        img.thumbnail((max_size, max_size))
-    return img
 
 
 class FullModel:
@@ -118,7 +110,7 @@ class FullModel:
 
     def prepare(self, images: Sequence[ImageInput], turns: Sequence[dict[str, str]]) -> dict[str, torch.Tensor]:
         """Model inputs for ``images`` (references first, query last) and a conversation ending with a user turn."""
-        pics = [_pil(src, f"image {i + 1}", self.max_image_size) for i, src in enumerate(images)]
+        pics = [load_thumbnail(src, self.max_image_size, name=f"image {i + 1}") for i, src in enumerate(images)]
         text = format_chat(list(turns), len(pics))
         inputs = self.processor(images=pics or None, text=[text], return_tensors="pt")
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}

@@ -12,12 +12,10 @@ Multiple choice (``answer_choice``), two modes:
   score first loses ``prior_weight`` times the option's score given a *content-free* pair (two
   flat grey images) and the same question: what the model would say without seeing anything.
   This removes its preference for some option texts whatever the images ("contextual
-  calibration", Zhao et al. 2021; PMI scoring, Holtzman et al. 2021). Measured with the shipped
-  model on the questions it answers (``benchmarks/calibrated_answers.py``): on the training data's
-  held-out questions, mean accuracy over sub-tasks 41.7 % uncalibrated, 45.0 % at weight 0.5 (the
-  best of 0-1), 39.3 % at 1.0; on the bundled benchmark's held-out photos, 31.0 % -> 31.6 % (noise);
-  and a question asked for the first time costs a second scoring (0.35 -> 0.70 s at 1 thread).
-  Off by default (weight 0) for those two reasons.
+  calibration", Zhao et al. 2021; PMI scoring, Holtzman et al. 2021). Off by default (weight 0):
+  with the shipped model it helped on the training data's held-out questions but not on the
+  bundled benchmark's held-out photos, and a question asked for the first time costs a second
+  scoring (``benchmarks/calibrated_answers.py``; figures in ``benchmarks/RESULTS.md``).
 - ``"letter"``: the model generates its answer greedily and the letter is read from it: a
   leading letter if it writes one, else the option whose text it wrote (exact after
   normalising, else the most similar, :func:`match_option`).

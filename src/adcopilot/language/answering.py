@@ -1,7 +1,7 @@
 """The nano copilot's answers: ``ask``, ``answer_choice``, ``chat`` and ``localize``.
 
 :class:`LanguageAnswers` gives an inspector with a nano language model (``self.language``, a
-:class:`~adcopilot.language.handle.NanoLanguage`) the :class:`adcopilot.protocols.Answerer` and
+:class:`~adcopilot.language.nano_language.NanoLanguage`) the :class:`adcopilot.protocols.Answerer` and
 :class:`adcopilot.protocols.Localizer` methods. Grounded answers (default) read the inspection:
 a defect yes/no or defect-location question is answered from ``inspect``'s verdict and boxes at
 this copilot's threshold, a defect-type question naming trained labels by the type head
@@ -33,7 +33,7 @@ from adcopilot.grounding import (
 from adcopilot.imaging import ImageInput, load_image
 from adcopilot.inputs import as_references, source_name
 from adcopilot.language import answer as answers
-from adcopilot.language.handle import NanoLanguage
+from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.results import InspectionResult
 
 _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGNORECASE)

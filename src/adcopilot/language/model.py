@@ -40,8 +40,8 @@ from torch import nn
 
 from adcopilot.errors import CheckpointError
 from adcopilot.geometry import GRID_NAMES
-from adcopilot.language import prompt as P
 from adcopilot.language.llm import end_of_turn_id, load_llm
+from adcopilot.language.prompt import SYSTEM, Segment, conversation_segments
 from adcopilot.language.visual import CELL_STATS, CELL_WIDTH, FEATURES, GLOBAL, GRID, VisualInputs
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class NanoCopilotConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     embed_rms: float = 0.0  # RMS of the language model's word embeddings (set when built)
-    system: str = P.SYSTEM
+    system: str = SYSTEM
     defect_labels: list[str] = field(default_factory=list)  # labels the model was trained to name
     anchored: bool = True  # vocabulary-anchored map, verdict and defect-type tokens (see Projectors)
     evidence: bool = True  # a "Detector:" line stating the dense head's findings in words
@@ -255,8 +255,8 @@ class NanoCopilot(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def segments(self, turns: Sequence[dict[str, str]], n_refs: int, add_generation_prompt: bool = False) -> list[P.Segment]:
-        return P.conversation_segments(
+    def segments(self, turns: Sequence[dict[str, str]], n_refs: int, add_generation_prompt: bool = False) -> list[Segment]:
+        return conversation_segments(
             self.tokenizer, turns, n_refs, with_images=self.cfg.use_images, with_compare=self.cfg.use_compare,
             add_generation_prompt=add_generation_prompt, system=self.cfg.system,
             with_evidence=self.cfg.evidence and self.projectors.anchored,
@@ -288,7 +288,7 @@ class NanoCopilot(nn.Module):
             parts.append(f"it looks like {'an' if label[:1].lower() in 'aeiou' else 'a'} {label.lower()}")
         return "; ".join(parts) + "."
 
-    def encode(self, segments: Sequence[P.Segment], visual: VisualInputs | None) -> Encoded:
+    def encode(self, segments: Sequence[Segment], visual: VisualInputs | None) -> Encoded:
         """Embeddings (T, H) and labels (T,) of a segmented conversation (loss on answers and the
         end-of-turn token after each)."""
         emb_layer = self.llm.get_input_embeddings()

@@ -11,7 +11,7 @@ detection (PatchCore, PaDiM).
 
 :class:`FusedPatchTower` is an inference-only copy of the stages those features need: batch norms
 folded into the convolutions, channels-last layout, in-place ReLU6. Same features to float
-rounding (max difference ~2e-6), about 1.5-2x faster on CPU.
+rounding (max difference ~2e-6), faster on CPU.
 
 Usage::
 

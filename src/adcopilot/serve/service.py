@@ -33,6 +33,7 @@ from PIL import Image
 from adcopilot.errors import AdcopilotError, ImageError
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
 from adcopilot.protocols import Answerer, Inspector
+from adcopilot.visualize import heat_colours
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,8 @@ def heatmap_png(amap: np.ndarray, threshold: float, max_side: int) -> str:
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         amap = cv2.resize(amap, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    thr = max(threshold, 1e-6)
-    norm = np.clip((amap - 0.5 * thr) / (1.5 * thr), 0, 1)
-    bgr = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    norm, rgb = heat_colours(amap, threshold)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     alpha = (np.where(norm > 0.05, 0.35 + 0.4 * norm, 0.0) * 255).astype(np.uint8)
     ok, buf = cv2.imencode(".png", np.dstack([bgr, alpha]))
     if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image

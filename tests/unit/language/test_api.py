@@ -13,7 +13,7 @@ from adcopilot.api import AnsweringCopilot, Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.backends import CopilotBackend
 from adcopilot.eval.mmad import Question
-from adcopilot.language.handle import NanoLanguage
+from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.language.visual import VisualEncoder
 from adcopilot.protocols import Answerer, Localizer, require_answerer
 

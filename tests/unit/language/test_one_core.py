@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adcopilot.api import AnsweringCopilot, Copilot
-from adcopilot.language.handle import NanoLanguage
+from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.language.visual import CELL_STATS
 from adcopilot.model.memory import build_memory
 from adcopilot.model.nano import NanoDetector
