@@ -44,7 +44,7 @@ def main() -> None:
     from adcopilot.api import Copilot
     from adcopilot.eval.bundled import ensure_bundled
     from adcopilot.eval.mmad import load_mmad
-    from adcopilot.language import answer as A
+    from adcopilot.language import answer as answers
 
     bench = load_mmad(ensure_bundled(progress=False))
     items = [it for it in bench.items if it.dataset == "HeldOut-Photos" and not it.is_normal]
@@ -81,7 +81,7 @@ def main() -> None:
     gen = []
     for _ in range(3):
         t = time.perf_counter()
-        A.generate(lang.model, visual, turns, max_new_tokens=40, min_new_tokens=40)
+        answers.generate(lang.model, visual, turns, max_new_tokens=40, min_new_tokens=40)
         gen.append(time.perf_counter() - t)
 
     env = dict(os.environ)

@@ -39,7 +39,6 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from adcopilot.data.questions import format_mcq
 from adcopilot.errors import AdcopilotError
 
 SYSTEM = "You are an industrial inspection assistant."
@@ -161,6 +160,10 @@ def conversation_segments(
 
 def mcq_question(question: str, options: dict[str, str]) -> str:
     """A multiple-choice question as MMAD asks it (question, lettered options, instruction)."""
+    # Imported here: the question module reads masks with scipy, a second's import the copilot
+    # only needs once a question is asked.
+    from adcopilot.data.questions import format_mcq
+
     if not options:
         raise AdcopilotError("a multiple-choice question needs at least one option")
     return format_mcq(question.strip(), {str(k): str(v) for k, v in options.items()})
