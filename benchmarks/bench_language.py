@@ -44,14 +44,14 @@ def main() -> None:
     from adcopilot.api import Copilot
     from adcopilot.eval.bundled import ensure_bundled
     from adcopilot.eval.mmad import load_mmad
-    from adcopilot.language import answer as A
+    from adcopilot.language import answer as answers
 
     bench = load_mmad(ensure_bundled(progress=False))
     items = [it for it in bench.items if it.dataset == "HeldOut-Photos" and not it.is_normal]
     item = items[0]
     query, ref = bench.query(item), bench.references(item, 1)[0]
     from adcopilot.grounding import question_kind, type_options
-    from adcopilot.model.registry import DEFAULT_CHECKPOINT
+    from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 
     folder = DEFAULT_CHECKPOINT if args.model == "default" else Path(args.model)
     labels = json.loads((folder / "language" / "config.json").read_text()).get("defect_labels", [])
@@ -81,7 +81,7 @@ def main() -> None:
     gen = []
     for _ in range(3):
         t = time.perf_counter()
-        A.generate(lang.model, visual, turns, max_new_tokens=40, min_new_tokens=40)
+        answers.generate(lang.model, visual, turns, max_new_tokens=40, min_new_tokens=40)
         gen.append(time.perf_counter() - t)
 
     env = dict(os.environ)

@@ -61,7 +61,7 @@ def main() -> None:
     from adcopilot.eval.bundled import ensure_bundled
     from adcopilot.eval.mmad import load_mmad
     from adcopilot.grounding import question_kind
-    from adcopilot.language import answer as A
+    from adcopilot.language import answer as answers
     from adcopilot.language.prompt import mcq_answer, mcq_question
     from adcopilot.train.chat_data import ChatData
     from adcopilot.train.stage_language import strip_preamble
@@ -74,7 +74,7 @@ def main() -> None:
         turns = [{"role": "user", "content": mcq_question(question, options)}]
         texts = [mcq_answer(k, options) for k in options]
         return {"type": kind, "gold": gold, "letters": list(options),
-                "q": A.score_continuations(model, turns, visual, texts), "g": prior.scores(model, turns, texts)}
+                "q": answers.score_continuations(model, turns, visual, texts), "g": prior.scores(model, turns, texts)}
 
     results: dict[str, list[dict]] = {"val": [], "bundled": []}
     data = ChatData(args.chat_data)

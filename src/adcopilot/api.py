@@ -3,82 +3,52 @@
 Usage::
 
     from adcopilot import Copilot
-    cp = Copilot.load()                       # the shipped default model
+    cp = Copilot.load()                       # the shipped default model (an AnsweringCopilot)
     r = cp.inspect("query.png", ["good1.png", "good2.png"])
     r.verdict, r.score, [b.bbox_2d for b in r.boxes]
-    cp = Copilot.load("baseline")             # the training-free comparison
+    cp = Copilot.load("baseline")             # the training-free comparison (inspects only)
 
-Data flow: load and validate images -> resize both to the model's square size -> register the
-query onto the (first) reference -> detector's anomaly map in the reference frame -> warp the
-map back to the query frame -> resize to the query's pixels -> score, verdict, boxes.
+What a loaded model can do is what it is (:mod:`adcopilot.protocols`): every copilot is an
+``Inspector``; one with a language model also an ``Answerer`` and a ``Localizer``. The model
+registry (:data:`MODEL_KINDS`, :func:`load`) picks the class from the checkpoint's kind.
+
+Data flow of ``inspect``: load and validate images -> resize both to the model's square size ->
+the inspection core (:func:`adcopilot.model.inspection.inspect_arrays`: registration, detector,
+map back in the query's frame) -> resize to the query's pixels -> score, verdict, boxes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from adcopilot.errors import AdcopilotError, require_finite
-from adcopilot.geometry import region_name
+from adcopilot.calibration_file import resolve_calibration
+from adcopilot.errors import CheckpointError, require_finite
 from adcopilot.imaging import ImageInput, load_image, to_float_array
+from adcopilot.inputs import as_references, cache_key, reference_names, source_name
+from adcopilot.language.answering import LanguageAnswers
+from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
+from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
 from adcopilot.model.detector import Detector
-from adcopilot.registration import Registration, register, warp
-from adcopilot.results import Box, InspectionResult
+from adcopilot.model.inspection import inspect_arrays
+from adcopilot.model.registry import load_detector, resolve_model
+from adcopilot.protocols import Inspector
+from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
 
 
-def _source_name(src: ImageInput, fallback: str) -> str:
-    return str(src) if isinstance(src, (str, os.PathLike)) else fallback
-
-
-def _cache_key(src: ImageInput, size: int) -> str | None:
-    h = hashlib.sha1(str(size).encode())
-    if isinstance(src, (str, os.PathLike)):
-        p = Path(src)
-        try:
-            st = p.stat()
-        except OSError:
-            return None
-        h.update(os.fsencode(p.resolve()) + f"|{st.st_mtime_ns}|{st.st_size}".encode())  # bytes: any file name
-    elif isinstance(src, (bytes, bytearray)):
-        h.update(bytes(src))
-    elif isinstance(src, np.ndarray):
-        h.update(np.ascontiguousarray(src).tobytes())
-        h.update(str(src.shape).encode())
-    else:
-        return None
-    return h.hexdigest()
-
-
-@dataclass
-class Analysis:
-    """Raw output of :meth:`Copilot.analyze`."""
-
-    amap: np.ndarray  # (H, W) float32 in the query's pixels
-    score: float
-    size: tuple[int, int]  # (w, h) of the query
-    registration: Registration
-    timings: dict[str, float]
-
-
 class Copilot:
-    """An inspection assistant around one detector (and, when present, a language model)."""
-
-    #: Whether ``answer_choice`` takes ``grounded`` / ``result`` / ``prior_weight`` (grounded answers,
-    #: :mod:`adcopilot.grounding`); a model that answers every question itself says False.
-    grounds_answers = True
+    """An inspection assistant around one detector (an :class:`adcopilot.protocols.Inspector`)."""
 
     def __init__(
         self,
@@ -88,14 +58,12 @@ class Copilot:
         registration: bool = True,
         box_rules: BoxRules | None = None,
         cache_size: int = 256,
-        language: Any = None,
         model_name: str | None = None,
     ) -> None:
         self.detector = detector
         self.threshold = float(threshold if threshold is not None else detector.threshold)
         self.registration = registration
         self.box_rules = box_rules or BoxRules()
-        self.language = language
         self.model_name = model_name or detector.name
         self.calibration: dict[str, Any] | None = None  # the calibration.json in use, if any
         self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
@@ -110,39 +78,15 @@ class Copilot:
         threshold: float | None = None,
         registration: bool = True,
         calibration: str | os.PathLike | None = None,
-    ) -> Copilot:
-        """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder.
-
-        Threshold: ``threshold`` if given, else the calibrated one (``calibration`` file, else the
-        stored ``calibration.json``, see :mod:`adcopilot.line.calibration_file`), else the model's.
-        """
-        from adcopilot.line.calibration_file import resolve_calibration
-        from adcopilot.model.registry import load_detector
-
-        if threshold is not None:
-            require_finite(threshold, "threshold")
-        detector, meta = load_detector(model)
-        name = meta.get("name", detector.name)
-        if "full" in meta:  # the full-scale model answers in text: boxes, verdict, answers
-            from adcopilot.full.pipeline import FullCopilot
-
-            return FullCopilot(meta["full"], threshold=threshold, model_name=name)
-        cal = None if threshold is not None else resolve_calibration(model, name, calibration)
-        thr = threshold if threshold is not None else cal["threshold"] if cal else meta.get("threshold")
-        cp = cls(
-            detector,
-            threshold=thr,
-            registration=registration,
-            language=meta.get("language"),
-            model_name=name,
-        )
-        cp.calibration = cal
-        return cp
+    ) -> Inspector:
+        """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder
+        (see :func:`load`)."""
+        return load(model, threshold=threshold, registration=registration, calibration=calibration)
 
     # ------------------------------------------------------------------ references
     def _reference(self, src: ImageInput, name: str) -> tuple[np.ndarray, Any]:
         size = self.detector.image_size
-        key = _cache_key(src, size)
+        key = cache_key(src, size)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -157,7 +101,7 @@ class Copilot:
     def forget_references(self, references: Sequence[ImageInput]) -> int:
         """Drop the cached encodings of these references (a set no longer used); the number dropped."""
         size = self.detector.image_size
-        keys = {_cache_key(r, size) for r in references} - {None}
+        keys = {cache_key(r, size) for r in references} - {None}
         return sum(self._cache.pop(k, None) is not None for k in keys)
 
     @property
@@ -170,32 +114,16 @@ class Copilot:
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
     ) -> Analysis:
         """Anomaly map in the query's pixels, image score, query size, registration and timings."""
-        refs = self._as_list(references)
+        refs = as_references(references)
         t0 = time.perf_counter()
-        qimg = load_image(query, name=_source_name(query, "query"))
-        size = self.detector.image_size
-        q = to_float_array(qimg, size)
-        encoded = [self._reference(r, _source_name(r, f"reference {i + 1}")) for i, r in enumerate(refs)]
+        qimg = load_image(query, name=source_name(query, "query"))
+        q = to_float_array(qimg, self.detector.image_size)
+        encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
         t1 = time.perf_counter()
-        reg = register(q, encoded[0][0]) if self.registration else Registration()
-        q_aligned = warp(q, reg.matrix) if reg.method != "identity" else q
-        t2 = time.perf_counter()
-        amap, score = self.detector.detect(q_aligned, [e[1] for e in encoded])  # (S, S), reference frame
-        t3 = time.perf_counter()
-        if reg.method != "identity":
-            amap = warp(amap, reg.inverse, border="constant")
+        core = inspect_arrays(self.detector, q, encoded, registration=self.registration)  # (S, S), query frame
         w, h = qimg.size
-        amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-        timings = {"load": (t1 - t0) * 1e3, "register": (t2 - t1) * 1e3, "detect": (t3 - t2) * 1e3}
-        return Analysis(amap, float(score), (w, h), reg, timings)
-
-    def anomaly_map(
-        self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
-    ) -> tuple[np.ndarray, tuple[int, int], Registration, dict[str, float]]:
-        """Anomaly map in the query's pixels ((H, W) float32), the query size (w, h), the
-        registration used, and timings in ms."""
-        a = self.analyze(query, references)
-        return a.amap, a.size, a.registration, a.timings
+        amap = cv2.resize(core.amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        return Analysis(amap, core.score, (w, h), core.registration, {"load": (t1 - t0) * 1e3, **core.timings})
 
     def inspect(
         self,
@@ -207,7 +135,8 @@ class Copilot:
         """Compare ``query`` with normal ``references``; verdict, score, boxes, description."""
         thr = require_finite(threshold if threshold is not None else self.threshold, "threshold")
         t0 = time.perf_counter()
-        a = self.analyze(query, references)
+        refs = as_references(references)
+        a = self.analyze(query, refs)
         amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score
         anomalous = score >= thr
         boxes: list[Box] = []
@@ -217,17 +146,16 @@ class Copilot:
                 # The image score can exceed the threshold while no pixel does (a diffuse
                 # difference): box the strongest region, relative to the map's own peak.
                 found = boxes_from_map(amap, 0.5 * float(amap.max()), self.box_rules)[:1]
-            for bbox, s in found:
-                boxes.append(Box(bbox_2d=bbox, label=self._label(bbox, w, h), score=s))
+            boxes = [Box(bbox_2d=bbox, label="defect", score=s) for bbox, s in found]
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return InspectionResult(
-            query=_source_name(query, "query"),
-            references=[_source_name(r, f"reference {i + 1}") for i, r in enumerate(self._as_list(references))],
+            query=source_name(query, "query"),
+            references=reference_names(refs),
             verdict="anomalous" if anomalous else "normal",
             score=score,
             threshold=thr,
             boxes=boxes,
-            description=self._describe(anomalous, boxes, w, h),
+            description=describe_findings(anomalous, boxes, w, h),
             model=self.model_name,
             image_size=(w, h),
             registration=reg.to_dict(),
@@ -235,152 +163,67 @@ class Copilot:
             anomaly_map=amap,
         )
 
-    # ------------------------------------------------------------------ questions (language model)
-    @property
-    def can_answer_choices(self) -> bool:
-        """Whether a nano language model answers questions (``ask``, ``answer_choice``, ``chat``)."""
-        from adcopilot.language.handle import NanoLanguage
 
-        return isinstance(self.language, NanoLanguage)
+class AnsweringCopilot(LanguageAnswers, Copilot):
+    """A nano :class:`Copilot` with a language model: also an Answerer and a Localizer
+    (:mod:`adcopilot.language.answering`)."""
 
-    def preload_language(self) -> None:
-        """Start loading the language model in the background, if there is one (a question is coming)."""
-        if hasattr(self.language, "preload"):
-            self.language.preload()
+    def __init__(self, detector: Detector, language: NanoLanguage, **kwargs: Any) -> None:
+        super().__init__(detector, **kwargs)
+        self.language = language
 
-    def _nano_language(self) -> Any:
-        from adcopilot.language.handle import NanoLanguage
 
-        if not isinstance(self.language, NanoLanguage):
-            raise AdcopilotError(
-                f"model '{self.model_name}' has no language model: it inspects but cannot answer questions "
-                "(use the default model or a checkpoint with a language/ folder)"
-            )
-        return self.language
+# ---------------------------------------------------------------------- the model registry
+def _load_nano(
+    spec: str | Path, *, threshold: float | None, registration: bool, calibration: str | os.PathLike | None,
+    model: str | os.PathLike | None,
+) -> Copilot:
+    detector, meta = load_detector(spec)
+    name = meta.get("name", detector.name)
+    cal = None if threshold is not None else resolve_calibration(model, name, calibration)
+    thr = threshold if threshold is not None else cal["threshold"] if cal else meta.get("threshold")
+    language = Path(spec) / "language" if isinstance(spec, Path) else None
+    cp: Copilot
+    if language is not None and (language / "config.json").exists():  # answers questions; loaded on first use
+        cp = AnsweringCopilot(detector, NanoLanguage(language, detector, registration=registration), threshold=thr,
+                              registration=registration, model_name=name)
+    else:
+        cp = Copilot(detector, threshold=thr, registration=registration, model_name=name)
+    cp.calibration = cal
+    return cp
 
-    def ask(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        history: list[dict] | None = None,
-        result: InspectionResult | None = None,
-        max_new_tokens: int = 64,
-        *,
-        grounded: bool = True,
-    ) -> str:
-        """The language model's answer to ``question`` about the pair, after the ``history`` turns.
 
-        A request for boxes ("... bounding boxes ... as JSON") is answered with the dense head's
-        boxes labelled by the language model (``result``'s boxes when given). ``grounded``
-        (default): the answer to a yes/no defect question ("Is there a defect?") starts with
-        ``inspect``'s verdict at this copilot's threshold, and the language model goes on from it."""
-        from adcopilot.language.handle import ask
+def _load_full(spec: str | Path, *, threshold: float | None, **_: Any) -> Inspector:
+    # Imported here so that transformers loads only for the full-scale path.
+    from adcopilot.full.pipeline import FullCopilot
 
-        lang = self._nano_language()
-        return ask(self, lang, query, self._as_list(references), question, history, result, max_new_tokens,
-                   grounded=grounded)
+    return FullCopilot.load(spec, threshold=threshold)
 
-    def answer_choice(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        options: dict[str, str],
-        mode: str = "likelihood",
-        *,
-        grounded: bool = True,
-        result: InspectionResult | None = None,
-        prior_weight: float | None = None,
-    ) -> str:
-        """The letter of the chosen option. ``grounded`` (default): a defect yes/no or defect-location
-        question is answered from the inspection (``result``, or inspected now) so that the answer
-        agrees with ``inspect``'s verdict and boxes at this copilot's threshold, and a defect-type
-        question whose options all name defect labels the model was trained on by its defect-type
-        head (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
-        language model (``mode``: likelihood or letter), its option scores calibrated against a
-        content-free pair with ``prior_weight`` (None: the default, 0 = uncalibrated; 0.5 was the
-        best weight on held-out training questions; see :mod:`adcopilot.language.answer`)."""
-        from adcopilot.grounding import detector_choice, question_kind
-        from adcopilot.language.answer import PRIOR_WEIGHT, answer_choice
 
-        w = PRIOR_WEIGHT if prior_weight is None else float(prior_weight)
-        if not 0.0 <= w <= 1.0:
-            raise AdcopilotError(f"prior_weight must be between 0 and 1, got {prior_weight}")
-        refs = self._as_list(references)
-        if grounded and question_kind(question, options) is not None:
-            letter = detector_choice(result if result is not None else self.inspect(query, refs), question, options)
-            if letter:
-                return letter
-        lang = self._nano_language()
-        # Grounded: the language model reads the detector at this copilot's threshold too.
-        t = (result.threshold if result is not None else self.threshold) if grounded else None
-        visual = lang.visual(query, refs, t)
-        if grounded:  # "what type of defect?" with options naming trained labels: the type head
-            from adcopilot.grounding import option_cells, type_options
-            from adcopilot.language.answer import type_choice
+#: Copilot loaders by checkpoint kind (:func:`adcopilot.model.checkpoint_kind.checkpoint_kind`).
+MODEL_KINDS: dict[str, Callable[..., Inspector]] = {
+    "nano": _load_nano,
+    **{kind: _load_full for kind in FULL_KINDS},
+}
 
-            choices = type_options(question, options, list(lang.model.cfg.defect_labels))
-            named = option_cells(question)  # "What defect is at the top left?": that cell
-            region = named[0] if len(named) == 1 else None
-            letter = type_choice(lang.model, visual, choices, region) if choices else None
-            if letter:
-                return letter
-        return answer_choice(lang.model, visual, question, options, mode=mode,  # type: ignore[arg-type]
-                             prefix=lang.prefix(query, refs, t), prior=lang.prior() if w else None, prior_weight=w)
 
-    def localize(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        mode: str = "head",
-        result: InspectionResult | None = None,
-    ) -> list[dict]:
-        """Labelled defect boxes ``[{"bbox_2d", "label", ...}]`` in query pixels: ``head`` = the
-        dense head's boxes labelled by the language model, ``text`` = the language model's own."""
-        from adcopilot.language.handle import localize
+def load(
+    model: str | os.PathLike | None = None,
+    *,
+    threshold: float | None = None,
+    registration: bool = True,
+    calibration: str | os.PathLike | None = None,
+) -> Inspector:
+    """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder.
 
-        lang = self._nano_language()
-        return localize(self, lang, query, self._as_list(references), mode=mode, result=result)
-
-    def chat(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        history: list[dict] | None = None,
-    ) -> tuple[str, list[dict]]:
-        """One turn of a conversation: the answer and the history including this turn."""
-        answer = self.ask(query, references, question, history=history)
-        turns = [*(history or []), {"role": "user", "content": question.strip()}]
-        return answer, [*turns, {"role": "assistant", "content": answer}]
-
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _as_list(references: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-        if isinstance(references, (str, os.PathLike, bytes, bytearray, np.ndarray)) or not isinstance(
-            references, Sequence
-        ):
-            refs = [references]
-        else:
-            refs = list(references)
-        if not refs:
-            raise AdcopilotError("at least one normal reference image is needed (--ref)")
-        return refs
-
-    def _label(self, bbox: list[int], w: int, h: int) -> str:
-        return "defect"
-
-    @staticmethod
-    def _describe(anomalous: bool, boxes: list[Box], w: int, h: int) -> str:
-        if not anomalous:
-            return "No defect found: the query matches the normal reference."
-        if not boxes:
-            return "The query differs from the normal reference, but no compact defect region stands out."
-        parts = []
-        for b in boxes[:3]:
-            x1, y1, x2, y2 = b.bbox_2d
-            frac = 100.0 * (x2 - x1) * (y2 - y1) / float(w * h)
-            parts.append(f"{b.label} at the {region_name(b.bbox_2d, w, h)} ({frac:.1f}% of the image)")
-        n = len(boxes)
-        return f"{n} defect region{'s' if n > 1 else ''} found: " + "; ".join(parts) + "."
+    Threshold: ``threshold`` if given, else the calibrated one (``calibration`` file, else the
+    stored ``calibration.json``, see :mod:`adcopilot.calibration_file`), else the model's."""
+    if threshold is not None:
+        require_finite(threshold, "threshold")
+    spec = resolve_model(model)
+    # A folder that is no known kind goes to the nano loader, which names what is wrong with it.
+    kind = (checkpoint_kind(spec) if isinstance(spec, Path) and (spec / "config.json").is_file() else None) or "nano"
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"{spec}: a {kind} checkpoint; the copilot loads nano and AD-Copilot checkpoints")
+    return MODEL_KINDS[kind](spec, threshold=threshold, registration=registration, calibration=calibration,
+                             model=model)

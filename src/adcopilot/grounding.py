@@ -18,8 +18,8 @@ A third kind is answered by the language model's defect-type head rather than it
     "What type of defect is present?" whose options all name defect labels the model was trained
     on ("Stain.", "Holes", "Metal contamination"; :func:`type_options`). Answer: the option whose
     label the type head finds likeliest in the query's most anomalous grid cell (or the cell the
-    question names). On the bundled benchmark's held-out photos (all 80 defect-classification
-    questions qualify): 50.0 % against 38.8 % for the language model's words.
+    question names). On the bundled benchmark's held-out photos it beats the language model's
+    words (figures in ``benchmarks/RESULTS.md``).
 
 With a language model, ``Copilot.answer_choice`` answers these kinds this way by
 default (``grounded=True``), and a free answer (``Copilot.ask``) to a yes/no defect question

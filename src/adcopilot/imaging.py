@@ -27,6 +27,8 @@ from adcopilot.paths import missing_reason
 MAX_PIXELS = 80_000_000
 #: Formats we accept; anything else Pillow can decode is refused with a clear message.
 SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP"}
+#: File name suffixes of those formats (lower case): what folder listings take for images.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -167,3 +169,13 @@ def scale_box(box: list[float], from_size: tuple[int, int], to_size: tuple[int, 
     out[2] = min(max(out[2], out[0] + 1), tw)
     out[3] = min(max(out[3], out[1] + 1), th)
     return out
+
+
+def load_thumbnail(source: ImageInput, max_size: int | None, *, name: str | None = None) -> Image.Image:
+    """:func:`load_image`, shrunk (aspect kept) so that its longer side is at most ``max_size``
+    (None or 0: as it is)."""
+    img = load_image(source, name=name)
+    if max_size and max(img.size) > max_size:
+        img = img.copy()
+        img.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)  # as AD-Copilot's own scripts
+    return img

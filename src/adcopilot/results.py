@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from adcopilot.geometry import region_name
+from adcopilot.registration import Registration
+
 Verdict = Literal["normal", "anomalous", "unknown"]
 #: ``unknown``: a model that answers in text gave an answer that could not be read as a verdict
 #: (the result then carries it in ``raw_answer``); never reported as normal.
@@ -37,6 +40,17 @@ class Box:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bbox_2d": list(self.bbox_2d), "label": self.label, "score": round(self.score, 4)}
+
+
+@dataclass
+class Analysis:
+    """The anomaly map of a pair in the query's pixels, before the verdict (``Copilot.analyze``)."""
+
+    amap: np.ndarray  # (H, W) float32 in the query's pixels
+    score: float
+    size: tuple[int, int]  # (w, h) of the query
+    registration: Registration
+    timings: dict[str, float]
 
 
 @dataclass
@@ -93,3 +107,18 @@ class InspectionResult:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+
+def describe_findings(anomalous: bool, boxes: list[Box], w: int, h: int) -> str:
+    """The short description of an inspection: the verdict and up to three boxes by region and size."""
+    if not anomalous:
+        return "No defect found: the query matches the normal reference."
+    if not boxes:
+        return "The query differs from the normal reference, but no compact defect region stands out."
+    parts = []
+    for b in boxes[:3]:
+        x1, y1, x2, y2 = b.bbox_2d
+        frac = 100.0 * (x2 - x1) * (y2 - y1) / float(w * h)
+        parts.append(f"{b.label} at the {region_name(b.bbox_2d, w, h)} ({frac:.1f}% of the image)")
+    n = len(boxes)
+    return f"{n} defect region{'s' if n > 1 else ''} found: " + "; ".join(parts) + "."

@@ -15,6 +15,14 @@ from adcopilot.results import InspectionResult
 RED = (230, 40, 40)
 
 
+def heat_colours(amap: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(strength (H, W) in [0, 1], RGB colours (H, W, 3) uint8) of an anomaly map: 0 at half the
+    threshold, full at twice the threshold (so normal images stay clean), jet colours."""
+    thr = max(float(threshold), 1e-6)
+    norm = np.clip((amap - 0.5 * thr) / (1.5 * thr), 0, 1)
+    return norm, cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+
+
 def annotate(query: ImageInput, result: InspectionResult, alpha: float = 0.45) -> Image.Image:
     """Query image (RGB) with the heat-map (where above ~half the threshold) and labelled boxes."""
     img = np.asarray(load_image(query, name=result.query)).copy()
@@ -23,10 +31,7 @@ def annotate(query: ImageInput, result: InspectionResult, alpha: float = 0.45) -
         amap = result.anomaly_map
         if amap.shape != (h, w):
             amap = cv2.resize(amap, (w, h))
-        # Colour scale: 0 at half the threshold, full at twice the threshold (so normal images stay clean).
-        thr = max(result.threshold, 1e-6)
-        norm = np.clip((amap - 0.5 * thr) / (1.5 * thr), 0, 1)
-        heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+        norm, heat = heat_colours(amap, result.threshold)
         weight = (alpha * (norm > 0.05))[..., None]
         img = (img * (1 - weight) + heat * weight).astype(np.uint8)
     thick = max(2, round(min(h, w) / 150))

@@ -56,7 +56,7 @@ def test_two_process_stage1_run(tmp_path):
 
 
 def test_two_process_stage2_run(tmp_path):
-    from adcopilot.model.registry import DEFAULT_CHECKPOINT
+    from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 
     cfg = tmp_path / "s2.yaml"
     cfg.write_text(yaml.safe_dump({

@@ -13,7 +13,7 @@ import pytest
 
 from adcopilot import Copilot
 from adcopilot.geometry import box_iou
-from adcopilot.model.registry import DEFAULT_CHECKPOINT
+from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_CHECKPOINT / "config.json").exists(), reason="no shipped checkpoint in this checkout"
@@ -56,6 +56,19 @@ def test_finds_and_boxes_a_painted_defect_on_a_held_out_photo(copilot):
     assert r.verdict == "anomalous"
     assert r.score > copilot.inspect(ref, [ref]).score
     assert r.boxes and max(box_iou(b.bbox_2d, [116, 310, 185, 351]) for b in r.boxes) > 0.25
+
+
+def test_the_language_model_reads_the_score_inspect_reports(copilot):
+    """The shipped language model's visual inputs come from the same inspection as the verdict."""
+    from adcopilot.protocols import Answerer
+
+    assert isinstance(copilot, Answerer)
+    ref = _gravel()
+    query = ref.copy()
+    cv2.ellipse(query, (150, 330), (34, 20), 30, 0, 360, (20, 20, 20) if query.ndim == 3 else 20, -1)
+    r = copilot.inspect(query, [ref])
+    seen = copilot.language.visual(query, [ref])  # no threshold to map: the raw score
+    assert seen.score == r.score
 
 
 def test_demo_prints_a_verdict_and_writes_the_annotated_image(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, dense_features, load_vision_tower
+from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, load_vision_tower
 
 
 def test_feature_shapes_random_weights():
@@ -13,7 +13,7 @@ def test_feature_shapes_random_weights():
     f = m.patch_features(x)
     assert f["s8"].shape == (2, 40, 16, 12)
     assert f["s16"].shape == (2, 112, 8, 6)
-    assert dense_features(m, x).shape == (2, 152, 16, 12)
+    assert m.dense_features(x).shape == (2, m.channels, 16, 12) and m.channels == 152
     assert m(x).shape == (2, 1000)
     assert not any(p.requires_grad for p in m.parameters())
 

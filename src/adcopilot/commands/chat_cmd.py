@@ -38,15 +38,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Talk with the model about QUERY compared with the normal references."""
         from adcopilot.api import Copilot
-        from adcopilot.errors import AdcopilotError
         from adcopilot.imaging import load_image
+        from adcopilot.protocols import require_answerer
 
         load_image(query, name=str(query))  # fail early on a bad file
         for r in ref:
             load_image(r, name=str(r))
         cp = Copilot.load(model)
-        if not cp.can_answer_choices and not hasattr(cp, "full"):
-            raise AdcopilotError(f"model '{cp.model_name}' has no language model to chat with")
+        cp = require_answerer(cp)
         history: list[dict] = []
         scripted = list(ask or [])
         if not scripted:

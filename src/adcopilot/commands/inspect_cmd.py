@@ -24,16 +24,18 @@ def register(app: typer.Typer) -> None:
         """Compare QUERY with normal reference images and report defects."""
         from adcopilot.api import Copilot
         from adcopilot.errors import require_finite
+        from adcopilot.protocols import require_answerer
         from adcopilot.visualize import save_annotated
 
         if threshold is not None:
             require_finite(threshold, "--threshold")
         cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
-        if ask:
-            cp.preload_language()  # loads while the pair is inspected
+        answerer = require_answerer(cp) if ask else None
+        if answerer is not None:
+            answerer.preload_language()  # loads while the pair is inspected
         result = cp.inspect(query, ref)
-        if ask:
-            result.answer = cp.ask(query, ref, ask, result=result)
+        if answerer is not None:
+            result.answer = answerer.ask(query, ref, ask, result=result)
         if save is not None:
             save_annotated(query, result, save)
         if as_json:

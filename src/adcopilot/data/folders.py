@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from adcopilot.errors import AdcopilotError, ImageError
-from adcopilot.imaging import load_image, resize_square
+from adcopilot.imaging import IMAGE_SUFFIXES, load_image, resize_square
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def list_images(folder: str | Path) -> list[Path]:

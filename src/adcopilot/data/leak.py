@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from adcopilot.errors import AdcopilotError, ImageError
-from adcopilot.imaging import load_image
+from adcopilot.imaging import IMAGE_SUFFIXES, load_image
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "hashes.json"
 FORMAT = "adcopilot-curated-hashes/1"
-_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class LeakError(AdcopilotError):
@@ -98,7 +97,7 @@ def _expand(images: Iterable[str | os.PathLike]) -> list[Path]:
     for item in images:
         p = Path(item)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in _EXTS)
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
         else:
             out.append(p)
     return out

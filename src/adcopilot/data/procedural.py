@@ -25,7 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adcopilot.data.synth import perlin_noise, smooth_noise
+from adcopilot.data.noise import perlin_noise, smooth_noise
+from adcopilot.errors import AdcopilotError
 
 Params = dict[str, Any]
 
@@ -851,8 +852,6 @@ def _views(category: str, p: Params, grey: bool, size: int, rng: np.random.Gener
 def render(category: str, rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
     """One normal image of ``category``: ((size, size, 3) uint8, object mask (size, size) bool or None)."""
     if category not in TEXTURES and category not in OBJECTS:
-        from adcopilot.errors import AdcopilotError
-
         raise AdcopilotError(f"unknown procedural category {category!r}; choose from {', '.join(CATEGORIES)}")
     p, grey = _instance(category, rng)
     return _views(category, p, grey, size, rng, 1)[0]
@@ -872,8 +871,6 @@ def random_normal_pair(
     pieces of one material, so that a model learns such differences are normal): (reference, query_base, query's object mask or None, category)."""
     category = category or str(rng.choice(CATEGORIES))
     if category not in TEXTURES and category not in OBJECTS:
-        from adcopilot.errors import AdcopilotError
-
         raise AdcopilotError(f"unknown procedural category {category!r}; choose from {', '.join(CATEGORIES)}")
     p, grey = _instance(category, rng)
     siblings = category in VARYING and sibling_rate > 0 and bool(rng.random() < sibling_rate)

@@ -35,10 +35,10 @@ from pathlib import Path
 
 from adcopilot.data.mmad_paths import query_candidates, resolve_mask, resolve_query
 from adcopilot.errors import AdcopilotError
+from adcopilot.imaging import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 GOOD_NAMES = {"good", "ok", "normal", "pass", "okay"}
 KINDS = ("mvtec", "labels", "normal", "mmad")
 
@@ -65,7 +65,7 @@ class Entry:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _subdirs(folder: Path) -> list[Path]:

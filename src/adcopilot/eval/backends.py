@@ -44,13 +44,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from adcopilot.api import AnsweringCopilot, Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.bbox import BoxCoords, bbox_prompt
 from adcopilot.eval.mmad import PromptPart, Question, official_prompt
@@ -60,14 +59,18 @@ from adcopilot.grounding import (  # noqa: F401 - re-exported: the backends' ans
     option_cells,
     pick_region_option,
     predicted_cells,
+    question_kind,
     yes_means_defect,
     yes_no_letters,
 )
+from adcopilot.imaging import load_thumbnail
+from adcopilot.language.answer import PRIOR_WEIGHT
+from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT, kind_of_config, read_config_json
+from adcopilot.protocols import Answerer, Inspector, Localizer
 from adcopilot.reasoning import final_answer
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("nano", "baseline", "transformers", "openai")
 AD = "Anomaly Detection"
 DL = "Defect Localization"
 
@@ -111,12 +114,6 @@ class Backend(ABC):
 
 
 # --------------------------------------------------------------------------- nano / baseline
-def has_language(copilot: Any) -> bool:
-    """Whether ``copilot`` answers questions with a language model (``answer_choice``)."""
-    flag = getattr(copilot, "can_answer_choices", None)
-    return bool(flag) if flag is not None else hasattr(copilot, "answer_choice")
-
-
 class CopilotBackend(Backend):
     """Our models through :class:`adcopilot.Copilot` (``nano`` or ``baseline``).
 
@@ -130,18 +127,15 @@ class CopilotBackend(Backend):
 
     supports_boxes = True
 
-    def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Any = None, threshold: float | None = None,
-                 box_mode: str = "head", grounded: bool = True, prior_weight: float | None = None) -> None:
+    def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Inspector | None = None,
+                 threshold: float | None = None, box_mode: str = "head", grounded: bool = True,
+                 prior_weight: float | None = None) -> None:
         self.name = name
         self.model = str(model)
         self.box_mode = box_mode
         self.grounded = grounded
         self.prior_weight = prior_weight
-        if copilot is None:
-            from adcopilot.api import Copilot
-
-            copilot = Copilot.load(model, threshold=threshold)
-        self.copilot = copilot
+        self.copilot = copilot if copilot is not None else Copilot.load(model, threshold=threshold)
         self._results: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -162,16 +156,14 @@ class CopilotBackend(Backend):
         return result
 
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
-        if has_language(self.copilot):
-            from adcopilot.grounding import question_kind
-
-            args = (images[-1], list(images[:-1]), question.text, question.options)
-            if not getattr(self.copilot, "grounds_answers", False):  # the full model answers all itself
-                return str(self.copilot.answer_choice(*args))
+        cp = self.copilot
+        args = (images[-1], list(images[:-1]), question.text, question.options)
+        if isinstance(cp, AnsweringCopilot):
             # The cached inspection, when the detector answers this question.
             result = self.inspect(images) if self.grounded and question_kind(question.text, question.options) else None
-            return str(self.copilot.answer_choice(*args, grounded=self.grounded, result=result,
-                                                  prior_weight=self.prior_weight))
+            return str(cp.answer_choice(*args, grounded=self.grounded, result=result, prior_weight=self.prior_weight))
+        if isinstance(cp, Answerer):  # the full-scale model answers every question itself
+            return str(cp.answer_choice(*args))
         if question.subtask == AD:
             yes, no = yes_no_letters(question.options)
             if yes is None or no is None:
@@ -187,21 +179,23 @@ class CopilotBackend(Backend):
         return predicted_cells(self.inspect(images))
 
     def boxes(self, images: Sequence[str | os.PathLike]) -> BoxAnswer:
-        if has_language(self.copilot) and hasattr(self.copilot, "localize"):
+        cp = self.copilot
+        if isinstance(cp, Localizer):
             r = self.inspect(images) if self.box_mode == "head" else None
-            found = self.copilot.localize(images[-1], list(images[:-1]), mode=self.box_mode, result=r)
+            if isinstance(cp, AnsweringCopilot):
+                found = cp.localize(images[-1], list(images[:-1]), mode=self.box_mode, result=r)
+            else:
+                found = cp.localize(images[-1], list(images[:-1]), result=r)
             return BoxAnswer(json.dumps([{"bbox_2d": b["bbox_2d"], "label": b["label"]} for b in found]))
         r = self.inspect(images)
         return BoxAnswer(json.dumps([{"bbox_2d": b.bbox_2d, "label": b.label} for b in r.boxes]))
 
     def describe(self) -> dict[str, Any]:
         d = {"name": self.name, "model": self.copilot.model_name, "threshold": float(self.copilot.threshold)}
-        d["language_model"] = has_language(self.copilot)
+        d["language_model"] = isinstance(self.copilot, Answerer)
         if d["language_model"]:
             d["box_mode"] = self.box_mode
-            if getattr(self.copilot, "grounds_answers", False):
-                from adcopilot.language.answer import PRIOR_WEIGHT
-
+            if isinstance(self.copilot, AnsweringCopilot):
                 d["answers"] = "grounded" if self.grounded else "language"
                 d["prior_weight"] = PRIOR_WEIGHT if self.prior_weight is None else float(self.prior_weight)
         d["detector"] = self.copilot.detector.describe()
@@ -209,16 +203,6 @@ class CopilotBackend(Backend):
 
 
 # --------------------------------------------------------------------------- transformers
-def _load_pil(path: str | os.PathLike, max_size: int | None = None):
-    from adcopilot.imaging import load_image
-
-    img = load_image(path)
-    if max_size and max(img.size) > max_size:
-        img = img.copy()
-        img.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)  # as AD-Copilot's scripts
-    return img
-
-
 class TransformersBackend(Backend):
     """A local Qwen2.5-VL-family checkpoint with Hugging Face transformers (no hub access)."""
 
@@ -247,7 +231,8 @@ class TransformersBackend(Backend):
 
         from adcopilot.eval.qwen_inputs import QwenInputs
 
-        model_type, architectures = _model_type(path)
+        raw = read_config_json(path)
+        model_type, kind = str(raw.get("model_type", "")), kind_of_config(raw)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         torch_dtype: Any = dtype
@@ -257,7 +242,7 @@ class TransformersBackend(Backend):
                 raise AdcopilotError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
         torch.manual_seed(seed)
         self.inputs: Any
-        if model_type in AD_COPILOT_TYPES or AD_COPILOT_ARCHITECTURE in architectures:
+        if kind == "ad-copilot":
             # AD-Copilot-style: the Comparison Encoder inside Qwen2.5-VL (adcopilot.full), whose
             # processor adds the comparison-token placeholders.
             from adcopilot.eval.qwen_inputs import ProcessorInputs
@@ -284,7 +269,7 @@ class TransformersBackend(Backend):
     def _generate(self, parts: Sequence[PromptPart]) -> tuple[str, Any]:
         import torch
 
-        loaded = [(k, _load_pil(v, self.max_image_size) if k == "image" else v) for k, v in parts]
+        loaded = [(k, load_thumbnail(v, self.max_image_size) if k == "image" else v) for k, v in parts]
         batch = self.inputs.encode(loaded, with_token_types=self._token_types)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._lock, torch.inference_mode():
@@ -317,21 +302,6 @@ class TransformersBackend(Backend):
             "max_pixels": self.max_pixels,
             "decoding": "greedy",
         }
-
-
-AD_COPILOT_TYPES = ("ad_copilot", "yangjian")
-AD_COPILOT_ARCHITECTURE = "ADCopilotVLForConditionalGeneration"
-
-
-def _model_type(path: Path) -> tuple[str, list[str]]:
-    """(model_type, architectures) of a checkpoint's config.json."""
-    try:
-        raw = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdcopilotError(f"{path / 'config.json'}: unreadable ({exc})") from None
-    if not isinstance(raw, dict):
-        raise AdcopilotError(f"{path / 'config.json'}: expected a JSON object")
-    return str(raw.get("model_type", "")), [str(a) for a in raw.get("architectures") or []]
 
 
 # --------------------------------------------------------------------------- openai
@@ -508,34 +478,51 @@ class OpenAIBackend(Backend):
         self._client.close()
 
 
-# --------------------------------------------------------------------------- factory
+# --------------------------------------------------------------------------- registry
+def _baseline(model: str | None, options: dict[str, Any]) -> Backend:
+    return CopilotBackend("baseline", "baseline", threshold=options.get("threshold"))
+
+
+def _nano(model: str | None, options: dict[str, Any]) -> Backend:
+    target = model or "default"
+    if target == "default" and not (DEFAULT_CHECKPOINT / "config.json").exists():
+        raise AdcopilotError(
+            f"backend 'nano' needs a trained checkpoint: none at {DEFAULT_CHECKPOINT}; "
+            "pass --model FOLDER or use --backend baseline"
+        )
+    return CopilotBackend("nano", target, threshold=options.get("threshold"),
+                          box_mode=options.get("box_mode") or "head",
+                          grounded=options.get("answers", "grounded") != "language",
+                          prior_weight=options.get("prior_weight"))
+
+
+def _transformers(model: str | None, options: dict[str, Any]) -> Backend:
+    if not model:
+        raise AdcopilotError("backend 'transformers' needs --model PATH (a local Qwen2.5-VL checkpoint folder)")
+    keys = ("device", "dtype", "max_new_tokens", "min_pixels", "max_pixels", "max_image_size", "seed")
+    return TransformersBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
+
+
+def _openai(model: str | None, options: dict[str, Any]) -> Backend:
+    keys = ("base_url", "api_key", "concurrency", "max_retries", "backoff_s", "timeout_s", "max_image_size",
+            "max_tokens", "box_coords", "seed", "protocol", "vision_ids")
+    return OpenAIBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
+
+
+#: Evaluation backends by name: (model, options) -> Backend.
+BACKENDS: dict[str, Callable[[str | None, dict[str, Any]], Backend]] = {
+    "nano": _nano,
+    "baseline": _baseline,
+    "transformers": _transformers,
+    "openai": _openai,
+}
+
+
 def make_backend(name: str, model: str | None = None, **options: Any) -> Backend:
     """Build a backend by name (see the module docstring); ``model`` is its checkpoint or model name."""
-    if name == "baseline":
-        return CopilotBackend("baseline", "baseline", threshold=options.get("threshold"))
-    if name == "nano":
-        from adcopilot.model.registry import DEFAULT_CHECKPOINT
-
-        target = model or "default"
-        if target == "default" and not (DEFAULT_CHECKPOINT / "config.json").exists():
-            raise AdcopilotError(
-                f"backend 'nano' needs a trained checkpoint: none at {DEFAULT_CHECKPOINT}; "
-                "pass --model FOLDER or use --backend baseline"
-            )
-        return CopilotBackend("nano", target, threshold=options.get("threshold"),
-                              box_mode=options.get("box_mode") or "head",
-                              grounded=options.get("answers", "grounded") != "language",
-                              prior_weight=options.get("prior_weight"))
-    if name == "transformers":
-        if not model:
-            raise AdcopilotError("backend 'transformers' needs --model PATH (a local Qwen2.5-VL checkpoint folder)")
-        keys = ("device", "dtype", "max_new_tokens", "min_pixels", "max_pixels", "max_image_size", "seed")
-        return TransformersBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
-    if name == "openai":
-        keys = ("base_url", "api_key", "concurrency", "max_retries", "backoff_s", "timeout_s", "max_image_size",
-                "max_tokens", "box_coords", "seed", "protocol", "vision_ids")
-        return OpenAIBackend(model, **{k: v for k, v in options.items() if k in keys and v is not None})
-    raise AdcopilotError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
+    if name not in BACKENDS:
+        raise AdcopilotError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
+    return BACKENDS[name](model, options)
 
 
 def versions() -> dict[str, str]:

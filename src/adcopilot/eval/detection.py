@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from scipy.stats import rankdata
 
 from adcopilot.errors import AdcopilotError
+from adcopilot.metrics import auroc as rank_auroc
 
 
 def _check(scores: Sequence[float], labels: Sequence[int | bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -44,11 +44,7 @@ def _check(scores: Sequence[float], labels: Sequence[int | bool]) -> tuple[np.nd
 def auroc(scores: Sequence[float], labels: Sequence[int | bool]) -> float | None:
     """Area under the ROC curve (None when only one class is present)."""
     s, y = _check(scores, labels)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(s)  # average ranks: a tie counts one half
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return rank_auroc(s, y)
 
 
 def _pr_curve(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ import torch
 
 from adcopilot.errors import AdcopilotError, ImageError
 from adcopilot.full.processing_adcopilot import IGNORE_INDEX
+from adcopilot.imaging import load_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,6 @@ def read_chat_jsonl(
     return samples
 
 
-def _load_pil(path: str, max_size: int | None):
-    from adcopilot.imaging import load_image
-
-    img = load_image(path).convert("RGB")
-    if max_size and max(img.size) > max_size:
-        img = img.copy()
-        img.thumbnail((max_size, max_size))
-    return img
-
-
 def collate(items: list[dict[str, torch.Tensor]], pad_id: int, image_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad encoded conversations into one batch; images concatenated in sample order."""
     longest = max(len(it["input_ids"]) for it in items)
@@ -181,7 +172,7 @@ class ChatBatches:
         return int(self._perms[epoch][within])
 
     def encode(self, sample: ChatSample) -> dict[str, torch.Tensor]:
-        images = [_load_pil(p, self.max_image_size) for p in sample.images]
+        images = [load_thumbnail(p, self.max_image_size) for p in sample.images]
         return self.processor.encode_conversation(images, sample.turns, max_length=self.max_length)
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:

@@ -48,12 +48,11 @@ from adcopilot.full.configuration_adcopilot import (
     config_from_released,
     is_authors_config,
 )
+from adcopilot.jsonfile import read_json
+from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind, kind_of_config, read_config_json
 
 log = logging.getLogger(__name__)
 
-#: model_type values of checkpoints this loader reads.
-KNOWN_MODEL_TYPES = ("ad_copilot", "yangjian", "qwen2_5_vl")
-ARCHITECTURE = "ADCopilotVLForConditionalGeneration"
 COMPARE_KEY = "model.visual.compare_visual_encoder."
 
 
@@ -79,22 +78,15 @@ class LoadReport:
 # ---------------------------------------------------------------------------- reading the folder
 def is_full_checkpoint(path: str | os.PathLike) -> bool:
     """True if ``path`` is a folder whose config.json describes an AD-Copilot (or Qwen2.5-VL) model."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
     try:
-        raw = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError):
+        return checkpoint_kind(path) in FULL_KINDS
+    except CheckpointError:
         return False
-    return raw.get("model_type") in KNOWN_MODEL_TYPES or ARCHITECTURE in (raw.get("architectures") or [])
 
 
 def _read_json_object(file: Path) -> dict[str, Any]:
     """A JSON file holding an object; anything else is a one-line :class:`CheckpointError`."""
-    try:
-        raw = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
+    raw = read_json(file, CheckpointError)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
     return raw
@@ -103,11 +95,9 @@ def _read_json_object(file: Path) -> dict[str, Any]:
 def read_config(path: str | os.PathLike, **overrides: Any) -> ADCopilotConfig:
     """The :class:`ADCopilotConfig` of a checkpoint folder (any known layout), ``overrides`` applied."""
     file = Path(path) / "config.json"
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing (a checkpoint folder needs config.json)")
-    raw = _read_json_object(file)
+    raw = read_config_json(path)
     mt = raw.get("model_type")
-    if mt not in KNOWN_MODEL_TYPES and ARCHITECTURE not in (raw.get("architectures") or []):
+    if kind_of_config(raw) not in FULL_KINDS:
         raise CheckpointError(f"{file}: model_type {mt!r} is not an AD-Copilot or Qwen2.5-VL checkpoint")
     for k in overrides:
         if not hasattr(ADCopilotConfig, k):

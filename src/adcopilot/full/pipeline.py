@@ -1,9 +1,10 @@
-"""Inference with the full-scale model: text generation, and a :class:`Copilot` that answers in text.
+"""Inference with the full-scale model: text generation, and a copilot that answers in text.
 
 :class:`FullModel` holds a loaded model and processor and turns images + a prompt into an
 answer (greedy decoding with the KV cache, the release's settings: images thumbnailed to 512
-pixels, 64x28x28 to 1280x28x28 pixels through the ViT). :class:`FullCopilot` gives it the
-:class:`adcopilot.Copilot` interface used by ``inspect``, ``chat``, ``serve`` and the batch tools:
+pixels, 64x28x28 to 1280x28x28 pixels through the ViT). :class:`FullCopilot` makes it an
+Inspector, Answerer and Localizer (:mod:`adcopilot.protocols`) for ``inspect``, ``chat``, ``serve``
+and the batch tools:
 
 - ``inspect`` asks the authors' own yes/no question ("Is there any anomaly in the second image?
   A. Yes B. No. Please answer the letter only."): A gives ``anomalous`` (score 1.0), B ``normal``
@@ -37,17 +38,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import LogitsProcessorList
 
-from adcopilot.api import Analysis, Copilot
 from adcopilot.errors import AdcopilotError
-from adcopilot.eval.bbox import bbox_prompt, parse_box_text
-from adcopilot.imaging import ImageInput, load_image
+from adcopilot.full.loading import load_full_model, load_processor
+from adcopilot.full.processing_adcopilot import format_chat
+from adcopilot.imaging import ImageInput, load_image, load_thumbnail
+from adcopilot.inputs import as_references, reference_names, source_name
+from adcopilot.model.box_text import bbox_prompt, parse_box_text
 from adcopilot.model.detector import Detector
 from adcopilot.reasoning import THINK_CLOSE, THINK_OPEN, final_answer
 from adcopilot.registration import Registration
-from adcopilot.results import Box, InspectionResult
+from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +89,7 @@ def read_verdict(answer: str) -> str:
 
 def image_name(src: ImageInput, index: int) -> str:
     """How errors name an image: its path, else its place in the list."""
-    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else f"image {index + 1}"
-
-
-def _pil(src: ImageInput, name: str, max_size: int | None):
-    img = load_image(src, name=name).convert("RGB")
-    if max_size and max(img.size) > max_size:
-        img = img.copy()
-        img.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)  # as the authors' scripts
-    return img
+    return source_name(src, f"image {index + 1}")
 
 
 class FullModel:
@@ -131,8 +125,6 @@ class FullModel:
         **kwargs: Any,
     ) -> FullModel:
         """Load a checkpoint folder (see :func:`adcopilot.full.loading.load_full_model`)."""
-        from adcopilot.full.loading import load_full_model, load_processor
-
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_full_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
@@ -154,9 +146,7 @@ class FullModel:
 
     def prepare(self, images: Sequence[ImageInput], turns: Sequence[dict[str, str]]) -> dict[str, torch.Tensor]:
         """Model inputs for ``images`` (references first, query last) and a conversation ending with a user turn."""
-        from adcopilot.full.processing_adcopilot import format_chat
-
-        pics = [_pil(src, image_name(src, i), self.max_image_size) for i, src in enumerate(images)]
+        pics = [load_thumbnail(src, self.max_image_size, name=image_name(src, i)) for i, src in enumerate(images)]
         text = format_chat(list(turns), len(pics))
         inputs = self.processor(images=pics or None, text=[text], return_tensors="pt")
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
@@ -270,17 +260,21 @@ class FullDetector(Detector):
         return amap, float(amap.max())
 
 
-class FullCopilot(Copilot):
-    """:class:`adcopilot.Copilot` backed by the full-scale model: boxes, verdict and answers in text."""
+class FullCopilot:
+    """The full-scale copilot: boxes, verdict and answers in text.
 
-    grounds_answers = False  # it answers every question itself (and inspecting means generating)
+    An Inspector, Answerer and Localizer (:mod:`adcopilot.protocols`); it answers every question
+    itself, so it takes no grounding options. ``detector`` is its anomaly-map view for the batch
+    and calibration tools."""
+
+    registration = False  # the model compares the images itself
+    calibration: dict[str, Any] | None = None
 
     def __init__(self, full: FullModel, *, threshold: float | None = None, model_name: str | None = None) -> None:
-        super().__init__(
-            FullDetector(full), threshold=threshold, registration=False, language=full,
-            model_name=model_name or full.name,
-        )
         self.full = full
+        self.detector = FullDetector(full)
+        self.threshold = float(threshold if threshold is not None else self.detector.threshold)
+        self.model_name = model_name or full.name
 
     @classmethod
     def load(  # type: ignore[override]
@@ -296,11 +290,11 @@ class FullCopilot(Copilot):
         An answer that is neither A/Yes nor B/No gives verdict ``unknown`` (never ``normal``), with
         the model's words in ``raw_answer``; an anomalous verdict whose boxes cannot be read keeps
         its verdict, with no boxes and the box answer in ``raw_answer``."""
-        refs = self._as_list(references)
+        refs = as_references(references)
         thr = float(threshold if threshold is not None else self.threshold)
         t0 = time.perf_counter()
-        qname = query if isinstance(query, (str, os.PathLike)) else "query"
-        w, h = load_image(query, name=str(qname)).size
+        qname = source_name(query, "query")
+        w, h = load_image(query, name=qname).size
         images = [*refs, query]
         question = anomaly_question(len(refs))
         raw, _ = self.full.generate_raw(images, question)
@@ -324,11 +318,10 @@ class FullCopilot(Copilot):
         if verdict == "unknown":
             description = "No verdict: the model's answer to the yes/no question could not be read."
         else:
-            description = self._describe(verdict == "anomalous", boxes, w, h)
+            description = describe_findings(verdict == "anomalous", boxes, w, h)
         return InspectionResult(
-            query=str(qname),
-            references=[str(r) if isinstance(r, (str, os.PathLike)) else f"reference {i + 1}"
-                        for i, r in enumerate(refs)],
+            query=qname,
+            references=reference_names(refs),
             verdict=verdict,  # type: ignore[arg-type]
             score=score,
             threshold=thr,
@@ -346,10 +339,8 @@ class FullCopilot(Copilot):
         r = self.inspect(query, references)
         return Analysis(r.anomaly_map, r.score, r.image_size, Registration(), r.timings_ms)
 
-    @property
-    def can_answer_choices(self) -> bool:
-        """The full model answers multiple-choice questions (by generating the letter)."""
-        return True
+    def preload_language(self) -> None:
+        """Nothing to preload: the model that inspects also answers."""
 
     def ask(
         self,
@@ -357,6 +348,7 @@ class FullCopilot(Copilot):
         references: ImageInput | Sequence[ImageInput],
         question: str,
         history: Sequence[dict[str, str]] | None = None,
+        *,
         result: InspectionResult | None = None,
         max_new_tokens: int | None = None,
     ) -> str:
@@ -378,7 +370,7 @@ class FullCopilot(Copilot):
         """:meth:`ask`'s whole reply, reasoning included."""
         if not question or not question.strip():
             raise AdcopilotError("the question is empty")
-        refs = self._as_list(references)
+        refs = as_references(references)
         prompt = question.strip() if history else f"{comparison_preamble(len(refs))} {question.strip()}"
         return self.full.generate_raw([*refs, query], prompt, history=history, max_new_tokens=max_new_tokens)[0]
 
@@ -394,7 +386,7 @@ class FullCopilot(Copilot):
         answer = self.ask(query, references, question, history=history)
         prompt = question.strip()
         if not history:
-            prompt = f"{comparison_preamble(len(self._as_list(references)))} {prompt}"
+            prompt = f"{comparison_preamble(len(as_references(references)))} {prompt}"
         return answer, [*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
     def answer_choice(
@@ -403,9 +395,11 @@ class FullCopilot(Copilot):
         references: ImageInput | Sequence[ImageInput],
         question: str,
         options: dict[str, str],
-        mode: str = "letter",
+        *,
+        result: InspectionResult | None = None,
     ) -> str:
-        """The letter of the option the model names (MMAD's wording), or "" when its answer names none.
+        """The letter of the option the model names (MMAD's wording), or "" when its answer names none;
+        ``result`` is accepted for interface compatibility and not needed.
 
         Read after any reasoning: the first standalone capital letter that is an option's key."""
         if not options:
@@ -426,24 +420,9 @@ class FullCopilot(Copilot):
         self,
         query: ImageInput,
         references: ImageInput | Sequence[ImageInput],
-        mode: str = "text",
+        *,
         result: InspectionResult | None = None,
     ) -> list[dict]:
         """Labelled defect boxes ``[{"bbox_2d", "label", "score"}]`` in query pixels, from the model's answer."""
         r = result or self.inspect(query, references)
         return [b.to_dict() for b in r.boxes]
-
-
-def describe_loaded(full: FullModel) -> dict[str, Any]:
-    """Model facts for logs and the serve page."""
-    cfg = full.model.config
-    return {
-        "name": full.name,
-        "parameters": int(sum(p.numel() for p in full.model.parameters())),
-        "compare_token_size": cfg.compare_token_size,
-        "compare_position": cfg.compare_position,
-        "compare_attention_layout": cfg.compare_attention_layout,
-        "dtype": str(next(full.model.parameters()).dtype),
-        "device": str(full.device),
-        "config": json.loads(cfg.to_json_string())["model_type"],
-    }

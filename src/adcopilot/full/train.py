@@ -1,6 +1,6 @@
 """Train the full-scale model with Hugging Face Accelerate: one GPU, DDP, FSDP, DeepSpeed, many nodes.
 
-The stages are the shared definitions of :mod:`adcopilot.train.stages` (the nano trainer reads the
+The stages are the shared definitions of :mod:`adcopilot.model.stages` (the nano trainer reads the
 same ones), mapped onto this model's modules:
 
 ==============  ======================================================================
@@ -53,7 +53,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.train.stages import Stage, get_stage
+from adcopilot.model.stages import Stage, get_stage
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,10 @@ Multiple choice (``answer_choice``), two modes:
   score first loses ``prior_weight`` times the option's score given a *content-free* pair (two
   flat grey images) and the same question: what the model would say without seeing anything.
   This removes its preference for some option texts whatever the images ("contextual
-  calibration", Zhao et al. 2021; PMI scoring, Holtzman et al. 2021). Measured with the shipped
-  model on the questions it answers (``benchmarks/calibrated_answers.py``): on the training data's
-  held-out questions, mean accuracy over sub-tasks 41.7 % uncalibrated, 45.0 % at weight 0.5 (the
-  best of 0-1), 39.3 % at 1.0; on the bundled benchmark's held-out photos, 31.0 % -> 31.6 % (noise);
-  and a question asked for the first time costs a second scoring (0.35 -> 0.70 s at 1 thread).
-  Off by default (weight 0) for those two reasons.
+  calibration", Zhao et al. 2021; PMI scoring, Holtzman et al. 2021). Off by default (weight 0):
+  with the shipped model it helped on the training data's held-out questions but not on the
+  bundled benchmark's held-out photos, and a question asked for the first time costs a second
+  scoring (``benchmarks/calibrated_answers.py``; figures in ``benchmarks/RESULTS.md``).
 - ``"letter"``: the model generates its answer greedily and the letter is read from it: a
   leading letter if it writes one, else the option whose text it wrote (exact after
   normalising, else the most similar, :func:`match_option`).
@@ -46,10 +44,11 @@ import torch
 import torch.nn.functional as F
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.geometry import region_name
+from adcopilot.geometry import GRID_NAMES, region_name
 from adcopilot.language.model import NanoCopilot
 from adcopilot.language.prompt import mcq_answer, mcq_question
-from adcopilot.language.visual import VisualInputs
+from adcopilot.language.visual import CELL_STATS, VisualInputs
+from adcopilot.model.box_text import parse_box_text
 
 ChoiceMode = Literal["likelihood", "letter"]
 #: The question asked for the language model's own boxes (one of the trained phrasings).
@@ -206,16 +205,13 @@ def type_choice(
     """The letter whose defect label (``choices``: letter -> index into ``cfg.defect_labels``) the
     defect-type head finds likeliest in the query's most anomalous grid cell (or in ``region``,
     a 3x3 cell name, when the question names one); None without a type head."""
-    from adcopilot.geometry import GRID_NAMES
-    from adcopilot.language.visual import CELL_STATS
-
     proj = model.projectors
     if visual is None or not getattr(proj, "anchored", False) or not model.cfg.defect_labels:
         return None
     cells = visual.cells.to(model.device)
     names = [n for row in GRID_NAMES for n in row]
     i = names.index(region) if region in names and cells.shape[0] == len(names) else int(cells[:, 0].argmax())
-    hottest = cells[i, CELL_STATS:]  # (304,)
+    hottest = cells[i, CELL_STATS:]  # (2C,)
     prob = proj.type_head(hottest).softmax(-1)  # (K,)
     return max(choices, key=lambda k: (float(prob[choices[k]]), -list(choices).index(k)))
 
@@ -287,8 +283,6 @@ def boxes_from_reply(reply: str, size: tuple[int, int], frame: int) -> list[dict
     """Boxes written by the language model in its ``frame`` x ``frame`` input frame ->
     [{"bbox_2d", "label"}] in query pixels (``size`` (w, h)), clipped; empty boxes dropped."""
     import json
-
-    from adcopilot.eval.bbox import parse_box_text
 
     raw = parse_box_text(reply) or []
     labels: list[str] = []

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from adcopilot import assets
 from adcopilot.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ KNOWN_LLMS = ("smollm2-135m",)
 def llm_dir(name: str | os.PathLike) -> Path:
     """The local folder of the language model ``name`` (an asset name or a folder)."""
     if str(name) in KNOWN_LLMS:
-        from adcopilot import assets
-
         assets.require("smollm2-135m")
         return assets.smollm2_converted_dir()
     path = Path(name)

@@ -1,9 +1,9 @@
 """NanoCopilot: visual tokens projected into SmolLM2-135M-Instruct (frozen base, optional LoRA).
 
-    VisualInputs (frozen tower + Comparison Encoder, see visual.py)
-      per image: glob (1280) -> global token; base (9, 152) -> 9 base tokens   (1 + 9, 576)
+    VisualInputs (frozen backbone + Comparison Encoder, see visual.py; C, D: the backbone's sizes)
+      per image: glob (D) -> global token; base (9, C) -> 9 base tokens        (1 + 9, 576)
       per pair:  compare (16, 576) -> 16 comparison tokens                     (16, 576)
-                 cells (9, 5 + 304) -> 9 anomaly-map tokens                    (9, 576)
+                 cells (9, 5 + 2C) -> 9 anomaly-map tokens                     (9, 576)
       -> spliced into the chat at the placeholders of prompt.py
       -> SmolLM2-135M-Instruct (frozen; LoRA adapters from stage 3) -> next-token logits
 
@@ -39,8 +39,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adcopilot.errors import CheckpointError
-from adcopilot.language import prompt as P
+from adcopilot.geometry import GRID_NAMES
 from adcopilot.language.llm import end_of_turn_id, load_llm
+from adcopilot.language.prompt import SYSTEM, Segment, conversation_segments
 from adcopilot.language.visual import CELL_STATS, CELL_WIDTH, FEATURES, GLOBAL, GRID, VisualInputs
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class NanoCopilotConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     embed_rms: float = 0.0  # RMS of the language model's word embeddings (set when built)
-    system: str = P.SYSTEM
+    system: str = SYSTEM
     defect_labels: list[str] = field(default_factory=list)  # labels the model was trained to name
     anchored: bool = True  # vocabulary-anchored map, verdict and defect-type tokens (see Projectors)
     evidence: bool = True  # a "Detector:" line stating the dense head's findings in words
@@ -136,8 +137,6 @@ class Projectors(nn.Module):
         """Fill the anchor buffers from the language model's word embeddings."""
         if not self.anchored:
             return
-        from adcopilot.geometry import GRID_NAMES
-
         def word(text: str) -> torch.Tensor:
             ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
             return embed(torch.tensor(ids, device=self.base_pos.device)).float().mean(0)
@@ -173,7 +172,7 @@ class Projectors(nn.Module):
         cell = self.cell_norm(cell) + self.anchor_gain * peak * self.region_anchor  # (G*G, H)
         s = torch.sigmoid((torch.as_tensor(v.score, device=dev) - self.verdict_center) * self.verdict_scale)
         verdict = (1 - s) * self.verdict_anchor[0] + s * self.verdict_anchor[1]  # (H,)
-        hottest = cells[int(peak[:, 0].argmax()), CELL_STATS:]  # (304,)
+        hottest = cells[int(peak[:, 0].argmax()), CELL_STATS:]  # (2C,)
         type_logits = self.type_head(hottest)  # (K,)
         kind = type_logits.softmax(-1) @ self.label_anchor  # (H,)
         out["compare"] = torch.cat([compare, cell, verdict[None], kind[None]], dim=0)  # (L + G*G + 2, H)
@@ -256,8 +255,8 @@ class NanoCopilot(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def segments(self, turns: Sequence[dict[str, str]], n_refs: int, add_generation_prompt: bool = False) -> list[P.Segment]:
-        return P.conversation_segments(
+    def segments(self, turns: Sequence[dict[str, str]], n_refs: int, add_generation_prompt: bool = False) -> list[Segment]:
+        return conversation_segments(
             self.tokenizer, turns, n_refs, with_images=self.cfg.use_images, with_compare=self.cfg.use_compare,
             add_generation_prompt=add_generation_prompt, system=self.cfg.system,
             with_evidence=self.cfg.evidence and self.projectors.anchored,
@@ -269,8 +268,6 @@ class NanoCopilot(nn.Module):
         difference at the top left; it looks like a scratch." (the verdict at
         ``evidence_threshold``; up to two grid cells whose peak is at least 0.8 of the highest; the
         defect-type head's best label, said only for a defective verdict)."""
-        from adcopilot.geometry import GRID_NAMES
-
         defective = v.score >= self.cfg.evidence_threshold
         parts = [f"Detector: {'defective' if defective else 'normal'} (score {v.score:.2f})"]
         peak = v.cells[:, 0]
@@ -286,14 +283,12 @@ class NanoCopilot(nn.Module):
             cells = [names[order[0]]] + [names[i] for i in order[1:2] if float(peak[i]) >= 0.8 * top]
             parts.append("strongest difference at the " + " and the ".join(dict.fromkeys(cells)))
         if defective and self.cfg.defect_labels:
-            from adcopilot.language.visual import CELL_STATS
-
             hottest = v.cells[int(peak.argmax()), CELL_STATS:].to(self.device)
             label = self.cfg.defect_labels[int(self.projectors.type_head(hottest).argmax())]
             parts.append(f"it looks like {'an' if label[:1].lower() in 'aeiou' else 'a'} {label.lower()}")
         return "; ".join(parts) + "."
 
-    def encode(self, segments: Sequence[P.Segment], visual: VisualInputs | None) -> Encoded:
+    def encode(self, segments: Sequence[Segment], visual: VisualInputs | None) -> Encoded:
         """Embeddings (T, H) and labels (T,) of a segmented conversation (loss on answers and the
         end-of-turn token after each)."""
         emb_layer = self.llm.get_input_embeddings()

@@ -160,6 +160,8 @@ def conversation_segments(
 
 def mcq_question(question: str, options: dict[str, str]) -> str:
     """A multiple-choice question as MMAD asks it (question, lettered options, instruction)."""
+    # Imported here: the question module reads masks with scipy, a second's import the copilot
+    # only needs once a question is asked.
     from adcopilot.data.questions import format_mcq
 
     if not options:

@@ -1,23 +1,24 @@
 """What the language model sees of a query/reference pair: the frozen parts' outputs per sample.
 
-:class:`VisualEncoder` runs the frozen EfficientNet-Lite0 tower and the stage-1 comparison model
-(:class:`adcopilot.model.nano.NanoComparisonModel`) exactly as ``Copilot.inspect`` does (images
-resized to the model's size, the query registered onto the first reference) and returns a
-:class:`VisualInputs`: small tensors that the trainable projectors of
-:class:`adcopilot.language.model.NanoCopilot` turn into LLM tokens. Because everything here is
+:class:`VisualEncoder` reads the inspection core's output for the pair
+(:func:`adcopilot.model.inspection.inspect_arrays`, the same call ``Copilot.inspect`` makes: images
+resized to the model's size, the query registered onto the first reference, the product memory
+fused in) and the frozen backbone's features of each image, and returns a :class:`VisualInputs`:
+small tensors that the trainable projectors of :class:`adcopilot.language.model.NanoCopilot` turn
+into LLM tokens. Because everything here is
 frozen in stages 2 and 3, training precomputes them once per sample (see
 :mod:`adcopilot.train.chat_data`), which is what makes the stages fit a CPU budget.
 
 Per image (references first, the query last):
 
-- ``base``   (n, G*G, 152): the tower's stride-8/16 patch features, average-pooled to a G x G grid
+- ``base``   (n, G*G, C): the backbone's dense patch features (C channels, :mod:`adcopilot.model.backbone`), average-pooled to a G x G grid
   (G = 3, the grid MMAD names regions on); they become the image's *base tokens*;
-- ``glob``   (n, 1280): the tower's pooled last-layer features (ImageNet semantics: what the object is).
+- ``glob``   (n, D): the backbone's global feature (D channels) (ImageNet semantics: what the object is).
 
 Per pair (the query compared with all references):
 
 - ``compare`` (L, 576): the Comparison Encoder's comparison tokens (L = 16 comparison queries);
-- ``cells``   (G*G, 5 + 304): the dense anomaly head's map read on the same G x G grid of the
+- ``cells``   (G*G, 5 + 2C): the detector's anomaly map read on the same G x G grid of the
   query, in the query's own frame: per cell the peak and mean anomaly probability, the peak
   nearest-reference distance, the fraction of the cell above 0.5 and the image probability, then
   the anomaly-weighted query features in the cell and their difference from the reference's.
@@ -26,7 +27,7 @@ Usage::
 
     enc = VisualEncoder(detector)                      # a NanoDetector (tower + comparison model)
     v = enc.encode("query.png", ["good.png"])          # VisualInputs
-    v.base.shape, v.compare.shape, v.cells.shape       # (2, 9, 152), (16, 576), (9, 309)
+    v.base.shape, v.compare.shape, v.cells.shape       # (2, 9, C), (16, 576), (9, 5 + 2C)
 """
 
 from __future__ import annotations
@@ -35,24 +36,23 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adcopilot.api import _cache_key, _source_name
 from adcopilot.imaging import ImageInput, load_image, to_float_array
-from adcopilot.model.baseline import normalized_patch_features
+from adcopilot.inputs import cache_key, reference_names, source_name
+from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.detector import to_batch
-from adcopilot.model.nano import pooled_score
-from adcopilot.model.upsample import upsample_centered
-from adcopilot.model.vision import EfficientNetLite0
-from adcopilot.registration import register, warp
+from adcopilot.model.inspection import inspect_arrays
+from adcopilot.model.nano import NanoComparisonModel, NanoDetector
 
 GRID = 3
-FEATURES = 152
-GLOBAL = 1280
+#: The sizes of the backbone the language model reads (its checkpoints do not name another yet).
+FEATURES = backbone_spec().channels  # C
+GLOBAL = backbone_spec().global_channels  # G
 CELL_STATS = 5
 CELL_WIDTH = CELL_STATS + 2 * FEATURES
 
@@ -61,8 +61,8 @@ CELL_WIDTH = CELL_STATS + 2 * FEATURES
 class VisualInputs:
     """Frozen-model outputs for one sample (see the module docstring for shapes)."""
 
-    base: torch.Tensor  # (n_images, G*G, 152), references first, query last
-    glob: torch.Tensor  # (n_images, 1280)
+    base: torch.Tensor  # (n_images, G*G, C), references first, query last
+    glob: torch.Tensor  # (n_images, D)
     compare: torch.Tensor  # (L, 576)
     cells: torch.Tensor  # (G*G, CELL_WIDTH)
     score: float = 0.0  # the detector's image score (its verdict compares it with the threshold)
@@ -110,23 +110,6 @@ def rescale_score(score: float, threshold: float, trained: float) -> float:
     return trained + (float(score) - t) * (1.0 - trained) / (1.0 - t)
 
 
-def tower_features(tower: EfficientNetLite0, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass: ((B, 152, S/8, S/8) normalised patch features, (B, 1280) pooled head features)."""
-    h = tower.stem(x)
-    s8 = s16 = h
-    for i, block in enumerate(tower._blocks):
-        h = block(h)
-        if i == 4:
-            s8 = h
-        elif i == 10:
-            s16 = h
-    head = F.relu6(tower._bn1(tower._conv_head(h))).mean(dim=(2, 3))  # (B, 1280)
-    patches = torch.cat(
-        [F.normalize(s8, dim=1), F.normalize(upsample_centered(s16, 2), dim=1)], dim=1
-    ) / np.sqrt(2.0)
-    return patches, head
-
-
 def pool_grid(x: torch.Tensor, grid: int = GRID) -> torch.Tensor:
     """(B, C, h, w) -> (B, grid*grid, C) average per cell, cells row by row."""
     return F.adaptive_avg_pool2d(x, grid).flatten(2).transpose(1, 2)
@@ -135,8 +118,8 @@ def pool_grid(x: torch.Tensor, grid: int = GRID) -> torch.Tensor:
 def cell_inputs(
     prob: np.ndarray, dist: np.ndarray, qf: torch.Tensor, rf: torch.Tensor, score: float, grid: int = GRID
 ) -> torch.Tensor:
-    """Per-cell map statistics and features: prob/dist (S, S) in the query frame, qf (152, h, w),
-    rf (k, 152, h, w) -> (grid*grid, CELL_WIDTH)."""
+    """Per-cell map statistics and features: prob/dist (S, S) in the query frame, qf (C, h, w),
+    rf (k, C, h, w) -> (grid*grid, CELL_WIDTH)."""
     p = torch.from_numpy(np.ascontiguousarray(prob)).float()[None, None]  # (1, 1, h, w)
     d = torch.from_numpy(np.ascontiguousarray(dist)).float()[None, None]
     peak = F.adaptive_max_pool2d(p, grid).flatten()  # (G*G,)
@@ -146,35 +129,54 @@ def cell_inputs(
     stats = torch.stack([peak, mean, dpeak, above, torch.full_like(peak, score)], dim=1)  # (G*G, 5)
     # Anomaly-weighted features per cell: what the query looks like where it differs.
     w = F.adaptive_avg_pool2d(p, qf.shape[-2:])[0] + 1e-3  # (1, h, w) at the features' resolution
-    qw = F.adaptive_avg_pool2d(qf * w, grid) / F.adaptive_avg_pool2d(w, grid)  # (152, G, G)
+    qw = F.adaptive_avg_pool2d(qf * w, grid) / F.adaptive_avg_pool2d(w, grid)  # (C, G, G)
     rw = F.adaptive_avg_pool2d(rf.mean(0) * w, grid) / F.adaptive_avg_pool2d(w, grid)
-    feats = torch.cat([qw, qw - rw], dim=0).flatten(1).T  # (G*G, 304)
+    feats = torch.cat([qw, qw - rw], dim=0).flatten(1).T  # (G*G, 2C)
     return torch.cat([stats, feats], dim=1)
 
 
-class VisualEncoder:
-    """Frozen tower + stage-1 comparison model -> :class:`VisualInputs` (inspect's preprocessing)."""
+@dataclass
+class _Image:
+    """One image as the encoder keeps it (cached per file)."""
 
-    def __init__(self, detector: object, registration: bool = True, cache_size: int = 64) -> None:
-        # detector: a NanoDetector (it has .model, .tower, .image_size)
-        self.model = detector.model  # type: ignore[attr-defined]
-        self.tower = detector.tower  # type: ignore[attr-defined]
-        self.size = int(detector.image_size)  # type: ignore[attr-defined]
-        self.smooth = float(getattr(self.model.cfg, "smooth_sigma", 0.0))
+    array: np.ndarray  # (S, S, 3) float in [0, 1]
+    encoded: Any  # the detector's encoded reference
+    patches: torch.Tensor  # (C, h, w) dense patch features
+    glob: torch.Tensor  # (D,) global feature
+
+
+class VisualEncoder:
+    """The inspection core's output for a pair -> :class:`VisualInputs`.
+
+    Map, distance and image score are the detector's (:func:`adcopilot.model.inspection.inspect_arrays`,
+    the product memory's fusion included), so the language model reads the score ``inspect``
+    reports. ``comparison``: the comparison model the language model was trained with, when it
+    differs from the detector's; it then gives the comparison tokens."""
+
+    def __init__(
+        self,
+        detector: NanoDetector,
+        registration: bool = True,
+        cache_size: int = 64,
+        comparison: NanoComparisonModel | None = None,
+    ) -> None:
+        self.detector = detector
+        self.comparison = comparison
+        self.tower = detector.tower
+        self.size = int(detector.image_size)
         self.registration = registration
-        self._cache: OrderedDict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[str, _Image] = OrderedDict()
         self._cache_size = cache_size
 
-    def _image(self, src: ImageInput, name: str) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """(array (S, S, 3), patch features (152, h, w), global (1280,)), cached per file."""
-        key = _cache_key(src, self.size)
+    def _image(self, src: ImageInput, name: str) -> _Image:
+        key = cache_key(src, self.size)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         arr = to_float_array(load_image(src, name=name), self.size)
         with torch.no_grad():
-            pf, gf = tower_features(self.tower, to_batch([arr]))
-        entry = (arr, pf[0], gf[0])
+            pf, gf = self.tower.features(to_batch([arr]))
+        entry = _Image(arr, self.detector.encode_reference(arr), pf[0], gf[0])
         if key is not None:
             self._cache[key] = entry
             if len(self._cache) > self._cache_size:
@@ -183,43 +185,23 @@ class VisualEncoder:
 
     @torch.no_grad()
     def encode(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs:
-        refs = [self._image(r, _source_name(r, f"reference {i + 1}")) for i, r in enumerate(references)]
-        q_arr, qf, qg = self._image(query, _source_name(query, "query"))
-        return self.encode_arrays(q_arr, qf, qg, refs)
-
-    @torch.no_grad()
-    def encode_arrays(
-        self,
-        q_arr: np.ndarray,
-        qf: torch.Tensor,
-        qg: torch.Tensor,
-        refs: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
-    ) -> VisualInputs:
-        reg = register(q_arr, refs[0][0]) if self.registration else None
-        aligned = reg is not None and reg.method != "identity"
-        if aligned:
-            qa_f = normalized_patch_features(self.tower, to_batch([warp(q_arr, reg.matrix)]))  # (1, 152, h, w)
-        else:
-            qa_f = qf[None]
-        rf = torch.stack([r[1] for r in refs])  # (k, 152, h, w)
-        out = self.model(qa_f, rf[None])
-        h = out["pixel_logits"].shape[-1]
-        prob = torch.sigmoid(upsample_centered(out["pixel_logits"], self.size // h))[0, 0].numpy()
-        dist = upsample_centered(out["distance"], self.size // h)[0, 0].numpy()
-        if self.smooth > 0:
-            prob = cv2.GaussianBlur(prob, (0, 0), self.smooth)
-        # The same image score as the detector's verdict (``NanoDetector.detect``).
-        score = pooled_score(prob, self.model.cfg.topk_frac)
-        if aligned:  # back to the query's own frame, where regions are named
-            prob = warp(prob, reg.inverse, border="constant")
-            dist = warp(dist, reg.inverse, border="constant")
-        feats = torch.cat([rf, qf[None]])  # (k+1, 152, h, w)
+        refs = [self._image(r, name) for r, name in zip(references, reference_names(references), strict=True)]
+        q = self._image(query, source_name(query, "query"))
+        core = inspect_arrays(self.detector, q.array, [(r.array, r.encoded) for r in refs],
+                              registration=self.registration, with_tokens=self.comparison is None)
+        assert core.distance is not None and core.features is not None  # a nano detector gives both
+        rf = torch.stack([r.patches for r in refs])  # (k, C, h, w)
+        tokens = core.tokens
+        if self.comparison is not None:  # the language model's own comparison model
+            tokens = self.comparison(core.features[None], rf[None])["tokens"]
+        assert tokens is not None
+        feats = torch.cat([rf, q.patches[None]])  # (k+1, C, h, w)
         return VisualInputs(
-            base=pool_grid(feats),  # (k+1, G*G, 152)
-            glob=torch.stack([*(r[2] for r in refs), qg]),  # (k+1, 1280)
-            compare=out["tokens"][0],  # (L, 576)
-            cells=cell_inputs(prob, dist, qf, rf, score),
-            score=score,
+            base=pool_grid(feats),  # (k+1, G*G, C)
+            glob=torch.stack([*(r.glob for r in refs), q.glob]),  # (k+1, D)
+            compare=tokens.reshape(tokens.shape[-2:]).clone(),  # (L, 576); a clone is no inference tensor
+            cells=cell_inputs(core.amap, core.distance, q.patches, rf, core.score),
+            score=core.score,
         )
 
 

@@ -43,17 +43,16 @@ from tqdm import tqdm
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import load_image, to_float_array
+from adcopilot.line.records import MANIFEST, read_records
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, reference_paths, tower_for
+from adcopilot.line.report import build_report
 from adcopilot.line.sources import LotItem, shard
-from adcopilot.model.vision import EfficientNetLite0
+from adcopilot.model.backbone import Backbone
 from adcopilot.paths import name_bytes, readable
 from adcopilot.results import InspectionResult
 from adcopilot.visualize import annotate
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "batch.json"
-
 
 @dataclass
 class BatchConfig:
@@ -88,7 +87,7 @@ class BatchSummary:
 class _Loaded:
     item: LotItem
     image: Image.Image | None = None
-    feature: torch.Tensor | None = None  # (112,) global feature, when references are to be chosen
+    feature: torch.Tensor | None = None  # (D,) matching feature, when references are to be chosen
     error: str | None = None
 
 
@@ -103,22 +102,6 @@ def outcome(truth: str | None, verdict: str) -> str | None:
     if truth == "normal":
         return "overkill" if verdict == "anomalous" else "pass"
     return "detected" if verdict == "anomalous" else "miss"
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a results file; a torn last line (interrupted write) is ignored."""
-    out = []
-    if not path.exists():
-        return out
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s:%d: unreadable record ignored (interrupted write?)", path, n)
-    return out
 
 
 def _asset_name(key: str) -> str:
@@ -171,7 +154,7 @@ def _check_manifest(out: Path, new: dict[str, Any], cfg: BatchConfig) -> None:
     os.replace(tmp, path)
 
 
-def _load(item: LotItem, tower: EfficientNetLite0 | None) -> _Loaded:
+def _load(item: LotItem, tower: Backbone | None) -> _Loaded:
     """Decode (and, with a tower, compute the global feature) in a worker thread, beside the model."""
     try:
         img = load_image(item.path, name=str(item.path))
@@ -179,7 +162,7 @@ def _load(item: LotItem, tower: EfficientNetLite0 | None) -> _Loaded:
         return _Loaded(item, error=str(exc))
     feature = None
     if tower is not None:
-        feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]  # (112,)
+        feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]  # (D,)
     return _Loaded(item, img, feature)
 
 
@@ -303,8 +286,6 @@ def run_batch(
     summary.seconds = time.perf_counter() - t0
     summary.files = {"results": results_path, "skipped": skipped_path}
     if cfg.report:
-        from adcopilot.line.report import build_report
-
         summary.files.update(build_report(out))
     return summary
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from adcopilot.errors import AdcopilotError
+from adcopilot.metrics import auroc
 
 
 @dataclass
@@ -69,16 +70,6 @@ def rates(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tup
         return overkill, np.full(len(thresholds), np.nan)
     miss = np.searchsorted(pos, thresholds, side="left") / len(pos)
     return overkill, miss
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half): P(score of a defect > score of a normal)."""
-    from scipy.stats import rankdata
-
-    r = rankdata(scores)
-    n1 = int((labels == 1).sum())
-    n0 = len(labels) - n1
-    return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2.0) / (n0 * n1))
 
 
 def overkill_upper_bound(false_alarms: int, n_normal: int, confidence: float = 0.95) -> float:
@@ -158,7 +149,7 @@ def choose_threshold(
         "overkill_upper95": overkill_upper_bound(conf["fp"], n0),
         "miss": conf["fn"] / n1 if n1 else None,
         "accuracy": (conf["tp"] + conf["tn"]) / (n0 + n1),
-        "auroc": auroc(s, y) if n1 and n0 else None,
+        "auroc": auroc(s, y),
         "n_normal": n0,
         "n_defective": n1,
     }

@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.sources import is_image, list_images
+from adcopilot.model.backbone import Backbone, load_backbone
 from adcopilot.model.detector import Detector, to_batch
-from adcopilot.model.vision import EfficientNetLite0, load_vision_tower
 from adcopilot.paths import missing_reason
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,16 @@ log = logging.getLogger(__name__)
 GLOBAL_SIZE = 128
 
 
-def tower_for(detector: Detector) -> EfficientNetLite0:
-    """The detector's own frozen tower when it has one, else the pretrained EfficientNet-Lite0."""
+def tower_for(detector: Detector) -> Backbone:
+    """The detector's own frozen backbone when it has one, else the default pretrained one."""
     tower = getattr(detector, "tower", None)
-    return tower if isinstance(tower, EfficientNetLite0) else load_vision_tower()
+    return tower if isinstance(tower, Backbone) else load_backbone()
 
 
 @torch.inference_mode()
-def global_features(tower: EfficientNetLite0, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """[(S, S, 3) float in [0, 1]] -> (B, 112) unit vectors (mean-pooled stride-16 features)."""
-    s16 = tower.patch_features(to_batch(list(images)))["s16"]  # (B, 112, S/16, S/16)
-    return F.normalize(s16.mean(dim=(2, 3)), dim=1)
+def global_features(tower: Backbone, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """[(S, S, 3) float in [0, 1]] -> (B, D) unit vectors: the backbone's matching feature."""
+    return tower.matching_feature(to_batch(list(images)))
 
 
 def reference_paths(sources: Sequence[str | os.PathLike]) -> list[Path]:
@@ -89,7 +87,7 @@ class ReferenceBank:
     def from_paths(
         cls,
         sources: Sequence[str | os.PathLike],
-        tower: EfficientNetLite0,
+        tower: Backbone,
         *,
         size: int = GLOBAL_SIZE,
         batch_size: int = 16,

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from adcopilot.line.batch import MANIFEST, read_records
+from adcopilot.line.records import MANIFEST, read_records
 from adcopilot.paths import name_bytes, readable
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import os
 import torch
 
 from adcopilot.api import Copilot
-from adcopilot.model.vision import EfficientNetLite0
+from adcopilot.model.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ def set_compute_threads(threads: int | None, reserve: int = 1) -> int:
 def prepare_for_inference(copilot: Copilot) -> Copilot:
     """Put the detector's frozen CPU vision tower in channels-last layout (in place; idempotent)."""
     tower = getattr(copilot.detector, "tower", None)
-    if isinstance(tower, EfficientNetLite0) and not tower.training:
-        first = next(tower.parameters())
-        if first.device.type == "cpu":
-            tower.to(memory_format=torch.channels_last)
+    if isinstance(tower, Backbone):
+        tower.prepare_for_inference()
     return copilot

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adcopilot.errors import AdcopilotError
+from adcopilot.imaging import IMAGE_SUFFIXES
 from adcopilot.paths import missing_reason, name_bytes, readable
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL_NAMES = {"good", "ok", "normal", "pass", "passed", "nominal", "negative", "clean"}
 DEFECT_NAMES = {
     "bad", "defect", "defects", "defective", "ng", "nok", "anomaly", "anomalies", "anomalous",
@@ -55,7 +55,7 @@ class LotItem:
 
 
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def list_images(root: Path) -> list[Path]:

@@ -12,19 +12,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from adcopilot.model.detector import Detector, to_batch
 from adcopilot.model.upsample import upsample_centered
-from adcopilot.model.vision import EfficientNetLite0, PatchTower, load_vision_tower
+from adcopilot.model.vision import EfficientNetLite0, PatchTower, joint_patch_features, load_vision_tower
 
 
 def normalized_patch_features(tower: PatchTower, x: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) -> (B, 152, S/8, S/8), each scale's vectors L2-normalised, joint norm 1."""
-    f = tower.patch_features(x)
-    s8 = F.normalize(f["s8"], dim=1)
-    s16 = F.normalize(upsample_centered(f["s16"], 2), dim=1)
-    return torch.cat([s8, s16], dim=1) / np.sqrt(2.0)
+    return joint_patch_features(tower.patch_features(x))
 
 
 class NearestPatchDetector(Detector):

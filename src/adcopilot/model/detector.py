@@ -8,6 +8,7 @@ and maps the results back to the query's pixels). Reference features are compute
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,22 @@ import torch
 def to_batch(images: list[np.ndarray]) -> torch.Tensor:
     """[(S, S, 3) float in [0, 1]] -> (B, 3, S, S) tensor."""
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float()
+
+
+@dataclass
+class Detection:
+    """A detector's output for one query against its encoded references, in the query's square frame.
+
+    ``amap`` and ``score`` are what the verdict reads; a detector with a comparison model also
+    returns the nearest-reference distance, the query's patch features and, when asked for, the
+    comparison tokens (the language model's view of the difference).
+    """
+
+    amap: np.ndarray  # (S, S) float32
+    score: float
+    distance: np.ndarray | None = None  # (S, S) nearest-reference patch distance
+    features: torch.Tensor | None = None  # (C, h, w) the query's patch features
+    tokens: torch.Tensor | None = None  # (L, D) comparison tokens
 
 
 class Detector(ABC):
@@ -38,6 +55,11 @@ class Detector(ABC):
         """(anomaly map (S, S), image score). Default: the map and its pooled score."""
         amap = self.anomaly_map(query, references)
         return amap, self.pool_score(amap)
+
+    def detection(self, query: np.ndarray, references: list[Any], with_tokens: bool = False) -> Detection:
+        """:meth:`detect` as a :class:`Detection`; detectors with more to say override it."""
+        amap, score = self.detect(query, references)
+        return Detection(amap, score)
 
     def pool_score(self, amap: np.ndarray) -> float:
         """Image score from the map: its maximum (after the detector's own smoothing)."""

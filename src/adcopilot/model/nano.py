@@ -39,9 +39,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adcopilot.errors import CheckpointError
+from adcopilot.model.backbone import load_backbone
 from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_positions
-from adcopilot.model.detector import Detector, to_batch
+from adcopilot.model.detector import Detection, Detector, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import ProductMemory
 from adcopilot.model.upsample import upsample_centered
@@ -288,6 +289,12 @@ class NanoDetector(Detector):
         qf = self.patch_features(query)  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         logits = self.model.compare_with(qf, refs, with_tokens=False)["pixel_logits"]
+        return self._maps_from(logits, qf, refs)
+
+    def _maps_from(
+        self, logits: torch.Tensor, qf: torch.Tensor, refs: ReferenceInputs
+    ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """:meth:`maps` from the comparison's pixel logits (1, 1, h, w) and the query's features."""
         prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
         if self.model.cfg.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
@@ -302,12 +309,29 @@ class NanoDetector(Detector):
         """The memory's weight in the fused map for ``variant`` (chosen per variant by ``adapt``)."""
         return self.memory_weights.get(variant, self.memory_weight) if variant is not None else self.memory_weight
 
-    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
-        prob, mem, variant = self.maps(query, references)
+    @torch.inference_mode()
+    def detection(self, query: np.ndarray, references: list[Any], with_tokens: bool = False) -> Detection:
+        """One comparison pass: the fused map and its score, the distance map, the query's features
+        and (``with_tokens``) the comparison tokens."""
+        qf = self.patch_features(query)  # (1, 152, h, w)
+        refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
+        out = self.model.compare_with(qf, refs, with_tokens=with_tokens)
+        prob, mem, variant = self._maps_from(out["pixel_logits"], qf, refs)
         if mem is not None:
             w = self.weight_for(variant)
             prob = (1.0 - w) * prob + w * mem
-        return prob.astype(np.float32, copy=False), pooled_score(prob, self.model.cfg.topk_frac)
+        distance = upsample_centered(out["distance"], self.image_size // qf.shape[-1])[0, 0].numpy()  # (S, S)
+        return Detection(
+            amap=prob.astype(np.float32, copy=False),
+            score=pooled_score(prob, self.model.cfg.topk_frac),
+            distance=distance,
+            features=qf[0],
+            tokens=out["tokens"][0] if with_tokens else None,  # (L, out_width)
+        )
+
+    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
+        d = self.detection(query, references)
+        return d.amap, d.score
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -337,5 +361,6 @@ def load_nano_detector(folder: str | Path) -> tuple[NanoDetector, dict[str, Any]
         raise CheckpointError(f"{folder / 'config.json'}: memory_weight must be a number in [0, 1], got {weight!r}")
     if not isinstance(weights, dict) or not all(is_weight(v) for v in weights.values()):
         raise CheckpointError(f"{folder / 'config.json'}: memory_weights must map variants to numbers in [0, 1]")
-    detector = NanoDetector(model, name=name, memory=memory, memory_weight=weight, memory_weights=weights)
+    tower = load_backbone(raw.get("vision_tower"))  # EfficientNet-Lite0 when the config names none
+    detector = NanoDetector(model, tower, name=name, memory=memory, memory_weight=weight, memory_weights=weights)
     return detector, {"name": name, "threshold": raw.get("threshold", 0.5)}

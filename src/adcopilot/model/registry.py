@@ -1,66 +1,52 @@
-"""Resolve a model name or folder to a detector: "baseline", "default" or a checkpoint folder."""
+"""Detectors by name: "baseline", "default" or a nano checkpoint folder.
+
+The copilots above (:mod:`adcopilot.api`) pick the model kind of a folder with
+:func:`adcopilot.model.checkpoint_kind.checkpoint_kind` and come here for the nano and baseline
+detectors; a new training-free detector registers itself in :data:`DETECTORS`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from adcopilot.errors import CheckpointError
+from adcopilot.model.baseline import NearestPatchDetector
+from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 from adcopilot.model.detector import Detector
+from adcopilot.model.nano import load_nano_detector
 
 log = logging.getLogger(__name__)
 
-#: The shipped default checkpoint, inside the package so that it installs with it.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "nano"
+#: Detectors that need no checkpoint, by name: () -> (detector, metadata).
+DETECTORS: dict[str, Callable[[], tuple[Detector, dict[str, Any]]]] = {
+    "baseline": lambda: (NearestPatchDetector(), {"name": "baseline"}),
+}
 
 
-def load_detector(model: str | os.PathLike | None) -> tuple[Detector, dict[str, Any]]:
-    """Return (detector, metadata) for a model spec."""
+def resolve_model(model: str | os.PathLike | None) -> str | Path:
+    """A detector name from :data:`DETECTORS`, or the checkpoint folder ``model`` names ("default":
+    the shipped one, the baseline when it is absent)."""
     spec = "default" if model is None else str(model)
-    if spec == "baseline":
-        from adcopilot.model.baseline import NearestPatchDetector
-
-        return NearestPatchDetector(), {"name": "baseline"}
+    if spec in DETECTORS:
+        return spec
     if spec == "default":
         if (DEFAULT_CHECKPOINT / "config.json").exists():
-            return _load_checkpoint(DEFAULT_CHECKPOINT)
+            return DEFAULT_CHECKPOINT
         log.warning("no shipped checkpoint found at %s; using the training-free baseline", DEFAULT_CHECKPOINT)
-        from adcopilot.model.baseline import NearestPatchDetector
-
-        return NearestPatchDetector(), {"name": "baseline"}
+        return "baseline"
     path = Path(spec)
     if not path.exists():
-        raise CheckpointError(f"{spec}: no such model; use 'default', 'baseline' or a checkpoint folder")
-    return _load_checkpoint(path)
+        known = ", ".join(f"'{n}'" for n in ["default", *DETECTORS])
+        raise CheckpointError(f"{spec}: no such model; use {known} or a checkpoint folder")
+    return path
 
 
-def _is_full_checkpoint(path: Path) -> bool:
-    """A full-scale (Qwen2.5-VL) checkpoint: config.json with an AD-Copilot or Qwen2.5-VL model type."""
-    try:
-        raw = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(raw, dict) and (
-        raw.get("model_type") in ("ad_copilot", "yangjian", "qwen2_5_vl")
-        or "ADCopilotVLForConditionalGeneration" in (raw.get("architectures") or [])
-    )
-
-
-def _load_checkpoint(path: Path) -> tuple[Detector, dict[str, Any]]:
-    if _is_full_checkpoint(path):
-        from adcopilot.full.pipeline import FullDetector, FullModel
-
-        full = FullModel.load(path)
-        meta = {"name": full.name, "language": full, "full": full, "threshold": FullDetector.threshold}
-        return FullDetector(full), meta
-    from adcopilot.model.nano import load_nano_detector
-
-    detector, meta = load_nano_detector(path)
-    if (path / "language" / "config.json").exists():  # answers questions; loaded on first use
-        from adcopilot.language.handle import NanoLanguage
-
-        meta["language"] = NanoLanguage(path / "language", detector)
-    return detector, meta
+def load_detector(model: str | Path) -> tuple[Detector, dict[str, Any]]:
+    """(detector, metadata) for a name of :data:`DETECTORS` or a nano checkpoint folder."""
+    if isinstance(model, str) and model in DETECTORS:
+        return DETECTORS[model]()
+    return load_nano_detector(model)

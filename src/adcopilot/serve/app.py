@@ -44,8 +44,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adcopilot import __version__
-from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
+from adcopilot.protocols import Inspector
 from adcopilot.serve.limits import BodyLimit
 from adcopilot.serve.page import page_html
 from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
@@ -65,7 +65,7 @@ async def _read(files: list[UploadFile] | None) -> list[Upload]:
     return [(f.filename or f"upload {i + 1}", await f.read()) for i, f in enumerate(files or [])]
 
 
-def _load_in_background(svc: InspectionService, load: Callable[[], Copilot]) -> None:
+def _load_in_background(svc: InspectionService, load: Callable[[], Inspector]) -> None:
     def run() -> None:
         try:
             svc.set_copilot(load())
@@ -78,12 +78,12 @@ def _load_in_background(svc: InspectionService, load: Callable[[], Copilot]) -> 
     threading.Thread(target=run, daemon=True, name="adcopilot-model-load").start()
 
 
-def create_app(copilot: Copilot | Callable[[], Copilot], config: ServeConfig | None = None) -> FastAPI:
+def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI application serving ``copilot``, or the copilot that ``copilot()`` loads (in a
     background thread: the service answers at once and is ready when the model is)."""
     cfg = config or ServeConfig()
-    svc = InspectionService(copilot if isinstance(copilot, Copilot) else None, cfg)
-    if not isinstance(copilot, Copilot):
+    svc = InspectionService(copilot if isinstance(copilot, Inspector) else None, cfg)
+    if not isinstance(copilot, Inspector):
         _load_in_background(svc, copilot)
 
     async def in_time(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.line.runtime import default_threads, prepare_for_inference, set_compute_threads
+from adcopilot.protocols import Inspector
 from adcopilot.serve.app import create_app
 from adcopilot.serve.service import ServeConfig
 
@@ -53,7 +54,7 @@ class ServeSettings:
             threads = max(1, default_threads(1) // max(1, self.workers))
         return set_compute_threads(threads)
 
-    def load(self) -> Copilot:
+    def load(self) -> Inspector:
         return prepare_for_inference(Copilot.load(
             self.model, threshold=self.threshold, registration=self.registration, calibration=self.calibration
         ))

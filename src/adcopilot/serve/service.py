@@ -38,12 +38,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
+from adcopilot.protocols import Answerer, Inspector
 from adcopilot.serve.grid import anomaly_grid
 from adcopilot.serve.history import parse_history
 from adcopilot.serve.reference_sets import FolderSets, MemorySets, ReferenceSets
+from adcopilot.visualize import heat_colours
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,8 @@ def heatmap_png(amap: np.ndarray, threshold: float, max_side: int) -> str:
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         amap = cv2.resize(amap, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    thr = max(threshold, 1e-6)
-    norm = np.clip((amap - 0.5 * thr) / (1.5 * thr), 0, 1)
-    bgr = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    norm, rgb = heat_colours(amap, threshold)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     alpha = (np.where(norm > 0.05, 0.35 + 0.4 * norm, 0.0) * 255).astype(np.uint8)
     ok, buf = cv2.imencode(".png", np.dstack([bgr, alpha]))
     if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image
@@ -121,7 +121,7 @@ def jpeg_preview(img: Image.Image, max_side: int) -> str:
 
 
 class InspectionService:
-    def __init__(self, copilot: Copilot | None, config: ServeConfig | None = None) -> None:
+    def __init__(self, copilot: Inspector | None, config: ServeConfig | None = None) -> None:
         self.config = config or ServeConfig()
         self.started = time.time()
         self.requests = 0
@@ -133,7 +133,7 @@ class InspectionService:
             FolderSets(Path(self.config.sets_dir), limit) if self.config.sets_dir else MemorySets(limit))
 
     # ------------------------------------------------------------------ the model
-    def set_copilot(self, copilot: Copilot | None, error: str | None = None) -> None:
+    def set_copilot(self, copilot: Inspector | None, error: str | None = None) -> None:
         """The model is loaded (ready from now on), or could not be (``error``, one line)."""
         self._copilot, self._load_error = copilot, error
 
@@ -142,14 +142,14 @@ class InspectionService:
         return self._copilot is not None
 
     @property
-    def copilot(self) -> Copilot:
+    def copilot(self) -> Inspector:
         if self._copilot is None:
             why = f"the model could not be loaded ({self._load_error})" if self._load_error else "the model is loading"
             raise ServiceError(f"not ready: {why}; see /v1/health", 503)
         return self._copilot
 
     @contextmanager
-    def _model(self, started: float) -> Iterator[Copilot]:
+    def _model(self, started: float) -> Iterator[Inspector]:
         """The model, held by this request alone; 503 when it does not come free within the time limit."""
         cp = self.copilot
         left = self.config.request_timeout_s - (time.monotonic() - started)
@@ -183,7 +183,7 @@ class InspectionService:
             "calibration": None if not cal else {k: cal.get(k) for k in (
                 "path", "date", "miss_cost", "false_alarm_cost", "target_miss_rate", "prevalence", "metrics")},
             "registration": cp.registration,
-            "language": hasattr(cp, "ask") and getattr(cp, "language", None) is not None,
+            "language": isinstance(cp, Answerer),
         }]}
 
     # ------------------------------------------------------------------ reference sets
@@ -300,7 +300,7 @@ class InspectionService:
         if len(question) > self.config.max_question_chars:
             raise ServiceError(f"the question is too long ({len(question)} characters, limit {self.config.max_question_chars})")
         turns = parse_history(history, max_turns=self.config.max_history_turns, max_chars=self.config.max_history_chars)
-        if not hasattr(cp, "ask"):
+        if not isinstance(cp, Answerer):
             raise ServiceError(f"model '{cp.model_name}' cannot answer questions (no language model)", 501)
         qimg = self._query(query)
         refs = self._references(references, reference_set)
@@ -311,8 +311,7 @@ class InspectionService:
             except ImageError as exc:
                 raise ServiceError(self._name_refs(str(exc), refs)) from None
             except AdcopilotError as exc:
-                # Without a language model, the model says so: that is "not implemented here".
-                raise ServiceError(str(exc), 501 if getattr(cp, "language", None) is None else 422) from None
+                raise ServiceError(str(exc), 422) from None  # e.g. a malformed history
         return {"answer": answer, "model": cp.model_name, "question": question}
 
     @staticmethod

@@ -25,6 +25,8 @@ import numpy as np
 
 from adcopilot.data import synth
 from adcopilot.data.pairs import ComparisonPair
+from adcopilot.errors import AdcopilotError
+from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 
 
 @dataclass
@@ -137,9 +139,6 @@ def default_licence_note() -> str:
 
 
 def resolve_base(model: str) -> Path:
-    from adcopilot.errors import AdcopilotError
-    from adcopilot.model.registry import DEFAULT_CHECKPOINT
-
     path = DEFAULT_CHECKPOINT if model == "default" else Path(model)
     if not (path / "config.json").exists():
         raise AdcopilotError(f"{path}: not a nano checkpoint folder (no config.json) to adapt from")

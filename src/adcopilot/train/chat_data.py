@@ -41,8 +41,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from adcopilot.data import procedural
+from adcopilot.data.curate import CurateConfig, curate
+from adcopilot.data.normals import HELDOUT_FOR_EVALUATION, licensed_normal_images
+from adcopilot.data.synth import jitter
 from adcopilot.errors import AdcopilotError
-from adcopilot.language.visual import VisualInputs, sample_key
+from adcopilot.language.visual import VisualEncoder, VisualInputs, sample_key
+from adcopilot.model.nano import NanoConfig, load_nano_detector
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +101,13 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 def training_photos() -> list[tuple[str, np.ndarray]]:
     """(class name, image) of the licensed photos allowed in training (held-out ones excluded)."""
-    from adcopilot.data.normals import HELDOUT_FOR_EVALUATION, licensed_normal_images
-    from adcopilot.eval.bundled import BUNDLED_HELDOUT_SOURCES
-
-    banned = set(HELDOUT_FOR_EVALUATION) | set(BUNDLED_HELDOUT_SOURCES)
+    banned = set(HELDOUT_FOR_EVALUATION)  # the bundled benchmark's photos among them
     return [(PHOTO_CLASSES[p.name], p.image) for p in licensed_normal_images()
             if p.name not in banned and p.name in PHOTO_CLASSES]
 
 
 def write_normals(out: Path, cfg: ChatDataConfig, progress: bool = True) -> list[str]:
     """Write the normal folders (skipping files already there); returns the curation source specs."""
-    from adcopilot.data import procedural
-    from adcopilot.data.synth import jitter
-
     jobs: list[tuple[Path, str, int]] = []  # (folder, kind, index)
     for cat in cfg.categories if cfg.categories is not None else procedural.CATEGORIES:
         for i in range(cfg.instances):
@@ -157,8 +156,6 @@ def comparison_hash(folder: Path) -> str:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         cfg = {}
-    from adcopilot.model.nano import NanoConfig
-
     # Resolved settings (defaults filled in), so a changed default is noticed too.
     settings = {k: v for k, v in vars(NanoConfig.from_dict(cfg)).items() if k not in ("name", "extra")}
     h.update(json.dumps(settings, sort_keys=True).encode())
@@ -191,8 +188,6 @@ class ChatData:
     def _prepare(
         cls, root: Path, comparison: Path, cfg: ChatDataConfig, progress: bool, workers: int, detector: Any
     ) -> ChatData:
-        from adcopilot.data.curate import CurateConfig, curate
-
         weights = comparison / "model.safetensors"
         if not weights.exists():
             raise AdcopilotError(f"{comparison}: no stage-1 comparison checkpoint there (model.safetensors missing)")
@@ -220,9 +215,6 @@ class ChatData:
         return data
 
     def _compute_features(self, comparison: Path, progress: bool, detector: Any = None) -> None:
-        from adcopilot.language.visual import VisualEncoder
-        from adcopilot.model.nano import load_nano_detector
-
         feats = self.root / "features"
         feats.mkdir(exist_ok=True)
         done = set(self.index())

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adcopilot.model.backbone import load_backbone
 from adcopilot.model.nano import STRIDE, NanoComparisonModel, NanoConfig
-from adcopilot.model.vision import load_vision_tower
 from adcopilot.train.config import TrainConfig
 from adcopilot.train.losses import dice_loss, focal_loss, mask_to_cells
 
@@ -46,7 +46,7 @@ class Stage1Task:
     ) -> None:
         self.cfg = cfg
         self.model_cfg = NanoConfig(**{"image_size": 256, **cfg.model})
-        self.tower = tower if tower is not None else load_vision_tower()
+        self.tower = tower if tower is not None else load_backbone()
         if sampler is None:
             from adcopilot.data.pairs import PairSampler
 
@@ -96,9 +96,9 @@ class Stage1Task:
             self.tower.to(dev)
         b, k = batch["refs"].shape[:2]
         with torch.no_grad():
-            qf = NanoComparisonModel.features(self.tower, batch["query"].to(dev))  # (B, 152, h, w)
+            qf = NanoComparisonModel.features(self.tower, batch["query"].to(dev))  # (B, C, h, w)
             rf = NanoComparisonModel.features(self.tower, batch["refs"].flatten(0, 1).to(dev))  # (B*k, ...)
-            rf = rf.view(b, k, *rf.shape[1:])  # (B, k, 152, h, w)
+            rf = rf.view(b, k, *rf.shape[1:])  # (B, k, C, h, w)
         return model(qf, rf)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

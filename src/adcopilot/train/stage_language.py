@@ -9,7 +9,7 @@ on the Chat-AD mixture (multiple-choice questions of the seven MMAD sub-tasks, a
 balanced between normal and defective queries; multi-turn VQA; box labels; boxes as JSON;
 captions).
 
-Module groups (``adcopilot.train.stages``) in the nano model: ``projector`` = the projectors of
+Module groups (``adcopilot.model.stages``) in the nano model: ``projector`` = the projectors of
 :class:`adcopilot.language.model.NanoCopilot`, ``lora`` = its LoRA adapters. The vision tower and
 the whole Comparison Encoder (its layers *and* its comparison queries) stay frozen in both stages:
 their outputs are precomputed once per sample (:mod:`adcopilot.train.chat_data`), which is what
@@ -40,12 +40,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from adcopilot.data.knowledge import Knowledge
+from adcopilot.data.questions import MMAD_SUBTASK, object_display, sentence
 from adcopilot.errors import AdcopilotError
+from adcopilot.geometry import region_name
+from adcopilot.language.answer import answer_choice
+from adcopilot.language.llm import load_llm
 from adcopilot.language.model import NanoCopilot, NanoCopilotConfig
 from adcopilot.language.prompt import mcq_answer, strip_preamble
-from adcopilot.language.visual import VisualInputs
+from adcopilot.language.visual import CELL_STATS, VisualInputs
+from adcopilot.model.stages import get_stage
+from adcopilot.train.chat_data import KNOWLEDGE, ChatData, ChatDataConfig
 from adcopilot.train.config import TrainConfig
-from adcopilot.train.stages import get_stage
+from adcopilot.train.language_card import language_card
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +75,6 @@ class Mixture:
 
     def __init__(self, data: Any, stage: int, split: str = "train", frame: int = 256, max_vqa_turns: int = 2,
                  max_pack: int = 2) -> None:
-        from adcopilot.data.knowledge import Knowledge
-        from adcopilot.train.chat_data import KNOWLEDGE
-
         self.data = data
         self.weights = MIXTURES[stage]
         self.kb = Knowledge.load([KNOWLEDGE])
@@ -141,16 +145,12 @@ class Mixture:
         return out
 
     def _label(self, s: dict, rng: np.random.Generator) -> list[dict[str, str]]:
-        from adcopilot.geometry import region_name
-
         b = s["boxes"][int(rng.integers(len(s["boxes"])))]
         w, h = s["image_size"]
         return [{"role": "user", "content": LABEL_ASK.format(region=region_name(b["bbox_2d"], w, h))},
                 {"role": "assistant", "content": f"{b['label']}."}]
 
     def _object(self, s: dict) -> list[dict[str, str]]:
-        from adcopilot.data.questions import object_display, sentence
-
         info = self.kb.object(s["category"])
         name = object_display(s["category"], self.kb)
         text = f"It is {'an' if name[:1] in 'aeiou' else 'a'} {name}."
@@ -160,8 +160,6 @@ class Mixture:
                 {"role": "assistant", "content": text}]
 
     def _defect(self, s: dict) -> list[dict[str, str]]:
-        from adcopilot.data.questions import sentence
-
         ask = "Does the query have a defect? If so, what kind of defect is it?"
         if s.get("defect") is None:
             return [{"role": "user", "content": ask},
@@ -193,8 +191,6 @@ class LanguageTask:
 
     def __init__(self, cfg: TrainConfig, llm: Any = None, tokenizer: Any = None, data: Any = None,
                  progress: bool = True) -> None:
-        from adcopilot.train.chat_data import ChatData, ChatDataConfig
-
         if cfg.stage not in (2, 3):
             raise AdcopilotError(f"LanguageTask trains stages 2 and 3, not {cfg.stage}")
         if not cfg.init_from:
@@ -232,8 +228,6 @@ class LanguageTask:
 
     # ---------------------------------------------------------------- model
     def build(self) -> nn.Module:
-        from adcopilot.language.llm import load_llm
-
         overrides = dict(self.cfg.model)
         if self.cfg.stage == 2:
             if self.llm is None:
@@ -309,9 +303,6 @@ class LanguageTask:
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Multiple-choice accuracy on held-out curated questions (likelihood answers)."""
-        from adcopilot.data.questions import MMAD_SUBTASK
-        from adcopilot.language.answer import answer_choice
-
         was = model.training
         model.eval()
         hits: dict[str, list[float]] = defaultdict(list)
@@ -330,8 +321,6 @@ class LanguageTask:
     def export(self, model: nn.Module, folder: Path, metrics: dict[str, Any]) -> None:
         """A complete checkpoint: the detector of ``init_from`` (copied) + ``language/``, which keeps
         in ``language/comparison/`` the comparison model its visual inputs came from."""
-        from adcopilot.train.language_card import language_card
-
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors"):
             shutil.copyfile(self.init / name, folder / name)
@@ -369,8 +358,6 @@ def fit_type_head(projectors: nn.Module, data: Any, *, steps: int = 400, l2: flo
     A regularised softmax regression on the hottest cell's features, seconds on a CPU; the
     stages then fine-tune it with its auxiliary loss. Without this the head would learn from the
     few labelled conversations of each training step only. Returns the final training loss."""
-    from adcopilot.language.visual import CELL_STATS
-
     index = {lab: i for i, lab in enumerate(data.defect_labels())}
     xs, ys = [], []
     for s in data.samples("train"):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adcopilot import Copilot
+from adcopilot.api import AnsweringCopilot, Copilot
 from adcopilot.full.pipeline import FullCopilot, comparison_preamble, parse_labelled_boxes
 from adcopilot.full.tiny import build_tiny_checkpoint
+from adcopilot.protocols import Answerer, Inspector, Localizer
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def test_ask_and_chat_are_deterministic_and_keep_history(copilot, pair):
     assert answer == a1 and len(history) == 2 and history[0]["content"].startswith(comparison_preamble(1))
     _, history = copilot.chat(query, [ref], "Where is it?", history)
     assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
-    assert copilot.can_answer_choices
+    assert isinstance(copilot, Inspector) and isinstance(copilot, Answerer) and isinstance(copilot, Localizer)
+    assert not isinstance(copilot, Copilot)  # a copilot of its own, not the nano one's subclass
     letter = copilot.answer_choice(query, [ref], "Is there any defect?", {"A": "Yes", "B": "No"})
     assert letter in ("A", "B", "")
     assert copilot.localize(query, [ref]) == [b.to_dict() for b in copilot.inspect(query, [ref]).boxes]
@@ -140,7 +142,7 @@ def test_nano_eval_backend_lets_the_full_model_answer_every_question(copilot, pa
     from adcopilot.eval.mmad import Question
 
     query, ref = pair
-    assert not copilot.grounds_answers  # it answers itself: no grounding, no detector pass per question
+    assert not isinstance(copilot, AnsweringCopilot)  # it answers itself: no grounding, no detector pass
     be = CopilotBackend("nano", copilot=copilot)
     q = Question(index=0, text="Is there any defect?", options={"A": "Yes.", "B": "No."}, answer="A",
                  type="Anomaly Detection")

@@ -22,7 +22,7 @@ from adcopilot.full.train import (
     param_group,
     train,
 )
-from adcopilot.train.stages import get_stage
+from adcopilot.model.stages import get_stage
 
 QUESTION = "The first image is a normal sample. The second image is the query sample. Is there any defect?"
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.language import answer as A
+from adcopilot.language import answer as answers
 from adcopilot.language.model import IGNORE
 from adcopilot.language.prompt import mcq_answer, mcq_question
 
@@ -40,7 +40,7 @@ def train(model, batch, steps=40, lr=1e-2):
 def test_cached_scores_equal_full_sequence_scores(model, visual):
     turns = [{"role": "user", "content": mcq_question(QUESTION, {"A": "Yes.", "B": "No.", "C": "A crack at the top."})}]
     texts = ["Yes.", "No.", "A crack at the top."]
-    cached = A.score_continuations(model, turns, visual, texts)
+    cached = answers.score_continuations(model, turns, visual, texts)
     for text, got in zip(texts, cached, strict=True):
         assert got == pytest.approx(full_sequence_score(model, turns, visual, text), abs=1e-4)
 
@@ -48,56 +48,56 @@ def test_cached_scores_equal_full_sequence_scores(model, visual):
 def test_trained_answer_is_chosen_by_every_mode(model, visual):
     mcq = [{"role": "user", "content": mcq_question(QUESTION, OPTIONS)},
            {"role": "assistant", "content": mcq_answer("B", OPTIONS)}]
-    label = [{"role": "user", "content": A.label_question("top left")}, {"role": "assistant", "content": "stain."}]
+    label = [{"role": "user", "content": answers.label_question("top left")}, {"role": "assistant", "content": "stain."}]
     train(model, [(mcq, visual), (label, visual)])
-    assert A.answer_choice(model, visual, QUESTION, OPTIONS) == "B"
-    assert A.answer_choice(model, visual, QUESTION, OPTIONS, mode="letter") == "B"
-    assert A.generate(model, visual, mcq[:1], max_new_tokens=12) == "No."
-    assert A.label_boxes(model, visual, [[0, 0, 20, 20]], (64, 64)) == ["stain"]
+    assert answers.answer_choice(model, visual, QUESTION, OPTIONS) == "B"
+    assert answers.answer_choice(model, visual, QUESTION, OPTIONS, mode="letter") == "B"
+    assert answers.generate(model, visual, mcq[:1], max_new_tokens=12) == "No."
+    assert answers.label_boxes(model, visual, [[0, 0, 20, 20]], (64, 64)) == ["stain"]
 
 
 @torch.no_grad()
 def test_generation_is_deterministic_and_bounded(model, visual):
     turns = [{"role": "user", "content": "Describe the defect."}]
-    a = A.generate(model, visual, turns, max_new_tokens=5)
-    assert a == A.generate(model, visual, turns, max_new_tokens=5)
+    a = answers.generate(model, visual, turns, max_new_tokens=5)
+    assert a == answers.generate(model, visual, turns, max_new_tokens=5)
     assert len(model._ids(a)) <= 5
     with pytest.raises(AdcopilotError):
-        A.generate(model, visual, turns, max_new_tokens=0)
+        answers.generate(model, visual, turns, max_new_tokens=0)
     with pytest.raises(AdcopilotError, match="mode"):
-        A.answer_choice(model, visual, QUESTION, OPTIONS, mode="vote")  # type: ignore[arg-type]
+        answers.answer_choice(model, visual, QUESTION, OPTIONS, mode="vote")  # type: ignore[arg-type]
     with pytest.raises(AdcopilotError):
-        A.answer_choice(model, visual, QUESTION, {})
+        answers.answer_choice(model, visual, QUESTION, {})
 
 
 def test_match_option():
     opts = {"A": "Top left.", "B": "Top.", "C": "Center and right.", "D": "Bottom."}
-    assert A.match_option("B. Top.", opts) == "B"
-    assert A.match_option("(C)", opts) == "C"
-    assert A.match_option("top left", opts) == "A"
-    assert A.match_option("Centre and the right", opts) == "C"
-    assert A.match_option("A round hole at the top.", opts) in "AB"  # not the article "A"
+    assert answers.match_option("B. Top.", opts) == "B"
+    assert answers.match_option("(C)", opts) == "C"
+    assert answers.match_option("top left", opts) == "A"
+    assert answers.match_option("Centre and the right", opts) == "C"
+    assert answers.match_option("A round hole at the top.", opts) in "AB"  # not the article "A"
 
 
 def test_boxes_from_reply_rescales_to_the_query():
     reply = '[{"bbox_2d": [64, 32, 128, 96], "label": "Crack"}, {"bbox_2d": [200, 200, 300, 300], "label": "Hole"}]'
-    boxes = A.boxes_from_reply(reply, (512, 256), frame=256)
+    boxes = answers.boxes_from_reply(reply, (512, 256), frame=256)
     assert boxes == [{"bbox_2d": [128, 32, 256, 96], "label": "Crack"}, {"bbox_2d": [400, 200, 512, 256], "label": "Hole"}]
-    assert A.boxes_from_reply("I cannot tell.", (100, 100), 256) == []
-    assert A.boxes_from_reply("[]", (100, 100), 256) == []
+    assert answers.boxes_from_reply("I cannot tell.", (100, 100), 256) == []
+    assert answers.boxes_from_reply("[]", (100, 100), 256) == []
 
 
 @torch.no_grad()
 def test_reused_prefix_gives_the_same_answers(model, visual):
     turns = [{"role": "user", "content": mcq_question(QUESTION, OPTIONS)}]
     store: dict = {}
-    plain = A.score_continuations(model, turns, visual, ["Yes.", "No."])
+    plain = answers.score_continuations(model, turns, visual, ["Yes.", "No."])
     for _ in range(2):  # the second time the stored prefix is used
-        reused = A.score_continuations(model, turns, visual, ["Yes.", "No."], prefix=(store, "pair"))
+        reused = answers.score_continuations(model, turns, visual, ["Yes.", "No."], prefix=(store, "pair"))
         assert reused == pytest.approx(plain, abs=1e-4)
     assert list(store) == ["pair"]
     other = [{"role": "user", "content": "Describe the defect."}]
-    assert A.generate(model, visual, other, 6, prefix=(store, "pair")) == A.generate(model, visual, other, 6)
+    assert answers.generate(model, visual, other, 6, prefix=(store, "pair")) == answers.generate(model, visual, other, 6)
 
 
 @torch.no_grad()
@@ -105,17 +105,18 @@ def test_calibrated_choice_subtracts_the_content_free_scores(model, visual):
     options = {"A": "Yes.", "B": "No.", "C": "A crack at the top."}
     turns = [{"role": "user", "content": mcq_question(QUESTION, options)}]
     texts = list(options.values())
-    raw = A.score_continuations(model, turns, visual, texts)
-    # Calibrating against the very pair asked about takes every preference away: a tie, the first letter.
-    same = A.Prior(visual)
-    assert A.answer_choice(model, visual, QUESTION, options, prior=same, prior_weight=1.0) == "A"
+    raw = answers.score_continuations(model, turns, visual, texts)
+    # Calibrating against the very pair asked about takes every preference away: a tie, the first letter
+    # (both scored through a prompt-prefix cache, as the copilot does, so that they agree to the last bit).
+    same = answers.Prior(visual)
+    assert answers.answer_choice(model, visual, QUESTION, options, prior=same, prior_weight=1.0, prefix=({}, "pair")) == "A"
     # Against another pair: the option with the highest raw - weight * content-free score.
     other = visual.rescored(0.9, 0.1)  # a different image score: different model inputs
-    prior = A.Prior(other)
-    base = A.score_continuations(model, turns, other, texts)
+    prior = answers.Prior(other)
+    base = answers.score_continuations(model, turns, other, texts)
     for w in (0.0, 0.5, 1.0):
         expected = max(range(3), key=lambda i: (raw[i] - w * base[i], -i))
-        assert A.answer_choice(model, visual, QUESTION, options, prior=prior, prior_weight=w) == "ABC"[expected]
+        assert answers.answer_choice(model, visual, QUESTION, options, prior=prior, prior_weight=w) == "ABC"[expected]
     assert prior.scores(model, turns, texts) == pytest.approx(base, abs=1e-4)  # computed once, then reused
     assert len(prior._scores) == 1
 
@@ -123,12 +124,12 @@ def test_calibrated_choice_subtracts_the_content_free_scores(model, visual):
 @torch.no_grad()
 def test_forced_start_and_banned_first_token(model, visual):
     turns = [{"role": "user", "content": QUESTION}]
-    free = A.generate(model, visual, turns, max_new_tokens=6, start="Yes.")
+    free = answers.generate(model, visual, turns, max_new_tokens=6, start="Yes.")
     assert free.startswith("Yes.")
     start_ids = model._ids("Yes.")
     full = model._ids(free)
     assert full[: len(start_ids)] == start_ids and len(full) > len(start_ids)
     first = full[len(start_ids)]  # the model's own first token after the forced start
-    banned = A.generate(model, visual, turns, max_new_tokens=6, start="Yes.", ban_after_start=[first])
+    banned = answers.generate(model, visual, turns, max_new_tokens=6, start="Yes.", ban_after_start=[first])
     ids = model._ids(banned)
     assert banned.startswith("Yes.") and (len(ids) == len(start_ids) or ids[len(start_ids)] != first)

@@ -6,16 +6,16 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from adcopilot.api import Copilot
+from adcopilot.api import AnsweringCopilot, Copilot
 from adcopilot.errors import AdcopilotError
-from adcopilot.eval.backends import CopilotBackend, has_language
+from adcopilot.eval.backends import CopilotBackend
 from adcopilot.eval.mmad import Question
-from adcopilot.language.handle import NanoLanguage
+from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.language.visual import VisualEncoder
+from adcopilot.protocols import Answerer, Localizer, require_answerer
 
 OPTIONS = {"A": "Yes.", "B": "No.", "C": "Maybe."}
 
@@ -23,12 +23,12 @@ OPTIONS = {"A": "Yes.", "B": "No.", "C": "Maybe."}
 @pytest.fixture
 def copilot(model, detector):
     lang = NanoLanguage(model=model, encoder=VisualEncoder(detector, registration=False))
-    return Copilot(detector, language=lang, registration=False, threshold=0.0)
+    return AnsweringCopilot(detector, lang, registration=False, threshold=0.0)
 
 
 def test_ask_answer_choice_and_chat(copilot, pair_images):
     q, r = pair_images
-    assert copilot.can_answer_choices and has_language(copilot)
+    assert isinstance(copilot, Answerer) and isinstance(copilot, Localizer)
     answer = copilot.ask(q, [r], "What is different?", max_new_tokens=4)
     assert isinstance(answer, str)
     assert copilot.answer_choice(q, r, "Is there any defect?", OPTIONS) in OPTIONS
@@ -66,11 +66,10 @@ def test_bad_questions(copilot, pair_images):
 def test_without_language_model(detector, pair_images):
     q, r = pair_images
     cp = Copilot(detector, registration=False)
-    assert not cp.can_answer_choices and not has_language(cp)
+    assert not isinstance(cp, Answerer) and not isinstance(cp, Localizer)
     with pytest.raises(AdcopilotError, match="no language model"):
-        cp.ask(q, [r], "Is it defective?")
-    with pytest.raises(AdcopilotError, match="no language model"):
-        cp.answer_choice(q, [r], "Is it defective?", OPTIONS)
+        require_answerer(cp)
+    assert cp.inspect(q, [r]).verdict in ("normal", "anomalous")  # it still inspects
 
 
 def test_backend_uses_the_language_model(copilot, tmp_path, pair_images):
@@ -139,7 +138,7 @@ def test_inspect_ask(tmp_path, model, detector, pair_images):
             "--ask", "Is there a defect?")
     assert p.returncode == 0, p.stderr
     assert isinstance(json.loads(p.stdout)["answer"], str)
-    np.testing.assert_equal(Copilot.load(ckpt).can_answer_choices, True)
+    assert isinstance(Copilot.load(ckpt), AnsweringCopilot)
 
 
 def test_grounded_answers_agree_with_the_inspection(model, detector, pair_images, tmp_path):
@@ -147,13 +146,13 @@ def test_grounded_answers_agree_with_the_inspection(model, detector, pair_images
     lang = NanoLanguage(model=model, encoder=VisualEncoder(detector, registration=False))
     yes_no = {"A": "Yes.", "B": "No."}
     for threshold, expected in ((0.0, "A"), (2.0, "B")):  # every score flags / none does
-        cp = Copilot(detector, language=lang, registration=False, threshold=threshold)
+        cp = AnsweringCopilot(detector, lang, registration=False, threshold=threshold)
         assert cp.inspect(q, [r]).is_anomalous == (expected == "A")
         assert cp.answer_choice(q, r, "Is there any defect?", yes_no) == expected
         assert cp.answer_choice(q, r, "Is the object normal?", yes_no) == ("B" if expected == "A" else "A")
         # The language model alone still answers (its own reading, whatever it is).
         assert cp.answer_choice(q, r, "Is there any defect?", yes_no, grounded=False) in yes_no
-    be = CopilotBackend("nano", copilot=Copilot(detector, language=lang, registration=False, threshold=2.0))
+    be = CopilotBackend("nano", copilot=AnsweringCopilot(detector, lang, registration=False, threshold=2.0))
     question = Question(index=0, text="Is there any defect?", options=yes_no, answer="A", type="Anomaly Detection")
     paths = [tmp_path / "r.png", tmp_path / "q.png"]
     for path, image in zip(paths, (r, q), strict=True):
@@ -166,7 +165,7 @@ def test_free_yes_no_answers_start_with_the_verdict(model, detector, pair_images
     q, r = pair_images
     lang = NanoLanguage(model=model, encoder=VisualEncoder(detector, registration=False))
     for threshold, start in ((0.0, "Yes."), (2.0, "No.")):
-        cp = Copilot(detector, language=lang, registration=False, threshold=threshold)
+        cp = AnsweringCopilot(detector, lang, registration=False, threshold=threshold)
         answer = cp.ask(q, [r], "Is there any defect?", max_new_tokens=5)
         assert answer.startswith(start)
         assert len(answer) > len(start)  # the language model went on

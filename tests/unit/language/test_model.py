@@ -146,14 +146,14 @@ def test_merged_adapters_answer_the_same(model, visual, tmp_path):
     import pytest
     import torch
 
-    from adcopilot.language import answer as A
+    from adcopilot.language import answer as answers
 
     model.enable_lora()
     with torch.no_grad():  # non-zero adapters, so that merging has something to fold
         for n, p in model.llm.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
-    reply = A.generate(model, visual, CONV[:1], max_new_tokens=6)
+    reply = answers.generate(model, visual, CONV[:1], max_new_tokens=6)
     enc = model.encode_turns(CONV, visual)
     with torch.no_grad():
         logits = model.causal_lm(inputs_embeds=enc.embeds[None]).logits
@@ -161,7 +161,7 @@ def test_merged_adapters_answer_the_same(model, visual, tmp_path):
     with torch.no_grad():
         merged = model.causal_lm(inputs_embeds=model.encode_turns(CONV, visual).embeds[None]).logits
     assert torch.allclose(logits, merged, atol=1e-4)
-    assert A.generate(model, visual, CONV[:1], max_new_tokens=6) == reply
+    assert answers.generate(model, visual, CONV[:1], max_new_tokens=6) == reply
     with pytest.raises(ValueError, match="merged"):
         model.save(tmp_path / "m")
     with pytest.raises(ValueError, match="merged"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from adcopilot.errors import AdcopilotError
+from adcopilot.protocols import Answerer
 from adcopilot.train.chat_data import ChatData, ChatDataConfig, training_photos
 from adcopilot.train.config import TrainConfig
 from adcopilot.train.loop import train
@@ -128,7 +129,7 @@ def test_stage2_then_stage3_export_and_resume(setup, tok):
     assert LanguageTask(_cfg(root, 3, final3, llm_dir), data=data).comparison == kept
 
     cp = Copilot.load(final3)
-    assert cp.can_answer_choices
+    assert isinstance(cp, Answerer)
     assert cp.language.model.cfg.lora  # loaded on first use, from the tiny language model's folder
 
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adcopilot.errors import AdcopilotError
-from adcopilot.line.calibrate import auroc, choose_threshold, confusion, overkill_upper_bound
-from adcopilot.line.calibration_file import (
+from adcopilot.calibration_file import (
     default_calibration_path,
     read_calibration,
     resolve_calibration,
     write_calibration,
 )
+from adcopilot.errors import AdcopilotError
+from adcopilot.line.calibrate import auroc, choose_threshold, confusion, overkill_upper_bound
 from adcopilot.line.calibration_run import write_curves
 
 

@@ -147,7 +147,7 @@ def test_non_finite_thresholds_are_refused(tiny_copilot, lot, value):
 
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_a_calibration_file_with_a_non_finite_threshold_is_refused(tmp_path, text):
-    from adcopilot.line.calibration_file import read_calibration
+    from adcopilot.calibration_file import read_calibration
 
     p = tmp_path / "calibration.json"
     p.write_text(f'{{"threshold": {text}, "model": "tiny"}}')

@@ -3,7 +3,7 @@
 import pytest
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.train.stages import GROUPS, STAGES, Stage, get_stage
+from adcopilot.model.stages import GROUPS, STAGES, Stage, get_stage
 
 
 def test_three_stages_with_disjoint_groups():

@@ -22,17 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adcopilot.imaging import ImageInput
+from adcopilot.inputs import pair_key
+from adcopilot.language.answer import Prior
+from adcopilot.language.model import NanoCopilot
 from adcopilot.language.visual import VisualEncoder, VisualInputs
+from adcopilot.model.nano import NanoComparisonModel
 
 log = logging.getLogger(__name__)
-
-
-def _pair_key(query: ImageInput, refs: Sequence[ImageInput], size: int) -> str | None:
-    from adcopilot.api import _cache_key
-
-    keys = [_cache_key(x, size) for x in [query, *refs]]
-    return None if any(k is None for k in keys) else "|".join(keys)  # type: ignore[arg-type]
 
 
 class NanoLanguage:
@@ -64,8 +63,6 @@ class NanoLanguage:
         """The :class:`~adcopilot.language.model.NanoCopilot`, loaded on first access."""
         with self._lock:
             if self._model is None:
-                from adcopilot.language.model import NanoCopilot
-
                 t0 = time.perf_counter()
                 assert self.folder is not None
                 self._model = NanoCopilot.load(self.folder)
@@ -89,15 +86,13 @@ class NanoLanguage:
         if self._encoder is None:
             if self._detector is None:
                 raise ValueError("no detector to encode images with")
-            detector = self._detector
-            # The comparison model the language model was trained with, when the checkpoint
-            # keeps its own copy (the detector may since have been retrained or adapted).
+            # The comparison tokens come from the comparison model the language model was trained
+            # with, when the checkpoint keeps its own copy (the detector may since have been
+            # retrained or adapted); map, distance and score always come from the detector, so the
+            # language model reads what ``inspect`` reports.
             own = self.folder / "comparison" if self.folder is not None else None
-            if own is not None and (own / "config.json").exists():
-                from adcopilot.model.nano import NanoComparisonModel, NanoDetector
-
-                detector = NanoDetector(NanoComparisonModel.load(own), getattr(detector, "tower", None))
-            self._encoder = VisualEncoder(detector, registration=self._registration)
+            comparison = NanoComparisonModel.load(own) if own is not None and (own / "config.json").exists() else None
+            self._encoder = VisualEncoder(self._detector, registration=self._registration, comparison=comparison)
         return self._encoder
 
     def _rescore(self, threshold: float | None) -> float | None:
@@ -117,7 +112,7 @@ class NanoLanguage:
         (:meth:`VisualInputs.rescored`), so its verdict agrees with ``inspect``'s."""
         if not self.model.cfg.use_images:
             return None
-        key = _pair_key(query, references, self.encoder.size)
+        key = pair_key(query, references, self.encoder.size)
         if key is not None and key in self._visual:
             self._visual.move_to_end(key)
             v = self._visual[key]
@@ -136,10 +131,6 @@ class NanoLanguage:
         """The :class:`adcopilot.language.answer.Prior`: option scores given a content-free pair
         (two flat grey images), for calibrated multiple-choice answers."""
         if self._prior is None:
-            import numpy as np
-
-            from adcopilot.language.answer import Prior
-
             visual = None
             if self.model.cfg.use_images:
                 grey = np.full((self.encoder.size, self.encoder.size, 3), 128, np.uint8)
@@ -152,87 +143,8 @@ class NanoLanguage:
     ) -> tuple[dict[str, Any], str] | None:
         """(store, key) for reusing the prompt prefix of this pair (at this verdict threshold)
         across questions (None: no reuse)."""
-        key = _pair_key(query, references, self.encoder.size)
+        key = pair_key(query, references, self.encoder.size)
         if key is None or not self.model.cfg.use_images:
             return None
         t = self._rescore(threshold)
         return (self._prefixes, key if t is None else f"{key}@{t:.6g}")
-
-
-# --------------------------------------------------------------------------- Copilot methods
-_BOX_REQUEST = None
-
-
-def is_box_request(question: str) -> bool:
-    """Whether a question asks for defect boxes (answered with ``bbox_2d`` JSON)."""
-    import re
-
-    global _BOX_REQUEST
-    if _BOX_REQUEST is None:
-        _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGNORECASE)
-    return bool(_BOX_REQUEST.search(question))
-
-
-def localize(
-    copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], *, mode: str = "head",
-    result: Any = None,
-) -> list[dict[str, Any]]:
-    """Defect boxes in query pixels with labels: ``head`` = the dense head's boxes labelled by the
-    language model (``result`` reused when given, its boxes relabelled), ``text`` = boxes the
-    language model writes itself."""
-    from adcopilot.errors import AdcopilotError
-    from adcopilot.imaging import load_image
-    from adcopilot.language import answer as A
-
-    if mode == "text":
-        from adcopilot.api import _source_name
-
-        size = load_image(query, name=_source_name(query, "query")).size
-        t = copilot.threshold
-        _, boxes = A.text_boxes(lang.model, lang.visual(query, refs, t), size, lang.encoder.size,
-                                prefix=lang.prefix(query, refs, t))
-        return boxes
-    if mode != "head":
-        raise AdcopilotError(f"unknown box mode {mode!r}; use 'head' or 'text'")
-    r = result if result is not None else copilot.inspect(query, refs)
-    if not r.boxes:
-        return []
-    labels = A.label_boxes(lang.model, lang.visual(query, refs, r.threshold), [b.bbox_2d for b in r.boxes],
-                           r.image_size, prefix=lang.prefix(query, refs, r.threshold))
-    for b, label in zip(r.boxes, labels, strict=True):
-        b.label = label
-    return [b.to_dict() for b in r.boxes]
-
-
-def ask(
-    copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], question: str,
-    history: Sequence[dict[str, str]] | None, result: Any, max_new_tokens: int, grounded: bool = True,
-) -> str:
-    """The answer to ``question`` after ``history``; box requests are answered with boxes as JSON.
-    ``grounded``: a yes/no defect question's answer starts with the inspection's verdict
-    (:func:`adcopilot.grounding.grounded_start`)."""
-    import json
-
-    from adcopilot.errors import AdcopilotError
-    from adcopilot.language import answer as A
-
-    q = (question or "").strip()
-    if not q:
-        raise AdcopilotError("the question is empty")
-    for t in history or []:
-        if not isinstance(t, dict) or t.get("role") not in ("user", "assistant") or not isinstance(t.get("content"), str):
-            raise AdcopilotError("history: each turn must be {'role': 'user' | 'assistant', 'content': str}")
-    if is_box_request(q):
-        return json.dumps(localize(copilot, lang, query, refs, result=result))
-    turns = [*(history or []), {"role": "user", "content": q}]
-    from adcopilot.grounding import grounded_start, verdict_question
-
-    start, t = "", (result.threshold if result is not None else copilot.threshold)
-    if grounded and verdict_question(q):
-        start = grounded_start(result if result is not None else copilot.inspect(query, refs), q)
-    if not grounded:
-        t = None  # the language model's own reading, at the threshold it was trained with
-    # After the verdict, the model goes on explaining; it may not open with a second yes/no.
-    ban = sorted({lang.model._ids(w)[0] for w in (" Yes", " No", " yes", " no", "Yes", "No")}) if start else []
-    return A.generate(lang.model, lang.visual(query, refs, t), turns, max_new_tokens,
-                      prefix=lang.prefix(query, refs, t), start=start, ban_after_start=ban)

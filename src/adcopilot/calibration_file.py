@@ -25,6 +25,7 @@ from typing import Any
 
 from adcopilot import assets
 from adcopilot.errors import AdcopilotError, require_finite
+from adcopilot.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,7 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise AdcopilotError(f"{p}: no such calibration file")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdcopilotError(f"{p}: cannot read the calibration file ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise AdcopilotError(f"{p}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(p)
     if not isinstance(data, dict) or not isinstance(data.get("threshold"), (int, float)):
         raise AdcopilotError(f"{p}: not a calibration file (no numeric 'threshold')")
     require_finite(data["threshold"], f"{p}: 'threshold'")

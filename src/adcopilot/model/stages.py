@@ -22,7 +22,7 @@ the defect mask), ``score`` (image-level normal/anomalous).
 
 Usage::
 
-    from adcopilot.train.stages import STAGES, get_stage
+    from adcopilot.model.stages import STAGES, get_stage
     st = get_stage(2)
     st.trainable, st.lr, st.losses
 """

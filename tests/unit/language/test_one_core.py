@@ -1,0 +1,47 @@
+"""The language side builds on the inspection core: on an adapted model it reads inspect's score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adcopilot.api import AnsweringCopilot, Copilot
+from adcopilot.language.nano_language import NanoLanguage
+from adcopilot.language.visual import CELL_STATS
+from adcopilot.model.memory import build_memory
+from adcopilot.model.nano import NanoDetector
+
+
+@pytest.fixture
+def adapted(detector, pair_images):
+    """The tiny detector with a product memory built from jittered copies of the reference."""
+    _, r = pair_images
+    rng = np.random.default_rng(0)
+    goods = [np.clip(r / 255.0 + rng.normal(0, 0.03, r.shape), 0, 1).astype(np.float32) for _ in range(4)]
+    memory = build_memory(goods, [""] * 4, detector.patch_features, patches=100)
+    return NanoDetector(detector.model, detector.tower, memory=memory, memory_weight=0.5)
+
+
+@pytest.mark.parametrize("registration", [False, True])
+def test_ask_reads_exactly_the_score_inspect_reports(model, detector, adapted, pair_images, registration):
+    q, r = pair_images
+    lang = NanoLanguage(model=model, detector=adapted, registration=registration)
+    cp = AnsweringCopilot(adapted, lang, registration=registration, threshold=0.5)
+    result = cp.inspect(q, [r])
+    seen = lang.visual(q, [r], cp.threshold)  # what ask / answer_choice / localize feed the language model
+    assert seen.score == result.score
+    assert torch.equal(seen.cells[:, CELL_STATS - 1], torch.full((9,), result.score))
+    # The memory's fusion moves the score: without it the language model would read another one.
+    assert abs(Copilot(detector, registration=registration).inspect(q, [r]).score - result.score) > 1e-3
+    assert isinstance(cp.ask(q, [r], "What is different?", max_new_tokens=2), str)
+
+
+def test_the_cells_read_inspects_map_in_the_query_frame(model, adapted, pair_images):
+    q, r = pair_images
+    lang = NanoLanguage(model=model, detector=adapted, registration=False)
+    cp = AnsweringCopilot(adapted, lang, registration=False)
+    amap = cp.inspect(q, [r]).anomaly_map  # (64, 64): the query is 64 px, so no resize
+    cells = lang.visual(q, [r]).cells
+    top_left = float(amap[:22, :22].max())  # adaptive pooling's first of 3 cells over 64 px: [0, 22)
+    assert cells[0, 0].item() == pytest.approx(top_left, abs=1e-6)  # the defect square's cell: its peak
