@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,6 +267,17 @@ class Copilot:
         lang = self._nano_language()
         return ask(self, lang, query, self._as_list(references), question, history, result, max_new_tokens,
                    grounded=grounded)
+
+    def ask_stream(
+        self, query: ImageInput, references: ImageInput | Sequence[ImageInput], question: str, **options: Any
+    ) -> Iterator[str]:
+        """:meth:`ask`'s answer (same ``options``) as the language model writes it: for each token,
+        the text it adds (joined, ``ask``'s answer; the work happens as the pieces are consumed)."""
+        from adcopilot.language.handle import ask_stream
+
+        return ask_stream(self, self._nano_language(), query, self._as_list(references), question,
+                          options.pop("history", None), options.pop("result", None),
+                          options.pop("max_new_tokens", 64), **options)
 
     def answer_choice(
         self,

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,13 +204,14 @@ def localize(
     return [b.to_dict() for b in r.boxes]
 
 
-def ask(
+def ask_stream(
     copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], question: str,
     history: Sequence[dict[str, str]] | None, result: Any, max_new_tokens: int, grounded: bool = True,
-) -> str:
-    """The answer to ``question`` after ``history``; box requests are answered with boxes as JSON.
-    ``grounded``: a yes/no defect question's answer starts with the inspection's verdict
-    (:func:`adcopilot.grounding.grounded_start`)."""
+) -> Iterator[str]:
+    """The answer to ``question`` after ``history`` as the language model writes it, one piece of
+    text per token (:func:`adcopilot.language.answer.text_pieces`); a box request is answered with
+    boxes as JSON, in one piece. ``grounded``: a yes/no defect
+    question's answer starts with the inspection's verdict (:func:`adcopilot.grounding.grounded_start`)."""
     import json
 
     from adcopilot.errors import AdcopilotError
@@ -223,7 +224,8 @@ def ask(
         if not isinstance(t, dict) or t.get("role") not in ("user", "assistant") or not isinstance(t.get("content"), str):
             raise AdcopilotError("history: each turn must be {'role': 'user' | 'assistant', 'content': str}")
     if is_box_request(q):
-        return json.dumps(localize(copilot, lang, query, refs, result=result))
+        yield json.dumps(localize(copilot, lang, query, refs, result=result))
+        return
     turns = [*(history or []), {"role": "user", "content": q}]
     from adcopilot.grounding import grounded_start, verdict_question
 
@@ -234,5 +236,13 @@ def ask(
         t = None  # the language model's own reading, at the threshold it was trained with
     # After the verdict, the model goes on explaining; it may not open with a second yes/no.
     ban = sorted({lang.model._ids(w)[0] for w in (" Yes", " No", " yes", " no", "Yes", "No")}) if start else []
-    return A.generate(lang.model, lang.visual(query, refs, t), turns, max_new_tokens,
-                      prefix=lang.prefix(query, refs, t), start=start, ban_after_start=ban)
+    yield from A.generate_stream(lang.model, lang.visual(query, refs, t), turns, max_new_tokens=max_new_tokens,
+                                 prefix=lang.prefix(query, refs, t), start=start, ban_after_start=ban)
+
+
+def ask(
+    copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], question: str,
+    history: Sequence[dict[str, str]] | None, result: Any, max_new_tokens: int, grounded: bool = True,
+) -> str:
+    """The whole answer of :func:`ask_stream`."""
+    return "".join(ask_stream(copilot, lang, query, refs, question, history, result, max_new_tokens, grounded))

@@ -34,7 +34,10 @@ class BodyLimit:
             return
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
-                body = json.dumps({"detail": too_large_message(self.max_bytes)}).encode()
+                message = too_large_message(self.max_bytes)
+                body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                             "code": "request_too_large"}}  # OpenAI's shape for its API
+                                  if scope.get("path", "").startswith("/v1/chat/") else {"detail": message}).encode()
                 await send({"type": "http.response.start", "status": 413, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close")]})
