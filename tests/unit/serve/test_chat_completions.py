@@ -277,3 +277,23 @@ def test_the_openai_client(lm_url, lm_copilot, images):
     with pytest.raises(openai.BadRequestError, match="not fetched"):
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}, {"type": "text", "text": "?"}]}])
+
+
+def test_the_openai_eval_backend_answers_as_the_nano_backend(lm_url, lm_copilot, images, tmp_path):
+    from adcopilot.eval.backends import CopilotBackend, make_backend
+    from adcopilot.eval.openai_protocols import file_image
+
+    paths = []
+    for name in ("ref", "bad", "good"):
+        (tmp_path / f"{name}.png").write_bytes(images[name])
+        paths.append(tmp_path / f"{name}.png")
+    url, size = file_image(paths[1], None)
+    assert base64.b64decode(url.split(",", 1)[1]) == images["bad"] and size == (96, 96)  # the file as it is
+    remote = make_backend("openai", "tiny", base_url=lm_url + "/v1", api_key="k3y", protocol="files", concurrency=1)
+    local = CopilotBackend("nano", copilot=lm_copilot)
+    where = Question(2, "Where is the defect?", {"A": "Top left.", "B": "Center.", "C": "Bottom right."}, "C",
+                     "Defect Localization")
+    for query in paths[1:]:
+        for q in (DEFECT_Q, OTHER_Q, where):
+            assert remote.answer([paths[0], query], q) == local.answer([paths[0], query], q)
+    remote.close()
