@@ -20,9 +20,9 @@ yet), 500 (a fault of ours, logged). One that happens after a stream has begun i
 ``{"error": ...}`` event before ``data: [DONE]``.
 
 Usage counts are in the language model's tokens: the prompt is the messages' text plus the
-positions the model gives the images, the completion the answer (0 and 0 for a model without a
-language model, which reads no tokens). ``finish_reason`` is "length" when the answer used all of
-``max_tokens``.
+positions the model gives the images, the completion one per token it wrote (a letter: 1); a model
+without a language model reads no tokens (0 and 0). ``finish_reason`` is "length" when the answer
+used all of ``max_tokens``.
 
 Usage::
 
@@ -209,21 +209,23 @@ class ChatRun:
         except Exception as exc:  # handed to the request, which answers it as OpenAI's error JSON
             self._put(exc)
 
+    def stop(self) -> None:
+        """No more pieces are wanted: the work ends after the current token."""
+        self._stop.set()
+
     async def pieces(self) -> AsyncIterator[str]:
-        try:
-            while True:
-                item = await self._queue.get()
-                if item is self._END:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            self._stop.set()
+        while True:
+            item = await self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
 
 def _check_images(svc: InspectionService, req: ChatRequest) -> None:
-    """The service's checks of the query and references (format, pixels, count, reference set)."""
+    """The service's checks of the query and references (format, pixels, count, reference set).
+    The model is then given the bytes, not the decoded query: its caches know images by content."""
     svc._query(req.query)
     req.references = svc._references(req.references, req.reference_set)
 
@@ -251,6 +253,8 @@ async def _sse(run: ChatRun, first: str | None, rest: AsyncIterator[str], head: 
         yield _event(error_body(exc)[1])
         yield "data: [DONE]\n\n"
         return
+    finally:
+        run.stop()  # also when the client has gone away and the response is cancelled
     yield chunk({}, run.finish_reason)
     if run.req.include_usage:
         yield _event({**head, "object": "chat.completion.chunk", "choices": [], "usage": run.usage})
@@ -289,12 +293,19 @@ def chat_completions_router(svc: InspectionService, require_key: Callable[..., N
         await run_in_threadpool(_check_images, svc, req)
         run = ChatRun(svc, req)
         rest = run.pieces()
-        first = await anext(rest, None)  # an error before the first piece is an HTTP error
+        try:
+            first = await anext(rest, None)  # an error before the first piece is an HTTP error
+        except BaseException:
+            run.stop()
+            raise
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
         if req.stream:
             return StreamingResponse(_sse(run, first, rest, head), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text = (first or "") + "".join([p async for p in rest])
+        try:
+            text = (first or "") + "".join([p async for p in rest])
+        finally:
+            run.stop()
         message = {"role": "assistant", "content": text}
         return JSONResponse({**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": message, "logprobs": None, "finish_reason": run.finish_reason}],

@@ -156,6 +156,9 @@ def test_streamed_answer_is_the_whole_answer(lm_url, lm_copilot, images):
     assert all(c["usage"] is None for c in chunks[:-1])
     plain = post(lm_url, {**body, "stream": False}).json()
     assert plain["choices"][0]["message"]["content"] == whole and plain["usage"] == chunks[-1]["usage"]
+    with httpx.stream("POST", lm_url + "/v1/chat/completions", json={**body, "max_tokens": 64}, headers=KEY) as r:
+        next(r.iter_lines())  # the client goes away after the first event
+    assert post(lm_url, {**body, "stream": False}).json()["choices"][0]["message"]["content"] == whole  # model free
 
 
 def test_history_and_reference_sets(lm_url, lm_copilot, images):
