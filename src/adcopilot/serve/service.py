@@ -132,7 +132,8 @@ class InspectionService:
                 "path", "date", "miss_cost", "false_alarm_cost", "target_miss_rate", "prevalence", "metrics")},
             "registration": cp.registration,
             "language": hasattr(cp, "ask") and getattr(cp, "language", None) is not None,
-        }]}
+        }], "object": "list",  # and OpenAI's model list, which chat clients read
+            "data": [{"id": cp.model_name, "object": "model", "created": int(self.started), "owned_by": "adcopilot"}]}
 
     # ------------------------------------------------------------------ reference sets
     def register_references(self, uploads: list[Upload], name: str | None = None) -> dict[str, Any]:

@@ -191,6 +191,8 @@ def test_api_key(lm_url, images):
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "invalid_api_key" and "API key" in r.json()["error"]["message"]
     assert post(lm_url, body, headers={"X-API-Key": "k3y"}).status_code == 200
+    models = httpx.get(lm_url + "/v1/models", headers=KEY).json()  # OpenAI's model list, beside the service's
+    assert models["object"] == "list" and models["data"][0]["id"] == models["models"][0]["name"] == "tiny-lm"
 
 
 def test_detector_only_model(baseline_url, tiny_copilot, images):
@@ -273,6 +275,7 @@ def test_the_openai_client(lm_url, lm_copilot, images):
     client = openai.OpenAI(base_url=lm_url + "/v1", api_key="k3y", max_retries=0)
     ref, bad = images["ref"], images["bad"]
     body = ask_body(ref, bad, "What is different?")
+    assert [m.id for m in client.models.list()] == ["tiny-lm"]
     whole = client.chat.completions.create(model="x", messages=body["messages"], max_tokens=8)
     assert whole.choices[0].message.content == lm_copilot.ask(bad, [ref], "What is different?", max_new_tokens=8)
     stream = client.chat.completions.create(model="x", messages=body["messages"], max_tokens=8, stream=True)
