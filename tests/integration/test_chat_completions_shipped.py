@@ -1,6 +1,6 @@
 """The shipped model behind ``adcopilot serve``'s chat endpoint: ``eval mmad --backend openai``
-through it scores what ``--backend nano`` scores on a subset of the bundled benchmark, and a free
-question streams its answer token by token."""
+through it answers and scores as ``--backend nano`` on 8 of the bundled benchmark's held-out
+photos (55 questions, every sub-task), and a free question streams its answer token by token."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from adcopilot import assets
+from adcopilot.eval.mmad import SUBTASKS, subtask_of
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def server(env) -> str:
 
 
 def evaluate(env: dict[str, str], out, *args: str) -> list[dict]:
-    p = subprocess.run([sys.executable, "-m", "adcopilot", "eval", "mmad", "--benchmark", "bundled", "--limit", "10",
-                        "--out", str(out), "--quiet", *args], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-m", "adcopilot", "eval", "mmad", "--benchmark", "bundled", "--dataset",
+                        "HeldOut-Photos", "--limit", "8", "--out", str(out), "--quiet", *args],
+                       capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     return [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
 
@@ -63,10 +65,9 @@ def test_eval_through_the_endpoint_scores_as_the_nano_backend(env, server, tmp_p
     remote = evaluate(dict(env, ADCOPILOT_OPENAI_BASE_URL=server + "/v1"), tmp_path / "openai",
                       "--backend", "openai", "--protocol", "files", "--model", "default", "--concurrency", "2")
     key = lambda r: (r["image"], r["q"])  # noqa: E731
-    assert len(nano) == len(remote) > 20 and not any(r.get("error") for r in remote)
+    assert len(nano) == len(remote) > 40 and not any(r.get("error") for r in remote)
     assert {key(r): r["reply"] for r in remote} == {key(r): r["reply"] for r in nano}
-    subtasks = {r["type"] for r in nano}
-    assert len(subtasks) >= 5  # photos' sub-tasks as well as ELPV's defect questions
+    assert {subtask_of(r["type"]) for r in nano} == set(SUBTASKS)  # normal and anomalous photos: every sub-task
     for name in ("scores_official.json", "scores_strict.json"):
         assert json.loads((tmp_path / "openai" / name).read_text()) == json.loads((tmp_path / "nano" / name).read_text())
 
