@@ -9,7 +9,9 @@ images as PNG data URLs, as the files are) and records, from the moment the requ
 - the first token: the first server-sent event that carries answer text;
 - the whole answer: ``data: [DONE]``;
 
-and the number of answer tokens (``stream_options.include_usage``). The first request after the
+the number of answer tokens (``stream_options.include_usage``), and the CPU time the server
+process used from the request to the first token (what the wall time would be on a core of its
+own; on a shared, loaded machine the wall time is longer). The first request after the
 server started (the language model loaded) is reported apart. Each pair is new to the server when
 its first question comes (its query never seen; a template may have been, as a line's references
 are); the next questions reuse the pair's encodings, as in a conversation.
@@ -34,10 +36,20 @@ import httpx
 QUESTIONS = ("What is the defect and where is it?", "Is there any defect in the object?", "Describe the query image.")
 
 
-def stream_once(url: str, body: dict) -> tuple[float, float, int]:
-    """(seconds to the first answer text, seconds to [DONE], answer tokens) of one streamed request."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stream_once(url: str, body: dict, pid: int) -> tuple[float, float, int, float]:
+    """(seconds to the first answer text, seconds to [DONE], answer tokens, CPU seconds the server
+    used up to the first answer text) of one streamed request."""
+    c0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     first = None
+    cpu = float("nan")
     tokens = 0
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
         r.raise_for_status()
@@ -49,9 +61,10 @@ def stream_once(url: str, body: dict) -> tuple[float, float, int]:
             event = json.loads(line[6:])
             if event.get("choices") and event["choices"][0]["delta"].get("content") and first is None:
                 first = time.perf_counter() - t0
+                cpu = cpu_seconds(pid) - c0
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-    return (first if first is not None else float("nan")), time.perf_counter() - t0, tokens
+    return (first if first is not None else float("nan")), time.perf_counter() - t0, tokens, cpu
 
 
 def main() -> None:
@@ -92,14 +105,14 @@ def main() -> None:
             return {"model": "default", "messages": [{"role": "user", "content": content}], "stream": True,
                     "max_tokens": args.max_tokens, "stream_options": {"include_usage": True}}
 
-        cold = stream_once(url, body(chosen[0], QUESTIONS[0]))
-        rows: list[tuple[str, str, float, float, int]] = []
+        cold = stream_once(url, body(chosen[0], QUESTIONS[0]), proc.pid)
+        rows: list[tuple[str, str, float, float, int, float]] = []
         for item in chosen[1:]:
             for q in QUESTIONS:
-                first, total, tokens = stream_once(url, body(item, q))
-                rows.append((item.key, q, first, total, tokens))
-                print(f"{first:6.3f} s first token  {total:6.3f} s whole ({tokens:2d} tokens)  {item.key}  {q}",
-                      flush=True)
+                first, total, tokens, cpu = stream_once(url, body(item, q), proc.pid)
+                rows.append((item.key, q, first, total, tokens, cpu))
+                print(f"{first:6.3f} s first token ({cpu:5.2f} CPU s)  {total:6.3f} s whole ({tokens:2d} tokens)"
+                      f"  {item.key}  {q}", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -112,6 +125,8 @@ def main() -> None:
     print(f"\nfirst request after start (language model loading): first token {cold[0]:.2f} s, whole {cold[1]:.2f} s")
     print(f"first token, all {len(rows)} requests: {summary([r[2] for r in rows])}")
     print(f"first token, a pair's first question ({len(new_pair)}): {summary([r[2] for r in new_pair])}")
+    print(f"server CPU to the first token, all: {summary([r[5] for r in rows])}")
+    print(f"server CPU to the first token, a pair's first question: {summary([r[5] for r in new_pair])}")
     print(f"whole answer: {summary([r[3] for r in rows])}; tokens: median {statistics.median(r[4] for r in rows):.0f}")
     print(f"within 1 s: {sum(r[2] <= 1.0 for r in rows)} of {len(rows)}")
 

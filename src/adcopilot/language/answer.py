@@ -237,13 +237,15 @@ def generate_ids(
     one of ``ban_after_start`` (e.g. a second, contradicting "No")."""
     if max_new_tokens < 1:
         raise AdcopilotError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    given = [int(t) for t in model.tokenizer(start, add_special_tokens=False)["input_ids"]] if start else []
+    yield from given  # known before the model runs: said at once
+    if len(given) >= max_new_tokens:
+        return
     logp, cache = prefill(model, turns, visual, prefix)
     stop = {model.eot_id, int(model.tokenizer.eos_token_id)}
-    n = 0
+    n = len(given)
     emb_layer = model.llm.get_input_embeddings()
-    for tok in model.tokenizer(start, add_special_tokens=False)["input_ids"] if start else []:
-        n += 1  # teacher-forced: the model reads its given first words
-        yield int(tok)
+    for tok in given:  # teacher-forced: the model reads its given first words
         res = model.hidden_states(emb_layer(torch.tensor([[tok]], device=model.device)), cache=cache, use_cache=True)
         cache = res.cache
         logp = F.log_softmax(model.logits(res.last_hidden_state[0, -1]).float(), dim=-1)
