@@ -275,9 +275,7 @@ class Copilot:
         the text it adds (joined, ``ask``'s answer; the work happens as the pieces are consumed)."""
         from adcopilot.language.handle import ask_stream
 
-        return ask_stream(self, self._nano_language(), query, self._as_list(references), question,
-                          options.pop("history", None), options.pop("result", None),
-                          options.pop("max_new_tokens", 64), **options)
+        return ask_stream(self, self._nano_language(), query, self._as_list(references), question, **options)
 
     def answer_choice(
         self,

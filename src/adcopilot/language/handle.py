@@ -206,7 +206,8 @@ def localize(
 
 def ask_stream(
     copilot: Any, lang: NanoLanguage, query: ImageInput, refs: list[ImageInput], question: str,
-    history: Sequence[dict[str, str]] | None, result: Any, max_new_tokens: int, grounded: bool = True,
+    history: Sequence[dict[str, str]] | None = None, result: Any = None, max_new_tokens: int = 64,
+    grounded: bool = True,
 ) -> Iterator[str]:
     """The answer to ``question`` after ``history`` as the language model writes it, one piece of
     text per token (:func:`adcopilot.language.answer.text_pieces`); a box request is answered with

@@ -35,9 +35,11 @@ class BodyLimit:
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
                 message = too_large_message(self.max_bytes)
-                body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                             "code": "request_too_large"}}  # OpenAI's shape for its API
-                                  if scope.get("path", "").startswith("/v1/chat/") else {"detail": message}).encode()
+                error: dict[str, Any] = {"detail": message}
+                if scope.get("path", "").startswith("/v1/chat/"):  # OpenAI's error shape for its API
+                    error = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                       "code": "request_too_large"}}
+                body = json.dumps(error).encode()
                 await send({"type": "http.response.start", "status": 413, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close")]})
