@@ -67,7 +67,7 @@ def main() -> None:
     from adcopilot.train.stage_language import strip_preamble
 
     cp = Copilot.load(args.model)
-    lang = cp._nano_language()
+    lang = cp.language
     model, prior = lang.model, lang.prior()
 
     def record(kind: str, question: str, options: dict[str, str], gold: str, visual) -> dict:

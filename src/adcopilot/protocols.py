@@ -14,7 +14,7 @@ are ``{"bbox_2d": [x1, y1, x2, y2], "label": ..., "score": ...}`` in query pixel
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from adcopilot.errors import AdcopilotError
@@ -74,6 +74,24 @@ class Answerer(Protocol):
 
     def preload_language(self) -> None:
         """Start loading what answering needs, in the background (a question is coming)."""
+        ...
+
+
+@runtime_checkable
+class StreamingAnswerer(Answerer, Protocol):
+    """An :class:`Answerer` that can also hand out a free answer as it is written."""
+
+    def ask_stream(
+        self,
+        query: ImageInput,
+        references: References,
+        question: str,
+        history: Turns | None = None,
+        *,
+        result: InspectionResult | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        """:meth:`ask`'s answer, one piece of text per token as the model writes it."""
         ...
 
 

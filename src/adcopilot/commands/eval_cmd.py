@@ -105,7 +105,8 @@ def register(app: typer.Typer) -> None:
             "qwen", "--protocol",
             help="openai: how the questions are asked: qwen (the benchmark's Qwen2.5-VL script: one question per "
             "request, PNG images, greedy, 128 tokens) or gpt4o (its GPT-4o script: images first, the questions "
-            "accumulated turn by turn, JPEG in a 512 px box with low detail, 200 tokens, refusals asked again).",
+            "accumulated turn by turn, JPEG in a 512 px box with low detail, 200 tokens, refusals asked again) or files "
+            "(the qwen request with each image file's own bytes, e.g. for adcopilot serve).",
         ),
         "max_image_size": typer.Option(
             None, "--max-image-size",

@@ -1,7 +1,7 @@
 """How the benchmark's published runs talked to a chat endpoint: the ``qwen`` and ``gpt4o`` protocols.
 
 The ``openai`` evaluation backend sends MMAD's questions in one of two ways, each the request of
-one of the benchmark's own query scripts:
+one of the benchmark's own query scripts (or a third, ``files``, for this project's own server):
 
 ``qwen`` (the Qwen2.5-VL script, one question per request)
     The instruction, the template sentence, the template(s), the query and one question
@@ -23,6 +23,11 @@ one of the benchmark's own query scripts:
     the script). A reply containing a refusal word ("please", "sorry", "today",
     "cannot assist") is asked again.
 
+``files`` (the ``qwen`` request with the images as they are)
+    The ``qwen`` protocol's request, each image sent as its file's own bytes (no resize, no
+    re-encoding, no "Picture N:" labels): for a server that decodes and resizes images itself,
+    such as ``adcopilot serve``, so that it sees what a local backend reads from the files.
+
 Usage::
 
     proto = protocol("gpt4o")
@@ -38,15 +43,17 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.mmad import Question
 from adcopilot.imaging import load_image
 
-PROTOCOLS = ("qwen", "gpt4o")
+PROTOCOLS = ("qwen", "gpt4o", "files")
 
 #: The GPT-4o script's instruction, verbatim (leading and trailing newlines included).
 GPT4O_INSTRUCTION = (
@@ -143,6 +150,22 @@ def gpt4o_image(path: str | os.PathLike, max_image_size: int | None) -> tuple[st
     return _data_url("image/jpeg", encoded.tobytes()), size
 
 
+def file_image(path: str | os.PathLike, max_image_size: int | None) -> tuple[str, tuple[int, int]]:
+    """The image file's own bytes as a data URL of its format, and its size (w, h); an image
+    larger than ``max_image_size`` is thumbnailed and sent as PNG instead."""
+    img = load_image(path)  # validates the file (one clear error when it is bad)
+    if max_image_size and max(img.size) > max_image_size:
+        img = img.copy()
+        img.thumbnail((max_image_size, max_image_size))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return _data_url("image/png", buf.getvalue()), img.size
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = (im.format or "PNG").lower()
+    return _data_url(f"image/{fmt}", data), img.size
+
+
 @dataclass(frozen=True)
 class Protocol:
     """What differs between the two published ways of asking."""
@@ -159,6 +182,7 @@ class Protocol:
 _PROTOCOLS = {
     "qwen": Protocol("qwen", qwen_image, None, QWEN_MAX_TOKENS, greedy=True, accumulate=False, retry_refusals=False),
     "gpt4o": Protocol("gpt4o", gpt4o_image, "low", GPT4O_MAX_TOKENS, greedy=False, accumulate=True, retry_refusals=True),
+    "files": Protocol("files", file_image, None, QWEN_MAX_TOKENS, greedy=True, accumulate=False, retry_refusals=False),
 }
 
 

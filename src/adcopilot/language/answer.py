@@ -21,7 +21,7 @@ Multiple choice (``answer_choice``), two modes:
   normalising, else the most similar, :func:`match_option`).
 
 Free answers (``generate``): greedy decoding with the cache, stopped at the end-of-turn token or
-``max_new_tokens``.
+``max_new_tokens``; ``generate_stream`` yields the same answer in pieces as its tokens are chosen.
 
 Localization: ``label_boxes`` names each box of the dense anomaly head (from ``Copilot.inspect``)
 by asking the language model "What type of defect is at the <region> of the image?" and scoring
@@ -37,7 +37,7 @@ Usage::
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -217,7 +217,7 @@ def type_choice(
 
 
 @torch.inference_mode()
-def generate(
+def generate_ids(
     model: NanoCopilot,
     visual: VisualInputs | None,
     turns: Sequence[dict[str, str]],
@@ -226,39 +226,73 @@ def generate(
     prefix: Prefix | None = None,
     start: str = "",
     ban_after_start: Sequence[int] = (),
-) -> str:
-    """Greedy answer to the last user turn of ``turns`` (no stop before ``min_new_tokens``); the
-    answer begins with ``start`` (e.g. a grounded "Yes."), which the model then continues, its
-    first own token not one of ``ban_after_start`` (e.g. a second, contradicting "No")."""
+) -> Iterator[int]:
+    """Greedy answer to the last user turn of ``turns``, each token id yielded as soon as it is
+    chosen (no stop before ``min_new_tokens``); the answer begins with ``start`` (e.g. a grounded
+    "Yes."), whose tokens come first and which the model then continues, its first own token not
+    one of ``ban_after_start`` (e.g. a second, contradicting "No")."""
     if max_new_tokens < 1:
         raise AdcopilotError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    given = [int(t) for t in model.tokenizer(start, add_special_tokens=False)["input_ids"]] if start else []
+    yield from given  # known before the model runs: said at once
+    if len(given) >= max_new_tokens:
+        return
     logp, cache = prefill(model, turns, visual, prefix)
     stop = {model.eot_id, int(model.tokenizer.eos_token_id)}
-    out: list[int] = []
+    n = len(given)
     emb_layer = model.llm.get_input_embeddings()
-    for tok in model.tokenizer(start, add_special_tokens=False)["input_ids"] if start else []:
-        out.append(int(tok))  # teacher-forced: the model reads its given first words
+    for tok in given:  # teacher-forced: the model reads its given first words
         res = model.hidden_states(emb_layer(torch.tensor([[tok]], device=model.device)), cache=cache, use_cache=True)
         cache = res.cache
         logp = F.log_softmax(model.logits(res.last_hidden_state[0, -1]).float(), dim=-1)
-    if out and ban_after_start:
+    if n and ban_after_start:
         logp = logp.clone()
         logp[list(ban_after_start)] = float("-inf")
-    for step in range(len(out), max_new_tokens):
+    for step in range(n, max_new_tokens):
         if step < min_new_tokens:
             logp = logp.clone()
             logp[list(stop)] = float("-inf")
         nxt = int(logp.argmax())
         if nxt in stop:
             break
-        out.append(nxt)
+        yield nxt
         if step == max_new_tokens - 1:
             break
         emb = emb_layer(torch.tensor([[nxt]], device=model.device))
         res = model.hidden_states(emb, cache=cache, use_cache=True)
         cache = res.cache
         logp = F.log_softmax(model.logits(res.last_hidden_state[0, -1]).float(), dim=-1)
-    return model.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+def text_pieces(tokenizer: Any, ids: Iterable[int]) -> Iterator[str]:
+    """For each token of a growing sequence, the text it adds, yielded as it arrives; joined, the
+    pieces are the sequence's text, stripped. Trailing whitespace and an incomplete character (a
+    multi-byte letter split over tokens) wait for the token that follows them (their pieces are
+    empty meanwhile); a character the sequence ends inside is left out."""
+    seq: list[int] = []
+    sent = ""
+    for tok in ids:
+        seq.append(tok)
+        text = tokenizer.decode(seq, skip_special_tokens=True)
+        ready = "" if text.endswith("\ufffd") else text.strip()
+        if len(ready) > len(sent):
+            yield ready[len(sent):]  # a byte-level tokenizer's text only grows at its end
+            sent = ready
+        else:
+            yield ""
+
+
+def generate_stream(model: NanoCopilot, visual: VisualInputs | None, turns: Sequence[dict[str, str]],
+                    **options: Any) -> Iterator[str]:
+    """:func:`generate`'s answer as it is written: for each token chosen, the text it adds (see
+    :func:`text_pieces`; same ``options``)."""
+    return text_pieces(model.tokenizer, generate_ids(model, visual, turns, **options))
+
+
+def generate(model: NanoCopilot, visual: VisualInputs | None, turns: Sequence[dict[str, str]],
+             max_new_tokens: int = 64, **options: Any) -> str:
+    """The greedy answer of :func:`generate_ids` (same ``options``) as text, stripped."""
+    return "".join(generate_stream(model, visual, turns, max_new_tokens=max_new_tokens, **options))
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from adcopilot.errors import AdcopilotError
@@ -76,16 +76,40 @@ class LanguageAnswers:
         boxes labelled by the language model (``result``'s boxes when given). ``grounded``
         (default): the answer to a yes/no defect question ("Is there a defect?") starts with
         ``inspect``'s verdict at this copilot's threshold, and the language model goes on from it."""
+        return "".join(self.ask_stream(query, references, question, history, result=result,
+                                       max_new_tokens=max_new_tokens, grounded=grounded))
+
+    def ask_stream(
+        self,
+        query: ImageInput,
+        references: ImageInput | Sequence[ImageInput],
+        question: str,
+        history: Sequence[dict[str, str]] | None = None,
+        *,
+        result: InspectionResult | None = None,
+        max_new_tokens: int | None = None,
+        grounded: bool = True,
+    ) -> Iterator[str]:
+        """:meth:`ask`'s answer as the language model writes it: for each token the text it adds
+        (a box request in one piece). The question is checked at once; the work happens as the
+        pieces are consumed."""
         refs = as_references(references)
-        lang = self.language
         q = (question or "").strip()
         if not q:
             raise AdcopilotError("the question is empty")
         for t in history or []:
             if not isinstance(t, dict) or t.get("role") not in ("user", "assistant") or not isinstance(t.get("content"), str):
                 raise AdcopilotError("history: each turn must be {'role': 'user' | 'assistant', 'content': str}")
+        return self._answer_pieces(query, refs, q, history, result, max_new_tokens, grounded)
+
+    def _answer_pieces(
+        self, query: ImageInput, refs: list[ImageInput], q: str, history: Sequence[dict[str, str]] | None,
+        result: InspectionResult | None, max_new_tokens: int | None, grounded: bool,
+    ) -> Iterator[str]:
+        lang = self.language
         if is_box_request(q):
-            return json.dumps(self.localize(query, refs, result=result))
+            yield json.dumps(self.localize(query, refs, result=result))
+            return
         turns = [*(history or []), {"role": "user", "content": q}]
         start, t = "", (result.threshold if result is not None else self.threshold)
         if grounded and verdict_question(q):
@@ -94,9 +118,9 @@ class LanguageAnswers:
             t = None  # the language model's own reading, at the threshold it was trained with
         # After the verdict, the model goes on explaining; it may not open with a second yes/no.
         ban = sorted({lang.model._ids(w)[0] for w in (" Yes", " No", " yes", " no", "Yes", "No")}) if start else []
-        return answers.generate(lang.model, lang.visual(query, refs, t), turns,
-                                max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                                prefix=lang.prefix(query, refs, t), start=start, ban_after_start=ban)
+        yield from answers.generate_stream(lang.model, lang.visual(query, refs, t), turns,
+                                           max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                                           prefix=lang.prefix(query, refs, t), start=start, ban_after_start=ban)
 
     def answer_choice(
         self,

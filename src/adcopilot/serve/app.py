@@ -10,6 +10,7 @@ Endpoints (OpenAPI schema at ``/openapi.json``)::
     POST /v1/ask                 multipart: query + reference(s) or reference_set + question [+ history]
     POST /v1/references          multipart: references (+ name) -> {"id": ...}
     GET  /v1/references          registered sets;   DELETE /v1/references/{id}
+    POST /v1/chat/completions    OpenAI's chat API, streamed or not (see chat_completions.py)
 
 Errors are JSON ``{"detail": "<one line>"}``: 401 (API key), 404 (unknown reference set), 413 (body
 or image too large), 415 (unsupported format), 422 (bad input), 501 (no language model), 503 (model
@@ -46,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adcopilot import __version__
 from adcopilot.errors import AdcopilotError
 from adcopilot.protocols import Inspector
+from adcopilot.serve.chat_completions import chat_completions_router
 from adcopilot.serve.limits import BodyLimit
 from adcopilot.serve.page import page_html
 from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
@@ -114,6 +116,8 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
         given = key or (bearer.credentials if bearer else None)
         if not given or not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
             raise ServiceError("missing or wrong API key (send X-API-Key)", 401)
+
+    app.include_router(chat_completions_router(svc, require_key))  # its errors in OpenAI's shape
 
     @app.exception_handler(AdcopilotError)
     async def _adcopilot_error(_: Request, exc: AdcopilotError) -> JSONResponse:

@@ -34,7 +34,12 @@ class BodyLimit:
             return
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
-                body = json.dumps({"detail": too_large_message(self.max_bytes)}).encode()
+                message = too_large_message(self.max_bytes)
+                error: dict[str, Any] = {"detail": message}
+                if scope.get("path", "").startswith("/v1/chat/"):  # OpenAI's error shape for its API
+                    error = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                       "code": "request_too_large"}}
+                body = json.dumps(error).encode()
                 await send({"type": "http.response.start", "status": 413, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close")]})

@@ -184,7 +184,8 @@ class InspectionService:
                 "path", "date", "miss_cost", "false_alarm_cost", "target_miss_rate", "prevalence", "metrics")},
             "registration": cp.registration,
             "language": isinstance(cp, Answerer),
-        }]}
+        }], "object": "list",  # and OpenAI's model list, which chat clients read
+            "data": [{"id": cp.model_name, "object": "model", "created": int(self.started), "owned_by": "adcopilot"}]}
 
     # ------------------------------------------------------------------ reference sets
     def register_references(self, uploads: list[Upload], name: str | None = None) -> dict[str, Any]:

@@ -133,3 +133,21 @@ def test_forced_start_and_banned_first_token(model, visual):
     banned = answers.generate(model, visual, turns, max_new_tokens=6, start="Yes.", ban_after_start=[first])
     ids = model._ids(banned)
     assert banned.startswith("Yes.") and (len(ids) == len(start_ids) or ids[len(start_ids)] != first)
+
+
+def test_text_pieces_one_per_token_joined_the_stripped_text(tok):
+    text = "  Défaut: 日本 stain  "
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = list(answers.text_pieces(tok, ids))
+    assert len(pieces) == len(ids) and "".join(pieces) == tok.decode(ids).strip() == text.strip()
+    assert "" in pieces  # a multi-byte letter over two tokens, the leading spaces: their text waits
+    assert all("\ufffd" not in p for p in pieces)
+    cut = ids[: next(i for i in range(1, len(ids)) if tok.decode(ids[:i]).endswith("\ufffd"))]
+    assert "".join(answers.text_pieces(tok, cut)) == tok.decode(cut)[:-1].strip()  # a split letter at the end: left out
+
+
+def test_streamed_answer_is_the_generated_answer(model, visual):
+    turns = [{"role": "user", "content": "Is there any defect in the object?"}]
+    pieces = list(answers.generate_stream(model, visual, turns, max_new_tokens=9, start="Yes."))
+    assert "".join(pieces) == answers.generate(model, visual, turns, max_new_tokens=9, start="Yes.")
+    assert len(pieces) <= 9 and "".join(pieces).startswith("Yes.")
