@@ -34,6 +34,10 @@ def load_detector(model: str | os.PathLike | None) -> tuple[Detector, dict[str, 
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"{spec}: no such model; use 'default', 'baseline' or a checkpoint folder")
+    if path.is_file() and path.suffix == ".onnx":  # a dense path from `adcopilot export onnx`
+        from adcopilot.model.onnx_detector import load_onnx_detector
+
+        return load_onnx_detector(path)
     return _load_checkpoint(path)
 
 
