@@ -14,7 +14,8 @@ as the cached reference, ``--n`` test-split mono cells as queries. 256 px, one t
 ``--src`` runs the profile once per source tree (``label=path/to/src``; default: this checkout's
 ``src``), each in its own process, alternating over ``--rounds`` so that all trees see the same load;
 the table gives per stage the median over rounds of each process's median, and the ratio of the last
-tree to the first. To compare with an earlier commit:
+tree to the first. ``label=path@mode`` sets the product memory's search (``exact``, ``approximate``,
+``auto``: :mod:`adcopilot.model.nearest`) of a tree that has the choice. To compare with an earlier commit:
 
     git archive COMMIT src | tar -x -C /tmp/before
     OMP_NUM_THREADS=1 python benchmarks/bench_profile.py --src before=/tmp/before/src after=src --rounds 3
@@ -34,7 +35,7 @@ from pathlib import Path
 STAGES = ("decode", "register", "tower", "distance", "encoder", "head+blur", "memory", "map back", "boxes")
 
 
-def profile_child(model: str, n: int) -> dict:
+def profile_child(model: str, n: int, search: str) -> dict:
     """Per-stage and end-to-end medians (ms) of ``n`` inspections with the tree on ``sys.path``."""
     import cv2
     import numpy as np
@@ -51,6 +52,8 @@ def profile_child(model: str, n: int) -> dict:
     torch.set_num_threads(1)
     cp = Copilot.load(model)
     det = cp.detector
+    if search != "default":
+        det.memory.set_search(search)
     cells = split(seed=0)
     ref_path = next(c.path for c in cells["train"] if c.kind == "mono" and c.probability == 0.0)
     queries = [c.path for c in cells["test"] if c.kind == "mono"][:n]
@@ -121,8 +124,10 @@ def profile_child(model: str, n: int) -> dict:
 
 
 def run_child(src: str, model: str, n: int) -> dict:
+    src, _, search = src.partition("@")
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, __file__, "--child", "--model", model, "--n", str(n)],
+    out = subprocess.run([sys.executable, __file__, "--child", "--model", model, "--n", str(n),
+                          "--search", search or "default"],
                          capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{src}: the profile failed:\n{out.stderr[-2000:]}")
@@ -137,9 +142,10 @@ def main() -> None:
     ap.add_argument("--src", nargs="+", default=[f"current={Path(__file__).resolve().parent.parent / 'src'}"],
                     help="label=path of each source tree to profile")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--search", default="default", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(profile_child(args.model, args.n)))
+        print(json.dumps(profile_child(args.model, args.n, args.search)))
         return
     trees = [s.split("=", 1) if "=" in s else (s, s) for s in args.src]
     results: dict[str, list[dict]] = {label: [] for label, _ in trees}
