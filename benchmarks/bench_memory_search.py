@@ -5,8 +5,8 @@ An adapted model with a memory (``adcopilot adapt``; e.g. ``benchmarks/adapt_elp
 1-shot against a normal training cell of the same type, 256 px, registration on, one thread). Its banks
 are cut to each ``--patches`` size (a seeded random subset per variant, same calibration). For each
 size, both searches inspect the same queries, alternating with the default model without memory (the
-1-shot latency the memory adds to). Reported per size and search: the median ``inspect`` time and its
-ratio to the default model's, the median time of the memory's map alone, the recall of the exact
+1-shot latency the memory adds to). Reported per size and search: the median ``inspect`` time (wall clock and CPU) and
+its ratio to the default model's, the median time of the memory's map alone, the recall of the exact
 nearest distance (share of query patches whose bank similarity is the exact maximum, to 1e-5), the mean
 and largest error of that similarity, the largest difference of the fused maps and of the scores, and
 the image AUROC of the queries under each search.
@@ -17,11 +17,10 @@ the image AUROC of the queries under each search.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from clock import Clock
 from sklearn.metrics import roc_auc_score
 
 from adcopilot import Copilot
@@ -58,12 +57,6 @@ def queries(n: int) -> tuple[list[tuple[str, int, str]], dict[str, str]]:
     return [(str(c.path), int(c.probability == 1.0), c.kind) for c in picked], refs
 
 
-def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return 1e3 * (time.perf_counter() - t), out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="an adapted model folder with a product memory")
@@ -83,7 +76,7 @@ def main() -> None:
         memories = {s: cut(full, patches) for s in SEARCHES}
         for s, m in memories.items():
             m.set_search(s)
-        t = {k: [] for k in ("plain", *(f"inspect {s}" for s in SEARCHES), *(f"memory {s}" for s in SEARCHES))}
+        clock = Clock()
         scores: dict[str, list[float]] = {s: [] for s in SEARCHES}
         recall, err_mean, err_max, map_diff, score_diff = [], [], [], 0.0, 0.0
         for s in SEARCHES:  # warm-up: caches the references, builds the indexes
@@ -96,17 +89,16 @@ def main() -> None:
             maps = {}
             for s in (SEARCHES if i % 2 else SEARCHES[::-1]):
                 det.memory = memories[s]
-                ms, r = timed(adapted.inspect, path, [ref])
-                t[f"inspect {s}"].append(ms)
+                r = clock(f"inspect {s}", adapted.inspect, path, [ref])
                 maps[s], scores[s] = r.anomaly_map, [*scores[s], r.score]
-            t["plain"].append(timed(plain.inspect, path, [ref])[0])
+            clock("plain", plain.inspect, path, [ref])
             # The memory stage alone, and the search's accuracy, on the registered-free query features.
             q = to_float_array(load_image(path), size)
             with torch.inference_mode():
                 qt = det.patch_features(q)[0].flatten(1).T
                 rt = det.encode_reference(to_float_array(load_image(ref), size)).tokens[0]
                 for s in SEARCHES:
-                    t[f"memory {s}"].append(timed(memories[s].anomaly_map, qt, rt, (size // 8,) * 2, size)[0])
+                    clock(f"memory {s}", memories[s].anomaly_map, qt, rt, (size // 8,) * 2, size)
                 variant = memories["exact"].choose(rt[: (size // 8) ** 2])
                 bank = memories["exact"].variants[variant].bank
                 exact = exact_max_similarity(qt, bank)
@@ -117,9 +109,10 @@ def main() -> None:
             map_diff = max(map_diff, float(np.abs(maps["exact"] - maps["approximate"]).max()))
             score_diff = max(score_diff, abs(scores["exact"][-1] - scores["approximate"][-1]))
         labels = [lb for _, lb, _ in items]
-        med = {k: statistics.median(v) for k, v in t.items()}
+        med = clock.medians()
+        cpu = {f"cpu {k}": v for k, v in clock.medians(cpu=True).items()}
         uses = PatchIndex(memories["exact"].variants[variant].bank).approximate
-        row = {"patches": patches, "auto": "approximate" if uses else "exact", **med,
+        row = {"patches": patches, "auto": "approximate" if uses else "exact", **med, **cpu,
                "recall": float(np.mean(recall)), "err_mean": float(np.mean(err_mean)), "err_max": max(err_max),
                "map_diff": map_diff, "score_diff": score_diff,
                **{f"auroc {s}": float(roc_auc_score(labels, scores[s])) for s in SEARCHES}}
@@ -127,18 +120,21 @@ def main() -> None:
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     print(f"\n{args.n} ELPV test cells, 1-shot, 256 px, one thread; medians in ms; default model without memory "
           "in the same run:\n")
-    print("| patches per variant | search | inspect ms | / default model | memory map ms | recall of the exact "
-          "nearest | similarity error mean / max | max map difference | max score difference | image AUROC |")
-    print("|---:|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("| patches per variant | search | inspect ms | / default model | CPU ms | / default model | memory map ms "
+          "| recall of the exact nearest | similarity error mean / max | max map difference | max score difference "
+          "| image AUROC |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for r in rows:
         for s in SEARCHES:
             acc = ("1 | 0 / 0 | 0 | 0" if s == "exact" else
                    f"{r['recall']:.3f} | {r['err_mean']:.4f} / {r['err_max']:.3f} | {r['map_diff']:.3f} | "
                    f"{r['score_diff']:.4f}")
             tag = " (auto)" if r["auto"] == s else ""
+            cpu_s = r[f"cpu inspect {s}"]
             print(f"| {r['patches']} | {s}{tag} | {r[f'inspect {s}']:.1f} | {r[f'inspect {s}'] / r['plain']:.2f} | "
-                  f"{r[f'memory {s}']:.1f} | {acc} | {r[f'auroc {s}']:.3f} |")
-    print("\ndefault model (no memory): " + ", ".join(f"{r['plain']:.1f}" for r in rows) + " ms")
+                  f"{cpu_s:.1f} | {cpu_s / r['cpu plain']:.2f} | {r[f'memory {s}']:.1f} | {acc} | {r[f'auroc {s}']:.3f} |")
+    print("\ndefault model (no memory), wall / CPU: " + ", ".join(f"{r['plain']:.1f} / {r['cpu plain']:.1f}"
+                                                              for r in rows) + " ms")
 
 
 if __name__ == "__main__":

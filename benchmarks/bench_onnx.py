@@ -5,8 +5,8 @@ query (real held-out photos and ELPV cells of the bundled benchmark, resized to 
 things are timed for both runtimes, in alternating order: the dense path alone (vision tower +
 Comparison Encoder + dense head, the reference encoded and cached beforehand), the detector's map
 (plus up-sampling, smoothing and pooling) and ``Copilot.inspect`` end to end (with registration).
-One thread for both (torch and onnxruntime's intra-op pool). The table gives medians (ms), the
-ratio PyTorch / onnxruntime, and the largest difference of the maps.
+One thread for both (torch and onnxruntime's intra-op pool). The table gives medians (ms) of the
+wall-clock and of the CPU time, the ratios PyTorch / onnxruntime, and the largest difference of the maps.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_onnx.py --n 40 --shots 1 5
 """
@@ -14,14 +14,13 @@ ratio PyTorch / onnxruntime, and the largest difference of the maps.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from clock import Clock
 
 from adcopilot import Copilot
 from adcopilot.imaging import load_image, to_float_array
@@ -41,12 +40,6 @@ def images(n: int) -> tuple[list[Path], list[Path]]:
     return goods[:5], [tests[i] for i in rng.permutation(len(tests))[:n]]
 
 
-def timed(fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[float, object]:
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return 1e3 * (time.perf_counter() - t), out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
@@ -59,8 +52,9 @@ def main() -> None:
     path = args.onnx
     if path is None:
         path = Path(tempfile.mkdtemp()) / "model.onnx"
-        secs, _ = timed(lambda: export_onnx(pt.detector, path))
-        print(f"exported {path} in {secs / 1e3:.1f} s")
+        t = time.perf_counter()
+        export_onnx(pt.detector, path)
+        print(f"exported {path} in {time.perf_counter() - t:.1f} s")
     ox = Copilot.load(path)
     det, odet = pt.detector, ox.detector
     refs, queries = images(args.n)
@@ -77,35 +71,33 @@ def main() -> None:
 
         for cp in (pt, ox):  # warm-up, caches the references
             cp.inspect(queries[0], refs[:k])
-        t: dict[str, list[float]] = {f"{s} {r}": [] for s in ("dense", "map", "inspect") for r in ("pt", "ox")}
+        clock = Clock()
         worst = 0.0
         for i, qp in enumerate(queries):
             q = to_float_array(load_image(qp), size)
             for rt in ("pt", "ox")[:: 1 if i % 2 else -1]:
                 if rt == "pt":
                     with torch.inference_mode():
-                        ms, _ = timed(dense_pt, q)
-                    t["dense pt"].append(ms)
-                    ms, (pm, _) = timed(det.detect, q, [enc])
-                    t["map pt"].append(ms)
-                    t["inspect pt"].append(timed(pt.inspect, qp, refs[:k])[0])
+                        clock("dense pt", dense_pt, q)
+                    pm, _ = clock("map pt", det.detect, q, [enc])
+                    clock("inspect pt", pt.inspect, qp, refs[:k])
                 else:
-                    t["dense ox"].append(timed(odet.run, q, tokens)[0])
-                    ms, (om, _) = timed(odet.detect, q, [tokens])
-                    t["map ox"].append(ms)
-                    t["inspect ox"].append(timed(ox.inspect, qp, refs[:k])[0])
+                    clock("dense ox", odet.run, q, tokens)
+                    om, _ = clock("map ox", odet.detect, q, [tokens])
+                    clock("inspect ox", ox.inspect, qp, refs[:k])
             worst = max(worst, float(np.abs(pm - om).max()))
-        med = {key: statistics.median(v) for key, v in t.items()}
-        rows.append((k, med, worst))
-        print(f"{k} shot(s): " + ", ".join(f"{key}={v:.1f}" for key, v in med.items()) + f", max map diff {worst:.1e}",
-              flush=True)
-    print(f"\n{args.n} queries, one thread, medians in ms:\n")
-    print("| shots | stage | PyTorch | onnxruntime | PyTorch / onnxruntime | max abs map difference |")
-    print("|---:|---|---:|---:|---:|---:|")
-    for k, med, worst in rows:
+        med, cpu = clock.medians(), clock.medians(cpu=True)
+        rows.append((k, med, cpu, worst))
+        print(f"{k} shot(s): " + ", ".join(f"{key}={v:.1f}/{cpu[key]:.1f}" for key, v in med.items())
+              + f", max map diff {worst:.1e}", flush=True)
+    print(f"\n{args.n} queries, one thread, medians in ms (wall clock; CPU time):\n")
+    print("| shots | stage | PyTorch | onnxruntime | PyTorch / onnxruntime | CPU: PyTorch | onnxruntime | ratio |"
+          " max abs map difference |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for k, med, cpu, worst in rows:
         for stage in ("dense", "map", "inspect"):
-            a, b = med[f"{stage} pt"], med[f"{stage} ox"]
-            print(f"| {k} | {stage} | {a:.1f} | {b:.1f} | {a / b:.2f} | {worst:.1e} |")
+            a, b, ca, cb = med[f"{stage} pt"], med[f"{stage} ox"], cpu[f"{stage} pt"], cpu[f"{stage} ox"]
+            print(f"| {k} | {stage} | {a:.1f} | {b:.1f} | {a / b:.2f} | {ca:.1f} | {cb:.1f} | {ca / cb:.2f} | {worst:.1e} |")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,8 @@ def export_onnx(detector: NanoDetector, out: str | os.PathLike, *, name: str | N
         "topk_frac": repr(float(cfg.topk_frac)),
     }
     del proto.metadata_props[:]
+    for node in proto.graph.node:  # the exporter's per-node notes hold this machine's source paths
+        del node.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     try:
