@@ -92,16 +92,24 @@ class ProductMemory:
         return best
 
     def anomaly_map(
-        self, query_tokens: torch.Tensor, reference_tokens: torch.Tensor, grid: tuple[int, int], image_size: int
+        self,
+        query_tokens: torch.Tensor,
+        reference_tokens: torch.Tensor,
+        grid: tuple[int, int],
+        image_size: int,
+        reference_distance: torch.Tensor | None = None,
     ) -> np.ndarray:
         """Calibrated (S, S) map in [0, 1]: nearest distance of each query patch to the variant's
-        bank together with the references' patches. query_tokens (N, C), reference_tokens (k*N, C)."""
+        bank together with the references' patches. query_tokens (N, C), reference_tokens (k*N, C);
+        ``reference_distance`` (N,): the query patches' distances to the nearest reference patch, when
+        the caller has them (the comparison model computes them), else computed here."""
         name = self.choose(reference_tokens[: grid[0] * grid[1]])
         v = self.variants[name]
         # The bank and the references' patches searched apart (no (M + k*N, C) copy per query).
-        sim = torch.maximum(self._index[name].max_similarity(query_tokens),
-                            (query_tokens @ reference_tokens.T).max(dim=1).values)  # (N,)
-        d = (1.0 - sim).clamp_min(0).view(1, 1, *grid)
+        if reference_distance is None:
+            reference_distance = (1.0 - (query_tokens @ reference_tokens.T).max(dim=1).values).clamp_min(0)
+        bank_distance = (1.0 - self._index[name].max_similarity(query_tokens)).clamp_min(0)  # (N,)
+        d = torch.minimum(bank_distance, reference_distance.reshape(-1)).view(1, 1, *grid)
         amap = upsample_centered(d, image_size // grid[0])[0, 0].numpy()
         amap = cv2.GaussianBlur(amap, (0, 0), SMOOTH_SIGMA)
         return np.clip((amap - v.low) / max(v.high - v.low, 1e-6), 0.0, 1.0).astype(np.float32)

@@ -287,7 +287,8 @@ class NanoDetector(Detector):
         calibrated (S, S) map or None without a memory, the memory variant used or None)."""
         qf = self.patch_features(query)  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
-        logits = self.model.compare_with(qf, refs, with_tokens=False)["pixel_logits"]
+        out = self.model.compare_with(qf, refs, with_tokens=False)
+        logits = out["pixel_logits"]
         prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
         if self.model.cfg.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
@@ -295,7 +296,8 @@ class NanoDetector(Detector):
             return prob, None, None
         h, w = qf.shape[2:]
         variant = self.memory.choose(refs.tokens[0][: h * w])
-        mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size)
+        mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size,
+                                      reference_distance=out["distance"][0, 0].flatten())  # reused, not recomputed
         return prob, mem, variant
 
     def weight_for(self, variant: str | None) -> float:
