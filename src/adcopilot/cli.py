@@ -52,7 +52,8 @@ def _root(
 
 #: Every command module under adcopilot.commands, in the order of the help listing.
 COMMANDS = (
-    "inspect", "chat", "demo", "batch", "calibrate", "serve", "adapt", "curate", "train", "eval", "models", "full",
+    "inspect", "chat", "demo", "batch", "calibrate", "serve", "adapt", "curate", "train", "eval", "export", "models",
+    "full",
 )
 
 

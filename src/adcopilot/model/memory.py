@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adcopilot.errors import CheckpointError
+from adcopilot.model.nearest import PatchIndex
 from adcopilot.model.upsample import upsample_centered
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ class ProductMemory:
         for v in self.variants.values():
             v.bank = v.bank.float()
         self._chosen: tuple[int, tuple[int, ...], float, str] | None = None
+        self.set_search("auto")
+
+    def set_search(self, mode: str) -> None:
+        """How the banks are searched: "auto" (approximate for large banks when FAISS is installed),
+        "exact" or "approximate" (see :mod:`adcopilot.model.nearest`)."""
+        self._index = {name: PatchIndex(v.bank, mode) for name, v in self.variants.items()}
 
     # ------------------------------------------------------------------ inspection
     def choose(self, reference_tokens: torch.Tensor) -> str:
@@ -77,21 +84,32 @@ class ProductMemory:
             return self._chosen[3]
         sample = reference_tokens[::8]
         best, best_d = "", float("inf")
-        for name, v in self.variants.items():
-            d = float((1 - (sample @ v.bank.T).max(dim=1).values).mean())
+        for name in self.variants:
+            d = float((1 - self._index[name].max_similarity(sample)).mean())
             if d < best_d:
                 best, best_d = name, d
         self._chosen = (*key, best)
         return best
 
     def anomaly_map(
-        self, query_tokens: torch.Tensor, reference_tokens: torch.Tensor, grid: tuple[int, int], image_size: int
+        self,
+        query_tokens: torch.Tensor,
+        reference_tokens: torch.Tensor,
+        grid: tuple[int, int],
+        image_size: int,
+        reference_distance: torch.Tensor | None = None,
     ) -> np.ndarray:
         """Calibrated (S, S) map in [0, 1]: nearest distance of each query patch to the variant's
-        bank together with the references' patches. query_tokens (N, C), reference_tokens (k*N, C)."""
-        v = self.variants[self.choose(reference_tokens[: grid[0] * grid[1]])]
-        bank = torch.cat([v.bank, reference_tokens])  # (M + k*N, C)
-        d = (1.0 - (query_tokens @ bank.T).max(dim=1).values).clamp_min(0).view(1, 1, *grid)
+        bank together with the references' patches. query_tokens (N, C), reference_tokens (k*N, C);
+        ``reference_distance`` (N,): the query patches' distances to the nearest reference patch, when
+        the caller has them (the comparison model computes them), else computed here."""
+        name = self.choose(reference_tokens[: grid[0] * grid[1]])
+        v = self.variants[name]
+        # The bank and the references' patches searched apart (no (M + k*N, C) copy per query).
+        if reference_distance is None:
+            reference_distance = (1.0 - (query_tokens @ reference_tokens.T).max(dim=1).values).clamp_min(0)
+        bank_distance = (1.0 - self._index[name].max_similarity(query_tokens)).clamp_min(0)  # (N,)
+        d = torch.minimum(bank_distance, reference_distance.reshape(-1)).view(1, 1, *grid)
         amap = upsample_centered(d, image_size // grid[0])[0, 0].numpy()
         amap = cv2.GaussianBlur(amap, (0, 0), SMOOTH_SIGMA)
         return np.clip((amap - v.low) / max(v.high - v.low, 1e-6), 0.0, 1.0).astype(np.float32)

@@ -288,13 +288,15 @@ class NanoDetector(Detector):
         calibrated (S, S) map or None without a memory, the memory variant used or None)."""
         qf = self.patch_features(query)  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
-        logits = self.model.compare_with(qf, refs, with_tokens=False)["pixel_logits"]
-        return self._maps_from(logits, qf, refs)
+        out = self.model.compare_with(qf, refs, with_tokens=False)
+        return self._maps_from(out, qf, refs)
 
     def _maps_from(
-        self, logits: torch.Tensor, qf: torch.Tensor, refs: ReferenceInputs
+        self, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs
     ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-        """:meth:`maps` from the comparison's pixel logits (1, 1, h, w) and the query's features."""
+        """:meth:`maps` from the comparison's output (pixel logits (1, 1, h, w), distance) and the
+        query's features."""
+        logits = out["pixel_logits"]
         prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
         if self.model.cfg.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
@@ -302,7 +304,8 @@ class NanoDetector(Detector):
             return prob, None, None
         h, w = qf.shape[2:]
         variant = self.memory.choose(refs.tokens[0][: h * w])
-        mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size)
+        mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size,
+                                      reference_distance=out["distance"][0, 0].flatten())  # reused, not recomputed
         return prob, mem, variant
 
     def weight_for(self, variant: str | None) -> float:
@@ -316,7 +319,7 @@ class NanoDetector(Detector):
         qf = self.patch_features(query)  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         out = self.model.compare_with(qf, refs, with_tokens=with_tokens)
-        prob, mem, variant = self._maps_from(out["pixel_logits"], qf, refs)
+        prob, mem, variant = self._maps_from(out, qf, refs)
         if mem is not None:
             w = self.weight_for(variant)
             prob = (1.0 - w) * prob + w * mem

@@ -18,6 +18,7 @@ from adcopilot.model.baseline import NearestPatchDetector
 from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 from adcopilot.model.detector import Detector
 from adcopilot.model.nano import load_nano_detector
+from adcopilot.model.onnx_detector import load_onnx_detector
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ def resolve_model(model: str | os.PathLike | None) -> str | Path:
 
 
 def load_detector(model: str | Path) -> tuple[Detector, dict[str, Any]]:
-    """(detector, metadata) for a name of :data:`DETECTORS` or a nano checkpoint folder."""
+    """(detector, metadata) for a name of :data:`DETECTORS`, a nano checkpoint folder or an ONNX export."""
     if isinstance(model, str) and model in DETECTORS:
         return DETECTORS[model]()
+    if Path(model).is_file() and Path(model).suffix == ".onnx":  # a dense path from `adcopilot export onnx`
+        return load_onnx_detector(Path(model))
     return load_nano_detector(model)
