@@ -49,6 +49,10 @@ BUGS = (
     Bug("focal-alpha-swapped", "focal loss's alpha swapped between defect and normal pixels", "train/losses.py",
         "a_t = alpha * target + (1 - alpha) * (1 - target)", "a_t = (1 - alpha) * target + alpha * (1 - target)",
         ("tests/unit/train",)),
+    Bug("registration-rigid", "registration estimates a rigid transform (no scale) instead of a similarity",
+        "registration.py", "cv2.MOTION_AFFINE", "cv2.MOTION_EUCLIDEAN", ("tests/unit/test_registration.py",)),
+    Bug("registration-unbounded-scale", "registration accepts any scale change", "registration.py",
+        "MAX_SCALE = 1.25", "MAX_SCALE = 10.0", ("tests/unit/test_registration.py",)),
 )
 
 
