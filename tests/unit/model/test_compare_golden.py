@@ -148,9 +148,15 @@ def nano_scale_config(depth: int = 1) -> ComparisonConfig:
     return NanoConfig(depth=depth).compare_config()
 
 
+def narrow_heads_config(depth: int = 1) -> ComparisonConfig:
+    """Rotary heads of 4 channels: one frequency per axis, the smallest head that is rotated."""
+    return ComparisonConfig(width=8, num_heads=2, mlp_hidden=12, num_queries=3, out_width=6, depth=depth, rope_2d=True)
+
+
 SCALES = {
     "nano": nano_scale_config,
     "full": full_scale_config,
+    "nano-narrow-heads": narrow_heads_config,
 }
 
 
@@ -167,7 +173,7 @@ def close(a: torch.Tensor, b: torch.Tensor, rope: bool = False) -> None:
 @pytest.mark.parametrize("depth", [1, 2])
 def test_forward_matches_the_equations(scale: str, depth: int):
     cfg = SCALES[scale](depth)
-    assert cfg.rope_2d == (scale == "nano") and cfg.mlp2_sign == -1.0
+    assert cfg.rope_2d == scale.startswith("nano") and cfg.mlp2_sign == -1.0
     enc = ComparisonEncoder(cfg).eval()
     randomise(enc, seed=depth)
     g = torch.Generator().manual_seed(10 + depth)
