@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_positions, rotary_2d
@@ -91,3 +92,8 @@ def test_cached_first_queries_give_the_same_encoding():
     assert cached.shape == (1, 4, 32, 8)
     for w, g in zip(want, got, strict=True):
         assert torch.allclose(w, g, atol=1e-6)
+
+
+def test_width_must_split_into_heads():
+    with pytest.raises(ValueError, match="width 30 is not divisible by num_heads 4"):
+        ComparisonEncoder(ComparisonConfig(**{**TINY.to_dict(), "width": 30}))
