@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.line.calibrate import auroc, choose_threshold, confusion, overkill_upper_bound
+from adcopilot.line.calibrate import (
+    auroc,
+    candidate_thresholds,
+    choose_threshold,
+    confusion,
+    overkill_upper_bound,
+)
 from adcopilot.line.calibration_file import (
     default_calibration_path,
     read_calibration,
@@ -70,6 +76,16 @@ def test_matches_brute_force_on_random_scores():
         conf = confusion(s, y, c.threshold)
         got = cm * prev * conf["fn"] / 60 + cf * (1 - prev) * conf["fp"] / 200
         assert got == pytest.approx(c.expected_cost)
+
+
+def test_candidates_are_the_midpoints_and_one_value_beyond_each_end():
+    # distinct scores 0.1 0.3 0.5 (span 0.4): below all at 0.1 - 0.02, above all at 0.5 + 0.02
+    got = candidate_thresholds(np.array([0.3, 0.1, 0.5, 0.3]))
+    assert got == pytest.approx([0.08, 0.2, 0.4, 0.52])
+    # one distinct score: a tiny span keeps the two candidates apart, on either side of it
+    assert candidate_thresholds(np.array([0.7, 0.7])) == pytest.approx([0.7 - 5e-8, 0.7 + 5e-8], abs=1e-12)
+    c = choose_threshold([0.05, 0.1, 0.9], [0, 0, 0], target_false_alarm_rate=0.0)
+    assert c.threshold == pytest.approx(0.9 + 0.05 * 0.85)
 
 
 def test_target_miss_rate_takes_the_highest_allowed_threshold():
