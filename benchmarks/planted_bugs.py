@@ -79,7 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=[b.name for b in BUGS], help="plant only these bugs")
     args = ap.parse_args()
-    print("| planted bug | tests run | caught by |\n|---|---:|---|")
+    print("| planted bug | tests run | failing | caught by |\n|---|---:|---:|---|")
     for bug in BUGS:
         if args.only and bug.name not in args.only:
             continue
@@ -88,8 +88,9 @@ def main() -> None:
             shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__"))
             plant(src, bug)
             failed, ran = failing_tests(src, bug.tests)
-        caught = ", ".join(f"`{t.split('::', 1)[1]}`" for t in failed) if failed else "**not caught**"
-        print(f"| {bug.what} (`{bug.path}`) | {ran} | {caught} |", flush=True)
+        names = dict.fromkeys(t.split("::", 1)[1].split("[")[0] for t in failed)  # parameters folded
+        caught = ", ".join(f"`{n}`" for n in names) if failed else "**not caught**"
+        print(f"| {bug.what} (`{bug.path}`) | {ran} | {len(failed)} | {caught} |", flush=True)
 
 
 if __name__ == "__main__":
