@@ -149,8 +149,10 @@ def nano_scale_config(depth: int = 1) -> ComparisonConfig:
 
 
 def narrow_heads_config(depth: int = 1) -> ComparisonConfig:
-    """Rotary heads of 4 channels: one frequency per axis, the smallest head that is rotated."""
-    return ComparisonConfig(width=8, num_heads=2, mlp_hidden=12, num_queries=3, out_width=6, depth=depth, rope_2d=True)
+    """Rotary heads of 4 channels (one frequency per axis, the smallest head that is rotated), another theta."""
+    return ComparisonConfig(
+        width=8, num_heads=2, mlp_hidden=12, num_queries=3, out_width=6, depth=depth, rope_2d=True, rope_theta=50.0
+    )
 
 
 SCALES = {
@@ -239,6 +241,26 @@ def test_nano_model_compares_the_query_with_its_references():
     pos = grid_positions(3, 3)
     want = reference_forward(dict(model.compare.state_dict()), cfg.compare_config(), cur, prev, pos, pos.repeat(2, 1))
     close(got, want[0], rope=True)
+
+
+def test_positions_count_only_with_rope_and_only_when_both_are_given():
+    g = torch.Generator().manual_seed(4)
+    cur, prev = (torch.randn(1, 6, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    pos = grid_positions(2, 3)
+    rope = ComparisonEncoder(narrow_heads_config()).eval()
+    plain = ComparisonEncoder(ComparisonConfig(**{**narrow_heads_config().to_dict(), "rope_2d": False})).eval()
+    for enc in (rope, plain):
+        randomise(enc, seed=4)
+    with torch.no_grad():
+        unplaced = rope(cur, prev)[0]
+        close(rope(cur, prev, pos, None)[0], unplaced)  # one side's positions alone are ignored
+        close(rope(cur, prev, None, pos)[0], unplaced)
+        assert (rope(cur, prev, pos, pos)[0] - unplaced).abs().max() > 1e-3
+        close(plain(cur, prev, pos, pos)[0], plain(cur, prev)[0])  # without rope_2d, positions are ignored
+        close(plain.first_queries(prev, pos), plain.first_queries(prev))
+        xa = rope.encoder_cross_attn1
+        close(xa(cur, prev, pos, None), xa(cur, prev))
+        close(xa(cur, prev, None, pos), xa(cur, prev))
 
 
 # ----------------------------------------------------------------------------- gradients
