@@ -149,9 +149,14 @@ def nano_scale_config(depth: int = 1) -> ComparisonConfig:
 
 
 def narrow_heads_config(depth: int = 1) -> ComparisonConfig:
-    """Rotary heads of 4 channels (one frequency per axis, the smallest head that is rotated), another theta."""
+    """Rotary heads of 4 channels: one frequency per axis, the smallest head that is rotated."""
+    return ComparisonConfig(width=8, num_heads=2, mlp_hidden=12, num_queries=3, out_width=6, depth=depth, rope_2d=True)
+
+
+def other_theta_config(depth: int = 1) -> ComparisonConfig:
+    """Rotary heads of 8 channels (two frequencies per axis, so theta matters) with a theta of 10,000."""
     return ComparisonConfig(
-        width=8, num_heads=2, mlp_hidden=12, num_queries=3, out_width=6, depth=depth, rope_2d=True, rope_theta=50.0
+        width=16, num_heads=2, mlp_hidden=12, num_queries=3, out_width=6, depth=depth, rope_2d=True, rope_theta=1e4
     )
 
 
@@ -159,6 +164,7 @@ SCALES = {
     "nano": nano_scale_config,
     "full": full_scale_config,
     "nano-narrow-heads": narrow_heads_config,
+    "nano-theta-1e4": other_theta_config,
 }
 
 
@@ -245,10 +251,10 @@ def test_nano_model_compares_the_query_with_its_references():
 
 def test_positions_count_only_with_rope_and_only_when_both_are_given():
     g = torch.Generator().manual_seed(4)
-    cur, prev = (torch.randn(1, 6, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    cur, prev = (torch.randn(1, 6, 16, generator=g, dtype=torch.float64) for _ in range(2))
     pos = grid_positions(2, 3)
-    rope = ComparisonEncoder(narrow_heads_config()).eval()
-    plain = ComparisonEncoder(ComparisonConfig(**{**narrow_heads_config().to_dict(), "rope_2d": False})).eval()
+    rope = ComparisonEncoder(other_theta_config()).eval()
+    plain = ComparisonEncoder(ComparisonConfig(**{**other_theta_config().to_dict(), "rope_2d": False})).eval()
     for enc in (rope, plain):
         randomise(enc, seed=4)
     with torch.no_grad():
