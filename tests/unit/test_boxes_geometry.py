@@ -107,3 +107,11 @@ def test_a_speck_does_not_hide_the_components_after_it():
     m[1, 1] = 0.9  # first in raster order, dropped
     m[60:70, 60:70] = 0.625
     assert boxes_from_map(m, 0.5, BoxRules(min_pixels=4)) == [([60, 60, 70, 70], 0.625)]
+
+
+def test_no_minimum_area_keeps_every_component():
+    m = np.zeros((100, 100), np.float32)
+    m[1, 1] = 0.75
+    m[60:62, 60:62] = 0.625
+    rules = BoxRules(min_pixels=0, min_area_frac=0.0)
+    assert boxes_from_map(m, 0.5, rules) == [([1, 1, 2, 2], 0.75), ([60, 60, 62, 62], 0.625)]
