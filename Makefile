@@ -1,6 +1,7 @@
 # adcopilot: two commands on a fresh machine.
 #   make demo   -> virtual environment, package, offline assets, then a real ELPV inspection
 #   make test   -> the same setup, then lint and the whole test suite (unit + integration)
+#   make mutation -> mutation testing of the core modules (slow: hours on 2 cores; not part of test)
 # A second run skips finished work (stamp files, cached assets).
 
 PYTHON ?= python3.11
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup assets browser demo test test-unit test-integration lint bench clean
+.PHONY: setup assets browser demo test test-unit test-integration lint bench mutation clean
 
 $(VENV)/.stamp-install: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,5 +46,17 @@ test-integration: assets browser
 test: assets lint browser
 	$(PY) -m pytest tests -q
 
+# Mutants of the modules listed under [tool.mutmut] in pyproject.toml, one module at a time, niced,
+# one worker (MUTATE="adcopilot.model.boxes*" picks modules; MUTATION_JOBS=2 on an idle machine).
+# `$(BIN)/mutmut results` lists the survivors, `$(BIN)/mutmut show NAME` shows one.
+MUTATE ?= adcopilot.model.compare* adcopilot.model.boxes* adcopilot.model.nano* adcopilot.line.calibrate* \
+	adcopilot.eval.scoring* adcopilot.line.batch* adcopilot.full.pipeline*
+MUTATION_JOBS ?= 1
+mutation: setup
+	set -f; for m in $(MUTATE); do \
+	  OMP_NUM_THREADS=1 nice -n 15 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) "$$m" || exit 1; \
+	done
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache mutants

@@ -1,10 +1,14 @@
 """Registration of the query onto the reference (rotation, translation, small scale).
 
 Parts on a line are rarely placed exactly alike; comparing patch features of misaligned images
-turns pose into false defects. We estimate a similarity transform query -> reference with
-OpenCV's ECC maximisation (Evangelidis & Psarakis 2008) on smoothed grey images at low
-resolution, initialised by phase correlation. Fallback: if ECC fails to converge, or the
-aligned images correlate less than the unaligned ones, the identity is used, and the result says so.
+turns pose into false defects, and a camera at a slightly different distance changes the scale.
+We estimate a similarity transform query -> reference (rotation, uniform scale, translation):
+OpenCV's ECC maximisation (Evangelidis & Psarakis 2008) of an affine warp on smoothed grey images
+at low resolution, initialised by phase correlation, then projected onto the nearest similarity
+(ECC has no similarity model; the projection drops shear and unequal scales, which a rigid part
+under a camera does not produce). Fallback: if ECC fails to converge, the scale leaves
+[1 / MAX_SCALE, MAX_SCALE], or the aligned images correlate less than the unaligned ones, the
+identity is used, and the result says so.
 
 Usage::
 
@@ -21,6 +25,7 @@ import cv2
 import numpy as np
 
 WORK_SIZE = 128
+MAX_SCALE = 1.25  # a larger scale change is a different set-up, not a pose to correct
 
 
 @dataclass
@@ -58,6 +63,18 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float((a * b).sum() / d) if d > 1e-9 else 0.0
 
 
+def nearest_similarity(m: np.ndarray) -> np.ndarray:
+    """The similarity [[a, -b, tx], [b, a, ty]] closest (Frobenius) to the 2x3 affine ``m``."""
+    a = (m[0, 0] + m[1, 1]) / 2.0
+    b = (m[1, 0] - m[0, 1]) / 2.0
+    return np.array([[a, -b, m[0, 2]], [b, a, m[1, 2]]], dtype=np.float32)
+
+
+def similarity_scale(m: np.ndarray) -> float:
+    """The uniform scale of a similarity's linear part."""
+    return float(np.hypot(m[0, 0], m[1, 0]))
+
+
 def warp(img: np.ndarray, matrix: np.ndarray, border: str = "replicate") -> np.ndarray:
     """Apply a 2x3 matrix (in the image's own pixel units) to an (H, W[, C]) array."""
     h, w = img.shape[:2]
@@ -84,20 +101,21 @@ def register(query: np.ndarray, reference: np.ndarray, max_iter: int = 60) -> Re
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, max_iter, 1e-5)
         # findTransformECC finds W with template(x) ~ input(W x): template = reference, input = query,
         # so W maps reference pixels to query pixels; we keep its inverse (query -> reference).
-        _, warp_m = cv2.findTransformECC(r, q, warp_m, cv2.MOTION_EUCLIDEAN, criteria, None, 5)
+        _, warp_m = cv2.findTransformECC(r, q, warp_m, cv2.MOTION_AFFINE, criteria, None, 5)
     except cv2.error:
         method = "phase"
         warp_m = init
-    ref_to_query = warp_m.astype(np.float32)
+    ref_to_query = nearest_similarity(warp_m)
     q_to_r = cv2.invertAffineTransform(ref_to_query)
     aligned = cv2.warpAffine(q, q_to_r, (WORK_SIZE, WORK_SIZE), borderMode=cv2.BORDER_REPLICATE)
     valid = cv2.warpAffine(np.ones_like(q), q_to_r, (WORK_SIZE, WORK_SIZE)) > 0.99
     after = _ncc(aligned, r, valid if valid.sum() > 100 else None)
-    # Guard: keep the identity when alignment does not help, or moves absurdly far.
+    # Guard: keep the identity when alignment does not help, moves absurdly far or rescales too much.
     shift = float(np.hypot(q_to_r[0, 2], q_to_r[1, 2])) / WORK_SIZE
-    if after <= before + 1e-3 or shift > 0.25:
+    scale_ok = 1.0 / MAX_SCALE <= similarity_scale(q_to_r) <= MAX_SCALE
+    if after <= before + 1e-3 or shift > 0.25 or not scale_ok:
         return Registration(method="identity", correlation_before=before, correlation_after=before)
-    # Rescale the translation from the working size to the image size (rotation is unchanged).
+    # Rescale the translation from the working size to the image size (rotation and scale are unchanged).
     scale = np.array([[1, 1, w / WORK_SIZE], [1, 1, h / WORK_SIZE]], dtype=np.float32)
     if w != h:
         # Non-square images: conjugate with the anisotropic scaling.

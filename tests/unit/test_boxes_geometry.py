@@ -52,3 +52,66 @@ def test_iou():
     assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
     assert box_iou([0, 0, 10, 10], [10, 10, 20, 20]) == 0.0
     assert abs(box_iou([0, 0, 10, 10], [5, 0, 15, 10]) - 1 / 3) < 1e-9
+
+
+def test_box_score_is_the_maximum_of_the_map_inside_it():
+    # A ramp blob (0.55 .. 0.95, mean 0.75) and a flat one at 0.8: by the maximum the ramp ranks first.
+    m = np.zeros((100, 100), np.float32)
+    m[10:20, 10:50] = np.linspace(0.55, 0.95, 40, dtype=np.float32)[None, :]
+    m[60:70, 60:80] = 0.8
+    boxes = boxes_from_map(m, 0.5)
+    assert [b for b, _ in boxes] == [[10, 10, 50, 20], [60, 60, 80, 70]]
+    assert [round(s, 4) for _, s in boxes] == [0.95, 0.8]
+
+
+def test_thresholded_pixels_bound_the_box_and_the_threshold_is_inclusive():
+    m = np.zeros((100, 100), np.float32)
+    m[30:40, 30:40] = 0.5  # exactly at the threshold: anomalous
+    m[41:43, 30:40] = 0.3  # merged by the dilation's reach but below the threshold: outside the box
+    assert boxes_from_map(m, 0.5) == [([30, 30, 40, 40], 0.5)]
+
+
+def test_a_component_exactly_at_the_minimum_area_is_kept():
+    m = np.zeros((100, 100), np.float32)
+    m[50:52, 50:52] = 0.75  # 4 pixels
+    assert boxes_from_map(m, 0.5, BoxRules(min_pixels=4, min_area_frac=0.0)) == [([50, 50, 52, 52], 0.75)]
+    assert boxes_from_map(m, 0.5, BoxRules(min_pixels=5, min_area_frac=0.0)) == []
+    # min_area_frac of a 100x100 image: 0.0005 -> 5 pixels, above min_pixels
+    assert boxes_from_map(m, 0.5, BoxRules(min_pixels=4, min_area_frac=0.0005)) == []
+
+
+def test_the_merge_reach_scales_with_the_image_diagonal():
+    # merge_frac 0.03 of the diagonal: about 0.85 px at 20x20 (no dilation), 2 px at 47x47.
+    def two_pieces(side: int) -> np.ndarray:
+        m = np.zeros((side, side), np.float32)
+        m[2:6, 2:6] = 0.75
+        m[2:6, 7:11] = 0.625  # one pixel apart
+        return m
+
+    assert [b for b, _ in boxes_from_map(two_pieces(20), 0.5, BoxRules(min_pixels=1))] == [
+        [2, 2, 6, 6], [7, 2, 11, 6]
+    ]
+    assert boxes_from_map(two_pieces(47), 0.5, BoxRules(min_pixels=1)) == [([2, 2, 11, 6], 0.75)]
+
+
+def test_minimum_area_is_a_share_of_the_whole_image():
+    # 100 x 400 pixels: 0.0005 of them is 20; a 12-pixel blob is a speck, a 24-pixel one is not.
+    m = np.zeros((100, 400), np.float32)
+    m[10:13, 10:14] = 0.75
+    m[50:54, 300:306] = 0.625
+    assert boxes_from_map(m, 0.5, BoxRules(min_pixels=4, min_area_frac=0.0005)) == [([300, 50, 306, 54], 0.625)]
+
+
+def test_a_speck_does_not_hide_the_components_after_it():
+    m = np.zeros((100, 100), np.float32)
+    m[1, 1] = 0.9  # first in raster order, dropped
+    m[60:70, 60:70] = 0.625
+    assert boxes_from_map(m, 0.5, BoxRules(min_pixels=4)) == [([60, 60, 70, 70], 0.625)]
+
+
+def test_no_minimum_area_keeps_every_component():
+    m = np.zeros((100, 100), np.float32)
+    m[1, 1] = 0.75
+    m[60:62, 60:62] = 0.625
+    rules = BoxRules(min_pixels=0, min_area_frac=0.0)
+    assert boxes_from_map(m, 0.5, rules) == [([1, 1, 2, 2], 0.75), ([60, 60, 62, 62], 0.625)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from adcopilot.registration import register, warp
 
@@ -43,3 +44,32 @@ def test_fallback_on_unrelated_images(rng):
     reg = register(a, b)
     # Either identity, or a bounded transform; never a wild jump.
     assert abs(reg.matrix[0, 2]) < 64 and abs(reg.matrix[1, 2]) < 64
+
+
+def test_recovers_a_camera_at_a_slightly_different_distance(rng):
+    # The query seen 6 % closer (scaled about the centre) and turned 3 degrees: a similarity transform.
+    ref = _structured(rng)
+    m = cv2.getRotationMatrix2D((128, 128), 3.0, 1.06)
+    query = cv2.warpAffine(ref, m, (256, 256), borderMode=cv2.BORDER_REPLICATE)
+    reg = register(query, ref)
+    assert reg.method == "ecc"
+    # query -> reference undoes the scale: the linear part is a rotation scaled by 1 / 1.06
+    lin = reg.matrix[:, :2].astype(np.float64)
+    assert np.sqrt(abs(np.linalg.det(lin))) == pytest.approx(1 / 1.06, abs=0.01)
+    assert lin[0, 0] == pytest.approx(lin[1, 1], abs=1e-6) and lin[0, 1] == pytest.approx(-lin[1, 0], abs=1e-6)
+    aligned = warp(query, reg.matrix)
+    inner = (slice(40, 216), slice(40, 216))
+    err_before = np.abs(query[inner] - ref[inner]).mean()
+    err_after = np.abs(aligned[inner] - ref[inner]).mean()
+    assert err_after < 0.3 * err_before
+
+
+def test_a_large_scale_change_is_not_taken_for_a_pose():
+    # Beyond the small scale a line's camera allows (here 1.6x), registration keeps the identity.
+    rng = np.random.default_rng(1)
+    ref = _structured(rng)
+    m = cv2.getRotationMatrix2D((128, 128), 0.0, 1.6)
+    query = cv2.warpAffine(ref, m, (256, 256), borderMode=cv2.BORDER_REPLICATE)
+    reg = register(query, ref)
+    lin = reg.matrix[:, :2].astype(np.float64)
+    assert 0.8 <= np.sqrt(abs(np.linalg.det(lin))) <= 1.25

@@ -77,7 +77,8 @@ LAYOUTS = ("standard", "release")
 
 
 class QwenRMSNorm(nn.Module):
-    """RMSNorm computed as Qwen's: in float32, cast back to the input's dtype, then scaled by the weight.
+    """RMSNorm computed as Qwen's: in float32 (float64 inputs in float64), cast back to the input's
+    dtype, then scaled by the weight.
 
     (``nn.RMSNorm`` multiplies by the weight before casting, which differs in bf16.)"""
 
@@ -88,7 +89,7 @@ class QwenRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        h = x.to(torch.float32)
+        h = x.to(torch.promote_types(dtype, torch.float32))  # bf16/fp16 -> fp32 as Qwen; fp64 stays exact
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
@@ -25,11 +26,20 @@ from adcopilot.eval.scoring import score
 class ChatServer:
     """Answers deterministically from the request: the option letter of "Yes."/"Plate." etc. is
     not known to it, so it answers the *last* option letter listed; box prompts get a box of
-    the top-left quarter of the last image sent. The first request fails with HTTP 500."""
+    the top-left quarter of the last image sent. The first request fails with HTTP 500.
 
-    def __init__(self, fail_first: int = 1, always_fail: bool = False, delay: float = 0.02,
-                 script: list[str] | None = None, reject: str | None = None) -> None:
+    With ``rendezvous=n`` the first n requests each wait (up to ``rendezvous_s``) until n are in
+    flight at once, so a client that sends them concurrently passes at once and a serial one is
+    seen as serial (``max_in_flight`` stays 1) instead of overlapping by luck."""
+
+    def __init__(
+        self, fail_first: int = 1, always_fail: bool = False, delay: float = 0.02,
+        script: list[str] | None = None, reject: str | None = None,
+        rendezvous: int = 0, rendezvous_s: float = 10.0,
+    ) -> None:
         self.requests: list[dict] = []
+        self.barrier = threading.Barrier(rendezvous, timeout=rendezvous_s) if rendezvous > 1 else None
+        self.waiting_left = rendezvous
         self.fail_left = fail_first
         self.always_fail = always_fail
         self.script = list(script or [])  # replies given first, in order (then the rule below)
@@ -51,6 +61,11 @@ class ChatServer:
                     server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                     fail = server.always_fail or server.fail_left > 0
                     server.fail_left -= 1
+                    wait = server.barrier is not None and server.waiting_left > 0
+                    server.waiting_left -= 1
+                if wait:  # a broken barrier: fewer arrived together, the client is serial
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        server.barrier.wait()
                 time.sleep(server.delay)
                 try:
                     if self.headers.get("Authorization") != "Bearer test-key":
@@ -131,19 +146,29 @@ def test_answer_retries_after_500_and_sends_the_official_prompt(env, small_bench
     assert len(urls) == 2 and all(u.startswith("data:image/png;base64,") for u in urls)
 
 
-def test_run_respects_the_concurrency_limit_and_scores(env, small_bench, tmp_path):
+def test_run_sends_requests_concurrently_within_the_limit_and_scores(env, small_bench, tmp_path):
     bench = load_mmad(small_bench)
-    with ChatServer(fail_first=0, delay=0.05) as srv:
+    with ChatServer(fail_first=0, delay=0.05, rendezvous=2) as srv:
         env(srv.url)
         be = make_backend("openai", "m", concurrency=2)
         records = run_mmad(bench, bench.items, be, tmp_path / "run", progress=False)
     assert len(records) == bench.n_questions and not any(r.error for r in records)
-    assert 1 <= srv.max_in_flight <= 2
+    assert srv.max_in_flight == 2  # two overlapped (the rendezvous), never three
     t = score(records, "official")
     # The server always answers the last letter: AD "No." (B) is right on normal images only,
     # object questions "D" are wrong (gold C), localization "D" is wrong (gold A).
     assert t.rows["DSA"]["Anomaly Detection"] == pytest.approx(50.0)
     assert t.rows["DSA"]["Object Classification"] == 0.0
+
+
+def test_concurrency_one_sends_one_request_at_a_time(env, small_bench, tmp_path):
+    bench = load_mmad(small_bench)
+    with ChatServer(fail_first=0, rendezvous=2, rendezvous_s=0.3) as srv:
+        env(srv.url)
+        be = make_backend("openai", "m", concurrency=1)
+        records = run_mmad(bench, bench.items[:1], be, tmp_path / "run", progress=False)
+    assert records and not any(r.error for r in records)
+    assert srv.max_in_flight == 1
 
 
 def test_boxes_in_the_frame_of_the_image_sent(env, small_bench):

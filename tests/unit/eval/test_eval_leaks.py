@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from adcopilot.data.leak import content_hash, write_manifest
+import pytest
+
+from adcopilot.data.leak import LeakError, check_leaks, content_hash, write_manifest
+from adcopilot.eval.mmad import load_mmad
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -25,12 +29,21 @@ def test_strict_refuses_a_leaked_test_image(small_bench, tmp_path):
     assert "test image was in training set" in p.stderr and leaked.name in p.stderr
 
 
-def test_clean_train_set_passes_the_check(small_bench, tmp_path):
-    from adcopilot.commands.eval_cmd import _leak_check
-    from adcopilot.eval.mmad import load_mmad
-
-    train = tmp_path / "curated"
-    train.mkdir()
-    write_manifest(train, {"0" * 16: {"split": "train", "path": "other.png"}})
+def test_only_training_splits_count_and_a_leak_without_strict_is_reported(small_bench, tmp_path):
     bench = load_mmad(small_bench)
-    _leak_check(bench, bench.items, [train], strict=True)  # no leak: no error
+    images = [bench.resolve(i.image_path) for i in bench.items]
+    leaked = images[0]
+    clean, val_only, dirty = (tmp_path / name for name in ("clean", "val-only", "dirty"))
+    for folder in (clean, val_only, dirty):
+        folder.mkdir()
+    write_manifest(clean, {"0" * 16: {"split": "train", "path": "other.png"}})
+    write_manifest(val_only, {content_hash(leaked): {"split": "val", "path": "held-out.png"}})
+    write_manifest(dirty, {content_hash(leaked): {"split": "train", "path": "synthetic/x.png"}})
+    assert check_leaks(images, [clean], strict=True) == []  # nothing in common: no error
+    assert check_leaks(images, [val_only], strict=True) == []  # a held-out copy is no leak
+    leaks = check_leaks(images, [clean, dirty], strict=False)
+    same_pixels = {p for p in images if content_hash(p) == content_hash(leaked)}  # the leaked image's copies
+    assert {Path(x.image) for x in leaks} == same_pixels and leaked in same_pixels
+    assert {(x.train_path, Path(x.train_set)) for x in leaks} == {("synthetic/x.png", dirty)}
+    with pytest.raises(LeakError, match="synthetic/x.png"):
+        check_leaks(images, [dirty], strict=True)

@@ -15,7 +15,13 @@ from adcopilot.calibration_file import (
     write_calibration,
 )
 from adcopilot.errors import AdcopilotError
-from adcopilot.line.calibrate import auroc, choose_threshold, confusion, overkill_upper_bound
+from adcopilot.line.calibrate import (
+    auroc,
+    candidate_thresholds,
+    choose_threshold,
+    confusion,
+    overkill_upper_bound,
+)
 from adcopilot.line.calibration_run import write_curves
 
 
@@ -41,6 +47,22 @@ def test_costs_move_the_threshold_as_hand_computed():
     assert c.metrics["confusion"] == {"tp": 1, "fn": 1, "fp": 0, "tn": 3}
 
 
+def test_equal_costs_tie_takes_the_middle_candidate():
+    # normals 0.2 0.4 0.6, defects 0.3 0.5 0.7, equal costs: three candidates share the least cost 1/3,
+    # t = 0.25 (2 false alarms), 0.45 (1 false alarm, 1 miss) and 0.65 (2 misses); the middle one is taken.
+    c = choose_threshold([0.2, 0.4, 0.6, 0.3, 0.5, 0.7], [0, 0, 0, 1, 1, 1])
+    best = np.isclose(c.curves.cost, c.curves.cost.min())
+    assert c.curves.thresholds[best] == pytest.approx([0.25, 0.45, 0.65])
+    assert c.threshold == pytest.approx(0.45) and c.expected_cost == pytest.approx(1 / 3)
+    assert c.metrics["confusion"] == {"tp": 2, "fn": 1, "fp": 1, "tn": 2}
+
+
+def test_an_even_tie_takes_the_upper_middle_candidate():
+    # normals 0.2 0.4, defects 0.3 0.5: least cost 1/4 at t = 0.25 and t = 0.45.
+    c = choose_threshold([0.2, 0.4, 0.3, 0.5], [0, 0, 1, 1])
+    assert c.threshold == pytest.approx(0.45)
+
+
 def test_matches_brute_force_on_random_scores():
     rng = np.random.default_rng(3)
     s = np.concatenate([rng.normal(0.3, 0.1, 200), rng.normal(0.55, 0.12, 60)])
@@ -54,6 +76,16 @@ def test_matches_brute_force_on_random_scores():
         conf = confusion(s, y, c.threshold)
         got = cm * prev * conf["fn"] / 60 + cf * (1 - prev) * conf["fp"] / 200
         assert got == pytest.approx(c.expected_cost)
+
+
+def test_candidates_are_the_midpoints_and_one_value_beyond_each_end():
+    # distinct scores 0.1 0.3 0.5 (span 0.4): below all at 0.1 - 0.02, above all at 0.5 + 0.02
+    got = candidate_thresholds(np.array([0.3, 0.1, 0.5, 0.3]))
+    assert got == pytest.approx([0.08, 0.2, 0.4, 0.52])
+    # one distinct score: a tiny span keeps the two candidates apart, on either side of it
+    assert candidate_thresholds(np.array([0.7, 0.7])) == pytest.approx([0.7 - 5e-8, 0.7 + 5e-8], abs=1e-12)
+    c = choose_threshold([0.05, 0.1, 0.9], [0, 0, 0], target_false_alarm_rate=0.0)
+    assert c.threshold == pytest.approx(0.9 + 0.05 * 0.85)
 
 
 def test_target_miss_rate_takes_the_highest_allowed_threshold():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_positions, rotary_2d
@@ -91,3 +92,15 @@ def test_cached_first_queries_give_the_same_encoding():
     assert cached.shape == (1, 4, 32, 8)
     for w, g in zip(want, got, strict=True):
         assert torch.allclose(w, g, atol=1e-6)
+
+
+def test_width_must_split_into_heads():
+    with pytest.raises(ValueError, match="width 30 is not divisible by num_heads 4"):
+        ComparisonEncoder(ComparisonConfig(**{**TINY.to_dict(), "width": 30}))
+
+
+def test_comparison_queries_start_small():
+    # A fresh encoder's queries are drawn with std 0.02, so untrained tokens start near the projector's bias.
+    torch.manual_seed(0)
+    q = ComparisonEncoder(ComparisonConfig(**{**TINY.to_dict(), "num_queries": 64})).query_embeddings
+    assert 0.018 < q.std().item() < 0.022 and abs(q.mean().item()) < 0.003
