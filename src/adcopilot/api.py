@@ -10,7 +10,9 @@ Usage::
 
 Data flow: load and validate images -> resize both to the model's square size -> register the
 query onto the (first) reference -> detector's anomaly map in the reference frame -> warp the
-map back to the query frame -> resize to the query's pixels -> score, verdict, boxes.
+map back to the query frame -> resize to the query's pixels -> score, verdict, boxes. Beside it,
+a global check (:mod:`adcopilot.model.sanity`) asks whether the query is the references' product
+at all; when it fails the verdict is anomalous, with the reason.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from adcopilot.geometry import region_name
 from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.model.detector import Detector
+from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
+from adcopilot.model.vision import PatchTower
 from adcopilot.registration import Registration, register, warp
 from adcopilot.results import Box, InspectionResult
 
@@ -71,6 +75,7 @@ class Analysis:
     size: tuple[int, int]  # (w, h) of the query
     registration: Registration
     timings: dict[str, float]
+    check: str | None = None  # why the query is not the references' product (model/sanity.py), or None
 
 
 class Copilot:
@@ -90,6 +95,7 @@ class Copilot:
         cache_size: int = 256,
         language: Any = None,
         model_name: str | None = None,
+        image_check: bool = True,
     ) -> None:
         self.detector = detector
         self.threshold = float(threshold if threshold is not None else detector.threshold)
@@ -100,6 +106,12 @@ class Copilot:
         self.calibration: dict[str, Any] | None = None  # the calibration.json in use, if any
         self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
         self._cache_size = cache_size
+        # The global check reads the detector's frozen vision tower (the fused copy when there is
+        # one); a detector without a tower is inspected without it.
+        tower = getattr(detector, "fused_tower", None)
+        self._check_tower: PatchTower | None = tower if tower is not None else getattr(detector, "tower", None)
+        self.check_rules: CheckRules | None = CheckRules() if image_check and self._check_tower is not None else None
+        self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -152,6 +164,27 @@ class Copilot:
                 self._cache.popitem(last=False)
         return entry
 
+    def _profile(self, src: ImageInput, arr: np.ndarray) -> ImageProfile:
+        """The global profile of a reference (cached like its features)."""
+        assert self._check_tower is not None
+        key = _cache_key(src, self.detector.image_size)
+        if key is not None and key in self._profiles:
+            self._profiles.move_to_end(key)
+            return self._profiles[key]
+        profile = image_profile(self._check_tower, arr)
+        if key is not None:
+            self._profiles[key] = profile
+            if len(self._profiles) > self._cache_size:
+                self._profiles.popitem(last=False)
+        return profile
+
+    def check(self, query: np.ndarray, references: Sequence[ImageInput], arrays: Sequence[np.ndarray]) -> str | None:
+        """Why the (S, S, 3) query is not the references' product, or None (also when the check is off)."""
+        if self.check_rules is None or self._check_tower is None:
+            return None
+        refs = [self._profile(src, arr) for src, arr in zip(references, arrays, strict=True)]
+        return check_image(image_profile(self._check_tower, query), refs, self.check_rules)
+
     # ------------------------------------------------------------------ inspection
     def analyze(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
@@ -169,12 +202,15 @@ class Copilot:
         t2 = time.perf_counter()
         amap, score = self.detector.detect(q_aligned, [e[1] for e in encoded])  # (S, S), reference frame
         t3 = time.perf_counter()
+        check = self.check(q, refs, [e[0] for e in encoded])
+        t4 = time.perf_counter()
         if reg.method != "identity":
             amap = warp(amap, reg.inverse, border="constant")
         w, h = qimg.size
         amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-        timings = {"load": (t1 - t0) * 1e3, "register": (t2 - t1) * 1e3, "detect": (t3 - t2) * 1e3}
-        return Analysis(amap, float(score), (w, h), reg, timings)
+        timings = {"load": (t1 - t0) * 1e3, "register": (t2 - t1) * 1e3, "detect": (t3 - t2) * 1e3,
+                   "check": (t4 - t3) * 1e3}
+        return Analysis(amap, float(score), (w, h), reg, timings, check)
 
     def anomaly_map(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
@@ -196,9 +232,9 @@ class Copilot:
         t0 = time.perf_counter()
         a = self.analyze(query, references)
         amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score
-        anomalous = score >= thr
+        anomalous = score >= thr or a.check is not None
         boxes: list[Box] = []
-        if anomalous:
+        if anomalous and a.check is None:  # a frame that is not the product has no defect to box
             found = boxes_from_map(amap, thr, self.box_rules)
             if not found and amap.max() > 0:
                 # The image score can exceed the threshold while no pixel does (a diffuse
@@ -214,12 +250,13 @@ class Copilot:
             score=score,
             threshold=thr,
             boxes=boxes,
-            description=self._describe(anomalous, boxes, w, h),
+            description=self._describe(anomalous, boxes, w, h, a.check),
             model=self.model_name,
             image_size=(w, h),
             registration=reg.to_dict(),
             timings_ms=timings,
             anomaly_map=amap,
+            image_check=a.check,
         )
 
     # ------------------------------------------------------------------ questions (language model)
@@ -359,7 +396,9 @@ class Copilot:
         return "defect"
 
     @staticmethod
-    def _describe(anomalous: bool, boxes: list[Box], w: int, h: int) -> str:
+    def _describe(anomalous: bool, boxes: list[Box], w: int, h: int, check: str | None = None) -> str:
+        if check is not None:
+            return f"Not inspected as the product: {check} (the global check against the references failed)."
         if not anomalous:
             return "No defect found: the query matches the normal reference."
         if not boxes:

@@ -42,7 +42,9 @@ class InspectionResult:
 
     ``anomaly_map`` is (H, W) float32 in the query's pixel grid (not serialised to JSON);
     ``score`` is pooled from it (see the detector's documentation) and compared with
-    ``threshold`` to give ``verdict``.
+    ``threshold`` to give ``verdict``. ``image_check`` is None when the query passed the global check
+    against the references (:mod:`adcopilot.model.sanity`), else why it is not the product ("blank
+    image", "not the reference product", ...); the verdict is then anomalous whatever the score.
     """
 
     query: str
@@ -58,6 +60,7 @@ class InspectionResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     answer: str | None = None
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    image_check: str | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in ("normal", "anomalous"):
@@ -80,6 +83,7 @@ class InspectionResult:
             "image_size": list(self.image_size),
             "registration": self.registration,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "image_check": self.image_check,
         }
         if self.answer is not None:
             d["answer"] = self.answer
