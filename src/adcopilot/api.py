@@ -33,7 +33,7 @@ import numpy as np
 from adcopilot.errors import AdcopilotError
 from adcopilot.geometry import region_name
 from adcopilot.imaging import ImageInput, load_image, to_float_array
-from adcopilot.model.boxes import BoxRules, boxes_from_map
+from adcopilot.model.boxes import BoxRules, boxes_from_map, deviation_map
 from adcopilot.model.detector import Detector
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.model.vision import PatchTower
@@ -76,6 +76,7 @@ class Analysis:
     registration: Registration
     timings: dict[str, float]
     check: str | None = None  # why the query is not the references' product (model/sanity.py), or None
+    deviation: np.ndarray | None = None  # (H, W) signed brightness deviation in the query's pixels (boxes)
 
 
 class Copilot:
@@ -204,13 +205,16 @@ class Copilot:
         t3 = time.perf_counter()
         check = self.check(q, refs, [e[0] for e in encoded])
         t4 = time.perf_counter()
+        deviation = deviation_map(q_aligned, [e[0] for e in encoded])  # (S, S), reference frame
         if reg.method != "identity":
             amap = warp(amap, reg.inverse, border="constant")
+            deviation = warp(deviation, reg.inverse, border="constant")
         w, h = qimg.size
         amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        deviation = cv2.resize(deviation, (w, h), interpolation=cv2.INTER_LINEAR)
         timings = {"load": (t1 - t0) * 1e3, "register": (t2 - t1) * 1e3, "detect": (t3 - t2) * 1e3,
                    "check": (t4 - t3) * 1e3}
-        return Analysis(amap, float(score), (w, h), reg, timings, check)
+        return Analysis(amap, float(score), (w, h), reg, timings, check, deviation)
 
     def anomaly_map(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
@@ -233,15 +237,8 @@ class Copilot:
         a = self.analyze(query, references)
         amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score
         anomalous = score >= thr or a.check is not None
-        boxes: list[Box] = []
-        if anomalous and a.check is None:  # a frame that is not the product has no defect to box
-            found = boxes_from_map(amap, thr, self.box_rules)
-            if not found and amap.max() > 0:
-                # The image score can exceed the threshold while no pixel does (a diffuse
-                # difference): box the strongest region, relative to the map's own peak.
-                found = boxes_from_map(amap, 0.5 * float(amap.max()), self.box_rules)[:1]
-            for bbox, s in found:
-                boxes.append(Box(bbox_2d=bbox, label=self._label(bbox, w, h), score=s))
+        # A frame that is not the product has no defect to box.
+        boxes = self.boxes(a, thr) if anomalous and a.check is None else []
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return InspectionResult(
             query=_source_name(query, "query"),
@@ -258,6 +255,17 @@ class Copilot:
             anomaly_map=amap,
             image_check=a.check,
         )
+
+    def boxes(self, analysis: Analysis, threshold: float, rules: BoxRules | None = None) -> list[Box]:
+        """Defect boxes of an anomalous analysis at ``threshold`` (``rules``: this copilot's by default)."""
+        amap, (w, h) = analysis.amap, analysis.size
+        rules = rules or self.box_rules
+        found = boxes_from_map(amap, threshold, rules, analysis.deviation)
+        if not found and amap.max() > 0:
+            # The image score can exceed the threshold while no pixel does (a diffuse
+            # difference): box the strongest region, relative to the map's own peak.
+            found = boxes_from_map(amap, 0.5 * float(amap.max()), rules, analysis.deviation)[:1]
+        return [Box(bbox_2d=bbox, label=self._label(bbox, w, h), score=s) for bbox, s in found]
 
     # ------------------------------------------------------------------ questions (language model)
     @property

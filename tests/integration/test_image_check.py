@@ -1,5 +1,6 @@
-"""The global check with the shipped model's real tower on real images: a normal ELPV cell passes
-against ELPV references; a photo of another product, a black frame, a 1 x 1 image and noise do not."""
+"""The shipped model on real ELPV cells: a normal cell passes the global check against ELPV references
+(a photo of another product, a black frame, a 1 x 1 image and noise do not), and the demo's dark
+region is boxed whole."""
 
 from __future__ import annotations
 
@@ -52,3 +53,14 @@ def test_bad_frames_are_anomalous_with_a_reason(copilot, cells):
         r = copilot.inspect(image, refs)
         assert (r.verdict, r.image_check) == ("anomalous", reason), name
         assert json.loads(r.to_json())["image_check"] == reason
+
+
+def test_the_demo_dark_region_is_one_box_without_border_specks(copilot):
+    cells = split(seed=0)["test"]
+    normal = next(c for c in cells if c.kind == "mono" and c.probability == 0.0)
+    defective = next(c for c in cells if c.kind == "mono" and c.probability == 1.0)
+    r = copilot.inspect(defective.path, [normal.path])
+    assert r.verdict == "anomalous" and r.image_check is None
+    assert len(r.boxes) == 1  # measured [14, 73, 258, 166]: the dark band from end to end
+    x1, y1, x2, y2 = r.boxes[0].bbox_2d
+    assert x1 < 40 and x2 > 230 and 60 < y1 < 100 and 140 < y2 < 190
