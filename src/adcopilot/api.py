@@ -36,6 +36,7 @@ from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.model.boxes import BoxRules, boxes_from_map, deviation_map
 from adcopilot.model.detector import Detector
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
+from adcopilot.model.spread import spread_threshold
 from adcopilot.model.vision import PatchTower
 from adcopilot.registration import Registration, register, warp
 from adcopilot.results import Box, InspectionResult
@@ -64,6 +65,14 @@ def _cache_key(src: ImageInput, size: int) -> str | None:
     else:
         return None
     return h.hexdigest()
+
+
+def _check_threshold(value: float) -> float:
+    """A decision threshold as a float; NaN or an infinity is refused in one line."""
+    thr = float(value)
+    if not np.isfinite(thr):
+        raise AdcopilotError(f"threshold must be a finite number, got {value}")
+    return thr
 
 
 @dataclass
@@ -97,8 +106,15 @@ class Copilot:
         language: Any = None,
         model_name: str | None = None,
         image_check: bool = True,
+        auto_threshold: bool = False,
     ) -> None:
         self.detector = detector
+        if threshold is not None:
+            _check_threshold(threshold)
+        # Opt-in: with 2+ references and no explicit threshold, the threshold comes from the
+        # references' leave-one-out scores (model/spread.py), cached per reference set.
+        self.auto_threshold = auto_threshold
+        self._spread: OrderedDict[tuple[str, ...], float] = OrderedDict()
         self.threshold = float(threshold if threshold is not None else detector.threshold)
         self.registration = registration
         self.box_rules = box_rules or BoxRules()
@@ -123,11 +139,14 @@ class Copilot:
         threshold: float | None = None,
         registration: bool = True,
         calibration: str | os.PathLike | None = None,
+        auto_threshold: bool = False,
     ) -> Copilot:
         """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder.
 
         Threshold: ``threshold`` if given, else the calibrated one (``calibration`` file, else the
         stored ``calibration.json``, see :mod:`adcopilot.line.calibration_file`), else the model's.
+        ``auto_threshold``: with two or more references and no ``threshold`` given to ``inspect``, the
+        threshold of each reference set comes from its normal spread (:mod:`adcopilot.model.spread`).
         """
         from adcopilot.line.calibration_file import resolve_calibration
         from adcopilot.model.registry import load_detector
@@ -146,6 +165,7 @@ class Copilot:
             registration=registration,
             language=meta.get("language"),
             model_name=name,
+            auto_threshold=auto_threshold and threshold is None,  # an explicit threshold wins
         )
         cp.calibration = cal
         return cp
@@ -232,9 +252,9 @@ class Copilot:
         threshold: float | None = None,
     ) -> InspectionResult:
         """Compare ``query`` with normal ``references``; verdict, score, boxes, description."""
-        thr = float(threshold if threshold is not None else self.threshold)
         t0 = time.perf_counter()
         a = self.analyze(query, references)
+        thr = _check_threshold(threshold) if threshold is not None else self.threshold_for(self._as_list(references))
         amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score
         anomalous = score >= thr or a.check is not None
         # A frame that is not the product has no defect to box.
@@ -255,6 +275,28 @@ class Copilot:
             anomaly_map=amap,
             image_check=a.check,
         )
+
+    def threshold_for(self, references: Sequence[ImageInput]) -> float:
+        """The threshold ``inspect`` uses for this reference set when none is given: the normal
+        spread's with ``auto_threshold`` and two or more references, else this copilot's."""
+        if not self.auto_threshold or len(references) < 2:
+            return self.threshold
+        keys = [_cache_key(r, self.detector.image_size) for r in references]
+        key = tuple(sorted(k for k in keys if k is not None)) if None not in keys else None
+        if key is not None and key in self._spread:
+            self._spread.move_to_end(key)
+            return self._spread[key]
+        # Leave-one-out: each reference against the others (their features are cached).
+        scores = [self.analyze(r, [o for j, o in enumerate(references) if j != i]).score
+                  for i, r in enumerate(references)]
+        thr = spread_threshold(scores)
+        log.debug("normal spread of %d references: leave-one-out scores %s -> threshold %.4f", len(references),
+                  [round(x, 4) for x in scores], thr)
+        if key is not None:
+            self._spread[key] = thr
+            if len(self._spread) > self._cache_size:
+                self._spread.popitem(last=False)
+        return thr
 
     def boxes(self, analysis: Analysis, threshold: float, rules: BoxRules | None = None) -> list[Box]:
         """Defect boxes of an anomalous analysis at ``threshold`` (``rules``: this copilot's by default)."""
