@@ -14,7 +14,9 @@ registry (:data:`MODEL_KINDS`, :func:`load`) picks the class from the checkpoint
 
 Data flow of ``inspect``: load and validate images -> resize both to the model's square size ->
 the inspection core (:func:`adcopilot.model.inspection.inspect_arrays`: registration, detector,
-map back in the query's frame) -> resize to the query's pixels -> score, verdict, boxes.
+map back in the query's frame) -> resize to the query's pixels -> score, verdict, boxes. Beside it,
+a global check (:mod:`adcopilot.model.sanity`) asks whether the query is the references' product
+at all; when it fails the verdict is anomalous, with the reason.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
 from adcopilot.model.detector import Detector
 from adcopilot.model.inspection import inspect_arrays
 from adcopilot.model.registry import load_detector, resolve_model
+from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
+from adcopilot.model.spread import spread_threshold
+from adcopilot.model.vision import PatchTower
 from adcopilot.protocols import Inspector
 from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
@@ -59,8 +64,16 @@ class Copilot:
         box_rules: BoxRules | None = None,
         cache_size: int = 256,
         model_name: str | None = None,
+        image_check: bool = True,
+        auto_threshold: bool = False,
     ) -> None:
         self.detector = detector
+        if threshold is not None:
+            require_finite(threshold, "threshold")
+        # Opt-in: with 2+ references and no explicit threshold, the threshold comes from the
+        # references' leave-one-out scores (model/spread.py), cached per reference set.
+        self.auto_threshold = auto_threshold
+        self._spread: OrderedDict[tuple[str, ...], float] = OrderedDict()
         self.threshold = float(threshold if threshold is not None else detector.threshold)
         self.registration = registration
         self.box_rules = box_rules or BoxRules()
@@ -68,6 +81,12 @@ class Copilot:
         self.calibration: dict[str, Any] | None = None  # the calibration.json in use, if any
         self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
         self._cache_size = cache_size
+        # The global check reads the detector's frozen vision tower (the fused copy when there is
+        # one); a detector without a tower is inspected without it.
+        tower = getattr(detector, "fused_tower", None)
+        self._check_tower: PatchTower | None = tower if tower is not None else getattr(detector, "tower", None)
+        self.check_rules: CheckRules | None = CheckRules() if image_check and self._check_tower is not None else None
+        self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -78,10 +97,12 @@ class Copilot:
         threshold: float | None = None,
         registration: bool = True,
         calibration: str | os.PathLike | None = None,
+        auto_threshold: bool = False,
     ) -> Inspector:
         """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder
         (see :func:`load`)."""
-        return load(model, threshold=threshold, registration=registration, calibration=calibration)
+        return load(model, threshold=threshold, registration=registration, calibration=calibration,
+                    auto_threshold=auto_threshold)
 
     # ------------------------------------------------------------------ references
     def _reference(self, src: ImageInput, name: str) -> tuple[np.ndarray, Any]:
@@ -102,12 +123,35 @@ class Copilot:
         """Drop the cached encodings of these references (a set no longer used); the number dropped."""
         size = self.detector.image_size
         keys = {cache_key(r, size) for r in references} - {None}
+        for k in keys:
+            self._profiles.pop(k, None)
         return sum(self._cache.pop(k, None) is not None for k in keys)
 
     @property
     def cached_references(self) -> int:
         """How many reference encodings are cached."""
         return len(self._cache)
+
+    def _profile(self, src: ImageInput, arr: np.ndarray) -> ImageProfile:
+        """The global profile of a reference (cached like its features)."""
+        assert self._check_tower is not None
+        key = cache_key(src, self.detector.image_size)
+        if key is not None and key in self._profiles:
+            self._profiles.move_to_end(key)
+            return self._profiles[key]
+        profile = image_profile(self._check_tower, arr)
+        if key is not None:
+            self._profiles[key] = profile
+            if len(self._profiles) > self._cache_size:
+                self._profiles.popitem(last=False)
+        return profile
+
+    def check(self, query: np.ndarray, references: Sequence[ImageInput], arrays: Sequence[np.ndarray]) -> str | None:
+        """Why the (S, S, 3) query is not the references' product, or None (also when the check is off)."""
+        if self.check_rules is None or self._check_tower is None:
+            return None
+        refs = [self._profile(src, arr) for src, arr in zip(references, arrays, strict=True)]
+        return check_image(image_profile(self._check_tower, query), refs, self.check_rules)
 
     # ------------------------------------------------------------------ inspection
     def analyze(
@@ -120,10 +164,16 @@ class Copilot:
         q = to_float_array(qimg, self.detector.image_size)
         encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
         t1 = time.perf_counter()
-        core = inspect_arrays(self.detector, q, encoded, registration=self.registration)  # (S, S), query frame
+        core = inspect_arrays(self.detector, q, encoded, registration=self.registration,
+                              with_deviation=True)  # (S, S), query frame
+        t2 = time.perf_counter()
+        check = self.check(q, refs, [e[0] for e in encoded])
+        t3 = time.perf_counter()
         w, h = qimg.size
         amap = cv2.resize(core.amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-        return Analysis(amap, core.score, (w, h), core.registration, {"load": (t1 - t0) * 1e3, **core.timings})
+        deviation = cv2.resize(core.deviation, (w, h), interpolation=cv2.INTER_LINEAR) if core.deviation is not None else None
+        timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
+        return Analysis(amap, core.score, (w, h), core.registration, timings, check, deviation)
 
     def inspect(
         self,
@@ -133,20 +183,16 @@ class Copilot:
         threshold: float | None = None,
     ) -> InspectionResult:
         """Compare ``query`` with normal ``references``; verdict, score, boxes, description."""
-        thr = require_finite(threshold if threshold is not None else self.threshold, "threshold")
+        if threshold is not None:
+            require_finite(threshold, "threshold")
         t0 = time.perf_counter()
         refs = as_references(references)
         a = self.analyze(query, refs)
+        thr = float(threshold) if threshold is not None else self.threshold_for(refs)
         amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score
-        anomalous = score >= thr
-        boxes: list[Box] = []
-        if anomalous:
-            found = boxes_from_map(amap, thr, self.box_rules)
-            if not found and amap.max() > 0:
-                # The image score can exceed the threshold while no pixel does (a diffuse
-                # difference): box the strongest region, relative to the map's own peak.
-                found = boxes_from_map(amap, 0.5 * float(amap.max()), self.box_rules)[:1]
-            boxes = [Box(bbox_2d=bbox, label="defect", score=s) for bbox, s in found]
+        anomalous = score >= thr or a.check is not None
+        # A frame that is not the product has no defect to box.
+        boxes = self.boxes(a, thr) if anomalous and a.check is None else []
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return InspectionResult(
             query=source_name(query, "query"),
@@ -155,13 +201,47 @@ class Copilot:
             score=score,
             threshold=thr,
             boxes=boxes,
-            description=describe_findings(anomalous, boxes, w, h),
+            description=describe_findings(anomalous, boxes, w, h, a.check),
             model=self.model_name,
             image_size=(w, h),
             registration=reg.to_dict(),
             timings_ms=timings,
             anomaly_map=amap,
+            image_check=a.check,
         )
+
+    def threshold_for(self, references: Sequence[ImageInput]) -> float:
+        """The threshold ``inspect`` uses for this reference set when none is given: the normal
+        spread's with ``auto_threshold`` and two or more references, else this copilot's."""
+        if not self.auto_threshold or len(references) < 2:
+            return self.threshold
+        keys = [cache_key(r, self.detector.image_size) for r in references]
+        key = tuple(sorted(k for k in keys if k is not None)) if None not in keys else None
+        if key is not None and key in self._spread:
+            self._spread.move_to_end(key)
+            return self._spread[key]
+        # Leave-one-out: each reference against the others (their features are cached).
+        scores = [self.analyze(r, [o for j, o in enumerate(references) if j != i]).score
+                  for i, r in enumerate(references)]
+        thr = spread_threshold(scores)
+        log.debug("normal spread of %d references: leave-one-out scores %s -> threshold %.4f", len(references),
+                  [round(x, 4) for x in scores], thr)
+        if key is not None:
+            self._spread[key] = thr
+            if len(self._spread) > self._cache_size:
+                self._spread.popitem(last=False)
+        return thr
+
+    def boxes(self, analysis: Analysis, threshold: float, rules: BoxRules | None = None) -> list[Box]:
+        """Defect boxes of an anomalous analysis at ``threshold`` (``rules``: this copilot's by default)."""
+        amap = analysis.amap
+        rules = rules or self.box_rules
+        found = boxes_from_map(amap, threshold, rules, analysis.deviation)
+        if not found and amap.max() > 0:
+            # The image score can exceed the threshold while no pixel does (a diffuse
+            # difference): box the strongest region, relative to the map's own peak.
+            found = boxes_from_map(amap, 0.5 * float(amap.max()), rules, analysis.deviation)[:1]
+        return [Box(bbox_2d=bbox, label="defect", score=s) for bbox, s in found]
 
 
 class AnsweringCopilot(LanguageAnswers, Copilot):
@@ -176,19 +256,20 @@ class AnsweringCopilot(LanguageAnswers, Copilot):
 # ---------------------------------------------------------------------- the model registry
 def _load_nano(
     spec: str | Path, *, threshold: float | None, registration: bool, calibration: str | os.PathLike | None,
-    model: str | os.PathLike | None,
+    model: str | os.PathLike | None, auto_threshold: bool = False,
 ) -> Copilot:
     detector, meta = load_detector(spec)
     name = meta.get("name", detector.name)
     cal = None if threshold is not None else resolve_calibration(model, name, calibration)
     thr = threshold if threshold is not None else cal["threshold"] if cal else meta.get("threshold")
     language = Path(spec) / "language" if isinstance(spec, Path) else None
+    options = {"threshold": thr, "registration": registration, "model_name": name,
+               "auto_threshold": auto_threshold and threshold is None}  # an explicit threshold wins
     cp: Copilot
     if language is not None and (language / "config.json").exists():  # answers questions; loaded on first use
-        cp = AnsweringCopilot(detector, NanoLanguage(language, detector, registration=registration), threshold=thr,
-                              registration=registration, model_name=name)
+        cp = AnsweringCopilot(detector, NanoLanguage(language, detector, registration=registration), **options)
     else:
-        cp = Copilot(detector, threshold=thr, registration=registration, model_name=name)
+        cp = Copilot(detector, **options)
     cp.calibration = cal
     return cp
 
@@ -213,11 +294,14 @@ def load(
     threshold: float | None = None,
     registration: bool = True,
     calibration: str | os.PathLike | None = None,
+    auto_threshold: bool = False,
 ) -> Inspector:
     """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder.
 
     Threshold: ``threshold`` if given, else the calibrated one (``calibration`` file, else the
-    stored ``calibration.json``, see :mod:`adcopilot.calibration_file`), else the model's."""
+    stored ``calibration.json``, see :mod:`adcopilot.calibration_file`), else the model's.
+    ``auto_threshold`` (nano models): with two or more references and no threshold given to
+    ``inspect``, each reference set's threshold comes from its normal spread (:mod:`adcopilot.model.spread`)."""
     if threshold is not None:
         require_finite(threshold, "threshold")
     spec = resolve_model(model)
@@ -225,5 +309,6 @@ def load(
     kind = (checkpoint_kind(spec) if isinstance(spec, Path) and (spec / "config.json").is_file() else None) or "nano"
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{spec}: a {kind} checkpoint; the copilot loads nano and AD-Copilot checkpoints")
+    extra = {"auto_threshold": True} if auto_threshold else {}
     return MODEL_KINDS[kind](spec, threshold=threshold, registration=registration, calibration=calibration,
-                             model=model)
+                             model=model, **extra)

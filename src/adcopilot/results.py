@@ -51,6 +51,8 @@ class Analysis:
     size: tuple[int, int]  # (w, h) of the query
     registration: Registration
     timings: dict[str, float]
+    check: str | None = None  # why the query is not the references' product (model/sanity.py), or None
+    deviation: np.ndarray | None = None  # (H, W) signed brightness deviation in the query's pixels (boxes)
 
 
 @dataclass
@@ -59,7 +61,9 @@ class InspectionResult:
 
     ``anomaly_map`` is (H, W) float32 in the query's pixel grid (not serialised to JSON);
     ``score`` is pooled from it (see the detector's documentation) and compared with
-    ``threshold`` to give ``verdict``.
+    ``threshold`` to give ``verdict``. ``image_check`` is None when the query passed the global check
+    against the references (:mod:`adcopilot.model.sanity`), else why it is not the product ("blank
+    image", "not the reference product", ...); the verdict is then anomalous whatever the score.
     """
 
     query: str
@@ -76,6 +80,7 @@ class InspectionResult:
     answer: str | None = None
     raw_answer: str | None = None  # a text model's own words behind the verdict and boxes
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    image_check: str | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -98,6 +103,7 @@ class InspectionResult:
             "image_size": list(self.image_size),
             "registration": self.registration,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "image_check": self.image_check,
         }
         if self.answer is not None:
             d["answer"] = self.answer
@@ -109,8 +115,11 @@ class InspectionResult:
         return json.dumps(self.to_dict(), **kwargs)
 
 
-def describe_findings(anomalous: bool, boxes: list[Box], w: int, h: int) -> str:
-    """The short description of an inspection: the verdict and up to three boxes by region and size."""
+def describe_findings(anomalous: bool, boxes: list[Box], w: int, h: int, check: str | None = None) -> str:
+    """The short description of an inspection: the verdict and up to three boxes by region and size
+    (or why the query was not inspected as the product, ``check``)."""
+    if check is not None:
+        return f"Not inspected as the product: {check} (the global check against the references failed)."
     if not anomalous:
         return "No defect found: the query matches the normal reference."
     if not boxes:

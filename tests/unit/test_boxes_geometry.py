@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from adcopilot.geometry import box_iou, region_name
-from adcopilot.model.boxes import BoxRules, boxes_from_map
+from adcopilot.model.boxes import BoxRules, boxes_from_map, deviation_map
 
 
 def test_single_blob_tight_box():
@@ -115,3 +115,41 @@ def test_no_minimum_area_keeps_every_component():
     m[60:62, 60:62] = 0.625
     rules = BoxRules(min_pixels=0, min_area_frac=0.0)
     assert boxes_from_map(m, 0.5, rules) == [([1, 1, 2, 2], 0.75), ([60, 60, 62, 62], 0.625)]
+def _dark_band_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A query with a wide dark band whose map fires only at the band's two ends."""
+    ref = np.full((200, 200, 3), 0.5, np.float32)
+    query = ref.copy()
+    query[80:120, 20:180] = 0.1
+    amap = np.zeros((200, 200), np.float32)
+    amap[80:120, 20:45] = 0.9
+    amap[80:120, 155:180] = 0.8
+    return query, ref, amap
+
+
+def test_a_uniform_defect_seen_at_its_ends_is_boxed_whole():
+    query, ref, amap = _dark_band_case()
+    dev = deviation_map(query, [ref])
+    assert dev[100, 100] < -0.6 and abs(dev[10, 10]) < 1e-3  # darker there, the same elsewhere
+    boxes = boxes_from_map(amap, 0.5, BoxRules(), dev)
+    assert len(boxes) == 1
+    assert box_iou(boxes[0][0], [20, 80, 180, 120]) > 0.85
+    # Without the deviation (or with growing off) the two ends stay two boxes.
+    assert len(boxes_from_map(amap, 0.5, BoxRules())) == 2
+    assert len(boxes_from_map(amap, 0.5, BoxRules(grow=False), dev)) == 2
+
+
+def test_growth_stops_where_no_reference_disagrees():
+    query, ref, amap = _dark_band_case()
+    other = ref.copy()
+    other[80:120, 60:140] = 0.1  # a second reference that is dark in the band's middle
+    boxes = boxes_from_map(amap, 0.5, BoxRules(), deviation_map(query, [ref, other]))
+    assert len(boxes) == 2
+
+
+def test_specks_at_the_border_are_dropped_inside_they_are_kept():
+    m = np.zeros((300, 300), np.float32)
+    m[280:300, 185:194] = 0.9  # 180 px touching the bottom edge
+    m[100:120, 100:109] = 0.8  # the same speck inside
+    boxes = boxes_from_map(m, 0.5, BoxRules(border_speck_frac=0.003))
+    assert [b for b, _ in boxes] == [[100, 100, 109, 120]]
+    assert len(boxes_from_map(m, 0.5, BoxRules(border_speck_frac=0.0))) == 2

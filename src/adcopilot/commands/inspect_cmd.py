@@ -16,6 +16,10 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
         threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated, else the model's)."),
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json (from adcopilot calibrate)."),
+        auto_threshold: bool = typer.Option(
+            False, "--auto-threshold",
+            help="With 2+ references and no --threshold: set the threshold from the references scored against each other.",
+        ),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align the query onto the reference."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Path = typer.Option(None, "--save", help="Write the annotated query image here."),
@@ -29,7 +33,8 @@ def register(app: typer.Typer) -> None:
 
         if threshold is not None:
             require_finite(threshold, "--threshold")
-        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration,
+                          auto_threshold=auto_threshold)
         answerer = require_answerer(cp) if ask else None
         if answerer is not None:
             answerer.preload_language()  # loads while the pair is inspected

@@ -301,6 +301,7 @@ def _record(item: LotItem, r: InspectionResult, chosen: list[tuple[Path, float]]
         "threshold": round(float(r.threshold), 6),
         "boxes": [b.to_dict() for b in r.boxes],
         "description": r.description,
+        "image_check": r.image_check,
         "references": [str(p) for p, _ in chosen],
         "similarity": [round(s, 4) for _, s in chosen],
         "image_size": list(r.image_size),

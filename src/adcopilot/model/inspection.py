@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adcopilot.model.boxes import deviation_map
 from adcopilot.model.detector import Detector
 from adcopilot.registration import Registration, register, warp
 
@@ -41,6 +42,7 @@ class CoreOutput:
     distance: np.ndarray | None = None  # (S, S) nearest-reference patch distance
     features: torch.Tensor | None = None  # (C, h, w) patch features of the query as compared (aligned)
     tokens: torch.Tensor | None = None  # (L, D) comparison tokens, when asked for
+    deviation: np.ndarray | None = None  # (S, S) signed brightness deviation from the references (boxes)
     timings: dict[str, float] = field(default_factory=dict)  # ms: register, detect
 
 
@@ -51,6 +53,7 @@ def inspect_arrays(
     *,
     registration: bool = True,
     with_tokens: bool = False,
+    with_deviation: bool = False,
 ) -> CoreOutput:
     """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...]."""
     t0 = time.perf_counter()
@@ -61,9 +64,11 @@ def inspect_arrays(
     d = detector.detection(q, [e for _, e in references], with_tokens=with_tokens)  # reference frame
     t2 = time.perf_counter()
     amap, distance = d.amap, d.distance
+    deviation = deviation_map(q, [a for a, _ in references]) if with_deviation else None  # reference frame
     if aligned:  # back to the query's own frame
         amap = warp(amap, reg.inverse, border="constant")
         distance = warp(distance, reg.inverse, border="constant") if distance is not None else None
+        deviation = warp(deviation, reg.inverse, border="constant") if deviation is not None else None
     return CoreOutput(
         amap=amap,
         score=float(d.score),
@@ -71,5 +76,6 @@ def inspect_arrays(
         distance=distance,
         features=d.features,
         tokens=d.tokens,
+        deviation=deviation,
         timings={"register": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3},
     )

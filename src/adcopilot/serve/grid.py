@@ -7,13 +7,16 @@ is the map's own; a cell is above a threshold when any pixel in it is. Boxes fou
 :func:`adcopilot.model.boxes.boxes_from_map` map to query pixels as
 ``[x1 * cell, y1 * cell, min(x2 * cell, width), min(y2 * cell, height)]``: they cover the boxes the
 service finds on the full map, give or take a cell. An image no larger than ``max_side`` keeps one
-pixel per cell, and then the page's boxes are the service's.
+pixel per cell, and then the page's boxes are the service's, except that the page does not grow
+boxes along the brightness deviation (the service does, when it has the references' images): a
+large uniform defect may be boxed by the page in pieces that the service's box joins.
 
 Wire form (JSON)::
 
     {"width": gw, "height": gh, "cell": c, "dtype": "float32",
      "values": "<base64 of gh*gw little-endian float32, row by row>",
-     "rules": {"merge_frac": ..., "min_area_frac": ..., "min_pixels": ..., "max_boxes": ...}}
+     "rules": {"merge_frac": ..., "min_area_frac": ..., "min_pixels": ..., "max_boxes": ...,
+               "border_speck_frac": ..., "grow": ..., ...}}
 """
 
 from __future__ import annotations

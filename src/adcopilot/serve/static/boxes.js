@@ -62,6 +62,7 @@ const AdcBoxes = (() => {
     const k = Math.max(1, roundHalfEven(rules.merge_frac * Math.hypot(h, w)));
     const merged = dilate(bin, w, h, k);
     const minArea = Math.max(rules.min_pixels, Math.floor(rules.min_area_frac * h * w));
+    const borderArea = Math.floor((rules.border_speck_frac || 0) * h * w);  // small pieces at the edge: dropped
     const seen = new Uint8Array(w * h), stack = new Int32Array(w * h);
     const found = [];
     for (let start = 0; start < w * h; start++) {  // components in raster order, as OpenCV labels them
@@ -84,7 +85,8 @@ const AdcBoxes = (() => {
           }
         }
       }
-      if (count >= minArea) found.push({ box: [x1, y1, x2 + 1, y2 + 1], score });
+      const atBorder = x1 === 0 || y1 === 0 || x2 + 1 === w || y2 + 1 === h;
+      if (count >= minArea && !(atBorder && count < borderArea)) found.push({ box: [x1, y1, x2 + 1, y2 + 1], score });
     }
     found.sort((a, b) => b.score - a.score);  // stable, as Python's sort
     return found.slice(0, rules.max_boxes);
