@@ -9,9 +9,8 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from adcopilot.api import Copilot
 from adcopilot.geometry import box_iou
