@@ -86,7 +86,9 @@ class BatchSummary:
 
 
 @dataclass
-class _Loaded:
+class Loaded:
+    """A query decoded for inspection, or the reason it cannot be."""
+
     item: LotItem
     image: Image.Image | None = None
     feature: torch.Tensor | None = None  # (112,) global feature, when references are to be chosen
@@ -172,16 +174,16 @@ def _check_manifest(out: Path, new: dict[str, Any], cfg: BatchConfig) -> None:
     os.replace(tmp, path)
 
 
-def _load(item: LotItem, tower: EfficientNetLite0 | None) -> _Loaded:
+def load_query(item: LotItem, tower: EfficientNetLite0 | None) -> Loaded:
     """Decode (and, with a tower, compute the global feature) in a worker thread, beside the model."""
     try:
         img = load_image(item.path, name=str(item.path))
     except AdcopilotError as exc:
-        return _Loaded(item, error=str(exc))
+        return Loaded(item, error=str(exc))
     feature = None
     if tower is not None:
         feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]  # (112,)
-    return _Loaded(item, img, feature)
+    return Loaded(item, img, feature)
 
 
 def picture_bytes(img: Image.Image, result: InspectionResult, size: int) -> tuple[bytes, bytes]:
@@ -267,7 +269,9 @@ def plan_batch(
     return BatchPlan(out, results_path, skipped_path, bank, tower, need_select, todo, summary)
 
 
-def inspect_loaded(copilot: Copilot, bank: ReferenceBank, x: _Loaded, cfg: BatchConfig) -> tuple[dict[str, Any], InspectionResult] | None:
+def inspect_loaded(
+    copilot: Copilot, bank: ReferenceBank, x: Loaded, cfg: BatchConfig
+) -> tuple[dict[str, Any], InspectionResult] | None:
     """Inspect one decoded query against its nearest references: its record and result, or None
     with ``x.error`` set when the references cannot be used."""
     try:
@@ -346,13 +350,13 @@ def run_batch(
         tqdm(total=len(todo), unit="img", desc="inspect", disable=not cfg.progress, dynamic_ncols=True) as bar,
     ):
         chunks = list(_chunks(todo, max(1, cfg.chunk)))
-        pending: deque[list[Future[_Loaded]]] = deque()
+        pending: deque[list[Future[Loaded]]] = deque()
         writes: list[Future[None]] = []
 
         def submit(k: int) -> None:
             if k < len(chunks):
                 tower = plan.tower if plan.need_select else None
-                pending.append([pool.submit(_load, it, tower) for it in chunks[k]])
+                pending.append([pool.submit(load_query, it, tower) for it in chunks[k]])
 
         submit(0)
         for k in range(len(chunks)):
