@@ -194,7 +194,7 @@ def ray_session(rcfg: RayConfig) -> Iterator[int]:
         ray.shutdown()
 
 
-def _user_error(exc: BaseException, ray_error: type[BaseException]) -> AdcopilotError | None:
+def user_error(exc: BaseException, ray_error: type[BaseException]) -> AdcopilotError | None:
     """The AdcopilotError an actor raised, found inside Ray's wrapping, if that is what failed."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
@@ -210,6 +210,13 @@ def _user_error(exc: BaseException, ray_error: type[BaseException]) -> Adcopilot
     return None
 
 
+def query_rows(items: Sequence[LotItem]) -> list[dict[str, Any]]:
+    """The dataset's rows: each query's index in ``items``, file and key as bytes (Arrow's text
+    must be UTF-8, a file name need not be), and truth ("" when unknown)."""
+    return [{"index": i, "path": name_bytes(it.path), "key": name_bytes(it.key), "truth": it.truth or ""}
+            for i, it in enumerate(items)]
+
+
 def _blocks(plan: BatchPlan, loader: Callable[[], Copilot], copilot: Copilot, cfg: BatchConfig,
             rcfg: RayConfig, cpus: int) -> Iterator[dict[str, np.ndarray]]:
     """The inspected blocks as they come back from the actor pool (in no particular order)."""
@@ -222,10 +229,7 @@ def _blocks(plan: BatchPlan, loader: Callable[[], Copilot], copilot: Copilot, cf
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    # File names travel as their bytes: Arrow's text must be UTF-8, a file name need not be.
-    rows = [{"index": i, "path": name_bytes(it.path), "key": name_bytes(it.key), "truth": it.truth or ""}
-            for i, it in enumerate(plan.todo)]
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    ds = ray.data.from_items(query_rows(plan.todo), override_num_blocks=blocks)
     ds = ds.map_batches(
         InspectWorker,
         batch_size=chunk,
@@ -241,7 +245,7 @@ def _blocks(plan: BatchPlan, loader: Callable[[], Copilot], copilot: Copilot, cf
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
     except Exception as exc:  # Ray wraps what an actor raised; bad input is still one line
-        user = _user_error(exc, ray.exceptions.RayError)
+        user = user_error(exc, ray.exceptions.RayError)
         if user is None:
             raise
         raise user from None
@@ -270,12 +274,12 @@ def run_batch_ray(
         if plan.todo:
             with ray_session(rcfg) as cpus:
                 for block in _blocks(plan, loader, copilot, cfg, rcfg, cpus):
-                    _write_block(plan, writer, block)
+                    write_block(plan, writer, block)
                     bar.update(len(block["index"]))
     return finish_batch(plan, cfg, time.perf_counter() - t0)
 
 
-def _write_block(plan: BatchPlan, writer: ResultWriter, block: dict[str, np.ndarray]) -> None:
+def write_block(plan: BatchPlan, writer: ResultWriter, block: dict[str, np.ndarray]) -> None:
     """Pictures first, then the records (flushed): a record in the results has its pictures."""
     for i, rec_text, err_text, annotated, thumb in zip(
         block["index"], block["record"], block["error"], block["annotated"], block["thumb"], strict=True
