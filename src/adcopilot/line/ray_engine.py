@@ -126,7 +126,8 @@ class InspectWorker:
             LotItem(Path(os.fsdecode(bytes(p))), os.fsdecode(bytes(k)), str(t) or None)
             for p, k, t in zip(batch["path"], batch["key"], batch["truth"], strict=True)
         ]
-        loaded: list[Loaded] = list(self.pool.map(lambda it: load_query(it, self.tower), items))
+        # Decoded by the threads in order, while the model works on the queries before.
+        loaded: Iterator[Loaded] = self.pool.map(lambda it: load_query(it, self.tower), items)
         out: dict[str, list[Any]] = {"record": [], "error": [], "annotated": [], "thumb": []}
         for x in loaded:
             got = inspect_loaded(self.copilot, self.bank, x, self.cfg) if x.error is None else None
