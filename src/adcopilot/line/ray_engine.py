@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -169,6 +170,19 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a cluster address where nothing answers: Ray itself would retry for many minutes.
+    ("auto" and other forms without a port are left to Ray.)"""
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise AdcopilotError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
 @contextmanager
 def ray_session(rcfg: RayConfig) -> Iterator[int]:
     """Ray for the run, yielding the CPUs it has: joined at ``rcfg.address``, or started on this
@@ -263,6 +277,8 @@ def run_batch_ray(
     """Inspect this shard's queries not yet in the results on Ray; write the local engine's outputs."""
     require_ray()
     cfg, rcfg = config or BatchConfig(), ray_config or RayConfig()
+    if rcfg.address:  # before the model loads: a wrong address is the likeliest mistake
+        check_reachable(rcfg.address)
     copilot = loader()
     plan = plan_batch(copilot, queries, references, out_dir, cfg)
     if isinstance(loader, ModelLoader):  # every actor decides with the driver's threshold (calibrated here)

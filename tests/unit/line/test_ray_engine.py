@@ -6,7 +6,9 @@ another model is refused; an actor's bad-input error is found inside Ray's wrapp
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
+import socket
 import subprocess
 import sys
 
@@ -87,6 +89,19 @@ def test_the_users_error_is_found_inside_the_wrapping():
         found = user_error(outer, _RayError)
     assert type(found) is AdcopilotError and str(found) == "/lot/a.png: not an image file"
     assert user_error(RuntimeError("a worker died"), _RayError) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'adcopilot[ray]')")
+def test_a_cluster_address_where_nothing_answers_is_one_line(lot):
+    with socket.socket() as s:  # a local port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.run([sys.executable, "-m", "adcopilot", "batch", str(lot["lot"]), "--refs", str(lot["refs"]),
+                        "--out", str(lot["out"]), "--engine", "ray", "--address", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip() == f"error: --address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"
+    assert not lot["out"].exists()  # refused before anything was written
 
 
 def test_engine_ray_without_ray_is_one_line(tmp_path):
