@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -170,15 +171,30 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """("host", port) of "host:port" or "ray://host:port"; None for "auto" and other forms."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    return (host.strip("[]"), int(port)) if sep and port.isdigit() else None
+
+
+def is_this_machine(address: str | None) -> bool:
+    """No address, or a loopback one: the Ray of this machine alone (Ray would otherwise replace
+    127.0.0.1 by this machine's network address, where a Ray started on loopback does not listen)."""
+    if not address:
+        return True
+    hp = _host_port(address)
+    return hp is not None and (hp[0] == "localhost" or hp[0] == "::1" or hp[0].startswith("127."))
+
+
 def check_reachable(address: str, timeout: float = 10.0) -> None:
     """Refuse a cluster address where nothing answers: Ray itself would retry for many minutes.
     ("auto" and other forms without a port are left to Ray.)"""
-    hostport = address.removeprefix("ray://")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    hp = _host_port(address)
+    if hp is None:
         return
+    host, port = hp
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise AdcopilotError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
@@ -187,12 +203,14 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
 def ray_session(rcfg: RayConfig) -> Iterator[int]:
     """Ray for the run, yielding the CPUs it has: joined at ``rcfg.address``, or started on this
     machine (localhost only) and stopped afterwards. A Ray already running in this process is used."""
-    ray = _ray(local=not rcfg.address)
+    ray = _ray(local=is_this_machine(rcfg.address))
     if ray.is_initialized():
         yield int(ray.cluster_resources().get("CPU", 1))
         return
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray would otherwise report usage to its makers
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
+    # Ray's own notices (token authentication, progress bars, "execution finished") are not the run's.
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     try:
         if rcfg.address:
             ray.init(address=rcfg.address, **quiet)
@@ -210,7 +228,8 @@ def ray_session(rcfg: RayConfig) -> Iterator[int]:
 
 
 def user_error(exc: BaseException, ray_error: type[BaseException]) -> AdcopilotError | None:
-    """The AdcopilotError an actor raised, found inside Ray's wrapping, if that is what failed."""
+    """What failed, in one line, when it was the user's input or setup: the AdcopilotError an actor
+    raised, found inside Ray's wrapping, or a node without adcopilot (or without this version)."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -221,6 +240,10 @@ def user_error(exc: BaseException, ray_error: type[BaseException]) -> AdcopilotE
         # Ray re-raises an actor's error as a class deriving from both RayError and the error's own.
         if isinstance(e, AdcopilotError) and not isinstance(e, ray_error):
             return AdcopilotError(str(e))
+        missing = re.search(r"No module named '(adcopilot[\w.]*)'", str(e))
+        if missing:
+            return AdcopilotError(f"a Ray worker cannot import {missing.group(1)}: install this adcopilot"
+                                  " (and its assets) on every node of the cluster")
         todo.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
     return None
 
@@ -238,7 +261,7 @@ def _blocks(plan: BatchPlan, loader: Callable[[], Copilot], copilot: Copilot, cf
     n, chunk = len(plan.todo), max(1, cfg.chunk)
     blocks = math.ceil(n / chunk)
     actors = max(1, min(rcfg.actors or cpus // max(1, rcfg.cpus_per_actor), blocks))
-    ray = _ray(local=not rcfg.address)  # already imported by the session
+    ray = _ray(local=is_this_machine(rcfg.address))  # already imported by the session
     log.info("Ray: %d actors of %d CPU on %d CPUs, %d blocks of %d queries", actors, rcfg.cpus_per_actor,
              cpus, blocks, chunk)
     ctx = ray.data.DataContext.get_current()

@@ -89,6 +89,10 @@ def test_the_users_error_is_found_inside_the_wrapping():
         found = user_error(outer, _RayError)
     assert type(found) is AdcopilotError and str(found) == "/lot/a.png: not an image file"
     assert user_error(RuntimeError("a worker died"), _RayError) is None
+    # A node whose Python has no adcopilot (or an older one): Ray reports the worker's import error.
+    found = user_error(_RayError("System error: No module named 'adcopilot.line.ray_engine'\ntraceback: ..."), _RayError)
+    assert str(found).startswith("a Ray worker cannot import adcopilot.line.ray_engine: install this adcopilot")
+    assert user_error(_RayError("No module named 'pandas'"), _RayError) is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'adcopilot[ray]')")
