@@ -21,31 +21,50 @@ def register(app: typer.Typer) -> None:
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align queries onto references."),
         no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated images."),
-        workers: int = typer.Option(2, "--workers", help="Image-loading threads."),
-        threads: int = typer.Option(None, "--threads", help="Model compute threads (default: the cores left by --workers)."),
+        workers: int = typer.Option(2, "--workers", help="Image-loading threads (per actor with --engine ray)."),
+        threads: int = typer.Option(
+            None, "--threads",
+            help="Model compute threads (default: the cores left by --workers; with --engine ray: CPUs per actor, 1).",
+        ),
+        chunk: int = typer.Option(8, "--chunk", help="Queries per model step; results are written after each."),
+        engine: str = typer.Option("local", "--engine", help="'local' (this process) or 'ray' (a pool of actors)."),
+        address: str = typer.Option(None, "--address", help="Ray cluster to run on (with --engine ray; default: a local Ray)."),
+        actors: int = typer.Option(None, "--actors", help="Ray actors, one model each (default: CPUs / --threads)."),
         restart: bool = typer.Option(False, "--restart", help="Discard this shard's earlier results."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Inspect every query against its nearest normal reference(s); CSV, JSONL, images, HTML report."""
-        from adcopilot.api import Copilot
-        from adcopilot.errors import require_finite
+        from adcopilot.errors import AdcopilotError, require_finite
         from adcopilot.line.batch import BatchConfig, run_batch
-        from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
+        from adcopilot.line.runtime import ModelLoader, set_compute_threads
         from adcopilot.line.sources import collect, parse_shard
 
         if threshold is not None:
             require_finite(threshold, "--threshold")
-        set_compute_threads(threads, reserve=max(1, workers))
+        if engine not in ("local", "ray"):
+            raise AdcopilotError(f"--engine '{engine}': use local or ray")
+        for name, value in (("--chunk", chunk), ("--actors", actors), ("--threads", threads)):
+            if value is not None and value < 1:
+                raise AdcopilotError(f"{name} must be at least 1, got {value}")
+        if engine != "ray" and (address or actors):
+            raise AdcopilotError("--address and --actors need --engine ray")
+        if engine == "ray":  # Ray is imported only when asked for: it is an optional extra, slow to import
+            from adcopilot.line.ray_engine import RayConfig, require_ray, run_batch_ray
+
+            require_ray()
         cfg = BatchConfig(
-            shots=shots, shard=parse_shard(shard), workers=workers, save_images=not no_images,
+            shots=shots, shard=parse_shard(shard), workers=workers, chunk=chunk, save_images=not no_images,
             restart=restart, progress=not quiet,
         )
         items = collect(queries)
-        cp = prepare_for_inference(
-            Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
-        )
-        s = run_batch(cp, items, refs, out, cfg)
+        loader = ModelLoader(model, threshold, not no_register, None if calibration is None else str(calibration))
+        if engine == "ray":
+            rcfg = RayConfig(address=address, actors=actors, cpus_per_actor=threads or 1)
+            s = run_batch_ray(loader, items, refs, out, cfg, rcfg)
+        else:
+            set_compute_threads(threads, reserve=max(1, workers))
+            s = run_batch(loader(), items, refs, out, cfg)
         summary = json.loads(s.files["summary"].read_text()) if "summary" in s.files else {}
         if as_json:
             typer.echo(json.dumps({

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -84,7 +85,9 @@ class BatchSummary:
 
 
 @dataclass
-class _Loaded:
+class Loaded:
+    """A query decoded for inspection, or the reason it cannot be."""
+
     item: LotItem
     image: Image.Image | None = None
     feature: torch.Tensor | None = None  # (D,) matching feature, when references are to be chosen
@@ -154,25 +157,37 @@ def _check_manifest(out: Path, new: dict[str, Any], cfg: BatchConfig) -> None:
     os.replace(tmp, path)
 
 
-def _load(item: LotItem, tower: Backbone | None) -> _Loaded:
+def load_query(item: LotItem, tower: Backbone | None) -> Loaded:
     """Decode (and, with a tower, compute the global feature) in a worker thread, beside the model."""
     try:
         img = load_image(item.path, name=str(item.path))
     except AdcopilotError as exc:
-        return _Loaded(item, error=str(exc))
+        return Loaded(item, error=str(exc))
     feature = None
     if tower is not None:
         feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]  # (D,)
-    return _Loaded(item, img, feature)
+    return Loaded(item, img, feature)
+
+
+def picture_bytes(img: Image.Image, result: InspectionResult, size: int) -> tuple[bytes, bytes]:
+    """The annotated query (heat-map and boxes) and its thumbnail, as JPEG files' bytes."""
+    pic = annotate(img, result)
+    full, small = io.BytesIO(), io.BytesIO()
+    pic.save(full, format="JPEG", quality=90)
+    pic.thumbnail((size, size), Image.Resampling.BILINEAR)
+    pic.save(small, format="JPEG", quality=75)
+    return full.getvalue(), small.getvalue()
+
+
+def write_asset(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def _save_pictures(img: Image.Image, result: InspectionResult, annotated: Path, thumb: Path, size: int) -> None:
-    pic = annotate(img, result)
-    annotated.parent.mkdir(parents=True, exist_ok=True)
-    pic.save(annotated, quality=90)
-    pic.thumbnail((size, size), Image.Resampling.BILINEAR)
-    thumb.parent.mkdir(parents=True, exist_ok=True)
-    pic.save(thumb, quality=75)
+    full, small = picture_bytes(img, result, size)
+    write_asset(annotated, full)
+    write_asset(thumb, small)
 
 
 def _chunks(items: Sequence[LotItem], n: int) -> Iterator[list[LotItem]]:
@@ -180,15 +195,29 @@ def _chunks(items: Sequence[LotItem], n: int) -> Iterator[list[LotItem]]:
         yield list(items[i : i + n])
 
 
-def run_batch(
+@dataclass
+class BatchPlan:
+    """What a run has to do, whichever engine does it: the references, the files and the queries left."""
+
+    out: Path
+    results_path: Path
+    skipped_path: Path
+    bank: ReferenceBank
+    tower: Backbone
+    need_select: bool  # whether each query's references are chosen by its global feature
+    todo: list[LotItem]  # this shard's queries not yet in the results, in lot order
+    summary: BatchSummary
+
+
+def plan_batch(
     copilot: Copilot,
     queries: Sequence[LotItem],
     references: Sequence[str | os.PathLike] | ReferenceBank,
     out_dir: str | os.PathLike,
-    config: BatchConfig | None = None,
-) -> BatchSummary:
-    """Inspect this shard's queries not yet in the results; write outputs; return a summary."""
-    cfg = config or BatchConfig()
+    cfg: BatchConfig,
+) -> BatchPlan:
+    """Check the settings and the output folder (refusing another run's results), load the
+    references, and find this shard's queries not yet done."""
     if cfg.shots < 1:
         raise AdcopilotError(f"--shots must be at least 1, got {cfg.shots}")
     out = Path(out_dir)
@@ -220,73 +249,131 @@ def run_batch(
     summary.skipped.extend((f"reference {p}", reason) for p, reason in bank.skipped)
     log.info("%d queries in shard %d/%d, %d already done, %d references", len(mine), index, count,
              summary.done_before, len(bank))
+    return BatchPlan(out, results_path, skipped_path, bank, tower, need_select, todo, summary)
 
+
+def inspect_loaded(
+    copilot: Copilot, bank: ReferenceBank, x: Loaded, cfg: BatchConfig
+) -> tuple[dict[str, Any], InspectionResult] | None:
+    """Inspect one decoded query against its nearest references: its record and result, or None
+    with ``x.error`` set when the references cannot be used."""
+    try:
+        chosen = bank.nearest(x.feature, cfg.shots, exclude=x.item.path)
+        result = copilot.inspect(x.image, [str(p) for p, _ in chosen])
+    except AdcopilotError as exc:
+        x.error = str(exc)
+        return None
+    result.query = str(x.item.path)
+    rec = _record(x.item, result, chosen)
+    if cfg.save_images:
+        name = _asset_name(x.item.key)
+        rec["annotated"], rec["thumb"] = f"annotated/{name}", f"thumbs/{name}"
+    return rec, result
+
+
+class ResultWriter:
+    """Appends records to the results file and lists skipped files, flushed on demand, so that an
+    interruption loses nothing flushed; a torn last line (killed mid-write) is closed first."""
+
+    def __init__(self, plan: BatchPlan) -> None:
+        self.plan = plan
+        # A torn last line (killed mid-write) must not glue onto the next record.
+        path = plan.results_path
+        if path.exists() and path.stat().st_size > 0:
+            with path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        else:
+            torn = False
+        self._res = path.open("a", encoding="utf-8")
+        if torn:
+            self._res.write("\n")
+        self._skip_file = plan.skipped_path.open("w", newline="", encoding="utf-8")
+        self._skip = csv.writer(self._skip_file)
+        self._skip.writerow(["file", "reason"])
+        for f, reason in plan.summary.skipped:
+            self._skip.writerow([readable(f), readable(reason)])
+
+    def record(self, rec: dict[str, Any]) -> None:
+        self._res.write(json.dumps(rec) + "\n")
+        self.plan.summary.processed += 1
+
+    def skip(self, key: str, reason: str) -> None:
+        self.plan.summary.skipped.append((key, reason))
+        self._skip.writerow([readable(key), readable(reason)])
+        log.warning("skipped %s", reason)
+
+    def flush(self) -> None:
+        self._res.flush()
+        self._skip_file.flush()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._res.close()
+        self._skip_file.close()
+
+
+def run_batch(
+    copilot: Copilot,
+    queries: Sequence[LotItem],
+    references: Sequence[str | os.PathLike] | ReferenceBank,
+    out_dir: str | os.PathLike,
+    config: BatchConfig | None = None,
+) -> BatchSummary:
+    """Inspect this shard's queries not yet in the results; write outputs; return a summary."""
+    cfg = config or BatchConfig()
+    plan = plan_batch(copilot, queries, references, out_dir, cfg)
+    todo, out = plan.todo, plan.out
     t0 = time.perf_counter()
-    # A torn last line (killed mid-write) must not glue onto the next record.
-    if results_path.exists() and results_path.stat().st_size > 0:
-        with results_path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-    else:
-        torn = False
     with (
         ThreadPoolExecutor(max(1, cfg.workers), thread_name_prefix="batch-io") as pool,
-        results_path.open("a", encoding="utf-8") as fres,
-        skipped_path.open("w", newline="", encoding="utf-8") as fskip,
+        ResultWriter(plan) as writer,
         tqdm(total=len(todo), unit="img", desc="inspect", disable=not cfg.progress, dynamic_ncols=True) as bar,
     ):
-        if torn:
-            fres.write("\n")
-        skip_writer = csv.writer(fskip)
-        skip_writer.writerow(["file", "reason"])
-        for f, reason in summary.skipped:
-            skip_writer.writerow([readable(f), readable(reason)])
         chunks = list(_chunks(todo, max(1, cfg.chunk)))
-        pending: deque[list[Future[_Loaded]]] = deque()
+        pending: deque[list[Future[Loaded]]] = deque()
         writes: list[Future[None]] = []
 
         def submit(k: int) -> None:
             if k < len(chunks):
-                pending.append([pool.submit(_load, it, tower if need_select else None) for it in chunks[k]])
+                tower = plan.tower if plan.need_select else None
+                pending.append([pool.submit(load_query, it, tower) for it in chunks[k]])
 
         submit(0)
         for k in range(len(chunks)):
             submit(k + 1)  # decode the next chunk while this one is inspected
             loaded = [f.result() for f in pending.popleft()]
-            ok = [x for x in loaded if x.error is None]
             done_writes, writes = [w for w in writes if w.done()], [w for w in writes if not w.done()]
             for w in done_writes:
                 w.result()  # re-raise a failed write
-            for x in ok:
-                try:
-                    chosen = bank.nearest(x.feature, cfg.shots, exclude=x.item.path)
-                    result = copilot.inspect(x.image, [str(p) for p, _ in chosen])
-                except AdcopilotError as exc:
-                    x.error = str(exc)
+            for x in loaded:
+                got = inspect_loaded(copilot, plan.bank, x, cfg) if x.error is None else None
+                if got is None:
                     continue
-                result.query = str(x.item.path)
-                rec = _record(x.item, result, chosen)
+                rec, result = got
                 if cfg.save_images:
-                    name = _asset_name(x.item.key)
-                    rec["annotated"], rec["thumb"] = f"annotated/{name}", f"thumbs/{name}"
                     writes.append(pool.submit(_save_pictures, x.image, result, out / rec["annotated"],
                                               out / rec["thumb"], cfg.thumb_size))
-                fres.write(json.dumps(rec) + "\n")
-                summary.processed += 1
-            fres.flush()  # once per chunk: an interruption loses at most this chunk's records
-            for x in loaded:
+                writer.record(rec)
+            for x in loaded:  # once per chunk: an interruption loses at most this chunk's records
                 if x.error is not None:
-                    summary.skipped.append((x.item.key, x.error))
-                    skip_writer.writerow([readable(x.item.key), readable(x.error)])
-                    log.warning("skipped %s", x.error)
-            fskip.flush()
+                    writer.skip(x.item.key, x.error)
+            writer.flush()
             bar.update(len(loaded))
         for w in writes:
             w.result()
-    summary.seconds = time.perf_counter() - t0
-    summary.files = {"results": results_path, "skipped": skipped_path}
+    return finish_batch(plan, cfg, time.perf_counter() - t0)
+
+
+def finish_batch(plan: BatchPlan, cfg: BatchConfig, seconds: float) -> BatchSummary:
+    """Time the run and, unless told not to, write the merged report of every shard present."""
+    summary = plan.summary
+    summary.seconds = seconds
+    summary.files = {"results": plan.results_path, "skipped": plan.skipped_path}
     if cfg.report:
-        summary.files.update(build_report(out))
+        summary.files.update(build_report(plan.out))
     return summary
 
 

@@ -13,12 +13,14 @@ Usage::
 
     set_compute_threads(None, reserve=2)    # 2 cores -> 1 thread, 16 cores -> 14
     prepare_for_inference(copilot)
+    copilot = ModelLoader("baseline", threshold=0.5)()   # loaded and prepared; picklable, for Ray actors
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -50,3 +52,18 @@ def prepare_for_inference(copilot: Copilot) -> Copilot:
     if isinstance(tower, Backbone):
         tower.prepare_for_inference()
     return copilot
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """Builds the inspection model, the same way in the driver and in every actor (picklable)."""
+
+    model: str = "default"
+    threshold: float | None = None
+    registration: bool = True
+    calibration: str | None = None
+
+    def __call__(self) -> Copilot:
+        cp = Copilot.load(self.model, threshold=self.threshold, registration=self.registration,
+                          calibration=self.calibration)
+        return prepare_for_inference(cp)
