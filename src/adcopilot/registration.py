@@ -3,10 +3,10 @@
 Parts on a line are rarely placed exactly alike; comparing patch features of misaligned images
 turns pose into false defects, and a camera at a slightly different distance changes the scale.
 We estimate a similarity transform query -> reference (rotation, uniform scale, translation):
-OpenCV's ECC maximisation (Evangelidis & Psarakis 2008) of an affine warp on smoothed grey images
-at low resolution, initialised by phase correlation, then projected onto the nearest similarity
-(ECC has no similarity model; the projection drops shear and unequal scales, which a rigid part
-under a camera does not produce). Fallback: if ECC fails to converge, the scale leaves
+OpenCV's ECC maximisation (Evangelidis & Psarakis 2008) on smoothed grey images at low resolution,
+initialised by phase correlation: a rigid fit, then an affine one started from it and projected onto
+the nearest similarity (ECC has no similarity model; the projection drops shear and unequal scales,
+which a rigid part under a camera does not produce); the better correlating of the two wins. Fallback: if ECC fails to converge, the scale leaves
 [1 / MAX_SCALE, MAX_SCALE], or the aligned images correlate less than the unaligned ones, the
 identity is used, and the result says so.
 
@@ -95,26 +95,38 @@ def register(query: np.ndarray, reference: np.ndarray, max_iter: int = 60) -> Re
         init[0, 2], init[1, 2] = dx, dy
     except cv2.error:
         pass
-    warp_m = init.copy()
-    method = "ecc"
-    try:
-        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, max_iter, 1e-5)
-        # findTransformECC finds W with template(x) ~ input(W x): template = reference, input = query,
-        # so W maps reference pixels to query pixels; we keep its inverse (query -> reference).
-        _, warp_m = cv2.findTransformECC(r, q, warp_m, cv2.MOTION_AFFINE, criteria, None, 5)
-    except cv2.error:
-        method = "phase"
-        warp_m = init
-    ref_to_query = nearest_similarity(warp_m)
-    q_to_r = cv2.invertAffineTransform(ref_to_query)
-    aligned = cv2.warpAffine(q, q_to_r, (WORK_SIZE, WORK_SIZE), borderMode=cv2.BORDER_REPLICATE)
-    valid = cv2.warpAffine(np.ones_like(q), q_to_r, (WORK_SIZE, WORK_SIZE)) > 0.99
-    after = _ncc(aligned, r, valid if valid.sum() > 100 else None)
-    # Guard: keep the identity when alignment does not help, moves absurdly far or rescales too much.
-    shift = float(np.hypot(q_to_r[0, 2], q_to_r[1, 2])) / WORK_SIZE
-    scale_ok = 1.0 / MAX_SCALE <= similarity_scale(q_to_r) <= MAX_SCALE
-    if after <= before + 1e-3 or shift > 0.25 or not scale_ok:
+    # Two ECC fits, kept only if they help: a rigid (Euclidean) one, which converges reliably, and an
+    # affine one started from it and projected onto the nearest similarity (the scale). The best
+    # correlating candidate that passes the guards wins.
+    candidates: list[tuple[str, np.ndarray]] = []
+    start = init
+    # The affine fit starts from the converged rigid one: a few iterations refine the scale.
+    for motion, iters in ((cv2.MOTION_EUCLIDEAN, max_iter), (cv2.MOTION_AFFINE, max(1, max_iter // 4))):
+        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iters, 1e-5)
+        try:
+            # findTransformECC finds W with template(x) ~ input(W x): template = reference, input = query,
+            # so W maps reference pixels to query pixels; we keep its inverse (query -> reference).
+            _, m = cv2.findTransformECC(r, q, start.copy(), motion, criteria, None, 5)
+        except cv2.error:
+            continue
+        candidates.append(("ecc", nearest_similarity(m)))
+        start = m.astype(np.float32)
+    if not candidates:
+        candidates = [("phase", init)]
+    best: tuple[float, str, np.ndarray] | None = None
+    for method, ref_to_query in candidates:
+        q_to_r = cv2.invertAffineTransform(ref_to_query)
+        aligned = cv2.warpAffine(q, q_to_r, (WORK_SIZE, WORK_SIZE), borderMode=cv2.BORDER_REPLICATE)
+        valid = cv2.warpAffine(np.ones_like(q), q_to_r, (WORK_SIZE, WORK_SIZE)) > 0.99
+        after = _ncc(aligned, r, valid if valid.sum() > 100 else None)
+        # Guard: keep the identity when alignment does not help, moves absurdly far or rescales too much.
+        shift = float(np.hypot(q_to_r[0, 2], q_to_r[1, 2])) / WORK_SIZE
+        scale_ok = 1.0 / MAX_SCALE <= similarity_scale(q_to_r) <= MAX_SCALE
+        if after > before + 1e-3 and shift <= 0.25 and scale_ok and (best is None or after > best[0]):
+            best = (after, method, q_to_r)
+    if best is None:
         return Registration(method="identity", correlation_before=before, correlation_after=before)
+    after, method, q_to_r = best
     # Rescale the translation from the working size to the image size (rotation and scale are unchanged).
     scale = np.array([[1, 1, w / WORK_SIZE], [1, 1, h / WORK_SIZE]], dtype=np.float32)
     if w != h:

