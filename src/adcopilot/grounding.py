@@ -239,9 +239,17 @@ def object_question(question: str) -> bool:
     return bool(_KNOWLEDGE_OBJECT.search(t)) and not _DEFECT_WORDS.search(t) and not _NORMAL_WORDS.search(t)
 
 
-def names_the_object(options: dict[str, str]) -> bool:
-    """Whether the options are short names ("Gravel.", "Metal nut.") rather than sentences."""
-    return all(len(re.findall(r"[A-Za-z]+", v)) <= 4 for v in options.values())
+_OBJECT_TRAITS = re.compile(
+    r"\b(look\w*|surface|structure|built|made|consist\w*|function\w*|used?|purpose|material|colou?r\w*|"
+    r"appearance|shape\w*|texture)\b"
+)
+
+
+def names_the_object(question: str, options: dict[str, str]) -> bool:
+    """Whether a question asks what the object is and its options are short names ("Gravel.",
+    "Metal nut."), not what it looks like, is built of or is for."""
+    short = all(len(re.findall(r"[A-Za-z]+", v)) <= 4 for v in options.values())
+    return short and not _OBJECT_TRAITS.search(question.lower())
 
 
 def free_defect_question(question: str) -> bool:

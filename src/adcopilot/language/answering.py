@@ -204,7 +204,7 @@ class LanguageAnswers:
                 return letter
         lang = self.language
         if grounded and object_question(question) and product_text(product, material):
-            letter = self._object_choice(options, product, material)
+            letter = self._object_choice(question, options, product, material)
             if letter:
                 return letter
         # Grounded: the language model reads the detector at this copilot's threshold too.
@@ -227,13 +227,13 @@ class LanguageAnswers:
                                      prefix=lang.prefix(query, refs, t), prior=lang.prior() if w else None,
                                      prior_weight=w)
 
-    def _object_choice(self, options: dict[str, str], product: str | None, material: str | None) -> str | None:
+    def _object_choice(self, question: str, options: dict[str, str], product: str | None, material: str | None) -> str | None:
         """The option the product context fits: its name among short names ("Bottle."), else the
         option matching the knowledge about the product and its material; None when unknown."""
         name = " ".join((product or "").split())
         known = self.knowledge.object(name)
         names = [name, *(known.synonyms if known else []), *([known.name] if known else [])]
-        if names_the_object(options):
+        if names_the_object(question, options):
             return choose_option({name: 1.0}, {name: names}, options, self.matcher)
         texts = [s for p in self.knowledge.passages(None, name) for s in sentences(p.text)]
         if material and material.strip():
