@@ -73,6 +73,22 @@ def product_text(product: str | None, material: str | None) -> str:
     return f"{name} ({' '.join(material.split())})" if material and material.strip() else name
 
 
+def context_options(
+    answerer: object, product: str | None, material: str | None, knowledge: Sequence[str] | None = None
+) -> dict[str, str]:
+    """The ``ask``/``chat`` keyword arguments of the CLI's ``--product``/``--material`` (and loads
+    ``--knowledge`` files); an error when ``answerer`` cannot use them (a model without the nano
+    language side)."""
+    given = {k: " ".join(v.split()) for k, v in (("product", product), ("material", material)) if v and v.strip()}
+    if (given or knowledge) and not isinstance(answerer, LanguageAnswers):
+        raise AdcopilotError("--product, --material and --knowledge need a model with the nano language side")
+    if material and not product:
+        raise AdcopilotError("--material describes a product: give --product too")
+    if knowledge:
+        answerer.use_knowledge(list(knowledge))  # type: ignore[union-attr]
+    return given
+
+
 class LanguageAnswers:
     """Answerer and Localizer methods for an inspector that has a nano language model.
 

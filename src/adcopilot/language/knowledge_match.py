@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ import numpy as np
 from adcopilot import assets
 from adcopilot.data.knowledge import Knowledge
 from adcopilot.errors import AdcopilotError
+from adcopilot.language.llm import LOAD_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +99,13 @@ class EmbeddingMatcher:
         self._lock = threading.Lock()
 
     def _load(self) -> None:
-        import torch  # heavy: only when the matcher is used
-        from transformers import AutoModel, AutoTokenizer
+        with LOAD_LOCK:  # the language model may be loading in another thread
+            from transformers import AutoModel, AutoTokenizer  # heavy: only when the matcher is used
+            from transformers.utils import logging as hf_logging
 
-        torch.set_grad_enabled(False)
-        self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+            hf_logging.disable_progress_bar()
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(N, 384) unit vectors; each text embedded once per process."""
@@ -144,10 +147,12 @@ def make_matcher(name: str = "auto") -> TextMatcher:
 
 
 def default_matcher() -> TextMatcher:
-    """The process-wide ``auto`` matcher (the embedding model is loaded once)."""
-    if "auto" not in _DEFAULT:
-        _DEFAULT["auto"] = make_matcher("auto")
-    return _DEFAULT["auto"]
+    """The process-wide matcher (the embedding model is loaded once): ``$ADCOPILOT_TEXT_MATCHER``
+    (auto, lexical or minilm-l6), default auto."""
+    name = os.environ.get("ADCOPILOT_TEXT_MATCHER", "auto").strip() or "auto"
+    if name not in _DEFAULT:
+        _DEFAULT[name] = make_matcher(name)
+    return _DEFAULT[name]
 
 
 def sentences(text: str) -> list[str]:

@@ -143,6 +143,17 @@ def test_inspect_ask(tmp_path, model, detector, pair_images):
     assert p.returncode == 0, p.stderr
     assert isinstance(json.loads(p.stdout)["answer"], str)
     assert isinstance(Copilot.load(ckpt), AnsweringCopilot)
+    p = run("inspect", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt), "--json",
+            "--ask", "What is this object?", "--product", "bottle", "--material", "brown glass")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["answer"].startswith("The references are labelled bottle (brown glass)")
+    (tmp_path / "dk.json").write_text("{not json")
+    bad = run("inspect", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt),
+              "--ask", "What is the defect?", "--knowledge", str(tmp_path / "dk.json"))
+    assert bad.returncode == 2 and "dk.json: malformed JSON" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("inspect", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", "baseline",
+              "--product", "bottle")
+    assert bad.returncode == 2 and "--product" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_grounded_answers_agree_with_the_inspection(model, detector, pair_images, tmp_path):
