@@ -58,6 +58,7 @@ from adcopilot.results import InspectionResult
 
 _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGNORECASE)
 DEFAULT_MAX_NEW_TOKENS = 64
+_WHY = re.compile(r"\b(why|cause\w*|effect\w*|consequen\w*|impact|affect\w*|risk\w*|problem\w*|lead to)\b", re.IGNORECASE)
 
 
 def is_box_request(question: str) -> bool:
@@ -172,8 +173,10 @@ class LanguageAnswers:
         visual = self.language.visual(query, refs, r.threshold)
         label = answers.type_label(self.language.model, visual, region)
         parts.append(defect_facts(r, display_label(label) if label else None))
-        known = best_sentences(question, label_sentences(self.knowledge, label), self.matcher) if label else []
-        if known:
+        known = label_sentences(self.knowledge, label) if label else []
+        if known and _WHY.search(question):  # a cause or an effect: the sentence closest to the question
+            known = best_sentences(question, known, self.matcher)
+        if known:  # else the type's description, which the taxonomy gives first
             parts.append(f"What is known about it: {known[0].rstrip('.')}.")
         return " ".join(parts)
 
