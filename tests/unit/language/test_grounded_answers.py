@@ -66,7 +66,10 @@ def test_a_normal_verdict_is_never_a_defect(copilot, pair_images):
     assert json.loads(copilot.ask(q, [r], "Output the bounding boxes as JSON.", result=normal)) == []
 
 
-def test_description_and_analysis_options_follow_the_type_head(copilot, pair_images):
+@pytest.mark.parametrize("matcher", ["lexical", "auto"])  # auto: the embeddings where installed
+def test_description_and_analysis_options_follow_the_type_head(copilot, pair_images, matcher, monkeypatch):
+    monkeypatch.setenv("ADCOPILOT_TEXT_MATCHER", matcher)
+    assert copilot.matcher.name == (matcher if matcher == "lexical" else make_matcher("auto").name)
     q, r = pair_images
     for index, letter in ((0, "B"), (1, "A"), (2, "C")):
         force_type(copilot, index)
