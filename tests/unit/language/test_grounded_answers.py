@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from adcopilot.api import AnsweringCopilot
 from adcopilot.data.knowledge import Knowledge
@@ -15,6 +18,7 @@ from adcopilot.language.knowledge_match import LexicalMatcher, choose_by_knowled
 from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.language.visual import VisualEncoder
 from adcopilot.results import Box, InspectionResult
+from adcopilot.serve.app import create_app
 
 LOOK = {  # descriptions of the built-in taxonomy's crack, stain and hole, in other words
     "A": "A blotch from a liquid or dirt, darker than the surface, with soft edges.",
@@ -124,3 +128,20 @@ def test_matchers():
     sim = LexicalMatcher().similarity(["Spilled liquid."], ["spilling of liquids", "a crack"])
     assert sim.shape == (1, 2) and sim[0, 0] == pytest.approx(1.0) and sim[0, 1] == 0.0
     assert np.isfinite(sim).all()
+
+
+def test_the_service_takes_the_product_context(copilot, pair_images):
+    def png(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    q, r = pair_images
+    files = [("query", ("q.png", png(q), "image/png")), ("references", ("r.png", png(r), "image/png"))]
+    with TestClient(create_app(copilot)) as client:
+        ok = client.post("/v1/ask", files=files, data={"question": "What is this object?", "product": "bottle",
+                                                       "material": "brown glass"})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["answer"].startswith("The references are labelled bottle (brown glass)")
+        bad = client.post("/v1/ask", files=files, data={"question": "What is this object?", "material": "glass"})
+        assert bad.status_code == 422 and "--product" in bad.text
