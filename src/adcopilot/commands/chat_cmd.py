@@ -35,10 +35,14 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("default", "--model", "-m", help="'default' or a checkpoint folder with a language model."),
         ask: list[str] = typer.Option(None, "--ask", help="Ask these questions in order and stop (no prompt)."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest answer, in tokens."),
+        product: str = typer.Option(None, "--product", help="What the references show (e.g. 'bottle'): object questions use it."),
+        material: str = typer.Option(None, "--material", help="The product's material (e.g. 'brown glass')."),
+        knowledge: list[Path] = typer.Option(None, "--knowledge", help="Extra knowledge: YAML, or MMAD's domain_knowledge.json."),
     ) -> None:
         """Talk with the model about QUERY compared with the normal references."""
         from adcopilot.api import Copilot
         from adcopilot.imaging import load_image
+        from adcopilot.language.answering import context_options
         from adcopilot.protocols import require_answerer
 
         load_image(query, name=str(query))  # fail early on a bad file
@@ -46,6 +50,7 @@ def register(app: typer.Typer) -> None:
             load_image(r, name=str(r))
         cp = Copilot.load(model)
         cp = require_answerer(cp)
+        context = context_options(cp, product, material, [str(k) for k in knowledge or []])
         history: list[dict] = []
         scripted = list(ask or [])
         if not scripted:
@@ -84,6 +89,6 @@ def register(app: typer.Typer) -> None:
             if hasattr(cp, "full"):
                 answer, history = cp.chat(query, ref, text, history=history)
             else:
-                answer = cp.ask(query, ref, text, history=history, max_new_tokens=max_new_tokens)
+                answer = cp.ask(query, ref, text, history=history, max_new_tokens=max_new_tokens, **context)
                 history = [*history, {"role": "user", "content": text}, {"role": "assistant", "content": answer}]
             typer.echo(answer)

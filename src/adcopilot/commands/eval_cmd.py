@@ -168,6 +168,11 @@ def register(app: typer.Typer) -> None:
             help="nano with a language model: how much of a content-free pair's option score is taken off "
             "(0-1; default 0 = uncalibrated; 0.5 was best on held-out training questions).",
         ),
+        knowledge: list[Path] = typer.Option(
+            None, "--knowledge",
+            help="nano: a knowledge file (YAML like the built-in one, or MMAD's domain_knowledge.json) that "
+            "description and analysis options are matched against (repeatable).",
+        ),
     ) -> None:
         """Answer MMAD's multiple-choice questions and print the dataset x sub-task table."""
         from adcopilot.errors import AdcopilotError
@@ -186,7 +191,7 @@ def register(app: typer.Typer) -> None:
         bench = _bench(benchmark, image_root)
         items = bench.select(datasets, classes, tasks, limit)
         _leak_check(bench, items, train_set, strict_leaks)
-        be = _backend(backend, model, answers=answers, prior_weight=prior_weight, **options)
+        be = _backend(backend, model, answers=answers, prior_weight=prior_weight, knowledge=knowledge, **options)
         folder = _out(out, "mmad", _label(backend, protocol), benchmark, k_shot, templates)
         records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
                            selection=_selection(datasets, classes, tasks, limit))

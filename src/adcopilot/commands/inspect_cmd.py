@@ -24,10 +24,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Path = typer.Option(None, "--save", help="Write the annotated query image here."),
         ask: str = typer.Option(None, "--ask", help="A question about the pair, answered in words."),
+        product: str = typer.Option(None, "--product", help="What the references show (e.g. 'bottle'): object questions use it."),
+        material: str = typer.Option(None, "--material", help="The product's material (e.g. 'brown glass')."),
+        knowledge: list[Path] = typer.Option(None, "--knowledge", help="Extra knowledge: YAML, or MMAD's domain_knowledge.json."),
     ) -> None:
         """Compare QUERY with normal reference images and report defects."""
         from adcopilot.api import Copilot
         from adcopilot.errors import require_finite
+        from adcopilot.language.answering import context_options
         from adcopilot.protocols import require_answerer
         from adcopilot.visualize import save_annotated
 
@@ -36,11 +40,12 @@ def register(app: typer.Typer) -> None:
         cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration,
                           auto_threshold=auto_threshold)
         answerer = require_answerer(cp) if ask else None
+        context = context_options(answerer if ask else cp, product, material, [str(k) for k in knowledge or []])
         if answerer is not None:
             answerer.preload_language()  # loads while the pair is inspected
         result = cp.inspect(query, ref)
         if answerer is not None:
-            result.answer = answerer.ask(query, ref, ask, result=result)
+            result.answer = answerer.ask(query, ref, ask, result=result, **context)
         if save is not None:
             save_annotated(query, result, save)
         if as_json:

@@ -1,19 +1,25 @@
 """Inspection knowledge: a defect taxonomy and the normal appearance of objects.
 
 The built-in knowledge lives in ``adcopilot/data/knowledge/*.yaml`` (``defects:`` and
-``objects:`` maps); users add or override entries with their own YAML files of the same shape.
+``objects:`` maps); users add or override entries with their own YAML files of the same shape,
+or point to a file in MMAD's ``domain_knowledge.json`` format (``{dataset: {product: {defect key:
+text}}}``, ``good`` for the normal appearance, ``combined`` a summary of all), whose texts become
+passages searched by product and defect (:meth:`Knowledge.passages`).
 The curation pipeline states a cause, an effect or an acceptability only when the taxonomy has
 it; unknown defects get questions built from their label alone.
 
 Usage::
 
     kb = Knowledge.load(["my_plant.yaml"])      # built-ins + yours (yours win)
+    kb = Knowledge.load(["domain_knowledge.json"])  # MMAD's format: passages per product and defect
+    kb.passages("broken", product="bottle")     # texts about that defect (on that product first)
     d = kb.defect("scratch_head")               # DefectType(name="scratch", ...) via synonyms
     o = kb.object("metal_nut")                  # ObjectInfo(name="metal nut", ...)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -59,6 +65,16 @@ class DefectType:
 
 
 @dataclass
+class Passage:
+    """A text of domain knowledge about a defect (``defect`` set) or a product's normal look."""
+
+    text: str
+    defect: str = ""  # canonical defect name ("" for a normal-appearance text)
+    product: str = ""  # normalised product name ("" for knowledge about any product)
+    source: str = ""
+
+
+@dataclass
 class ObjectInfo:
     name: str
     description: str = ""
@@ -93,6 +109,7 @@ class Knowledge:
         self.defects: dict[str, DefectType] = {}
         self.objects: dict[str, ObjectInfo] = {}
         self.sources: list[str] = []
+        self.texts: list[Passage] = []  # from MMAD-format files; the taxonomy's own are built on demand
         self._defect_index: dict[str, str] = {}
         self._object_index: dict[str, str] = {}
 
@@ -112,8 +129,59 @@ class Knowledge:
                 text = p.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise AdcopilotError(f"{p}: cannot read knowledge file ({exc})") from None
-            kb.add_yaml_text(text, str(p))
+            if p.suffix.lower() == ".json":
+                kb.add_mmad_json_text(text, str(p))
+            else:
+                kb.add_yaml_text(text, str(p))
         return kb
+
+    def add_mmad_json_text(self, text: str, source: str) -> None:
+        """Merge a file in MMAD's ``domain_knowledge.json`` format: ``{dataset: {product: {key:
+        text}}}``. Each defect key's text becomes a passage about that defect on that product
+        (the key read through the taxonomy's synonyms: "broken_large" is "broken"), ``good`` a
+        passage about the product's normal look; ``combined`` (a summary of all) is left out."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise AdcopilotError(f"{source}: malformed JSON ({exc})") from None
+        if not isinstance(data, dict) or not data:
+            raise AdcopilotError(f"{source}: expected {{dataset: {{product: {{defect: text}}}}}}")
+        added = 0
+        for dataset, products in data.items():
+            if not isinstance(products, dict):
+                raise AdcopilotError(f"{source}: {dataset}: expected a mapping of products")
+            for product, entries in products.items():
+                if not isinstance(entries, dict):
+                    raise AdcopilotError(f"{source}: {dataset}.{product}: expected a mapping of defect texts")
+                for key, value in entries.items():
+                    if not isinstance(value, str):
+                        raise AdcopilotError(f"{source}: {dataset}.{product}.{key}: expected text")
+                    if key == "combined" or not value.strip():
+                        continue
+                    known = self.defect(key)
+                    defect = "" if key == "good" else (known.name if known else normalise(key))
+                    self.texts.append(Passage(" ".join(value.split()), defect, normalise(product), source))
+                    added += 1
+        if not added:
+            raise AdcopilotError(f"{source}: no knowledge texts found")
+        self.sources.append(source)
+
+    def passages(self, defect: str | None, product: str | None = None) -> list[Passage]:
+        """Knowledge about a defect type (``None``: a product's normal look): the taxonomy's
+        description, causes and effects, then the texts of MMAD-format files about that defect,
+        those about ``product`` first (texts about other products follow: a defect looks and
+        arises much the same across products)."""
+        if defect is None:
+            own = self.object(product)
+            out = [Passage(t, "", own.name, "taxonomy") for t in
+                   (own.description, own.structure, own.details, own.function) if t] if own else []
+            return out + [p for p in self.texts if not p.defect and p.product == normalise(product or "")]
+        d = self.defect(defect)
+        name = d.name if d else normalise(defect)
+        out = [Passage(t, name, "", "taxonomy") for t in ([d.description, *d.causes, *d.effects] if d else []) if t]
+        mine = [p for p in self.texts if p.defect == name]
+        prod = normalise(product or "")
+        return out + [p for p in mine if p.product == prod] + [p for p in mine if p.product != prod]
 
     def add_yaml_text(self, text: str, source: str) -> None:
         """Merge one YAML document (``defects:`` and/or ``objects:`` maps); entries override."""

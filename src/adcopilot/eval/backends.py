@@ -121,21 +121,28 @@ class CopilotBackend(Backend):
     questions from the detector and defect-type questions from the type head
     (:mod:`adcopilot.grounding`), and the rest with the language model;
     ``grounded=False`` asks the language model everything; ``prior_weight`` calibrates its option
-    scores against a content-free pair (None: the default). MMAD-BBox with a language model:
-    ``box_mode="head"`` answers with the dense head's boxes labelled by the language model,
-    ``"text"`` with the boxes the language model writes itself."""
+    scores against a content-free pair (None: the default); ``knowledge`` adds knowledge files
+    (YAML, or MMAD's ``domain_knowledge.json``) to those description and analysis questions are
+    matched against. MMAD-BBox with a language model: grounded, both box modes give the dense
+    head's boxes labelled by the type head; with ``grounded=False``, ``box_mode="head"`` labels
+    them by the language model's words, ``"text"`` gives the boxes the language model writes."""
 
     supports_boxes = True
 
     def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Inspector | None = None,
                  threshold: float | None = None, box_mode: str = "head", grounded: bool = True,
-                 prior_weight: float | None = None) -> None:
+                 prior_weight: float | None = None, knowledge: Sequence[str | os.PathLike] = ()) -> None:
         self.name = name
         self.model = str(model)
         self.box_mode = box_mode
         self.grounded = grounded
         self.prior_weight = prior_weight
         self.copilot = copilot if copilot is not None else Copilot.load(model, threshold=threshold)
+        self.knowledge = [os.fspath(k) for k in knowledge]
+        if self.knowledge:
+            if not isinstance(self.copilot, AnsweringCopilot):
+                raise AdcopilotError("--knowledge needs a model with a language model (the nano default)")
+            self.copilot.use_knowledge(self.knowledge)
         self._results: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -183,7 +190,7 @@ class CopilotBackend(Backend):
         if isinstance(cp, Localizer):
             r = self.inspect(images) if self.box_mode == "head" else None
             if isinstance(cp, AnsweringCopilot):
-                found = cp.localize(images[-1], list(images[:-1]), mode=self.box_mode, result=r)
+                found = cp.localize(images[-1], list(images[:-1]), mode=self.box_mode, result=r, grounded=self.grounded)
             else:
                 found = cp.localize(images[-1], list(images[:-1]), result=r)
             return BoxAnswer(json.dumps([{"bbox_2d": b["bbox_2d"], "label": b["label"]} for b in found]))
@@ -198,6 +205,7 @@ class CopilotBackend(Backend):
             if isinstance(self.copilot, AnsweringCopilot):
                 d["answers"] = "grounded" if self.grounded else "language"
                 d["prior_weight"] = PRIOR_WEIGHT if self.prior_weight is None else float(self.prior_weight)
+                d["knowledge"] = list(self.knowledge)
         d["detector"] = self.copilot.detector.describe()
         return d
 
@@ -493,7 +501,7 @@ def _nano(model: str | None, options: dict[str, Any]) -> Backend:
     return CopilotBackend("nano", target, threshold=options.get("threshold"),
                           box_mode=options.get("box_mode") or "head",
                           grounded=options.get("answers", "grounded") != "language",
-                          prior_weight=options.get("prior_weight"))
+                          prior_weight=options.get("prior_weight"), knowledge=options.get("knowledge") or ())
 
 
 def _transformers(model: str | None, options: dict[str, Any]) -> Backend:

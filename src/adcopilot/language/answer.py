@@ -199,21 +199,35 @@ def answer_choice(
 
 
 @torch.inference_mode()
-def type_choice(
-    model: NanoCopilot, visual: VisualInputs | None, choices: dict[str, int], region: str | None = None
-) -> str | None:
-    """The letter whose defect label (``choices``: letter -> index into ``cfg.defect_labels``) the
-    defect-type head finds likeliest in the query's most anomalous grid cell (or in ``region``,
-    a 3x3 cell name, when the question names one); None without a type head."""
+def type_probs(model: NanoCopilot, visual: VisualInputs | None, region: str | None = None) -> dict[str, float]:
+    """{defect label: probability} by the defect-type head in the query's most anomalous grid
+    cell (or in ``region``, a 3x3 cell name); empty without a type head."""
     proj = model.projectors
     if visual is None or not getattr(proj, "anchored", False) or not model.cfg.defect_labels:
-        return None
+        return {}
     cells = visual.cells.to(model.device)
     names = [n for row in GRID_NAMES for n in row]
     i = names.index(region) if region in names and cells.shape[0] == len(names) else int(cells[:, 0].argmax())
     hottest = cells[i, CELL_STATS:]  # (2C,)
     prob = proj.type_head(hottest).softmax(-1)  # (K,)
-    return max(choices, key=lambda k: (float(prob[choices[k]]), -list(choices).index(k)))
+    return {label: float(p) for label, p in zip(model.cfg.defect_labels, prob.tolist(), strict=True)}
+
+
+def type_choice(
+    model: NanoCopilot, visual: VisualInputs | None, choices: dict[str, int], region: str | None = None
+) -> str | None:
+    """The letter whose defect label (``choices``: letter -> index into ``cfg.defect_labels``) the
+    defect-type head finds likeliest (see :func:`type_probs`); None without a type head."""
+    probs = list(type_probs(model, visual, region).values())
+    if not probs:
+        return None
+    return max(choices, key=lambda k: (probs[choices[k]], -list(choices).index(k)))
+
+
+def type_label(model: NanoCopilot, visual: VisualInputs | None, region: str | None = None) -> str | None:
+    """The type head's likeliest label (see :func:`type_probs`), or None without a type head."""
+    probs = type_probs(model, visual, region)
+    return max(probs, key=lambda k: probs[k]) if probs else None
 
 
 @torch.inference_mode()

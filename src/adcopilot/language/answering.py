@@ -4,14 +4,19 @@
 :class:`~adcopilot.language.nano_language.NanoLanguage`) the :class:`adcopilot.protocols.Answerer` and
 :class:`adcopilot.protocols.Localizer` methods. Grounded answers (default) read the inspection:
 a defect yes/no or defect-location question is answered from ``inspect``'s verdict and boxes at
-this copilot's threshold, a defect-type question naming trained labels by the type head
-(:mod:`adcopilot.grounding`), and the language model reads the same image score as ``inspect``
-(its visual inputs are built on the inspection core).
+this copilot's threshold, a defect-type question naming trained labels by the type head, a
+question on the defect's look, cause or effect by matching its options to the domain knowledge
+of the type head's likely labels, and an object question from the product context the references
+carry (:mod:`adcopilot.grounding`). A free answer about the defect is composed from the same
+facts (type, region, size, count; "no defect" for a normal verdict) and a sentence of knowledge;
+boxes, in JSON or text, are the detector's. The language model reads the same image score as
+``inspect`` (its visual inputs are built on the inspection core) and answers everything else.
 
 Usage::
 
     class AnsweringCopilot(LanguageAnswers, Copilot): ...      # see adcopilot.api
-    cp.ask("query.png", ["good.png"], "What is different?")
+    cp.ask("query.png", ["good.png"], "What is the defect and where is it?")
+    cp.ask("query.png", ["good.png"], "What is this object?", product="bottle", material="brown glass")
 """
 
 from __future__ import annotations
@@ -21,28 +26,68 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from adcopilot.data.knowledge import Knowledge, display_label
 from adcopilot.errors import AdcopilotError
+from adcopilot.geometry import region_name
 from adcopilot.grounding import (
+    defect_facts,
     detector_choice,
+    free_defect_question,
     grounded_start,
+    knowledge_question,
+    names_the_object,
+    object_question,
     option_cells,
     question_kind,
+    strongest_box,
     type_options,
-    verdict_question,
 )
 from adcopilot.imaging import ImageInput, load_image
 from adcopilot.inputs import as_references, source_name
 from adcopilot.language import answer as answers
-from adcopilot.language.nano_language import NanoLanguage
+from adcopilot.language.knowledge_match import (
+    TextMatcher,
+    best_sentences,
+    choose_by_knowledge,
+    choose_option,
+    default_matcher,
+    label_sentences,
+    sentences,
+)
 from adcopilot.results import InspectionResult
 
 _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGNORECASE)
 DEFAULT_MAX_NEW_TOKENS = 64
+_WHY = re.compile(r"\b(why|cause\w*|effect\w*|consequen\w*|impact|affect\w*|risk\w*|problem\w*|lead to)\b", re.IGNORECASE)
 
 
 def is_box_request(question: str) -> bool:
     """Whether a question asks for defect boxes (answered with ``bbox_2d`` JSON)."""
     return bool(_BOX_REQUEST.search(question))
+
+
+def product_text(product: str | None, material: str | None) -> str:
+    """The product context as a phrase: "a bottle (brown glass)"; "" without a product."""
+    if not product or not product.strip():
+        return ""
+    name = " ".join(product.split())
+    return f"{name} ({' '.join(material.split())})" if material and material.strip() else name
+
+
+def context_options(
+    answerer: object, product: str | None, material: str | None, knowledge: Sequence[str] | None = None
+) -> dict[str, str]:
+    """The ``ask``/``chat`` keyword arguments of the CLI's ``--product``/``--material`` (and loads
+    ``--knowledge`` files); an error when ``answerer`` cannot use them (a model without the nano
+    language side)."""
+    given = {k: " ".join(v.split()) for k, v in (("product", product), ("material", material)) if v and v.strip()}
+    if (given or knowledge) and not isinstance(answerer, LanguageAnswers):
+        raise AdcopilotError("--product, --material and --knowledge need a model with the nano language side")
+    if material and not product:
+        raise AdcopilotError("--material describes a product: give --product too")
+    if knowledge:
+        answerer.use_knowledge(list(knowledge))  # type: ignore[union-attr]
+    return given
 
 
 class LanguageAnswers:
@@ -51,9 +96,25 @@ class LanguageAnswers:
     The host class provides ``inspect``, ``threshold`` and ``language`` (a :class:`NanoLanguage`).
     """
 
-    language: NanoLanguage
     threshold: float
     inspect: Any  # the host's Inspector.inspect
+    _knowledge: Knowledge | None = None
+
+    @property
+    def knowledge(self) -> Knowledge:
+        """The domain knowledge searched by grounded answers (built-ins unless :meth:`use_knowledge`)."""
+        if self._knowledge is None:
+            self._knowledge = Knowledge.load()
+        return self._knowledge
+
+    def use_knowledge(self, files: Sequence[str]) -> None:
+        """Search the built-in knowledge plus ``files`` (YAML of the built-in shape, or MMAD's
+        ``domain_knowledge.json`` format); a missing or malformed file is an error."""
+        self._knowledge = Knowledge.load(files)
+
+    @property
+    def matcher(self) -> TextMatcher:
+        return default_matcher()
 
     def preload_language(self) -> None:
         """Start loading the language model in the background (a question is coming)."""
@@ -69,15 +130,21 @@ class LanguageAnswers:
         result: InspectionResult | None = None,
         max_new_tokens: int | None = None,
         grounded: bool = True,
+        product: str | None = None,
+        material: str | None = None,
     ) -> str:
-        """The language model's answer to ``question`` about the pair, after the ``history`` turns.
+        """The answer to ``question`` about the pair, after the ``history`` turns.
 
-        A request for boxes ("... bounding boxes ... as JSON") is answered with the dense head's
-        boxes labelled by the language model (``result``'s boxes when given). ``grounded``
-        (default): the answer to a yes/no defect question ("Is there a defect?") starts with
-        ``inspect``'s verdict at this copilot's threshold, and the language model goes on from it."""
+        A request for boxes ("... bounding boxes ... as JSON") is answered with the detector's
+        boxes (``result``'s when given). ``grounded`` (default): a question about the defect
+        (whether, what, where, how large) is answered from ``inspect``'s result at this copilot's
+        threshold (yes/no first for a yes/no question), the type head's label and a sentence of
+        domain knowledge about it; a question about the object, when ``product`` is given, from
+        that context (the answer says so). Every other question, or all with ``grounded=False``,
+        goes to the language model."""
         return "".join(self.ask_stream(query, references, question, history, result=result,
-                                       max_new_tokens=max_new_tokens, grounded=grounded))
+                                       max_new_tokens=max_new_tokens, grounded=grounded,
+                                       product=product, material=material))
 
     def ask_stream(
         self,
@@ -89,10 +156,12 @@ class LanguageAnswers:
         result: InspectionResult | None = None,
         max_new_tokens: int | None = None,
         grounded: bool = True,
+        product: str | None = None,
+        material: str | None = None,
     ) -> Iterator[str]:
-        """:meth:`ask`'s answer as the language model writes it: for each token the text it adds
-        (a box request in one piece). The question is checked at once; the work happens as the
-        pieces are consumed."""
+        """:meth:`ask`'s answer as it is written: an answer composed from the inspection (or the
+        product context, or boxes) in one piece, the language model's one piece per token. The
+        question is checked at once; the work happens as the pieces are consumed."""
         refs = as_references(references)
         q = (question or "").strip()
         if not q:
@@ -100,27 +169,56 @@ class LanguageAnswers:
         for t in history or []:
             if not isinstance(t, dict) or t.get("role") not in ("user", "assistant") or not isinstance(t.get("content"), str):
                 raise AdcopilotError("history: each turn must be {'role': 'user' | 'assistant', 'content': str}")
-        return self._answer_pieces(query, refs, q, history, result, max_new_tokens, grounded)
+        return self._answer_pieces(query, refs, q, history, result, max_new_tokens, grounded, product, material)
 
     def _answer_pieces(
         self, query: ImageInput, refs: list[ImageInput], q: str, history: Sequence[dict[str, str]] | None,
         result: InspectionResult | None, max_new_tokens: int | None, grounded: bool,
+        product: str | None, material: str | None,
     ) -> Iterator[str]:
         lang = self.language
         if is_box_request(q):
-            yield json.dumps(self.localize(query, refs, result=result))
+            yield json.dumps(self.localize(query, refs, result=result, grounded=grounded))
+            return
+        if grounded and object_question(q) and product_text(product, material):
+            yield self._object_answer(q, product, material)
+            return
+        if grounded and free_defect_question(q):
+            yield self._defect_answer(query, refs, q, result if result is not None else self.inspect(query, refs))
             return
         turns = [*(history or []), {"role": "user", "content": q}]
-        start, t = "", (result.threshold if result is not None else self.threshold)
-        if grounded and verdict_question(q):
-            start = grounded_start(result if result is not None else self.inspect(query, refs), q)
-        if not grounded:
-            t = None  # the language model's own reading, at the threshold it was trained with
-        # After the verdict, the model goes on explaining; it may not open with a second yes/no.
-        ban = sorted({lang.model._ids(w)[0] for w in (" Yes", " No", " yes", " no", "Yes", "No")}) if start else []
+        t = (result.threshold if result is not None else self.threshold) if grounded else None
         yield from answers.generate_stream(lang.model, lang.visual(query, refs, t), turns,
                                            max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                                           prefix=lang.prefix(query, refs, t), start=start, ban_after_start=ban)
+                                           prefix=lang.prefix(query, refs, t))
+
+    def _defect_answer(self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult) -> str:
+        """The inspection's facts (type head label, strongest box's region and size, count; or no
+        defect), after "Yes."/"No." for a yes/no question, then what is known about the type."""
+        start = grounded_start(r, question)
+        parts = [start] if start else []
+        if not r.is_anomalous:
+            return " ".join([*parts, defect_facts(r, None)])
+        box = strongest_box(r)
+        region = region_name(box.bbox_2d, *r.image_size) if box is not None else None
+        visual = self.language.visual(query, refs, r.threshold)
+        label = answers.type_label(self.language.model, visual, region)
+        parts.append(defect_facts(r, display_label(label) if label else None))
+        known = label_sentences(self.knowledge, label) if label else []
+        if known and _WHY.search(question):  # a cause or an effect: the sentence closest to the question
+            known = best_sentences(question, known, self.matcher)
+        if known:  # else the type's description, which the taxonomy gives first
+            parts.append(f"What is known about it: {known[0].rstrip('.')}.")
+        return " ".join(parts)
+
+    def _object_answer(self, question: str, product: str | None, material: str | None) -> str:
+        """An object question answered from the product context the references carry."""
+        said = f"The references are labelled {product_text(product, material)}"
+        known = [s for p in self.knowledge.passages(None, product) for s in sentences(p.text)]
+        best = best_sentences(question, known, self.matcher)
+        if best:
+            return f"{said}: {best[0].rstrip('.')}."
+        return f"{said}; nothing more is known about this product."
 
     def answer_choice(
         self,
@@ -133,12 +231,16 @@ class LanguageAnswers:
         grounded: bool = True,
         result: InspectionResult | None = None,
         prior_weight: float | None = None,
+        product: str | None = None,
+        material: str | None = None,
     ) -> str:
         """The letter of the chosen option. ``grounded`` (default): a defect yes/no or defect-location
         question is answered from the inspection (``result``, or inspected now) so that the answer
         agrees with ``inspect``'s verdict and boxes at this copilot's threshold, and a defect-type
         question whose options all name defect labels the model was trained on by its defect-type
-        head (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
+        head, a question on the defect's look, cause or effect by the options that fit the domain
+        knowledge of the type head's likely labels best, an object question from ``product`` and
+        ``material`` when given (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
         language model (``mode``: likelihood or letter), its option scores calibrated against a
         content-free pair with ``prior_weight`` (None: the default, 0 = uncalibrated; see
         :mod:`adcopilot.language.answer`)."""
@@ -151,19 +253,42 @@ class LanguageAnswers:
             if letter:
                 return letter
         lang = self.language
+        if grounded and object_question(question) and product_text(product, material):
+            letter = self._object_choice(question, options, product, material)
+            if letter:
+                return letter
         # Grounded: the language model reads the detector at this copilot's threshold too.
         t = (result.threshold if result is not None else self.threshold) if grounded else None
         visual = lang.visual(query, refs, t)
         if grounded:  # "what type of defect?" with options naming trained labels: the type head
-            choices = type_options(question, options, list(lang.model.cfg.defect_labels))
+            labels = list(lang.model.cfg.defect_labels)
+            choices = type_options(question, options, labels)
             named = option_cells(question)  # "What defect is at the top left?": that cell
             region = named[0] if len(named) == 1 else None
             letter = answers.type_choice(lang.model, visual, choices, region) if choices else None
             if letter:
                 return letter
+            if knowledge_question(question, options, labels):  # its look, cause, effect: knowledge
+                probs = answers.type_probs(lang.model, visual, region)
+                letter = choose_by_knowledge(probs, options, self.knowledge, self.matcher, product) if probs else None
+                if letter:
+                    return letter
         return answers.answer_choice(lang.model, visual, question, options, mode=mode,  # type: ignore[arg-type]
                                      prefix=lang.prefix(query, refs, t), prior=lang.prior() if w else None,
                                      prior_weight=w)
+
+    def _object_choice(self, question: str, options: dict[str, str], product: str | None, material: str | None) -> str | None:
+        """The option the product context fits: its name among short names ("Bottle."), else the
+        option matching the knowledge about the product and its material; None when unknown."""
+        name = " ".join((product or "").split())
+        known = self.knowledge.object(name)
+        names = [name, *(known.synonyms if known else []), *([known.name] if known else [])]
+        if names_the_object(question, options):
+            return choose_option({name: 1.0}, {name: names}, options, self.matcher)
+        texts = [s for p in self.knowledge.passages(None, name) for s in sentences(p.text)]
+        if material and material.strip():
+            texts.append(" ".join(material.split()))
+        return choose_option({name: 1.0}, {name: texts}, options, self.matcher)
 
     def localize(
         self,
@@ -172,20 +297,32 @@ class LanguageAnswers:
         mode: str = "head",
         *,
         result: InspectionResult | None = None,
+        grounded: bool = True,
     ) -> list[dict[str, Any]]:
-        """Labelled defect boxes ``[{"bbox_2d", "label", ...}]`` in query pixels: ``head`` = the
-        dense head's boxes (``result``'s when given) labelled by the language model, ``text`` = the
-        boxes the language model writes itself."""
+        """Labelled defect boxes ``[{"bbox_2d", "label", ...}]`` in query pixels. ``grounded``
+        (default): the detector's boxes (``result``'s when given) labelled by the type head in
+        each box's grid cell, in both modes, so a box written in an answer is a box ``inspect``
+        draws (the language model's own boxes missed every defect on the bundled benchmark). With
+        ``grounded=False``: ``head`` labels the detector's boxes by the language model's words,
+        ``text`` gives the boxes the language model writes itself."""
         refs = as_references(references)
         lang = self.language
+        if mode not in ("head", "text"):
+            raise AdcopilotError(f"unknown box mode {mode!r}; use 'head' or 'text'")
+        if grounded:
+            r = result if result is not None else self.inspect(query, refs)
+            visual = lang.visual(query, refs, r.threshold) if r.boxes else None
+            w, h = r.image_size
+            for b in r.boxes:
+                label = answers.type_label(lang.model, visual, region_name(b.bbox_2d, w, h))
+                b.label = display_label(label) if label else b.label
+            return [b.to_dict() for b in r.boxes]
         if mode == "text":
             size = load_image(query, name=source_name(query, "query")).size
             t = self.threshold
             _, boxes = answers.text_boxes(lang.model, lang.visual(query, refs, t), size, lang.encoder.size,
                                           prefix=lang.prefix(query, refs, t))
             return boxes
-        if mode != "head":
-            raise AdcopilotError(f"unknown box mode {mode!r}; use 'head' or 'text'")
         r = result if result is not None else self.inspect(query, refs)
         if not r.boxes:
             return []
@@ -201,8 +338,12 @@ class LanguageAnswers:
         references: ImageInput | Sequence[ImageInput],
         question: str,
         history: Sequence[dict[str, str]] | None = None,
+        *,
+        product: str | None = None,
+        material: str | None = None,
     ) -> tuple[str, list[dict[str, str]]]:
         """One turn of a conversation: the answer and the history including this turn."""
-        answer = self.ask(query, references, question, history=history)
+        answer = self.ask(query, references, question, history=history, product=product, material=material)
         turns = [*(history or []), {"role": "user", "content": question.strip()}]
         return answer, [*turns, {"role": "assistant", "content": answer}]
+

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from adcopilot.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
+#: Held while transformers models load: its lazy imports are not safe from two threads at once
+#: (the background load of the language model and a first text match in another thread).
+LOAD_LOCK = threading.RLock()
 #: Asset names of language models this package knows how to find.
 KNOWN_LLMS = ("smollm2-135m",)
 
@@ -42,16 +46,17 @@ def llm_dir(name: str | os.PathLike) -> Path:
 def load_llm(name: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(model, tokenizer) of a local causal language model, frozen and in eval mode."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     folder = llm_dir(name)
-    hf_logging.disable_progress_bar()
-    try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    except OSError as exc:
-        raise CheckpointError(f"{folder}: cannot load the language model ({exc})") from None
+    with LOAD_LOCK:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        except OSError as exc:
+            raise CheckpointError(f"{folder}: cannot load the language model ({exc})") from None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

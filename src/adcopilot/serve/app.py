@@ -185,11 +185,13 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
         references: Annotated[list[UploadFile] | None, File(description="Normal reference image(s).")] = None,
         reference_set: Annotated[str | None, Form(description="Id of a registered reference set.")] = None,
         history: Annotated[str | None, Form(description='Earlier turns, JSON: [{"role": "user", "content": "..."}, ...]')] = None,
+        product: Annotated[str | None, Form(description="What the references show (e.g. 'bottle'): object questions use it.")] = None,
+        material: Annotated[str | None, Form(description="The product's material (e.g. 'brown glass').")] = None,
     ) -> dict[str, Any]:
         """Answer a question about the pair (needs a model with a language model; 501 otherwise)."""
         q = (await _read([query]))[0]
         refs = await _read(references)
-        return await in_time(svc.ask, q, refs, reference_set, question, history)
+        return await in_time(svc.ask, q, refs, reference_set, question, history, product, material)
 
     @app.post("/v1/references", tags=["references"], dependencies=[Depends(require_key)])
     async def add_references(

@@ -40,6 +40,7 @@ from PIL import Image
 
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
+from adcopilot.language.answering import context_options
 from adcopilot.protocols import Answerer, Inspector
 from adcopilot.serve.grid import anomaly_grid
 from adcopilot.serve.history import parse_history
@@ -291,7 +292,7 @@ class InspectionService:
 
     def ask(
         self, query: Upload, references: list[Upload], reference_set: str | None, question: str,
-        history: str | None = None,
+        history: str | None = None, product: str | None = None, material: str | None = None,
     ) -> dict[str, Any]:
         started = time.monotonic()
         cp = self.copilot
@@ -303,12 +304,16 @@ class InspectionService:
         turns = parse_history(history, max_turns=self.config.max_history_turns, max_chars=self.config.max_history_chars)
         if not isinstance(cp, Answerer):
             raise ServiceError(f"model '{cp.model_name}' cannot answer questions (no language model)", 501)
+        try:
+            context = context_options(cp, product, material)
+        except AdcopilotError as exc:
+            raise ServiceError(str(exc), 422) from None
         qimg = self._query(query)
         refs = self._references(references, reference_set)
         with self._model(started):
             try:
                 answer = cp.ask(qimg, [d for _, d in refs], question, history=turns,
-                                max_new_tokens=self.config.max_new_tokens)
+                                max_new_tokens=self.config.max_new_tokens, **context)
             except ImageError as exc:
                 raise ServiceError(self._name_refs(str(exc), refs)) from None
             except AdcopilotError as exc:

@@ -45,10 +45,14 @@ def test_box_answers(copilot, pair_images):
     assert result.boxes  # threshold 0: something is boxed
     head = copilot.localize(q, [r], mode="head", result=result)
     assert [b["bbox_2d"] for b in head] == [b.bbox_2d for b in result.boxes]
-    assert all(b["label"] in ("crack", "stain", "hole") for b in head)
+    assert all(b["label"] in ("Crack", "Stain", "Hole") for b in head)
     assert json.loads(copilot.ask(q, [r], "Output the bounding boxes of all defects as JSON.", result=result)) == head
-    text = copilot.localize(q, [r], mode="text")
-    assert isinstance(text, list) and all(len(b["bbox_2d"]) == 4 for b in text)
+    # Grounded text boxes are the detector's; the language model's own only with grounded=False.
+    assert [b["bbox_2d"] for b in copilot.localize(q, [r], mode="text")] == [b.bbox_2d for b in result.boxes]
+    own = copilot.localize(q, [r], mode="text", grounded=False)
+    assert isinstance(own, list) and all(len(b["bbox_2d"]) == 4 for b in own)
+    lm_head = copilot.localize(q, [r], mode="head", result=result, grounded=False)
+    assert all(b["label"] in ("crack", "stain", "hole") for b in lm_head)
     with pytest.raises(AdcopilotError, match="box mode"):
         copilot.localize(q, [r], mode="guess")
 
@@ -139,6 +143,17 @@ def test_inspect_ask(tmp_path, model, detector, pair_images):
     assert p.returncode == 0, p.stderr
     assert isinstance(json.loads(p.stdout)["answer"], str)
     assert isinstance(Copilot.load(ckpt), AnsweringCopilot)
+    p = run("inspect", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt), "--json",
+            "--ask", "What is this object?", "--product", "bottle", "--material", "brown glass")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["answer"].startswith("The references are labelled bottle (brown glass)")
+    (tmp_path / "dk.json").write_text("{not json")
+    bad = run("inspect", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt),
+              "--ask", "What is the defect?", "--knowledge", str(tmp_path / "dk.json"))
+    assert bad.returncode == 2 and "dk.json: malformed JSON" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("inspect", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", "baseline",
+              "--product", "bottle")
+    assert bad.returncode == 2 and "--product" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_grounded_answers_agree_with_the_inspection(model, detector, pair_images, tmp_path):
@@ -168,17 +183,17 @@ def test_free_yes_no_answers_start_with_the_verdict(model, detector, pair_images
         cp = AnsweringCopilot(detector, lang, registration=False, threshold=threshold)
         answer = cp.ask(q, [r], "Is there any defect?", max_new_tokens=5)
         assert answer.startswith(start)
-        assert len(answer) > len(start)  # the language model went on
+        assert len(answer) > len(start)  # the facts follow
 
 
 def test_calibrated_answers_through_the_copilot(copilot, pair_images):
     q, r = pair_images
-    options = {"A": "A scratch.", "B": "A stain.", "C": "A hole."}
-    assert copilot.answer_choice(q, r, "What type of defect is present?", options, prior_weight=0.5) in options
+    options = {"A": "Steel.", "B": "Glass.", "C": "Wood."}  # an object question: the language model answers
+    assert copilot.answer_choice(q, r, "What is the object made of?", options, prior_weight=0.5) in options
     prior = copilot.language.prior()
     assert prior is copilot.language.prior() and prior.visual is not None and len(prior._scores) == 1
     with pytest.raises(AdcopilotError, match="prior_weight"):
-        copilot.answer_choice(q, r, "What type of defect is present?", options, prior_weight=2.0)
+        copilot.answer_choice(q, r, "What is the object made of?", options, prior_weight=2.0)
 
 
 def test_type_questions_are_answered_by_the_type_head(copilot, pair_images):
