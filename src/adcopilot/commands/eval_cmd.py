@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,80 +10,13 @@ import typer
 BENCH_HELP = "'bundled' (built on first use) or the path of an MMAD-format mmad.json."
 
 
-def _bench(benchmark: str, image_root: Path | None) -> Any:
-    from adcopilot.eval.mmad import load_mmad
-
-    if benchmark == "bundled":
-        from adcopilot.eval.bundled import ensure_bundled
-
-        path = ensure_bundled()
-        return load_mmad(path, image_root or path.parent)
-    return load_mmad(benchmark, image_root)
-
-
-def _leak_check(bench: Any, items: list, train_sets: list[Path] | None, strict: bool) -> None:
-    """Warn loudly (refuse with --strict) when a query image was in a curated training set."""
-    if not train_sets:
-        return
-    from adcopilot.data.leak import check_leaks
-    from adcopilot.errors import AdcopilotError
-
-    queries = []
-    for item in items:
-        try:
-            queries.append(bench.query(item))
-        except AdcopilotError:
-            continue  # a missing query is reported as that question's failure
-    leaks = check_leaks(queries, train_sets, strict=strict)
-    if leaks:
-        typer.echo(f"WARNING: {len(leaks)} test image(s) were in a training set; see the log above", err=True)
-
-
-def _check(templates: str, k_shot: int) -> None:
-    from adcopilot.errors import AdcopilotError
-
-    if templates not in ("random", "similar"):
-        raise AdcopilotError(f"unknown --templates '{templates}' (template mode); use random or similar")
-    if k_shot < 0:
-        raise AdcopilotError(f"--k-shot must be 0 or more, got {k_shot}")
-
-
-def _selection(datasets: list[str] | None, classes: list[str] | None, tasks: list[str] | None, limit: int | None) -> dict:
-    return {"datasets": datasets or [], "classes": classes or [], "tasks": tasks or [], "limit": limit}
-
-
-def _backend(backend: str, model: str | None, **options: Any) -> Any:
-    from adcopilot.eval.backends import make_backend
-
-    return make_backend(backend, model, **options)
-
-
-def _label(backend: str, protocol: str) -> str:
-    """The backend's name in a default run folder (the openai protocol too, so runs do not mix)."""
-    return f"{backend}-{protocol}" if backend == "openai" and protocol != "qwen" else backend
-
-
-def _out(out: Path | None, task: str, backend: str, benchmark: str, k_shot: int, templates: str) -> Path:
-    if out is not None:
-        return out
-    bench = "bundled" if benchmark == "bundled" else Path(benchmark).parent.name or "mmad"
-    return Path("eval-runs") / f"{task}-{backend}-{bench}-{k_shot}shot-{templates}"
-
-
-def _write_scores(records: list, out: Path, mode: str) -> str:
-    from adcopilot.eval.scoring import score
-
-    text = ""
-    for m in ("official", "strict"):
-        table = score(records, m)
-        table.to_csv(out / f"scores_{m}.csv")
-        table.to_json(out / f"scores_{m}.json")
-        if m == mode:
-            text = table.format()
-    return text
+def _warn(message: str) -> None:
+    typer.echo(message, err=True)
 
 
 def register(app: typer.Typer) -> None:
+    # Each subcommand's parameters are its options; their parsed values reach the options dataclass of
+    # adcopilot.eval.evaluate by name, through ctx.params (the dataclass fields carry the same names).
     ev = typer.Typer(help="Evaluate a backend on MMAD-format benchmarks (MMAD, MMAD-BBox, detection).", no_args_is_help=True)
 
     common: dict[str, Any] = {
@@ -124,18 +56,9 @@ def register(app: typer.Typer) -> None:
         "strict_leaks": typer.Option(False, "--strict", help="Refuse to evaluate when a test image was in a --train-set."),
     }
 
-    def opts(**kw: Any) -> dict[str, Any]:
-        from adcopilot.eval.openai_protocols import protocol
-
-        protocol(kw["protocol"])  # an unknown name fails here, whatever the backend
-        if kw["max_image_size"] is not None and kw["max_image_size"] < 0:
-            from adcopilot.errors import AdcopilotError
-
-            raise AdcopilotError(f"--max-image-size must be 0 (no limit) or more, got {kw['max_image_size']}")
-        return {k: kw[k] for k in ("device", "dtype", "concurrency", "protocol", "max_image_size", "vision_ids")}
-
     @ev.command("mmad")
     def mmad(
+        ctx: typer.Context,
         benchmark: str = common["benchmark"],
         image_root: Path = common["image_root"],
         backend: str = common["backend"],
@@ -170,31 +93,15 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Answer MMAD's multiple-choice questions and print the dataset x sub-task table."""
-        from adcopilot.errors import AdcopilotError
-        from adcopilot.eval.runner import run_mmad
-        from adcopilot.eval.scoring import SCORING_MODES
+        from adcopilot.eval.evaluate import MmadOptions, eval_mmad
 
-        if scoring not in SCORING_MODES:
-            raise AdcopilotError(f"unknown --scoring '{scoring}'; use official or strict")
-        if answers not in ("grounded", "language"):
-            raise AdcopilotError(f"unknown --answers '{answers}'; use grounded or language")
-        if prior_weight is not None and not 0.0 <= prior_weight <= 1.0:
-            raise AdcopilotError(f"--prior-weight must be between 0 and 1, got {prior_weight}")
-        _check(templates, k_shot)
-        options = opts(device=device, dtype=dtype, concurrency=concurrency, protocol=protocol,
-                       max_image_size=max_image_size, vision_ids=vision_ids)
-        bench = _bench(benchmark, image_root)
-        items = bench.select(datasets, classes, tasks, limit)
-        _leak_check(bench, items, train_set, strict_leaks)
-        be = _backend(backend, model, answers=answers, prior_weight=prior_weight, **options)
-        folder = _out(out, "mmad", _label(backend, protocol), benchmark, k_shot, templates)
-        records = run_mmad(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
-                           selection=_selection(datasets, classes, tasks, limit))
-        typer.echo(_write_scores(records, folder, scoring))
+        folder, table = eval_mmad(MmadOptions.from_params(ctx.params), echo=_warn)
+        typer.echo(table)
         typer.echo(f"results: {folder}/scores_{scoring}.csv, .json (answers: {folder}/answers.jsonl)")
 
     @ev.command("mmad-bbox")
     def mmad_bbox(
+        ctx: typer.Context,
         benchmark: str = common["benchmark"],
         image_root: Path = common["image_root"],
         backend: str = common["backend"],
@@ -225,33 +132,19 @@ def register(app: typer.Typer) -> None:
         strict_leaks: bool = common["strict_leaks"],
     ) -> None:
         """Ask for defect boxes and report mIoU, accuracy at IoU 0.1/0.3/0.5 and false alarms."""
-        from adcopilot.eval.bbox import format_bbox_summary, summarize_bbox
-        from adcopilot.eval.runner import run_bbox
+        from adcopilot.eval.bbox import format_bbox_summary
+        from adcopilot.eval.evaluate import BboxOptions, eval_bbox
 
-        _check(templates, k_shot)
-        options = opts(device=device, dtype=dtype, concurrency=concurrency, protocol=protocol,
-                       max_image_size=max_image_size, vision_ids=vision_ids)
-        bench = _bench(benchmark, image_root)
-        items = bench.select(datasets, classes, None, limit)
-        _leak_check(bench, items, train_set, strict_leaks)
-        if box_mode not in ("head", "text"):
-            from adcopilot.errors import AdcopilotError
-
-            raise AdcopilotError(f"unknown --box-mode '{box_mode}'; use head or text")
-        be = _backend(backend, model, box_coords=box_coords, box_mode=box_mode, **options)
-        folder = _out(out, "bbox", _label(backend, protocol), benchmark, k_shot, templates)
-        records, skipped = run_bbox(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
-                                    selection=_selection(datasets, classes, None, limit))
-        summary = summarize_bbox(records)
-        summary["skipped"] = skipped
-        (folder / "bbox.json").write_text(json.dumps(summary, indent=2))
+        folder, summary = eval_bbox(BboxOptions.from_params(ctx.params), echo=_warn)
         typer.echo(format_bbox_summary(summary))
+        skipped = summary["skipped"]
         if any(skipped.values()):
             typer.echo(f"left out: {skipped['no_mask']} anomalous images without a mask, {skipped['bad_mask']} unreadable or empty masks")
         typer.echo(f"results: {folder}/bbox.json (answers: {folder}/boxes.jsonl)")
 
     @ev.command("detect")
     def detect(
+        ctx: typer.Context,
         benchmark: str = common["benchmark"],
         image_root: Path = common["image_root"],
         backend: str = common["backend"],
@@ -267,17 +160,10 @@ def register(app: typer.Typer) -> None:
         strict_leaks: bool = common["strict_leaks"],
     ) -> None:
         """Image AUROC, AP, F1-max, balanced accuracy; pixel AUROC and PRO where masks exist."""
-        from adcopilot.eval.runner import run_detect
+        from adcopilot.eval.evaluate import RunOptions, eval_detect, format_detect
 
-        _check(templates, k_shot)
-        bench = _bench(benchmark, image_root)
-        items = bench.select(datasets, classes, None, limit)
-        _leak_check(bench, items, train_set, strict_leaks)
-        be = _backend(backend, model)
-        folder = _out(out, "detect", backend, benchmark, k_shot, templates)
-        result = run_detect(bench, items, be, folder, k_shot=k_shot, templates=templates, progress=not quiet,
-                            selection=_selection(datasets, classes, None, limit))
-        typer.echo(_format_detect(result))
+        folder, result = eval_detect(RunOptions.from_params(ctx.params), echo=_warn)
+        typer.echo(format_detect(result))
         typer.echo(f"results: {folder}/detect.json")
 
     @ev.command("score")
@@ -288,30 +174,9 @@ def register(app: typer.Typer) -> None:
         json_out: Path = typer.Option(None, "--json", help="Also write the table as JSON here."),
     ) -> None:
         """Score an answers file again (e.g. with the other scoring mode)."""
-        from adcopilot.eval.scoring import load_answers, score
+        from adcopilot.eval.evaluate import rescore
 
-        table = score(load_answers(answers), scoring)
-        typer.echo(table.format())
-        if csv_out:
-            table.to_csv(csv_out)
-        if json_out:
-            table.to_json(json_out)
+        typer.echo(rescore(answers, scoring, csv_out, json_out).format())
 
     app.add_typer(ev, name="eval")
 
-
-def _format_detect(result: dict[str, Any]) -> str:
-    cols = ["auroc", "ap", "f1_max", "balanced_accuracy", "pixel_auroc", "pro", "normal", "anomalous"]
-    heads = ["dataset", *cols]
-    body = []
-    for name, m in result["metrics"].items():
-        row = [name]
-        for c in cols:
-            v = m.get(c)
-            row.append("-" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) else str(v)))
-        body.append(row)
-    widths = [max(len(r[i]) for r in [heads, *body]) for i in range(len(heads))]
-    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [heads, *body]]
-    lines.append(f"threshold {result['threshold']:.4f} (balanced accuracy at it); metrics in percent; failed images: {result['failed']}")
-    return "\n".join(lines)
