@@ -16,7 +16,7 @@ group           parameters
 ==============  ======================================================================
 
 The loss is next-token cross-entropy on the assistant's words of Chat-AD conversations
-(:mod:`adcopilot.full.chat_data`). Stage 1 reads the ``comparison`` samples (spot-the-difference
+(:mod:`adcopilot.full.chat_batches`). Stage 1 reads the ``comparison`` samples (spot-the-difference
 pairs), stage 2 ``caption`` and ``comparison``, stage 3 every task (``--tasks`` overrides).
 
 Run folder ``--output``: ``train_config.json``, ``metrics.jsonl``, ``checkpoint/`` (the trained
@@ -283,7 +283,7 @@ def train(cfg: FullTrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    from adcopilot.full.chat_data import ChatBatches, read_chat_jsonl
+    from adcopilot.full.chat_batches import ChatBatches, read_chat_jsonl
     from adcopilot.full.loading import load_full_model, load_processor
 
     if not cfg.model or not cfg.data:
