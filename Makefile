@@ -49,7 +49,7 @@ test: assets lint browser
 # Mutants of the modules listed under [tool.mutmut] in pyproject.toml, one module at a time, niced,
 # one worker (MUTATE="adcopilot.model.boxes*" picks modules; MUTATION_JOBS=2 on an idle machine).
 # `$(BIN)/mutmut results` lists the survivors, `$(BIN)/mutmut show NAME` shows one.
-MUTATE ?= adcopilot.model.compare* adcopilot.model.boxes* adcopilot.model.nano* adcopilot.line.calibrate* \
+MUTATE ?= adcopilot.model.compare* adcopilot.model.boxes* adcopilot.model.nano* adcopilot.line.cost_threshold* \
 	adcopilot.eval.scoring* adcopilot.line.batch* adcopilot.full.pipeline*
 MUTATION_JOBS ?= 1
 mutation: setup

@@ -63,7 +63,7 @@ def main() -> None:
     from adcopilot.grounding import question_kind
     from adcopilot.language import answer as answers
     from adcopilot.language.prompt import mcq_answer, mcq_question
-    from adcopilot.train.chat_data import ChatData
+    from adcopilot.train.language_data import ChatData
     from adcopilot.train.stage_language import strip_preamble
 
     cp = Copilot.load(args.model)

@@ -44,7 +44,7 @@ BUGS = (
         "score = float(amap[ys, xs].max())", "score = float(amap[ys, xs].mean())",
         ("tests/unit/test_boxes_geometry.py",)),
     Bug("calibration-tie-first", "calibration ties take the first candidate, not the middle one",
-        "line/calibrate.py", "i = int(best[len(best) // 2])", "i = int(best[0])",
+        "line/cost_threshold.py", "i = int(best[len(best) // 2])", "i = int(best[0])",
         ("tests/unit/line/test_calibrate.py",)),
     Bug("focal-alpha-swapped", "focal loss's alpha swapped between defect and normal pixels", "train/losses.py",
         "a_t = alpha * target + (1 - alpha) * (1 - target)", "a_t = (1 - alpha) * target + alpha * (1 - target)",

@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adcopilot.calibration_file import resolve_calibration
+from adcopilot.calibration_store import resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
 from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.inputs import as_references, cache_key, reference_names, source_name
@@ -299,7 +299,7 @@ def load(
     """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder.
 
     Threshold: ``threshold`` if given, else the calibrated one (``calibration`` file, else the
-    stored ``calibration.json``, see :mod:`adcopilot.calibration_file`), else the model's.
+    stored ``calibration.json``, see :mod:`adcopilot.calibration_store`), else the model's.
     ``auto_threshold`` (nano models): with two or more references and no threshold given to
     ``inspect``, each reference set's threshold comes from its normal spread (:mod:`adcopilot.model.spread`)."""
     if threshold is not None:

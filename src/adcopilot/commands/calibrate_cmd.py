@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
         from adcopilot.api import Copilot
         from adcopilot.errors import AdcopilotError
-        from adcopilot.line import calibration_run as run
+        from adcopilot.line import labelled_calibration as run
         from adcopilot.line.report import load_results
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 

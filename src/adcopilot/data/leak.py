@@ -30,6 +30,7 @@ import numpy as np
 
 from adcopilot.errors import AdcopilotError, ImageError
 from adcopilot.imaging import IMAGE_SUFFIXES, load_image
+from adcopilot.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,7 @@ def load_manifest(path: str | os.PathLike) -> dict[str, dict]:
         p = p / MANIFEST
     if not p.is_file():
         raise AdcopilotError(f"{p}: no such hash manifest (curate with adcopilot curate to make one)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdcopilotError(f"{p}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise AdcopilotError(f"{p}: malformed JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json(p)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("images"), dict):
         raise AdcopilotError(f"{p}: not an adcopilot hash manifest (expected format {FORMAT})")
     return data["images"]

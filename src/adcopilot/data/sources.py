@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 from adcopilot.data.mmad_paths import query_candidates, resolve_mask, resolve_query
 from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import IMAGE_SUFFIXES
+from adcopilot.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +211,7 @@ def scan_normal(path: Path, out_dir: Path, *, variants: int, seed: int) -> list[
 def read_mmad(path: Path, image_root: Path | None = None) -> list[Entry]:
     """Minimal reader of MMAD's ``mmad.json`` for evaluation-only items (see adcopilot.eval.mmad)."""
     root = image_root or path.parent
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdcopilotError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise AdcopilotError(f"{path}: malformed JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise AdcopilotError(f"{path}: expected a JSON object keyed by image path")
     out: list[Entry] = []

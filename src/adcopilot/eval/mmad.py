@@ -29,7 +29,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -235,7 +235,7 @@ class MMADBenchmark:
             qs = [q for q in item.questions if tk is None or q.subtask in tk]
             if not qs:
                 continue
-            out.append(item if len(qs) == len(item.questions) else _with_questions(item, qs))
+            out.append(item if len(qs) == len(item.questions) else replace(item, questions=qs))
         if limit is not None:
             if limit < 1:
                 raise AdcopilotError(f"--limit must be at least 1, got {limit}")
@@ -243,19 +243,6 @@ class MMADBenchmark:
                 # Evenly spaced picks; indices are strictly increasing, so the file's order is kept.
                 out = [out[(i * len(out)) // limit] for i in range(limit)]
         return out
-
-
-def _with_questions(item: MMADItem, questions: list[Question]) -> MMADItem:
-    return MMADItem(
-        key=item.key,
-        image_path=item.image_path,
-        mask_path=item.mask_path,
-        random_templates=item.random_templates,
-        similar_templates=item.similar_templates,
-        questions=questions,
-        order=item.order,
-        conversation=item.conversation,
-    )
 
 
 def _checked(values: Iterable[str] | None, known: set[str], what: str, path: Path) -> set[str] | None:

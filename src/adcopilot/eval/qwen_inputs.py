@@ -45,6 +45,33 @@ def _chat_template(path: Path, tokenizer: Any) -> str:
     raise AdcopilotError(f"{path}: the checkpoint has no chat template (chat_template.jinja or .json)")
 
 
+def _user_turn(tokenizer: Any, template: str, parts: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """``parts`` as one user turn through the chat template (images labelled 'Picture N:') -> the prompt
+    text, with one image slot per image, and the images in order."""
+    content: list[dict[str, str]] = []
+    images: list[Any] = []
+    for kind, value in parts:
+        if kind == "image":
+            content.append({"type": "image"})
+            images.append(value)
+        else:
+            content.append({"type": "text", "text": value})
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}],
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=True,
+        add_vision_id=True,
+    )
+    return text, images
+
+
+def _frame(grid_thw: Any, patch: int) -> tuple[int, int]:
+    """(w, h) in pixels of the resized image behind one ``image_grid_thw`` row (t, h, w in patches)."""
+    _, gh, gw = (int(v) for v in grid_thw)
+    return gw * patch, gh * patch
+
+
 class QwenInputs:
     """Tokenizer + image processor + chat template of a Qwen2.5-VL-family checkpoint folder."""
 
@@ -68,20 +95,7 @@ class QwenInputs:
         """``[("text", str) | ("image", PIL image), ...]`` as one user turn -> model inputs (batch of 1)."""
         import torch
 
-        content, images = [], []
-        for kind, value in parts:
-            if kind == "image":
-                content.append({"type": "image"})
-                images.append(value)
-            else:
-                content.append({"type": "text", "text": value})
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}],
-            chat_template=self.template,
-            tokenize=False,
-            add_generation_prompt=True,
-            add_vision_id=True,
-        )
+        text, images = _user_turn(self.tokenizer, self.template, parts)
         batch: dict[str, Any] = {}
         if images:
             pix = self.image_processor(images=images, return_tensors="pt")
@@ -100,8 +114,7 @@ class QwenInputs:
 
     def frame(self, grid_thw: Any) -> tuple[int, int]:
         """(w, h) in pixels of the resized image behind one ``image_grid_thw`` row."""
-        _, gh, gw = (int(v) for v in grid_thw)
-        return gw * self.patch, gh * self.patch
+        return _frame(grid_thw, self.patch)
 
     def decode(self, ids: Any) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
@@ -116,28 +129,14 @@ class ProcessorInputs:
         self.patch = int(getattr(processor.image_processor, "patch_size", 14))
 
     def encode(self, parts: Sequence[tuple[str, Any]], with_token_types: bool = True) -> dict[str, Any]:
-        content, images = [], []
-        for kind, value in parts:
-            if kind == "image":
-                content.append({"type": "image"})
-                images.append(value)
-            else:
-                content.append({"type": "text", "text": value})
-        text = self.processor.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}],
-            chat_template=self.processor.chat_template,
-            tokenize=False,
-            add_generation_prompt=True,
-            add_vision_id=True,
-        )
+        text, images = _user_turn(self.processor.tokenizer, self.processor.chat_template, parts)
         batch = dict(self.processor(images=images or None, text=[text], return_tensors="pt"))
         if not with_token_types:
             batch.pop("mm_token_type_ids", None)
         return batch
 
     def frame(self, grid_thw: Any) -> tuple[int, int]:
-        _, gh, gw = (int(v) for v in grid_thw)
-        return gw * self.patch, gh * self.patch
+        return _frame(grid_thw, self.patch)
 
     def decode(self, ids: Any) -> str:
         return str(self.processor.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))

@@ -16,7 +16,7 @@ group           parameters
 ==============  ======================================================================
 
 The loss is next-token cross-entropy on the assistant's words of Chat-AD conversations
-(:mod:`adcopilot.full.chat_data`). Stage 1 reads the ``comparison`` samples (spot-the-difference
+(:mod:`adcopilot.full.chat_batches`). Stage 1 reads the ``comparison`` samples (spot-the-difference
 pairs), stage 2 ``caption`` and ``comparison``, stage 3 every task (``--tasks`` overrides).
 
 Run folder ``--output``: ``train_config.json``, ``metrics.jsonl``, ``checkpoint/`` (the trained
@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +53,14 @@ from tqdm.auto import tqdm
 
 from adcopilot.errors import AdcopilotError
 from adcopilot.model.stages import Stage, get_stage
+from adcopilot.model.training_state import (
+    OPTIMIZER_FILE,
+    load_optimizer_state,
+    partial_folder,
+    save_optimizer_state,
+    swap_in,
+)
+from adcopilot.yaml_config import read_yaml_config
 
 log = logging.getLogger(__name__)
 
@@ -196,29 +203,13 @@ def save_checkpoint(folder: Path, accelerator, model, optimizer, scheduler, name
     opt_state = None if _sharded(accelerator) else optimizer.state_dict()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = partial_folder(folder)
         save_file(trained, str(tmp / "trainable.safetensors"))
         info = {**meta, "scheduler": scheduler.state_dict(), "optimizer": None}
         if opt_state is not None:
-            tensors: dict[str, torch.Tensor] = {}
-            scalars: dict[str, dict[str, float]] = {}
-            for idx, st in opt_state["state"].items():
-                for key, val in st.items():
-                    if torch.is_tensor(val) and val.dim() > 0:
-                        tensors[f"{idx}.{key}"] = val.detach().contiguous().cpu()
-                    else:
-                        scalars.setdefault(str(idx), {})[key] = float(val)
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            info["optimizer"] = {"param_groups": opt_state["param_groups"], "scalars": scalars}
+            info["optimizer"] = save_optimizer_state(opt_state, tmp)
         (tmp / "state.json").write_text(json.dumps(info, indent=1))
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, folder)
     accelerator.wait_for_everyone()
 
 
@@ -234,15 +225,8 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, names: list[str])
                              "was it written by another stage or LoRA setting?")
     model.load_state_dict(trained, strict=False)
     opt = meta.get("optimizer")
-    if opt is not None and (folder / "optimizer.safetensors").is_file():
-        state: dict[int, dict[str, Any]] = {}
-        for key, val in load_file(str(folder / "optimizer.safetensors")).items():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = val
-        for idx, sc in opt["scalars"].items():
-            for name, val in sc.items():
-                state.setdefault(int(idx), {})[name] = torch.tensor(val)
-        optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
+    if opt is not None and (folder / OPTIMIZER_FILE).is_file():
+        optimizer.load_state_dict(load_optimizer_state(folder, opt))
     else:
         log.warning("%s: no optimizer state (sharded run): the optimizer's moments restart", folder)
     scheduler.load_state_dict(meta["scheduler"])
@@ -283,7 +267,7 @@ def train(cfg: FullTrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    from adcopilot.full.chat_data import ChatBatches, read_chat_jsonl
+    from adcopilot.full.chat_batches import ChatBatches, read_chat_jsonl
     from adcopilot.full.loading import load_full_model, load_processor
 
     if not cfg.model or not cfg.data:
@@ -435,25 +419,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str] | None = None) -> FullTrainConfig:
     """FullTrainConfig from ``--config`` YAML and flags; unknown keys are reported with the file's name."""
-    import yaml
-
     args = vars(_parser().parse_args(argv))
-    config_file = args.pop("config", None)
-    raw: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise AdcopilotError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise AdcopilotError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise AdcopilotError(f"{path}: a config must be a mapping of keys to values")
-        known = {f.name for f in dataclasses.fields(FullTrainConfig)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise AdcopilotError(f"{path}: unknown config key(s) {', '.join(unknown)}")
+    raw = read_yaml_config(args.pop("config", None), FullTrainConfig)
     raw.update({k: v for k, v in args.items() if v is not None})
     try:
         return FullTrainConfig(**raw)

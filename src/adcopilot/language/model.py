@@ -235,7 +235,7 @@ class NanoCopilot(nn.Module):
 
     def merge_adapters(self) -> None:
         """Fold the LoRA adapters into the language model's weights for answering: the same
-        answers, about 15 % faster on a CPU. The model can no longer be trained or saved."""
+        answers, faster on a CPU (benchmarks/RESULTS.md). The model can no longer be trained or saved."""
         if not self._lora_on:
             return
         self.llm = self.llm.merge_and_unload()

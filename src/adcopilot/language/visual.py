@@ -7,7 +7,7 @@ fused in) and the frozen backbone's features of each image, and returns a :class
 small tensors that the trainable projectors of :class:`adcopilot.language.model.NanoCopilot` turn
 into LLM tokens. Because everything here is
 frozen in stages 2 and 3, training precomputes them once per sample (see
-:mod:`adcopilot.train.chat_data`), which is what makes the stages fit a CPU budget.
+:mod:`adcopilot.train.language_data`), which is what makes the stages fit a CPU budget.
 
 Per image (references first, the query last):
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    line_chart("roc.png", [Series(fpr, tpr, "nano (AUROC 0.93)")], "false-alarm rate", "detection rate")
+    line_chart("roc.png", [Series(fpr, tpr, "nano")], "false-alarm rate", "detection rate")
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 Threads: torch uses every core by default. In the batch and the service other threads decode
 images, draw annotations and parse uploads at the same time, and a compute thread that waits for
-a busy core stalls all the others at each layer (on a shared 2-core machine a batch ran 6x slower
-with 2 compute threads than with 1). So the line leaves ``reserve`` cores to that other work.
+a busy core stalls all the others at each layer (on a shared 2-core machine a batch with 2 compute
+threads ran several times slower than with 1). So the line leaves ``reserve`` cores to that other work.
 
-Layout: the frozen vision tower runs about 25% faster on CPU with its convolution weights in
-channels-last order (oneDNN's preferred layout for depthwise convolutions); outputs are the same
-to float rounding (max difference ~1e-7).
+Layout: the frozen vision tower runs faster on CPU with its convolution weights in channels-last
+order (oneDNN's preferred layout for depthwise convolutions); outputs are the same to float
+rounding. Figures: ``benchmarks/RESULTS.md``, "Inspection line".
 
 Usage::
 

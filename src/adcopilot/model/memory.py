@@ -12,8 +12,7 @@ it is given (``memory.safetensors`` in the adapted checkpoint folder).
   lies nearest to the first reference's patches is used, and the references' own patches join it.
 * Size: a seeded random subset of the patches (``patches`` per variant, 8,192 by default, stored as
   float16: 2.5 MB per variant). Greedy coreset selection would cover the space better, but on ELPV
-  cells a random 8,192 of 300,000 patches already reached nearly the whole bank's accuracy
-  (image AUROC 0.945 against 0.957 with 100,000).
+  cells a random 8,192 patches already reached nearly the whole bank's accuracy (benchmarks/RESULTS.md).
 * Calibration: images held out of the bank (10 %, at most 30 per variant) give the distance scale:
   ``low`` is the median patch distance of a normal image and ``high`` the 95th percentile of normal
   images' largest (smoothed) distance. A distance map becomes ``clip((d - low) / (high - low), 0, 1)``,

@@ -68,8 +68,8 @@ class NanoConfig:
     threshold: float = 0.5
     smooth_sigma: float = 2.0  # Gaussian smoothing of the up-sampled map, in pixels at image_size
     # Add a global judgement from the comparison queries to the image logit. Off by default: on real
-    # data never seen in training (ELPV) that term was anti-correlated with defects (AUROC 0.22 mono),
-    # while the pooled pixel evidence transfers.
+    # data never seen in training (ELPV) that term ranked defects below normal cells, while the pooled
+    # pixel evidence transfers (benchmarks/RESULTS.md, "Design choices measured").
     global_score: bool = False
     name: str = "nano"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -221,10 +221,9 @@ class NanoComparisonModel(nn.Module):
 def pooled_score(prob: np.ndarray, frac: float) -> float:
     """Image score at inference: the mean of the top ``frac`` of the smoothed pixel probability map.
 
-    Measured on real data the model never saw (ELPV, 150 cells per type, 1-shot): this pooling
-    ranked defective cells better than the training-time logit pooling on the coarse patch grid
-    (image AUROC 0.93 versus 0.83 on mono cells), since smoothing at full resolution averages
-    out isolated noisy patches.
+    On real data the model never saw (ELPV) this pooling ranked defective cells better than the
+    training-time logit pooling on the coarse patch grid (figures in ``benchmarks/RESULTS.md``),
+    since smoothing at full resolution averages out isolated noisy patches.
     """
     flat = prob.ravel()
     k = max(1, int(round(flat.size * frac)))

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from adcopilot.errors import AdcopilotError
+from adcopilot.yaml_config import read_yaml_config
 
 
 @dataclass
@@ -42,22 +43,8 @@ class TrainConfig:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config; unknown keys and wrong types are reported with the file's name."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise AdcopilotError(f"{p}: no such config file")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise AdcopilotError(f"{p}: malformed YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise AdcopilotError(f"{p}: a config must be a mapping of keys to values")
+    raw = read_yaml_config(path, TrainConfig)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise AdcopilotError(f"{path}: unknown config key(s) {', '.join(unknown)}")
     try:
         cfg = TrainConfig(**raw)
     except TypeError as exc:

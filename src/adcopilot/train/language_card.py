@@ -12,7 +12,7 @@ from adcopilot.train.config import TrainConfig
 def data_sources_table() -> str:
     """The licence-clean sources of the language training data, one row each."""
     from adcopilot.data.normals import LICENCES
-    from adcopilot.train.chat_data import PHOTO_CLASSES
+    from adcopilot.train.language_data import PHOTO_CLASSES
 
     rows = ["| procedurally generated products and synthetic defects (`adcopilot.data.procedural`, "
             "`adcopilot.data.synth`) | Apache-2.0 (this project) | generated when the data is built |",
@@ -41,7 +41,7 @@ Visual tokens: {blocks}. Stored in `language/`: `config.json`, `projectors.safet
 Vision tower and Comparison Encoder: frozen, taken unchanged from `{init}` (their outputs are
 precomputed per training sample).
 
-Training data (all usable commercially; built by `adcopilot.train.chat_data`, curated with
+Training data (all usable commercially; built by `adcopilot.train.language_data`, curated with
 `adcopilot curate`'s "normal folder + synthetic defects" source):
 
 | source | licence | origin |

@@ -12,7 +12,7 @@ captions).
 Module groups (``adcopilot.model.stages``) in the nano model: ``projector`` = the projectors of
 :class:`adcopilot.language.model.NanoCopilot`, ``lora`` = its LoRA adapters. The vision tower and
 the whole Comparison Encoder (its layers *and* its comparison queries) stay frozen in both stages:
-their outputs are precomputed once per sample (:mod:`adcopilot.train.chat_data`), which is what
+their outputs are precomputed once per sample (:mod:`adcopilot.train.language_data`), which is what
 makes the two stages fit 90 minutes on 2 CPU cores, and the shipped detector (verdicts, boxes,
 calibrated thresholds) stays exactly the stage-1 model. Stage-3's low-learning-rate update of the
 Comparison Encoder in the shared stage table is therefore not applied at nano scale; the
@@ -50,9 +50,9 @@ from adcopilot.language.model import NanoCopilot, NanoCopilotConfig
 from adcopilot.language.prompt import mcq_answer, strip_preamble
 from adcopilot.language.visual import CELL_STATS, VisualInputs
 from adcopilot.model.stages import get_stage
-from adcopilot.train.chat_data import KNOWLEDGE, ChatData, ChatDataConfig
 from adcopilot.train.config import TrainConfig
 from adcopilot.train.language_card import language_card
+from adcopilot.train.language_data import KNOWLEDGE, ChatData, ChatDataConfig
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class LanguageTask:
 
     Config: ``init_from`` is the checkpoint to start from (stage 2: a stage-1 comparison
     checkpoint; stage 3: a stage-2 export); ``data`` holds ``dir`` (where the training data is
-    built) and :class:`~adcopilot.train.chat_data.ChatDataConfig` keys; ``model`` holds
+    built) and :class:`~adcopilot.train.language_data.ChatDataConfig` keys; ``model`` holds
     :class:`~adcopilot.language.model.NanoCopilotConfig` overrides (e.g. ``use_compare: false``
     for the ablation)."""
 

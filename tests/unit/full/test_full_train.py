@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.full.chat_data import ChatBatches, read_chat_jsonl
+from adcopilot.full.chat_batches import ChatBatches, read_chat_jsonl
 from adcopilot.full.tiny import build_tiny, build_tiny_checkpoint
 from adcopilot.full.train import (
     FullTrainConfig,

@@ -10,8 +10,8 @@ import pytest
 
 from adcopilot.errors import AdcopilotError
 from adcopilot.protocols import Answerer
-from adcopilot.train.chat_data import ChatData, ChatDataConfig, training_photos
 from adcopilot.train.config import TrainConfig
+from adcopilot.train.language_data import ChatData, ChatDataConfig, training_photos
 from adcopilot.train.loop import train
 from adcopilot.train.stage_language import LanguageTask, Mixture, merge_card
 

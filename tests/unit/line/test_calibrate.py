@@ -8,21 +8,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adcopilot.calibration_file import (
+from adcopilot.calibration_store import (
     default_calibration_path,
     read_calibration,
     resolve_calibration,
     write_calibration,
 )
 from adcopilot.errors import AdcopilotError
-from adcopilot.line.calibrate import (
+from adcopilot.line.cost_threshold import (
     auroc,
     candidate_thresholds,
     choose_threshold,
     confusion,
     overkill_upper_bound,
 )
-from adcopilot.line.calibration_run import write_curves
+from adcopilot.line.labelled_calibration import write_curves
 
 
 def test_separable_scores_split_in_the_gap():

@@ -147,7 +147,7 @@ def test_non_finite_thresholds_are_refused(tiny_copilot, lot, value):
 
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_a_calibration_file_with_a_non_finite_threshold_is_refused(tmp_path, text):
-    from adcopilot.calibration_file import read_calibration
+    from adcopilot.calibration_store import read_calibration
 
     p = tmp_path / "calibration.json"
     p.write_text(f'{{"threshold": {text}, "model": "tiny"}}')
@@ -157,7 +157,7 @@ def test_a_calibration_file_with_a_non_finite_threshold_is_refused(tmp_path, tex
 
 
 def test_calibrating_other_images_in_the_same_work_folder_is_refused_until_restart(tiny_copilot, tmp_path):
-    from adcopilot.line import calibration_run as run
+    from adcopilot.line import labelled_calibration as run
 
     base = texture(0)
     for d in ("a", "b"):
@@ -176,7 +176,7 @@ def test_calibrating_other_images_in_the_same_work_folder_is_refused_until_resta
 
 
 def test_calibrate_refuses_non_finite_settings_before_any_work(tmp_path):
-    from adcopilot.line import calibration_run as run
+    from adcopilot.line import labelled_calibration as run
 
     for kwargs, flag in (({"miss_cost": float("nan")}, "--miss-cost"), ({"prevalence": float("inf")}, "--prevalence"),
                          ({"target_miss_rate": float("-inf")}, "--target-miss-rate")):

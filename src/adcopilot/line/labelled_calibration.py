@@ -2,8 +2,8 @@
 
 The labelled images are scored by the batch machinery (nearest references, resumable, bad files
 skipped) into a work folder; the threshold of least expected cost is chosen from the scores
-(:mod:`adcopilot.line.calibrate`); the ROC and cost curves are drawn to PNG; the result is written
-as ``calibration.json`` where ``Copilot.load`` finds it (:mod:`adcopilot.calibration_file`).
+(:mod:`adcopilot.line.cost_threshold`); the ROC and cost curves are drawn to PNG; the result is written
+as ``calibration.json`` where ``Copilot.load`` finds it (:mod:`adcopilot.calibration_store`).
 
 Usage::
 
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from adcopilot.api import Copilot
-from adcopilot.calibration_file import default_calibration_path, write_calibration
+from adcopilot.calibration_store import default_calibration_path, write_calibration
 from adcopilot.errors import AdcopilotError, require_finite
 from adcopilot.line.batch import BatchConfig, run_batch
-from adcopilot.line.calibrate import ThresholdChoice, choose_threshold
+from adcopilot.line.cost_threshold import ThresholdChoice, choose_threshold
 from adcopilot.line.plots import Series, line_chart
 from adcopilot.line.report import load_results
 from adcopilot.line.sources import LotItem, collect
