@@ -19,8 +19,8 @@ benchmark's held-out photos (4 classes: 8 training normals, 10 normal and 20 def
 with masks each; figures are the mean over classes). k = 1, 5 and all normals; ``--draws`` seeded
 draws, each one set of k normal images shared by all queries of the draw (few-shot protocol), the
 mean and the spread (standard deviation over draws) reported. Memory: ``--ratio`` (10 %) of the
-normal patches few-shot, ``--full-ratio`` (1 %) with all normals, where a 10 % greedy coreset of
-300,000-470,000 patches would take hours on one core.
+normal patches few-shot, ``--full-ratio`` with all normals (1 % on ELPV, where a 10 % greedy coreset of
+300,000-470,000 patches would take hours on one core; 10 % on the photos' 8 images).
 
     OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py [--quick] [--out benchmarks/results/peers.json]
 
@@ -274,8 +274,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
         "anomalib": VERSION or f"absent ({ANOMALIB_ERROR})",
-        "settings": {"per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
-                     "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick},
+        "settings": {ds: {"per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
+                          "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick}
+                     for ds in args.datasets},
         "adapted": {k: str(v) for k, v in adapted.items()},
         "tests": {t.name: {"images": len(t.tests), "defective": sum(t.labels), "normals": len(t.normals)} for t in tasks},
         "results": results,
@@ -283,7 +284,7 @@ def main() -> None:
     out = Path(args.out)
     if args.merge and out.exists():  # runs of separate datasets (e.g. in parallel) into one file
         old = json.loads(out.read_text())
-        for key in ("adapted", "tests", "results"):
+        for key in ("settings", "adapted", "tests", "results"):
             payload[key] = {**old.get(key, {}), **payload[key]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
