@@ -68,10 +68,10 @@ class Task:
     masks: list[Path | None] = field(default_factory=list)
 
 
-def elpv_tasks(per_type: int) -> list[Task]:
+def elpv_tasks(per_type: int, kinds: list[str]) -> list[Task]:
     parts = split(seed=0)
     tasks = []
-    for kind in ("mono", "poly"):
+    for kind in kinds:
         normals = [c.path for c in parts["train"] if c.kind == kind and c.probability == 0.0]
         items = [c for c in parts["test"] if c.kind == kind and c.probability in (0.0, 1.0)]
         if per_type and per_type < len(items):
@@ -202,6 +202,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a first look: 40 cells per type, 2 draws")
     ap.add_argument("--per-type", type=int, default=150, help="ELPV test cells per type (seeded subset; 0: all)")
+    ap.add_argument("--kinds", nargs="+", default=["mono", "poly"], choices=["mono", "poly"], help="ELPV cell types")
     ap.add_argument("--baseline", action="store_true", help="also the training-free baseline (few-shot)")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--shots", nargs="+", type=int, default=[1, 5])
@@ -222,7 +223,7 @@ def main() -> None:
         log.warning("anomalib is NOT available (%s); measuring this project's models only. Install: "
                     'pip install -e ".[peers]" -c constraints/cpu-torch.txt', ANOMALIB_ERROR)
 
-    tasks = (elpv_tasks(args.per_type) if "elpv" in args.datasets else []) + (
+    tasks = (elpv_tasks(args.per_type, args.kinds) if "elpv" in args.datasets else []) + (
         photo_tasks() if "photos" in args.datasets else [])
     adapted: dict[str, Path] = {}
     if "elpv" in args.datasets:
@@ -274,7 +275,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
         "anomalib": VERSION or f"absent ({ANOMALIB_ERROR})",
-        "settings": {ds: {"per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
+        "settings": {ds: {"kinds": args.kinds, "per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
                           "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick}
                      for ds in args.datasets},
         "adapted": {k: str(v) for k, v in adapted.items()},
