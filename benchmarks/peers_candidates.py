@@ -15,9 +15,9 @@ Candidates (fused map = 0.25 comparison + 0.75 memory side, score = the model's 
   152 channels), its Mahalanobis map calibrated like the memory's;
 * ``memory+position``: the mean of the two calibrated maps;
 * ``--candidates memory``: other memories of the same patches, calibrated on the same held-out
-  normals (10 % of the memory part): a random 8,192 (as shipped), a random 32,768, and a greedy
-  k-center coreset of 8,192 (PatchCore's selection, run on a 32-direction random projection), each
-  at memory weights 0.75, 0.9 and 1.
+  normals (10 % of the memory part): a random 8,192 (as shipped), a random 32,768, and (``--coreset``)
+  a greedy k-center coreset of 8,192 (PatchCore's selection, on a 32-direction random projection),
+  each at memory weights 0.75, 0.9 and 1.
 
     OMP_NUM_THREADS=1 nice python benchmarks/peers_candidates.py [--queries 60] [--candidates position memory]
 """
@@ -91,7 +91,7 @@ def nn_map(tokens: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int]) -> n
     return cv2.GaussianBlur(upsample_centered(d, SIZE // grid[0])[0, 0].numpy(), (0, 0), SMOOTH_SIGMA)
 
 
-def memories(feats: torch.Tensor, n_cal: int, kind: str) -> dict[str, ProductMemory]:
+def memories(feats: torch.Tensor, n_cal: int, kind: str, coreset: bool) -> dict[str, ProductMemory]:
     """Candidate memories of the patches of ``feats[n_cal:]`` (n, C, h, w), calibrated on ``feats[:n_cal]``."""
     grid = (feats.shape[2], feats.shape[3])
     tokens = feats.flatten(2).transpose(1, 2)  # (n, h*w, C)
@@ -100,8 +100,9 @@ def memories(feats: torch.Tensor, n_cal: int, kind: str) -> dict[str, ProductMem
     banks = {
         "random 8192": full[torch.from_numpy(rng.choice(len(full), 8192, replace=False))],
         "random 32768": full[torch.from_numpy(rng.choice(len(full), 32768, replace=False))],
-        "coreset 8192": full[greedy_coreset(full, 8192)],
     }
+    if coreset:  # 8,192 passes over all patches: an hour on a loaded core
+        banks["coreset 8192"] = full[greedy_coreset(full, 8192)]
     out = {}
     for name, bank in banks.items():
         bank = bank.half().float()
@@ -120,6 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=60, help="held-out normals and defectives per type, each")
     ap.add_argument("--dims", nargs="+", type=int, default=[32, 64])
+    ap.add_argument("--coreset", action="store_true", help="with --candidates memory: also a greedy coreset")
     ap.add_argument("--candidates", nargs="+", default=["position"], choices=["position", "memory"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -143,7 +145,7 @@ def main() -> None:
         feats = torch.cat([det.patch_features(im) for im in images])  # (n, 152, h, w)
         n_cal = max(1, len(images) // 10)  # calibration images held out of the statistics
         gauss = {d: PositionGaussian(feats[n_cal:], d) for d in args.dims} if "position" in args.candidates else {}
-        mems = memories(feats, n_cal, kind) if "memory" in args.candidates else {}
+        mems = memories(feats, n_cal, kind, args.coreset) if "memory" in args.candidates else {}
         cal = {d: calibrate([g.distance_map(feats[i : i + 1]) for i in range(n_cal)]) for d, g in gauss.items()}
         del feats
         queries, labels = held + bad, [0] * len(held) + [1] * len(bad)
