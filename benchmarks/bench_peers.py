@@ -212,9 +212,13 @@ def main() -> None:
     ap.add_argument("--adapted-elpv", default=None, help="adapted ELPV model (default: build a product memory)")
     ap.add_argument("--adapted-photos", default=None, help="adapted photos model (default: build one)")
     ap.add_argument("--out", default="benchmarks/results/peers.json")
+    ap.add_argument("--table", metavar="JSON", default=None, help="print the tables of a results file and stop")
     ap.add_argument("--merge", action="store_true", help="keep the other datasets' results already in --out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())["results"]))
+        return
     if args.quick:
         args.per_type, args.draws = 40, 2
     if AVAILABLE:
@@ -289,7 +293,39 @@ def main() -> None:
             payload[key] = {**old.get(key, {}), **payload[key]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
-    log.info("wrote %s", args.out)
+    log.info("wrote %s\n%s", args.out, table(payload["results"]))
+
+
+def cell(r: dict | None, key: str) -> str:
+    """'0.912 ± 0.025' for a summarised run, 'fails' where the method could not be fitted."""
+    if r is None:
+        return ""
+    if r.get(key) is None:
+        return "fails" if r.get("failed") else ""
+    if r.get("draws", 2) == 1:  # one fit on all normals: no spread to show
+        return f"{r[key]:.3f}"
+    return f"{r[key]:.3f} ± {r.get(key + '_std', 0.0):.3f}"
+
+
+def table(results: dict) -> str:
+    """Markdown tables: image AUROC on every product and column; pixel AUROC and PRO on the photos."""
+    products = [p for p in ("elpv-mono", "elpv-poly", "photos (mean of classes)") if p in results]
+    cols = ["1-shot", "5-shot", "all"]
+    methods = list(dict.fromkeys(m for p in products for m in results[p]))
+    head = [f"{p.split(' ')[0]} {c}" for p in products for c in cols]
+    lines = ["| image AUROC (mean ± std over draws) | " + " | ".join(head) + " |",
+             "|---" + "|---:" * len(head) + "|"]
+    for m in methods:
+        row = [cell(results[p].get(m, {}).get(c), "image_auroc") for p in products for c in cols]
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    photos = results.get("photos (mean of classes)")
+    if photos:
+        lines += ["", "| photos: pixel AUROC / PRO | " + " | ".join(cols) + " |", "|---" + "|---:" * 3 + "|"]
+        for m, by_col in photos.items():
+            row = [f"{cell(by_col.get(c), 'pixel_auroc')} / {cell(by_col.get(c), 'pro')}" if by_col.get(c) else ""
+                   for c in cols]
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def mean_over_classes(per_class: dict) -> dict:
