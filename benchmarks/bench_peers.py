@@ -274,7 +274,7 @@ def main() -> None:
                          f", pixel AUROC {s['pixel_auroc']}, PRO {s['pro']}" if "pro" in s else "")
     if "photos" in args.datasets:
         results["photos (mean of classes)"] = mean_over_classes(
-            {k: v for k, v in results.items() if k.startswith("photos")})
+            {k: v for k, v in results.items() if k.startswith("photos-")})
     payload = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
@@ -309,6 +309,9 @@ def cell(r: dict | None, key: str) -> str:
 
 def table(results: dict) -> str:
     """Markdown tables: image AUROC on every product and column; pixel AUROC and PRO on the photos."""
+    per_class = {k: v for k, v in results.items() if k.startswith("photos-")}
+    if per_class:
+        results = {**results, "photos (mean of classes)": mean_over_classes(per_class)}
     products = [p for p in ("elpv-mono", "elpv-poly", "photos (mean of classes)") if p in results]
     cols = ["1-shot", "5-shot", "all"]
     methods = list(dict.fromkeys(m for p in products for m in results[p]))
@@ -341,7 +344,8 @@ def mean_over_classes(per_class: dict) -> dict:
                 draws = [per_class[c][method][col].get(f"{key}_draws") for c in per_class]
                 if all(draws):
                     per_draw = np.mean(np.asarray(draws, dtype=float), axis=0)  # (draws,)
-                    row.update({key: round(float(per_draw.mean()), 4), f"{key}_std": round(float(per_draw.std()), 4)})
+                    row.update({key: round(float(per_draw.mean()), 4), f"{key}_std": round(float(per_draw.std()), 4),
+                                "draws": len(per_draw)})
             fails = [per_class[c][method][col].get("failed") for c in per_class]
             if any(fails):
                 row["failed"] = next(f for f in fails if f)
