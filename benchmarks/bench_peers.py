@@ -23,6 +23,11 @@ normal patches few-shot, ``--full-ratio`` with all normals (1 % on ELPV, where a
 300,000-470,000 patches would take hours on one core; 10 % on the photos' 8 images).
 
     OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py [--quick] [--out benchmarks/results/peers.json]
+    # the recorded run: three processes side by side, merged into one file
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets elpv --kinds mono --per-type 80 --merge
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets elpv --kinds poly --per-type 80 --merge
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets photos --full-ratio 0.1 --merge
+    python benchmarks/bench_peers.py --table benchmarks/results/peers.json
 
 When anomalib is missing (install: ``pip install -e ".[peers]" -c constraints/cpu-torch.txt``) the run
 says so on its first line and measures this project's models only.
