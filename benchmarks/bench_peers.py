@@ -23,10 +23,11 @@ normal patches few-shot, ``--full-ratio`` with all normals (1 % on ELPV, where a
 300,000-470,000 patches would take hours on one core; 10 % on the photos' 8 images).
 
     OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py [--quick] [--out benchmarks/results/peers.json]
-    # the recorded run: three processes side by side, merged into one file
+    # the recorded run: one process per ELPV type and per photo class side by side, merged into one file
     OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets elpv --kinds mono --per-type 80 --merge
     OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets elpv --kinds poly --per-type 80 --merge
-    OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets photos --full-ratio 0.1 --merge
+    for c in coffee_cup coins flower gravel; do OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py \
+        --datasets photos --classes $c --full-ratio 0.1 --merge & done
     python benchmarks/bench_peers.py --table benchmarks/results/peers.json
 
 When anomalib is missing (install: ``pip install -e ".[peers]" -c constraints/cpu-torch.txt``) the run
@@ -36,6 +37,7 @@ says so on its first line and measures this project's models only.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -87,9 +89,9 @@ def elpv_tasks(per_type: int, kinds: list[str]) -> list[Task]:
     return tasks
 
 
-def photo_tasks() -> list[Task]:
+def photo_tasks(classes: list[str] | None) -> list[Task]:
     tasks = []
-    for cls in sorted(p for p in PHOTOS.iterdir() if p.is_dir()):
+    for cls in sorted(p for p in PHOTOS.iterdir() if p.is_dir() and (not classes or p.name in classes)):
         tests = sorted((cls / "test").glob("*/*.png"))
         labels = [int(p.parent.name != "good") for p in tests]
         masks = [None if not y else cls / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
@@ -208,6 +210,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a first look: 40 cells per type, 2 draws")
     ap.add_argument("--per-type", type=int, default=150, help="ELPV test cells per type (seeded subset; 0: all)")
     ap.add_argument("--kinds", nargs="+", default=["mono", "poly"], choices=["mono", "poly"], help="ELPV cell types")
+    ap.add_argument("--classes", nargs="+", default=None, help="photo classes (default: all)")
     ap.add_argument("--baseline", action="store_true", help="also the training-free baseline (few-shot)")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--shots", nargs="+", type=int, default=[1, 5])
@@ -233,7 +236,7 @@ def main() -> None:
                     'pip install -e ".[peers]" -c constraints/cpu-torch.txt', ANOMALIB_ERROR)
 
     tasks = (elpv_tasks(args.per_type, args.kinds) if "elpv" in args.datasets else []) + (
-        photo_tasks() if "photos" in args.datasets else [])
+        photo_tasks(args.classes) if "photos" in args.datasets else [])
     adapted: dict[str, Path] = {}
     if "elpv" in args.datasets:
         adapted["elpv"] = Path(args.adapted_elpv) if args.adapted_elpv else build_adapted(
@@ -292,12 +295,17 @@ def main() -> None:
         "results": results,
     }
     out = Path(args.out)
-    if args.merge and out.exists():  # runs of separate datasets (e.g. in parallel) into one file
-        old = json.loads(out.read_text())
-        for key in ("settings", "adapted", "tests", "results"):
-            payload[key] = {**old.get(key, {}), **payload[key]}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1))
+    with open(out.with_suffix(".lock"), "w") as lock:  # runs in parallel merge one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if args.merge and out.exists():  # runs of separate datasets into one file
+            old = json.loads(out.read_text())
+            for key in ("settings", "adapted", "tests", "results"):
+                payload[key] = {**old.get(key, {}), **payload[key]}
+            per_class = {k: v for k, v in payload["results"].items() if k.startswith("photos-")}
+            if per_class:
+                payload["results"]["photos (mean of classes)"] = mean_over_classes(per_class)
+        out.write_text(json.dumps(payload, indent=1))
     log.info("wrote %s\n%s", args.out, table(payload["results"]))
 
 
