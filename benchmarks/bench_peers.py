@@ -24,8 +24,8 @@ normal patches few-shot, ``--full-ratio`` with all normals (1 % on ELPV, where a
 
     OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py [--quick] [--out benchmarks/results/peers.json]
     # the recorded run: one process per ELPV type and per photo class side by side, merged into one file
-    OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets elpv --kinds mono --per-type 80 --merge
-    OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets elpv --kinds poly --per-type 80 --merge
+    for k in mono poly; do OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py --datasets elpv --kinds $k \
+        --per-type 50 --full-memories random --merge & done
     for c in coffee_cup coins flower gravel; do OMP_NUM_THREADS=1 nice python benchmarks/bench_peers.py \
         --datasets photos --classes $c --full-ratio 0.1 --merge & done
     python benchmarks/bench_peers.py --table benchmarks/results/peers.json
@@ -162,15 +162,15 @@ def run_peer(fn: Callable[..., tuple], task: Task, **kwargs: object) -> dict:
     return out
 
 
-def peer_draw(store: FeatureStore, task: Task, normals: list[Path], ratio: float, seed: int) -> dict[str, dict]:
+def peer_draw(
+    store: FeatureStore, task: Task, normals: list[Path], ratio: float, seed: int, memories: list[str]
+) -> dict[str, dict]:
     """anomalib's models fitted on one draw's normals, each run on the task's test images."""
     common = {"store": store.module, "normal_rows": store.rows(normals), "test_rows": store.rows(task.tests),
               "size": SIZE, "seed": seed}
-    return {
-        "anomalib PatchCore (coreset)": run_peer(patchcore, task, memory="coreset", ratio=ratio, **common),
-        "anomalib PatchCore (random)": run_peer(patchcore, task, memory="random", ratio=ratio, **common),
-        "anomalib PaDiM": run_peer(padim, task, **common),
-    }
+    out = {f"anomalib PatchCore ({m})": run_peer(patchcore, task, memory=m, ratio=ratio, **common) for m in memories}
+    out["anomalib PaDiM"] = run_peer(padim, task, **common)
+    return out
 
 
 def build_adapted(name: str, normals: dict[str, list[Path]]) -> Path:
@@ -217,6 +217,9 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["elpv", "photos"], choices=["elpv", "photos"])
     ap.add_argument("--ratio", type=float, default=0.1, help="PatchCore memory share of the patches, few-shot")
     ap.add_argument("--full-ratio", type=float, default=0.01, help="the same with all normals")
+    ap.add_argument("--full-memories", nargs="+", default=["coreset", "random"], choices=["coreset", "random"],
+                    help="PatchCore memories with all normals (the greedy coreset of ELPV's 300,000-470,000 "
+                    "patches takes hours on a loaded core)")
     ap.add_argument("--adapted-elpv", default=None, help="adapted ELPV model (default: build a product memory)")
     ap.add_argument("--adapted-photos", default=None, help="adapted photos model (default: build one)")
     ap.add_argument("--out", default="benchmarks/results/peers.json")
@@ -264,7 +267,8 @@ def main() -> None:
             runs: dict[str, list[dict]] = {}
             for seed in range(args.draws if k is not None else 1) if store is not None else []:
                 ratio = args.ratio if k is not None else args.full_ratio
-                for name, r in peer_draw(store, task, draw(task.normals, k, seed), ratio, seed).items():
+                memories = ["coreset", "random"] if k is not None else args.full_memories
+                for name, r in peer_draw(store, task, draw(task.normals, k, seed), ratio, seed, memories).items():
                     runs.setdefault(name, []).append(r)
             for seed in range(args.draws):
                 if k is None:  # the adapted model: its memory holds the normals; one reference per draw
@@ -287,7 +291,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
         "anomalib": VERSION or f"absent ({ANOMALIB_ERROR})",
-        "settings": {ds: {"kinds": args.kinds, "per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
+        "settings": {ds: {"kinds": args.kinds, "full_memories": args.full_memories, "per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
                           "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick}
                      for ds in args.datasets},
         "adapted": {k: str(v) for k, v in adapted.items()},
