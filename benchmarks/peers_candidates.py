@@ -121,6 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=60, help="held-out normals and defectives per type, each")
     ap.add_argument("--dims", nargs="+", type=int, default=[32, 64])
+    ap.add_argument("--kinds", nargs="+", default=["mono", "poly"], choices=["mono", "poly"])
     ap.add_argument("--coreset", action="store_true", help="with --candidates memory: also a greedy coreset")
     ap.add_argument("--candidates", nargs="+", default=["position"], choices=["position", "memory"])
     ap.add_argument("--out", default=None)
@@ -130,7 +131,7 @@ def main() -> None:
     assert isinstance(det, NanoDetector)
     train = split(seed=0)["train"]
     results: dict = {}
-    for kind in ("mono", "poly"):
+    for kind in args.kinds:
         rng = np.random.default_rng(0)
         normals = [c.path for c in train if c.kind == kind and c.probability == 0.0]
         bad = [c.path for c in train if c.kind == kind and c.probability == 1.0]
