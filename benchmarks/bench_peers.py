@@ -213,7 +213,9 @@ def main() -> None:
     ap.add_argument("--classes", nargs="+", default=None, help="photo classes (default: all)")
     ap.add_argument("--baseline", action="store_true", help="also the training-free baseline (few-shot)")
     ap.add_argument("--draws", type=int, default=5)
-    ap.add_argument("--shots", nargs="+", type=int, default=[1, 5])
+    ap.add_argument("--shots", nargs="*", type=int, default=[1, 5], help="few-shot columns (none: all normals only)")
+    ap.add_argument("--peers-only", action="store_true", help="anomalib's models only")
+    ap.add_argument("--suffix", default="", help="appended to anomalib's method names (a variant's own row)")
     ap.add_argument("--datasets", nargs="+", default=["elpv", "photos"], choices=["elpv", "photos"])
     ap.add_argument("--ratio", type=float, default=0.1, help="PatchCore memory share of the patches, few-shot")
     ap.add_argument("--full-ratio", type=float, default=0.01, help="the same with all normals")
@@ -241,14 +243,14 @@ def main() -> None:
     tasks = (elpv_tasks(args.per_type, args.kinds) if "elpv" in args.datasets else []) + (
         photo_tasks(args.classes) if "photos" in args.datasets else [])
     adapted: dict[str, Path] = {}
-    if "elpv" in args.datasets:
+    if "elpv" in args.datasets and not args.peers_only:
         adapted["elpv"] = Path(args.adapted_elpv) if args.adapted_elpv else build_adapted(
             "elpv", {t.name.split("-")[1]: t.normals for t in tasks if t.name.startswith("elpv")})
-    if "photos" in args.datasets:
+    if "photos" in args.datasets and not args.peers_only:
         adapted["photos"] = Path(args.adapted_photos) if args.adapted_photos else build_adapted(
             "photos", {t.name.split("-")[1]: t.normals for t in tasks if t.name.startswith("photos")})
-    ours = {"default": Copilot.load("default")}
-    if args.baseline:
+    ours = {} if args.peers_only else {"default": Copilot.load("default")}
+    if args.baseline and not args.peers_only:
         ours = {"baseline": Copilot.load("baseline"), **ours}
     adapted_cp = {k: Copilot.load(str(v)) for k, v in adapted.items()}
 
@@ -269,8 +271,8 @@ def main() -> None:
                 ratio = args.ratio if k is not None else args.full_ratio
                 memories = ["coreset", "random"] if k is not None else args.full_memories
                 for name, r in peer_draw(store, task, draw(task.normals, k, seed), ratio, seed, memories).items():
-                    runs.setdefault(name, []).append(r)
-            for seed in range(args.draws):
+                    runs.setdefault(name + args.suffix, []).append(r)
+            for seed in range(0 if args.peers_only else args.draws):
                 if k is None:  # the adapted model: its memory holds the normals; one reference per draw
                     cp = adapted_cp[task.name.split("-")[0]]
                     runs.setdefault("adapted (product memory)", []).append(run_ours(cp, task, draw(task.normals, 1, seed)))
@@ -291,7 +293,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
         "anomalib": VERSION or f"absent ({ANOMALIB_ERROR})",
-        "settings": {ds: {"kinds": args.kinds, "full_memories": args.full_memories, "per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
+        "settings": {ds + args.suffix: {"kinds": args.kinds, "full_memories": args.full_memories, "per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
                           "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick}
                      for ds in args.datasets},
         "adapted": {k: str(v) for k, v in adapted.items()},
@@ -304,8 +306,13 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if args.merge and out.exists():  # runs of separate datasets into one file
             old = json.loads(out.read_text())
-            for key in ("settings", "adapted", "tests", "results"):
+            for key in ("settings", "adapted", "tests"):
                 payload[key] = {**old.get(key, {}), **payload[key]}
+            merged = old.get("results", {})
+            for task_name, methods in payload["results"].items():  # a method's columns from several runs
+                for method, cols in methods.items():
+                    merged.setdefault(task_name, {}).setdefault(method, {}).update(cols)
+            payload["results"] = merged
             per_class = {k: v for k, v in payload["results"].items() if k.startswith("photos-")}
             if per_class:
                 payload["results"]["photos (mean of classes)"] = mean_over_classes(per_class)
