@@ -293,9 +293,10 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
         "anomalib": VERSION or f"absent ({ANOMALIB_ERROR})",
-        "settings": {ds + args.suffix: {"kinds": args.kinds, "full_memories": args.full_memories, "per_type": args.per_type, "draws": args.draws, "shots": args.shots, "size": SIZE,
-                          "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick}
-                     for ds in args.datasets},
+        "settings": {ds + args.suffix: {
+            "kinds": args.kinds, "full_memories": args.full_memories, "per_type": args.per_type, "draws": args.draws,
+            "shots": args.shots, "size": SIZE, "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick,
+        } for ds in args.datasets},
         "adapted": {k: str(v) for k, v in adapted.items()},
         "tests": {t.name: {"images": len(t.tests), "defective": sum(t.labels), "normals": len(t.normals)} for t in tasks},
         "results": results,
