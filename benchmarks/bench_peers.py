@@ -163,13 +163,15 @@ def run_peer(fn: Callable[..., tuple], task: Task, **kwargs: object) -> dict:
 
 
 def peer_draw(
-    store: FeatureStore, task: Task, normals: list[Path], ratio: float, seed: int, memories: list[str]
+    store: FeatureStore, task: Task, normals: list[Path], ratio: float, seed: int, memories: list[str],
+    with_padim: bool = True,
 ) -> dict[str, dict]:
     """anomalib's models fitted on one draw's normals, each run on the task's test images."""
     common = {"store": store.module, "normal_rows": store.rows(normals), "test_rows": store.rows(task.tests),
               "size": SIZE, "seed": seed}
     out = {f"anomalib PatchCore ({m})": run_peer(patchcore, task, memory=m, ratio=ratio, **common) for m in memories}
-    out["anomalib PaDiM"] = run_peer(padim, task, **common)
+    if with_padim:
+        out["anomalib PaDiM"] = run_peer(padim, task, **common)
     return out
 
 
@@ -215,6 +217,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--shots", nargs="*", type=int, default=[1, 5], help="few-shot columns (none: all normals only)")
     ap.add_argument("--peers-only", action="store_true", help="anomalib's models only")
+    ap.add_argument("--no-padim", action="store_true", help="PatchCore only")
     ap.add_argument("--suffix", default="", help="appended to anomalib's method names (a variant's own row)")
     ap.add_argument("--datasets", nargs="+", default=["elpv", "photos"], choices=["elpv", "photos"])
     ap.add_argument("--ratio", type=float, default=0.1, help="PatchCore memory share of the patches, few-shot")
@@ -270,7 +273,8 @@ def main() -> None:
             for seed in range(args.draws if k is not None else 1) if store is not None else []:
                 ratio = args.ratio if k is not None else args.full_ratio
                 memories = ["coreset", "random"] if k is not None else args.full_memories
-                for name, r in peer_draw(store, task, draw(task.normals, k, seed), ratio, seed, memories).items():
+                fits = peer_draw(store, task, draw(task.normals, k, seed), ratio, seed, memories, not args.no_padim)
+                for name, r in fits.items():
                     runs.setdefault(name + args.suffix, []).append(r)
             for seed in range(0 if args.peers_only else args.draws):
                 if k is None:  # the adapted model: its memory holds the normals; one reference per draw
