@@ -343,7 +343,7 @@ def table(results: dict) -> str:
         results = {**results, "photos (mean of classes)": mean_over_classes(per_class)}
     products = [p for p in ("elpv-mono", "elpv-poly", "photos (mean of classes)") if p in results]
     cols = ["1-shot", "5-shot", "all"]
-    methods = list(dict.fromkeys(m for p in products for m in results[p]))
+    methods = sorted(dict.fromkeys(m for p in products for m in results[p]), key=lambda m: not m.startswith("anomalib"))
     head = [f"{p.split(' ')[0]} {c}" for p in products for c in cols]
     lines = ["| image AUROC (mean ± std over draws) | " + " | ".join(head) + " |",
              "|---" + "|---:" * len(head) + "|"]
