@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -307,7 +308,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".lock"), "w") as lock:  # runs in parallel merge one at a time
+    lock_path = Path(tempfile.gettempdir()) / f"bench_peers-{out.resolve().as_posix().replace('/', '_')}.lock"
+    with open(lock_path, "w") as lock:  # runs in parallel merge one at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         if args.merge and out.exists():  # runs of separate datasets into one file
             old = json.loads(out.read_text())
