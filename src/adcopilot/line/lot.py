@@ -67,7 +67,7 @@ from adcopilot.line.sources import LotItem
 from adcopilot.model.boxes import boxes_from_map
 from adcopilot.model.detector import to_batch
 from adcopilot.model.mutual import MAD_K, image_scores, lot_features, lot_threshold, mutual_patch_scores
-from adcopilot.model.sanity import ImageProfile, check_image, image_profile
+from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.model.vision import PatchTower
 from adcopilot.results import Box, InspectionResult, describe_findings
 
@@ -187,9 +187,12 @@ def score_lot(
     return values
 
 
-def lot_checks(profiles: Sequence[ImageProfile]) -> list[str | None]:
-    """Each image's global check against every other image of the lot (None: it passes)."""
-    return [check_image(q, [r for j, r in enumerate(profiles) if j != i]) for i, q in enumerate(profiles)]
+def lot_checks(profiles: Sequence[ImageProfile], rules: CheckRules | None) -> list[str | None]:
+    """Each image's global check against every other image of the lot (None: it passes, or no rules:
+    the check is off)."""
+    if rules is None:
+        return [None] * len(profiles)
+    return [check_image(q, [r for j, r in enumerate(profiles) if j != i], rules) for i, q in enumerate(profiles)]
 
 
 def _map_of(patch_values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -267,7 +270,7 @@ def run_mutual_batch(
     patch_values = score_lot(lot, out, mcfg, cfg.restart, progress=cfg.progress)  # (N, P)
     scores = image_scores(patch_values, mcfg.top_k).tolist()
     thr = mcfg.threshold if mcfg.threshold is not None else lot_threshold(scores, mcfg.mad_k)
-    checks = lot_checks(lot.profiles)
+    checks = lot_checks(lot.profiles, copilot.check_rules)
     log.info("lot of %d images: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))
 
     done = {r.get("file") for r in read_records(results_path)}
