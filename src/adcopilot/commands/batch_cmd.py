@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
             "with --refs both must agree it is normal).",
         ),
         mutual_k: float = typer.Option(
-            None, "--mutual-k", help="With --mutual: the lot's threshold is median + K robust deviations (default 3)."
+            None, "--mutual-k", help="With --mutual: the lot's threshold is median + K robust deviations (default 1.5)."
         ),
         out: Path = typer.Option(Path("batch-results"), "--out", "-o", help="Output folder (re-runs resume here)."),
         shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per query."),
