@@ -307,6 +307,33 @@ def test_changed_inputs_and_bad_files_never_look_judged(driver, server, files, t
     driver.save_screenshot(str(tmp_path / "bad-file.png"))
 
 
+def test_the_image_checks_reason_is_shown_and_holds_at_any_threshold(driver, server, files, tmp_path):
+    from skimage import data
+
+    blank, other = tmp_path / "blank.png", tmp_path / "coffee.png"
+    Image.new("RGB", (512, 512), (90, 90, 90)).save(blank)
+    Image.fromarray(data.coffee()).save(other)
+    _open(driver, server)
+    _choose(driver, "query-file", [blank, other, files["clean"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    _inspect(driver, 3)
+    rows = _js(driver, "return Array.from(document.querySelectorAll('#results-body tr'), r => r.textContent)")
+    assert "anomalous (blank image)" in rows[0] and "anomalous (not the reference product)" in rows[1], rows
+    assert "(" not in rows[2].split("clean.png")[1], rows  # the clean copy passes the check
+    assert _verdict(driver) == "ANOMALOUS — blank image" and _page_boxes(driver) == []
+    assert "blank image" in _js(driver, "return document.getElementById('description').textContent")
+    _js(driver, "document.querySelectorAll('#results-body tr button.show')[1].click()")
+    assert _verdict(driver) == "ANOMALOUS — not the reference product"
+    # However high the threshold is moved, a frame that is not the product stays anomalous, unboxed.
+    _js(driver, "const e = document.getElementById('threshold'); e.value = '0.99';"
+                " e.dispatchEvent(new Event('change', {bubbles: true}));")
+    assert _verdict(driver) == "ANOMALOUS — not the reference product" and _page_boxes(driver) == []
+    _js(driver, "document.querySelectorAll('#results-body tr button.show')[2].click()")
+    assert _verdict(driver) == "NORMAL"
+    driver.save_screenshot(str(tmp_path / "image-check.png"))
+    _no_page_errors(driver)
+
+
 def _downloaded(folder: Path, name: str) -> Path:
     path = folder / name
     deadline = time.monotonic() + 15

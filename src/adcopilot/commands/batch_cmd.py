@@ -1,4 +1,8 @@
-"""``adcopilot batch QUERIES --refs NORMALS [--out DIR]``: inspect a whole lot, resumably, with a report."""
+"""``adcopilot batch QUERIES --refs NORMALS [--out DIR]``: inspect a whole lot, resumably, with a report.
+
+``--mutual`` scores every image against the lot's other images instead (no reference needed), or
+together with the references when ``--refs`` is given too (:mod:`adcopilot.line.lot`).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,24 @@ def register(app: typer.Typer) -> None:
     @app.command("batch")
     def batch(
         queries: list[Path] = typer.Argument(..., help="Folders (searched recursively), images or CSV lists."),
-        refs: list[Path] = typer.Option(..., "--refs", help="Normal reference images or folders (repeatable)."),
+        refs: list[Path] = typer.Option(None, "--refs", help="Normal reference images or folders (repeatable)."),
+        mutual: bool = typer.Option(
+            False, "--mutual",
+            help="Score each image against its most similar other images of the lot (no references needed; "
+            "with --refs both must agree it is normal).",
+        ),
+        mutual_k: float = typer.Option(
+            None, "--mutual-k", help="With --mutual: the lot's threshold is median + K robust deviations (default 1.5)."
+        ),
         out: Path = typer.Option(Path("batch-results"), "--out", "-o", help="Output folder (re-runs resume here)."),
         shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per query."),
         shard: str = typer.Option(None, "--shard", help="Process only shard i of n, e.g. 2/4 (deterministic)."),
         model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
-        threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated, else the model's)."),
+        threshold: float = typer.Option(
+            None, "--threshold",
+            help="Decision threshold (default: calibrated, else the model's; with --mutual alone: of the mutual "
+            "score, default the lot's own).",
+        ),
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align queries onto references."),
         no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated images."),
@@ -47,6 +63,15 @@ def register(app: typer.Typer) -> None:
         for name, value in (("--chunk", chunk), ("--actors", actors), ("--threads", threads)):
             if value is not None and value < 1:
                 raise AdcopilotError(f"{name} must be at least 1, got {value}")
+        if not refs and not mutual:
+            raise AdcopilotError("give normal references with --refs, or score the lot against itself with --mutual")
+        if mutual_k is not None:
+            require_finite(mutual_k, "--mutual-k")
+            if not mutual or mutual_k <= 0:
+                raise AdcopilotError(f"--mutual-k needs --mutual and a positive number, got {mutual_k}")
+        if mutual and engine == "ray":
+            raise AdcopilotError("--mutual needs --engine local: every image is scored against the whole lot, "
+                                 "which one process holds")
         if engine != "ray" and (address or actors):
             raise AdcopilotError("--address and --actors need --engine ray")
         if engine == "ray":  # Ray is imported only when asked for: it is an optional extra, slow to import
@@ -62,6 +87,14 @@ def register(app: typer.Typer) -> None:
         if engine == "ray":
             rcfg = RayConfig(address=address, actors=actors, cpus_per_actor=threads or 1)
             s = run_batch_ray(loader, items, refs, out, cfg, rcfg)
+        elif mutual:
+            from adcopilot.line.lot import MutualConfig, run_mutual_batch
+            from adcopilot.model.mutual import MAD_K
+
+            set_compute_threads(threads, reserve=max(1, workers))
+            mcfg = MutualConfig(mad_k=MAD_K if mutual_k is None else mutual_k,
+                                threshold=None if refs else threshold)
+            s = run_mutual_batch(loader(), items, refs or None, out, cfg, mcfg)
         else:
             set_compute_threads(threads, reserve=max(1, workers))
             s = run_batch(loader(), items, refs, out, cfg)

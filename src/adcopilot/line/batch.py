@@ -190,6 +190,16 @@ def _save_pictures(img: Image.Image, result: InspectionResult, annotated: Path, 
     write_asset(thumb, small)
 
 
+def output_folder(out_dir: str | os.PathLike) -> Path:
+    """The batch's output folder, created when missing."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AdcopilotError(f"{out}: cannot create the output folder ({exc})") from None
+    return out
+
+
 def _chunks(items: Sequence[LotItem], n: int) -> Iterator[list[LotItem]]:
     for i in range(0, len(items), n):
         yield list(items[i : i + n])
@@ -220,11 +230,7 @@ def plan_batch(
     references, and find this shard's queries not yet done."""
     if cfg.shots < 1:
         raise AdcopilotError(f"--shots must be at least 1, got {cfg.shots}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AdcopilotError(f"{out}: cannot create the output folder ({exc})") from None
+    out = output_folder(out_dir)
     index, count = cfg.shard
     mine = shard(queries, index, count)
     suffix = shard_suffix(index, count)

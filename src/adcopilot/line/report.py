@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from adcopilot.paths import name_bytes, readable
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = [
-    "file", "path", "truth", "verdict", "outcome", "score", "threshold", "n_boxes", "boxes",
+    "file", "path", "truth", "verdict", "image_check", "outcome", "score", "threshold", "n_boxes", "boxes",
     "references", "similarity", "annotated", "time_ms",
 ]
 
@@ -64,6 +65,9 @@ def summarize(records: list[dict[str, Any]], skipped: list[tuple[str, str]]) -> 
         "anomalous": sum(r["verdict"] == "anomalous" for r in records),
         "normal": sum(r["verdict"] == "normal" for r in records),
         "skipped": len(skipped),
+        # Frames that failed the global image check (anomalous whatever the score), by reason.
+        "image_check_failed": sum(bool(r.get("image_check")) for r in records),
+        "image_check": dict(sorted(Counter(r["image_check"] for r in records if r.get("image_check")).items())),
     }
     known = [r for r in records if r.get("truth") in ("normal", "defective")]
     if known:
@@ -104,7 +108,8 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> Path:
         w.writerow(CSV_COLUMNS)
         for r in records:
             w.writerow([
-                readable(r["file"]), readable(r.get("path", "")), r.get("truth") or "", r["verdict"], r.get("outcome") or "",
+                readable(r["file"]), readable(r.get("path", "")), r.get("truth") or "", r["verdict"],
+                r.get("image_check") or "", r.get("outcome") or "",
                 r["score"], r["threshold"], len(r.get("boxes", [])), json.dumps([b["bbox_2d"] for b in r.get("boxes", [])]),
                 ";".join(readable(p) for p in r.get("references", [])), ";".join(str(v) for v in r.get("similarity", [])),
                 readable(r.get("annotated") or ""), r.get("time_ms", ""),
@@ -143,6 +148,7 @@ th.asc::after{content:" \\25B2"} th.desc::after{content:" \\25BC"}
 td img{width:96px;height:96px;object-fit:contain;background:#f4f4f4;display:block}
 tr.miss{background:#fdecea} tr.overkill{background:#fff6e0}
 .anomalous{color:#c62828;font-weight:600} .normal{color:#2e7d32}
+.check{display:inline-block;font-size:12px;font-weight:400;color:#fff;background:#6a1b9a;border-radius:8px;padding:0 6px}
 .tools{margin:8px 0} .tools input,.tools select{padding:3px 6px}
 table.cm td,table.cm th{border:1px solid #ddd;text-align:center;cursor:default;position:static}
 """
@@ -158,7 +164,7 @@ t.tHead.addEventListener('click',e=>{const th=e.target.closest('th');if(!th||th.
  const f=document.createDocumentFragment();rows.forEach(r=>f.appendChild(r));tb.appendChild(f);});
 const q=document.getElementById('filter'),o=document.getElementById('only');
 function apply(){const s=q.value.toLowerCase(),w=o.value;for(const r of tb.rows){
- r.hidden=!((!s||r.dataset.f.includes(s))&&(!w||r.dataset.o===w||r.dataset.verdict===w));}}
+ r.hidden=!((!s||r.dataset.f.includes(s))&&(!w||r.dataset.o===w||r.dataset.verdict===w||(w==='check'&&r.dataset.check)));}}
 q.addEventListener('input',apply);o.addEventListener('change',apply);
 })();
 """
@@ -184,6 +190,9 @@ def write_html(
         _card("normal", summary["normal"], "good"),
         _card("skipped", summary["skipped"]),
     ]
+    if summary["image_check_failed"]:
+        why = ", ".join(f"{n} {reason}" for reason, n in summary["image_check"].items())
+        cards.append(_card(f"not inspected as the product ({why})", summary["image_check_failed"], "bad"))
     cm = ""
     t = summary.get("truth")
     if t:
@@ -209,10 +218,13 @@ def write_html(
         refs = ", ".join(readable(Path(p).name) for p in r.get("references", []))
         name = readable(r["file"])
         oc = r.get("outcome") or ""
+        check = r.get("image_check")
+        check_attr = f' data-check="{e(check)}"' if check else ""
+        badge = f' <span class="check" title="failed the image check">{e(check)}</span>' if check else ""
         rows.append(
-            f'<tr class="{oc}" data-o="{oc}" data-verdict="{r["verdict"]}" data-f="{e(name.lower())}">'
+            f'<tr class="{oc}" data-o="{oc}" data-verdict="{r["verdict"]}" data-f="{e(name.lower())}"{check_attr}>'
             f'<td data-v="{rank}">{rank}</td><td>{img}</td><td>{e(name)}</td><td>{e(r.get("truth") or "")}</td>'
-            f'<td class="{r["verdict"]}">{r["verdict"]}</td><td>{oc}</td>'
+            f'<td class="{r["verdict"]}">{r["verdict"]}{badge}</td><td>{oc}</td>'
             f'<td data-v="{r["score"]}">{r["score"]:.4f}</td><td data-v="{margin}">{margin:+.4f}</td>'
             f'<td data-v="{len(r.get("boxes", []))}">{len(r.get("boxes", []))} <small>{e(boxes)}</small></td>'
             f"<td>{e(refs)}</td></tr>"
@@ -233,7 +245,8 @@ def write_html(
 <div class="cards">{"".join(cards)}</div>{cm}
 <div class="tools"><input id="filter" placeholder="filter by file name"> <select id="only">
 <option value="">all</option><option value="miss">misses</option><option value="overkill">overkill</option>
-<option value="anomalous">anomalous</option><option value="normal">normal</option></select>
+<option value="anomalous">anomalous</option><option value="normal">normal</option>
+<option value="check">failed the image check</option></select>
 <small>click a column to sort; rows start worst first</small></div>
 <table id="results"><thead><tr><th data-k="n">#</th><th>image</th><th data-k="s">file</th><th data-k="s">truth</th>
 <th data-k="s">verdict</th><th data-k="s">outcome</th><th data-k="n">score</th><th data-k="n">score − threshold</th>

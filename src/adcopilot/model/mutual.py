@@ -10,13 +10,16 @@ and no training are needed.
 Features: the frozen tower's unit-norm stride-8 patch features, average-pooled 2 x 2 to stride 16 and
 renormalised (256 patches at 256 px): a quarter of the patches, so a lot of N images costs
 N^2 * 256^2 dot products.
+
+The lot's threshold comes from its own scores (:func:`lot_threshold`): no label and no reference needed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,14 +41,17 @@ def mutual_patch_scores(
     closest_frac: float = 0.3,
     chunk: int = 64,
     progress: Callable[[int], None] | None = None,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """(N, P, C) unit-norm features of a lot -> (N, P) patch anomaly values (see the module doc)."""
+    """(N, P, C) unit-norm features of a lot -> (R, P) patch anomaly values (see the module doc) of the
+    images ``rows`` (all N by default): each still against every other image of the lot."""
     n, p, _ = features.shape
     if n < 2:
         raise ValueError("mutual scoring needs a lot of two images or more")
     keep = max(1, math.ceil(closest_frac * (n - 1)))
-    out = torch.empty(n, p)
-    for i in range(n):
+    wanted = list(range(n)) if rows is None else list(rows)
+    out = torch.empty(len(wanted), p)
+    for r, i in enumerate(wanted):
         nearest = []  # per other image: (P,) nearest-patch distance of each of image i's patches
         for start in range(0, n, chunk):
             block = features[start : start + chunk]  # (J, P, C)
@@ -55,7 +61,7 @@ def mutual_patch_scores(
                 d = torch.cat([d[: i - start], d[i - start + 1 :]])
             nearest.append(d)
         dist = torch.cat(nearest).clamp_min(0)  # (N-1, P)
-        out[i] = dist.topk(keep, dim=0, largest=False).values.mean(0)
+        out[r] = dist.topk(keep, dim=0, largest=False).values.mean(0)
         if progress:
             progress(1)
     return out
@@ -64,3 +70,24 @@ def mutual_patch_scores(
 def image_scores(patch_scores: torch.Tensor, top_k: int = 3) -> torch.Tensor:
     """(N, P) patch values -> (N,) image scores: the mean of each image's ``top_k`` largest."""
     return patch_scores.topk(min(top_k, patch_scores.shape[1]), dim=1).values.mean(1)
+
+
+#: Robust standard deviations above the lot's median image score at which a mutual score is anomalous:
+#: about 4 % false alarms on lots of ELPV cells with 5-10 % defective (``benchmarks/bench_mutual.py``).
+MAD_K = 1.5
+#: Floor of the lot's spread (cosine distance): a lot of near-identical images is not split by rounding noise.
+MIN_SPREAD = 0.01
+
+
+def lot_threshold(scores: Sequence[float], k: float = MAD_K) -> float:
+    """The lot's own threshold for mutual image scores: median + k * 1.4826 * MAD.
+
+    Most of a lot is normal, so the median and the median absolute deviation (scaled to a standard
+    deviation for a normal distribution) describe the normal images' scores however many outliers
+    the lot holds (up to half); a defect is an image ``k`` robust deviations above them."""
+    if len(scores) == 0:
+        raise ValueError("a lot threshold needs at least one score")
+    x = np.asarray(scores, dtype=np.float64)
+    med = float(np.median(x))
+    mad = float(np.median(np.abs(x - med)))
+    return med + k * max(1.4826 * mad, MIN_SPREAD)

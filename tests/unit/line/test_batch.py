@@ -117,3 +117,28 @@ def test_nearest_reference_is_chosen_per_query(tiny_copilot, tmp_path):
 def test_bad_shots(tiny_copilot, lot):
     with pytest.raises(AdcopilotError, match="--shots must be at least 1"):
         run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg(shots=0))
+
+
+def test_the_image_checks_reason_reaches_the_csv_the_summary_and_the_report(tiny_copilot, lot):
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(lot["lot"] / "good" / "blank.png")
+    Image.new("RGB", (96, 96), (0, 0, 0)).save(lot["lot"] / "defect" / "black.png")
+    run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg())
+    out = lot["out"]
+    rows = {r["file"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["good/blank.png"]["image_check"] == rows["defect/black.png"]["image_check"] == "blank image"
+    assert rows["good/blank.png"]["verdict"] == "anomalous" and rows["good/blank.png"]["outcome"] == "overkill"
+    assert {r["image_check"] for k, r in rows.items() if k not in ("good/blank.png", "defect/black.png")} == {""}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["image_check_failed"] == 2 and summary["image_check"] == {"blank image": 2}
+    page = (out / "report.html").read_text()
+    assert "<b>2</b>not inspected as the product (2 blank image)" in page
+    badges = re.findall(r'<tr [^>]*data-f="([^"]+)" data-check="blank image">.*?<span class="check"[^>]*>blank image</span>', page)
+    assert sorted(badges) == ["defect/black.png", "good/blank.png"]
+    assert '<option value="check">' in page
+
+
+def test_a_report_without_failed_checks_shows_no_such_card(tiny_copilot, lot):
+    run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg(save_images=False))
+    page = (lot["out"] / "report.html").read_text()
+    assert "not inspected as the product" not in page and 'class="check"' not in page
+    assert json.loads((lot["out"] / "summary.json").read_text())["image_check_failed"] == 0

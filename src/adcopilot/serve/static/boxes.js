@@ -94,6 +94,8 @@ const AdcBoxes = (() => {
 
   /** The verdict and boxes (query pixels) at ``threshold`` for a served result and its decoded grid. */
   function judge(res, grid, threshold) {
+    // A frame that failed the image check (not the product, blank, ...) is anomalous at any threshold, unboxed.
+    if (res.image_check) return { verdict: "anomalous", boxes: [] };
     const anomalous = res.score >= threshold;
     if (!anomalous || !grid) return { verdict: anomalous ? "anomalous" : "normal", boxes: [] };
     let found = boxesFromGrid(grid, threshold);

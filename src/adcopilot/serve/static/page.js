@@ -217,7 +217,8 @@ function judgement(row) {
   }
   const j = AdcBoxes.judge(res, row.grid, t);
   const n = j.boxes.length;
-  const description = j.verdict === "normal" ? "Normal at this threshold: the image score is below it." :
+  const description = res.image_check ? res.description :
+    j.verdict === "normal" ? "Normal at this threshold: the image score is below it." :
     !row.grid ? "Anomalous at this threshold; inspect again to see its boxes (this model returns no map)." :
     `${n} defect region${n === 1 ? "" : "s"} at this threshold (re-drawn on the page from the returned map).`;
   return { threshold: t, verdict: j.verdict, boxes: row.grid ? j.boxes : [], description, served: false };
@@ -238,6 +239,8 @@ function renderVerdict() {
   else if (row && row.status === "done") {
     const j = judgement(row);
     text = j.verdict.toUpperCase(); cls = j.verdict; desc = j.description;
+    // Why the image was not judged as the product ("blank image", "not the reference product", ...).
+    if (row.res.image_check) text += ` — ${row.res.image_check}`;
     score = `score ${row.res.score.toFixed(4)} · threshold ${j.threshold.toFixed(4)}`;
   }
   v.textContent = text; v.className = cls;
@@ -295,7 +298,8 @@ function renderTable() {
     cell("").appendChild(name);
     if (row.status === "done") {
       const j = judgement(row);
-      cell(j.verdict, `v-${j.verdict}`); cell(row.res.score.toFixed(4), "num"); cell(String(j.boxes.length), "num");
+      cell(row.res.image_check ? `${j.verdict} (${row.res.image_check})` : j.verdict, `v-${j.verdict}`);
+      cell(row.res.score.toFixed(4), "num"); cell(String(j.boxes.length), "num");
       cell(`${Math.round(row.ms)} ms`, "num");
     } else {
       cell(row.status === "error" ? `not judged: ${row.error}` : row.status === "working" ? "inspecting…" : "waiting",

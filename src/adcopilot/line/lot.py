@@ -1,0 +1,333 @@
+"""``batch --mutual``: every image of a lot scored against its most similar other images of the lot.
+
+No reference is needed (:mod:`adcopilot.model.mutual`): most of a lot is normal, so a patch with a
+close match in the closest other images is normal. The run has two phases:
+
+1. Features: every query is decoded (bad files skipped and listed), its stride-16 patch features and
+   its global profile (:mod:`adcopilot.model.sanity`) are kept; then each image's patch values
+   against the rest of the lot are computed and saved to ``mutual-scores.safetensors`` after every
+   chunk, so an interrupted run resumes where it stopped (the lot's readable files must be the same).
+2. Verdicts: the lot's threshold comes from its own image scores, median + k * MAD
+   (:func:`adcopilot.model.mutual.lot_threshold`) unless one is given; each image not yet in
+   ``results.jsonl`` gets its record, its map (the patch values, stride 16, resized to its pixels),
+   boxes and annotated picture, exactly like a reference run.
+
+The image check runs against the lot: each image's profile against every other image's (the medians
+describe the lot's normal images), so a blank frame or another product in the lot is anomalous with
+its reason.
+
+With references as well (``--refs``), each image is also inspected against its nearest references and
+the two judgements are joined on a common scale: each score divided by its own threshold, the larger
+wins (and the same for the maps, so boxes come from whichever sees the defect). Either alone suffices
+to call a part anomalous: the references catch a defect that many parts of the lot share (invisible
+to mutual scoring), the lot catches what one or two references do not show well; a miss on the line
+costs more than a second look.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from adcopilot.api import Copilot
+from adcopilot.errors import AdcopilotError
+from adcopilot.imaging import load_image, to_float_array
+from adcopilot.line.batch import (
+    BatchConfig,
+    BatchPlan,
+    BatchSummary,
+    ResultWriter,
+    _asset_name,
+    _check_manifest,
+    _digest,
+    _manifest,
+    _record,
+    _save_pictures,
+    finish_batch,
+    lot_id,
+    output_folder,
+    shard_suffix,
+)
+from adcopilot.line.records import read_records
+from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, tower_for
+from adcopilot.line.sources import LotItem
+from adcopilot.model.boxes import boxes_from_map
+from adcopilot.model.detector import to_batch
+from adcopilot.model.mutual import MAD_K, image_scores, lot_features, lot_threshold, mutual_patch_scores
+from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
+from adcopilot.model.vision import PatchTower
+from adcopilot.results import Box, InspectionResult, describe_findings
+
+log = logging.getLogger(__name__)
+
+SCORES_FILE = "mutual-scores.safetensors"
+
+
+@dataclass(frozen=True)
+class MutualConfig:
+    """Settings of lot-level scoring (see :mod:`adcopilot.model.mutual`)."""
+
+    closest: float = 0.3  # share of the other images each patch is compared with (its closest)
+    top_k: int = 3  # image score: mean of the largest patch values
+    mad_k: float = MAD_K  # lot threshold: median + mad_k robust deviations
+    threshold: float | None = None  # a fixed threshold for mutual scores instead of the lot's own
+
+
+@dataclass
+class LotFeatures:
+    """The readable images of a lot with what mutual scoring and the image check need."""
+
+    items: list[LotItem]
+    features: torch.Tensor  # (N, P, C) unit-norm patch features at stride 16
+    profiles: list[ImageProfile]
+    skipped: list[tuple[str, str]]  # (key, reason) of the files that cannot be read
+
+
+def lot_tower(copilot: Copilot) -> PatchTower:
+    """The frozen vision tower whose patch features the lot is compared with."""
+    det = copilot.detector
+    tower = getattr(det, "fused_tower", None) or getattr(det, "tower", None)
+    if tower is None:
+        raise AdcopilotError(f"--mutual needs a model with a vision tower; '{copilot.model_name}' has none")
+    return tower
+
+
+def _decode(item: LotItem, size: int) -> np.ndarray | str:
+    try:
+        return to_float_array(load_image(item.path, name=str(item.path)), size)  # (S, S, 3)
+    except AdcopilotError as exc:
+        return str(exc)
+
+
+def encode_lot(
+    items: Sequence[LotItem], tower: PatchTower, size: int, workers: int = 2, chunk: int = 16, progress: bool = False
+) -> LotFeatures:
+    """Decode the lot (in threads) and keep each readable image's patch features and profile."""
+    good: list[LotItem] = []
+    feats: list[torch.Tensor] = []
+    profiles: list[ImageProfile] = []
+    skipped: list[tuple[str, str]] = []
+    with (
+        ThreadPoolExecutor(max(1, workers), thread_name_prefix="lot-io") as pool,
+        tqdm(total=len(items), unit="img", desc="features", disable=not progress, dynamic_ncols=True) as bar,
+    ):
+        for start in range(0, len(items), chunk):
+            part = list(items[start : start + chunk])
+            arrays = []
+            for item, got in zip(part, pool.map(_decode, part, [size] * len(part)), strict=True):
+                if isinstance(got, str):
+                    skipped.append((item.key, got))
+                    log.warning("skipped %s", got)
+                    continue
+                good.append(item)
+                arrays.append(got)
+                profiles.append(image_profile(tower, got))
+            if arrays:
+                feats.append(lot_features(tower, to_batch(arrays)))  # (B, P, C)
+            bar.update(len(part))
+    if len(good) < 2:
+        raise AdcopilotError(f"--mutual needs a lot of two readable images or more, got {len(good)}")
+    return LotFeatures(good, torch.cat(feats), profiles, skipped)
+
+
+def _load_scores(path: Path, digest: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch values and a done mask saved by an earlier run of this lot, else empty ones."""
+    empty = torch.zeros(shape), torch.zeros(shape[0], dtype=torch.bool)
+    if not path.exists():
+        return empty
+    try:
+        saved = load_file(str(path))
+        values, done, key = saved["patch_scores"], saved["done"].bool(), saved["lot"]
+    except (OSError, SafetensorError, KeyError) as exc:
+        log.warning("%s: unreadable (%s); the lot is scored again", path, exc)
+        return empty
+    if tuple(values.shape) != shape or bytes(key.tolist()).decode("ascii", "replace") != digest:
+        log.warning("%s: another lot's scores; the lot is scored again", path)
+        return empty
+    return values, done
+
+
+def _save_scores(path: Path, digest: str, values: torch.Tensor, done: torch.Tensor) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    lot = torch.tensor(list(digest.encode("ascii")), dtype=torch.uint8)
+    save_file({"patch_scores": values.contiguous(), "done": done.to(torch.uint8), "lot": lot}, str(tmp))
+    os.replace(tmp, path)
+
+
+def score_lot(
+    lot: LotFeatures, out: Path, cfg: MutualConfig, restart: bool = False, chunk: int = 8, progress: bool = False
+) -> torch.Tensor:
+    """(N, P) patch values of the lot's images, resumed from (and saved to) ``SCORES_FILE``."""
+    path = out / SCORES_FILE
+    n, p, _ = lot.features.shape
+    digest = _digest([it.key for it in lot.items] + [f"closest={cfg.closest}"])
+    if restart:
+        path.unlink(missing_ok=True)
+    values, done = _load_scores(path, digest, (n, p))
+    todo = [i for i in range(n) if not done[i]]
+    with tqdm(total=n, initial=n - len(todo), unit="img", desc="mutual", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), chunk):
+            rows = todo[start : start + chunk]
+            values[rows] = mutual_patch_scores(lot.features, cfg.closest, rows=rows, progress=bar.update)
+            done[rows] = True
+            _save_scores(path, digest, values, done)
+    return values
+
+
+def lot_checks(profiles: Sequence[ImageProfile], rules: CheckRules | None) -> list[str | None]:
+    """Each image's global check against every other image of the lot (None: it passes, or no rules:
+    the check is off)."""
+    if rules is None:
+        return [None] * len(profiles)
+    return [check_image(q, [r for j, r in enumerate(profiles) if j != i], rules) for i, q in enumerate(profiles)]
+
+
+def _map_of(patch_values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(P,) patch values on the stride-16 grid -> (H, W) map in the query's pixels."""
+    side = int(round(patch_values.numel() ** 0.5))
+    grid = patch_values.reshape(side, side).numpy().astype(np.float32)  # (S/16, S/16)
+    return cv2.resize(grid, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _boxes(copilot: Copilot, amap: np.ndarray, threshold: float) -> list[Box]:
+    found = boxes_from_map(amap, threshold, copilot.box_rules)
+    if not found and amap.max() > 0:  # a diffuse difference: the strongest region, as inspect does
+        found = boxes_from_map(amap, 0.5 * float(amap.max()), copilot.box_rules)[:1]
+    return [Box(bbox_2d=bbox, label="defect", score=s) for bbox, s in found]
+
+
+def judge(
+    copilot: Copilot, query: str, size: tuple[int, int], mutual_map: np.ndarray, mutual_score: float,
+    mutual_threshold: float, check: str | None, against_refs: InspectionResult | None = None,
+) -> InspectionResult:
+    """The result of one image of the lot: its mutual score alone, or joined with its reference
+    inspection (each divided by its own threshold, the larger wins; the threshold is then 1)."""
+    amap, score, thr = mutual_map, mutual_score, mutual_threshold
+    if against_refs is not None:
+        r = against_refs
+        check = r.image_check or check  # the references' check is the stricter one when it fails
+        assert r.anomaly_map is not None
+        amap = np.maximum(mutual_map / mutual_threshold, r.anomaly_map / r.threshold)
+        score, thr = max(mutual_score / mutual_threshold, r.score / r.threshold), 1.0
+    anomalous = score >= thr or check is not None
+    boxes = _boxes(copilot, amap, thr) if anomalous and check is None else []
+    w, h = size
+    return InspectionResult(
+        query=query, references=[] if against_refs is None else against_refs.references,
+        verdict="anomalous" if anomalous else "normal", score=score, threshold=thr, boxes=boxes,
+        description=describe_findings(anomalous, boxes, w, h, check), model=copilot.model_name,
+        image_size=size, registration={} if against_refs is None else against_refs.registration,
+        anomaly_map=amap, image_check=check,
+    )
+
+
+def run_mutual_batch(
+    copilot: Copilot,
+    queries: Sequence[LotItem],
+    references: Sequence[str | os.PathLike] | None,
+    out_dir: str | os.PathLike,
+    config: BatchConfig | None = None,
+    mutual: MutualConfig | None = None,
+) -> BatchSummary:
+    """Score the lot against itself (and its references, when given); write the outputs of a batch run."""
+    cfg, mcfg = config or BatchConfig(), mutual or MutualConfig()
+    if cfg.shard != (1, 1):
+        raise AdcopilotError("--mutual scores the lot as a whole: it cannot be split with --shard")
+    if not 0 < mcfg.closest <= 1:
+        raise AdcopilotError(f"--closest must be in (0, 1], got {mcfg.closest}")
+    if mcfg.top_k < 1:
+        raise AdcopilotError(f"--top-k must be at least 1, got {mcfg.top_k}")
+    out = output_folder(out_dir)
+    tower = lot_tower(copilot)
+    bank = ReferenceBank.from_paths(references, tower_for(copilot.detector), need_features=True) if references else None
+    settings = {"closest": mcfg.closest, "top_k": mcfg.top_k, "mad_k": mcfg.mad_k, "threshold": mcfg.threshold}
+    if bank is not None:
+        manifest: dict[str, Any] = {**_manifest(copilot, bank, cfg, queries), "mutual": settings}
+    else:
+        manifest = {"lot": lot_id(queries), "model": copilot.model_name, "image_size": copilot.detector.image_size,
+                    "references": {"count": 0, "digest": ""}, "mutual": settings}
+    _check_manifest(out, manifest, cfg)
+    suffix = shard_suffix(1, 1)
+    results_path, skipped_path = out / f"results{suffix}.jsonl", out / f"skipped{suffix}.csv"
+    if cfg.restart:
+        results_path.unlink(missing_ok=True)
+
+    t0 = time.perf_counter()
+    lot = encode_lot(queries, tower, copilot.detector.image_size, cfg.workers, progress=cfg.progress)
+    patch_values = score_lot(lot, out, mcfg, cfg.restart, progress=cfg.progress)  # (N, P)
+    scores = image_scores(patch_values, mcfg.top_k).tolist()
+    thr = mcfg.threshold if mcfg.threshold is not None else lot_threshold(scores, mcfg.mad_k)
+    checks = lot_checks(lot.profiles, copilot.check_rules)
+    log.info("lot of %d images: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))
+
+    done = {r.get("file") for r in read_records(results_path)}
+    todo = [i for i, it in enumerate(lot.items) if it.key not in done]
+    summary = BatchSummary(out, len(queries), len(queries) - len(todo) - len(lot.skipped), 0)
+    if bank is not None:
+        summary.skipped.extend((f"reference {p}", reason) for p, reason in bank.skipped)
+    empty = ReferenceBank([], torch.zeros(0, 0), [])
+    plan = BatchPlan(out, results_path, skipped_path, bank or empty, tower_for(copilot.detector), False,
+                     [lot.items[i] for i in todo], summary)
+    with (
+        ThreadPoolExecutor(max(1, cfg.workers), thread_name_prefix="lot-io") as pool,
+        ResultWriter(plan) as writer,
+        tqdm(total=len(todo), unit="img", desc="verdicts", disable=not cfg.progress, dynamic_ncols=True) as bar,
+    ):
+        writes = []
+        for n, i in enumerate(todo):
+            rec, result, img = _inspect_one(copilot, bank, lot.items[i], patch_values[i], scores[i], thr, checks[i], cfg)
+            if rec is None:
+                writer.skip(lot.items[i].key, result)
+                continue
+            writer.record(rec)
+            if cfg.save_images:
+                writes.append(pool.submit(_save_pictures, img, result, out / rec["annotated"], out / rec["thumb"],
+                                          cfg.thumb_size))
+            if (n + 1) % max(1, cfg.chunk) == 0:
+                writer.flush()
+            bar.update(1)
+        for key, reason in lot.skipped:
+            writer.skip(key, reason)
+        writer.flush()
+        for w in writes:
+            w.result()
+    return finish_batch(plan, cfg, time.perf_counter() - t0)
+
+
+def _inspect_one(
+    copilot: Copilot, bank: ReferenceBank | None, item: LotItem, patch_values: torch.Tensor, score: float,
+    thr: float, check: str | None, cfg: BatchConfig,
+) -> tuple[dict[str, Any] | None, Any, Any]:
+    """(record, result, image) of one image, or (None, reason, None) when it cannot be inspected."""
+    try:
+        img = load_image(item.path, name=str(item.path))
+        chosen: list[tuple[Path, float]] = []
+        against = None
+        if bank is not None:
+            feature = global_features(tower_for(copilot.detector), [to_float_array(img, GLOBAL_SIZE)])[0]  # (D,)
+            chosen = bank.nearest(feature, cfg.shots, exclude=item.path)
+            against = copilot.inspect(img, [str(p) for p, _ in chosen])
+    except AdcopilotError as exc:
+        return None, str(exc), None
+    result = judge(copilot, str(item.path), img.size, _map_of(patch_values, img.size), score, thr, check, against)
+    rec = _record(item, result, chosen)
+    rec["mutual_score"], rec["mutual_threshold"] = round(score, 6), round(thr, 6)
+    if against is not None:
+        rec["reference_score"], rec["reference_threshold"] = round(against.score, 6), round(against.threshold, 6)
+    if cfg.save_images:
+        name = _asset_name(item.key)
+        rec["annotated"], rec["thumb"] = f"annotated/{name}", f"thumbs/{name}"
+    return rec, result, img

@@ -1,0 +1,55 @@
+"""``batch --mutual`` on a small lot of real ELPV mono cells with the shipped model and no references:
+the defective cells rank above the normal ones, the lot's threshold splits them, a blank frame is
+flagged with its reason, a truncated file is skipped, and a re-run resumes with nothing to do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adcopilot.data.elpv import load_cells
+from adcopilot.eval.detection import auroc
+
+from .conftest import run
+
+
+@pytest.fixture(scope="module")
+def mono_lot(tmp_path_factory):
+    """lot/good: 24 normal mono cells and a blank frame; lot/defect: 4 defective ones and a truncated file."""
+    root = tmp_path_factory.mktemp("mono-lot")
+    mono = [c for c in load_cells() if c.kind == "mono"]
+    picks = {"good": [c for c in mono if c.probability == 0.0][:24], "defect": [c for c in mono if c.probability == 1.0][:4]}
+    for folder, chosen in picks.items():
+        (root / "lot" / folder).mkdir(parents=True)
+        for c in chosen:
+            shutil.copyfile(c.path, root / "lot" / folder / c.name)
+    Image.new("L", (300, 300), 40).save(root / "lot" / "good" / "blank.png")
+    (root / "lot" / "defect" / "truncated.png").write_bytes(picks["defect"][0].path.read_bytes()[:500])
+    return root
+
+
+def test_mutual_batch_without_references_on_real_cells(mono_lot, tmp_path):
+    out = tmp_path / "out"
+    args = ("batch", str(mono_lot / "lot"), "--mutual", "--out", str(out), "--json", "--quiet")
+    p = run(*args, home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["processed"] == 29 and [s["file"] for s in d["skipped"]] == ["defect/truncated.png"]
+    recs = {r["file"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    blank = recs.pop("good/blank.png")
+    assert blank["verdict"] == "anomalous" and blank["image_check"] == "blank image"
+    assert all(r["image_check"] is None for r in recs.values())
+    labels = [int(r["truth"] == "defective") for r in recs.values()]
+    scores = np.array([r["mutual_score"] for r in recs.values()])
+    assert auroc(scores, labels) >= 0.95
+    # The lot's own threshold: few false alarms, most defects caught.
+    t = d["summary"]["truth"]
+    assert t["overkill"] <= 2 and t["miss"] <= 1, t  # the blank frame is one false alarm
+    assert all((out / r["annotated"]).exists() for r in recs.values())
+    assert d["summary"]["image_check"] == {"blank image": 1}
+    again = json.loads(run(*args, home=tmp_path).stdout)
+    assert again["processed"] == 0 and again["done_before"] == 29

@@ -1,0 +1,146 @@
+"""``batch --mutual``: a lot scored against itself (and its references), the lot's own threshold, the
+image check against the lot, resume of the scoring, and the settings it refuses."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from adcopilot.errors import AdcopilotError
+from adcopilot.line.batch import BatchConfig, read_records
+from adcopilot.line.lot import SCORES_FILE, MutualConfig, encode_lot, lot_tower, run_mutual_batch, score_lot
+from adcopilot.line.sources import collect
+from adcopilot.model.mutual import MAD_K, MIN_SPREAD, lot_threshold, mutual_patch_scores
+
+from .conftest import texture
+
+
+def _cfg(**kw):
+    return BatchConfig(progress=False, **kw)
+
+
+@pytest.fixture
+def mixed_lot(tmp_path):
+    """lot/good: 8 shifted copies of one texture; lot/defect: a white square and a black disc (each
+    unlike anything else in the lot); a broken file; refs/: 2 normals."""
+    good, bad, refs = tmp_path / "lot" / "good", tmp_path / "lot" / "defect", tmp_path / "refs"
+    for d in (good, bad, refs):
+        d.mkdir(parents=True)
+    base = texture(0)
+    for i in range(8):
+        Image.fromarray(np.roll(base, (i % 3, i // 3), axis=(0, 1))).save(good / f"g{i}.png")
+    square = base.copy()
+    square[20:44, 40:64] = 255
+    disc = base.copy()
+    yy, xx = np.mgrid[:96, :96]
+    disc[(yy - 70) ** 2 + (xx - 25) ** 2 < 12**2] = 0
+    Image.fromarray(square).save(bad / "square.png")
+    Image.fromarray(disc).save(bad / "disc.png")
+    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    for i in range(2):
+        Image.fromarray(np.roll(base, (i, 0), axis=(0, 1))).save(refs / f"r{i}.png")
+    return {"lot": tmp_path / "lot", "refs": refs, "out": tmp_path / "out"}
+
+
+def test_lot_threshold_is_median_plus_k_robust_deviations():
+    normal = [0.10, 0.11, 0.12, 0.13, 0.14]
+    # Two huge outliers move neither the median nor the MAD.
+    assert lot_threshold(normal + [5.0, 9.0], k=3) == pytest.approx(lot_threshold(normal + [0.2, 0.3], k=3))
+    x = np.array(normal)
+    med, mad = np.median(x), np.median(np.abs(x - np.median(x)))
+    assert lot_threshold(normal, k=2) == pytest.approx(med + 2 * 1.4826 * mad)
+    # Identical images: the spread's floor keeps the threshold above their common score.
+    assert lot_threshold([0.0] * 6) == pytest.approx(MAD_K * MIN_SPREAD) and MAD_K * MIN_SPREAD > 0
+
+
+def test_mutual_batch_without_references(tiny_copilot, mixed_lot):
+    s = run_mutual_batch(tiny_copilot, collect([mixed_lot["lot"]]), None, mixed_lot["out"], _cfg())
+    out = mixed_lot["out"]
+    assert (s.total, s.done_before, s.processed) == (11, 0, 10)
+    assert [f for f, _ in s.skipped] == ["defect/broken.png"]
+    recs = {r["file"]: r for r in read_records(out / "results.jsonl")}
+    scores = [r["mutual_score"] for r in recs.values()]
+    thr = lot_threshold(scores)
+    assert all(r["threshold"] == pytest.approx(thr, abs=1e-5) == r["mutual_threshold"] for r in recs.values())
+    assert {recs[k]["outcome"] for k in recs if k.startswith("good/")} == {"pass"}
+    for name, (cx, cy) in (("defect/square.png", (52, 32)), ("defect/disc.png", (25, 70))):
+        r = recs[name]
+        assert r["outcome"] == "detected" and r["image_check"] is None and r["references"] == []
+        assert any(b[0] <= cx < b[2] and b[1] <= cy < b[3] for b in (x["bbox_2d"] for x in r["boxes"])), r["boxes"]
+        assert (out / r["annotated"]).exists()
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 10
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["truth"]["confusion"] == {"tn": 8, "fp": 0, "tp": 2, "fn": 0}
+    assert summary["run"]["mutual"]["closest"] == 0.3
+
+
+def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixed_lot, tmp_path):
+    items = collect([mixed_lot["lot"]])
+    tower = lot_tower(tiny_copilot)
+    lot = encode_lot(items, tower, tiny_copilot.detector.image_size)
+    assert len(lot.items) == 10 and [k for k, _ in lot.skipped] == ["defect/broken.png"]
+    cfg = MutualConfig()
+    full = score_lot(lot, tmp_path, cfg)
+    assert torch.allclose(full, mutual_patch_scores(lot.features, cfg.closest))
+    # An interrupted run: half the rows saved (marked with a value no scoring gives), the rest to do.
+    saved = load_file(str(tmp_path / SCORES_FILE))
+    saved["patch_scores"][:5] = 7.0
+    saved["done"][5:] = 0
+    save_file(saved, str(tmp_path / SCORES_FILE))
+    resumed = score_lot(lot, tmp_path, cfg)
+    assert bool((resumed[:5] == 7.0).all()) and torch.allclose(resumed[5:], full[5:])
+    # Another setting is another lot's scores: all scored again.
+    other = score_lot(lot, tmp_path, MutualConfig(closest=0.5))
+    assert not bool((other == 7.0).any())
+
+
+def test_resume_writes_only_the_missing_records(tiny_copilot, mixed_lot):
+    items = collect([mixed_lot["lot"]])
+    run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(save_images=False))
+    res = mixed_lot["out"] / "results.jsonl"
+    first = {r["file"]: r for r in read_records(res)}
+    res.write_text("\n".join(res.read_text().splitlines()[:-4]) + "\n")
+    s = run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(save_images=False))
+    assert (s.done_before, s.processed) == (6, 4)
+    again = {r["file"]: r for r in read_records(res)}
+    assert again.keys() == first.keys()
+    assert all(again[k]["score"] == first[k]["score"] for k in first)
+    with pytest.raises(AdcopilotError, match="holds results of a different run"):
+        run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(save_images=False),
+                         MutualConfig(mad_k=2.0))
+
+
+def test_a_blank_frame_in_the_lot_fails_the_image_check(tiny_copilot, mixed_lot):
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(mixed_lot["lot"] / "good" / "blank.png")
+    run_mutual_batch(tiny_copilot, collect([mixed_lot["lot"]]), None, mixed_lot["out"], _cfg(save_images=False))
+    recs = {r["file"]: r for r in read_records(mixed_lot["out"] / "results.jsonl")}
+    blank = recs["good/blank.png"]
+    assert blank["verdict"] == "anomalous" and blank["image_check"] == "blank image" and blank["boxes"] == []
+    assert all(recs[k]["image_check"] is None for k in recs if k != "good/blank.png")
+
+
+def test_with_references_the_scores_join_on_their_own_thresholds(tiny_copilot, mixed_lot):
+    run_mutual_batch(tiny_copilot, collect([mixed_lot["lot"]]), [mixed_lot["refs"]], mixed_lot["out"],
+                     _cfg(save_images=False))
+    recs = {r["file"]: r for r in read_records(mixed_lot["out"] / "results.jsonl")}
+    for r in recs.values():
+        joined = max(r["mutual_score"] / r["mutual_threshold"], r["reference_score"] / r["reference_threshold"])
+        assert r["threshold"] == 1.0 and r["score"] == pytest.approx(joined, rel=1e-4)
+        assert len(r["references"]) == 1 and r["references"][0].startswith(str(mixed_lot["refs"]))
+        assert r["verdict"] == ("anomalous" if r["score"] >= 1.0 else "normal")
+    assert recs["defect/square.png"]["verdict"] == recs["defect/disc.png"]["verdict"] == "anomalous"
+
+
+def test_refused_settings(tiny_copilot, mixed_lot):
+    items = collect([mixed_lot["lot"]])
+    with pytest.raises(AdcopilotError, match="cannot be split with --shard"):
+        run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(shard=(1, 2)))
+    with pytest.raises(AdcopilotError, match="two readable images or more"):
+        run_mutual_batch(tiny_copilot, items[:1], None, mixed_lot["out"], _cfg())
