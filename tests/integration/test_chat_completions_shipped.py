@@ -78,15 +78,23 @@ def test_a_free_question_streams(server):
     root = assets.home() / "benchmarks" / "bundled" / "HeldOut-Photos" / "coffee_cup"
     ref, query = sorted((root / "train" / "good").glob("*.png"))[0], sorted((root / "test").glob("*/*.png"))[-1]
     content = [{"type": "image_url", "image_url": {"url": file_image(p, None)[0]}} for p in (ref, query)]
-    content.append({"type": "text", "text": "What is the defect and where is it?"})
-    body = {"model": "default", "messages": [{"role": "user", "content": content}], "stream": True}
-    pieces = []
-    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=120) as r:
-        assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                delta = json.loads(line[6:])["choices"][0]["delta"]
-                pieces.append(delta.get("content") or "")
-    whole = httpx.post(server + "/v1/chat/completions", json={**body, "stream": False}, timeout=120).json()
-    text = whole["choices"][0]["message"]["content"]
+
+    def streamed(question: str) -> tuple[list[str], str]:
+        body = {"model": "default", "messages": [{"role": "user", "content": [
+            *content, {"type": "text", "text": question}]}], "stream": True}
+        pieces = []
+        with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    pieces.append(delta.get("content") or "")
+        whole = httpx.post(server + "/v1/chat/completions", json={**body, "stream": False}, timeout=120).json()
+        return pieces, whole["choices"][0]["message"]["content"]
+
+    # A question about the defect: composed from the inspection, sent whole.
+    pieces, text = streamed("What is the defect and where is it?")
+    assert "".join(pieces) == text and text
+    # A question the language model answers: token by token.
+    pieces, text = streamed("Write one sentence about the photo.")
     assert len([p for p in pieces if p]) > 3 and "".join(pieces) == text and text
