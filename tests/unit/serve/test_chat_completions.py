@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from adcopilot.api import AnsweringCopilot, Copilot
 from adcopilot.eval.mmad import Question, official_prompt
@@ -20,6 +17,7 @@ from adcopilot.language.model import NanoCopilot, NanoCopilotConfig
 from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.language.visual import VisualEncoder
 from adcopilot.serve.app import create_app
+from adcopilot.serve.local import serve_in_thread
 from adcopilot.serve.service import ServeConfig
 
 from ..language.tiny import tiny_detector, tiny_llm, tiny_tokenizer
@@ -60,36 +58,15 @@ def lm_copilot() -> Copilot:
     return AnsweringCopilot(det, lang, registration=False, threshold=0.0, model_name="tiny-lm")
 
 
-class Server:
-    """A uvicorn server on 127.0.0.1 (a free port) in a thread, for the duration of a test."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def lm_url(lm_copilot) -> Iterator[str]:
-    with Server(create_app(lm_copilot, ServeConfig(api_key="k3y"))) as url:
+    with serve_in_thread(create_app(lm_copilot, ServeConfig(api_key="k3y"))) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def baseline_url(tiny_copilot) -> Iterator[str]:
-    with Server(create_app(tiny_copilot, ServeConfig(max_upload_bytes=400_000))) as url:
+    with serve_in_thread(create_app(tiny_copilot, ServeConfig(max_upload_bytes=400_000))) as url:
         yield url
 
 
