@@ -53,7 +53,7 @@ def test_two_process_training_lowers_the_loss(tmp_path):
     cmd = [
         str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "adcopilot.full.train", "--cpu", "--model", str(ckpt), "--data", str(data), "--output", str(out),
+        "-m", "adcopilot", "train", "--scale", "full", "--cpu", "--model", str(ckpt), "--data", str(data), "--output", str(out),
         "--stage", "3", "--full-finetune", "--steps", "12", "--batch-size", "2", "--lr", "1e-3",
         "--log-every", "4", "--checkpoint-every", "6", "--seed", "0",
     ]

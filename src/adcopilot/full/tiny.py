@@ -7,7 +7,7 @@ multi-node setup end to end before spending hours on the real model::
 
     from adcopilot.full.tiny import build_tiny_checkpoint
     build_tiny_checkpoint("tiny-ckpt", texts=["Is there any defect?", "No."])
-    # accelerate launch -m adcopilot.full.train --model tiny-ckpt --data train.jsonl --stage 3 ...
+    # accelerate launch -m adcopilot train --scale full --model tiny-ckpt --data train.jsonl --stage 3 ...
 """
 
 from __future__ import annotations

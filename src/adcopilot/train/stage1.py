@@ -27,6 +27,7 @@ from torch import nn
 from adcopilot.model.backbone import load_backbone
 from adcopilot.model.nano import STRIDE, NanoComparisonModel, NanoConfig
 from adcopilot.train.config import TrainConfig
+from adcopilot.train.loop import SingleRateTask
 from adcopilot.train.losses import dice_loss, focal_loss, mask_to_cells
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 EVAL_SEED = 987_654
 
 
-class Stage1Task:
+class Stage1Task(SingleRateTask):
     """Stage-1 task for :func:`adcopilot.train.loop.train`."""
 
     def __init__(

@@ -53,6 +53,7 @@ from adcopilot.model.stages import get_stage
 from adcopilot.train.config import TrainConfig
 from adcopilot.train.language_card import language_card
 from adcopilot.train.language_data import KNOWLEDGE, ChatData, ChatDataConfig
+from adcopilot.train.loop import SingleRateTask
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class Mixture:
         return [turns[0], {"role": "assistant", "content": json.dumps(boxes)}]
 
 
-class LanguageTask:
+class LanguageTask(SingleRateTask):
     """Stage 2 or 3 for :func:`adcopilot.train.loop.train`.
 
     Config: ``init_from`` is the checkpoint to start from (stage 2: a stage-1 comparison

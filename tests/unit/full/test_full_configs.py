@@ -9,7 +9,7 @@ import yaml
 from accelerate.commands.config.config_args import ClusterConfig
 
 from adcopilot.full.tiny import build_tiny
-from adcopilot.full.train import config_from_args
+from adcopilot.train.config import FullTrainConfig, flag_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[3] / "configs"
 EXPECTED = {
@@ -42,5 +42,6 @@ def test_fsdp_wraps_modules_the_model_has():
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stage_configs_parse(stage):
-    cfg = config_from_args(["--config", str(ROOT / "full" / f"stage{stage}.yaml"), "--model", "m", "--data", "d"])
+    flags = flag_overrides(["--model", "m", "--data", "d"], FullTrainConfig)
+    cfg = load_config(ROOT / "full" / f"stage{stage}.yaml", flags, FullTrainConfig)
     assert cfg.stage == stage and cfg.gradient_checkpointing and cfg.dtype == "bfloat16"

@@ -1,4 +1,5 @@
-"""Training the full-scale model: stage groups, Chat-AD reading, deterministic batches, resume."""
+"""Training the full-scale model on the shared loop: stage groups, Chat-AD reading, deterministic batches,
+resume, the config file and flags of ``adcopilot train --scale full``."""
 
 from __future__ import annotations
 
@@ -11,18 +12,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from adcopilot.cli import main
 from adcopilot.errors import AdcopilotError
 from adcopilot.full.chat_batches import ChatBatches, read_chat_jsonl
 from adcopilot.full.tiny import build_tiny, build_tiny_checkpoint
-from adcopilot.full.train import (
-    FullTrainConfig,
-    apply_stage,
-    config_from_args,
-    optimizer_groups,
-    param_group,
-    train,
-)
 from adcopilot.model.stages import get_stage
+from adcopilot.train.config import FullTrainConfig, flag_overrides, load_config
+from adcopilot.train.full_scale import FullTask, apply_stage, optimizer_groups, param_group
+from adcopilot.train.loop import train
 
 QUESTION = "The first image is a normal sample. The second image is the query sample. Is there any defect?"
 
@@ -144,13 +141,19 @@ def test_training_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state):
     ckpt = build_tiny_checkpoint(tmp_path / "tiny", texts=texts)
     common = dict(model=str(ckpt), data=str(data), stage=1, steps=3, batch_size=2, lr=1e-3, log_every=1,
                   checkpoint_every=100, cpu=True)
-    final = train(FullTrainConfig(output=str(tmp_path / "a"), **common))
-    stopped = train(FullTrainConfig(output=str(tmp_path / "b"), stop_after=1, **common))
+
+    def run(resume: bool = False, **kw) -> Path:
+        cfg = FullTrainConfig(**common, **kw)
+        return train(FullTask(cfg), cfg, resume=resume)
+
+    final = run(output=str(tmp_path / "a"))
+    stopped = run(output=str(tmp_path / "b"), stop_after=1)
     assert stopped == tmp_path / "b" / "checkpoint"
-    assert json.loads((stopped / "state.json").read_text())["step"] == 1
+    state = json.loads((stopped / "state.json").read_text())
+    assert state["step"] == 1 and state["optimizer"] is not None
     with pytest.raises(AdcopilotError, match="pass --resume"):
-        train(FullTrainConfig(output=str(tmp_path / "b"), **common))
-    train(FullTrainConfig(output=str(tmp_path / "b"), resume=True, **common))
+        run(output=str(tmp_path / "b"))
+    run(output=str(tmp_path / "b"), resume=True)
     a = load_file(str(tmp_path / "a" / "checkpoint" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoint" / "trainable.safetensors"))
     assert set(a) == set(b) and all(k.startswith("model.visual.") for k in a)  # stage 1: visual side only
@@ -158,6 +161,7 @@ def test_training_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-7)
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    assert all(r["tokens_per_s"] > 0 for r in rows)  # the task's token count, logged as a rate
     # The exported model is a checkpoint folder with the trained encoder.
     from adcopilot.full.loading import load_full_model
 
@@ -169,10 +173,32 @@ def test_training_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state):
 def test_config_file_and_flags(tmp_path):
     cfg = tmp_path / "s3.yaml"
     cfg.write_text("stage: 3\nlora_rank: 8\nsteps: 10\n")
-    c = config_from_args(["--config", str(cfg), "--steps", "20", "--gradient-checkpointing", "--tasks", "vqa", "caption"])
-    assert (c.stage, c.lora_rank, c.steps, c.gradient_checkpointing, c.tasks) == (3, 8, 20, True, ["vqa", "caption"])
-    cfg.write_text("stage: 3\nwings: 2\n")
-    with pytest.raises(AdcopilotError, match="unknown config key"):
-        config_from_args(["--config", str(cfg)])
+    flags = flag_overrides(["--steps", "20", "--gradient-checkpointing", "--tasks", "vqa", "caption", "--lr=1e-4"],
+                           FullTrainConfig)
+    c = load_config(cfg, flags, FullTrainConfig)
+    assert (c.stage, c.lora_rank, c.steps, c.gradient_checkpointing, c.tasks, c.lr) == (
+        3, 8, 20, True, ["vqa", "caption"], 1e-4)
+    with pytest.raises(AdcopilotError, match="--steps: expected an integer, got 'many'"):
+        flag_overrides(["--steps", "many"], FullTrainConfig)
+    with pytest.raises(AdcopilotError, match="--lora-rank: needs a value"):
+        flag_overrides(["--lora-rank", "--cpu"], FullTrainConfig)
+    cfg.write_text("stage: 3\nlr: fast\n")
+    with pytest.raises(AdcopilotError, match="'lr' must be a finite number"):
+        load_config(cfg, None, FullTrainConfig)
     with pytest.raises(AdcopilotError, match="are required"):
-        train(FullTrainConfig())
+        FullTask(FullTrainConfig())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--wings", "2"], "error: --wings: unknown option"),
+    (["--config", "{cfg}"], "unknown config key(s) wings"),
+    (["--run-dir", "x"], "the full scale reads --output"),
+    (["--scale", "huge"], "--scale huge: unknown scale"),
+])
+def test_bad_full_scale_commands_say_so_in_one_line(tmp_path, capsys, args, message):
+    cfg = tmp_path / "s3.yaml"
+    cfg.write_text("stage: 3\nwings: 2\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--scale", "full", *[a.format(cfg=cfg) for a in args]])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
