@@ -90,19 +90,10 @@ class Copilot:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(
-        cls,
-        model: str | os.PathLike | None = None,
-        *,
-        threshold: float | None = None,
-        registration: bool = True,
-        calibration: str | os.PathLike | None = None,
-        auto_threshold: bool = False,
-    ) -> Inspector:
-        """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder
-        (see :func:`load`)."""
-        return load(model, threshold=threshold, registration=registration, calibration=calibration,
-                    auto_threshold=auto_threshold)
+    def load(cls, model: str | os.PathLike | None = None, **options: Any) -> Inspector:
+        """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder,
+        with :func:`load`'s keyword ``options`` (threshold, registration, calibration, auto_threshold)."""
+        return load(model, **options)
 
     # ------------------------------------------------------------------ references
     def _reference(self, src: ImageInput, name: str) -> tuple[np.ndarray, Any]:

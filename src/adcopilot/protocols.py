@@ -44,22 +44,12 @@ class Answerer(Protocol):
     """Answers questions about a (query, references) pair in words."""
 
     def ask(
-        self,
-        query: ImageInput,
-        references: References,
-        question: str,
-        history: Turns | None = None,
-        *,
-        result: InspectionResult | None = None,
-        max_new_tokens: int | None = None,
+        self, query: ImageInput, references: References, question: str, history: Turns | None = None,
+        *, result: InspectionResult | None = None, max_new_tokens: int | None = None,
     ) -> str: ...
 
     def answer_choice(
-        self,
-        query: ImageInput,
-        references: References,
-        question: str,
-        options: dict[str, str],
+        self, query: ImageInput, references: References, question: str, options: dict[str, str],
         *,
         result: InspectionResult | None = None,
     ) -> str:
@@ -82,14 +72,8 @@ class StreamingAnswerer(Answerer, Protocol):
     """An :class:`Answerer` that can also hand out a free answer as it is written."""
 
     def ask_stream(
-        self,
-        query: ImageInput,
-        references: References,
-        question: str,
-        history: Turns | None = None,
-        *,
-        result: InspectionResult | None = None,
-        max_new_tokens: int | None = None,
+        self, query: ImageInput, references: References, question: str, history: Turns | None = None,
+        *, result: InspectionResult | None = None, max_new_tokens: int | None = None,
     ) -> Iterator[str]:
         """:meth:`ask`'s answer, one piece of text per token as the model writes it."""
         ...

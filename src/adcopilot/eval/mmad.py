@@ -34,22 +34,15 @@ from pathlib import Path
 from typing import Literal
 
 from adcopilot.data.mmad_paths import resolve_mask, resolve_query
+from adcopilot.data.questions import MMAD_SUBTASK, MMAD_TYPES
 from adcopilot.errors import AdcopilotError
 
 log = logging.getLogger(__name__)
 
 #: The seven reported sub-tasks, in the benchmark's column order.
-SUBTASKS: list[str] = [
-    "Anomaly Detection",
-    "Defect Classification",
-    "Defect Localization",
-    "Defect Description",
-    "Defect Analysis",
-    "Object Classification",
-    "Object Analysis",
-]
+SUBTASKS: list[str] = list(dict.fromkeys(MMAD_SUBTASK[t] for t in MMAD_TYPES))
 #: Question types the official scorer merges into a reported sub-task.
-MERGED_TYPES: dict[str, str] = {"Object Structure": "Object Analysis", "Object Details": "Object Analysis"}
+MERGED_TYPES: dict[str, str] = {t: s for t, s in MMAD_SUBTASK.items() if t != s}
 #: Short names accepted on the command line (``--task AD``).
 TASK_ABBREVIATIONS: dict[str, str] = {"".join(w[0] for w in t.split()): t for t in SUBTASKS}
 #: The substring that marks a normal query image in MMAD paths.

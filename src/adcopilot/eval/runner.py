@@ -196,30 +196,26 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, str | None, float]:
         return None, str(exc), time.perf_counter() - t0
 
 
+def _open(out_dir: str | os.PathLike, task: str, bench: MMADBenchmark, backend: Backend, k_shot: int,
+          templates: TemplateMode, selection: dict[str, Any] | None, **extra: Any) -> Path:
+    """:func:`open_run` for a run of ``task`` with these settings."""
+    return open_run(out_dir, task, _identity(bench, backend, k_shot, templates),
+                    {"backend": backend.describe(), "selection": selection or {}, **extra})
+
+
 def _images(bench: MMADBenchmark, item: MMADItem, k_shot: int, templates: TemplateMode) -> list[Path]:
     return [*bench.references(item, k_shot, templates), bench.query(item)]
 
 
 # --------------------------------------------------------------------------- MMAD
-def run_mmad(
-    bench: MMADBenchmark,
-    items: Sequence[MMADItem],
-    backend: Backend,
-    out_dir: str | os.PathLike,
-    *,
-    k_shot: int = 1,
-    templates: TemplateMode = "random",
-    progress: bool = True,
-    selection: dict[str, Any] | None = None,
-) -> list[AnswerRecord]:
+def run_mmad(bench: MMADBenchmark, items: Sequence[MMADItem], backend: Backend, out_dir: str | os.PathLike, *,
+             k_shot: int = 1, templates: TemplateMode = "random", progress: bool = True,
+             selection: dict[str, Any] | None = None) -> list[AnswerRecord]:
     """Answer every question of ``items`` (skipping those already in ``answers.jsonl``).
 
     Returns the records of ``items`` in the benchmark file's order, ready for :func:`score`.
     """
-    out = open_run(
-        out_dir, "mmad", _identity(bench, backend, k_shot, templates),
-        {"backend": backend.describe(), "selection": selection or {}},
-    )
+    out = _open(out_dir, "mmad", bench, backend, k_shot, templates, selection)
     answers = JsonlLog(out / "answers.jsonl")
     have: dict[tuple[str, int], dict[str, Any]] = {}
     for rec in answers.load():
@@ -304,17 +300,9 @@ def _query_size(bench: MMADBenchmark, item: MMADItem) -> tuple[int, int] | None:
         return None
 
 
-def run_bbox(
-    bench: MMADBenchmark,
-    items: Sequence[MMADItem],
-    backend: Backend,
-    out_dir: str | os.PathLike,
-    *,
-    k_shot: int = 1,
-    templates: TemplateMode = "random",
-    progress: bool = True,
-    selection: dict[str, Any] | None = None,
-) -> tuple[list[BBoxRecord], dict[str, int]]:
+def run_bbox(bench: MMADBenchmark, items: Sequence[MMADItem], backend: Backend, out_dir: str | os.PathLike, *,
+             k_shot: int = 1, templates: TemplateMode = "random", progress: bool = True,
+             selection: dict[str, Any] | None = None) -> tuple[list[BBoxRecord], dict[str, int]]:
     """Ask for boxes on every image of ``items`` (resumable, ``boxes.jsonl``).
 
     Returns the records (ground truth from the masks; normal images have none) and counts of
@@ -322,10 +310,7 @@ def run_bbox(
     """
     if not backend.supports_boxes:
         raise AdcopilotError(f"backend '{backend.name}' does not answer with boxes")
-    out = open_run(
-        out_dir, "mmad-bbox", _identity(bench, backend, k_shot, templates),
-        {"backend": backend.describe(), "selection": selection or {}},
-    )
+    out = _open(out_dir, "mmad-bbox", bench, backend, k_shot, templates, selection)
     log_file = JsonlLog(out / "boxes.jsonl")
     have = {rec.get("image"): rec for rec in log_file.load()}
     skipped = {"no_mask": 0, "bad_mask": 0}
@@ -407,10 +392,7 @@ def run_detect(
     then image metrics (and pixel metrics where masks exist), overall and per dataset."""
     if not isinstance(backend, CopilotBackend):
         raise AdcopilotError(f"detection metrics need a model that outputs scores and maps (nano or baseline), not '{backend.name}'")
-    out = open_run(
-        out_dir, "detect", _identity(bench, backend, k_shot, templates),
-        {"backend": backend.describe(), "selection": selection or {}, "pixel_size": pixel_size},
-    )
+    out = _open(out_dir, "detect", bench, backend, k_shot, templates, selection, pixel_size=pixel_size)
     log_file = JsonlLog(out / "scores.jsonl")
     maps_dir = out / "maps"
     maps_dir.mkdir(exist_ok=True)

@@ -47,6 +47,7 @@ from adcopilot.imaging import ImageInput, load_image, load_thumbnail
 from adcopilot.inputs import as_references, reference_names, source_name
 from adcopilot.model.box_text import bbox_prompt, parse_box_text
 from adcopilot.model.detector import Detector
+from adcopilot.protocols import References, Turns
 from adcopilot.reasoning import THINK_CLOSE, THINK_OPEN, final_answer
 from adcopilot.registration import Registration
 from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
@@ -343,14 +344,8 @@ class FullCopilot:
         """Nothing to preload: the model that inspects also answers."""
 
     def ask(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        history: Sequence[dict[str, str]] | None = None,
-        *,
-        result: InspectionResult | None = None,
-        max_new_tokens: int | None = None,
+        self, query: ImageInput, references: References, question: str, history: Turns | None = None,
+        *, result: InspectionResult | None = None, max_new_tokens: int | None = None,
     ) -> str:
         """The model's answer to ``question`` about the pair (after the ``history`` turns), read
         after any reasoning.
@@ -360,11 +355,7 @@ class FullCopilot:
         return final_answer(self.ask_raw(query, references, question, history, max_new_tokens))
 
     def ask_raw(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        history: Sequence[dict[str, str]] | None = None,
+        self, query: ImageInput, references: References, question: str, history: Turns | None = None,
         max_new_tokens: int | None = None,
     ) -> str:
         """:meth:`ask`'s whole reply, reasoning included."""
@@ -390,11 +381,7 @@ class FullCopilot:
         return answer, [*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
     def answer_choice(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        options: dict[str, str],
+        self, query: ImageInput, references: References, question: str, options: dict[str, str],
         *,
         result: InspectionResult | None = None,
     ) -> str:

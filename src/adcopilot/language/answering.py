@@ -54,6 +54,7 @@ from adcopilot.language.knowledge_match import (
     label_sentences,
     sentences,
 )
+from adcopilot.protocols import References, Turns
 from adcopilot.results import InspectionResult
 
 _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGNORECASE)
@@ -121,14 +122,8 @@ class LanguageAnswers:
         self.language.preload()
 
     def ask(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        history: Sequence[dict[str, str]] | None = None,
-        *,
-        result: InspectionResult | None = None,
-        max_new_tokens: int | None = None,
+        self, query: ImageInput, references: References, question: str, history: Turns | None = None,
+        *, result: InspectionResult | None = None, max_new_tokens: int | None = None,
         grounded: bool = True,
         product: str | None = None,
         material: str | None = None,
@@ -147,14 +142,8 @@ class LanguageAnswers:
                                        product=product, material=material))
 
     def ask_stream(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        history: Sequence[dict[str, str]] | None = None,
-        *,
-        result: InspectionResult | None = None,
-        max_new_tokens: int | None = None,
+        self, query: ImageInput, references: References, question: str, history: Turns | None = None,
+        *, result: InspectionResult | None = None, max_new_tokens: int | None = None,
         grounded: bool = True,
         product: str | None = None,
         material: str | None = None,
@@ -221,11 +210,7 @@ class LanguageAnswers:
         return f"{said}; nothing more is known about this product."
 
     def answer_choice(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        options: dict[str, str],
+        self, query: ImageInput, references: References, question: str, options: dict[str, str],
         mode: str = "likelihood",
         *,
         grounded: bool = True,
@@ -333,11 +318,7 @@ class LanguageAnswers:
         return [b.to_dict() for b in r.boxes]
 
     def chat(
-        self,
-        query: ImageInput,
-        references: ImageInput | Sequence[ImageInput],
-        question: str,
-        history: Sequence[dict[str, str]] | None = None,
+        self, query: ImageInput, references: References, question: str, history: Turns | None = None,
         *,
         product: str | None = None,
         material: str | None = None,

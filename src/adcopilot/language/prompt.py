@@ -125,23 +125,10 @@ def render(
     return text, answers
 
 
-def conversation_segments(
-    tokenizer: Any,
-    turns: Sequence[dict[str, str]],
-    n_refs: int,
-    *,
-    with_images: bool = True,
-    with_compare: bool = True,
-    add_generation_prompt: bool = False,
-    system: str = SYSTEM,
-    with_evidence: bool = False,
-) -> list[Segment]:
+def conversation_segments(tokenizer: Any, turns: Sequence[dict[str, str]], n_refs: int, **layout: Any) -> list[Segment]:
     """Split the rendered conversation into text, image (``ref<i>``, ``query``, ``compare``) and
-    answer segments, in sequence order."""
-    text, answers = render(
-        tokenizer, turns, n_refs, with_images=with_images, with_compare=with_compare,
-        add_generation_prompt=add_generation_prompt, system=system, with_evidence=with_evidence,
-    )
+    answer segments, in sequence order; ``layout`` holds :func:`render`'s keyword options."""
+    text, answers = render(tokenizer, turns, n_refs, **layout)
     out: list[Segment] = []
     pos = 0
     for m in _PLACEHOLDER.finditer(text):
