@@ -8,40 +8,39 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.train.config import (
-    FullTrainConfig,
-    LoopConfig,
-    TrainConfig,
-    flag_names,
-    flag_overrides,
-    load_config,
-)
 
-SCALES: dict[str, type[LoopConfig]] = {"nano": TrainConfig, "full": FullTrainConfig}
+# Imported by the functions below, when a run starts: YAML, torch and the stage's model are not
+# needed for `adcopilot --help`.
+if TYPE_CHECKING:
+    from adcopilot.train.config import FullTrainConfig, TrainConfig
+
+SCALES = ("nano", "full")
+EPILOG = ("Every key of the scale's config is also a flag: --scale nano reads TrainConfig's keys (--lr, "
+          "--warmup-steps, --num-workers, --stop-after, ...), --scale full FullTrainConfig's (--model, --data, "
+          "--output, --grad-accum, --lora-rank, --dtype, --gradient-checkpointing, --tasks A B, ...); "
+          "see adcopilot.train.config and docs/scale.md.")
 
 
 def default_config(stage: int) -> Path:
     return Path(__file__).resolve().parent.parent / "configs" / f"stage{stage}.yaml"
 
 
-def _epilog() -> str:
-    return "\n\n".join(f"Flags of --scale {scale}: {' '.join(flag_names(kind))}" for scale, kind in SCALES.items())
+def _nano(stage: int | None, config: Path | None, args: list[str], flags: dict) -> tuple[object, TrainConfig]:
+    from adcopilot.train.config import TrainConfig, flag_overrides, load_config
 
-
-def _nano(stage: int | None, config: Path | None, flags: dict) -> tuple[object, TrainConfig]:
     if stage is None:
         raise AdcopilotError("--stage: required for --scale nano (1, 2 or 3)")
     cfg_path = config or default_config(stage)
     if not cfg_path.exists():
         raise AdcopilotError(f"no bundled config for stage {stage}; pass --config")
-    cfg = load_config(cfg_path, flags, TrainConfig)
+    cfg = load_config(cfg_path, {**flags, **flag_overrides(args, TrainConfig)}, TrainConfig)
     if cfg.stage != stage:
         raise AdcopilotError(f"{cfg_path}: config is for stage {cfg.stage}, not --stage {stage}")
-    # Imported here: torch and the stage's model load only when a run starts, not for `adcopilot --help`.
     if stage == 1:
         from adcopilot.train.card import stage1_card
         from adcopilot.train.stage1 import Stage1Task
@@ -54,15 +53,16 @@ def _nano(stage: int | None, config: Path | None, flags: dict) -> tuple[object, 
     raise AdcopilotError(f"--stage {stage}: unknown stage (known: 1, 2, 3)")
 
 
-def _full(stage: int | None, config: Path | None, flags: dict) -> tuple[object, FullTrainConfig]:
+def _full(stage: int | None, config: Path | None, args: list[str], flags: dict) -> tuple[object, FullTrainConfig]:
+    from adcopilot.train.config import FullTrainConfig, flag_overrides, load_config
     from adcopilot.train.full_scale import FullTask  # transformers, peft
 
-    cfg = load_config(config, {**flags, "stage": stage}, FullTrainConfig)
+    cfg = load_config(config, {**flags, **flag_overrides(args, FullTrainConfig), "stage": stage}, FullTrainConfig)
     return FullTask(cfg), cfg
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", epilog=_epilog(),
+    @app.command("train", epilog=EPILOG,
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def train_cmd(
         ctx: typer.Context,
@@ -82,13 +82,13 @@ def register(app: typer.Typer) -> None:
 
         if scale not in SCALES:
             raise AdcopilotError(f"--scale {scale}: unknown scale (known: {', '.join(SCALES)})")
-        flags = {"steps": steps, "batch_size": batch_size, "seed": seed, **flag_overrides(ctx.args, SCALES[scale])}
+        flags = {"steps": steps, "batch_size": batch_size, "seed": seed}
         if scale == "nano":
-            task, cfg = _nano(stage, config, {**flags, "run_dir": run_dir, "init_from": init_from})
+            task, cfg = _nano(stage, config, ctx.args, {**flags, "run_dir": run_dir, "init_from": init_from})
         elif run_dir or init_from:
             raise AdcopilotError("--run-dir and --init-from are nano flags; the full scale reads --output and --model")
         else:
-            task, cfg = _full(stage, config, flags)
+            task, cfg = _full(stage, config, ctx.args, flags)
         final = train(task, cfg, resume=resume)  # type: ignore[arg-type]
         if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, once rather than per process
             typer.echo(f"{'final model' if final.name == 'final' else 'stopped; checkpoint'}: {final}")

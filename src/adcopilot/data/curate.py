@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from adcopilot.data import leak
+from adcopilot.data import leak, synth
 from adcopilot.data.knowledge import Knowledge
 from adcopilot.data.masks import describe_regions, load_mask
 from adcopilot.data.questions import LETTERS, LabelledItem, LetterBalancer
@@ -160,8 +160,6 @@ def analyse(entry: Entry, seed: int) -> Analysis:
     try:
         defect = entry.defect
         if entry.synth_kind:
-            from adcopilot.data import synth
-
             base = np.asarray(load_image(entry.base_path or ""))
             rng = np.random.default_rng([seed, _stable_int(entry.key) % (2**32), 7])
             d = synth.add_defect(base, rng, entry.synth_kind)

@@ -32,6 +32,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adcopilot.data import synth
 from adcopilot.data.mmad_paths import query_candidates, resolve_mask, resolve_query
 from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import IMAGE_SUFFIXES
@@ -180,8 +181,6 @@ def _stable_int(*parts: object) -> int:
 
 def scan_normal(path: Path, out_dir: Path, *, variants: int, seed: int) -> list[Entry]:
     """Each normal image -> itself (good) + ``variants`` synthetic-defect entries."""
-    from adcopilot.data import synth  # the synthetic defect painter
-
     if not path.is_dir():
         raise AdcopilotError(f"{path}: no such folder of normal images")
     groups = [(path.name, _images(path))] if _images(path) else [(s.name, _images(s)) for s in _subdirs(path)]

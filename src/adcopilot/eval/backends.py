@@ -55,6 +55,7 @@ from adcopilot.eval.bbox import BoxCoords, bbox_prompt
 from adcopilot.eval.mmad import PromptPart, Question, official_prompt
 from adcopilot.eval.openai_protocols import gpt4o_text, is_refusal, smart_resize
 from adcopilot.eval.openai_protocols import protocol as get_protocol
+from adcopilot.eval.qwen_inputs import ProcessorInputs, QwenInputs
 from adcopilot.grounding import (  # noqa: F401 - re-exported: the backends' answer rules
     option_cells,
     pick_region_option,
@@ -237,8 +238,6 @@ class TransformersBackend(Backend):
 
         import torch
 
-        from adcopilot.eval.qwen_inputs import QwenInputs
-
         raw = read_config_json(path)
         model_type, kind = str(raw.get("model_type", "")), kind_of_config(raw)
         if device == "auto":
@@ -253,8 +252,10 @@ class TransformersBackend(Backend):
         if kind == "ad-copilot":
             # AD-Copilot-style: the Comparison Encoder inside Qwen2.5-VL (adcopilot.full), whose
             # processor adds the comparison-token placeholders.
-            from adcopilot.eval.qwen_inputs import ProcessorInputs
-            from adcopilot.full.loading import load_full_model, load_processor
+            from adcopilot.full.loading import (  # transformers: this backend only
+                load_full_model,
+                load_processor,
+            )
 
             self.model = load_full_model(path, device=device, dtype=dtype)
             self.inputs = ProcessorInputs(load_processor(path, min_pixels, max_pixels, config=self.model.config))

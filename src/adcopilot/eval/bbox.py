@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from adcopilot.data.masks import load_mask, mask_to_boxes
 from adcopilot.errors import AdcopilotError
 from adcopilot.model.box_text import BBOX_PROMPT, bbox_prompt, parse_box_text  # noqa: F401 - re-exported
 
@@ -108,8 +109,6 @@ def gt_boxes_from_mask(mask_path: str | os.PathLike, image_size: tuple[int, int]
 
     A mask of a different size than the image (``image_size`` = (w, h)) has its boxes scaled.
     """
-    from adcopilot.data.masks import load_mask, mask_to_boxes
-
     mask = load_mask(mask_path)
     boxes = [list(r.bbox_2d) for r in mask_to_boxes(mask)]
     mh, mw = mask.shape

@@ -49,6 +49,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from adcopilot import assets
+from adcopilot.data import elpv
+from adcopilot.data.knowledge import Knowledge, ObjectInfo, normalise
+from adcopilot.data.normals import licensed_normal_images
+from adcopilot.data.questions import LabelledItem, LetterBalancer, mmad_conversation
+from adcopilot.data.synth import LABELS, add_defect, jitter
 from adcopilot.errors import AdcopilotError
 
 log = logging.getLogger(__name__)
@@ -173,8 +178,6 @@ def _save_png(root: Path, rel: str, arr: np.ndarray) -> None:
 
 
 def _knowledge() -> Any:
-    from adcopilot.data.knowledge import Knowledge, ObjectInfo, normalise
-
     kb = Knowledge.load()
     for p in PRODUCTS:
         kb.add_object(ObjectInfo(
@@ -201,9 +204,6 @@ def _entry(rel: str, random_t: list[str], similar_t: list[str], conversation: li
 
 # --------------------------------------------------------------------------- ELPV
 def _build_elpv(root: Path, kb: Any, balancer: Any, bar: tqdm) -> dict[str, dict]:
-    from adcopilot.data import elpv
-    from adcopilot.data.questions import LabelledItem, mmad_conversation
-
     split = elpv.split(seed=0)
     data: dict[str, dict] = {}
     for kind in ("mono", "poly"):
@@ -264,10 +264,6 @@ def defect_record(before: np.ndarray, d: Any) -> dict[str, Any]:
 
 
 def _build_photos(root: Path, kb: Any, balancer: Any, bar: tqdm, defects: dict[str, dict]) -> dict[str, dict]:
-    from adcopilot.data.normals import licensed_normal_images
-    from adcopilot.data.questions import LabelledItem, mmad_conversation
-    from adcopilot.data.synth import LABELS, add_defect, jitter
-
     photos = {n.name: n.image for n in licensed_normal_images()}
     missing = [p.source for p in PRODUCTS if p.source not in photos]
     if missing:
@@ -317,8 +313,6 @@ def _build_photos(root: Path, kb: Any, balancer: Any, bar: tqdm, defects: dict[s
 
 def build_bundled(out: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Write the bundle (``mmad.json``, images, masks, ``bundle.json``) into ``out``; its summary."""
-    from adcopilot.data.questions import LetterBalancer
-
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     kb = _knowledge()

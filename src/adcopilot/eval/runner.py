@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from adcopilot.data.masks import load_mask
 from adcopilot.errors import AdcopilotError
 from adcopilot.eval.backends import Backend, BoxAnswer, CopilotBackend, versions
 from adcopilot.eval.bbox import BBoxRecord, gt_boxes_from_mask
@@ -450,8 +451,6 @@ def _resize_map(amap: np.ndarray, pixel_size: int) -> np.ndarray:
 
 def _pixel(bench: MMADBenchmark, items: Iterable[MMADItem], maps_dir: Path, pixel_size: int) -> dict[str, Any]:
     """Pixel AUROC and PRO over the normal images and the anomalous ones with a mask."""
-    from adcopilot.data.masks import load_mask
-
     maps, masks = [], []
     for item in items:
         amap = np.load(maps_dir / _map_name(item.key)).astype(np.float32)

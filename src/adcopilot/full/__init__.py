@@ -51,7 +51,7 @@ _register()
 
 
 def __getattr__(name: str):
-    # The inference wrapper imports the image pipeline; load it only when asked for.
+    # Lazy: the inference wrapper imports the image pipeline; load it only when asked for.
     if name in ("FullModel", "FullCopilot"):
         from adcopilot.full import pipeline
 

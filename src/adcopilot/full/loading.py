@@ -48,8 +48,11 @@ from adcopilot.full.configuration_adcopilot import (
     config_from_released,
     is_authors_config,
 )
+from adcopilot.full.modeling_adcopilot import ADCopilotVLForConditionalGeneration, _init_comparison
+from adcopilot.full.processing_adcopilot import ADCopilotProcessor
 from adcopilot.jsonfile import read_json
 from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind, kind_of_config, read_config_json
+from adcopilot.model.compare import ComparisonEncoder
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +201,6 @@ def load_full_model(
     with ``return_report``)."""
     from accelerate import init_empty_weights
 
-    from adcopilot.full.modeling_adcopilot import ADCopilotVLForConditionalGeneration
-
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint folder")
@@ -305,9 +306,6 @@ def read_generation_config(root: Path):
 
 
 def _fresh_comparison_encoder(model, seed: int, dtype: torch.dtype, device: str | torch.device) -> None:
-    from adcopilot.full.modeling_adcopilot import _init_comparison
-    from adcopilot.model.compare import ComparisonEncoder
-
     visual = model.model.visual
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -332,8 +330,6 @@ def load_processor(
     processor class is not installed (the Thinking variant's) load as well."""
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from adcopilot.full.processing_adcopilot import ADCopilotProcessor
 
     root = Path(path)
     config = config or read_config(root)

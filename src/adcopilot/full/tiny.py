@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from adcopilot.full.configuration_adcopilot import ADCopilotConfig
+from adcopilot.full.loading import save_full_model
+from adcopilot.full.modeling_adcopilot import ADCopilotVLForConditionalGeneration
 from adcopilot.full.processing_adcopilot import SPECIAL_TOKENS, ADCopilotProcessor
 
 BASE_TEXTS = (
@@ -93,8 +95,6 @@ def tiny_config(tokenizer: Any, **overrides: Any) -> ADCopilotConfig:
 
 def build_tiny(texts: Iterable[str] = (), seed: int = 0, **overrides: Any):
     """(model, processor): a tiny random model (seeded) and its processor."""
-    from adcopilot.full.modeling_adcopilot import ADCopilotVLForConditionalGeneration
-
     tokenizer = tiny_tokenizer(texts)
     config = tiny_config(tokenizer, **overrides)
     torch.manual_seed(seed)
@@ -106,7 +106,5 @@ def build_tiny(texts: Iterable[str] = (), seed: int = 0, **overrides: Any):
 
 def build_tiny_checkpoint(path: str | os.PathLike, texts: Iterable[str] = (), seed: int = 0, **overrides: Any) -> Path:
     """Write a tiny random checkpoint folder (the same layout as a real one) and return its path."""
-    from adcopilot.full.loading import save_full_model
-
     model, processor = build_tiny(texts, seed, **overrides)
     return save_full_model(model, processor, path, extra="A tiny random model for tests and smoke runs.")

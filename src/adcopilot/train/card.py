@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from adcopilot.data.normals import HELDOUT_FOR_EVALUATION, LICENCES
 from adcopilot.train.config import TrainConfig
 
 
 def stage1_card(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
-    from adcopilot.data.normals import HELDOUT_FOR_EVALUATION, LICENCES
-
     rows = ["| procedurally generated textures, objects and defects (`adcopilot.data.procedural`, "
             "`adcopilot.data.synth`) | Apache-2.0 (this project) | generated at training time |"]
     for name, (_pkg, rel, licence, origin) in LICENCES.items():

@@ -243,10 +243,5 @@ def flag_overrides(args: Sequence[str], config_class: type) -> dict[str, Any]:
     return out
 
 
-def flag_names(config_class: type) -> list[str]:
-    """The ``--key-name`` flags :func:`flag_overrides` reads for ``config_class``."""
-    return ["--" + name.replace("_", "-") for name, (k, _) in _field_types(config_class).items() if k is not dict]
-
-
 def save_config(cfg: LoopConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from adcopilot.data.normals import LICENCES
 from adcopilot.train.config import TrainConfig
+from adcopilot.train.language_data import PHOTO_CLASSES
 
 
 def data_sources_table() -> str:
     """The licence-clean sources of the language training data, one row each."""
-    from adcopilot.data.normals import LICENCES
-    from adcopilot.train.language_data import PHOTO_CLASSES
-
     rows = ["| procedurally generated products and synthetic defects (`adcopilot.data.procedural`, "
             "`adcopilot.data.synth`) | Apache-2.0 (this project) | generated when the data is built |",
             "| knowledge base texts (`adcopilot/data/knowledge/*.yaml`, `adcopilot/train/knowledge/photo_objects.yaml`)"

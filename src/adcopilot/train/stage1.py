@@ -24,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adcopilot.data.pairs import PairSampler
+from adcopilot.data.synth import jitter
 from adcopilot.model.backbone import load_backbone
 from adcopilot.model.nano import STRIDE, NanoComparisonModel, NanoConfig
+from adcopilot.model.upsample import upsample_centered
 from adcopilot.train.config import TrainConfig
 from adcopilot.train.loop import SingleRateTask
 from adcopilot.train.losses import dice_loss, focal_loss, mask_to_cells
@@ -49,8 +52,6 @@ class Stage1Task(SingleRateTask):
         self.model_cfg = NanoConfig(**{"image_size": 256, **cfg.model})
         self.tower = tower if tower is not None else load_backbone()
         if sampler is None:
-            from adcopilot.data.pairs import PairSampler
-
             opts = {k: v for k, v in cfg.data.items() if k not in ("multi_ref_prob", "max_refs", "train_size")}
             # The model is resolution-agnostic (relative positions, convolutional head): training at a
             # smaller size than inference costs quadratically less attention.
@@ -130,8 +131,6 @@ class Stage1Task(SingleRateTask):
         """Pixel and image AUROC on a fixed set of held-out synthetic pairs."""
         from sklearn.metrics import roc_auc_score
 
-        from adcopilot.model.upsample import upsample_centered
-
         if self._eval_set is None:
             rng = np.random.default_rng(EVAL_SEED)
             n = self.cfg.eval_pairs
@@ -165,8 +164,6 @@ class Stage1Task(SingleRateTask):
 
 def make_pairs(sampler: Any, rng: np.random.Generator, n: int, k: int) -> dict[str, torch.Tensor]:
     """``n`` pairs with ``k`` references each, stacked into tensors."""
-    from adcopilot.data.synth import jitter
-
     # A sampler that can draw k references itself (adapt: other good images) is asked for them;
     # otherwise extra references are jittered views of the one it gives.
     takes_refs = "n_refs" in inspect.signature(sampler.sample).parameters

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from adcopilot.data import synth
+
 log = logging.getLogger(__name__)
 
 WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -106,8 +108,6 @@ def validate(
     memory's (S, S) maps (None without a memory: only weight 0 is measured); ``score(map)`` pools a
     fused map into the image score. Variants without held-out good images are left out.
     """
-    from adcopilot.data import synth
-
     rng = np.random.default_rng([seed, 2])
     out: dict[str, VariantChoice] = {}
     for name in sorted(val_good):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from adcopilot.cli import main
 from adcopilot.data.pairs import PairSampler
 from adcopilot.errors import AdcopilotError
 from adcopilot.model.nano import NanoComparisonModel
 from adcopilot.model.vision import load_vision_tower
 from adcopilot.train.adapt import AdaptSampler
-from adcopilot.train.config import TrainConfig, load_config
+from adcopilot.train.config import TrainConfig, flag_overrides, load_config
 from adcopilot.train.loop import train
 from adcopilot.train.stage1 import Stage1Task
 
@@ -151,3 +153,23 @@ def test_config_errors(tmp_path):
     with pytest.raises(AdcopilotError, match="'num_workers' must be 0 or a positive integer"):
         load_config(p)
     assert load_config(None, {"num_workers": 3}).num_workers == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stage", "1", "--wings", "2"], "error: --wings: unknown option"),
+    (["--stage", "1", "--lr", "fast"], "error: --lr: expected a number, got 'fast'"),
+    (["--stage", "1", "--num-workers", "-1"], "'num_workers' must be 0 or a positive integer"),
+    (["--lr", "1e-3"], "error: --stage: required for --scale nano"),
+])
+def test_bad_train_commands_say_so_in_one_line(capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *args])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_config_keys_are_flags():
+    flags = flag_overrides(["--lr", "0.01", "--stop-after", "5", "--cpu", "--run-dir", "x"], TrainConfig)
+    assert flags == {"lr": 0.01, "stop_after": 5, "cpu": True, "run_dir": "x"}
+    cfg = load_config(None, flags)
+    assert (cfg.lr, cfg.stop_after, cfg.cpu, cfg.run_folder()) == (0.01, 5, True, Path("x"))
