@@ -109,6 +109,9 @@ class _Window:
     """Metrics summed between two log lines."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.sums: dict[str, float] = {}
         self.n = 0
         self.t0 = time.time()
@@ -128,7 +131,7 @@ class _Window:
                 row[f"{k[2:]}_per_s"] = round(v / seconds, 1)
             elif k != "loss":
                 row[k] = round(v / self.n, 5)
-        self.__init__()  # type: ignore[misc]
+        self.reset()
         return row
 
 
