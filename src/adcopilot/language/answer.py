@@ -92,7 +92,9 @@ def prefill(
 
     With ``prefix`` = (store, key), the part of the prompt up to the last image token (system
     text and every image block: the same for every question about one pair) is computed once per
-    key and its cache reused; only the question is run again."""
+    key and its cache reused; only the question is run again. The text before the first image
+    (system text, the first image line: the same for every pair with as many references) is
+    computed once per store, so a new pair runs only its image blocks and the question."""
     n = visual.n_refs if visual is not None else 1
     segs = model.segments(turns, n, add_generation_prompt=True)
     images = [i for i, (kind, _) in enumerate(segs) if kind == "image"]
@@ -103,8 +105,11 @@ def prefill(
         store, key = prefix
         cut = images[-1] + 1
         if key not in store:
-            head = model.encode(segs[:cut], visual)
-            store[key] = model.hidden_states(head.embeds[None], use_cache=True).cache
+            lead = "\0lead:" + "".join(text for _, text in segs[: images[0]])  # no pair key starts with \0
+            if lead not in store:
+                store[lead] = model.hidden_states(model.encode(segs[: images[0]], None).embeds[None], use_cache=True).cache
+            head = model.encode(segs[images[0] : cut], visual)
+            store[key] = model.hidden_states(head.embeds[None], cache=copy.deepcopy(store[lead]), use_cache=True).cache
         tail = model.encode(segs[cut:], None)
         out = model.hidden_states(tail.embeds[None], cache=copy.deepcopy(store[key]), use_cache=True)
     logp = F.log_softmax(model.logits(out.last_hidden_state[0, -1]).float(), dim=-1)

@@ -100,9 +100,13 @@ def test_reused_prefix_gives_the_same_answers(model, visual):
     for _ in range(2):  # the second time the stored prefix is used
         reused = answers.score_continuations(model, turns, visual, ["Yes.", "No."], prefix=(store, "pair"))
         assert reused == pytest.approx(plain, abs=1e-4)
-    assert list(store) == ["pair"]
+    pairs = [k for k in store if not k.startswith("\0")]
+    assert pairs == ["pair"] and len(store) == 2  # the pair's prefix and the text before its first image
     other = [{"role": "user", "content": "Describe the defect."}]
     assert answers.generate(model, visual, other, 6, prefix=(store, "pair")) == answers.generate(model, visual, other, 6)
+    # Another pair (as many references) reuses the text before the first image: one more entry.
+    again = answers.score_continuations(model, turns, visual, ["Yes.", "No."], prefix=(store, "pair 2"))
+    assert again == pytest.approx(plain, abs=1e-4) and len(store) == 3
 
 
 @torch.no_grad()
