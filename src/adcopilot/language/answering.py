@@ -159,9 +159,11 @@ class LanguageAnswers:
         product: str | None = None,
         material: str | None = None,
     ) -> Iterator[str]:
-        """:meth:`ask`'s answer as it is written: an answer composed from the inspection (or the
-        product context, or boxes) in one piece, the language model's one piece per token. The
-        question is checked at once; the work happens as the pieces are consumed."""
+        """:meth:`ask`'s answer as it is written: an answer composed from the product context or
+        boxes in one piece, one composed from the inspection in one or two (what the inspection
+        alone says first: the yes/no, a normal verdict's facts; then what needs the type head), the
+        language model's one piece per token. The question is checked at once; the work happens as
+        the pieces are consumed."""
         refs = as_references(references)
         q = (question or "").strip()
         if not q:
