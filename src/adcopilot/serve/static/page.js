@@ -407,7 +407,10 @@ async function chatRequest(file, question) {
   const images = [...(state.setId ? [] : state.refs), file];
   const parts = [];
   for (const f of images) parts.push({ type: "image_url", image_url: { url: await dataUrl(f) } });
-  const turns = [...state.history, { role: "user", content: question }];
+  // The latest earlier turns within the service's default caps (16 turns, 8,000 characters).
+  let earlier = state.history.slice(-16);
+  while (earlier.length && earlier.reduce((n, t) => n + t.content.length, 0) > 8000) earlier = earlier.slice(2);
+  const turns = [...earlier, { role: "user", content: question }];
   const messages = turns.map((t) => ({ role: t.role, content: t.content }));
   messages[0] = { role: "user", content: [...parts, { type: "text", text: turns[0].content }] };
   const body = { model: "adcopilot", messages, stream: true };
