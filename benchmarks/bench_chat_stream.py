@@ -17,11 +17,13 @@ its first question comes (its query never seen; a template may have been, as a l
 are); the next questions reuse the pair's encodings, as in a conversation. The three questions are
 two that are answered from the inspection (a defect question, a yes/no defect question) and one
 that the language model answers (an object question, no product given); which of them opens a pair
-rotates, so each kind is measured as a new pair's first question and as a later one.
+rotates, so each kind is measured as a new pair's first question and as a later one. With
+``--line``, every query of a product is compared with that product's first template, as an
+inspection line compares its parts with one reference set.
 
 Usage::
 
-    python benchmarks/bench_chat_stream.py [--pairs 10] [--max-tokens 64] [--port 8765]
+    python benchmarks/bench_chat_stream.py [--pairs 10] [--max-tokens 64] [--port 8765] [--line]
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--line", action="store_true", help="one template per product (a line's reference set)")
     args = ap.parse_args()
 
     from adcopilot.eval.bundled import ensure_bundled
@@ -101,8 +104,13 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.5)
 
+        templates: dict[str, object] = {}  # product -> its first template (--line)
+
         def body(item, question: str) -> dict:
-            images = [bench.references(item, 1)[0], bench.query(item)]
+            template = bench.references(item, 1)[0]
+            if args.line:
+                template = templates.setdefault(item.key.split("/")[1], template)
+            images = [template, bench.query(item)]
             content = [{"type": "image_url", "image_url": {"url": file_image(p, None)[0]}} for p in images]
             content.append({"type": "text", "text": question})
             return {"model": "default", "messages": [{"role": "user", "content": content}], "stream": True,

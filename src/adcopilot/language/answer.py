@@ -145,8 +145,8 @@ def prefill(
         cut = images[-1] + 1
         if key not in store:
             at = next((i for i in images if segs[i] == ("image", "query")), images[0])
-            lead, refs, rest = (model.encode(part, visual).embeds
-                                for part in (segs[: images[0]], segs[images[0] : at], segs[at:cut]))
+            lead, rest = model.encode(segs[: images[0]], None).embeds, model.encode(segs[at:cut], visual).embeds
+            refs = model.encode(segs[images[0] : at], visual).embeds if at > images[0] else lead[:0]
             store[key] = _pair_prefix(model, store, lead, refs, rest)
         tail = model.encode(segs[cut:], None)
         out = model.hidden_states(tail.embeds[None], cache=copy.deepcopy(store[key]), use_cache=True)
