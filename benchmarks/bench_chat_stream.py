@@ -14,11 +14,16 @@ process used from the request to the first token (what the wall time would be on
 own; on a shared, loaded machine the wall time is longer). The first request after the
 server started (the language model loaded) is reported apart. Each pair is new to the server when
 its first question comes (its query never seen; a template may have been, as a line's references
-are); the next questions reuse the pair's encodings, as in a conversation.
+are); the next questions reuse the pair's encodings, as in a conversation. The three questions are
+two that are answered from the inspection (a defect question, a yes/no defect question) and one
+that the language model answers (an object question, no product given); which of them opens a pair
+rotates, so each kind is measured as a new pair's first question and as a later one. With
+``--line``, every query of a product is compared with that product's first template, as an
+inspection line compares its parts with one reference set.
 
 Usage::
 
-    python benchmarks/bench_chat_stream.py [--pairs 10] [--max-tokens 64] [--port 8765]
+    python benchmarks/bench_chat_stream.py [--pairs 10] [--max-tokens 64] [--port 8765] [--line]
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import time
 
 import httpx
 
-QUESTIONS = ("What is the defect and where is it?", "Is there any defect in the object?", "Describe the query image.")
+QUESTIONS = ("What is the defect and where is it?", "Is there any defect in the object?", "What is this object used for?")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -72,6 +77,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--line", action="store_true", help="one template per product (a line's reference set)")
     args = ap.parse_args()
 
     from adcopilot.eval.bundled import ensure_bundled
@@ -98,19 +104,25 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.5)
 
+        templates: dict[str, object] = {}  # product -> its first template (--line)
+
         def body(item, question: str) -> dict:
-            images = [bench.references(item, 1)[0], bench.query(item)]
+            template = bench.references(item, 1)[0]
+            if args.line:
+                template = templates.setdefault(item.key.split("/")[1], template)
+            images = [template, bench.query(item)]
             content = [{"type": "image_url", "image_url": {"url": file_image(p, None)[0]}} for p in images]
             content.append({"type": "text", "text": question})
             return {"model": "default", "messages": [{"role": "user", "content": content}], "stream": True,
                     "max_tokens": args.max_tokens, "stream_options": {"include_usage": True}}
 
         cold = stream_once(url, body(chosen[0], QUESTIONS[0]), proc.pid)
-        rows: list[tuple[str, str, float, float, int, float]] = []
-        for item in chosen[1:]:
-            for q in QUESTIONS:
+        rows: list[tuple[str, str, float, float, int, float, bool]] = []
+        for i, item in enumerate(chosen[1:]):
+            for j in range(len(QUESTIONS)):  # the pair's first question rotates over the kinds
+                q = QUESTIONS[(i + j) % len(QUESTIONS)]
                 first, total, tokens, cpu = stream_once(url, body(item, q), proc.pid)
-                rows.append((item.key, q, first, total, tokens, cpu))
+                rows.append((item.key, q, first, total, tokens, cpu, j == 0))
                 print(f"{first:6.3f} s first token ({cpu:5.2f} CPU s)  {total:6.3f} s whole ({tokens:2d} tokens)"
                       f"  {item.key}  {q}", flush=True)
     finally:
@@ -121,12 +133,18 @@ def main() -> None:
         s = sorted(values)
         return f"median {statistics.median(s):.3f} s, p90 {s[int(0.9 * (len(s) - 1))]:.3f} s, max {s[-1]:.3f} s"
 
-    new_pair = [r for i, r in enumerate(rows) if i % len(QUESTIONS) == 0]
+    new_pair = [r for r in rows if r[6]]
     print(f"\nfirst request after start (language model loading): first token {cold[0]:.2f} s, whole {cold[1]:.2f} s")
     print(f"first token, all {len(rows)} requests: {summary([r[2] for r in rows])}")
     print(f"first token, a pair's first question ({len(new_pair)}): {summary([r[2] for r in new_pair])}")
     print(f"server CPU to the first token, all: {summary([r[5] for r in rows])}")
     print(f"server CPU to the first token, a pair's first question: {summary([r[5] for r in new_pair])}")
+    for q in QUESTIONS:
+        for opens, what in ((True, "opening a pair"), (False, "later")):
+            sel = [r for r in rows if r[1] == q and r[6] == opens]
+            if sel:
+                print(f"{q!r} {what} ({len(sel)}): first token {summary([r[2] for r in sel])};"
+                      f" server CPU {summary([r[5] for r in sel])}")
     print(f"whole answer: {summary([r[3] for r in rows])}; tokens: median {statistics.median(r[4] for r in rows):.0f}")
     print(f"within 1 s: {sum(r[2] <= 1.0 for r in rows)} of {len(rows)}")
 

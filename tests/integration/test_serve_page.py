@@ -1,8 +1,8 @@
 """The web page as an inspection station, in headless Chromium through Selenium, with the shipped model:
 several queries and a results table, reference / query / overlay side by side, heat-map opacity and
 zoom, a threshold slider whose verdict and boxes follow the service's rule, results cleared when
-inputs change or a request fails, reference sets, downloads, working indicators, keyboard and
-axe-core checks, and the phone layout. Screenshots go to each test's tmp folder.
+inputs change or a request fails, reference sets with their product, downloads, working indicators,
+keyboard and axe-core checks, the phone layout, and chat answers streamed as they are written. Screenshots go to each test's tmp folder.
 
 Needs Chromium and chromedriver (Debian: chromium, chromium-driver) and the dev extra (selenium,
 axe-selenium-python); without them these tests are skipped with the reason.
@@ -348,14 +348,21 @@ def test_reference_sets_and_downloads(driver, server, files, downloads):
     _open(driver, server)
     _choose(driver, "ref-files", [files["ref"]])
     driver.find_element(By.ID, "set-name").send_keys("brick wall A")
+    driver.find_element(By.ID, "set-product").send_keys("brick wall")
+    driver.find_element(By.ID, "set-material").send_keys("fired clay")
     driver.find_element(By.ID, "save-set").click()
     set_id = _wait(driver, "return document.getElementById('ref-set').value", timeout=30)
     assert "brick wall A" in _js(driver, "const s = document.getElementById('ref-set');"
                                          " return s.options[s.selectedIndex].textContent")
-    assert any(s["id"] == set_id for s in httpx.get(server + "/v1/references").json()["reference_sets"])
+    stored = [s for s in httpx.get(server + "/v1/references").json()["reference_sets"] if s["id"] == set_id]
+    assert [(s["product"], s["material"]) for s in stored] == [("brick wall", "fired clay")]
     _choose(driver, "query-file", [files["bad"]])
     _inspect(driver, 1)
     assert _verdict(driver) == "ANOMALOUS"
+    # An object question on the set is answered from the product it was saved with, and says so.
+    _ask(driver, "What is this object made of?")
+    _done(driver, 1, timeout=180)
+    assert _answers(driver)[0].startswith("The references are labelled brick wall (fired clay)"), _answers(driver)
     driver.find_element(By.ID, "download-json").click()
     saved = json.loads(_downloaded(downloads, "query.adcopilot.json").read_text())
     assert saved["reference_set"] == set_id and saved["verdict"] == "anomalous" and "anomaly_grid" not in saved
@@ -412,9 +419,10 @@ def test_keyboard_screen_reader_axe_and_phone(driver, server, files, tmp_path):
     # Phone: the verdict comes first and stays in sight.
     driver.set_window_size(390, 844)
     _wait(driver, "return window.innerWidth <= 400", timeout=10)
+    _js(driver, "window.scrollTo(0, 0)")  # the page as it opens (pressing Inspect may have scrolled it)
     top = _js(driver, "return ['verdict-bar', 'inputs', 'overlay-panel', 'chat'].map(id =>"
                       " document.getElementById(id).getBoundingClientRect().top)")
-    assert top[0] < top[1] < top[2] < top[3] and top[0] < 100
+    assert top[0] < top[1] < top[2] < top[3] and top[0] < 150  # first, right under the page's title
     driver.save_screenshot(str(tmp_path / "phone.png"))
     _js(driver, "document.getElementById('viewer').scrollIntoView()")
     assert -1 <= _js(driver, "return document.getElementById('verdict-bar').getBoundingClientRect().top") < 5
@@ -425,15 +433,107 @@ def test_keyboard_screen_reader_axe_and_phone(driver, server, files, tmp_path):
     _no_page_errors(driver)
 
 
-def test_chat_shows_that_the_model_is_working_then_the_answer(driver, server, files):
+# Records, as the chat log changes, every text the growing answer shows, whether the working
+# indicator was still there once a token had arrived, and how the growing answer is exposed to
+# screen readers; with window.stopAtFirst the Stop button is pressed at the first token.
+WATCH_CHAT = """
+window.partials = []; window.indicatorWithTokens = false; window.exposed = [];
+new MutationObserver(() => {
+  const g = document.querySelector('#chat-log .msg.streaming');
+  if (!g) return;
+  const text = g.lastChild.textContent;
+  if (text && window.partials[window.partials.length - 1] !== text) window.partials.push(text);
+  if (document.querySelector('#chat-log .msg.thinking')) window.indicatorWithTokens = true;
+  window.exposed.push([g.getAttribute('aria-hidden'), document.getElementById('chat-log').getAttribute('aria-busy')]);
+  if (window.stopAtFirst && text && !window.stopped) { window.stopped = true; document.getElementById('stop-btn').click(); }
+}).observe(document.getElementById('chat-log'), {childList: true, subtree: true, characterData: true});
+"""
+
+
+def _ask(driver, question: str) -> None:
+    driver.find_element(By.ID, "question").send_keys(question, Keys.ENTER)
+
+
+def _answers(driver) -> list[str]:
+    return _js(driver, "return Array.from(document.querySelectorAll('#chat-log .msg.assistant'), m => m.lastChild.textContent)")
+
+
+def _done(driver, answers: int, timeout: float = 180) -> None:
+    _wait(driver, f"return document.querySelectorAll('#chat-log .msg.assistant:not(.streaming)').length === {answers}"
+                  " && !document.getElementById('ask-btn').disabled", timeout)
+
+
+def test_chat_streams_the_answer_as_it_is_written_and_can_be_stopped(driver, server, files, tmp_path):
+    question = "What is this object used for?"  # no product given: the language model answers, token by token
     _open(driver, server)
     _choose(driver, "query-file", [files["bad"]])
     _choose(driver, "ref-files", [files["ref"]])
-    driver.find_element(By.ID, "question").send_keys("Is there a defect?", Keys.ENTER)
+    _js(driver, WATCH_CHAT)
+    _ask(driver, question)
+    # The working indicator until the first token, and the Stop button while the answer comes.
     assert _js(driver, "return document.querySelector('#chat-log .msg.thinking') !== null &&"
-                       " document.getElementById('chat-log').getAttribute('aria-busy') === 'true'")
-    _wait(driver, "return document.querySelector('#chat-log .msg.assistant, #chat-log .msg.error')", timeout=120)
-    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking')") is None
-    assert _js(driver, "return document.querySelectorAll('#chat-log .msg.assistant').length") == 1, _js(
-        driver, "return document.getElementById('chat-log').textContent")
+                       " document.getElementById('chat-log').getAttribute('aria-busy') === 'true' &&"
+                       " !document.getElementById('stop-btn').hidden")
+    _wait(driver, "return window.partials.length >= 1", timeout=180)
+    driver.save_screenshot(str(tmp_path / "chat-streaming.png"))
+    _done(driver, 1)
+    driver.save_screenshot(str(tmp_path / "chat-answered.png"))
+    partials, whole = _js(driver, "return window.partials"), _answers(driver)[0]
+    # The answer grew on the page: several texts, each the start of the next, the last the whole answer.
+    assert len(partials) >= 2, partials
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(partials, partials[1:], strict=False)), partials
+    assert partials[-1] == whole and len(whole) > 5
+    assert not _js(driver, "return window.indicatorWithTokens")
+    # Screen readers: the growing text is hidden from them and the log busy; the whole answer is added once.
+    assert {tuple(e) for e in _js(driver, "return window.exposed")} == {("true", "true")}
+    assert _js(driver, "const m = document.querySelector('#chat-log .msg.assistant');"
+                       " return m.getAttribute('aria-hidden') === null && !m.classList.contains('streaming') &&"
+                       " document.getElementById('chat-log').getAttribute('aria-live') === 'polite' &&"
+                       " document.getElementById('chat-log').getAttribute('aria-busy') === 'false'")
+    assert _js(driver, "return document.getElementById('stop-btn').hidden")
+    # The same answer as the chat endpoint gives a client (greedy: repeatable).
+    body = {"model": "x", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(files[k].read_bytes()).decode()}}
+        for k in ("ref", "bad")] + [{"type": "text", "text": question}]}]}
+    assert httpx.post(server + "/v1/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]["content"] == whole
+    # A defect question follows, with the conversation so far: composed from the inspection.
+    _ask(driver, "Is there a defect?")
+    _done(driver, 2)
+    assert _answers(driver)[1].startswith("Yes.")
+
+    # Stop at the first token: the answer stays unfinished, the page says so, the service is free.
+    _open(driver, server)
+    _choose(driver, "query-file", [files["bad"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    _js(driver, WATCH_CHAT + "window.stopAtFirst = true;")
+    _ask(driver, question)
+    _wait(driver, "return document.querySelector('#chat-log .msg.note') !== null", timeout=180)
+    _wait(driver, "return !document.getElementById('ask-btn').disabled", timeout=10)
+    stopped = _answers(driver)
+    assert len(stopped) == 1 and whole.startswith(stopped[0]) and len(stopped[0]) < len(whole), (stopped, whole)
+    assert "Stopped" in _js(driver, "return document.querySelector('#chat-log .msg.note').textContent")
+    driver.save_screenshot(str(tmp_path / "chat-stopped.png"))
+    time.sleep(1.0)
+    assert _answers(driver) == stopped  # nothing more arrived
+    _js(driver, "window.stopAtFirst = false;")
+    _ask(driver, "Is there a defect?")
+    _done(driver, 2, timeout=60)
+    assert _answers(driver)[1].startswith("Yes.")
+    axe = axe_selenium_python.Axe(driver)
+    axe.inject()
+    found = axe.run()
+    bad = [(v["id"], v["impact"]) for v in found["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, axe.report(found["violations"])
     _no_page_errors(driver)
+
+
+def test_a_failed_question_is_one_error_line(driver, server, files):
+    _open(driver, server)
+    _choose(driver, "query-file", [files["broken"]])
+    _choose(driver, "ref-files", [files["ref"]])
+    _ask(driver, "Is there a defect?")
+    _wait(driver, "return document.querySelector('#chat-log .msg.error') !== null", timeout=60)
+    error = _js(driver, "return document.querySelector('#chat-log .msg.error').textContent")
+    assert error.startswith("error: 400: broken.png: not an image file") and "\n" not in error, error
+    assert _js(driver, "return document.querySelector('#chat-log .msg.thinking, #chat-log .msg.assistant')") is None
+    assert not _js(driver, "return document.getElementById('ask-btn').disabled")

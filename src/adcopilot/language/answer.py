@@ -37,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -84,6 +85,43 @@ class Prior:
         return self._scores[key]
 
 
+#: Prompt starts (system text and reference images) kept per store, the first added out first.
+SHARED_PREFIXES = 16
+
+
+def _start_key(embeds: torch.Tensor) -> str:
+    """The store key of a prompt start (T, H), by its content; no pair key starts with "\\0"."""
+    return "\0start:" + hashlib.sha1(embeds.float().cpu().numpy().tobytes()).hexdigest()
+
+
+def _keep(store: dict[str, Any], key: str, cache: Any) -> None:
+    """Keep a prompt start's cache, the oldest of more than :data:`SHARED_PREFIXES` dropped."""
+    starts = [k for k in store if k.startswith("\0start:")]
+    for old in starts[: max(0, len(starts) - SHARED_PREFIXES + 1)]:
+        del store[old]
+    store[key] = cache
+
+
+def _pair_prefix(model: NanoCopilot, store: dict[str, Any], lead: torch.Tensor, refs: torch.Tensor,
+                 rest: torch.Tensor) -> Any:
+    """The cache of a pair's prompt up to its last image token: ``lead`` (T1, H: the text before the
+    first image), ``refs`` (T2, H: the reference images up to the query's) and ``rest`` (T3, H).
+    The start (lead and references) of a query against references seen before is not run again;
+    for new references, only they and ``rest`` are run (in one pass, after the kept lead) and
+    their start kept."""
+    start = _start_key(torch.cat([lead, refs]))
+    if start in store:
+        return model.hidden_states(rest[None], cache=copy.deepcopy(store[start]), use_cache=True).cache
+    first = _start_key(lead)
+    if first not in store:
+        _keep(store, first, model.hidden_states(lead[None], use_cache=True).cache)
+    cache = model.hidden_states(torch.cat([refs, rest])[None], cache=copy.deepcopy(store[first]), use_cache=True).cache
+    kept = copy.deepcopy(cache)
+    kept.crop(-rest.shape[0])  # transformers' crop: a negative count of tokens taken off the end
+    _keep(store, start, kept)
+    return cache
+
+
 @torch.inference_mode()
 def prefill(
     model: NanoCopilot, turns: Sequence[dict[str, str]], visual: VisualInputs | None, prefix: Prefix | None = None
@@ -92,7 +130,10 @@ def prefill(
 
     With ``prefix`` = (store, key), the part of the prompt up to the last image token (system
     text and every image block: the same for every question about one pair) is computed once per
-    key and its cache reused; only the question is run again."""
+    key and its cache reused; only the question is run again. The part before the query's image
+    (system text and the reference images: the same for every query against these references) is
+    kept too, by its content, so a new query against known references runs only its own image
+    blocks and the question."""
     n = visual.n_refs if visual is not None else 1
     segs = model.segments(turns, n, add_generation_prompt=True)
     images = [i for i, (kind, _) in enumerate(segs) if kind == "image"]
@@ -103,8 +144,10 @@ def prefill(
         store, key = prefix
         cut = images[-1] + 1
         if key not in store:
-            head = model.encode(segs[:cut], visual)
-            store[key] = model.hidden_states(head.embeds[None], use_cache=True).cache
+            at = next((i for i in images if segs[i] == ("image", "query")), images[0])
+            lead, rest = model.encode(segs[: images[0]], None).embeds, model.encode(segs[at:cut], visual).embeds
+            refs = model.encode(segs[images[0] : at], visual).embeds if at > images[0] else lead[:0]
+            store[key] = _pair_prefix(model, store, lead, refs, rest)
         tail = model.encode(segs[cut:], None)
         out = model.hidden_states(tail.embeds[None], cache=copy.deepcopy(store[key]), use_cache=True)
     logp = F.log_softmax(model.logits(out.last_hidden_state[0, -1]).float(), dim=-1)

@@ -148,9 +148,11 @@ class LanguageAnswers:
         product: str | None = None,
         material: str | None = None,
     ) -> Iterator[str]:
-        """:meth:`ask`'s answer as it is written: an answer composed from the inspection (or the
-        product context, or boxes) in one piece, the language model's one piece per token. The
-        question is checked at once; the work happens as the pieces are consumed."""
+        """:meth:`ask`'s answer as it is written: an answer composed from the product context or
+        boxes in one piece, one composed from the inspection in one or two (what the inspection
+        alone says first: the yes/no, a normal verdict's facts; then what needs the type head), the
+        language model's one piece per token. The question is checked at once; the work happens as
+        the pieces are consumed."""
         refs = as_references(references)
         q = (question or "").strip()
         if not q:
@@ -173,7 +175,7 @@ class LanguageAnswers:
             yield self._object_answer(q, product, material)
             return
         if grounded and free_defect_question(q):
-            yield self._defect_answer(query, refs, q, result if result is not None else self.inspect(query, refs))
+            yield from self._defect_pieces(query, refs, q, result if result is not None else self.inspect(query, refs))
             return
         turns = [*(history or []), {"role": "user", "content": q}]
         t = (result.threshold if result is not None else self.threshold) if grounded else None
@@ -181,13 +183,25 @@ class LanguageAnswers:
                                            max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
                                            prefix=lang.prefix(query, refs, t))
 
-    def _defect_answer(self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult) -> str:
+    def _defect_pieces(
+        self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult
+    ) -> Iterator[str]:
         """The inspection's facts (type head label, strongest box's region and size, count; or no
-        defect), after "Yes."/"No." for a yes/no question, then what is known about the type."""
+        defect), after "Yes."/"No." for a yes/no question, then what is known about the type. What
+        the inspection alone says (the yes/no, a normal verdict's facts) comes first, before the
+        pair's visual inputs are computed for the type head."""
         start = grounded_start(r, question)
-        parts = [start] if start else []
         if not r.is_anomalous:
-            return " ".join([*parts, defect_facts(r, None)])
+            yield " ".join(filter(None, [start, defect_facts(r, None)]))
+            return
+        if start:
+            yield start
+        rest = self._anomalous_facts(query, refs, question, r)
+        yield f" {rest}" if start else rest
+
+    def _anomalous_facts(self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult) -> str:
+        """An anomalous verdict's facts and what is known about the type head's label."""
+        parts = []
         box = strongest_box(r)
         region = region_name(box.bbox_2d, *r.image_size) if box is not None else None
         visual = self.language.visual(query, refs, r.threshold)

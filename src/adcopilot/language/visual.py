@@ -140,9 +140,9 @@ class _Image:
     """One image as the encoder keeps it (cached per file)."""
 
     array: np.ndarray  # (S, S, 3) float in [0, 1]
-    encoded: Any  # the detector's encoded reference
     patches: torch.Tensor  # (C, h, w) dense patch features
     glob: torch.Tensor  # (D,) global feature
+    encoded: Any = None  # the detector's encoding as a reference, made when the image is one
 
 
 class VisualEncoder:
@@ -176,7 +176,7 @@ class VisualEncoder:
         arr = to_float_array(load_image(src, name=name), self.size)
         with torch.no_grad():
             pf, gf = self.tower.features(to_batch([arr]))
-        entry = _Image(arr, self.detector.encode_reference(arr), pf[0], gf[0])
+        entry = _Image(arr, pf[0], gf[0])
         if key is not None:
             self._cache[key] = entry
             if len(self._cache) > self._cache_size:
@@ -186,7 +186,10 @@ class VisualEncoder:
     @torch.no_grad()
     def encode(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs:
         refs = [self._image(r, name) for r, name in zip(references, reference_names(references), strict=True)]
-        q = self._image(query, source_name(query, "query"))
+        for r in refs:
+            if r.encoded is None:
+                r.encoded = self.detector.encode_reference(r.array)
+        q = self._image(query, source_name(query, "query"))  # a query needs no reference encoding
         core = inspect_arrays(self.detector, q.array, [(r.array, r.encoded) for r in refs],
                               registration=self.registration, with_tokens=self.comparison is None)
         assert core.distance is not None and core.features is not None  # a nano detector gives both

@@ -8,7 +8,7 @@ Endpoints (OpenAPI schema at ``/openapi.json``)::
     GET  /v1/models              the model, its threshold and calibration
     POST /v1/inspect             multipart: query + reference(s) or reference_set [+ threshold, heatmap]
     POST /v1/ask                 multipart: query + reference(s) or reference_set + question [+ history]
-    POST /v1/references          multipart: references (+ name) -> {"id": ...}
+    POST /v1/references          multipart: references (+ name, product, material) -> {"id": ...}
     GET  /v1/references          registered sets;   DELETE /v1/references/{id}
     POST /v1/chat/completions    OpenAI's chat API, streamed or not (see chat_completions.py)
 
@@ -185,7 +185,8 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
         references: Annotated[list[UploadFile] | None, File(description="Normal reference image(s).")] = None,
         reference_set: Annotated[str | None, Form(description="Id of a registered reference set.")] = None,
         history: Annotated[str | None, Form(description='Earlier turns, JSON: [{"role": "user", "content": "..."}, ...]')] = None,
-        product: Annotated[str | None, Form(description="What the references show (e.g. 'bottle'): object questions use it.")] = None,
+        product: Annotated[str | None, Form(description="What the references show (e.g. 'bottle'): object questions "
+                                            "use it (default: the reference set's, if it has one).")] = None,
         material: Annotated[str | None, Form(description="The product's material (e.g. 'brown glass').")] = None,
     ) -> dict[str, Any]:
         """Answer a question about the pair (needs a model with a language model; 501 otherwise)."""
@@ -197,10 +198,14 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
     async def add_references(
         references: Annotated[list[UploadFile], File(description="Normal reference image(s).")],
         name: Annotated[str | None, Form(description="A name for the set.")] = None,
+        product: Annotated[str | None, Form(description="What the references show (e.g. 'bottle'): object questions "
+                                            "about the set's pairs use it unless a request gives its own.")] = None,
+        material: Annotated[str | None, Form(description="The product's material (e.g. 'brown glass').")] = None,
     ) -> dict[str, Any]:
-        """Register normal references once; inspect with their id (their features stay cached)."""
+        """Register normal references once (optionally labelled with the product they show); inspect
+        and ask with their id (their features stay cached)."""
         refs = await _read(references)
-        return await in_time(svc.register_references, refs, name)
+        return await in_time(svc.register_references, refs, name, product, material)
 
     @app.get("/v1/references", tags=["references"], dependencies=[Depends(require_key)])
     def list_references() -> dict[str, Any]:

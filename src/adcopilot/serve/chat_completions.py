@@ -8,6 +8,8 @@ How it is answered:
   scores what the backend scores; the reply is the option's letter;
 - any other question by ``Copilot.ask`` after the earlier turns, streamed token by token with
   ``"stream": true`` (server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``);
+- object questions with the product context of the request (``product``, ``material``) or, without
+  it, of its reference set (registered with one);
 - by a model without a language model, from its detector where it can: the defect yes/no and
   defect-location choices as the evaluation backend's grounded rules give them, and a free
   yes/no or "where" question with the inspection's verdict and description; anything else is a 501.
@@ -52,6 +54,7 @@ from adcopilot.errors import AdcopilotError, ImageError
 from adcopilot.grounding import detector_choice, grounded_start, verdict_question
 from adcopilot.protocols import Answerer, StreamingAnswerer
 from adcopilot.serve.chat_request import ChatLimits, ChatRequest, OpenAIError, parse_chat_request
+from adcopilot.serve.reference_sets import request_context
 from adcopilot.serve.service import InspectionService, ServiceError
 
 log = logging.getLogger(__name__)
@@ -135,11 +138,13 @@ def answer_pieces(cp: Any, req: ChatRequest) -> Iterator[str]:
         yield _detector_answer(cp, query, refs, req)
     elif req.options is not None:
         # As the nano evaluation backend asks it, so that scores through here equal its scores.
-        yield str(cp.answer_choice(query, refs, req.question, req.options))
+        yield str(cp.answer_choice(query, refs, req.question, req.options, **req.context))
     elif isinstance(cp, StreamingAnswerer):
-        yield from cp.ask_stream(query, refs, req.question, history=req.history or None, max_new_tokens=req.max_tokens)
+        yield from cp.ask_stream(query, refs, req.question, history=req.history or None, max_new_tokens=req.max_tokens,
+                                 **req.context)
     else:  # a model that answers only whole (the full-scale copilot)
-        yield str(cp.ask(query, refs, req.question, history=req.history or None, max_new_tokens=req.max_tokens))
+        yield str(cp.ask(query, refs, req.question, history=req.history or None, max_new_tokens=req.max_tokens,
+                         **req.context))
 
 
 def _image_positions(cfg: Any, n_images: int) -> int:
@@ -225,10 +230,13 @@ class ChatRun:
 
 
 def _check_images(svc: InspectionService, req: ChatRequest) -> None:
-    """The service's checks of the query and references (format, pixels, count, reference set).
-    The model is then given the bytes, not the decoded query: its caches know images by content."""
+    """The service's checks of the query and references (format, pixels, count, reference set),
+    and the product context (the request's, else its reference set's). The model is then given the
+    bytes, not the decoded query: its caches know images by content."""
     svc._query(req.query)
+    entry = svc._sets.get(req.reference_set) if req.reference_set else None
     req.references = svc._references(req.references, req.reference_set)
+    req.context = request_context(entry, req.product, req.material, svc.copilot)
 
 
 # --------------------------------------------------------------------------- responses

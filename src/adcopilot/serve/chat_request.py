@@ -7,6 +7,8 @@ The rules (the README's "Serve" section says the same):
   service never fetches. Over the whole conversation, in order, the **last image is the query and
   every earlier one a normal reference** (MMAD's order: templates first, query last). With
   ``reference_set`` (an id from ``POST /v1/references``) the conversation holds one image, the query.
+- **Product context**: ``product`` and ``material`` (strings, this service's own fields) label what
+  the references show, for object questions; without them a reference set's own label is used.
 - **The question** is the text of the last message, which must be the user's. When that text ends
   with a multiple-choice block as MMAD writes it (``"Question: <text> \\n"`` then one
   ``"A. <option>"`` line per option; the last block when it lists several), the question is that
@@ -71,6 +73,9 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     text: str = ""  # every message's text, for the usage counts
+    product: str | None = None  # what the references show, as the request gives it
+    material: str | None = None
+    context: dict[str, str] = field(default_factory=dict)  # ask's product/material arguments (set by the service)
 
 
 _ROLES = ("system", "developer", "user", "assistant")
@@ -197,6 +202,9 @@ def parse_chat_request(body: Any, limits: ChatLimits) -> ChatRequest:
     rset = body.get("reference_set")
     if rset is not None and not isinstance(rset, str):
         raise OpenAIError("reference_set: expected the id of a registered reference set", param="reference_set")
+    for key in ("product", "material"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise OpenAIError(f"{key}: expected a string (what the references show)", param=key)
     asked = _int(body, "max_completion_tokens", 1) or _int(body, "max_tokens", 1)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -239,5 +247,5 @@ def parse_chat_request(body: Any, limits: ChatLimits) -> ChatRequest:
         options=mcq[1] if mcq else None, history=history,
         max_tokens=min(asked or limits.max_new_tokens, limits.max_new_tokens), stream=bool(stream),
         include_usage=bool(so.get("include_usage", False)),
-        text="".join(t["content"] for t in turns) + last,
+        text="".join(t["content"] for t in turns) + last, product=body.get("product"), material=body.get("material"),
     )

@@ -1,15 +1,22 @@
-"""Where the service keeps registered reference sets: in its memory, or in a folder its workers share.
+"""Where the service keeps registered reference sets (in its memory, or in a folder its workers
+share), and the product context a set carries.
 
-A set is ``{"id", "name", "count", "files", "data", "created"}`` (``data``: the images' bytes), at
-most ``limit`` sets, the least recently used pushed out first. One process keeps them in memory
+A set is ``{"id", "name", "count", "files", "data", "created", "product", "material"}`` (``data``:
+the images' bytes; ``product`` and ``material``: what the references show, or None), at most
+``limit`` sets, the least recently used pushed out first. One process keeps them in memory
 (:class:`MemorySets`). Several worker processes (``serve --workers N``) must all know a set that
 any of them registered, so they keep them in a shared folder (:class:`FolderSets`): one folder per
 set, written under a temporary name and renamed into place, so a reader never sees half a set.
 
+A question about a set's pair uses the set's product context for object questions unless the
+request gives its own (:func:`request_context`).
+
 Usage::
 
     sets = FolderSets(Path("/tmp/sets"), limit=64)
+    entry = {..., **new_set_context("bottle", "brown glass")}
     dropped = sets.put(entry); sets.get(entry["id"]); sets.pop(entry["id"])
+    cp.ask(query, refs, question, **request_context(sets.get(rid), None, None, cp))
 """
 
 from __future__ import annotations
@@ -23,7 +30,38 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
+from adcopilot.errors import AdcopilotError
+from adcopilot.language.answering import LanguageAnswers, context_options
+
 Entry = dict[str, Any]
+MAX_CONTEXT_CHARS = 200  # a product's name or material, after collapsing whitespace
+
+
+def new_set_context(product: str | None, material: str | None) -> dict[str, str | None]:
+    """The product context a new set carries, ``{"product", "material"}`` (whitespace collapsed,
+    None when not given); an error for a material without a product or a text that is too long."""
+    out: dict[str, str | None] = {}
+    for key, value in (("product", product), ("material", material)):
+        text = " ".join(value.split()) if value else ""
+        if len(text) > MAX_CONTEXT_CHARS:
+            raise AdcopilotError(f"{key}: too long ({len(text)} characters, limit {MAX_CONTEXT_CHARS})")
+        out[key] = text or None
+    if out["material"] and not out["product"]:
+        raise AdcopilotError("material describes a product: give the product too")
+    return out
+
+
+def request_context(entry: Entry | None, product: str | None, material: str | None, answerer: object) -> dict[str, str]:
+    """The ``product``/``material`` keyword arguments of ``ask`` for a request: its own product (and
+    material) when it gives one (an error when ``answerer`` cannot use them), else the product of
+    its reference set ``entry`` (with the request's material, if any, else the set's) when the
+    model reads product context; nothing without either."""
+    own = bool(product and product.strip())
+    if own or not (entry and entry.get("product")):
+        return context_options(answerer, product, material)
+    if not isinstance(answerer, LanguageAnswers):
+        return {}  # the set's label is there for models that read it
+    return context_options(answerer, entry["product"], material if material and material.strip() else entry.get("material"))
 
 
 class ReferenceSets(Protocol):

@@ -40,11 +40,16 @@ from PIL import Image
 
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
-from adcopilot.language.answering import context_options
 from adcopilot.protocols import Answerer, Inspector
 from adcopilot.serve.grid import anomaly_grid
 from adcopilot.serve.history import parse_history
-from adcopilot.serve.reference_sets import FolderSets, MemorySets, ReferenceSets
+from adcopilot.serve.reference_sets import (
+    FolderSets,
+    MemorySets,
+    ReferenceSets,
+    new_set_context,
+    request_context,
+)
 from adcopilot.visualize import heat_colours
 
 log = logging.getLogger(__name__)
@@ -189,7 +194,10 @@ class InspectionService:
             "data": [{"id": cp.model_name, "object": "model", "created": int(self.started), "owned_by": "adcopilot"}]}
 
     # ------------------------------------------------------------------ reference sets
-    def register_references(self, uploads: list[Upload], name: str | None = None) -> dict[str, Any]:
+    def register_references(
+        self, uploads: list[Upload], name: str | None = None, product: str | None = None, material: str | None = None,
+    ) -> dict[str, Any]:
+        context = new_set_context(product, material)  # what the references show, for object questions
         refs = self._check_refs(uploads)
         for n, data in refs:  # decode fully once, so a set never holds a broken image
             try:
@@ -199,9 +207,11 @@ class InspectionService:
         digest = hashlib.sha1()
         for _, data in refs:
             digest.update(hashlib.sha1(data).digest())
+        if context["product"]:  # the same images labelled as another product are another set
+            digest.update(f"\0{context['product']}\0{context['material'] or ''}".encode())
         rid = digest.hexdigest()[:16]
         entry = {"id": rid, "name": name or refs[0][0], "count": len(refs), "files": [n for n, _ in refs],
-                 "data": [d for _, d in refs], "created": time.time()}
+                 "data": [d for _, d in refs], "created": time.time(), **context}
         for old in self._sets.put(entry):
             self._free(old)
         return self._public(entry)
@@ -232,7 +242,8 @@ class InspectionService:
 
     @staticmethod
     def _public(e: dict[str, Any]) -> dict[str, Any]:
-        return {k: e[k] for k in ("id", "name", "count", "files")}
+        return {**{k: e[k] for k in ("id", "name", "count", "files")}, "product": e.get("product"),
+                "material": e.get("material")}
 
     def _check_refs(self, uploads: list[Upload]) -> list[Upload]:
         if not uploads:
@@ -305,7 +316,7 @@ class InspectionService:
         if not isinstance(cp, Answerer):
             raise ServiceError(f"model '{cp.model_name}' cannot answer questions (no language model)", 501)
         try:
-            context = context_options(cp, product, material)
+            context = request_context(self._sets.get(reference_set) if reference_set else None, product, material, cp)
         except AdcopilotError as exc:
             raise ServiceError(str(exc), 422) from None
         qimg = self._query(query)

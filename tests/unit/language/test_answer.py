@@ -10,6 +10,7 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.language import answer as answers
 from adcopilot.language.model import IGNORE
 from adcopilot.language.prompt import mcq_answer, mcq_question
+from adcopilot.language.visual import VisualInputs
 
 OPTIONS = {"A": "Yes.", "B": "No."}
 QUESTION = "Is there any defect in the object?"
@@ -100,9 +101,27 @@ def test_reused_prefix_gives_the_same_answers(model, visual):
     for _ in range(2):  # the second time the stored prefix is used
         reused = answers.score_continuations(model, turns, visual, ["Yes.", "No."], prefix=(store, "pair"))
         assert reused == pytest.approx(plain, abs=1e-4)
-    assert list(store) == ["pair"]
+    pairs = [k for k in store if not k.startswith("\0")]
+    # The pair's prefix, the text before its first image and that text with the reference images.
+    assert pairs == ["pair"] and len(store) == 3
     other = [{"role": "user", "content": "Describe the defect."}]
     assert answers.generate(model, visual, other, 6, prefix=(store, "pair")) == answers.generate(model, visual, other, 6)
+    # Another query against the same references reuses the start of the prompt: one more entry.
+    again = answers.score_continuations(model, turns, visual, ["Yes.", "No."], prefix=(store, "pair 2"))
+    assert again == pytest.approx(plain, abs=1e-4) and len(store) == 4
+
+
+@torch.no_grad()
+def test_kept_prompt_starts_are_bounded(model, visual, monkeypatch):
+    monkeypatch.setattr(answers, "SHARED_PREFIXES", 3)
+    turns = [{"role": "user", "content": "Describe the defect."}]
+    store: dict = {}
+    for i in range(5):  # five reference sets: each a new start
+        other = VisualInputs(base=visual.base + i, glob=visual.glob, compare=visual.compare, cells=visual.cells,
+                             score=visual.score)
+        answers.generate(model, other, turns, 2, prefix=(store, f"pair {i}"))
+    starts = [k for k in store if k.startswith("\0")]
+    assert len(starts) == 3 and len(store) == 3 + 5
 
 
 @torch.no_grad()

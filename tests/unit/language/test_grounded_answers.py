@@ -59,6 +59,22 @@ def test_free_defect_answers_state_inspects_facts(copilot, pair_images):
     assert answer.startswith("Yes. Hole at the bottom right of the image") and "regions in all" not in answer
 
 
+def test_what_the_inspection_says_is_streamed_before_the_visual_inputs_are_computed(copilot, pair_images):
+    q, r = pair_images
+    force_type(copilot, 2)
+    boxes = [Box([40, 40, 60, 60], score=0.9)]
+    pieces = copilot.ask_stream(q, [r], "Is there a defect?", result=result("anomalous", boxes))
+    assert next(pieces) == "Yes." and copilot.language._visual == {}  # the type head has not run yet
+    rest = "".join(pieces)
+    assert rest.startswith(" Hole at the bottom right of the image") and len(copilot.language._visual) == 1
+    assert "Yes." + rest == copilot.ask(q, [r], "Is there a defect?", result=result("anomalous", boxes))
+    # A normal verdict needs nothing but the inspection: one piece, no visual inputs.
+    copilot.language._visual.clear()
+    assert list(copilot.ask_stream(q, [r], "Is it normal?", result=result("normal", []))) == [
+        "Yes. No defect: the query matches the normal reference (score 0.10, below the threshold 0.50)."]
+    assert copilot.language._visual == {}
+
+
 def test_a_normal_verdict_is_never_a_defect(copilot, pair_images):
     q, r = pair_images
     force_type(copilot, 1)

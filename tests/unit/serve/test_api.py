@@ -164,7 +164,8 @@ def test_the_page_is_self_contained(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
-    assert 'id="query-file"' in page and 'id="ref-files"' in page and "/v1/inspect" in page and "/v1/ask" in page
+    assert 'id="query-file"' in page and 'id="ref-files"' in page and "/v1/inspect" in page
+    assert "/v1/chat/completions" in page and 'id="stop-btn"' in page  # questions are streamed
     for bad in ("<script src", "<link ", "http://", "https://", "@import"):
         assert bad not in page
     assert client.get("/docs").status_code == 404  # the CDN-based docs are off; /openapi.json stays

@@ -280,3 +280,80 @@ def test_the_openai_eval_backend_answers_as_the_nano_backend(lm_url, lm_copilot,
         for q in (DEFECT_Q, OTHER_Q, where):
             assert remote.answer([paths[0], query], q) == local.answer([paths[0], query], q)
     remote.close()
+
+
+OBJECT_Q = "What is this object used for?"
+
+
+def register(url: str, ref: bytes, **form) -> httpx.Response:
+    return httpx.post(url + "/v1/references", files=[("references", ("good.png", ref, "image/png"))], data=form,
+                      headers=KEY, timeout=60)
+
+
+def ask_form(url: str, query: bytes, question: str, **form) -> httpx.Response:
+    return httpx.post(url + "/v1/ask", files=[("query", ("q.png", query, "image/png"))],
+                      data={"question": question, **form}, headers=KEY, timeout=60)
+
+
+def test_a_reference_set_carries_its_products_context(lm_url, lm_copilot, images):
+    ref, bad = images["ref"], images["bad"]
+    labelled = register(lm_url, ref, name="line 3", product="  bottle ", material="brown\nglass")
+    assert labelled.status_code == 200, labelled.text
+    s = labelled.json()
+    assert (s["product"], s["material"]) == ("bottle", "brown glass")  # whitespace collapsed
+    plain = register(lm_url, ref).json()  # the same images without a label: another set
+    assert plain["id"] != s["id"] and plain["product"] is None and plain["material"] is None
+    listed = {e["id"]: e for e in httpx.get(lm_url + "/v1/references", headers=KEY).json()["reference_sets"]}
+    assert listed[s["id"]]["product"] == "bottle" and listed[s["id"]]["material"] == "brown glass"
+
+    labelled_answer = lm_copilot.ask(bad, [ref], OBJECT_Q, product="bottle", material="brown glass")
+    assert labelled_answer.startswith("The references are labelled bottle (brown glass)")
+    # /v1/ask on the set: its context, said in the answer; the request's own context wins.
+    r = ask_form(lm_url, bad, OBJECT_Q, reference_set=s["id"])
+    assert r.status_code == 200 and r.json()["answer"] == labelled_answer, r.text
+    own = ask_form(lm_url, bad, OBJECT_Q, reference_set=s["id"], product="tile").json()["answer"]
+    assert own == lm_copilot.ask(bad, [ref], OBJECT_Q, product="tile") and own.startswith("The references are labelled tile")
+    other = ask_form(lm_url, bad, OBJECT_Q, reference_set=s["id"], material="green glass").json()["answer"]
+    assert other.startswith("The references are labelled bottle (green glass)")  # the set's product, the request's material
+    # Without a label the language model answers, as before.
+    unlabelled = ask_form(lm_url, bad, OBJECT_Q, reference_set=plain["id"]).json()["answer"]
+    assert unlabelled == lm_copilot.ask(bad, [ref], OBJECT_Q) and "labelled" not in unlabelled
+    # The chat endpoint, whole and streamed, and its own product field.
+    body = {"model": "x", "reference_set": s["id"], "messages": [{"role": "user", "content": [
+        image_part(bad), {"type": "text", "text": OBJECT_Q}]}]}
+    assert post(lm_url, body).json()["choices"][0]["message"]["content"] == labelled_answer
+    _, events = sse_events(lm_url, {**body, "stream": True})
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"]) == labelled_answer
+    chat_own = post(lm_url, {**body, "product": "tile"}).json()["choices"][0]["message"]["content"]
+    assert chat_own == own
+    # A multiple-choice object question on the set uses the label too.
+    names = {"A": "Tile.", "B": "Bottle.", "C": "Screw."}
+    mcq = f"Question: Which object is being inspected?\nA. {names['A']}\nB. {names['B']}\nC. {names['C']}\n"
+    mcq_body = {**body, "messages": [{"role": "user", "content": [image_part(bad), {"type": "text", "text": mcq}]}]}
+    assert post(lm_url, mcq_body).json()["choices"][0]["message"]["content"] == "B"
+    assert post(lm_url, {**mcq_body, "product": "screw"}).json()["choices"][0]["message"]["content"] == "C"
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    ({"material": "steel"}, "give the product too"),
+    ({"product": "x" * 201}, "product: too long"),
+])
+def test_a_bad_product_context_is_a_422(lm_url, images, form, message):
+    r = register(lm_url, images["ref"], **form)
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+
+
+def test_a_chat_product_must_be_a_string(lm_url, images):
+    r = post(lm_url, ask_body(images["ref"], images["bad"], OBJECT_Q, product=["bottle"]))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "product"
+
+
+def test_a_stored_sets_context_survives_a_restart(lm_copilot, images, tmp_path):
+    cfg = ServeConfig(api_key="k3y", sets_dir=str(tmp_path / "sets"))
+    with serve_in_thread(create_app(lm_copilot, cfg)) as url:
+        rid = register(url, images["ref"], product="bottle", material="brown glass").json()["id"]
+    with serve_in_thread(create_app(lm_copilot, cfg)) as url:  # a new service on the same folder
+        listed = httpx.get(url + "/v1/references", headers=KEY).json()["reference_sets"]
+        assert [(e["id"], e["product"], e["material"]) for e in listed] == [(rid, "bottle", "brown glass")]
+        answer = ask_form(url, images["bad"], OBJECT_Q, reference_set=rid).json()["answer"]
+    assert answer.startswith("The references are labelled bottle (brown glass)")

@@ -1,8 +1,9 @@
 /* adcopilot web page: what the inspector does. Choose queries and references (files or a stored
    reference set), inspect every query (one request each, the service runs them one at a time), show
    the chosen one, re-judge all at the threshold on the slider from the maps already returned,
-   download results, ask questions. A result is shown only for the inputs it was made from: any
-   change of inputs clears the results, and a failed request shows no verdict. */
+   download results, ask questions (the answer streams in from the chat endpoint as it is written;
+   Stop ends it). A result is shown only for the inputs it was made from: any change of inputs
+   clears the results, and a failed request shows no verdict. */
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,6 +13,7 @@ const state = {
   rows: [], selected: -1, generation: 0,  // generation: results of older inputs are dropped on arrival
   modelThreshold: null, touched: false, threshold: null,
   refImg: null, queryImg: null, history: [], heat: new WeakMap(),
+  chat: null,  // the AbortController of the question being answered
 };
 
 // ------------------------------------------------------------------ small helpers
@@ -91,6 +93,7 @@ async function inputsChanged() {
   state.rows = []; state.selected = -1; state.history = [];
   state.refImg = null; state.queryImg = null;
   if (!$("busy").hidden) setBusy("finishing the earlier request…");  // its answer will be dropped
+  if (state.chat) state.chat.abort();  // an answer about the old images is not wanted
   if ($("chat-log").childElementCount) say("note", "page", "Inputs changed: earlier answers were about other images.");
   setStatus("");
   render();
@@ -121,7 +124,8 @@ async function loadSets(choose) {
   sel.length = 1;
   for (const s of state.sets) {
     const o = document.createElement("option");
-    o.value = s.id; o.textContent = `set “${s.name}” (${s.count} image${s.count > 1 ? "s" : ""})`;
+    const what = s.product ? `, ${s.product}${s.material ? ` (${s.material})` : ""}` : "";
+    o.value = s.id; o.textContent = `set “${s.name}” (${s.count} image${s.count > 1 ? "s" : ""}${what})`;
     sel.appendChild(o);
   }
   if (choose !== undefined) state.setId = choose;
@@ -133,8 +137,10 @@ $("save-set").addEventListener("click", async () => {
   if (!state.refs.length) { setStatus("Choose the good images to save as a set first.", true); return; }
   const fd = new FormData();
   for (const f of state.refs) fd.append("references", f, f.name);
-  const name = $("set-name").value.trim();
-  if (name) fd.append("name", name);
+  for (const [field, id] of [["name", "set-name"], ["product", "set-product"], ["material", "set-material"]]) {
+    const value = $(id).value.trim();
+    if (value) fd.append(field, value);
+  }
   try {
     const s = await api("POST", "/v1/references", fd);
     state.setFiles.set(s.id, state.refs);
@@ -367,43 +373,131 @@ $("download-image").addEventListener("click", () => {
 });
 
 // ------------------------------------------------------------------ questions
-function say(kind, who, text) {
+function message(kind, who, text) {
   const m = document.createElement("div"); m.className = `msg ${kind}`;
   const b = document.createElement("b"); b.textContent = who + ": ";
   m.appendChild(b); m.appendChild(document.createTextNode(text));
+  return m;
+}
+
+function say(kind, who, text) {
+  const m = message(kind, who, text);
   $("chat-log").appendChild(m); $("chat-log").scrollTop = 1e9;
   return m;
 }
 
+function oneLine(text) { return String(text).replace(/\s+/g, " ").trim(); }
+
+/** A file as a data URL the chat endpoint reads (its image type from the name when the browser has none). */
+function dataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => {
+      const ext = (file.name.match(/\.([a-z0-9]+)$/i) || [, "png"])[1].toLowerCase();
+      resolve(String(r.result).replace(/^data:(?!image\/)[^;,]*/, `data:image/${ext}`));
+    };
+    r.onerror = () => reject(new Error(`${file.name}: the browser could not read the file`));
+    r.readAsDataURL(file);
+  });
+}
+
+/** The chat request for a question about ``file``: the references (or the set) and the query as images
+    in the first user turn, the earlier turns, the question last; streamed. */
+async function chatRequest(file, question) {
+  const images = [...(state.setId ? [] : state.refs), file];
+  const parts = [];
+  for (const f of images) parts.push({ type: "image_url", image_url: { url: await dataUrl(f) } });
+  // The latest earlier turns within the service's default caps (16 turns, 8,000 characters).
+  let earlier = state.history.slice(-16);
+  while (earlier.length && earlier.reduce((n, t) => n + t.content.length, 0) > 8000) earlier = earlier.slice(2);
+  const turns = [...earlier, { role: "user", content: question }];
+  const messages = turns.map((t) => ({ role: t.role, content: t.content }));
+  messages[0] = { role: "user", content: [...parts, { type: "text", text: turns[0].content }] };
+  const body = { model: "adcopilot", messages, stream: true };
+  if (state.setId) body.reference_set = state.setId;
+  return body;
+}
+
+/** The data of each server-sent event of a streamed response, as it arrives. */
+async function* sseData(response) {
+  const reader = response.body.getReader(), decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let at;
+    while ((at = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, at); buf = buf.slice(at + 2);
+      for (const line of block.split("\n")) if (line.startsWith("data: ")) yield line.slice(6);
+    }
+  }
+}
+
+/** The error of a refused chat request, in one line; the images it names by their place in the
+    request ("messages[0].content[1]...") named by their files. */
+async function chatError(r, names) {
+  let text = r.statusText || "no answer";
+  try { const d = await r.json(); text = d.error ? d.error.message : typeof d.detail === "string" ? d.detail : JSON.stringify(d); } catch (e) { /* not JSON */ }
+  text = text.replace(/messages\[0\]\.content\[(\d+)\](\.image_url\.url)?/g, (m, i) => names[Number(i)] || m);
+  return new Error(`${r.status}: ${text}`);
+}
+
+/** Ask about the shown query. The answer is written into the log as its tokens arrive, hidden from
+    screen readers until it is whole (then it is added to the polite log once); the working indicator
+    stays until the first token; Stop aborts the request. */
 async function ask(question) {
   const row = selectedRow(), file = row ? row.file : state.queries[0];
   if (!file || (!state.setId && !state.refs.length)) { say("error", "page", "Choose a query and a normal reference first."); return; }
   say("user", "you", question);
-  const fd = pairForm(file);
-  fd.append("question", question);
-  if (state.history.length) fd.append("history", JSON.stringify(state.history));
-  const gen = state.generation;
+  const log = $("chat-log"), controller = new AbortController(), gen = state.generation;
+  state.chat = controller;
   const thinking = document.createElement("div");
   thinking.className = "msg thinking";
   thinking.innerHTML = '<span class="spinner" aria-hidden="true"></span><span>thinking…</span>';
-  $("chat-log").appendChild(thinking); $("chat-log").setAttribute("aria-busy", "true");
+  log.appendChild(thinking); log.setAttribute("aria-busy", "true"); log.scrollTop = 1e9;
   const t0 = performance.now();
   const tick = setInterval(() => { thinking.lastChild.textContent = `thinking… ${Math.round((performance.now() - t0) / 1000)} s`; }, 1000);
-  $("ask-btn").disabled = true;
+  $("ask-btn").disabled = true; $("stop-btn").hidden = false;
+  let growing = null, text = "", problem = null;
   try {
-    const res = await api("POST", "/v1/ask", fd);
-    if (gen === state.generation) {
-      say("assistant", "adcopilot", res.answer);
-      state.history.push({ role: "user", content: question }, { role: "assistant", content: res.answer });
+    const body = await chatRequest(file, question);
+    const r = await fetch("/v1/chat/completions", {
+      method: "POST", body: JSON.stringify(body), signal: controller.signal,
+      headers: { ...authHeaders(), "Content-Type": "application/json" },
+    });
+    if (!r.ok) throw await chatError(r, [...(state.setId ? [] : state.refs), file].map((f) => f.name));
+    for await (const data of sseData(r)) {
+      if (data === "[DONE]" || controller.signal.aborted) break;  // events already received stay unread once stopped
+      const event = JSON.parse(data);
+      if (event.error) throw new Error(event.error.message);
+      const piece = event.choices && event.choices.length ? event.choices[0].delta.content : "";
+      if (!piece) continue;
+      if (!growing) {  // the first token: the indicator goes, the answer starts
+        clearInterval(tick); thinking.remove();
+        growing = message("assistant streaming", "adcopilot", "");
+        growing.setAttribute("aria-hidden", "true");  // not read token by token
+        log.appendChild(growing);
+      }
+      text += piece;
+      growing.lastChild.textContent = text; log.scrollTop = 1e9;
     }
   } catch (e) {
-    say("error", "error", e.message);
+    problem = controller.signal.aborted ? null : e;
   } finally {
     clearInterval(tick); thinking.remove();
-    $("chat-log").setAttribute("aria-busy", "false"); $("ask-btn").disabled = false;
+    const stopped = controller.signal.aborted;
+    if (growing) growing.replaceWith(message("assistant", "adcopilot", text));  // read once, whole
+    // Stopped because the inputs changed: the page has said so already.
+    if (stopped && gen === state.generation) say("note", "page", "Stopped: the answer above is unfinished.");
+    if (problem) say("error", "error", oneLine(problem.message));
+    if (text && gen === state.generation) state.history.push({ role: "user", content: question }, { role: "assistant", content: text });
+    if (state.chat === controller) state.chat = null;
+    log.setAttribute("aria-busy", "false"); $("ask-btn").disabled = false; $("stop-btn").hidden = true;
   }
 }
 
+$("stop-btn").addEventListener("click", () => { if (state.chat) state.chat.abort(); });
 $("inspect-btn").addEventListener("click", inspectAll);
 $("chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
