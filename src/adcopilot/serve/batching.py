@@ -3,11 +3,11 @@
 A :class:`Batcher` owns the thread that runs the model. A request is first *admitted*: at most
 ``max_queue`` requests may be admitted and not yet running; beyond that :class:`QueueFull` is
 raised at once, with an estimate of when to retry, instead of letting every request wait. It then
-prepares its input in its own thread (decoding, registration: no model) and submits it. The model
-thread gathers submitted requests into a batch of at most ``max_batch``: it waits up to ``window_s``
-after the first one arrived, but only while other admitted requests are still being prepared, so a
-lone request never waits. The batch runs under the model lock (shared with the service's other model
-work), and each request gets its own result or its own exception through a
+prepares its input in its own thread (decoding, registration: no model) and submits it. Once the
+model is free (its lock, shared with the service's other model work), the model thread gathers the
+submitted requests into a batch of at most ``max_batch``: it waits up to ``window_s`` after the
+first one arrived, but only while other admitted requests are still being prepared, so a lone
+request never waits. Each request gets its own result or its own exception through a
 :class:`concurrent.futures.Future`.
 
 A request that gives up (its time limit) cancels its future: if its batch has not started, the model
@@ -133,26 +133,29 @@ class Batcher(Generic[T, R]):
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
-            return {"waiting": self._admitted, "max_queue": self.max_queue, "max_batch": self.max_batch,
+            return {"waiting": self._admitted, "queued": len(self._jobs), "max_queue": self.max_queue, "max_batch": self.max_batch,
                     "window_ms": round(self.window_s * 1e3, 3), "batches": self.batches,
                     "batched_requests": self.batched, "mean_batch": round(self.batched / max(1, self.batches), 2),
                     "dropped": self.dropped, "refused": self.refused}
 
     # ------------------------------------------------------------------ the model's thread
     def _serve(self) -> None:
-        while True:
-            batch = self._gather()
-            if batch is None:
-                return
-            self._run_batch(batch)
+        while self._wait_for_work():
+            with self._lock:  # the batch is formed when the model is free: all that queued meanwhile
+                self._run_batch(self._gather())
 
-    def _gather(self) -> list[_Job[T, R]] | None:
-        """The next batch; None (and the thread ends) after ``IDLE_EXIT_S`` without a request."""
+    def _wait_for_work(self) -> bool:
+        """True once a request is queued; False (and the thread ends) after ``IDLE_EXIT_S`` without one."""
         with self._cond:
             while not self._jobs:
                 if not self._cond.wait(IDLE_EXIT_S) and not self._jobs:
                     self._thread = None  # under the lock: the next submit starts a new thread
-                    return None
+                    return False
+            return True
+
+    def _gather(self) -> list[_Job[T, R]]:
+        """The next batch (at least one request is queued)."""
+        with self._cond:
             end = self._jobs[0].arrived + self.window_s
             # Wait for company only while admitted requests are still being prepared.
             while len(self._jobs) < self.max_batch and self._admitted > len(self._jobs):
@@ -165,26 +168,26 @@ class Batcher(Generic[T, R]):
             return batch
 
     def _run_batch(self, batch: list[_Job[T, R]]) -> None:
-        with self._lock:
-            now = time.monotonic()
-            live = []
-            for job in batch:
-                if job.deadline <= now:  # nobody waits for it any more: the model never sees it
-                    job.future.cancel()
-                elif job.future.set_running_or_notify_cancel():  # False: cancelled by its request
-                    live.append(job)
-            self.dropped += len(batch) - len(live)
-            if not live:
-                return
-            t0 = time.monotonic()
-            try:
-                results = list(self._run([j.item for j in live]))
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch of {len(live)} gave {len(results)} results")
-            except Exception as exc:  # a fault of ours: every request of the batch gets it
-                log.exception("a batch of %d failed", len(live))
-                results = [exc] * len(live)
-            took = time.monotonic() - t0
+        """Run a batch (the model lock held) and hand out its results."""
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if job.deadline <= now:  # nobody waits for it any more: the model never sees it
+                job.future.cancel()
+            elif job.future.set_running_or_notify_cancel():  # False: cancelled by its request
+                live.append(job)
+        self.dropped += len(batch) - len(live)
+        if not live:
+            return
+        t0 = time.monotonic()
+        try:
+            results = list(self._run([j.item for j in live]))
+            if len(results) != len(live):
+                raise RuntimeError(f"batch of {len(live)} gave {len(results)} results")
+        except Exception as exc:  # a fault of ours: every request of the batch gets it
+            log.exception("a batch of %d failed", len(live))
+            results = [exc] * len(live)
+        took = time.monotonic() - t0
         self._batch_s = took if self.batches == 0 else (1 - EWMA) * self._batch_s + EWMA * took
         self.batches += 1
         self.batched += len(live)
