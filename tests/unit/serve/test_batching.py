@@ -69,34 +69,16 @@ def _grid(out: dict) -> np.ndarray:
     return np.frombuffer(base64.b64decode(g["values"]), "<f4").reshape(g["height"], g["width"])
 
 
-def _as_one_batch(svc: InspectionService, calls: list[dict]) -> list:
-    """The calls from threads while the model is held, so that they queue; then the model comes free
-    and takes them all at once. Each entry: the result, or the ServiceError raised."""
-    def call(kw):
-        try:
-            return svc.inspect(**kw)
-        except ServiceError as exc:
-            return exc
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        with svc._model_lock:
-            futures = [pool.submit(call, kw) for kw in calls]
-            deadline = time.monotonic() + 30
-            while svc._batcher.stats()["queued"] < len(calls):
-                assert time.monotonic() < deadline, svc._batcher.stats()
-                time.sleep(0.01)
-        return [f.result(60) for f in futures]
-
-
 @pytest.mark.parametrize("which", ["nano", "baseline"])
-def test_a_batch_of_mixed_requests_equals_the_requests_one_by_one(which, nano_copilot, tiny_copilot, images, more):
+def test_a_batch_of_mixed_requests_equals_the_requests_one_by_one(which, nano_copilot, tiny_copilot, images, more,
+                                                                  as_one_batch):
     cp = nano_copilot if which == "nano" else tiny_copilot
     svc = InspectionService(cp, ServeConfig(max_batch=8, batch_window_ms=0))
     rid = svc.register_references([("ref.png", images["ref"])])["id"]
     calls = [{**kw, "heatmap": True} for kw in _requests(images, more, rid)]
     alone = [svc.inspect(**kw) for kw in calls]  # each its own batch: nothing else waits
     batches = svc._batcher.stats()["batches"]
-    together = _as_one_batch(svc, calls)
+    together = as_one_batch(svc, calls)
     stats = svc._batcher.stats()
     assert (stats["batches"] - batches, stats["batched_requests"]) == (1, 2 * len(calls))  # all in one batch
     for a, b in zip(alone, together, strict=True):
@@ -120,12 +102,12 @@ def test_inspect_batch_is_inspect_pair_by_pair(nano_copilot, images, more):
         assert many.timings_ms["total"] >= many.timings_ms["detect"] > 0
 
 
-def test_a_reference_that_does_not_decode_fails_its_own_request_only(nano_copilot, images, more):
+def test_a_reference_that_does_not_decode_fails_its_own_request_only(nano_copilot, images, more, as_one_batch):
     svc = InspectionService(nano_copilot, ServeConfig(max_batch=8))
     calls = _requests(images, more, None)[:1] + [
         dict(query=("bad.png", images["bad"]), references=[("ref.png", images["ref"]), ("broken.png", more["truncated"])]),
     ] + [_requests(images, more, None)[2]]
-    out = _as_one_batch(svc, calls)
+    out = as_one_batch(svc, calls)
     assert isinstance(out[1], ServiceError) and out[1].status == 422
     assert str(out[1]).startswith("broken.png:"), out[1]
     assert out[0]["verdict"] == svc.inspect(**calls[0])["verdict"] and "score" in out[2]
