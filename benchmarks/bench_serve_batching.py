@@ -7,7 +7,8 @@ inspections (an ELPV cell at 256 px and one normal reference, cached by content)
 p50 and p99 of the served requests, p99 over the single-request latency, the share of attempts
 refused by the queue bound (a refused client sends again after the Retry-After the service gave, or
 after ``--backoff-ms``), the mean batch, and the CPU time per request of the server process and of
-the clients (all on the same machine). Settings:
+the clients (all on the same machine), and the model's part of it: the time and the CPU time of the
+service's model thread per request (with one compute thread, all of the model's work). Settings:
 
 * ``before``: the service of an earlier commit (``--before REV``: its ``src`` from ``git archive``),
   one request at a time under the model lock, for comparison;
@@ -40,7 +41,7 @@ from bench_serve_workers import free_port, measure, start, stop, workload
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("single_p50_ms", "requests_per_s", "p50_ms", "p99_ms", "p99_over_single", "refused_share", "mean_batch",
-        "server_cpu_ms_per_request", "client_cpu_ms_per_request")
+        "server_cpu_ms_per_request", "model_ms_per_request", "model_cpu_ms_per_request", "client_cpu_ms_per_request")
 
 
 def source_tree(rev: str, into: Path) -> Path:

@@ -153,8 +153,12 @@ def measure(url: str, proc: subprocess.Popen, data: list[tuple[str, bytes]], ref
     many = load(url, data, ref, requests, clients, backoff_s)
     many["server_cpu_ms_per_request"] = round(1e3 * (server_cpu_seconds(proc.pid) - c0) / requests, 1)
     b1 = batch_stats(url)
-    if b0 and b1:
-        many["mean_batch"] = round((b1["batched_requests"] - b0["batched_requests"]) / max(1, b1["batches"] - b0["batches"]), 2)
+    if b0 and b1:  # one worker's counters
+        served = max(1, b1["batched_requests"] - b0["batched_requests"])
+        many["mean_batch"] = round(served / max(1, b1["batches"] - b0["batches"]), 2)
+        # The model's part of a request (its thread, under the model lock; one compute thread).
+        many["model_ms_per_request"] = round(1e3 * (b1["model_s"] - b0["model_s"]) / served, 1)
+        many["model_cpu_ms_per_request"] = round(1e3 * (b1["model_cpu_s"] - b0["model_cpu_s"]) / served, 1)
     return {"single_p50_ms": single["p50_ms"], **many, "p99_over_single": round(many["p99_ms"] / single["p50_ms"], 2)}
 
 

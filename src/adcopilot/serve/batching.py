@@ -91,6 +91,7 @@ class Batcher(Generic[T, R]):
         self._thread: threading.Thread | None = None
         self._batch_s = 0.0  # running estimate of one batch's duration
         self.batches = self.batched = self.dropped = self.refused = 0
+        self.model_s = self.model_cpu_s = 0.0  # time in ``run``, and this thread's CPU time in it
 
     # ------------------------------------------------------------------ requests' side
     @contextmanager
@@ -136,7 +137,8 @@ class Batcher(Generic[T, R]):
             return {"waiting": self._admitted, "queued": len(self._jobs), "max_queue": self.max_queue, "max_batch": self.max_batch,
                     "window_ms": round(self.window_s * 1e3, 3), "batches": self.batches,
                     "batched_requests": self.batched, "mean_batch": round(self.batched / max(1, self.batches), 2),
-                    "dropped": self.dropped, "refused": self.refused}
+                    "dropped": self.dropped, "refused": self.refused, "model_s": round(self.model_s, 3),
+                    "model_cpu_s": round(self.model_cpu_s, 3)}
 
     # ------------------------------------------------------------------ the model's thread
     def _serve(self) -> None:
@@ -179,7 +181,7 @@ class Batcher(Generic[T, R]):
         self.dropped += len(batch) - len(live)
         if not live:
             return
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.thread_time()
         try:
             results = list(self._run([j.item for j in live]))
             if len(results) != len(live):
@@ -188,6 +190,8 @@ class Batcher(Generic[T, R]):
             log.exception("a batch of %d failed", len(live))
             results = [exc] * len(live)
         took = time.monotonic() - t0
+        self.model_s += took
+        self.model_cpu_s += time.thread_time() - cpu0  # all the model's work when it computes on one thread
         self._batch_s = took if self.batches == 0 else (1 - EWMA) * self._batch_s + EWMA * took
         self.batches += 1
         self.batched += len(live)
