@@ -17,6 +17,10 @@ service's model thread per request (with one compute thread, all of the model's 
 * ``batched``: the defaults (``--max-batch 4 --batch-window-ms 2``);
 * ``batched, max queue Q``: the defaults and ``--max-queue Q`` (``--max-queue``, repeatable).
 
+First, in this process with one compute thread, the model's pass itself by batch size
+(``--batch-sizes``): the CPU time per request of ``Copilot.encode`` + ``Copilot.detect`` on batches of
+the same queries and reference, sizes alternating; this is what batching can save on this machine.
+
 The settings alternate in order over ``--rounds`` (reversed every other round), so that each sees
 the same share of other jobs on a shared machine; the summary gives each setting's median over rounds.
 
@@ -35,9 +39,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench_serve_workers import free_port, measure, start, stop, workload
+
+from adcopilot import Copilot
+from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("single_p50_ms", "requests_per_s", "p50_ms", "p99_ms", "p99_over_single", "refused_share", "mean_batch",
@@ -52,6 +60,29 @@ def source_tree(rev: str, into: Path) -> Path:
     return into / "src"
 
 
+def model_pass(model: str, data: list[tuple[str, bytes]], ref: tuple[str, bytes], sizes: list[int],
+               rounds: int) -> dict[int, float]:
+    """CPU ms per request of the model's part of a batch (encode + detect), by batch size: the median
+    over ``rounds`` passes through all queries, the sizes alternating."""
+    set_compute_threads(1)
+    cp = prepare_for_inference(Copilot.load(model))
+    assert isinstance(cp, Copilot)
+    queries = [body for _, body in data]
+    per: dict[int, list[float]] = {b: [] for b in sizes}
+    for rnd in range(rounds):
+        for b in sizes if rnd % 2 == 0 else sizes[::-1]:
+            n = len(queries) // b * b
+            pairs = [cp.prepare(q, [ref[1]]) for q in queries[:n]]
+            c0 = time.process_time()
+            for i in range(0, n, b):
+                batch = pairs[i:i + b]
+                for p in batch:
+                    cp.encode(p)
+                cp.detect(batch)
+            per[b].append(1e3 * (time.process_time() - c0) / n)
+    return {b: round(statistics.median(v), 1) for b, v in per.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=8)
@@ -61,6 +92,7 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="also measure the service of this commit")
     ap.add_argument("--backoff-ms", type=float, default=None, help="a refused client's wait (default: its Retry-After)")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 2, 4, 8], help="model pass by batch size (none: skip)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "adcopilot_bench_line")
     args = ap.parse_args()
     os.environ.setdefault("ADCOPILOT_HOME", str(args.work / "home"))  # no stored calibration
@@ -77,6 +109,9 @@ def main() -> None:
     out: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "load_avg_before": os.getloadavg()[0]},
                  "model": args.model, "clients": args.clients, "requests": args.requests,
                  "backoff_ms": args.backoff_ms, "runs": []}
+    if args.batch_sizes:
+        out["model_cpu_ms_per_request_by_batch"] = model_pass(args.model, data, ref, args.batch_sizes, 2 * args.rounds)
+        print(json.dumps({"model_pass": out["model_cpu_ms_per_request_by_batch"]}), file=sys.stderr)
     names = list(settings)
     for rnd in range(args.rounds):
         for name in names if rnd % 2 == 0 else names[::-1]:
