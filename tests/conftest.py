@@ -31,3 +31,32 @@ def texture(rng) -> np.ndarray:
     smooth = cv2.GaussianBlur(noise, (0, 0), 3)
     smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
     return (smooth * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def as_one_batch():
+    """``run(service, calls)``: the service's ``inspect(**call)`` for every call, from threads while its
+    model is held, so that all queue; then the model comes free and takes them as one batch. Each
+    entry of the list: the result, or the ``ServiceError`` raised."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adcopilot.serve.service import InspectionService, ServiceError
+
+    def call(svc: InspectionService, kw: dict):
+        try:
+            return svc.inspect(**kw)
+        except ServiceError as exc:
+            return exc
+
+    def run(svc: InspectionService, calls: list[dict]) -> list:
+        with ThreadPoolExecutor(len(calls)) as pool:
+            with svc._model_lock:
+                futures = [pool.submit(call, svc, kw) for kw in calls]
+                deadline = time.monotonic() + 30
+                while svc._batcher.stats()["queued"] < len(calls):
+                    assert time.monotonic() < deadline, svc._batcher.stats()
+                    time.sleep(0.01)
+            return [f.result(120) for f in futures]
+
+    return run

@@ -26,6 +26,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ from adcopilot.language.answering import LanguageAnswers
 from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
-from adcopilot.model.detector import Detector
-from adcopilot.model.inspection import inspect_arrays
+from adcopilot.model.detector import Detection, Detector
+from adcopilot.model.inspection import Aligned, CoreOutput, align, in_query_frame, inspect_arrays
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.model.spread import spread_threshold
@@ -50,6 +51,23 @@ from adcopilot.protocols import Inspector
 from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class StagedPair:
+    """One query and its references on their way through :meth:`Copilot.inspect_batch`'s stages;
+    each stage fills its fields (maps at the detector's square size S)."""
+
+    query: ImageInput
+    references: list[ImageInput]
+    size: tuple[int, int]  # (w, h) of the query
+    aligned: Aligned  # the query at S, registered onto the first reference
+    threshold: float | None  # the one asked for; ``encode`` sets the reference set's when None
+    started: float  # perf_counter when ``prepare`` began
+    timings: dict[str, float] = field(default_factory=dict)  # ms
+    encoded: list[tuple[np.ndarray, Any]] = field(default_factory=list)  # [(array (S, S, 3), encoding)]
+    profiles: list[ImageProfile] | None = None  # the references' profiles for the image check
+    detection: Detection | None = None
 
 
 class Copilot:
@@ -139,10 +157,21 @@ class Copilot:
 
     def check(self, query: np.ndarray, references: Sequence[ImageInput], arrays: Sequence[np.ndarray]) -> str | None:
         """Why the (S, S, 3) query is not the references' product, or None (also when the check is off)."""
+        return self._check_against(query, self._reference_profiles(references, arrays))
+
+    def _reference_profiles(
+        self, references: Sequence[ImageInput], arrays: Sequence[np.ndarray]
+    ) -> list[ImageProfile] | None:
+        """The references' profiles for the image check (cached), or None when the check is off."""
         if self.check_rules is None or self._check_tower is None:
             return None
-        refs = [self._profile(src, arr) for src, arr in zip(references, arrays, strict=True)]
-        return check_image(image_profile(self._check_tower, query), refs, self.check_rules)
+        return [self._profile(src, arr) for src, arr in zip(references, arrays, strict=True)]
+
+    def _check_against(self, query: np.ndarray, profiles: list[ImageProfile] | None) -> str | None:
+        """The image check of the (S, S, 3) query against the references' profiles (no cache: any thread)."""
+        if profiles is None or self.check_rules is None or self._check_tower is None:
+            return None
+        return check_image(image_profile(self._check_tower, query), profiles, self.check_rules)
 
     # ------------------------------------------------------------------ inspection
     def analyze(
@@ -160,10 +189,15 @@ class Copilot:
         t2 = time.perf_counter()
         check = self.check(q, refs, [e[0] for e in encoded])
         t3 = time.perf_counter()
-        w, h = qimg.size
+        timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
+        return self._analysis(qimg.size, core, check, timings)
+
+    @staticmethod
+    def _analysis(size: tuple[int, int], core: CoreOutput, check: str | None, timings: dict[str, float]) -> Analysis:
+        """The core's (S, S) maps resized to the query's (w, h) pixels."""
+        w, h = size
         amap = cv2.resize(core.amap, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
         deviation = cv2.resize(core.deviation, (w, h), interpolation=cv2.INTER_LINEAR) if core.deviation is not None else None
-        timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
         return Analysis(amap, core.score, (w, h), core.registration, timings, check, deviation)
 
     def inspect(
@@ -180,6 +214,12 @@ class Copilot:
         refs = as_references(references)
         a = self.analyze(query, refs)
         thr = float(threshold) if threshold is not None else self.threshold_for(refs)
+        return self._result(query, refs, a, thr, t0)
+
+    def _result(
+        self, query: ImageInput, refs: Sequence[ImageInput], a: Analysis, thr: float, t0: float
+    ) -> InspectionResult:
+        """Verdict, boxes and description of an analysis at ``thr``; ``t0``: when the inspection began."""
         amap, (w, h), reg, timings, score = a.amap, a.size, a.registration, a.timings, a.score
         anomalous = score >= thr or a.check is not None
         # A frame that is not the product has no defect to box.
@@ -233,6 +273,76 @@ class Copilot:
             # difference): box the strongest region, relative to the map's own peak.
             found = boxes_from_map(amap, 0.5 * float(amap.max()), rules, analysis.deviation)[:1]
         return [Box(bbox_2d=bbox, label="defect", score=s) for bbox, s in found]
+
+    # ------------------------------------------------------------------ staged inspection (batches)
+    def inspect_batch(
+        self, pairs: Sequence[tuple[ImageInput, ImageInput | Sequence[ImageInput]]], *, threshold: float | None = None
+    ) -> list[InspectionResult]:
+        """:meth:`inspect` of several (query, references) pairs with one detector pass; the same
+        results to float rounding. Its stages are public for a server that batches requests:
+        :meth:`prepare` and :meth:`finish` need no model and run in any thread (beside the model
+        working on other requests); :meth:`encode` and :meth:`detect` use the model and its caches,
+        one thread at a time."""
+        staged = [self.prepare(q, r, threshold=threshold) for q, r in pairs]
+        for p in staged:
+            self.encode(p)
+        self.detect(staged)
+        return [self.finish(p) for p in staged]
+
+    def prepare(
+        self, query: ImageInput, references: ImageInput | Sequence[ImageInput], *, threshold: float | None = None
+    ) -> StagedPair:
+        """Stage 1, no model (any thread): decode the query and register it onto the first reference."""
+        if threshold is not None:
+            require_finite(threshold, "threshold")
+        t0 = time.perf_counter()
+        refs = as_references(references)
+        qimg = load_image(query, name=source_name(query, "query"))
+        size = self.detector.image_size
+        q = to_float_array(qimg, size)
+        key = cache_key(refs[0], size)
+        # A lookup alone, from any thread: one dict operation, atomic under the GIL; only the model's
+        # thread (encode) adds and evicts entries.
+        cached = self._cache.get(key) if key is not None else None
+        first = cached[0] if cached is not None else to_float_array(load_image(refs[0], name=reference_names(refs)[0]), size)
+        t1 = time.perf_counter()
+        aligned = align(q, first, registration=self.registration)
+        return StagedPair(query, refs, qimg.size, aligned, None if threshold is None else float(threshold), t0,
+                          {"load": (t1 - t0) * 1e3})
+
+    def encode(self, pair: StagedPair) -> None:
+        """Stage 2, the model's thread: the references' encodings and profiles (cached), the threshold."""
+        t0 = time.perf_counter()
+        refs = pair.references
+        pair.encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
+        pair.profiles = self._reference_profiles(refs, [a for a, _ in pair.encoded])
+        if pair.threshold is None:
+            pair.threshold = self.threshold_for(refs)
+        pair.timings["queue"] = (t0 - pair.started) * 1e3 - pair.timings["load"] - pair.aligned.ms
+        pair.timings["encode"] = (time.perf_counter() - t0) * 1e3
+
+    def detect(self, pairs: Sequence[StagedPair]) -> None:
+        """Stage 3, the model's thread: the detector on every encoded pair, as one batch."""
+        t0 = time.perf_counter()
+        found = self.detector.detections([p.aligned.compared for p in pairs], [[e for _, e in p.encoded] for p in pairs])
+        ms = (time.perf_counter() - t0) * 1e3
+        for p, d in zip(pairs, found, strict=True):
+            p.detection = d
+            p.timings["detect"] = ms  # the batch's
+
+    def finish(self, pair: StagedPair) -> InspectionResult:
+        """Stage 4, no model state (any thread): maps in the query's pixels, the image check, verdict, boxes."""
+        if pair.detection is None or pair.threshold is None:
+            raise ValueError("finish: the pair has not been through encode and detect")
+        t0 = time.perf_counter()
+        core = in_query_frame(pair.detection, pair.aligned, [a for a, _ in pair.encoded], with_deviation=True,
+                              detect_ms=pair.timings["detect"])
+        t1 = time.perf_counter()
+        check = self._check_against(pair.aligned.query, pair.profiles)
+        t2 = time.perf_counter()
+        timings = {**pair.timings, **core.timings, "map back": (t1 - t0) * 1e3, "check": (t2 - t1) * 1e3}
+        return self._result(pair.query, pair.references, self._analysis(pair.size, core, check, timings),
+                            pair.threshold, pair.started)
 
 
 class AnsweringCopilot(LanguageAnswers, Copilot):

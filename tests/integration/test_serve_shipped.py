@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -72,3 +73,34 @@ def test_ask_is_answered_or_refused_clearly(client, pair):
         assert r.status_code == 501 and "language model" in r.json()["detail"]
     else:
         assert r.status_code == 200 and r.json()["answer"].strip(), r.text
+
+
+def test_a_batch_of_mixed_requests_equals_them_one_by_one(client, pair, as_one_batch):
+    """Requests that share one model pass get the map and score each gets alone (to 1e-5)."""
+    svc = client.app.state.service
+    ref = np.array(Image.open(io.BytesIO(pair["ref"])))
+    bad = np.array(Image.open(io.BytesIO(pair["bad"])))
+    other, shifted = _png(np.ascontiguousarray(ref[::-1])), _png(np.roll(bad, (6, 9), axis=(0, 1)))
+    rid = svc.register_references([("wall.png", pair["ref"])])["id"]
+    calls = [dict(query=("bad.png", pair["bad"]), references=[], reference_set=rid, heatmap=True),
+             dict(query=("good.png", pair["good"]), references=[("wall.png", pair["ref"])], heatmap=True),
+             dict(query=("shifted.png", shifted), references=[("wall.png", pair["ref"]), ("other.png", other)],
+                  heatmap=True),
+             dict(query=("shifted.png", shifted), references=[("other.png", other)], threshold=0.2, heatmap=True)]
+    assert len(calls) <= svc.config.max_batch
+    alone = [svc.inspect(**kw) for kw in calls]
+    before = svc.health()["inspect_queue"]["batches"]
+    together = as_one_batch(svc, calls)
+    assert svc.health()["inspect_queue"]["batches"] == before + 1
+    for a, b in zip(alone, together, strict=True):
+        assert b["score"] == pytest.approx(a["score"], abs=1e-5)
+        assert (b["verdict"], b["threshold"], b["image_check"]) == (a["verdict"], a["threshold"], a["image_check"])
+        assert [x["bbox_2d"] for x in b["boxes"]] == [x["bbox_2d"] for x in a["boxes"]]
+        grids = [np.frombuffer(base64.b64decode(x["anomaly_grid"]["values"]), "<f4") for x in (a, b)]
+        assert np.abs(grids[0] - grids[1]).max() <= 1e-5
+    assert together[2]["registration"]["method"] != "identity"  # the shifted query was registered
+    # The whole map too (the grid above is pooled), through the library's batched entry point.
+    cp = svc.copilot
+    pairs = [(shifted, [pair["ref"], other]), (pair["bad"], [pair["ref"]]), (pair["good"], [other])]
+    for one, many in zip([cp.inspect(q, r) for q, r in pairs], cp.inspect_batch(pairs), strict=True):
+        assert np.abs(one.anomaly_map - many.anomaly_map).max() <= 1e-5 and one.boxes == many.boxes

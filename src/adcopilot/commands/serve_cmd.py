@@ -25,6 +25,12 @@ def register(app: typer.Typer) -> None:
         max_references: int = typer.Option(16, "--max-references", help="Most references per request or set."),
         request_timeout: float = typer.Option(
             60.0, "--request-timeout", help="Longest a request may wait for and use the model, seconds (then 503)."),
+        batch_window_ms: float = typer.Option(
+            2.0, "--batch-window-ms", help="Longest an inspection waits for others arriving to share its model pass, ms "
+            "(only while others are being received; 0: no waiting)."),
+        max_batch: int = typer.Option(4, "--max-batch", help="Most inspections in one model pass."),
+        max_queue: int = typer.Option(0, "--max-queue", help="Most inspections waiting for the model; more are "
+                                      "answered 503 with Retry-After at once (0: no bound)."),
         max_history_turns: int = typer.Option(16, "--max-history-turns", help="Most earlier turns a question may carry."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest answer, in tokens."),
         workers: int = typer.Option(1, "--workers", help="Server processes, each with its own model."),
@@ -49,8 +55,12 @@ def register(app: typer.Typer) -> None:
             raise AdcopilotError("--max-upload-mb, --max-pixels and --max-references must be positive")
         if not require_finite(request_timeout, "--request-timeout") > 0:
             raise AdcopilotError(f"--request-timeout must be positive, got {request_timeout}")
+        if not require_finite(batch_window_ms, "--batch-window-ms") >= 0:
+            raise AdcopilotError(f"--batch-window-ms must be 0 or more, got {batch_window_ms}")
+        if max_queue < 0:
+            raise AdcopilotError(f"--max-queue must be 0 (no bound) or more, got {max_queue}")
         for flag, value in (("--max-history-turns", max_history_turns), ("--max-new-tokens", max_new_tokens),
-                            ("--workers", workers)):
+                            ("--workers", workers), ("--max-batch", max_batch)):
             if value < 1:
                 raise AdcopilotError(f"{flag} must be at least 1, got {value}")
         if sets_dir is not None:
@@ -61,6 +71,7 @@ def register(app: typer.Typer) -> None:
         cfg = ServeConfig(api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
                           max_pixels=max_pixels, max_references=max_references, request_timeout_s=request_timeout,
                           max_history_turns=max_history_turns, max_new_tokens=max_new_tokens,
+                          batch_window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue or None,
                           sets_dir=None if sets_dir is None else str(sets_dir.absolute()))
         settings = ServeSettings(model=model, threshold=threshold, calibration=None if calibration is None else str(calibration),
                                  registration=not no_register, threads=threads, workers=workers, config=vars(cfg))

@@ -8,6 +8,7 @@ and maps the results back to the query's pixels). Reference features are compute
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,13 @@ class Detector(ABC):
         """:meth:`detect` as a :class:`Detection`; detectors with more to say override it."""
         amap, score = self.detect(query, references)
         return Detection(amap, score)
+
+    def detections(
+        self, queries: Sequence[np.ndarray], references: Sequence[Sequence[Any]], with_tokens: bool = False
+    ) -> list[Detection]:
+        """:meth:`detection` of several queries, each against its own encoded references (the same
+        results). This default runs them one by one; a detector that can batch them overrides it."""
+        return [self.detection(q, list(r), with_tokens) for q, r in zip(queries, references, strict=True)]
 
     def pool_score(self, amap: np.ndarray) -> float:
         """Image score from the map: its maximum (after the detector's own smoothing)."""

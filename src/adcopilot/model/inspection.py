@@ -9,6 +9,9 @@ serve through ``Copilot``. Steps, all at the detector's square size S:
       -> map and distance warped back into the query's own frame
 
 The score is pooled in the reference frame, before warping back, where the map has no empty border.
+The three steps are also separate (:func:`align`, the detector, :func:`in_query_frame`), so that
+several queries can share one detector pass (``Detector.detections``) while their registration and
+mapping back run elsewhere (the service's request threads).
 
 Usage::
 
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from adcopilot.model.boxes import deviation_map
-from adcopilot.model.detector import Detector
+from adcopilot.model.detector import Detection, Detector
 from adcopilot.registration import Registration, register, warp
 
 
@@ -46,26 +49,35 @@ class CoreOutput:
     timings: dict[str, float] = field(default_factory=dict)  # ms: register, detect
 
 
-def inspect_arrays(
-    detector: Detector,
-    query: np.ndarray,
-    references: Sequence[tuple[np.ndarray, Any]],
-    *,
-    registration: bool = True,
-    with_tokens: bool = False,
-    with_deviation: bool = False,
-) -> CoreOutput:
-    """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...]."""
+@dataclass
+class Aligned:
+    """A query ready for the detector: registered onto the first reference and warped into its frame."""
+
+    query: np.ndarray  # (S, S, 3) float, the query in its own frame
+    compared: np.ndarray  # (S, S, 3) float, the query in the reference's frame (``query`` itself without registration)
+    registration: Registration
+    ms: float  # time the registration took
+
+
+def align(query: np.ndarray, reference: np.ndarray, *, registration: bool = True) -> Aligned:
+    """Register ``query`` (S, S, 3) onto ``reference`` (S, S, 3) and warp it into the reference's frame.
+    Needs no model: callers run it beside the detector (the service, for requests waiting for it)."""
     t0 = time.perf_counter()
-    reg = register(query, references[0][0]) if registration else Registration()
-    aligned = reg.method != "identity"
-    q = warp(query, reg.matrix) if aligned else query
-    t1 = time.perf_counter()
-    d = detector.detection(q, [e for _, e in references], with_tokens=with_tokens)  # reference frame
-    t2 = time.perf_counter()
+    reg = register(query, reference) if registration else Registration()
+    compared = warp(query, reg.matrix) if reg.method != "identity" else query
+    return Aligned(query, compared, reg, (time.perf_counter() - t0) * 1e3)
+
+
+def in_query_frame(
+    d: Detection, aligned: Aligned, references: Sequence[np.ndarray], *, with_deviation: bool = False,
+    detect_ms: float = 0.0,
+) -> CoreOutput:
+    """The detector's output for an aligned query (reference frame) back in the query's own frame;
+    ``references`` are the (S, S, 3) reference arrays (the deviation map reads them)."""
     amap, distance = d.amap, d.distance
-    deviation = deviation_map(q, [a for a, _ in references]) if with_deviation else None  # reference frame
-    if aligned:  # back to the query's own frame
+    deviation = deviation_map(aligned.compared, list(references)) if with_deviation else None  # reference frame
+    reg = aligned.registration
+    if reg.method != "identity":  # back to the query's own frame
         amap = warp(amap, reg.inverse, border="constant")
         distance = warp(distance, reg.inverse, border="constant") if distance is not None else None
         deviation = warp(deviation, reg.inverse, border="constant") if deviation is not None else None
@@ -77,5 +89,22 @@ def inspect_arrays(
         features=d.features,
         tokens=d.tokens,
         deviation=deviation,
-        timings={"register": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3},
+        timings={"register": aligned.ms, "detect": detect_ms},
     )
+
+
+def inspect_arrays(
+    detector: Detector,
+    query: np.ndarray,
+    references: Sequence[tuple[np.ndarray, Any]],
+    *,
+    registration: bool = True,
+    with_tokens: bool = False,
+    with_deviation: bool = False,
+) -> CoreOutput:
+    """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...]."""
+    aligned = align(query, references[0][0], registration=registration)
+    t1 = time.perf_counter()
+    d = detector.detection(aligned.compared, [e for _, e in references], with_tokens=with_tokens)  # reference frame
+    detect_ms = (time.perf_counter() - t1) * 1e3
+    return in_query_frame(d, aligned, [a for a, _ in references], with_deviation=with_deviation, detect_ms=detect_ms)

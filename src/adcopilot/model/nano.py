@@ -116,6 +116,21 @@ class ReferenceInputs:
             pos=torch.cat([p.pos for p in parts], dim=0),
         )
 
+    @classmethod
+    def stack(cls, parts: Sequence[ReferenceInputs]) -> ReferenceInputs:
+        """The inputs of several comparisons (one each, the same number of patches M) as one batch."""
+        if all(p is parts[0] for p in parts):  # one reference set for all: a view, no copy
+            b = len(parts)
+            one = parts[0]
+            return cls(tokens=one.tokens.expand(b, -1, -1), prev=one.prev.expand(b, -1, -1),
+                       queries=one.queries.expand(b, -1, -1, -1), pos=one.pos)
+        return cls(
+            tokens=torch.cat([p.tokens for p in parts]),
+            prev=torch.cat([p.prev for p in parts]),
+            queries=torch.cat([p.queries for p in parts]),
+            pos=parts[0].pos,  # the same grid for every reference set of M patches
+        )
+
 
 class NanoComparisonModel(nn.Module):
     """The trainable part of the nano model (the tower is passed in, frozen, and not saved)."""
@@ -318,6 +333,32 @@ class NanoDetector(Detector):
         qf = self.patch_features(query)  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         out = self.model.compare_with(qf, refs, with_tokens=with_tokens)
+        return self._detection_from(out, qf, refs, with_tokens)
+
+    @torch.inference_mode()
+    def detections(
+        self, queries: Sequence[np.ndarray], references: Sequence[Sequence[Any]], with_tokens: bool = False
+    ) -> list[Detection]:
+        """:meth:`detection` of several queries in one pass: the tower on all of them at once, the
+        comparison on each group with the same number of reference patches (one batch when all have
+        the same number of references). The same results to float rounding."""
+        qf = normalized_patch_features(self.fused_tower, to_batch(list(queries)))  # (B, 152, h, w)
+        refs = [ReferenceInputs.concat([self._as_inputs(r) for r in rs]) for rs in references]
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(refs):
+            groups.setdefault(r.tokens.shape[1], []).append(i)
+        found: dict[int, Detection] = {}
+        for idx in groups.values():
+            out = self.model.compare_with(qf[idx], ReferenceInputs.stack([refs[i] for i in idx]), with_tokens=with_tokens)
+            for j, i in enumerate(idx):
+                one = {k: v[j : j + 1] for k, v in out.items()}  # batch of one, as detection's
+                found[i] = self._detection_from(one, qf[i : i + 1], refs[i], with_tokens)
+        return [found[i] for i in range(len(refs))]
+
+    def _detection_from(
+        self, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs, with_tokens: bool
+    ) -> Detection:
+        """:meth:`detection` from the comparison's output for one query (batch of one) and its features."""
         prob, mem, variant = self._maps_from(out, qf, refs)
         if mem is not None:
             w = self.weight_for(variant)

@@ -14,9 +14,11 @@ Endpoints (OpenAPI schema at ``/openapi.json``)::
 
 Errors are JSON ``{"detail": "<one line>"}``: 401 (API key), 404 (unknown reference set), 413 (body
 or image too large), 415 (unsupported format), 422 (bad input), 501 (no language model), 503 (model
-not loaded yet, or the request ran past its time limit), 500 (a fault of ours, logged).
+not loaded yet, the request ran past its time limit, or the queue for the model is full: then with
+``Retry-After``), 500 (a fault of ours, logged).
 With an API key configured, every ``/v1`` endpoint but ``/v1/health`` needs ``X-API-Key: KEY`` (or
-``Authorization: Bearer KEY``). The model runs one request at a time; uploads are read in parallel.
+``Authorization: Bearer KEY``). The model runs one batch at a time (inspections that arrive
+together share it); uploads are read, decoded and registered in parallel.
 A request that takes longer than ``request_timeout_s`` is answered 503 (its model work, bounded by
 the caps on questions, history and answer length, finishes in the background).
 
@@ -122,7 +124,9 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
     @app.exception_handler(AdcopilotError)
     async def _adcopilot_error(_: Request, exc: AdcopilotError) -> JSONResponse:
         status = exc.status if isinstance(exc, ServiceError) else 422
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        retry = exc.retry_after_s if isinstance(exc, ServiceError) else None
+        return JSONResponse({"detail": str(exc)}, status_code=status,
+                            headers={"Retry-After": str(retry)} if retry is not None else None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,10 +1,15 @@
 """What the REST service does, apart from HTTP: validate uploads, keep reference sets, run the model.
 
 One :class:`InspectionService` wraps one :class:`adcopilot.Copilot`. The model runs under a lock
-(one inference at a time: the model and its reference cache are not thread-safe, and on a small
+(one model call at a time: the model and its reference cache are not thread-safe, and on a small
 CPU parallel inferences only compete for the same cores), while uploads are received and decoded
-in parallel. Reference sets are kept in memory, least recently used first out; a set deleted or
-pushed out takes its cached reference encodings with it.
+in parallel. Inspections are batched (:mod:`adcopilot.serve.batching`): each request decodes its
+query and registers it onto its first reference in its own thread, requests that come together run
+through the model as one batch (``Copilot.encode`` and ``detect``), and each maps its result back,
+checks the image and finds its boxes in its own thread again (``Copilot.finish``), beside the model
+working on the next batch. At most ``max_queue`` inspections wait for the model; more are answered
+503 with ``Retry-After`` at once. Reference sets are kept in memory, least recently used first out;
+a set deleted or pushed out takes its cached reference encodings with it.
 
 Nothing holds the model for long: a request waits for it at most ``request_timeout_s`` (then 503),
 questions and their history are capped in length, and answers in generated tokens. The model may
@@ -29,6 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +44,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from adcopilot.api import Copilot, StagedPair
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import SUPPORTED_FORMATS, load_image
 from adcopilot.protocols import Answerer, Inspector
+from adcopilot.results import InspectionResult
+from adcopilot.serve.batching import Batcher, QueueFull
 from adcopilot.serve.grid import anomaly_grid
 from adcopilot.serve.history import parse_history
 from adcopilot.serve.reference_sets import (
@@ -58,11 +67,12 @@ Upload = tuple[str, bytes]  # (file name, content)
 
 
 class ServiceError(AdcopilotError):
-    """A request the service refuses, with the HTTP status to answer."""
+    """A request the service refuses, with the HTTP status to answer (and when to retry, for a 503)."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
+    def __init__(self, message: str, status: int = 422, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -78,7 +88,19 @@ class ServeConfig:
     max_history_chars: int = 8000  # characters of content over all turns
     max_new_tokens: int = 64  # longest answer, in tokens
     request_timeout_s: float = 60.0  # longest a request may wait for and use the model (then 503)
+    batch_window_ms: float = 2.0  # longest an inspection waits for others being prepared to join its batch
+    max_batch: int = 4  # most inspections in one pass of the model
+    max_queue: int | None = None  # most inspections waiting for the model (then 503 at once); None: no bound
     sets_dir: str | None = None  # keep reference sets in this folder (shared by worker processes)
+
+
+@dataclass
+class Whole:
+    """An inspection for a model that is not inspected in stages: run whole, in the model's thread."""
+
+    query: Image.Image
+    references: list[bytes]
+    threshold: float | None
 
 
 def check_header(upload: Upload, max_pixels: int) -> None:
@@ -134,6 +156,9 @@ class InspectionService:
         self._copilot = copilot
         self._load_error: str | None = None
         self._model_lock = threading.Lock()
+        self._batcher: Batcher[StagedPair | Whole, StagedPair | InspectionResult] = Batcher(
+            self._run_inspections, self._model_lock, window_s=self.config.batch_window_ms / 1e3,
+            max_batch=self.config.max_batch, max_queue=self.config.max_queue, name="adcopilot-model")
         limit = self.config.max_reference_sets
         self._sets: ReferenceSets = (
             FolderSets(Path(self.config.sets_dir), limit) if self.config.sets_dir else MemorySets(limit))
@@ -174,7 +199,7 @@ class InspectionService:
         return {"status": status, "live": True, "ready": cp is not None,
                 "model": cp.model_name if cp is not None else None, "error": self._load_error,
                 "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1), "requests": self.requests,
-                "reference_sets": len(self._sets),
+                "reference_sets": len(self._sets), "inspect_queue": self._batcher.stats(),
                 "cached_references": getattr(cp, "cached_references", 0) if cp is not None else 0}
 
     def models(self) -> dict[str, Any]:
@@ -279,14 +304,24 @@ class InspectionService:
         started = time.monotonic()
         if threshold is not None:
             require_finite(threshold, "threshold")
-        qimg = self._query(query)
-        refs = self._references(references, reference_set)
-        # Reference bytes go to the model as they are: its cache knows them by content.
-        with self._model(started) as cp:
-            try:
-                r = cp.inspect(qimg, [d for _, d in refs], threshold=threshold)
-            except ImageError as exc:
-                raise ServiceError(self._name_refs(str(exc), refs)) from None
+        cp = self.copilot
+        deadline = started + self.config.request_timeout_s
+        try:
+            with self._batcher.admission() as submit:
+                qimg = self._query(query)
+                refs = self._references(references, reference_set)
+                # Reference bytes go to the model as they are: its cache knows them by content.
+                data = [d for _, d in refs]
+                try:  # a Copilot in stages, batched with other requests; another inspector whole
+                    item = cp.prepare(qimg, data, threshold=threshold) if isinstance(cp, Copilot) else Whole(qimg, data, threshold)
+                except ImageError as exc:
+                    raise ServiceError(self._name_refs(str(exc), refs)) from None
+                future = submit(item, deadline)
+        except QueueFull as full:
+            raise ServiceError(f"service busy: {full}; retry after {full.retry_after_s} s", 503,
+                               retry_after_s=full.retry_after_s) from None
+        done = self._result(future, deadline, refs)
+        r = cp.finish(done) if isinstance(done, StagedPair) else done  # the request's thread again
         r.query = query[0]
         r.references = [n for n, _ in refs]
         out = r.to_dict()
@@ -299,6 +334,41 @@ class InspectionService:
             out["preview"] = jpeg_preview(qimg, self.config.heatmap_max_side * 2)
             out["reference_preview"] = jpeg_preview(self._query(refs[0]),  # checked and decoded as a query is
                                                    self.config.heatmap_max_side * 2)
+        return out
+
+    def _result(self, future: Future[Any], deadline: float, refs: list[Upload]) -> StagedPair | InspectionResult:
+        """An inspection's result from the model's thread; 503 (and cancelled) past the time limit."""
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except (TimeoutError, CancelledError):
+            future.cancel()  # not started yet: the model never sees it
+            raise ServiceError(
+                f"service busy: the model did not come free within {self.config.request_timeout_s:g} s", 503) from None
+        except ImageError as exc:
+            raise ServiceError(self._name_refs(str(exc), refs)) from None
+
+    def _run_inspections(self, items: list[StagedPair | Whole]) -> list[StagedPair | InspectionResult | Exception]:
+        """The model's part of a batch (its thread, under the model lock): staged pairs are encoded,
+        then detected together; other items are inspected whole. Each item gets its result or its
+        own exception (a reference that does not decode fails its request alone)."""
+        cp = self.copilot
+        self.requests += len(items)
+        out: list[StagedPair | InspectionResult | Exception] = []
+        for item in items:
+            try:
+                if isinstance(item, Whole):
+                    out.append(cp.inspect(item.query, item.references, threshold=item.threshold))
+                else:
+                    cp.encode(item)  # only a Copilot prepares staged pairs
+                    out.append(item)
+            except Exception as exc:
+                out.append(exc)
+        staged = [x for x in out if isinstance(x, StagedPair)]
+        if staged:
+            try:
+                cp.detect(staged)
+            except Exception as exc:
+                out = [exc if isinstance(x, StagedPair) else x for x in out]
         return out
 
     def ask(
