@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_po
 from adcopilot.model.detector import Detection, Detector, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import ProductMemory
+from adcopilot.model.score import dihedral_views, fused_score, view_distance
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, load_vision_tower
 
@@ -71,6 +72,10 @@ class NanoConfig:
     # data never seen in training (ELPV) that term ranked defects below normal cells, while the pooled
     # pixel evidence transfers (benchmarks/RESULTS.md, "Design choices measured").
     global_score: bool = False
+    # The image score (model/score.py): "map" pools the map (the mean of its top ``topk_frac``); "fused"
+    # takes the maximum of prob ** fused_weight * (distance to the reference's dihedral views) ** (1 - w).
+    image_score: str = "map"
+    fused_weight: float = 0.05
     name: str = "nano"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +108,7 @@ class ReferenceInputs:
     prev: torch.Tensor  # (B, M, C) their input projection: the encoder's "previous image"
     queries: torch.Tensor  # (B, H, M, D) the first cross-attention's queries of ``prev``
     pos: torch.Tensor  # (M, 2) grid positions of the patches
+    views: torch.Tensor | None = None  # (B, 7 * M, 152) the references' other dihedral views' patches
 
     @classmethod
     def concat(cls, parts: Sequence[ReferenceInputs]) -> ReferenceInputs:
@@ -114,6 +120,7 @@ class ReferenceInputs:
             prev=torch.cat([p.prev for p in parts], dim=1),
             queries=torch.cat([p.queries for p in parts], dim=2),
             pos=torch.cat([p.pos for p in parts], dim=0),
+            views=None if any(p.views is None for p in parts) else torch.cat([p.views for p in parts], dim=1),
         )
 
 
@@ -266,7 +273,12 @@ class NanoDetector(Detector):
 
     @torch.inference_mode()
     def encode_reference(self, image: np.ndarray) -> ReferenceInputs:
-        return self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
+        inputs = self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
+        if self.model.cfg.image_score != "fused":
+            return inputs
+        # The other seven dihedral views in one batch: (7, 152, h, w) -> (1, 7 * N, 152).
+        feats = normalized_patch_features(self.fused_tower, to_batch(dihedral_views(image)[1:]))
+        return replace(inputs, views=feats.flatten(2).transpose(1, 2).reshape(1, -1, feats.shape[1]))
 
     @torch.inference_mode()
     def run(
@@ -325,11 +337,22 @@ class NanoDetector(Detector):
         distance = upsample_centered(out["distance"], self.image_size // qf.shape[-1])[0, 0].numpy()  # (S, S)
         return Detection(
             amap=prob.astype(np.float32, copy=False),
-            score=pooled_score(prob, self.model.cfg.topk_frac),
+            score=self._score(prob, out, qf, refs, plain=mem is None),
             distance=distance,
             features=qf[0],
             tokens=out["tokens"][0] if with_tokens else None,  # (L, out_width)
         )
+
+    def _score(self, prob: np.ndarray, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs,
+               plain: bool) -> float:
+        """The image score: the map fused with the distance to the references' views (model/score.py) when
+        the config asks for it and the references carry their views, else the pooled map. A product
+        memory already holds many good images' normal variation: with one, the map is pooled as it is."""
+        cfg = self.model.cfg
+        if cfg.image_score != "fused" or not plain or refs.views is None:
+            return pooled_score(prob, cfg.topk_frac)
+        d8 = view_distance(out["distance"][0, 0], qf[0].flatten(1).T, refs.views[0])  # (h, w)
+        return fused_score(prob, d8, cfg.fused_weight)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)
