@@ -19,6 +19,10 @@ queries, :class:`ReferenceInputs`) is computed once per reference and cached by 
 comparison tokens are not decoded when nothing reads them. Maps agree with :meth:`forward` to
 float rounding.
 
+The image score is the mean of the top 1 % of the smoothed map (``pooled_score``), or, with
+``image_score: "fused"`` in the config, the map fused with the distance to the references' dihedral views
+(:mod:`adcopilot.model.score`; opt-in, figures in benchmarks/RESULTS.md).
+
 Checkpoint folder: ``config.json`` (architecture, threshold, image size), ``model.safetensors``
 (trained parts only; the tower comes from its package) and ``MODEL_CARD.md``.
 """
@@ -52,6 +56,7 @@ from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, load_visi
 log = logging.getLogger(__name__)
 
 FEATURE_CHANNELS = 152
+IMAGE_SCORES = ("map", "fused")  # NanoConfig.image_score
 STRIDE = 8
 
 
@@ -101,7 +106,8 @@ class ReferenceInputs:
     """The query-independent inputs of a comparison with ``k`` references (M = k * N patches).
 
     Every field is per patch, so the inputs of several references concatenate along the patch axis
-    (:meth:`concat`); one reference's are worth caching with its features (about 1.7 MB at 256 px).
+    (:meth:`concat`); one reference's are worth caching with its features (about 1.7 MB at 256 px, and
+    4.4 MB more with the views of the fused image score, model/score.py).
     """
 
     tokens: torch.Tensor  # (B, M, 152) unit-norm patch features, row-major per reference
@@ -206,7 +212,12 @@ class NanoComparisonModel(nn.Module):
             raise CheckpointError(f"{cfg_path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
         if raw.get("architecture") != "adcopilot-nano":
             raise CheckpointError(f"{cfg_path}: not an adcopilot-nano checkpoint (architecture={raw.get('architecture')!r})")
-        model = cls(NanoConfig.from_dict(raw))
+        cfg = NanoConfig.from_dict(raw)
+        w = cfg.fused_weight
+        if cfg.image_score not in IMAGE_SCORES or isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise CheckpointError(f"{cfg_path}: image_score must be one of {', '.join(IMAGE_SCORES)} and fused_weight "
+                                  f"a number in [0, 1], got {cfg.image_score!r} and {cfg.fused_weight!r}")
+        model = cls(cfg)
         try:
             state = load_file(str(weights))
         except Exception as exc:

@@ -3,12 +3,14 @@ hand-computed cases, and the nano detector's score with and without it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from adcopilot.errors import CheckpointError
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
 from adcopilot.model.score import dihedral_views, fused_score, view_distance
 from adcopilot.model.vision import load_vision_tower
@@ -57,23 +59,32 @@ def tower():
 def test_detector_fuses_the_score_only_when_configured(tower):
     torch.manual_seed(3)
     plain = NanoComparisonModel(TINY).eval()
-    gated = NanoComparisonModel(replace(TINY, image_score="fused", fused_weight=0.05)).eval()
-    gated.load_state_dict(plain.state_dict())
-    det_plain, det_gated = NanoDetector(plain, tower), NanoDetector(gated, tower)
+    fused = NanoComparisonModel(replace(TINY, image_score="fused", fused_weight=0.05)).eval()
+    fused.load_state_dict(plain.state_dict())
+    det_plain, det_fused = NanoDetector(plain, tower), NanoDetector(fused, tower)
     rng = np.random.default_rng(4)
     q, r = rng.random((64, 64, 3), dtype=np.float32), rng.random((64, 64, 3), dtype=np.float32)
     assert det_plain.encode_reference(r).views is None
-    enc = det_gated.encode_reference(r)
+    enc = det_fused.encode_reference(r)
     assert enc.views is not None and enc.views.shape == (1, 7 * 64, 152)
     # The views' patches are the tower's features of the flipped and turned reference.
-    flipped = det_gated.patch_features(np.ascontiguousarray(r[:, ::-1]))[0].flatten(1).T  # (64, 152)
+    flipped = det_fused.patch_features(np.ascontiguousarray(r[:, ::-1]))[0].flatten(1).T  # (64, 152)
     assert torch.allclose(enc.views[0, :64], flipped, atol=1e-5)
-    a, b = det_plain.detection(q, [det_plain.encode_reference(r)]), det_gated.detection(q, [enc])
+    a, b = det_plain.detection(q, [det_plain.encode_reference(r)]), det_fused.detection(q, [enc])
     assert np.array_equal(a.amap, b.amap)  # the map is the comparison model's either way
     assert a.score == pytest.approx(pooled_score(a.amap, TINY.topk_frac))
     assert b.score != pytest.approx(a.score)
     # A query that is one of the reference's views: its patches are the views' own (distance 0),
     # so every searched patch (all 64 at this size) is explained and the score is the floor's.
     view = np.ascontiguousarray(r[::-1, ::-1])
-    assert det_gated.detection(view, [enc]).score < 1e-3
-    assert det_gated.detection(q, [enc]).score > 10 * det_gated.detection(view, [enc]).score
+    assert det_fused.detection(view, [enc]).score < 1e-3
+    assert det_fused.detection(q, [enc]).score > 10 * det_fused.detection(view, [enc]).score
+
+
+@pytest.mark.parametrize(("key", "value"), [("image_score", "best"), ("fused_weight", 1.5), ("fused_weight", "0.1")])
+def test_a_checkpoint_with_an_unknown_image_score_is_refused(tmp_path, key, value):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(CheckpointError, match="image_score must be one of map, fused"):
+        NanoComparisonModel.load(folder)
