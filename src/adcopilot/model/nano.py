@@ -19,6 +19,10 @@ queries, :class:`ReferenceInputs`) is computed once per reference and cached by 
 comparison tokens are not decoded when nothing reads them. Maps agree with :meth:`forward` to
 float rounding.
 
+The image score is the mean of the top 1 % of the smoothed map (``pooled_score``), or, with
+``image_score: "fused"`` in the config, the map fused with the distance to the references' dihedral views
+(:mod:`adcopilot.model.score`; opt-in, figures in benchmarks/RESULTS.md).
+
 Checkpoint folder: ``config.json`` (architecture, threshold, image size), ``model.safetensors``
 (trained parts only; the tower comes from its package) and ``MODEL_CARD.md``.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +49,14 @@ from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_po
 from adcopilot.model.detector import Detection, Detector, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import ProductMemory
+from adcopilot.model.score import dihedral_views, fused_score, view_distance
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, load_vision_tower
 
 log = logging.getLogger(__name__)
 
 FEATURE_CHANNELS = 152
+IMAGE_SCORES = ("map", "fused")  # NanoConfig.image_score
 STRIDE = 8
 
 
@@ -71,6 +77,10 @@ class NanoConfig:
     # data never seen in training (ELPV) that term ranked defects below normal cells, while the pooled
     # pixel evidence transfers (benchmarks/RESULTS.md, "Design choices measured").
     global_score: bool = False
+    # The image score (model/score.py): "map" pools the map (the mean of its top ``topk_frac``); "fused"
+    # takes the maximum of prob ** fused_weight * (distance to the reference's dihedral views) ** (1 - w).
+    image_score: str = "map"
+    fused_weight: float = 0.05
     name: str = "nano"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,13 +106,15 @@ class ReferenceInputs:
     """The query-independent inputs of a comparison with ``k`` references (M = k * N patches).
 
     Every field is per patch, so the inputs of several references concatenate along the patch axis
-    (:meth:`concat`); one reference's are worth caching with its features (about 1.7 MB at 256 px).
+    (:meth:`concat`); one reference's are worth caching with its features (about 1.7 MB at 256 px, and
+    4.4 MB more with the views of the fused image score, model/score.py).
     """
 
     tokens: torch.Tensor  # (B, M, 152) unit-norm patch features, row-major per reference
     prev: torch.Tensor  # (B, M, C) their input projection: the encoder's "previous image"
     queries: torch.Tensor  # (B, H, M, D) the first cross-attention's queries of ``prev``
     pos: torch.Tensor  # (M, 2) grid positions of the patches
+    views: torch.Tensor | None = None  # (B, 7 * M, 152) the references' other dihedral views' patches
 
     @classmethod
     def concat(cls, parts: Sequence[ReferenceInputs]) -> ReferenceInputs:
@@ -114,6 +126,7 @@ class ReferenceInputs:
             prev=torch.cat([p.prev for p in parts], dim=1),
             queries=torch.cat([p.queries for p in parts], dim=2),
             pos=torch.cat([p.pos for p in parts], dim=0),
+            views=None if any(p.views is None for p in parts) else torch.cat([p.views for p in parts], dim=1),
         )
 
     @classmethod
@@ -214,7 +227,12 @@ class NanoComparisonModel(nn.Module):
             raise CheckpointError(f"{cfg_path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
         if raw.get("architecture") != "adcopilot-nano":
             raise CheckpointError(f"{cfg_path}: not an adcopilot-nano checkpoint (architecture={raw.get('architecture')!r})")
-        model = cls(NanoConfig.from_dict(raw))
+        cfg = NanoConfig.from_dict(raw)
+        w = cfg.fused_weight
+        if cfg.image_score not in IMAGE_SCORES or isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise CheckpointError(f"{cfg_path}: image_score must be one of {', '.join(IMAGE_SCORES)} and fused_weight "
+                                  f"a number in [0, 1], got {cfg.image_score!r} and {cfg.fused_weight!r}")
+        model = cls(cfg)
         try:
             state = load_file(str(weights))
         except Exception as exc:
@@ -281,7 +299,12 @@ class NanoDetector(Detector):
 
     @torch.inference_mode()
     def encode_reference(self, image: np.ndarray) -> ReferenceInputs:
-        return self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
+        inputs = self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
+        if self.model.cfg.image_score != "fused":
+            return inputs
+        # The other seven dihedral views in one batch: (7, 152, h, w) -> (1, 7 * N, 152).
+        feats = normalized_patch_features(self.fused_tower, to_batch(dihedral_views(image)[1:]))
+        return replace(inputs, views=feats.flatten(2).transpose(1, 2).reshape(1, -1, feats.shape[1]))
 
     @torch.inference_mode()
     def run(
@@ -366,11 +389,22 @@ class NanoDetector(Detector):
         distance = upsample_centered(out["distance"], self.image_size // qf.shape[-1])[0, 0].numpy()  # (S, S)
         return Detection(
             amap=prob.astype(np.float32, copy=False),
-            score=pooled_score(prob, self.model.cfg.topk_frac),
+            score=self._score(prob, out, qf, refs, plain=mem is None),
             distance=distance,
             features=qf[0],
             tokens=out["tokens"][0] if with_tokens else None,  # (L, out_width)
         )
+
+    def _score(self, prob: np.ndarray, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs,
+               plain: bool) -> float:
+        """The image score: the map fused with the distance to the references' views (model/score.py) when
+        the config asks for it and the references carry their views, else the pooled map. A product
+        memory already holds many good images' normal variation: with one, the map is pooled as it is."""
+        cfg = self.model.cfg
+        if cfg.image_score != "fused" or not plain or refs.views is None:
+            return pooled_score(prob, cfg.topk_frac)
+        d8 = view_distance(out["distance"][0, 0], qf[0].flatten(1).T, refs.views[0])  # (h, w)
+        return fused_score(prob, d8, cfg.fused_weight)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)

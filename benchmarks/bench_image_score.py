@@ -1,0 +1,144 @@
+"""Image-score rules for the default model, compared offline on saved evidence (image AUROC).
+
+Reads the ``.npz`` files of ``benchmarks/image_score_evidence.py`` (the comparison model's smoothed
+probability map and the nearest-reference patch distance of each pair) and scores every pair with each
+rule below; prints the image AUROC per set and cell type / photo class pool, the mean and standard
+deviation over the reference draws (seeds), and the false-alarm rate of normal images at a threshold.
+
+    python benchmarks/bench_image_score.py /tmp/evidence --sets elpv-val synth
+    python benchmarks/bench_image_score.py /tmp/evidence --sets elpv-test photos --rules shipped baseline fused
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from adcopilot.metrics import auroc
+from adcopilot.model.score import CANDIDATES, DISTANCE_SIGMA, fused_score
+from adcopilot.model.upsample import upsample_centered
+
+EPS = 1e-4
+
+
+def topk(x: np.ndarray, frac: float) -> float:
+    flat = x.ravel()
+    k = max(1, int(round(flat.size * frac)))
+    return float(np.partition(flat, flat.size - k)[-k:].mean())
+
+
+def logit(p: np.ndarray | float) -> np.ndarray | float:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def baseline_map(dist: np.ndarray, size: int) -> np.ndarray:
+    """The training-free baseline's map from the (h, w) patch distances (model/baseline.py)."""
+    up = upsample_centered(torch.from_numpy(dist)[None, None], size // dist.shape[-1])[0, 0].numpy()
+    return cv2.GaussianBlur(up, (0, 0), DISTANCE_SIGMA)
+
+
+def candidates_d8(d1: np.ndarray, d8: np.ndarray, k: int = CANDIDATES) -> torch.Tensor:
+    """The detector's d8: the saved (all-patch) view distance on the k patches of largest d1, d1 elsewhere."""
+    flat = d1.ravel().copy()
+    idx = np.argsort(-flat, kind="stable")[:k]
+    flat[idx] = d8.ravel()[idx]
+    return torch.from_numpy(flat.reshape(d1.shape))
+
+
+Rule = Callable[..., float]  # (prob (S, S), d1 (h, w), baseline map, d8 (h, w), baseline map of d8) -> score
+
+
+def up(x: np.ndarray, size: int = 256) -> np.ndarray:
+    return upsample_centered(torch.from_numpy(np.ascontiguousarray(x))[None, None], size // x.shape[-1])[0, 0].numpy()
+
+
+def gated(p: np.ndarray, d: np.ndarray, d8: np.ndarray, gamma: float) -> np.ndarray:
+    return p * up(np.clip(d8 / np.maximum(d, 1e-6), 0, 1) ** gamma)
+
+RULES: dict[str, Rule] = {
+    "shipped": lambda p, d, b, *_: topk(p, 0.01),
+    "baseline8": lambda p, d, b, d8, b8: float(b8.max()),
+    "fused 0.05": lambda p, d, b, d8, b8: fused_score(p, candidates_d8(d, d8), 0.05),
+    "fused 0.1": lambda p, d, b, d8, b8: fused_score(p, candidates_d8(d, d8), 0.1),
+    "fused 0.15": lambda p, d, b, d8, b8: fused_score(p, candidates_d8(d, d8), 0.15),
+    "fused 0.2": lambda p, d, b, d8, b8: fused_score(p, candidates_d8(d, d8), 0.2),
+    "baseline8 top 1%": lambda p, d, b, d8, b8: topk(b8, 0.01),
+    "gated g1": lambda p, d, b, d8, b8: topk(gated(p, d, d8, 1.0), 0.01),
+    "gated g2": lambda p, d, b, d8, b8: topk(gated(p, d, d8, 2.0), 0.01),
+    "gated g4": lambda p, d, b, d8, b8: topk(gated(p, d, d8, 4.0), 0.01),
+    "gated g2 top 5%": lambda p, d, b, d8, b8: topk(gated(p, d, d8, 2.0), 0.05),
+    "geo nano x baseline8": lambda p, d, b, d8, b8: float(np.sqrt(topk(p, 0.01) * b8.max())),
+    "geo gated g2 x baseline8": lambda p, d, b, d8, b8: float(np.sqrt(topk(gated(p, d, d8, 2.0), 0.01) * b8.max())),
+    "nano max": lambda p, d, b, *_: float(p.max()),
+    "nano top 0.1%": lambda p, d, b, *_: topk(p, 0.001),
+    "nano top 5%": lambda p, d, b, *_: topk(p, 0.05),
+    "nano saturated share": lambda p, d, b, *_: float((p > 0.9).mean()),
+    "baseline": lambda p, d, b, *_: float(b.max()),
+    "baseline top 1%": lambda p, d, b, *_: topk(b, 0.01),
+    "baseline / median distance": lambda p, d, b, *_: float(b.max() / max(np.median(d), 1e-6)),
+    "baseline - median distance": lambda p, d, b, *_: float(b.max() - np.median(d)),
+    "geometric mean": lambda p, d, b, *_: float(np.sqrt(topk(p, 0.01) * b.max())),
+    "fused map": lambda p, d, b, *_: float(np.sqrt(p * np.clip(b, 0, None)).max()),
+}
+
+
+def load(folder: Path, sets: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """{set: [one dict per seed file]}."""
+    out: dict[str, list[dict[str, np.ndarray]]] = {}
+    for s in sets:
+        files = sorted(folder.glob(f"{s}_*shot_seed*.npz"), key=lambda p: int(re.findall(r"seed(\d+)", p.name)[0]))
+        out[s] = [dict(np.load(f)) for f in files]
+    return out
+
+
+def scores_of(data: dict[str, np.ndarray], rule: Rule) -> np.ndarray:
+    size = data["prob"].shape[-1]
+    if "_bmap" not in data:
+        data["_bmap"] = np.stack([baseline_map(d, size) for d in data["dist"]])
+        data["_bmap8"] = np.stack([baseline_map(d, size) for d in data["dist8"]])
+    return np.array([rule(p.astype(np.float32), d, b, d8, b8) for p, d, b, d8, b8 in
+                     zip(data["prob"], data["dist"], data["_bmap"], data["dist8"], data["_bmap8"], strict=True)])
+
+
+def pools(data: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """Index sets to report: ELPV per cell type, photos and synthetic pairs pooled."""
+    if name.startswith("elpv"):
+        return {str(g): data["group"] == g for g in ("mono", "poly")}
+    return {name: np.ones(len(data["label"]), bool)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--sets", nargs="+", default=["elpv-val", "synth"])
+    ap.add_argument("--rules", nargs="+", default=list(RULES))
+    ap.add_argument("--threshold", type=float, default=0.5, help="false alarms of normal images at this score")
+    args = ap.parse_args()
+    data = load(args.folder, args.sets)
+    for rule_name in args.rules:
+        rule = RULES[rule_name]
+        cells = []
+        for s, runs in data.items():
+            per_pool: dict[str, list[tuple[float, float]]] = {}
+            for run in runs:
+                sc = scores_of(run, rule)
+                for pool, idx in pools(run, s).items():
+                    y = run["label"][idx]
+                    fa = float((sc[idx][y == 0] >= args.threshold).mean())
+                    per_pool.setdefault(pool, []).append((auroc(sc[idx], y), fa))
+            for pool, vals in per_pool.items():
+                a = np.array([v[0] for v in vals])
+                fa = np.mean([v[1] for v in vals])
+                cells.append(f"{pool} {a.mean():.4f}±{a.std():.3f} fa{100 * fa:.0f}%")
+        print(f"{rule_name:>28}: " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

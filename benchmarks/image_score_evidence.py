@@ -1,0 +1,165 @@
+"""Collect the default model's per-pair evidence once, to compare image-score rules offline.
+
+For each query and its drawn reference(s), the inspection core's steps are run (registration onto the
+first reference, the nano detector in the reference frame) and saved: the comparison model's smoothed
+probability map (S, S) and the nearest-reference patch distance (h, w) from which the training-free
+baseline's map and score come (the same frozen features). Rules for the image score are then
+compared on these arrays without rerunning the model (``benchmarks/bench_image_score.py``).
+
+Sets:
+
+* ``elpv-val``: ELPV *training* split only (for choosing a rule): per cell type, up to ``--per-side``
+  normal and defective (probability 1) training cells as queries, references drawn from the other
+  training normals of that type.
+* ``elpv-test``: ELPV test split (probability 0 and 1), references from the training normals, drawn as
+  ``bench_elpv.py`` draws them for the same seed.
+* ``photos``: the bundled benchmark's held-out photo classes (test images, a reference drawn from the
+  class's template shots).
+* ``synth``: stage-1-style synthetic pairs (procedural products and licensed training photos with
+  synthetic defects) from a seed training never used.
+
+    python benchmarks/image_score_evidence.py --set elpv-test --seeds 0 1 --out /tmp/evidence
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from adcopilot.data.elpv import split
+from adcopilot.data.pairs import PairSampler
+from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
+from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.nano import NanoDetector
+from adcopilot.model.registry import load_detector, resolve_model
+from adcopilot.model.score import dihedral_views, nearest_distance
+from adcopilot.registration import register, warp
+
+SYNTH_SEED = 9_000_001  # never a training seed
+
+
+def _arr(path: Path, size: int) -> np.ndarray:
+    return to_float_array(load_image(path, name=str(path)), size)
+
+
+def elpv_pairs(
+    which: str, seed: int, shots: int, per_side: int, limit: int | None = None, ref_pool: int | None = None
+) -> Iterator[tuple[str, int, list[Path], Path]]:
+    """(kind, label, reference paths, query path) in bench_elpv.py's order and draws for the test split."""
+    parts = split(seed=0)
+    for kind in ("mono", "poly"):
+        normals = [c for c in parts["train"] if c.kind == kind and c.probability == 0.0]
+        rng = np.random.default_rng(seed)
+        if which == "elpv-test":
+            items = [c for c in parts["test"] if c.kind == kind and c.probability in (0.0, 1.0)]
+            if limit:  # bench_elpv.py's subset for this seed
+                items = [items[i] for i in sorted(rng.permutation(len(items))[:limit])]
+        else:  # validation on the training split: queries never serve as their own reference
+            pick = np.random.default_rng(1000 + seed)
+            good = normals
+            bad = [c for c in parts["train"] if c.kind == kind and c.probability == 1.0]
+            items = [good[i] for i in pick.permutation(len(good))[:per_side]]
+            items += [bad[i] for i in pick.permutation(len(bad))[:per_side]]
+        # A pool of references per type keeps their encodings cached (each is encoded in 8 views).
+        pool_all = [normals[i] for i in sorted(rng.permutation(len(normals))[:ref_pool])] if ref_pool else normals
+        for c in items:
+            pool = [n for n in pool_all if n.path != c.path]
+            refs = [pool[i].path for i in rng.choice(len(pool), shots, replace=False)]
+            yield kind, int(c.probability == 1.0), refs, c.path
+
+
+def photo_pairs(seed: int, shots: int) -> Iterator[tuple[str, int, list[Path], Path]]:
+    ensure_bundled()
+    root = bundled_dir() / PHOTOS_DATASET
+    rng = np.random.default_rng(seed)
+    for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        templates = sorted((root / cls / "train" / "good").glob("*.png"))
+        for sub in sorted((root / cls / "test").iterdir()):
+            for q in sorted(sub.glob("*.png")):
+                refs = [templates[i] for i in rng.choice(len(templates), shots, replace=False)]
+                yield cls, int(sub.name != "good"), refs, q
+
+
+@torch.inference_mode()
+def collect(detector: NanoDetector, pairs, size: int, registration: bool = True) -> dict[str, np.ndarray]:
+    probs, dists, dists8, labels, groups, names, ms = [], [], [], [], [], [], []
+    cache: dict[str, object] = {}
+    for group, label, refs, query in pairs:
+        ref_arrays = []
+        for r in refs:
+            key = str(r) if isinstance(r, Path) else None
+            if key is None or key not in cache:
+                arr = _arr(r, size) if isinstance(r, Path) else r
+                views = torch.cat([detector.patch_features(v)[0].flatten(1).T for v in dihedral_views(arr)])
+                entry = (arr, detector.encode_reference(arr), views)  # views: (8N, C)
+                if key is not None:
+                    cache[key] = entry
+            else:
+                entry = cache[key]
+            ref_arrays.append(entry)
+        q = _arr(query, size) if isinstance(query, Path) else query
+        t = time.perf_counter()
+        reg = register(q, ref_arrays[0][0]) if registration else None
+        if reg is not None and reg.method != "identity":
+            q = warp(q, reg.matrix)
+        d = detector.detection(q, [e[1] for e in ref_arrays])
+        ms.append((time.perf_counter() - t) * 1e3)
+        h = d.features.shape[-1]
+        d8 = nearest_distance(d.features.flatten(1).T, torch.cat([e[2] for e in ref_arrays]))  # (N,)
+        dists8.append(d8.view(h, h).numpy().astype(np.float32))
+        probs.append(d.amap.astype(np.float16))
+        dists.append(d.distance[:: size // h, :: size // h].astype(np.float32))  # (h, w) patch values
+        labels.append(label)
+        groups.append(group)
+        names.append(str(query) if isinstance(query, Path) else query_name(len(names)))
+    return {"prob": np.stack(probs), "dist": np.stack(dists), "dist8": np.stack(dists8), "label": np.array(labels),
+            "group": np.array(groups), "name": np.array(names), "ms": np.array(ms)}
+
+
+def query_name(i: int) -> str:
+    return f"synth-{i:05d}"
+
+
+def synth_pairs(n: int, seed: int) -> Iterator[tuple[str, int, list[np.ndarray], np.ndarray]]:
+    sampler = PairSampler(256, p_normal=0.5, p_general=0.0, seed=SYNTH_SEED + seed)
+    for _ in range(n):
+        p = sampler.sample()
+        yield p.category.split(":")[0], p.label, [p.reference], p.query
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", required=True, choices=["elpv-val", "elpv-test", "photos", "synth"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--shots", type=int, default=1)
+    ap.add_argument("--per-side", type=int, default=100, help="elpv-val: normal and defective cells per type")
+    ap.add_argument("--limit", type=int, default=None, help="elpv-test: cells per type (bench_elpv.py's subset)")
+    ap.add_argument("--ref-pool", type=int, default=None, help="ELPV: draw references from this many normals")
+    ap.add_argument("--n", type=int, default=300, help="synth: pairs")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    detector, _ = load_detector(resolve_model(args.model))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        if args.set.startswith("elpv"):
+            pairs = elpv_pairs(args.set, seed, args.shots, args.per_side, args.limit, args.ref_pool)
+        elif args.set == "photos":
+            pairs = photo_pairs(seed, args.shots)
+        else:
+            pairs = synth_pairs(args.n, seed)
+        data = collect(detector, tqdm(pairs, desc=f"{args.set} seed {seed}"), detector.image_size)
+        path = args.out / f"{args.set}_{args.shots}shot_seed{seed}.npz"
+        np.savez_compressed(path, **data)
+        print(f"{path}: {len(data['label'])} pairs, median {np.median(data['ms']):.1f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
