@@ -88,3 +88,19 @@ def test_a_checkpoint_with_an_unknown_image_score_is_refused(tmp_path, key, valu
     (folder / "config.json").write_text(json.dumps({**cfg, key: value}))
     with pytest.raises(CheckpointError, match="image_score must be one of map, fused"):
         NanoComparisonModel.load(folder)
+
+
+def test_batched_detections_keep_the_fused_score(tower):
+    """The service's batched pass scores each query against its own references' views."""
+    torch.manual_seed(5)
+    fused = NanoComparisonModel(replace(TINY, image_score="fused", fused_weight=0.05)).eval()
+    det = NanoDetector(fused, tower)
+    rng = np.random.default_rng(6)
+    qs = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(3)]
+    refs = [[det.encode_reference(rng.random((64, 64, 3), dtype=np.float32))] for _ in range(2)]
+    pairs = [(qs[0], refs[0]), (qs[1], refs[1]), (qs[2], refs[0])]
+    batched = det.detections([q for q, _ in pairs], [r for _, r in pairs])
+    for (q, r), got in zip(pairs, batched, strict=True):
+        one = det.detection(q, r)
+        assert got.score == pytest.approx(one.score, abs=1e-5)
+        assert got.score != pytest.approx(pooled_score(one.amap, TINY.topk_frac))
