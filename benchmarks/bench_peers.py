@@ -58,6 +58,7 @@ from adcopilot.data.elpv import split
 from adcopilot.eval.detection import auroc, pixel_metrics
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.detector import to_batch
+from adcopilot.model.memory import DEFAULT_PATCHES
 from adcopilot.model.vision import FusedPatchTower, load_vision_tower
 
 log = logging.getLogger("bench_peers")
@@ -177,8 +178,9 @@ def peer_draw(
 
 
 def build_adapted(name: str, normals: dict[str, list[Path]]) -> Path:
-    """A product memory (``adapt --steps 0``) of the given normals per variant, built once."""
-    out = assets.home() / "models" / f"peers-{name}"
+    """A product memory (``adapt --steps 0``, its defaults: memory size, the weight chosen per variant on its
+    own validation split of the normals) of the given normals per variant, built once."""
+    out = assets.home() / "models" / f"peers-{name}-{DEFAULT_PATCHES}"
     if (out / "memory.safetensors").exists():
         return out
     folder = assets.home() / "data" / f"peers-{name}-normals"
@@ -188,7 +190,7 @@ def build_adapted(name: str, normals: dict[str, list[Path]]) -> Path:
             link = folder / variant / p.name
             if not link.exists():
                 os.symlink(p, link)
-    cli_main(["adapt", "--normals", str(folder), "--out", str(out), "--steps", "0", "--validation", "0"])
+    cli_main(["adapt", "--normals", str(folder), "--out", str(out), "--steps", "0"])
     return out
 
 
@@ -302,7 +304,8 @@ def main() -> None:
             "kinds": args.kinds, "full_memories": args.full_memories, "per_type": args.per_type, "draws": args.draws,
             "shots": args.shots, "size": SIZE, "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick,
         } for ds in args.datasets},
-        "adapted": {k: str(v) for k, v in adapted.items()},
+        "adapted": {k: {"model": str(v), "memory": adapted_cp[k].detector.describe().get("memory")}
+                    for k, v in adapted.items()},
         "tests": {t.name: {"images": len(t.tests), "defective": sum(t.labels), "normals": len(t.normals)} for t in tasks},
         "results": results,
     }
