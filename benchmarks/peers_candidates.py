@@ -9,13 +9,13 @@ from the memory part exactly as ``adapt --steps 0`` builds it.
 
 Candidates (fused map = 0.25 comparison + 0.75 memory side, score = the model's top-1 % pooling):
 
-* ``memory``: the product memory's nearest-patch map (what ``adapt`` ships);
+* ``memory``: the product memory's nearest-patch map (what ``adapt`` builds, at its default size);
 * ``position``: a PaDiM-like Gaussian per position (mean and covariance of the memory part's
   features at each of the 32 x 32 positions, in ``--dims`` random orthonormal directions of the
   152 channels), its Mahalanobis map calibrated like the memory's;
 * ``memory+position``: the mean of the two calibrated maps;
 * ``--candidates memory``: other memories of the same patches, calibrated on the same held-out
-  normals (10 % of the memory part): a random 8,192 (as shipped), a random 32,768, and (``--coreset``)
+  normals (10 % of the memory part): a random 8,192 (the earlier default), a random 32,768, and (``--coreset``)
   a greedy k-center coreset of 8,192 (PatchCore's selection, on a 32-direction random projection),
   each at memory weights 0.75, 0.9 and 1.
 
