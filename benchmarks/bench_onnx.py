@@ -3,7 +3,8 @@
 The model is exported once (``adcopilot export onnx``, or ``--onnx FILE`` to reuse a file). For each
 query (real held-out photos and ELPV cells of the bundled benchmark, resized to the model's size) three
 things are timed for both runtimes, in alternating order: the dense path alone (vision tower +
-Comparison Encoder + dense head, the reference encoded and cached beforehand), the detector's map
+Comparison Encoder + dense head, the references encoded and cached beforehand, by each runtime
+in its own form), the detector's map
 (plus up-sampling, smoothing and pooling) and ``Copilot.inspect`` end to end (with registration).
 One thread for both (torch and onnxruntime's intra-op pool). The table gives medians (ms) of the
 wall-clock and of the CPU time, the ratios PyTorch / onnxruntime, and the largest difference of the maps.
@@ -25,6 +26,7 @@ from clock import Clock
 from adcopilot import Copilot
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.nano import ReferenceInputs
+from adcopilot.model.onnx_detector import OnnxReference
 from adcopilot.model.onnx_export import export_onnx
 
 BUNDLED = Path.home() / ".cache" / "adcopilot" / "benchmarks" / "bundled"
@@ -64,7 +66,7 @@ def main() -> None:
         ref_arrays = [to_float_array(load_image(r), size) for r in refs[:k]]
         with torch.inference_mode():
             enc = ReferenceInputs.concat([det.encode_reference(r) for r in ref_arrays])
-        tokens = np.concatenate([odet.encode_reference(r) for r in ref_arrays])
+        oref = OnnxReference.concat([odet.encode_reference(r) for r in ref_arrays])
 
         def dense_pt(q: np.ndarray, enc: ReferenceInputs = enc) -> dict:
             return det.model.compare_with(det.patch_features(q), enc, with_tokens=False)
@@ -82,8 +84,8 @@ def main() -> None:
                     pm, _ = clock("map pt", det.detect, q, [enc])
                     clock("inspect pt", pt.inspect, qp, refs[:k])
                 else:
-                    clock("dense ox", odet.run, q, tokens)
-                    om, _ = clock("map ox", odet.detect, q, [tokens])
+                    clock("dense ox", odet.run, q, oref)
+                    om, _ = clock("map ox", odet.detect, q, [oref])
                     clock("inspect ox", ox.inspect, qp, refs[:k])
             worst = max(worst, float(np.abs(pm - om).max()))
         med, cpu = clock.medians(), clock.medians(cpu=True)

@@ -58,6 +58,7 @@ from adcopilot.data.elpv import split
 from adcopilot.eval.detection import auroc, pixel_metrics
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.detector import to_batch
+from adcopilot.model.memory import DEFAULT_PATCHES
 from adcopilot.model.vision import FusedPatchTower, load_vision_tower
 
 log = logging.getLogger("bench_peers")
@@ -177,18 +178,22 @@ def peer_draw(
 
 
 def build_adapted(name: str, normals: dict[str, list[Path]]) -> Path:
-    """A product memory (``adapt --steps 0``) of the given normals per variant, built once."""
-    out = assets.home() / "models" / f"peers-{name}"
-    if (out / "memory.safetensors").exists():
-        return out
-    folder = assets.home() / "data" / f"peers-{name}-normals"
-    for variant, paths in normals.items():
-        (folder / variant).mkdir(parents=True, exist_ok=True)
-        for p in paths:
-            link = folder / variant / p.name
-            if not link.exists():
-                os.symlink(p, link)
-    cli_main(["adapt", "--normals", str(folder), "--out", str(out), "--steps", "0", "--validation", "0"])
+    """A product memory (``adapt --steps 0``, its defaults: memory size, the weight chosen per variant on its
+    own validation split of the normals) of the given normals per variant, built once: runs side by side
+    (one per ELPV type or photo class) wait for the first to build it."""
+    out = assets.home() / "models" / f"peers-{name}-{DEFAULT_PATCHES}"
+    with open(Path(tempfile.gettempdir()) / f"bench_peers-build-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "memory.safetensors").exists():
+            return out
+        folder = assets.home() / "data" / f"peers-{name}-normals"
+        for variant, paths in normals.items():
+            (folder / variant).mkdir(parents=True, exist_ok=True)
+            for p in paths:
+                link = folder / variant / p.name
+                if not link.exists():
+                    os.symlink(p, link)
+        cli_main(["adapt", "--normals", str(folder), "--out", str(out), "--steps", "0"])
     return out
 
 
@@ -217,6 +222,7 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also the training-free baseline (few-shot)")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--shots", nargs="*", type=int, default=[1, 5], help="few-shot columns (none: all normals only)")
+    ap.add_argument("--no-full", action="store_true", help="the few-shot columns only (not all normals)")
     ap.add_argument("--peers-only", action="store_true", help="anomalib's models only")
     ap.add_argument("--no-padim", action="store_true", help="PatchCore only")
     ap.add_argument("--suffix", default="", help="appended to anomalib's method names (a variant's own row)")
@@ -247,12 +253,12 @@ def main() -> None:
     tasks = (elpv_tasks(args.per_type, args.kinds) if "elpv" in args.datasets else []) + (
         photo_tasks(args.classes) if "photos" in args.datasets else [])
     adapted: dict[str, Path] = {}
-    if "elpv" in args.datasets and not args.peers_only:
-        adapted["elpv"] = Path(args.adapted_elpv) if args.adapted_elpv else build_adapted(
-            "elpv", {t.name.split("-")[1]: t.normals for t in tasks if t.name.startswith("elpv")})
-    if "photos" in args.datasets and not args.peers_only:
-        adapted["photos"] = Path(args.adapted_photos) if args.adapted_photos else build_adapted(
-            "photos", {t.name.split("-")[1]: t.normals for t in tasks if t.name.startswith("photos")})
+    if "elpv" in args.datasets and not args.peers_only and not args.no_full:
+        adapted["elpv"] = Path(args.adapted_elpv) if args.adapted_elpv else build_adapted(  # both types' normals
+            "elpv", {t.name.split("-")[1]: t.normals for t in elpv_tasks(1, ["mono", "poly"])})
+    if "photos" in args.datasets and not args.peers_only and not args.no_full:
+        adapted["photos"] = Path(args.adapted_photos) if args.adapted_photos else build_adapted(  # every class's
+            "photos", {t.name.split("-", 1)[1]: t.normals for t in photo_tasks(None)})
     ours = {} if args.peers_only else {"default": Copilot.load("default")}
     if args.baseline and not args.peers_only:
         ours = {"baseline": Copilot.load("baseline"), **ours}
@@ -266,7 +272,8 @@ def main() -> None:
         log.info("tower features of %d images in %.0f s", len(paths), time.perf_counter() - t0)
 
     results: dict = {}
-    shots: list[int | None] = [None, *args.shots]  # all normals first: the slowest fit shows problems early
+    shots: list[int | None] = ([] if args.no_full else [None]) + list(args.shots)  # all normals first: the slowest
+    # fit shows problems early
     for task in tasks:
         for k in shots:
             col = "all" if k is None else f"{k}-shot"
@@ -294,15 +301,18 @@ def main() -> None:
     if "photos" in args.datasets:
         results["photos (mean of classes)"] = mean_over_classes(
             {k: v for k, v in results.items() if k.startswith("photos-")})
+    # Runs of some columns only keep their own settings beside the others' in a merged file.
+    columns = " all normals" if not args.shots else " few-shot" if args.no_full else ""
     payload = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} thread(s)",
         "anomalib": VERSION or f"absent ({ANOMALIB_ERROR})",
-        "settings": {ds + args.suffix: {
+        "settings": {ds + args.suffix + columns: {
             "kinds": args.kinds, "full_memories": args.full_memories, "per_type": args.per_type, "draws": args.draws,
             "shots": args.shots, "size": SIZE, "ratio": args.ratio, "full_ratio": args.full_ratio, "quick": args.quick,
         } for ds in args.datasets},
-        "adapted": {k: str(v) for k, v in adapted.items()},
+        "adapted": {k: {"model": str(v), "memory": adapted_cp[k].detector.describe().get("memory")}
+                    for k, v in adapted.items()},
         "tests": {t.name: {"images": len(t.tests), "defective": sum(t.labels), "normals": len(t.normals)} for t in tasks},
         "results": results,
     }

@@ -9,14 +9,15 @@ from the memory part exactly as ``adapt --steps 0`` builds it.
 
 Candidates (fused map = 0.25 comparison + 0.75 memory side, score = the model's top-1 % pooling):
 
-* ``memory``: the product memory's nearest-patch map (what ``adapt`` ships);
+* ``memory``: the product memory's nearest-patch map (what ``adapt`` builds, at its default size);
 * ``position``: a PaDiM-like Gaussian per position (mean and covariance of the memory part's
   features at each of the 32 x 32 positions, in ``--dims`` random orthonormal directions of the
   152 channels), its Mahalanobis map calibrated like the memory's;
 * ``memory+position``: the mean of the two calibrated maps;
 * ``--candidates memory``: other memories of the same patches, calibrated on the same held-out
-  normals (10 % of the memory part): a random 8,192 (as shipped), a random 32,768, and (``--coreset``)
+  normals (10 % of the memory part): a random 8,192 (the earlier default), a random 32,768, and (``--coreset``)
   a greedy k-center coreset of 8,192 (PatchCore's selection, on a 32-direction random projection),
+  (``--all-patches``) every patch of the memory part, searched exactly,
   each at memory weights 0.75, 0.9 and 1.
 
     OMP_NUM_THREADS=1 nice python benchmarks/peers_candidates.py [--queries 60] [--candidates position memory]
@@ -39,6 +40,7 @@ from adcopilot.eval.detection import auroc
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.memory import SMOOTH_SIGMA, ProductMemory, VariantMemory, build_memory
 from adcopilot.model.nano import NanoDetector, pooled_score
+from adcopilot.model.nearest import exact_max_similarity
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.registration import register, warp
 
@@ -87,11 +89,11 @@ def greedy_coreset(bank: torch.Tensor, size: int, dims: int = 32, seed: int = 0)
 
 def nn_map(tokens: torch.Tensor, bank: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     """Smoothed (S, S) nearest-patch cosine distance map, as the product memory computes it."""
-    d = (1.0 - (tokens @ bank.T).max(dim=1).values).clamp_min(0).view(1, 1, *grid)
+    d = (1.0 - exact_max_similarity(tokens, bank)).clamp_min(0).view(1, 1, *grid)
     return cv2.GaussianBlur(upsample_centered(d, SIZE // grid[0])[0, 0].numpy(), (0, 0), SMOOTH_SIGMA)
 
 
-def memories(feats: torch.Tensor, n_cal: int, kind: str, coreset: bool) -> dict[str, ProductMemory]:
+def memories(feats: torch.Tensor, n_cal: int, kind: str, coreset: bool, every: bool = False) -> dict[str, ProductMemory]:
     """Candidate memories of the patches of ``feats[n_cal:]`` (n, C, h, w), calibrated on ``feats[:n_cal]``."""
     grid = (feats.shape[2], feats.shape[3])
     tokens = feats.flatten(2).transpose(1, 2)  # (n, h*w, C)
@@ -103,11 +105,15 @@ def memories(feats: torch.Tensor, n_cal: int, kind: str, coreset: bool) -> dict[
     }
     if coreset:  # 8,192 passes over all patches: an hour on a loaded core
         banks["coreset 8192"] = full[greedy_coreset(full, 8192)]
+    if every:
+        banks[f"all {len(full)}"] = full
     out = {}
     for name, bank in banks.items():
         bank = bank.half().float()
         low, high = calibrate([nn_map(tokens[i], bank, grid) for i in range(n_cal)])
         out[name] = ProductMemory({kind: VariantMemory(bank, low, high, len(feats) - n_cal)})
+        if name.startswith("all"):  # an inverted index of every patch would take long to build
+            out[name].set_search("exact")
     return out
 
 
@@ -123,6 +129,7 @@ def main() -> None:
     ap.add_argument("--dims", nargs="+", type=int, default=[32, 64])
     ap.add_argument("--kinds", nargs="+", default=["mono", "poly"], choices=["mono", "poly"])
     ap.add_argument("--coreset", action="store_true", help="with --candidates memory: also a greedy coreset")
+    ap.add_argument("--all-patches", action="store_true", help="with --candidates memory: also every patch (exact)")
     ap.add_argument("--candidates", nargs="+", default=["position"], choices=["position", "memory"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -146,7 +153,7 @@ def main() -> None:
         feats = torch.cat([det.patch_features(im) for im in images])  # (n, 152, h, w)
         n_cal = max(1, len(images) // 10)  # calibration images held out of the statistics
         gauss = {d: PositionGaussian(feats[n_cal:], d) for d in args.dims} if "position" in args.candidates else {}
-        mems = memories(feats, n_cal, kind, args.coreset) if "memory" in args.candidates else {}
+        mems = memories(feats, n_cal, kind, args.coreset, args.all_patches) if "memory" in args.candidates else {}
         cal = {d: calibrate([g.distance_map(feats[i : i + 1]) for i in range(n_cal)]) for d, g in gauss.items()}
         del feats
         queries, labels = held + bad, [0] * len(held) + [1] * len(bad)

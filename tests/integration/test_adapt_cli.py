@@ -113,12 +113,13 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     for c in cells:
         shutil.copyfile(c.path, good / c.name)
     out = tmp_path / "fixed"
-    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(out), "--steps", "0", home=tmp_path)
+    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(out), "--steps", "0", "--memory-weight", "0.75",
+            home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     split = json.loads((out / "validation.json").read_text())
     assert len(split["normals"]) == 2 and all(n.startswith("mono/") for n in split["normals"])
     config = json.loads((out / "config.json").read_text())
-    assert config["memory_weight"] == 0.75 and config["memory_weights"] == {}  # --steps 0: the memory weighs more
+    assert config["memory_weight"] == 0.75 and config["memory_weights"] == {}  # as given
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Validation (held-out images" in card and "| mono | 2 | 2 (synthetic) |" in card
     assert "validation, variant mono: image AUROC" in r.stderr and "weight kept 0.75" in r.stderr
@@ -127,9 +128,8 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
 
     assert ProductMemory.load(out).variants["mono"].images >= 10
 
-    auto = tmp_path / "auto"
-    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(auto), "--steps", "0",
-            "--memory-weight", "auto", home=tmp_path)
+    auto = tmp_path / "auto"  # --steps 0 chooses the weight on the validation images by default
+    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(auto), "--steps", "0", home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     config = json.loads((auto / "config.json").read_text())
     assert list(config["memory_weights"]) == ["mono"] and config["memory_weights"]["mono"] in (0, 0.25, 0.5, 0.75, 1)
@@ -143,6 +143,7 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
             "--validation", "0", home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (none / "validation.json").exists() and "## Validation" not in (none / "MODEL_CARD.md").read_text()
+    assert json.loads((none / "config.json").read_text())["memory_weight"] == 0.75  # nothing to choose on
     # Without a memory the validation measures the fine-tuned comparison model alone; a memory left in the
     # folder by an earlier run is removed, not inherited.
     plain = tmp_path / "plain"

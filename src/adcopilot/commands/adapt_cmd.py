@@ -35,14 +35,14 @@ def register(app: typer.Typer) -> None:
         licence: str = typer.Option(None, "--licence", help="Licence of your images, recorded in the model card."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted adaptation in OUT."),
         memory_patches: int = typer.Option(
-            8192, "--memory-patches",
+            32768, "--memory-patches",
             help="Normal patches kept per variant in the product memory (0: no memory; see model/memory.py).",
         ),
         memory_weight: str = typer.Option(
             None, "--memory-weight",
-            help="Weight of the memory's map in the fused anomaly map: a number in 0-1 (default 0.5 after "
-            "fine-tuning, 0.75 with --steps 0), or 'auto' to take, per variant, the weight with the best AUROC on "
-            "the validation images (noisy with few of them).",
+            help="Weight of the memory's map in the fused anomaly map: a number in 0-1, or 'auto' to take, per "
+            "variant, the weight with the best AUROC on the validation images (noisy with few of them). Default: "
+            "0.5 after fine-tuning; 'auto' with --steps 0 (0.75 for variants too small to hold images out).",
             show_default=False,
         ),
         validation: float = typer.Option(

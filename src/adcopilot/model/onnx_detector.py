@@ -1,18 +1,22 @@
 """A :class:`Detector` that runs an exported dense path (``adcopilot export onnx``) under onnxruntime.
 
 ``Copilot.load("model.onnx")`` selects it. It computes what the nano detector computes without a
-product memory: a reference is encoded once (its patch features, the graph's ``features`` output)
-and cached by the caller; a query costs one run of the graph; the logits are up-sampled, smoothed and
-pooled as :class:`~adcopilot.model.nano.NanoDetector` does. onnxruntime uses as many threads as torch
-(``OMP_NUM_THREADS``).
+product memory, split as the PyTorch detector splits it: a reference is encoded once (its patch
+features, their input projection and the first cross-attention's queries: an :class:`OnnxReference`)
+and cached by the caller; a query costs one run of the comparison; the logits are up-sampled,
+smoothed and pooled as :class:`~adcopilot.model.nano.NanoDetector` does. The file holds one graph;
+the two halves are cut out of it at load time (``onnx.utils.Extractor``), so neither run computes
+what only the other needs. onnxruntime uses as many threads as torch (``OMP_NUM_THREADS``).
 
-Needs the optional package ``onnxruntime`` (``pip install 'adcopilot[onnx]'``).
+Needs the optional packages ``onnx`` and ``onnxruntime`` (``pip install 'adcopilot[onnx]'``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +27,57 @@ import torch
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.compare import grid_positions
 from adcopilot.model.detector import Detector
-from adcopilot.model.nano import FEATURE_CHANNELS, STRIDE, pooled_score
+from adcopilot.model.nano import STRIDE, pooled_score
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
 from adcopilot.model.upsample import upsample_centered
 
 log = logging.getLogger(__name__)
 
 try:
+    import onnx
     import onnxruntime as ort
+    from onnx.utils import Extractor
 except ImportError:  # optional: the error says how to install it when a file is loaded
-    ort = None
+    onnx = ort = Extractor = None
+
+#: The graph's outputs for a reference (its comparison inputs) and for a query.
+REFERENCE_OUTPUTS = ("features", "prev", "queries")
+QUERY_OUTPUT = "pixel_logits"
+
+
+@dataclass
+class OnnxReference:
+    """One or more encoded references, float32 arrays per patch (M = k * N patches)."""
+
+    tokens: np.ndarray  # (M, 152) unit-norm patch features, row-major per reference
+    prev: np.ndarray  # (M, C) their input projection
+    queries: np.ndarray  # (H, M, D) the first cross-attention's queries
+
+    @classmethod
+    def concat(cls, parts: Sequence[OnnxReference]) -> OnnxReference:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(np.concatenate([p.tokens for p in parts]), np.concatenate([p.prev for p in parts]),
+                   np.concatenate([p.queries for p in parts], axis=1))
 
 
 class OnnxDetector(Detector):
-    """The dense path of an exported nano model; references are (N, 152) float32 token arrays."""
+    """The dense path of an exported nano model; references are :class:`OnnxReference`."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         if ort is None:
-            raise AdcopilotError(f"{path}: running an ONNX model needs the optional package onnxruntime: {INSTALL_HINT}")
+            raise AdcopilotError(f"{path}: running an ONNX model needs the optional packages onnx and onnxruntime: "
+                                 f"{INSTALL_HINT}")
         self.path = Path(path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            proto = onnx.load(str(self.path))
+        except Exception as exc:  # protobuf's decode errors, among others, for a file that is not ONNX
             raise CheckpointError(f"{self.path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
+        meta = {p.key: p.value for p in proto.metadata_props}
+        names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
         if any(k not in meta for k in METADATA_KEYS) or names != (list(INPUTS), list(OUTPUTS)):
-            raise CheckpointError(f"{self.path}: not an adcopilot dense-path export (make one with adcopilot export onnx)")
+            raise CheckpointError(f"{self.path}: not an adcopilot dense-path export of this version (make one with "
+                                  "adcopilot export onnx)")
         try:
             self.image_size = int(meta["image_size"])
             self.threshold = float(meta["threshold"])
@@ -62,25 +86,44 @@ class OnnxDetector(Detector):
         except ValueError as exc:
             raise CheckpointError(f"{self.path}: malformed metadata ({exc})") from None
         self.name = meta["name"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            cut = Extractor(proto)
+            self.session = self._session(cut.extract_model(list(INPUTS), [QUERY_OUTPUT]), opts)
+            self.encoder = self._session(cut.extract_model(["image"], list(REFERENCE_OUTPUTS)), opts)
+        except Exception as exc:  # onnx and onnxruntime raise their own exception types for broken graphs
+            raise CheckpointError(f"{self.path}: not a runnable ONNX model ({str(exc).splitlines()[0]})") from None
         n = self.image_size // STRIDE
-        self._grid = n
         self._pos = grid_positions(n, n).numpy()  # (N, 2) int64, the positions of one reference
 
-    def run(self, image: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(S, S, 3) image and (M, 152) reference tokens -> ((h, w) logits, (152, h, w) features)."""
-        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, S, S)
-        k = max(1, tokens.shape[0] // (self._grid * self._grid))
-        pos = np.tile(self._pos, (k, 1))[: tokens.shape[0]]
-        logits, feats = self.session.run(list(OUTPUTS), {"image": x, "ref_tokens": tokens[None], "ref_pos": pos})
-        return logits[0, 0], feats[0]
+    @staticmethod
+    def _session(model: Any, opts: Any) -> Any:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
-    def encode_reference(self, image: np.ndarray) -> np.ndarray:
-        """(S, S, 3) image -> its (N, 152) row-major patch tokens (one zero token as the reference)."""
-        _, feats = self.run(image, np.zeros((1, FEATURE_CHANNELS), np.float32))
-        return np.ascontiguousarray(feats.reshape(FEATURE_CHANNELS, -1).T)
+    @staticmethod
+    def _image(image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, S, S)
+
+    def run(self, image: np.ndarray, reference: OnnxReference) -> np.ndarray:
+        """(S, S, 3) image compared with encoded references -> the dense head's (h, w) logits."""
+        k = reference.tokens.shape[0] // self._pos.shape[0]
+        (logits,) = self.session.run([QUERY_OUTPUT], {
+            "image": self._image(image), "ref_tokens": reference.tokens[None], "ref_prev": reference.prev[None],
+            "ref_queries": reference.queries[None], "ref_pos": np.tile(self._pos, (k, 1)),
+        })
+        return logits[0, 0]
+
+    def encode_reference(self, image: np.ndarray) -> OnnxReference:
+        """(S, S, 3) image -> its comparison inputs (the tokens row-major, as the graph flattens them)."""
+        feats, prev, queries = self.encoder.run(list(REFERENCE_OUTPUTS), {"image": self._image(image)})
+        return OnnxReference(np.ascontiguousarray(feats[0].reshape(feats.shape[1], -1).T), prev[0], queries[0])
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
-        logits, _ = self.run(query, np.concatenate(references) if len(references) > 1 else references[0])
+        logits = self.run(query, OnnxReference.concat(references))
         up = upsample_centered(torch.from_numpy(logits)[None, None], self.image_size // logits.shape[-1])
         prob = torch.sigmoid(up)[0, 0].numpy()  # (S, S)
         if self.smooth_sigma > 0:

@@ -55,11 +55,11 @@ class Images:
 
 def finish(
     out: Path, good: Images, defects: Images, *, patches: int, weight: float | None, seed: int,
-    echo: Callable[[str], None] = log.info,
+    fallback: float = 0.5, echo: Callable[[str], None] = log.info,
 ) -> None:
     """Validate the adapted model in ``out`` on the held-out images, write its product memory (when
-    ``patches`` > 0) with the memory weight (``None``: per variant, the best on validation), and
-    record both in config.json and MODEL_CARD.md."""
+    ``patches`` > 0) with the memory weight (``None``: per variant, the best on validation, and
+    ``fallback`` for variants without validation images), and record both in config.json and MODEL_CARD.md."""
     (out / MEMORY_FILE).unlink(missing_ok=True)  # a memory left in OUT by an earlier run is not this model's
     detector, _ = load_nano_detector(out)
     size = detector.image_size
@@ -76,7 +76,7 @@ def finish(
                  + ", ".join(f"{a:.3f} at memory weight {w}" if len(c.auroc) > 1 else f"{a:.3f}" for w, a in c.auroc.items())
                  + f" ({c.normals} good, {c.anomalies} {c.anomaly_source} defective)"
                  + (f"; weight kept {c.weight}" if len(c.auroc) > 1 else ""))
-    default = 0.5 if weight is None else weight
+    default = fallback if weight is None else weight
     text = ""
     if patches:
         with tqdm(total=len(good.images), desc="product memory", unit="img") as bar:
@@ -131,13 +131,12 @@ def _validate(detector: NanoDetector, features, good: Images, defects: Images, p
 def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) -> str:
     if not auto:
         return (f"\nMemory weight in the fused map: {default} (`--memory-weight`; by default 0.5 after fine-tuning, "
-                "0.75 without).\n")
+                "chosen per variant on the validation images without).\n")
     if not choices:
-        return (f"\nMemory weight in the fused map: {default} (`--memory-weight auto`, but no variant had enough "
-                "good images to hold some out).\n")
+        return (f"\nMemory weight in the fused map: {default} (chosen on validation images, but no variant had "
+                "enough good images to hold some out).\n")
     kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
-    return (f"\nMemory weight per variant, the best on the validation images (`--memory-weight auto`): {kept}; "
-            f"other variants {default}.\n")
+    return (f"\nMemory weight per variant, the best on the validation images: {kept}; other variants {default}.\n")
 
 
 def _validation_section(choices: dict[str, VariantChoice]) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from adcopilot.data.folders import load_folder_entries
 from adcopilot.errors import AdcopilotError
+from adcopilot.model.memory import DEFAULT_PATCHES
 from adcopilot.model.nano import NanoComparisonModel
 from adcopilot.train.adapt import AdaptSampler, adapt_card, default_licence_note, resolve_base
 from adcopilot.train.adapt_finish import Images, finish
@@ -38,8 +39,8 @@ class AdaptOptions:
     seed: int = 0
     licence: str | None = None
     resume: bool = False
-    memory_patches: int = 8192
-    memory_weight: str | None = None  # a number in 0-1 or "auto"; None: 0.5, or 0.75 with steps 0
+    memory_patches: int = DEFAULT_PATCHES
+    memory_weight: str | None = None  # a number in 0-1 or "auto"; None: 0.5, or "auto" with steps 0
     validation: float = 0.2
 
 
@@ -50,9 +51,12 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
     if o.memory_patches < 0:
         raise AdcopilotError(f"--memory-patches must be 0 or more, got {o.memory_patches}")
     # Without fine-tuning the comparison model has never seen the product, so the memory, built from it,
-    # weighs more; some weight stays with the comparison, which alone sees where things are (the memory is
-    # position-free). On ELPV, 0.75 beat 0.5 at 1 and 5 shots on both cell types (benchmarks/RESULTS.md).
-    weight = _parse_weight(o.memory_weight if o.memory_weight is not None else "0.75" if o.steps == 0 else "0.5")
+    # weighs more, and how much more depends on the product: on ELPV's validation cells (training split
+    # only) mono cells kept 0.75 and poly cells 1, so with --steps 0 the weight is chosen per variant on the
+    # validation images, and 0.75 where none can be held out (benchmarks/RESULTS.md). After fine-tuning the
+    # validation's choice went against the test split, so 0.5 stays.
+    weight = _parse_weight(o.memory_weight if o.memory_weight is not None else "auto" if o.steps == 0 else "0.5")
+    fallback = 0.75 if o.steps == 0 else 0.5  # "auto" where no variant has images to hold out
     if not 0.0 <= o.validation <= 0.5:  # more would leave training too few images
         raise AdcopilotError(f"--validation must lie in [0, 0.5], got {o.validation}")
     if o.steps == 0 and o.memory_patches == 0:
@@ -82,7 +86,7 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
         write_split(o.out / "validation.json", (o.normals, good_paths, held_good),
                     (o.defects, defect_paths, held_bad), o.validation, o.seed)
     elif weight is None:
-        echo("--memory-weight auto: no variant has 10 good images to hold out; the weight stays 0.5")
+        echo(f"memory weight: no variant has 10 good images to hold out and choose it on; it is {fallback}")
     if o.memory_patches:
         sources["memory"] = {"patches_per_variant": o.memory_patches, "seed": o.seed,
                              "weight": "chosen per variant on the validation images" if weight is None else weight}
@@ -96,7 +100,7 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
                    [bad_imgs[i] for i in keep_b], [defect_groups[i] for i in keep_b], card,
                    seed=o.seed, steps=o.steps, batch_size=o.batch_size, lr=o.lr, size=o.size, resume=o.resume)
     finish(o.out, Images(o.normals, good, groups, held_good), Images(o.defects, bad_imgs, defect_groups, held_bad),
-           patches=o.memory_patches, weight=weight, seed=o.seed, echo=echo)
+           patches=o.memory_patches, weight=weight, fallback=fallback, seed=o.seed, echo=echo)
     return o.out
 
 

@@ -8,9 +8,10 @@ image AUROC for every weight of the memory's map in the fused map (0: the compar
 
 Which map deserves more trust depends on the product (on ELPV's mono cells the memory, on poly cells
 the fine-tuned comparison), so ``--memory-weight auto`` keeps, per variant, the weight with the best
-validation AUROC. That choice is only as good as the validation set: on ELPV, with 31 and 40 held-out
-defective cells, it picked the opposite of what the 450- and 661-cell test split preferred, so the
-default weights stay fixed: 0.5 after fine-tuning, 0.75 for a memory-only adaptation (see
+validation AUROC. That choice is only as good as the validation set: after fine-tuning on ELPV, with 31
+and 40 held-out defective cells, it picked the opposite of what the 450- and 661-cell test split
+preferred, so fine-tuned models keep 0.5. For a memory-only adaptation (``--steps 0``) it is the
+default: there it kept what the test split also preferred (0.75 on mono cells, 1 on poly; see
 benchmarks/RESULTS.md).
 
 * Anomalous validation queries: the variant's held-out labelled defective images when there are

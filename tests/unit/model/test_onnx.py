@@ -16,7 +16,7 @@ from adcopilot.model.vision import load_vision_tower
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from adcopilot.model.onnx_detector import OnnxDetector  # noqa: E402  (after the skips)
+from adcopilot.model.onnx_detector import OnnxDetector, OnnxReference  # noqa: E402  (after the skips)
 from adcopilot.model.onnx_export import export_onnx  # noqa: E402
 
 TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8,
@@ -52,18 +52,27 @@ def test_maps_match_pytorch_with_one_and_two_references(exported):
         assert got.shape == want.shape == (64, 64)
         assert float(want.max() - want.min()) > 0.05  # the map is not flat
         assert np.abs(got - want).max() < TOLERANCE
-        logits, _ = OnnxDetector(path).run(q, np.concatenate([onx.encode_reference(r) for r in refs]))
+        logits = OnnxDetector(path).run(q, OnnxReference.concat([onx.encode_reference(r) for r in refs]))
         want_logits = det.run(q, [det.encode_reference(r) for r in refs], with_tokens=False)["pixel_logits"]
         assert np.abs(logits - want_logits[0, 0].numpy()).max() < 1e-4
         assert got_score == pytest.approx(want_score, abs=TOLERANCE)
 
 
-def test_reference_tokens_are_the_detectors_features(exported):
+def test_encoded_reference_is_the_detectors(exported):
     det, path = exported
     (r,) = _images(1, 1)
-    tokens = OnnxDetector(path).encode_reference(r)
-    assert tokens.shape == (64, 152)
-    assert np.abs(tokens - det.encode_reference(r).tokens[0].numpy()).max() < 1e-5
+    got, want = OnnxDetector(path).encode_reference(r), det.encode_reference(r)
+    assert got.tokens.shape == (64, 152) and got.prev.shape == (64, 32) and got.queries.shape == (4, 64, 8)
+    for a, b in ((got.tokens, want.tokens), (got.prev, want.prev), (got.queries, want.queries)):
+        assert np.abs(a - b[0].numpy()).max() < 1e-5
+
+
+def test_graph_is_cut_in_two(exported):
+    _, path = exported
+    onx = OnnxDetector(path)
+    assert [o.name for o in onx.encoder.get_outputs()] == ["features", "prev", "queries"]
+    assert [i.name for i in onx.encoder.get_inputs()] == ["image"]  # no reference needed to encode one
+    assert [o.name for o in onx.session.get_outputs()] == ["pixel_logits"]
 
 
 def test_copilot_loads_the_file_and_inspects(exported):
@@ -80,6 +89,20 @@ def test_not_an_export_is_refused_in_one_line(tmp_path):
     bad.write_bytes(b"not a protobuf")
     with pytest.raises(CheckpointError, match="bad.onnx: not a readable ONNX model"):
         Copilot.load(bad)
+
+
+def test_other_graphs_are_refused_in_one_line(exported, tmp_path):
+    """A graph of other inputs (another model, or an export of the earlier layout without the cached
+    reference inputs) is refused before any session is built."""
+    import onnx
+
+    _, path = exported
+    proto = onnx.load(str(path))
+    proto.graph.input.pop(2)  # ref_prev: the earlier layout had image, ref_tokens, ref_pos
+    old = tmp_path / "old.onnx"
+    onnx.save_model(proto, str(old))
+    with pytest.raises(CheckpointError, match="old.onnx: not an adcopilot dense-path export of this version"):
+        Copilot.load(old)
 
 
 @pytest.mark.parametrize("out, message", [
