@@ -109,6 +109,10 @@ def test_prompt_mentions_the_references():
         ('{"defects": [],}', []),
         ('Boxes: {"defects": []}', []),
         ('{"note": {"ok": true}, "defects": []}', []),
+        # A box key wins over the object's other number lists, whichever comes first.
+        *((f'{{"size": [640, 480, 640, 480], "{key}": [1, 2, 3, 4]}}', [[1, 2, 3, 4]]) for key in ("bbox_2d", "bbox", "box")),
+        # A stray closing bracket before the JSON does not stop the repair.
+        ("Defects] [[1, 2, 3, 4], [5, 6, 7, 8", [[1, 2, 3, 4], [5, 6, 7, 8]]),
         # Four boxes are four boxes, not one box of four objects.
         ("[" + ", ".join(f'{{"bbox_2d": [{i}, 0, {i + 1}, 9]}}' for i in range(4)) + "]",
          [[i, 0, i + 1, 9] for i in range(4)]),
