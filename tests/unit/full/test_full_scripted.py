@@ -33,6 +33,7 @@ class Scripted(LogitsProcessor):
         self.tok = tokenizer
         self.answers = answers
         self.asked: list[str] = []
+        self.steps = 0  # tokens generated, over every question
         self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.header = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
@@ -42,6 +43,7 @@ class Scripted(LogitsProcessor):
         starts = [i for i, t in enumerate(ids) if t == self.im_start]
         user = self.tok.decode(ids[starts[-2]:starts[-1]])
         done = len(ids) - starts[-1] - 1 - self.header
+        self.steps += 1
         if done == 0:
             self.asked.append(user)
         answer = next(a for key, a in self.answers.items() if key in user)
@@ -231,5 +233,10 @@ def test_a_choice_lists_its_options_and_needs_some(model_and_processor, pair):
     assert cp.answer_choice(query, [ref], "Which defect is it?", {"A": "crack", "B": "hole"}) == "B"
     assert ("Which defect is it?\nA: crack\nB: hole\nAnswer with the option's letter from the given choices directly."
             in script.asked[0])
+    assert len(script.asked) == 1  # a plain answer is not asked for again
+    # A letter gets eight tokens: a chatty answer that names its option later is cut before it.
+    cp, script = _copilot(model_and_processor, {"Which defect": "Looking at the two images closely, I would say B."})
+    assert cp.answer_choice(query, [ref], "Which defect is it?", {"A": "crack", "B": "hole"}) == ""
+    assert script.steps == 8 and len(script.asked) == 1
     with pytest.raises(AdcopilotError, match="a multiple-choice question needs options"):
         cp.answer_choice(query, [ref], "Which defect is it?", {})
