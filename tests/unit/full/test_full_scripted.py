@@ -19,7 +19,13 @@ from transformers import LogitsProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.full.pipeline import FullCopilot, FullModel, anomaly_question, parse_labelled_boxes
+from adcopilot.full.pipeline import (
+    FullCopilot,
+    FullModel,
+    anomaly_question,
+    parse_labelled_boxes,
+    read_verdict,
+)
 from adcopilot.full.tiny import build_tiny
 from adcopilot.model.box_text import bbox_prompt
 from adcopilot.reasoning import final_answer, split_reasoning
@@ -240,3 +246,14 @@ def test_a_choice_lists_its_options_and_needs_some(model_and_processor, pair):
     assert script.steps == 8 and len(script.asked) == 1
     with pytest.raises(AdcopilotError, match="a multiple-choice question needs options"):
         cp.answer_choice(query, [ref], "Which defect is it?", {})
+
+
+def test_the_authors_yes_no_question_and_how_its_answer_is_read():
+    assert anomaly_question(1) == ("The first image is a normal sample. Is there any anomaly in the second image? "
+                                   "A. Yes B. No. Please answer the letter only.")
+    assert anomaly_question(3) == ("The first 3 images are normal samples. Is there any anomaly in the last image? "
+                                   "A. Yes B. No. Please answer the letter only.")
+    verdicts = {"A": "anomalous", "(A) Yes": "anomalous", "Yes, a scratch.": "anomalous", "yes": "anomalous",
+                "B.": "normal", "No, it looks fine.": "normal", "NO": "normal",
+                "Answer: A": "unknown", "Perhaps.": "unknown", "": "unknown", "Yesterday": "unknown"}
+    assert {answer: read_verdict(answer) for answer in verdicts} == verdicts
