@@ -111,6 +111,8 @@ def test_prompt_mentions_the_references():
         ('{"note": {"ok": true}, "defects": []}', []),
         # A box key wins over the object's other number lists, whichever comes first.
         *((f'{{"size": [640, 480, 640, 480], "{key}": [1, 2, 3, 4]}}', [[1, 2, 3, 4]]) for key in ("bbox_2d", "bbox", "box")),
+        # Only the brackets still open are closed, innermost first.
+        ('{"note": [1], "defects": {"box": [5, 6, 7, 8', [[5, 6, 7, 8]]),
         # A stray closing bracket before the JSON does not stop the repair.
         ("Defects] [[1, 2, 3, 4], [5, 6, 7, 8", [[1, 2, 3, 4], [5, 6, 7, 8]]),
         # Four boxes are four boxes, not one box of four objects.
