@@ -201,3 +201,37 @@ def test_eval_score_on_an_official_answers_file(tmp_path):
     table = json.loads((tmp_path / "t.json").read_text())
     # "" dropped and the next entry skipped: only the normal image is counted (anomalous side 0).
     assert table["table"]["D"]["Anomaly Detection"] == 50.0 and table["dropped"] == 1 and table["skipped"] == 1
+
+
+def test_strict_parser_skips_what_is_no_answer_and_goes_on():
+    assert parse_strict("E.g. a crack, so B.", FOUR) == "B"  # an abbreviation's capital is no answer
+    assert parse_strict("E is not listed; C", FOUR) == "C"  # nor a letter that is no option
+    assert parse_strict("A round hole? No, C.", FOUR) == "C"  # nor the article
+
+
+def test_strict_parser_by_option_words_longest_wins_equal_ones_are_ambiguous():
+    assert parse_strict("a deep scratch on the cap", {"A": "scratch", "B": "deep scratch"}) == "B"
+    assert parse_strict("a deep scratch on the cap", {"A": "deep scratch", "B": "scratch"}) == "A"
+    assert parse_strict("a crack and a stain", FOUR) is None  # "A crack." and "A stain.": two words each
+    assert parse_strict("a crack, a stain and a hole", {"A": "crack", "B": "stain", "C": "hole"}) is None
+    assert parse_strict("maybe", {"A": "crack", "B": "..."}) is None  # an option without words is never named
+
+
+def test_each_mode_reads_a_reply_against_its_questions_options():
+    recs = [rec("D/c/bad/0.png", "Defect Classification", "C", "A stain.", FOUR),  # strict: the option's words
+            rec("D/c/bad/1.png", "Defect Classification", "A", "yes", YN),  # both: the option "Yes"
+            rec("D/c/bad/2.png", "Defect Classification", "B", "B", {})]
+    assert score(recs, "strict").counts["D"]["Defect Classification"] == {"total": 3, "correct": 3}
+    # official: "A stain." is read as A (the article); "yes" is closest to the option text "Yes".
+    assert score(recs, "official").counts["D"]["Defect Classification"] == {"total": 3, "correct": 2}
+
+
+def test_stored_answers_are_valid_when_they_are_an_option_of_their_question():
+    def stored(answer, options):
+        return AnswerRecord(image="D/c/bad/0.png", question_type="Defect Classification", gold="A", reply=answer,
+                            options=options, parsed=True)
+
+    strict = score([stored("C", YN), stored("A", {}), stored("A", YN)], "strict")
+    assert strict.n_unparsable == 1 and strict.counts["D"]["Defect Classification"] == {"total": 3, "correct": 2}
+    official = score([stored("C", YN), stored("A", YN)], "official")  # compared as written: C is a wrong letter
+    assert official.counts["D"]["Defect Classification"] == {"total": 2, "correct": 1} and official.n_dropped == 0
