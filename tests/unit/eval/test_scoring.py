@@ -235,3 +235,14 @@ def test_stored_answers_are_valid_when_they_are_an_option_of_their_question():
     assert strict.n_unparsable == 1 and strict.counts["D"]["Defect Classification"] == {"total": 3, "correct": 2}
     official = score([stored("C", YN), stored("A", YN)], "official")  # compared as written: C is a wrong letter
     assert official.counts["D"]["Defect Classification"] == {"total": 2, "correct": 1} and official.n_dropped == 0
+
+
+def test_failed_questions_are_counted_and_never_right():
+    recs = [rec("D/c/bad/0.png", "Object Classification", "A", "A", {}),
+            rec("D/c/bad/1.png", "Object Classification", "A", "B", {}),
+            rec("D/c/bad/2.png", "Object Classification", "A", "A", {}),
+            rec("D/c/bad/3.png", "Object Classification", "A", "A", {}, error="timed out")]  # a reply, but failed
+    strict, official = score(recs, "strict"), score(recs, "official")
+    assert strict.n_errors == official.n_errors == 1
+    assert strict.rows["D"]["Object Classification"] == 50.0  # 2 of 4: the failed one counts wrong
+    assert official.rows["D"]["Object Classification"] == pytest.approx(200 / 3)  # 2 of 3: left out
