@@ -246,3 +246,45 @@ def test_failed_questions_are_counted_and_never_right():
     assert strict.n_errors == official.n_errors == 1
     assert strict.rows["D"]["Object Classification"] == 50.0  # 2 of 4: the failed one counts wrong
     assert official.rows["D"]["Object Classification"] == pytest.approx(200 / 3)  # 2 of 3: left out
+
+
+def _detection_records():
+    """D: 5 anomalous (3 answered right), 3 normal (2 right); E: 2 anomalous (1 right); F: 2 normal
+    (1 right); G: no detection question at all."""
+    def ad(path, gold, right):
+        return rec(path, "Anomaly Detection", gold, gold if right else "AB".replace(gold, ""))
+
+    return [
+        *(ad(f"D/c/bad/{i}.png", "A", i < 3) for i in range(5)),
+        *(ad(f"D/c/good/{i}.png", "B", i < 2) for i in range(3)),
+        *(ad(f"E/c/bad/{i}.png", "A", i < 1) for i in range(2)),
+        *(ad(f"F/c/good/{i}.png", "B", i < 1) for i in range(2)),
+        rec("G/c/bad/0.png", "Object Classification", "A", "A", {}),
+    ]
+
+
+def test_detection_metrics_hand_computed_in_both_modes():
+    for mode in ("official", "strict"):
+        d = score(_detection_records(), mode).rows["D"]  # tp 3, fn 2, fp 1, tn 2
+        assert d["Anomaly Detection"] == pytest.approx(100 * (2 / 3 + 3 / 5) / 2)
+        assert (d["Recall"], d["Precision"]) == (pytest.approx(60.0), pytest.approx(75.0))
+        assert d["F1"] == pytest.approx(100 * 2 * 0.75 * 0.6 / 1.35)
+        assert (d["Overkill"], d["Miss"]) == (pytest.approx(100 / 3), pytest.approx(40.0))
+    official, strict = (score(_detection_records(), m).rows for m in ("official", "strict"))
+    # E, anomalous only (tp 1, fn 1, fp 0): official takes the absent normal side as accuracy 0.
+    assert (official["E"]["Recall"], official["E"]["Precision"]) == (50.0, 100.0) == (strict["E"]["Recall"],
+                                                                                        strict["E"]["Precision"])
+    assert (official["E"]["Anomaly Detection"], official["E"]["Overkill"], official["E"]["Miss"]) == (25.0, 100.0, 50.0)
+    assert (strict["E"]["Anomaly Detection"], strict["E"]["Overkill"], strict["E"]["Miss"]) == (50.0, None, 50.0)
+    # F, normal only (tp 0, fn 0, fp 1): no recall; precision 0.
+    assert (official["F"]["Recall"], official["F"]["Precision"], official["F"]["F1"]) == (0.0, 0.0, 0.0)
+    assert (strict["F"]["Recall"], strict["F"]["Precision"], strict["F"]["F1"]) == (None, 0.0, None)
+    assert (official["F"]["Overkill"], official["F"]["Miss"]) == (50.0, 100.0)
+    assert (strict["F"]["Overkill"], strict["F"]["Miss"]) == (50.0, None)
+    # G has no detection question: official writes 0, strict leaves it out of the Average row.
+    assert official["G"]["Anomaly Detection"] == 0.0 and strict["G"]["Anomaly Detection"] is None
+    ad = [strict[k]["Anomaly Detection"] for k in "DEF"]
+    assert strict["Average"]["Anomaly Detection"] == pytest.approx(sum(ad) / 3)
+    assert official["Average"]["Anomaly Detection"] == pytest.approx(sum(official[k]["Anomaly Detection"] for k in "DEFG") / 4)
+    table = score(_detection_records(), "strict")
+    assert (table.n_records, table.n_counted, table.n_errors) == (13, 13, 0)
