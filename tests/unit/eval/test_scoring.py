@@ -288,3 +288,10 @@ def test_detection_metrics_hand_computed_in_both_modes():
     assert official["Average"]["Anomaly Detection"] == pytest.approx(sum(official[k]["Anomaly Detection"] for k in "DEFG") / 4)
     table = score(_detection_records(), "strict")
     assert (table.n_records, table.n_counted, table.n_errors) == (13, 13, 0)
+
+
+def test_f1_when_precision_equals_recall():
+    recs = [rec(f"H/c/{kind}/{i}.png", "Anomaly Detection", gold, gold if i == 0 else "AB".replace(gold, ""))
+            for kind, gold in (("bad", "A"), ("good", "B")) for i in range(2)]  # tp 1, fn 1, fp 1, tn 1
+    row = score(recs, "strict").rows["H"]
+    assert row["Precision"] == row["Recall"] == row["F1"] == 50.0
