@@ -1,6 +1,6 @@
 """The nano model's smaller rules, each against hand-computed values: the pooled image score, the
-global-judgement term, the distance's floor, k-shot reference inputs, and what a checkpoint's config
-may say about its name, threshold and product-memory weights."""
+global-judgement term, the distance's floor, k-shot reference inputs, and what a checkpoint's folder
+may say about its name, threshold, product memory and memory weights."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adcopilot.errors import CheckpointError
+from adcopilot.model.memory import build_memory
 from adcopilot.model.nano import (
     NanoComparisonModel,
     NanoConfig,
@@ -101,3 +102,20 @@ def test_a_checkpoints_name_threshold_and_memory_weights(tmp_path):
     _config(folder, memory_weight=0.5, memory_weights={"dark": False})
     with pytest.raises(CheckpointError, match="memory_weights must map variants to numbers in"):
         load_nano_detector(folder)
+
+
+def test_a_checkpoints_product_memory_comes_with_its_detector(tmp_path):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "adapted")
+    assert load_nano_detector(folder)[0].memory is None
+
+    def colour_blocks(image: np.ndarray) -> torch.Tensor:  # (64, 64, 3) -> (1, 3, 8, 8) unit-norm block colours
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        return torch.nn.functional.normalize(torch.nn.functional.avg_pool2d(x, 8) + 0.1, dim=1)
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(4)]
+    memory = build_memory(images, ["mono"] * 4, colour_blocks, patches=20, seed=0)
+    memory.save(folder)
+    det, _ = load_nano_detector(folder)
+    assert det.memory is not None and det.memory.describe() == memory.describe()
+    assert det.describe()["memory"]["variants"] == memory.describe()
