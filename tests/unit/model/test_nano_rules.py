@@ -119,3 +119,13 @@ def test_a_checkpoints_product_memory_comes_with_its_detector(tmp_path):
     det, _ = load_nano_detector(folder)
     assert det.memory is not None and det.memory.describe() == memory.describe()
     assert det.describe()["memory"]["variants"] == memory.describe()
+
+
+def test_the_image_logit_pools_the_configured_top_fraction_of_pixel_logits(tower):
+    torch.manual_seed(4)
+    model = NanoComparisonModel(NanoConfig(**{**TINY.__dict__, "topk_frac": 0.25})).eval()
+    qf = model.features(tower, torch.rand(1, 3, 64, 64))
+    with torch.no_grad():
+        out = model(qf, model.features(tower, torch.rand(1, 3, 64, 64))[:, None])
+    top = out["pixel_logits"].flatten().sort(descending=True).values[:16]  # a quarter of the 8 x 8 patches
+    assert out["image_logit"].item() == pytest.approx(top.mean().item(), abs=1e-6)
