@@ -95,3 +95,43 @@ def test_prompt_mentions_the_references():
     assert bbox_prompt(1).startswith("The first image is a normal sample. The last image is the query sample.")
     assert "The first 2 images are normal samples." in bbox_prompt(2)
     assert '"bbox_2d"' in bbox_prompt(1)
+
+
+@pytest.mark.parametrize(
+    ("text", "boxes"),
+    [
+        # Truncated nested replies: only the repaired JSON holds the second box (the fragments' regexes need a "]").
+        ('{"defects": [{"bbox": [1, 2, 3, 4]}, {"box": [5, 6, 7, 8', [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        ('[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7, 8', [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        # An explicit empty answer inside an object, with the JSON faults the repair mends.
+        ('{"bbox_2d": []}', []),
+        ("{'defects': []}", []),
+        ('{"defects": [],}', []),
+        ('Boxes: {"defects": []}', []),
+        ('{"note": {"ok": true}, "defects": []}', []),
+        # A box key wins over the object's other number lists, whichever comes first.
+        *((f'{{"size": [640, 480, 640, 480], "{key}": [1, 2, 3, 4]}}', [[1, 2, 3, 4]]) for key in ("bbox_2d", "bbox", "box")),
+        # Only the brackets still open are closed, innermost first.
+        ('{"note": [1], "defects": {"box": [5, 6, 7, 8', [[5, 6, 7, 8]]),
+        # A stray closing bracket before the JSON does not stop the repair.
+        ("Defects] [[1, 2, 3, 4], [5, 6, 7, 8", [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        # Four boxes are four boxes, not one box of four objects.
+        ("[" + ", ".join(f'{{"bbox_2d": [{i}, 0, {i + 1}, 9]}}' for i in range(4)) + "]",
+         [[i, 0, i + 1, 9] for i in range(4)]),
+        # Numbers that are not a box are no answer, not an empty one.
+        ("The image is [640, 480] pixels.", None),
+        # Without readable JSON: a keyed box wins over bare number lists; a keyed list of three is no box.
+        ('Defect {at} "bbox_2d": [1, 2, 3, 4]; the image is [0, 0, 640, 480].', [[1, 2, 3, 4]]),
+        ('Defect {at} "bbox": [1, 2, 3] near [5, 6, 7, 8].', [[5, 6, 7, 8]]),
+        ("At {x}: [12, 14, 40, 41]", [[12, 14, 40, 41]]),
+    ],
+)
+def test_parse_box_text_reads_json_first_then_fragments(text, boxes):
+    assert parse_box_text(text) == boxes
+
+
+def test_prompt_wording_follows_the_number_of_references():
+    one, three = bbox_prompt(1), bbox_prompt(3)
+    assert "Compare the query with the normal sample and locate every defect in the query image." in one
+    assert three.startswith("The first 3 images are normal samples. The last image is the query sample.")
+    assert "Compare the query with the normal samples and locate every defect in the query image." in three

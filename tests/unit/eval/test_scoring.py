@@ -201,3 +201,97 @@ def test_eval_score_on_an_official_answers_file(tmp_path):
     table = json.loads((tmp_path / "t.json").read_text())
     # "" dropped and the next entry skipped: only the normal image is counted (anomalous side 0).
     assert table["table"]["D"]["Anomaly Detection"] == 50.0 and table["dropped"] == 1 and table["skipped"] == 1
+
+
+def test_strict_parser_skips_what_is_no_answer_and_goes_on():
+    assert parse_strict("E.g. a crack, so B.", FOUR) == "B"  # an abbreviation's capital is no answer
+    assert parse_strict("E is not listed; C", FOUR) == "C"  # nor a letter that is no option
+    assert parse_strict("A round hole? No, C.", FOUR) == "C"  # nor the article
+
+
+def test_strict_parser_by_option_words_longest_wins_equal_ones_are_ambiguous():
+    assert parse_strict("a deep scratch on the cap", {"A": "scratch", "B": "deep scratch"}) == "B"
+    assert parse_strict("a deep scratch on the cap", {"A": "deep scratch", "B": "scratch"}) == "A"
+    assert parse_strict("a crack and a stain", FOUR) is None  # "A crack." and "A stain.": two words each
+    assert parse_strict("a crack, a stain and a hole", {"A": "crack", "B": "stain", "C": "hole"}) is None
+    assert parse_strict("maybe", {"A": "crack", "B": "..."}) is None  # an option without words is never named
+
+
+def test_each_mode_reads_a_reply_against_its_questions_options():
+    recs = [rec("D/c/bad/0.png", "Defect Classification", "C", "A stain.", FOUR),  # strict: the option's words
+            rec("D/c/bad/1.png", "Defect Classification", "A", "yes", YN),  # both: the option "Yes"
+            rec("D/c/bad/2.png", "Defect Classification", "B", "B", {})]
+    assert score(recs, "strict").counts["D"]["Defect Classification"] == {"total": 3, "correct": 3}
+    # official: "A stain." is read as A (the article); "yes" is closest to the option text "Yes".
+    assert score(recs, "official").counts["D"]["Defect Classification"] == {"total": 3, "correct": 2}
+
+
+def test_stored_answers_are_valid_when_they_are_an_option_of_their_question():
+    def stored(answer, options):
+        return AnswerRecord(image="D/c/bad/0.png", question_type="Defect Classification", gold="A", reply=answer,
+                            options=options, parsed=True)
+
+    strict = score([stored("C", YN), stored("A", {}), stored("A", YN)], "strict")
+    assert strict.n_unparsable == 1 and strict.counts["D"]["Defect Classification"] == {"total": 3, "correct": 2}
+    official = score([stored("C", YN), stored("A", YN)], "official")  # compared as written: C is a wrong letter
+    assert official.counts["D"]["Defect Classification"] == {"total": 2, "correct": 1} and official.n_dropped == 0
+
+
+def test_failed_questions_are_counted_and_never_right():
+    recs = [rec("D/c/bad/0.png", "Object Classification", "A", "A", {}),
+            rec("D/c/bad/1.png", "Object Classification", "A", "B", {}),
+            rec("D/c/bad/2.png", "Object Classification", "A", "A", {}),
+            rec("D/c/bad/3.png", "Object Classification", "A", "A", {}, error="timed out")]  # a reply, but failed
+    strict, official = score(recs, "strict"), score(recs, "official")
+    assert strict.n_errors == official.n_errors == 1
+    assert strict.rows["D"]["Object Classification"] == 50.0  # 2 of 4: the failed one counts wrong
+    assert official.rows["D"]["Object Classification"] == pytest.approx(200 / 3)  # 2 of 3: left out
+
+
+def _detection_records():
+    """D: 5 anomalous (3 answered right), 3 normal (2 right); E: 2 anomalous (1 right); F: 2 normal
+    (1 right); G: no detection question at all."""
+    def ad(path, gold, right):
+        return rec(path, "Anomaly Detection", gold, gold if right else "AB".replace(gold, ""))
+
+    return [
+        *(ad(f"D/c/bad/{i}.png", "A", i < 3) for i in range(5)),
+        *(ad(f"D/c/good/{i}.png", "B", i < 2) for i in range(3)),
+        *(ad(f"E/c/bad/{i}.png", "A", i < 1) for i in range(2)),
+        *(ad(f"F/c/good/{i}.png", "B", i < 1) for i in range(2)),
+        rec("G/c/bad/0.png", "Object Classification", "A", "A", {}),
+    ]
+
+
+def test_detection_metrics_hand_computed_in_both_modes():
+    for mode in ("official", "strict"):
+        d = score(_detection_records(), mode).rows["D"]  # tp 3, fn 2, fp 1, tn 2
+        assert d["Anomaly Detection"] == pytest.approx(100 * (2 / 3 + 3 / 5) / 2)
+        assert (d["Recall"], d["Precision"]) == (pytest.approx(60.0), pytest.approx(75.0))
+        assert d["F1"] == pytest.approx(100 * 2 * 0.75 * 0.6 / 1.35)
+        assert (d["Overkill"], d["Miss"]) == (pytest.approx(100 / 3), pytest.approx(40.0))
+    official, strict = (score(_detection_records(), m).rows for m in ("official", "strict"))
+    # E, anomalous only (tp 1, fn 1, fp 0): official takes the absent normal side as accuracy 0.
+    assert (official["E"]["Recall"], official["E"]["Precision"]) == (50.0, 100.0) == (strict["E"]["Recall"],
+                                                                                        strict["E"]["Precision"])
+    assert (official["E"]["Anomaly Detection"], official["E"]["Overkill"], official["E"]["Miss"]) == (25.0, 100.0, 50.0)
+    assert (strict["E"]["Anomaly Detection"], strict["E"]["Overkill"], strict["E"]["Miss"]) == (50.0, None, 50.0)
+    # F, normal only (tp 0, fn 0, fp 1): no recall; precision 0.
+    assert (official["F"]["Recall"], official["F"]["Precision"], official["F"]["F1"]) == (0.0, 0.0, 0.0)
+    assert (strict["F"]["Recall"], strict["F"]["Precision"], strict["F"]["F1"]) == (None, 0.0, None)
+    assert (official["F"]["Overkill"], official["F"]["Miss"]) == (50.0, 100.0)
+    assert (strict["F"]["Overkill"], strict["F"]["Miss"]) == (50.0, None)
+    # G has no detection question: official writes 0, strict leaves it out of the Average row.
+    assert official["G"]["Anomaly Detection"] == 0.0 and strict["G"]["Anomaly Detection"] is None
+    ad = [strict[k]["Anomaly Detection"] for k in "DEF"]
+    assert strict["Average"]["Anomaly Detection"] == pytest.approx(sum(ad) / 3)
+    assert official["Average"]["Anomaly Detection"] == pytest.approx(sum(official[k]["Anomaly Detection"] for k in "DEFG") / 4)
+    table = score(_detection_records(), "strict")
+    assert (table.n_records, table.n_counted, table.n_errors) == (13, 13, 0)
+
+
+def test_f1_when_precision_equals_recall():
+    recs = [rec(f"H/c/{kind}/{i}.png", "Anomaly Detection", gold, gold if i == 0 else "AB".replace(gold, ""))
+            for kind, gold in (("bad", "A"), ("good", "B")) for i in range(2)]  # tp 1, fn 1, fp 1, tn 1
+    row = score(recs, "strict").rows["H"]
+    assert row["Precision"] == row["Recall"] == row["F1"] == 50.0

@@ -18,8 +18,16 @@ from PIL import Image
 from transformers import LogitsProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from adcopilot.full.pipeline import FullCopilot, FullModel, anomaly_question
+from adcopilot.errors import AdcopilotError
+from adcopilot.full.pipeline import (
+    FullCopilot,
+    FullModel,
+    anomaly_question,
+    parse_labelled_boxes,
+    read_verdict,
+)
 from adcopilot.full.tiny import build_tiny
+from adcopilot.model.box_text import bbox_prompt
 from adcopilot.reasoning import final_answer, split_reasoning
 from adcopilot.results import InspectionResult
 
@@ -31,6 +39,7 @@ class Scripted(LogitsProcessor):
         self.tok = tokenizer
         self.answers = answers
         self.asked: list[str] = []
+        self.steps = 0  # tokens generated, over every question
         self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.header = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
@@ -40,6 +49,7 @@ class Scripted(LogitsProcessor):
         starts = [i for i, t in enumerate(ids) if t == self.im_start]
         user = self.tok.decode(ids[starts[-2]:starts[-1]])
         done = len(ids) - starts[-1] - 1 - self.header
+        self.steps += 1
         if done == 0:
             self.asked.append(user)
         answer = next(a for key, a in self.answers.items() if key in user)
@@ -183,3 +193,67 @@ def test_the_checkpoints_end_tokens_stop_the_answer(pair, tmp_path):
     script = Scripted(tok, {"defect": answer})
     cp = FullCopilot(FullModel.load(ckpt, logits_processor=[script], max_new_tokens=32))
     assert cp.ask(query, [ref], "Is there any defect?") == tok.decode(ids[:3], skip_special_tokens=True).strip()
+
+
+def test_the_anomaly_map_view_rasterises_the_boxes_of_the_images_it_was_given(model_and_processor):
+    """The batch and calibration tools' view: float images in [0, 1] reach the model as the 8-bit pixels
+    they stand for (out-of-range values clipped), the boxes come back in query pixels as a 0/1 map."""
+    model, processor = model_and_processor
+    fw, fh = _frame(processor)
+    box = [fw // 4, fh // 4, fw // 2, fh * 3 // 4]
+    cp, script = _copilot(model_and_processor, {"bbox_2d": json.dumps([{"bbox_2d": box, "label": "stain"}])})
+    rng = np.random.default_rng(2)
+    ref8, query8 = (rng.integers(0, 256, (QUERY_H, QUERY_W, 3), dtype=np.uint8) for _ in range(2))
+    ref, query = ((a + 0.5) / 255.0 for a in (ref8, query8))  # the middle of each 8-bit level
+    query[:5], query8[:5] = -0.3, 0  # out of range: clipped
+    query[-5:], query8[-5:] = 1.4, 255
+    seen: list[torch.Tensor] = []
+    def look(_module, args, kwargs):  # what the vision tower is given: the images' patches
+        seen.append(args[0] if args else kwargs["hidden_states"])
+
+    hook = model.model.visual.register_forward_pre_hook(look, with_kwargs=True)
+    try:
+        amap, score = cp.detector.detect(query, [cp.detector.encode_reference(ref)])
+    finally:
+        hook.remove()
+    want = cp.full.prepare([ref8, query8], [{"role": "user", "content": bbox_prompt(1)}])["pixel_values"]
+    assert len(seen) == 1 and torch.equal(seen[0], want)
+    x1, y1, x2, y2 = (round(v * s / f) for v, s, f in zip(box, (QUERY_W, QUERY_H) * 2, (fw, fh) * 2, strict=True))
+    assert amap.shape == (QUERY_H, QUERY_W) and amap.dtype == np.float32 and score == 1.0
+    assert amap[y1:y2, x1:x2].all() and amap.sum() == (x2 - x1) * (y2 - y1)
+    cp, script = _copilot(model_and_processor, {"bbox_2d": "[]"})
+    amap, score = cp.detector.detect(query, [ref, ref])
+    assert score == 0.0 and not amap.any() and bbox_prompt(2) in script.asked[0]
+
+
+def test_boxes_are_clipped_to_the_image_and_empty_ones_dropped():
+    text = json.dumps([{"bbox_2d": b} for b in ([-5, -3, 20, 10], [10, 50, 30, 60], [10, 10, 10, 20], [10, 10, 20, 10],
+                                                 [90, 95, 130, 120])])
+    got = parse_labelled_boxes(text, (100, 100), None)
+    assert got == [([0, 0, 20, 10], "defect"), ([10, 50, 30, 60], "defect"), ([90, 95, 100, 100], "defect")]
+
+
+def test_a_choice_lists_its_options_and_needs_some(model_and_processor, pair):
+    query, ref = pair
+    cp, script = _copilot(model_and_processor, {"Which defect": "B"})
+    assert cp.answer_choice(query, [ref], "Which defect is it?", {"A": "crack", "B": "hole"}) == "B"
+    assert ("Which defect is it?\nA: crack\nB: hole\nAnswer with the option's letter from the given choices directly."
+            in script.asked[0])
+    assert len(script.asked) == 1  # a plain answer is not asked for again
+    # A letter gets eight tokens: a chatty answer that names its option later is cut before it.
+    cp, script = _copilot(model_and_processor, {"Which defect": "Looking at the two images closely, I would say B."})
+    assert cp.answer_choice(query, [ref], "Which defect is it?", {"A": "crack", "B": "hole"}) == ""
+    assert script.steps == 8 and len(script.asked) == 1
+    with pytest.raises(AdcopilotError, match="a multiple-choice question needs options"):
+        cp.answer_choice(query, [ref], "Which defect is it?", {})
+
+
+def test_the_authors_yes_no_question_and_how_its_answer_is_read():
+    assert anomaly_question(1) == ("The first image is a normal sample. Is there any anomaly in the second image? "
+                                   "A. Yes B. No. Please answer the letter only.")
+    assert anomaly_question(3) == ("The first 3 images are normal samples. Is there any anomaly in the last image? "
+                                   "A. Yes B. No. Please answer the letter only.")
+    verdicts = {"A": "anomalous", "(A) Yes": "anomalous", "Yes, a scratch.": "anomalous", "yes": "anomalous",
+                "B.": "normal", "No, it looks fine.": "normal", "NO": "normal",
+                "Answer: A": "unknown", "Perhaps.": "unknown", "": "unknown", "Yesterday": "unknown"}
+    assert {answer: read_verdict(answer) for answer in verdicts} == verdicts

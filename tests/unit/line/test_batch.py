@@ -10,9 +10,19 @@ import pytest
 from PIL import Image
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.line.batch import BatchConfig, read_records, run_batch
+from adcopilot.line.batch import (
+    BatchConfig,
+    _asset_name,
+    _check_manifest,
+    lot_id,
+    outcome,
+    read_records,
+    run_batch,
+    shard_suffix,
+)
+from adcopilot.line.records import MANIFEST
 from adcopilot.line.report import load_results
-from adcopilot.line.sources import collect
+from adcopilot.line.sources import LotItem, collect
 
 
 def _cfg(**kw):
@@ -142,3 +152,44 @@ def test_a_report_without_failed_checks_shows_no_such_card(tiny_copilot, lot):
     page = (lot["out"] / "report.html").read_text()
     assert "not inspected as the product" not in page and 'class="check"' not in page
     assert json.loads((lot["out"] / "summary.json").read_text())["image_check_failed"] == 0
+
+
+def test_outcomes_of_every_truth_and_verdict():
+    table = {("normal", "normal"): "pass", ("normal", "anomalous"): "overkill",
+             ("defective", "anomalous"): "detected", ("defective", "normal"): "miss",
+             ("normal", "unknown"): None, ("defective", "unknown"): None, (None, "anomalous"): None}
+    assert {k: outcome(*k) for k in table} == table
+
+
+def test_asset_names_keep_the_folders_and_stay_inside_the_output():
+    assert _asset_name("good/a.png") == "good/a.png.jpg"  # a.png and a.jpg stay distinct
+    assert _asset_name("../../etc/./x.png") == "etc/x.png.jpg"
+    assert _asset_name("/abs//y.png") == "abs/y.png.jpg"
+    assert (shard_suffix(1, 1), shard_suffix(2, 4)) == ("", "-2of4")
+
+
+def test_a_lot_is_named_by_its_size_and_files_in_any_order(tmp_path):
+    a, b = LotItem(tmp_path / "a.png", "a.png"), LotItem(tmp_path / "b.png", "b.png")
+    name = lot_id([a, b])
+    assert re.fullmatch(r"2 files, [0-9a-f]{16}", name) and lot_id([b, a]) == name
+    assert lot_id([a, LotItem(tmp_path / "c.png", "b.png")]) != name  # another file under the same key
+    assert lot_id([a, LotItem(tmp_path / "b.png", "c.png")]) != name  # the same file under another key
+    assert lot_id([a]) != name
+
+
+def test_what_a_resumed_folder_is_checked_against(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = {"lot": "2 files, 0123456789abcdef", "model": "tiny", "threshold": 0.5, "shots": 1}
+    (out / MANIFEST).write_text(json.dumps({k: v for k, v in run.items() if k != "lot"}))
+    _check_manifest(out, run, BatchConfig())  # written before lots were recorded: taken as it is
+    assert json.loads((out / MANIFEST).read_text()) == run
+    # Scores only (calibration): another threshold is no other run; the folder now records 0.7.
+    _check_manifest(out, {**run, "threshold": 0.7}, BatchConfig(match_threshold=False))
+    with pytest.raises(AdcopilotError, match=r"out: holds results of a different run \(threshold: 0.7 -> 0.5, "
+                                             r"shots: 1 -> 2\); use another --out or --restart"):
+        _check_manifest(out, {**run, "shots": 2}, BatchConfig())
+    _check_manifest(out, {**run, "model": "other"}, BatchConfig(restart=True))
+    (out / MANIFEST).write_text("{torn")  # unreadable: nothing to compare with, rewritten
+    _check_manifest(out, run, BatchConfig())
+    assert json.loads((out / MANIFEST).read_text()) == run

@@ -1,13 +1,19 @@
-"""The threshold of least expected cost, checked against brute force and hand-computed cases."""
+"""The threshold of least expected cost, checked against brute force and hand-computed cases, and its
+documented rules at their edges (the anomalous side of a threshold, one defect, normal images only, a
+near tie, the bounds of every setting, what a calibration records)."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.optimize import brentq
+from scipy.stats import binom
 
+from adcopilot.api import Copilot
 from adcopilot.calibration_store import (
     default_calibration_path,
     read_calibration,
@@ -21,8 +27,17 @@ from adcopilot.line.cost_threshold import (
     choose_threshold,
     confusion,
     overkill_upper_bound,
+    rates,
 )
-from adcopilot.line.labelled_calibration import write_curves
+from adcopilot.line.labelled_calibration import (
+    calibration_record,
+    check_settings,
+    choose_from_records,
+    labelled_items,
+    save,
+    score_items,
+    write_curves,
+)
 
 
 def test_separable_scores_split_in_the_gap():
@@ -194,3 +209,145 @@ def test_malformed_calibration_files(tmp_path, monkeypatch):
     (tmp_path / "calibration").mkdir()
     (tmp_path / "calibration" / "baseline.json").write_text("[]")
     assert resolve_calibration("baseline", "baseline") is None
+
+
+def test_a_score_equal_to_the_threshold_is_anomalous():
+    s, y = np.array([0.2, 0.5, 0.5, 0.8]), np.array([0, 0, 1, 1])
+    assert confusion(s, y, 0.5) == {"tp": 2, "fn": 0, "fp": 1, "tn": 1}
+    overkill, miss = rates(s, y, np.array([0.5]))
+    assert overkill == pytest.approx([0.5]) and miss == pytest.approx([0.0])
+
+
+def test_one_defective_image_is_enough():
+    c = choose_threshold([0.1, 0.2, 0.3, 0.9], [0, 0, 0, 1])
+    assert c.threshold == pytest.approx(0.6) and c.expected_cost == 0.0
+    assert c.metrics["miss"] == 0.0 and c.metrics["confusion"] == {"tp": 1, "fn": 0, "fp": 0, "tn": 3}
+
+
+def test_normal_images_only_cost_only_their_false_alarms():
+    s = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    c = choose_threshold(s, [0] * 10, false_alarm_cost=3, target_false_alarm_rate=0.2)
+    # Two of ten normals flagged at 0.75; no defective part on this line: cost = 3 * 1 * 0.2.
+    assert c.threshold == pytest.approx(0.75) and c.expected_cost == pytest.approx(0.6)
+    assert np.isnan(c.curves.miss).all() and c.settings["prevalence"] == 0.0
+    with pytest.raises(AdcopilotError, match="--prevalence"):  # a prevalence given must still be valid
+        choose_threshold(s, [0] * 10, target_false_alarm_rate=0.2, prevalence=0)
+
+
+def test_a_cheaper_threshold_wins_by_any_margin_only_equal_costs_tie():
+    # normals 0.2 0.4, defects 0.3 0.5, prevalence 1/2: t = 0.25 costs false_alarm_cost / 4 (one
+    # false alarm), t = 0.45 costs miss_cost / 4 (one miss). A false alarm a hair cheaper than a miss
+    # makes 0.25 the single cheapest; with equal costs the two tie and the upper middle is taken.
+    s, y = [0.2, 0.4, 0.3, 0.5], [0, 0, 1, 1]
+    c = choose_threshold(s, y, miss_cost=1.0, false_alarm_cost=1.0 - 4e-10)
+    assert c.threshold == pytest.approx(0.25) and c.expected_cost == pytest.approx(0.25 * (1 - 4e-10), abs=1e-15)
+    assert choose_threshold(s, y).threshold == pytest.approx(0.45)
+
+
+def test_one_cost_may_be_zero():
+    s, y = [0.1, 0.3, 0.2, 0.4], [0, 0, 1, 1]
+    free_misses = choose_threshold(s, y, miss_cost=0, false_alarm_cost=1)
+    assert free_misses.expected_cost == 0.0 and free_misses.metrics["overkill"] == 0.0
+    free_alarms = choose_threshold(s, y, miss_cost=1, false_alarm_cost=0)
+    assert free_alarms.expected_cost == 0.0 and free_alarms.metrics["miss"] == 0.0
+    halves = choose_threshold(s, y, miss_cost=0.5, false_alarm_cost=0.5)  # sum 1, not 0
+    # 0.15 (one false alarm) and 0.35 (one miss) tie at 1/2 * 1/2 * 1/2; the upper one is taken.
+    assert halves.threshold == pytest.approx(0.35) and halves.expected_cost == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"miss_cost": -1, "false_alarm_cost": 2}, "--miss-cost"),
+        ({"miss_cost": 2, "false_alarm_cost": -1}, "--false-alarm-cost"),
+        ({"miss_cost": 0, "false_alarm_cost": 0}, "not both 0"),
+        ({"target_miss_rate": 1.0}, r"--target-miss-rate must be in \[0, 1\)"),
+        ({"target_miss_rate": -0.1}, "--target-miss-rate"),
+        ({"prevalence": 1.0}, "--prevalence"),
+        ({"prevalence": 1.5}, "--prevalence"),
+        ({"target_false_alarm_rate": -0.1}, "--target-false-alarm-rate"),
+    ],
+)
+def test_settings_out_of_range_are_refused(kwargs, match):
+    with pytest.raises(AdcopilotError, match=match):
+        choose_threshold([0.1, 0.2, 0.3, 0.4], [0, 1, 0, 1], **kwargs)
+
+
+def test_the_upper_bound_is_where_seeing_so_few_false_alarms_has_probability_five_percent():
+    for k, n in [(1, 10), (3, 20), (0, 7)]:
+        # Clopper-Pearson's one-sided bound from its definition: P(X <= k | n, p) = 0.05.
+        p = brentq(lambda q, k=k, n=n: binom.cdf(k, n, q) - 0.05, 1e-9, 1 - 1e-9)
+        assert overkill_upper_bound(k, n) == pytest.approx(p, abs=1e-7)
+    assert overkill_upper_bound(1, 10) == pytest.approx(0.3942, abs=1e-4)  # the textbook figure
+
+
+def test_what_a_calibration_records():
+    s, y = [0.1, 0.4, 0.6, 0.5, 0.8], [0, 0, 0, 1, 1]
+    c = choose_threshold(s, y, miss_cost=10, false_alarm_cost=1)  # t = 0.45: tp 2, tn 2, fp 1
+    assert c.metrics["accuracy"] == pytest.approx(4 / 5)
+    assert c.metrics["overkill_upper95"] == pytest.approx(overkill_upper_bound(1, 3))
+    assert (c.metrics["n_normal"], c.metrics["n_defective"]) == (3, 2)
+    assert c.settings == {"miss_cost": 10.0, "false_alarm_cost": 1.0, "target_miss_rate": None,
+                          "target_false_alarm_rate": None, "prevalence": pytest.approx(2 / 5)}
+    t = choose_threshold(s, y, target_miss_rate=0.5, prevalence=0.1)
+    assert t.settings["target_miss_rate"] == 0.5 and t.settings["prevalence"] == 0.1
+    f = choose_threshold(s, y, target_false_alarm_rate=0.0)
+    assert f.settings["target_false_alarm_rate"] == 0.0 and f.settings["target_miss_rate"] is None
+
+
+def test_labelled_items_take_their_truth_from_the_option_that_named_them(lot):
+    items = labelled_items([lot["refs"]], [lot["lot"] / "defect"])
+    assert [(it.key, it.truth) for it in items] == [
+        *((f"normal/ref{i}.png", "normal") for i in range(3)),
+        *((f"defective/{n}", "defective") for n in ("broken.png", "d0.png", "d1.png", "d2.png")),
+    ]
+    assert items[0].path == (lot["refs"] / "ref0.png").absolute()
+    assert [it.truth for it in labelled_items([lot["refs"]], [])] == ["normal"] * 3
+
+
+def test_scoring_labelled_images_writes_no_pictures_and_ignores_a_changed_threshold(tiny_copilot, lot, tmp_path):
+    items = labelled_items([lot["lot"] / "good"], [lot["lot"] / "defect"])
+    work = tmp_path / "work"
+    records = score_items(tiny_copilot, items, [lot["refs"]], work, progress=False)
+    assert sorted((r["file"], r["truth"]) for r in records) == [
+        *((f"defective/d{i}.png", "defective") for i in range(3)), *((f"normal/g{i}.png", "normal") for i in range(4))]
+    assert all(len(r["references"]) == 1 and "annotated" not in r for r in records)  # one shot, no pictures
+    assert sorted(p.name for p in work.iterdir()) == ["batch.json", "results.jsonl", "skipped.csv"]  # no report
+    # The scores do not depend on the threshold: another one reuses them instead of refusing the folder.
+    other = Copilot(tiny_copilot.detector, registration=False, model_name="tiny",
+                    threshold=tiny_copilot.threshold + 0.1)
+    again = score_items(other, items, [lot["refs"]], work, progress=False)
+    assert [r["score"] for r in again] == [r["score"] for r in records]
+    two = score_items(tiny_copilot, items, [lot["refs"]], tmp_path / "two", shots=2, progress=False)
+    assert all(len(r["references"]) == 2 for r in two)
+
+
+def test_the_threshold_comes_from_the_records_with_a_known_truth():
+    records = [{"truth": "normal", "score": 0.1}, {"truth": "normal", "score": 0.4}, {"truth": None, "score": 0.45},
+               {"truth": "defective", "score": 0.5}, {"truth": "defective", "score": 0.8}]
+    c = choose_from_records(records, miss_cost=10)
+    assert c.threshold == pytest.approx(0.45) and c.metrics["n_normal"] == 2 and c.metrics["n_defective"] == 2
+    assert c.settings["miss_cost"] == 10.0
+    with pytest.raises(AdcopilotError, match="no labelled results to calibrate on"):
+        choose_from_records([{"truth": None, "score": 0.3}])
+    with pytest.raises(AdcopilotError, match=r"^weight: must be a finite number"):
+        check_settings(weight=float("nan"))  # a setting without a flag is named as it is
+
+
+def test_a_calibration_record_says_what_made_it_and_is_saved_where_load_looks(tiny_copilot, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADCOPILOT_HOME", str(tmp_path / "home"))
+    choice = choose_threshold([0.1, 0.4000001234, 0.6, 0.5, 0.8], [0, 0, 0, 1, 1], miss_cost=10)
+    rec = calibration_record(tiny_copilot, choice, shots=2, source="folders")
+    assert rec["model"] == "tiny" and rec["threshold"] == 0.45  # 0.4500000617, to six decimals
+    assert rec["model_threshold"] == tiny_copilot.detector.threshold and rec["image_size"] == 64
+    assert (rec["shots"], rec["source"], rec["registration"]) == (2, "folders", False)
+    assert rec["miss_cost"] == 10.0 and rec["expected_cost"] == choice.expected_cost
+    assert rec["metrics"] is choice.metrics
+    made = datetime.fromisoformat(rec["date"])
+    assert made.utcoffset() == timedelta(0) and made.microsecond == 0
+    home = save(rec, None)
+    assert home == tmp_path / "home" / "calibration" / "tiny.json"
+    assert read_calibration(home)["threshold"] == rec["threshold"]
+    assert save(rec, tmp_path / "ckpt") == tmp_path / "ckpt" / "calibration.json"
+    assert save(rec, None, tmp_path / "here.json") == tmp_path / "here.json"
+    assert json.loads((tmp_path / "here.json").read_text())["source"] == "folders"

@@ -1,17 +1,26 @@
-"""The line's commands: bad arguments give one line on stderr and exit status 2, before any model loads."""
+"""The line's commands: bad arguments give one line on stderr and exit status 2, before any model loads.
+
+The cases run the command line in this process (a fresh interpreter per case cost seconds of imports
+each); one runs through ``python -m adcopilot`` to pin the real entry point's exit status and output.
+"""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
 import pytest
 
+from adcopilot.cli import main
+
+BAD_SHARD = (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --shard '0/2': i must be between 1 and n")
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --shard '0/2': i must be between 1 and n"),
+        BAD_SHARD,
         (["calibrate", "--normals", "good"], "error: calibration needs --normals and --defects"),
         (["calibrate", "--results", "nowhere"], "error: nowhere: no such batch folder"),
         (["calibrate", "--normals", "good", "--target-false-alarm-rate", "1.5"], "error: --target-false-alarm-rate must be in [0, 1)"),
@@ -41,7 +50,19 @@ import pytest
         (["calibrate", "--results", "out", "--prevalence", "inf"], "error: --prevalence: must be a finite number"),
     ],
 )
-def test_bad_arguments(args, message, tmp_path):
+def test_bad_arguments(args, message, tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing else said on stderr
+
+
+def test_a_bad_argument_through_the_console_entry_point(tmp_path):
+    args, message = BAD_SHARD
     p = subprocess.run([sys.executable, "-m", "adcopilot", *args], capture_output=True, text=True, timeout=120,
                        cwd=tmp_path)
     assert p.returncode == 2, p.stderr
