@@ -32,7 +32,7 @@ import json
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -372,10 +372,11 @@ def fit_type_head(projectors: nn.Module, data: Any, *, steps: int = 400, l2: flo
 
 
 def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, l2: float = 0.1, seed: int = 0,
-             lr: float = 1e-2, balanced: bool = False) -> float:
+             lr: float = 1e-2, balanced: bool = False, after_step: Callable[[int], None] | None = None) -> float:
     """Full-batch Adam on the type head (LayerNorm + Linear): cross-entropy of features x (N, 2C)
     against label indices y (N,) plus ``l2`` times the squared weights of its last layer.
-    ``balanced``: every label weighs the same in the loss whatever its count. Returns the final loss."""
+    ``balanced``: every label weighs the same in the loss whatever its count; ``after_step(n)`` is
+    called after the n-th step (e.g. to validate along the way). Returns the final loss."""
     dev = next(head.parameters()).device
     x, y = x.to(dev), y.to(dev)
     k = head[-1].out_features
@@ -385,12 +386,14 @@ def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 
         weight = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), torch.zeros_like(counts))
     torch.manual_seed(seed)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         logits = head(x)
         loss = torch.nn.functional.cross_entropy(logits, y, weight=weight) + l2 * head[-1].weight.pow(2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step(step)
     with torch.no_grad():
         acc = float((head(x).argmax(-1) == y).float().mean())
     final = float(loss.detach())
