@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from adcopilot.errors import AdcopilotError
@@ -198,11 +199,14 @@ def cmd_fit(a: argparse.Namespace) -> None:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(base, out)
-    state = load_file(str(base / "language" / "projectors.safetensors"))
+    src = base / "language" / "projectors.safetensors"
+    state = load_file(str(src))
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
     for k, v in fitted.state_dict().items():
         assert state[HEAD + k].shape == v.shape
         state[HEAD + k] = v.detach().contiguous()
-    save_file(state, str(out / "language" / "projectors.safetensors"))
+    save_file(state, str(out / "language" / "projectors.safetensors"), metadata=meta)
     report = {"choice": best, "grid": grid, "shipped": {"val": shipped_val}, "new": {}}
     for split in ("val", "test"):
         xs, ys = load_split(data, split, labels)
