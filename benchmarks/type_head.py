@@ -159,6 +159,11 @@ def card_section(report: dict, labels: list[str], data: Path) -> str:
                      f"{sh['test']['per_type'][lab]} | {nw['test']['per_type'][lab]} |")
     for key, name in (("balanced", "mean over types"), ("accuracy", "all")):
         lines.append(f"| {name} | {sh['val'][key]} | {nw['val'][key]} | {sh['test'][key]} | {nw['test'][key]} |")
+    lines += ["", f"The test split is small ({n['test']} defects of {prods['test']} products, about "
+              f"{n['test'] // len(labels)} per type: one defect moves a type's figure by "
+              f"{100 * len(labels) / max(1, n['test']):.1f} points). On the bundled benchmark the head answers the Defect Classification "
+              "questions and steers Description and Analysis; those figures, the previous head beside, are in "
+              "`benchmarks/RESULTS.md`."]
     return "\n".join(lines)
 
 
