@@ -144,8 +144,8 @@ def card_section(report: dict, labels: list[str], data: Path) -> str:
         f"Fitted from the previous head's weights, full-batch Adam (lr 0.01), labels weighted equally; chosen on "
         f"the val split only (balanced accuracy over a grid of steps, L2 and training cell): {c['steps']} steps, "
         f"L2 {c['l2']}, training cell: {c['cell']}. Command: `python benchmarks/type_head.py build --out runs/typehead-data "
-        "--part P --parts 2` (P = 0, 1), then `python benchmarks/type_head.py fit --data runs/typehead-data "
-        "--out runs/typehead-ckpt`.",
+        "--part P --parts 2` (P = 0, 1), then `python benchmarks/type_head.py fit --data runs/typehead-data --model PREVIOUS "
+        "--out runs/typehead-ckpt` (PREVIOUS: the checkpoint before this head; its head is the starting point).",
         "",
         "Accuracy (%) per true type, 14-way, on the val and test splits (products never fitted on), the "
         "previous head beside:",
