@@ -45,10 +45,13 @@ def checkpoint(name: str) -> Path:
 
 def load_head(ckpt: Path) -> tuple[torch.nn.Module, list[str]]:
     """The type head of a checkpoint's language model (no language model loaded) and its labels."""
-    cfg = NanoCopilotConfig.from_dict(json.loads((ckpt / "language" / "config.json").read_text()))
-    head = Projectors(cfg).type_head
-    state = load_file(str(ckpt / "language" / "projectors.safetensors"))
-    head.load_state_dict({k[len(HEAD):]: v for k, v in state.items() if k.startswith(HEAD)})
+    try:
+        cfg = NanoCopilotConfig.from_dict(json.loads((ckpt / "language" / "config.json").read_text()))
+        head = Projectors(cfg).type_head
+        state = load_file(str(ckpt / "language" / "projectors.safetensors"))
+        head.load_state_dict({k[len(HEAD):]: v for k, v in state.items() if k.startswith(HEAD)})
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:  # missing, corrupt, or no type head
+        raise AdcopilotError(f"{ckpt}: no readable language model with a type head ({exc})") from exc
     return head.eval(), list(cfg.defect_labels)
 
 
@@ -81,12 +84,15 @@ def dc_per_type(answers: Path) -> dict[str, dict[str, int]]:
         raise AdcopilotError(f"{path}: missing; run adcopilot eval mmad --task DC --out {answers} first")
     out: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("type") != "Defect Classification":
-                continue
-            opts = {k: v.rstrip(".") for k, v in r["options"].items()}
-            row = out.setdefault(opts[r["gold"]], {})
+        for n, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+                if r.get("type") != "Defect Classification":
+                    continue
+                opts = {k: v.rstrip(".") for k, v in r["options"].items()}
+                row = out.setdefault(opts[r["gold"]], {})
+            except (ValueError, KeyError, AttributeError, TypeError) as exc:
+                raise AdcopilotError(f"{path}: line {n} is not an answer record ({exc})") from exc
             got = opts.get(r["reply"] or "", "(none)")
             row[got] = row.get(got, 0) + 1
     return out

@@ -166,8 +166,11 @@ def build(out: Path, checkpoint: Path, cfg: TypeHeadDataConfig, part: int = 0, p
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise AdcopilotError(f"{path}: unreadable ({exc})") from exc
 
 
 def read_set(folder: Path) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
@@ -183,7 +186,10 @@ def read_set(folder: Path) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor
         if not feats.exists():
             raise AdcopilotError(f"{feats}: missing; build part {p} of the type-head set first")
         rows += _read_jsonl(folder / f"samples-{p:02d}.jsonl")
-        t = load_file(str(feats))
+        try:
+            t = load_file(str(feats))
+        except Exception as exc:  # safetensors raises its own error type on a damaged file
+            raise AdcopilotError(f"{feats}: not a readable safetensors file ({exc})") from exc
         for k in tensors:
             tensors[k].append(t[k])
     return rows, {k: torch.cat(v) for k, v in tensors.items()}

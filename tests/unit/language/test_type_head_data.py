@@ -122,3 +122,18 @@ def test_balanced_fit_names_the_rare_label_more_often():
     fit_head(fair, x, y, steps=300, l2=0.0, balanced=True)
     with torch.no_grad():
         assert int((fair(x).argmax(-1) == 1).sum()) > int((plain(x).argmax(-1) == 1).sum())
+
+
+def test_a_damaged_set_is_named_in_the_error(built, tmp_path):
+    import shutil
+
+    root, _, _ = built
+    shutil.copytree(root / "set", tmp_path / "set")
+    (tmp_path / "set" / "features-00.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AdcopilotError, match="features-00.safetensors: not a readable"):
+        read_set(tmp_path / "set")
+    (tmp_path / "set" / "samples-00.jsonl").write_text("{broken\n")
+    with pytest.raises(AdcopilotError, match="samples-00.jsonl: unreadable"):
+        read_set(tmp_path / "set")
+    with pytest.raises(AdcopilotError, match="not a type-head set"):
+        read_set(tmp_path)
