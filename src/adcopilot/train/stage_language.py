@@ -32,7 +32,7 @@ import json
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -368,21 +368,36 @@ def fit_type_head(projectors: nn.Module, data: Any, *, steps: int = 400, l2: flo
             ys.append(index[s["boxes"][0]["label"]])
     if not xs:
         return float("nan")
-    head = projectors.type_head
+    return fit_head(projectors.type_head, torch.stack(xs), torch.tensor(ys), steps=steps, l2=l2, seed=seed)
+
+
+def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, l2: float = 0.1, seed: int = 0,
+             lr: float = 1e-2, balanced: bool = False, after_step: Callable[[int], None] | None = None) -> float:
+    """Full-batch Adam on the type head (LayerNorm + Linear): cross-entropy of features x (N, 2C)
+    against label indices y (N,) plus ``l2`` times the squared weights of its last layer.
+    ``balanced``: every label weighs the same in the loss whatever its count; ``after_step(n)`` is
+    called after the n-th step (e.g. to validate along the way). Returns the final loss."""
     dev = next(head.parameters()).device
-    x, y = torch.stack(xs).to(dev), torch.tensor(ys, device=dev)
+    x, y = x.to(dev), y.to(dev)
+    k = head[-1].out_features
+    weight = None
+    if balanced:
+        counts = torch.bincount(y, minlength=k).float()
+        weight = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), torch.zeros_like(counts))
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(steps):
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    for step in range(1, steps + 1):
         logits = head(x)
-        loss = torch.nn.functional.cross_entropy(logits, y) + l2 * head[-1].weight.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(logits, y, weight=weight) + l2 * head[-1].weight.pow(2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step(step)
     with torch.no_grad():
         acc = float((head(x).argmax(-1) == y).float().mean())
     final = float(loss.detach())
-    log.info("defect-type head fitted on %d labelled defects: loss %.3f, training accuracy %.3f", len(ys), final, acc)
+    log.info("defect-type head fitted on %d labelled defects: loss %.3f, training accuracy %.3f", len(y), final, acc)
     return final
 
 
