@@ -7,7 +7,8 @@ a defect yes/no or defect-location question is answered from ``inspect``'s verdi
 this copilot's threshold, a defect-type question naming trained labels by the type head, a
 question on the defect's look, cause or effect by matching its options to the domain knowledge
 of the type head's likely labels, and an object question from the product context the references
-carry (:mod:`adcopilot.grounding`). A free answer about the defect is composed from the same
+carry (:mod:`adcopilot.grounding`), or without it, a multiple-choice one from what the object looks
+like to the vision tower's ImageNet classifier (:mod:`adcopilot.language.objects`). A free answer about the defect is composed from the same
 facts (type, region, size, count; "no defect" for a normal verdict) and a sentence of knowledge;
 boxes, in JSON or text, are the detector's. The language model reads the same image score as
 ``inspect`` (its visual inputs are built on the inspection core) and answers everything else.
@@ -54,6 +55,7 @@ from adcopilot.language.knowledge_match import (
     label_sentences,
     sentences,
 )
+from adcopilot.language.objects import choose_object, class_probabilities
 from adcopilot.protocols import References, Turns
 from adcopilot.results import InspectionResult
 
@@ -239,7 +241,8 @@ class LanguageAnswers:
         question whose options all name defect labels the model was trained on by its defect-type
         head, a question on the defect's look, cause or effect by the options that fit the domain
         knowledge of the type head's likely labels best, an object question from ``product`` and
-        ``material`` when given (:mod:`adcopilot.grounding`); any other question, or all with ``grounded=False``, by the
+        ``material`` when given (:mod:`adcopilot.grounding`), else by the tower's ImageNet classes
+        (:mod:`adcopilot.language.objects`); any other question, or all with ``grounded=False``, by the
         language model (``mode``: likelihood or letter), its option scores calibrated against a
         content-free pair with ``prior_weight`` (None: the default, 0 = uncalibrated; see
         :mod:`adcopilot.language.answer`)."""
@@ -259,6 +262,11 @@ class LanguageAnswers:
         # Grounded: the language model reads the detector at this copilot's threshold too.
         t = (result.threshold if result is not None else self.threshold) if grounded else None
         visual = lang.visual(query, refs, t)
+        if grounded and visual is not None and object_question(question) and not product_text(product, material):
+            # No product context: what the object looks like to the tower's ImageNet classifier.
+            letter = choose_object(class_probabilities(lang.encoder.tower, visual.glob), options, self.matcher)
+            if letter:
+                return letter
         if grounded:  # "what type of defect?" with options naming trained labels: the type head
             labels = list(lang.model.cfg.defect_labels)
             choices = type_options(question, options, labels)

@@ -6,7 +6,9 @@ A backbone gives, for RGB images in [0, 1] (B, 3, S, S):
   norm 1 (what the comparison model and the product memory compare);
 - ``global_feature``  (B, global_channels) pooled last-layer features (what the object is);
 - ``features``        both in one pass;
-- ``matching_feature`` (B, D) unit vectors for picking the most similar normal reference of a lot.
+- ``matching_feature`` (B, D) unit vectors for picking the most similar normal reference of a lot;
+- ``classify``        (B, global_channels) -> (B, 1000) ImageNet logits (what the object looks like to
+  ImageNet, for object questions without product context).
 
 A checkpoint names its backbone in ``config.json`` (``"vision_tower"``); without the key it is
 EfficientNet-Lite0 (:data:`DEFAULT_BACKBONE`). Code outside ``model/`` reads sizes from
@@ -49,6 +51,8 @@ class Backbone(Protocol):
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def matching_feature(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def classify(self, glob: torch.Tensor) -> torch.Tensor: ...
 
     def prepare_for_inference(self) -> None:
         """Lay the weights out for fast CPU inference (in place; idempotent)."""

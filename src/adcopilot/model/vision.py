@@ -139,6 +139,10 @@ class EfficientNetLite0(nn.Module):
                 scales["s16"] = h
         return joint_patch_features(scales), self.head(h)
 
+    def classify(self, glob: torch.Tensor) -> torch.Tensor:
+        """Pooled head features (B, 1280) -> ImageNet logits (B, 1000)."""
+        return self._fc(glob)
+
     def global_feature(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, 1280) pooled head features."""
         return self.features(x)[1]
@@ -157,7 +161,7 @@ class EfficientNetLite0(nn.Module):
         h = self.stem(x)
         for block in self._blocks:
             h = block(h)
-        return self._fc(self.head(h))
+        return self.classify(self.head(h))
 
 
 class FusedMBConv(nn.Module):

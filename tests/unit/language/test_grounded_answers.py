@@ -133,8 +133,18 @@ def test_product_context_answers_object_questions(copilot, pair_images):
                                  product="crate", material="green recycled plastic") == "B"
     answer = copilot.ask(q, [r], "What is this object?", product="bottle", material="brown glass")
     assert answer.startswith("The references are labelled bottle (brown glass)")
-    # Without the context the language model answers (any option).
-    assert copilot.answer_choice(q, r, "Which object is being inspected?", names) in names
+    # Without the context: what the object looks like to the tower's ImageNet classifier.
+    fc = copilot.language.encoder.tower._fc
+    saved = fc.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(967), 1000).float() * 50)  # espresso
+        coffee = {"A": "Zipper.", "B": "Espresso.", "C": "Metal nut."}
+        assert copilot.answer_choice(q, r, "Which object is being inspected?", coffee) == "B"
+        assert copilot.answer_choice(q, r, "Which object is being inspected?", coffee, product="metal nut") == "C"
+    finally:
+        with torch.no_grad():
+            fc.bias.copy_(saved)
 
 
 def test_matchers():
