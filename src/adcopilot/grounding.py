@@ -252,6 +252,12 @@ def names_the_object(question: str, options: dict[str, str]) -> bool:
     return short and not _OBJECT_TRAITS.search(question.lower())
 
 
+def identity_question(question: str) -> bool:
+    """Whether a free question asks only what the object is ("What is this object?"), not what it
+    looks like, is built of or is for."""
+    return object_question(question) and not _OBJECT_TRAITS.search(question.lower())
+
+
 def free_defect_question(question: str) -> bool:
     """Whether a free question asks about the defect (what, where, how large, how many, whether)."""
     t = question.lower()

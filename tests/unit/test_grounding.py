@@ -8,6 +8,7 @@ from adcopilot.grounding import (
     defect_facts,
     detector_choice,
     free_defect_question,
+    identity_question,
     knowledge_question,
     names_the_object,
     object_question,
@@ -125,6 +126,9 @@ def test_question_kinds_for_knowledge_objects_and_free_answers():
               "Is the part normal?"):
         assert free_defect_question(q), q
     assert not free_defect_question("What is this object used for?")
+    assert identity_question("What is this object?") and identity_question("Which product is being inspected?")
+    for q in ("What is this object made of?", "What is the object used for?", "Is the object defective?"):
+        assert not identity_question(q), q
 
 
 def test_defect_facts():

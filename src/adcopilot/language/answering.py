@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from adcopilot.data.knowledge import Knowledge, display_label
 from adcopilot.errors import AdcopilotError
 from adcopilot.geometry import region_name
@@ -35,6 +37,7 @@ from adcopilot.grounding import (
     detector_choice,
     free_defect_question,
     grounded_start,
+    identity_question,
     knowledge_question,
     names_the_object,
     object_question,
@@ -55,7 +58,7 @@ from adcopilot.language.knowledge_match import (
     label_sentences,
     sentences,
 )
-from adcopilot.language.objects import choose_object, class_probabilities
+from adcopilot.language.objects import choose_object, class_names, class_probabilities
 from adcopilot.protocols import References, Turns
 from adcopilot.results import InspectionResult
 
@@ -176,6 +179,9 @@ class LanguageAnswers:
         if grounded and object_question(q) and product_text(product, material):
             yield self._object_answer(q, product, material)
             return
+        if grounded and identity_question(q):
+            yield self._looks_like(query, refs)
+            return
         if grounded and free_defect_question(q):
             yield from self._defect_pieces(query, refs, q, result if result is not None else self.inspect(query, refs))
             return
@@ -224,6 +230,18 @@ class LanguageAnswers:
         if best:
             return f"{said}: {best[0].rstrip('.')}."
         return f"{said}; nothing more is known about this product."
+
+    def _looks_like(self, query: ImageInput, refs: list[ImageInput]) -> str:
+        """What the object is, without product context: the tower's likeliest ImageNet classes."""
+        visual = self.language.visual(query, refs, self.threshold)
+        if visual is None:
+            return "No product name was given, and this model does not see images to guess one."
+        names = class_names()
+        probs = class_probabilities(self.language.encoder.tower, visual.glob)
+        top = [int(i) for i in np.argsort(-probs, kind="stable")[:2]]
+        guesses = " or ".join(f"{names[i].split(',')[0]} ({100 * probs[i]:.0f} %)" for i in top)
+        return (f"No product name was given; to the vision tower's ImageNet classifier it looks most like {guesses}. "
+                "That is a guess among everyday objects: name the product for a certain answer.")
 
     def answer_choice(
         self, query: ImageInput, references: References, question: str, options: dict[str, str],

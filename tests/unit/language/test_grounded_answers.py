@@ -142,6 +142,10 @@ def test_product_context_answers_object_questions(copilot, pair_images):
         coffee = {"A": "Zipper.", "B": "Espresso.", "C": "Metal nut."}
         assert copilot.answer_choice(q, r, "Which object is being inspected?", coffee) == "B"
         assert copilot.answer_choice(q, r, "Which object is being inspected?", coffee, product="metal nut") == "C"
+        said = copilot.ask(q, [r], "What is this object?")
+        assert said.startswith("No product name was given; to the vision tower's ImageNet classifier it looks most "
+                               "like espresso (100 %)"), said
+        assert not copilot.ask(q, [r], "What is this object made of?", max_new_tokens=4).startswith("No product")
     finally:
         with torch.no_grad():
             fc.bias.copy_(saved)
