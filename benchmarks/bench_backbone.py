@@ -42,6 +42,7 @@ from adcopilot.model.baseline import NearestPatchDetector
 from adcopilot.model.vision import FusedPatchTower
 
 BACKBONES = ["efficientnet-lite0", "efficientnet-lite2"]
+PARTS = ["latency", "photos", "elpv"]
 
 
 def baseline(name: str) -> Copilot:
@@ -126,18 +127,21 @@ def latency(cps: dict[str, Copilot], n: int) -> dict:
     return out
 
 
-def table(results: dict) -> str:
-    """The results as a markdown table, one column per backbone."""
-    names = list(results["latency"])
-    rows = [f"| ELPV {key.replace('_', ' ')} (draws) | " + " | ".join(
-        f"{results['elpv'][n][key]['auroc']:.4f} ({', '.join(f'{a:.3f}' for a in results['elpv'][n][key]['auroc_per_seed'])})"
-        for n in names) + " |" for key in results["elpv"][names[0]]]
+def table(results: dict, names: list[str]) -> str:
+    """The measured parts as a markdown table, one column per backbone."""
+    rows = []
+    for key in results.get("elpv", {}).get(names[0], {}):
+        cells = [results["elpv"][n][key] for n in names]
+        rows.append(f"| ELPV {key.replace('_', ' ')} (draws) | " + " | ".join(
+            f"{c['auroc']:.4f} ({', '.join(f'{a:.3f}' for a in c['auroc_per_seed'])})" for c in cells) + " |")
     for key, label in (("auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("pro", "PRO")):
-        rows.append(f"| photos {label} | " + " | ".join(f"{results['photos'][n][key]:.4f}" for n in names) + " |")
+        if "photos" in results:
+            rows.append(f"| photos {label} | " + " | ".join(f"{results['photos'][n][key]:.4f}" for n in names) + " |")
     for key, label in (("pair_median_ms", "ms per pair, median"), ("pair_p90_ms", "ms per pair, p90"),
                        ("detect_median_ms", "detector ms, median"), ("tower_ms", "tower ms (stride 16)"),
                        ("fused_tower_ms", "fused tower ms")):
-        rows.append(f"| {label} | " + " | ".join(str(results["latency"][n][key]) for n in names) + " |")
+        if "latency" in results:
+            rows.append(f"| {label} | " + " | ".join(str(results["latency"][n][key]) for n in names) + " |")
     head = "| | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names)
     return "\n".join([head, *rows])
 
@@ -150,15 +154,20 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="ELPV cells per type (random subset per seed)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="ELPV reference draws")
     ap.add_argument("--n", type=int, default=40, help="timed pairs per backbone")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="what to measure")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cps = {name: baseline(name) for name in args.backbones}
-    results: dict[str, Any] = {"latency": latency(cps, args.n)}
-    with tempfile.TemporaryDirectory() as work:
-        results["photos"] = photos(cps, Path(work))
-    results["elpv"] = elpv(cps, args.kinds, args.shots, args.seeds, args.limit)
-    print(table(results))
+    results: dict[str, Any] = {}
+    if "latency" in args.parts:
+        results["latency"] = latency(cps, args.n)
+    if "photos" in args.parts:
+        with tempfile.TemporaryDirectory() as work:
+            results["photos"] = photos(cps, Path(work))
+    if "elpv" in args.parts:
+        results["elpv"] = elpv(cps, args.kinds, args.shots, args.seeds, args.limit)
+    print(table(results, list(cps)))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
