@@ -178,7 +178,7 @@ class LanguageAnswers:
             yield from self._defect_pieces(query, refs, q, result if result is not None else self.inspect(query, refs))
             return
         turns = [*(history or []), {"role": "user", "content": q}]
-        t = (result.threshold if result is not None else self.threshold) if grounded else None
+        t = (result.threshold if result is not None else self.threshold_for(refs)) if grounded else None
         yield from answers.generate_stream(lang.model, lang.visual(query, refs, t), turns,
                                            max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
                                            prefix=lang.prefix(query, refs, t))
@@ -257,7 +257,7 @@ class LanguageAnswers:
             if letter:
                 return letter
         # Grounded: the language model reads the detector at this copilot's threshold too.
-        t = (result.threshold if result is not None else self.threshold) if grounded else None
+        t = (result.threshold if result is not None else self.threshold_for(refs)) if grounded else None
         visual = lang.visual(query, refs, t)
         if grounded:  # "what type of defect?" with options naming trained labels: the type head
             labels = list(lang.model.cfg.defect_labels)
@@ -318,7 +318,7 @@ class LanguageAnswers:
             return [b.to_dict() for b in r.boxes]
         if mode == "text":
             size = load_image(query, name=source_name(query, "query")).size
-            t = self.threshold
+            t = self.threshold_for(refs)
             _, boxes = answers.text_boxes(lang.model, lang.visual(query, refs, t), size, lang.encoder.size,
                                           prefix=lang.prefix(query, refs, t))
             return boxes
