@@ -86,10 +86,10 @@ class Copilot:
         self.detector = detector
         if threshold is not None:
             require_finite(threshold, "threshold")
-        # A threshold given (or calibrated) serves every reference set; else the detector's, which may
-        # depend on the number of references (Detector.threshold_for).
+        # A threshold given (or calibrated, or set later) serves every reference set; else the detector's,
+        # which may depend on the number of references (Detector.threshold_for).
         self.fixed_threshold = threshold is not None
-        self.threshold = float(threshold if threshold is not None else detector.threshold)
+        self._threshold = float(threshold if threshold is not None else detector.threshold)
         self.registration = registration
         self.box_rules = box_rules or BoxRules()
         self.model_name = model_name or detector.name
@@ -102,6 +102,17 @@ class Copilot:
         self._check_tower: PatchTower | None = tower if tower is not None else getattr(detector, "tower", None)
         self.check_rules: CheckRules | None = CheckRules() if image_check and self._check_tower is not None else None
         self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
+
+    @property
+    def threshold(self) -> float:
+        """The threshold given or calibrated, else the detector's with one reference (:meth:`threshold_with`)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        """A threshold set here serves every reference set from now on."""
+        require_finite(value, "threshold")
+        self._threshold, self.fixed_threshold = float(value), True
 
     # ------------------------------------------------------------------ loading
     @classmethod

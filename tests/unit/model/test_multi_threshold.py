@@ -117,3 +117,12 @@ def test_a_threshold_that_is_not_finite_is_refused(tower, images, bad):
     with pytest.raises(AdcopilotError, match="finite"):
         cp.inspect(images[0], images[1:], threshold=bad)
     assert math.isfinite(cp.threshold_with(2))
+
+
+def test_a_threshold_set_on_the_copilot_serves_every_reference_set(tower, images):
+    q, *refs = images
+    cp = Copilot(_detector(tower, MULTI), image_check=False)
+    cp.threshold = 0.55
+    assert cp.fixed_threshold and cp.inspect(q, refs).threshold == 0.55 == cp.inspect(q, refs[:1]).threshold
+    with pytest.raises(AdcopilotError, match="finite"):
+        cp.threshold = float("nan")
