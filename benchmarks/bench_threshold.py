@@ -1,7 +1,7 @@
 """The default threshold without labels: false alarms and misses with 2 references, per product.
 
-2 references per query, drawn per query: for the bundled benchmark's held-out photos two of each query's
-random templates; for ELPV (test split, seed 0; a seeded subset of ``--n`` normal and ``--n`` defective
+2 references per query (``--shots``), drawn per query: for the bundled benchmark's held-out photos two of
+each query's random templates; for ELPV (test split, seed 0; a seeded subset of ``--n`` normal and ``--n`` defective
 cells per type) two random normal training cells of the same type. Every query is inspected through
 ``Copilot.inspect`` by three models in the same run: the default model as shipped (with 2 references its
 fused score and the threshold for 2 or more references), the default model's pooled map at its fixed
@@ -11,7 +11,7 @@ fixed threshold that flags no more normal images (the ranking the threshold wast
 also the 1-reference question, the mean score of two light augmentations (shift, rotation, gain, noise)
 of the first reference against itself, per product and model. Run:
 
-    python benchmarks/bench_threshold.py [--n 80] [--seed 2] [--augment] [--out threshold.json]
+    python benchmarks/bench_threshold.py [--n 80] [--seed 2] [--shots 2] [--augment] [--out threshold.json]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--n", type=int, default=80, help="ELPV normal and defective test cells per type")
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--shots", type=int, default=2, help="references per query")
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -81,7 +82,7 @@ def main() -> None:
     cases: dict[str, list[tuple[str, list[str], int]]] = {"photos": []}
     for key, entry in bench.items():
         if key.startswith("HeldOut-Photos/"):
-            refs = [str(root / t) for t in rng.choice(entry["random_templates"], 2, replace=False)]
+            refs = [str(root / t) for t in rng.choice(entry["random_templates"], args.shots, replace=False)]
             cases["photos"].append((str(root / key), refs, int("/good/" not in key)))
     parts = split(seed=0)
     for kind in ("mono", "poly"):
@@ -90,7 +91,7 @@ def main() -> None:
         for prob in (0.0, 1.0):
             cells = [c.path for c in parts["test"] if c.kind == kind and c.probability == prob]
             for i in sorted(rng.permutation(len(cells))[: args.n]):
-                refs = [str(pool[j]) for j in rng.choice(len(pool), 2, replace=False)]
+                refs = [str(pool[j]) for j in rng.choice(len(pool), args.shots, replace=False)]
                 cases[f"ELPV {kind}"].append((str(cells[i]), refs, int(prob == 1.0)))
     results: dict[str, dict[str, dict]] = {}
     for group, items in cases.items():
