@@ -45,7 +45,6 @@ from adcopilot.model.detector import Detection, Detector
 from adcopilot.model.inspection import Aligned, CoreOutput, align, in_query_frame, inspect_arrays
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
-from adcopilot.model.spread import spread_threshold
 from adcopilot.model.vision import PatchTower
 from adcopilot.protocols import Inspector
 from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
@@ -83,16 +82,14 @@ class Copilot:
         cache_size: int = 256,
         model_name: str | None = None,
         image_check: bool = True,
-        auto_threshold: bool = False,
     ) -> None:
         self.detector = detector
         if threshold is not None:
             require_finite(threshold, "threshold")
-        # Opt-in: with 2+ references and no explicit threshold, the threshold comes from the
-        # references' leave-one-out scores (model/spread.py), cached per reference set.
-        self.auto_threshold = auto_threshold
-        self._spread: OrderedDict[tuple[str, ...], float] = OrderedDict()
-        self.threshold = float(threshold if threshold is not None else detector.threshold)
+        # A threshold given (or calibrated, or set later) serves every reference set; else the detector's,
+        # which may depend on the number of references (Detector.threshold_for).
+        self.fixed_threshold = threshold is not None
+        self._threshold = float(threshold if threshold is not None else detector.threshold)
         self.registration = registration
         self.box_rules = box_rules or BoxRules()
         self.model_name = model_name or detector.name
@@ -106,11 +103,22 @@ class Copilot:
         self.check_rules: CheckRules | None = CheckRules() if image_check and self._check_tower is not None else None
         self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
 
+    @property
+    def threshold(self) -> float:
+        """The threshold given or calibrated, else the detector's with one reference (:meth:`threshold_with`)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        """A threshold set here serves every reference set from now on."""
+        require_finite(value, "threshold")
+        self._threshold, self.fixed_threshold = float(value), True
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, **options: Any) -> Inspector:
         """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder,
-        with :func:`load`'s keyword ``options`` (threshold, registration, calibration, auto_threshold)."""
+        with :func:`load`'s keyword ``options`` (threshold, registration, calibration)."""
         return load(model, **options)
 
     # ------------------------------------------------------------------ references
@@ -242,26 +250,13 @@ class Copilot:
         )
 
     def threshold_for(self, references: Sequence[ImageInput]) -> float:
-        """The threshold ``inspect`` uses for this reference set when none is given: the normal
-        spread's with ``auto_threshold`` and two or more references, else this copilot's."""
-        if not self.auto_threshold or len(references) < 2:
-            return self.threshold
-        keys = [cache_key(r, self.detector.image_size) for r in references]
-        key = tuple(sorted(k for k in keys if k is not None)) if None not in keys else None
-        if key is not None and key in self._spread:
-            self._spread.move_to_end(key)
-            return self._spread[key]
-        # Leave-one-out: each reference against the others (their features are cached).
-        scores = [self.analyze(r, [o for j, o in enumerate(references) if j != i]).score
-                  for i, r in enumerate(references)]
-        thr = spread_threshold(scores)
-        log.debug("normal spread of %d references: leave-one-out scores %s -> threshold %.4f", len(references),
-                  [round(x, 4) for x in scores], thr)
-        if key is not None:
-            self._spread[key] = thr
-            if len(self._spread) > self._cache_size:
-                self._spread.popitem(last=False)
-        return thr
+        """The threshold ``inspect`` uses for this reference set when none is given: this copilot's when
+        one was given or calibrated, else the detector's for that many references."""
+        return self.threshold_with(len(references))
+
+    def threshold_with(self, references: int) -> float:
+        """:meth:`threshold_for` a set of this many references."""
+        return self.threshold if self.fixed_threshold else float(self.detector.threshold_for(references))
 
     def boxes(self, analysis: Analysis, threshold: float, rules: BoxRules | None = None) -> list[Box]:
         """Defect boxes of an anomalous analysis at ``threshold`` (``rules``: this copilot's by default)."""
@@ -357,15 +352,14 @@ class AnsweringCopilot(LanguageAnswers, Copilot):
 # ---------------------------------------------------------------------- the model registry
 def _load_nano(
     spec: str | Path, *, threshold: float | None, registration: bool, calibration: str | os.PathLike | None,
-    model: str | os.PathLike | None, auto_threshold: bool = False,
+    model: str | os.PathLike | None,
 ) -> Copilot:
     detector, meta = load_detector(spec)
     name = meta.get("name", detector.name)
     cal = None if threshold is not None else resolve_calibration(model, name, calibration)
-    thr = threshold if threshold is not None else cal["threshold"] if cal else meta.get("threshold")
+    thr = threshold if threshold is not None else cal["threshold"] if cal else None  # None: the detector's
     language = Path(spec) / "language" if isinstance(spec, Path) else None
-    options = {"threshold": thr, "registration": registration, "model_name": name,
-               "auto_threshold": auto_threshold and threshold is None}  # an explicit threshold wins
+    options = {"threshold": thr, "registration": registration, "model_name": name}
     cp: Copilot
     if language is not None and (language / "config.json").exists():  # answers questions; loaded on first use
         cp = AnsweringCopilot(detector, NanoLanguage(language, detector, registration=registration), **options)
@@ -395,14 +389,12 @@ def load(
     threshold: float | None = None,
     registration: bool = True,
     calibration: str | os.PathLike | None = None,
-    auto_threshold: bool = False,
 ) -> Inspector:
     """Load ``model``: None or "default" (the shipped model), "baseline", or a checkpoint folder.
 
     Threshold: ``threshold`` if given, else the calibrated one (``calibration`` file, else the
-    stored ``calibration.json``, see :mod:`adcopilot.calibration_store`), else the model's.
-    ``auto_threshold`` (nano models): with two or more references and no threshold given to
-    ``inspect``, each reference set's threshold comes from its normal spread (:mod:`adcopilot.model.spread`)."""
+    stored ``calibration.json``, see :mod:`adcopilot.calibration_store`), else the model's (which, for the
+    shipped model, differs with two or more references: ``Detector.threshold_for``)."""
     if threshold is not None:
         require_finite(threshold, "threshold")
     spec = resolve_model(model)
@@ -410,6 +402,5 @@ def load(
     kind = (checkpoint_kind(spec) if isinstance(spec, Path) and (spec / "config.json").is_file() else None) or "nano"
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{spec}: a {kind} checkpoint; the copilot loads nano and AD-Copilot checkpoints")
-    extra = {"auto_threshold": True} if auto_threshold else {}
     return MODEL_KINDS[kind](spec, threshold=threshold, registration=registration, calibration=calibration,
-                             model=model, **extra)
+                             model=model)

@@ -38,6 +38,10 @@ class Inspector(Protocol):
         self, query: ImageInput, references: References, *, threshold: float | None = None
     ) -> InspectionResult: ...
 
+    def threshold_with(self, references: int) -> float:
+        """The threshold ``inspect`` uses with this many references when none is given."""
+        ...
+
 
 @runtime_checkable
 class Answerer(Protocol):

@@ -14,12 +14,8 @@ def register(app: typer.Typer) -> None:
         query: Path = typer.Argument(..., help="The image to inspect."),
         ref: list[Path] = typer.Option(..., "--ref", "-r", help="A normal reference image (repeatable)."),
         model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
-        threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated, else the model's)."),
+        threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated, else the model's for the number of references)."),
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json (from adcopilot calibrate)."),
-        auto_threshold: bool = typer.Option(
-            False, "--auto-threshold",
-            help="With 2+ references and no --threshold: set the threshold from the references scored against each other.",
-        ),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align the query onto the reference."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Path = typer.Option(None, "--save", help="Write the annotated query image here."),
@@ -37,8 +33,7 @@ def register(app: typer.Typer) -> None:
 
         if threshold is not None:
             require_finite(threshold, "--threshold")
-        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration,
-                          auto_threshold=auto_threshold)
+        cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
         answerer = require_answerer(cp) if ask else None
         context = context_options(answerer if ask else cp, product, material, [str(k) for k in knowledge or []])
         if answerer is not None:

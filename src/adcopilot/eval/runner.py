@@ -423,7 +423,7 @@ def run_detect(
     for rec in _run_jobs(jobs, work, log_file, 1, "detect", progress):
         have[rec["image"]] = rec
 
-    threshold = float(backend.copilot.threshold)
+    threshold = float(backend.copilot.threshold_with(k_shot))  # the threshold each query was judged at
     groups: dict[str, list[MMADItem]] = {"overall": list(items)}
     for item in items:
         groups.setdefault(item.dataset, []).append(item)

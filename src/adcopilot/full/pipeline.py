@@ -275,7 +275,12 @@ class FullCopilot:
         self.full = full
         self.detector = FullDetector(full)
         self.threshold = float(threshold if threshold is not None else self.detector.threshold)
+        self.fixed_threshold = threshold is not None
         self.model_name = model_name or full.name
+
+    def threshold_with(self, references: int) -> float:
+        """The threshold with this many references: one for all."""
+        return self.threshold
 
     @classmethod
     def load(  # type: ignore[override]

@@ -186,7 +186,7 @@ class LanguageAnswers:
             yield from self._defect_pieces(query, refs, q, result if result is not None else self.inspect(query, refs))
             return
         turns = [*(history or []), {"role": "user", "content": q}]
-        t = (result.threshold if result is not None else self.threshold) if grounded else None
+        t = (result.threshold if result is not None else self.threshold_for(refs)) if grounded else None
         yield from answers.generate_stream(lang.model, lang.visual(query, refs, t), turns,
                                            max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
                                            prefix=lang.prefix(query, refs, t))
@@ -233,7 +233,7 @@ class LanguageAnswers:
 
     def _looks_like(self, query: ImageInput, refs: list[ImageInput]) -> str:
         """What the object is, without product context: the tower's likeliest ImageNet classes."""
-        visual = self.language.visual(query, refs, self.threshold)
+        visual = self.language.visual(query, refs, self.threshold_for(refs))
         if visual is None:
             return "No product name was given, and this model does not see images to guess one."
         names = class_names()
@@ -278,7 +278,7 @@ class LanguageAnswers:
             if letter:
                 return letter
         # Grounded: the language model reads the detector at this copilot's threshold too.
-        t = (result.threshold if result is not None else self.threshold) if grounded else None
+        t = (result.threshold if result is not None else self.threshold_for(refs)) if grounded else None
         visual = lang.visual(query, refs, t)
         if grounded and visual is not None and object_question(question) and not product_text(product, material):
             # No product context: what the object looks like to the tower's ImageNet classifier.
@@ -344,7 +344,7 @@ class LanguageAnswers:
             return [b.to_dict() for b in r.boxes]
         if mode == "text":
             size = load_image(query, name=source_name(query, "query")).size
-            t = self.threshold
+            t = self.threshold_for(refs)
             _, boxes = answers.text_boxes(lang.model, lang.visual(query, refs, t), size, lang.encoder.size,
                                           prefix=lang.prefix(query, refs, t))
             return boxes

@@ -130,7 +130,7 @@ def _manifest(copilot: Copilot, bank: ReferenceBank, cfg: BatchConfig, queries: 
         "lot": lot_id(queries),
         "model": copilot.model_name,
         "image_size": copilot.detector.image_size,
-        "threshold": round(copilot.threshold, 6),
+        "threshold": round(copilot.threshold_with(cfg.shots), 6),
         "registration": copilot.registration,
         "shots": cfg.shots,
         "references": {"count": len(bank), "digest": refs},

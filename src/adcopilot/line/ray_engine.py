@@ -304,8 +304,8 @@ def run_batch_ray(
         check_reachable(rcfg.address)
     copilot = loader()
     plan = plan_batch(copilot, queries, references, out_dir, cfg)
-    if isinstance(loader, ModelLoader):  # every actor decides with the driver's threshold (calibrated here)
-        loader = replace(loader, threshold=copilot.threshold)
+    if isinstance(loader, ModelLoader) and copilot.fixed_threshold:  # every actor decides with the driver's
+        loader = replace(loader, threshold=copilot.threshold)  # threshold (calibrated here); else the model's
     t0 = time.perf_counter()
     with (
         ResultWriter(plan) as writer,

@@ -69,6 +69,11 @@ class Detector(ABC):
         results). This default runs them one by one; a detector that can batch them overrides it."""
         return [self.detection(q, list(r), with_tokens) for q, r in zip(queries, references, strict=True)]
 
+    def threshold_for(self, references: int) -> float:
+        """The threshold of the verdict with this many references (detectors whose score changes with
+        the number of references override it)."""
+        return self.threshold
+
     def pool_score(self, amap: np.ndarray) -> float:
         """Image score from the map: its maximum (after the detector's own smoothing)."""
         return float(amap.max())

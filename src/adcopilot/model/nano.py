@@ -21,7 +21,9 @@ float rounding.
 
 The image score is the mean of the top 1 % of the smoothed map (``pooled_score``), or, with
 ``image_score: "fused"`` in the config, the map fused with the distance to the references' dihedral views
-(:mod:`adcopilot.model.score`; opt-in, figures in benchmarks/RESULTS.md).
+(:mod:`adcopilot.model.score`). ``multi_image_score`` and ``multi_threshold`` set the score and threshold
+used with two or more references: the shipped model's are the fused score and one threshold that flags
+about the same share of normal parts on every product measured (figures in benchmarks/RESULTS.md).
 
 Checkpoint folder: ``config.json`` (architecture, threshold, image size), ``model.safetensors``
 (trained parts only; the tower comes from its package) and ``MODEL_CARD.md``.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -81,6 +84,11 @@ class NanoConfig:
     # takes the maximum of prob ** fused_weight * (distance to the reference's dihedral views) ** (1 - w).
     image_score: str = "map"
     fused_weight: float = 0.05
+    # With two or more references and no product memory: the image score and the threshold of the verdict
+    # (``multi_threshold``; None: ``threshold``). With two references the fused score's normal level is
+    # about the same on every product measured, so one threshold on it needs no labels (benchmarks/RESULTS.md).
+    multi_image_score: str = "map"
+    multi_threshold: float | None = None
     name: str = "nano"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -228,10 +236,7 @@ class NanoComparisonModel(nn.Module):
         if raw.get("architecture") != "adcopilot-nano":
             raise CheckpointError(f"{cfg_path}: not an adcopilot-nano checkpoint (architecture={raw.get('architecture')!r})")
         cfg = NanoConfig.from_dict(raw)
-        w = cfg.fused_weight
-        if cfg.image_score not in IMAGE_SCORES or isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
-            raise CheckpointError(f"{cfg_path}: image_score must be one of {', '.join(IMAGE_SCORES)} and fused_weight "
-                                  f"a number in [0, 1], got {cfg.image_score!r} and {cfg.fused_weight!r}")
+        check_score_config(cfg, cfg_path)
         model = cls(cfg)
         try:
             state = load_file(str(weights))
@@ -249,6 +254,22 @@ class NanoComparisonModel(nn.Module):
         model.load_state_dict(state)
         model.eval()
         return model
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_score_config(cfg: NanoConfig, path: Path) -> None:
+    """Refuse a config whose image scores, fused weight or thresholds are not usable (CheckpointError)."""
+    scores, w = (cfg.image_score, cfg.multi_image_score), cfg.fused_weight
+    if any(s not in IMAGE_SCORES for s in scores) or not _is_number(w) or not 0 <= w <= 1:
+        raise CheckpointError(f"{path}: image_score and multi_image_score must be one of {', '.join(IMAGE_SCORES)} "
+                              f"and fused_weight a number in [0, 1], got {scores[0]!r}, {scores[1]!r} and {w!r}")
+    for name in ("threshold", "multi_threshold"):
+        v = getattr(cfg, name)
+        if not (_is_number(v) or (v is None and name == "multi_threshold")):
+            raise CheckpointError(f"{path}: {name} must be a finite number, got {v!r}")
 
 
 def pooled_score(prob: np.ndarray, frac: float) -> float:
@@ -297,10 +318,24 @@ class NanoDetector(Detector):
         """(S, S, 3) float image -> (1, 152, h, w) normalised patch features (fused tower)."""
         return normalized_patch_features(self.fused_tower, to_batch([image]))
 
+    def image_score_for(self, references: int) -> str:
+        """The image score ("map" or "fused") of a comparison with this many references. A product memory
+        already holds many good images' normal variation: with one, the map is pooled as it is."""
+        cfg = self.model.cfg
+        if self.memory is not None:
+            return "map"
+        return cfg.multi_image_score if references >= 2 else cfg.image_score
+
+    def threshold_for(self, references: int) -> float:
+        """The verdict's threshold with this many references: ``multi_threshold`` where the score with two
+        or more references is the config's multi-reference score, else the model's threshold."""
+        multi = self.model.cfg.multi_threshold
+        return float(multi) if references >= 2 and multi is not None and self.memory is None else self.threshold
+
     @torch.inference_mode()
     def encode_reference(self, image: np.ndarray) -> ReferenceInputs:
         inputs = self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
-        if self.model.cfg.image_score != "fused":
+        if "fused" not in (self.image_score_for(1), self.image_score_for(2)):
             return inputs
         # The other seven dihedral views in one batch: (7, 152, h, w) -> (1, 7 * N, 152).
         feats = normalized_patch_features(self.fused_tower, to_batch(dihedral_views(image)[1:]))
@@ -389,19 +424,18 @@ class NanoDetector(Detector):
         distance = upsample_centered(out["distance"], self.image_size // qf.shape[-1])[0, 0].numpy()  # (S, S)
         return Detection(
             amap=prob.astype(np.float32, copy=False),
-            score=self._score(prob, out, qf, refs, plain=mem is None),
+            score=self._score(prob, out, qf, refs),
             distance=distance,
             features=qf[0],
             tokens=out["tokens"][0] if with_tokens else None,  # (L, out_width)
         )
 
-    def _score(self, prob: np.ndarray, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs,
-               plain: bool) -> float:
-        """The image score: the map fused with the distance to the references' views (model/score.py) when
-        the config asks for it and the references carry their views, else the pooled map. A product
-        memory already holds many good images' normal variation: with one, the map is pooled as it is."""
+    def _score(self, prob: np.ndarray, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs) -> float:
+        """The image score (:meth:`image_score_for` the number of references): the map fused with the
+        distance to the references' views (model/score.py) when the references carry them, else the pooled map."""
         cfg = self.model.cfg
-        if cfg.image_score != "fused" or not plain or refs.views is None:
+        k = refs.tokens.shape[1] // (qf.shape[2] * qf.shape[3])  # references compared
+        if self.image_score_for(k) != "fused" or refs.views is None:
             return pooled_score(prob, cfg.topk_frac)
         d8 = view_distance(out["distance"][0, 0], qf[0].flatten(1).T, refs.views[0])  # (h, w)
         return fused_score(prob, d8, cfg.fused_weight)

@@ -27,8 +27,9 @@ import torch
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.compare import grid_positions
 from adcopilot.model.detector import Detector
-from adcopilot.model.nano import STRIDE, pooled_score
+from adcopilot.model.nano import IMAGE_SCORES, STRIDE, pooled_score
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
+from adcopilot.model.score import dihedral_views, fused_score, nearest_distance, view_distance
 from adcopilot.model.upsample import upsample_centered
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,15 @@ class OnnxReference:
     tokens: np.ndarray  # (M, 152) unit-norm patch features, row-major per reference
     prev: np.ndarray  # (M, C) their input projection
     queries: np.ndarray  # (H, M, D) the first cross-attention's queries
+    views: np.ndarray | None = None  # (7 * M, 152) the references' other dihedral views' patches (fused score)
 
     @classmethod
     def concat(cls, parts: Sequence[OnnxReference]) -> OnnxReference:
         if len(parts) == 1:
             return parts[0]
+        views = None if any(p.views is None for p in parts) else np.concatenate([p.views for p in parts])
         return cls(np.concatenate([p.tokens for p in parts]), np.concatenate([p.prev for p in parts]),
-                   np.concatenate([p.queries for p in parts], axis=1))
+                   np.concatenate([p.queries for p in parts], axis=1), views)
 
 
 class OnnxDetector(Detector):
@@ -83,8 +86,17 @@ class OnnxDetector(Detector):
             self.threshold = float(meta["threshold"])
             self.smooth_sigma = float(meta["smooth_sigma"])
             self.topk_frac = float(meta["topk_frac"])
+            # Files exported before the fused score: the pooled map with any number of references.
+            self.scores = (meta.get("image_score", "map"), meta.get("multi_image_score", "map"))
+            self.fused_weight = float(meta.get("fused_weight", "0.05"))
+            multi = meta.get("multi_threshold")
+            self.multi_threshold = float(multi) if multi is not None else None
         except ValueError as exc:
             raise CheckpointError(f"{self.path}: malformed metadata ({exc})") from None
+        finite = [self.threshold, self.fused_weight] + ([self.multi_threshold] if self.multi_threshold is not None else [])
+        if any(s not in IMAGE_SCORES for s in self.scores) or not all(np.isfinite(finite)):
+            raise CheckpointError(f"{self.path}: malformed metadata (image scores {self.scores}, thresholds and "
+                                  "fused weight must be known scores and finite numbers)")
         self.name = meta["name"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -93,8 +105,12 @@ class OnnxDetector(Detector):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             cut = Extractor(proto)
-            self.session = self._session(cut.extract_model(list(INPUTS), [QUERY_OUTPUT]), opts)
+            # The fused score also reads the query's features and the references' views' features.
+            self._outputs = [QUERY_OUTPUT, "features"] if "fused" in self.scores else [QUERY_OUTPUT]
+            self.session = self._session(cut.extract_model(list(INPUTS), self._outputs), opts)
             self.encoder = self._session(cut.extract_model(["image"], list(REFERENCE_OUTPUTS)), opts)
+            self.view_encoder = self._session(cut.extract_model(["image"], ["features"]), opts) \
+                if "fused" in self.scores else None
         except Exception as exc:  # onnx and onnxruntime raise their own exception types for broken graphs
             raise CheckpointError(f"{self.path}: not a runnable ONNX model ({str(exc).splitlines()[0]})") from None
         n = self.image_size // STRIDE
@@ -108,27 +124,53 @@ class OnnxDetector(Detector):
     def _image(image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, S, S)
 
-    def run(self, image: np.ndarray, reference: OnnxReference) -> np.ndarray:
-        """(S, S, 3) image compared with encoded references -> the dense head's (h, w) logits."""
+    def image_score_for(self, references: int) -> str:
+        """The image score ("map" or "fused") with this many references, as the exported model's config says."""
+        return self.scores[1] if references >= 2 else self.scores[0]
+
+    def threshold_for(self, references: int) -> float:
+        return self.multi_threshold if references >= 2 and self.multi_threshold is not None else self.threshold
+
+    def _run(self, image: np.ndarray, reference: OnnxReference) -> list[np.ndarray]:
         k = reference.tokens.shape[0] // self._pos.shape[0]
-        (logits,) = self.session.run([QUERY_OUTPUT], {
+        return self.session.run(self._outputs, {
             "image": self._image(image), "ref_tokens": reference.tokens[None], "ref_prev": reference.prev[None],
             "ref_queries": reference.queries[None], "ref_pos": np.tile(self._pos, (k, 1)),
         })
-        return logits[0, 0]
+
+    def run(self, image: np.ndarray, reference: OnnxReference) -> np.ndarray:
+        """(S, S, 3) image compared with encoded references -> the dense head's (h, w) logits."""
+        return self._run(image, reference)[0][0, 0]
+
+    @staticmethod
+    def _tokens(feats: np.ndarray) -> np.ndarray:
+        """(1, 152, h, w) features -> (h * w, 152), row-major as the graph flattens them."""
+        return np.ascontiguousarray(feats[0].reshape(feats.shape[1], -1).T)
 
     def encode_reference(self, image: np.ndarray) -> OnnxReference:
-        """(S, S, 3) image -> its comparison inputs (the tokens row-major, as the graph flattens them)."""
+        """(S, S, 3) image -> its comparison inputs (and its other dihedral views' patches for the fused score)."""
         feats, prev, queries = self.encoder.run(list(REFERENCE_OUTPUTS), {"image": self._image(image)})
-        return OnnxReference(np.ascontiguousarray(feats[0].reshape(feats.shape[1], -1).T), prev[0], queries[0])
+        views = None
+        if self.view_encoder is not None:
+            views = np.concatenate([self._tokens(self.view_encoder.run(["features"], {"image": self._image(v)})[0])
+                                    for v in dihedral_views(image)[1:]])  # (7 * N, 152)
+        return OnnxReference(self._tokens(feats), prev[0], queries[0], views)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
-        logits = self.run(query, OnnxReference.concat(references))
+        refs = OnnxReference.concat(references)
+        outs = self._run(query, refs)
+        logits = outs[0][0, 0]  # (h, w)
         up = upsample_centered(torch.from_numpy(logits)[None, None], self.image_size // logits.shape[-1])
         prob = torch.sigmoid(up)[0, 0].numpy()  # (S, S)
         if self.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.smooth_sigma)
-        return prob.astype(np.float32, copy=False), pooled_score(prob, self.topk_frac)
+        prob = prob.astype(np.float32, copy=False)
+        k = refs.tokens.shape[0] // self._pos.shape[0]
+        if self.image_score_for(k) != "fused" or refs.views is None:
+            return prob, pooled_score(prob, self.topk_frac)
+        q = torch.from_numpy(self._tokens(outs[1]))  # (N, 152)
+        d1 = nearest_distance(q, torch.from_numpy(refs.tokens)).view(logits.shape)  # (h, w), as the graph's
+        return prob, fused_score(prob, view_distance(d1, q, torch.from_numpy(refs.views)), self.fused_weight)
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         return self.detect(query, references)[0]

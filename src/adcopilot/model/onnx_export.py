@@ -16,7 +16,8 @@ so that a reference is encoded once and reused and a query costs what it costs i
 The last three outputs are the image's inputs as a reference: they depend on ``image`` alone.
 :class:`~adcopilot.model.onnx_detector.OnnxDetector` cuts the graph in two at load time (image ->
 reference inputs; everything -> logits), so neither run computes the other's part. The model's
-threshold, smoothing and pooling are stored as metadata, so the file alone inspects. Opset 23: its
+threshold(s), smoothing, pooling and image scores are stored as metadata, so the file alone inspects (the
+fused image score's search among the references' dihedral views runs outside the graph, as in PyTorch). Opset 23: its
 ``Attention`` and ``RMSNormalization`` operators keep the encoder fused. A product memory is not
 part of the graph.
 
@@ -150,7 +151,13 @@ def export_onnx(
         "threshold": repr(float(detector.threshold)),
         "smooth_sigma": repr(float(cfg.smooth_sigma)),
         "topk_frac": repr(float(cfg.topk_frac)),
+        # The image score by the number of references (the fused one is computed outside the graph).
+        "image_score": cfg.image_score,
+        "multi_image_score": cfg.multi_image_score,
+        "fused_weight": repr(float(cfg.fused_weight)),
     }
+    if cfg.multi_threshold is not None:
+        meta["multi_threshold"] = repr(float(cfg.multi_threshold))
     del proto.metadata_props[:]
     for node in proto.graph.node:  # the exporter's per-node notes hold this machine's source paths
         del node.metadata_props[:]

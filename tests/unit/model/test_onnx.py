@@ -3,6 +3,8 @@ exported file as a model of ``Copilot``, and one-line errors for bad input."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from adcopilot import Copilot
 from adcopilot.cli import main as cli_main
 from adcopilot.errors import AdcopilotError, CheckpointError
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
 from adcopilot.model.vision import load_vision_tower
 
 pytest.importorskip("onnxruntime")
@@ -126,3 +128,22 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_multi_reference_fused_score_and_threshold_match_pytorch(tmp_path):
+    """A model whose score with two or more references is the fused one: the file scores and thresholds
+    as PyTorch does, with one reference and with two."""
+    torch.manual_seed(1)
+    cfg = replace(TINY, multi_image_score="fused", multi_threshold=0.3)
+    det = NanoDetector(NanoComparisonModel(cfg).eval(), load_vision_tower(pretrained=False), name="tiny-multi")
+    onx = OnnxDetector(export_onnx(det, tmp_path / "multi.onnx"))
+    assert (onx.threshold_for(1), onx.threshold_for(2)) == (det.threshold_for(1), det.threshold_for(2)) == (0.42, 0.3)
+    q, r1, r2 = _images(3, 3)
+    enc = onx.encode_reference(r1)
+    assert enc.views is not None and np.abs(enc.views - det.encode_reference(r1).views[0].numpy()).max() < 1e-5
+    for refs in ([r1], [r1, r2]):
+        want, want_score = det.detect(q, [det.encode_reference(r) for r in refs])
+        got, got_score = onx.detect(q, [onx.encode_reference(r) for r in refs])
+        assert np.abs(got - want).max() < TOLERANCE
+        assert got_score == pytest.approx(want_score, abs=TOLERANCE)
+    assert got_score != pytest.approx(pooled_score(got, cfg.topk_frac))  # two references: the fused score

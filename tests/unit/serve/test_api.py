@@ -26,6 +26,7 @@ def test_health_models_and_schema(client, tiny_copilot):
     m = client.get("/v1/models").json()["models"][0]
     assert m["name"] == "tiny" and m["image_size"] == 64 and m["threshold"] == pytest.approx(tiny_copilot.threshold)
     assert m["threshold_source"] == "model" and m["language"] is False
+    assert m["threshold_with_2_or_more_references"] == pytest.approx(tiny_copilot.threshold_with(2))
     schema = client.get("/openapi.json").json()
     assert {"/v1/inspect", "/v1/ask", "/v1/references", "/v1/health", "/v1/models"} <= set(schema["paths"])
     body = schema["paths"]["/v1/inspect"]["post"]["requestBody"]["content"]

@@ -511,8 +511,11 @@ async function modelInfo() {
     const r = await fetch("/v1/models", { headers: authHeaders() });
     if (!r.ok) { $("model").textContent = r.status === 401 ? "enter the API key" : `model information: ${r.status}`; return; }
     const m = (await r.json()).models[0];
+    const multi = m.threshold_with_2_or_more_references;  // the model's own with two references or more
     $("model").textContent = `model ${m.name} · ${m.image_size} px · threshold ${m.threshold.toFixed(4)}` +
-      (m.threshold_source === "calibration" ? " (calibrated)" : "") + (m.language ? " · answers questions" : " · no language model");
+      (m.threshold_source === "calibration" ? " (calibrated)" : "") +
+      (multi != null && Math.abs(multi - m.threshold) > 5e-7 ? `, ${multi.toFixed(4)} with 2+ references` : "") +
+      (m.language ? " · answers questions" : " · no language model");
     state.modelThreshold = m.threshold;
     const top = 3 * m.threshold > 0 ? 3 * m.threshold : 1;
     $("threshold-range").max = String(top); $("threshold-range").step = String(top / 1000);

@@ -1,0 +1,168 @@
+"""Collect per-pair scores once, to compare label-free threshold rules offline (``bench_spread.py``).
+
+Per product ("group"): a pool of normal references, ``--pairs`` reference pairs drawn from it, and
+queries (normal and defective). Every query is inspected against every pair (registration onto the
+pair's first reference, then the detector), and both image scores come from that one pass: the shipped
+pooled map (``map``) and the fused score (``fused``, model/score.py; the map is the same, the fused
+score adds the references' dihedral views). For every pair the references are also scored against each
+other (leave-one-out, both directions) and ``--augs`` light augmentations of each reference against the
+other; for every reference, augmentations of it against itself (the 1-reference self-spread).
+
+Sets (the first two for choosing a rule, the last two for measuring it):
+
+* ``elpv-val``: ELPV *training* cells per type (``--n`` normal + ``--n`` defective queries), references
+  from other training normals of that type.
+* ``photos-val``: the bundled held-out photos, per class, with a first draw of template pairs.
+* ``elpv-test``: ELPV *test* cells per type (``--n`` + ``--n``), references from a fresh pool of training
+  normals.
+* ``photos-test``: the same photos with other template pairs (disjoint from the first draw's).
+
+    python benchmarks/threshold_evidence.py --set elpv-val --n 40 --pairs 6 --out SPREAD
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_threshold import augment
+from tqdm import tqdm
+
+from adcopilot.data.elpv import split
+from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
+from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.inspection import align
+from adcopilot.model.nano import NanoDetector, pooled_score
+from adcopilot.model.registry import load_detector, resolve_model
+
+Group = tuple[list[Path], list[Path], list[int]]  # (reference pool, queries, labels)
+
+
+def elpv_groups(which: str, n: int, pool_size: int, seed: int) -> dict[str, Group]:
+    """Per cell type: a pool of training normals and ``n`` normal + ``n`` defective queries."""
+    parts = split(seed=0)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind in ("mono", "poly"):
+        normals = [c.path for c in parts["train"] if c.kind == kind and c.probability == 0.0]
+        src = "train" if which == "elpv-val" else "test"
+        good = [c.path for c in parts[src] if c.kind == kind and c.probability == 0.0]
+        bad = [c.path for c in parts[src] if c.kind == kind and c.probability == 1.0]
+        queries = [good[i] for i in sorted(rng.permutation(len(good))[:n])]
+        queries += [bad[i] for i in sorted(rng.permutation(len(bad))[:n])]
+        free = [p for p in normals if p not in set(queries)]  # a query never serves as a reference
+        pool = [free[i] for i in sorted(rng.permutation(len(free))[:pool_size])]
+        out[f"ELPV {kind}"] = (pool, queries, [0] * n + [1] * n)
+    return out
+
+
+def photo_groups() -> dict[str, Group]:
+    ensure_bundled()
+    root = bundled_dir() / PHOTOS_DATASET
+    out = {}
+    for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        queries, labels = [], []
+        for sub in sorted((root / cls / "test").iterdir()):
+            for q in sorted(sub.glob("*.png")):
+                queries.append(q)
+                labels.append(int(sub.name != "good"))
+        out[f"photos/{cls}"] = (sorted((root / cls / "train" / "good").glob("*.png")), queries, labels)
+    return out
+
+
+def draw_pairs(pool_size: int, k: int, rng: np.random.Generator, first: bool) -> list[tuple[int, int]]:
+    """``k`` distinct pairs of the pool; the photos' first draw and later draws never share a pair."""
+    pairs = list(itertools.combinations(range(pool_size), 2))
+    order = np.random.default_rng(12345).permutation(len(pairs))  # one fixed order, split in two halves
+    half = order[: len(order) // 2] if first else order[len(order) // 2 :]
+    return [pairs[i] for i in rng.choice(half, k, replace=False)]
+
+
+class Scorer:
+    """Both image scores of a query against encoded references, in one detector pass."""
+
+    def __init__(self, detector: NanoDetector) -> None:
+        self.detector = detector
+        self.size = detector.image_size
+        self.cache: dict[str, tuple[np.ndarray, object]] = {}
+
+    def ref(self, path: Path) -> tuple[np.ndarray, object]:
+        key = str(path)
+        if key not in self.cache:
+            arr = to_float_array(load_image(path, name=key), self.size)
+            self.cache[key] = (arr, self.detector.encode_reference(arr))
+        return self.cache[key]
+
+    @torch.inference_mode()
+    def scores(self, query: np.ndarray, refs: list[Path]) -> tuple[float, float]:
+        """(pooled map score, fused score) of an (S, S, 3) query against ``refs``."""
+        entries = [self.ref(r) for r in refs]
+        aligned = align(query, entries[0][0])
+        d = self.detector.detection(aligned.compared, [e for _, e in entries])
+        return pooled_score(d.amap, self.detector.model.cfg.topk_frac), float(d.score)
+
+
+def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: int, first: bool) -> dict:
+    rng = np.random.default_rng(seed)
+    data: dict[str, np.ndarray] = {}
+    for name, (pool, queries, labels) in groups.items():
+        pairs = draw_pairs(len(pool), k, rng, first)
+        q_scores = np.zeros((len(queries), k, 2), np.float32)  # [query, pair, (map, fused)]
+        t0 = time.perf_counter()
+        for i, q in enumerate(tqdm(queries, desc=name)):
+            arr = to_float_array(load_image(q, name=str(q)), scorer.size)
+            for j, (a, b) in enumerate(pairs):
+                q_scores[i, j] = scorer.scores(arr, [pool[a], pool[b]])
+        loo = np.zeros((k, 2, 2), np.float32)  # [pair, left-out reference, scale]
+        loo_aug = np.zeros((k, 2, augs, 2), np.float32)  # augmentations of the left-out one
+        for j, (a, b) in enumerate(pairs):
+            for side, (x, y) in enumerate([(a, b), (b, a)]):
+                arr = scorer.ref(pool[x])[0]
+                loo[j, side] = scorer.scores(arr, [pool[y]])
+                for t in range(augs):
+                    loo_aug[j, side, t] = scorer.scores(augment(arr, rng), [pool[y]])
+        used = sorted({x for p in pairs for x in p})
+        self_aug = np.zeros((len(pool), augs, 2), np.float32)  # [reference, augmentation, scale]
+        for x in used:
+            arr = scorer.ref(pool[x])[0]
+            for t in range(augs):
+                self_aug[x, t] = scorer.scores(augment(arr, rng), [pool[x]])
+        print(f"{name}: {len(queries)} queries x {k} pairs, {time.perf_counter() - t0:.0f} s", flush=True)
+        data.update({f"{name}|scores": q_scores, f"{name}|labels": np.array(labels), f"{name}|pairs": np.array(pairs),
+                     f"{name}|loo": loo, f"{name}|loo_aug": loo_aug, f"{name}|self_aug": self_aug})
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", required=True, choices=["elpv-val", "photos-val", "elpv-test", "photos-test"])
+    ap.add_argument("--n", type=int, default=40, help="ELPV: normal and defective queries per type")
+    ap.add_argument("--pool", type=int, default=12, help="ELPV: normal references per type")
+    ap.add_argument("--pairs", type=int, default=6, help="reference pairs per product")
+    ap.add_argument("--augs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    detector, _ = load_detector(resolve_model(args.model))
+    assert isinstance(detector, NanoDetector)
+    detector.model.cfg = replace(detector.model.cfg, image_score="fused")  # both scores from one pass
+    if args.set.startswith("elpv"):
+        groups = elpv_groups(args.set, args.n, args.pool, args.seed)
+    else:
+        groups = photo_groups()
+    data = collect(Scorer(detector), groups, args.pairs, args.augs, args.seed, first=args.set.endswith("val"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.set}_seed{args.seed}.npz"
+    np.savez_compressed(path, **data)
+    print(f"{path}: {len(groups)} groups", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The threshold that needs no labels: with two or more references the nano model's verdict uses the
+config's multi-reference score and threshold, with one the pooled map and the fixed threshold; a product
+memory keeps the pooled map; a threshold given or calibrated wins; a threshold that is not a finite
+number is refused, in a config and where one is given."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from adcopilot.api import Copilot
+from adcopilot.errors import AdcopilotError, CheckpointError
+from adcopilot.model.memory import build_memory
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
+from adcopilot.model.score import fused_score, view_distance
+from adcopilot.model.vision import load_vision_tower
+
+TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
+MULTI = replace(TINY, multi_image_score="fused", multi_threshold=0.3)
+
+
+@pytest.fixture(scope="module")
+def tower():
+    torch.manual_seed(0)
+    return load_vision_tower(pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.random((64, 64, 3), dtype=np.float32) for _ in range(3)]  # a query and two references
+
+
+def _detector(tower, cfg: NanoConfig) -> NanoDetector:
+    torch.manual_seed(3)
+    return NanoDetector(NanoComparisonModel(cfg).eval(), tower)
+
+
+def test_two_references_fuse_the_score_one_keeps_the_pooled_map(tower, images):
+    det = _detector(tower, MULTI)
+    q, *refs = images
+    enc = [det.encode_reference(r) for r in refs]
+    assert all(e.views is not None for e in enc)  # encoded for the multi-reference score
+    one = det.detection(q, enc[:1])
+    assert one.score == pytest.approx(pooled_score(one.amap, TINY.topk_frac))
+    assert det.threshold_for(1) == TINY.threshold and det.threshold_for(2) == det.threshold_for(5) == 0.3
+    two = det.detection(q, enc)
+    # The fused score by hand: the comparison's distance to both references, then both references' views.
+    out = det.run(q, enc, with_tokens=False)
+    qf = det.patch_features(q)[0].flatten(1).T  # (64, 152)
+    views = torch.cat([e.views[0] for e in enc])  # (2 * 7 * 64, 152)
+    want = fused_score(two.amap, view_distance(out["distance"][0, 0], qf, views), TINY.fused_weight)
+    assert two.score == pytest.approx(want, rel=1e-5)
+    assert two.score != pytest.approx(pooled_score(two.amap, TINY.topk_frac))
+
+
+def test_without_multi_reference_settings_nothing_changes_with_more_references(tower, images):
+    det = _detector(tower, TINY)  # a checkpoint saved before these settings: map and one threshold
+    q, *refs = images
+    enc = [det.encode_reference(r) for r in refs]
+    assert enc[0].views is None and det.threshold_for(2) == TINY.threshold
+    d = det.detection(q, enc)
+    assert d.score == pytest.approx(pooled_score(d.amap, TINY.topk_frac))
+
+
+def test_a_product_memory_keeps_the_pooled_map_and_the_fixed_threshold(tower, images):
+    det = _detector(tower, MULTI)
+    q, *refs = images
+    det.memory = build_memory(refs, ["", ""], det.patch_features, patches=50, seed=0)
+    assert det.threshold_for(2) == TINY.threshold
+    enc = [det.encode_reference(r) for r in refs]
+    assert enc[0].views is None
+    d = det.detection(q, enc)
+    assert d.score == pytest.approx(pooled_score(d.amap, TINY.topk_frac))
+
+
+def test_the_copilot_uses_the_threshold_for_the_number_of_references(tower, images):
+    q, *refs = images
+    cp = Copilot(_detector(tower, MULTI), image_check=False)
+    assert not cp.fixed_threshold
+    assert cp.inspect(q, refs[:1]).threshold == TINY.threshold
+    two = cp.inspect(q, refs)
+    assert two.threshold == 0.3 and two.verdict == ("anomalous" if two.score >= 0.3 else "normal")
+    assert cp.threshold_with(2) == 0.3 and cp.threshold_for(refs) == 0.3
+    assert cp.inspect_batch([(q, refs), (q, refs[:1])])[0].threshold == 0.3  # the staged path alike
+    assert cp.inspect(q, refs, threshold=0.7).threshold == 0.7  # given to inspect: wins
+    given = Copilot(_detector(tower, MULTI), threshold=0.6, image_check=False)  # given or calibrated: wins
+    assert given.fixed_threshold and given.inspect(q, refs).threshold == 0.6 == given.threshold_with(2)
+    assert given.inspect(q, refs).score == pytest.approx(two.score)  # the score does not depend on it
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("multi_threshold", float("nan"), "multi_threshold must be a finite number"),
+    ("multi_threshold", "0.4", "multi_threshold must be a finite number"),
+    ("threshold", float("inf"), "threshold must be a finite number"),
+    ("threshold", None, "threshold must be a finite number"),
+    ("multi_image_score", "mean", "multi_image_score must be one of map, fused"),
+])
+def test_a_checkpoint_with_an_unusable_threshold_or_score_is_refused(tmp_path, key, value, match):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, key: value}))  # NaN and Infinity: Python's JSON
+    with pytest.raises(CheckpointError, match=match):
+        NanoComparisonModel.load(folder)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_threshold_that_is_not_finite_is_refused(tower, images, bad):
+    with pytest.raises(AdcopilotError, match="finite"):
+        Copilot(_detector(tower, MULTI), threshold=bad)
+    cp = Copilot(_detector(tower, MULTI), image_check=False)
+    with pytest.raises(AdcopilotError, match="finite"):
+        cp.inspect(images[0], images[1:], threshold=bad)
+    assert math.isfinite(cp.threshold_with(2))
+
+
+def test_a_threshold_set_on_the_copilot_serves_every_reference_set(tower, images):
+    q, *refs = images
+    cp = Copilot(_detector(tower, MULTI), image_check=False)
+    cp.threshold = 0.55
+    assert cp.fixed_threshold and cp.inspect(q, refs).threshold == 0.55 == cp.inspect(q, refs[:1]).threshold
+    with pytest.raises(AdcopilotError, match="finite"):
+        cp.threshold = float("nan")
