@@ -154,17 +154,18 @@ def _validate(detector: NanoDetector, features, scales, good: Images, defects: I
 
 def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) -> str:
     if not auto:
-        return (f"\nMemory weight in the fused map: {default} (`--memory-weight`; by default 0.5 after fine-tuning, "
+        note = (f"\nMemory weight in the fused map: {default} (`--memory-weight`; by default 0.5 after fine-tuning, "
                 "chosen per variant on the validation images without).\n")
-    if not choices:
+    elif not choices:
         return (f"\nMemory weight in the fused map: {default} (chosen on validation images, but no variant had "
                 "enough good images to hold some out).\n")
-    kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
-    note = f"\nMemory weight per variant, the best on the validation images: {kept}; other variants {default}.\n"
+    else:
+        kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
+        note = f"\nMemory weight per variant, the best on the validation images: {kept}; other variants {default}.\n"
     if any(c.by_share for c in choices.values()):
         shares = ", ".join(f"{name or '.'} {c.share}" for name, c in choices.items())
-        note += (f"\nPaDiM's share of the memory's map per variant (0: nearest patches alone, 1: PaDiM alone), chosen "
-                 f"with the weight: {shares}.\n")
+        note += ("\nPaDiM's share of the memory's map per variant, the best on the validation images (0: nearest "
+                 f"patches alone, 1: PaDiM alone; other variants 0): {shares}.\n")
     return note
 
 

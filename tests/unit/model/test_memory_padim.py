@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from adcopilot.model.detector import to_batch
-from adcopilot.model.memory import ProductMemory, build_memory
+from adcopilot.model.memory import SMOOTH_SIGMA, ProductMemory, build_memory
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import load_vision_tower
+from adcopilot.registration import warp
 
 TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
 
@@ -91,3 +94,31 @@ def test_detector_mixes_the_padim_map_in_every_path_and_the_memory_round_trips(t
     for q, d in zip(queries, batch, strict=True):
         np.testing.assert_allclose(d.amap, det.detection(q, [ref]).amap, atol=1e-4)
     assert batch[1].score > batch[0].score
+
+
+def test_padim_reads_the_query_in_its_own_frame_and_its_map_follows_the_registration(tiny):
+    """A registered query: PaDiM's statistics hold in the frame the good images were taken in, so its map
+    is computed there and warped like the query into the reference's frame."""
+    tower, model, det0 = tiny
+    rng = np.random.default_rng(2)
+    goods = [halves(rng) for _ in range(8)]
+    memory = _build(det0, goods, 1.0)
+    det = NanoDetector(model, tower, memory=memory, memory_weight=1.0)
+    ref = det.encode_reference(goods[0])
+    q = halves(rng)
+    q[40:48, 8:16] = 1.0  # a bright square on the dark half
+    shift = np.array([[1.0, 0.0, 6.0], [0.0, 1.0, -4.0]], np.float32)  # what registration found
+    compared = warp(q, shift)
+    d = det.detection(compared, [ref], own_frame=(q, shift))
+    part = memory.variants[""].padim
+    own = part.stats.distance(det.fused_tower.patch_features(to_batch([q])))  # (1, 1, 8, 8) in the query's frame
+    expected = warp(cv2.GaussianBlur(upsample_centered(own, 8)[0, 0].numpy(), (0, 0), SMOOTH_SIGMA), shift)
+    expected = np.clip((expected - part.low) / (part.high - part.low), 0, 1)
+    np.testing.assert_allclose(d.amap, expected, atol=1e-5)
+    assert d.amap[44 - 4, 12 + 6] > 0.5  # the square, where the reference frame has it
+    # Without its own frame the detector reads the compared query itself (the frames agree without registration).
+    same = det.detection(q, [ref])
+    np.testing.assert_allclose(same.amap, warp(expected, cv2.invertAffineTransform(shift)), atol=0.2)
+    batch = det.detections([compared, q], [[ref], [ref]], own_frames=[(q, shift), None])
+    np.testing.assert_allclose(batch[0].amap, d.amap, atol=1e-4)
+    np.testing.assert_allclose(batch[1].amap, same.amap, atol=1e-4)
