@@ -100,7 +100,7 @@ def main() -> None:
                 rt = det.encode_reference(to_float_array(load_image(ref), size)).tokens[0]
                 sc = det.fused_tower.patch_features(to_batch([q])) if full.needs_scales else None  # for PaDiM
                 for s in SEARCHES:
-                    clock(f"memory {s}", memories[s].anomaly_map, qt, rt, (size // 8,) * 2, size, scales=sc)
+                    clock(f"memory {s}", memories[s].anomaly_map, qt, rt, (size // 8,) * 2, size, None, sc)
                 variant = memories["exact"].choose(rt[: (size // 8) ** 2])
                 bank = memories["exact"].variants[variant].bank
                 exact = exact_max_similarity(qt, bank)

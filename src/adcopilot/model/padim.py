@@ -10,7 +10,8 @@ anomalib 2.7's ``PadimModel`` step by step, on this project's tower:
   normalised), and a random subset of :data:`CHANNELS` channels (``randperm(152)[:100]``);
 * per position p: mean ``mu_p`` and the unbiased covariance ``S_p`` of the n good images' embeddings,
   ``inv_p = (S_p + 0.01 I + 1e-5 I)^-1``;
-* distance ``d_p(x) = sqrt(max(0, (x - mu_p)^T inv_p (x - mu_p)))``;
+* distance ``d_p(x) = sqrt(max(0, (x - mu_p)^T inv_p (x - mu_p)))`` (computed as ``|L_p^T (x - mu_p)|``
+  with ``inv_p = L_p L_p^T``, the same to float rounding);
 * anomalib's map: ``d`` bilinearly up-sampled to the image (``align_corners=False``), blurred by a
   Gaussian of sigma 4 (33 x 33, reflected borders); the image score is the map's maximum.
 
@@ -56,6 +57,15 @@ class PadimStats:
         self.inv_covariance = inv_covariance.float()
         self.grid = (int(grid[0]), int(grid[1]))
         self.images = int(images)
+        self._factor: torch.Tensor | None = None  # (P, d, d) lower Cholesky factor of inv_covariance, on first use
+
+    def factor(self) -> torch.Tensor:
+        """L with ``inv_covariance = L L^T`` per position: ``d^2 = |L^T delta|^2`` reads the same bytes
+        with fewer operations than ``delta^T inv delta`` (about 3 ms instead of 4 per image on one core)."""
+        if self._factor is None:
+            inv = self.inv_covariance.double()
+            self._factor = torch.linalg.cholesky((inv + inv.transpose(1, 2)) / 2).float().contiguous()
+        return self._factor
 
     def distance(self, scales: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw stage outputs of B images -> (B, 1, h, w) Mahalanobis distances to each position's Gaussian."""
@@ -63,8 +73,9 @@ class PadimStats:
         b, d, h, w = emb.shape
         if (h, w) != self.grid:
             raise ValueError(f"features on a {h}x{w} grid, PaDiM statistics on {self.grid[0]}x{self.grid[1]}")
-        delta = (emb.reshape(b, d, h * w) - self.mean).permute(2, 0, 1)  # (P, B, d)
-        sq = (torch.matmul(delta, self.inv_covariance) * delta).sum(2).permute(1, 0)  # (B, P)
+        # Contiguous (P, B, d): the batched product over a permuted view took twice the time.
+        delta = (emb.reshape(b, d, h * w) - self.mean).permute(2, 0, 1).contiguous()
+        sq = (torch.bmm(delta, self.factor()) ** 2).sum(2).permute(1, 0)  # (B, P)
         return sq.reshape(b, 1, h, w).clamp(0).sqrt()
 
     def anomalib_map(self, scales: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor]:
