@@ -355,10 +355,13 @@ class NanoDetector(Detector):
     ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """:meth:`maps` from the comparison's output (pixel logits (1, 1, h, w), distance), the query's
         features and (for a memory with PaDiM) its raw stage outputs and their frame."""
-        logits = out["pixel_logits"]
-        prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
-        if self.model.cfg.smooth_sigma > 0:
-            prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
+        if "pixel_logits" not in out:  # the comparison was skipped: its weight in the fused map is 0
+            prob = np.zeros((self.image_size, self.image_size), np.float32)
+        else:
+            logits = out["pixel_logits"]
+            prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
+            if self.model.cfg.smooth_sigma > 0:
+                prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
         if self.memory is None:
             return prob, None, None
         h, w = qf.shape[2:]
@@ -381,8 +384,22 @@ class NanoDetector(Detector):
         and (``with_tokens``) the comparison tokens."""
         qf, position = self._query_features(to_batch([query]), [own_frame])  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
-        out = self.model.compare_with(qf, refs, with_tokens=with_tokens)
+        out = self._compare(qf, refs, with_tokens, [refs])
         return self._detection_from(out, qf, refs, with_tokens, position[0])
+
+    def _compare(self, qf: torch.Tensor, refs: ReferenceInputs, with_tokens: bool,
+                 each: Sequence[ReferenceInputs]) -> dict[str, torch.Tensor]:
+        """The comparison's outputs for queries qf (B, 152, h, w), each against its references (``each``, B
+        of them; ``refs`` all of them stacked). Where the product memory's map takes the whole fused map
+        (weight 1 for every query's variant, as ``adapt`` chose on ELPV) and no tokens are asked for, the
+        comparison model's map would be multiplied by 0: only the nearest-reference distance is computed."""
+        n = qf.shape[2] * qf.shape[3]
+        if with_tokens or self.memory is None or any(
+            self.weight_for(self.memory.choose(r.tokens[0][:n])) < 1.0 for r in each
+        ):
+            return self.model.compare_with(qf, refs, with_tokens=with_tokens)
+        sim = torch.bmm(qf.flatten(2).transpose(1, 2), refs.tokens.transpose(1, 2))  # (B, N, k*N)
+        return {"distance": (1.0 - sim.max(dim=2).values).clamp_min(0).view(qf.shape[0], 1, *qf.shape[2:])}
 
     @torch.inference_mode()
     def detections(
@@ -399,7 +416,7 @@ class NanoDetector(Detector):
             groups.setdefault(r.tokens.shape[1], []).append(i)
         found: dict[int, Detection] = {}
         for idx in groups.values():
-            out = self.model.compare_with(qf[idx], ReferenceInputs.stack([refs[i] for i in idx]), with_tokens=with_tokens)
+            out = self._compare(qf[idx], ReferenceInputs.stack([refs[i] for i in idx]), with_tokens, [refs[i] for i in idx])
             for j, i in enumerate(idx):
                 one = {k: v[j : j + 1] for k, v in out.items()}  # batch of one, as detection's
                 found[i] = self._detection_from(one, qf[i : i + 1], refs[i], with_tokens, position[i])

@@ -94,6 +94,17 @@ def test_detector_mixes_the_padim_map_in_every_path_and_the_memory_round_trips(t
     for q, d in zip(queries, batch, strict=True):
         np.testing.assert_allclose(d.amap, det.detection(q, [ref]).amap, atol=1e-4)
     assert batch[1].score > batch[0].score
+    # At memory weight 1 the comparison's map does not enter the fused map (its model is skipped): the
+    # same maps and distances as the comparison model's own, the tokens only when asked for.
+    whole = NanoDetector(model, tower, memory=loaded, memory_weight=1.0)
+    for q in queries:
+        prob, mem, _ = det.maps(q, [ref])
+        d1, d0 = whole.detection(q, [ref]), det.detection(q, [ref])
+        np.testing.assert_allclose(d1.amap, mem, atol=1e-5)
+        np.testing.assert_allclose(d1.distance, d0.distance, atol=1e-6)
+        assert whole.detection(q, [ref], with_tokens=True).tokens is not None
+    for q, d in zip(queries, whole.detections(queries, [[ref], [ref]]), strict=True):
+        np.testing.assert_allclose(d.amap, whole.detection(q, [ref]).amap, atol=1e-4)
 
 
 def test_padim_reads_the_query_in_its_own_frame_and_its_map_follows_the_registration(tiny):
