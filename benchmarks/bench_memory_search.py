@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from adcopilot import Copilot
 from adcopilot.data.elpv import split
 from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import ProductMemory, VariantMemory
 from adcopilot.model.nearest import PatchIndex, exact_max_similarity
 
@@ -38,7 +39,7 @@ def cut(memory: ProductMemory, patches: int, seed: int = 0) -> ProductMemory:
     out = {}
     for name, v in memory.variants.items():
         keep = torch.randperm(v.bank.shape[0], generator=g)[:patches] if v.bank.shape[0] > patches else slice(None)
-        out[name] = VariantMemory(v.bank[keep].clone(), v.low, v.high, v.images)
+        out[name] = VariantMemory(v.bank[keep].clone(), v.low, v.high, v.images, v.padim)  # PaDiM's part as it is
     return ProductMemory(out)
 
 
@@ -97,8 +98,9 @@ def main() -> None:
             with torch.inference_mode():
                 qt = det.patch_features(q)[0].flatten(1).T
                 rt = det.encode_reference(to_float_array(load_image(ref), size)).tokens[0]
+                sc = det.fused_tower.patch_features(to_batch([q])) if full.needs_scales else None  # for PaDiM
                 for s in SEARCHES:
-                    clock(f"memory {s}", memories[s].anomaly_map, qt, rt, (size // 8,) * 2, size)
+                    clock(f"memory {s}", memories[s].anomaly_map, qt, rt, (size // 8,) * 2, size, None, sc)
                 variant = memories["exact"].choose(rt[: (size // 8) ** 2])
                 bank = memories["exact"].variants[variant].bank
                 exact = exact_max_similarity(qt, bank)

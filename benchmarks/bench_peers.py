@@ -9,9 +9,10 @@ normal images:
   normal images of the draw;
 * this project's default model (and, with ``--baseline``, the training-free baseline), through
   ``Copilot.analyze`` with the k images of the draw as references (registration on, as ``inspect`` runs);
-* the adapted model (``adapt --steps 0``: a product memory of the training normals, built here
-  unless ``--adapted-elpv`` / ``--adapted-photos`` name one) with the draw's first image as its
-  one reference, in the "all normals" column beside anomalib fitted on all training normals.
+* the adapted model (``adapt --steps 0``: a product memory of the training normals, with PaDiM
+  statistics where its validation split chose them, built here unless ``--adapted-elpv`` /
+  ``--adapted-photos`` name one) with the draw's first image as its one reference, in the "all
+  normals" column beside anomalib fitted on all training normals.
 
 Datasets: ELPV mono and poly cells (test split of ``elpv.split(seed=0)``, labels 0 and 1, a fixed
 seeded subset of ``--per-type`` cells of each type; normals from the training split) and the bundled
@@ -178,10 +179,10 @@ def peer_draw(
 
 
 def build_adapted(name: str, normals: dict[str, list[Path]]) -> Path:
-    """A product memory (``adapt --steps 0``, its defaults: memory size, the weight chosen per variant on its
-    own validation split of the normals) of the given normals per variant, built once: runs side by side
-    (one per ELPV type or photo class) wait for the first to build it."""
-    out = assets.home() / "models" / f"peers-{name}-{DEFAULT_PATCHES}"
+    """A product memory (``adapt --steps 0``, its defaults: memory size, the weight and PaDiM's share chosen per
+    variant on its own validation split of the normals) of the given normals per variant, built once: runs
+    side by side (one per ELPV type or photo class) wait for the first to build it."""
+    out = assets.home() / "models" / f"peers-{name}-{DEFAULT_PATCHES}-padim"
     with open(Path(tempfile.gettempdir()) / f"bench_peers-build-{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out / "memory.safetensors").exists():

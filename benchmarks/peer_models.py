@@ -104,6 +104,15 @@ def padim(
 ) -> tuple[np.ndarray, np.ndarray]:
     """anomalib PaDiM (a Gaussian per position) fitted on ``normal_rows``; raises ValueError when it
     cannot be fitted (one image gives no covariance)."""
+    model = padim_model(store, normal_rows, size, seed=seed, batch=batch)
+    scores, maps = _infer(model, test_rows, size, batch)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"non-finite scores from {len(normal_rows)} image(s)")
+    return scores, maps
+
+
+def padim_model(store: StoredFeatures, normal_rows: Sequence[int], size: int, *, seed: int, batch: int = 8) -> nn.Module:
+    """anomalib's ``PadimModel`` fitted on ``normal_rows`` (ValueError when its covariance is not invertible)."""
     torch.manual_seed(seed)  # PaDiM's random choice of channels
     model = PadimModel(layers=list(LAYERS), backbone=BACKBONE, pre_trained=False, n_features=PADIM_FEATURES)
     model.feature_extractor = store
@@ -111,7 +120,4 @@ def padim(
     model.fit()
     if not torch.isfinite(model.gaussian.inv_covariance).all():
         raise ValueError(f"covariance not invertible from {len(normal_rows)} image(s)")
-    scores, maps = _infer(model, test_rows, size, batch)
-    if not np.isfinite(scores).all():
-        raise ValueError(f"non-finite scores from {len(normal_rows)} image(s)")
-    return scores, maps
+    return model

@@ -18,7 +18,14 @@ Candidates (fused map = 0.25 comparison + 0.75 memory side, score = the model's 
   normals (10 % of the memory part): a random 8,192 (the earlier default), a random 32,768, and (``--coreset``)
   a greedy k-center coreset of 8,192 (PatchCore's selection, on a 32-direction random projection),
   (``--all-patches``) every patch of the memory part, searched exactly,
-  each at memory weights 0.75, 0.9 and 1.
+  each at memory weights 0.75, 0.9 and 1;
+* ``--candidates padim``: anomalib's PaDiM exactly (:mod:`adcopilot.model.padim`: raw stride-8 and
+  stride-16 features, 100 seeded random channels, a Gaussian per position) fitted on the memory part,
+  its own image score (the map's maximum) on the query as it is and on the registered query; its
+  distance map calibrated like the memory's, alone and as the mean with the memory's map, with the
+  comparison at weight 0 and 0.25. Each with the training split's defective cells as the anomalies
+  (``real``) and with synthetic defects on the held-out normals (``synthetic``, what ``adapt``
+  validates on when it is given no defective images), and the count of queries registration moved.
 
     OMP_NUM_THREADS=1 nice python benchmarks/peers_candidates.py [--queries 60] [--candidates position memory]
 """
@@ -35,12 +42,15 @@ import numpy as np
 import torch
 
 from adcopilot import Copilot
+from adcopilot.data import synth
 from adcopilot.data.elpv import split
 from adcopilot.eval.detection import auroc
 from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import SMOOTH_SIGMA, ProductMemory, VariantMemory, build_memory
 from adcopilot.model.nano import NanoDetector, pooled_score
 from adcopilot.model.nearest import exact_max_similarity
+from adcopilot.model.padim import PadimAccumulator, PadimStats, channel_subset
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.registration import register, warp
 
@@ -117,6 +127,68 @@ def memories(feats: torch.Tensor, n_cal: int, kind: str, coreset: bool, every: b
     return out
 
 
+def padim_map(stats: PadimStats, scales: dict[str, torch.Tensor]) -> np.ndarray:
+    """Smoothed (S, S) PaDiM distance map, up-sampled and blurred as the product memory's map."""
+    d = stats.distance(scales)  # (1, 1, h, w)
+    return cv2.GaussianBlur(upsample_centered(d, SIZE // stats.grid[0])[0, 0].numpy(), (0, 0), SMOOTH_SIGMA)
+
+
+def padim_candidates(det: NanoDetector, kind: str, images: list[np.ndarray], n_cal: int, held: list[Path],
+                     bad: list[Path], rng: np.random.Generator) -> dict:
+    """The ``padim`` candidates of one cell type (see the module's docstring)."""
+    def scales(im: np.ndarray) -> dict[str, torch.Tensor]:
+        return det.fused_tower.patch_features(to_batch([im]))
+
+    acc = PadimAccumulator(channel_subset(152))
+    with torch.inference_mode():
+        for im in images[n_cal:]:
+            acc.add(scales(im))
+        stats = acc.finish()
+        low, high = calibrate([padim_map(stats, scales(im)) for im in images[:n_cal]])
+    synthetic = [synth.add_defect((255 * to_float_array(load_image(p), SIZE)).round().astype(np.uint8), rng).image
+                 for p in held]
+    queries = [to_float_array(load_image(p), SIZE) for p in held + bad] + [s.astype(np.float32) / 255 for s in synthetic]
+    source = ["normal"] * len(held) + ["real"] * len(bad) + ["synthetic"] * len(synthetic)
+    scores: dict[str, list[float]] = {}
+    moved = 0
+    pool = det.model.cfg.topk_frac
+    for j, q in enumerate(queries):
+        ref = images[int(rng.integers(len(images)))]
+        reg = register(q, ref)
+        moved += reg.method != "identity"
+        qr = warp(q, reg.matrix) if reg.method != "identity" else q
+        with torch.inference_mode():
+            prob, mem, _ = det.maps(qr, [det.encode_reference(ref)])
+            raw, raw_r = scales(q), scales(qr)
+            pos = np.clip((padim_map(stats, raw_r) - low) / (high - low), 0.0, 1.0)
+            mix = 0.5 * (mem + pos)
+            cands = {
+                "padim, anomalib's score (max), query as is": float(stats.anomalib_map(raw, SIZE)[0][0]),
+                "padim, anomalib's score (max), registered query": float(stats.anomalib_map(raw_r, SIZE)[0][0]),
+                "comparison only": pooled_score(prob, pool),
+                "memory alone": pooled_score(mem, pool),
+                "padim calibrated alone": pooled_score(pos.astype(np.float32), pool),
+                "padim calibrated alone, query as is": pooled_score(np.clip(
+                    (padim_map(stats, raw) - low) / (high - low), 0, 1).astype(np.float32), pool),
+                "mean of memory and padim": pooled_score(mix.astype(np.float32), pool),
+                "memory, comparison 0.25": pooled_score((0.25 * prob + 0.75 * mem).astype(np.float32), pool),
+                "mean of memory and padim, comparison 0.25": pooled_score(
+                    (0.25 * prob + 0.75 * mix).astype(np.float32), pool),
+            }
+        for name, v in cands.items():
+            scores.setdefault(name, []).append(v)
+        if j % 20 == 0:
+            log.info("%s %d/%d", kind, j, len(queries))
+    out: dict = {}
+    for anomalies in ("real", "synthetic"):
+        keep = [i for i, s in enumerate(source) if s in ("normal", anomalies)]
+        labels = [int(source[i] == anomalies) for i in keep]
+        out[anomalies] = {name: round(float(auroc([v[i] for i in keep], labels)), 4) for name, v in scores.items()}
+    out["queries"] = {"normal": len(held), "real": len(bad), "synthetic": len(synthetic), "registration moved": moved,
+                      "memory_images": len(images), "padim_images": stats.images}
+    return out
+
+
 def calibrate(maps: list[np.ndarray]) -> tuple[float, float]:
     """The memory's calibration: median of the median, 95th percentile of the maximum."""
     low = float(np.median([np.median(m) for m in maps]))
@@ -130,7 +202,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["mono", "poly"], choices=["mono", "poly"])
     ap.add_argument("--coreset", action="store_true", help="with --candidates memory: also a greedy coreset")
     ap.add_argument("--all-patches", action="store_true", help="with --candidates memory: also every patch (exact)")
-    ap.add_argument("--candidates", nargs="+", default=["position"], choices=["position", "memory"])
+    ap.add_argument("--candidates", nargs="+", default=["position"], choices=["position", "memory", "padim"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -150,8 +222,12 @@ def main() -> None:
         images = [to_float_array(load_image(p), SIZE) for p in mem_paths]
         memory = build_memory(images, [kind] * len(images), det.patch_features, seed=0)
         det.memory = memory
-        feats = torch.cat([det.patch_features(im) for im in images])  # (n, 152, h, w)
         n_cal = max(1, len(images) // 10)  # calibration images held out of the statistics
+        if args.candidates == ["padim"]:
+            results[kind] = padim_candidates(det, kind, images, n_cal, held, bad, rng)
+            log.info("%s: %s", kind, results[kind])
+            continue
+        feats = torch.cat([det.patch_features(im) for im in images])  # (n, 152, h, w)
         gauss = {d: PositionGaussian(feats[n_cal:], d) for d in args.dims} if "position" in args.candidates else {}
         mems = memories(feats, n_cal, kind, args.coreset, args.all_patches) if "memory" in args.candidates else {}
         cal = {d: calibrate([g.distance_map(feats[i : i + 1]) for i in range(n_cal)]) for d, g in gauss.items()}

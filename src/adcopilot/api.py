@@ -319,7 +319,8 @@ class Copilot:
     def detect(self, pairs: Sequence[StagedPair]) -> None:
         """Stage 3, the model's thread: the detector on every encoded pair, as one batch."""
         t0 = time.perf_counter()
-        found = self.detector.detections([p.aligned.compared for p in pairs], [[e for _, e in p.encoded] for p in pairs])
+        found = self.detector.detections([p.aligned.compared for p in pairs], [[e for _, e in p.encoded] for p in pairs],
+                                         own_frames=[p.aligned.own_frame for p in pairs])
         ms = (time.perf_counter() - t0) * 1e3
         for p, d in zip(pairs, found, strict=True):
             p.detection = d

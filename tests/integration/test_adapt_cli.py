@@ -87,6 +87,7 @@ def test_adapt_memory_only_in_seconds(product, tmp_path):
         (["--normals", "ONE", "--validation", "0.8"], "--validation must lie in [0, 0.5]"),
         (["--normals", "ONE", "--memory-weight", "auto", "--memory-patches", "0"], "auto needs a product memory"),
         (["--normals", "ONE", "--steps", "-1"], "--steps must be 0 or more"),
+        (["--normals", "ONE", "--padim", "maybe"], "--padim must be 'auto' or 'off'"),
         (["--normals", "ONE", "--steps", "0", "--memory-patches", "0"], "nothing to do"),
         (["--normals", "MISSING"], "no such folder"),
         (["--normals", "EMPTY"], "no images found"),
@@ -121,12 +122,28 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["memory_weight"] == 0.75 and config["memory_weights"] == {}  # as given
     card = (out / "MODEL_CARD.md").read_text()
-    assert "## Validation (held-out images" in card and "| mono | 2 | 2 (synthetic) |" in card
+    assert "## Validation (held-out images" in card
+    # --steps 0 measures PaDiM's share of the memory's map too (0, 0.5, 1) and keeps the best at the weight given.
+    for share in (0.0, 0.5, 1.0):
+        assert f"| mono, PaDiM share {share} | 2 | 2 (synthetic) |" in card
     assert "validation, variant mono: image AUROC" in r.stderr and "weight kept 0.75" in r.stderr
-    # The memory beside the model holds every good image; the validation's held 10.
+    # The memory beside the model holds every good image; the validation's held 10. PaDiM's statistics are
+    # kept only when the validation chose a share above 0.
     from adcopilot.model.memory import ProductMemory
 
-    assert ProductMemory.load(out).variants["mono"].images >= 10
+    memory = ProductMemory.load(out)
+    assert memory is not None and memory.variants["mono"].images >= 10
+    kept = memory.variants["mono"].padim
+    assert "PaDiM's share of the memory's map per variant" in card
+    assert (kept is None) == ("mono 0.0" in card.split("PaDiM's share")[1].splitlines()[0])
+    if kept is not None:
+        assert kept.stats.images == memory.variants["mono"].images and kept.share in (0.5, 1.0)
+    off = tmp_path / "off"
+    r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(off), "--steps", "0", "--memory-weight", "0.75",
+            "--padim", "off", home=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| mono | 2 | 2 (synthetic) |" in (off / "MODEL_CARD.md").read_text()
+    assert ProductMemory.load(off).variants["mono"].padim is None
 
     auto = tmp_path / "auto"  # --steps 0 chooses the weight on the validation images by default
     r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(auto), "--steps", "0", home=tmp_path)

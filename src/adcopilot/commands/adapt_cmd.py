@@ -45,6 +45,13 @@ def register(app: typer.Typer) -> None:
             "0.5 after fine-tuning; 'auto' with --steps 0 (0.75 for variants too small to hold images out).",
             show_default=False,
         ),
+        padim: str = typer.Option(
+            None, "--padim",
+            help="'auto': PaDiM statistics (a Gaussian of the good images' features per position, for aligned "
+            "products) beside the memory, their share of the memory's map chosen per variant on the validation "
+            "images (0 keeps them out); 'off': none. Default: 'auto' with --steps 0, else 'off'.",
+            show_default=False,
+        ),
         validation: float = typer.Option(
             0.2, "--validation",
             help="Share of each variant's images held out of training to measure the adapted model (image AUROC "
@@ -57,7 +64,7 @@ def register(app: typer.Typer) -> None:
         options = AdaptOptions(
             normals=normals, defects=defects, out=out, model=model, steps=steps, batch_size=batch_size, lr=lr,
             size=size, seed=seed, licence=licence, resume=resume, memory_patches=memory_patches,
-            memory_weight=memory_weight, validation=validation,
+            memory_weight=memory_weight, padim=padim, validation=validation,
         )
         run_adapt(options, echo=lambda m: typer.echo(m, err=True))
         typer.echo(f"adapted model: {out}  (use: adcopilot inspect QUERY --ref REF --model {out})")

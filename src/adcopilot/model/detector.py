@@ -37,6 +37,12 @@ class Detection:
     tokens: torch.Tensor | None = None  # (L, D) comparison tokens
 
 
+#: A registered query's own frame: (the query before registration (S, S, 3), the 2x3 matrix warping it into
+#: the reference's frame). A product's statistics per position (PaDiM) hold in the frame its good images
+#: were taken in, not in a reference's.
+OwnFrame = tuple[np.ndarray, np.ndarray]
+
+
 class Detector(ABC):
     """Anomaly detector comparing a query with one or more normal references."""
 
@@ -57,17 +63,22 @@ class Detector(ABC):
         amap = self.anomaly_map(query, references)
         return amap, self.pool_score(amap)
 
-    def detection(self, query: np.ndarray, references: list[Any], with_tokens: bool = False) -> Detection:
-        """:meth:`detect` as a :class:`Detection`; detectors with more to say override it."""
+    def detection(
+        self, query: np.ndarray, references: list[Any], with_tokens: bool = False, own_frame: OwnFrame | None = None
+    ) -> Detection:
+        """:meth:`detect` as a :class:`Detection`; detectors with more to say override it. ``own_frame``:
+        the query before registration, for a detector with statistics per position (else ignored)."""
         amap, score = self.detect(query, references)
         return Detection(amap, score)
 
     def detections(
-        self, queries: Sequence[np.ndarray], references: Sequence[Sequence[Any]], with_tokens: bool = False
+        self, queries: Sequence[np.ndarray], references: Sequence[Sequence[Any]], with_tokens: bool = False,
+        own_frames: Sequence[OwnFrame | None] | None = None,
     ) -> list[Detection]:
         """:meth:`detection` of several queries, each against its own encoded references (the same
         results). This default runs them one by one; a detector that can batch them overrides it."""
-        return [self.detection(q, list(r), with_tokens) for q, r in zip(queries, references, strict=True)]
+        frames = own_frames if own_frames is not None else [None] * len(queries)
+        return [self.detection(q, list(r), with_tokens, f) for q, r, f in zip(queries, references, frames, strict=True)]
 
     def threshold_for(self, references: int) -> float:
         """The threshold of the verdict with this many references (detectors whose score changes with

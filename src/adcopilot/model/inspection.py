@@ -58,6 +58,11 @@ class Aligned:
     registration: Registration
     ms: float  # time the registration took
 
+    @property
+    def own_frame(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(query, matrix into the reference frame) when registration moved it, else None."""
+        return None if self.registration.method == "identity" else (self.query, self.registration.matrix)
+
 
 def align(query: np.ndarray, reference: np.ndarray, *, registration: bool = True) -> Aligned:
     """Register ``query`` (S, S, 3) onto ``reference`` (S, S, 3) and warp it into the reference's frame.
@@ -105,6 +110,7 @@ def inspect_arrays(
     """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...]."""
     aligned = align(query, references[0][0], registration=registration)
     t1 = time.perf_counter()
-    d = detector.detection(aligned.compared, [e for _, e in references], with_tokens=with_tokens)  # reference frame
+    d = detector.detection(aligned.compared, [e for _, e in references], with_tokens=with_tokens,  # reference frame
+                           own_frame=aligned.own_frame)
     detect_ms = (time.perf_counter() - t1) * 1e3
     return in_query_frame(d, aligned, [a for a, _ in references], with_deviation=with_deviation, detect_ms=detect_ms)

@@ -19,6 +19,11 @@ it is given (``memory.safetensors`` in the adapted checkpoint folder).
   ``low`` is the median patch distance of a normal image and ``high`` the 95th percentile of normal
   images' largest (smoothed) distance. A distance map becomes ``clip((d - low) / (high - low), 0, 1)``,
   comparable with the comparison model's probability map, with which the detector fuses it.
+* PaDiM (optional, per variant): for aligned products a Gaussian per position of the bank images' raw
+  features (:mod:`adcopilot.model.padim`), its Mahalanobis map calibrated the same way on the same
+  held-out images. The memory's map is then ``(1 - share) * nearest-patch map + share * PaDiM map``
+  (``share`` 0: the nearest-patch map alone, 1: PaDiM alone); ``adapt`` chooses the share per variant on
+  its validation images. The detector hands the query's raw stage outputs (``scales``) for it.
 """
 
 from __future__ import annotations
@@ -36,13 +41,30 @@ from safetensors.torch import load_file, save_file
 
 from adcopilot.errors import CheckpointError
 from adcopilot.model.nearest import PatchIndex, exact_max_similarity
+from adcopilot.model.padim import PadimAccumulator, PadimStats, channel_subset
 from adcopilot.model.upsample import upsample_centered
+from adcopilot.model.vision import joint_patch_features
+from adcopilot.registration import warp
 
 log = logging.getLogger(__name__)
 
 MEMORY_FILE = "memory.safetensors"
 SMOOTH_SIGMA = 4.0  # pixels at the detector's image size, as the training-free baseline
 DEFAULT_PATCHES = 32768  # per variant
+PADIM_TOTAL = 152  # the raw stage outputs' channels (40 + 112), of which PaDiM keeps a random subset
+
+
+Scales = dict[str, torch.Tensor]  # the tower's raw stage outputs: {"s8": (B, 40, h, w), "s16": (B, 112, h/2, w/2)}
+
+
+@dataclass
+class PadimPart:
+    """A variant's PaDiM statistics, their calibration and their share in the memory's map."""
+
+    stats: PadimStats
+    low: float
+    high: float
+    share: float  # in [0, 1]
 
 
 @dataclass
@@ -51,6 +73,7 @@ class VariantMemory:
     low: float
     high: float
     images: int  # good images behind the bank
+    padim: PadimPart | None = None
 
 
 @dataclass
@@ -70,6 +93,11 @@ class ProductMemory:
         """How the banks are searched: "auto" (approximate for large banks when FAISS is installed),
         "exact" or "approximate" (see :mod:`adcopilot.model.nearest`)."""
         self._index = {name: PatchIndex(v.bank, mode) for name, v in self.variants.items()}
+
+    @property
+    def needs_scales(self) -> bool:
+        """Whether a variant's map uses PaDiM, which needs the query's raw stage outputs."""
+        return any(v.padim is not None and v.padim.share > 0 for v in self.variants.values())
 
     # ------------------------------------------------------------------ inspection
     def choose(self, reference_tokens: torch.Tensor) -> str:
@@ -100,11 +128,35 @@ class ProductMemory:
         grid: tuple[int, int],
         image_size: int,
         reference_distance: torch.Tensor | None = None,
+        scales: Scales | None = None,
+        padim_warp: np.ndarray | None = None,
     ) -> np.ndarray:
         """Calibrated (S, S) map in [0, 1]: nearest distance of each query patch to the variant's
-        bank together with the references' patches. query_tokens (N, C), reference_tokens (k*N, C);
-        ``reference_distance`` (N,): the query patches' distances to the nearest reference patch, when
-        the caller has them (the comparison model computes them), else computed here."""
+        bank together with the references' patches, mixed with the variant's PaDiM map by its share.
+        query_tokens (N, C), reference_tokens (k*N, C); ``reference_distance`` (N,): the query patches'
+        distances to the nearest reference patch, when the caller has them (the comparison model
+        computes them), else computed here; ``scales``: the query's raw stage outputs (needed when
+        :attr:`needs_scales`), in the frame the good images were taken in, and ``padim_warp`` the 2x3 matrix
+        from that frame into the query tokens' (registration's; None: the same frame)."""
+        near, pos, name = self.component_maps(query_tokens, reference_tokens, grid, image_size, reference_distance,
+                                              scales, padim_warp)
+        part = self.variants[name].padim
+        if pos is None or part is None or part.share == 0:
+            return near
+        return ((1.0 - part.share) * near + part.share * pos).astype(np.float32)
+
+    def component_maps(
+        self,
+        query_tokens: torch.Tensor,
+        reference_tokens: torch.Tensor,
+        grid: tuple[int, int],
+        image_size: int,
+        reference_distance: torch.Tensor | None = None,
+        scales: Scales | None = None,
+        padim_warp: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """The calibrated nearest-patch map, the calibrated PaDiM map (None when the variant has no PaDiM
+        statistics or no ``scales`` are given) and the variant chosen; arguments as :meth:`anomaly_map`."""
         name = self.choose(reference_tokens[: grid[0] * grid[1]])
         v = self.variants[name]
         # The bank and the references' patches searched apart (no (M + k*N, C) copy per query).
@@ -112,18 +164,33 @@ class ProductMemory:
             reference_distance = (1.0 - (query_tokens @ reference_tokens.T).max(dim=1).values).clamp_min(0)
         bank_distance = (1.0 - self._index[name].max_similarity(query_tokens)).clamp_min(0)  # (N,)
         d = torch.minimum(bank_distance, reference_distance.reshape(-1)).view(1, 1, *grid)
-        amap = upsample_centered(d, image_size // grid[0])[0, 0].numpy()
-        amap = cv2.GaussianBlur(amap, (0, 0), SMOOTH_SIGMA)
-        return np.clip((amap - v.low) / max(v.high - v.low, 1e-6), 0.0, 1.0).astype(np.float32)
+        near = _calibrated(_smoothed(d, image_size), v.low, v.high)
+        if v.padim is None or scales is None:
+            if v.padim is not None and v.padim.share > 0:
+                raise ValueError(f"variant {name!r} mixes in PaDiM: the query's raw stage outputs are needed")
+            return near, None, name
+        pos = _smoothed(v.padim.stats.distance(scales), image_size)  # (S, S) in the good images' frame
+        if padim_warp is not None:
+            pos = warp(pos, padim_warp)  # into the query tokens' frame, as registration moved the query
+        pos = _calibrated(pos, v.padim.low, v.padim.high)
+        return near, pos, name
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         tensors = {f"bank.{i}": v.bank.to(torch.float16).contiguous() for i, v in enumerate(self.variants.values())}
+        for i, v in enumerate(self.variants.values()):
+            if v.padim is not None:  # float32: the inverse covariances of raw features need its precision
+                tensors.update({f"padim.idx.{i}": v.padim.stats.idx.contiguous(),
+                                f"padim.mean.{i}": v.padim.stats.mean.contiguous(),
+                                f"padim.inv_covariance.{i}": v.padim.stats.inv_covariance.contiguous()})
         meta = {
             "format": "pt",
             "variants": json.dumps([
                 {"name": n, "low": v.low, "high": v.high, "images": v.images, "patches": int(v.bank.shape[0])}
+                | ({} if v.padim is None else {"padim": {
+                    "low": v.padim.low, "high": v.padim.high, "share": v.padim.share, "grid": list(v.padim.stats.grid),
+                    "images": v.padim.stats.images}})
                 for n, v in self.variants.items()
             ]),
         }
@@ -144,7 +211,8 @@ class ProductMemory:
                 meta = json.loads((f.metadata() or {})["variants"])
             tensors = load_file(str(path))
             variants = {
-                m["name"]: VariantMemory(tensors[f"bank.{i}"], float(m["low"]), float(m["high"]), int(m["images"]))
+                m["name"]: VariantMemory(tensors[f"bank.{i}"], float(m["low"]), float(m["high"]), int(m["images"]),
+                                         _load_padim(m.get("padim"), tensors, i))
                 for i, m in enumerate(meta)
             }
         except Exception as exc:  # a damaged file: say which and why, not a traceback
@@ -153,7 +221,35 @@ class ProductMemory:
 
     def describe(self) -> dict[str, dict[str, float | int]]:
         return {n: {"images": v.images, "patches": int(v.bank.shape[0]), "low": round(v.low, 4),
-                    "high": round(v.high, 4)} for n, v in self.variants.items()}
+                    "high": round(v.high, 4)} | ({} if v.padim is None else {"padim_share": v.padim.share})
+                for n, v in self.variants.items()}
+
+
+def _load_padim(meta: dict | None, tensors: dict[str, torch.Tensor], i: int) -> PadimPart | None:
+    """A variant's PaDiM part from the memory file (KeyError, ValueError: a damaged file)."""
+    if meta is None:
+        return None
+    share = float(meta["share"])
+    if not 0.0 <= share <= 1.0 or not np.isfinite([meta["low"], meta["high"]]).all():
+        raise ValueError(f"PaDiM share {share} or calibration out of range")
+    stats = PadimStats(tensors[f"padim.idx.{i}"], tensors[f"padim.mean.{i}"], tensors[f"padim.inv_covariance.{i}"],
+                       tuple(meta["grid"]), int(meta["images"]))
+    return PadimPart(stats, float(meta["low"]), float(meta["high"]), share)
+
+
+def _smoothed(d: torch.Tensor, size: int) -> np.ndarray:
+    """A (1, 1, h, w) distance grid -> (S, S) map, up-sampled centre-correct and blurred."""
+    return cv2.GaussianBlur(upsample_centered(d, size // d.shape[-1])[0, 0].numpy(), (0, 0), SMOOTH_SIGMA)
+
+
+def _calibrated(amap: np.ndarray, low: float, high: float) -> np.ndarray:
+    return np.clip((amap - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def _calibration(maps: list[np.ndarray]) -> tuple[float, float]:
+    """(low, high): the median of normal maps' medians, the 95th percentile of their maxima."""
+    low = float(np.median([np.median(m) for m in maps]))
+    return low, max(float(np.quantile([m.max() for m in maps], 0.95)), low + 1e-3)
 
 
 def build_memory(
@@ -164,12 +260,29 @@ def build_memory(
     patches: int = DEFAULT_PATCHES,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    scales: Callable[[np.ndarray], Scales] | None = None,
+    padim: dict[str, float] | None = None,
 ) -> ProductMemory:
     """A memory from good images (S, S, 3) at the detector's size and their variants.
 
     ``features(image)`` returns its (1, C, h, w) unit-norm patch features. Each variant needs two
-    images at least (one for the bank, one to calibrate); smaller variants are left out.
+    images at least (one for the bank, one to calibrate); smaller variants are left out. ``padim``
+    names the variants that also get PaDiM statistics (of the bank's images, calibrated on the same
+    held-out ones) and their share; it needs ``scales(image)``, the raw stage outputs whose joint
+    normalisation ``features`` is (then one tower pass per image serves both).
     """
+    padim = padim or {}
+    if padim and scales is None:
+        raise ValueError("PaDiM statistics need the images' raw stage outputs (scales)")
+
+    def both(image: np.ndarray, fit: PadimAccumulator | None) -> tuple[torch.Tensor, Scales | None]:
+        if scales is None:
+            return features(image), None
+        s = scales(image)
+        if fit is not None:
+            fit.add(s)
+        return joint_patch_features(s), s
+
     rng = np.random.default_rng(seed)
     by_group: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -184,10 +297,11 @@ def build_memory(
         order = [idx[int(i)] for i in rng.permutation(len(idx))]
         n_cal = min(30, max(1, len(idx) // 10))
         cal, keep = order[:n_cal], order[n_cal:]
+        fit = PadimAccumulator(channel_subset(PADIM_TOTAL, seed=seed)) if name in padim else None
         grid: tuple[int, int] = (0, 0)
         tokens = []
         for i in keep:
-            f = features(images[i])  # (1, C, h, w)
+            f, _ = both(images[i], fit)  # (1, C, h, w)
             grid = (f.shape[2], f.shape[3])
             tokens.append(f[0].flatten(1).T)  # (h*w, C)
             if progress:
@@ -196,18 +310,19 @@ def build_memory(
         if bank.shape[0] > patches:
             bank = bank[torch.from_numpy(rng.choice(bank.shape[0], patches, replace=False))]
         bank = bank.to(torch.float16).float()  # what is stored is what calibrates
+        stats = fit.finish() if fit is not None and fit.n >= 2 else None
         size = images[0].shape[0]
-        maxima, medians = [], []
+        near_maps, padim_maps = [], []
         for i in cal:
-            f = features(images[i])
+            f, s = both(images[i], None)
             q = f[0].flatten(1).T
             d = (1.0 - exact_max_similarity(q, bank)).clamp_min(0).view(1, 1, *grid)  # blocked: no (N, M) product
-            amap = cv2.GaussianBlur(upsample_centered(d, size // grid[0])[0, 0].numpy(), (0, 0), SMOOTH_SIGMA)
-            maxima.append(float(amap.max()))
-            medians.append(float(np.median(amap)))
+            near_maps.append(_smoothed(d, size))
+            if stats is not None and s is not None:
+                padim_maps.append(_smoothed(stats.distance(s), size))
             if progress:
                 progress(1)
-        low = float(np.median(medians))
-        high = max(float(np.quantile(maxima, 0.95)), low + 1e-3)
-        variants[name] = VariantMemory(bank, low, high, len(keep))
+        low, high = _calibration(near_maps)
+        part = PadimPart(stats, *_calibration(padim_maps), padim[name]) if stats is not None else None
+        variants[name] = VariantMemory(bank, low, high, len(keep), part)
     return ProductMemory(variants)

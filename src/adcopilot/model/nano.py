@@ -49,12 +49,12 @@ from adcopilot.errors import CheckpointError
 from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_positions
-from adcopilot.model.detector import Detection, Detector, to_batch
+from adcopilot.model.detector import Detection, Detector, OwnFrame, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
-from adcopilot.model.memory import ProductMemory
+from adcopilot.model.memory import ProductMemory, Scales
 from adcopilot.model.score import dihedral_views, fused_score, view_distance
 from adcopilot.model.upsample import upsample_centered
-from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, load_vision_tower
+from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, joint_patch_features, load_vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -355,29 +355,56 @@ class NanoDetector(Detector):
         return self.model.reference_inputs(reference[None, None])
 
     @torch.inference_mode()
-    def maps(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    def maps(
+        self, query: np.ndarray, references: list[Any], own_frame: OwnFrame | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """The two maps before fusion: (comparison model's (S, S) probability map, product memory's
         calibrated (S, S) map or None without a memory, the memory variant used or None)."""
-        qf = self.patch_features(query)  # (1, 152, h, w)
+        qf, position = self._query_features(to_batch([query]), [own_frame])  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         out = self.model.compare_with(qf, refs, with_tokens=False)
-        return self._maps_from(out, qf, refs)
+        return self._maps_from(out, qf, refs, position[0])
+
+    def _query_features(
+        self, x: torch.Tensor, own_frames: Sequence[OwnFrame | None] | None = None
+    ) -> tuple[torch.Tensor, list[tuple[Scales, np.ndarray | None] | None]]:
+        """(B, 3, S, S) -> the (B, 152, h, w) normalised patch features and, per query, what the product
+        memory's PaDiM part reads (None without one): the raw stage outputs of the query in its own frame
+        and the matrix into the reference frame (None: the same frame; then one tower pass serves both)."""
+        b = x.shape[0]
+        if self.memory is None or not self.memory.needs_scales:
+            return normalized_patch_features(self.fused_tower, x), [None] * b
+        scales = self.fused_tower.patch_features(x)
+        frames = own_frames if own_frames is not None else [None] * b
+        position: list[tuple[Scales, np.ndarray | None] | None] = []
+        for i, f in enumerate(frames):
+            if f is None:
+                position.append(({k: v[i : i + 1] for k, v in scales.items()}, None))
+            else:  # one more tower pass: the statistics hold in the frame the good images were taken in
+                position.append((self.fused_tower.patch_features(to_batch([f[0]])), f[1]))
+        return joint_patch_features(scales), position
 
     def _maps_from(
-        self, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs
+        self, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs,
+        position: tuple[Scales, np.ndarray | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-        """:meth:`maps` from the comparison's output (pixel logits (1, 1, h, w), distance) and the
-        query's features."""
-        logits = out["pixel_logits"]
-        prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
-        if self.model.cfg.smooth_sigma > 0:
-            prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
+        """:meth:`maps` from the comparison's output (pixel logits (1, 1, h, w), distance), the query's
+        features and (for a memory with PaDiM) its raw stage outputs and their frame."""
+        if "pixel_logits" not in out:  # the comparison was skipped: its weight in the fused map is 0
+            prob = np.zeros((self.image_size, self.image_size), np.float32)
+        else:
+            logits = out["pixel_logits"]
+            prob = torch.sigmoid(upsample_centered(logits, self.image_size // logits.shape[-1]))[0, 0].numpy()
+            if self.model.cfg.smooth_sigma > 0:
+                prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
         if self.memory is None:
             return prob, None, None
         h, w = qf.shape[2:]
         variant = self.memory.choose(refs.tokens[0][: h * w])
         mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size,
-                                      reference_distance=out["distance"][0, 0].flatten())  # reused, not recomputed
+                                      reference_distance=out["distance"][0, 0].flatten(),  # reused, not recomputed
+                                      scales=None if position is None else position[0],
+                                      padim_warp=None if position is None else position[1])
         return prob, mem, variant
 
     def weight_for(self, variant: str | None) -> float:
@@ -385,39 +412,58 @@ class NanoDetector(Detector):
         return self.memory_weights.get(variant, self.memory_weight) if variant is not None else self.memory_weight
 
     @torch.inference_mode()
-    def detection(self, query: np.ndarray, references: list[Any], with_tokens: bool = False) -> Detection:
+    def detection(
+        self, query: np.ndarray, references: list[Any], with_tokens: bool = False, own_frame: OwnFrame | None = None
+    ) -> Detection:
         """One comparison pass: the fused map and its score, the distance map, the query's features
         and (``with_tokens``) the comparison tokens."""
-        qf = self.patch_features(query)  # (1, 152, h, w)
+        qf, position = self._query_features(to_batch([query]), [own_frame])  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
-        out = self.model.compare_with(qf, refs, with_tokens=with_tokens)
-        return self._detection_from(out, qf, refs, with_tokens)
+        out = self._compare(qf, refs, with_tokens, [refs])
+        return self._detection_from(out, qf, refs, with_tokens, position[0])
+
+    def _compare(self, qf: torch.Tensor, refs: ReferenceInputs, with_tokens: bool,
+                 each: Sequence[ReferenceInputs]) -> dict[str, torch.Tensor]:
+        """The comparison's outputs for queries qf (B, 152, h, w), each against its references (``each``, B
+        of them; ``refs`` all of them stacked). Where the product memory's map takes the whole fused map
+        (weight 1 for every query's variant, as ``adapt`` chose on ELPV) and no tokens are asked for, the
+        comparison model's map would be multiplied by 0: only the nearest-reference distance is computed."""
+        n = qf.shape[2] * qf.shape[3]
+        if with_tokens or self.memory is None or any(
+            self.weight_for(self.memory.choose(r.tokens[0][:n])) < 1.0 for r in each
+        ):
+            return self.model.compare_with(qf, refs, with_tokens=with_tokens)
+        sim = torch.bmm(qf.flatten(2).transpose(1, 2), refs.tokens.transpose(1, 2))  # (B, N, k*N)
+        return {"distance": (1.0 - sim.max(dim=2).values).clamp_min(0).view(qf.shape[0], 1, *qf.shape[2:])}
 
     @torch.inference_mode()
     def detections(
-        self, queries: Sequence[np.ndarray], references: Sequence[Sequence[Any]], with_tokens: bool = False
+        self, queries: Sequence[np.ndarray], references: Sequence[Sequence[Any]], with_tokens: bool = False,
+        own_frames: Sequence[OwnFrame | None] | None = None,
     ) -> list[Detection]:
         """:meth:`detection` of several queries in one pass: the tower on all of them at once, the
         comparison on each group with the same number of reference patches (one batch when all have
         the same number of references). The same results to float rounding."""
-        qf = normalized_patch_features(self.fused_tower, to_batch(list(queries)))  # (B, 152, h, w)
+        qf, position = self._query_features(to_batch(list(queries)), own_frames)  # (B, 152, h, w)
         refs = [ReferenceInputs.concat([self._as_inputs(r) for r in rs]) for rs in references]
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(refs):
             groups.setdefault(r.tokens.shape[1], []).append(i)
         found: dict[int, Detection] = {}
         for idx in groups.values():
-            out = self.model.compare_with(qf[idx], ReferenceInputs.stack([refs[i] for i in idx]), with_tokens=with_tokens)
+            out = self._compare(qf[idx], ReferenceInputs.stack([refs[i] for i in idx]), with_tokens, [refs[i] for i in idx])
             for j, i in enumerate(idx):
                 one = {k: v[j : j + 1] for k, v in out.items()}  # batch of one, as detection's
-                found[i] = self._detection_from(one, qf[i : i + 1], refs[i], with_tokens)
+                found[i] = self._detection_from(one, qf[i : i + 1], refs[i], with_tokens, position[i])
         return [found[i] for i in range(len(refs))]
 
     def _detection_from(
-        self, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs, with_tokens: bool
+        self, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs, with_tokens: bool,
+        position: tuple[Scales, np.ndarray | None] | None = None,
     ) -> Detection:
-        """:meth:`detection` from the comparison's output for one query (batch of one) and its features."""
-        prob, mem, variant = self._maps_from(out, qf, refs)
+        """:meth:`detection` from the comparison's output for one query (batch of one), its features and
+        (for a memory with PaDiM) its raw stage outputs and their frame."""
+        prob, mem, variant = self._maps_from(out, qf, refs, position)
         if mem is not None:
             w = self.weight_for(variant)
             prob = (1.0 - w) * prob + w * mem

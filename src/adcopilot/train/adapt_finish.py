@@ -1,5 +1,10 @@
 """The end of ``adcopilot adapt``: validation on the held-out images, the product memory, config and card.
 
+With ``padim`` the memories also hold PaDiM statistics (a Gaussian per position, model/padim.py): the
+validation measures the memory's map at each PaDiM share (0: the nearest-patch map alone, 0.5: the mean
+of both, 1: PaDiM alone) beside each memory weight, and the final memory keeps PaDiM, with its share,
+only for the variants whose validation chose a share above 0.
+
 Order matters: the validation runs with a memory built from the *training* good images only (the
 held-out ones must not be in it, or they would look perfectly normal); the memory written beside the
 model is then rebuilt from all good images, since the user's inspection benefits from every one.
@@ -14,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from adcopilot.data.folders import load_folder_groups
 from adcopilot.errors import AdcopilotError
-from adcopilot.model.memory import MEMORY_FILE, build_memory
+from adcopilot.model.detector import to_batch
+from adcopilot.model.memory import MEMORY_FILE, ProductMemory, build_memory
 from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
 from adcopilot.registration import register, warp
-from adcopilot.train.validation import MIN_REAL_DEFECTS, WEIGHTS, VariantChoice, validate
+from adcopilot.train.validation import MIN_REAL_DEFECTS, SHARES, WEIGHTS, VariantChoice, validate
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +62,12 @@ class Images:
 
 def finish(
     out: Path, good: Images, defects: Images, *, patches: int, weight: float | None, seed: int,
-    fallback: float = 0.5, echo: Callable[[str], None] = log.info,
+    fallback: float = 0.5, echo: Callable[[str], None] = log.info, padim: bool = False,
 ) -> None:
     """Validate the adapted model in ``out`` on the held-out images, write its product memory (when
     ``patches`` > 0) with the memory weight (``None``: per variant, the best on validation, and
-    ``fallback`` for variants without validation images), and record both in config.json and MODEL_CARD.md."""
+    ``fallback`` for variants without validation images) and, with ``padim``, the PaDiM share chosen per
+    variant on validation, and record them in config.json and MODEL_CARD.md."""
     (out / MEMORY_FILE).unlink(missing_ok=True)  # a memory left in OUT by an earlier run is not this model's
     detector, _ = load_nano_detector(out)
     size = detector.image_size
@@ -68,19 +76,25 @@ def finish(
     def features(image: np.ndarray):  # uint8 -> float one image at a time: a float copy of all would be large
         return detector.patch_features(image.astype(np.float32) / 255.0)
 
+    def scales(image: np.ndarray):  # the raw stage outputs, for PaDiM
+        return detector.fused_tower.patch_features(to_batch([image.astype(np.float32) / 255.0]))
+
     choices: dict[str, VariantChoice] = {}
     if any(good.held):
-        choices = _validate(detector, features, good, defects, patches, weight, seed)
+        choices = _validate(detector, features, scales if padim else None, good, defects, patches, weight, seed)
         for name, c in choices.items():
             echo(f"validation, variant {name or '.'}: image AUROC "
                  + ", ".join(f"{a:.3f} at memory weight {w}" if len(c.auroc) > 1 else f"{a:.3f}" for w, a in c.auroc.items())
+                 + (f" (PaDiM share {c.share})" if c.by_share else "")
                  + f" ({c.normals} good, {c.anomalies} {c.anomaly_source} defective)"
                  + (f"; weight kept {c.weight}" if len(c.auroc) > 1 else ""))
     default = fallback if weight is None else weight
     text = ""
     if patches:
         with tqdm(total=len(good.images), desc="product memory", unit="img") as bar:
-            memory = build_memory(good.images, good.groups, features, patches=patches, seed=seed, progress=bar.update)
+            shares = {name: c.share for name, c in choices.items() if c.share > 0}
+            memory = build_memory(good.images, good.groups, features, patches=patches, seed=seed, progress=bar.update,
+                                  scales=scales if shares else None, padim=shares)
         if memory.variants:
             memory.save(out)
             config_path = out / "config.json"
@@ -98,21 +112,34 @@ def finish(
     card.write_text(card.read_text() + text)
 
 
-def _validate(detector: NanoDetector, features, good: Images, defects: Images, patches: int, weight: float | None,
-              seed: int) -> dict[str, VariantChoice]:
-    """1-shot inspection of the held-out images, with a memory of the training good images only."""
+def _validate(detector: NanoDetector, features, scales, good: Images, defects: Images, patches: int,
+              weight: float | None, seed: int) -> dict[str, VariantChoice]:
+    """1-shot inspection of the held-out images, with a memory of the training good images only (with PaDiM
+    statistics of them when ``scales`` is given)."""
     train = [i for i, h in enumerate(good.held) if not h]
+    memory: ProductMemory | None = None
     if patches:
+        groups = [good.groups[i] for i in train]
         with tqdm(total=len(train), desc="validation memory", unit="img") as bar:
-            detector.memory = build_memory([good.images[i] for i in train], [good.groups[i] for i in train],
-                                           features, patches=patches, seed=seed, progress=bar.update)
+            memory = build_memory([good.images[i] for i in train], groups, features, patches=patches, seed=seed,
+                                  progress=bar.update, scales=scales,
+                                  padim=dict.fromkeys(groups, 0.0) if scales is not None else None)
 
     def maps(query: np.ndarray, reference: np.ndarray):
         q, r = query.astype(np.float32) / 255.0, reference.astype(np.float32) / 255.0
         reg = register(q, r)  # as inspection does
-        q = warp(q, reg.matrix) if reg.method != "identity" else q
-        prob, mem, _ = detector.maps(q, [detector.encode_reference(r)])
-        return prob, mem
+        moved = reg.method != "identity"
+        compared = warp(q, reg.matrix) if moved else q
+        ref = detector.encode_reference(r)
+        prob, _, _ = detector.maps(compared, [ref])  # the comparison model's map (no memory on the detector)
+        if memory is None:
+            return prob, None
+        qf = detector.patch_features(compared)  # (1, C, h, w)
+        # PaDiM reads the query in its own frame (its statistics hold there) and its map follows registration.
+        own = None if scales is None else detector.fused_tower.patch_features(to_batch([q]))
+        near, pos, _ = memory.component_maps(qf[0].flatten(1).T, ref.tokens[0], tuple(qf.shape[2:]),
+                                             detector.image_size, scales=own, padim_warp=reg.matrix if moved else None)
+        return prob, near if pos is None else {share: (1 - share) * near + share * pos for share in SHARES}
 
     def score(m: np.ndarray) -> float:
         return pooled_score(m, detector.model.cfg.topk_frac)
@@ -120,23 +147,26 @@ def _validate(detector: NanoDetector, features, good: Images, defects: Images, p
     val_good, val_bad = good.by_variant(True), defects.by_variant(True)
     total = sum(len(v) + (len(val_bad.get(k, [])) if len(val_bad.get(k, [])) >= MIN_REAL_DEFECTS else len(v))
                 for k, v in val_good.items())
-    try:
-        with tqdm(total=total, desc="validation", unit="img") as bar:
-            return validate(maps, score, good.by_variant(False), val_good, val_bad, seed, fixed=weight,
-                            progress=bar.update)
-    finally:
-        detector.memory = None
+    with tqdm(total=total, desc="validation", unit="img") as bar, torch.inference_mode():
+        return validate(maps, score, good.by_variant(False), val_good, val_bad, seed, fixed=weight,
+                        progress=bar.update)
 
 
 def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) -> str:
     if not auto:
-        return (f"\nMemory weight in the fused map: {default} (`--memory-weight`; by default 0.5 after fine-tuning, "
+        note = (f"\nMemory weight in the fused map: {default} (`--memory-weight`; by default 0.5 after fine-tuning, "
                 "chosen per variant on the validation images without).\n")
-    if not choices:
+    elif not choices:
         return (f"\nMemory weight in the fused map: {default} (chosen on validation images, but no variant had "
                 "enough good images to hold some out).\n")
-    kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
-    return (f"\nMemory weight per variant, the best on the validation images: {kept}; other variants {default}.\n")
+    else:
+        kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
+        note = f"\nMemory weight per variant, the best on the validation images: {kept}; other variants {default}.\n"
+    if any(c.by_share for c in choices.values()):
+        shares = ", ".join(f"{name or '.'} {c.share}" for name, c in choices.items())
+        note += ("\nPaDiM's share of the memory's map per variant, the best on the validation images (0: nearest "
+                 f"patches alone, 1: PaDiM alone; other variants 0): {shares}.\n")
+    return note
 
 
 def _validation_section(choices: dict[str, VariantChoice]) -> str:
@@ -146,11 +176,15 @@ def _validation_section(choices: dict[str, VariantChoice]) -> str:
     with_memory = any(len(c.auroc) > 1 for c in choices.values())
     weights = WEIGHTS if with_memory else (0.0,)
     head = " | ".join(f"weight {w}" for w in weights) if with_memory else "image AUROC"
-    rows = "\n".join(
-        f"| {name or '.'} | {c.normals} | {c.anomalies} ({c.anomaly_source}) | "
-        + " | ".join(f"**{c.auroc[w]:.3f}**" if w == c.weight else f"{c.auroc[w]:.3f}" for w in weights) + " |"
-        for name, c in choices.items()
-    )
+    def row(name: str, c: VariantChoice, share: float, aurocs: dict[float, float]) -> str:
+        label = f"{name or '.'}" + (f", PaDiM share {share}" if c.by_share else "")
+        kept = share == c.share
+        return (f"| {label} | {c.normals} | {c.anomalies} ({c.anomaly_source}) | "
+                + " | ".join(f"**{aurocs[w]:.3f}**" if kept and w == c.weight else f"{aurocs[w]:.3f}" for w in weights)
+                + " |")
+
+    rows = "\n".join(row(name, c, share, aurocs) for name, c in choices.items()
+                     for share, aurocs in (c.by_share or {c.share: c.auroc}).items())
     return (
         "\n## Validation (held-out images, `validation.json`)\n\n"
         "Images held out of fine-tuning" + (" and of the memory they were inspected with" if with_memory else "")

@@ -41,6 +41,7 @@ class AdaptOptions:
     resume: bool = False
     memory_patches: int = DEFAULT_PATCHES
     memory_weight: str | None = None  # a number in 0-1 or "auto"; None: 0.5, or "auto" with steps 0
+    padim: str | None = None  # "auto" or "off"; None: "auto" with steps 0, else "off"
     validation: float = 0.2
 
 
@@ -63,6 +64,13 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
         raise AdcopilotError("nothing to do: --steps 0 and --memory-patches 0")
     if weight is None and o.memory_patches == 0:
         raise AdcopilotError("--memory-weight auto needs a product memory (--memory-patches above 0)")
+    # PaDiM statistics beside the memory, their share chosen per variant on the validation images: offered
+    # where the weight is chosen there too (without fine-tuning), as the comparison model knows nothing of
+    # the product's positions then.
+    padim_mode = (o.padim if o.padim is not None else "auto" if o.steps == 0 else "off").strip().lower()
+    if padim_mode not in ("auto", "off"):
+        raise AdcopilotError(f"--padim must be 'auto' or 'off', got {o.padim!r}")
+    padim = padim_mode == "auto" and o.memory_patches > 0
     base = resolve_base(o.model)
     good, groups, good_paths, bad_good = load_folder_entries(o.normals, o.size)
     bad_imgs, defect_groups, defect_paths, bad_def = (
@@ -89,7 +97,8 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
         echo(f"memory weight: no variant has 10 good images to hold out and choose it on; it is {fallback}")
     if o.memory_patches:
         sources["memory"] = {"patches_per_variant": o.memory_patches, "seed": o.seed,
-                             "weight": "chosen per variant on the validation images" if weight is None else weight}
+                             "weight": "chosen per variant on the validation images" if weight is None else weight,
+                             "padim": "share chosen per variant on the validation images" if padim else "off"}
     card = adapt_card(sources, str(base), o.licence or default_licence_note())
     if o.steps == 0:
         _copy_base(base, o.out, card, o.seed)
@@ -100,7 +109,7 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
                    [bad_imgs[i] for i in keep_b], [defect_groups[i] for i in keep_b], card,
                    seed=o.seed, steps=o.steps, batch_size=o.batch_size, lr=o.lr, size=o.size, resume=o.resume)
     finish(o.out, Images(o.normals, good, groups, held_good), Images(o.defects, bad_imgs, defect_groups, held_bad),
-           patches=o.memory_patches, weight=weight, fallback=fallback, seed=o.seed, echo=echo)
+           patches=o.memory_patches, weight=weight, fallback=fallback, seed=o.seed, echo=echo, padim=padim)
     return o.out
 
 

@@ -19,6 +19,10 @@ benchmarks/RESULTS.md).
   defects (:func:`adcopilot.data.synth.add_defect`, seeded) on the held-out good images.
 * Normal validation queries: the held-out good images.
 * Weights tried: :data:`WEIGHTS`; ties go to the weight nearest 0.5 (the neutral average).
+* With PaDiM statistics in the memory (:mod:`adcopilot.model.padim`), the memory's map is measured at
+  each PaDiM share of :data:`SHARES` too (0: the nearest-patch map, 1: PaDiM's map alone), and the
+  pair (share, weight) with the best AUROC is kept; ties go to the smaller share (nothing more to
+  store), then as above.
 * The split is a pure function of the sorted file list, the fraction and the seed, and is written
   beside the model (``validation.json``), so it can be checked and reproduced.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ from adcopilot.data import synth
 log = logging.getLogger(__name__)
 
 WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+SHARES: tuple[float, ...] = (0.0, 0.5, 1.0)  # PaDiM's share of the memory's map
 MIN_GROUP = 10  # a variant with fewer good images keeps all of them for training
 MIN_REAL_DEFECTS = 5
 
@@ -77,19 +82,30 @@ def validation_split(
 
 @dataclass
 class VariantChoice:
-    """The validation of one variant: AUROC per weight and the weight kept."""
+    """The validation of one variant: AUROC per weight (at the PaDiM share kept), the weight and share kept,
+    and the AUROC per share and weight where PaDiM was measured."""
 
     weight: float
     auroc: dict[float, float]
     normals: int
     anomalies: int
     anomaly_source: str  # "labelled" or "synthetic"
+    share: float = 0.0
+    by_share: dict[float, dict[float, float]] = field(default_factory=dict)
 
 
 def choose_weight(aurocs: dict[float, float]) -> float:
     """The weight with the best AUROC; ties to the one nearest 0.5."""
-    best = max(aurocs.values())
-    return min((w for w, a in aurocs.items() if a >= best - 1e-9), key=lambda w: (abs(w - 0.5), w))
+    return choose_share({0.0: aurocs})[1]
+
+
+def choose_share(by_share: dict[float, dict[float, float]], fixed: float | None = None) -> tuple[float, float]:
+    """(share, weight) with the best AUROC (at weight ``fixed`` when given); ties to the smaller share, then
+    as :func:`choose_weight`."""
+    cands = [(s, w, a) for s, row in by_share.items() for w, a in row.items() if fixed is None or w == fixed]
+    best = max(a for _, _, a in cands)
+    share, weight, _ = min((c for c in cands if c[2] >= best - 1e-9), key=lambda c: (c[0], abs(c[1] - 0.5), c[1]))
+    return share, weight
 
 
 def validate(
@@ -106,8 +122,9 @@ def validate(
     or (None) the best one.
 
     ``maps(query, reference)`` (uint8 (S, S, 3) images) returns the comparison model's and the
-    memory's (S, S) maps (None without a memory: only weight 0 is measured); ``score(map)`` pools a
-    fused map into the image score. Variants without held-out good images are left out.
+    memory's (S, S) maps (None without a memory: only weight 0 is measured; a dict: the memory's map
+    at each PaDiM share, all measured); ``score(map)`` pools a fused map into the image score.
+    Variants without held-out good images are left out.
     """
     rng = np.random.default_rng([seed, 2])
     out: dict[str, VariantChoice] = {}
@@ -121,18 +138,27 @@ def validate(
         else:
             anomalies, source = [synth.add_defect(g, rng).image for g in goods], "synthetic"
         labels = [0] * len(goods) + [1] * len(anomalies)
-        scores: dict[float, list[float]] = {}  # per weight; the maps themselves are not kept
+        weights = WEIGHTS if fixed is None or fixed in WEIGHTS else (*WEIGHTS, fixed)
+        scores: dict[tuple[float, float], list[float]] = {}  # per (share, weight); the maps are not kept
         for q in [*goods, *anomalies]:
             ref = refs[int(rng.integers(len(refs)))]
             m_cmp, m_mem = maps(q, ref)
-            for w in WEIGHTS if m_mem is not None else (0.0,):
-                scores.setdefault(w, []).append(score(m_cmp if m_mem is None else (1 - w) * m_cmp + w * m_mem))
+            sides = {} if m_mem is None else m_mem if isinstance(m_mem, dict) else {0.0: m_mem}
+            if not sides:
+                scores.setdefault((0.0, 0.0), []).append(score(m_cmp))
+            for share, side in sides.items():
+                for w in weights:
+                    scores.setdefault((share, w), []).append(score((1 - w) * m_cmp + w * side))
             if progress:
                 progress(1)
-        aurocs = {w: round(float(roc_auc_score(labels, s)), 4) for w, s in scores.items()}
-        kept = 0.0 if len(aurocs) == 1 else fixed if fixed is not None else choose_weight(aurocs)
-        out[name] = VariantChoice(kept, aurocs, len(goods), len(anomalies), source)
-        log.info("variant %r: memory weight %.2f (AUROC by weight %s)", name or ".", out[name].weight, aurocs)
+        by_share: dict[float, dict[float, float]] = {}
+        for (share, w), s in scores.items():
+            by_share.setdefault(share, {})[w] = round(float(roc_auc_score(labels, s)), 4)
+        share, kept = (0.0, 0.0) if len(scores) == 1 else choose_share(by_share, fixed)
+        out[name] = VariantChoice(kept, by_share[share], len(goods), len(anomalies), source, share,
+                                  by_share if len(by_share) > 1 else {})
+        log.info("variant %r: memory weight %.2f, PaDiM share %.2f (AUROC by share and weight %s)", name or ".",
+                 kept, share, by_share)
     return out
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from adcopilot.train.validation import (
+    SHARES,
     WEIGHTS,
+    choose_share,
     choose_weight,
     holdout,
     validate,
@@ -109,3 +111,32 @@ def test_select_weights_uses_labelled_defects_when_there_are_enough():
     choices = validate(maps, lambda m: float(m.max()), {"a": goods}, {"a": goods}, {"a": labelled}, seed=0)
     assert choices["a"].anomaly_source == "labelled" and choices["a"].anomalies == 5
     assert choices["a"].auroc[0.5] == 1.0 and choices["a"].weight == 0.5
+
+
+def test_choose_share_prefers_the_best_then_the_smaller_share_then_the_neutral_weight():
+    by_share = {0.0: {0.5: 0.8, 1.0: 0.85}, 0.5: {0.5: 0.9, 1.0: 0.9}, 1.0: {0.5: 0.9, 1.0: 0.7}}
+    assert choose_share(by_share) == (0.5, 0.5)
+    assert choose_share(by_share, fixed=1.0) == (0.5, 1.0)
+    assert choose_share({0.0: {0.75: 0.9}, 1.0: {0.75: 0.9}}) == (0.0, 0.75)
+
+
+def test_validate_keeps_the_padim_share_whose_memory_map_separates_the_variant():
+    """The memory's map at each PaDiM share: only PaDiM's part shows the defect."""
+    rng = np.random.default_rng(0)
+    goods = [_image(rng, False) for _ in range(12)]
+    noise = np.random.default_rng(1)
+
+    def maps(query, reference):
+        departure = np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0
+        departure[departure < 0.02] = 0.0
+        near = (noise.random((32, 32)) * 0.5).astype(np.float32)  # blind to the defect
+        cmp = (noise.random((32, 32)) * 0.5).astype(np.float32)
+        return cmp, {s: (1 - s) * near + s * departure for s in SHARES}
+
+    choices = validate(maps, lambda m: float(m.max()), {"a": goods[:4]}, {"a": goods[4:]}, {}, seed=0)
+    c = choices["a"]
+    assert c.share > 0.0 and c.weight >= 0.5 and set(c.by_share) == set(SHARES)
+    assert c.auroc == c.by_share[c.share] and c.auroc[c.weight] == 1.0
+    assert max(c.by_share[0.0].values()) < 0.9  # the nearest-patch map alone does not separate it
+    fixed = validate(maps, lambda m: float(m.max()), {"a": goods[:4]}, {"a": goods[4:]}, {}, seed=0, fixed=0.3)
+    assert fixed["a"].weight == 0.3 and 0.3 in fixed["a"].auroc and fixed["a"].share > 0.0

@@ -1,0 +1,135 @@
+"""The product memory's PaDiM part: built in the same tower pass, mixed by its share, in the detector, saved."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from adcopilot.model.detector import to_batch
+from adcopilot.model.memory import SMOOTH_SIGMA, ProductMemory, build_memory
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.upsample import upsample_centered
+from adcopilot.model.vision import load_vision_tower
+from adcopilot.registration import warp
+
+TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    tower = load_vision_tower(pretrained=False)
+    model = NanoComparisonModel(TINY).eval()
+    return tower, model, NanoDetector(model, tower)
+
+
+def halves(rng: np.random.Generator, swapped: bool = False) -> np.ndarray:
+    """An aligned product: a dark left half and a bright right half (swapped: the other way round), noisy."""
+    img = np.empty((64, 64, 3), np.float32)
+    dark, bright = 0.15 + 0.05 * rng.random((64, 32, 3)), 0.8 + 0.05 * rng.random((64, 32, 3))
+    img[:, :32], img[:, 32:] = (bright, dark) if swapped else (dark, bright)
+    return img
+
+
+def _build(det: NanoDetector, images: list[np.ndarray], share: float | None) -> ProductMemory:
+    def scales(im: np.ndarray):
+        return det.fused_tower.patch_features(to_batch([im]))
+
+    return build_memory(images, [""] * len(images), det.patch_features, patches=200, seed=0,
+                        scales=scales if share is not None else None, padim={"": share} if share is not None else None)
+
+
+def test_padim_part_is_built_in_the_same_pass_and_flags_a_layout_the_good_images_never_show(tiny):
+    _, _, det = tiny
+    rng = np.random.default_rng(0)
+    goods = [halves(rng) for _ in range(12)]
+    plain, mixed = _build(det, goods, None), _build(det, goods, 0.5)
+    v = mixed.variants[""]
+    assert plain.variants[""].padim is None and v.padim is not None and v.padim.share == 0.5
+    assert v.padim.stats.images == 11 and v.images == 11  # one image calibrates, the rest fit both
+    torch.testing.assert_close(v.bank, plain.variants[""].bank)  # one tower pass gives the same features
+    assert mixed.needs_scales and not plain.needs_scales
+
+    ref = det.encode_reference(goods[0]).tokens[0]
+    scores = {}
+    for name, q in (("normal", halves(rng)), ("swapped", halves(rng, swapped=True))):
+        s = det.fused_tower.patch_features(to_batch([q]))
+        tokens = det.patch_features(q)[0].flatten(1).T
+        near, pos, variant = mixed.component_maps(tokens, ref, (8, 8), 64, scales=s)
+        assert variant == "" and pos is not None
+        np.testing.assert_allclose(mixed.anomaly_map(tokens, ref, (8, 8), 64, scales=s), 0.5 * near + 0.5 * pos,
+                                   atol=1e-6)
+        scores[name] = (float(near.mean()), float(pos.mean()))
+        with pytest.raises(ValueError, match="raw stage outputs"):
+            mixed.anomaly_map(tokens, ref, (8, 8), 64)
+    # A good image lies within every position's Gaussian; the swapped halves lie outside them.
+    assert scores["swapped"][1] > 0.9 and scores["normal"][1] < 0.2
+
+
+def test_detector_mixes_the_padim_map_in_every_path_and_the_memory_round_trips(tiny, tmp_path):
+    tower, model, det0 = tiny
+    rng = np.random.default_rng(1)
+    goods = [halves(rng) for _ in range(8)]
+    memory = _build(det0, goods, 1.0)
+    memory.save(tmp_path)
+    loaded = ProductMemory.load(tmp_path)
+    assert loaded is not None and loaded.describe() == memory.describe()
+    assert loaded.describe()[""]["padim_share"] == 1.0
+    for a, b in ((loaded.variants[""].padim.stats, memory.variants[""].padim.stats),):
+        assert torch.equal(a.idx, b.idx) and torch.equal(a.mean, b.mean) and torch.equal(a.inv_covariance, b.inv_covariance)
+
+    det = NanoDetector(model, tower, memory=loaded, memory_weight=0.75)
+    queries = [halves(rng), halves(rng, swapped=True)]
+    ref = det.encode_reference(goods[0])
+    for q in queries:
+        prob, mem, _ = det.maps(q, [ref])
+        s = det.fused_tower.patch_features(to_batch([q]))
+        _, pos, _ = memory.component_maps(det.patch_features(q)[0].flatten(1).T, ref.tokens[0], (8, 8), 64, scales=s)
+        np.testing.assert_allclose(mem, pos, atol=1e-5)  # share 1: PaDiM's map alone
+        d = det.detection(q, [ref])
+        np.testing.assert_allclose(d.amap, 0.25 * prob + 0.75 * mem, atol=1e-5)
+    batch = det.detections(queries, [[ref], [ref]])
+    for q, d in zip(queries, batch, strict=True):
+        np.testing.assert_allclose(d.amap, det.detection(q, [ref]).amap, atol=1e-4)
+    assert batch[1].score > batch[0].score
+    # At memory weight 1 the comparison's map does not enter the fused map (its model is skipped): the
+    # same maps and distances as the comparison model's own, the tokens only when asked for.
+    whole = NanoDetector(model, tower, memory=loaded, memory_weight=1.0)
+    for q in queries:
+        prob, mem, _ = det.maps(q, [ref])
+        d1, d0 = whole.detection(q, [ref]), det.detection(q, [ref])
+        np.testing.assert_allclose(d1.amap, mem, atol=1e-5)
+        np.testing.assert_allclose(d1.distance, d0.distance, atol=1e-6)
+        assert whole.detection(q, [ref], with_tokens=True).tokens is not None
+    for q, d in zip(queries, whole.detections(queries, [[ref], [ref]]), strict=True):
+        np.testing.assert_allclose(d.amap, whole.detection(q, [ref]).amap, atol=1e-4)
+
+
+def test_padim_reads_the_query_in_its_own_frame_and_its_map_follows_the_registration(tiny):
+    """A registered query: PaDiM's statistics hold in the frame the good images were taken in, so its map
+    is computed there and warped like the query into the reference's frame."""
+    tower, model, det0 = tiny
+    rng = np.random.default_rng(2)
+    goods = [halves(rng) for _ in range(8)]
+    memory = _build(det0, goods, 1.0)
+    det = NanoDetector(model, tower, memory=memory, memory_weight=1.0)
+    ref = det.encode_reference(goods[0])
+    q = halves(rng)
+    q[40:48, 8:16] = 1.0  # a bright square on the dark half
+    shift = np.array([[1.0, 0.0, 6.0], [0.0, 1.0, -4.0]], np.float32)  # what registration found
+    compared = warp(q, shift)
+    d = det.detection(compared, [ref], own_frame=(q, shift))
+    part = memory.variants[""].padim
+    own = part.stats.distance(det.fused_tower.patch_features(to_batch([q])))  # (1, 1, 8, 8) in the query's frame
+    expected = warp(cv2.GaussianBlur(upsample_centered(own, 8)[0, 0].numpy(), (0, 0), SMOOTH_SIGMA), shift)
+    expected = np.clip((expected - part.low) / (part.high - part.low), 0, 1)
+    np.testing.assert_allclose(d.amap, expected, atol=1e-5)
+    assert d.amap[44 - 4, 12 + 6] > 0.5  # the square, where the reference frame has it
+    # Without its own frame the detector reads the compared query itself (the frames agree without registration).
+    same = det.detection(q, [ref])
+    np.testing.assert_allclose(same.amap, warp(expected, cv2.invertAffineTransform(shift)), atol=0.2)
+    batch = det.detections([compared, q], [[ref], [ref]], own_frames=[(q, shift), None])
+    np.testing.assert_allclose(batch[0].amap, d.amap, atol=1e-4)
+    np.testing.assert_allclose(batch[1].amap, same.amap, atol=1e-4)
