@@ -50,8 +50,8 @@ MATMUL_DTYPE = torch.bfloat16
 class MutualRecipe:
     """How a lot is scored (see the module doc)."""
 
-    layers: tuple[str, ...] = ("s8", "s16")
-    windows: tuple[int, ...] = (1, 3)
+    layers: tuple[str, ...] = ("joint",)
+    windows: tuple[int, ...] = (1,)
     interval: tuple[float, float] = (0.0, 0.3)  # shares of the other images, closest first
     top_k: int = 3
     floor: float | None = None  # quantile of the image's own patch values subtracted from them; None: raw

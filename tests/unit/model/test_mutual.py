@@ -22,10 +22,11 @@ from adcopilot.model.mutual import (
     lot_features,
     lot_image_scores,
     mutual_patch_scores,
+    relative_patch_values,
     rescore_by_neighbours,
     view_distances,
 )
-from adcopilot.model.vision import load_vision_tower
+from adcopilot.model.vision import joint_patch_features, load_vision_tower
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,17 @@ def test_the_defective_image_of_a_lot_scores_highest(tower, texture):
     # Each view alone ranks it first too.
     for v in views.views:
         assert int(image_scores(mutual_patch_scores([v])).argmax()) == 5
+
+
+def test_the_default_view_is_the_joint_features_pooled_to_stride_16(tower, texture):
+    imgs = _shifted_lot(texture, 2)
+    views = lot_features(tower, to_batch(imgs))
+    assert MutualRecipe().layers == ("joint",) and len(views.views) == 1
+    joint = joint_patch_features(tower.patch_features(to_batch(imgs)))  # (2, 152, 8, 8)
+    expected = F.normalize(F.avg_pool2d(joint, 2), dim=1).flatten(2).transpose(1, 2)  # (2, 16, 152)
+    assert views.views[0].dtype == torch.bfloat16
+    assert torch.allclose(views.views[0].float(), expected, atol=4e-3)
+    assert torch.allclose(views.global_features, F.normalize(expected.mean(1), dim=1), atol=1e-5)
 
 
 def test_identical_images_score_zero_and_one_image_is_refused(tower, texture):
@@ -131,6 +143,21 @@ def test_neighbour_rescoring_is_the_similarity_weighted_mean_over_the_k_nearest(
     assert torch.allclose(rescore_by_neighbours(s, g, (1,)), s)
 
 
+def test_the_floor_subtracts_each_images_own_quantile_and_the_score_is_the_top_k_mean_above_it():
+    # Image 0: level 0.2 everywhere but one patch at 0.5; image 1: level 0.4 everywhere, one at 0.5.
+    v = torch.tensor([[0.2, 0.2, 0.2, 0.5], [0.4, 0.4, 0.4, 0.5]])
+    rel = relative_patch_values(v, 0.25)  # the 0.25 quantile of each row is its level
+    assert torch.allclose(rel, torch.tensor([[0.0, 0.0, 0.0, 0.3], [0.0, 0.0, 0.0, 0.1]]))
+    # Raw, the uniformly farther image ranks first; with the floor, the one with the local defect.
+    g = torch.eye(2)
+    raw = lot_image_scores(v, g, MutualRecipe(top_k=2))
+    floored = lot_image_scores(v, g, MutualRecipe(top_k=2, floor=0.25))
+    assert raw.tolist() == pytest.approx([0.35, 0.45]) and floored.tolist() == pytest.approx([0.15, 0.05])
+    assert relative_patch_values(v, None) is v
+    # Never below zero: the quantile of the lowest patch is the patch itself.
+    assert float(relative_patch_values(torch.rand(5, 9), 0.0).min()) == 0.0
+
+
 @pytest.mark.parametrize(
     ("recipe", "problem"),
     [
@@ -140,6 +167,8 @@ def test_neighbour_rescoring_is_the_similarity_weighted_mean_over_the_k_nearest(
         (MutualRecipe(interval=(0.3, 0.1)), "interval (0.3, 0.1) must satisfy"),
         (MutualRecipe(interval=(0.0, float("nan"))), "must satisfy 0 <= low < high <= 1"),
         (MutualRecipe(top_k=0), "top_k must be at least 1"),
+        (MutualRecipe(floor=1.5), "floor 1.5 must be a quantile in [0, 1]"),
+        (MutualRecipe(floor=float("inf")), "must be a quantile"),
         (MutualRecipe(neighbours=(0,)), "neighbours 0 must be at least 1"),
     ],
 )
