@@ -4,20 +4,24 @@ Most parts of a lot are normal, so a patch that has a close match in most other 
 defect patch is not (the mutual-scoring idea of zero-shot methods such as MuSc, Li et al. 2024). No
 reference and no training are needed. A :class:`MutualRecipe` says how:
 
-- **Views.** Each tower scale in ``layers`` is scored on its own (the stride-8 features average-pooled
-  2 x 2 to the stride-16 grid, so every view has P = (S/16)^2 patches), once per aggregation degree
-  ``r`` in ``windows``: each patch feature averaged over its r x r neighbourhood and renormalised
+- **Views.** Each layer in ``layers`` is scored on its own: ``joint`` (the tower's two scales joined as
+  the comparison model sees them, the default) or one scale, ``s8`` or ``s16``; stride-8 features are
+  average-pooled 2 x 2 to the stride-16 grid, so every view has P = (S/16)^2 patches. Each layer is scored
+  once per degree ``r`` in ``windows``: each patch feature averaged over its r x r neighbourhood and renormalised
   (MuSc's local neighbourhood aggregation: r = 1 sees fine texture, larger r whole small defects).
 - **Mutual score.** In each view, a patch's nearest-patch cosine distance to every *other* image of the
   lot, sorted; its value is the mean over the ``interval`` (shares of the N-1 others, from the closest):
   a defect shared by a few images is still far from the rest. The patch value is the mean over views.
 - **Image score.** With ``floor`` set, each image's patch values less their ``floor`` quantile (a
   defect stands out of its own image, not of the lot's average level). The mean of the image's
-  ``top_k`` largest patch values, then smoothed over the lot's
-  own similarity graph when ``neighbours`` is set (MuSc's RsCIN): for each k, the similarity-weighted
-  mean of the scores of the image and its k - 1 most similar images by global feature (the mean of its
-  patch features), averaged over the k's. A normal image that scores high by chance sits among normal
-  look-alikes that do not.
+  ``top_k`` largest patch values, then smoothed over the lot's own similarity graph when
+  ``neighbours`` is set (MuSc's RsCIN): for each k, the similarity-weighted mean of the scores of the
+  image and its k - 1 most similar images by global feature (the mean of its patch features),
+  averaged over the k's. A normal image that scores high by chance sits among normal look-alikes
+  that do not; where defective parts look alike, it pulls defects together instead.
+
+The default recipe is the plain score (one joint view at r = 1, the closest 30 %, top 3): on ELPV cells
+no other part lifts both cell types (``benchmarks/RESULTS.md``); the others stay for measuring.
 
 Cost: a lot of N images takes N^2 * P^2 * (sum of the views' channels) multiply-adds; the products run
 in bfloat16 (twice the float32 speed on CPUs with AVX512-BF16; a distance is then rounded to 1/256, far
