@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from adcopilot import Copilot
 from adcopilot.data.elpv import split
+from adcopilot.data.folders import list_images
 from adcopilot.eval.detection import auroc
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.detector import to_batch
@@ -65,6 +67,17 @@ def parse_recipe(text: str) -> Measured:
     return Measured(names, recipe)
 
 
+@dataclass(frozen=True)
+class LotImage:
+    path: Path
+    probability: float  # 0 normal, 1 defective (ELPV's convention)
+
+
+def folder_lot(folder: Path) -> list[LotImage]:
+    paths = [p for p in list_images(folder) if "ground_truth" not in p.parts]
+    return [LotImage(p, 0.0 if "good" in p.relative_to(folder).parts else 1.0) for p in paths]
+
+
 def encode(cells: list, tower, size: int, recipe: MutualRecipe, kind: str) -> LotViews:
     parts = []
     for start in tqdm(range(0, len(cells), 16), desc=f"{kind} features"):
@@ -88,7 +101,7 @@ def view_values(view: torch.Tensor, intervals: list[tuple[float, float]], kind: 
 def threshold_report(kind: str, scores: np.ndarray, prob: np.ndarray, k: float) -> None:
     normal, bad = scores[prob == 0.0], scores[prob == 1.0]
     t = lot_threshold(scores, k)
-    line = f"ELPV {kind}: lot threshold k={k}: whole split FA {np.mean(normal >= t):.3f} miss {np.mean(bad < t):.3f}"
+    line = f"{kind}: lot threshold k={k}: whole split FA {np.mean(normal >= t):.3f} miss {np.mean(bad < t):.3f}"
     rng = np.random.default_rng(0)
     for share in (0.05, 0.10):
         fa, miss = [], []
@@ -105,6 +118,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="test", choices=("train", "test"))
     ap.add_argument("--kinds", nargs="+", default=["mono", "poly"])
+    ap.add_argument("--lots", nargs="+", type=Path, default=[],
+                    help="folders scored as lots instead of ELPV (images under any 'good' folder are normal, the rest "
+                    "defective; 'ground_truth' folders left out)")
     ap.add_argument("--views", nargs="+", default=["joint:1", "s8:1", "s16:1"], help="layer:window, scored once each")
     ap.add_argument("--intervals", nargs="+", default=["0-0.3"], help="lo-hi shares of the other images")
     ap.add_argument("--recipes", nargs="+", default=["joint:1 0-0.3", "s8:1+s16:1 0-0.3"])
@@ -123,8 +139,9 @@ def main() -> None:
                          windows=tuple(dict.fromkeys(int(v.split(":")[1]) for v in views)))
     cp = Copilot.load()
     tower, size = cp.detector.fused_tower, cp.detector.image_size
-    for kind in args.kinds:
-        cells = [c for c in split(seed=0)[args.split] if c.kind == kind]
+    lots = {d.name: folder_lot(d) for d in args.lots} or {
+        f"ELPV {kind} {args.split}": [c for c in split(seed=0)[args.split] if c.kind == kind] for kind in args.kinds}
+    for kind, cells in lots.items():
         if args.limit:
             rng = np.random.default_rng(0)
             cells = [cells[i] for i in sorted(rng.permutation(len(cells))[: args.limit])]
@@ -142,13 +159,13 @@ def main() -> None:
             for iv, v in zip(intervals, view_values(lot.views[names.index(name)], intervals, kind, name), strict=True):
                 values[(name, iv)] = v
             seconds[name] = time.perf_counter() - t
-            print(f"ELPV {kind} {args.split}: view {name} scored in {seconds[name]:.0f} s "
+            print(f"{kind}: view {name} scored in {seconds[name]:.0f} s "
                   f"({seconds[name] / len(cells):.3f} s per image)", flush=True)
         for m in recipes:
             patch = torch.stack([values[(v, m.recipe.interval)] for v in m.views]).mean(0)  # (N, P)
             scores = lot_image_scores(patch, lot.global_features, m.recipe).numpy()
             cost = sum(seconds[v] for v in m.views) / len(cells)
-            print(f"ELPV {kind} {args.split}: lot of {len(cells)} ({sum(labels)} defective / {len(labels) - sum(labels)} "
+            print(f"{kind}: lot of {len(cells)} ({sum(labels)} defective / {len(labels) - sum(labels)} "
                   f"normal): {' + '.join(m.views)} interval {m.recipe.interval} floor {m.recipe.floor} top "
                   f"{m.recipe.top_k} graph {m.recipe.neighbours}: image AUROC {auroc(scores[keep], labels):.4f}; "
                   f"{cost:.3f} s per image scoring, {per_image:.3f} s features (all views)", flush=True)
