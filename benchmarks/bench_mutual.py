@@ -1,60 +1,107 @@
-"""Lot-level zero-shot scoring on ELPV: the test split of each cell type taken as one lot, no references.
+"""Lot-level zero-shot scoring on ELPV: one split of each cell type taken as one lot, no references.
 
-Every cell of the type's test split (seed 0; all defect probabilities, as a real lot) is scored against the
+Every cell of the type's split (seed 0; all defect probabilities, as a real lot) is scored against the
 other cells of the lot (:mod:`adcopilot.model.mutual`); image AUROC of probability 1 against 0, as
-``bench_elpv.py``. Also measured: the patch features averaged over a ``w x w`` window before scoring
-(``--windows 1 3``: the patch values of each window size are averaged, MuSc's neighbourhood
-aggregation), each image's score re-scored with its nearest images by global feature (``--rescore``:
-``a * own + (1 - a) * mean of the n nearest``), and the lot's own threshold (``--mad-k``): the false
-alarms and misses of median + k robust deviations on the whole split and on lots of its normal cells
-with 5 % / 10 % of its defective cells drawn in (200 draws). Run:
+``bench_elpv.py``. Each view (``layer:window``, e.g. ``s8:1 s16:3``; ``joint:1`` is the scoring before
+the recipe had views) is scored once, with every ``--intervals`` share at the same cost; then the
+recipes in ``--recipes`` (views joined by ``+``, an interval ``lo-hi``, and optionally ``floor=Q``,
+``top=K``, ``graph=K,K``) are put together from those patch values, one part at a time. The last recipe
+is also measured with the lot's own threshold (``--mad-k``): the false alarms and misses of median + k
+robust deviations on the whole split and on lots of its normal cells with 5 % / 10 % of its defective
+cells drawn in (200 draws). Times are of the views a recipe uses, per image of the lot. Run:
 
-    python benchmarks/bench_mutual.py [--closest 0.3] [--top-k 3] [--windows 1] [--rescore 50 0.7]
-                                      [--mad-k 1.5 3] [--limit N]
+    python benchmarks/bench_mutual.py [--split test] [--kinds mono poly] [--views joint:1 s8:1 s16:1]
+        [--intervals 0-0.3] [--recipes "joint:1 0-0.3" "s8:1+s16:1 0-0.3 floor=0.25 top=10"]
+        [--mad-k 1.5] [--limit N]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from adcopilot import Copilot
 from adcopilot.data.elpv import split
+from adcopilot.data.folders import list_images
 from adcopilot.eval.detection import auroc
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.detector import to_batch
-from adcopilot.model.mutual import image_scores, lot_features, lot_threshold, mutual_patch_scores
+from adcopilot.model.mutual import (
+    LotViews,
+    MutualRecipe,
+    interval_mean,
+    lot_features,
+    lot_image_scores,
+    lot_threshold,
+    view_distances,
+)
 
 
-def aggregated(features: torch.Tensor, window: int) -> torch.Tensor:
-    """(N, P, C) unit-norm features on a square grid -> the same, averaged over ``window`` x ``window``."""
-    if window == 1:
-        return features
-    n, p, c = features.shape
-    side = int(round(p**0.5))
-    grid = features.transpose(1, 2).reshape(n, c, side, side)
-    grid = F.avg_pool2d(grid, window, 1, window // 2, count_include_pad=False)
-    return F.normalize(grid, dim=1).flatten(2).transpose(1, 2).contiguous()
+@dataclass(frozen=True)
+class Measured:
+    """A recipe of the command line: its views (``layer:window``) and the scoring settings."""
+
+    views: tuple[str, ...]
+    recipe: MutualRecipe
 
 
-def rescored(scores: np.ndarray, features: torch.Tensor, nearest: int, own: float) -> np.ndarray:
-    """Each image's score blended with the mean score of its ``nearest`` images by global feature."""
-    g = F.normalize(features.mean(1), dim=1).numpy()
-    sim = g @ g.T
-    np.fill_diagonal(sim, -np.inf)
-    idx = np.argsort(-sim, axis=1)[:, :nearest]
-    return own * scores + (1 - own) * scores[idx].mean(1)
+def parse_recipe(text: str) -> Measured:
+    views, interval, *extra = text.split()
+    lo, hi = (float(v) for v in interval.split("-"))
+    opts = dict(item.split("=") for item in extra)
+    names = tuple(views.split("+"))
+    recipe = MutualRecipe(
+        layers=tuple(dict.fromkeys(v.split(":")[0] for v in names)),
+        windows=tuple(dict.fromkeys(int(v.split(":")[1]) for v in names)),
+        interval=(lo, hi),
+        top_k=int(opts.get("top", 3)),
+        floor=float(opts["floor"]) if "floor" in opts else None,
+        neighbours=tuple(int(k) for k in opts["graph"].split(",")) if "graph" in opts else (),
+    )
+    return Measured(names, recipe)
+
+
+@dataclass(frozen=True)
+class LotImage:
+    path: Path
+    probability: float  # 0 normal, 1 defective (ELPV's convention)
+
+
+def folder_lot(folder: Path) -> list[LotImage]:
+    paths = [p for p in list_images(folder) if "ground_truth" not in p.parts]
+    return [LotImage(p, 0.0 if "good" in p.relative_to(folder).parts else 1.0) for p in paths]
+
+
+def encode(cells: list, tower, size: int, recipe: MutualRecipe, kind: str) -> LotViews:
+    parts = []
+    for start in tqdm(range(0, len(cells), 16), desc=f"{kind} features"):
+        batch = [to_float_array(load_image(c.path), size) for c in cells[start : start + 16]]
+        parts.append(lot_features(tower, to_batch(batch), recipe))
+    return LotViews.cat(parts)
+
+
+def view_values(view: torch.Tensor, intervals: list[tuple[float, float]], kind: str, name: str) -> list[torch.Tensor]:
+    """(N, P, C) one view -> per interval (N, P) patch values, from one pass over the lot."""
+    n, p, _ = view.shape
+    out = [torch.empty(n, p) for _ in intervals]
+    for start in tqdm(range(0, n, 8), desc=f"{kind} {name}"):
+        rows = list(range(start, min(n, start + 8)))
+        d = view_distances(view, rows)  # (R, N, P)
+        for o, iv in zip(out, intervals, strict=True):
+            o[start : start + len(rows)] = interval_mean(d, iv, n - 1)
+    return out
 
 
 def threshold_report(kind: str, scores: np.ndarray, prob: np.ndarray, k: float) -> None:
     normal, bad = scores[prob == 0.0], scores[prob == 1.0]
     t = lot_threshold(scores, k)
-    line = f"ELPV {kind}: lot threshold k={k}: whole split FA {np.mean(normal >= t):.3f} miss {np.mean(bad < t):.3f}"
+    line = f"{kind}: lot threshold k={k}: whole split FA {np.mean(normal >= t):.3f} miss {np.mean(bad < t):.3f}"
     rng = np.random.default_rng(0)
     for share in (0.05, 0.10):
         fa, miss = [], []
@@ -69,50 +116,61 @@ def threshold_report(kind: str, scores: np.ndarray, prob: np.ndarray, k: float) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--closest", type=float, nargs="+", default=[0.3], help="share of the other images kept per patch")
-    ap.add_argument("--top-k", type=int, default=3)
-    ap.add_argument("--windows", type=int, nargs="+", default=[1], help="feature aggregation windows (odd)")
-    ap.add_argument("--rescore", type=float, nargs=2, default=None, metavar=("NEAREST", "OWN"))
-    ap.add_argument("--mad-k", type=float, nargs="*", default=[], help="report the lot threshold at these k")
-    ap.add_argument("--limit", type=int, default=None, help="a seeded subset of each lot, for quick runs")
+    ap.add_argument("--split", default="test", choices=("train", "test"))
     ap.add_argument("--kinds", nargs="+", default=["mono", "poly"])
+    ap.add_argument("--lots", nargs="+", type=Path, default=[],
+                    help="folders scored as lots instead of ELPV (images under any 'good' folder are normal, the rest "
+                    "defective; 'ground_truth' folders left out)")
+    ap.add_argument("--views", nargs="+", default=["joint:1", "s8:1", "s16:1"], help="layer:window, scored once each")
+    ap.add_argument("--intervals", nargs="+", default=["0-0.3"], help="lo-hi shares of the other images")
+    ap.add_argument("--recipes", nargs="+", default=["joint:1 0-0.3", "s8:1+s16:1 0-0.3"])
+    ap.add_argument("--mad-k", type=float, nargs="*", default=[], help="report the last recipe's lot threshold at these k")
+    ap.add_argument("--limit", type=int, default=None, help="a seeded subset of each lot, for quick runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    intervals = [tuple(float(v) for v in iv.split("-")) for iv in args.intervals]
+    recipes = [parse_recipe(r) for r in args.recipes]
+    views = list(dict.fromkeys(args.views))
+    for m in recipes:
+        missing = set(m.views) - set(views) or ({m.recipe.interval} - set(intervals))
+        if missing or m.recipe.problems():
+            raise SystemExit(f"recipe {m}: {missing or m.recipe.problems()} not measured (--views / --intervals)")
+    every = MutualRecipe(layers=tuple(dict.fromkeys(v.split(":")[0] for v in views)),
+                         windows=tuple(dict.fromkeys(int(v.split(":")[1]) for v in views)))
     cp = Copilot.load()
     tower, size = cp.detector.fused_tower, cp.detector.image_size
-    parts = split(seed=0)
-    for kind in args.kinds:
-        cells = [c for c in parts["test"] if c.kind == kind]
+    lots = {d.name: folder_lot(d) for d in args.lots} or {
+        f"ELPV {kind} {args.split}": [c for c in split(seed=0)[args.split] if c.kind == kind] for kind in args.kinds}
+    for kind, cells in lots.items():
         if args.limit:
             rng = np.random.default_rng(0)
             cells = [cells[i] for i in sorted(rng.permutation(len(cells))[: args.limit])]
         t0 = time.perf_counter()
-        feats = []
-        for start in tqdm(range(0, len(cells), 16), desc=f"{kind} features"):
-            batch = [to_float_array(load_image(c.path), size) for c in cells[start : start + 16]]
-            feats.append(lot_features(tower, to_batch(batch)))
-        features = torch.cat(feats)  # (N, P, C)
-        t1 = time.perf_counter()
+        lot = encode(cells, tower, size, every, kind)
+        per_image = (time.perf_counter() - t0) / len(cells)
         prob = np.array([c.probability for c in cells])
         keep = np.isin(prob, (0.0, 1.0))
         labels = (prob[keep] == 1.0).astype(int).tolist()
-        for frac in args.closest:
-            t2 = time.perf_counter()
-            patches = []
-            for w in args.windows:
-                with tqdm(total=len(cells), desc=f"{kind} mutual {frac} window {w}") as bar:
-                    patches.append(mutual_patch_scores(aggregated(features, w), frac, progress=bar.update))
-            scores = image_scores(torch.stack(patches).mean(0), args.top_k).numpy()
-            a = auroc(scores[keep], labels)
-            print(f"ELPV {kind}: lot of {len(cells)} cells, closest {frac}, windows {args.windows}, top {args.top_k}: "
-                  f"image AUROC {a:.4f} ({sum(labels)} defective / {len(labels) - sum(labels)} normal); features "
-                  f"{t1 - t0:.0f} s, scoring {time.perf_counter() - t2:.0f} s", flush=True)
-            if args.rescore:
-                n, own = int(args.rescore[0]), args.rescore[1]
-                print(f"ELPV {kind}: re-scored with the {n} nearest images ({own} own): image AUROC "
-                      f"{auroc(rescored(scores, features, n, own)[keep], labels):.4f}", flush=True)
-            for k in args.mad_k:
-                threshold_report(kind, scores, prob, k)
+        values: dict[tuple[str, tuple[float, float]], torch.Tensor] = {}
+        seconds: dict[str, float] = {}
+        names = [f"{layer}:{r}" for layer in every.layers for r in every.windows]  # the lot's view order
+        for name in views:
+            t = time.perf_counter()
+            for iv, v in zip(intervals, view_values(lot.views[names.index(name)], intervals, kind, name), strict=True):
+                values[(name, iv)] = v
+            seconds[name] = time.perf_counter() - t
+            print(f"{kind}: view {name} scored in {seconds[name]:.0f} s "
+                  f"({seconds[name] / len(cells):.3f} s per image)", flush=True)
+        for m in recipes:
+            patch = torch.stack([values[(v, m.recipe.interval)] for v in m.views]).mean(0)  # (N, P)
+            scores = lot_image_scores(patch, lot.global_features, m.recipe).numpy()
+            cost = sum(seconds[v] for v in m.views) / len(cells)
+            print(f"{kind}: lot of {len(cells)} ({sum(labels)} defective / {len(labels) - sum(labels)} "
+                  f"normal): {' + '.join(m.views)} interval {m.recipe.interval} floor {m.recipe.floor} top "
+                  f"{m.recipe.top_k} graph {m.recipe.neighbours}: image AUROC {auroc(scores[keep], labels):.4f}; "
+                  f"{cost:.3f} s per image scoring, {per_image:.3f} s features (all views)", flush=True)
+        for k in args.mad_k:
+            threshold_report(kind, scores, prob, k)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,13 @@ costs more than a second look.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,16 @@ from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_feature
 from adcopilot.line.sources import LotItem
 from adcopilot.model.boxes import boxes_from_map
 from adcopilot.model.detector import to_batch
-from adcopilot.model.mutual import MAD_K, image_scores, lot_features, lot_threshold, mutual_patch_scores
+from adcopilot.model.mutual import (
+    MAD_K,
+    LotViews,
+    MutualRecipe,
+    lot_features,
+    lot_image_scores,
+    lot_threshold,
+    mutual_patch_scores,
+    relative_patch_values,
+)
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.model.vision import PatchTower
 from adcopilot.results import Box, InspectionResult, describe_findings
@@ -80,8 +90,7 @@ SCORES_FILE = "mutual-scores.safetensors"
 class MutualConfig:
     """Settings of lot-level scoring (see :mod:`adcopilot.model.mutual`)."""
 
-    closest: float = 0.3  # share of the other images each patch is compared with (its closest)
-    top_k: int = 3  # image score: mean of the largest patch values
+    recipe: MutualRecipe = MutualRecipe()  # how patches and images are scored
     mad_k: float = MAD_K  # lot threshold: median + mad_k robust deviations
     threshold: float | None = None  # a fixed threshold for mutual scores instead of the lot's own
 
@@ -91,7 +100,7 @@ class LotFeatures:
     """The readable images of a lot with what mutual scoring and the image check need."""
 
     items: list[LotItem]
-    features: torch.Tensor  # (N, P, C) unit-norm patch features at stride 16
+    views: LotViews  # the recipe's patch features at stride 16 and the global features
     profiles: list[ImageProfile]
     skipped: list[tuple[str, str]]  # (key, reason) of the files that cannot be read
 
@@ -113,11 +122,12 @@ def _decode(item: LotItem, size: int) -> np.ndarray | str:
 
 
 def encode_lot(
-    items: Sequence[LotItem], tower: PatchTower, size: int, workers: int = 2, chunk: int = 16, progress: bool = False
+    items: Sequence[LotItem], tower: PatchTower, size: int, recipe: MutualRecipe | None = None, workers: int = 2,
+    chunk: int = 16, progress: bool = False,
 ) -> LotFeatures:
     """Decode the lot (in threads) and keep each readable image's patch features and profile."""
     good: list[LotItem] = []
-    feats: list[torch.Tensor] = []
+    feats: list[LotViews] = []
     profiles: list[ImageProfile] = []
     skipped: list[tuple[str, str]] = []
     with (
@@ -136,11 +146,11 @@ def encode_lot(
                 arrays.append(got)
                 profiles.append(image_profile(tower, got))
             if arrays:
-                feats.append(lot_features(tower, to_batch(arrays)))  # (B, P, C)
+                feats.append(lot_features(tower, to_batch(arrays), recipe))
             bar.update(len(part))
     if len(good) < 2:
         raise AdcopilotError(f"--mutual needs a lot of two readable images or more, got {len(good)}")
-    return LotFeatures(good, torch.cat(feats), profiles, skipped)
+    return LotFeatures(good, LotViews.cat(feats), profiles, skipped)
 
 
 def _load_scores(path: Path, digest: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,8 +182,8 @@ def score_lot(
 ) -> torch.Tensor:
     """(N, P) patch values of the lot's images, resumed from (and saved to) ``SCORES_FILE``."""
     path = out / SCORES_FILE
-    n, p, _ = lot.features.shape
-    digest = _digest([it.key for it in lot.items] + [f"closest={cfg.closest}"])
+    n, p, _ = lot.views.views[0].shape
+    digest = _digest([it.key for it in lot.items] + [cfg.recipe.key()])
     if restart:
         path.unlink(missing_ok=True)
     values, done = _load_scores(path, digest, (n, p))
@@ -181,7 +191,7 @@ def score_lot(
     with tqdm(total=n, initial=n - len(todo), unit="img", desc="mutual", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(todo), chunk):
             rows = todo[start : start + chunk]
-            values[rows] = mutual_patch_scores(lot.features, cfg.closest, rows=rows, progress=bar.update)
+            values[rows] = mutual_patch_scores(lot.views, cfg.recipe.interval, rows=rows, progress=bar.update)
             done[rows] = True
             _save_scores(path, digest, values, done)
     return values
@@ -246,14 +256,14 @@ def run_mutual_batch(
     cfg, mcfg = config or BatchConfig(), mutual or MutualConfig()
     if cfg.shard != (1, 1):
         raise AdcopilotError("--mutual scores the lot as a whole: it cannot be split with --shard")
-    if not 0 < mcfg.closest <= 1:
-        raise AdcopilotError(f"--closest must be in (0, 1], got {mcfg.closest}")
-    if mcfg.top_k < 1:
-        raise AdcopilotError(f"--top-k must be at least 1, got {mcfg.top_k}")
+    problems = mcfg.recipe.problems()
+    if problems:
+        raise AdcopilotError(f"mutual scoring: {problems[0]}")
     out = output_folder(out_dir)
     tower = lot_tower(copilot)
     bank = ReferenceBank.from_paths(references, tower_for(copilot.detector), need_features=True) if references else None
-    settings = {"closest": mcfg.closest, "top_k": mcfg.top_k, "mad_k": mcfg.mad_k, "threshold": mcfg.threshold}
+    # As the manifest reads back (tuples as lists), so an unchanged run compares equal when it resumes.
+    settings = json.loads(json.dumps({**asdict(mcfg.recipe), "mad_k": mcfg.mad_k, "threshold": mcfg.threshold}))
     if bank is not None:
         manifest: dict[str, Any] = {**_manifest(copilot, bank, cfg, queries), "mutual": settings}
     else:
@@ -266,9 +276,10 @@ def run_mutual_batch(
         results_path.unlink(missing_ok=True)
 
     t0 = time.perf_counter()
-    lot = encode_lot(queries, tower, copilot.detector.image_size, cfg.workers, progress=cfg.progress)
+    lot = encode_lot(queries, tower, copilot.detector.image_size, mcfg.recipe, cfg.workers, progress=cfg.progress)
     patch_values = score_lot(lot, out, mcfg, cfg.restart, progress=cfg.progress)  # (N, P)
-    scores = image_scores(patch_values, mcfg.top_k).tolist()
+    scores = lot_image_scores(patch_values, lot.views.global_features, mcfg.recipe).tolist()
+    patch_values = relative_patch_values(patch_values, mcfg.recipe.floor)  # the maps on the scores' scale
     thr = mcfg.threshold if mcfg.threshold is not None else lot_threshold(scores, mcfg.mad_k)
     checks = lot_checks(lot.profiles, copilot.check_rules)
     log.info("lot of %d images: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))

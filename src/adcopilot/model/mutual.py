@@ -1,15 +1,31 @@
 """Lot-level zero-shot scoring: every image of a lot against the other images of the same lot.
 
 Most parts of a lot are normal, so a patch that has a close match in most other images is normal and a
-defect patch is not (the mutual-scoring idea of zero-shot methods such as MuSc, Li et al. 2024). For each
-patch of each image: its nearest-patch cosine distance in every *other* image of the lot, and the mean of
-the smallest ``closest_frac`` of those distances is its anomaly value (a defect shared by a few images is
-still far from the rest). The image score is the mean of its ``top_k`` largest patch values. No reference
-and no training are needed.
+defect patch is not (the mutual-scoring idea of zero-shot methods such as MuSc, Li et al. 2024). No
+reference and no training are needed. A :class:`MutualRecipe` says how:
 
-Features: the frozen tower's unit-norm stride-8 patch features, average-pooled 2 x 2 to stride 16 and
-renormalised (256 patches at 256 px): a quarter of the patches, so a lot of N images costs
-N^2 * 256^2 dot products.
+- **Views.** Each layer in ``layers`` is scored on its own: ``joint`` (the tower's two scales joined as
+  the comparison model sees them, the default) or one scale, ``s8`` or ``s16``; stride-8 features are
+  average-pooled 2 x 2 to the stride-16 grid, so every view has P = (S/16)^2 patches. Each layer is scored
+  once per degree ``r`` in ``windows``: each patch feature averaged over its r x r neighbourhood and renormalised
+  (MuSc's local neighbourhood aggregation: r = 1 sees fine texture, larger r whole small defects).
+- **Mutual score.** In each view, a patch's nearest-patch cosine distance to every *other* image of the
+  lot, sorted; its value is the mean over the ``interval`` (shares of the N-1 others, from the closest):
+  a defect shared by a few images is still far from the rest. The patch value is the mean over views.
+- **Image score.** With ``floor`` set, each image's patch values less their ``floor`` quantile (a
+  defect stands out of its own image, not of the lot's average level). The mean of the image's
+  ``top_k`` largest patch values, then smoothed over the lot's own similarity graph when
+  ``neighbours`` is set (MuSc's RsCIN): for each k, the similarity-weighted mean of the scores of the
+  image and its k - 1 most similar images by global feature (the mean of its patch features),
+  averaged over the k's. A normal image that scores high by chance sits among normal look-alikes
+  that do not; where defective parts look alike, it pulls defects together instead.
+
+The default recipe is the plain score (one joint view at r = 1, the closest 30 %, top 3): on ELPV cells
+no other part lifts both cell types (``benchmarks/RESULTS.md``); the others stay for measuring.
+
+Cost: a lot of N images takes N^2 * P^2 * (sum of the views' channels) multiply-adds; the products run
+in bfloat16 on CPUs with AVX512-BF16 (twice the float32 speed; a distance is then rounded to 1/256, far
+below the spread of the values averaged over many images), in float32 elsewhere.
 
 The lot's threshold comes from its own scores (:func:`lot_threshold`): no label and no reference needed.
 """
@@ -18,58 +34,191 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adcopilot.model.baseline import normalized_patch_features
-from adcopilot.model.vision import PatchTower
+from adcopilot.model.vision import PatchTower, joint_patch_features
+
+#: Layers a view may use and their strides: the tower's scales (keys of ``PatchTower.patch_features``)
+#: and "joint", both joined as the comparison model sees them (:func:`joint_patch_features`).
+LAYER_STRIDES = {"s8": 8, "s16": 16, "joint": 8}
+#: Stride of the grid every view is scored on.
+GRID_STRIDE = 16
+#: bfloat16 where the CPU multiplies it natively (AVX512-BF16); elsewhere it would be emulated, and
+#: slower than float32.
+_BF16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+MATMUL_DTYPE = torch.bfloat16 if _BF16 else torch.float32
+
+
+@dataclass(frozen=True)
+class MutualRecipe:
+    """How a lot is scored (see the module doc)."""
+
+    layers: tuple[str, ...] = ("joint",)
+    windows: tuple[int, ...] = (1,)
+    interval: tuple[float, float] = (0.0, 0.3)  # shares of the other images, closest first
+    top_k: int = 3
+    floor: float | None = None  # quantile of the image's own patch values subtracted from them; None: raw
+    neighbours: tuple[int, ...] = ()  # RsCIN graph sizes (the image itself included); () leaves scores as they are
+
+    def problems(self) -> list[str]:
+        """What is wrong with the recipe (empty when it can be used)."""
+        out = [f"unknown layer '{name}' (use {', '.join(LAYER_STRIDES)})" for name in self.layers if name not in LAYER_STRIDES]
+        if not self.layers or not self.windows:
+            out.append("at least one layer and one window are needed")
+        out += [f"window {r} must be an odd number >= 1" for r in self.windows if r < 1 or r % 2 == 0]
+        lo, hi = self.interval
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi <= 1):
+            out.append(f"interval {self.interval} must satisfy 0 <= low < high <= 1")
+        if self.floor is not None and not (math.isfinite(self.floor) and 0 <= self.floor <= 1):
+            out.append(f"floor {self.floor} must be a quantile in [0, 1]")
+        if self.top_k < 1:
+            out.append(f"top_k must be at least 1, got {self.top_k}")
+        out += [f"neighbours {k} must be at least 1" for k in self.neighbours if k < 1]
+        return out
+
+    def key(self) -> str:
+        """A stable text of the settings that change the patch values (for resuming saved scores)."""
+        return f"layers={','.join(self.layers)};windows={','.join(map(str, self.windows))};interval={self.interval}"
+
+
+@dataclass
+class LotViews:
+    """What mutual scoring needs of some images: one (B, P, C_v) unit-norm feature tensor per view (in
+    the recipe's layer-major, window-minor order, stored in bfloat16) and (B, D) unit global features."""
+
+    views: list[torch.Tensor]
+    global_features: torch.Tensor
+
+    @staticmethod
+    def cat(parts: Sequence[LotViews]) -> LotViews:
+        return LotViews([torch.cat(v) for v in zip(*(p.views for p in parts), strict=True)],
+                        torch.cat([p.global_features for p in parts]))
+
+    def __len__(self) -> int:
+        return len(self.global_features)
+
+
+def aggregate(grid: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, C, h, w) unit-norm features -> the same, each the renormalised mean of its ``window`` x
+    ``window`` neighbourhood (cells outside the image are left out of the mean)."""
+    if window == 1:
+        return grid
+    return F.normalize(F.avg_pool2d(grid, window, 1, window // 2, count_include_pad=False), dim=1)
+
+
+def _on_grid(feature: torch.Tensor, stride: int) -> torch.Tensor:
+    """(B, C, S/stride, S/stride) -> (B, C, S/16, S/16) unit-norm, finer scales average-pooled."""
+    f = F.normalize(feature.float(), dim=1)
+    if stride < GRID_STRIDE:
+        f = F.normalize(F.avg_pool2d(f, GRID_STRIDE // stride), dim=1)
+    return f
 
 
 @torch.inference_mode()
-def lot_features(tower: PatchTower, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) in [0, 1] -> (B, P, C) unit-norm patch features at stride 16 (P = (S/16)^2)."""
-    f = normalized_patch_features(tower, images)  # (B, C, S/8, S/8)
-    f = F.normalize(F.avg_pool2d(f, 2), dim=1)  # (B, C, S/16, S/16)
-    return f.flatten(2).transpose(1, 2).contiguous()
+def lot_features(tower: PatchTower, images: torch.Tensor, recipe: MutualRecipe | None = None) -> LotViews:
+    """(B, 3, S, S) in [0, 1] -> the images' views and global features (S a multiple of 16)."""
+    recipe = recipe or MutualRecipe()
+    scales = tower.patch_features(images)
+    if "joint" in recipe.layers:
+        scales = {**scales, "joint": joint_patch_features(scales)}
+    grids = {name: _on_grid(scales[name], LAYER_STRIDES[name]) for name in recipe.layers}  # (B, C, S/16, S/16)
+    views = [aggregate(grids[name], r).flatten(2).transpose(1, 2).to(MATMUL_DTYPE).contiguous()
+             for name in recipe.layers for r in recipe.windows]  # each (B, P, C)
+    glob = F.normalize(torch.cat([g.mean(dim=(2, 3)) for g in grids.values()], dim=1), dim=1)  # (B, D)
+    return LotViews(views, glob)
+
+
+def interval_mean(dist: torch.Tensor, interval: tuple[float, float], others: int) -> torch.Tensor:
+    """(R, M, P) distances of R images' patches to M images (the ``others`` finite ones first when
+    sorted) -> (R, P): the mean of each patch's sorted distances ranked floor(low * others) ..
+    ceil(high * others) - 1 (at least one)."""
+    lo = min(int(math.floor(interval[0] * others)), others - 1)
+    hi = max(lo + 1, min(others, int(math.ceil(interval[1] * others))))
+    return dist.topk(hi, dim=1, largest=False).values[:, lo:hi].mean(1)
+
+
+@torch.inference_mode()
+def view_distances(view: torch.Tensor, rows: Sequence[int], chunk: int = 64) -> torch.Tensor:
+    """(N, P, C) one view of the lot -> (R, N, P): each patch of the images ``rows``'s cosine distance to
+    its nearest patch in every image of the lot (infinite to the image itself)."""
+    n, p, c = view.shape
+    r = len(rows)
+    queries = view[list(rows)].reshape(r * p, c)
+    out = torch.empty(r, n, p)
+    for start in range(0, n, chunk):
+        block = view[start : start + chunk]  # (J, P, C)
+        sim = queries @ block.reshape(-1, c).T  # (R*P, J*P)
+        best = sim.view(r, p, len(block), p).amax(dim=3).float()  # (R, P, J)
+        out[:, start : start + len(block)] = (1.0 - best).transpose(1, 2)
+    out[torch.arange(r), torch.as_tensor(list(rows))] = float("inf")
+    return out.clamp_min_(0)
 
 
 @torch.inference_mode()
 def mutual_patch_scores(
-    features: torch.Tensor,
-    closest_frac: float = 0.3,
-    chunk: int = 64,
-    progress: Callable[[int], None] | None = None,
+    lot: LotViews | Sequence[torch.Tensor],
+    interval: tuple[float, float] = (0.0, 0.3),
     rows: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+    group: int = 8,
 ) -> torch.Tensor:
-    """(N, P, C) unit-norm features of a lot -> (R, P) patch anomaly values (see the module doc) of the
-    images ``rows`` (all N by default): each still against every other image of the lot."""
-    n, p, _ = features.shape
+    """The views of a lot -> (R, P) patch values (see the module doc) of the images ``rows`` (all N by
+    default), each still against every other image of the lot; ``group`` images at a time."""
+    views = lot.views if isinstance(lot, LotViews) else list(lot)
+    n, p, _ = views[0].shape
     if n < 2:
         raise ValueError("mutual scoring needs a lot of two images or more")
-    keep = max(1, math.ceil(closest_frac * (n - 1)))
     wanted = list(range(n)) if rows is None else list(rows)
-    out = torch.empty(len(wanted), p)
-    for r, i in enumerate(wanted):
-        nearest = []  # per other image: (P,) nearest-patch distance of each of image i's patches
-        for start in range(0, n, chunk):
-            block = features[start : start + chunk]  # (J, P, C)
-            sim = torch.einsum("pc,jqc->jpq", features[i], block)  # (J, P, P)
-            d = 1.0 - sim.amax(dim=2)  # (J, P)
-            if start <= i < start + len(block):
-                d = torch.cat([d[: i - start], d[i - start + 1 :]])
-            nearest.append(d)
-        dist = torch.cat(nearest).clamp_min(0)  # (N-1, P)
-        out[r] = dist.topk(keep, dim=0, largest=False).values.mean(0)
+    out = torch.zeros(len(wanted), p)
+    for start in range(0, len(wanted), group):
+        part = wanted[start : start + group]
+        for view in views:
+            out[start : start + len(part)] += interval_mean(view_distances(view, part), interval, n - 1)
         if progress:
-            progress(1)
-    return out
+            progress(len(part))
+    return out / len(views)
+
+
+def relative_patch_values(patch_scores: torch.Tensor, floor: float | None) -> torch.Tensor:
+    """(N, P) patch values -> the same less each image's ``floor`` quantile of them (clamped at 0), or
+    as they are for None: an image whose every patch is a little farther from the lot (a rarer
+    variant, another exposure) does not outrank one with a local defect."""
+    if floor is None:
+        return patch_scores
+    return (patch_scores - patch_scores.quantile(floor, dim=1, keepdim=True)).clamp_min(0)
 
 
 def image_scores(patch_scores: torch.Tensor, top_k: int = 3) -> torch.Tensor:
     """(N, P) patch values -> (N,) image scores: the mean of each image's ``top_k`` largest."""
     return patch_scores.topk(min(top_k, patch_scores.shape[1]), dim=1).values.mean(1)
+
+
+def rescore_by_neighbours(scores: torch.Tensor, global_features: torch.Tensor, neighbours: Sequence[int]) -> torch.Tensor:
+    """(N,) image scores, (N, D) unit global features -> (N,) scores smoothed over the lot's similarity
+    graph: for each k, sum_j w_ij s_j over image i and its k - 1 most similar images, w_ij their cosine
+    similarities divided by the sum; the mean over the k's. Weights sum to 1: the scale is kept."""
+    if not neighbours:
+        return scores
+    n = len(scores)
+    sim = global_features @ global_features.T  # (N, N)
+    sim.fill_diagonal_(float("inf"))  # the image itself first, whatever the rounding
+    out = torch.zeros(n)
+    for k in neighbours:
+        top, idx = sim.topk(min(k, n), dim=1)  # (N, k)
+        top[:, 0] = 1.0
+        w = top.clamp_min(0)
+        out += (w * scores[idx]).sum(1) / w.sum(1)
+    return out / len(neighbours)
+
+
+def lot_image_scores(patch_scores: torch.Tensor, global_features: torch.Tensor, recipe: MutualRecipe) -> torch.Tensor:
+    """(N, P) patch values -> (N,) the lot's image scores under the recipe (floor, top-k mean, graph)."""
+    top = image_scores(relative_patch_values(patch_scores, recipe.floor), recipe.top_k)
+    return rescore_by_neighbours(top, global_features, recipe.neighbours)
 
 
 #: Robust standard deviations above the lot's median image score at which a mutual score is anomalous:

@@ -16,7 +16,7 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.line.batch import BatchConfig, read_records
 from adcopilot.line.lot import SCORES_FILE, MutualConfig, encode_lot, lot_tower, run_mutual_batch, score_lot
 from adcopilot.line.sources import collect
-from adcopilot.model.mutual import MAD_K, MIN_SPREAD, lot_threshold, mutual_patch_scores
+from adcopilot.model.mutual import MAD_K, MIN_SPREAD, MutualRecipe, lot_threshold, mutual_patch_scores
 
 from .conftest import texture
 
@@ -78,7 +78,7 @@ def test_mutual_batch_without_references(tiny_copilot, mixed_lot):
     assert len(rows) == 10
     summary = json.loads((out / "summary.json").read_text())
     assert summary["truth"]["confusion"] == {"tn": 8, "fp": 0, "tp": 2, "fn": 0}
-    assert summary["run"]["mutual"]["closest"] == 0.3
+    assert summary["run"]["mutual"]["interval"] == list(MutualRecipe().interval)
 
 
 def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixed_lot, tmp_path):
@@ -88,7 +88,7 @@ def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixe
     assert len(lot.items) == 10 and [k for k, _ in lot.skipped] == ["defect/broken.png"]
     cfg = MutualConfig()
     full = score_lot(lot, tmp_path, cfg)
-    assert torch.allclose(full, mutual_patch_scores(lot.features, cfg.closest))
+    assert torch.allclose(full, mutual_patch_scores(lot.views, cfg.recipe.interval))
     # An interrupted run: half the rows saved (marked with a value no scoring gives), the rest to do.
     saved = load_file(str(tmp_path / SCORES_FILE))
     saved["patch_scores"][:5] = 7.0
@@ -97,7 +97,7 @@ def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixe
     resumed = score_lot(lot, tmp_path, cfg)
     assert bool((resumed[:5] == 7.0).all()) and torch.allclose(resumed[5:], full[5:])
     # Another setting is another lot's scores: all scored again.
-    other = score_lot(lot, tmp_path, MutualConfig(closest=0.5))
+    other = score_lot(lot, tmp_path, MutualConfig(recipe=MutualRecipe(interval=(0.0, 0.5))))
     assert not bool((other == 7.0).any())
 
 
@@ -144,3 +144,5 @@ def test_refused_settings(tiny_copilot, mixed_lot):
         run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(shard=(1, 2)))
     with pytest.raises(AdcopilotError, match="two readable images or more"):
         run_mutual_batch(tiny_copilot, items[:1], None, mixed_lot["out"], _cfg())
+    with pytest.raises(AdcopilotError, match="mutual scoring: window 4 must be an odd number"):
+        run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(), MutualConfig(recipe=MutualRecipe(windows=(4,))))
