@@ -82,8 +82,8 @@ class CheckRules:
     far_product: float = 0.5  # feature distance that is another product whatever else is seen
     other_product: float = 0.33  # feature distance beyond every normal image measured
     # The same two for the patch distance (:func:`patch_distance`): "other" halfway between the largest
-    # normal image's (0.30, an ELPV poly cell) and the smallest other product's (0.40); "far" above most
-    # heavily blurred frames (up to 0.50), which the blur test names.
+    # normal image's and the smallest other product's (benchmarks/bench_sanity.py); "far" above most
+    # heavily blurred frames, which the blur test names.
     far_patches: float = 0.45
     other_patches: float = 0.35
 
