@@ -4,8 +4,9 @@ Each stage of ``Copilot.inspect`` is timed with ``time.perf_counter`` on the lib
 in the order ``inspect`` runs them: decoding the query file, registration (ECC + warp), the vision
 tower, the nearest-reference-patch distance, the input projection and Comparison Encoder, the dense
 head with its up-sampling and smoothing, the product memory (adapted models only), the map's warp
-back to the query's pixels and the boxes. The stages' map is checked against ``inspect``'s own (they
-must agree to 1e-5), and ``inspect`` end to end is timed on the same queries, alternating, so the sum
+back to the query's pixels, the brightness deviation from the references (the boxes grow along it),
+the global image check and the boxes. The stages' map and image check are checked against ``inspect``'s
+own (the maps must agree to 1e-5), and ``inspect`` end to end is timed on the same queries, alternating, so the sum
 of the stages can be compared with the whole.
 
 Images: ELPV cells from files (300 px PNG, decoded each time): a normal mono cell of the training split
@@ -32,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("decode", "register", "tower", "distance", "encoder", "head+blur", "memory", "map back", "boxes")
+STAGES = ("decode", "register", "tower", "distance", "encoder", "head+blur", "memory", "map back", "deviation", "check",
+          "boxes")
 
 
 def profile_child(model: str, n: int, search: str) -> dict:
@@ -44,10 +46,16 @@ def profile_child(model: str, n: int, search: str) -> dict:
     from adcopilot import Copilot
     from adcopilot.data.elpv import split
     from adcopilot.imaging import load_image, to_float_array
-    from adcopilot.model.boxes import boxes_from_map
+    from adcopilot.model.boxes import boxes_from_map, deviation_map
+    from adcopilot.model.inspection import CoreOutput
     from adcopilot.model.nano import ReferenceInputs, pooled_score
     from adcopilot.model.upsample import upsample_centered
     from adcopilot.registration import register, warp
+
+    try:  # a tree whose image check reads the detector's patch distances
+        from adcopilot.model.sanity import patch_distance
+    except ImportError:  # an earlier tree: the check runs its own tower pass
+        patch_distance = None
 
     torch.set_num_threads(1)
     cp = Copilot.load(model)
@@ -61,12 +69,13 @@ def profile_child(model: str, n: int, search: str) -> dict:
     ref_arr, ref_inputs = cp._reference(ref_path, "reference")
     times: dict[str, list[float]] = {s: [] for s in (*STAGES, "sum", "inspect")}
 
-    def staged(path: Path) -> np.ndarray:
+    def staged(path: Path) -> tuple[np.ndarray, str | None]:
         t = [time.perf_counter()]
         img = load_image(path, name=str(path))
         q = to_float_array(img, size)
         t.append(time.perf_counter())
         reg = register(q, ref_arr)
+        q_own = q
         q = warp(q, reg.matrix) if reg.method != "identity" else q
         t.append(time.perf_counter())
         with torch.inference_mode():
@@ -97,13 +106,24 @@ def profile_child(model: str, n: int, search: str) -> dict:
         amap = warp(prob, reg.inverse, border="constant") if reg.method != "identity" else prob
         amap = cv2.resize(amap, img.size, interpolation=cv2.INTER_LINEAR).astype(np.float32)
         t.append(time.perf_counter())
+        dev = deviation_map(q, [ref_arr])
+        dev = warp(dev, reg.inverse, border="constant") if reg.method != "identity" else dev
+        dev = cv2.resize(dev, img.size, interpolation=cv2.INTER_LINEAR)
+        t.append(time.perf_counter())
+        if patch_distance is not None:
+            up = upsample_centered(distance, size // w)[0, 0].numpy()
+            core = CoreOutput(amap=prob, score=score, registration=reg, patch_dist=patch_distance(up))
+            reason = cp.check(q_own, cp.reference_profiles([ref_path], [ref_arr]), core)
+        else:
+            reason = cp.check(q_own, [ref_path], [ref_arr])
+        t.append(time.perf_counter())
         if score >= cp.threshold:
-            boxes_from_map(amap, cp.threshold, cp.box_rules)
+            boxes_from_map(amap, cp.threshold, cp.box_rules, dev)
         t.append(time.perf_counter())
         for stage, a, b_ in zip(STAGES, t[:-1], t[1:], strict=True):
             times[stage].append(1e3 * (b_ - a))
         times["sum"].append(1e3 * (t[-1] - t[0]))
-        return amap
+        return amap, reason
 
     for p in queries[:3]:  # warm-up
         staged(p)
@@ -111,13 +131,15 @@ def profile_child(model: str, n: int, search: str) -> dict:
     for i, p in enumerate(queries):
         for which in ("staged", "inspect")[:: 1 if i % 2 else -1]:
             if which == "staged":
-                amap = staged(p)
+                amap, reason = staged(p)
             else:
                 t0 = time.perf_counter()
                 r = cp.inspect(p, [ref_path])
                 times["inspect"].append(1e3 * (time.perf_counter() - t0))
         if not np.allclose(amap, r.anomaly_map, atol=1e-5):
             raise SystemExit(f"{p}: the staged map differs from inspect's (max {np.abs(amap - r.anomaly_map).max()})")
+        if reason != r.image_check:
+            raise SystemExit(f"{p}: the staged image check says {reason!r}, inspect's {r.image_check!r}")
     if det.memory is None:
         times.pop("memory")
     return {k: statistics.median(v) for k, v in times.items()}

@@ -7,7 +7,13 @@ reason, not a wrong verdict). Bad frames, made from each normal query of the bun
 checked against the same references: black, grey and white frames, a random constant colour, a 1 x 1
 image, uniform and Gaussian noise, over- and under-exposure, a heavy blur (sigma 5 px at 256 px), and
 another product (a bundled photo of another class against ELPV references and vice versa, and one
-photo class against another's). Run:
+photo class against another's).
+
+Each frame is checked as ``inspect`` checks it: registered onto the first reference and compared by the
+detector, whose nearest-reference-patch distance map the product test reads (its 25th percentile,
+``sanity.patch_distance``). Per group the table gives the flags, their reasons and the patch distance's
+minimum / median / maximum, which the "not the reference product" thresholds are chosen between.
+Run:
 
     python benchmarks/bench_sanity.py [--elpv-limit N] [--out sanity.json]
 """
@@ -29,6 +35,7 @@ from adcopilot import Copilot
 from adcopilot.data.elpv import split
 from adcopilot.eval.bundled import ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.inspection import inspect_arrays
 
 
 def bad_frames(q: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -54,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--elpv-limit", type=int, default=None, help="ELPV test normals per type (seeded subset)")
-    ap.add_argument("--out", default=None, help="write the counts as JSON here")
+    ap.add_argument("--out", default=None, help="write the counts and every patch distance as JSON here")
     args = ap.parse_args()
     cp = Copilot.load(args.model)
     size = cp.detector.image_size
@@ -70,13 +77,17 @@ def main() -> None:
         return arrays[key]
 
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    distances: dict[str, list[float]] = collections.defaultdict(list)
     times: list[float] = []
 
     def check(group: str, q: np.ndarray, refs: list[str]) -> None:
+        encoded = [cp._reference(r, r) for r in refs]  # cached, as inspect's references
+        core = inspect_arrays(cp.detector, q, encoded, registration=cp.registration)
         t = time.perf_counter()
-        reason = cp.check(q, refs, [arr(r) for r in refs])
+        reason = cp.check(q, cp.reference_profiles(refs, [a for a, _ in encoded]), core)
         times.append(time.perf_counter() - t)
         counts[group][reason or "passed"] += 1
+        distances[group].append(core.patch_dist)
 
     def family(key: str) -> str:  # "ELPV" or the photo class
         parts = key.split("/")
@@ -108,10 +119,12 @@ def main() -> None:
         n = sum(c.values())
         flagged = n - c.get("passed", 0)
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k != "passed")
-        print(f"{group:40s} {flagged:4d} / {n:4d} flagged ({100 * flagged / n:5.1f} %)  {reasons}")
-    print(f"median check time {1000 * float(np.median(times)):.1f} ms (references' profiles cached)")
+        d = distances[group]
+        print(f"{group:40s} {flagged:4d} / {n:4d} flagged ({100 * flagged / n:5.1f} %)  "
+              f"distance {min(d):.3f} / {float(np.median(d)):.3f} / {max(d):.3f}  {reasons}")
+    print(f"median check time {1000 * float(np.median(times)):.2f} ms after the detector (references' profiles cached)")
     if args.out:
-        Path(args.out).write_text(json.dumps(table, indent=2))
+        Path(args.out).write_text(json.dumps({"counts": table, "patch_distances": distances}, indent=1))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ from adcopilot.model.detector import Detection, Detector
 from adcopilot.model.inspection import Aligned, CoreOutput, align, in_query_frame, inspect_arrays
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
-from adcopilot.model.vision import PatchTower
 from adcopilot.protocols import Inspector
 from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
@@ -96,11 +95,9 @@ class Copilot:
         self.calibration: dict[str, Any] | None = None  # the calibration.json in use, if any
         self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
         self._cache_size = cache_size
-        # The global check reads the detector's frozen vision tower (the fused copy when there is
-        # one); a detector without a tower is inspected without it.
-        tower = getattr(detector, "fused_tower", None)
-        self._check_tower: PatchTower | None = tower if tower is not None else getattr(detector, "tower", None)
-        self.check_rules: CheckRules | None = CheckRules() if image_check and self._check_tower is not None else None
+        # The global check's product test reads the detector's nearest-reference-patch distances; a
+        # detector without them is inspected without the check.
+        self.check_rules: CheckRules | None = CheckRules() if image_check and detector.patch_distances else None
         self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
 
     @property
@@ -151,35 +148,32 @@ class Copilot:
 
     def _profile(self, src: ImageInput, arr: np.ndarray) -> ImageProfile:
         """The global profile of a reference (cached like its features)."""
-        assert self._check_tower is not None
         key = cache_key(src, self.detector.image_size)
         if key is not None and key in self._profiles:
             self._profiles.move_to_end(key)
             return self._profiles[key]
-        profile = image_profile(self._check_tower, arr)
+        profile = image_profile(None, arr)  # no tower: the product test reads the detector's distances
         if key is not None:
             self._profiles[key] = profile
             if len(self._profiles) > self._cache_size:
                 self._profiles.popitem(last=False)
         return profile
 
-    def check(self, query: np.ndarray, references: Sequence[ImageInput], arrays: Sequence[np.ndarray]) -> str | None:
-        """Why the (S, S, 3) query is not the references' product, or None (also when the check is off)."""
-        return self._check_against(query, self._reference_profiles(references, arrays))
-
-    def _reference_profiles(
+    def reference_profiles(
         self, references: Sequence[ImageInput], arrays: Sequence[np.ndarray]
     ) -> list[ImageProfile] | None:
         """The references' profiles for the image check (cached), or None when the check is off."""
-        if self.check_rules is None or self._check_tower is None:
+        if self.check_rules is None:
             return None
         return [self._profile(src, arr) for src, arr in zip(references, arrays, strict=True)]
 
-    def _check_against(self, query: np.ndarray, profiles: list[ImageProfile] | None) -> str | None:
-        """The image check of the (S, S, 3) query against the references' profiles (no cache: any thread)."""
-        if profiles is None or self.check_rules is None or self._check_tower is None:
+    def check(self, query: np.ndarray, profiles: list[ImageProfile] | None, core: CoreOutput) -> str | None:
+        """Why the (S, S, 3) query is not the references' product (their ``profiles``), or None (also when
+        the check is off); ``core``: the query's inspection, whose patch distances the product test reads.
+        No cache: any thread."""
+        if profiles is None or self.check_rules is None:
             return None
-        return check_image(image_profile(self._check_tower, query), profiles, self.check_rules)
+        return check_image(image_profile(None, query), profiles, self.check_rules, core.patch_dist)
 
     # ------------------------------------------------------------------ inspection
     def analyze(
@@ -195,7 +189,7 @@ class Copilot:
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration,
                               with_deviation=True)  # (S, S), query frame
         t2 = time.perf_counter()
-        check = self.check(q, refs, [e[0] for e in encoded])
+        check = self.check(q, self.reference_profiles(refs, [e[0] for e in encoded]), core)
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
         return self._analysis(qimg.size, core, check, timings)
@@ -310,7 +304,7 @@ class Copilot:
         t0 = time.perf_counter()
         refs = pair.references
         pair.encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
-        pair.profiles = self._reference_profiles(refs, [a for a, _ in pair.encoded])
+        pair.profiles = self.reference_profiles(refs, [a for a, _ in pair.encoded])
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)
         pair.timings["queue"] = (t0 - pair.started) * 1e3 - pair.timings["load"] - pair.aligned.ms
@@ -334,7 +328,7 @@ class Copilot:
         core = in_query_frame(pair.detection, pair.aligned, [a for a, _ in pair.encoded], with_deviation=True,
                               detect_ms=pair.timings["detect"])
         t1 = time.perf_counter()
-        check = self._check_against(pair.aligned.query, pair.profiles)
+        check = self.check(pair.aligned.query, pair.profiles, core)
         t2 = time.perf_counter()
         timings = {**pair.timings, **core.timings, "map back": (t1 - t0) * 1e3, "check": (t2 - t1) * 1e3}
         return self._result(pair.query, pair.references, self._analysis(pair.size, core, check, timings),

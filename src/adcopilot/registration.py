@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from adcopilot.imaging import grey_level
+
 WORK_SIZE = 128
 MAX_SCALE = 1.25  # a larger scale change is a different set-up, not a pose to correct
 
@@ -49,7 +51,7 @@ class Registration:
 
 
 def _gray(img: np.ndarray, size: int) -> np.ndarray:
-    g = img.mean(axis=2) if img.ndim == 3 else img
+    g = grey_level(img) if img.ndim == 3 else img
     g = cv2.resize(g.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(g, (0, 0), 1.5)
 

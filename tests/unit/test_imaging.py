@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from adcopilot.errors import ImageError
-from adcopilot.imaging import load_image, scale_box, to_float_array
+from adcopilot.imaging import grey_level, load_image, scale_box, to_float_array
 
 
 @pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("TIFF", "tif"), ("WEBP", "webp")])
@@ -149,3 +149,16 @@ def test_to_float_array_and_scale_box(texture):
     assert a.shape == (64, 64, 3) and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
     assert scale_box([10, 10, 20, 20], (100, 100), (200, 50)) == [20, 5, 40, 10]
     assert scale_box([0, 0, 100, 100], (100, 100), (10, 10)) == [0, 0, 10, 10]
+
+
+def test_grey_level_is_the_channel_mean_bit_for_bit(texture):
+    rng = np.random.default_rng(0)
+    images = [
+        to_float_array(load_image(texture), 96),  # float32 as the pipeline makes them
+        rng.random((33, 17, 3), dtype=np.float32) * 1e3,  # large values: the order of the sum shows
+        rng.normal(size=(8, 9, 3)),  # float64, negative values
+        texture,  # uint8: through mean's float64 sum
+    ]
+    for image in images:
+        got, want = grey_level(image), image.mean(axis=2)
+        assert got.dtype == want.dtype and np.array_equal(got, want)

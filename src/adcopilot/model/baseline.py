@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from adcopilot.model.detector import Detector, to_batch
+from adcopilot.model.detector import Detection, Detector, OwnFrame, to_batch
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite, PatchTower, joint_patch_features, load_vision_tower
 
@@ -26,6 +26,7 @@ def normalized_patch_features(tower: PatchTower, x: torch.Tensor) -> torch.Tenso
 
 class NearestPatchDetector(Detector):
     name = "baseline"
+    patch_distances = True
 
     def __init__(
         self, tower: EfficientNetLite | None = None, image_size: int = 256, threshold: float = 0.35
@@ -40,13 +41,31 @@ class NearestPatchDetector(Detector):
         return feats[0].flatten(1).T.contiguous()  # (h*w, C)
 
     @torch.inference_mode()
-    def anomaly_map(self, query: np.ndarray, references: list[torch.Tensor]) -> np.ndarray:
+    def detection(
+        self, query: np.ndarray, references: list[torch.Tensor], with_tokens: bool = False,
+        own_frame: OwnFrame | None = None,
+    ) -> Detection:
+        """The smoothed map, its maximum and the (S, S) nearest-reference-patch distance before
+        smoothing (``own_frame``: unused, the references are compared in the registered frame)."""
         feats = normalized_patch_features(self.tower, to_batch([query]))[0]  # (C, h, w)
+        distance = self._distance(feats, references)  # (1, 1, h, w)
+        up = upsample_centered(distance, self.image_size // feats.shape[-1])[0, 0].numpy()  # (S, S)
+        amap = cv2.GaussianBlur(up, (0, 0), 4).astype(np.float32)
+        return Detection(amap, self.pool_score(amap), distance=up)
+
+    def detect(self, query: np.ndarray, references: list[torch.Tensor]) -> tuple[np.ndarray, float]:
+        d = self.detection(query, references)
+        return d.amap, d.score
+
+    def anomaly_map(self, query: np.ndarray, references: list[torch.Tensor]) -> np.ndarray:
+        return self.detection(query, references).amap
+
+    @staticmethod
+    def _distance(feats: torch.Tensor, references: list[torch.Tensor]) -> torch.Tensor:
+        """(C, h, w) query features against the references' (h*w, C) -> (1, 1, h, w) nearest-patch distance."""
         c, h, w = feats.shape
         q = feats.flatten(1).T  # (h*w, C)
         bank = torch.cat(references, dim=0)  # (k*h*w, C)
         # Unit vectors: squared distance = 2 - 2 cos; report 1 - cos (0 = identical).
         sim = q @ bank.T  # (h*w, k*h*w)
-        dist = (1.0 - sim.max(dim=1).values).clamp_min(0).reshape(1, 1, h, w)
-        amap = upsample_centered(dist, self.image_size // h)[0, 0].numpy()
-        return cv2.GaussianBlur(amap, (0, 0), 4).astype(np.float32)
+        return (1.0 - sim.max(dim=1).values).clamp_min(0).reshape(1, 1, h, w)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from adcopilot.imaging import grey_level
+
 
 @dataclass
 class BoxRules:
@@ -44,7 +46,7 @@ DEVIATION_SIGMA = 3.0  # pixels at the detector's size: the deviation is a low-f
 
 def _relative_grey(image: np.ndarray) -> np.ndarray:
     """(S, S, 3) -> (S, S) smoothed grey level divided by its median (a global gain cancels)."""
-    grey = cv2.GaussianBlur(np.ascontiguousarray(image.mean(axis=2), dtype=np.float32), (0, 0), DEVIATION_SIGMA)
+    grey = cv2.GaussianBlur(np.ascontiguousarray(grey_level(image), dtype=np.float32), (0, 0), DEVIATION_SIGMA)
     return grey / max(float(np.median(grey)), 1e-3)
 
 

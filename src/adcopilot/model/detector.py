@@ -25,9 +25,10 @@ def to_batch(images: list[np.ndarray]) -> torch.Tensor:
 class Detection:
     """A detector's output for one query against its encoded references, in the query's square frame.
 
-    ``amap`` and ``score`` are what the verdict reads; a detector with a comparison model also
-    returns the nearest-reference distance, the query's patch features and, when asked for, the
-    comparison tokens (the language model's view of the difference).
+    ``amap`` and ``score`` are what the verdict reads; a detector of patch features also returns the
+    nearest-reference distance (the image check reads it, :mod:`adcopilot.model.sanity`), one with a
+    comparison model the query's patch features and, when asked for, the comparison tokens (the
+    language model's view of the difference).
     """
 
     amap: np.ndarray  # (S, S) float32
@@ -49,6 +50,9 @@ class Detector(ABC):
     name: str = "detector"
     image_size: int = 256
     threshold: float = 0.5
+    #: Whether its detections carry the nearest-reference-patch distance map (``Detection.distance``),
+    #: which the image check's product test reads; without it ``Copilot`` runs no image check.
+    patch_distances: bool = False
 
     @abstractmethod
     def encode_reference(self, image: np.ndarray) -> Any:

@@ -32,6 +32,7 @@ import torch
 
 from adcopilot.model.boxes import deviation_map
 from adcopilot.model.detector import Detection, Detector
+from adcopilot.model.sanity import patch_distance
 from adcopilot.registration import Registration, register, warp
 
 
@@ -47,6 +48,7 @@ class CoreOutput:
     tokens: torch.Tensor | None = None  # (L, D) comparison tokens, when asked for
     deviation: np.ndarray | None = None  # (S, S) signed brightness deviation from the references (boxes)
     timings: dict[str, float] = field(default_factory=dict)  # ms: register, detect
+    patch_dist: float | None = None  # the query's distance from the references' patches (the image check's)
 
 
 @dataclass
@@ -80,6 +82,8 @@ def in_query_frame(
     """The detector's output for an aligned query (reference frame) back in the query's own frame;
     ``references`` are the (S, S, 3) reference arrays (the deviation map reads them)."""
     amap, distance = d.amap, d.distance
+    # Read in the reference frame, before the warp back leaves an empty border.
+    patch_dist = patch_distance(distance) if distance is not None else None
     deviation = deviation_map(aligned.compared, list(references)) if with_deviation else None  # reference frame
     reg = aligned.registration
     if reg.method != "identity":  # back to the query's own frame
@@ -95,6 +99,7 @@ def in_query_frame(
         tokens=d.tokens,
         deviation=deviation,
         timings={"register": aligned.ms, "detect": detect_ms},
+        patch_dist=patch_dist,
     )
 
 

@@ -292,6 +292,8 @@ class NanoDetector(Detector):
     language encoder shares it); the detector runs a fused copy of it.
     """
 
+    patch_distances = True
+
     def __init__(
         self,
         model: NanoComparisonModel,

@@ -11,13 +11,24 @@ anomalous whatever the score, with one of these reasons:
   brightest reference), or much darker than the references with the contrast gone;
 * ``"blurred"``: fine detail (mean absolute Laplacian relative to the contrast) far below the
   references';
-* ``"not the reference product"``: the global feature of the frozen vision tower (mean of the
-  unit-norm patch features at 128 px, normalised) far from every reference's.
+* ``"not the reference product"``: most of the frame unlike any patch of the references. In an
+  inspection this reads the detector's own nearest-reference-patch distance map (the query as
+  compared, registered onto the first reference): its 25th percentile (:func:`patch_distance`), so
+  the check costs no vision-tower pass of its own, and a defect, however large, leaves the quarter
+  of the frame it reads alone. Where there is no such map (a lot's images checked against each
+  other), the global feature of the frozen vision tower (mean of the unit-norm patch features at
+  128 px, normalised) far from every reference's.
 
 Every statistic is relative to the references (their median), so a product that is itself plain,
 dark or smooth is not flagged for being so. The thresholds keep every normal image of the bundled
 benchmark and of ELPV's test split unflagged, with margin (``benchmarks/bench_sanity.py``; the
 figures are in ``benchmarks/RESULTS.md``). A reference's profile is computed once and cached with it.
+
+Usage::
+
+    refs = [image_profile(None, r) for r in references]    # no tower: the product test reads the map
+    reason = check_image(image_profile(None, query), refs, patch_dist=patch_distance(distance_map))
+    reason = check_image(image_profile(tower, query), [image_profile(tower, r) for r in references])
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from adcopilot.imaging import grey_level
 from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.detector import to_batch
 from adcopilot.model.vision import PatchTower
@@ -51,7 +63,7 @@ class ImageProfile:
     std: float  # grey-level contrast
     saturated: float  # share of pixels at >= 0.98
     sharpness: float  # mean |Laplacian| / contrast
-    feature: np.ndarray  # (C,) unit-norm global feature of the vision tower
+    feature: np.ndarray | None  # (C,) unit-norm global feature of the vision tower; None without a tower
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,11 @@ class CheckRules:
     blur_ratio: float = 0.18  # blurred: sharpness below this share of the references'
     far_product: float = 0.5  # feature distance that is another product whatever else is seen
     other_product: float = 0.33  # feature distance beyond every normal image measured
+    # The same two for the patch distance (:func:`patch_distance`): "other" halfway between the largest
+    # normal image's and the smallest other product's (benchmarks/bench_sanity.py); "far" above most
+    # heavily blurred frames, which the blur test names.
+    far_patches: float = 0.45
+    other_patches: float = 0.35
 
 
 @torch.inference_mode()
@@ -79,9 +96,10 @@ def global_feature(tower: PatchTower, image: np.ndarray) -> np.ndarray:
     return F.normalize(feats[0].flatten(1).mean(1), dim=0).numpy()
 
 
-def image_profile(tower: PatchTower, image: np.ndarray) -> ImageProfile:
-    """The profile of an (S, S, 3) float image in [0, 1]."""
-    grey = np.ascontiguousarray(image.mean(axis=2), dtype=np.float32)
+def image_profile(tower: PatchTower | None, image: np.ndarray) -> ImageProfile:
+    """The profile of an (S, S, 3) float image in [0, 1]; its global feature only with a ``tower``
+    (a check that reads the detector's patch distances needs none)."""
+    grey = np.ascontiguousarray(grey_level(image), dtype=np.float32)
     std = float(grey.std())
     lap = float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean())
     return ImageProfile(
@@ -89,19 +107,36 @@ def image_profile(tower: PatchTower, image: np.ndarray) -> ImageProfile:
         std=std,
         saturated=float((grey >= 0.98).mean()),
         sharpness=lap / (std + 1e-6),
-        feature=global_feature(tower, image),
+        feature=global_feature(tower, image) if tower is not None else None,
     )
 
 
 def feature_distance(query: ImageProfile, references: Sequence[ImageProfile]) -> float:
     """Cosine distance of the query's global feature to the nearest reference's."""
+    if query.feature is None or any(r.feature is None for r in references):
+        raise ValueError("the feature distance needs profiles made with a tower")
     return min(1.0 - float(query.feature @ r.feature) for r in references)
 
 
+PATCH_STRIDE = 8  # the map is the stride-8 patch grid up-sampled: read at its patches' centres
+
+
+def patch_distance(distance: np.ndarray) -> float:
+    """The query's distance from the references' patches as a whole: the 25th percentile of its
+    (S, S) nearest-reference-patch cosine distance map (the detector's, in the frame it compared),
+    read at the patch grid (every ``PATCH_STRIDE`` pixels: exactly the patches' values, 64x fewer)."""
+    return float(np.quantile(distance[::PATCH_STRIDE, ::PATCH_STRIDE], 0.25))
+
+
 def check_image(
-    query: ImageProfile, references: Sequence[ImageProfile], rules: CheckRules | None = None
+    query: ImageProfile,
+    references: Sequence[ImageProfile],
+    rules: CheckRules | None = None,
+    patch_dist: float | None = None,
 ) -> str | None:
-    """The reason the query is not an image of the references' product, or None when it passes."""
+    """The reason the query is not an image of the references' product, or None when it passes.
+    With ``patch_dist`` (:func:`patch_distance` of the query's map) the product test reads it, else
+    the profiles' global features."""
     r = rules or CheckRules()
     ref_std = float(np.median([p.std for p in references]))
     ref_mean = float(np.median([p.mean for p in references]))
@@ -116,12 +151,15 @@ def check_image(
         return OVEREXPOSED
     if query.mean <= r.dark_ratio * ref_mean and query.std <= r.dark_contrast_ratio * ref_std:
         return UNDEREXPOSED
-    distance = feature_distance(query, references)
-    # A far feature is another product before it is a blur (a smooth other product is not "blurred").
-    if distance >= r.far_product:
+    if patch_dist is not None:
+        distance, far, other = patch_dist, r.far_patches, r.other_patches
+    else:
+        distance, far, other = feature_distance(query, references), r.far_product, r.other_product
+    # A far frame is another product before it is a blur (a smooth other product is not "blurred").
+    if distance >= far:
         return NOT_PRODUCT
     if query.sharpness < r.blur_ratio * ref_sharp:
         return BLURRED
-    if distance >= r.other_product:
+    if distance >= other:
         return NOT_PRODUCT
     return None

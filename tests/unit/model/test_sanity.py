@@ -1,5 +1,6 @@
 """The global "is this the product?" check: each reason from real image statistics, relative to the
-references, and the verdict and JSON of an inspection that fails it."""
+references, the product test on the detector's patch distances, and the verdict and JSON of an
+inspection that fails it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 from adcopilot.api import Copilot
+from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.baseline import NearestPatchDetector
+from adcopilot.model.inspection import inspect_arrays
 from adcopilot.model.sanity import (
     BLANK,
     BLURRED,
@@ -22,7 +25,9 @@ from adcopilot.model.sanity import (
     ImageProfile,
     check_image,
     image_profile,
+    patch_distance,
 )
+from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import load_vision_tower
 
 
@@ -91,3 +96,42 @@ def test_inspection_of_a_blank_frame_is_anomalous_with_the_reason(tower, product
     assert ok.image_check is None and json.loads(ok.to_json())["image_check"] is None
     off = Copilot(NearestPatchDetector(tower=tower, image_size=64), image_check=False)
     assert off.inspect(one_pixel, [(product * 255).astype(np.uint8)]).image_check is None
+
+
+def test_patch_distance_is_the_quarter_of_the_patch_grid_a_large_defect_leaves_alone():
+    rng = np.random.default_rng(0)
+    grid = rng.uniform(0.05, 0.15, (32, 32)).astype(np.float32)  # a normal frame's patch distances
+    grid[:, 10:] = 0.8  # a defect over 69 % of the patches ...
+    up = upsample_centered(torch.from_numpy(grid)[None, None], 8)[0, 0].numpy()  # (256, 256), as detectors give it
+    assert patch_distance(up) == float(np.quantile(grid, 0.25)) < 0.15  # exactly the patches' values
+    grid[:, :] = 0.8  # ... but not over the whole frame
+    assert patch_distance(upsample_centered(torch.from_numpy(grid)[None, None], 8)[0, 0].numpy()) >= 0.8
+
+
+def test_the_patch_distance_decides_the_product_without_features(product):
+    rules = CheckRules()
+    refs = [image_profile(None, product)]
+    query = image_profile(None, np.roll(product, 3, axis=1))
+    assert refs[0].feature is None
+    assert check_image(query, refs, rules, patch_dist=rules.other_patches - 0.01) is None
+    assert check_image(query, refs, rules, patch_dist=rules.other_patches) == NOT_PRODUCT
+    blurred = image_profile(None, cv2.GaussianBlur(product, (0, 0), 4))
+    assert check_image(blurred, refs, rules, patch_dist=rules.other_patches) == BLURRED  # a blur before a near product
+    assert check_image(blurred, refs, rules, patch_dist=rules.far_patches) == NOT_PRODUCT  # a far one before a blur
+    with pytest.raises(ValueError, match="tower"):
+        check_image(query, refs, rules)  # no features, no patch distance
+
+
+def test_inspect_reads_the_detectors_patch_distances_in_the_frame_it_compared(tower, product):
+    det = NearestPatchDetector(tower=tower, image_size=64)
+    cp = Copilot(det, registration=False)
+    ref, query = (product * 255).astype(np.uint8), (np.roll(product, 5, axis=0) * 255).astype(np.uint8)
+    r_arr, q_arr = (to_float_array(load_image(a), 64) for a in (ref, query))  # as inspect reads them
+    encoded = [(r_arr, det.encode_reference(r_arr))]
+    core = inspect_arrays(det, q_arr, encoded, registration=False)
+    assert core.patch_dist == patch_distance(det.detection(q_arr, [encoded[0][1]]).distance) > 0
+    cp.check_rules = CheckRules(other_patches=core.patch_dist + 1e-4, far_patches=1.0)
+    assert cp.inspect(query, [ref]).image_check is None
+    cp.check_rules = CheckRules(other_patches=core.patch_dist - 1e-4, far_patches=1.0)
+    r = cp.inspect(query, [ref])
+    assert (r.verdict, r.image_check, r.boxes) == ("anomalous", NOT_PRODUCT, [])
