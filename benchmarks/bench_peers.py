@@ -225,6 +225,8 @@ def main() -> None:
     ap.add_argument("--shots", nargs="*", type=int, default=[1, 5], help="few-shot columns (none: all normals only)")
     ap.add_argument("--no-full", action="store_true", help="the few-shot columns only (not all normals)")
     ap.add_argument("--peers-only", action="store_true", help="anomalib's models only")
+    ap.add_argument("--ours-only", action="store_true", help="this project's models only (with --merge, anomalib's "
+                    "figures already in --out are kept: they depend only on the draws)")
     ap.add_argument("--no-padim", action="store_true", help="PatchCore only")
     ap.add_argument("--suffix", default="", help="appended to anomalib's method names (a variant's own row)")
     ap.add_argument("--datasets", nargs="+", default=["elpv", "photos"], choices=["elpv", "photos"])
@@ -233,6 +235,8 @@ def main() -> None:
     ap.add_argument("--full-memories", nargs="+", default=["coreset", "random"], choices=["coreset", "random"],
                     help="PatchCore memories with all normals (the greedy coreset of ELPV's 300,000-470,000 "
                     "patches takes hours on a loaded core)")
+    ap.add_argument("--default", default="default", metavar="MODEL",
+                    help="the model of the 'default' rows (e.g. a copy of the checkpoint with another config)")
     ap.add_argument("--adapted-elpv", default=None, help="adapted ELPV model (default: build a product memory)")
     ap.add_argument("--adapted-photos", default=None, help="adapted photos model (default: build one)")
     ap.add_argument("--out", default="benchmarks/results/peers.json")
@@ -260,13 +264,13 @@ def main() -> None:
     if "photos" in args.datasets and not args.peers_only and not args.no_full:
         adapted["photos"] = Path(args.adapted_photos) if args.adapted_photos else build_adapted(  # every class's
             "photos", {t.name.split("-", 1)[1]: t.normals for t in photo_tasks(None)})
-    ours = {} if args.peers_only else {"default": Copilot.load("default")}
+    ours = {} if args.peers_only else {"default": Copilot.load(args.default)}
     if args.baseline and not args.peers_only:
         ours = {"baseline": Copilot.load("baseline"), **ours}
     adapted_cp = {k: Copilot.load(str(v)) for k, v in adapted.items()}
 
     store = None
-    if AVAILABLE:
+    if AVAILABLE and not args.ours_only:
         paths = sorted({p for t in tasks for p in t.normals + t.tests})
         t0 = time.perf_counter()
         store = FeatureStore(paths)
