@@ -115,7 +115,7 @@ class ReferenceInputs:
 
     Every field is per patch, so the inputs of several references concatenate along the patch axis
     (:meth:`concat`); one reference's are worth caching with its features (about 1.7 MB at 256 px, and
-    4.4 MB more with the views of the fused image score, model/score.py).
+    4.4 MB more once the views of the fused image score, model/score.py, are made).
     """
 
     tokens: torch.Tensor  # (B, M, 152) unit-norm patch features, row-major per reference
@@ -123,6 +123,10 @@ class ReferenceInputs:
     queries: torch.Tensor  # (B, H, M, D) the first cross-attention's queries of ``prev``
     pos: torch.Tensor  # (M, 2) grid positions of the patches
     views: torch.Tensor | None = None  # (B, 7 * M, 152) the references' other dihedral views' patches
+    # One reference as encoded, (S, S, 3), when a fused score may need its views: they cost seven tower
+    # passes, so they are made on first use (NanoDetector.with_views) and kept in ``made``.
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    made: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def concat(cls, parts: Sequence[ReferenceInputs]) -> ReferenceInputs:
@@ -339,9 +343,24 @@ class NanoDetector(Detector):
         inputs = self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
         if "fused" not in (self.image_score_for(1), self.image_score_for(2)):
             return inputs
-        # The other seven dihedral views in one batch: (7, 152, h, w) -> (1, 7 * N, 152).
-        feats = normalized_patch_features(self.fused_tower, to_batch(dihedral_views(image)[1:]))
-        return replace(inputs, views=feats.flatten(2).transpose(1, 2).reshape(1, -1, feats.shape[1]))
+        return replace(inputs, image=image)  # the views only when a comparison scores with them
+
+    @torch.inference_mode()
+    def with_views(self, reference: ReferenceInputs) -> ReferenceInputs:
+        """``reference`` with its other seven dihedral views' patches, made once and kept with it."""
+        if reference.views is not None or reference.image is None:
+            return reference
+        if "views" not in reference.made:  # (7, 152, h, w) -> (1, 7 * N, 152)
+            feats = normalized_patch_features(self.fused_tower, to_batch(dihedral_views(reference.image)[1:]))
+            reference.made["views"] = feats.flatten(2).transpose(1, 2).reshape(1, -1, feats.shape[1])
+        return replace(reference, views=reference.made["views"])
+
+    def _scored_inputs(self, references: Sequence[Any]) -> ReferenceInputs:
+        """The references' inputs concatenated, with their views where the score for that many reads them."""
+        parts = [self._as_inputs(r) for r in references]
+        if self.image_score_for(len(parts)) == "fused":
+            parts = [self.with_views(p) for p in parts]
+        return ReferenceInputs.concat(parts)
 
     @torch.inference_mode()
     def run(
@@ -420,7 +439,7 @@ class NanoDetector(Detector):
         """One comparison pass: the fused map and its score, the distance map, the query's features
         and (``with_tokens``) the comparison tokens."""
         qf, position = self._query_features(to_batch([query]), [own_frame])  # (1, 152, h, w)
-        refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
+        refs = self._scored_inputs(references)
         out = self._compare(qf, refs, with_tokens, [refs])
         return self._detection_from(out, qf, refs, with_tokens, position[0])
 
@@ -447,7 +466,7 @@ class NanoDetector(Detector):
         comparison on each group with the same number of reference patches (one batch when all have
         the same number of references). The same results to float rounding."""
         qf, position = self._query_features(to_batch(list(queries)), own_frames)  # (B, 152, h, w)
-        refs = [ReferenceInputs.concat([self._as_inputs(r) for r in rs]) for rs in references]
+        refs = [self._scored_inputs(rs) for rs in references]
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(refs):
             groups.setdefault(r.tokens.shape[1], []).append(i)

@@ -45,15 +45,17 @@ def test_two_references_fuse_the_score_one_keeps_the_pooled_map(tower, images):
     det = _detector(tower, MULTI)
     q, *refs = images
     enc = [det.encode_reference(r) for r in refs]
-    assert all(e.views is not None for e in enc)  # encoded for the multi-reference score
+    assert all(e.views is None and e.image is not None for e in enc)  # views are made on first use
     one = det.detection(q, enc[:1])
     assert one.score == pytest.approx(pooled_score(one.amap, TINY.topk_frac))
+    assert not enc[0].made  # one reference: no views made (seven tower passes saved)
     assert det.threshold_for(1) == TINY.threshold and det.threshold_for(2) == det.threshold_for(5) == 0.3
     two = det.detection(q, enc)
+    assert all("views" in e.made for e in enc)  # made once, kept with each reference
     # The fused score by hand: the comparison's distance to both references, then both references' views.
     out = det.run(q, enc, with_tokens=False)
     qf = det.patch_features(q)[0].flatten(1).T  # (64, 152)
-    views = torch.cat([e.views[0] for e in enc])  # (2 * 7 * 64, 152)
+    views = torch.cat([e.made["views"][0] for e in enc])  # (2 * 7 * 64, 152)
     want = fused_score(two.amap, view_distance(out["distance"][0, 0], qf, views), TINY.fused_weight)
     assert two.score == pytest.approx(want, rel=1e-5)
     assert two.score != pytest.approx(pooled_score(two.amap, TINY.topk_frac))

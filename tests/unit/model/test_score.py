@@ -65,7 +65,7 @@ def test_detector_fuses_the_score_only_when_configured(tower):
     rng = np.random.default_rng(4)
     q, r = rng.random((64, 64, 3), dtype=np.float32), rng.random((64, 64, 3), dtype=np.float32)
     assert det_plain.encode_reference(r).views is None
-    enc = det_fused.encode_reference(r)
+    enc = det_fused.with_views(det_fused.encode_reference(r))
     assert enc.views is not None and enc.views.shape == (1, 7 * 64, 152)
     # The views' patches are the tower's features of the flipped and turned reference.
     flipped = det_fused.patch_features(np.ascontiguousarray(r[:, ::-1]))[0].flatten(1).T  # (64, 152)
