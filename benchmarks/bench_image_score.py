@@ -89,6 +89,25 @@ RULES: dict[str, Rule] = {
 }
 
 
+#: Rules that read the evidence's further arrays: (prob (S, S), the pair's arrays by name) -> score.
+PairRule = Callable[[np.ndarray, dict[str, np.ndarray]], float]
+
+
+def fused_on_aggregated(weight: float) -> PairRule:
+    return lambda p, a: fused_score(p, torch.from_numpy(a["dist8_agg"]), weight)
+
+
+EXTRA_RULES: dict[str, PairRule] = {
+    "baseline8 on 3x3 features": lambda p, a: float(baseline_map(a["dist8_agg"], p.shape[0]).max()),
+    **{f"fused 3x3 {w}": fused_on_aggregated(w) for w in (0.05, 0.1, 0.15, 0.2)},
+    "baseline8 min self": lambda p, a: float(baseline_map(np.minimum(a["dist8"], a["self3"]), p.shape[0]).max()),
+    "baseline8 geo self": lambda p, a: float(baseline_map(np.sqrt(a["dist8"] * a["self3"]), p.shape[0]).max()),
+    "baseline8 on 3x3 min self": lambda p, a: float(
+        baseline_map(np.minimum(a["dist8_agg"], a["self3"]), p.shape[0]).max()),
+}
+EXTRA_ARRAYS = ("dist8", "dist8_agg", "self3")
+
+
 def load(folder: Path, sets: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:
     """{set: [one dict per seed file]}."""
     out: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -98,7 +117,13 @@ def load(folder: Path, sets: list[str]) -> dict[str, list[dict[str, np.ndarray]]
     return out
 
 
-def scores_of(data: dict[str, np.ndarray], rule: Rule) -> np.ndarray:
+def scores_of(data: dict[str, np.ndarray], rule: Rule | PairRule) -> np.ndarray:
+    if rule in EXTRA_RULES.values():
+        missing = [k for k in EXTRA_ARRAYS if k not in data]
+        if missing:
+            raise SystemExit(f"this evidence has no {', '.join(missing)}: collect it again with image_score_evidence.py")
+        return np.array([rule(data["prob"][i].astype(np.float32), {k: data[k][i] for k in EXTRA_ARRAYS})
+                         for i in range(len(data["label"]))])
     size = data["prob"].shape[-1]
     if "_bmap" not in data:
         data["_bmap"] = np.stack([baseline_map(d, size) for d in data["dist"]])
@@ -118,12 +143,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--sets", nargs="+", default=["elpv-val", "synth"])
-    ap.add_argument("--rules", nargs="+", default=list(RULES))
+    ap.add_argument("--rules", nargs="+", default=list(RULES), choices=[*RULES, *EXTRA_RULES])
     ap.add_argument("--threshold", type=float, default=0.5, help="false alarms of normal images at this score")
     args = ap.parse_args()
     data = load(args.folder, args.sets)
     for rule_name in args.rules:
-        rule = RULES[rule_name]
+        rule = RULES.get(rule_name) or EXTRA_RULES[rule_name]
         cells = []
         for s, runs in data.items():
             per_pool: dict[str, list[tuple[float, float]]] = {}

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from adcopilot.data.elpv import split
@@ -42,6 +43,21 @@ from adcopilot.model.score import dihedral_views, nearest_distance
 from adcopilot.registration import register, warp
 
 SYNTH_SEED = 9_000_001  # never a training seed
+SELF_RADIUS = 3  # self3: patches within this many grid steps (Chebyshev) of a patch are not its matches
+
+
+def aggregated(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) unit-norm features -> each the renormalised mean of its 3 x 3 neighbourhood."""
+    return F.normalize(F.avg_pool2d(grid, 3, 1, 1, count_include_pad=False), dim=1)
+
+
+def self_distance(tokens: torch.Tensor, h: int, radius: int = SELF_RADIUS) -> torch.Tensor:
+    """(h * h, C) unit-norm patches of one image -> (h, h) cosine distance of each to its nearest patch of
+    the same image farther than ``radius`` grid steps away."""
+    yy, xx = torch.div(torch.arange(h * h), h, rounding_mode="floor"), torch.arange(h * h) % h
+    near = torch.maximum((yy[:, None] - yy[None]).abs(), (xx[:, None] - xx[None]).abs()) <= radius
+    sim = (tokens @ tokens.T).masked_fill(near, -2.0)
+    return (1.0 - sim.max(dim=1).values).clamp_min(0).view(h, h)
 
 
 def _arr(path: Path, size: int) -> np.ndarray:
@@ -89,6 +105,7 @@ def photo_pairs(seed: int, shots: int) -> Iterator[tuple[str, int, list[Path], P
 @torch.inference_mode()
 def collect(detector: NanoDetector, pairs, size: int, registration: bool = True) -> dict[str, np.ndarray]:
     probs, dists, dists8, labels, groups, names, ms = [], [], [], [], [], [], []
+    dists8_agg, selfs = [], []
     cache: dict[str, object] = {}
     for group, label, refs, query in pairs:
         ref_arrays = []
@@ -96,8 +113,10 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
             key = str(r) if isinstance(r, Path) else None
             if key is None or key not in cache:
                 arr = _arr(r, size) if isinstance(r, Path) else r
-                views = torch.cat([detector.patch_features(v)[0].flatten(1).T for v in dihedral_views(arr)])
-                entry = (arr, detector.encode_reference(arr), views)  # views: (8N, C)
+                grids = [detector.patch_features(v)[0] for v in dihedral_views(arr)]  # 8 x (C, h, w)
+                views = torch.cat([g.flatten(1).T for g in grids])  # (8N, C)
+                views_agg = torch.cat([aggregated(g[None])[0].flatten(1).T for g in grids])
+                entry = (arr, detector.encode_reference(arr), views, views_agg)
                 if key is not None:
                     cache[key] = entry
             else:
@@ -113,12 +132,16 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
         h = d.features.shape[-1]
         d8 = nearest_distance(d.features.flatten(1).T, torch.cat([e[2] for e in ref_arrays]))  # (N,)
         dists8.append(d8.view(h, h).numpy().astype(np.float32))
+        agg = aggregated(d.features[None])[0].flatten(1).T
+        dists8_agg.append(nearest_distance(agg, torch.cat([e[3] for e in ref_arrays])).view(h, h).numpy())
+        selfs.append(self_distance(d.features.flatten(1).T, h).numpy())
         probs.append(d.amap.astype(np.float16))
         dists.append(d.distance[:: size // h, :: size // h].astype(np.float32))  # (h, w) patch values
         labels.append(label)
         groups.append(group)
         names.append(str(query) if isinstance(query, Path) else query_name(len(names)))
-    return {"prob": np.stack(probs), "dist": np.stack(dists), "dist8": np.stack(dists8), "label": np.array(labels),
+    return {"prob": np.stack(probs), "dist": np.stack(dists), "dist8": np.stack(dists8),
+            "dist8_agg": np.stack(dists8_agg).astype(np.float32), "self3": np.stack(selfs).astype(np.float32), "label": np.array(labels),
             "group": np.array(groups), "name": np.array(names), "ms": np.array(ms)}
 
 
