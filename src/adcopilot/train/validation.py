@@ -19,10 +19,10 @@ benchmarks/RESULTS.md).
   defects (:func:`adcopilot.data.synth.add_defect`, seeded) on the held-out good images.
 * Normal validation queries: the held-out good images.
 * Weights tried: :data:`WEIGHTS`; ties go to the weight nearest 0.5 (the neutral average).
-* With PaDiM statistics in the memory (:mod:`adcopilot.model.padim`), the memory's map is measured at
-  each PaDiM share of :data:`SHARES` too (0: the nearest-patch map, 1: PaDiM's map alone), and the
-  pair (share, weight) with the best AUROC is kept; ties go to the smaller share (nothing more to
-  store), then as above.
+* With PaDiM statistics in the memory (:mod:`adcopilot.model.padim`), the memory's side is measured at
+  each PaDiM share of :data:`SHARES` too (0: the nearest-patch map, 1: PaDiM alone; the image score
+  takes PaDiM's own, its map's peak, by the share), and the pair (share, weight) with the best AUROC
+  is kept; ties go to the smaller share (nothing more to store), then as above.
 * The split is a pure function of the sorted file list, the fraction and the seed, and is written
   beside the model (``validation.json``), so it can be checked and reproduced.
 """
@@ -42,7 +42,7 @@ from adcopilot.data import synth
 log = logging.getLogger(__name__)
 
 WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-SHARES: tuple[float, ...] = (0.0, 0.5, 1.0)  # PaDiM's share of the memory's map
+SHARES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # PaDiM's share of the memory's map and score
 MIN_GROUP = 10  # a variant with fewer good images keeps all of them for training
 MIN_REAL_DEFECTS = 5
 
@@ -70,14 +70,19 @@ def holdout(
 
 
 def validation_split(
-    groups: Sequence[str], defect_groups: Sequence[str], fraction: float, seed: int
+    groups: Sequence[str], defect_groups: Sequence[str], fraction: float, seed: int, all_defects: bool = False
 ) -> tuple[list[bool], list[bool]]:
     """Which good and which defective images are held out. Defects are held out only for variants
-    that have held-out good images (elsewhere they would measure nothing and only leave training)."""
+    that have held-out good images (elsewhere they would measure nothing and only leave training);
+    ``all_defects`` (nothing is trained on them: ``adapt --steps 0``): every defect of such a variant."""
     held_good = holdout(groups, fraction, seed, salt=0)
     measured = {g for g, h in zip(groups, held_good, strict=True) if h}
-    held = holdout(defect_groups, fraction, seed, salt=1, min_held=MIN_REAL_DEFECTS)
+    held = [True] * len(defect_groups) if all_defects else holdout(defect_groups, fraction, seed, salt=1,
+                                                                   min_held=MIN_REAL_DEFECTS)
     return held_good, [h and g in measured for h, g in zip(held, defect_groups, strict=True)]
+
+
+Side = np.ndarray | tuple[np.ndarray, float]  # the memory's map, or (map, value added to its pooled score)
 
 
 @dataclass
@@ -109,7 +114,7 @@ def choose_share(by_share: dict[float, dict[float, float]], fixed: float | None 
 
 
 def validate(
-    maps: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+    maps: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, Side | dict[float, Side] | None]],
     score: Callable[[np.ndarray], float],
     train_good: dict[str, list[np.ndarray]],
     val_good: dict[str, list[np.ndarray]],
@@ -122,8 +127,10 @@ def validate(
     or (None) the best one.
 
     ``maps(query, reference)`` (uint8 (S, S, 3) images) returns the comparison model's and the
-    memory's (S, S) maps (None without a memory: only weight 0 is measured; a dict: the memory's map
-    at each PaDiM share, all measured); ``score(map)`` pools a fused map into the image score.
+    memory's (S, S) maps (None without a memory: only weight 0 is measured; a dict: the memory's side
+    at each PaDiM share, all measured: a map, or (map, value added after pooling) where PaDiM's peak
+    enters the score, see :meth:`adcopilot.model.memory.MemoryMaps.scored`); ``score(map)`` pools a
+    fused map into the image score.
     Variants without held-out good images are left out.
     """
     rng = np.random.default_rng([seed, 2])
@@ -147,8 +154,9 @@ def validate(
             if not sides:
                 scores.setdefault((0.0, 0.0), []).append(score(m_cmp))
             for share, side in sides.items():
+                m, added = side if isinstance(side, tuple) else (side, 0.0)
                 for w in weights:
-                    scores.setdefault((share, w), []).append(score((1 - w) * m_cmp + w * side))
+                    scores.setdefault((share, w), []).append(score((1 - w) * m_cmp + w * m) + w * added)
             if progress:
                 progress(1)
         by_share: dict[float, dict[float, float]] = {}

@@ -57,7 +57,8 @@ def test_padim_part_is_built_in_the_same_pass_and_flags_a_layout_the_good_images
     for name, q in (("normal", halves(rng)), ("swapped", halves(rng, swapped=True))):
         s = det.fused_tower.patch_features(to_batch([q]))
         tokens = det.patch_features(q)[0].flatten(1).T
-        near, pos, variant = mixed.component_maps(tokens, ref, (8, 8), 64, scales=s)
+        m = mixed.maps(tokens, ref, (8, 8), 64, scales=s)
+        near, pos, variant = m.near, m.padim, m.variant
         assert variant == "" and pos is not None
         np.testing.assert_allclose(mixed.anomaly_map(tokens, ref, (8, 8), 64, scales=s), 0.5 * near + 0.5 * pos,
                                    atol=1e-6)
@@ -86,7 +87,7 @@ def test_detector_mixes_the_padim_map_in_every_path_and_the_memory_round_trips(t
     for q in queries:
         prob, mem, _ = det.maps(q, [ref])
         s = det.fused_tower.patch_features(to_batch([q]))
-        _, pos, _ = memory.component_maps(det.patch_features(q)[0].flatten(1).T, ref.tokens[0], (8, 8), 64, scales=s)
+        pos = memory.maps(det.patch_features(q)[0].flatten(1).T, ref.tokens[0], (8, 8), 64, scales=s).padim
         np.testing.assert_allclose(mem, pos, atol=1e-5)  # share 1: PaDiM's map alone
         d = det.detection(q, [ref])
         np.testing.assert_allclose(d.amap, 0.25 * prob + 0.75 * mem, atol=1e-5)
