@@ -252,6 +252,46 @@ def aurocs(p: dict[str, np.ndarray], name: str, sigmas: tuple[float, ...] = (2.0
     return out
 
 
+def local_features(s8: np.ndarray, s16: np.ndarray, local: bool) -> torch.Tensor:
+    """(B, 1024, 152) unit-norm patch features of raw stage outputs; ``local``: each stage averaged over its
+    3 x 3 neighbourhood first (PatchCore's locally aware patch features)."""
+    sc = {"s8": torch.from_numpy(s8), "s16": torch.from_numpy(s16)}
+    if local:
+        sc = {k: F.avg_pool2d(v, 3, stride=1, padding=1) for k, v in sc.items()}
+    return joint_patch_features(sc).flatten(2).transpose(1, 2)
+
+
+def local_candidates(p: dict[str, np.ndarray], name: str, patches: int = 32768) -> dict[str, dict[str, float]]:
+    """The nearest-patch part with and without PatchCore's 3 x 3 local averaging, both measured the same way:
+    the query as taken against a seeded random bank of the training images' patches (no reference patches),
+    calibrated on the calibration images; alone and beside PaDiM's peak (share 0.5, weight 1)."""
+    kinds, held = p[f"{name}/kind"], p[f"{name}/real_held"]
+    plo, phi = p[f"{name}/memory_cal"][2:]
+    peaks = np.array([(anomalib_max(g) - plo) / (phi - plo) for g in p[f"{name}/pos"]])
+    scores: dict[str, np.ndarray] = {}
+    for local in (False, True):
+        train = local_features(p[f"{name}/train_s8"], p[f"{name}/train_s16"], local).reshape(-1, 152)
+        bank = train[torch.from_numpy(np.random.default_rng(0).choice(len(train), patches, replace=False))]
+        bank = bank.half().float()
+
+        def maps(prefix: str, local: bool, bank: torch.Tensor) -> list[np.ndarray]:
+            f = local_features(p[f"{name}/{prefix}s8"], p[f"{name}/{prefix}s16"], local)
+            return [smooth((1.0 - exact_max_similarity(q, bank)).clamp_min(0).view(32, 32).numpy(), 4.0) for q in f]
+
+        lo, hi = calibration(maps("cal_", local, bank))
+        near = np.array([pooled_score(np.clip((m - lo) / (hi - lo), 0, 1).astype(np.float32), 0.01)
+                         for m in maps("", local, bank)])
+        tag = "3x3 local" if local else "plain"
+        scores[f"nearest alone, {tag}"] = near
+        scores[f"nearest + peak 0.5, {tag}"] = 0.5 * near + 0.5 * peaks
+    out: dict[str, dict[str, float]] = {}
+    for label, keep in {"synthetic": kinds != "real", "real": kinds != "synthetic",
+                        "real, adapt's 20 %": (kinds == "normal") | held}.items():
+        y = (kinds[keep] != "normal").astype(int)
+        out[label] = {k: round(float(roc_auc_score(y, v[keep])), 4) for k, v in scores.items()}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--normals", type=Path, required=True, help="good images, one sub-folder per variant")
@@ -259,6 +299,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True, help="the raw parts (.npz): made once, then read")
     ap.add_argument("--padim", nargs="*", default=[], metavar="CHANNELS:REG",
                     help="also PaDiM fitted again with these channels and regularisation, e.g. 152:0.01")
+    ap.add_argument("--local", action="store_true", help="only the nearest-patch part with and without PatchCore's "
+                    "3 x 3 local averaging (the query as taken, no reference patches)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--show", nargs="*", default=None, help="print only candidates containing these words")
     args = ap.parse_args()
@@ -267,6 +309,12 @@ def main() -> None:
         np.savez_compressed(args.cache, **collect(args.normals, args.defects))
     p = dict(np.load(args.cache))
     names = sorted({k.split("/")[0] for k in p})
+    if args.local:
+        results = {name: local_candidates(p, name) for name in names}
+        print(json.dumps(results, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+        return
     results = {name: aurocs(p, name) for name in names}
     for setting in args.padim:  # PaDiM fitted again: "CHANNELS:REGULARISATION"
         channels, reg = setting.split(":")
