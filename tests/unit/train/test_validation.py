@@ -51,6 +51,14 @@ def _image(rng, bright: bool) -> np.ndarray:
     return (rng.integers(0, 3, (32, 32, 3)) + (190 if bright else 60)).astype(np.uint8)
 
 
+def _departure(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(32, 32) map of where the query departs from its plain reference (synthetic defects do), the images'
+    own noise left out."""
+    departure = np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0
+    departure[departure < 0.02] = 0.0
+    return departure
+
+
 def test_select_weights_trusts_the_map_that_separates_the_variant():
     """Two variants: on one only the memory's map shows the defect, on the other only the comparison's."""
     rng = np.random.default_rng(0)
@@ -60,8 +68,7 @@ def test_select_weights_trusts_the_map_that_separates_the_variant():
 
     def maps(query, reference):
         # The defect map: where the query departs from its plain reference (synthetic defects do).
-        departure = np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0
-        departure[departure < 0.02] = 0.0  # the images' own noise
+        departure = _departure(query, reference)
         random_map = (noise.random((32, 32)) * 0.5).astype(np.float32)
         return (random_map, departure) if reference.mean() < 128 else (departure, random_map)
 
@@ -130,8 +137,7 @@ def test_validate_keeps_the_padim_share_whose_memory_map_separates_the_variant()
     noise = np.random.default_rng(1)
 
     def maps(query, reference):
-        departure = np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0
-        departure[departure < 0.02] = 0.0
+        departure = _departure(query, reference)
         near = (noise.random((32, 32)) * 0.5).astype(np.float32)  # blind to the defect
         cmp = (noise.random((32, 32)) * 0.5).astype(np.float32)
         return cmp, {s: (1 - s) * near + s * departure for s in SHARES}
@@ -203,8 +209,7 @@ def test_validate_keeps_a_smaller_weight_only_when_it_is_better_by_more_than_the
 
     def maps(query, reference):
         # The comparison's map shows the defect plainly, the memory's a little, drowned in noise.
-        departure = np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0
-        departure[departure < 0.02] = 0.0
+        departure = _departure(query, reference)
         return departure, (0.05 * departure + noise.random((32, 32)) * 0.5).astype(np.float32)
 
     c = validate(maps, lambda m: float(m.max()), {"a": goods[:10]}, {"a": goods[10:]}, {}, seed=0)["a"]
