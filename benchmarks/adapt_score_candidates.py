@@ -22,7 +22,10 @@ calibration images. Candidates (each at PaDiM shares 0-1, memory weight 1 and 0.
   low)``; 1: the 95th percentile of normal maxima), clipped / unclipped;
 * ``score, z``: both parts' image scores (pooled nearest-patch map, PaDiM's maximum) z-normalised on the
   calibration images' image scores, then mixed;
-* the nearest-patch map's blur (sigma 2, 4, 8) and pooling (top 1 %, 0.1 %).
+* the nearest-patch map's blur (sigma 2, 4, 8) and pooling (top 1 %, 0.1 %);
+* ``--padim CHANNELS:REG``: PaDiM fitted again on the same images with other channels and regularisation;
+* ``--local``: the nearest-patch part with PatchCore's 3 x 3 local averaging of the features, beside the same
+  part without it (both on the query as taken, without the reference's patches).
 
     OMP_NUM_THREADS=1 nice python benchmarks/adapt_score_candidates.py \\
         --normals ~/.cache/adcopilot/data/peers-elpv-normals --defects ~/.cache/adcopilot/data/peers2-elpv-defects \\

@@ -162,11 +162,12 @@ def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) 
                 "enough good images to hold some out).\n")
     else:
         kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
-        note = f"\nMemory weight per variant, the best on the validation images: {kept}; other variants {default}.\n"
+        note = (f"\nMemory weight per variant, chosen on the validation images (the simplest within one standard error "
+                f"of the best AUROC): {kept}; other variants {default}.\n")
     if any(c.by_share for c in choices.values()):
         shares = ", ".join(f"{name or '.'} {c.share}" for name, c in choices.items())
-        note += ("\nPaDiM's share of the memory's map per variant, the best on the validation images (0: nearest "
-                 f"patches alone, 1: PaDiM alone; other variants 0): {shares}.\n")
+        note += ("\nPaDiM's share of the memory's map per variant, chosen with the weight (0: nearest patches alone, "
+                 f"1: PaDiM alone; other variants 0; the image score takes PaDiM's peak by its share): {shares}.\n")
     return note
 
 

@@ -51,6 +51,12 @@ def _image(rng, bright: bool) -> np.ndarray:
     return (rng.integers(0, 3, (32, 32, 3)) + (190 if bright else 60)).astype(np.uint8)
 
 
+def _goods(n: int) -> list[np.ndarray]:
+    """``n`` dark plain images of one variant (seeded)."""
+    rng = np.random.default_rng(0)
+    return [_image(rng, False) for _ in range(n)]
+
+
 def _departure(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(32, 32) map of where the query departs from its plain reference (synthetic defects do), the images'
     own noise left out."""
@@ -88,8 +94,7 @@ def test_select_weights_trusts_the_map_that_separates_the_variant():
 
 
 def test_validate_without_a_memory_measures_the_comparison_model_alone():
-    rng = np.random.default_rng(0)
-    goods = [_image(rng, False) for _ in range(6)]
+    goods = _goods(6)
 
     def maps(query, reference):
         return np.abs(query.astype(np.float32) - reference.astype(np.float32)).max(axis=2) / 255.0, None
@@ -110,8 +115,7 @@ def test_write_split_lists_held_out_files_relative_to_their_folders(tmp_path):
 
 
 def test_select_weights_uses_labelled_defects_when_there_are_enough():
-    rng = np.random.default_rng(0)
-    goods = [_image(rng, False) for _ in range(5)]
+    goods = _goods(5)
     labelled = [np.full((32, 32, 3), 255, np.uint8) for _ in range(5)]
 
     def maps(query, reference):
@@ -132,8 +136,7 @@ def test_choose_share_prefers_the_best_then_the_smaller_share_then_the_neutral_w
 
 def test_validate_keeps_the_padim_share_whose_memory_map_separates_the_variant():
     """The memory's map at each PaDiM share: only PaDiM's part shows the defect."""
-    rng = np.random.default_rng(0)
-    goods = [_image(rng, False) for _ in range(12)]
+    goods = _goods(12)
     noise = np.random.default_rng(1)
 
     def maps(query, reference):
@@ -154,8 +157,7 @@ def test_validate_keeps_the_padim_share_whose_memory_map_separates_the_variant()
 def test_validate_adds_the_memory_sides_value_after_pooling():
     """A side given as (map, value): the score is pool(fused map) + weight * value, so a defect only the
     value shows (PaDiM's peak) is found at the weights that let it in, and in proportion to the weight."""
-    rng = np.random.default_rng(0)
-    goods = [_image(rng, False) for _ in range(12)]
+    goods = _goods(12)
     seen: list[float] = []
 
     def maps(query, reference):
@@ -203,8 +205,7 @@ def test_choose_within_keeps_the_simplest_pair_within_the_noise():
 
 
 def test_validate_keeps_a_smaller_weight_only_when_it_is_better_by_more_than_the_noise():
-    rng = np.random.default_rng(0)
-    goods = [_image(rng, False) for _ in range(40)]
+    goods = _goods(40)
     noise = np.random.default_rng(1)
 
     def maps(query, reference):
