@@ -78,6 +78,12 @@ class Task:
     masks: list[Path | None] = field(default_factory=list)
 
 
+def elpv_defects() -> dict[str, list[Path]]:
+    """The training split's defective cells per type (labelled defects for ``adapt``'s validation)."""
+    train = split(seed=0)["train"]
+    return {k: [c.path for c in train if c.kind == k and c.probability == 1.0] for k in ("mono", "poly")}
+
+
 def elpv_tasks(per_type: int, kinds: list[str]) -> list[Task]:
     parts = split(seed=0)
     tasks = []
@@ -178,24 +184,34 @@ def peer_draw(
     return out
 
 
-def build_adapted(name: str, normals: dict[str, list[Path]]) -> Path:
+def build_adapted(name: str, normals: dict[str, list[Path]], defects: dict[str, list[Path]] | None = None) -> Path:
     """A product memory (``adapt --steps 0``, its defaults: memory size, the weight and PaDiM's share chosen per
-    variant on its own validation split of the normals) of the given normals per variant, built once: runs
-    side by side (one per ELPV type or photo class) wait for the first to build it."""
-    out = assets.home() / "models" / f"peers-{name}-{DEFAULT_PATCHES}-padim"
-    with open(Path(tempfile.gettempdir()) / f"bench_peers-build-{name}.lock", "w") as lock:
+    variant on its own validation split of the normals, and with ``defects`` on those labelled defective
+    images) of the given normals per variant, built once: runs side by side (one per ELPV type or photo class)
+    wait for the first to build it."""
+    out = assets.home() / "models" / f"peers-{name}-{DEFAULT_PATCHES}-padim-peak-1se{'-defects' if defects else ''}"
+    with open(Path(tempfile.gettempdir()) / f"bench_peers-build-{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out / "memory.safetensors").exists():
             return out
-        folder = assets.home() / "data" / f"peers-{name}-normals"
-        for variant, paths in normals.items():
-            (folder / variant).mkdir(parents=True, exist_ok=True)
-            for p in paths:
-                link = folder / variant / p.name
-                if not link.exists():
-                    os.symlink(p, link)
-        cli_main(["adapt", "--normals", str(folder), "--out", str(out), "--steps", "0"])
+        folders = {"normals": link_folder(f"peers-{name}-normals", normals)}
+        if defects:
+            folders["defects"] = link_folder(f"peers-{name}-defects", defects)
+        cli_main(["adapt", *(a for k, f in folders.items() for a in (f"--{k}", str(f))), "--out", str(out),
+                  "--steps", "0"])
     return out
+
+
+def link_folder(name: str, images: dict[str, list[Path]]) -> Path:
+    """A folder of links to the images, one sub-folder per variant, under ADCOPILOT_HOME's data."""
+    folder = assets.home() / "data" / name
+    for variant, paths in images.items():
+        (folder / variant).mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            link = folder / variant / p.name
+            if not link.exists():
+                os.symlink(p, link)
+    return folder
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -239,6 +255,8 @@ def main() -> None:
                     help="the model of the 'default' rows (e.g. a copy of the checkpoint with another config)")
     ap.add_argument("--adapted-elpv", default=None, help="adapted ELPV model (default: build a product memory)")
     ap.add_argument("--adapted-photos", default=None, help="adapted photos model (default: build one)")
+    ap.add_argument("--adapted-defects", action="store_true", help="the adapted ELPV model built with the training "
+                    "split's defective cells as labelled defects (its validation chooses on them); a row of its own")
     ap.add_argument("--out", default="benchmarks/results/peers.json")
     ap.add_argument("--table", metavar="JSON", default=None, help="print the tables of a results file and stop")
     ap.add_argument("--merge", action="store_true", help="keep the other datasets' results already in --out")
@@ -260,7 +278,8 @@ def main() -> None:
     adapted: dict[str, Path] = {}
     if "elpv" in args.datasets and not args.peers_only and not args.no_full:
         adapted["elpv"] = Path(args.adapted_elpv) if args.adapted_elpv else build_adapted(  # both types' normals
-            "elpv", {t.name.split("-")[1]: t.normals for t in elpv_tasks(1, ["mono", "poly"])})
+            "elpv", {t.name.split("-")[1]: t.normals for t in elpv_tasks(1, ["mono", "poly"])},
+            elpv_defects() if args.adapted_defects else None)
     if "photos" in args.datasets and not args.peers_only and not args.no_full:
         adapted["photos"] = Path(args.adapted_photos) if args.adapted_photos else build_adapted(  # every class's
             "photos", {t.name.split("-", 1)[1]: t.normals for t in photo_tasks(None)})
@@ -292,7 +311,9 @@ def main() -> None:
             for seed in range(0 if args.peers_only else args.draws):
                 if k is None:  # the adapted model: its memory holds the normals; one reference per draw
                     cp = adapted_cp[task.name.split("-")[0]]
-                    runs.setdefault("adapted (product memory)", []).append(run_ours(cp, task, draw(task.normals, 1, seed)))
+                    row = "adapted (product memory" + (", labelled defects in validation)" if args.adapted_defects
+                                                       and task.name.startswith("elpv") else ")")
+                    runs.setdefault(row, []).append(run_ours(cp, task, draw(task.normals, 1, seed)))
                 else:
                     refs = draw(task.normals, k, seed)
                     for name, cp in ours.items():

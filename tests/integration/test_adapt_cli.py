@@ -123,8 +123,8 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     assert config["memory_weight"] == 0.75 and config["memory_weights"] == {}  # as given
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Validation (held-out images" in card
-    # --steps 0 measures PaDiM's share of the memory's map too (0, 0.5, 1) and keeps the best at the weight given.
-    for share in (0.0, 0.5, 1.0):
+    # --steps 0 measures PaDiM's share of the memory's map too (0 to 1) and keeps one at the weight given.
+    for share in (0.0, 0.25, 0.5, 0.75, 1.0):
         assert f"| mono, PaDiM share {share} | 2 | 2 (synthetic) |" in card
     assert "validation, variant mono: image AUROC" in r.stderr and "weight kept 0.75" in r.stderr
     # The memory beside the model holds every good image; the validation's held 10. PaDiM's statistics are
@@ -137,7 +137,8 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     assert "PaDiM's share of the memory's map per variant" in card
     assert (kept is None) == ("mono 0.0" in card.split("PaDiM's share")[1].splitlines()[0])
     if kept is not None:
-        assert kept.stats.images == memory.variants["mono"].images and kept.share in (0.5, 1.0)
+        assert kept.stats.images == memory.variants["mono"].images and kept.share in (0.25, 0.5, 0.75, 1.0)
+        assert kept.score == "peak"
     off = tmp_path / "off"
     r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(off), "--steps", "0", "--memory-weight", "0.75",
             "--padim", "off", home=tmp_path)

@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         defects: Path = typer.Option(
             None, "--defects",
             help="Optional folder of defective images (image-level labels; sub-folders named like "
-            "those of --normals pair with that variant).",
+            "those of --normals pair with that variant). With --steps 0 all of them validate (nothing trains "
+            "on them); otherwise a --validation share.",
         ),
         out: Path = typer.Option(..., "--out", help="Folder for the adapted checkpoint (inspect --model OUT)."),
         model: str = typer.Option("default", "--model", "-m", help="Checkpoint to start from."),
@@ -48,8 +49,9 @@ def register(app: typer.Typer) -> None:
         padim: str = typer.Option(
             None, "--padim",
             help="'auto': PaDiM statistics (a Gaussian of the good images' features per position, for aligned "
-            "products) beside the memory, their share of the memory's map chosen per variant on the validation "
-            "images (0 keeps them out); 'off': none. Default: 'auto' with --steps 0, else 'off'.",
+            "products) beside the memory, their share of the memory's map and image score (PaDiM's own: its "
+            "map's peak) chosen per variant on the validation images (0 keeps them out); 'off': none. Default: "
+            "'auto' with --steps 0, else 'off'.",
             show_default=False,
         ),
         validation: float = typer.Option(

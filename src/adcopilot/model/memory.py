@@ -23,7 +23,9 @@ it is given (``memory.safetensors`` in the adapted checkpoint folder).
   features (:mod:`adcopilot.model.padim`), its Mahalanobis map calibrated the same way on the same
   held-out images. The memory's map is then ``(1 - share) * nearest-patch map + share * PaDiM map``
   (``share`` 0: the nearest-patch map alone, 1: PaDiM alone); ``adapt`` chooses the share per variant on
-  its validation images. The detector hands the query's raw stage outputs (``scales``) for it.
+  its validation images. The image score takes PaDiM's own (its map's maximum, calibrated, not clipped) by
+  the same share beside the pooled nearest-patch map (:class:`PadimPart`). The detector hands the query's
+  raw stage outputs (``scales``) for it.
 """
 
 from __future__ import annotations
@@ -57,14 +59,48 @@ PADIM_TOTAL = 152  # the raw stage outputs' channels (40 + 112), of which PaDiM 
 Scales = dict[str, torch.Tensor]  # the tower's raw stage outputs: {"s8": (B, 40, h, w), "s16": (B, 112, h/2, w/2)}
 
 
+PADIM_SCORES = ("map", "peak")  # how a PaDiM part enters the image score (see PadimPart)
+
+
 @dataclass
 class PadimPart:
-    """A variant's PaDiM statistics, their calibration and their share in the memory's map."""
+    """A variant's PaDiM statistics, their calibration and their share in the memory's map and score.
+
+    ``score`` "peak" (what ``build_memory`` makes): the image score takes PaDiM's own image score, the
+    maximum of its map on its calibration scale (``(max - low) / (high - low)``, not clipped), by its share
+    beside the pooled nearest-patch map; "map" (memories written before): PaDiM's clipped map is mixed
+    into the memory's map and pooled with it. The map shown is the mixed map either way.
+    """
 
     stats: PadimStats
     low: float
     high: float
     share: float  # in [0, 1]
+    score: str = "peak"
+
+
+@dataclass
+class MemoryMaps:
+    """The memory's parts for one query, before they are mixed."""
+
+    near: np.ndarray  # (S, S) calibrated nearest-patch map
+    padim: np.ndarray | None  # (S, S) calibrated PaDiM map in the query tokens' frame (None: no PaDiM part)
+    peak: float | None  # PaDiM's own image score: its map's maximum in the query's own frame, calibrated
+    variant: str
+
+    def mixed(self, share: float) -> np.ndarray:
+        """(S, S) map: ``(1 - share) * near + share * padim`` (the nearest-patch map alone without PaDiM)."""
+        if self.padim is None or share == 0:
+            return self.near
+        return ((1.0 - share) * self.near + share * self.padim).astype(np.float32)
+
+    def scored(self, share: float, score: str) -> tuple[np.ndarray, float]:
+        """The memory's side of the image score: (the map pooled with the comparison's, the value added
+        after pooling); the fused score is ``pool((1 - w) * comparison + w * map) + w * added``. With a
+        "peak" PaDiM part: the nearest-patch map by ``1 - share`` and PaDiM's peak by ``share``."""
+        if score == "peak" and self.padim is not None and share > 0 and self.peak is not None:
+            return ((1.0 - share) * self.near).astype(np.float32), share * self.peak
+        return self.mixed(share), 0.0
 
 
 @dataclass
@@ -133,19 +169,25 @@ class ProductMemory:
     ) -> np.ndarray:
         """Calibrated (S, S) map in [0, 1]: nearest distance of each query patch to the variant's
         bank together with the references' patches, mixed with the variant's PaDiM map by its share.
-        query_tokens (N, C), reference_tokens (k*N, C); ``reference_distance`` (N,): the query patches'
-        distances to the nearest reference patch, when the caller has them (the comparison model
-        computes them), else computed here; ``scales``: the query's raw stage outputs (needed when
-        :attr:`needs_scales`), in the frame the good images were taken in, and ``padim_warp`` the 2x3 matrix
-        from that frame into the query tokens' (registration's; None: the same frame)."""
-        near, pos, name = self.component_maps(query_tokens, reference_tokens, grid, image_size, reference_distance,
-                                              scales, padim_warp)
-        part = self.variants[name].padim
-        if pos is None or part is None or part.share == 0:
-            return near
-        return ((1.0 - part.share) * near + part.share * pos).astype(np.float32)
+        Arguments as :meth:`maps`."""
+        m = self.maps(query_tokens, reference_tokens, grid, image_size, reference_distance, scales, padim_warp)
+        part = self.variants[m.variant].padim
+        return m.mixed(0.0 if part is None else part.share)
 
-    def component_maps(
+    def fuse(self, comparison: np.ndarray, m: MemoryMaps, weight: float,
+             pool: Callable[[np.ndarray], float]) -> tuple[np.ndarray, float]:
+        """The fused (S, S) map ``(1 - weight) * comparison + weight * memory map`` and its image score
+        (``pool`` of the fused map, or with a "peak" PaDiM part, see :meth:`MemoryMaps.scored`)."""
+        part = self.variants[m.variant].padim
+        share, score = (0.0, "map") if part is None else (part.share, part.score)
+        mixed = m.mixed(share)
+        fused = ((1.0 - weight) * comparison + weight * mixed).astype(np.float32)
+        side, added = m.scored(share, score)
+        if side is mixed:  # the image score is the fused map's own
+            return fused, pool(fused)
+        return fused, pool(((1.0 - weight) * comparison + weight * side).astype(np.float32)) + weight * added
+
+    def maps(
         self,
         query_tokens: torch.Tensor,
         reference_tokens: torch.Tensor,
@@ -154,26 +196,39 @@ class ProductMemory:
         reference_distance: torch.Tensor | None = None,
         scales: Scales | None = None,
         padim_warp: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None, str]:
-        """The calibrated nearest-patch map, the calibrated PaDiM map (None when the variant has no PaDiM
-        statistics or no ``scales`` are given) and the variant chosen; arguments as :meth:`anomaly_map`."""
+    ) -> MemoryMaps:
+        """The memory's parts for a query: query_tokens (N, C), reference_tokens (k*N, C);
+        ``reference_distance`` (N,): the query patches' distances to the nearest reference patch, when the
+        caller has them (the comparison model computes them), else computed here; ``scales``: the query's raw
+        stage outputs (needed when :attr:`needs_scales`), in the frame the good images were taken in, and
+        ``padim_warp`` the 2x3 matrix from that frame into the query tokens' (registration's; None: the same
+        frame). Without ``scales`` the PaDiM part is left out (an error where its share is above 0)."""
         name = self.choose(reference_tokens[: grid[0] * grid[1]])
         v = self.variants[name]
-        # The bank and the references' patches searched apart (no (M + k*N, C) copy per query).
-        if reference_distance is None:
-            reference_distance = (1.0 - (query_tokens @ reference_tokens.T).max(dim=1).values).clamp_min(0)
-        bank_distance = (1.0 - self._index[name].max_similarity(query_tokens)).clamp_min(0)  # (N,)
-        d = torch.minimum(bank_distance, reference_distance.reshape(-1)).view(1, 1, *grid)
+        d = self.nearest_distance(name, query_tokens, reference_tokens, reference_distance).view(1, 1, *grid)
         near = _calibrated(_smoothed(d, image_size), v.low, v.high)
         if v.padim is None or scales is None:
             if v.padim is not None and v.padim.share > 0:
                 raise ValueError(f"variant {name!r} mixes in PaDiM: the query's raw stage outputs are needed")
-            return near, None, name
+            return MemoryMaps(near, None, None, name)
         pos = _smoothed(v.padim.stats.distance(scales), image_size)  # (S, S) in the good images' frame
+        # PaDiM's own image score: the maximum where its statistics hold, on its calibration scale.
+        peak = (float(pos.max()) - v.padim.low) / max(v.padim.high - v.padim.low, 1e-6)
         if padim_warp is not None:
             pos = warp(pos, padim_warp)  # into the query tokens' frame, as registration moved the query
-        pos = _calibrated(pos, v.padim.low, v.padim.high)
-        return near, pos, name
+        return MemoryMaps(near, _calibrated(pos, v.padim.low, v.padim.high), peak, name)
+
+    def nearest_distance(
+        self, name: str, query_tokens: torch.Tensor, reference_tokens: torch.Tensor,
+        reference_distance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N,) cosine distance of each query patch (N, C) to its nearest patch in variant ``name``'s bank
+        or among the references' patches (k*N, C) (``reference_distance``: the latter, when known)."""
+        # The bank and the references' patches searched apart (no (M + k*N, C) copy per query).
+        if reference_distance is None:
+            reference_distance = (1.0 - (query_tokens @ reference_tokens.T).max(dim=1).values).clamp_min(0)
+        bank_distance = (1.0 - self._index[name].max_similarity(query_tokens)).clamp_min(0)  # (N,)
+        return torch.minimum(bank_distance, reference_distance.reshape(-1))
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
@@ -190,7 +245,7 @@ class ProductMemory:
                 {"name": n, "low": v.low, "high": v.high, "images": v.images, "patches": int(v.bank.shape[0])}
                 | ({} if v.padim is None else {"padim": {
                     "low": v.padim.low, "high": v.padim.high, "share": v.padim.share, "grid": list(v.padim.stats.grid),
-                    "images": v.padim.stats.images}})
+                    "images": v.padim.stats.images, "score": v.padim.score}})
                 for n, v in self.variants.items()
             ]),
         }
@@ -221,7 +276,8 @@ class ProductMemory:
 
     def describe(self) -> dict[str, dict[str, float | int]]:
         return {n: {"images": v.images, "patches": int(v.bank.shape[0]), "low": round(v.low, 4),
-                    "high": round(v.high, 4)} | ({} if v.padim is None else {"padim_share": v.padim.share})
+                    "high": round(v.high, 4)}
+                | ({} if v.padim is None else {"padim_share": v.padim.share, "padim_score": v.padim.score})
                 for n, v in self.variants.items()}
 
 
@@ -232,9 +288,12 @@ def _load_padim(meta: dict | None, tensors: dict[str, torch.Tensor], i: int) -> 
     share = float(meta["share"])
     if not 0.0 <= share <= 1.0 or not np.isfinite([meta["low"], meta["high"]]).all():
         raise ValueError(f"PaDiM share {share} or calibration out of range")
+    score = meta.get("score", "map")  # memories written before the peak score mixed PaDiM's map
+    if score not in PADIM_SCORES:
+        raise ValueError(f"PaDiM score {score!r} is not one of {', '.join(PADIM_SCORES)}")
     stats = PadimStats(tensors[f"padim.idx.{i}"], tensors[f"padim.mean.{i}"], tensors[f"padim.inv_covariance.{i}"],
                        tuple(meta["grid"]), int(meta["images"]))
-    return PadimPart(stats, float(meta["low"]), float(meta["high"]), share)
+    return PadimPart(stats, float(meta["low"]), float(meta["high"]), share, score)
 
 
 def _smoothed(d: torch.Tensor, size: int) -> np.ndarray:

@@ -51,7 +51,7 @@ from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_positions
 from adcopilot.model.detector import Detection, Detector, OwnFrame, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
-from adcopilot.model.memory import ProductMemory, Scales
+from adcopilot.model.memory import MemoryMaps, ProductMemory, Scales
 from adcopilot.model.score import dihedral_views, fused_score, view_distance
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, joint_patch_features, load_vision_tower
@@ -384,7 +384,11 @@ class NanoDetector(Detector):
         qf, position = self._query_features(to_batch([query]), [own_frame])  # (1, 152, h, w)
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         out = self.model.compare_with(qf, refs, with_tokens=False)
-        return self._maps_from(out, qf, refs, position[0])
+        prob, mem = self._maps_from(out, qf, refs, position[0])
+        if mem is None or self.memory is None:
+            return prob, None, None
+        part = self.memory.variants[mem.variant].padim
+        return prob, mem.mixed(0.0 if part is None else part.share), mem.variant
 
     def _query_features(
         self, x: torch.Tensor, own_frames: Sequence[OwnFrame | None] | None = None
@@ -408,9 +412,10 @@ class NanoDetector(Detector):
     def _maps_from(
         self, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs,
         position: tuple[Scales, np.ndarray | None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-        """:meth:`maps` from the comparison's output (pixel logits (1, 1, h, w), distance), the query's
-        features and (for a memory with PaDiM) its raw stage outputs and their frame."""
+    ) -> tuple[np.ndarray, MemoryMaps | None]:
+        """The comparison model's (S, S) probability map and the product memory's parts (None without a
+        memory) from the comparison's output (pixel logits (1, 1, h, w), distance), the query's features and
+        (for a memory with PaDiM) its raw stage outputs and their frame."""
         if "pixel_logits" not in out:  # the comparison was skipped: its weight in the fused map is 0
             prob = np.zeros((self.image_size, self.image_size), np.float32)
         else:
@@ -419,14 +424,13 @@ class NanoDetector(Detector):
             if self.model.cfg.smooth_sigma > 0:
                 prob = cv2.GaussianBlur(prob, (0, 0), self.model.cfg.smooth_sigma)
         if self.memory is None:
-            return prob, None, None
+            return prob, None
         h, w = qf.shape[2:]
-        variant = self.memory.choose(refs.tokens[0][: h * w])
-        mem = self.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size,
-                                      reference_distance=out["distance"][0, 0].flatten(),  # reused, not recomputed
-                                      scales=None if position is None else position[0],
-                                      padim_warp=None if position is None else position[1])
-        return prob, mem, variant
+        mem = self.memory.maps(qf[0].flatten(1).T, refs.tokens[0], (h, w), self.image_size,
+                               reference_distance=out["distance"][0, 0].flatten(),  # reused, not recomputed
+                               scales=None if position is None else position[0],
+                               padim_warp=None if position is None else position[1])
+        return prob, mem
 
     def weight_for(self, variant: str | None) -> float:
         """The memory's weight in the fused map for ``variant`` (chosen per variant by ``adapt``)."""
@@ -484,14 +488,16 @@ class NanoDetector(Detector):
     ) -> Detection:
         """:meth:`detection` from the comparison's output for one query (batch of one), its features and
         (for a memory with PaDiM) its raw stage outputs and their frame."""
-        prob, mem, variant = self._maps_from(out, qf, refs, position)
-        if mem is not None:
-            w = self.weight_for(variant)
-            prob = (1.0 - w) * prob + w * mem
+        prob, mem = self._maps_from(out, qf, refs, position)
+        if mem is not None and self.memory is not None:
+            prob, score = self.memory.fuse(prob, mem, self.weight_for(mem.variant),
+                                           lambda m: pooled_score(m, self.model.cfg.topk_frac))
+        else:
+            score = self._score(prob, out, qf, refs)
         distance = upsample_centered(out["distance"], self.image_size // qf.shape[-1])[0, 0].numpy()  # (S, S)
         return Detection(
             amap=prob.astype(np.float32, copy=False),
-            score=self._score(prob, out, qf, refs),
+            score=score,
             distance=distance,
             features=qf[0],
             tokens=out["tokens"][0] if with_tokens else None,  # (L, out_width)

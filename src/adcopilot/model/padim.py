@@ -110,15 +110,16 @@ class PadimAccumulator:
         self._outer += x.transpose(1, 2) @ x
         self.n += b
 
-    def finish(self) -> PadimStats:
-        """The statistics of the images added (two at least: one gives no covariance)."""
+    def finish(self, regularisation: float = REGULARISATION) -> PadimStats:
+        """The statistics of the images added (two at least: one gives no covariance), ``regularisation``
+        added to every covariance's diagonal."""
         if self.n < 2 or self._sum is None or self._outer is None:
             raise ValueError(f"PaDiM needs two good images at least, got {self.n}")
         mean = self._sum / self.n  # (P, d)
         # Unbiased covariance: (sum x x^T - n mu mu^T) / (n - 1).
         cov = (self._outer - self.n * mean[:, :, None] * mean[:, None, :]) / (self.n - 1)
         eye = torch.eye(mean.shape[1], dtype=torch.float64)
-        inv = torch.linalg.inv(cov + (REGULARISATION + STABILISER) * eye)  # (P, d, d)
+        inv = torch.linalg.inv(cov + (regularisation + STABILISER) * eye)  # (P, d, d)
         return PadimStats(self.idx, mean.T.float(), inv.float(), self.grid, self.n)
 
 

@@ -1,9 +1,9 @@
 """The end of ``adcopilot adapt``: validation on the held-out images, the product memory, config and card.
 
 With ``padim`` the memories also hold PaDiM statistics (a Gaussian per position, model/padim.py): the
-validation measures the memory's map at each PaDiM share (0: the nearest-patch map alone, 0.5: the mean
-of both, 1: PaDiM alone) beside each memory weight, and the final memory keeps PaDiM, with its share,
-only for the variants whose validation chose a share above 0.
+validation measures the memory's map and score at each PaDiM share (0: the nearest-patch map alone, 1:
+PaDiM alone) beside each memory weight, and the final memory keeps PaDiM, with its share, only for the
+variants whose validation chose a share above 0.
 
 Order matters: the validation runs with a memory built from the *training* good images only (the
 held-out ones must not be in it, or they would look perfectly normal); the memory written beside the
@@ -137,9 +137,10 @@ def _validate(detector: NanoDetector, features, scales, good: Images, defects: I
         qf = detector.patch_features(compared)  # (1, C, h, w)
         # PaDiM reads the query in its own frame (its statistics hold there) and its map follows registration.
         own = None if scales is None else detector.fused_tower.patch_features(to_batch([q]))
-        near, pos, _ = memory.component_maps(qf[0].flatten(1).T, ref.tokens[0], tuple(qf.shape[2:]),
-                                             detector.image_size, scales=own, padim_warp=reg.matrix if moved else None)
-        return prob, near if pos is None else {share: (1 - share) * near + share * pos for share in SHARES}
+        m = memory.maps(qf[0].flatten(1).T, ref.tokens[0], tuple(qf.shape[2:]), detector.image_size, scales=own,
+                        padim_warp=reg.matrix if moved else None)
+        # Per share: the map pooled with the comparison's and PaDiM's peak added, as the built memory scores.
+        return prob, m.near if m.padim is None else {share: m.scored(share, "peak") for share in SHARES}
 
     def score(m: np.ndarray) -> float:
         return pooled_score(m, detector.model.cfg.topk_frac)
@@ -161,11 +162,12 @@ def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) 
                 "enough good images to hold some out).\n")
     else:
         kept = ", ".join(f"{name or '.'} {c.weight}" for name, c in choices.items())
-        note = f"\nMemory weight per variant, the best on the validation images: {kept}; other variants {default}.\n"
+        note = (f"\nMemory weight per variant, chosen on the validation images (the simplest within one standard error "
+                f"of the best AUROC): {kept}; other variants {default}.\n")
     if any(c.by_share for c in choices.values()):
         shares = ", ".join(f"{name or '.'} {c.share}" for name, c in choices.items())
-        note += ("\nPaDiM's share of the memory's map per variant, the best on the validation images (0: nearest "
-                 f"patches alone, 1: PaDiM alone; other variants 0): {shares}.\n")
+        note += ("\nPaDiM's share of the memory's map per variant, chosen with the weight (0: nearest patches alone, "
+                 f"1: PaDiM alone; other variants 0; the image score takes PaDiM's peak by its share): {shares}.\n")
     return note
 
 

@@ -82,8 +82,9 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
         raise AdcopilotError(f"{o.normals}: adaptation needs at least two readable good images")
     variants = {g or ".": groups.count(g) for g in sorted(set(groups))}
     echo("good images per variant: " + ", ".join(f"{g} {n}" for g, n in variants.items()))
-    # Validation images: out of fine-tuning and out of the memory they are measured with.
-    held_good, held_bad = validation_split(groups, defect_groups, o.validation, o.seed)
+    # Validation images: out of fine-tuning and out of the memory they are measured with. Without fine-tuning
+    # no defect is trained on, so all of them validate (more of them steady the choice of share and weight).
+    held_good, held_bad = validation_split(groups, defect_groups, o.validation, o.seed, all_defects=o.steps == 0)
     sources = {"normals": str(o.normals), "n_normals": len(good), "variants": variants}
     if o.defects is not None:
         sources.update({"defects": str(o.defects), "n_defects": len(bad_imgs)})

@@ -1,15 +1,21 @@
-"""The product memory's PaDiM part: built in the same tower pass, mixed by its share, in the detector, saved."""
+"""The product memory's PaDiM part: built in the same tower pass, mixed by its share, its peak in the image score,
+in the detector, saved."""
 
 from __future__ import annotations
+
+import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from adcopilot.errors import CheckpointError
 from adcopilot.model.detector import to_batch
-from adcopilot.model.memory import SMOOTH_SIGMA, ProductMemory, build_memory
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.memory import MEMORY_FILE, SMOOTH_SIGMA, ProductMemory, build_memory
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import load_vision_tower
 from adcopilot.registration import warp
@@ -57,7 +63,8 @@ def test_padim_part_is_built_in_the_same_pass_and_flags_a_layout_the_good_images
     for name, q in (("normal", halves(rng)), ("swapped", halves(rng, swapped=True))):
         s = det.fused_tower.patch_features(to_batch([q]))
         tokens = det.patch_features(q)[0].flatten(1).T
-        near, pos, variant = mixed.component_maps(tokens, ref, (8, 8), 64, scales=s)
+        m = mixed.maps(tokens, ref, (8, 8), 64, scales=s)
+        near, pos, variant = m.near, m.padim, m.variant
         assert variant == "" and pos is not None
         np.testing.assert_allclose(mixed.anomaly_map(tokens, ref, (8, 8), 64, scales=s), 0.5 * near + 0.5 * pos,
                                    atol=1e-6)
@@ -86,7 +93,7 @@ def test_detector_mixes_the_padim_map_in_every_path_and_the_memory_round_trips(t
     for q in queries:
         prob, mem, _ = det.maps(q, [ref])
         s = det.fused_tower.patch_features(to_batch([q]))
-        _, pos, _ = memory.component_maps(det.patch_features(q)[0].flatten(1).T, ref.tokens[0], (8, 8), 64, scales=s)
+        pos = memory.maps(det.patch_features(q)[0].flatten(1).T, ref.tokens[0], (8, 8), 64, scales=s).padim
         np.testing.assert_allclose(mem, pos, atol=1e-5)  # share 1: PaDiM's map alone
         d = det.detection(q, [ref])
         np.testing.assert_allclose(d.amap, 0.25 * prob + 0.75 * mem, atol=1e-5)
@@ -133,3 +140,53 @@ def test_padim_reads_the_query_in_its_own_frame_and_its_map_follows_the_registra
     batch = det.detections([compared, q], [[ref], [ref]], own_frames=[(q, shift), None])
     np.testing.assert_allclose(batch[0].amap, d.amap, atol=1e-4)
     np.testing.assert_allclose(batch[1].amap, same.amap, atol=1e-4)
+
+
+def _peak(memory: ProductMemory, s) -> float:
+    """PaDiM's own image score written out: the maximum of its smoothed map (the query's own frame) on its
+    calibration scale, not clipped."""
+    part = memory.variants[""].padim
+    own = cv2.GaussianBlur(upsample_centered(part.stats.distance(s), 8)[0, 0].numpy(), (0, 0), SMOOTH_SIGMA)
+    return (float(own.max()) - part.low) / (part.high - part.low)
+
+
+def test_image_score_takes_padims_peak_by_its_share_and_older_memories_keep_the_pooled_map(tiny, tmp_path):
+    tower, model, det0 = tiny
+    rng = np.random.default_rng(3)
+    goods = [halves(rng) for _ in range(10)]
+    memory = _build(det0, goods, 0.5)
+    assert memory.variants[""].padim.score == "peak"
+    ref = det0.encode_reference(goods[0])
+    queries = {"normal": halves(rng), "swapped": halves(rng, swapped=True)}
+    peaks = {}
+    for w in (1.0, 0.75):
+        det = NanoDetector(model, tower, memory=memory, memory_weight=w)
+        for name, q in queries.items():
+            s = det.fused_tower.patch_features(to_batch([q]))
+            m = memory.maps(det.patch_features(q)[0].flatten(1).T, ref.tokens[0], (8, 8), 64, scales=s)
+            peaks[name] = _peak(memory, s)
+            assert m.peak == pytest.approx(peaks[name], abs=1e-5)
+            prob, mem, _ = det.maps(q, [ref])
+            d = det.detection(q, [ref])
+            np.testing.assert_allclose(d.amap, (1 - w) * prob + w * mem, atol=1e-5)  # the map shown: mixed
+            rest = ((1 - w) * prob + w * 0.5 * m.near).astype(np.float32)
+            assert d.score == pytest.approx(pooled_score(rest, TINY.topk_frac) + w * 0.5 * peaks[name], abs=1e-5)
+    assert peaks["swapped"] > 1.5 and peaks["normal"] < 1.0  # beyond the clip: strength is kept
+
+    # A memory written before the peak score (no "score" in its file) pools the mixed map, as it did.
+    memory.save(tmp_path)
+    meta = json.loads(safe_open(str(tmp_path / MEMORY_FILE), "pt").metadata()["variants"])
+    assert meta[0]["padim"]["score"] == "peak" and ProductMemory.load(tmp_path).variants[""].padim.score == "peak"
+    del meta[0]["padim"]["score"]
+    save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
+              metadata={"format": "pt", "variants": json.dumps(meta)})
+    old = ProductMemory.load(tmp_path)
+    assert old.variants[""].padim.score == "map"
+    det = NanoDetector(model, tower, memory=old, memory_weight=1.0)
+    d = det.detection(queries["swapped"], [ref])
+    assert d.score == pytest.approx(pooled_score(d.amap, TINY.topk_frac), abs=1e-6) and d.score <= 1.0
+    meta[0]["padim"]["score"] = "max"
+    save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
+              metadata={"format": "pt", "variants": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match="PaDiM score 'max'"):
+        ProductMemory.load(tmp_path)
