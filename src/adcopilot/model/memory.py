@@ -311,6 +311,35 @@ def _calibration(maps: list[np.ndarray]) -> tuple[float, float]:
     return low, max(float(np.quantile([m.max() for m in maps], 0.95)), low + 1e-3)
 
 
+#: Good images per variant whose maps calibrate its memory, each held out of the bank it is measured against.
+CALIBRATION_IMAGES = 30
+
+
+def calibration_folds(n: int) -> list[list[int]]:
+    """Positions (of a variant's n shuffled good images) held out together to calibrate: folds of a tenth of
+    the images (one at least) until ``CALIBRATION_IMAGES`` or all images are covered. One image held out
+    of a dozen would set the scale alone (its maximum the "95th percentile"), and every good part
+    brighter than that one would be called anomalous; each fold is measured against the others instead."""
+    size = min(CALIBRATION_IMAGES, max(1, n // 10))
+    wanted = min(n, CALIBRATION_IMAGES)
+    return [list(range(start, min(start + size, wanted))) for start in range(0, wanted, size)]
+
+
+def _bank(tokens: torch.Tensor, patches: int, rng: np.random.Generator) -> torch.Tensor:
+    """(M, C) patches -> at most ``patches`` of them, drawn without replacement, as stored (float16)."""
+    if tokens.shape[0] > patches:
+        tokens = tokens[torch.from_numpy(rng.choice(tokens.shape[0], patches, replace=False))]
+    return tokens.to(torch.float16).float()  # what is stored is what calibrates
+
+
+def _refit(raw: dict[int, Scales], images: Sequence[int], seed: int) -> PadimStats:
+    """PaDiM statistics of these images' raw stage outputs."""
+    fit = PadimAccumulator(channel_subset(PADIM_TOTAL, seed=seed))
+    for i in images:
+        fit.add(raw[i])
+    return fit.finish()
+
+
 def build_memory(
     images: Sequence[np.ndarray],
     groups: Sequence[str],
@@ -354,33 +383,47 @@ def build_memory(
                 progress(len(idx))
             continue
         order = [idx[int(i)] for i in rng.permutation(len(idx))]
-        n_cal = min(30, max(1, len(idx) // 10))
-        cal, keep = order[:n_cal], order[n_cal:]
+        folds = calibration_folds(len(order))  # positions in ``order``; the first fold is left out of the bank
+        extra = len(folds) > 1  # small variants: more folds, each against the others, so enough images calibrate
+        tokens: dict[int, torch.Tensor] = {}  # image -> (h*w, C)
+        raw: dict[int, Scales] = {}  # image -> raw stage outputs, kept only where more folds refit PaDiM
         fit = PadimAccumulator(channel_subset(PADIM_TOTAL, seed=seed)) if name in padim else None
         grid: tuple[int, int] = (0, 0)
-        tokens = []
-        for i in keep:
-            f, _ = both(images[i], fit)  # (1, C, h, w)
+        for i in order[len(folds[0]):]:
+            f, s = both(images[i], fit)  # (1, C, h, w)
             grid = (f.shape[2], f.shape[3])
-            tokens.append(f[0].flatten(1).T)  # (h*w, C)
+            tokens[i] = f[0].flatten(1).T  # (h*w, C)
+            if extra and s is not None and name in padim:
+                raw[i] = s
             if progress:
                 progress(1)
-        bank = torch.cat(tokens)
-        if bank.shape[0] > patches:
-            bank = bank[torch.from_numpy(rng.choice(bank.shape[0], patches, replace=False))]
-        bank = bank.to(torch.float16).float()  # what is stored is what calibrates
+        keep = order[len(folds[0]):]
+        bank = _bank(torch.cat([tokens[i] for i in keep]), patches, rng)
         stats = fit.finish() if fit is not None and fit.n >= 2 else None
         size = images[0].shape[0]
         near_maps, padim_maps = [], []
-        for i in cal:
-            f, s = both(images[i], None)
-            q = f[0].flatten(1).T
-            d = (1.0 - exact_max_similarity(q, bank)).clamp_min(0).view(1, 1, *grid)  # blocked: no (N, M) product
-            near_maps.append(_smoothed(d, size))
-            if stats is not None and s is not None:
-                padim_maps.append(_smoothed(stats.distance(s), size))
-            if progress:
-                progress(1)
+        for k, fold in enumerate(folds):
+            held = [order[j] for j in fold]
+            if k > 0:  # a bank (and PaDiM statistics) of every image but this fold's
+                others = [i for i in order if i not in set(held)]
+                fold_bank = _bank(torch.cat([tokens[i] for i in others]), patches, rng)
+                fold_stats = _refit(raw, others, seed) if stats is not None else None
+            else:
+                fold_bank, fold_stats = bank, stats
+            for i in held:
+                if k == 0:  # first seen here
+                    f, s = both(images[i], None)
+                    grid = (f.shape[2], f.shape[3])
+                    tokens[i] = f[0].flatten(1).T
+                    if extra and s is not None and name in padim:
+                        raw[i] = s
+                q, s = tokens[i], raw.get(i) if k > 0 else s
+                d = (1.0 - exact_max_similarity(q, fold_bank)).clamp_min(0).view(1, 1, *grid)  # blocked: no (N, M) product
+                near_maps.append(_smoothed(d, size))
+                if fold_stats is not None and s is not None:
+                    padim_maps.append(_smoothed(fold_stats.distance(s), size))
+                if progress and k == 0:
+                    progress(1)
         low, high = _calibration(near_maps)
         part = PadimPart(stats, *_calibration(padim_maps), padim[name]) if stats is not None else None
         variants[name] = VariantMemory(bank, low, high, len(keep), part)

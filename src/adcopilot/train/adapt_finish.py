@@ -28,7 +28,15 @@ from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import MEMORY_FILE, ProductMemory, build_memory
 from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
 from adcopilot.registration import register, warp
-from adcopilot.train.validation import MIN_REAL_DEFECTS, SHARES, WEIGHTS, VariantChoice, validate
+from adcopilot.train.validation import (
+    MIN_REAL_DEFECTS,
+    NORMAL_QUANTILE,
+    SHARES,
+    WEIGHTS,
+    VariantChoice,
+    normal_threshold,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +109,18 @@ def finish(
             config = json.loads(config_path.read_text())
             config["memory_weight"] = default
             config["memory_weights"] = {name: c.weight for name, c in choices.items()} if weight is None else {}
+            # The memory's scores are on its own scale (1: about the 95th percentile of good images' maxima),
+            # so the comparison model's threshold means nothing on them: the held-out good images set it.
+            found = normal_threshold(choices)
+            if found is not None:
+                config["threshold"] = round(found[0], 4)
+                echo(f"threshold {config['threshold']}: the {NORMAL_QUANTILE:.0%} quantile of {found[1]} held-out "
+                     "good images' scores (`adcopilot calibrate` with labelled parts sets it by their costs)")
             config_path.write_text(json.dumps(config, indent=2))
             summary = json.dumps(memory.describe(), indent=2)
             text += f"\n## Product memory (`{out.name}/memory.safetensors`)\n```json\n{summary}\n```\n"
             text += _weight_note(choices, default, auto=weight is None)
+            text += _threshold_note(found, config["threshold"])
         else:
             echo("no variant has two good images: the model is written without a product memory")
     text += _validation_section(choices)
@@ -169,6 +185,16 @@ def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) 
         note += ("\nPaDiM's share of the memory's map per variant, chosen with the weight (0: nearest patches alone, "
                  f"1: PaDiM alone; other variants 0; the image score takes PaDiM's peak by its share): {shares}.\n")
     return note
+
+
+def _threshold_note(found: tuple[float, int] | None, threshold: float) -> str:
+    if found is None:
+        return (f"\nThreshold: {threshold} (no good image was held out to set it on this memory's scale; run "
+                "`adcopilot calibrate` with labelled parts).\n")
+    return (f"\nThreshold: {threshold}, the {NORMAL_QUANTILE:.0%} quantile of the scores of the {found[1]} held-out good "
+            "images (each inspected 1-shot against the validation memory, which does not hold it): about "
+            f"{1 - NORMAL_QUANTILE:.0%} of good parts flagged when they are many, more with few. `adcopilot calibrate` "
+            "with labelled parts sets it by the cost of a miss and of a false alarm.\n")
 
 
 def _validation_section(choices: dict[str, VariantChoice]) -> str:

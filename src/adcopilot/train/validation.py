@@ -98,6 +98,22 @@ class VariantChoice:
     anomaly_source: str  # "labelled" or "synthetic"
     share: float = 0.0
     by_share: dict[float, dict[float, float]] = field(default_factory=dict)
+    normal_scores: list[float] = field(default_factory=list)  # the held-out good images' scores, as kept
+
+
+#: The share of good parts an adapted model's own threshold is set to flag (its held-out good images' quantile).
+NORMAL_QUANTILE = 0.95
+
+
+def normal_threshold(choices: dict[str, VariantChoice]) -> tuple[float, int] | None:
+    """(threshold, good images it rests on): the ``NORMAL_QUANTILE`` of the held-out good images' scores
+    over all variants (each scored against a memory without them, as inspection scores), or None
+    without any. With few images it sits near their highest score, so a new good part is flagged more
+    often than 5 %; ``calibrate`` with labelled parts sets it by the costs instead."""
+    scores = [v for c in choices.values() for v in c.normal_scores]
+    if not scores:
+        return None
+    return float(np.quantile(scores, NORMAL_QUANTILE)), len(scores)
 
 
 def choose_weight(aurocs: dict[float, float]) -> float:
@@ -192,7 +208,7 @@ def validate(
         se = auroc_standard_error(best, len(anomalies), len(goods))
         share, kept = (0.0, 0.0) if len(scores) == 1 else choose_within(by_share, se, fixed)
         out[name] = VariantChoice(kept, by_share[share], len(goods), len(anomalies), source, share,
-                                  by_share if len(by_share) > 1 else {})
+                                  by_share if len(by_share) > 1 else {}, scores[(share, kept)][: len(goods)])
         log.info("variant %r: memory weight %.2f, PaDiM share %.2f (AUROC by share and weight %s)", name or ".",
                  kept, share, by_share)
     return out

@@ -8,11 +8,13 @@ import pytest
 from adcopilot.train.validation import (
     SHARES,
     WEIGHTS,
+    VariantChoice,
     auroc_standard_error,
     choose_share,
     choose_weight,
     choose_within,
     holdout,
+    normal_threshold,
     validate,
     validation_split,
     write_split,
@@ -215,3 +217,11 @@ def test_validate_keeps_a_smaller_weight_only_when_it_is_better_by_more_than_the
 
     c = validate(maps, lambda m: float(m.max()), {"a": goods[:10]}, {"a": goods[10:]}, {}, seed=0)["a"]
     assert c.auroc[0.0] - c.auroc[1.0] > auroc_standard_error(c.auroc[0.0], 30, 30) and c.weight < 1.0
+
+
+def test_the_adapted_threshold_is_the_held_out_good_images_quantile():
+    a = VariantChoice(1.0, {1.0: 0.9}, 3, 3, "synthetic", normal_scores=[0.2, 0.4, 0.6])
+    b = VariantChoice(1.0, {1.0: 0.9}, 2, 2, "synthetic", normal_scores=[0.8, 1.0])
+    t, n = normal_threshold({"a": a, "b": b})
+    assert n == 5 and t == pytest.approx(np.quantile([0.2, 0.4, 0.6, 0.8, 1.0], 0.95))
+    assert normal_threshold({"a": VariantChoice(1.0, {1.0: 0.9}, 0, 0, "synthetic")}) is None
