@@ -121,6 +121,7 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     assert len(split["normals"]) == 2 and all(n.startswith("mono/") for n in split["normals"])
     config = json.loads((out / "config.json").read_text())
     assert config["memory_weight"] == 0.75 and config["memory_weights"] == {}  # as given
+    assert config["threshold"] == 0.5  # a fused score keeps the comparison model's scale and threshold
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Validation (held-out images" in card
     # --steps 0 measures PaDiM's share of the memory's map too (0 to 1) and keeps one at the weight given.
@@ -155,6 +156,13 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     from adcopilot import Copilot
 
     assert Copilot.load(str(auto)).detector.memory_weights == config["memory_weights"]
+    # Where the memory alone scores, its held-out good images set the threshold on the memory's own scale.
+    if config["memory_weights"]["mono"] == 1:
+        assert config["threshold"] != 0.5 and "the 95% quantile of 2 held-out good images" in r.stderr
+        assert f"Threshold: {config['threshold']}, the 95% quantile" in (auto / "MODEL_CARD.md").read_text()
+        assert Copilot.load(str(auto)).detector.threshold_for(2) == config["threshold"]
+    else:
+        assert config["threshold"] == 0.5
     # No validation: every image trains, nothing is measured.
     none = tmp_path / "none"
     r = run("adapt", "--normals", str(tmp_path / "good"), "--out", str(none), "--steps", "0",

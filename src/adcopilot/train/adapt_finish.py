@@ -109,9 +109,13 @@ def finish(
             config = json.loads(config_path.read_text())
             config["memory_weight"] = default
             config["memory_weights"] = {name: c.weight for name, c in choices.items()} if weight is None else {}
-            # The memory's scores are on its own scale (1: about the 95th percentile of good images' maxima),
-            # so the comparison model's threshold means nothing on them: the held-out good images set it.
-            found = normal_threshold(choices)
+            # Where the memory alone scores (weight 1 everywhere), the scores are on its own scale (1: about the
+            # 95th percentile of good images' maxima) and the comparison model's 0.5 means nothing on them (it
+            # flagged every good ELPV poly test cell): the held-out good images set the threshold. A fused score
+            # (weight below 1) keeps the comparison model's scale and its threshold.
+            memory_only = bool(choices) and all(
+                (choices[name].weight if name in choices else default) == 1.0 for name in memory.variants)
+            found = normal_threshold(choices) if memory_only else None
             if found is not None:
                 config["threshold"] = round(found[0], 4)
                 echo(f"threshold {config['threshold']}: the {NORMAL_QUANTILE:.0%} quantile of {found[1]} held-out "
@@ -120,7 +124,8 @@ def finish(
             summary = json.dumps(memory.describe(), indent=2)
             text += f"\n## Product memory (`{out.name}/memory.safetensors`)\n```json\n{summary}\n```\n"
             text += _weight_note(choices, default, auto=weight is None)
-            text += _threshold_note(found, config["threshold"])
+            if memory_only:
+                text += _threshold_note(found, config["threshold"])
         else:
             echo("no variant has two good images: the model is written without a product memory")
     text += _validation_section(choices)
