@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -110,6 +110,9 @@ class VariantMemory:
     high: float
     images: int  # good images behind the bank
     padim: PadimPart | None = None
+    # The calibration images' image scores where the memory alone scores, each against a bank without it
+    # (build_memory with ``pool``; not stored): good images' scores for a threshold on the memory's scale.
+    normal_scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -332,6 +335,16 @@ def _bank(tokens: torch.Tensor, patches: int, rng: np.random.Generator) -> torch
     return tokens.to(torch.float16).float()  # what is stored is what calibrates
 
 
+def _normal_scores(near_maps: list[np.ndarray], padim_maps: list[np.ndarray], low: float, high: float,
+                   part: PadimPart | None, pool: Callable[[np.ndarray], float]) -> list[float]:
+    """The memory-alone image score of each calibration image (as :meth:`MemoryMaps.scored` with its "peak")."""
+    if part is None or part.share == 0 or len(padim_maps) != len(near_maps):
+        return [pool(_calibrated(m, low, high)) for m in near_maps]
+    span = max(part.high - part.low, 1e-6)
+    return [pool((1.0 - part.share) * _calibrated(m, low, high)) + part.share * (float(pm.max()) - part.low) / span
+            for m, pm in zip(near_maps, padim_maps, strict=True)]
+
+
 def _refit(raw: dict[int, Scales], images: Sequence[int], seed: int) -> PadimStats:
     """PaDiM statistics of these images' raw stage outputs."""
     fit = PadimAccumulator(channel_subset(PADIM_TOTAL, seed=seed))
@@ -350,6 +363,7 @@ def build_memory(
     progress: Callable[[int], None] | None = None,
     scales: Callable[[np.ndarray], Scales] | None = None,
     padim: dict[str, float] | None = None,
+    pool: Callable[[np.ndarray], float] | None = None,
 ) -> ProductMemory:
     """A memory from good images (S, S, 3) at the detector's size and their variants.
 
@@ -357,7 +371,9 @@ def build_memory(
     images at least (one for the bank, one to calibrate); smaller variants are left out. ``padim``
     names the variants that also get PaDiM statistics (of the bank's images, calibrated on the same
     held-out ones) and their share; it needs ``scales(image)``, the raw stage outputs whose joint
-    normalisation ``features`` is (then one tower pass per image serves both).
+    normalisation ``features`` is (then one tower pass per image serves both). With ``pool`` (the
+    detector's pooling of a map into an image score) each variant also keeps its calibration images' scores
+    as the memory alone would give them (:attr:`VariantMemory.normal_scores`).
     """
     padim = padim or {}
     if padim and scales is None:
@@ -426,5 +442,6 @@ def build_memory(
                     progress(1)
         low, high = _calibration(near_maps)
         part = PadimPart(stats, *_calibration(padim_maps), padim[name]) if stats is not None else None
-        variants[name] = VariantMemory(bank, low, high, len(keep), part)
+        scores = [] if pool is None else _normal_scores(near_maps, padim_maps, low, high, part, pool)
+        variants[name] = VariantMemory(bank, low, high, len(keep), part, scores)
     return ProductMemory(variants)

@@ -102,7 +102,8 @@ def finish(
         with tqdm(total=len(good.images), desc="product memory", unit="img") as bar:
             shares = {name: c.share for name, c in choices.items() if c.share > 0}
             memory = build_memory(good.images, good.groups, features, patches=patches, seed=seed, progress=bar.update,
-                                  scales=scales if shares else None, padim=shares)
+                                  scales=scales if shares else None, padim=shares,
+                                  pool=lambda m: pooled_score(m, detector.model.cfg.topk_frac))
         if memory.variants:
             memory.save(out)
             config_path = out / "config.json"
@@ -115,11 +116,13 @@ def finish(
             # (weight below 1) keeps the comparison model's scale and its threshold.
             memory_only = bool(choices) and all(
                 (choices[name].weight if name in choices else default) == 1.0 for name in memory.variants)
-            found = normal_threshold(choices) if memory_only else None
+            # The held-out good images and the memory's own calibration images, each scored without itself.
+            found = normal_threshold(choices, [v for m in memory.variants.values() for v in m.normal_scores]) \
+                if memory_only else None
             if found is not None:
                 config["threshold"] = round(found[0], 4)
-                echo(f"threshold {config['threshold']}: the {NORMAL_QUANTILE:.0%} quantile of {found[1]} held-out "
-                     "good images' scores (`adcopilot calibrate` with labelled parts sets it by their costs)")
+                echo(f"threshold {config['threshold']}: the {NORMAL_QUANTILE:.0%} quantile of {found[1]} good images' "
+                     "scores, each without itself (`adcopilot calibrate` with labelled parts sets it by their costs)")
             config_path.write_text(json.dumps(config, indent=2))
             summary = json.dumps(memory.describe(), indent=2)
             text += f"\n## Product memory (`{out.name}/memory.safetensors`)\n```json\n{summary}\n```\n"
@@ -196,8 +199,9 @@ def _threshold_note(found: tuple[float, int] | None, threshold: float) -> str:
     if found is None:
         return (f"\nThreshold: {threshold} (no good image was held out to set it on this memory's scale; run "
                 "`adcopilot calibrate` with labelled parts).\n")
-    return (f"\nThreshold: {threshold}, the {NORMAL_QUANTILE:.0%} quantile of the scores of the {found[1]} held-out good "
-            "images (each inspected 1-shot against the validation memory, which does not hold it): about "
+    return (f"\nThreshold: {threshold}, the {NORMAL_QUANTILE:.0%} quantile of {found[1]} good images' scores, each "
+            "without itself: the held-out ones inspected 1-shot against the validation memory, and the memory's "
+            "calibration images against a bank of the others: about "
             f"{1 - NORMAL_QUANTILE:.0%} of good parts flagged when they are many, more with few. `adcopilot calibrate` "
             "with labelled parts sets it by the cost of a miss and of a false alarm.\n")
 

@@ -105,12 +105,12 @@ class VariantChoice:
 NORMAL_QUANTILE = 0.95
 
 
-def normal_threshold(choices: dict[str, VariantChoice]) -> tuple[float, int] | None:
+def normal_threshold(choices: dict[str, VariantChoice], more: Sequence[float] = ()) -> tuple[float, int] | None:
     """(threshold, good images it rests on): the ``NORMAL_QUANTILE`` of the held-out good images' scores
-    over all variants (each scored against a memory without them, as inspection scores), or None
-    without any. With few images it sits near their highest score, so a new good part is flagged more
-    often than 5 %; ``calibrate`` with labelled parts sets it by the costs instead."""
-    scores = [v for c in choices.values() for v in c.normal_scores]
+    over all variants (each scored against a memory without them, as inspection scores) and of ``more``
+    such scores, or None without any. With few images it sits near their highest score, so a new good
+    part is flagged more often than 5 %; ``calibrate`` with labelled parts sets it by the costs instead."""
+    scores = [v for c in choices.values() for v in c.normal_scores] + list(more)
     if not scores:
         return None
     return float(np.quantile(scores, NORMAL_QUANTILE)), len(scores)

@@ -162,3 +162,11 @@ def test_a_small_variant_calibrates_on_all_its_images_not_one():
         saturated += [memory.anomaly_map(block_features(x)[0].flatten(1).T, ref, (8, 8), 64).max() >= 0.999
                       for x in fresh]
     assert np.mean(saturated) <= 0.06
+
+
+def test_with_a_pooling_the_memory_keeps_its_calibration_images_scores():
+    goods = [checker(RED_GREEN, s % 2) for s in range(12)]
+    memory = build_memory(goods, [""] * 12, block_features, patches=500, pool=lambda m: float(m.max()))
+    scores = memory.variants[""].normal_scores
+    assert len(scores) == 12 and all(0.0 <= s <= 1.0 for s in scores)  # every image calibrated, on the map's scale
+    assert build_memory(goods, [""] * 12, block_features, patches=500).variants[""].normal_scores == []
