@@ -121,7 +121,8 @@ def test_adapt_validates_on_held_out_images_and_can_choose_the_weight(tmp_path):
     assert len(split["normals"]) == 2 and all(n.startswith("mono/") for n in split["normals"])
     config = json.loads((out / "config.json").read_text())
     assert config["memory_weight"] == 0.75 and config["memory_weights"] == {}  # as given
-    assert config["threshold"] == 0.5  # a fused score keeps the comparison model's scale and threshold
+    # A fused score's threshold comes from held-out good images only: 2 are too few to set it.
+    assert config["threshold"] == 0.5 and "threshold 0.5 kept: 2 good images held out are too few" in r.stderr
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Validation (held-out images" in card
     # --steps 0 measures PaDiM's share of the memory's map too (0 to 1) and keeps one at the weight given.

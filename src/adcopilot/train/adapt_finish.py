@@ -30,6 +30,7 @@ from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
 from adcopilot.registration import register, warp
 from adcopilot.train.validation import (
     MIN_REAL_DEFECTS,
+    MIN_THRESHOLD_IMAGES,
     NORMAL_QUANTILE,
     SHARES,
     WEIGHTS,
@@ -110,15 +111,18 @@ def finish(
             config = json.loads(config_path.read_text())
             config["memory_weight"] = default
             config["memory_weights"] = {name: c.weight for name, c in choices.items()} if weight is None else {}
-            # Where the memory alone scores (weight 1 everywhere), the scores are on its own scale (1: about the
-            # 95th percentile of good images' maxima) and the comparison model's 0.5 means nothing on them (it
-            # flagged every good ELPV poly test cell): the held-out good images set the threshold. A fused score
-            # (weight below 1) keeps the comparison model's scale and its threshold.
+            # The memory's scores are on its own scale (1: about the 95th percentile of good images' maxima), fused
+            # with the comparison model's by the weight, so 0.5 means little on them (it flagged every good ELPV
+            # poly test cell where the memory alone scores): good images each scored without itself set it. Where
+            # the memory alone scores, its calibration images are such images too.
             memory_only = bool(choices) and all(
                 (choices[name].weight if name in choices else default) == 1.0 for name in memory.variants)
-            # The held-out good images and the memory's own calibration images, each scored without itself.
-            found = normal_threshold(choices, [v for m in memory.variants.values() for v in m.normal_scores]) \
-                if memory_only else None
+            validated = bool(choices) and all(name in choices for name in memory.variants)
+            found = normal_threshold(choices, [v for m in memory.variants.values() for v in m.normal_scores]
+                                     if memory_only else ()) if validated else None
+            if found is not None and found[1] < MIN_THRESHOLD_IMAGES:
+                echo(f"threshold {config['threshold']} kept: {found[1]} good images held out are too few to set it")
+                found = None
             if found is not None:
                 config["threshold"] = round(found[0], 4)
                 echo(f"threshold {config['threshold']}: the {NORMAL_QUANTILE:.0%} quantile of {found[1]} good images' "
@@ -127,8 +131,7 @@ def finish(
             summary = json.dumps(memory.describe(), indent=2)
             text += f"\n## Product memory (`{out.name}/memory.safetensors`)\n```json\n{summary}\n```\n"
             text += _weight_note(choices, default, auto=weight is None)
-            if memory_only:
-                text += _threshold_note(found, config["threshold"])
+            text += _threshold_note(found, config["threshold"], memory_only)
         else:
             echo("no variant has two good images: the model is written without a product memory")
     text += _validation_section(choices)
@@ -195,15 +198,17 @@ def _weight_note(choices: dict[str, VariantChoice], default: float, auto: bool) 
     return note
 
 
-def _threshold_note(found: tuple[float, int] | None, threshold: float) -> str:
+def _threshold_note(found: tuple[float, int] | None, threshold: float, memory_only: bool) -> str:
     if found is None:
-        return (f"\nThreshold: {threshold} (no good image was held out to set it on this memory's scale; run "
+        return (f"\nThreshold: {threshold} (too few good images were held out to set it on this memory's scale; run "
                 "`adcopilot calibrate` with labelled parts).\n")
+    sources = ("the held-out ones inspected 1-shot against the validation memory, and the memory's calibration images "
+               "against a bank of the others" if memory_only else
+               "the held-out ones inspected 1-shot against the validation memory")
     return (f"\nThreshold: {threshold}, the {NORMAL_QUANTILE:.0%} quantile of {found[1]} good images' scores, each "
-            "without itself: the held-out ones inspected 1-shot against the validation memory, and the memory's "
-            "calibration images against a bank of the others: about "
-            f"{1 - NORMAL_QUANTILE:.0%} of good parts flagged when they are many, more with few. `adcopilot calibrate` "
-            "with labelled parts sets it by the cost of a miss and of a false alarm.\n")
+            f"without itself ({sources}): about {1 - NORMAL_QUANTILE:.0%} of good parts flagged when they are many, "
+            "more with few. `adcopilot calibrate` with labelled parts sets it by the cost of a miss and of a false "
+            "alarm.\n")
 
 
 def _validation_section(choices: dict[str, VariantChoice]) -> str:

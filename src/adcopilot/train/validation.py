@@ -103,6 +103,8 @@ class VariantChoice:
 
 #: The share of good parts an adapted model's own threshold is set to flag (its held-out good images' quantile).
 NORMAL_QUANTILE = 0.95
+#: Good images' scores the adapted threshold needs at least; with fewer the model's threshold stays.
+MIN_THRESHOLD_IMAGES = 10
 
 
 def normal_threshold(choices: dict[str, VariantChoice], more: Sequence[float] = ()) -> tuple[float, int] | None:

@@ -225,3 +225,4 @@ def test_the_adapted_threshold_is_the_held_out_good_images_quantile():
     t, n = normal_threshold({"a": a, "b": b})
     assert n == 5 and t == pytest.approx(np.quantile([0.2, 0.4, 0.6, 0.8, 1.0], 0.95))
     assert normal_threshold({"a": VariantChoice(1.0, {1.0: 0.9}, 0, 0, "synthetic")}) is None
+
