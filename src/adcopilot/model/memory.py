@@ -78,6 +78,10 @@ class PadimPart:
     share: float  # in [0, 1]
     score: str = "peak"
 
+    def peak(self, padim_map: np.ndarray) -> float:
+        """PaDiM's own image score: the maximum of its (S, S) uncalibrated map, on its calibration scale."""
+        return (float(padim_map.max()) - self.low) / max(self.high - self.low, 1e-6)
+
 
 @dataclass
 class MemoryMaps:
@@ -216,7 +220,7 @@ class ProductMemory:
             return MemoryMaps(near, None, None, name)
         pos = _smoothed(v.padim.stats.distance(scales), image_size)  # (S, S) in the good images' frame
         # PaDiM's own image score: the maximum where its statistics hold, on its calibration scale.
-        peak = (float(pos.max()) - v.padim.low) / max(v.padim.high - v.padim.low, 1e-6)
+        peak = v.padim.peak(pos)
         if padim_warp is not None:
             pos = warp(pos, padim_warp)  # into the query tokens' frame, as registration moved the query
         return MemoryMaps(near, _calibrated(pos, v.padim.low, v.padim.high), peak, name)
@@ -340,8 +344,7 @@ def _normal_scores(near_maps: list[np.ndarray], padim_maps: list[np.ndarray], lo
     """The memory-alone image score of each calibration image (as :meth:`MemoryMaps.scored` with its "peak")."""
     if part is None or part.share == 0 or len(padim_maps) != len(near_maps):
         return [pool(_calibrated(m, low, high)) for m in near_maps]
-    span = max(part.high - part.low, 1e-6)
-    return [pool((1.0 - part.share) * _calibrated(m, low, high)) + part.share * (float(pm.max()) - part.low) / span
+    return [pool((1.0 - part.share) * _calibrated(m, low, high)) + part.share * part.peak(pm)
             for m, pm in zip(near_maps, padim_maps, strict=True)]
 
 
@@ -405,7 +408,8 @@ def build_memory(
         raw: dict[int, Scales] = {}  # image -> raw stage outputs, kept only where more folds refit PaDiM
         fit = PadimAccumulator(channel_subset(PADIM_TOTAL, seed=seed)) if name in padim else None
         grid: tuple[int, int] = (0, 0)
-        for i in order[len(folds[0]):]:
+        keep = order[len(folds[0]):]
+        for i in keep:
             f, s = both(images[i], fit)  # (1, C, h, w)
             grid = (f.shape[2], f.shape[3])
             tokens[i] = f[0].flatten(1).T  # (h*w, C)
@@ -413,7 +417,6 @@ def build_memory(
                 raw[i] = s
             if progress:
                 progress(1)
-        keep = order[len(folds[0]):]
         bank = _bank(torch.cat([tokens[i] for i in keep]), patches, rng)
         stats = fit.finish() if fit is not None and fit.n >= 2 else None
         size = images[0].shape[0]
@@ -421,7 +424,7 @@ def build_memory(
         for k, fold in enumerate(folds):
             held = [order[j] for j in fold]
             if k > 0:  # a bank (and PaDiM statistics) of every image but this fold's
-                others = [i for i in order if i not in set(held)]
+                others = [i for i in order if i not in held]  # held: a tenth of at most 300 images
                 fold_bank = _bank(torch.cat([tokens[i] for i in others]), patches, rng)
                 fold_stats = _refit(raw, others, seed) if stats is not None else None
             else:
