@@ -1,6 +1,7 @@
 """Image input: loading, validation, orientation and resizing.
 
-Accepts PNG, JPEG, BMP, TIFF and WebP files in 8/16-bit grayscale, RGB, RGBA or palette mode,
+Accepts PNG, JPEG, BMP, TIFF and WebP files in 8/16/32-bit integer or floating-point grayscale, RGB,
+RGBA or palette mode,
 applies the EXIF orientation, and refuses decompression bombs. Every failure raises
 :class:`~adcopilot.errors.ImageError` with one line naming the file and the problem.
 
@@ -41,20 +42,26 @@ def _describe(source: ImageInput, name: str | None) -> str:
     return f"<{type(source).__name__}>"
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any supported mode to 8-bit RGB; 16-bit data is rescaled by its own range."""
+def _to_8bit(arr: np.ndarray, label: str) -> np.ndarray:
+    """Pixel values of any depth -> uint8, one rule for files and arrays: floating-point data in [0, 1]
+    is scaled by 255 (the usual float convention), data within [0, 255] is kept, anything wider is
+    stretched by its own range (so a 12-bit sensor image does not come out black). NaN or infinite
+    pixels are refused: there is no honest picture to inspect."""
+    a = arr.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ImageError(f"{label}: image has NaN or infinite pixel values")
+    lo, hi = float(a.min()), float(a.max())
+    if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        a = a * 255.0
+    elif hi > 255:  # a constant image of large values has no range: it is blank (black)
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image, label: str = "<image>") -> Image.Image:
+    """Convert any supported mode to 8-bit RGB; deeper data by :func:`_to_8bit`."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        # Full-range 16-bit images are scaled by 1/257; low-dynamic-range ones are stretched so a
-        # 12-bit sensor image does not come out black.
-        if hi <= 255:
-            scaled = arr
-        elif hi - lo < 1e-9:
-            scaled = np.zeros_like(arr)
-        else:
-            scaled = (arr - lo) / (hi - lo) * 255.0
-        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(_to_8bit(np.asarray(img), label), mode="L")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels become white, as they would on a light table.
         rgba = img.convert("RGBA")
@@ -74,7 +81,7 @@ def load_image(
     """
     label = _describe(source, name)
     if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source) or source)
+        return _to_rgb(ImageOps.exif_transpose(source) or source, label)
     if isinstance(source, np.ndarray):
         return _from_array(source, label)
     if isinstance(source, (bytes, bytearray)):
@@ -119,7 +126,7 @@ def load_image(
     except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{label}: corrupt image ({exc})") from None
     img = ImageOps.exif_transpose(img) or img
-    return _to_rgb(img)
+    return _to_rgb(img, label)
 
 
 def _from_array(arr: np.ndarray, label: str) -> Image.Image:
@@ -130,13 +137,8 @@ def _from_array(arr: np.ndarray, label: str) -> Image.Image:
     if arr.size == 0:
         raise ImageError(f"{label}: empty array")
     if arr.dtype != np.uint8:
-        a = arr.astype(np.float64)
-        if a.max() <= 1.0 and a.min() >= 0.0 and np.issubdtype(arr.dtype, np.floating):
-            a = a * 255.0
-        elif a.max() > 255:
-            a = a / max(a.max(), 1.0) * 255.0
-        arr = np.clip(a, 0, 255).astype(np.uint8)
-    return _to_rgb(Image.fromarray(arr))
+        arr = _to_8bit(arr, label)
+    return _to_rgb(Image.fromarray(arr), label)
 
 
 def resize_square(img: Image.Image, size: int) -> Image.Image:

@@ -162,3 +162,35 @@ def test_grey_level_is_the_channel_mean_bit_for_bit(texture):
     for image in images:
         got, want = grey_level(image), image.mean(axis=2)
         assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_float_tiff_in_unit_range_is_scaled_like_a_float_array(tmp_path, texture):
+    """A float TIFF with values in [0, 1] (the usual float convention) is the picture, not a black frame,
+    and reads exactly as the same values handed over as an array."""
+    grey = texture[:, :, 0].astype(np.float32) / 255.0
+    p = tmp_path / "f.tif"
+    Image.fromarray(grey, mode="F").save(p)
+    from_file = np.asarray(load_image(p))
+    assert from_file.std() > 10
+    assert np.array_equal(from_file, np.asarray(load_image(grey)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixels_are_refused(tmp_path, bad):
+    grey = np.full((16, 16), 0.5, np.float32)
+    grey[3, 4] = bad
+    p = tmp_path / "nan.tif"
+    Image.fromarray(grey, mode="F").save(p)
+    with pytest.raises(ImageError, match=r"nan\.tif: image has NaN or infinite pixel values"):
+        load_image(p)
+    with pytest.raises(ImageError, match=r"NaN or infinite"):
+        load_image(grey)
+
+
+def test_wide_integer_arrays_are_stretched_like_files(tmp_path):
+    arr = np.linspace(1000, 5000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    p = tmp_path / "w.png"
+    Image.fromarray(arr).save(p)
+    a = np.asarray(load_image(arr))
+    assert a.min() == 0 and a.max() == 255
+    assert np.array_equal(a, np.asarray(load_image(p)))
