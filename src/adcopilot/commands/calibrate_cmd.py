@@ -48,11 +48,6 @@ def register(app: typer.Typer) -> None:
         # Check the arguments before loading the model.
         run.check_settings(miss_cost=miss_cost, false_alarm_cost=false_alarm_cost, target_miss_rate=target_miss_rate,
                            target_false_alarm_rate=target_false_alarm_rate, prevalence=prevalence)
-        if target_miss_rate is not None and target_false_alarm_rate is not None:
-            raise AdcopilotError("give --target-miss-rate or --target-false-alarm-rate, not both")
-        for flag, value in (("--target-miss-rate", target_miss_rate), ("--target-false-alarm-rate", target_false_alarm_rate)):
-            if value is not None and not 0.0 <= value < 1.0:
-                raise AdcopilotError(f"{flag} must be in [0, 1), got {value}")
         if results is not None:
             if normals or defects:
                 raise AdcopilotError("use either --results or --normals/--defects, not both")

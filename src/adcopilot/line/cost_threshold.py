@@ -91,6 +91,27 @@ def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[
     }
 
 
+def check_choice_settings(
+    *,
+    miss_cost: float = 1.0,
+    false_alarm_cost: float = 1.0,
+    target_miss_rate: float | None = None,
+    target_false_alarm_rate: float | None = None,
+    prevalence: float | None = None,
+) -> None:
+    """Refuse settings no labels can make valid, in one line naming the flag (callers check them before
+    scoring anything, so a typo costs no scoring time)."""
+    if target_miss_rate is not None and target_false_alarm_rate is not None:
+        raise AdcopilotError("give --target-miss-rate or --target-false-alarm-rate, not both")
+    for flag, rate in (("--target-miss-rate", target_miss_rate), ("--target-false-alarm-rate", target_false_alarm_rate)):
+        if rate is not None and not 0.0 <= rate < 1.0:
+            raise AdcopilotError(f"{flag} must be in [0, 1), got {rate}")
+    if miss_cost < 0 or false_alarm_cost < 0 or miss_cost + false_alarm_cost == 0:
+        raise AdcopilotError("--miss-cost and --false-alarm-cost must be >= 0 and not both 0")
+    if prevalence is not None and not 0.0 < prevalence < 1.0:
+        raise AdcopilotError(f"--prevalence must be between 0 and 1 (exclusive), got {prevalence}")
+
+
 def choose_threshold(
     scores: np.ndarray | list[float],
     labels: np.ndarray | list[int],
@@ -109,11 +130,9 @@ def choose_threshold(
     if not np.isfinite(s).all():
         raise AdcopilotError("some scores are not finite numbers")
     n1, n0 = int((y == 1).sum()), int((y == 0).sum())
-    if target_miss_rate is not None and target_false_alarm_rate is not None:
-        raise AdcopilotError("give --target-miss-rate or --target-false-alarm-rate, not both")
+    check_choice_settings(miss_cost=miss_cost, false_alarm_cost=false_alarm_cost, target_miss_rate=target_miss_rate,
+                          target_false_alarm_rate=target_false_alarm_rate, prevalence=prevalence)
     if target_false_alarm_rate is not None:
-        if not 0.0 <= target_false_alarm_rate < 1.0:
-            raise AdcopilotError(f"--target-false-alarm-rate must be in [0, 1), got {target_false_alarm_rate}")
         if n0 == 0:
             raise AdcopilotError("--target-false-alarm-rate needs normal images (got none)")
     elif n0 == 0 or n1 == 0:
@@ -121,13 +140,7 @@ def choose_threshold(
             f"calibration needs both normal and defective images (got {n0} normal, {n1} defective); "
             "with normal images only, give --target-false-alarm-rate"
         )
-    if miss_cost < 0 or false_alarm_cost < 0 or miss_cost + false_alarm_cost == 0:
-        raise AdcopilotError("--miss-cost and --false-alarm-cost must be >= 0 and not both 0")
-    if target_miss_rate is not None and not 0.0 <= target_miss_rate < 1.0:
-        raise AdcopilotError(f"--target-miss-rate must be in [0, 1), got {target_miss_rate}")
-    p = n1 / (n0 + n1) if prevalence is None else float(prevalence)
-    if not 0.0 < p < 1.0 and not (n1 == 0 and prevalence is None):
-        raise AdcopilotError(f"--prevalence must be between 0 and 1 (exclusive), got {prevalence}")
+    p = n1 / (n0 + n1) if prevalence is None else float(prevalence)  # with no defects and none given: 0
 
     t = candidate_thresholds(s)
     overkill, miss = rates(s, y, t)

@@ -27,7 +27,7 @@ from adcopilot.api import Copilot
 from adcopilot.calibration_store import default_calibration_path, write_calibration
 from adcopilot.errors import AdcopilotError, require_finite
 from adcopilot.line.batch import BatchConfig, run_batch
-from adcopilot.line.cost_threshold import ThresholdChoice, choose_threshold
+from adcopilot.line.cost_threshold import ThresholdChoice, check_choice_settings, choose_threshold
 from adcopilot.line.plots import Series, line_chart
 from adcopilot.line.report import load_results
 from adcopilot.line.sources import LotItem, collect
@@ -63,10 +63,11 @@ SETTING_FLAGS = {
 
 
 def check_settings(**settings: float | None) -> None:
-    """Refuse a NaN or infinite cost, rate or prevalence in one line naming its flag."""
+    """Refuse a NaN or infinite cost, rate or prevalence, or one out of its range, in one line naming its flag."""
     for name, value in settings.items():
         if value is not None:
             require_finite(value, SETTING_FLAGS.get(name, name))
+    check_choice_settings(**{k: v for k, v in settings.items() if v is not None})  # type: ignore[arg-type]
 
 
 def choose_from_records(records: Sequence[dict[str, Any]], **kwargs: Any) -> ThresholdChoice:

@@ -48,6 +48,14 @@ BAD_SHARD = (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --sha
         (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--miss-cost", "nan"],
          "error: --miss-cost: must be a finite number, got nan"),
         (["calibrate", "--results", "out", "--prevalence", "inf"], "error: --prevalence: must be a finite number"),
+        # Out of range: refused before any image is scored (the folders here do not even exist).
+        (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--miss-cost", "-3"],
+         "error: --miss-cost and --false-alarm-cost must be >= 0 and not both 0"),
+        (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--miss-cost", "0",
+          "--false-alarm-cost", "0"], "error: --miss-cost and --false-alarm-cost must be >= 0 and not both 0"),
+        (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--prevalence", "2"],
+         "error: --prevalence must be between 0 and 1 (exclusive), got 2.0"),
+        (["calibrate", "--results", "out", "--prevalence", "0"], "error: --prevalence must be between 0 and 1 (exclusive)"),
     ],
 )
 def test_bad_arguments(args, message, tmp_path, monkeypatch, capsys, caplog):
