@@ -1,0 +1,103 @@
+"""PaDiM and a nearest-patch memory with all training normals on EfficientNet-Lite0 against Lite2 features.
+
+Is the adapted model's remaining gap to anomalib's PaDiM on ELPV poly cells a matter of the frozen tower?
+For each tower, PaDiM (this project's reproduction of anomalib's, ``model/padim.py``: 100 random channels of
+the stride-8 and stride-16 stage outputs) is fitted on every training normal of a cell type and scores the
+test cells by its own image score; a nearest-patch memory (a random 10 % of the normals' joint unit-norm
+patch features, the mean of each test image's 3 largest nearest-patch distances) is scored beside it, and
+the two robust z-scores added. Image AUROC of probability 1 against 0 on the whole seed-0 test split and on
+``bench_peers.py``'s 150-cell subset. Run (Lite2 needs ``pip install -e '.[lite2]'``):
+
+    python benchmarks/padim_towers.py --split test
+    python benchmarks/padim_towers.py --split val      # the training split's last fifth of each type as queries,
+                                                       # fitted on the rest (no subset column there)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from adcopilot.data.elpv import split
+from adcopilot.eval.detection import auroc
+from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.backbone import load_backbone
+from adcopilot.model.detector import to_batch
+from adcopilot.model.padim import PadimAccumulator, channel_subset
+from adcopilot.model.vision import FusedPatchTower, joint_patch_features
+
+SIZE = 256
+BATCH = 32
+TOWERS = ("efficientnet-lite0", "efficientnet-lite2")
+
+
+def features(tower: FusedPatchTower, paths: list, desc: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Raw stage outputs (half precision) and joint unit-norm patch features (N, P, C) of the images."""
+    scales: dict[str, list[torch.Tensor]] = {"s8": [], "s16": []}
+    joint = []
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(paths), BATCH), desc=desc):
+            x = to_batch([to_float_array(load_image(p), SIZE) for p in paths[s : s + BATCH]])
+            f = tower.patch_features(x)
+            for k, v in f.items():
+                scales[k].append(v.half())
+            joint.append(joint_patch_features(f).flatten(2).transpose(1, 2).contiguous())
+    return {k: torch.cat(v) for k, v in scales.items()}, torch.cat(joint)
+
+
+def robust_z(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    med = np.median(ref)
+    return (x - med) / (1.4826 * np.median(np.abs(ref - med)) + 1e-12)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="test", choices=("test", "val"))
+    ap.add_argument("--kinds", nargs="+", default=["poly", "mono"])
+    ap.add_argument("--memory", type=float, default=0.1, help="share of the normals' patches in the memory")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    parts = split(seed=0)
+    for kind in args.kinds:
+        normals = [c.path for c in parts["train"] if c.kind == kind and c.probability == 0.0]
+        if args.split == "val":
+            train = [c for c in parts["train"] if c.kind == kind]
+            cut = len(train) * 4 // 5
+            normals = [c.path for c in train[:cut] if c.probability == 0.0]
+            items = [c for c in train[cut:] if c.probability in (0.0, 1.0)]
+        else:
+            items = [c for c in parts["test"] if c.kind == kind and c.probability in (0.0, 1.0)]
+        labels = np.array([int(c.probability == 1.0) for c in items])
+        sub = np.sort(np.random.default_rng(0).permutation(len(items))[:150])
+        print(f"ELPV {kind} {args.split}: {len(normals)} normals, {len(items)} queries", flush=True)
+        for name in TOWERS:
+            tower = FusedPatchTower.from_tower(load_backbone(name))
+            nraw, njoint = features(tower, normals, f"{name} normals")
+            qraw, qjoint = features(tower, [c.path for c in items], f"{name} queries")
+            acc = PadimAccumulator(channel_subset(nraw["s8"].shape[1] + nraw["s16"].shape[1]))
+            for s in range(0, len(normals), BATCH):
+                acc.add({k: v[s : s + BATCH].float() for k, v in nraw.items()})
+            stats = acc.finish()
+            pad = torch.cat([stats.anomalib_map({k: v[s : s + BATCH].float() for k, v in qraw.items()}, SIZE)[0]
+                             for s in range(0, len(items), BATCH)]).numpy()
+            bank = njoint.reshape(-1, njoint.shape[-1])
+            keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[: int(len(bank) * args.memory)]
+            bank = bank[keep]
+            near = []
+            with torch.inference_mode():
+                for q in tqdm(qjoint, desc=f"{name} nearest"):
+                    d = 1 - (q @ bank.T).amax(1)  # (P,)
+                    near.append(d.topk(3).values.mean().item())
+            near = np.array(near)
+            fused = robust_z(pad, pad) + robust_z(near, near)
+            for label, s in (("PaDiM", pad), ("nearest patch", near), ("both, z added", fused)):
+                full = auroc(s, labels.tolist())
+                part = auroc(s[sub], labels[sub].tolist())
+                print(f"  {name} {label:15s} all {full:.4f}  150-cell subset {part:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
