@@ -1,9 +1,9 @@
 """Collect per-pair scores once, to compare label-free threshold rules offline (``bench_spread.py``).
 
 Per product ("group"): a pool of normal references, ``--pairs`` reference pairs drawn from it, and
-queries (normal and defective). Every query is inspected against every pair (registration onto the
-pair's first reference, then the detector), and both image scores come from that one pass: the shipped
-pooled map (``map``) and the fused score (``fused``, model/score.py; the map is the same, the fused
+queries (normal and defective). Every query is inspected against every pair (registered as ``inspect``
+registers it: onto the pair's first reference; then the detector), and both
+image scores come from that one pass: the shipped pooled map (``map``) and the fused score (``fused``, model/score.py; the map is the same, the fused
 score adds the references' dihedral views). For every pair the references are also scored against each
 other (leave-one-out, both directions) and ``--augs`` light augmentations of each reference against the
 other; for every reference, augmentations of it against itself (the 1-reference self-spread).
@@ -36,7 +36,7 @@ from tqdm import tqdm
 from adcopilot.data.elpv import split
 from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
-from adcopilot.model.inspection import align
+from adcopilot.model.inspection import align, registers
 from adcopilot.model.nano import NanoDetector, pooled_score
 from adcopilot.model.registry import load_detector, resolve_model
 
@@ -102,7 +102,7 @@ class Scorer:
     def scores(self, query: np.ndarray, refs: list[Path]) -> tuple[float, float]:
         """(pooled map score, fused score) of an (S, S, 3) query against ``refs``."""
         entries = [self.ref(r) for r in refs]
-        aligned = align(query, entries[0][0])
+        aligned = align(query, entries[0][0], registration=registers(True, len(entries)))  # as inspect registers
         d = self.detector.detection(aligned.compared, [e for _, e in entries])
         return pooled_score(d.amap, self.detector.model.cfg.topk_frac), float(d.score)
 

@@ -42,7 +42,7 @@ from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
 from adcopilot.model.detector import Detection, Detector
-from adcopilot.model.inspection import Aligned, CoreOutput, align, in_query_frame, inspect_arrays
+from adcopilot.model.inspection import Aligned, CoreOutput, align, in_query_frame, inspect_arrays, registers
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.protocols import Inspector
@@ -59,7 +59,7 @@ class StagedPair:
     query: ImageInput
     references: list[ImageInput]
     size: tuple[int, int]  # (w, h) of the query
-    aligned: Aligned  # the query at S, registered onto the first reference
+    aligned: Aligned  # the query at S, registered onto the first reference (as taken with three or more)
     threshold: float | None  # the one asked for; ``encode`` sets the reference set's when None
     started: float  # perf_counter when ``prepare`` began
     timings: dict[str, float] = field(default_factory=dict)  # ms
@@ -281,7 +281,7 @@ class Copilot:
     def prepare(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput], *, threshold: float | None = None
     ) -> StagedPair:
-        """Stage 1, no model (any thread): decode the query and register it onto the first reference."""
+        """Stage 1, no model (any thread): decode the query and register it onto the first reference (up to two)."""
         if threshold is not None:
             require_finite(threshold, "threshold")
         t0 = time.perf_counter()
@@ -295,7 +295,7 @@ class Copilot:
         cached = self._cache.get(key) if key is not None else None
         first = cached[0] if cached is not None else to_float_array(load_image(refs[0], name=reference_names(refs)[0]), size)
         t1 = time.perf_counter()
-        aligned = align(q, first, registration=self.registration)
+        aligned = align(q, first, registration=registers(self.registration, len(refs)))
         return StagedPair(query, refs, qimg.size, aligned, None if threshold is None else float(threshold), t0,
                           {"load": (t1 - t0) * 1e3})
 

@@ -31,7 +31,7 @@ class Inspector(Protocol):
 
     model_name: str
     threshold: float  # the verdict's threshold on the score
-    registration: bool  # whether the query is registered onto the first reference
+    registration: bool  # whether a query compared with one or two references is registered onto the first
     calibration: dict[str, Any] | None  # the calibration file in use, if any
 
     def inspect(

@@ -28,6 +28,7 @@ from adcopilot.imaging import grey_level
 
 WORK_SIZE = 128
 MAX_SCALE = 1.25  # a larger scale change is a different set-up, not a pose to correct
+SIMILARITY_MARGIN = 0.0  # correlation the similarity fit must gain over the rigid one to be kept
 
 
 @dataclass
@@ -84,8 +85,10 @@ def warp(img: np.ndarray, matrix: np.ndarray, border: str = "replicate") -> np.n
     return cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=mode)
 
 
-def register(query: np.ndarray, reference: np.ndarray, max_iter: int = 60) -> Registration:
+def register(query: np.ndarray, reference: np.ndarray, max_iter: int = 60,
+             similarity_margin: float | None = None) -> Registration:
     """Similarity transform mapping the query onto the reference (both (H, W, 3), same size)."""
+    similarity_margin = SIMILARITY_MARGIN if similarity_margin is None else similarity_margin
     h, w = query.shape[:2]
     q = _gray(query, WORK_SIZE)
     r = _gray(reference, WORK_SIZE)
@@ -124,7 +127,9 @@ def register(query: np.ndarray, reference: np.ndarray, max_iter: int = 60) -> Re
         # Guard: keep the identity when alignment does not help, moves absurdly far or rescales too much.
         shift = float(np.hypot(q_to_r[0, 2], q_to_r[1, 2])) / WORK_SIZE
         scale_ok = 1.0 / MAX_SCALE <= similarity_scale(q_to_r) <= MAX_SCALE
-        if after > before + 1e-3 and shift <= 0.25 and scale_ok and (best is None or after > best[0]):
+        # The similarity (the second candidate) must beat the rigid fit by ``similarity_margin``.
+        needed = before + 1e-3 if best is None else best[0] + similarity_margin
+        if after > needed and shift <= 0.25 and scale_ok:
             best = (after, method, q_to_r)
     if best is None:
         return Registration(method="identity", correlation_before=before, correlation_after=before)

@@ -64,6 +64,17 @@ def test_recovers_a_camera_at_a_slightly_different_distance(rng):
     assert err_after < 0.3 * err_before
 
 
+
+def test_the_similarity_must_beat_the_rigid_fit_by_the_margin(rng):
+    """With an unreachable margin the rigid fit is kept (scale 1); the default keeps the scale it finds."""
+    ref = _structured(rng)
+    query = cv2.warpAffine(ref, cv2.getRotationMatrix2D((128, 128), 3.0, 1.06), (256, 256),
+                           borderMode=cv2.BORDER_REPLICATE)
+    scale = {m: float(np.sqrt(abs(np.linalg.det(register(query, ref, similarity_margin=m).matrix[:, :2]))))
+             for m in (0.0, float("inf"))}
+    assert scale[0.0] == pytest.approx(1 / 1.06, abs=0.01)
+    assert scale[float("inf")] == pytest.approx(1.0, abs=1e-4)
+
 @pytest.mark.parametrize("factor", [1.3, 1.4, 1.6])
 def test_a_large_scale_change_is_not_taken_for_a_pose(factor):
     # Beyond the small scale a line's camera allows (1.25), registration keeps the identity. At 1.3x

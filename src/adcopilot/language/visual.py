@@ -2,7 +2,7 @@
 
 :class:`VisualEncoder` reads the inspection core's output for the pair
 (:func:`adcopilot.model.inspection.inspect_arrays`, the same call ``Copilot.inspect`` makes: images
-resized to the model's size, the query registered onto the first reference, the product memory
+resized to the model's size, the query registered onto the first of up to two references, the product memory
 fused in) and the frozen backbone's features of each image, and returns a :class:`VisualInputs`:
 small tensors that the trainable projectors of :class:`adcopilot.language.model.NanoCopilot` turn
 into LLM tokens. Because everything here is

@@ -4,7 +4,7 @@ Every path that looks at a pair runs this and reads its :class:`CoreOutput`: ``C
 (verdict, boxes), the language model's visual inputs (:mod:`adcopilot.language.visual`), batch and
 serve through ``Copilot``. Steps, all at the detector's square size S:
 
-    query (S, S, 3) -> registration onto the first reference (optional)
+    query (S, S, 3) -> registration onto the first reference (optional; with one or two, see REGISTER_UP_TO)
       -> warp into the reference's frame -> detector (map, score, distance, features, tokens)
       -> map and distance warped back into the query's own frame
 
@@ -53,7 +53,7 @@ class CoreOutput:
 
 @dataclass
 class Aligned:
-    """A query ready for the detector: registered onto the first reference and warped into its frame."""
+    """A query ready for the detector: registered onto the first reference and warped into its frame (or as taken)."""
 
     query: np.ndarray  # (S, S, 3) float, the query in its own frame
     compared: np.ndarray  # (S, S, 3) float, the query in the reference's frame (``query`` itself without registration)
@@ -64,6 +64,19 @@ class Aligned:
     def own_frame(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(query, matrix into the reference frame) when registration moved it, else None."""
         return None if self.registration.method == "identity" else (self.query, self.registration.matrix)
+
+
+#: Registration onto the first reference is used with this many references at most. With more, the query is
+#: compared as it was taken: the references' own poses cover its pose better than a warp onto the first one,
+#: which moves it away from the others and resamples its texture (on good images only, normal queries scored
+#: lower without it at 3 and 5 references and level at 2, where the threshold for two references was set
+#: with it; benchmarks/RESULTS.md).
+REGISTER_UP_TO = 2
+
+
+def registers(registration: bool, references: int) -> bool:
+    """Whether a query compared with ``references`` references is registered (``registration``: the option)."""
+    return registration and references <= REGISTER_UP_TO
 
 
 def align(query: np.ndarray, reference: np.ndarray, *, registration: bool = True) -> Aligned:
@@ -113,7 +126,7 @@ def inspect_arrays(
     with_deviation: bool = False,
 ) -> CoreOutput:
     """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...]."""
-    aligned = align(query, references[0][0], registration=registration)
+    aligned = align(query, references[0][0], registration=registers(registration, len(references)))
     t1 = time.perf_counter()
     d = detector.detection(aligned.compared, [e for _, e in references], with_tokens=with_tokens,  # reference frame
                            own_frame=aligned.own_frame)
