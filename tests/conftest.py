@@ -6,6 +6,11 @@ import os
 
 import numpy as np
 import pytest
+import torch
+
+from adcopilot.api import Copilot
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.vision import load_vision_tower
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,6 +20,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/integration" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
+
+
+#: A nano comparison model small enough for unit tests (random weights, 64 px).
+TINY_NANO = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
+
+
+@pytest.fixture(scope="session")
+def nano_copilot() -> Copilot:
+    """The nano comparison model, random-initialised at 64 px, with registration and the image check."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    detector = NanoDetector(NanoComparisonModel(TINY_NANO).eval(), load_vision_tower(pretrained=False), name="tiny-nano")
+    return Copilot(detector, registration=True, model_name="tiny-nano")
 
 
 @pytest.fixture

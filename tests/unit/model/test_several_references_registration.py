@@ -6,15 +6,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from adcopilot.api import Copilot
 from adcopilot.model import inspection
 from adcopilot.model.inspection import registers
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
-from adcopilot.model.vision import load_vision_tower
-
-TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
 
 
 def _scene(seed: int) -> np.ndarray:
@@ -26,19 +20,12 @@ def _scene(seed: int) -> np.ndarray:
     return (cv2.GaussianBlur(img, (0, 0), 1.0) * 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def copilot() -> Copilot:
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    detector = NanoDetector(NanoComparisonModel(TINY).eval(), load_vision_tower(pretrained=False), name="tiny-nano")
-    return Copilot(detector, registration=True, model_name="tiny-nano")
-
-
 def test_the_rule():
     assert registers(True, 1) and registers(True, 2) and not registers(True, 3) and not registers(False, 1)
 
 
-def test_one_or_two_references_register_three_do_not(copilot, monkeypatch):
+def test_one_or_two_references_register_three_do_not(nano_copilot, monkeypatch):
+    copilot = nano_copilot
     ref, other, third = _scene(0), _scene(1), _scene(2)
     shifted = np.ascontiguousarray(np.roll(ref, (3, 4), axis=(0, 1)))
     two = copilot.inspect(shifted, [ref, other])

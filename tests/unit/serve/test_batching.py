@@ -12,13 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from adcopilot.api import Copilot
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
-from adcopilot.model.vision import load_vision_tower
 from adcopilot.serve import batching
 from adcopilot.serve.app import create_app
 from adcopilot.serve.batching import Batcher, QueueFull
@@ -26,17 +22,7 @@ from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError
 
 from .conftest import png
 
-TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def nano_copilot() -> Copilot:
-    """The nano comparison model, random-initialised at 64 px, with registration and the image check."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    detector = NanoDetector(NanoComparisonModel(TINY).eval(), load_vision_tower(pretrained=False), name="tiny-nano")
-    return Copilot(detector, registration=True, model_name="tiny-nano")
 
 
 @pytest.fixture(scope="module")
