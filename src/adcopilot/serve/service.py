@@ -4,7 +4,7 @@ One :class:`InspectionService` wraps one :class:`adcopilot.Copilot`. The model r
 (one model call at a time: the model and its reference cache are not thread-safe, and on a small
 CPU parallel inferences only compete for the same cores), while uploads are received and decoded
 in parallel. Inspections are batched (:mod:`adcopilot.serve.batching`): each request decodes its
-query and registers it onto its first reference in its own thread, requests that come together run
+query and registers it onto its first reference (with up to two) in its own thread, requests that come together run
 through the model as one batch (``Copilot.encode`` and ``detect``), and each maps its result back,
 checks the image and finds its boxes in its own thread again (``Copilot.finish``), beside the model
 working on the next batch. At most ``max_queue`` inspections wait for the model; more are answered
