@@ -95,8 +95,8 @@ def main() -> None:
             fused = robust_z(pad, pad) + robust_z(near, near)
             for label, s in (("PaDiM", pad), ("nearest patch", near), ("both, z added", fused)):
                 full = auroc(s, labels.tolist())
-                part = auroc(s[sub], labels[sub].tolist())
-                print(f"  {name} {label:15s} all {full:.4f}  150-cell subset {part:.4f}", flush=True)
+                part = f"  150-cell subset {auroc(s[sub], labels[sub].tolist()):.4f}" if args.split == "test" else ""
+                print(f"  {name} {label:15s} all {full:.4f}{part}", flush=True)
 
 
 if __name__ == "__main__":
