@@ -18,6 +18,9 @@ Sets (the first two for choosing a rule, the last two for measuring it):
 * ``photos-test``: the same photos with other template pairs (disjoint from the first draw's).
 
     python benchmarks/threshold_evidence.py --set elpv-val --n 40 --pairs 6 --out SPREAD
+
+``--shots 3`` (or more): sets of that many references instead of pairs, query scores only (written as
+``SET_kSHOTS_seedSEED.npz``, read by ``threshold_by_shots.py``).
 """
 
 from __future__ import annotations
@@ -75,9 +78,10 @@ def photo_groups() -> dict[str, Group]:
     return out
 
 
-def draw_pairs(pool_size: int, k: int, rng: np.random.Generator, first: bool) -> list[tuple[int, int]]:
-    """``k`` distinct pairs of the pool; the photos' first draw and later draws never share a pair."""
-    pairs = list(itertools.combinations(range(pool_size), 2))
+def draw_pairs(pool_size: int, k: int, rng: np.random.Generator, first: bool, shots: int = 2) -> list[tuple[int, ...]]:
+    """``k`` distinct reference sets of ``shots`` (pairs by default) from the pool; the photos' first draw
+    and later draws never share a set."""
+    pairs = list(itertools.combinations(range(pool_size), shots))
     order = np.random.default_rng(12345).permutation(len(pairs))  # one fixed order, split in two halves
     half = order[: len(order) // 2] if first else order[len(order) // 2 :]
     return [pairs[i] for i in rng.choice(half, k, replace=False)]
@@ -99,25 +103,33 @@ class Scorer:
         return self.cache[key]
 
     @torch.inference_mode()
-    def scores(self, query: np.ndarray, refs: list[Path]) -> tuple[float, float]:
-        """(pooled map score, fused score) of an (S, S, 3) query against ``refs``."""
+    def scores(self, query: np.ndarray, refs: list[Path], register: bool | None = None) -> tuple[float, float]:
+        """(pooled map score, fused score) of an (S, S, 3) query against ``refs``, registered as ``inspect``
+        registers it unless ``register`` says otherwise."""
         entries = [self.ref(r) for r in refs]
-        aligned = align(query, entries[0][0], registration=registers(True, len(entries)))  # as inspect registers
+        reg = registers(True, len(entries)) if register is None else register
+        aligned = align(query, entries[0][0], registration=reg)
         d = self.detector.detection(aligned.compared, [e for _, e in entries])
         return pooled_score(d.amap, self.detector.model.cfg.topk_frac), float(d.score)
 
 
-def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: int, first: bool) -> dict:
+def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: int, first: bool,
+            shots: int = 2) -> dict:
     rng = np.random.default_rng(seed)
     data: dict[str, np.ndarray] = {}
     for name, (pool, queries, labels) in groups.items():
-        pairs = draw_pairs(len(pool), k, rng, first)
-        q_scores = np.zeros((len(queries), k, 2), np.float32)  # [query, pair, (map, fused)]
+        pairs = draw_pairs(len(pool), k, rng, first, shots)
+        q_scores = np.zeros((len(queries), k, 2), np.float32)  # [query, set, (map, fused)]
         t0 = time.perf_counter()
         for i, q in enumerate(tqdm(queries, desc=name)):
             arr = to_float_array(load_image(q, name=str(q)), scorer.size)
-            for j, (a, b) in enumerate(pairs):
-                q_scores[i, j] = scorer.scores(arr, [pool[a], pool[b]])
+            for j, chosen in enumerate(pairs):
+                q_scores[i, j] = scorer.scores(arr, [pool[x] for x in chosen])
+        if shots != 2:  # the leave-one-out and augmentation evidence is the pairs' (bench_spread.py)
+            print(f"{name}: {len(queries)} queries x {k} sets of {shots}, {time.perf_counter() - t0:.0f} s", flush=True)
+            data.update({f"{name}|scores": q_scores, f"{name}|labels": np.array(labels),
+                         f"{name}|pairs": np.array(pairs)})
+            continue
         loo = np.zeros((k, 2, 2), np.float32)  # [pair, left-out reference, scale]
         loo_aug = np.zeros((k, 2, augs, 2), np.float32)  # augmentations of the left-out one
         for j, (a, b) in enumerate(pairs):
@@ -138,15 +150,37 @@ def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: i
     return data
 
 
+def add_set_loo(scorer: Scorer, groups: dict[str, Group], path: Path) -> None:
+    """Add to a ``--shots`` file every set's leave-one-out scores: each reference against the set's others,
+    both unregistered and registered (``|set_loo``: [set, left-out reference, (unregistered, registered),
+    (map, fused)])."""
+    z = dict(np.load(path))
+    for name, (pool, _, _) in groups.items():
+        sets = z[f"{name}|pairs"]
+        loo = np.zeros((*sets.shape, 2, 2), np.float32)
+        for j, chosen in enumerate(tqdm(sets, desc=f"{name} leave-one-out")):
+            for i, x in enumerate(chosen):
+                arr = scorer.ref(pool[x])[0]
+                rest = [pool[o] for o in chosen if o != x]
+                loo[j, i, 0] = scorer.scores(arr, rest, register=False)
+                loo[j, i, 1] = scorer.scores(arr, rest, register=True)
+        z[f"{name}|set_loo"] = loo
+    np.savez_compressed(path, **z)
+    print(f"{path}: leave-one-out added", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", required=True, choices=["elpv-val", "photos-val", "elpv-test", "photos-test"])
     ap.add_argument("--n", type=int, default=40, help="ELPV: normal and defective queries per type")
     ap.add_argument("--pool", type=int, default=12, help="ELPV: normal references per type")
-    ap.add_argument("--pairs", type=int, default=6, help="reference pairs per product")
+    ap.add_argument("--pairs", type=int, default=6, help="reference pairs (sets) per product")
+    ap.add_argument("--shots", type=int, default=2, help="references per set; other than 2: query scores only")
     ap.add_argument("--augs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--add-loo", action="store_true",
+                    help="with --shots 3 or more: add the sets' leave-one-out scores to the file already written")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -157,9 +191,13 @@ def main() -> None:
         groups = elpv_groups(args.set, args.n, args.pool, args.seed)
     else:
         groups = photo_groups()
-    data = collect(Scorer(detector), groups, args.pairs, args.augs, args.seed, first=args.set.endswith("val"))
+    path = args.out / (f"{args.set}_seed{args.seed}.npz" if args.shots == 2 else f"{args.set}_k{args.shots}_seed{args.seed}.npz")
+    if args.add_loo:
+        add_set_loo(Scorer(detector), groups, path)
+        return
+    data = collect(Scorer(detector), groups, args.pairs, args.augs, args.seed, first=args.set.endswith("val"),
+                   shots=args.shots)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.set}_seed{args.seed}.npz"
     np.savez_compressed(path, **data)
     print(f"{path}: {len(groups)} groups", flush=True)
 

@@ -252,6 +252,16 @@ class Copilot:
         """:meth:`threshold_for` a set of this many references."""
         return self.threshold if self.fixed_threshold else float(self.detector.threshold_for(references))
 
+    def thresholds_by_references(self, up_to: int) -> dict[str, float]:
+        """Where the threshold changes with the number of references, up to ``up_to``: {count from which
+        it applies: threshold}, e.g. {"1": 0.5, "2": 0.4452, "3": 0.4158, "5": 0.3965}."""
+        steps: dict[str, float] = {}
+        for n in range(1, up_to + 1):
+            t = self.threshold_with(n)
+            if not steps or t != list(steps.values())[-1]:
+                steps[str(n)] = t
+        return steps
+
     def boxes(self, analysis: Analysis, threshold: float, rules: BoxRules | None = None) -> list[Box]:
         """Defect boxes of an anomalous analysis at ``threshold`` (``rules``: this copilot's by default)."""
         amap = analysis.amap

@@ -151,6 +151,17 @@ def _pixels(driver, canvas_id: str, x: int, y: int) -> list[int]:
                        f".getImageData({x}, {y}, 1, 1).data)")
 
 
+def test_the_model_line_gives_the_threshold_for_each_number_of_references(driver, server):
+    """The shipped model's threshold falls with more references; the page says from which count each holds."""
+    _open(driver, server)
+    steps = Copilot.load().thresholds_by_references(16)
+    counts = sorted(int(k) for k in steps)
+    assert counts[:2] == [1, 2] and len(counts) >= 3  # the shipped model's table
+    line = _js(driver, "return document.getElementById('model').textContent")
+    assert f"threshold {steps['1']:.4f}" in line and f"{steps['2']:.4f} with 2 references" in line, line
+    assert f"{steps[str(counts[-1])]:.4f} with {counts[-1]}+" in line, line
+
+
 def test_several_queries_side_by_side_with_opacity_and_zoom(driver, server, files, tmp_path):
     _open(driver, server)
     _choose(driver, "query-file", [files["bad"], files["clean"]])

@@ -23,7 +23,8 @@ The image score is the mean of the top 1 % of the smoothed map (``pooled_score``
 ``image_score: "fused"`` in the config, the map fused with the distance to the references' dihedral views
 (:mod:`adcopilot.model.score`). ``multi_image_score`` and ``multi_threshold`` set the score and threshold
 used with two or more references: the shipped model's are the fused score and one threshold that flags
-about the same share of normal parts on every product measured (figures in benchmarks/RESULTS.md).
+about the same share of normal parts on every product measured (figures in benchmarks/RESULTS.md);
+``multi_thresholds`` holds lower thresholds for three references or more.
 
 Checkpoint folder: ``config.json`` (architecture, threshold, image size), ``model.safetensors``
 (trained parts only; the tower comes from its package) and ``MODEL_CARD.md``.
@@ -89,6 +90,11 @@ class NanoConfig:
     # about the same on every product measured, so one threshold on it needs no labels (benchmarks/RESULTS.md).
     multi_image_score: str = "map"
     multi_threshold: float | None = None
+    # Thresholds for larger reference sets, keyed by the smallest count each serves ({"3": t, "5": u}): with
+    # n references the entry of the largest count not above n, else ``multi_threshold``. From three
+    # references on the query is compared as taken (model/inspection.py) and the fused score of a normal
+    # part falls with every reference added, so the two-reference threshold would waste the ranking.
+    multi_thresholds: dict[str, float] = field(default_factory=dict)
     name: str = "nano"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -274,6 +280,32 @@ def check_score_config(cfg: NanoConfig, path: Path) -> None:
         v = getattr(cfg, name)
         if not (_is_number(v) or (v is None and name == "multi_threshold")):
             raise CheckpointError(f"{path}: {name} must be a finite number, got {v!r}")
+    try:
+        check_threshold_table(cfg.multi_thresholds)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if cfg.multi_thresholds and cfg.multi_threshold is None:
+        raise CheckpointError(f"{path}: multi_thresholds needs multi_threshold (the threshold with two references)")
+
+
+def check_threshold_table(table: Any) -> dict[str, float]:
+    """``multi_thresholds`` as read from a config or a file's metadata, checked: counts from 3 up (as
+    strings of digits) to finite numbers; ValueError naming the problem otherwise."""
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and k.isdigit() and int(k) >= 3 and _is_number(v) for k, v in table.items()
+    ):
+        raise ValueError(f"multi_thresholds must map reference counts from 3 up to finite numbers, got {table!r}")
+    return {str(int(k)): float(v) for k, v in table.items()}
+
+
+def threshold_by_count(references: int, threshold: float, multi: float | None, table: dict[str, float]) -> float:
+    """The verdict's threshold with this many references: ``threshold`` with one (or without a
+    multi-reference threshold), else the ``table`` entry of the largest count not above ``references``,
+    else ``multi``."""
+    if references < 2 or multi is None:
+        return float(threshold)
+    served = [int(k) for k in table if int(k) <= references]
+    return float(table[str(max(served))]) if served else float(multi)
 
 
 def pooled_score(prob: np.ndarray, frac: float) -> float:
@@ -333,10 +365,13 @@ class NanoDetector(Detector):
         return cfg.multi_image_score if references >= 2 else cfg.image_score
 
     def threshold_for(self, references: int) -> float:
-        """The verdict's threshold with this many references: ``multi_threshold`` where the score with two
-        or more references is the config's multi-reference score, else the model's threshold."""
-        multi = self.model.cfg.multi_threshold
-        return float(multi) if references >= 2 and multi is not None and self.memory is None else self.threshold
+        """The verdict's threshold with this many references: with two or more, where the score is the
+        config's multi-reference score, ``multi_threshold`` or the ``multi_thresholds`` entry for that many;
+        else (and with a product memory) the model's threshold."""
+        cfg = self.model.cfg
+        if self.memory is not None:
+            return self.threshold
+        return threshold_by_count(references, self.threshold, cfg.multi_threshold, cfg.multi_thresholds)
 
     @torch.inference_mode()
     def encode_reference(self, image: np.ndarray) -> ReferenceInputs:

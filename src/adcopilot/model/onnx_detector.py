@@ -13,6 +13,7 @@ Needs the optional packages ``onnx`` and ``onnxruntime`` (``pip install 'adcopil
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ import torch
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.compare import grid_positions
 from adcopilot.model.detector import Detector
-from adcopilot.model.nano import IMAGE_SCORES, STRIDE, pooled_score
+from adcopilot.model.nano import IMAGE_SCORES, STRIDE, check_threshold_table, pooled_score, threshold_by_count
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
 from adcopilot.model.score import dihedral_views, fused_score, nearest_distance, view_distance
 from adcopilot.model.upsample import upsample_centered
@@ -91,7 +92,8 @@ class OnnxDetector(Detector):
             self.fused_weight = float(meta.get("fused_weight", "0.05"))
             multi = meta.get("multi_threshold")
             self.multi_threshold = float(multi) if multi is not None else None
-        except ValueError as exc:
+            self.multi_thresholds = check_threshold_table(json.loads(meta.get("multi_thresholds", "{}")))
+        except ValueError as exc:  # json's errors are ValueErrors too
             raise CheckpointError(f"{self.path}: malformed metadata ({exc})") from None
         finite = [self.threshold, self.fused_weight] + ([self.multi_threshold] if self.multi_threshold is not None else [])
         if any(s not in IMAGE_SCORES for s in self.scores) or not all(np.isfinite(finite)):
@@ -129,7 +131,7 @@ class OnnxDetector(Detector):
         return self.scores[1] if references >= 2 else self.scores[0]
 
     def threshold_for(self, references: int) -> float:
-        return self.multi_threshold if references >= 2 and self.multi_threshold is not None else self.threshold
+        return threshold_by_count(references, self.threshold, self.multi_threshold, self.multi_thresholds)
 
     def _run(self, image: np.ndarray, reference: OnnxReference) -> list[np.ndarray]:
         k = reference.tokens.shape[0] // self._pos.shape[0]

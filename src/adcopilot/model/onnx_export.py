@@ -26,6 +26,7 @@ Needs the optional packages ``onnx`` and ``onnxscript`` (``pip install 'adcopilo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -158,6 +159,8 @@ def export_onnx(
     }
     if cfg.multi_threshold is not None:
         meta["multi_threshold"] = repr(float(cfg.multi_threshold))
+    if cfg.multi_thresholds:
+        meta["multi_thresholds"] = json.dumps(cfg.multi_thresholds, sort_keys=True)
     del proto.metadata_props[:]
     for node in proto.graph.node:  # the exporter's per-node notes hold this machine's source paths
         del node.metadata_props[:]

@@ -211,6 +211,7 @@ class InspectionService:
             "image_size": cp.detector.image_size,
             "threshold": cp.threshold,
             "threshold_with_2_or_more_references": cp.threshold_with(2),
+            "threshold_by_references": cp.thresholds_by_references(self.config.max_references),
             "threshold_source": "calibration" if cal else "model",
             "calibration": None if not cal else {k: cal.get(k) for k in (
                 "path", "date", "miss_cost", "false_alarm_cost", "target_miss_rate", "prevalence", "metrics")},

@@ -1,6 +1,7 @@
 """The threshold that needs no labels: with two or more references the nano model's verdict uses the
 config's multi-reference score and threshold, with one the pooled map and the fixed threshold; a product
-memory keeps the pooled map; a threshold given or calibrated wins; a threshold that is not a finite
+memory keeps the pooled map; larger reference sets take their own thresholds (``multi_thresholds``); a
+threshold given or calibrated wins; a threshold that is not a finite
 number is refused, in a config and where one is given."""
 
 from __future__ import annotations
@@ -96,7 +97,31 @@ def test_the_copilot_uses_the_threshold_for_the_number_of_references(tower, imag
     assert given.inspect(q, refs).score == pytest.approx(two.score)  # the score does not depend on it
 
 
+def test_larger_reference_sets_take_the_threshold_of_the_largest_count_they_reach(tower, images, tmp_path):
+    cfg = replace(MULTI, multi_thresholds={"3": 0.25, "5": 0.2})
+    det = _detector(tower, cfg)
+    assert [det.threshold_for(n) for n in (1, 2, 3, 4, 5, 9)] == [TINY.threshold, 0.3, 0.25, 0.25, 0.2, 0.2]
+    q, *refs = images
+    cp = Copilot(det, image_check=False)
+    three = refs + [np.flipud(refs[0]).copy()]
+    assert cp.inspect(q, three).threshold == 0.25 == cp.threshold_with(3)
+    assert cp.inspect_batch([(q, three)])[0].threshold == 0.25  # the staged path alike
+    assert cp.inspect(q, refs).threshold == 0.3
+    assert cp.thresholds_by_references(16) == {"1": TINY.threshold, "2": 0.3, "3": 0.25, "5": 0.2}
+    assert Copilot(det, threshold=0.6).thresholds_by_references(16) == {"1": 0.6}  # given: one for all
+    folder = NanoComparisonModel(cfg).save(tmp_path / "ck")  # kept in the checkpoint, as JSON keys
+    assert json.loads((folder / "config.json").read_text())["multi_thresholds"] == {"3": 0.25, "5": 0.2}
+    assert NanoComparisonModel.load(folder).cfg.multi_thresholds == {"3": 0.25, "5": 0.2}
+    det.memory = build_memory(refs, ["", ""], det.patch_features, patches=50, seed=0)
+    assert det.threshold_for(5) == TINY.threshold  # a product memory keeps its own threshold
+
+
 @pytest.mark.parametrize(("key", "value", "match"), [
+    ("multi_thresholds", {"2": 0.3}, "reference counts from 3 up"),
+    ("multi_thresholds", {"three": 0.3}, "reference counts from 3 up"),
+    ("multi_thresholds", {"3": float("nan")}, "reference counts from 3 up"),
+    ("multi_thresholds", {"3": "0.3"}, "reference counts from 3 up"),
+    ("multi_thresholds", [0.3], "reference counts from 3 up"),
     ("multi_threshold", float("nan"), "multi_threshold must be a finite number"),
     ("multi_threshold", "0.4", "multi_threshold must be a finite number"),
     ("threshold", float("inf"), "threshold must be a finite number"),
@@ -104,10 +129,18 @@ def test_the_copilot_uses_the_threshold_for_the_number_of_references(tower, imag
     ("multi_image_score", "mean", "multi_image_score must be one of map, fused"),
 ])
 def test_a_checkpoint_with_an_unusable_threshold_or_score_is_refused(tmp_path, key, value, match):
-    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    folder = NanoComparisonModel(MULTI).save(tmp_path / "ck")
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, key: value}))  # NaN and Infinity: Python's JSON
     with pytest.raises(CheckpointError, match=match):
+        NanoComparisonModel.load(folder)
+
+
+def test_a_threshold_table_without_the_two_reference_threshold_is_refused(tmp_path):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "multi_thresholds": {"3": 0.3}}))
+    with pytest.raises(CheckpointError, match="multi_thresholds needs multi_threshold"):
         NanoComparisonModel.load(folder)
 
 

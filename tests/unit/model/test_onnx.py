@@ -107,6 +107,20 @@ def test_other_graphs_are_refused_in_one_line(exported, tmp_path):
         Copilot.load(old)
 
 
+@pytest.mark.parametrize("table", ['{"3": NaN}', '{"2": 0.3}', "[0.3]", "{3: 0.3"])
+def test_a_malformed_threshold_table_is_refused_in_one_line(exported, tmp_path, table):
+    import onnx
+
+    _, path = exported
+    proto = onnx.load(str(path))
+    proto.metadata_props.add(key="multi_thresholds", value=table)
+    bad = tmp_path / "table.onnx"
+    onnx.save_model(proto, str(bad))
+    with pytest.raises(CheckpointError, match="table.onnx: malformed metadata") as exc:
+        Copilot.load(bad)
+    assert len(str(exc.value).splitlines()) == 1
+
+
 @pytest.mark.parametrize("out, message", [
     ("missing-folder/model.onnx", "missing-folder does not exist"),
     (".", "is a directory"),
@@ -134,10 +148,11 @@ def test_the_multi_reference_fused_score_and_threshold_match_pytorch(tmp_path):
     """A model whose score with two or more references is the fused one: the file scores and thresholds
     as PyTorch does, with one reference and with two."""
     torch.manual_seed(1)
-    cfg = replace(TINY, multi_image_score="fused", multi_threshold=0.3)
+    cfg = replace(TINY, multi_image_score="fused", multi_threshold=0.3, multi_thresholds={"3": 0.25})
     det = NanoDetector(NanoComparisonModel(cfg).eval(), load_vision_tower(pretrained=False), name="tiny-multi")
     onx = OnnxDetector(export_onnx(det, tmp_path / "multi.onnx"))
-    assert (onx.threshold_for(1), onx.threshold_for(2)) == (det.threshold_for(1), det.threshold_for(2)) == (0.42, 0.3)
+    want = [det.threshold_for(n) for n in (1, 2, 3, 6)]
+    assert [onx.threshold_for(n) for n in (1, 2, 3, 6)] == want == [0.42, 0.3, 0.25, 0.25]
     q, r1, r2 = _images(3, 3)
     enc = onx.encode_reference(r1)
     assert enc.views is not None and np.abs(enc.views - det.with_views(det.encode_reference(r1)).views[0].numpy()).max() < 1e-5

@@ -27,6 +27,9 @@ def test_health_models_and_schema(client, tiny_copilot):
     assert m["name"] == "tiny" and m["image_size"] == 64 and m["threshold"] == pytest.approx(tiny_copilot.threshold)
     assert m["threshold_source"] == "model" and m["language"] is False
     assert m["threshold_with_2_or_more_references"] == pytest.approx(tiny_copilot.threshold_with(2))
+    steps = m["threshold_by_references"]  # from which count each threshold applies
+    assert steps["1"] == pytest.approx(tiny_copilot.threshold_with(1))
+    assert all(v == pytest.approx(tiny_copilot.threshold_with(int(k))) for k, v in steps.items())
     schema = client.get("/openapi.json").json()
     assert {"/v1/inspect", "/v1/ask", "/v1/references", "/v1/health", "/v1/models"} <= set(schema["paths"])
     body = schema["paths"]["/v1/inspect"]["post"]["requestBody"]["content"]
