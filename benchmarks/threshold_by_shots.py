@@ -12,6 +12,11 @@ and at the shipped two-reference one for comparison.
 
     python benchmarks/threshold_by_shots.py EV --shots 3 5 --choose-on elpv-val photos-val \
         --measure-on elpv-test photos-test
+
+``--loo`` (files with ``threshold_evidence.py --add-loo``): also rules that follow each reference set's
+own leave-one-out scores (each reference against the set's others, unregistered): the threshold
+sigmoid(A x the set's mean leave-one-out logit + m), A in 0.25-1 and m chosen as above; the within-product
+correlation of that level with the set's normal queries' 95th percentile (logits).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from bench_spread import HIGH, LOW, TARGET, sigmoid
+from bench_spread import HIGH, LOW, TARGET, logit, sigmoid
 from bench_threshold import best_miss
 
 from adcopilot.metrics import auroc
@@ -36,7 +41,7 @@ def products(folder: Path, sets: list[str], shots: int) -> dict[str, tuple[np.nd
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for s in sets:
         pattern = f"{s}_seed*.npz" if shots == 2 else f"{s}_k{shots}_seed*.npz"
-        files = sorted(folder.glob(pattern))
+        files = sorted(f for f in folder.glob(pattern) if not f.stem.endswith("_reg"))  # --register: its own
         if not files:
             raise SystemExit(f"{folder}: no evidence {pattern} (run threshold_evidence.py --shots {shots})")
         for path in files:
@@ -74,6 +79,53 @@ def report(label: str, prods: dict[str, tuple[np.ndarray, np.ndarray]], thr: flo
               f"(median normal {np.median(s[y == 0]):.3f})", flush=True)
 
 
+Sets = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]  # product: [(scores (Q, K), labels, loo (K, shots))]
+
+
+def loo_sets(folder: Path, sets: list[str], shots: int) -> Sets:
+    out: Sets = {}
+    for s in sets:
+        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_reg")):
+            z = np.load(path)
+            for name in sorted({k.split("|")[0] for k in z.files}):
+                if f"{name}|set_loo" not in z.files:
+                    raise SystemExit(f"{path}: no leave-one-out scores (run threshold_evidence.py --add-loo)")
+                out.setdefault(f"{s}/{name.split('/')[0]}", []).append(
+                    (z[f"{name}|scores"][..., FUSED], z[f"{name}|labels"], logit(z[f"{name}|set_loo"][..., 0, FUSED])))
+    return out
+
+
+def loo_measure(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], a: float, m: float) -> dict[str, float]:
+    """Every (query, set) at its set's threshold sigmoid(a x mean leave-one-out logit + m), pooled."""
+    s = np.concatenate([sc.T.ravel() for sc, _, _ in groups])
+    y = np.concatenate([np.tile(lab, sc.shape[1]) for sc, lab, _ in groups])
+    t = np.concatenate([np.repeat(sigmoid(a * loo.mean(axis=1) + m), len(lab)) for _, lab, loo in groups])
+    flagged = s >= t
+    far, miss = float(flagged[y == 0].mean()), float((~flagged[y == 1]).mean())
+    return {"far": far, "miss": miss, "excess": miss - best_miss(s, y, far)}
+
+
+def loo_rules(folder: Path, choose_on: list[str], measure_on: list[str], shots: int) -> None:
+    val = loo_sets(folder, choose_on, shots)
+    for k, groups in val.items():
+        q95 = [np.quantile(logit(sc[lab == 0, j]), 0.95) for sc, lab, _ in groups for j in range(sc.shape[1])]
+        lev = [loo[j].mean() for _, _, loo in groups for j in range(loo.shape[0])]
+        print(f"{shots} references {k:16s} correlation of the set's leave-one-out level with its normal "
+              f"queries' 95th percentile: {np.corrcoef(lev, q95)[0, 1]:+.2f}", flush=True)
+    grid = np.round(np.arange(-3.0, 3.001, 0.02), 2)
+    for a in (0.25, 0.5, 0.75, 1.0):
+        res = [{k: loo_measure(g, a, m) for k, g in val.items()} for m in grid]
+        i = int(np.argmin([max(abs(r["far"] - TARGET) for r in rs.values()) for rs in res]))
+        ok = all(LOW <= r["far"] <= HIGH for r in res[i].values())
+        rows = [("choosing", res[i])]
+        if measure_on:
+            rows.append(("measuring", {k: loo_measure(g, a, grid[i]) for k, g in loo_sets(folder, measure_on, shots).items()}))
+        for name, rs in rows:
+            print(f"{shots} references, A {a:.2f} m {grid[i]:+.2f} ({'eligible' if ok else 'not eligible'}), {name}: "
+                  + " | ".join(f"{k.split('/', 1)[1]} false alarms {100 * r['far']:.1f} % excess {100 * r['excess']:+.1f}"
+                               for k, r in rs.items()), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
@@ -82,6 +134,7 @@ def main() -> None:
     ap.add_argument("--measure-on", nargs="*", default=[])
     ap.add_argument("--fixed", type=float, nargs="*", default=[],
                     help="also report these thresholds (for instance one shared by several counts)")
+    ap.add_argument("--loo", action="store_true", help="also the leave-one-out rules")
     args = ap.parse_args()
     for shots in args.shots:
         val = products(args.folder, args.choose_on, shots)
@@ -95,6 +148,8 @@ def main() -> None:
             for t, label in [(thr, f"{name} chosen {thr:.4f}"), (SHIPPED, f"{name} two-ref {SHIPPED}")] + \
                     [(f, f"{name} fixed {f:.4f}") for f in args.fixed]:
                 report(label, prods, t)
+        if args.loo:
+            loo_rules(args.folder, args.choose_on, args.measure_on, shots)
 
 
 if __name__ == "__main__":

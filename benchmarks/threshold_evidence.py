@@ -114,7 +114,7 @@ class Scorer:
 
 
 def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: int, first: bool,
-            shots: int = 2) -> dict:
+            shots: int = 2, register: bool | None = None) -> dict:
     rng = np.random.default_rng(seed)
     data: dict[str, np.ndarray] = {}
     for name, (pool, queries, labels) in groups.items():
@@ -124,7 +124,7 @@ def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: i
         for i, q in enumerate(tqdm(queries, desc=name)):
             arr = to_float_array(load_image(q, name=str(q)), scorer.size)
             for j, chosen in enumerate(pairs):
-                q_scores[i, j] = scorer.scores(arr, [pool[x] for x in chosen])
+                q_scores[i, j] = scorer.scores(arr, [pool[x] for x in chosen], register=register)
         if shots != 2:  # the leave-one-out and augmentation evidence is the pairs' (bench_spread.py)
             print(f"{name}: {len(queries)} queries x {k} sets of {shots}, {time.perf_counter() - t0:.0f} s", flush=True)
             data.update({f"{name}|scores": q_scores, f"{name}|labels": np.array(labels),
@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--augs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--register", choices=["always"], default=None,
+                    help="register every query onto its set's first reference, whatever the count (file *_reg.npz)")
     ap.add_argument("--add-loo", action="store_true",
                     help="with --shots 3 or more: add the sets' leave-one-out scores to the file already written")
     ap.add_argument("--out", type=Path, required=True)
@@ -192,11 +194,13 @@ def main() -> None:
     else:
         groups = photo_groups()
     path = args.out / (f"{args.set}_seed{args.seed}.npz" if args.shots == 2 else f"{args.set}_k{args.shots}_seed{args.seed}.npz")
+    if args.register:
+        path = path.with_name(path.stem + "_reg.npz")
     if args.add_loo:
         add_set_loo(Scorer(detector), groups, path)
         return
     data = collect(Scorer(detector), groups, args.pairs, args.augs, args.seed, first=args.set.endswith("val"),
-                   shots=args.shots)
+                   shots=args.shots, register=True if args.register else None)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **data)
     print(f"{path}: {len(groups)} groups", flush=True)
