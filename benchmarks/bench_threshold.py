@@ -82,6 +82,8 @@ def main() -> None:
     cases: dict[str, list[tuple[str, list[str], int]]] = {"photos": []}
     for key, entry in bench.items():
         if key.startswith("HeldOut-Photos/"):
+            if len(entry["random_templates"]) < args.shots:
+                raise SystemExit(f"{key}: {len(entry['random_templates'])} templates, fewer than --shots {args.shots}")
             refs = [str(root / t) for t in rng.choice(entry["random_templates"], args.shots, replace=False)]
             cases["photos"].append((str(root / key), refs, int("/good/" not in key)))
     parts = split(seed=0)

@@ -17,6 +17,10 @@ and at the shipped two-reference one for comparison.
 own leave-one-out scores (each reference against the set's others, unregistered): the threshold
 sigmoid(A x the set's mean leave-one-out logit + m), A in 0.25-1 and m chosen as above; the within-product
 correlation of that level with the set's normal queries' 95th percentile (logits).
+
+``--registered``: beside each ``--shots`` file of the choosing sets, its ``*_reg.npz`` twin
+(``threshold_evidence.py --register always``: the same sets, every query registered onto the set's first
+reference); the image AUROC of each reference set both ways.
 """
 
 from __future__ import annotations
@@ -126,6 +130,24 @@ def loo_rules(folder: Path, choose_on: list[str], measure_on: list[str], shots: 
                                for k, r in rs.items()), flush=True)
 
 
+def registered(folder: Path, sets: list[str], shots: int) -> None:
+    """Image AUROC per reference set, the query compared as ``inspect`` compares it and registered."""
+    for s in sets:
+        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_reg")):
+            twin = path.with_name(path.stem + "_reg.npz")
+            if not twin.exists():
+                raise SystemExit(f"{twin}: missing (run threshold_evidence.py --register always)")
+            a, b = np.load(path), np.load(twin)
+            for name in sorted({k.split("|")[0] for k in a.files}):
+                y = a[f"{name}|labels"]
+                assert (a[f"{name}|pairs"] == b[f"{name}|pairs"]).all(), "not the same reference sets"
+                u, r = (np.array([auroc(z[f"{name}|scores"][:, j, FUSED], y) for j in range(len(z[f"{name}|pairs"]))])
+                        for z in (a, b))
+                print(f"{shots} references {s}/{name}: AUROC as inspect compares {u.mean():.3f}, registered "
+                      f"{r.mean():.3f} (per set {np.mean(r - u):+.3f} +- {np.std(r - u):.3f}, registered better in "
+                      f"{int((r > u).sum())} of {len(u)})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
@@ -135,6 +157,7 @@ def main() -> None:
     ap.add_argument("--fixed", type=float, nargs="*", default=[],
                     help="also report these thresholds (for instance one shared by several counts)")
     ap.add_argument("--loo", action="store_true", help="also the leave-one-out rules")
+    ap.add_argument("--registered", action="store_true", help="also the AUROC with every query registered")
     args = ap.parse_args()
     for shots in args.shots:
         val = products(args.folder, args.choose_on, shots)
@@ -150,6 +173,8 @@ def main() -> None:
                 report(label, prods, t)
         if args.loo:
             loo_rules(args.folder, args.choose_on, args.measure_on, shots)
+        if args.registered:
+            registered(args.folder, args.choose_on, shots)
 
 
 if __name__ == "__main__":
