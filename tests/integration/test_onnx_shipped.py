@@ -41,13 +41,15 @@ def _pairs() -> list[tuple[object, list[object]]]:
         folder = BUNDLED_ELPV / kind / "test"
         goods, defects = sorted((folder / "good").glob("*.png")), sorted((folder / "defect").glob("*.png"))
         if goods and defects:
-            pairs += [(defects[0], [goods[0]]), (goods[1], [goods[0], goods[2]])]
+            pairs += [(defects[0], [goods[0]]), (goods[1], [goods[0], goods[2]]),
+                      (defects[1], [goods[0], goods[2], goods[3]])]  # three: compared unregistered
     return pairs
 
 
 def test_exported_file_inspects_like_pytorch(exported):
     torch_cp, onnx_cp = Copilot.load("default"), Copilot.load(exported)
     assert onnx_cp.threshold == torch_cp.threshold
+    assert onnx_cp.thresholds_by_references(16) == torch_cp.thresholds_by_references(16)  # 3 or more references too
     for query, refs in _pairs():
         want, got = torch_cp.inspect(query, refs), onnx_cp.inspect(query, refs)
         assert np.abs(got.anomaly_map - want.anomaly_map).max() < TOLERANCE
