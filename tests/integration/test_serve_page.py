@@ -158,8 +158,10 @@ def test_the_model_line_gives_the_threshold_for_each_number_of_references(driver
     counts = sorted(int(k) for k in steps)
     assert counts[:2] == [1, 2] and len(counts) >= 3  # the shipped model's table
     line = _js(driver, "return document.getElementById('model').textContent")
-    assert f"threshold {steps['1']:.4f}" in line and f"{steps['2']:.4f} with 2 references" in line, line
-    assert f"{steps[str(counts[-1])]:.4f} with {counts[-1]}+" in line, line
+    low, high = steps[str(counts[-1])], steps["2"]
+    assert f"threshold {steps['1']:.4f}, {low:.4f}-{high:.4f} with 2+ references" in line, line
+    title = _js(driver, "return document.getElementById('model').title")  # each count's, in full
+    assert title.startswith(f"2 references: {high:.4f} · ") and title.endswith(f"{counts[-1]} or more: {low:.4f}"), title
 
 
 def test_several_queries_side_by_side_with_opacity_and_zoom(driver, server, files, tmp_path):

@@ -506,26 +506,33 @@ $("chat-form").addEventListener("submit", (e) => {
 });
 
 // ------------------------------------------------------------------ the model and the stored sets
-// The model's own thresholds for more references, from the count where each starts:
-// ", 0.4452 with 2 references, 0.4158 with 3-4, 0.3965 with 5+".
+// The model's own thresholds with two references or more: a short range on the model line (it must stay
+// short on a phone), each count's in its title ("2 references: 0.4452 · 3: 0.4158 · 4 or more: 0.3965").
 function referenceThresholds(m) {
   const steps = Object.entries(m.threshold_by_references || {}).map(([k, v]) => [Number(k), v])
     .sort((a, b) => a[0] - b[0]).filter(([k]) => k >= 2);
   const two = m.threshold_with_2_or_more_references;  // a service of an earlier version sends this alone
   if (!m.threshold_by_references && two != null && Math.abs(two - m.threshold) > 5e-7) steps.push([2, two]);
-  return steps.map(([k, v], i) => {
-    const next = i + 1 < steps.length ? steps[i + 1][0] : null;
-    const span = next === null ? `${k}+` : next === k + 1 ? `${k}` : `${k}-${next - 1}`;
-    return `, ${v.toFixed(4)} with ${span}${i === 0 ? " references" : ""}`;
-  }).join("");
+  if (!steps.length) return { text: "", title: "" };
+  const values = steps.map(([, v]) => v);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const text = `, ${lo === hi ? lo.toFixed(4) : `${lo.toFixed(4)}-${hi.toFixed(4)}`} with 2+ references`;
+  const title = steps.map(([k, v], i) => {
+    const last = i + 1 === steps.length, next = last ? null : steps[i + 1][0];
+    const span = last ? `${k} or more` : next === k + 1 ? `${k}` : `${k}-${next - 1}`;
+    return `${span}${i === 0 ? " references" : ""}: ${v.toFixed(4)}`;
+  }).join(" · ");
+  return { text, title };
 }
 async function modelInfo() {
   try {
     const r = await fetch("/v1/models", { headers: authHeaders() });
     if (!r.ok) { $("model").textContent = r.status === 401 ? "enter the API key" : `model information: ${r.status}`; return; }
     const m = (await r.json()).models[0];
+    const more = referenceThresholds(m);
+    $("model").title = more.title;
     $("model").textContent = `model ${m.name} · ${m.image_size} px · threshold ${m.threshold.toFixed(4)}` +
-      (m.threshold_source === "calibration" ? " (calibrated)" : "") + referenceThresholds(m) +
+      (m.threshold_source === "calibration" ? " (calibrated)" : "") + more.text +
       (m.language ? " · answers questions" : " · no language model");
     state.modelThreshold = m.threshold;
     const top = 3 * m.threshold > 0 ? 3 * m.threshold : 1;
