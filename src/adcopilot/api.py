@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adcopilot.calibration_store import resolve_calibration
+from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
 from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.inputs import as_references, cache_key, reference_names, source_name
@@ -93,6 +93,10 @@ class Copilot:
         self.box_rules = box_rules or BoxRules()
         self.model_name = model_name or detector.name
         self.calibration: dict[str, Any] | None = None  # the calibration.json in use, if any
+        # The number of references a calibrated threshold was fitted with (None: it serves every count). The
+        # shipped model's score changes scale with the number of references, so a calibration serves the
+        # counts the model itself treats alike (the same threshold of its own), and the others keep the model's.
+        self.calibrated_references: int | None = None
         self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
         self._cache_size = cache_size
         # The global check's product test reads the detector's nearest-reference-patch distances; a
@@ -109,7 +113,7 @@ class Copilot:
     def threshold(self, value: float) -> None:
         """A threshold set here serves every reference set from now on."""
         require_finite(value, "threshold")
-        self._threshold, self.fixed_threshold = float(value), True
+        self._threshold, self.fixed_threshold, self.calibrated_references = float(value), True, None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -249,8 +253,14 @@ class Copilot:
         return self.threshold_with(len(references))
 
     def threshold_with(self, references: int) -> float:
-        """:meth:`threshold_for` a set of this many references."""
-        return self.threshold if self.fixed_threshold else float(self.detector.threshold_for(references))
+        """:meth:`threshold_for` a set of this many references: a threshold given serves every count; a
+        calibrated one the counts whose own threshold the model shares with the count it was fitted with
+        (``calibrated_references``); any other count keeps the model's own."""
+        own = float(self.detector.threshold_for(references))
+        k = self.calibrated_references
+        if self.fixed_threshold and (k is None or own == float(self.detector.threshold_for(k))):
+            return self.threshold
+        return own
 
     def thresholds_by_references(self, up_to: int) -> dict[str, float]:
         """Where the threshold changes with the number of references, up to ``up_to``: {count from which
@@ -371,6 +381,7 @@ def _load_nano(
     else:
         cp = Copilot(detector, **options)
     cp.calibration = cal
+    cp.calibrated_references = calibrated_references(cal) if cal else None
     return cp
 
 

@@ -54,6 +54,10 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("threshold"), (int, float)):
         raise AdcopilotError(f"{p}: not a calibration file (no numeric 'threshold')")
     require_finite(data["threshold"], f"{p}: 'threshold'")
+    shots = data.get("shots")
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 1):
+        raise AdcopilotError(f"{p}: 'shots' must be the number of references the images were scored with "
+                             f"(a whole number from 1), got {shots!r}")
     data["path"] = str(p)
     return data
 
@@ -69,6 +73,13 @@ def write_calibration(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     except OSError as exc:
         raise AdcopilotError(f"{p}: cannot write the calibration ({exc})") from None
     return p
+
+
+def calibrated_references(cal: dict[str, Any]) -> int | None:
+    """The number of references a calibration's images were scored with (its ``shots``); None for a file
+    without one (written before it was recorded, or by hand), which then serves every count."""
+    shots = cal.get("shots")  # checked by read_calibration
+    return int(shots) if shots is not None else None
 
 
 def resolve_calibration(

@@ -87,7 +87,9 @@ def register(app: typer.Typer) -> None:
             return
         m, c = choice.metrics, choice.metrics["confusion"]
         con = Console()
-        con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its default {cp.detector.threshold:.4f})")
+        refs = f"{shots} reference{'s' if shots > 1 else ''}"
+        con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its own with {refs} "
+                  f"{cp.detector.threshold_for(shots):.4f})")
         table = Table(title="confusion matrix", show_lines=True)
         table.add_column("")
         table.add_column("verdict normal")
@@ -103,4 +105,5 @@ def register(app: typer.Typer) -> None:
             con.print(f"overkill {c['fp']}/{m['n_normal']} ({100 * m['overkill']:.1f}%){bound}  miss unknown "
                       "(no defective images)")
         con.print("curves: " + "  ".join(str(v) for v in charts.values()))
-        con.print(f"saved: {path} (used by inspect, batch and serve)" if path else "not saved (--dry-run)")
+        con.print(f"saved: {path} (used by inspect, batch and serve with {refs}, and with any count the model "
+                  "scores alike)" if path else "not saved (--dry-run)")

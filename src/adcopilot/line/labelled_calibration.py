@@ -119,7 +119,7 @@ def calibration_record(copilot: Copilot, choice: ThresholdChoice, *, shots: int,
     return {
         "model": copilot.model_name,
         "threshold": round(choice.threshold, 6),
-        "model_threshold": float(copilot.detector.threshold),
+        "model_threshold": float(copilot.detector.threshold_for(shots)),  # the model's own for that many references
         **choice.settings,
         "expected_cost": choice.expected_cost,
         "metrics": choice.metrics,

@@ -305,7 +305,7 @@ def run_batch_ray(
     copilot = loader()
     plan = plan_batch(copilot, queries, references, out_dir, cfg)
     if isinstance(loader, ModelLoader) and copilot.fixed_threshold:  # every actor decides with the driver's
-        loader = replace(loader, threshold=copilot.threshold)  # threshold (calibrated here); else the model's
+        loader = replace(loader, threshold=copilot.threshold_with(cfg.shots))  # (calibrated) threshold for the lot's count
     t0 = time.perf_counter()
     with (
         ResultWriter(plan) as writer,

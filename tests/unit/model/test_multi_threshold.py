@@ -1,7 +1,7 @@
 """The threshold that needs no labels: with two or more references the nano model's verdict uses the
 config's multi-reference score and threshold, with one the pooled map and the fixed threshold; a product
 memory keeps the pooled map; larger reference sets take their own thresholds (``multi_thresholds``); a
-threshold given or calibrated wins; a threshold that is not a finite
+threshold given wins, a calibrated one for the counts it was fitted for; a threshold that is not a finite
 number is refused, in a config and where one is given."""
 
 from __future__ import annotations
@@ -161,3 +161,33 @@ def test_a_threshold_set_on_the_copilot_serves_every_reference_set(tower, images
     assert cp.fixed_threshold and cp.inspect(q, refs).threshold == 0.55 == cp.inspect(q, refs[:1]).threshold
     with pytest.raises(AdcopilotError, match="finite"):
         cp.threshold = float("nan")
+
+
+@pytest.mark.parametrize(("shots", "want"), [
+    (1, {"1": 0.61, "2": 0.3, "3": 0.25, "5": 0.2}),  # fitted on the pooled map: only one reference
+    (2, {"1": TINY.threshold, "2": 0.61, "3": 0.25, "5": 0.2}),
+    (3, {"1": TINY.threshold, "2": 0.3, "3": 0.61, "5": 0.2}),  # three and four share the model's own
+    (None, {"1": 0.61}),  # a file without its count (older, or written by hand): every count
+])
+def test_a_calibration_serves_the_counts_it_was_fitted_for(tmp_path, shots, want):
+    """The score changes scale with the number of references (pooled map, fused, fused unregistered), so a
+    threshold calibrated with k references serves the counts the model itself treats like k."""
+    folder = NanoComparisonModel(replace(MULTI, multi_thresholds={"3": 0.25, "5": 0.2})).save(tmp_path / "ck")
+    cal = {"model": "nano", "threshold": 0.61, **({"shots": shots} if shots is not None else {})}
+    (folder / "calibration.json").write_text(json.dumps(cal))
+    cp = Copilot.load(folder)
+    assert cp.thresholds_by_references(16) == want
+    assert cp.calibration["threshold"] == 0.61
+    assert Copilot.load(folder, threshold=0.7).thresholds_by_references(16) == {"1": 0.7}  # given: every count
+    cp.threshold = 0.65  # set later: every count
+    assert cp.thresholds_by_references(16) == {"1": 0.65}
+
+
+@pytest.mark.parametrize("shots", [0, -2, 1.5, "2", True])
+def test_a_calibration_with_an_unusable_count_is_refused_in_one_line(tmp_path, shots):
+    folder = NanoComparisonModel(MULTI).save(tmp_path / "ck")
+    bad = tmp_path / "cal.json"
+    bad.write_text(json.dumps({"model": "nano", "threshold": 0.6, "shots": shots}))
+    with pytest.raises(AdcopilotError, match=r"cal.json: 'shots' must be the number of references") as exc:
+        Copilot.load(folder, calibration=bad)
+    assert len(str(exc.value).splitlines()) == 1
