@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
             "(--defects then optional).",
         ),
         prevalence: float = typer.Option(None, "--prevalence", help="Share of defective parts on the line (default: that of the labelled set)."),
-        shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per image."),
+        shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per image (with --results: the batch's)."),
         model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align images onto references."),
         out: Path = typer.Option(Path("calibration-run"), "--out", "-o", help="Work folder: scores, roc.png, cost.png."),
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from adcopilot.api import Copilot
         from adcopilot.errors import AdcopilotError
         from adcopilot.line import labelled_calibration as run
-        from adcopilot.line.report import load_results
+        from adcopilot.line.report import load_results, results_shots
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
         # Check the arguments before loading the model.
@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
             models = {r.get("model") for r in records} - {None}
             if models and models != {cp.model_name}:
                 raise AdcopilotError(f"{results}: scored by model {sorted(models)}, not by '{cp.model_name}' (--model)")
+            shots = results_shots(records, results)
         else:
             records = run.score_items(cp, run.labelled_items(normals, defects), refs, out, shots=shots, progress=not quiet,
                                       restart=restart)
@@ -87,9 +88,9 @@ def register(app: typer.Typer) -> None:
             return
         m, c = choice.metrics, choice.metrics["confusion"]
         con = Console()
-        refs = f"{shots} reference{'s' if shots > 1 else ''}"
+        refs = f"{shots} reference{'s' if shots > 1 else ''}" if shots else "any number of references"
         con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its own with {refs} "
-                  f"{cp.detector.threshold_for(shots):.4f})")
+                  f"{cp.detector.threshold_for(shots or 1):.4f})")
         table = Table(title="confusion matrix", show_lines=True)
         table.add_column("")
         table.add_column("verdict normal")
@@ -105,5 +106,5 @@ def register(app: typer.Typer) -> None:
             con.print(f"overkill {c['fp']}/{m['n_normal']} ({100 * m['overkill']:.1f}%){bound}  miss unknown "
                       "(no defective images)")
         con.print("curves: " + "  ".join(str(v) for v in charts.values()))
-        con.print(f"saved: {path} (used by inspect, batch and serve with {refs}, and with any count the model "
-                  "scores alike)" if path else "not saved (--dry-run)")
+        alike = f" with {refs} and any count the model scores alike" if shots else ""
+        con.print(f"saved: {path} (used by inspect, batch and serve{alike})" if path else "not saved (--dry-run)")

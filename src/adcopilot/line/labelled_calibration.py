@@ -115,11 +115,13 @@ def write_curves(choice: ThresholdChoice, out_dir: str | os.PathLike, model_name
     return {"roc": roc, "cost": cost}
 
 
-def calibration_record(copilot: Copilot, choice: ThresholdChoice, *, shots: int, source: str) -> dict[str, Any]:
+def calibration_record(copilot: Copilot, choice: ThresholdChoice, *, shots: int | None, source: str) -> dict[str, Any]:
+    """What ``calibration.json`` holds; ``shots``: the number of references the images were compared with
+    (None: none, a lot scored on its own; the threshold then serves every count)."""
     return {
         "model": copilot.model_name,
         "threshold": round(choice.threshold, 6),
-        "model_threshold": float(copilot.detector.threshold_for(shots)),  # the model's own for that many references
+        "model_threshold": float(copilot.detector.threshold_for(shots or 1)),  # the model's own for that many references
         **choice.settings,
         "expected_cost": choice.expected_cost,
         "metrics": choice.metrics,

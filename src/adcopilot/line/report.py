@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from adcopilot.errors import AdcopilotError
 from adcopilot.line.records import MANIFEST, read_records
 from adcopilot.paths import name_bytes, readable
 
@@ -277,3 +278,13 @@ def build_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     html_path = write_html(records, skipped, summary, out, out / "report.html", manifest)
     log.info("report: %s", html_path)
     return {"csv": csv_path, "summary": summary_path, "html": html_path}
+
+
+def results_shots(records: list[dict[str, Any]], folder: str | os.PathLike) -> int | None:
+    """The number of references a batch's images were compared with (one count, or AdcopilotError); None for
+    a lot scored without references (mutual scoring)."""
+    counts = sorted({len(r.get("references") or []) for r in records})
+    if len(counts) > 1:
+        raise AdcopilotError(f"{folder}: images compared with different numbers of references ({counts}); their "
+                             "scores are on different scales, calibrate each count on its own")
+    return counts[0] if counts and counts[0] > 0 else None

@@ -38,6 +38,7 @@ from adcopilot.line.labelled_calibration import (
     score_items,
     write_curves,
 )
+from adcopilot.line.report import results_shots
 
 
 def test_separable_scores_split_in_the_gap():
@@ -320,6 +321,11 @@ def test_scoring_labelled_images_writes_no_pictures_and_ignores_a_changed_thresh
     assert [r["score"] for r in again] == [r["score"] for r in records]
     two = score_items(tiny_copilot, items, [lot["refs"]], tmp_path / "two", shots=2, progress=False)
     assert all(len(r["references"]) == 2 for r in two)
+    # A batch's results say with how many references their scores were made: the calibration's count.
+    assert (results_shots(records, work), results_shots(two, "two")) == (1, 2)
+    with pytest.raises(AdcopilotError, match=r"^mixed: images compared with different numbers of references \(\[1, 2\]\)"):
+        results_shots(records + two, "mixed")
+    assert results_shots([{**r, "references": []} for r in records], "lot") is None  # a lot scored on its own
 
 
 def test_the_threshold_comes_from_the_records_with_a_known_truth():
