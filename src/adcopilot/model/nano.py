@@ -304,8 +304,8 @@ def threshold_by_count(references: int, threshold: float, multi: float | None, t
     else ``multi``."""
     if references < 2 or multi is None:
         return float(threshold)
-    served = [int(k) for k in table if int(k) <= references]
-    return float(table[str(max(served))]) if served else float(multi)
+    served = [(int(k), v) for k, v in table.items() if int(k) <= references]  # keys as written ("03" is 3)
+    return float(max(served)[1]) if served else float(multi)
 
 
 def pooled_score(prob: np.ndarray, frac: float) -> float:

@@ -112,6 +112,8 @@ def test_larger_reference_sets_take_the_threshold_of_the_largest_count_they_reac
     folder = NanoComparisonModel(cfg).save(tmp_path / "ck")  # kept in the checkpoint, as JSON keys
     assert json.loads((folder / "config.json").read_text())["multi_thresholds"] == {"3": 0.25, "5": 0.2}
     assert NanoComparisonModel.load(folder).cfg.multi_thresholds == {"3": 0.25, "5": 0.2}
+    odd = _detector(tower, replace(MULTI, multi_thresholds={"04": 0.2, "3": 0.25}))  # keys as a hand may write them
+    assert [odd.threshold_for(n) for n in (2, 3, 4, 9)] == [0.3, 0.25, 0.2, 0.2]
     det.memory = build_memory(refs, ["", ""], det.patch_features, patches=50, seed=0)
     assert det.threshold_for(5) == TINY.threshold  # a product memory keeps its own threshold
 
