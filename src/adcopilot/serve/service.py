@@ -209,7 +209,7 @@ class InspectionService:
             "name": cp.model_name,
             "loaded": True,
             "image_size": cp.detector.image_size,
-            "threshold": cp.threshold,
+            "threshold": cp.threshold_with(1),  # with one reference; other counts below
             "threshold_with_2_or_more_references": cp.threshold_with(2),
             "threshold_by_references": cp.thresholds_by_references(self.config.max_references),
             "threshold_source": "calibration" if cal else "model",
