@@ -75,3 +75,17 @@ def test_ray_engine_gives_the_local_records_and_resumes_after_a_kill(elpv_lot, t
     assert d["summary"]["truth"] == json.loads((local_out / "summary.json").read_text())["truth"]
     assert list(csv.reader((out / "skipped.csv").open())) == list(csv.reader((local_out / "skipped.csv").open()))
     assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_a_calibration_made_with_two_references_leaves_a_one_reference_lot_the_models_threshold(elpv_lot, tmp_path):
+    """The default model scores one reference and two on different scales: a calibration fitted with two does
+    not serve a one-reference lot, and the actors, handed the driver's threshold for the lot's count, agree."""
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"model": "nano", "threshold": 0.61, "shots": 2}))
+    out = tmp_path / "ray"
+    p = run("batch", str(elpv_lot / "lot"), "--refs", str(elpv_lot / "refs"), "--calibration", str(cal), "--out",
+            str(out), "--engine", "ray", "--actors", "1", "--quiet", "--json", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    records = read_records(out / "results.jsonl")
+    assert len(records) == QUERIES and {r["threshold"] for r in records} == {0.5}  # the model's own for one
+    assert json.loads((out / "batch.json").read_text())["threshold"] == 0.5

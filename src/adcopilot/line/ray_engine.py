@@ -112,7 +112,7 @@ class InspectWorker:
     ) -> None:
         torch.set_num_threads(max(1, threads))
         self.copilot = loader()
-        got = (self.copilot.model_name, round(self.copilot.threshold, 6))
+        got = (self.copilot.model_name, round(self.copilot.threshold_with(config.shots), 6))  # the lot's count
         if got != (expect[0], round(expect[1], 6)):
             raise AdcopilotError(f"an actor loaded model {got[0]} with threshold {got[1]}, the driver"
                                  f" {expect[0]} with threshold {expect[1]}: install the same model everywhere")
@@ -276,7 +276,7 @@ def _blocks(plan: BatchPlan, loader: Callable[[], Copilot], copilot: Copilot, cf
         num_cpus=rcfg.cpus_per_actor,
         fn_constructor_kwargs={
             "loader": loader, "bank": plan.bank, "config": cfg,
-            "need_select": plan.need_select, "expect": (copilot.model_name, copilot.threshold),
+            "need_select": plan.need_select, "expect": (copilot.model_name, copilot.threshold_with(cfg.shots)),
             "threads": rcfg.cpus_per_actor,
         },
     )
