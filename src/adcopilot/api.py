@@ -262,16 +262,6 @@ class Copilot:
             return self.threshold
         return own
 
-    def thresholds_by_references(self, up_to: int) -> dict[str, float]:
-        """Where the threshold changes with the number of references, up to ``up_to``: {count from which
-        it applies: threshold}, e.g. {"1": 0.5, "2": 0.4452, "3": 0.4158, "5": 0.3965}."""
-        steps: dict[str, float] = {}
-        for n in range(1, up_to + 1):
-            t = self.threshold_with(n)
-            if not steps or t != list(steps.values())[-1]:
-                steps[str(n)] = t
-        return steps
-
     def boxes(self, analysis: Analysis, threshold: float, rules: BoxRules | None = None) -> list[Box]:
         """Defect boxes of an anomalous analysis at ``threshold`` (``rules``: this copilot's by default)."""
         amap = analysis.amap
@@ -362,6 +352,18 @@ class AnsweringCopilot(LanguageAnswers, Copilot):
     def __init__(self, detector: Detector, language: NanoLanguage, **kwargs: Any) -> None:
         super().__init__(detector, **kwargs)
         self.language = language
+
+
+def threshold_steps(inspector: Inspector, up_to: int) -> dict[str, float]:
+    """Where an inspector's threshold changes with the number of references, up to ``up_to``: {count from
+    which it applies: threshold}, e.g. {"1": 0.5, "2": 0.4452, "3": 0.4158, "4": 0.3965}."""
+    steps: dict[str, float] = {}
+    last = None
+    for n in range(1, up_to + 1):
+        t = inspector.threshold_with(n)
+        if t != last:
+            steps[str(n)], last = t, t
+    return steps
 
 
 # ---------------------------------------------------------------------- the model registry

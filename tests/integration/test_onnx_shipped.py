@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from adcopilot import Copilot
+from adcopilot.api import threshold_steps
 from adcopilot.cli import main as cli_main
 from adcopilot.model.registry import DEFAULT_CHECKPOINT
 
@@ -49,7 +50,7 @@ def _pairs() -> list[tuple[object, list[object]]]:
 def test_exported_file_inspects_like_pytorch(exported):
     torch_cp, onnx_cp = Copilot.load("default"), Copilot.load(exported)
     assert onnx_cp.threshold == torch_cp.threshold
-    assert onnx_cp.thresholds_by_references(16) == torch_cp.thresholds_by_references(16)  # 3 or more references too
+    assert threshold_steps(onnx_cp, 16) == threshold_steps(torch_cp, 16)  # 3 or more references too
     for query, refs in _pairs():
         want, got = torch_cp.inspect(query, refs), onnx_cp.inspect(query, refs)
         assert np.abs(got.anomaly_map - want.anomaly_map).max() < TOLERANCE

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from adcopilot import Copilot, assets
+from adcopilot.api import threshold_steps
 from adcopilot.geometry import box_iou
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.serve.app import create_app
@@ -154,7 +155,7 @@ def _pixels(driver, canvas_id: str, x: int, y: int) -> list[int]:
 def test_the_model_line_gives_the_threshold_for_each_number_of_references(driver, server):
     """The shipped model's threshold falls with more references; the page says from which count each holds."""
     _open(driver, server)
-    steps = Copilot.load().thresholds_by_references(16)
+    steps = threshold_steps(Copilot.load(), 16)
     counts = sorted(int(k) for k in steps)
     assert counts[:2] == [1, 2] and len(counts) >= 3  # the shipped model's table
     line = _js(driver, "return document.getElementById('model').textContent")

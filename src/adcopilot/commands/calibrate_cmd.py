@@ -88,8 +88,8 @@ def register(app: typer.Typer) -> None:
             return
         m, c = choice.metrics, choice.metrics["confusion"]
         con = Console()
-        refs = f"{shots} reference{'s' if shots > 1 else ''}" if shots else "any number of references"
-        con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its own with {refs} "
+        count = f"{shots} reference{'s' if shots > 1 else ''}" if shots else "any number of references"
+        con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its own with {count} "
                   f"{cp.detector.threshold_for(shots or 1):.4f})")
         table = Table(title="confusion matrix", show_lines=True)
         table.add_column("")
@@ -106,5 +106,5 @@ def register(app: typer.Typer) -> None:
             con.print(f"overkill {c['fp']}/{m['n_normal']} ({100 * m['overkill']:.1f}%){bound}  miss unknown "
                       "(no defective images)")
         con.print("curves: " + "  ".join(str(v) for v in charts.values()))
-        alike = f" with {refs} and any count the model scores alike" if shots else ""
+        alike = f" with {count} and any count the model scores alike" if shots else ""
         con.print(f"saved: {path} (used by inspect, batch and serve{alike})" if path else "not saved (--dry-run)")

@@ -30,6 +30,7 @@ from adcopilot.full.tiny import build_tiny
 from adcopilot.model.box_text import bbox_prompt
 from adcopilot.reasoning import final_answer, split_reasoning
 from adcopilot.results import InspectionResult
+from adcopilot.serve.service import InspectionService
 
 
 class Scripted(LogitsProcessor):
@@ -257,3 +258,10 @@ def test_the_authors_yes_no_question_and_how_its_answer_is_read():
                 "B.": "normal", "No, it looks fine.": "normal", "NO": "normal",
                 "Answer: A": "unknown", "Perhaps.": "unknown", "": "unknown", "Yesterday": "unknown"}
     assert {answer: read_verdict(answer) for answer in verdicts} == verdicts
+
+
+def test_the_service_describes_a_full_scale_copilot_and_its_threshold(model_and_processor):
+    """GET /v1/models' body for a full-scale copilot: one threshold, whatever the number of references."""
+    cp, _ = _copilot(model_and_processor, {})
+    m = InspectionService(cp).models()["models"][0]
+    assert m["name"] == "scripted" and m["threshold_by_references"] == {"1": cp.threshold} == {"1": m["threshold"]}

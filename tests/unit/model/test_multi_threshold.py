@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from adcopilot.api import Copilot
+from adcopilot.api import Copilot, threshold_steps
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.memory import build_memory
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
@@ -107,8 +107,8 @@ def test_larger_reference_sets_take_the_threshold_of_the_largest_count_they_reac
     assert cp.inspect(q, three).threshold == 0.25 == cp.threshold_with(3)
     assert cp.inspect_batch([(q, three)])[0].threshold == 0.25  # the staged path alike
     assert cp.inspect(q, refs).threshold == 0.3
-    assert cp.thresholds_by_references(16) == {"1": TINY.threshold, "2": 0.3, "3": 0.25, "5": 0.2}
-    assert Copilot(det, threshold=0.6).thresholds_by_references(16) == {"1": 0.6}  # given: one for all
+    assert threshold_steps(cp, 16) == {"1": TINY.threshold, "2": 0.3, "3": 0.25, "5": 0.2}
+    assert threshold_steps(Copilot(det, threshold=0.6), 16) == {"1": 0.6}  # given: one for all
     folder = NanoComparisonModel(cfg).save(tmp_path / "ck")  # kept in the checkpoint, as JSON keys
     assert json.loads((folder / "config.json").read_text())["multi_thresholds"] == {"3": 0.25, "5": 0.2}
     assert NanoComparisonModel.load(folder).cfg.multi_thresholds == {"3": 0.25, "5": 0.2}
@@ -178,11 +178,11 @@ def test_a_calibration_serves_the_counts_it_was_fitted_for(tmp_path, shots, want
     cal = {"model": "nano", "threshold": 0.61, **({"shots": shots} if shots is not None else {})}
     (folder / "calibration.json").write_text(json.dumps(cal))
     cp = Copilot.load(folder)
-    assert cp.thresholds_by_references(16) == want
+    assert threshold_steps(cp, 16) == want
     assert cp.calibration["threshold"] == 0.61
-    assert Copilot.load(folder, threshold=0.7).thresholds_by_references(16) == {"1": 0.7}  # given: every count
+    assert threshold_steps(Copilot.load(folder, threshold=0.7), 16) == {"1": 0.7}  # given: every count
     cp.threshold = 0.65  # set later: every count
-    assert cp.thresholds_by_references(16) == {"1": 0.65}
+    assert threshold_steps(cp, 16) == {"1": 0.65}
 
 
 @pytest.mark.parametrize("shots", [0, -2, 1.5, "2", True])
