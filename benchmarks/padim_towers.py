@@ -31,7 +31,7 @@ from adcopilot.model.vision import FusedPatchTower, joint_patch_features
 
 SIZE = 256
 BATCH = 32
-TOWERS = ("efficientnet-lite0", "efficientnet-lite2")
+TOWERS = ("efficientnet-lite0", "efficientnet-lite2")  # --towers: any backbone name (e.g. efficientnet-lite1)
 
 
 def features(tower: FusedPatchTower, paths: list, desc: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -55,25 +55,29 @@ def robust_z(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", default="test", choices=("test", "val"))
+    ap.add_argument("--split", default="test", choices=("test", "val", "val-all"),
+                    help="val-all: val's held-out normals against every defective training cell (none is fitted)")
     ap.add_argument("--kinds", nargs="+", default=["poly", "mono"])
     ap.add_argument("--memory", type=float, default=0.1, help="share of the normals' patches in the memory")
+    ap.add_argument("--towers", nargs="+", default=list(TOWERS), help="backbone names, each measured in turn")
     args = ap.parse_args()
     torch.set_num_threads(1)
     parts = split(seed=0)
     for kind in args.kinds:
         normals = [c.path for c in parts["train"] if c.kind == kind and c.probability == 0.0]
-        if args.split == "val":
+        if args.split.startswith("val"):
             train = [c for c in parts["train"] if c.kind == kind]
             cut = len(train) * 4 // 5
             normals = [c.path for c in train[:cut] if c.probability == 0.0]
             items = [c for c in train[cut:] if c.probability in (0.0, 1.0)]
+            if args.split == "val-all":
+                items = [c for c in train[cut:] if c.probability == 0.0] + [c for c in train if c.probability == 1.0]
         else:
             items = [c for c in parts["test"] if c.kind == kind and c.probability in (0.0, 1.0)]
         labels = np.array([int(c.probability == 1.0) for c in items])
         sub = np.sort(np.random.default_rng(0).permutation(len(items))[:150])
         print(f"ELPV {kind} {args.split}: {len(normals)} normals, {len(items)} queries", flush=True)
-        for name in TOWERS:
+        for name in args.towers:
             tower = FusedPatchTower.from_tower(load_backbone(name))
             nraw, njoint = features(tower, normals, f"{name} normals")
             qraw, qjoint = features(tower, [c.path for c in items], f"{name} queries")

