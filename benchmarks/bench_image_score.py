@@ -105,7 +105,33 @@ EXTRA_RULES: dict[str, PairRule] = {
     "baseline8 on 3x3 min self": lambda p, a: float(
         baseline_map(np.minimum(a["dist8_agg"], a["self3"]), p.shape[0]).max()),
 }
-EXTRA_ARRAYS = ("dist8", "dist8_agg", "self3")
+
+
+def self_gated(a: dict[str, np.ndarray], tau: float, per_patch: bool, candidates: bool = False,
+               own: str = "self3") -> np.ndarray:
+    """The distance to the reference's views (``candidates``: searched on the detector's candidate patches
+    only, as the model computes it), lowered to the query's own self-distance where the reference
+    shows that the product repeats itself (its own self-distance below ``tau``: at that position, or its
+    median for the whole image); elsewhere the query's self-similarity is no evidence of normality."""
+    d8 = candidates_d8(a["dist"], a["dist8"]).numpy() if candidates else a["dist8"]
+    trusted = a["ref_self3"] < tau if per_patch else np.full(d8.shape, np.median(a["ref_self3"]) < tau)
+    return np.where(trusted, np.minimum(d8, a[own]), d8)
+
+
+for _tau in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
+    for _patch, _tag in ((True, "patch"), (False, "image")):
+        EXTRA_RULES[f"baseline8 self gated {_tag} {_tau}"] = (
+            lambda p, a, t=_tau, pp=_patch: float(baseline_map(self_gated(a, t, pp), p.shape[0]).max()))
+        EXTRA_RULES[f"fused 0.05 self gated {_tag} {_tau}"] = (
+            lambda p, a, t=_tau, pp=_patch: fused_score(p, torch.from_numpy(self_gated(a, t, pp)), 0.05))
+for _tau in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
+    EXTRA_RULES[f"fused 0.05 self gated patch {_tau} candidates"] = (
+        lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True)), 0.05))
+    # self3n: a twin explains a query patch only as well as the references explain the twin
+    EXTRA_RULES[f"fused 0.05 self-n gated patch {_tau} candidates"] = (
+        lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True, "self3n")), 0.05))
+EXTRA_RULES["fused 0.05 on all views"] = lambda p, a: fused_score(p, torch.from_numpy(a["dist8"]), 0.05)
+EXTRA_ARRAYS = ("dist", "dist8", "dist8_agg", "self3", "ref_self3", "self3n")
 
 
 def load(folder: Path, sets: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -119,11 +145,11 @@ def load(folder: Path, sets: list[str]) -> dict[str, list[dict[str, np.ndarray]]
 
 def scores_of(data: dict[str, np.ndarray], rule: Rule | PairRule) -> np.ndarray:
     if rule in EXTRA_RULES.values():
-        missing = [k for k in EXTRA_ARRAYS if k not in data]
-        if missing:
-            raise SystemExit(f"this evidence has no {', '.join(missing)}: collect it again with image_score_evidence.py")
-        return np.array([rule(data["prob"][i].astype(np.float32), {k: data[k][i] for k in EXTRA_ARRAYS})
-                         for i in range(len(data["label"]))])
+        try:
+            return np.array([rule(data["prob"][i].astype(np.float32), {k: data[k][i] for k in EXTRA_ARRAYS if k in data})
+                             for i in range(len(data["label"]))])
+        except KeyError as exc:
+            raise SystemExit(f"this evidence has no {exc}: collect it again with image_score_evidence.py") from None
     size = data["prob"].shape[-1]
     if "_bmap" not in data:
         data["_bmap"] = np.stack([baseline_map(d, size) for d in data["dist"]])

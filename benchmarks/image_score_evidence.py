@@ -39,7 +39,8 @@ from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.nano import NanoDetector
 from adcopilot.model.registry import load_detector, resolve_model
-from adcopilot.model.score import dihedral_views, nearest_distance
+from adcopilot.model.score import CANDIDATES, dihedral_views, nearest_distance
+from adcopilot.model.score import self_distance as model_self_distance
 from adcopilot.registration import register, warp
 
 SYNTH_SEED = 9_000_001  # never a training seed
@@ -58,6 +59,13 @@ def self_distance(tokens: torch.Tensor, h: int, radius: int = SELF_RADIUS) -> to
     near = torch.maximum((yy[:, None] - yy[None]).abs(), (xx[:, None] - xx[None]).abs()) <= radius
     sim = (tokens @ tokens.T).masked_fill(near, -2.0)
     return (1.0 - sim.max(dim=1).values).clamp_min(0).view(h, h)
+
+
+def _candidate_mask(d1: torch.Tensor) -> torch.Tensor:
+    """(h, w) True on the detector's candidate patches: the :data:`CANDIDATES` of largest ``d1``."""
+    flat = torch.zeros(d1.numel(), dtype=torch.bool)
+    flat[d1.flatten().topk(min(CANDIDATES, d1.numel())).indices] = True
+    return flat.view(d1.shape)
 
 
 def _arr(path: Path, size: int) -> np.ndarray:
@@ -105,7 +113,7 @@ def photo_pairs(seed: int, shots: int) -> Iterator[tuple[str, int, list[Path], P
 @torch.inference_mode()
 def collect(detector: NanoDetector, pairs, size: int, registration: bool = True) -> dict[str, np.ndarray]:
     probs, dists, dists8, labels, groups, names, ms = [], [], [], [], [], [], []
-    dists8_agg, selfs = [], []
+    dists8_agg, selfs, ref_selfs, selfs_n = [], [], [], []
     cache: dict[str, object] = {}
     for group, label, refs, query in pairs:
         ref_arrays = []
@@ -116,7 +124,8 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
                 grids = [detector.patch_features(v)[0] for v in dihedral_views(arr)]  # 8 x (C, h, w)
                 views = torch.cat([g.flatten(1).T for g in grids])  # (8N, C)
                 views_agg = torch.cat([aggregated(g[None])[0].flatten(1).T for g in grids])
-                entry = (arr, detector.encode_reference(arr), views, views_agg)
+                ref_self = self_distance(grids[0].flatten(1).T, grids[0].shape[-1]).numpy()  # the reference as taken
+                entry = (arr, detector.encode_reference(arr), views, views_agg, ref_self)
                 if key is not None:
                     cache[key] = entry
             else:
@@ -135,13 +144,20 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
         agg = aggregated(d.features[None])[0].flatten(1).T
         dists8_agg.append(nearest_distance(agg, torch.cat([e[3] for e in ref_arrays])).view(h, h).numpy())
         selfs.append(self_distance(d.features.flatten(1).T, h).numpy())
+        # self3n: the twins must be explained by the references themselves (d8 on the detector's candidates)
+        d1 = torch.from_numpy(d.distance[:: size // h, :: size // h].astype(np.float32))
+        d8c = torch.where(_candidate_mask(d1), torch.minimum(d1, d8.view(h, h)), d1)
+        selfs_n.append(model_self_distance(d.features.flatten(1).T, (h, h), twin_cost=d8c.flatten()).view(h, h).numpy())
+        ref_selfs.append(ref_arrays[0][4])
         probs.append(d.amap.astype(np.float16))
         dists.append(d.distance[:: size // h, :: size // h].astype(np.float32))  # (h, w) patch values
         labels.append(label)
         groups.append(group)
         names.append(str(query) if isinstance(query, Path) else query_name(len(names)))
     return {"prob": np.stack(probs), "dist": np.stack(dists), "dist8": np.stack(dists8),
-            "dist8_agg": np.stack(dists8_agg).astype(np.float32), "self3": np.stack(selfs).astype(np.float32), "label": np.array(labels),
+            "dist8_agg": np.stack(dists8_agg).astype(np.float32), "self3": np.stack(selfs).astype(np.float32),
+            "ref_self3": np.stack(ref_selfs).astype(np.float32), "self3n": np.stack(selfs_n).astype(np.float32),
+            "label": np.array(labels),
             "group": np.array(groups), "name": np.array(names), "ms": np.array(ms)}
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_image_score import baseline_map
 from bench_threshold import augment
 from tqdm import tqdm
 
@@ -103,14 +104,17 @@ class Scorer:
         return self.cache[key]
 
     @torch.inference_mode()
-    def scores(self, query: np.ndarray, refs: list[Path], register: bool | None = None) -> tuple[float, float]:
-        """(pooled map score, fused score) of an (S, S, 3) query against ``refs``, registered as ``inspect``
-        registers it unless ``register`` says otherwise."""
+    def scores(self, query: np.ndarray, refs: list[Path], register: bool | None = None) -> tuple[float, float, float]:
+        """(pooled map score, fused score, training-free baseline's score) of an (S, S, 3) query against
+        ``refs``, registered as ``inspect`` registers it unless ``register`` says otherwise. The baseline's
+        is the maximum of its map (the blurred nearest-reference distance) from the same pass."""
         entries = [self.ref(r) for r in refs]
         reg = registers(True, len(entries)) if register is None else register
         aligned = align(query, entries[0][0], registration=reg)
         d = self.detector.detection(aligned.compared, [e for _, e in entries])
-        return pooled_score(d.amap, self.detector.model.cfg.topk_frac), float(d.score)
+        step = self.size // d.features.shape[-1]
+        baseline = float(baseline_map(d.distance[::step, ::step], self.size).max())
+        return pooled_score(d.amap, self.detector.model.cfg.topk_frac), float(d.score), baseline
 
 
 def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: int, first: bool,
@@ -119,7 +123,7 @@ def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: i
     data: dict[str, np.ndarray] = {}
     for name, (pool, queries, labels) in groups.items():
         pairs = draw_pairs(len(pool), k, rng, first, shots)
-        q_scores = np.zeros((len(queries), k, 2), np.float32)  # [query, set, (map, fused)]
+        q_scores = np.zeros((len(queries), k, 3), np.float32)  # [query, set, (map, fused, baseline)]
         t0 = time.perf_counter()
         for i, q in enumerate(tqdm(queries, desc=name)):
             arr = to_float_array(load_image(q, name=str(q)), scorer.size)
@@ -135,15 +139,15 @@ def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: i
         for j, (a, b) in enumerate(pairs):
             for side, (x, y) in enumerate([(a, b), (b, a)]):
                 arr = scorer.ref(pool[x])[0]
-                loo[j, side] = scorer.scores(arr, [pool[y]])
+                loo[j, side] = scorer.scores(arr, [pool[y]])[:2]
                 for t in range(augs):
-                    loo_aug[j, side, t] = scorer.scores(augment(arr, rng), [pool[y]])
+                    loo_aug[j, side, t] = scorer.scores(augment(arr, rng), [pool[y]])[:2]
         used = sorted({x for p in pairs for x in p})
         self_aug = np.zeros((len(pool), augs, 2), np.float32)  # [reference, augmentation, scale]
         for x in used:
             arr = scorer.ref(pool[x])[0]
             for t in range(augs):
-                self_aug[x, t] = scorer.scores(augment(arr, rng), [pool[x]])
+                self_aug[x, t] = scorer.scores(augment(arr, rng), [pool[x]])[:2]
         print(f"{name}: {len(queries)} queries x {k} pairs, {time.perf_counter() - t0:.0f} s", flush=True)
         data.update({f"{name}|scores": q_scores, f"{name}|labels": np.array(labels), f"{name}|pairs": np.array(pairs),
                      f"{name}|loo": loo, f"{name}|loo_aug": loo_aug, f"{name}|self_aug": self_aug})
@@ -162,8 +166,8 @@ def add_set_loo(scorer: Scorer, groups: dict[str, Group], path: Path) -> None:
             for i, x in enumerate(chosen):
                 arr = scorer.ref(pool[x])[0]
                 rest = [pool[o] for o in chosen if o != x]
-                loo[j, i, 0] = scorer.scores(arr, rest, register=False)
-                loo[j, i, 1] = scorer.scores(arr, rest, register=True)
+                loo[j, i, 0] = scorer.scores(arr, rest, register=False)[:2]
+                loo[j, i, 1] = scorer.scores(arr, rest, register=True)[:2]
         z[f"{name}|set_loo"] = loo
     np.savez_compressed(path, **z)
     print(f"{path}: leave-one-out added", flush=True)
@@ -183,12 +187,15 @@ def main() -> None:
                     help="register every query onto its set's first reference, whatever the count (file *_reg.npz)")
     ap.add_argument("--add-loo", action="store_true",
                     help="with --shots 3 or more: add the sets' leave-one-out scores to the file already written")
+    ap.add_argument("--one-score", choices=["fused", "fused-self"], default="fused",
+                    help="the second score with one reference (leave-one-out, augmentations, --shots 1)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     detector, _ = load_detector(resolve_model(args.model))
     assert isinstance(detector, NanoDetector)
-    detector.model.cfg = replace(detector.model.cfg, image_score="fused")  # both scores from one pass
+    # Both scores from one pass: the pooled map, and the fused score (with one reference: --one-score's)
+    detector.model.cfg = replace(detector.model.cfg, image_score=args.one_score)
     if args.set.startswith("elpv"):
         groups = elpv_groups(args.set, args.n, args.pool, args.seed)
     else:

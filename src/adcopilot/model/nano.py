@@ -53,14 +53,21 @@ from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_po
 from adcopilot.model.detector import Detection, Detector, OwnFrame, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import MemoryMaps, ProductMemory, Scales
-from adcopilot.model.score import dihedral_views, fused_score, view_distance
+from adcopilot.model.score import (
+    dihedral_views,
+    fused_score,
+    self_distance,
+    self_gated_distance,
+    view_distance,
+)
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, joint_patch_features, load_vision_tower
 
 log = logging.getLogger(__name__)
 
 FEATURE_CHANNELS = 152
-IMAGE_SCORES = ("map", "fused")  # NanoConfig.image_score
+IMAGE_SCORES = ("map", "fused", "fused-self")  # NanoConfig.image_score
+FUSED_SCORES = ("fused", "fused-self")  # the scores that read the references' dihedral views
 STRIDE = 8
 
 
@@ -83,8 +90,11 @@ class NanoConfig:
     global_score: bool = False
     # The image score (model/score.py): "map" pools the map (the mean of its top ``topk_frac``); "fused"
     # takes the maximum of prob ** fused_weight * (distance to the reference's dihedral views) ** (1 - w).
+    # "fused-self" is "fused" with the query's own patches as evidence where the reference repeats itself
+    # (its own self-distance below ``self_gate``; model/score.py).
     image_score: str = "map"
     fused_weight: float = 0.05
+    self_gate: float = 0.3
     # With two or more references and no product memory: the image score and the threshold of the verdict
     # (``multi_threshold``; None: ``threshold``). With two references the fused score's normal level is
     # about the same on every product measured, so one threshold on it needs no labels (benchmarks/RESULTS.md).
@@ -129,6 +139,8 @@ class ReferenceInputs:
     queries: torch.Tensor  # (B, H, M, D) the first cross-attention's queries of ``prev``
     pos: torch.Tensor  # (M, 2) grid positions of the patches
     views: torch.Tensor | None = None  # (B, 7 * M, 152) the references' other dihedral views' patches
+    # (N,) per grid position the smallest of the references' own self-distances (the "fused-self" score's gate)
+    own: torch.Tensor | None = None
     # One reference as encoded, (S, S, 3), when a fused score may need its views: they cost seven tower
     # passes, so they are made on first use (NanoDetector.with_views) and kept in ``made``.
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -145,6 +157,7 @@ class ReferenceInputs:
             queries=torch.cat([p.queries for p in parts], dim=2),
             pos=torch.cat([p.pos for p in parts], dim=0),
             views=None if any(p.views is None for p in parts) else torch.cat([p.views for p in parts], dim=1),
+            own=None if any(p.own is None for p in parts) else torch.stack([p.own for p in parts]).amin(0),
         )
 
     @classmethod
@@ -276,6 +289,8 @@ def check_score_config(cfg: NanoConfig, path: Path) -> None:
     if any(s not in IMAGE_SCORES for s in scores) or not _is_number(w) or not 0 <= w <= 1:
         raise CheckpointError(f"{path}: image_score and multi_image_score must be one of {', '.join(IMAGE_SCORES)} "
                               f"and fused_weight a number in [0, 1], got {scores[0]!r}, {scores[1]!r} and {w!r}")
+    if not _is_number(cfg.self_gate) or not 0 < cfg.self_gate <= 2:
+        raise CheckpointError(f"{path}: self_gate must be a cosine distance in (0, 2], got {cfg.self_gate!r}")
     for name in ("threshold", "multi_threshold"):
         v = getattr(cfg, name)
         if not (_is_number(v) or (v is None and name == "multi_threshold")):
@@ -357,7 +372,7 @@ class NanoDetector(Detector):
         return normalized_patch_features(self.fused_tower, to_batch([image]))
 
     def image_score_for(self, references: int) -> str:
-        """The image score ("map" or "fused") of a comparison with this many references. A product memory
+        """The image score ("map", "fused" or "fused-self") of a comparison with this many references. A product memory
         already holds many good images' normal variation: with one, the map is pooled as it is."""
         cfg = self.model.cfg
         if self.memory is not None:
@@ -376,7 +391,7 @@ class NanoDetector(Detector):
     @torch.inference_mode()
     def encode_reference(self, image: np.ndarray) -> ReferenceInputs:
         inputs = self.model.reference_inputs(self.patch_features(image).unsqueeze(1))
-        if "fused" not in (self.image_score_for(1), self.image_score_for(2)):
+        if not {self.image_score_for(1), self.image_score_for(2)} & set(FUSED_SCORES):
             return inputs
         return replace(inputs, image=image)  # the views only when a comparison scores with them
 
@@ -390,11 +405,24 @@ class NanoDetector(Detector):
             reference.made["views"] = feats.flatten(2).transpose(1, 2).reshape(1, -1, feats.shape[1])
         return replace(reference, views=reference.made["views"])
 
+    @torch.inference_mode()
+    def with_own(self, reference: ReferenceInputs) -> ReferenceInputs:
+        """``reference`` (one) with its own self-distance per position, made once and kept with it."""
+        if reference.own is not None:
+            return reference
+        if "own" not in reference.made:
+            side = self.image_size // STRIDE
+            reference.made["own"] = self_distance(reference.tokens[0], (side, side))  # (N,)
+        return replace(reference, own=reference.made["own"])
+
     def _scored_inputs(self, references: Sequence[Any]) -> ReferenceInputs:
         """The references' inputs concatenated, with their views where the score for that many reads them."""
         parts = [self._as_inputs(r) for r in references]
-        if self.image_score_for(len(parts)) == "fused":
+        score = self.image_score_for(len(parts))
+        if score in FUSED_SCORES:
             parts = [self.with_views(p) for p in parts]
+        if score == "fused-self":
+            parts = [self.with_own(p) for p in parts]
         return ReferenceInputs.concat(parts)
 
     @torch.inference_mode()
@@ -540,12 +568,17 @@ class NanoDetector(Detector):
 
     def _score(self, prob: np.ndarray, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs) -> float:
         """The image score (:meth:`image_score_for` the number of references): the map fused with the
-        distance to the references' views (model/score.py) when the references carry them, else the pooled map."""
+        distance to the references' views (model/score.py) when the references carry them, else the pooled map;
+        "fused-self" lowers that distance to the query's own where the references repeat themselves."""
         cfg = self.model.cfg
         k = refs.tokens.shape[1] // (qf.shape[2] * qf.shape[3])  # references compared
-        if self.image_score_for(k) != "fused" or refs.views is None:
+        score = self.image_score_for(k)
+        if score not in FUSED_SCORES or refs.views is None:
             return pooled_score(prob, cfg.topk_frac)
-        d8 = view_distance(out["distance"][0, 0], qf[0].flatten(1).T, refs.views[0])  # (h, w)
+        tokens = qf[0].flatten(1).T  # (N, 152)
+        d8 = view_distance(out["distance"][0, 0], tokens, refs.views[0])  # (h, w)
+        if score == "fused-self" and refs.own is not None:
+            d8 = self_gated_distance(d8, tokens, refs.own.view(d8.shape), cfg.self_gate)
         return fused_score(prob, d8, cfg.fused_weight)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:

@@ -28,9 +28,23 @@ import torch
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.compare import grid_positions
 from adcopilot.model.detector import Detector
-from adcopilot.model.nano import IMAGE_SCORES, STRIDE, check_threshold_table, pooled_score, threshold_by_count
+from adcopilot.model.nano import (
+    FUSED_SCORES,
+    IMAGE_SCORES,
+    STRIDE,
+    check_threshold_table,
+    pooled_score,
+    threshold_by_count,
+)
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
-from adcopilot.model.score import dihedral_views, fused_score, nearest_distance, view_distance
+from adcopilot.model.score import (
+    dihedral_views,
+    fused_score,
+    nearest_distance,
+    self_distance,
+    self_gated_distance,
+    view_distance,
+)
 from adcopilot.model.upsample import upsample_centered
 
 log = logging.getLogger(__name__)
@@ -55,14 +69,16 @@ class OnnxReference:
     prev: np.ndarray  # (M, C) their input projection
     queries: np.ndarray  # (H, M, D) the first cross-attention's queries
     views: np.ndarray | None = None  # (7 * M, 152) the references' other dihedral views' patches (fused score)
+    own: np.ndarray | None = None  # (N,) the smallest of the references' own self-distances per position (fused-self)
 
     @classmethod
     def concat(cls, parts: Sequence[OnnxReference]) -> OnnxReference:
         if len(parts) == 1:
             return parts[0]
         views = None if any(p.views is None for p in parts) else np.concatenate([p.views for p in parts])
+        own = None if any(p.own is None for p in parts) else np.min([p.own for p in parts], axis=0)
         return cls(np.concatenate([p.tokens for p in parts]), np.concatenate([p.prev for p in parts]),
-                   np.concatenate([p.queries for p in parts], axis=1), views)
+                   np.concatenate([p.queries for p in parts], axis=1), views, own)
 
 
 class OnnxDetector(Detector):
@@ -90,15 +106,16 @@ class OnnxDetector(Detector):
             # Files exported before the fused score: the pooled map with any number of references.
             self.scores = (meta.get("image_score", "map"), meta.get("multi_image_score", "map"))
             self.fused_weight = float(meta.get("fused_weight", "0.05"))
+            self.self_gate = float(meta.get("self_gate", "0.3"))
             multi = meta.get("multi_threshold")
             self.multi_threshold = float(multi) if multi is not None else None
             self.multi_thresholds = check_threshold_table(json.loads(meta.get("multi_thresholds", "{}")))
         except ValueError as exc:  # json's errors are ValueErrors too
             raise CheckpointError(f"{self.path}: malformed metadata ({exc})") from None
-        finite = [self.threshold, self.fused_weight] + ([self.multi_threshold] if self.multi_threshold is not None else [])
+        finite = [self.threshold, self.fused_weight, self.self_gate] + ([self.multi_threshold] if self.multi_threshold is not None else [])
         if any(s not in IMAGE_SCORES for s in self.scores) or not all(np.isfinite(finite)):
-            raise CheckpointError(f"{self.path}: malformed metadata (image scores {self.scores}, thresholds and "
-                                  "fused weight must be known scores and finite numbers)")
+            raise CheckpointError(f"{self.path}: malformed metadata (image scores {self.scores}, thresholds, "
+                                  "fused weight and self gate must be known scores and finite numbers)")
         self.name = meta["name"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -108,11 +125,12 @@ class OnnxDetector(Detector):
         try:
             cut = Extractor(proto)
             # The fused score also reads the query's features and the references' views' features.
-            self._outputs = [QUERY_OUTPUT, "features"] if "fused" in self.scores else [QUERY_OUTPUT]
+            fused = any(s in FUSED_SCORES for s in self.scores)
+            self._outputs = [QUERY_OUTPUT, "features"] if fused else [QUERY_OUTPUT]
             self.session = self._session(cut.extract_model(list(INPUTS), self._outputs), opts)
             self.encoder = self._session(cut.extract_model(["image"], list(REFERENCE_OUTPUTS)), opts)
             self.view_encoder = self._session(cut.extract_model(["image"], ["features"]), opts) \
-                if "fused" in self.scores else None
+                if fused else None
         except Exception as exc:  # onnx and onnxruntime raise their own exception types for broken graphs
             raise CheckpointError(f"{self.path}: not a runnable ONNX model ({str(exc).splitlines()[0]})") from None
         n = self.image_size // STRIDE
@@ -127,7 +145,7 @@ class OnnxDetector(Detector):
         return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, S, S)
 
     def image_score_for(self, references: int) -> str:
-        """The image score ("map" or "fused") with this many references, as the exported model's config says."""
+        """The image score ("map", "fused" or "fused-self") with this many references, as the exported model's config says."""
         return self.scores[1] if references >= 2 else self.scores[0]
 
     def threshold_for(self, references: int) -> float:
@@ -156,7 +174,12 @@ class OnnxDetector(Detector):
         if self.view_encoder is not None:
             views = np.concatenate([self._tokens(self.view_encoder.run(["features"], {"image": self._image(v)})[0])
                                     for v in dihedral_views(image)[1:]])  # (7 * N, 152)
-        return OnnxReference(self._tokens(feats), prev[0], queries[0], views)
+        tokens = self._tokens(feats)
+        own = None
+        if "fused-self" in self.scores:
+            n = self.image_size // STRIDE
+            own = self_distance(torch.from_numpy(tokens), (n, n)).numpy()  # (N,)
+        return OnnxReference(tokens, prev[0], queries[0], views, own)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         refs = OnnxReference.concat(references)
@@ -168,11 +191,15 @@ class OnnxDetector(Detector):
             prob = cv2.GaussianBlur(prob, (0, 0), self.smooth_sigma)
         prob = prob.astype(np.float32, copy=False)
         k = refs.tokens.shape[0] // self._pos.shape[0]
-        if self.image_score_for(k) != "fused" or refs.views is None:
+        score = self.image_score_for(k)
+        if score not in FUSED_SCORES or refs.views is None:
             return prob, pooled_score(prob, self.topk_frac)
         q = torch.from_numpy(self._tokens(outs[1]))  # (N, 152)
         d1 = nearest_distance(q, torch.from_numpy(refs.tokens)).view(logits.shape)  # (h, w), as the graph's
-        return prob, fused_score(prob, view_distance(d1, q, torch.from_numpy(refs.views)), self.fused_weight)
+        d8 = view_distance(d1, q, torch.from_numpy(refs.views))
+        if score == "fused-self" and refs.own is not None:
+            d8 = self_gated_distance(d8, q, torch.from_numpy(refs.own).view(d8.shape), self.self_gate)
+        return prob, fused_score(prob, d8, self.fused_weight)
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         return self.detect(query, references)[0]

@@ -156,6 +156,7 @@ def export_onnx(
         "image_score": cfg.image_score,
         "multi_image_score": cfg.multi_image_score,
         "fused_weight": repr(float(cfg.fused_weight)),
+        "self_gate": repr(float(cfg.self_gate)),
     }
     if cfg.multi_threshold is not None:
         meta["multi_threshold"] = repr(float(cfg.multi_threshold))

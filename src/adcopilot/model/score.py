@@ -19,9 +19,28 @@ The comparison model's evidence sharpens the distance's peak where both agree. O
 patches of largest ``d1`` are searched among the views (the others keep ``d1``, an upper bound of their
 ``d8``): searching all patches in eight views would cost more than the rest of an inspection. The dense
 map, and so the boxes, stay the comparison model's.
+
+**The query's own patches ("fused-self").** One reference shows little of a product's normal variation,
+but where a product repeats itself (the fingers and busbars of a monocrystalline cell, a weave, a
+uniform coating) a normal query patch also has a close match *elsewhere in the query*, while a crack or
+a stain does not. Where the product does not repeat itself (crystal grain, an object's parts) that
+evidence misleads: a crack in grain finds grain boundaries like it in the same image. The reference
+says which: at positions where the reference's own self-distance (each patch's distance to its nearest
+patch of the same image outside its 7 x 7 neighbourhood) is below ``gate``, the distance becomes the
+smaller of ``d8`` and the query's self-distance there; elsewhere ``d8`` stays. A twin explains a patch only
+as well as the references explain the twin (its distance counts as at least the twin's ``d8``): a large
+uniform defect, a dark band across a cell, repeats itself too, but none of its patches is near the reference:
+
+    self_q(i) = min over j outside i's window of max(dist(i, j), d8(j))
+    D = where(self_ref < gate, min(d8, self_q), d8)        score = max of prob ** w * B(D) ** (1 - w)
+
+The references' self-distance is made once and kept with them; the query's costs one (N, N) product
+over the trusted positions (about 4 ms at 256 px on one core).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -34,6 +53,8 @@ CANDIDATES = 128
 #: Smoothing of the distance map, in pixels at the image size (as the training-free baseline's).
 DISTANCE_SIGMA = 4.0
 _FLOOR = 1e-4  # keeps the fused map's powers finite
+#: A patch's own neighbours (Chebyshev distance on the grid up to this) are not its matches in its image.
+SELF_RADIUS = 3
 
 
 def dihedral_views(image: np.ndarray) -> list[np.ndarray]:
@@ -58,6 +79,42 @@ def view_distance(
     out = flat.clone()
     out[idx] = torch.minimum(nearest_distance(query_tokens[idx], views), flat[idx])
     return out.view(distance.shape)
+
+
+@lru_cache(maxsize=4)
+def _neighbourhood(h: int, w: int, radius: int) -> torch.Tensor:
+    """(h * w, h * w) True where two grid positions are within ``radius`` steps (Chebyshev)."""
+    yy, xx = torch.div(torch.arange(h * w), w, rounding_mode="floor"), torch.arange(h * w) % w
+    return torch.maximum((yy[:, None] - yy[None]).abs(), (xx[:, None] - xx[None]).abs()) <= radius
+
+
+def self_distance(
+    tokens: torch.Tensor, grid: tuple[int, int], rows: torch.Tensor | None = None, twin_cost: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, C) unit-norm patches of one image on an (h, w) grid, row-major -> (R,) each row's (``rows``,
+    default all N) cosine distance to its nearest patch of the same image more than :data:`SELF_RADIUS`
+    grid steps away. With ``twin_cost`` (N,), a patch's distance to each other patch counts as at least that
+    patch's cost: a twin explains a patch only as well as the twin itself is explained."""
+    near = _neighbourhood(grid[0], grid[1], SELF_RADIUS)
+    if rows is not None:
+        near, sim = near[rows], tokens[rows] @ tokens.T  # (R, N)
+    else:
+        sim = tokens @ tokens.T
+    if twin_cost is not None:  # similarity 1 - max(d, cost) = min(sim, 1 - cost)
+        sim = torch.minimum(sim, 1.0 - twin_cost[None, :])
+    return (1.0 - sim.masked_fill_(near, -2.0).amax(dim=1)).clamp_min(0)
+
+
+def self_gated_distance(d8: torch.Tensor, query_tokens: torch.Tensor, reference_self: torch.Tensor, gate: float) -> torch.Tensor:
+    """``D`` (h, w) above: ``d8`` (h, w) lowered to the query's self-distance where ``reference_self``
+    (h, w) is below ``gate``, each twin counted at no less than its own ``d8``; ``query_tokens`` (N, C) are
+    the query's patches, row-major."""
+    flat = d8.flatten()
+    out = flat.clone()
+    rows = (reference_self.flatten() < gate).nonzero().squeeze(1)  # (R,) the trusted positions
+    if len(rows):  # a twin explains a patch only as well as the references explain the twin
+        out[rows] = torch.minimum(out[rows], self_distance(query_tokens, tuple(d8.shape), rows, twin_cost=flat))
+    return out.view(d8.shape)
 
 
 def fused_score(prob: np.ndarray, d8: torch.Tensor, weight: float) -> float:

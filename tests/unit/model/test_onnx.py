@@ -162,3 +162,37 @@ def test_the_multi_reference_fused_score_and_threshold_match_pytorch(tmp_path):
         assert np.abs(got - want).max() < TOLERANCE
         assert got_score == pytest.approx(want_score, abs=TOLERANCE)
     assert got_score != pytest.approx(pooled_score(got, cfg.topk_frac))  # two references: the fused score
+
+
+def test_the_fused_self_score_matches_pytorch(tmp_path):
+    """A model whose one-reference score reads the query's own patches where the reference repeats itself:
+    the file stores the gate, makes the reference's own self-distance and scores as PyTorch does."""
+    torch.manual_seed(2)
+    cfg = replace(TINY, image_score="fused-self", self_gate=0.6, multi_image_score="fused", multi_threshold=0.3)
+    det = NanoDetector(NanoComparisonModel(cfg).eval(), load_vision_tower(pretrained=False), name="tiny-self")
+    onx = OnnxDetector(export_onnx(det, tmp_path / "self.onnx"))
+    assert onx.self_gate == 0.6 and onx.image_score_for(1) == "fused-self"
+    q, r1, r2 = _images(4, 3)
+    enc = onx.encode_reference(r1)
+    want_own = det.with_own(det.encode_reference(r1)).own.numpy()
+    assert enc.own is not None and np.abs(enc.own - want_own).max() < 1e-5
+    for refs in ([r1], [r1, r2]):
+        want, want_score = det.detect(q, [det.encode_reference(r) for r in refs])
+        got, got_score = onx.detect(q, [onx.encode_reference(r) for r in refs])
+        assert got_score == pytest.approx(want_score, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("gate", ["NaN", "inf", "wide"])
+def test_a_malformed_self_gate_is_refused_in_one_line(exported, tmp_path, gate):
+    import onnx
+
+    _, path = exported
+    proto = onnx.load(str(path))
+    for p in proto.metadata_props:
+        if p.key == "self_gate":
+            p.value = gate
+    bad = tmp_path / "gate.onnx"
+    onnx.save_model(proto, str(bad))
+    with pytest.raises(CheckpointError, match="gate.onnx: malformed metadata") as exc:
+        Copilot.load(bad)
+    assert len(str(exc.value).splitlines()) == 1

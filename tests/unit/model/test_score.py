@@ -1,5 +1,6 @@
-"""The fused image score: the reference's dihedral views, the view distance and the fused score on
-hand-computed cases, and the nano detector's score with and without it."""
+"""The fused image score: the reference's dihedral views, the view distance, the self-distance gate
+("fused-self") and the fused score on hand-computed cases, and the nano detector's score with and
+without them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import torch
 
 from adcopilot.errors import CheckpointError
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
-from adcopilot.model.score import dihedral_views, fused_score, view_distance
+from adcopilot.model.score import (
+    SELF_RADIUS,
+    dihedral_views,
+    fused_score,
+    self_distance,
+    self_gated_distance,
+    view_distance,
+)
 from adcopilot.model.vision import load_vision_tower
 
 TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)
@@ -104,3 +112,96 @@ def test_batched_detections_keep_the_fused_score(tower):
         one = det.detection(q, r)
         assert got.score == pytest.approx(one.score, abs=1e-5)
         assert got.score != pytest.approx(pooled_score(one.amap, TINY.topk_frac))
+
+
+def _grid_tokens(special: dict[tuple[int, int], list[float]], side: int = 8) -> torch.Tensor:
+    """(side * side, 2) unit vectors, row-major: (0, 1) everywhere but at the ``special`` positions."""
+    t = torch.tensor([[0.0, 1.0]]).repeat(side * side, 1)
+    for (y, x), v in special.items():
+        t[y * side + x] = torch.tensor(v)
+    return t
+
+
+def test_self_distance_ignores_the_patchs_own_neighbourhood():
+    assert SELF_RADIUS == 3
+    # (0, 0) and (0, 2) alike but neighbours: (0, 0)'s nearest beyond its 7 x 7 window is a (0, 1) patch.
+    t = _grid_tokens({(0, 0): [1.0, 0.0], (0, 2): [1.0, 0.0]})
+    d = self_distance(t, (8, 8))
+    assert d[0] == pytest.approx(1.0) and d[2] == pytest.approx(1.0)
+    assert d[9] == pytest.approx(0.0)  # a plain patch has plain twins far away
+    # A twin four steps away is outside the window: (0, 0) is explained by it.
+    t = _grid_tokens({(0, 0): [1.0, 0.0], (0, 4): [1.0, 0.0]})
+    d = self_distance(t, (8, 8))
+    assert d[0] == pytest.approx(0.0) and d[4] == pytest.approx(0.0)
+    rows = torch.tensor([4, 0, 63])
+    assert torch.allclose(self_distance(t, (8, 8), rows), d[rows])  # rows alone: the same values
+
+
+def test_self_gated_distance_lowers_only_where_the_reference_repeats_itself():
+    q = _grid_tokens({(0, 0): [1.0, 0.0], (2, 0): [0.8, 0.6], (2, 5): [0.8, 0.6]})
+    d8 = torch.full((8, 8), 0.5)
+    d8[7, 7] = 0.05  # one plain patch the references explain well
+    d8[2, 5] = 0.9  # (2, 0)'s twin, which the references do not explain
+    ref_self = torch.full((8, 8), 0.9)  # the reference does not repeat itself ...
+    ref_self[:, :4] = 0.1  # ... except in its left half
+    out = self_gated_distance(d8, q, ref_self, gate=0.3)
+    assert out[1, 1] == pytest.approx(0.05)  # trusted, with a plain twin at (7, 7) explained to 0.05
+    assert out[0, 0] == pytest.approx(0.5)  # trusted but unique: its nearest twins are 0.4 away at cost 0.5
+    # (2, 0)'s identical twin (2, 5) counts at its own 0.9; a plain patch 0.4 away at cost 0.05 explains it to 0.4
+    assert out[2, 0] == pytest.approx(0.4)
+    assert out[1, 6] == pytest.approx(0.5) and out[2, 5] == pytest.approx(0.9)  # right half: d8 as it was
+    assert torch.equal(self_gated_distance(d8, q, ref_self, gate=0.05), d8)  # nothing trusted: unchanged
+    assert d8[7, 7] == pytest.approx(0.05) and d8[0, 0] == 0.5  # the input is not modified
+
+
+def test_a_twin_counts_at_least_its_own_cost():
+    t = _grid_tokens({(0, 0): [1.0, 0.0], (0, 4): [1.0, 0.0]})
+    cost = torch.zeros(64)
+    cost[4] = 0.7
+    d = self_distance(t, (8, 8), twin_cost=cost)
+    assert d[0] == pytest.approx(0.7)  # its only twin costs 0.7; the plain patches are 1 away
+    assert d[4] == pytest.approx(0.0)  # (0, 4)'s twin (0, 0) costs nothing
+
+
+def _tiled(rng: np.random.Generator, tile: int = 16, size: int = 64) -> np.ndarray:
+    """A product that repeats itself: one random tile repeated over the image."""
+    t = rng.random((tile, tile, 3), dtype=np.float32)
+    return np.ascontiguousarray(np.tile(t, (size // tile, size // tile, 1)))
+
+
+def test_the_fused_self_score_reads_the_querys_own_patches_where_the_reference_repeats(tower):
+    torch.manual_seed(7)
+    fused = NanoComparisonModel(replace(TINY, image_score="fused")).eval()
+    gated = NanoComparisonModel(replace(TINY, image_score="fused-self", self_gate=2.0)).eval()
+    closed = NanoComparisonModel(replace(TINY, image_score="fused-self", self_gate=1e-9)).eval()
+    for m in (gated, closed):
+        m.load_state_dict(fused.state_dict())
+    dets = [NanoDetector(m, tower) for m in (fused, gated, closed)]
+    rng = np.random.default_rng(8)
+    ref, query = _tiled(rng), _tiled(rng)  # both repeat themselves; their tiles differ
+    encoded = [d.encode_reference(ref) for d in dets]
+    own = dets[1].with_own(encoded[1]).own
+    assert encoded[0].own is None and own is not None and own.shape == (64,)
+    assert torch.allclose(own, self_distance(encoded[1].tokens[0], (8, 8)))
+    scores = [d.detection(query, [e]).score for d, e in zip(dets, encoded, strict=True)]
+    assert scores[2] == pytest.approx(scores[0])  # a gate nothing passes: the fused score
+    # Every position trusted: the query's tiles explain one another, so its score falls (the detector's
+    # parts composed by hand give the same).
+    assert scores[1] < scores[0]
+    d = dets[0].detection(query, [dets[0].with_views(encoded[0])])
+    tokens = d.features.flatten(1).T
+    d8 = view_distance(torch.from_numpy(d.distance[::8, ::8]).contiguous(), tokens, dets[0].with_views(encoded[0]).views[0])
+    by_hand = fused_score(d.amap, self_gated_distance(d8, tokens, own.view(8, 8), 2.0), TINY.fused_weight)
+    assert scores[1] == pytest.approx(by_hand, abs=1e-6)
+    batched = dets[1].detections([query, _tiled(rng)], [[encoded[1]], [encoded[1]]])
+    assert batched[0].score == pytest.approx(scores[1], abs=1e-5)
+
+
+@pytest.mark.parametrize("gate", [0, -0.1, 2.5, "0.3", float("nan"), None])
+def test_a_checkpoint_with_a_bad_self_gate_is_refused(tmp_path, gate):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "image_score": "fused-self", "self_gate": gate}))
+    with pytest.raises(CheckpointError, match="self_gate must be a cosine distance in") as err:
+        NanoComparisonModel.load(folder)
+    assert "\n" not in str(err.value)
