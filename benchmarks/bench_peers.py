@@ -263,7 +263,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())["results"]))
+        results = json.loads(Path(args.table).read_text())["results"]
+        print(table(results) + "\n\n" + paired(results))
         return
     if args.quick:
         args.per_type, args.draws = 40, 2
@@ -372,6 +373,29 @@ def cell(r: dict | None, key: str) -> str:
     if r.get("draws", 2) == 1:  # one fit on all normals: no spread to show
         return f"{r[key]:.3f}"
     return f"{r[key]:.3f} ± {r.get(key + '_std', 0.0):.3f}"
+
+
+def paired(results: dict, ours: str = "default") -> str:
+    """The default model's lead over each PatchCore memory per draw (the same references on both sides),
+    few-shot columns: the mean and standard deviation of the per-draw differences and the draws won. The
+    photos' draw i is the mean of the classes' draws i."""
+    lines = ["| image AUROC, ours - peer per draw | column | mean ± std | draws won |", "|---|---|---:|---:|"]
+    per_class = [v for k, v in results.items() if k.startswith("photos-")]
+    for product in ("elpv-mono", "elpv-poly", "photos"):
+        for col in ("1-shot", "5-shot"):
+            for peer in ("anomalib PatchCore (coreset)", "anomalib PatchCore (random)"):
+                parts = per_class if product == "photos" else [results.get(product, {})]
+                try:
+                    mine = np.mean([p[ours][col]["image_auroc_draws"] for p in parts], axis=0)
+                    theirs = np.mean([p[peer][col]["image_auroc_draws"] for p in parts], axis=0)
+                except (KeyError, ValueError):  # not run, or runs of different draw counts
+                    continue
+                if not parts or len(mine) != len(theirs) or len(mine) < 2:
+                    continue
+                diff = mine - theirs
+                lines.append(f"| {product} vs {peer.removeprefix('anomalib ')} | {col} | {diff.mean():+.3f} ± "
+                             f"{diff.std(ddof=1):.3f} | {int((diff > 0).sum())}/{len(diff)} |")
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:
