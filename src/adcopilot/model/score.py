@@ -28,14 +28,16 @@ evidence misleads: a crack in grain finds grain boundaries like it in the same i
 says which: at positions where the reference's own self-distance (each patch's distance to its nearest
 patch of the same image outside its 7 x 7 neighbourhood) is below ``gate``, the distance becomes the
 smaller of ``d8`` and the query's self-distance there; elsewhere ``d8`` stays. A twin explains a patch only
-as well as the references explain the twin (its distance counts as at least the twin's ``d8``): a large
-uniform defect, a dark band across a cell, repeats itself too, but none of its patches is near the reference:
+as well as the references explain the twin (its distance counts as at least the twin's ``d8``), because a
+large uniform defect, a dark band across a cell, repeats itself too. That is not enough: the band's milder
+parts still explain its worst, so this score is opt-in and the shipped model's one-reference score is the
+pooled map (benchmarks/RESULTS.md):
 
     self_q(i) = min over j outside i's window of max(dist(i, j), d8(j))
     D = where(self_ref < gate, min(d8, self_q), d8)        score = max of prob ** w * B(D) ** (1 - w)
 
-The references' self-distance is made once and kept with them; the query's costs one (N, N) product
-over the trusted positions (about 4 ms at 256 px on one core).
+The references' self-distance is made once and kept with them; the query's costs one (R, N) product
+over its R trusted positions.
 """
 
 from __future__ import annotations
