@@ -44,6 +44,7 @@ from adcopilot.model.score import self_distance as model_self_distance
 from adcopilot.registration import register, warp
 
 SYNTH_SEED = 9_000_001  # never a training seed
+TWIN_GATE = 0.3  # self3t: twins farther than this from the references are not admitted
 SELF_RADIUS = 3  # self3: patches within this many grid steps (Chebyshev) of a patch are not its matches
 
 
@@ -113,7 +114,7 @@ def photo_pairs(seed: int, shots: int) -> Iterator[tuple[str, int, list[Path], P
 @torch.inference_mode()
 def collect(detector: NanoDetector, pairs, size: int, registration: bool = True) -> dict[str, np.ndarray]:
     probs, dists, dists8, labels, groups, names, ms = [], [], [], [], [], [], []
-    dists8_agg, selfs, ref_selfs, selfs_n = [], [], [], []
+    dists8_agg, selfs, ref_selfs, selfs_n, selfs_t = [], [], [], [], []
     cache: dict[str, object] = {}
     for group, label, refs, query in pairs:
         ref_arrays = []
@@ -148,6 +149,9 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
         d1 = torch.from_numpy(d.distance[:: size // h, :: size // h].astype(np.float32))
         d8c = torch.where(_candidate_mask(d1), torch.minimum(d1, d8.view(h, h)), d1)
         selfs_n.append(model_self_distance(d.features.flatten(1).T, (h, h), twin_cost=d8c.flatten()).view(h, h).numpy())
+        # self3t: only twins the references explain to within the gate count (the others cost 2, no match)
+        admitted = torch.where(d8c < TWIN_GATE, d8c, torch.full_like(d8c, 2.0)).flatten()
+        selfs_t.append(model_self_distance(d.features.flatten(1).T, (h, h), twin_cost=admitted).view(h, h).numpy())
         ref_selfs.append(ref_arrays[0][4])
         probs.append(d.amap.astype(np.float16))
         dists.append(d.distance[:: size // h, :: size // h].astype(np.float32))  # (h, w) patch values
@@ -157,6 +161,7 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
     return {"prob": np.stack(probs), "dist": np.stack(dists), "dist8": np.stack(dists8),
             "dist8_agg": np.stack(dists8_agg).astype(np.float32), "self3": np.stack(selfs).astype(np.float32),
             "ref_self3": np.stack(ref_selfs).astype(np.float32), "self3n": np.stack(selfs_n).astype(np.float32),
+            "self3t": np.stack(selfs_t).astype(np.float32),
             "label": np.array(labels),
             "group": np.array(groups), "name": np.array(names), "ms": np.array(ms)}
 
