@@ -109,7 +109,11 @@ def main() -> None:
         rows = []
         for threads in args.threads:
             for m in args.models:
-                rows += run_child(m, args.n, threads)
+                new = run_child(m, args.n, threads)
+                if m not in ("baseline", "default"):  # a checkpoint folder: its own row even where names agree
+                    for r in new:
+                        r["model"] = f"{r['model']} ({os.path.basename(os.path.normpath(m))})"
+                rows += new
                 for r in rows[-2:]:
                     print(f"round {i + 1}: " + ", ".join(f"{k}={round(v, 1) if isinstance(v, float) else v}"
                                                          for k, v in r.items()), flush=True)
