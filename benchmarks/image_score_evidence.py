@@ -39,34 +39,16 @@ from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.nano import NanoDetector
 from adcopilot.model.registry import load_detector, resolve_model
-from adcopilot.model.score import CANDIDATES, dihedral_views, nearest_distance
-from adcopilot.model.score import self_distance as model_self_distance
+from adcopilot.model.score import dihedral_views, nearest_distance, self_distance, view_distance
 from adcopilot.registration import register, warp
 
 SYNTH_SEED = 9_000_001  # never a training seed
 TWIN_GATE = 0.3  # self3t: twins farther than this from the references are not admitted
-SELF_RADIUS = 3  # self3: patches within this many grid steps (Chebyshev) of a patch are not its matches
 
 
 def aggregated(grid: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) unit-norm features -> each the renormalised mean of its 3 x 3 neighbourhood."""
     return F.normalize(F.avg_pool2d(grid, 3, 1, 1, count_include_pad=False), dim=1)
-
-
-def self_distance(tokens: torch.Tensor, h: int, radius: int = SELF_RADIUS) -> torch.Tensor:
-    """(h * h, C) unit-norm patches of one image -> (h, h) cosine distance of each to its nearest patch of
-    the same image farther than ``radius`` grid steps away."""
-    yy, xx = torch.div(torch.arange(h * h), h, rounding_mode="floor"), torch.arange(h * h) % h
-    near = torch.maximum((yy[:, None] - yy[None]).abs(), (xx[:, None] - xx[None]).abs()) <= radius
-    sim = (tokens @ tokens.T).masked_fill(near, -2.0)
-    return (1.0 - sim.max(dim=1).values).clamp_min(0).view(h, h)
-
-
-def _candidate_mask(d1: torch.Tensor) -> torch.Tensor:
-    """(h, w) True on the detector's candidate patches: the :data:`CANDIDATES` of largest ``d1``."""
-    flat = torch.zeros(d1.numel(), dtype=torch.bool)
-    flat[d1.flatten().topk(min(CANDIDATES, d1.numel())).indices] = True
-    return flat.view(d1.shape)
 
 
 def _arr(path: Path, size: int) -> np.ndarray:
@@ -125,7 +107,8 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
                 grids = [detector.patch_features(v)[0] for v in dihedral_views(arr)]  # 8 x (C, h, w)
                 views = torch.cat([g.flatten(1).T for g in grids])  # (8N, C)
                 views_agg = torch.cat([aggregated(g[None])[0].flatten(1).T for g in grids])
-                ref_self = self_distance(grids[0].flatten(1).T, grids[0].shape[-1]).numpy()  # the reference as taken
+                side = grids[0].shape[-1]
+                ref_self = self_distance(grids[0].flatten(1).T, (side, side)).view(side, side).numpy()  # as taken
                 entry = (arr, detector.encode_reference(arr), views, views_agg, ref_self)
                 if key is not None:
                     cache[key] = entry
@@ -144,14 +127,15 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
         dists8.append(d8.view(h, h).numpy().astype(np.float32))
         agg = aggregated(d.features[None])[0].flatten(1).T
         dists8_agg.append(nearest_distance(agg, torch.cat([e[3] for e in ref_arrays])).view(h, h).numpy())
-        selfs.append(self_distance(d.features.flatten(1).T, h).numpy())
-        # self3n: the twins must be explained by the references themselves (d8 on the detector's candidates)
+        tokens = d.features.flatten(1).T  # (N, C)
+        selfs.append(self_distance(tokens, (h, h)).view(h, h).numpy())
+        # self3n: each twin counted at its own d8 as the detector computes it (views searched on its candidates)
         d1 = torch.from_numpy(d.distance[:: size // h, :: size // h].astype(np.float32))
-        d8c = torch.where(_candidate_mask(d1), torch.minimum(d1, d8.view(h, h)), d1)
-        selfs_n.append(model_self_distance(d.features.flatten(1).T, (h, h), twin_cost=d8c.flatten()).view(h, h).numpy())
+        d8c = view_distance(d1, tokens, torch.cat([e[2] for e in ref_arrays])).flatten()
+        selfs_n.append(self_distance(tokens, (h, h), twin_cost=d8c).view(h, h).numpy())
         # self3t: only twins the references explain to within the gate count (the others cost 2, no match)
-        admitted = torch.where(d8c < TWIN_GATE, d8c, torch.full_like(d8c, 2.0)).flatten()
-        selfs_t.append(model_self_distance(d.features.flatten(1).T, (h, h), twin_cost=admitted).view(h, h).numpy())
+        admitted = torch.where(d8c < TWIN_GATE, d8c, torch.full_like(d8c, 2.0))
+        selfs_t.append(self_distance(tokens, (h, h), twin_cost=admitted).view(h, h).numpy())
         ref_selfs.append(ref_arrays[0][4])
         probs.append(d.amap.astype(np.float16))
         dists.append(d.distance[:: size // h, :: size // h].astype(np.float32))  # (h, w) patch values

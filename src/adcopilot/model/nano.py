@@ -283,13 +283,18 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def valid_self_gate(v: Any) -> bool:
+    """``self_gate`` is usable: a finite cosine distance in (0, 2] (a checkpoint's config, an ONNX file's metadata)."""
+    return _is_number(v) and 0 < v <= 2
+
+
 def check_score_config(cfg: NanoConfig, path: Path) -> None:
     """Refuse a config whose image scores, fused weight or thresholds are not usable (CheckpointError)."""
     scores, w = (cfg.image_score, cfg.multi_image_score), cfg.fused_weight
     if any(s not in IMAGE_SCORES for s in scores) or not _is_number(w) or not 0 <= w <= 1:
         raise CheckpointError(f"{path}: image_score and multi_image_score must be one of {', '.join(IMAGE_SCORES)} "
                               f"and fused_weight a number in [0, 1], got {scores[0]!r}, {scores[1]!r} and {w!r}")
-    if not _is_number(cfg.self_gate) or not 0 < cfg.self_gate <= 2:
+    if not valid_self_gate(cfg.self_gate):
         raise CheckpointError(f"{path}: self_gate must be a cosine distance in (0, 2], got {cfg.self_gate!r}")
     for name in ("threshold", "multi_threshold"):
         v = getattr(cfg, name)

@@ -35,6 +35,7 @@ from adcopilot.model.nano import (
     check_threshold_table,
     pooled_score,
     threshold_by_count,
+    valid_self_gate,
 )
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
 from adcopilot.model.score import (
@@ -113,9 +114,10 @@ class OnnxDetector(Detector):
         except ValueError as exc:  # json's errors are ValueErrors too
             raise CheckpointError(f"{self.path}: malformed metadata ({exc})") from None
         finite = [self.threshold, self.fused_weight, self.self_gate] + ([self.multi_threshold] if self.multi_threshold is not None else [])
-        if any(s not in IMAGE_SCORES for s in self.scores) or not all(np.isfinite(finite)):
+        if any(s not in IMAGE_SCORES for s in self.scores) or not all(np.isfinite(finite)) \
+                or not valid_self_gate(self.self_gate):
             raise CheckpointError(f"{self.path}: malformed metadata (image scores {self.scores}, thresholds, "
-                                  "fused weight and self gate must be known scores and finite numbers)")
+                                  "fused weight and self gate (in (0, 2]) must be known scores and finite numbers)")
         self.name = meta["name"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()

@@ -182,7 +182,7 @@ def test_the_fused_self_score_matches_pytorch(tmp_path):
         assert got_score == pytest.approx(want_score, abs=TOLERANCE)
 
 
-@pytest.mark.parametrize("gate", ["NaN", "inf", "wide"])
+@pytest.mark.parametrize("gate", ["NaN", "inf", "wide", "-0.1", "0"])
 def test_a_malformed_self_gate_is_refused_in_one_line(exported, tmp_path, gate):
     import onnx
 
