@@ -6,7 +6,9 @@ close match in the closest other images is normal. The run has two phases:
 1. Features: every query is decoded (bad files skipped and listed), its stride-16 patch features and
    its global profile (:mod:`adcopilot.model.sanity`) are kept; then each image's patch values
    against the rest of the lot are computed and saved to ``mutual-scores.safetensors`` after every
-   chunk, so an interrupted run resumes where it stopped (the lot's readable files must be the same).
+   chunk, so an interrupted run resumes where it stopped (the lot's readable files must be the same);
+   then, by default, against the pool of the images the first pass scored lowest
+   (``mutual-rescored.safetensors``, resumed the same way).
 2. Verdicts: the lot's threshold comes from its own image scores, median + k * MAD
    (:func:`adcopilot.model.mutual.lot_threshold`) unless one is given; each image not yet in
    ``results.jsonl`` gets its record, its map (the patch values, stride 16, resized to its pixels),
@@ -30,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,10 +73,12 @@ from adcopilot.model.mutual import (
     MAD_K,
     LotViews,
     MutualRecipe,
+    image_scores,
     lot_features,
     lot_image_scores,
     lot_threshold,
     mutual_patch_scores,
+    pool_of,
     relative_patch_values,
 )
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
@@ -84,6 +88,7 @@ from adcopilot.results import Box, InspectionResult, describe_findings
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "mutual-scores.safetensors"
+RESCORED_FILE = "mutual-rescored.safetensors"
 
 
 @dataclass(frozen=True)
@@ -177,24 +182,46 @@ def _save_scores(path: Path, digest: str, values: torch.Tensor, done: torch.Tens
     os.replace(tmp, path)
 
 
-def score_lot(
-    lot: LotFeatures, out: Path, cfg: MutualConfig, restart: bool = False, chunk: int = 8, progress: bool = False
+def _resumable_scores(
+    path: Path, digest: str, shape: tuple[int, int], scorer: Callable[[list[int], Callable[[int], None]], torch.Tensor],
+    chunk: int, progress: bool, desc: str,
 ) -> torch.Tensor:
-    """(N, P) patch values of the lot's images, resumed from (and saved to) ``SCORES_FILE``."""
-    path = out / SCORES_FILE
-    n, p, _ = lot.views.views[0].shape
-    digest = _digest([it.key for it in lot.items] + [cfg.recipe.key()])
-    if restart:
-        path.unlink(missing_ok=True)
-    values, done = _load_scores(path, digest, (n, p))
+    """(N, P) patch values computed ``chunk`` rows at a time by ``scorer``, saved after each chunk and
+    resumed from ``path`` when it holds the same lot's (``digest``) values."""
+    n = shape[0]
+    values, done = _load_scores(path, digest, shape)
     todo = [i for i in range(n) if not done[i]]
-    with tqdm(total=n, initial=n - len(todo), unit="img", desc="mutual", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=n, initial=n - len(todo), unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(todo), chunk):
             rows = todo[start : start + chunk]
-            values[rows] = mutual_patch_scores(lot.views, cfg.recipe.interval, rows=rows, progress=bar.update)
+            values[rows] = scorer(rows, bar.update)
             done[rows] = True
             _save_scores(path, digest, values, done)
     return values
+
+
+def score_lot(
+    lot: LotFeatures, out: Path, cfg: MutualConfig, restart: bool = False, chunk: int = 8, progress: bool = False
+) -> torch.Tensor:
+    """(N, P) patch values of the lot's images: the first pass against the whole lot (``SCORES_FILE``),
+    then, when the recipe has a pool, the second against the images it judged normal (``RESCORED_FILE``); each resumed."""
+    recipe = cfg.recipe
+    n, p, _ = lot.views.views[0].shape
+    keys = [it.key for it in lot.items]
+    if restart:
+        for name in (SCORES_FILE, RESCORED_FILE):
+            (out / name).unlink(missing_ok=True)
+    first = _resumable_scores(
+        out / SCORES_FILE, _digest(keys + [recipe.key()]), (n, p),
+        lambda rows, step: mutual_patch_scores(lot.views, recipe.interval, rows=rows, progress=step),
+        chunk, progress, "mutual")
+    if recipe.pool_k is None:
+        return first
+    pool = pool_of(image_scores(first, recipe.top_k), recipe.pool_k)
+    return _resumable_scores(
+        out / RESCORED_FILE, _digest(keys + [recipe.pool_key(), ",".join(map(str, pool))]), (n, p),
+        lambda rows, step: mutual_patch_scores(lot.views, recipe.pool_interval, rows=rows, progress=step, pool=pool),
+        chunk, progress, "mutual, against the pool")
 
 
 def lot_checks(profiles: Sequence[ImageProfile], rules: CheckRules | None) -> list[str | None]:

@@ -12,6 +12,14 @@ reference and no training are needed. A :class:`MutualRecipe` says how:
 - **Mutual score.** In each view, a patch's nearest-patch cosine distance to every *other* image of the
   lot, sorted; its value is the mean over the ``interval`` (shares of the N-1 others, from the closest):
   a defect shared by a few images is still far from the rest. The patch value is the mean over views.
+- **Second pass.** With ``pool_k`` set, the lot is scored again against a pool: the images the first
+  pass judged normal (image score below the lot threshold at ``pool_k``, :func:`lot_threshold`), each
+  patch's value the mean over the ``pool_interval`` of its sorted distances to the pool (the image
+  itself left out). Where several images share a defect of one kind (dark cells, cracks of one shape)
+  each finds its look-alikes among the others in the first pass; the pool leaves them out, as PaDiM
+  fitted on a lot is fitted again without the cells it scored highest. A fixed share of the lot would
+  leave rare normal variants out of the pool as well in a lot that is mostly normal, and they would
+  then score high; the lot's own threshold leaves out only what stands out.
 - **Image score.** With ``floor`` set, each image's patch values less their ``floor`` quantile (a
   defect stands out of its own image, not of the lot's average level). The mean of the image's
   ``top_k`` largest patch values, then smoothed over the lot's own similarity graph when
@@ -20,10 +28,13 @@ reference and no training are needed. A :class:`MutualRecipe` says how:
   averaged over the k's. A normal image that scores high by chance sits among normal look-alikes
   that do not; where defective parts look alike, it pulls defects together instead.
 
-The default recipe is the plain score (one joint view at r = 1, the closest 30 %, top 3): on ELPV cells
-no other part lifts both cell types (``benchmarks/RESULTS.md``); the others stay for measuring.
+The default recipe is one joint view at r = 1, the closest 30 %, then a second pass against the images
+below the first pass's lot threshold (their closest 5 %), top 3: the second pass lifts both ELPV cell
+types, on lots mostly normal and on lots half defective; no other part does (``benchmarks/RESULTS.md``);
+the others stay for measuring.
 
-Cost: a lot of N images takes N^2 * P^2 * (sum of the views' channels) multiply-adds; the products run
+Cost: a lot of N images takes N^2 * P^2 * (sum of the views' channels) multiply-adds per pass (the
+second pass against the pool); the products run
 in bfloat16 on CPUs with AVX512-BF16 (twice the float32 speed; a distance is then rounded to 1/256, far
 below the spread of the values averaged over many images), in float32 elsewhere.
 
@@ -63,6 +74,8 @@ class MutualRecipe:
     top_k: int = 3
     floor: float | None = None  # quantile of the image's own patch values subtracted from them; None: raw
     neighbours: tuple[int, ...] = ()  # RsCIN graph sizes (the image itself included); () leaves scores as they are
+    pool_k: float | None = 2.0  # second pass against the images below the lot threshold at this k; None: one pass
+    pool_interval: tuple[float, float] = (0.0, 0.05)  # the second pass's shares of the pool, closest first
 
     def problems(self) -> list[str]:
         """What is wrong with the recipe (empty when it can be used)."""
@@ -70,9 +83,11 @@ class MutualRecipe:
         if not self.layers or not self.windows:
             out.append("at least one layer and one window are needed")
         out += [f"window {r} must be an odd number >= 1" for r in self.windows if r < 1 or r % 2 == 0]
-        lo, hi = self.interval
-        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi <= 1):
-            out.append(f"interval {self.interval} must satisfy 0 <= low < high <= 1")
+        for name, (lo, hi) in (("interval", self.interval), ("pool_interval", self.pool_interval)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi <= 1):
+                out.append(f"{name} {(lo, hi)} must satisfy 0 <= low < high <= 1")
+        if self.pool_k is not None and not (math.isfinite(self.pool_k) and self.pool_k > 0):
+            out.append(f"pool_k {self.pool_k} must be a positive number")
         if self.floor is not None and not (math.isfinite(self.floor) and 0 <= self.floor <= 1):
             out.append(f"floor {self.floor} must be a quantile in [0, 1]")
         if self.top_k < 1:
@@ -81,8 +96,12 @@ class MutualRecipe:
         return out
 
     def key(self) -> str:
-        """A stable text of the settings that change the patch values (for resuming saved scores)."""
+        """A stable text of the settings that change the first pass's patch values (for resuming saved scores)."""
         return f"layers={','.join(self.layers)};windows={','.join(map(str, self.windows))};interval={self.interval}"
+
+    def pool_key(self) -> str:
+        """The same for the second pass (its pool comes on top)."""
+        return f"{self.key()};pool_k={self.pool_k};pool_interval={self.pool_interval};top_k={self.top_k}"
 
 
 @dataclass
@@ -142,19 +161,23 @@ def interval_mean(dist: torch.Tensor, interval: tuple[float, float], others: int
 
 
 @torch.inference_mode()
-def view_distances(view: torch.Tensor, rows: Sequence[int], chunk: int = 64) -> torch.Tensor:
-    """(N, P, C) one view of the lot -> (R, N, P): each patch of the images ``rows``'s cosine distance to
-    its nearest patch in every image of the lot (infinite to the image itself)."""
+def view_distances(view: torch.Tensor, rows: Sequence[int], chunk: int = 64, cols: Sequence[int] | None = None) -> torch.Tensor:
+    """(N, P, C) one view of the lot -> (R, M, P): each patch of the images ``rows``'s cosine distance to
+    its nearest patch in each of the images ``cols`` (all N by default; infinite to the image itself)."""
     n, p, c = view.shape
     r = len(rows)
+    cols = list(range(n)) if cols is None else list(cols)
     queries = view[list(rows)].reshape(r * p, c)
-    out = torch.empty(r, n, p)
-    for start in range(0, n, chunk):
-        block = view[start : start + chunk]  # (J, P, C)
+    out = torch.empty(r, len(cols), p)
+    for start in range(0, len(cols), chunk):
+        block = view[cols[start : start + chunk]]  # (J, P, C)
         sim = queries @ block.reshape(-1, c).T  # (R*P, J*P)
         best = sim.view(r, p, len(block), p).amax(dim=3).float()  # (R, P, J)
         out[:, start : start + len(block)] = (1.0 - best).transpose(1, 2)
-    out[torch.arange(r), torch.as_tensor(list(rows))] = float("inf")
+    where = {j: k for k, j in enumerate(cols)}
+    for k, row in enumerate(rows):
+        if row in where:
+            out[k, where[row]] = float("inf")
     return out.clamp_min_(0)
 
 
@@ -165,22 +188,41 @@ def mutual_patch_scores(
     rows: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
     group: int = 8,
+    pool: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The views of a lot -> (R, P) patch values (see the module doc) of the images ``rows`` (all N by
-    default), each still against every other image of the lot; ``group`` images at a time."""
+    default), each against every other image of the lot, or of ``pool`` when given (the image itself
+    left out); ``group`` images at a time."""
     views = lot.views if isinstance(lot, LotViews) else list(lot)
     n, p, _ = views[0].shape
-    if n < 2:
-        raise ValueError("mutual scoring needs a lot of two images or more")
+    cols = list(range(n)) if pool is None else sorted(set(pool))
+    if len(cols) < 2:
+        raise ValueError("mutual scoring needs a lot (and a pool) of two images or more")
+    in_pool = set(cols)
     wanted = list(range(n)) if rows is None else list(rows)
     out = torch.zeros(len(wanted), p)
     for start in range(0, len(wanted), group):
         part = wanted[start : start + group]
+        # An image of the pool has one other image fewer to be compared with than one outside it.
+        sets = [[k for k, i in enumerate(part) if (i in in_pool) == inside] for inside in (True, False)]
         for view in views:
-            out[start : start + len(part)] += interval_mean(view_distances(view, part), interval, n - 1)
+            dist = view_distances(view, part, cols=cols)  # (R, M, P)
+            for ks, others in zip(sets, (len(cols) - 1, len(cols)), strict=True):
+                if ks:
+                    out[[start + k for k in ks]] += interval_mean(dist[ks], interval, others)
         if progress:
             progress(len(part))
     return out / len(views)
+
+
+def pool_of(scores: torch.Tensor, k: float) -> list[int]:
+    """(N,) first-pass image scores -> the indices of the images below the lot's threshold at ``k``
+    (:func:`lot_threshold`): those the first pass judged normal; the two lowest at least."""
+    x = scores.numpy()
+    keep = np.flatnonzero(x < lot_threshold(x, k))
+    if len(keep) < 2:
+        keep = np.argsort(x, kind="stable")[:2]
+    return sorted(keep.tolist())
 
 
 def relative_patch_values(patch_scores: torch.Tensor, floor: float | None) -> torch.Tensor:

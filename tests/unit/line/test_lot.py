@@ -14,9 +14,25 @@ from safetensors.torch import load_file, save_file
 
 from adcopilot.errors import AdcopilotError
 from adcopilot.line.batch import BatchConfig, read_records
-from adcopilot.line.lot import SCORES_FILE, MutualConfig, encode_lot, lot_tower, run_mutual_batch, score_lot
+from adcopilot.line.lot import (
+    RESCORED_FILE,
+    SCORES_FILE,
+    MutualConfig,
+    encode_lot,
+    lot_tower,
+    run_mutual_batch,
+    score_lot,
+)
 from adcopilot.line.sources import collect
-from adcopilot.model.mutual import MAD_K, MIN_SPREAD, MutualRecipe, lot_threshold, mutual_patch_scores
+from adcopilot.model.mutual import (
+    MAD_K,
+    MIN_SPREAD,
+    MutualRecipe,
+    image_scores,
+    lot_threshold,
+    mutual_patch_scores,
+    pool_of,
+)
 
 from .conftest import texture
 
@@ -86,7 +102,7 @@ def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixe
     tower = lot_tower(tiny_copilot)
     lot = encode_lot(items, tower, tiny_copilot.detector.image_size)
     assert len(lot.items) == 10 and [k for k, _ in lot.skipped] == ["defect/broken.png"]
-    cfg = MutualConfig()
+    cfg = MutualConfig(recipe=MutualRecipe(pool_k=None))  # one pass
     full = score_lot(lot, tmp_path, cfg)
     assert torch.allclose(full, mutual_patch_scores(lot.views, cfg.recipe.interval))
     # An interrupted run: half the rows saved (marked with a value no scoring gives), the rest to do.
@@ -97,8 +113,35 @@ def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixe
     resumed = score_lot(lot, tmp_path, cfg)
     assert bool((resumed[:5] == 7.0).all()) and torch.allclose(resumed[5:], full[5:])
     # Another setting is another lot's scores: all scored again.
-    other = score_lot(lot, tmp_path, MutualConfig(recipe=MutualRecipe(interval=(0.0, 0.5))))
+    other = score_lot(lot, tmp_path, MutualConfig(recipe=MutualRecipe(interval=(0.0, 0.5), pool_k=None)))
     assert not bool((other == 7.0).any())
+
+
+def test_the_second_pass_scores_against_the_pool_and_resumes(tiny_copilot, mixed_lot, tmp_path):
+    lot = encode_lot(collect([mixed_lot["lot"]]), lot_tower(tiny_copilot), tiny_copilot.detector.image_size)
+    cfg = MutualConfig()
+    recipe = cfg.recipe
+    assert recipe.pool_k == MAD_K
+    two = score_lot(lot, tmp_path, cfg, restart=True)
+    first = mutual_patch_scores(lot.views, recipe.interval)
+    pool = pool_of(image_scores(first, recipe.top_k), recipe.pool_k)
+    # The first pass calls the two defects anomalous: the other 8 images are the pool.
+    names = [it.key for it in lot.items]
+    assert sorted(names[i] for i in set(range(10)) - set(pool)) == ["defect/disc.png", "defect/square.png"]
+    assert torch.allclose(two, mutual_patch_scores(lot.views, recipe.pool_interval, pool=pool))
+    # An interrupted second pass resumes; the first pass is not scored again.
+    saved = load_file(str(tmp_path / RESCORED_FILE))
+    saved["patch_scores"][:5] = 7.0
+    saved["done"][5:] = 0
+    save_file(saved, str(tmp_path / RESCORED_FILE))
+    resumed = score_lot(lot, tmp_path, cfg)
+    assert bool((resumed[:5] == 7.0).all()) and torch.allclose(resumed[5:], two[5:])
+    # First-pass values that change the pool make the second pass another lot's: scored again.
+    saved = load_file(str(tmp_path / SCORES_FILE))
+    saved["patch_scores"][names.index("good/g0.png")] = 9.0
+    save_file(saved, str(tmp_path / SCORES_FILE))
+    again = score_lot(lot, tmp_path, cfg)
+    assert not bool((again == 7.0).any())
 
 
 def test_resume_writes_only_the_missing_records(tiny_copilot, mixed_lot):

@@ -21,7 +21,9 @@ from adcopilot.model.mutual import (
     interval_mean,
     lot_features,
     lot_image_scores,
+    lot_threshold,
     mutual_patch_scores,
+    pool_of,
     relative_patch_values,
     rescore_by_neighbours,
     view_distances,
@@ -118,6 +120,35 @@ def test_patch_values_are_the_mean_over_views_of_the_interval_means():
     assert torch.allclose(mutual_patch_scores(views, (0.0, 0.5), rows=[3, 1]), got[[3, 1]])
 
 
+def test_against_a_pool_each_image_is_compared_with_the_pool_less_itself():
+    torch.manual_seed(2)
+    views = [F.normalize(torch.randn(6, 4, c), dim=2) for c in (3, 5)]
+    pool = [0, 2, 3, 5]
+    got = mutual_patch_scores(views, (0.0, 0.5), pool=pool, group=4)  # (6, 4)
+    for i in range(6):
+        per_view = []
+        for v in views:
+            others = [j for j in pool if j != i]  # 3 for an image of the pool, 4 for one outside it
+            d = (1 - torch.einsum("pc,jqc->jpq", v[i], v[others]).amax(2)).sort(dim=0).values  # (M, P)
+            per_view.append(d[: math.ceil(0.5 * len(others))].mean(0))
+        assert torch.allclose(got[i], torch.stack(per_view).mean(0), atol=1e-5)
+    # The whole lot as the pool is the first pass.
+    assert torch.allclose(mutual_patch_scores(views, (0.0, 0.5), pool=range(6)), mutual_patch_scores(views, (0.0, 0.5)))
+    with pytest.raises(ValueError, match="two images or more"):
+        mutual_patch_scores(views, pool=[3])
+
+
+def test_the_pool_is_what_the_lot_threshold_calls_normal_at_least_two():
+    scores = torch.tensor([0.50, 0.52, 0.49, 0.51, 0.90, 0.48, 0.53, 0.70])
+    # median 0.515, MAD 0.02: threshold at k = 1.5 is 0.515 + 1.5 * 1.4826 * 0.02 = 0.5595.
+    assert lot_threshold(scores.numpy(), 1.5) == pytest.approx(0.515 + 1.5 * 1.4826 * 0.02)
+    assert pool_of(scores, 1.5) == [0, 1, 2, 3, 5, 6]
+    assert pool_of(scores, 10.0) == [0, 1, 2, 3, 5, 6, 7]
+    # Below the threshold fewer than two: the two lowest (ties in index order).
+    assert pool_of(torch.tensor([0.3, 0.1, 0.1, 0.1]), 1.5) == [1, 2, 3]  # no spread: its floor, 0.01, keeps the equals
+    assert pool_of(torch.tensor([0.5, 0.2, 0.2, 0.9]), 1e-9) == [1, 2]
+
+
 def test_aggregation_is_the_renormalised_neighbourhood_mean_without_padding():
     grid = F.normalize(torch.randn(1, 4, 3, 3), dim=1)
     agg = aggregate(grid, 3)
@@ -170,6 +201,9 @@ def test_the_floor_subtracts_each_images_own_quantile_and_the_score_is_the_top_k
         (MutualRecipe(floor=1.5), "floor 1.5 must be a quantile in [0, 1]"),
         (MutualRecipe(floor=float("inf")), "must be a quantile"),
         (MutualRecipe(neighbours=(0,)), "neighbours 0 must be at least 1"),
+        (MutualRecipe(pool_k=0.0), "pool_k 0.0 must be a positive number"),
+        (MutualRecipe(pool_k=float("nan")), "must be a positive number"),
+        (MutualRecipe(pool_interval=(0.2, 0.2)), "pool_interval (0.2, 0.2) must satisfy"),
     ],
 )
 def test_bad_recipes_are_named(recipe, problem):

@@ -1,0 +1,210 @@
+"""Lot-level zero-shot on ELPV: mutual scoring again against only the images the first pass found normal.
+
+The one-pass mutual score compares each image with the closest 30 % of *every* other image of the lot.
+When many of the lot's images are defective and their defects look alike (dark cells, cracks of one
+kind), a defect finds its look-alikes among them and scores low. A second pass scores every image again
+against its closest ``closest`` share of a pool (the image itself left out): the ``keep`` share of the
+lot the first pass scored lowest, or with ``--by-z`` the images below the first pass's lot threshold at
+k = ``keep`` (``pool_of``, what ``batch --mutual`` does); ``rounds`` > 2 repeats it. The trim that lifted
+PaDiM fitted on the lot (``benchmarks/lot_padim.py``), applied to the mutual score; no label is used.
+
+Each lot's nearest-patch distances (N, N, P) are computed once (the joint view, the default tower or
+``--tower``) and cached in float16, so every setting is read from the same tensor. Image AUROC of
+probability 1 against 0, each cell type's split one lot, or folders as lots (``--lots``). Also:
+``--thresholds`` scores lots of all normal cells with 5 % / 10 % of the defective ones drawn in, each as
+a lot of its own (AUROC, and the lot threshold's false alarms and misses); ``--fuse`` adds Lite2 and
+the lot PaDiM of ``benchmarks/lot_towers.py``. Run:
+
+    python benchmarks/lot_trim.py --split train --by-z --keeps 1 1.5 2 3 --closest 0.3 0.1 0.05   # choosing
+    python benchmarks/lot_trim.py --split train --kinds mono --thresholds one z:1.5:0.05 z:2:0.05
+    python benchmarks/lot_trim.py --split test --by-z --keeps 2 --closest 0.05 --rounds 2          # measuring
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_mutual import folder_lot
+from lot_padim import BATCH, area, robust_z
+from tqdm import tqdm
+
+from adcopilot import Copilot
+from adcopilot.data.elpv import split
+from adcopilot.eval.detection import auroc
+from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.backbone import load_backbone
+from adcopilot.model.detector import to_batch
+from adcopilot.model.mutual import (
+    LotViews,
+    image_scores,
+    interval_mean,
+    lot_features,
+    lot_threshold,
+    pool_of,
+    view_distances,
+)
+from adcopilot.model.vision import FusedPatchTower
+
+SIZE = 256
+
+
+def lot_distances(paths: list[str], cache: Path, tower_name: str | None = None) -> torch.Tensor:
+    """(N, N, P) float16: each patch of image i's nearest-patch distance to image j (inf for j = i), on
+    the default model's tower or the named frozen backbone."""
+    if cache.exists():
+        return torch.from_numpy(np.load(cache)["dist"])
+    tower = (FusedPatchTower.from_tower(load_backbone(tower_name)) if tower_name
+             else Copilot.load().detector.fused_tower)
+    views = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(paths), BATCH), desc="features"):
+            x = to_batch([to_float_array(load_image(p), SIZE) for p in paths[start : start + BATCH]])
+            views.append(lot_features(tower, x))
+    view = LotViews.cat(views).views[0]
+    n, p, _ = view.shape
+    dist = torch.empty(n, n, p, dtype=torch.float16)
+    for start in tqdm(range(0, n, 8), desc="distances"):
+        rows = list(range(start, min(n, start + 8)))
+        dist[rows] = view_distances(view, rows).clamp_max(60000).half()  # (R, N, P), inf kept as a large value
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, dist=dist.numpy())
+    return dist
+
+
+def pooled_patch_values(dist: torch.Tensor, pool: np.ndarray, closest: float) -> torch.Tensor:
+    """(N, N, P) distances, (N,) bool pool -> (N, P): each image's patch values against the pool less itself."""
+    n = len(dist)
+    out = torch.empty(n, dist.shape[2])
+    cols = torch.from_numpy(np.flatnonzero(pool))
+    for i in range(n):
+        others = cols[cols != i]
+        out[i] = interval_mean(dist[i, others].float().unsqueeze(0), (0.0, closest), len(others))[0]
+    return out
+
+
+def trimmed_scores(dist: torch.Tensor, keep: float, closest: float, rounds: int, top_k: int = 3,
+                   by_z: bool = False) -> np.ndarray:
+    """Image scores after ``rounds`` passes: the first against the whole lot (its closest 30 %, as today),
+    each later one against the ``keep`` share of the lot the previous pass scored lowest, or with
+    ``by_z`` against the images whose previous score is below ``keep`` robust deviations above the
+    lot's median (the lot's own threshold: what the previous pass judged normal)."""
+    n = len(dist)
+    scores = image_scores(pooled_patch_values(dist, np.ones(n, bool), 0.3), top_k).numpy()
+    for _ in range(rounds - 1):
+        if by_z:  # the product's pool: below the lot threshold at k = keep
+            pool = np.zeros(n, bool)
+            pool[pool_of(torch.from_numpy(scores), keep)] = True
+        else:
+            pool = np.zeros(n, bool)
+            pool[np.argsort(scores, kind="stable")[: max(2, int(round(keep * n)))]] = True
+        scores = image_scores(pooled_patch_values(dist, pool, closest), top_k).numpy()
+    return scores
+
+
+def fusions(split_name: str, kind: str, prob: np.ndarray, setting: tuple[float, float, int], cache: Path,
+            padim_cache: Path) -> None:
+    """The trimmed mutual score of both towers beside and fused with the lot PaDiM of
+    ``benchmarks/lot_towers.py`` (its cached per-cell scores): robust z-scores on the lot added."""
+    keep, closest, rounds = setting
+    trimmed, padim = {}, {}
+    for tower, suffix in (("efficientnet-lite0", ""), ("efficientnet-lite2", "-efficientnet-lite2")):
+        dist = lot_distances([], cache / f"{split_name}-{kind}{suffix}.npz")
+        trimmed[tower] = trimmed_scores(dist, keep, closest, rounds)
+        padim[tower] = np.load(padim_cache / f"{split_name}-{kind}-{tower}.npz")["padim"]
+    z = {k: robust_z(v) for k, v in trimmed.items()}
+    zp = {k: robust_z(v) for k, v in padim.items()}
+    lite0, lite2 = "efficientnet-lite0", "efficientnet-lite2"
+    rows = {
+        "trimmed mutual lite0": trimmed[lite0],
+        "trimmed mutual lite2": trimmed[lite2],
+        "trimmed mutual, towers' z added": z[lite0] + z[lite2],
+        "trimmed mutual + lot PaDiM, lite0 (w 0.5)": z[lite0] + 0.5 * zp[lite0],
+        "trimmed mutual + lot PaDiM, lite2 (w 0.5)": z[lite2] + 0.5 * zp[lite2],
+        "all four z-scores": z[lite0] + z[lite2] + zp[lite0] + zp[lite2],
+        "both trimmed mutual + both PaDiMs at 0.5": z[lite0] + z[lite2] + 0.5 * (zp[lite0] + zp[lite2]),
+    }
+    print(f"## fusions, {split_name} {kind}, keep {keep} closest {closest} rounds {rounds}")
+    for name, v in rows.items():
+        print(f"  {name:45s} {area(v, prob)}", flush=True)
+
+
+def threshold_draws(kind: str, dist: torch.Tensor, prob: np.ndarray, variants: list[str], draws: int,
+                    ks: list[float]) -> None:
+    """Lots of all the normal cells with 5 % / 10 % defective cells drawn in, each scored as a lot of its own
+    (the pool depends on the lot): image AUROC, and at the lot threshold (median + k robust deviations) the
+    false alarms on its normal cells and the misses on its defective ones. A variant is ``share:KEEP:CLOSEST``
+    or ``z:K:CLOSEST`` (two passes), or ``one`` (today's one pass)."""
+    normal, bad = np.flatnonzero(prob == 0.0), np.flatnonzero(prob == 1.0)
+    rng = np.random.default_rng(0)
+    for share in (0.05, 0.10):
+        got: dict[tuple[str, float], list[tuple[float, float]]] = {}
+        areas: dict[str, list[float]] = {}
+        for _ in tqdm(range(draws), desc=f"{kind} {share:.0%} lots"):
+            drawn = rng.choice(bad, int(round(share * len(normal) / (1 - share))), replace=False)
+            idx = torch.from_numpy(np.concatenate([normal, drawn]))
+            sub = dist[idx][:, idx]
+            is_bad = np.r_[np.zeros(len(normal), bool), np.ones(len(drawn), bool)]
+            for v in variants:
+                if v == "one":
+                    sc = trimmed_scores(sub, 1.0, 0.3, 1)
+                else:
+                    how, keep, closest = v.split(":")
+                    sc = trimmed_scores(sub, float(keep), float(closest), 2, by_z=how == "z")
+                areas.setdefault(v, []).append(auroc(sc, is_bad.astype(int).tolist()))
+                for k in ks:
+                    t = lot_threshold(sc, k)
+                    got.setdefault((v, k), []).append((np.mean(sc[~is_bad] >= t), np.mean(sc[is_bad] < t)))
+        for v in variants:
+            line = f"  {kind} {share:.0%} defective, {v}: AUROC {np.mean(areas[v]):.4f}"
+            for k in ks:
+                fa, miss = np.mean(got[(v, k)], axis=0)
+                line += f"; k {k}: FA {fa:.3f} miss {miss:.3f}"
+            print(line + f" ({draws} lots)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="test", choices=("train", "test"))
+    ap.add_argument("--kinds", nargs="+", default=["mono", "poly"])
+    ap.add_argument("--keeps", type=float, nargs="+", default=[0.8, 0.6, 0.5, 0.4])
+    ap.add_argument("--closest", type=float, nargs="+", default=[0.3, 0.1])
+    ap.add_argument("--by-z", action="store_true", help="keeps are robust deviations above the median, not shares")
+    ap.add_argument("--rounds", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--tower", default=None, help="a frozen backbone's name (default: the default model's tower)")
+    ap.add_argument("--lots", nargs="+", type=Path, default=[],
+                    help="folders scored as lots instead of ELPV (images under a 'good' folder are normal)")
+    ap.add_argument("--thresholds", nargs="+", default=None, help="variants (one, share:KEEP:CLOSEST, z:K:CLOSEST): "
+                    "only mostly normal lots, their AUROC and lot threshold")
+    ap.add_argument("--draws", type=int, default=10)
+    ap.add_argument("--mad-k", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    ap.add_argument("--fuse", default=None, help="keep,closest,rounds: only the fusions with lot PaDiM and Lite2")
+    ap.add_argument("--padim-cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_towers")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_trim")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    lots = {d.name: folder_lot(d) for d in args.lots} or {
+        kind: [c for c in split(seed=0)[args.split] if c.kind == kind] for kind in args.kinds}
+    for kind, cells in lots.items():
+        prob = np.array([c.probability for c in cells])
+        if args.fuse:
+            keep, closest, rounds = args.fuse.split(",")
+            fusions(args.split, kind, prob, (float(keep), float(closest), int(rounds)), args.cache, args.padim_cache)
+            continue
+        name = (f"lot-{kind}" if args.lots else f"{args.split}-{kind}") + (f"-{args.tower}" if args.tower else "")
+        dist = lot_distances([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower)
+        if args.thresholds:
+            threshold_draws(kind, dist, prob, args.thresholds, args.draws, args.mad_k)
+            continue
+        print(f"## {'' if args.lots else args.split} {kind} ({len(cells)} images)")
+        print(f"plain (closest 30 %, one pass): {area(trimmed_scores(dist, 1.0, 0.3, 1), prob)}")
+        for keep, closest, rounds in itertools.product(args.keeps, args.closest, args.rounds):
+            print(f"keep {keep} closest {closest} rounds {rounds}: {area(trimmed_scores(dist, keep, closest, rounds, by_z=args.by_z), prob)}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
