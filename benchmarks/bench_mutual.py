@@ -8,7 +8,9 @@ recipes in ``--recipes`` (views joined by ``+``, an interval ``lo-hi``, and opti
 ``top=K``, ``graph=K,K``) are put together from those patch values, one part at a time. The last recipe
 is also measured with the lot's own threshold (``--mad-k``): the false alarms and misses of median + k
 robust deviations on the whole split and on lots of its normal cells with 5 % / 10 % of its defective
-cells drawn in (200 draws). Times are of the views a recipe uses, per image of the lot. Run:
+cells drawn in (200 draws). Times are of the views a recipe uses, per image of the lot. Every recipe
+here is one pass: the second pass against what the first judged normal (``MutualRecipe.pool_k``) is
+measured by ``benchmarks/lot_trim.py``. Run:
 
     python benchmarks/bench_mutual.py [--split test] [--kinds mono poly] [--views joint:1 s8:1 s16:1]
         [--intervals 0-0.3] [--recipes "joint:1 0-0.3" "s8:1+s16:1 0-0.3 floor=0.25 top=10"]

@@ -264,7 +264,7 @@ def lot_image_scores(patch_scores: torch.Tensor, global_features: torch.Tensor, 
 
 
 #: Robust standard deviations above the lot's median image score at which a mutual score is anomalous:
-#: about 4 % false alarms on lots of ELPV cells with 5-10 % defective (``benchmarks/bench_mutual.py``).
+#: 2-7 % false alarms on lots of ELPV cells with 5-10 % defective (``benchmarks/lot_trim.py``).
 MAD_K = 1.5
 #: Floor of the lot's spread (cosine distance): a lot of near-identical images is not split by rounding noise.
 MIN_SPREAD = 0.01
