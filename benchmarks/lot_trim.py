@@ -106,14 +106,14 @@ def trimmed_scores(dist: torch.Tensor, keep: float, closest: float, rounds: int,
 
 
 def fusions(split_name: str, kind: str, prob: np.ndarray, setting: tuple[float, float, int], cache: Path,
-            padim_cache: Path) -> None:
+            padim_cache: Path, by_z: bool = False) -> None:
     """The trimmed mutual score of both towers beside and fused with the lot PaDiM of
     ``benchmarks/lot_towers.py`` (its cached per-cell scores): robust z-scores on the lot added."""
     keep, closest, rounds = setting
     trimmed, padim = {}, {}
     for tower, suffix in (("efficientnet-lite0", ""), ("efficientnet-lite2", "-efficientnet-lite2")):
         dist = lot_distances([], cache / f"{split_name}-{kind}{suffix}.npz")
-        trimmed[tower] = trimmed_scores(dist, keep, closest, rounds)
+        trimmed[tower] = trimmed_scores(dist, keep, closest, rounds, by_z=by_z)
         padim[tower] = np.load(padim_cache / f"{split_name}-{kind}-{tower}.npz")["padim"]
     z = {k: robust_z(v) for k, v in trimmed.items()}
     zp = {k: robust_z(v) for k, v in padim.items()}
@@ -127,7 +127,7 @@ def fusions(split_name: str, kind: str, prob: np.ndarray, setting: tuple[float, 
         "all four z-scores": z[lite0] + z[lite2] + zp[lite0] + zp[lite2],
         "both trimmed mutual + both PaDiMs at 0.5": z[lite0] + z[lite2] + 0.5 * (zp[lite0] + zp[lite2]),
     }
-    print(f"## fusions, {split_name} {kind}, keep {keep} closest {closest} rounds {rounds}")
+    print(f"## fusions, {split_name} {kind}, {'k' if by_z else 'keep'} {keep} closest {closest} rounds {rounds}")
     for name, v in rows.items():
         print(f"  {name:45s} {area(v, prob)}", flush=True)
 
@@ -192,7 +192,8 @@ def main() -> None:
         prob = np.array([c.probability for c in cells])
         if args.fuse:
             keep, closest, rounds = args.fuse.split(",")
-            fusions(args.split, kind, prob, (float(keep), float(closest), int(rounds)), args.cache, args.padim_cache)
+            fusions(args.split, kind, prob, (float(keep), float(closest), int(rounds)), args.cache, args.padim_cache,
+                    args.by_z)
             continue
         name = (f"lot-{kind}" if args.lots else f"{args.split}-{kind}") + (f"-{args.tower}" if args.tower else "")
         dist = lot_distances([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower)

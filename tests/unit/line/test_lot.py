@@ -121,7 +121,7 @@ def test_the_second_pass_scores_against_the_pool_and_resumes(tiny_copilot, mixed
     lot = encode_lot(collect([mixed_lot["lot"]]), lot_tower(tiny_copilot), tiny_copilot.detector.image_size)
     cfg = MutualConfig()
     recipe = cfg.recipe
-    assert recipe.pool_k == MAD_K
+    assert recipe.pool_k == 2.0
     two = score_lot(lot, tmp_path, cfg, restart=True)
     first = mutual_patch_scores(lot.views, recipe.interval)
     pool = pool_of(image_scores(first, recipe.top_k), recipe.pool_k)
