@@ -87,13 +87,13 @@ def pooled_patch_values(dist: torch.Tensor, pool: np.ndarray, closest: float) ->
 
 
 def trimmed_scores(dist: torch.Tensor, keep: float, closest: float, rounds: int, top_k: int = 3,
-                   by_z: bool = False) -> np.ndarray:
-    """Image scores after ``rounds`` passes: the first against the whole lot (its closest 30 %, as today),
+                   by_z: bool = False, first: float = 0.3) -> np.ndarray:
+    """Image scores after ``rounds`` passes: the first against the whole lot (its closest ``first`` share),
     each later one against the ``keep`` share of the lot the previous pass scored lowest, or with
     ``by_z`` against the images whose previous score is below ``keep`` robust deviations above the
     lot's median (the lot's own threshold: what the previous pass judged normal)."""
     n = len(dist)
-    scores = image_scores(pooled_patch_values(dist, np.ones(n, bool), 0.3), top_k).numpy()
+    scores = image_scores(pooled_patch_values(dist, np.ones(n, bool), first), top_k).numpy()
     for _ in range(rounds - 1):
         if by_z:  # the product's pool: below the lot threshold at k = keep
             pool = np.zeros(n, bool)
@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--keeps", type=float, nargs="+", default=[0.8, 0.6, 0.5, 0.4])
     ap.add_argument("--closest", type=float, nargs="+", default=[0.3, 0.1])
     ap.add_argument("--by-z", action="store_true", help="keeps are robust deviations above the median, not shares")
+    ap.add_argument("--first", type=float, nargs="+", default=[0.3], help="the first pass's closest shares")
     ap.add_argument("--rounds", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--tower", default=None, help="a frozen backbone's name (default: the default model's tower)")
     ap.add_argument("--lots", nargs="+", type=Path, default=[],
@@ -202,9 +203,10 @@ def main() -> None:
             continue
         print(f"## {'' if args.lots else args.split} {kind} ({len(cells)} images)")
         print(f"plain (closest 30 %, one pass): {area(trimmed_scores(dist, 1.0, 0.3, 1), prob)}")
-        for keep, closest, rounds in itertools.product(args.keeps, args.closest, args.rounds):
-            print(f"keep {keep} closest {closest} rounds {rounds}: {area(trimmed_scores(dist, keep, closest, rounds, by_z=args.by_z), prob)}",
-                  flush=True)
+        for first, keep, closest, rounds in itertools.product(args.first, args.keeps, args.closest, args.rounds):
+            got = trimmed_scores(dist, keep, closest, rounds, by_z=args.by_z, first=first)
+            tag = "" if first == 0.3 else f"first {first} "
+            print(f"{tag}keep {keep} closest {closest} rounds {rounds}: {area(got, prob)}", flush=True)
 
 
 if __name__ == "__main__":
