@@ -39,6 +39,7 @@ from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.backbone import load_backbone
 from adcopilot.model.detector import to_batch
 from adcopilot.model.mutual import (
+    MATMUL_DTYPE,
     LotViews,
     image_scores,
     interval_mean,
@@ -52,27 +53,72 @@ from adcopilot.model.vision import FusedPatchTower
 SIZE = 256
 
 
+def lot_view(paths: list[str], cache: Path, tower_name: str | None = None) -> torch.Tensor:
+    """(N, P, C) the lot's joint view (unit-norm patch features) on the default model's tower or the named
+    frozen backbone, cached beside its distances."""
+    path = cache.with_suffix(".view.npy")
+    if not path.exists():
+        tower = (FusedPatchTower.from_tower(load_backbone(tower_name)) if tower_name
+                 else Copilot.load().detector.fused_tower)
+        views = []
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(paths), BATCH), desc="features"):
+                x = to_batch([to_float_array(load_image(p), SIZE) for p in paths[start : start + BATCH]])
+                views.append(lot_features(tower, x))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, LotViews.cat(views).views[0].float().numpy().astype(np.float16))
+    return torch.from_numpy(np.load(path).astype(np.float32))
+
+
 def lot_distances(paths: list[str], cache: Path, tower_name: str | None = None) -> torch.Tensor:
-    """(N, N, P) float16: each patch of image i's nearest-patch distance to image j (inf for j = i), on
-    the default model's tower or the named frozen backbone."""
+    """(N, N, P) float16: each patch of image i's nearest-patch distance to image j (inf for j = i)."""
     if cache.exists():
         return torch.from_numpy(np.load(cache)["dist"])
-    tower = (FusedPatchTower.from_tower(load_backbone(tower_name)) if tower_name
-             else Copilot.load().detector.fused_tower)
-    views = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(paths), BATCH), desc="features"):
-            x = to_batch([to_float_array(load_image(p), SIZE) for p in paths[start : start + BATCH]])
-            views.append(lot_features(tower, x))
-    view = LotViews.cat(views).views[0]
+    view = lot_view(paths, cache, tower_name).to(MATMUL_DTYPE)
     n, p, _ = view.shape
     dist = torch.empty(n, n, p, dtype=torch.float16)
     for start in tqdm(range(0, n, 8), desc="distances"):
         rows = list(range(start, min(n, start + 8)))
         dist[rows] = view_distances(view, rows).clamp_max(60000).half()  # (R, N, P), inf kept as a large value
-    cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, dist=dist.numpy())
     return dist
+
+
+@torch.inference_mode()
+def masked_distances(view: torch.Tensor, rows: list[int], usable: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(N, P, C) view, (N, P) bool usable patches -> (R, N, P): each patch of the images ``rows``'s distance to
+    its nearest *usable* patch of every image (2 where an image has none; inf for the image itself)."""
+    n, p, c = view.shape
+    r = len(rows)
+    queries = view[rows].reshape(r * p, c).to(torch.bfloat16)
+    out = torch.empty(r, n, p)
+    for start in range(0, n, chunk):
+        block = view[start : start + chunk].to(torch.bfloat16)  # (J, P, C)
+        sim = (queries @ block.reshape(-1, c).T).float().view(r, p, len(block), p)  # (R, P, J, P)
+        sim.masked_fill_(~usable[start : start + chunk][None, None], -1.0)
+        out[:, start : start + len(block)] = (1.0 - sim.amax(dim=3)).transpose(1, 2)
+    out[torch.arange(r), torch.as_tensor(rows)] = float("inf")
+    return out.clamp_min_(0)
+
+
+def patch_pool_scores(view: torch.Tensor, first: torch.Tensor, k: float, closest: float, image_pool: np.ndarray | None,
+                      top_k: int = 3) -> np.ndarray:
+    """Second pass with a pool of *patches*: every patch whose first-pass value is below the lot's patch
+    threshold at ``k`` (median + k robust deviations over all the lot's patch values), in the images of
+    ``image_pool`` (all when None); each image against its closest ``closest`` share of the others."""
+    n, p, _ = view.shape
+    usable = first < lot_threshold(first.flatten().numpy(), k)  # (N, P)
+    if image_pool is not None:
+        usable &= torch.from_numpy(image_pool)[:, None]
+    cols = np.flatnonzero(usable.any(dim=1).numpy())
+    out = torch.empty(n, p)
+    for start in tqdm(range(0, n, 8), desc=f"patch pool k {k}", leave=False):
+        rows = list(range(start, min(n, start + 8)))
+        d = masked_distances(view, rows, usable)[:, cols]  # (R, M, P)
+        for k_row, i in enumerate(rows):
+            mine = cols != i
+            out[i] = interval_mean(d[k_row : k_row + 1, mine], (0.0, closest), int(mine.sum()))[0]
+    return image_scores(out, top_k).numpy()
 
 
 def pooled_patch_values(dist: torch.Tensor, pool: np.ndarray, closest: float) -> torch.Tensor:
@@ -182,6 +228,8 @@ def main() -> None:
                     "only mostly normal lots, their AUROC and lot threshold")
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--mad-k", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    ap.add_argument("--patch-pool", type=float, nargs="+", default=None,
+                    help="k's of the patch pool (patches below the lot's patch threshold), second pass at --closest")
     ap.add_argument("--fuse", default=None, help="keep,closest,rounds: only the fusions with lot PaDiM and Lite2")
     ap.add_argument("--padim-cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_towers")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_trim")
@@ -202,6 +250,16 @@ def main() -> None:
             threshold_draws(kind, dist, prob, args.thresholds, args.draws, args.mad_k)
             continue
         print(f"## {'' if args.lots else args.split} {kind} ({len(cells)} images)")
+        if args.patch_pool:
+            view = lot_view([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower)
+            first = pooled_patch_values(dist, np.ones(len(cells), bool), 0.3)
+            image_pool = np.zeros(len(cells), bool)
+            image_pool[pool_of(image_scores(first), 2.0)] = True
+            for k, closest in itertools.product(args.patch_pool, args.closest):
+                for tag, ip in (("patches", None), ("patches of the image pool (k 2)", image_pool)):
+                    got = patch_pool_scores(view, first, k, closest, ip)
+                    print(f"patch pool k {k}, {tag}, closest {closest}: {area(got, prob)}", flush=True)
+            continue
         print(f"plain (closest 30 %, one pass): {area(trimmed_scores(dist, 1.0, 0.3, 1), prob)}")
         for first, keep, closest, rounds in itertools.product(args.first, args.keeps, args.closest, args.rounds):
             got = trimmed_scores(dist, keep, closest, rounds, by_z=args.by_z, first=first)
