@@ -3,7 +3,7 @@
 ELPV cells are aligned, so a lot without references can also be modelled per position: PaDiM's Gaussian
 per position (:mod:`adcopilot.model.padim`) fitted on *every* cell of the lot, defective ones included, then
 (``trim`` q) fitted again without the q share of cells it scored highest. Each cell is scored by PaDiM's
-own image score (the maximum of its blurred map) and by today's mutual score (``MutualRecipe()``); the
+own image score (the maximum of its blurred map) and by the one-pass mutual score (``MutualRecipe()``'s first pass); the
 fusion adds the two scores after a robust standardisation on the lot (median and 1.4826 x MAD: no labels),
 with PaDiM at weight w. Image AUROC of probability 1 against 0, each cell type's split one lot. Run:
 

@@ -1,6 +1,6 @@
 """Lot-level zero-shot on ELPV with two frozen towers: EfficientNet-Lite0, Lite2, and the two together.
 
-Each cell type's split is one lot with no references. For each tower the lot is scored by today's mutual
+Each cell type's split is one lot with no references. For each tower the lot is scored by the one-pass mutual
 score (``MutualRecipe()``: joint view, closest 30 %, top 3) and by PaDiM fitted on the lot itself and again
 without the half it scored highest (``benchmarks/lot_padim.py``'s trim 0.5). The towers are combined at
 the patch level (the mean of the two towers' patch values on the same stride-16 grid, then the top 3) and at
