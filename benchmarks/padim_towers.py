@@ -3,8 +3,9 @@
 Is the adapted model's remaining gap to anomalib's PaDiM on ELPV poly cells a matter of the frozen tower?
 For each tower, PaDiM (this project's reproduction of anomalib's, ``model/padim.py``: 100 random channels of
 the stride-8 and stride-16 stage outputs) is fitted on every training normal of a cell type and scores the
-test cells by its own image score; a nearest-patch memory (a random 10 % of the normals' joint unit-norm
-patch features, the mean of each test image's 3 largest nearest-patch distances) is scored beside it, and
+test cells by its own image score; a nearest-patch memory (a random ``--memory`` share, 10 % by default, of
+the normals' joint unit-norm patch features, at stride 8 or pooled to ``--stride 16``; the mean of each test
+image's 3 largest nearest-patch distances) is scored beside it, and
 the two robust z-scores added. Image AUROC of probability 1 against 0 on the whole seed-0 test split and on
 ``bench_peers.py``'s 150-cell subset. Run (Lite2 needs ``pip install -e '.[lite2]'``):
 
@@ -19,6 +20,7 @@ import argparse
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from adcopilot.data.elpv import split
@@ -48,6 +50,14 @@ def features(tower: FusedPatchTower, paths: list, desc: str) -> tuple[dict[str, 
     return {k: torch.cat(v) for k, v in scales.items()}, torch.cat(joint)
 
 
+def pooled(joint: torch.Tensor) -> torch.Tensor:
+    """(N, P, C) unit-norm features on a square grid -> (N, P / 4, C): each 2 x 2 block's renormalised mean."""
+    n, p, c = joint.shape
+    side = int(round(p**0.5))
+    grid = F.avg_pool2d(joint.transpose(1, 2).reshape(n, c, side, side).float(), 2)  # (N, C, side/2, side/2)
+    return F.normalize(grid, dim=1).flatten(2).transpose(1, 2).contiguous()
+
+
 def robust_z(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     med = np.median(ref)
     return (x - med) / (1.4826 * np.median(np.abs(ref - med)) + 1e-12)
@@ -58,7 +68,9 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=("test", "val", "val-all"),
                     help="val-all: val's held-out normals against every defective training cell (none is fitted)")
     ap.add_argument("--kinds", nargs="+", default=["poly", "mono"])
-    ap.add_argument("--memory", type=float, default=0.1, help="share of the normals' patches in the memory")
+    ap.add_argument("--memory", type=float, nargs="+", default=[0.1], help="shares of the normals' patches in the memory")
+    ap.add_argument("--stride", type=int, default=8, choices=(8, 16),
+                    help="16: the joint features average-pooled 2 x 2 (and renormalised) for the memory and its queries")
     ap.add_argument("--towers", nargs="+", default=list(TOWERS), help="backbone names, each measured in turn")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -87,21 +99,25 @@ def main() -> None:
             stats = acc.finish()
             pad = torch.cat([stats.anomalib_map({k: v[s : s + BATCH].float() for k, v in qraw.items()}, SIZE)[0]
                              for s in range(0, len(items), BATCH)]).numpy()
-            bank = njoint.reshape(-1, njoint.shape[-1])
-            keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[: int(len(bank) * args.memory)]
-            bank = bank[keep]
-            near = []
-            with torch.inference_mode():
-                for q in tqdm(qjoint, desc=f"{name} nearest"):
-                    d = 1 - (q @ bank.T).amax(1)  # (P,)
-                    near.append(d.topk(3).values.mean().item())
-            near = np.array(near)
-            fused = robust_z(pad, pad) + robust_z(near, near)
-            for label, s in (("PaDiM", pad), ("nearest patch", near), ("both, z added", fused)):
-                full = auroc(s, labels.tolist())
-                part = f"  150-cell subset {auroc(s[sub], labels[sub].tolist()):.4f}" if args.split == "test" else ""
-                print(f"  {name} {label:15s} all {full:.4f}{part}", flush=True)
-
+            if args.stride == 16:
+                njoint, qjoint = pooled(njoint), pooled(qjoint)
+            for share in args.memory:
+                bank = njoint.reshape(-1, njoint.shape[-1])
+                keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[: int(len(bank) * share)]
+                bank = bank[keep]
+                near = []
+                with torch.inference_mode():
+                    for q in tqdm(qjoint, desc=f"{name} nearest"):
+                        d = 1 - (q @ bank.T).amax(1)  # (P,)
+                        near.append(d.topk(3).values.mean().item())
+                near = np.array(near)
+                fused = robust_z(pad, pad) + robust_z(near, near)
+                rows = (("PaDiM", pad), ("nearest patch", near), ("both, z added", fused))
+                for label, sc in rows if share == args.memory[0] else rows[1:]:
+                    full = auroc(sc, labels.tolist())
+                    part = f"  150-cell subset {auroc(sc[sub], labels[sub].tolist()):.4f}" if args.split == "test" else ""
+                    tag = "" if label == "PaDiM" else f" (stride {args.stride}, memory {share:.0%})"
+                    print(f"  {name} {label + tag:40s} all {full:.4f}{part}", flush=True)
 
 if __name__ == "__main__":
     main()
