@@ -7,8 +7,8 @@ close match in the closest other images is normal. The run has two phases:
    its global profile (:mod:`adcopilot.model.sanity`) are kept; then each image's patch values
    against the rest of the lot are computed and saved to ``mutual-scores.safetensors`` after every
    chunk, so an interrupted run resumes where it stopped (the lot's readable files must be the same);
-   then, by default, against the pool of the images the first pass scored lowest
-   (``mutual-rescored.safetensors``, resumed the same way).
+   then, by default, against the pool of the images the first pass judged normal (below its lot
+   threshold at k = 2; ``mutual-rescored.safetensors``, resumed the same way).
 2. Verdicts: the lot's threshold comes from its own image scores, median + k * MAD
    (:func:`adcopilot.model.mutual.lot_threshold`) unless one is given; each image not yet in
    ``results.jsonl`` gets its record, its map (the patch values, stride 16, resized to its pixels),
@@ -204,7 +204,8 @@ def score_lot(
     lot: LotFeatures, out: Path, cfg: MutualConfig, restart: bool = False, chunk: int = 8, progress: bool = False
 ) -> torch.Tensor:
     """(N, P) patch values of the lot's images: the first pass against the whole lot (``SCORES_FILE``),
-    then, when the recipe has a pool, the second against the images it judged normal (``RESCORED_FILE``); each resumed."""
+    then, when the recipe has a pool, the second against the images the first judged normal
+    (``RESCORED_FILE``); each resumed."""
     recipe = cfg.recipe
     n, p, _ = lot.views.views[0].shape
     keys = [it.key for it in lot.items]

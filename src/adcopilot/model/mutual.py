@@ -29,13 +29,14 @@ reference and no training are needed. A :class:`MutualRecipe` says how:
   that do not; where defective parts look alike, it pulls defects together instead.
 
 The default recipe is one joint view at r = 1, the closest 30 %, then a second pass against the images
-below the first pass's lot threshold at k = 2 (their closest 5 %), top 3: the second pass lifts both ELPV cell
-types, on lots mostly normal and on lots half defective; no other part does (``benchmarks/RESULTS.md``);
-the others stay for measuring.
+below the first pass's lot threshold at k = 2 (their closest 5 %), top 3: the second pass lifts both
+ELPV cell types, on lots mostly normal and on lots half defective; no other part does
+(``benchmarks/RESULTS.md``); the others stay for measuring.
 
 Cost: a lot of N images takes N^2 * P^2 * (sum of the views' channels) multiply-adds per pass (the
-second pass against the pool); the products run in bfloat16 on CPUs with AVX512-BF16 (twice the float32 speed; a distance is then rounded to 1/256, far
-below the spread of the values averaged over many images), in float32 elsewhere.
+second pass against the pool); the products run in bfloat16 on CPUs with AVX512-BF16 (twice the float32
+speed; a distance is then rounded to 1/256, far below the spread of the values averaged over many
+images), in float32 elsewhere.
 
 The lot's threshold comes from its own scores (:func:`lot_threshold`): no label and no reference needed.
 """
@@ -160,7 +161,9 @@ def interval_mean(dist: torch.Tensor, interval: tuple[float, float], others: int
 
 
 @torch.inference_mode()
-def view_distances(view: torch.Tensor, rows: Sequence[int], chunk: int = 64, cols: Sequence[int] | None = None) -> torch.Tensor:
+def view_distances(
+    view: torch.Tensor, rows: Sequence[int], chunk: int = 64, cols: Sequence[int] | None = None
+) -> torch.Tensor:
     """(N, P, C) one view of the lot -> (R, M, P): each patch of the images ``rows``'s cosine distance to
     its nearest patch in each of the images ``cols`` (all N by default; infinite to the image itself)."""
     n, p, c = view.shape
