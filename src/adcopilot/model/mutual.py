@@ -168,11 +168,12 @@ def view_distances(
     its nearest patch in each of the images ``cols`` (all N by default; infinite to the image itself)."""
     n, p, c = view.shape
     r = len(rows)
+    bank = view if cols is None else view[list(cols)]  # (M, P, C): the whole lot is not copied
     cols = list(range(n)) if cols is None else list(cols)
     queries = view[list(rows)].reshape(r * p, c)
     out = torch.empty(r, len(cols), p)
     for start in range(0, len(cols), chunk):
-        block = view[cols[start : start + chunk]]  # (J, P, C)
+        block = bank[start : start + chunk]  # (J, P, C)
         sim = queries @ block.reshape(-1, c).T  # (R*P, J*P)
         best = sim.view(r, p, len(block), p).amax(dim=3).float()  # (R, P, J)
         out[:, start : start + len(block)] = (1.0 - best).transpose(1, 2)

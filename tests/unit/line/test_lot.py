@@ -97,6 +97,14 @@ def test_mutual_batch_without_references(tiny_copilot, mixed_lot):
     assert summary["run"]["mutual"]["interval"] == list(MutualRecipe().interval)
 
 
+def _interrupt(path):
+    """Make a saved scoring look interrupted: rows 0-4 done (marked 7.0, a value no scoring gives), the rest to do."""
+    saved = load_file(str(path))
+    saved["patch_scores"][:5] = 7.0
+    saved["done"][5:] = 0
+    save_file(saved, str(path))
+
+
 def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixed_lot, tmp_path):
     items = collect([mixed_lot["lot"]])
     tower = lot_tower(tiny_copilot)
@@ -106,10 +114,7 @@ def test_scores_match_the_model_and_resume_where_they_stopped(tiny_copilot, mixe
     full = score_lot(lot, tmp_path, cfg)
     assert torch.allclose(full, mutual_patch_scores(lot.views, cfg.recipe.interval))
     # An interrupted run: half the rows saved (marked with a value no scoring gives), the rest to do.
-    saved = load_file(str(tmp_path / SCORES_FILE))
-    saved["patch_scores"][:5] = 7.0
-    saved["done"][5:] = 0
-    save_file(saved, str(tmp_path / SCORES_FILE))
+    _interrupt(tmp_path / SCORES_FILE)
     resumed = score_lot(lot, tmp_path, cfg)
     assert bool((resumed[:5] == 7.0).all()) and torch.allclose(resumed[5:], full[5:])
     # Another setting is another lot's scores: all scored again.
@@ -130,10 +135,7 @@ def test_the_second_pass_scores_against_the_pool_and_resumes(tiny_copilot, mixed
     assert sorted(names[i] for i in set(range(10)) - set(pool)) == ["defect/disc.png", "defect/square.png"]
     assert torch.allclose(two, mutual_patch_scores(lot.views, recipe.pool_interval, pool=pool))
     # An interrupted second pass resumes; the first pass is not scored again.
-    saved = load_file(str(tmp_path / RESCORED_FILE))
-    saved["patch_scores"][:5] = 7.0
-    saved["done"][5:] = 0
-    save_file(saved, str(tmp_path / RESCORED_FILE))
+    _interrupt(tmp_path / RESCORED_FILE)
     resumed = score_lot(lot, tmp_path, cfg)
     assert bool((resumed[:5] == 7.0).all()) and torch.allclose(resumed[5:], two[5:])
     # First-pass values that change the pool make the second pass another lot's: scored again.
