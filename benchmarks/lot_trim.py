@@ -84,6 +84,44 @@ def lot_distances(paths: list[str], cache: Path, tower_name: str | None = None) 
     return dist
 
 
+def window_mask(p: int, radius: int) -> torch.Tensor:
+    """(P, P) bool: patch q lies within ``radius`` grid steps of patch p (both axes) on the square grid."""
+    side = int(round(p**0.5))
+    yx = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(p, 2)
+    return (yx[:, None] - yx[None]).abs().amax(dim=2) <= radius
+
+
+@torch.inference_mode()
+def window_distances(paths: list[str], cache: Path, radii: list[int], tower_name: str | None = None,
+                     chunk: int = 32) -> dict[int, torch.Tensor]:
+    """{radius: (N, N, P) float16}: each patch of image i's nearest-patch distance to image j searched only
+    within ``radius`` grid steps of its own place (aligned products), all radii from one product per pair;
+    cached as ``<cache stem>-w<radius>.npz``."""
+    files = {r: cache.with_name(f"{cache.stem}-w{r}.npz") for r in radii}
+    todo = [r for r in radii if not files[r].exists()]
+    if todo:
+        view = lot_view(paths, cache, tower_name).to(MATMUL_DTYPE)
+        n, p, c = view.shape
+        outside = {r: ~window_mask(p, r) for r in todo}
+        dist = {r: torch.empty(n, n, p, dtype=torch.float16) for r in todo}
+        with torch.inference_mode():
+            for start in tqdm(range(0, n, 8), desc=f"window distances {todo}"):
+                rows = list(range(start, min(n, start + 8)))
+                queries = view[rows].reshape(len(rows) * p, c)
+                for j0 in range(0, n, chunk):
+                    block = view[j0 : j0 + chunk]
+                    sim = (queries @ block.reshape(-1, c).T).float().view(len(rows), p, len(block), p)  # (R, P, J, P)
+                    for r in todo:
+                        best = sim.masked_fill(outside[r][None, :, None, :], -1.0).amax(dim=3)  # (R, P, J)
+                        dist[r][rows, j0 : j0 + len(block)] = (1.0 - best).clamp_min(0).transpose(1, 2).half()
+                for i in rows:
+                    for r in todo:
+                        dist[r][i, i] = 60000.0  # the image itself: never among its closest
+        for r in todo:
+            np.savez(files[r], dist=dist[r].numpy())
+    return {r: torch.from_numpy(np.load(files[r])["dist"]) for r in radii}
+
+
 @torch.inference_mode()
 def masked_distances(view: torch.Tensor, rows: list[int], usable: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """(N, P, C) view, (N, P) bool usable patches -> (R, N, P): each patch of the images ``rows``'s distance to
@@ -230,6 +268,9 @@ def main() -> None:
     ap.add_argument("--mad-k", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     ap.add_argument("--patch-pool", type=float, nargs="+", default=None,
                     help="k's of the patch pool (patches below the lot's patch threshold), second pass at --closest")
+    ap.add_argument("--windows", type=int, nargs="+", default=None,
+                    help="radii (grid steps) of a search restricted to each patch's own place; scored beside the "
+                    "global search with the first --keeps / --closest / --rounds setting")
     ap.add_argument("--fuse", default=None, help="keep,closest,rounds: only the fusions with lot PaDiM and Lite2")
     ap.add_argument("--padim-cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_towers")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_trim")
@@ -245,6 +286,18 @@ def main() -> None:
                     args.by_z)
             continue
         name = (f"lot-{kind}" if args.lots else f"{args.split}-{kind}") + (f"-{args.tower}" if args.tower else "")
+        if args.windows:
+            keep, closest, rounds = args.keeps[0], args.closest[0], args.rounds[0]
+            # radius 15 on the 16 x 16 grid is the global search (the same products, read the same way)
+            windowed = window_distances([str(c.path) for c in cells], args.cache / f"{name}.npz",
+                                        sorted(set(args.windows) | {15}), args.tower)
+            plain = trimmed_scores(windowed.pop(15), keep, closest, rounds, by_z=args.by_z)
+            print(f"## {name}: global search, keep {keep} closest {closest} rounds {rounds}: {area(plain, prob)}")
+            for r, wd in windowed.items():
+                got = trimmed_scores(wd, keep, closest, rounds, by_z=args.by_z)
+                print(f"window {r}: {area(got, prob)}; z-scores added to the global's: "
+                      f"{area(robust_z(got) + robust_z(plain), prob)}", flush=True)
+            continue
         dist = lot_distances([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower)
         if args.thresholds:
             threshold_draws(kind, dist, prob, args.thresholds, args.draws, args.mad_k)

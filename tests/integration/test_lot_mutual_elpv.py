@@ -32,9 +32,11 @@ def mono_lot(tmp_path_factory):
     return root
 
 
-def test_mutual_batch_without_references_on_real_cells(mono_lot, tmp_path):
+def _run_lot(mono_lot, tmp_path, *extra: str) -> tuple[dict, dict, tuple]:
+    """``batch LOT --mutual EXTRA``: (its JSON summary, the records but the blank frame's, the arguments);
+    the truncated file skipped, the blank frame flagged by the image check."""
     out = tmp_path / "out"
-    args = ("batch", str(mono_lot / "lot"), "--mutual", "--out", str(out), "--json", "--quiet")
+    args = ("batch", str(mono_lot / "lot"), "--mutual", *extra, "--out", str(out), "--json", "--quiet")
     p = run(*args, home=tmp_path)
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
@@ -42,6 +44,12 @@ def test_mutual_batch_without_references_on_real_cells(mono_lot, tmp_path):
     recs = {r["file"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     blank = recs.pop("good/blank.png")
     assert blank["verdict"] == "anomalous" and blank["image_check"] == "blank image"
+    return d, recs, args
+
+
+def test_mutual_batch_without_references_on_real_cells(mono_lot, tmp_path):
+    out = tmp_path / "out"
+    d, recs, args = _run_lot(mono_lot, tmp_path)
     assert all(r["image_check"] is None for r in recs.values())
     labels = [int(r["truth"] == "defective") for r in recs.values()]
     scores = np.array([r["mutual_score"] for r in recs.values()])
@@ -54,3 +62,18 @@ def test_mutual_batch_without_references_on_real_cells(mono_lot, tmp_path):
     assert d["summary"]["image_check"] == {"blank image": 1}
     again = json.loads(run(*args, home=tmp_path).stdout)
     assert again["processed"] == 0 and again["done_before"] == 29
+
+
+def test_lot_references_on_real_cells(mono_lot, tmp_path):
+    """``--lot-refs 3``: the shipped model inspects each cell against three of the lot's own cells the mutual
+    score calls normal; the joined score still ranks the defects first and boxes them from the model's map."""
+    d, recs, _ = _run_lot(mono_lot, tmp_path, "--lot-refs", "3", "--no-images")
+    lot_files = {str(mono_lot / "lot" / k) for k in recs} | {str(mono_lot / "lot" / "good" / "blank.png")}
+    for k, r in recs.items():
+        assert len(r["references"]) == 3 and set(r["references"]) <= lot_files
+        assert str(mono_lot / "lot" / k) not in r["references"] and not any("blank" in f for f in r["references"])
+    labels = [int(r["truth"] == "defective") for r in recs.values()]
+    assert auroc(np.array([r["score"] for r in recs.values()]), labels) >= 0.95
+    t = d["summary"]["truth"]
+    assert t["overkill"] - 1 <= 2 and t["miss"] <= 1, t
+    assert all(r["boxes"] for r in recs.values() if r["verdict"] == "anomalous")

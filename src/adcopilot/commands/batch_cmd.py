@@ -25,6 +25,11 @@ def register(app: typer.Typer) -> None:
         mutual_k: float = typer.Option(
             None, "--mutual-k", help="With --mutual: the lot's threshold is median + K robust deviations (default 1.5)."
         ),
+        lot_refs: int = typer.Option(
+            0, "--lot-refs",
+            help="With --mutual and no --refs: also inspect each image with the model against its N nearest images "
+            "the lot judged normal, both scores joined on the lot's scale (helps aligned parts; 3 is a good start).",
+        ),
         out: Path = typer.Option(Path("batch-results"), "--out", "-o", help="Output folder (re-runs resume here)."),
         shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per query."),
         shard: str = typer.Option(None, "--shard", help="Process only shard i of n, e.g. 2/4 (deterministic)."),
@@ -32,7 +37,7 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(
             None, "--threshold",
             help="Decision threshold (default: calibrated, else the model's; with --mutual alone: of the mutual "
-            "score, default the lot's own).",
+            "score, or with --lot-refs of the joined score, default the lot's own).",
         ),
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align queries onto references."),
@@ -63,6 +68,9 @@ def register(app: typer.Typer) -> None:
         for name, value in (("--chunk", chunk), ("--actors", actors), ("--threads", threads)):
             if value is not None and value < 1:
                 raise AdcopilotError(f"{name} must be at least 1, got {value}")
+        if lot_refs and (lot_refs < 0 or not mutual or refs):
+            raise AdcopilotError(f"--lot-refs needs --mutual, no --refs (the references are the lot's own) and a "
+                                 f"positive count, got {lot_refs}")
         if not refs and not mutual:
             raise AdcopilotError("give normal references with --refs, or score the lot against itself with --mutual")
         if mutual_k is not None:
@@ -93,7 +101,7 @@ def register(app: typer.Typer) -> None:
 
             set_compute_threads(threads, reserve=max(1, workers))
             mcfg = MutualConfig(mad_k=MAD_K if mutual_k is None else mutual_k,
-                                threshold=None if refs else threshold)
+                                threshold=None if refs else threshold, lot_refs=lot_refs)
             s = run_mutual_batch(loader(), items, refs or None, out, cfg, mcfg)
         else:
             set_compute_threads(threads, reserve=max(1, workers))

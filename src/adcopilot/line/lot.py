@@ -18,6 +18,15 @@ The image check runs against the lot: each image's profile against every other i
 describe the lot's normal images), so a blank frame or another product in the lot is anomalous with
 its reason.
 
+With references taken from the lot itself (``--lot-refs K``, opt-in), the images the mutual score
+judged normal (its pool: below the lot threshold at ``pool_k``) become a reference bank, each image is
+inspected by the model against its ``K`` nearest bank images (itself left out; scores saved to
+``lot-refs-scores.safetensors`` and resumed like the passes), and the two scores are joined on the lot's
+own scale: their robust z-scores added (:func:`adcopilot.model.mutual.lot_z`), with a lot threshold on
+that sum; the map is the larger of the two maps each divided by its threshold, so boxes come from the
+model's pixel map where it sees the defect. It helps aligned products (ELPV cells), not every one
+(``benchmarks/RESULTS.md``).
+
 With references as well (``--refs``), each image is also inspected against its nearest references and
 the two judgements are joined on a common scale: each score divided by its own threshold, the larger
 wins (and the same for the maps, so boxes come from whichever sees the defect). Either alone suffices
@@ -77,6 +86,7 @@ from adcopilot.model.mutual import (
     lot_features,
     lot_image_scores,
     lot_threshold,
+    lot_z,
     mutual_patch_scores,
     pool_of,
     relative_patch_values,
@@ -89,6 +99,7 @@ log = logging.getLogger(__name__)
 
 SCORES_FILE = "mutual-scores.safetensors"
 RESCORED_FILE = "mutual-rescored.safetensors"
+LOT_REFS_FILE = "lot-refs-scores.safetensors"
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,7 @@ class MutualConfig:
     recipe: MutualRecipe = MutualRecipe()  # how patches and images are scored
     mad_k: float = MAD_K  # lot threshold: median + mad_k robust deviations
     threshold: float | None = None  # a fixed threshold for mutual scores instead of the lot's own
+    lot_refs: int = 0  # with no references given: the model against this many of the lot's pool images (0: off)
 
 
 @dataclass
@@ -225,6 +237,54 @@ def score_lot(
         chunk, progress, "mutual, against the pool")
 
 
+def lot_bank(copilot: Copilot, lot: LotFeatures, scores: Sequence[float], recipe: MutualRecipe) -> ReferenceBank:
+    """The lot's own references: the images its mutual scores judge normal (below the lot threshold at the
+    recipe's ``pool_k``, at least two), with their global features."""
+    k = recipe.pool_k if recipe.pool_k is not None else MutualRecipe().pool_k
+    assert k is not None
+    pool = pool_of(torch.tensor(scores), k)
+    return ReferenceBank.from_paths([lot.items[i].path for i in pool], tower_for(copilot.detector))
+
+
+def score_against_lot(
+    copilot: Copilot, lot: LotFeatures, bank: ReferenceBank, shots: int, out: Path, restart: bool = False,
+    chunk: int = 8, progress: bool = False,
+) -> np.ndarray:
+    """(N,) the model's image score of each image against its ``shots`` nearest images of ``bank`` (itself
+    left out), saved to ``LOT_REFS_FILE`` after every chunk and resumed; NaN where the image can no longer
+    be read (its verdict skips it)."""
+    tower = tower_for(copilot.detector)
+
+    def scorer(rows: list[int], step: Callable[[int], None]) -> torch.Tensor:
+        got = torch.full((len(rows), 1), float("nan"))
+        for j, i in enumerate(rows):
+            item = lot.items[i]
+            try:
+                img = load_image(item.path, name=str(item.path))
+                feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]  # (D,)
+                refs = [str(p) for p, _ in bank.nearest(feature, shots, exclude=item.path)]
+                got[j, 0] = copilot.analyze(img, refs).score
+            except AdcopilotError as exc:
+                log.warning("lot references: %s", exc)
+            step(1)
+        return got
+
+    path = out / LOT_REFS_FILE
+    if restart:
+        path.unlink(missing_ok=True)
+    key = [it.key for it in lot.items] + [f"lot_refs={shots}", copilot.model_name, *map(str, bank.paths)]
+    values = _resumable_scores(path, _digest(key), (len(lot.items), 1), scorer, chunk, progress,
+                               "model, against lot references")
+    return values[:, 0].numpy().astype(np.float64)
+
+
+def joined_scores(mutual: Sequence[float], model: np.ndarray) -> np.ndarray:
+    """(N,) mutual and model scores of a lot -> the sum of their robust z-scores on the lot (an image the
+    model could not score counts at the model's median)."""
+    model = np.where(np.isfinite(model), model, np.nanmedian(model) if np.isfinite(model).any() else 0.0)
+    return lot_z(mutual) + lot_z(model)
+
+
 def lot_checks(profiles: Sequence[ImageProfile], rules: CheckRules | None) -> list[str | None]:
     """Each image's global check against every other image of the lot (None: it passes, or no rules:
     the check is off)."""
@@ -250,18 +310,23 @@ def _boxes(copilot: Copilot, amap: np.ndarray, threshold: float) -> list[Box]:
 def judge(
     copilot: Copilot, query: str, size: tuple[int, int], mutual_map: np.ndarray, mutual_score: float,
     mutual_threshold: float, check: str | None, against_refs: InspectionResult | None = None,
+    joined: tuple[float, float] | None = None,
 ) -> InspectionResult:
     """The result of one image of the lot: its mutual score alone, or joined with its reference
-    inspection (each divided by its own threshold, the larger wins; the threshold is then 1)."""
+    inspection (each divided by its own threshold, the larger wins; the threshold is then 1), or with
+    ``joined`` (score, threshold) the score and threshold of the lot's joined scale (lot references);
+    the maps are joined as with references either way."""
     amap, score, thr = mutual_map, mutual_score, mutual_threshold
+    map_thr = thr
     if against_refs is not None:
         r = against_refs
         check = r.image_check or check  # the references' check is the stricter one when it fails
         assert r.anomaly_map is not None
         amap = np.maximum(mutual_map / mutual_threshold, r.anomaly_map / r.threshold)
-        score, thr = max(mutual_score / mutual_threshold, r.score / r.threshold), 1.0
+        score, thr = joined or (max(mutual_score / mutual_threshold, r.score / r.threshold), 1.0)
+        map_thr = 1.0
     anomalous = score >= thr or check is not None
-    boxes = _boxes(copilot, amap, thr) if anomalous and check is None else []
+    boxes = _boxes(copilot, amap, map_thr) if anomalous and check is None else []
     w, h = size
     return InspectionResult(
         query=query, references=[] if against_refs is None else against_refs.references,
@@ -287,11 +352,15 @@ def run_mutual_batch(
     problems = mcfg.recipe.problems()
     if problems:
         raise AdcopilotError(f"mutual scoring: {problems[0]}")
+    if mcfg.lot_refs < 0 or (mcfg.lot_refs and references):
+        raise AdcopilotError(f"lot references: a positive count without --refs (they are the lot's own), "
+                             f"got {mcfg.lot_refs}" + (" with --refs" if references else ""))
     out = output_folder(out_dir)
     tower = lot_tower(copilot)
     bank = ReferenceBank.from_paths(references, tower_for(copilot.detector), need_features=True) if references else None
     # As the manifest reads back (tuples as lists), so an unchanged run compares equal when it resumes.
-    settings = json.loads(json.dumps({**asdict(mcfg.recipe), "mad_k": mcfg.mad_k, "threshold": mcfg.threshold}))
+    settings = json.loads(json.dumps({**asdict(mcfg.recipe), "mad_k": mcfg.mad_k, "threshold": mcfg.threshold,
+                                      "lot_refs": mcfg.lot_refs}))
     if bank is not None:
         manifest: dict[str, Any] = {**_manifest(copilot, bank, cfg, queries), "mutual": settings}
     else:
@@ -311,6 +380,15 @@ def run_mutual_batch(
     thr = mcfg.threshold if mcfg.threshold is not None else lot_threshold(scores, mcfg.mad_k)
     checks = lot_checks(lot.profiles, copilot.check_rules)
     log.info("lot of %d images: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))
+    shots, joined, joined_thr = cfg.shots, None, 0.0
+    if mcfg.lot_refs:
+        bank = lot_bank(copilot, lot, scores, mcfg.recipe)
+        model = score_against_lot(copilot, lot, bank, mcfg.lot_refs, out, cfg.restart, progress=cfg.progress)
+        joined = joined_scores(scores, model)
+        thr = lot_threshold(scores, mcfg.mad_k)  # the mutual map's own scale
+        joined_thr = mcfg.threshold if mcfg.threshold is not None else lot_threshold(joined, mcfg.mad_k)
+        shots = mcfg.lot_refs
+        log.info("lot references: %d of the lot's images, joined threshold %.4f", len(bank), joined_thr)
 
     done = {r.get("file") for r in read_records(results_path)}
     todo = [i for i, it in enumerate(lot.items) if it.key not in done]
@@ -327,7 +405,9 @@ def run_mutual_batch(
     ):
         writes = []
         for n, i in enumerate(todo):
-            rec, result, img = _inspect_one(copilot, bank, lot.items[i], patch_values[i], scores[i], thr, checks[i], cfg)
+            both = None if joined is None else (float(joined[i]), joined_thr)
+            rec, result, img = _inspect_one(copilot, bank, lot.items[i], patch_values[i], scores[i], thr, checks[i],
+                                            cfg, shots, both)
             if rec is None:
                 writer.skip(lot.items[i].key, result)
                 continue
@@ -348,7 +428,7 @@ def run_mutual_batch(
 
 def _inspect_one(
     copilot: Copilot, bank: ReferenceBank | None, item: LotItem, patch_values: torch.Tensor, score: float,
-    thr: float, check: str | None, cfg: BatchConfig,
+    thr: float, check: str | None, cfg: BatchConfig, shots: int, joined: tuple[float, float] | None = None,
 ) -> tuple[dict[str, Any] | None, Any, Any]:
     """(record, result, image) of one image, or (None, reason, None) when it cannot be inspected."""
     try:
@@ -357,11 +437,12 @@ def _inspect_one(
         against = None
         if bank is not None:
             feature = global_features(tower_for(copilot.detector), [to_float_array(img, GLOBAL_SIZE)])[0]  # (D,)
-            chosen = bank.nearest(feature, cfg.shots, exclude=item.path)
+            chosen = bank.nearest(feature, shots, exclude=item.path)
             against = copilot.inspect(img, [str(p) for p, _ in chosen])
     except AdcopilotError as exc:
         return None, str(exc), None
-    result = judge(copilot, str(item.path), img.size, _map_of(patch_values, img.size), score, thr, check, against)
+    result = judge(copilot, str(item.path), img.size, _map_of(patch_values, img.size), score, thr, check, against,
+                   joined)
     rec = _record(item, result, chosen)
     rec["mutual_score"], rec["mutual_threshold"] = round(score, 6), round(thr, 6)
     if against is not None:

@@ -279,9 +279,22 @@ def lot_threshold(scores: Sequence[float], k: float = MAD_K) -> float:
     Most of a lot is normal, so the median and the median absolute deviation (scaled to a standard
     deviation for a normal distribution) describe the normal images' scores however many outliers
     the lot holds (up to half); a defect is an image ``k`` robust deviations above them."""
+    med, spread = _centre_spread(scores)
+    return med + k * spread
+
+
+def lot_z(scores: Sequence[float]) -> np.ndarray:
+    """(N,) scores -> their robust z-scores on the lot, (score - median) / (1.4826 * MAD): two scores of
+    different scales (the mutual score, the model's against lot references) put on one before they are added."""
+    med, spread = _centre_spread(scores)
+    return (np.asarray(scores, dtype=np.float64) - med) / spread
+
+
+def _centre_spread(scores: Sequence[float]) -> tuple[float, float]:
+    """The median of the lot's scores and their robust standard deviation, floored at ``MIN_SPREAD``."""
     if len(scores) == 0:
         raise ValueError("a lot threshold needs at least one score")
     x = np.asarray(scores, dtype=np.float64)
     med = float(np.median(x))
     mad = float(np.median(np.abs(x - med)))
-    return med + k * max(1.4826 * mad, MIN_SPREAD)
+    return med, max(1.4826 * mad, MIN_SPREAD)

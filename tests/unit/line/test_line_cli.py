@@ -44,6 +44,10 @@ BAD_SHARD = (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --sha
         (["batch", "lot", "--mutual", "--engine", "ray"], "error: --mutual needs --engine local"),
         (["batch", "lot", "--mutual", "--mutual-k", "nan"], "error: --mutual-k: must be a finite number, got nan"),
         (["batch", "lot", "--refs", "refs", "--mutual-k", "2"], "error: --mutual-k needs --mutual"),
+        (["batch", "lot", "--lot-refs", "3"], "error: --lot-refs needs --mutual, no --refs"),
+        (["batch", "lot", "--mutual", "--refs", "refs", "--lot-refs", "3"], "error: --lot-refs needs --mutual, no --refs"),
+        (["batch", "lot", "--mutual", "--lot-refs", "-1"], "error: --lot-refs needs --mutual, no --refs (the references "
+         "are the lot's own) and a positive count, got -1"),
         (["inspect", "q.png", "--ref", "r.png", "--threshold", "-inf"], "error: --threshold: must be a finite number"),
         (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--miss-cost", "nan"],
          "error: --miss-cost: must be a finite number, got nan"),

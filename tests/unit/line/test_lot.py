@@ -15,12 +15,15 @@ from safetensors.torch import load_file, save_file
 from adcopilot.errors import AdcopilotError
 from adcopilot.line.batch import BatchConfig, read_records
 from adcopilot.line.lot import (
+    LOT_REFS_FILE,
     RESCORED_FILE,
     SCORES_FILE,
     MutualConfig,
     encode_lot,
+    lot_bank,
     lot_tower,
     run_mutual_batch,
+    score_against_lot,
     score_lot,
 )
 from adcopilot.line.sources import collect
@@ -30,6 +33,7 @@ from adcopilot.model.mutual import (
     MutualRecipe,
     image_scores,
     lot_threshold,
+    lot_z,
     mutual_patch_scores,
     pool_of,
 )
@@ -183,6 +187,57 @@ def test_with_references_the_scores_join_on_their_own_thresholds(tiny_copilot, m
     assert recs["defect/square.png"]["verdict"] == recs["defect/disc.png"]["verdict"] == "anomalous"
 
 
+def test_lot_z_puts_scores_of_any_scale_on_one():
+    x = np.array([0.10, 0.11, 0.12, 0.13, 0.14, 3.0])
+    z = lot_z(x)
+    med, mad = np.median(x), np.median(np.abs(x - np.median(x)))
+    assert z == pytest.approx((x - med) / (1.4826 * mad))
+    assert lot_z(100 * x + 7) == pytest.approx(z)  # the scale and offset of a score do not matter
+    assert lot_z([0.5] * 4) == pytest.approx([0.0] * 4)  # identical scores: the spread's floor, no division by 0
+
+
+def test_lot_references_join_the_model_on_the_lot_scale(tiny_copilot, mixed_lot):
+    """With --lot-refs 2 and no references: each image is inspected against 2 of the lot's own images the
+    mutual score calls normal (never itself, never a defect), and the verdict is the sum of the two scores'
+    robust z-scores against that sum's lot threshold."""
+    s = run_mutual_batch(tiny_copilot, collect([mixed_lot["lot"]]), None, mixed_lot["out"], _cfg(save_images=False),
+                         MutualConfig(lot_refs=2))
+    assert s.processed == 10 and (mixed_lot["out"] / LOT_REFS_FILE).exists()
+    recs = {r["file"]: r for r in read_records(mixed_lot["out"] / "results.jsonl")}
+    names = list(recs)
+    mutual = np.array([recs[k]["mutual_score"] for k in names])
+    model = np.array([recs[k]["reference_score"] for k in names])
+    joined = lot_z(mutual) + lot_z(model)
+    thr = lot_threshold(joined)
+    for k, z in zip(names, joined, strict=True):
+        r = recs[k]
+        refs = [str(p) for p in r["references"]]
+        assert len(refs) == 2 and all("/lot/good/" in p for p in refs) and not any(p.endswith(k) for p in refs), refs
+        assert r["score"] == pytest.approx(z, abs=1e-3) and r["threshold"] == pytest.approx(thr, abs=1e-3)
+        assert r["verdict"] == ("anomalous" if r["score"] >= r["threshold"] else "normal")
+        assert r["mutual_threshold"] == pytest.approx(lot_threshold(mutual), abs=1e-5)
+    # The model's score is the one inspect gives against those references.
+    square = recs["defect/square.png"]
+    direct = tiny_copilot.analyze(mixed_lot["lot"] / "defect" / "square.png", square["references"]).score
+    assert square["reference_score"] == pytest.approx(direct, abs=1e-5)
+    assert recs["defect/square.png"]["verdict"] == recs["defect/disc.png"]["verdict"] == "anomalous"
+    assert {recs[k]["verdict"] for k in names if k.startswith("good/")} == {"normal"}
+
+
+def test_lot_reference_scores_resume_where_they_stopped(tiny_copilot, mixed_lot, tmp_path):
+    lot = encode_lot(collect([mixed_lot["lot"]]), lot_tower(tiny_copilot), tiny_copilot.detector.image_size)
+    scores = image_scores(score_lot(lot, tmp_path, MutualConfig())).tolist()
+    bank = lot_bank(tiny_copilot, lot, scores, MutualRecipe())
+    assert sorted(p.parent.name for p in bank.paths) == ["good"] * 8  # the pool: the defects left out
+    full = score_against_lot(tiny_copilot, lot, bank, 2, tmp_path)
+    assert full.shape == (10,) and np.isfinite(full).all()
+    _interrupt(tmp_path / LOT_REFS_FILE)
+    resumed = score_against_lot(tiny_copilot, lot, bank, 2, tmp_path)
+    assert (resumed[:5] == 7.0).all() and resumed[5:] == pytest.approx(full[5:])
+    # Another count of references is another scoring.
+    assert not (score_against_lot(tiny_copilot, lot, bank, 1, tmp_path) == 7.0).any()
+
+
 def test_refused_settings(tiny_copilot, mixed_lot):
     items = collect([mixed_lot["lot"]])
     with pytest.raises(AdcopilotError, match="cannot be split with --shard"):
@@ -191,3 +246,7 @@ def test_refused_settings(tiny_copilot, mixed_lot):
         run_mutual_batch(tiny_copilot, items[:1], None, mixed_lot["out"], _cfg())
     with pytest.raises(AdcopilotError, match="mutual scoring: window 4 must be an odd number"):
         run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(), MutualConfig(recipe=MutualRecipe(windows=(4,))))
+    with pytest.raises(AdcopilotError, match="lot references: a positive count without --refs"):
+        run_mutual_batch(tiny_copilot, items, [mixed_lot["refs"]], mixed_lot["out"], _cfg(), MutualConfig(lot_refs=2))
+    with pytest.raises(AdcopilotError, match="got -1"):
+        run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(), MutualConfig(lot_refs=-1))
