@@ -62,6 +62,13 @@ def test_mutual_batch_without_references_on_real_cells(mono_lot, tmp_path):
     assert d["summary"]["image_check"] == {"blank image": 1}
     again = json.loads(run(*args, home=tmp_path).stdout)
     assert again["processed"] == 0 and again["done_before"] == 29
+    # A labelled lot's mutual scores are on the lot's scale: calibrate reports a threshold for batch --mutual
+    # and never saves it as the model's (which inspect, batch --refs and serve would then use).
+    c = run("calibrate", "--results", str(out), "--target-false-alarm-rate", "0.1", "--json", "--quiet",
+            "--out", str(tmp_path / "cal"), home=tmp_path)
+    assert c.returncode == 0, c.stderr
+    cal = json.loads(c.stdout)
+    assert cal["saved"] is None and cal["lot_scores"] is True and not (tmp_path / "calibration").exists()
 
 
 def test_lot_references_on_real_cells(mono_lot, tmp_path):

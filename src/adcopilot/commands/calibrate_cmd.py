@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from adcopilot.api import Copilot
         from adcopilot.errors import AdcopilotError
         from adcopilot.line import labelled_calibration as run
-        from adcopilot.line.report import load_results, results_shots
+        from adcopilot.line.report import load_results, results_shots, scored_against_lot
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
 
         # Check the arguments before loading the model.
@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
             )
         elif not refs:
             raise AdcopilotError("--refs is needed: the normal references the images are compared with")
+        lot_run = False  # scores of a lot against itself: not the model's scale, never saved as its threshold
         set_compute_threads(None, reserve=2)  # as batch: two image-loading threads
         cp = prepare_for_inference(Copilot.load(model, registration=not no_register))  # scores: any threshold
         if results is not None:
@@ -69,6 +70,7 @@ def register(app: typer.Typer) -> None:
             if models and models != {cp.model_name}:
                 raise AdcopilotError(f"{results}: scored by model {sorted(models)}, not by '{cp.model_name}' (--model)")
             shots = results_shots(records, results)
+            lot_run = scored_against_lot(records)
         else:
             records = run.score_items(cp, run.labelled_items(normals, defects), refs, out, shots=shots, progress=not quiet,
                                       restart=restart)
@@ -81,16 +83,19 @@ def register(app: typer.Typer) -> None:
         )
         charts = run.write_curves(choice, out, cp.model_name)
         record = run.calibration_record(cp, choice, shots=shots, source=source)
-        path = None if dry_run else run.save(record, model, save_to)
+        path = None if dry_run or lot_run else run.save(record, model, save_to)
         if as_json:
-            typer.echo(json.dumps({**record, "saved": str(path) if path else None,
+            typer.echo(json.dumps({**record, "saved": str(path) if path else None, "lot_scores": lot_run,
                                    "charts": {k: str(v) for k, v in charts.items()}}, indent=2))
             return
         m, c = choice.metrics, choice.metrics["confusion"]
         con = Console()
         count = f"{shots} reference{'s' if shots > 1 else ''}" if shots else "any number of references"
-        con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its own with {count} "
-                  f"{cp.detector.threshold_for(shots or 1):.4f})")
+        if lot_run:
+            con.print(f"[bold]threshold {choice.threshold:.4f}[/] (of a lot scored against itself, batch --mutual)")
+        else:
+            con.print(f"[bold]threshold {choice.threshold:.4f}[/] (model {cp.model_name}; its own with {count} "
+                      f"{cp.detector.threshold_for(shots or 1):.4f})")
         table = Table(title="confusion matrix", show_lines=True)
         table.add_column("")
         table.add_column("verdict normal")
@@ -107,4 +112,8 @@ def register(app: typer.Typer) -> None:
                       "(no defective images)")
         con.print("curves: " + "  ".join(str(v) for v in charts.values()))
         alike = f" with {count} and any count the model scores alike" if shots else ""
-        con.print(f"saved: {path} (used by inspect, batch and serve{alike})" if path else "not saved (--dry-run)")
+        if lot_run:
+            con.print(f"not saved: these scores are on the lot's scale, not the model's; give the threshold to a lot "
+                      f"scored the same way: batch --mutual --threshold {choice.threshold:.4f}")
+        else:
+            con.print(f"saved: {path} (used by inspect, batch and serve{alike})" if path else "not saved (--dry-run)")

@@ -280,6 +280,12 @@ def build_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     return {"csv": csv_path, "summary": summary_path, "html": html_path}
 
 
+def scored_against_lot(records: list[dict[str, Any]]) -> bool:
+    """Whether a batch's scores are those of a lot scored against itself (``batch --mutual``): on the lot's
+    scale, not the model's, so no threshold of the model may be calibrated from them."""
+    return any("mutual_score" in r for r in records)
+
+
 def results_shots(records: list[dict[str, Any]], folder: str | os.PathLike) -> int | None:
     """The number of references a batch's images were compared with (one count, or AdcopilotError); None for
     a lot scored without references (mutual scoring)."""

@@ -38,7 +38,7 @@ from adcopilot.line.labelled_calibration import (
     score_items,
     write_curves,
 )
-from adcopilot.line.report import results_shots
+from adcopilot.line.report import results_shots, scored_against_lot
 
 
 def test_separable_scores_split_in_the_gap():
@@ -326,6 +326,7 @@ def test_scoring_labelled_images_writes_no_pictures_and_ignores_a_changed_thresh
     with pytest.raises(AdcopilotError, match=r"^mixed: images compared with different numbers of references \(\[1, 2\]\)"):
         results_shots(records + two, "mixed")
     assert results_shots([{**r, "references": []} for r in records], "lot") is None  # a lot scored on its own
+    assert not scored_against_lot(records)  # the model's scores: calibrate may save a threshold of them
 
 
 def test_the_threshold_comes_from_the_records_with_a_known_truth():

@@ -26,6 +26,7 @@ from adcopilot.line.lot import (
     score_against_lot,
     score_lot,
 )
+from adcopilot.line.report import scored_against_lot
 from adcopilot.line.sources import collect
 from adcopilot.model.mutual import (
     MAD_K,
@@ -99,6 +100,8 @@ def test_mutual_batch_without_references(tiny_copilot, mixed_lot):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["truth"]["confusion"] == {"tn": 8, "fp": 0, "tp": 2, "fn": 0}
     assert summary["run"]["mutual"]["interval"] == list(MutualRecipe().interval)
+    # Scores on the lot's scale: calibrate must not make the model's threshold of them.
+    assert scored_against_lot(list(recs.values()))
 
 
 def _interrupt(path):
