@@ -8,11 +8,11 @@ left out), as ``batch --refs`` chooses references, and that image score is measu
 the mutual score (robust z-scores on the lot added, or the larger of the two scores each divided by its
 lot threshold, as ``batch --mutual --refs`` decides). Image AUROC of probability 1 against 0.
 
-The mutual distances are read from ``benchmarks/lot_trim.py``'s cache (``--windows`` run, radius 15:
-the global search), so that script must have run first for the split. Run:
+The lot's nearest-patch distances are those of ``benchmarks/lot_trim.py --windows`` (radius 15: the
+global search), read from its cache or computed and cached there. Run:
 
-    python benchmarks/lot_trim.py --split train --kinds mono --by-z --keeps 2 --closest 0.05 --rounds 2 --windows 2
     python benchmarks/lot_self_refs.py --split train --kinds mono --shots 1 3 5
+    python benchmarks/lot_self_refs.py --split train --kinds mono --shots 3 --draws 4   # mostly normal lots
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_trim")
     ap.add_argument("--draws", type=int, default=0, help="only mostly normal lots (5 %% / 10 %% defective), "
                     "this many of each, at the first of --shots")
+    ap.add_argument("--rounds", type=int, default=1, help="2: the pool and bank chosen again by the joined score")
     ap.add_argument("--mad-k", type=float, nargs="+", default=[1.5, 2.0])
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -146,6 +147,16 @@ def main() -> None:
                 print(f"  {model} against {shots} lot references: alone {area(sc, prob)}; z added {area(both, prob)}; "
                       f"z added, model at half weight {area(zm + 0.5 * robust_z(sc), prob)}; "
                       f"larger of the two over their lot thresholds {area(larger, prob)}", flush=True)
+                if args.rounds > 1:  # again: the pool and the bank from the joined score, both scores again
+                    pool = np.zeros(len(paths), bool)
+                    pool[pool_of(torch.from_numpy(both), args.pool_k)] = True
+                    again = image_scores(pooled_patch_values(dist, pool, 0.05)).numpy()
+                    sc2 = model_scores(model, paths, [paths[i] for i in np.flatnonzero(pool)], shots,
+                                       args.cache / f"selfrefs-{name}-{model}-k{args.pool_k}-{shots}-round2.npz")
+                    print(f"    round 2 (bank of {pool.sum()}, {np.mean(prob[pool] > 0):.1%} not of probability 0): "
+                          f"mutual {area(again, prob)}, model alone {area(sc2, prob)}, z added "
+                          f"{area(fused(again, sc2), prob)}; mutual of round 2 + model of round 1 "
+                          f"{area(fused(again, sc), prob)}", flush=True)
 
 
 if __name__ == "__main__":
