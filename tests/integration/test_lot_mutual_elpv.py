@@ -84,3 +84,20 @@ def test_lot_references_on_real_cells(mono_lot, tmp_path):
     t = d["summary"]["truth"]
     assert t["overkill"] - 1 <= 2 and t["miss"] <= 1, t
     assert all(r["boxes"] for r in recs.values() if r["verdict"] == "anomalous")
+
+
+def test_a_lot_threshold_is_not_the_models(mono_lot, tmp_path):
+    """``--threshold`` with ``--mutual`` alone is the lot score's threshold: with ``--lot-refs`` the model keeps
+    its own threshold (its map, on which boxes are drawn, is read on that scale)."""
+    small = tmp_path / "small"
+    for folder, n in (("good", 4), ("defect", 2)):
+        (small / folder).mkdir(parents=True)
+        for f in sorted(p for p in (mono_lot / "lot" / folder).glob("*.png") if p.stat().st_size > 1000)[:n]:
+            shutil.copyfile(f, small / folder / f.name)
+    out = tmp_path / "out"
+    p = run("batch", str(small), "--mutual", "--lot-refs", "2", "--threshold", "100", "--out", str(out), "--json",
+            "--quiet", "--no-images", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 6 and all(r["threshold"] == 100 and r["verdict"] == "normal" for r in recs)
+    assert all(0 < r["reference_threshold"] < 1 for r in recs)  # the model's own threshold, not 100

@@ -91,7 +91,9 @@ def register(app: typer.Typer) -> None:
             restart=restart, progress=not quiet,
         )
         items = collect(queries)
-        loader = ModelLoader(model, threshold, not no_register, None if calibration is None else str(calibration))
+        # With --mutual alone, --threshold is the lot score's: the model (asked with --lot-refs) keeps its own.
+        model_threshold = None if mutual and not refs else threshold
+        loader = ModelLoader(model, model_threshold, not no_register, None if calibration is None else str(calibration))
         if engine == "ray":
             rcfg = RayConfig(address=address, actors=actors, cpus_per_actor=threads or 1)
             s = run_batch_ray(loader, items, refs, out, cfg, rcfg)
