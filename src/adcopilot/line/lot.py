@@ -19,11 +19,11 @@ describe the lot's normal images), so a blank frame or another product in the lo
 its reason.
 
 With references taken from the lot itself (``--lot-refs K``, opt-in), the images the mutual score
-judged normal (its pool: below the lot threshold at ``pool_k``) become a reference bank, each image is
-inspected by the model against its ``K`` nearest bank images (itself left out; scores saved to
-``lot-refs-scores.safetensors`` and resumed like the passes), and the two scores are joined on the lot's
-own scale: their robust z-scores added (:func:`adcopilot.model.mutual.lot_z`), with a lot threshold on
-that sum; the map is the larger of the two maps each divided by its threshold, so boxes come from the
+judged normal (below the lot threshold at ``pool_k``) that pass the image check become a reference bank;
+each image is inspected by the model against its ``K`` nearest bank images (itself left out; scores saved
+to ``lot-refs-scores.safetensors`` and resumed like the passes), and the two scores are joined on the
+lot's own scale: their robust z-scores added (:func:`adcopilot.model.mutual.lot_z`), with a lot threshold
+on that sum; the map is the larger of the two maps each divided by its threshold, so boxes come from the
 model's pixel map where it sees the defect. It helps aligned products (ELPV cells), not every one
 (``benchmarks/RESULTS.md``).
 
@@ -237,12 +237,19 @@ def score_lot(
         chunk, progress, "mutual, against the pool")
 
 
-def lot_bank(copilot: Copilot, lot: LotFeatures, scores: Sequence[float], recipe: MutualRecipe) -> ReferenceBank:
+def lot_bank(
+    copilot: Copilot, lot: LotFeatures, scores: Sequence[float], recipe: MutualRecipe,
+    checks: Sequence[str | None] | None = None,
+) -> ReferenceBank:
     """The lot's own references: the images its mutual scores judge normal (below the lot threshold at the
-    recipe's ``pool_k``, at least two), with their global features."""
+    recipe's ``pool_k``, at least two) that pass the image check (``checks``: each image's failure or None),
+    with their global features."""
     k = recipe.pool_k if recipe.pool_k is not None else MutualRecipe().pool_k
     assert k is not None
-    pool = pool_of(torch.tensor(scores), k)
+    pool = [i for i in pool_of(torch.tensor(scores), k) if checks is None or checks[i] is None]
+    if len(pool) < 2:
+        raise AdcopilotError(f"lot references: only {len(pool)} of the lot's images look normal and pass the image "
+                             "check; give normal references with --refs")
     return ReferenceBank.from_paths([lot.items[i].path for i in pool], tower_for(copilot.detector))
 
 
@@ -382,7 +389,7 @@ def run_mutual_batch(
     log.info("lot of %d images: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))
     shots, joined, joined_thr = cfg.shots, None, 0.0
     if mcfg.lot_refs:
-        bank = lot_bank(copilot, lot, scores, mcfg.recipe)
+        bank = lot_bank(copilot, lot, scores, mcfg.recipe, checks)
         model = score_against_lot(copilot, lot, bank, mcfg.lot_refs, out, cfg.restart, progress=cfg.progress)
         joined = joined_scores(scores, model)
         thr = lot_threshold(scores, mcfg.mad_k)  # the mutual map's own scale

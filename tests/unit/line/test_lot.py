@@ -239,6 +239,11 @@ def test_lot_reference_scores_resume_where_they_stopped(tiny_copilot, mixed_lot,
     assert (resumed[:5] == 7.0).all() and resumed[5:] == pytest.approx(full[5:])
     # Another count of references is another scoring.
     assert not (score_against_lot(tiny_copilot, lot, bank, 1, tmp_path) == 7.0).any()
+    # An image that fails the image check is no one's reference, and a bank of fewer than two is refused.
+    checks = [None if it.key != "good/g0.png" else "blank image" for it in lot.items]
+    assert "g0.png" not in {p.name for p in lot_bank(tiny_copilot, lot, scores, MutualRecipe(), checks).paths}
+    with pytest.raises(AdcopilotError, match="only 1 of the lot's images look normal and pass the image check"):
+        lot_bank(tiny_copilot, lot, scores, MutualRecipe(), ["blank image"] * 9 + [None])
 
 
 def test_refused_settings(tiny_copilot, mixed_lot):
