@@ -50,6 +50,7 @@ from adcopilot import __version__
 from adcopilot.errors import AdcopilotError
 from adcopilot.protocols import Inspector
 from adcopilot.serve.chat_completions import chat_completions_router
+from adcopilot.serve.form_fields import form_fields
 from adcopilot.serve.limits import BodyLimit
 from adcopilot.serve.page import page_html
 from adcopilot.serve.service import InspectionService, ServeConfig, ServiceError, Upload
@@ -168,7 +169,12 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
         """The loaded model: image size, threshold (and whether it is calibrated), language model."""
         return svc.models()
 
-    @app.post("/v1/inspect", tags=["inspection"], dependencies=[Depends(require_key)])
+    inspect_fields = form_fields(("query", "reference_set", "threshold", "heatmap", "preview"), repeatable=("references",))
+    ask_fields = form_fields(("query", "question", "reference_set", "history", "product", "material"),
+                             repeatable=("references",))
+    set_fields = form_fields(("name", "product", "material"), repeatable=("references",))
+
+    @app.post("/v1/inspect", tags=["inspection"], dependencies=[Depends(require_key), Depends(inspect_fields)])
     async def inspect(
         query: Annotated[UploadFile, File(description="The image to inspect.")],
         references: Annotated[list[UploadFile] | None, File(description="Normal reference image(s).")] = None,
@@ -182,7 +188,7 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
         refs = await _read(references)
         return await in_time(svc.inspect, q, refs, reference_set, threshold=threshold, heatmap=heatmap, preview=preview)
 
-    @app.post("/v1/ask", tags=["inspection"], dependencies=[Depends(require_key)])
+    @app.post("/v1/ask", tags=["inspection"], dependencies=[Depends(require_key), Depends(ask_fields)])
     async def ask(
         query: Annotated[UploadFile, File(description="The image the question is about.")],
         question: Annotated[str, Form(description="The question, in words.")],
@@ -198,7 +204,7 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
         refs = await _read(references)
         return await in_time(svc.ask, q, refs, reference_set, question, history, product, material)
 
-    @app.post("/v1/references", tags=["references"], dependencies=[Depends(require_key)])
+    @app.post("/v1/references", tags=["references"], dependencies=[Depends(require_key), Depends(set_fields)])
     async def add_references(
         references: Annotated[list[UploadFile], File(description="Normal reference image(s).")],
         name: Annotated[str | None, Form(description="A name for the set.")] = None,

@@ -177,3 +177,33 @@ def test_workers_sharing_a_folder_share_their_reference_sets(tiny_copilot, image
     b.post("/v1/references", files=[("references", ("23.png", _distinct_ref(images, 23), "image/png"))])
     left = {s["id"] for s in a.get("/v1/references").json()["reference_sets"]}
     assert len(left) == 2 and ids[0] in left and ids[1] not in left
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "message"),
+    [
+        ("/v1/inspect", {"thresold": "0.3"}, "unknown field 'thresold' (this endpoint takes: query, reference_set, "
+                                              "threshold, heatmap, preview, references)"),
+        ("/v1/inspect", {"reference": "x", "foo": "1"}, "unknown fields 'foo', 'reference'"),
+        ("/v1/ask", {"question": "Where?", "histroy": "[]"}, "unknown field 'histroy'"),
+        ("/v1/references", {"nmae": "cells"}, "unknown field 'nmae'"),
+    ],
+)
+def test_a_misspelt_field_is_refused_not_ignored(client, images, path, extra, message):
+    files = _pair(images) if path != "/v1/references" else [("references", ("ref.png", images["ref"], "image/png"))]
+    r = client.post(path, files=files, data=extra)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(message)
+
+
+def test_a_repeated_single_field_is_refused_and_references_may_repeat(client, images):
+    twice = [("query", ("a.png", images["bad"], "image/png"))] + _pair(images)
+    r = client.post("/v1/inspect", files=twice)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == "query: given 2 times; send it once"
+    r = client.post("/v1/inspect", files=_pair(images), data={"threshold": ["0.2", "0.9"]})
+    assert r.status_code == 422 and r.json()["detail"] == "threshold: given 2 times; send it once"
+    refs = _pair(images) + [("references", ("ref2.png", images["ref"], "image/png"))]
+    r = client.post("/v1/inspect", files=refs, data={"threshold": "0.9", "heatmap": "true"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["references"]) == 2
