@@ -44,18 +44,31 @@ def _describe(source: ImageInput, name: str | None) -> str:
 
 def _to_8bit(arr: np.ndarray, label: str) -> np.ndarray:
     """Pixel values of any depth -> uint8, one rule for files and arrays: floating-point data in [0, 1]
-    is scaled by 255 (the usual float convention), data within [0, 255] is kept, anything wider is
-    stretched by its own range (so a 12-bit sensor image does not come out black). NaN or infinite
-    pixels are refused: there is no honest picture to inspect."""
+    is scaled by 255 (the usual float convention), data within [0, 255] is kept, wider non-negative
+    integers are read at their sensor's depth (:func:`_sensor_full_scale`), and anything else (wider
+    floats, negative values) is stretched by its own range. NaN or infinite pixels are refused: there
+    is no honest picture to inspect."""
     a = arr.astype(np.float64)
     if not np.isfinite(a).all():
         raise ImageError(f"{label}: image has NaN or infinite pixel values")
     lo, hi = float(a.min()), float(a.max())
     if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
         a = a * 255.0
+    elif hi > 255 and np.issubdtype(arr.dtype, np.integer) and lo >= 0:
+        a = np.rint(a * (255.0 / _sensor_full_scale(int(hi))))  # rint: 257 * v reads back as v
     elif hi > 255:  # a constant image of large values has no range: it is blank (black)
         a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
     return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def _sensor_full_scale(peak: int) -> int:
+    """The full scale of the sensor depth (10, 12, 14, 16 bits, then every 2 more) that holds ``peak``.
+
+    A fixed gain per depth, not a stretch by each image's own range: a query and its references from
+    one camera get the same gain, so a part darker or brighter than its references stays so (a stretch
+    would undo it), and a 12-bit image in a 16-bit file does not come out black."""
+    bits = max(10, peak.bit_length() + peak.bit_length() % 2)
+    return (1 << bits) - 1
 
 
 def _to_rgb(img: Image.Image, label: str = "<image>") -> Image.Image:

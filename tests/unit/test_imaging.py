@@ -34,12 +34,29 @@ def test_modes(tmp_path, texture, mode):
     assert a.std() > 0 or mode == "1"
 
 
-def test_16bit_low_range_is_stretched(tmp_path):
+def test_a_12bit_sensor_image_in_a_16bit_file_is_read_at_12_bits(tmp_path):
     arr = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)  # a 12-bit sensor
     p = tmp_path / "s.png"
     Image.fromarray(arr).save(p)
     a = np.asarray(load_image(p))
     assert a.max() == 255 and a.min() == 0
+
+
+def test_16bit_data_keeps_its_brightness_it_is_not_stretched(tmp_path, texture):
+    grey = texture[:, :, 0]
+    dark = (grey // 2 + 20).astype(np.uint16)  # a part darker than its reference, no pixel at 0 or 255
+    for name, arr in (("ref", grey.astype(np.uint16) * 257), ("dark", dark * 257)):
+        Image.fromarray(arr).save(tmp_path / f"{name}.png")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "ref.png"))[:, :, 0], grey)  # 257 * v reads back as v
+    assert np.array_equal(np.asarray(load_image(tmp_path / "dark.png"))[:, :, 0], dark)  # as dark as it was
+
+
+@pytest.mark.parametrize(("peak", "full"), [(256, 1023), (1023, 1023), (1024, 4095), (4095, 4095), (4096, 16383),
+                                            (16384, 65535), (65535, 65535), (65536, 2**18 - 1)])
+def test_sensor_full_scale_is_the_standard_depth_holding_the_peak(peak, full):
+    arr = np.zeros((4, 4), np.int32)
+    arr[0, 0] = peak
+    assert np.asarray(load_image(arr))[0, 0, 0] == round(255 * peak / full)
 
 
 def test_exif_orientation(tmp_path):
@@ -187,10 +204,16 @@ def test_non_finite_pixels_are_refused(tmp_path, bad):
         load_image(grey)
 
 
-def test_wide_integer_arrays_are_stretched_like_files(tmp_path):
+def test_wide_integer_arrays_are_read_like_files(tmp_path):
     arr = np.linspace(1000, 5000, 64 * 64).reshape(64, 64).astype(np.uint16)
     p = tmp_path / "w.png"
     Image.fromarray(arr).save(p)
     a = np.asarray(load_image(arr))
-    assert a.min() == 0 and a.max() == 255
+    assert a.min() == round(1000 * 255 / 16383) and a.max() == round(5000 * 255 / 16383)  # 14-bit full scale
     assert np.array_equal(a, np.asarray(load_image(p)))
+
+
+def test_negative_or_wide_float_data_is_stretched_by_its_range():
+    assert np.asarray(load_image(np.linspace(-5, 5, 64).reshape(8, 8).astype(np.int32))).min() == 0
+    wide = np.asarray(load_image(np.linspace(0, 1000, 64).reshape(8, 8).astype(np.float32)))
+    assert wide.min() == 0 and wide.max() == 255
