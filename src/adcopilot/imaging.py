@@ -1,6 +1,6 @@
 """Image input: loading, validation, orientation and resizing.
 
-Accepts PNG, JPEG, BMP, TIFF and WebP files in 8/16/32-bit integer or floating-point grayscale, RGB,
+Accepts PNG, JPEG, BMP, TIFF, WebP and PGM / PPM files in 8/16/32-bit integer or floating-point grayscale, RGB,
 RGBA or palette mode,
 applies the EXIF orientation, and refuses decompression bombs. Every failure raises
 :class:`~adcopilot.errors.ImageError` with one line naming the file and the problem.
@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,26 @@ from adcopilot.paths import missing_reason
 #: Default cap on the pixel count of an input image (about 80 megapixels).
 MAX_PIXELS = 80_000_000
 #: Formats we accept; anything else Pillow can decode is refused with a clear message.
-SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP"}
+SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "PPM"}  # PPM: Pillow's name for PGM / PPM / PBM
 #: File name suffixes of those formats (lower case): what folder listings take for images.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp",
+                            ".pgm", ".ppm", ".pbm", ".pnm"})
+#: The formats named to a user whose file is of another one.
+FORMATS_TEXT = "PNG, JPEG, BMP, TIFF, WebP or PGM / PPM"
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+def not_taken_note(names: Iterable[str]) -> str | None:
+    """What a folder listing left out by file name, for a warning: ``"2 files left out, not named as an
+    image (.gif 1, .txt 1; read: ...)"``; None when every name is an image's. A user whose camera writes another
+    format learns why those parts were not inspected."""
+    suffixes = Counter(Path(n).suffix.lower() or "no suffix" for n in names if Path(n).suffix.lower() not in IMAGE_SUFFIXES)
+    if not suffixes:
+        return None
+    total = sum(suffixes.values())
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(suffixes.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{total} file{'s' if total > 1 else ''} left out, not named as an image ({kinds}; read: {FORMATS_TEXT})"
 
 
 def _describe(source: ImageInput, name: str | None) -> str:
@@ -117,7 +134,7 @@ def load_image(
             fmt = img.format
             if fmt not in SUPPORTED_FORMATS:
                 raise ImageError(
-                    f"{label}: unsupported image format {fmt}; use PNG, JPEG, BMP, TIFF or WebP"
+                    f"{label}: unsupported image format {fmt}; use {FORMATS_TEXT}"
                 )
             w, h = img.size
             if w * h > max_pixels:

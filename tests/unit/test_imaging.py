@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -217,3 +218,19 @@ def test_negative_or_wide_float_data_is_stretched_by_its_range():
     assert np.asarray(load_image(np.linspace(-5, 5, 64).reshape(8, 8).astype(np.int32))).min() == 0
     wide = np.asarray(load_image(np.linspace(0, 1000, 64).reshape(8, 8).astype(np.float32)))
     assert wide.min() == 0 and wide.max() == 255
+
+
+def test_pgm_files_from_opencv_are_read_8_and_16_bit(tmp_path, texture):
+    grey = texture[:, :, 0]
+    cv2.imwrite(str(tmp_path / "g8.pgm"), grey)  # Netpbm as machine-vision tools write it
+    cv2.imwrite(str(tmp_path / "g16.pgm"), grey.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "c.ppm"), texture)
+    assert np.array_equal(np.asarray(load_image(tmp_path / "g8.pgm"))[:, :, 0], grey)
+    assert np.array_equal(np.asarray(load_image(tmp_path / "g16.pgm"))[:, :, 0], grey)
+    assert np.asarray(load_image(tmp_path / "c.ppm")).shape == texture.shape
+
+
+def test_an_unsupported_format_names_the_ones_read(tmp_path, texture):
+    Image.fromarray(texture).save(tmp_path / "a.gif")
+    with pytest.raises(ImageError, match=r"a\.gif: unsupported image format GIF; use PNG, JPEG, BMP, TIFF, WebP or PGM / PPM"):
+        load_image(tmp_path / "a.gif")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from adcopilot.errors import AdcopilotError, ImageError
-from adcopilot.imaging import IMAGE_SUFFIXES, load_image, resize_square
+from adcopilot.imaging import IMAGE_SUFFIXES, load_image, not_taken_note, resize_square
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,10 @@ def list_images(folder: str | Path) -> list[Path]:
         raise AdcopilotError(f"{root}: no such folder")
     if not root.is_dir():
         raise AdcopilotError(f"{root}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = [p for p in root.rglob("*") if p.is_file()]
+    files = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+    if note := not_taken_note(p.name for p in found if not p.name.startswith(".")):
+        log.warning("%s: %s", root, note)
     if not files:
         raise AdcopilotError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.imaging import IMAGE_SUFFIXES
+from adcopilot.imaging import IMAGE_SUFFIXES, not_taken_note
 from adcopilot.paths import missing_reason, name_bytes, readable
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def is_image(path: Path) -> bool:
 def list_images(root: Path) -> list[Path]:
     """Image files under ``root`` (recursive, hidden folders skipped), sorted by relative path."""
     out = []
+    others: list[str] = []  # visible files not taken by their names, for one warning
     seen: set[tuple[int, int]] = set()  # (device, inode) of the folders walked: a linked folder once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
@@ -70,7 +71,11 @@ def list_images(root: Path) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image(Path(f)))
+        visible = [f for f in filenames if not f.startswith(".")]
+        out.extend(Path(dirpath) / f for f in visible if is_image(Path(f)))
+        others.extend(f for f in visible if not is_image(Path(f)))
+    if note := not_taken_note(others):
+        log.warning("%s: %s", readable(root), note)
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 

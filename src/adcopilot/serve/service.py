@@ -46,7 +46,7 @@ from PIL import Image
 
 from adcopilot.api import Copilot, StagedPair, threshold_steps
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
-from adcopilot.imaging import SUPPORTED_FORMATS, load_image
+from adcopilot.imaging import FORMATS_TEXT, SUPPORTED_FORMATS, load_image
 from adcopilot.protocols import Answerer, Inspector
 from adcopilot.results import InspectionResult
 from adcopilot.serve.batching import Batcher, QueueFull
@@ -118,7 +118,7 @@ def check_header(upload: Upload, max_pixels: int) -> None:
     except Exception:
         raise ServiceError(f"{name}: not an image file or unknown format") from None
     if fmt not in SUPPORTED_FORMATS:
-        raise ServiceError(f"{name}: unsupported image format {fmt}; use PNG, JPEG, BMP, TIFF or WebP", 415)
+        raise ServiceError(f"{name}: unsupported image format {fmt}; use {FORMATS_TEXT}", 415)
     if w * h > max_pixels:
         raise ServiceError(f"{name}: image too large ({w}x{h} pixels, limit {max_pixels:,})", 413)
 

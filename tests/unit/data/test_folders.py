@@ -34,3 +34,12 @@ def test_empty_or_missing_folder(tmp_path):
         load_folder_groups(tmp_path, 16)
     with pytest.raises(AdcopilotError, match="no such folder"):
         load_folder_groups(tmp_path / "nope", 16)
+
+
+def test_a_folder_names_what_it_left_out(tmp_path, caplog):
+    _png(tmp_path / "a.png", 10)
+    (tmp_path / "b.heic").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="adcopilot.data.folders"):
+        images, _ = load_folder(tmp_path, 16)
+    assert len(images) == 1
+    assert any("1 file left out, not named as an image (.heic 1;" in r.getMessage() for r in caplog.records)

@@ -89,3 +89,17 @@ def test_bad_shard_specs(spec):
 
 def test_good_shard_specs():
     assert parse_shard(None) == (1, 1) and parse_shard("2/3") == (2, 3)
+
+
+def test_files_left_out_by_name_are_counted_in_one_warning(tmp_path, caplog):
+    _touch(tmp_path, "a.png", "b.PGM", "c.jfif", "d.gif", "e.gif", "notes.txt", ".hidden.gif", "sub/raw.dng")
+    with caplog.at_level("WARNING", logger="adcopilot.line.sources"):
+        keys = sorted(it.key for it in collect([tmp_path]))
+    assert keys == ["a.png", "b.PGM", "c.jfif"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "4 files left out, not named as an image (.gif 2, .dng 1, .txt 1; read: PNG, JPEG" in warnings[0]
+    caplog.clear()
+    _touch(tmp_path / "clean", "x.png")
+    collect([tmp_path / "clean"])
+    assert not caplog.records
