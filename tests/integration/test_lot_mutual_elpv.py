@@ -101,3 +101,24 @@ def test_a_lot_threshold_is_not_the_models(mono_lot, tmp_path):
     recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(recs) == 6 and all(r["threshold"] == 100 and r["verdict"] == "normal" for r in recs)
     assert all(0 < r["reference_threshold"] < 1 for r in recs)  # the model's own threshold, not 100
+
+
+def test_a_defect_imaged_twice_does_not_vouch_for_itself(mono_lot, tmp_path):
+    """Each defective cell twice in the lot (a file copied again, a re-triggered camera writing the same
+    frame): each copy must not be the other's closest match, or half of the defects pass as normal."""
+    lot = tmp_path / "lot"
+    shutil.copytree(mono_lot / "lot", lot)
+    (lot / "good" / "blank.png").unlink()
+    (lot / "defect" / "truncated.png").unlink()
+    for f in sorted((lot / "defect").iterdir()):
+        shutil.copyfile(f, f.with_name("again_" + f.name))
+    out = tmp_path / "out"
+    p = run("batch", str(lot), "--mutual", "--out", str(out), "--json", "--quiet", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    recs = {r["file"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    defects = {k: r for k, r in recs.items() if k.startswith("defect/")}
+    assert len(defects) == 8
+    for name, r in defects.items():  # a copy scores as its original, and above every normal cell
+        twin = defects[name.replace("again_", "")] if "again_" in name else defects[name.replace("/", "/again_")]
+        assert r["mutual_score"] == pytest.approx(twin["mutual_score"], abs=1e-6)
+    assert json.loads(p.stdout)["summary"]["truth"]["miss"] == 0

@@ -226,14 +226,16 @@ def score_lot(
             (out / name).unlink(missing_ok=True)
     first = _resumable_scores(
         out / SCORES_FILE, _digest(keys + [recipe.key()]), (n, p),
-        lambda rows, step: mutual_patch_scores(lot.views, recipe.interval, rows=rows, progress=step),
+        lambda rows, step: mutual_patch_scores(lot.views, recipe.interval, rows=rows, progress=step,
+                                                twin_ratio=recipe.twin_ratio),
         chunk, progress, "mutual")
     if recipe.pool_k is None:
         return first
     pool = pool_of(image_scores(first, recipe.top_k), recipe.pool_k)
     return _resumable_scores(
         out / RESCORED_FILE, _digest(keys + [recipe.pool_key(), ",".join(map(str, pool))]), (n, p),
-        lambda rows, step: mutual_patch_scores(lot.views, recipe.pool_interval, rows=rows, progress=step, pool=pool),
+        lambda rows, step: mutual_patch_scores(lot.views, recipe.pool_interval, rows=rows, progress=step, pool=pool,
+                                                twin_ratio=recipe.twin_ratio),
         chunk, progress, "mutual, against the pool")
 
 
@@ -269,7 +271,7 @@ def score_against_lot(
             try:
                 img = load_image(item.path, name=str(item.path))
                 feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]  # (D,)
-                refs = [str(p) for p, _ in bank.nearest(feature, shots, exclude=item.path)]
+                refs = [str(p) for p, _ in bank.nearest(feature, shots, exclude=item.path, skip_copies=True)]
                 got[j, 0] = copilot.analyze(img, refs).score
             except AdcopilotError as exc:
                 log.warning("lot references: %s", exc)
@@ -444,7 +446,8 @@ def _inspect_one(
         against = None
         if bank is not None:
             feature = global_features(tower_for(copilot.detector), [to_float_array(img, GLOBAL_SIZE)])[0]  # (D,)
-            chosen = bank.nearest(feature, shots, exclude=item.path)
+            # The lot's own bank (joined scores) may hold a copy of this very picture: never its reference.
+            chosen = bank.nearest(feature, shots, exclude=item.path, skip_copies=joined is not None)
             against = copilot.inspect(img, [str(p) for p, _ in chosen])
     except AdcopilotError as exc:
         return None, str(exc), None

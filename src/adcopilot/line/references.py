@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Side of the square image the global feature is computed on.
 GLOBAL_SIZE = 128
+#: Global-feature cosine at or above which a reference is the query's own picture in another file (a copy
+#: decodes to the same pixels and the same feature; a brightness change or a re-save as JPEG does not).
+COPY_SIMILARITY = 1.0 - 1e-6
 
 
 def tower_for(detector: Detector) -> Backbone:
@@ -116,16 +119,21 @@ class ReferenceBank:
             feats = torch.cat(parts)
         return cls(good, feats, skipped)
 
-    def nearest(self, query_feature: torch.Tensor | None, k: int, exclude: Path | None = None) -> list[tuple[Path, float]]:
+    def nearest(self, query_feature: torch.Tensor | None, k: int, exclude: Path | None = None,
+                skip_copies: bool = False) -> list[tuple[Path, float]]:
         """The ``k`` most similar references (cosine), best first; ``exclude`` (the query itself
-        when it is also a reference) is never chosen. Without features: the first ``k``."""
+        when it is also a reference) is never chosen, nor with ``skip_copies`` a reference whose global
+        feature is the query's (the same picture in another file; kept if nothing else is left).
+        Without features: the first ``k``."""
         candidates = [i for i, p in enumerate(self.paths) if p != exclude]
         if not candidates:
             raise AdcopilotError(f"{exclude}: the only reference is the query itself")
         if query_feature is None or self.features.shape[1] == 0:
             return [(self.paths[i], 1.0) for i in candidates[:k]]
-        idx = torch.tensor(candidates)
-        sims = self.features[idx] @ query_feature  # (R',)
+        sims = self.features[torch.tensor(candidates)] @ query_feature  # (R',)
+        if skip_copies and bool((sims < COPY_SIMILARITY).any()):
+            candidates = [i for i, s in zip(candidates, sims.tolist(), strict=True) if s < COPY_SIMILARITY]
+            sims = sims[sims < COPY_SIMILARITY]
         # Stable order for equal similarities: by index.
         order = sorted(range(len(candidates)), key=lambda j: (-float(sims[j]), candidates[j]))[:k]
         return [(self.paths[candidates[j]], float(sims[j])) for j in order]

@@ -12,6 +12,13 @@ reference and no training are needed. A :class:`MutualRecipe` says how:
 - **Mutual score.** In each view, a patch's nearest-patch cosine distance to every *other* image of the
   lot, sorted; its value is the mean over the ``interval`` (shares of the N-1 others, from the closest):
   a defect shared by a few images is still far from the rest. The patch value is the mean over views.
+- **Copies.** An image whose every patch matches another image's far more closely than the images it
+  typically meets (its mean nearest-patch distance to it below ``twin_ratio`` of its median over the
+  others) is the same picture again: a file copied into the lot twice, saved again in another format,
+  brighter or darker. It is left out of that image's comparisons, as the image itself is, or a defect
+  imaged twice would vouch for itself (it did: two of four defective cells of a small lot, each present
+  twice, scored as normal). Another exposure of the same part (sensor noise, a shift of a pixel or more)
+  is not told apart from a distinct part (their ratios overlap: 0.33-0.83 against 0.117 and up).
 - **Second pass.** With ``pool_k`` set, the lot is scored again against a pool: the images the first
   pass judged normal (image score below the lot threshold at ``pool_k``, :func:`lot_threshold`), each
   patch's value the mean over the ``pool_interval`` of its sorted distances to the pool (the image
@@ -76,6 +83,11 @@ class MutualRecipe:
     neighbours: tuple[int, ...] = ()  # RsCIN graph sizes (the image itself included); () leaves scores as they are
     pool_k: float | None = 2.0  # second pass against the images below the lot threshold at this k; None: one pass
     pool_interval: tuple[float, float] = (0.0, 0.05)  # the second pass's shares of the pool, closest first
+    # Copies: another image within this share of the image's median pair distance (None: none left out). Exact
+    # copies, lossless re-saves and brightness changes score 0-0.005 (JPEG at quality 90 0.02-0.27, a shift of a
+    # pixel 0.03-0.28); the closest distinct pair among all ELPV cells and the photo lots 0.117
+    # (benchmarks/RESULTS.md).
+    twin_ratio: float | None = 0.05
 
     def problems(self) -> list[str]:
         """What is wrong with the recipe (empty when it can be used)."""
@@ -90,6 +102,8 @@ class MutualRecipe:
             out.append(f"pool_k {self.pool_k} must be a positive number")
         if self.floor is not None and not (math.isfinite(self.floor) and 0 <= self.floor <= 1):
             out.append(f"floor {self.floor} must be a quantile in [0, 1]")
+        if self.twin_ratio is not None and not (math.isfinite(self.twin_ratio) and 0 < self.twin_ratio < 1):
+            out.append(f"twin_ratio {self.twin_ratio} must lie in (0, 1)")
         if self.top_k < 1:
             out.append(f"top_k must be at least 1, got {self.top_k}")
         out += [f"neighbours {k} must be at least 1" for k in self.neighbours if k < 1]
@@ -97,7 +111,8 @@ class MutualRecipe:
 
     def key(self) -> str:
         """A stable text of the settings that change the first pass's patch values (for resuming saved scores)."""
-        return f"layers={','.join(self.layers)};windows={','.join(map(str, self.windows))};interval={self.interval}"
+        twins = "" if self.twin_ratio is None else f";twins={self.twin_ratio}"
+        return f"layers={','.join(self.layers)};windows={','.join(map(str, self.windows))};interval={self.interval}{twins}"
 
     def pool_key(self) -> str:
         """The same for the second pass (its pool comes on top)."""
@@ -184,6 +199,15 @@ def view_distances(
     return out.clamp_min_(0)
 
 
+def copies(dist: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(R, M, P) nearest-patch distances (infinite to the image itself) -> (R, M) True where column image
+    is a copy of the row image: its mean distance below ``ratio`` of the row's median over the others."""
+    pair = dist.mean(2)  # (R, M)
+    finite = torch.isfinite(pair)
+    typical = torch.where(finite, pair, torch.nan).nanmedian(dim=1).values  # (R,)
+    return finite & (pair < ratio * typical[:, None])
+
+
 @torch.inference_mode()
 def mutual_patch_scores(
     lot: LotViews | Sequence[torch.Tensor],
@@ -192,10 +216,11 @@ def mutual_patch_scores(
     progress: Callable[[int], None] | None = None,
     group: int = 8,
     pool: Sequence[int] | None = None,
+    twin_ratio: float | None = None,
 ) -> torch.Tensor:
     """The views of a lot -> (R, P) patch values (see the module doc) of the images ``rows`` (all N by
     default), each against every other image of the lot, or of ``pool`` when given (the image itself
-    left out); ``group`` images at a time."""
+    left out, and with ``twin_ratio`` its copies, found in the first view); ``group`` images at a time."""
     views = lot.views if isinstance(lot, LotViews) else list(lot)
     n, p, _ = views[0].shape
     cols = list(range(n)) if pool is None else sorted(set(pool))
@@ -206,13 +231,21 @@ def mutual_patch_scores(
     out = torch.zeros(len(wanted), p)
     for start in range(0, len(wanted), group):
         part = wanted[start : start + group]
-        # An image of the pool has one other image fewer to be compared with than one outside it.
-        sets = [[k for k, i in enumerate(part) if (i in in_pool) == inside] for inside in (True, False)]
-        for view in views:
+        # An image of the pool has one other image fewer to be compared with than one outside it, and
+        # each of its copies one fewer again (an image whose every other one is a copy keeps them).
+        others = torch.tensor([len(cols) - (i in in_pool) for i in part])  # (R,)
+        twins = None
+        for v, view in enumerate(views):
             dist = view_distances(view, part, cols=cols)  # (R, M, P)
-            for ks, others in zip(sets, (len(cols) - 1, len(cols)), strict=True):
-                if ks:
-                    out[[start + k for k in ks]] += interval_mean(dist[ks], interval, others)
+            if v == 0 and twin_ratio is not None:
+                twins = copies(dist, twin_ratio)  # (R, M)
+                twins &= (others - twins.sum(1) >= 1)[:, None]
+                others = others - twins.sum(1)
+            if twins is not None:
+                dist[twins] = float("inf")
+            for count in others.unique().tolist():
+                ks = torch.nonzero(others == count).flatten().tolist()
+                out[[start + k for k in ks]] += interval_mean(dist[ks], interval, count)
         if progress:
             progress(len(part))
     return out / len(views)

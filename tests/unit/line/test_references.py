@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,3 +78,16 @@ def test_reference_errors(tiny_copilot, tmp_path):
     bank = ReferenceBank.from_paths([only], tower)
     with pytest.raises(AdcopilotError, match="the only reference is the query itself"):
         bank.nearest(None, 1, exclude=only.absolute())
+
+
+def test_a_copy_of_the_query_in_the_lots_own_bank_is_skipped_unless_nothing_else_is_left(tiny_copilot, bank_dir):
+    shutil.copyfile(bank_dir / "noise" / "n0.png", bank_dir / "noise" / "n0-again.png")  # the same picture twice
+    bank = ReferenceBank.from_paths([bank_dir], tiny_copilot.detector.tower)
+    me = next(p for p in bank.paths if p.name == "n0.png")
+    own = bank.features[bank.paths.index(me)]
+    assert bank.nearest(own, k=1, exclude=me)[0][0].name == "n0-again.png"  # user references: as they are
+    chosen = [p.name for p, _ in bank.nearest(own, k=4, exclude=me, skip_copies=True)]
+    assert chosen[0] == "n1.png" and "n0-again.png" not in chosen and len(chosen) == 3
+    two = ReferenceBank.from_paths([bank_dir / "noise" / "n0.png", bank_dir / "noise" / "n0-again.png"],
+                                   tiny_copilot.detector.tower)
+    assert [p.name for p, _ in two.nearest(own, k=1, exclude=two.paths[0], skip_copies=True)] == ["n0-again.png"]

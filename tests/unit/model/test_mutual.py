@@ -17,6 +17,7 @@ from adcopilot.model.mutual import (
     LotViews,
     MutualRecipe,
     aggregate,
+    copies,
     image_scores,
     interval_mean,
     lot_features,
@@ -138,6 +139,34 @@ def test_against_a_pool_each_image_is_compared_with_the_pool_less_itself():
         mutual_patch_scores(views, pool=[3])
 
 
+def test_a_copy_of_an_image_is_left_out_of_its_comparisons_as_the_image_itself_is():
+    torch.manual_seed(3)
+    views = [F.normalize(torch.randn(6, 4, c), dim=2) for c in (16, 24)]
+    with_copy = [torch.cat([v, v[2:3]]) for v in views]  # image 6 is image 2 again
+    alone = mutual_patch_scores(views, (0.0, 0.5))
+    got = mutual_patch_scores(with_copy, (0.0, 0.5), twin_ratio=0.1, group=3)
+    # Image 2 and its copy each meet the other five images, as image 2 did in the lot without the copy.
+    assert torch.allclose(got[2], alone[2], atol=1e-5) and torch.allclose(got[6], alone[2], atol=1e-5)
+    # Without the rule each finds itself in the other: every patch at distance 0 among its closest.
+    plain = mutual_patch_scores(with_copy, (0.0, 0.5))
+    assert float(plain[2].mean()) < 0.75 * float(alone[2].mean())
+    # The second pass too: a pool holding both, and a pool holding only the copy.
+    for pool, without in (([0, 2, 3, 6], [0, 2, 3]), ([0, 1, 6], [0, 1])):  # image 2 meets 0 and 3; 0 and 1
+        got = mutual_patch_scores(with_copy, (0.0, 0.5), pool=pool, twin_ratio=0.1)
+        assert torch.allclose(got[2], mutual_patch_scores(views, (0.0, 0.5), pool=without)[2], atol=1e-5)
+    # A lot of nothing but copies keeps them (there is nothing else to compare with).
+    same = [v[:1].repeat(3, 1, 1) for v in views]
+    assert float(mutual_patch_scores(same, twin_ratio=0.1).abs().max()) < 1e-5
+
+
+def test_copies_are_pairs_far_closer_than_the_rows_median():
+    inf = math.inf
+    # Row 0 meets images 1-4 at mean distances 0.5, 0.6, 0.04, 0.7 (median 0.55): image 3 is a copy at 0.1.
+    dist = torch.tensor([[inf, 0.5, 0.6, 0.04, 0.7]]).view(1, 5, 1).repeat(1, 1, 3)
+    assert copies(dist, 0.1).tolist() == [[False, False, False, True, False]]
+    assert copies(dist, 0.05).tolist() == [[False] * 5]
+
+
 def test_the_pool_is_what_the_lot_threshold_calls_normal_at_least_two():
     scores = torch.tensor([0.50, 0.52, 0.49, 0.51, 0.90, 0.48, 0.53, 0.70])
     # median 0.515, MAD 0.02: threshold at k = 1.5 is 0.515 + 1.5 * 1.4826 * 0.02 = 0.5595.
@@ -204,6 +233,8 @@ def test_the_floor_subtracts_each_images_own_quantile_and_the_score_is_the_top_k
         (MutualRecipe(pool_k=0.0), "pool_k 0.0 must be a positive number"),
         (MutualRecipe(pool_k=float("nan")), "must be a positive number"),
         (MutualRecipe(pool_interval=(0.2, 0.2)), "pool_interval (0.2, 0.2) must satisfy"),
+        (MutualRecipe(twin_ratio=0.0), "twin_ratio 0.0 must lie in (0, 1)"),
+        (MutualRecipe(twin_ratio=float("nan")), "twin_ratio nan must lie in (0, 1)"),
     ],
 )
 def test_bad_recipes_are_named(recipe, problem):
