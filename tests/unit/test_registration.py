@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adcopilot.registration import register, warp
+from adcopilot.registration import phase_shift, register, warp
 
 
 def _structured(rng) -> np.ndarray:
@@ -86,3 +86,10 @@ def test_a_large_scale_change_is_not_taken_for_a_pose(factor):
     reg = register(query, ref)
     lin = reg.matrix[:, :2].astype(np.float64)
     assert 0.8 <= np.sqrt(abs(np.linalg.det(lin))) <= 1.25
+
+
+def test_phase_correlation_leaves_its_inputs_as_they_were(rng):
+    a, b = rng.random((64, 64)).astype(np.float32), rng.random((64, 64)).astype(np.float32)
+    a0, b0 = a.copy(), b.copy()
+    phase_shift(a, b, cv2.createHanningWindow((64, 64), cv2.CV_32F))
+    assert np.array_equal(a, a0) and np.array_equal(b, b0)  # OpenCV 5.0 windows them in place
