@@ -72,6 +72,14 @@ _SYNONYMS = [
 ]
 _DEFECT_WORDS = re.compile(r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*)\b")
 _NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
+# A yes/no question naming no region is one about the whole part's verdict with these words too: beyond
+# MMAD's own wording ("Is there any defect in the object?") the ways an inspector asks it ("faulty", "broken",
+# "something wrong", "differs from the reference", "should it be rejected"; "OK", "acceptable", "would it
+# pass inspection"). Only for yes/no questions: in others such words may ask about the object or the defect.
+_VERDICT_DEFECT_WORDS = re.compile(
+    r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*|fault\w*|broken|imperfect\w*|irregular\w*|wrong|"
+    r"problems?|reject\w*|differ\w*|deviat\w*)\b")
+_VERDICT_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect|ok|okay|acceptable|pass(es)?|conform\w*|fine)\b")
 _WHERE_WORDS = re.compile(r"\b(where|locat\w*|position\w*|region|which part|which area)\b")
 
 
@@ -131,7 +139,8 @@ def yes_no_letters(options: dict[str, str]) -> tuple[str | None, str | None]:
 
 _NEGATED_DEFECT = re.compile(
     r"\b(free (of|from)|without|no|not have|lacks?|lacking)\s+(any\s+|a\s+|an\s+)?(visible\s+)?"
-    r"(defect|anomal|damage|flaw|abnormal)"
+    r"(defect|anomal|damage|flaw|abnormal|fault|problem|irregular|imperfect)"
+    r"|\b(defect|damage|flaw|fault|problem)s?[- ]free\b"
 )
 
 
@@ -141,7 +150,7 @@ def yes_means_defect(question: str) -> bool:
     t = question.lower()
     if _NEGATED_DEFECT.search(t):
         return False
-    return bool(_DEFECT_WORDS.search(t)) or not _NORMAL_WORDS.search(t)
+    return bool(_VERDICT_DEFECT_WORDS.search(t)) or not _VERDICT_NORMAL_WORDS.search(t)
 
 
 def question_kind(question: str, options: dict[str, str]) -> str | None:
@@ -149,7 +158,7 @@ def question_kind(question: str, options: dict[str, str]) -> str | None:
     t = question.lower()
     yes, no = yes_no_letters(options)
     if yes is not None and no is not None and len(options) == 2:
-        about_defects = bool(_DEFECT_WORDS.search(t) or _NORMAL_WORDS.search(t))
+        about_defects = bool(_VERDICT_DEFECT_WORDS.search(t) or _VERDICT_NORMAL_WORDS.search(t))
         # "Is there a defect at the top left?" asks about one region: not the image verdict.
         return "defect" if about_defects and not option_cells(question) else None
     # Options naming grid cells (one may be something else, e.g. "There is no defect.").
@@ -204,7 +213,8 @@ _YES_NO_START = re.compile(r"^\s*(is|are|does|do|has|have|was|were|can you see|d
 def verdict_question(question: str) -> bool:
     """Whether a free question is a yes/no question about defects or normality naming no region."""
     t = question.lower()
-    return bool(_YES_NO_START.search(t) and (_DEFECT_WORDS.search(t) or _NORMAL_WORDS.search(t)) and not option_cells(t))
+    return bool(_YES_NO_START.search(t) and (_VERDICT_DEFECT_WORDS.search(t) or _VERDICT_NORMAL_WORDS.search(t))
+                and not option_cells(t))
 
 
 def grounded_start(result: Any, question: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from adcopilot.grounding import (
     defect_facts,
@@ -54,6 +55,36 @@ def test_defect_answers_follow_the_verdict_and_the_question_polarity():
     for q in ("Is the part free of defects?", "Is there no defect in the object?", "Is the surface without any damage?"):
         assert detector_choice(result(True), q, YES_NO) == "B", q
         assert detector_choice(result(False), q, YES_NO) == "A", q
+
+
+@pytest.mark.parametrize(
+    ("question", "yes_is_defect"),
+    [
+        ("Does this image show a faulty product?", True),
+        ("Is the product broken?", True),
+        ("Is there something wrong with this sample?", True),
+        ("Are there any irregularities on the surface?", True),
+        ("Does the query image differ from the reference?", True),
+        ("Should this part be rejected?", True),
+        ("Is this part OK?", False),
+        ("Would this product pass quality inspection?", False),
+        ("Is the item acceptable?", False),
+        ("Does the product look fine?", False),
+        ("Is the product defect-free?", False),
+        ("Is the product free from any problems?", False),
+        ("Is there no problem with it?", False),
+    ],
+)
+def test_an_inspectors_own_wording_of_the_verdict_question_is_answered_by_the_verdict(question, yes_is_defect):
+    assert question_kind(question, YES_NO) == "defect"
+    assert detector_choice(result(True), question, YES_NO) == ("A" if yes_is_defect else "B")
+    assert detector_choice(result(False), question, YES_NO) == ("B" if yes_is_defect else "A")
+
+
+def test_yes_no_questions_about_something_else_stay_with_the_language_model():
+    for q in ("Is the object made of metal?", "Is this a screw?", "Is the problem at the top left?",
+              "Does the sample contain contamination?"):  # a defect type: the verdict alone cannot say
+        assert question_kind(q, YES_NO) is None, q
 
 
 def test_location_answers_from_boxes_or_the_peak():
