@@ -81,10 +81,18 @@ def test_an_inspectors_own_wording_of_the_verdict_question_is_answered_by_the_ve
     assert detector_choice(result(False), question, YES_NO) == ("B" if yes_is_defect else "A")
 
 
+@pytest.mark.parametrize("question", ["Which side of the object has the defect?", "In what area is the defect?",
+                                      "Which quadrant shows the defect?", "What part of the image shows the defect?",
+                                      "In which portion of the image does the defect appear?"])
+def test_an_inspectors_own_wording_of_where_is_answered_from_the_boxes(question):
+    assert question_kind(question, REGIONS) == "location"
+
+
 def test_yes_no_questions_about_something_else_stay_with_the_language_model():
     for q in ("Is the object made of metal?", "Is this a screw?", "Is the problem at the top left?",
               "Does the sample contain contamination?"):  # a defect type: the verdict alone cannot say
         assert question_kind(q, YES_NO) is None, q
+    assert question_kind("What part is shown in the image?", {"A": "A screw.", "B": "A top left bracket."}) is None
 
 
 def test_location_answers_from_boxes_or_the_peak():
