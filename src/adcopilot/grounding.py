@@ -201,7 +201,8 @@ def type_options(question: str, options: dict[str, str], labels: list[str]) -> d
     type of defect ...?", "What is the defect in the query image?"); else None (a question for the
     language model's words)."""
     t = question.lower()
-    if not labels or len(options) < 2 or not _DEFECT_WORDS.search(t) or _WHERE_WORDS.search(t):
+    # The broader words too ("What is wrong with the part?"): every option must name a trained label anyway.
+    if not labels or len(options) < 2 or not _VERDICT_DEFECT_WORDS.search(t) or _WHERE_WORDS.search(t):
         return None
     idx = {k: option_label(v, labels) for k, v in options.items()}
     if any(i is None for i in idx.values()) or len(set(idx.values())) != len(idx):

@@ -141,6 +141,8 @@ def test_type_questions():
     assert type_options("Which defect does the query show?", opts, LABELS) is not None
     assert type_options("What is the defect category?", opts, LABELS) is not None
     assert type_options("What is the defect in the query image?", opts, LABELS) is not None
+    assert type_options("What is wrong with the part?", opts, LABELS) is not None  # an inspector's words
+    assert type_options("What problem does the surface show?", opts, LABELS) is not None
     assert type_options("What is the object made of?", opts, LABELS) is None  # not about a defect
     assert type_options("Where is the defect?", opts, LABELS) is None  # not a type question
     assert type_options("What type of defect is present?", {**opts, "D": "Glue."}, LABELS) is None  # unknown label
