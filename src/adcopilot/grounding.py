@@ -210,7 +210,7 @@ def type_options(question: str, options: dict[str, str], labels: list[str]) -> d
     return idx  # type: ignore[return-value]
 
 
-_YES_NO_START = re.compile(r"^\s*(is|are|does|do|has|have|was|were|can you see|do you see|could)\b")
+_YES_NO_START = re.compile(r"^\s*(is|are|does|do|did|has|have|was|were|can|could|would|will|should)\b")
 
 
 def verdict_question(question: str) -> bool:
@@ -249,7 +249,8 @@ def knowledge_question(question: str, options: dict[str, str], labels: list[str]
 def object_question(question: str) -> bool:
     """Whether a question asks about the object itself (what it is, its build, surface, use)."""
     t = question.lower()
-    return bool(_KNOWLEDGE_OBJECT.search(t)) and not _DEFECT_WORDS.search(t) and not _NORMAL_WORDS.search(t)
+    # Not "Is this part OK?": a question on the verdict in an inspector's words.
+    return bool(_KNOWLEDGE_OBJECT.search(t)) and not _VERDICT_DEFECT_WORDS.search(t) and not _VERDICT_NORMAL_WORDS.search(t)
 
 
 _OBJECT_TRAITS = re.compile(

@@ -88,6 +88,17 @@ def test_an_inspectors_own_wording_of_where_is_answered_from_the_boxes(question)
     assert question_kind(question, REGIONS) == "location"
 
 
+@pytest.mark.parametrize("question", ["Is this part OK?", "Would it pass inspection?", "Should this part be rejected?",
+                                      "Will this sample be accepted as good?", "Can the item be called normal?"])
+def test_a_free_verdict_question_in_an_inspectors_words_starts_with_the_verdict(question):
+    from adcopilot.grounding import free_defect_question, grounded_start, object_question
+
+    assert free_defect_question(question) and not object_question(question)
+    yes_is_defect = "reject" in question
+    assert grounded_start(result(True), question) == ("Yes." if yes_is_defect else "No.")
+    assert grounded_start(result(False), question) == ("No." if yes_is_defect else "Yes.")
+
+
 def test_yes_no_questions_about_something_else_stay_with_the_language_model():
     for q in ("Is the object made of metal?", "Is this a screw?", "Is the problem at the top left?",
               "Does the sample contain contamination?"):  # a defect type: the verdict alone cannot say
