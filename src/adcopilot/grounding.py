@@ -220,10 +220,38 @@ def verdict_question(question: str) -> bool:
                 and not option_cells(t))
 
 
+_SIZE_WORDS = re.compile(r"\b(large|big|small|tiny|huge|long|short|deep|wide|narrow|thick|thin|serious|severe)\b")
+
+
+def named_label(question: str, labels: list[str]) -> int | None:
+    """Index of the trained defect label a yes/no question names ("Is it a scratch?", "Are these cracks?"), or
+    None: every word of the label among the question's words (plurals read as singular)."""
+    t = question.lower()
+    if not _YES_NO_START.search(t):
+        return None
+    words = {w[:-2] if w.endswith(("ches", "shes")) else w[:-1] if w.endswith("s") and not w.endswith("ss") else w
+             for w in re.findall(r"[a-z]+", t)}
+    found = [i for i, label in enumerate(labels) if set(label.lower().split()) <= words]
+    return found[0] if len(found) == 1 else None
+
+
+def region_question(question: str) -> list[str]:
+    """The grid cells a yes/no question about the defect's place names ("Is the defect in the center?"), or []."""
+    t = question.lower()
+    if not _YES_NO_START.search(t) or not (_VERDICT_DEFECT_WORDS.search(t) or re.search(r"\b(it|this|that)\b", t)):
+        return []
+    return option_cells(t)
+
+
 def grounded_start(result: Any, question: str) -> str:
-    """How a free answer to ``question`` must begin: "Yes." / "No." from the inspection verdict
-    for a :func:`verdict_question`, else ""."""
-    if not verdict_question(question):
+    """How a free answer to ``question`` must begin: "Yes." / "No." from the inspection verdict for a
+    :func:`verdict_question`, or from its boxes' grid cells for a :func:`region_question` ("No." for a normal
+    verdict); "" for anything else, and for a yes/no question on the defect's size, which the facts answer
+    with a figure rather than a yes/no ("Is the defect large?": about 1.8 % of the image)."""
+    cells = region_question(question)
+    if cells:
+        return "Yes." if result.is_anomalous and set(predicted_cells(result)) & set(cells) else "No."
+    if not verdict_question(question) or _SIZE_WORDS.search(question.lower()):
         return ""
     return "Yes." if result.is_anomalous == yes_means_defect(question) else "No."
 
@@ -231,7 +259,7 @@ def grounded_start(result: Any, question: str) -> str:
 _KNOWLEDGE_OBJECT = re.compile(r"\b(object|product|item|part|thing|sample)s?\b")
 _FREE_DEFECT = re.compile(
     r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
-    r"describe|description)\b"
+    r"describe|description|why|caus\w*|reason)\b"
 )
 
 

@@ -23,3 +23,27 @@ def test_free_answers_follow_the_inspection_on_the_bundled_photos():
     assert counts["images"] == 120 and counts["anomalous_verdicts"] >= 20  # 31 at the default threshold
     assert counts["named_region_and_type"] == counts["anomalous_verdicts"], counts["failures"][:3]
     assert counts["normal_verdicts"] > 0 and counts["normal_described_as_defect"] == 0, counts["failures"][:3]
+
+
+def test_an_inspectors_yes_no_questions_about_the_defect_follow_the_inspection():
+    """A hole at the top right of a gravel photo (the defect-type head reads it as a hole): questions on its
+    type, place and size, and on the verdict in an inspector's words, against a normal cup as well."""
+    from adcopilot.eval.bundled import ensure_bundled
+
+    photos = ensure_bundled(progress=False).parent / "HeldOut-Photos"
+    cp = Copilot.load("default")
+    hole = (photos / "gravel/test/hole/012.png", [photos / "gravel/train/good/007.png"])
+    cup = (photos / "coffee_cup/test/good/000.png", [photos / "coffee_cup/train/good/000.png"])
+    expected = {
+        "Is it a hole?": ("Yes.", "No."), "Is it a scratch?": ("No.", "No."),
+        "Is it at the top right?": ("Yes.", "No."), "Is the defect in the center?": ("No.", "No."),
+        "Would it pass inspection?": ("No.", "Yes."), "Is this part OK?": ("No.", "Yes."),
+        "Should it be rejected?": ("Yes.", "No."),
+    }
+    for question, (on_hole, on_cup) in expected.items():
+        assert cp.ask(*hole, question).startswith(on_hole + " Hole at the top right"), question
+        assert cp.ask(*cup, question) == f"{on_cup} No defect: the query matches the normal reference " \
+            f"(score 0.04, below the threshold 0.50).", question
+    # Its size is a figure, not a yes or a no; its cause comes from what is known about holes.
+    assert cp.ask(*hole, "Is the defect large?").startswith("Hole at the top right of the image, box [217, 0, 254, 32], about 1.8%")
+    assert "What is known about it: material inclusion that fell out." in cp.ask(*hole, "What caused it?")

@@ -192,3 +192,25 @@ def test_defect_facts():
     normal = result(anomalous=False, boxes=[])
     assert defect_facts(normal, "Scratch").startswith("No defect") and "Scratch" not in defect_facts(normal, "Scratch")
     assert "no compact defect region" in defect_facts(result(anomalous=True, boxes=[]), None)
+
+
+def test_yes_no_questions_on_the_defects_type_place_and_size():
+    from adcopilot.grounding import grounded_start, named_label, region_question
+
+    labels = ["Crack", "Dark Region", "Scratch", "Missing Material"]
+    assert named_label("Is it a scratch?", labels) == 2
+    assert named_label("Are these cracks?", labels) == 0
+    assert named_label("Is there missing material?", labels) == 3
+    assert named_label("Is it a dark region?", labels) == 1
+    assert named_label("What is the scratch?", labels) is None  # not a yes/no question
+    assert named_label("Is the region dark?", labels) == 1  # both words of the label
+    assert named_label("Is it a stain?", labels) is None
+    assert region_question("Is the defect in the center?") == ["center"]
+    assert region_question("Is it at the top right?") == ["top right"]
+    assert region_question("Is the object round?") == []
+    top_left = result(True, boxes=[[0, 0, 20, 20]])  # a 90 x 90 image: the top left cell
+    assert grounded_start(top_left, "Is the defect at the top left?") == "Yes."
+    assert grounded_start(top_left, "Is it in the center?") == "No."
+    assert grounded_start(result(False), "Is it at the top left?") == "No."
+    assert grounded_start(top_left, "Is the defect large?") == ""  # the facts give its size
+    assert grounded_start(top_left, "Is there a defect?") == "Yes."

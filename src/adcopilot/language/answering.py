@@ -39,10 +39,12 @@ from adcopilot.grounding import (
     grounded_start,
     identity_question,
     knowledge_question,
+    named_label,
     names_the_object,
     object_question,
     option_cells,
     question_kind,
+    region_question,
     strongest_box,
     type_options,
 )
@@ -182,7 +184,10 @@ class LanguageAnswers:
         if grounded and identity_question(q):
             yield self._looks_like(query, refs)
             return
-        if grounded and free_defect_question(q):
+        # "Is it a scratch?" and "Is it in the center?" are about the defect too, without naming one.
+        about_defect = (free_defect_question(q) or bool(region_question(q))
+                        or named_label(q, list(lang.model.cfg.defect_labels)) is not None)
+        if grounded and about_defect:
             yield from self._defect_pieces(query, refs, q, result if result is not None else self.inspect(query, refs))
             return
         turns = [*(history or []), {"role": "user", "content": q}]
@@ -198,17 +203,25 @@ class LanguageAnswers:
         defect), after "Yes."/"No." for a yes/no question, then what is known about the type. What
         the inspection alone says (the yes/no, a normal verdict's facts) comes first, before the
         pair's visual inputs are computed for the type head."""
-        start = grounded_start(r, question)
+        labels = list(self.language.model.cfg.defect_labels)
+        named = named_label(question, labels)  # "Is it a scratch?": the type head's label decides
+        start = "No." if named is not None and not r.is_anomalous else grounded_start(r, question)
         if not r.is_anomalous:
             yield " ".join(filter(None, [start, defect_facts(r, None)]))
             return
+        if named is not None:
+            label, rest = self._anomalous_facts(query, refs, question, r)
+            yield ("Yes. " if label == labels[named] else "No. ") + rest
+            return
         if start:
             yield start
-        rest = self._anomalous_facts(query, refs, question, r)
+        rest = self._anomalous_facts(query, refs, question, r)[1]
         yield f" {rest}" if start else rest
 
-    def _anomalous_facts(self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult) -> str:
-        """An anomalous verdict's facts and what is known about the type head's label."""
+    def _anomalous_facts(
+        self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult
+    ) -> tuple[str | None, str]:
+        """(the type head's label, an anomalous verdict's facts and what is known about that label)."""
         parts = []
         box = strongest_box(r)
         region = region_name(box.bbox_2d, *r.image_size) if box is not None else None
@@ -220,7 +233,7 @@ class LanguageAnswers:
             known = best_sentences(question, known, self.matcher)
         if known:  # else the type's description, which the taxonomy gives first
             parts.append(f"What is known about it: {known[0].rstrip('.')}.")
-        return " ".join(parts)
+        return label, " ".join(parts)
 
     def _object_answer(self, question: str, product: str | None, material: str | None) -> str:
         """An object question answered from the product context the references carry."""
