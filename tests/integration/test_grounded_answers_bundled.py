@@ -47,3 +47,9 @@ def test_an_inspectors_yes_no_questions_about_the_defect_follow_the_inspection()
     # Its size is a figure, not a yes or a no; its cause comes from what is known about holes.
     assert cp.ask(*hole, "Is the defect large?").startswith("Hole at the top right of the image, box [217, 0, 254, 32], about 1.8%")
     assert "What is known about it: material inclusion that fell out." in cp.ask(*hole, "What caused it?")
+    # The same as multiple-choice questions (the type head and the boxes, not the verdict alone).
+    yn = {"A": "Yes.", "B": "No."}
+    for question, (on_hole, on_cup) in {"Is the defect a hole?": ("A", "B"), "Is the defect a scratch?": ("B", "B"),
+                                        "Is there a defect at the top right?": ("A", "B"),
+                                        "Is there a defect in the center?": ("B", "B")}.items():
+        assert (cp.answer_choice(*hole, question, yn), cp.answer_choice(*cup, question, yn)) == (on_hole, on_cup), question

@@ -47,6 +47,7 @@ from adcopilot.grounding import (
     region_question,
     strongest_box,
     type_options,
+    yes_no_letters,
 )
 from adcopilot.imaging import ImageInput, load_image
 from adcopilot.inputs import as_references, source_name
@@ -222,18 +223,26 @@ class LanguageAnswers:
         self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult
     ) -> tuple[str | None, str]:
         """(the type head's label, an anomalous verdict's facts and what is known about that label)."""
-        parts = []
-        box = strongest_box(r)
-        region = region_name(box.bbox_2d, *r.image_size) if box is not None else None
-        visual = self.language.visual(query, refs, r.threshold)
-        label = answers.type_label(self.language.model, visual, region)
-        parts.append(defect_facts(r, display_label(label) if label else None))
+        label = self._type_label(query, refs, r)
+        parts = [defect_facts(r, display_label(label) if label else None)]
         known = label_sentences(self.knowledge, label) if label else []
         if known and _WHY.search(question):  # a cause or an effect: the sentence closest to the question
             known = best_sentences(question, known, self.matcher)
         if known:  # else the type's description, which the taxonomy gives first
             parts.append(f"What is known about it: {known[0].rstrip('.')}.")
         return label, " ".join(parts)
+
+    def _type_label(self, query: ImageInput, refs: list[ImageInput], r: InspectionResult) -> str | None:
+        """The type head's label for the strongest box's grid cell of the anomalous ``r`` (None without a head)."""
+        box = strongest_box(r)
+        region = region_name(box.bbox_2d, *r.image_size) if box is not None else None
+        return answers.type_label(self.language.model, self.language.visual(query, refs, r.threshold), region)
+
+    def _is_named_type(self, query: ImageInput, refs: list[ImageInput], question: str, r: InspectionResult,
+                       labels: list[str]) -> bool:
+        """Whether the type head reads the anomalous ``r`` as the label ``question`` names (True when it names none)."""
+        named = named_label(question, labels)
+        return named is None or self._type_label(query, refs, r) == labels[named]
 
     def _object_answer(self, question: str, product: str | None, material: str | None) -> str:
         """An object question answered from the product context the references carry."""
@@ -281,11 +290,19 @@ class LanguageAnswers:
         if not 0.0 <= w <= 1.0:
             raise AdcopilotError(f"prior_weight must be between 0 and 1, got {prior_weight}")
         refs = as_references(references)
+        lang = self.language
+        yes, no = yes_no_letters(options)
+        labels = list(lang.model.cfg.defect_labels)
+        if grounded and yes and no and len(options) == 2 and (region_question(question) or
+                                                            named_label(question, labels) is not None):
+            # "Is the defect a scratch?" / "Is there a defect at the top left?": the type head / the boxes.
+            r = result if result is not None else self.inspect(query, refs)
+            return yes if r.is_anomalous and grounded_start(r, question) != "No." and self._is_named_type(
+                query, refs, question, r, labels) else no
         if grounded and question_kind(question, options) is not None:
             letter = detector_choice(result if result is not None else self.inspect(query, refs), question, options)
             if letter:
                 return letter
-        lang = self.language
         if grounded and object_question(question) and product_text(product, material):
             letter = self._object_choice(question, options, product, material)
             if letter:
