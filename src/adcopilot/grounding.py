@@ -195,6 +195,41 @@ def option_label(text: str, labels: list[str]) -> int | None:
     return None
 
 
+_COUNT_QUESTION = re.compile(r"\b(how many|number of|count)\b")
+_NUMBER_WORDS = {"no": 0, "none": 0, "zero": 0, "one": 1, "single": 1, "a": 1, "an": 1, "two": 2, "three": 3,
+                 "four": 4, "five": 5, "six": 6}
+
+
+def count_options(question: str, options: dict[str, str]) -> dict[str, tuple[float, float]] | None:
+    """{letter: (least, most) defects the option says} when ``question`` asks how many defects there are and
+    every option says a number ("None.", "One.", "Two defects", "3 or more", "Several."), else None."""
+    t = question.lower()
+    if not _COUNT_QUESTION.search(t) or not (_VERDICT_DEFECT_WORDS.search(t) or re.search(r"\b(region|spot|area)s?\b", t)):
+        return None
+    out: dict[str, tuple[float, float]] = {}
+    for letter, text in options.items():
+        words = re.findall(r"[a-z]+|\d+", text.lower())
+        nums = [int(w) if w.isdigit() else _NUMBER_WORDS[w] for w in words if w.isdigit() or w in _NUMBER_WORDS]
+        if any(w in ("several", "multiple", "many") for w in words):
+            out[letter] = (2, math.inf)
+        elif nums and re.search(r"\b(or more|more than|at least|over)\b", text.lower()):
+            n = nums[0] + (1 if re.search(r"\b(more than|over)\b", text.lower()) else 0)
+            out[letter] = (n, math.inf)
+        elif nums:
+            out[letter] = (nums[0], nums[0])
+        else:
+            return None
+    return out
+
+
+def count_choice(result: Any, counts: dict[str, tuple[float, float]]) -> str | None:
+    """The option whose count holds the inspection's number of defect regions (0 for a normal verdict)."""
+    n = len(result.boxes) if result.is_anomalous else 0
+    if result.is_anomalous and n == 0:
+        n = 1  # a diffuse difference: one defect with no compact region
+    return next((k for k, (lo, hi) in counts.items() if lo <= n <= hi), None)
+
+
 def type_options(question: str, options: dict[str, str], labels: list[str]) -> dict[str, int] | None:
     """{letter: label index} when ``question`` asks about the defect (not where it is) and every
     option names one of ``labels`` (different ones): then it asks for the defect's type ("What

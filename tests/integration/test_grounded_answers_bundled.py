@@ -53,3 +53,6 @@ def test_an_inspectors_yes_no_questions_about_the_defect_follow_the_inspection()
                                         "Is there a defect at the top right?": ("A", "B"),
                                         "Is there a defect in the center?": ("B", "B")}.items():
         assert (cp.answer_choice(*hole, question, yn), cp.answer_choice(*cup, question, yn)) == (on_hole, on_cup), question
+    counts = {"A": "None.", "B": "One.", "C": "Two.", "D": "Three or more."}
+    assert cp.answer_choice(*hole, "How many defects are visible?", counts) == "B"
+    assert cp.answer_choice(*cup, "How many defects are visible?", counts) == "A"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -214,3 +216,21 @@ def test_yes_no_questions_on_the_defects_type_place_and_size():
     assert grounded_start(result(False), "Is it at the top left?") == "No."
     assert grounded_start(top_left, "Is the defect large?") == ""  # the facts give its size
     assert grounded_start(top_left, "Is there a defect?") == "Yes."
+
+
+def test_how_many_defects_is_answered_by_the_number_of_boxes():
+    from adcopilot.grounding import count_choice, count_options
+
+    opts = {"A": "None.", "B": "One.", "C": "Two.", "D": "Three or more."}
+    counts = count_options("How many defects are visible?", opts)
+    assert counts == {"A": (0, 0), "B": (1, 1), "C": (2, 2), "D": (3, math.inf)}
+    assert count_choice(result(False), counts) == "A"
+    assert count_choice(result(True, boxes=[[0, 0, 9, 9]]), counts) == "B"
+    assert count_choice(result(True), counts) == "B"  # anomalous with no compact region: still one defect
+    assert count_choice(result(True, boxes=[[0, 0, 9, 9]] * 4), counts) == "D"
+    assert count_options("What is the number of anomalous regions?", {"A": "1", "B": "more than 1"}) == {
+        "A": (1, 1), "B": (2, math.inf)}
+    assert count_options("How many defects are there?", {"A": "Several.", "B": "No defect."}) == {
+        "A": (2, math.inf), "B": (0, 0)}
+    assert count_options("How many defects are there?", {"A": "Scratches.", "B": "One."}) is None  # not all counts
+    assert count_options("How many legs does the transistor have?", {"A": "Two.", "B": "Three."}) is None

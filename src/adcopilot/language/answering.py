@@ -33,6 +33,8 @@ from adcopilot.data.knowledge import Knowledge, display_label
 from adcopilot.errors import AdcopilotError
 from adcopilot.geometry import region_name
 from adcopilot.grounding import (
+    count_choice,
+    count_options,
     defect_facts,
     detector_choice,
     free_defect_question,
@@ -301,6 +303,11 @@ class LanguageAnswers:
                 query, refs, question, r, labels) else no
         if grounded and question_kind(question, options) is not None:
             letter = detector_choice(result if result is not None else self.inspect(query, refs), question, options)
+            if letter:
+                return letter
+        counts = count_options(question, options) if grounded else None
+        if counts:  # "How many defects are there?": the inspection's defect regions
+            letter = count_choice(result if result is not None else self.inspect(query, refs), counts)
             if letter:
                 return letter
         if grounded and object_question(question) and product_text(product, material):
