@@ -230,6 +230,16 @@ def count_choice(result: Any, counts: dict[str, tuple[float, float]]) -> str | N
     return next((k for k, (lo, hi) in counts.items() if lo <= n <= hi), None)
 
 
+_NO_DEFECT_OPTION = re.compile(r"\b(no (visible |apparent )?(defects?|anomal\w*|damage|flaws?|problems?)|none|nothing|"
+                               r"(it|the \w+) is normal|defect-free)\b")
+
+
+def no_defect_option(options: dict[str, str]) -> str | None:
+    """The letter of the one option saying there is no defect ("Nothing.", "There is no defect."), or None."""
+    found = [k for k, v in options.items() if _NO_DEFECT_OPTION.search(v.lower())]
+    return found[0] if len(found) == 1 else None
+
+
 def type_options(question: str, options: dict[str, str], labels: list[str]) -> dict[str, int] | None:
     """{letter: label index} when ``question`` asks about the defect (not where it is) and every
     option names one of ``labels`` (different ones): then it asks for the defect's type ("What

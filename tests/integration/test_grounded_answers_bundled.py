@@ -56,3 +56,5 @@ def test_an_inspectors_yes_no_questions_about_the_defect_follow_the_inspection()
     counts = {"A": "None.", "B": "One.", "C": "Two.", "D": "Three or more."}
     assert cp.answer_choice(*hole, "How many defects are visible?", counts) == "B"
     assert cp.answer_choice(*cup, "How many defects are visible?", counts) == "A"
+    wrong = {"A": "It has a stain.", "B": "It has a hole.", "C": "It is scratched.", "D": "Nothing."}
+    assert cp.answer_choice(*cup, "What is wrong with the part?", wrong) == "D"  # the verdict is normal

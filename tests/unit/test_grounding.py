@@ -234,3 +234,13 @@ def test_how_many_defects_is_answered_by_the_number_of_boxes():
         "A": (2, math.inf), "B": (0, 0)}
     assert count_options("How many defects are there?", {"A": "Scratches.", "B": "One."}) is None  # not all counts
     assert count_options("How many legs does the transistor have?", {"A": "Two.", "B": "Three."}) is None
+
+
+def test_the_option_saying_there_is_no_defect():
+    from adcopilot.grounding import no_defect_option
+
+    assert no_defect_option({"A": "It has a stain.", "B": "Nothing.", "C": "A hole."}) == "B"
+    assert no_defect_option({"A": "There is no defect.", "B": "A crack."}) == "A"
+    assert no_defect_option({"A": "The part is normal.", "B": "A crack."}) == "A"
+    assert no_defect_option({"A": "A crack.", "B": "A hole."}) is None
+    assert no_defect_option({"A": "None.", "B": "Nothing."}) is None  # two such options: not one answer

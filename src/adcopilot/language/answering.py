@@ -43,6 +43,7 @@ from adcopilot.grounding import (
     knowledge_question,
     named_label,
     names_the_object,
+    no_defect_option,
     object_question,
     option_cells,
     question_kind,
@@ -234,6 +235,34 @@ class LanguageAnswers:
             parts.append(f"What is known about it: {known[0].rstrip('.')}.")
         return label, " ".join(parts)
 
+    def _inspection_choice(self, query: ImageInput, refs: list[ImageInput], question: str, options: dict[str, str],
+                           result: InspectionResult | None) -> str | None:
+        """The letter the inspection gives (``result``, or inspected once now when needed), or None for a question
+        it does not answer: the verdict; a yes/no on the defect's type (the type head) or place (the boxes);
+        where; "Nothing." to a question on the defect when the verdict is normal; how many."""
+        done: list[InspectionResult] = [] if result is None else [result]
+
+        def inspection() -> InspectionResult:
+            if not done:
+                done.append(self.inspect(query, refs))
+            return done[0]
+
+        yes, no = yes_no_letters(options)
+        labels = list(self.language.model.cfg.defect_labels)
+        if yes and no and len(options) == 2 and (region_question(question) or named_label(question, labels) is not None):
+            r = inspection()
+            return yes if r.is_anomalous and grounded_start(r, question) != "No." and self._is_named_type(
+                query, refs, question, r, labels) else no
+        if question_kind(question, options) is not None:
+            letter = detector_choice(inspection(), question, options)
+            if letter:
+                return letter
+        nothing = no_defect_option(options) if free_defect_question(question) else None
+        if nothing and not inspection().is_anomalous:
+            return nothing  # "What is wrong with the part?" ... "Nothing.": the verdict says so
+        counts = count_options(question, options)
+        return count_choice(inspection(), counts) if counts else None
+
     def _type_label(self, query: ImageInput, refs: list[ImageInput], r: InspectionResult) -> str | None:
         """The type head's label for the strongest box's grid cell of the anomalous ``r`` (None without a head)."""
         box = strongest_box(r)
@@ -279,7 +308,9 @@ class LanguageAnswers:
     ) -> str:
         """The letter of the chosen option. ``grounded`` (default): a defect yes/no or defect-location
         question is answered from the inspection (``result``, or inspected now) so that the answer
-        agrees with ``inspect``'s verdict and boxes at this copilot's threshold, and a defect-type
+        agrees with ``inspect``'s verdict and boxes at this copilot's threshold (also a yes/no on the
+        defect's type or place, "how many", and "nothing" when the verdict is normal:
+        :meth:`_inspection_choice`), and a defect-type
         question whose options all name defect labels the model was trained on by its defect-type
         head, a question on the defect's look, cause or effect by the options that fit the domain
         knowledge of the type head's likely labels best, an object question from ``product`` and
@@ -293,21 +324,8 @@ class LanguageAnswers:
             raise AdcopilotError(f"prior_weight must be between 0 and 1, got {prior_weight}")
         refs = as_references(references)
         lang = self.language
-        yes, no = yes_no_letters(options)
-        labels = list(lang.model.cfg.defect_labels)
-        if grounded and yes and no and len(options) == 2 and (region_question(question) or
-                                                            named_label(question, labels) is not None):
-            # "Is the defect a scratch?" / "Is there a defect at the top left?": the type head / the boxes.
-            r = result if result is not None else self.inspect(query, refs)
-            return yes if r.is_anomalous and grounded_start(r, question) != "No." and self._is_named_type(
-                query, refs, question, r, labels) else no
-        if grounded and question_kind(question, options) is not None:
-            letter = detector_choice(result if result is not None else self.inspect(query, refs), question, options)
-            if letter:
-                return letter
-        counts = count_options(question, options) if grounded else None
-        if counts:  # "How many defects are there?": the inspection's defect regions
-            letter = count_choice(result if result is not None else self.inspect(query, refs), counts)
+        if grounded:
+            letter = self._inspection_choice(query, refs, question, options, result)
             if letter:
                 return letter
         if grounded and object_question(question) and product_text(product, material):
