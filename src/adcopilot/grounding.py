@@ -291,11 +291,14 @@ def region_question(question: str) -> list[str]:
 def grounded_start(result: Any, question: str) -> str:
     """How a free answer to ``question`` must begin: "Yes." / "No." from the inspection verdict for a
     :func:`verdict_question`, or from its boxes' grid cells for a :func:`region_question` ("No." for a normal
-    verdict); "" for anything else, and for a yes/no question on the defect's size, which the facts answer
+    verdict); the number of defect regions ("None.", "One.", ...) for "how many defects"; "" for anything else, and for a yes/no question on the defect's size, which the facts answer
     with a figure rather than a yes/no ("Is the defect large?": about 1.8 % of the image)."""
     cells = region_question(question)
     if cells:
         return "Yes." if result.is_anomalous and set(predicted_cells(result)) & set(cells) else "No."
+    if _COUNT_QUESTION.search(question.lower()) and _VERDICT_DEFECT_WORDS.search(question.lower()):
+        n = max(1, len(result.boxes)) if result.is_anomalous else 0  # "How many defects?": the regions found
+        return {0: "None.", 1: "One.", 2: "Two.", 3: "Three."}.get(n, f"{n}.")
     if not verdict_question(question) or _SIZE_WORDS.search(question.lower()):
         return ""
     return "Yes." if result.is_anomalous == yes_means_defect(question) else "No."

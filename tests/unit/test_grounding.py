@@ -244,3 +244,12 @@ def test_the_option_saying_there_is_no_defect():
     assert no_defect_option({"A": "The part is normal.", "B": "A crack."}) == "A"
     assert no_defect_option({"A": "A crack.", "B": "A hole."}) is None
     assert no_defect_option({"A": "None.", "B": "Nothing."}) is None  # two such options: not one answer
+
+
+def test_a_free_how_many_starts_with_the_number_of_regions():
+    from adcopilot.grounding import free_defect_question, grounded_start
+
+    assert free_defect_question("How many defects are there?")
+    assert grounded_start(result(False), "How many defects are there?") == "None."
+    assert grounded_start(result(True, boxes=[[0, 0, 9, 9]]), "How many defects are there?") == "One."
+    assert grounded_start(result(True, boxes=[[0, 0, 9, 9]] * 5), "What is the number of defects?") == "5."
