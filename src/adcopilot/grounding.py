@@ -79,7 +79,8 @@ _NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
 _VERDICT_DEFECT_WORDS = re.compile(
     r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*|fault\w*|broken|imperfect\w*|irregular\w*|wrong|"
     r"problems?|reject\w*|differ\w*|deviat\w*)\b")
-_VERDICT_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect|ok|okay|acceptable|pass(es)?|conform\w*|fine)\b")
+_VERDICT_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect|ok|okay|acceptable|pass(es)?|conform\w*|fine|"
+                                   r"usable|useable|shippable|fit for use|be (used|shipped|sold|accepted))\b")
 # "What part is shown?" asks what the object is; "what part of the image" asks where.
 _WHERE_WORDS = re.compile(r"\b(where|locat\w*|position\w*|region|which part|(which|what) (area|side|portion|quadrant|"
                           r"corner)|what part of the (image|picture|photo))\b")

@@ -72,6 +72,8 @@ def test_defect_answers_follow_the_verdict_and_the_question_polarity():
         ("Would this product pass quality inspection?", False),
         ("Is the item acceptable?", False),
         ("Does the product look fine?", False),
+        ("Is the cell usable?", False),
+        ("Can this part be shipped?", False),
         ("Is the product defect-free?", False),
         ("Is the product free from any problems?", False),
         ("Is there no problem with it?", False),
