@@ -308,7 +308,7 @@ def grounded_start(result: Any, question: str) -> str:
 _KNOWLEDGE_OBJECT = re.compile(r"\b(object|product|item|part|thing|sample)s?\b")
 _FREE_DEFECT = re.compile(
     r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
-    r"describe|description|why|caus\w*|reason)\b"
+    r"describe|description|why|caus\w*|reason|affect\w*|effect\w*|impact|consequen\w*|harm\w*)\b"
 )
 
 

@@ -70,7 +70,12 @@ from adcopilot.results import InspectionResult
 
 _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGNORECASE)
 DEFAULT_MAX_NEW_TOKENS = 64
-_WHY = re.compile(r"\b(why|cause\w*|effect\w*|consequen\w*|impact|affect\w*|risk\w*|problem\w*|lead to)\b", re.IGNORECASE)
+_WHY = re.compile(r"\b(why|cause\w*|effect\w*|consequen\w*|impact|affect\w*|risk\w*|problem\w*|lead to|reason\w*|origin)\b",
+                  re.IGNORECASE)
+# Which of the two a why-question asks: what the defect does ("Why is it a problem?") or where it comes from.
+_ASKS_EFFECT = re.compile(r"\b(effect\w*|consequen\w*|impact|affect\w*|risk\w*|problem\w*|lead to|matter\w*|harm\w*)\b",
+                          re.IGNORECASE)
+_ASKS_CAUSE = re.compile(r"\b(why|cause\w*|reason\w*|origin|come from|happen\w*)\b", re.IGNORECASE)
 
 
 def is_box_request(question: str) -> bool:
@@ -185,8 +190,8 @@ class LanguageAnswers:
         if grounded and object_question(q) and product_text(product, material):
             yield self._object_answer(q, product, material)
             return
-        if grounded and identity_question(q):
-            yield self._looks_like(query, refs)
+        if grounded and object_question(q):  # no product context: a guess, said to be one
+            yield self._looks_like(query, refs, traits=not identity_question(q))
             return
         # "Is it a scratch?" and "Is it in the center?" are about the defect too, without naming one.
         about_defect = (free_defect_question(q) or bool(region_question(q))
@@ -230,6 +235,11 @@ class LanguageAnswers:
         parts = [defect_facts(r, display_label(label) if label else None)]
         known = label_sentences(self.knowledge, label) if label else []
         if known and _WHY.search(question):  # a cause or an effect: the sentence closest to the question
+            typed = self.knowledge.defect(label)  # its causes and effects apart, where the taxonomy has them
+            if typed is not None and _ASKS_EFFECT.search(question) and typed.effects:
+                known = typed.effects
+            elif typed is not None and _ASKS_CAUSE.search(question) and typed.causes:
+                known = typed.causes
             known = best_sentences(question, known, self.matcher)
         if known:  # else the type's description, which the taxonomy gives first
             parts.append(f"What is known about it: {known[0].rstrip('.')}.")
@@ -284,8 +294,10 @@ class LanguageAnswers:
             return f"{said}: {best[0].rstrip('.')}."
         return f"{said}; nothing more is known about this product."
 
-    def _looks_like(self, query: ImageInput, refs: list[ImageInput]) -> str:
-        """What the object is, without product context: the tower's likeliest ImageNet classes."""
+    def _looks_like(self, query: ImageInput, refs: list[ImageInput], traits: bool = False) -> str:
+        """What the object is, without product context: the tower's likeliest ImageNet classes. With ``traits``
+        (what it is made of, for, looks like) nothing is known but that guess, and the answer says so: the
+        language model alone made such answers up."""
         visual = self.language.visual(query, refs, self.threshold_for(refs))
         if visual is None:
             return "No product name was given, and this model does not see images to guess one."
@@ -293,6 +305,10 @@ class LanguageAnswers:
         probs = class_probabilities(self.language.encoder.tower, visual.glob)
         top = [int(i) for i in np.argsort(-probs, kind="stable")[:2]]
         guesses = " or ".join(f"{names[i].split(',')[0]} ({100 * probs[i]:.0f} %)" for i in top)
+        if traits:
+            return (f"No product name was given, so nothing is known here about what it is made of or for; to the "
+                    f"vision tower's ImageNet classifier it looks most like {guesses}, a guess among everyday objects. "
+                    "Name the product for an answer.")
         return (f"No product name was given; to the vision tower's ImageNet classifier it looks most like {guesses}. "
                 "That is a guess among everyday objects: name the product for a certain answer.")
 

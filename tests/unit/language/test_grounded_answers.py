@@ -145,7 +145,11 @@ def test_product_context_answers_object_questions(copilot, pair_images):
         said = copilot.ask(q, [r], "What is this object?")
         assert said.startswith("No product name was given; to the vision tower's ImageNet classifier it looks most "
                                "like espresso (100 %)"), said
-        assert not copilot.ask(q, [r], "What is this object made of?", max_new_tokens=4).startswith("No product")
+        # What it is made of or for: nothing is known without the product's name, and the answer says so (the
+        # language model made such answers up).
+        assert copilot.ask(q, [r], "What is this object made of?", max_new_tokens=4).startswith(
+            "No product name was given, so nothing is known here about what it is made of or for; to the vision "
+            "tower's ImageNet classifier it looks most like espresso (100 %)")
     finally:
         with torch.no_grad():
             fc.bias.copy_(saved)
