@@ -75,11 +75,12 @@ _NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
 # A yes/no question naming no region is one about the whole part's verdict with these words too: beyond
 # MMAD's own wording ("Is there any defect in the object?") the ways an inspector asks it ("faulty", "broken",
 # "something wrong", "differs from the reference", "should it be rejected"; "OK", "acceptable", "would it
-# pass inspection"). Only for yes/no questions: in others such words may ask about the object or the defect.
+# pass inspection", "does it look fine" but not "is the crack fine"). Only for yes/no questions: in others such
+# words may ask about the object or the defect.
 _VERDICT_DEFECT_WORDS = re.compile(
     r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*|fault\w*|broken|imperfect\w*|irregular\w*|wrong|"
     r"problems?|reject\w*|differ\w*|deviat\w*)\b")
-_VERDICT_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect|ok|okay|acceptable|pass(es)?|conform\w*|fine|"
+_VERDICT_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect|ok|okay|acceptable|pass(es)?|conform\w*|looks? fine|"
                                    r"usable|useable|shippable|fit for use|be (used|shipped|sold|accepted))\b")
 # "What part is shown?" asks what the object is; "what part of the image" asks where.
 _WHERE_WORDS = re.compile(r"\b(where|locat\w*|position\w*|region|which part|(which|what) (area|side|portion|quadrant|"
