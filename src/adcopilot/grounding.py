@@ -274,7 +274,7 @@ def named_label(question: str, labels: list[str]) -> int | None:
     """Index of the trained defect label a yes/no question names ("Is it a scratch?", "Are these cracks?"), or
     None: every word of the label among the question's words (plurals read as singular)."""
     t = question.lower()
-    if not _YES_NO_START.search(t):
+    if not _YES_NO_START.search(t) or _SIZE_WORDS.search(t):  # "Is the scratch deep?" asks its size, not its type
         return None
     words = {w[:-2] if w.endswith(("ches", "shes")) else w[:-1] if w.endswith("s") and not w.endswith("ss") else w
              for w in re.findall(r"[a-z]+", t)}

@@ -209,6 +209,7 @@ def test_yes_no_questions_on_the_defects_type_place_and_size():
     assert named_label("What is the scratch?", labels) is None  # not a yes/no question
     assert named_label("Is the region dark?", labels) == 1  # both words of the label
     assert named_label("Is it a stain?", labels) is None
+    assert named_label("Is the scratch deep?", labels) is None  # its size: the facts answer with a figure
     assert region_question("Is the defect in the center?") == ["center"]
     assert region_question("Is it at the top right?") == ["top right"]
     assert region_question("Is the object round?") == []
