@@ -478,7 +478,7 @@ def _done(driver, answers: int, timeout: float = 180) -> None:
 
 
 def test_chat_streams_the_answer_as_it_is_written_and_can_be_stopped(driver, server, files, tmp_path):
-    question = "What is this object used for?"  # no product given: the language model answers, token by token
+    question = "Write one sentence about the photo."  # not about the defect or the object: the language model, token by token
     _open(driver, server)
     _choose(driver, "query-file", [files["bad"]])
     _choose(driver, "ref-files", [files["ref"]])

@@ -315,7 +315,7 @@ def test_a_reference_set_carries_its_products_context(lm_url, lm_copilot, images
     assert own == lm_copilot.ask(bad, [ref], OBJECT_Q, product="tile") and own.startswith("The references are labelled tile")
     other = ask_form(lm_url, bad, OBJECT_Q, reference_set=s["id"], material="green glass").json()["answer"]
     assert other.startswith("The references are labelled bottle (green glass)")  # the set's product, the request's material
-    # Without a label the language model answers, as before.
+    # Without a label: what the model itself says without one (a guess, said to be one), through the service too.
     unlabelled = ask_form(lm_url, bad, OBJECT_Q, reference_set=plain["id"]).json()["answer"]
     assert unlabelled == lm_copilot.ask(bad, [ref], OBJECT_Q) and "labelled" not in unlabelled
     # The chat endpoint, whole and streamed, and its own product field.
