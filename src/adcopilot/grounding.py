@@ -307,6 +307,8 @@ def grounded_start(result: Any, question: str) -> str:
 
 
 _KNOWLEDGE_OBJECT = re.compile(r"\b(object|product|item|part|thing|sample)s?\b")
+_TRAIT_OF_IT = re.compile(r"\b(it|this|that)\b.*\b(made of|used for|for what|purpose|function\w*)\b|"
+                          r"\b(what|which) (material|purpose|function)\b")
 _FREE_DEFECT = re.compile(
     r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
     r"describe|description|why|caus\w*|reason|affect\w*|effect\w*|impact|consequen\w*|harm\w*)\b"
@@ -327,8 +329,10 @@ def knowledge_question(question: str, options: dict[str, str], labels: list[str]
 def object_question(question: str) -> bool:
     """Whether a question asks about the object itself (what it is, its build, surface, use)."""
     t = question.lower()
-    # Not "Is this part OK?": a question on the verdict in an inspector's words.
-    return bool(_KNOWLEDGE_OBJECT.search(t)) and not _VERDICT_DEFECT_WORDS.search(t) and not _VERDICT_NORMAL_WORDS.search(t)
+    # Not "Is this part OK?": a question on the verdict in an inspector's words. "What is it made of?" names no
+    # object but asks about one.
+    about = _KNOWLEDGE_OBJECT.search(t) or _TRAIT_OF_IT.search(t)
+    return bool(about) and not _VERDICT_DEFECT_WORDS.search(t) and not _VERDICT_NORMAL_WORDS.search(t)
 
 
 _OBJECT_TRAITS = re.compile(

@@ -256,3 +256,11 @@ def test_a_free_how_many_starts_with_the_number_of_regions():
     assert grounded_start(result(False), "How many defects are there?") == "None."
     assert grounded_start(result(True, boxes=[[0, 0, 9, 9]]), "How many defects are there?") == "One."
     assert grounded_start(result(True, boxes=[[0, 0, 9, 9]] * 5), "What is the number of defects?") == "5."
+
+
+def test_what_is_it_made_of_is_about_the_object_even_without_naming_it():
+    from adcopilot.grounding import object_question
+
+    assert object_question("What is it made of?") and object_question("What is this used for?")
+    assert object_question("What material is it?")
+    assert not object_question("What is the defect made of?") and not object_question("Is it OK?")

@@ -72,6 +72,13 @@ _BOX_REQUEST = re.compile(r"\b(bbox(_2d)?|bounding[ -]box(es)?|boxes)\b", re.IGN
 DEFAULT_MAX_NEW_TOKENS = 64
 _WHY = re.compile(r"\b(why|cause\w*|effect\w*|consequen\w*|impact|affect\w*|risk\w*|problem\w*|lead to|reason\w*|origin)\b",
                   re.IGNORECASE)
+# Which field of the taxonomy an object question asks for (the first that matches); else the closest sentence.
+_OBJECT_FIELDS = [
+    ("function", re.compile(r"\b(used? for|use of|purpose|function\w*|what (is it|does it) do|what does the \w+ do)\b", re.I)),
+    ("structure", re.compile(r"\b(structure|built|parts?|consist\w*|components?|arranged)\b", re.I)),
+    ("details", re.compile(r"\b(made of|material|colou?r\w*|surface|finish)\b", re.I)),
+    ("description", re.compile(r"\b(look\w*|appearance|shape\w*)\b", re.I)),
+]
 # Which of the two a why-question asks: what the defect does ("Why is it a problem?") or where it comes from.
 _ASKS_EFFECT = re.compile(r"\b(effect\w*|consequen\w*|impact|affect\w*|risk\w*|problem\w*|lead to|matter\w*|harm\w*)\b",
                           re.IGNORECASE)
@@ -288,6 +295,10 @@ class LanguageAnswers:
     def _object_answer(self, question: str, product: str | None, material: str | None) -> str:
         """An object question answered from the product context the references carry."""
         said = f"The references are labelled {product_text(product, material)}"
+        own = self.knowledge.object(product)
+        field = next((f for f, pattern in _OBJECT_FIELDS if pattern.search(question)), None)
+        if own is not None and field and getattr(own, field):  # "used for?": its function, as the taxonomy says
+            return f"{said}: {getattr(own, field).rstrip('.')}."
         known = [s for p in self.knowledge.passages(None, product) for s in sentences(p.text)]
         best = best_sentences(question, known, self.matcher)
         if best:

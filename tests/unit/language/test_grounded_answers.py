@@ -133,6 +133,9 @@ def test_product_context_answers_object_questions(copilot, pair_images):
                                  product="crate", material="green recycled plastic") == "B"
     answer = copilot.ask(q, [r], "What is this object?", product="bottle", material="brown glass")
     assert answer.startswith("The references are labelled bottle (brown glass)")
+    # A question on its use, build or material: that field of the product's entry, whatever sentence is closer.
+    assert copilot.ask(q, [r], "What is it used for?", product="bottle") == \
+        "The references are labelled bottle: holds and dispenses liquids."
     # Without the context: what the object looks like to the tower's ImageNet classifier.
     fc = copilot.language.encoder.tower._fc
     saved = fc.bias.detach().clone()
