@@ -33,17 +33,9 @@ from adcopilot.data.elpv import load_cells
 from adcopilot.eval.bundled import ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.lot import lot_tower
-from adcopilot.model.mutual import copies, lot_features, view_distances
+from adcopilot.model.mutual import copies, lot_features, pair_ratios, view_distances
 
 CACHE = home() / "benchmarks" / "lot_trim"
-
-
-def ratios(dist: torch.Tensor) -> torch.Tensor:
-    """(N, N, P) distances (infinite to itself) -> (N, N) each pair's mean over its row's median (inf on the diagonal)."""
-    pair = dist.mean(2)
-    finite = torch.isfinite(pair)
-    median = torch.where(finite, pair, torch.nan).nanmedian(1).values
-    return torch.where(finite, pair / median[:, None], torch.inf)
 
 
 def _alterations(size: int, rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -95,7 +87,7 @@ def altered_copies(per_kind: int = 5) -> None:
         extra = [(kind, i) for kind in alter for i in range(per_kind)]  # (alteration, original)
         lot = images + [alter[kind](images[i]) for kind, i in extra]
         views = lot_features(tower, torch.from_numpy(np.stack(lot)).permute(0, 3, 1, 2))
-        r = ratios(view_distances(views.views[0], list(range(len(lot)))))
+        r = pair_ratios(view_distances(views.views[0], list(range(len(lot)))))
         distinct = float(r[:n, :n].min())
         for k, (kind, i) in enumerate(extra):
             found.setdefault(kind, []).append(float(r[n + k, i]))
@@ -113,7 +105,7 @@ def cached_lots(shares: list[float]) -> None:
     for f in files:
         d = torch.from_numpy(np.load(f)["dist"].astype(np.float32))  # (N, N, P), a large value for itself
         d[d > 1000] = torch.inf
-        r = ratios(d)
+        r = pair_ratios(d)
         left = ", ".join(f"{s}: {int(copies(d, s).sum())}" for s in shares)
         print(f"{f.name}: {len(d)} images, smallest ratio {float(r.min()):.3f}; pairs left out at {left}", flush=True)
 

@@ -212,7 +212,7 @@ def count_options(question: str, options: dict[str, str]) -> dict[str, tuple[flo
     for letter, text in options.items():
         words = re.findall(r"[a-z]+|\d+", text.lower())
         nums = [int(w) if w.isdigit() else _NUMBER_WORDS[w] for w in words if w.isdigit() or w in _NUMBER_WORDS]
-        if any(w in ("several", "multiple", "many") for w in words):
+        if any(w in ("several", "multiple", "many", "few") for w in words):  # "a few" is not one
             out[letter] = (2, math.inf)
         elif nums and re.search(r"\b(or more|more than|at least|over)\b", text.lower()):
             n = nums[0] + (1 if re.search(r"\b(more than|over)\b", text.lower()) else 0)

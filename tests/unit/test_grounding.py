@@ -233,8 +233,8 @@ def test_how_many_defects_is_answered_by_the_number_of_boxes():
     assert count_choice(result(True, boxes=[[0, 0, 9, 9]] * 4), counts) == "D"
     assert count_options("What is the number of anomalous regions?", {"A": "1", "B": "more than 1"}) == {
         "A": (1, 1), "B": (2, math.inf)}
-    assert count_options("How many defects are there?", {"A": "Several.", "B": "No defect."}) == {
-        "A": (2, math.inf), "B": (0, 0)}
+    assert count_options("How many defects are there?", {"A": "Several.", "B": "No defect.", "C": "A few."}) == {
+        "A": (2, math.inf), "B": (0, 0), "C": (2, math.inf)}
     assert count_options("How many defects are there?", {"A": "Scratches.", "B": "One."}) is None  # not all counts
     assert count_options("How many legs does the transistor have?", {"A": "Two.", "B": "Three."}) is None
 

@@ -199,13 +199,19 @@ def view_distances(
     return out.clamp_min_(0)
 
 
-def copies(dist: torch.Tensor, ratio: float) -> torch.Tensor:
-    """(R, M, P) nearest-patch distances (infinite to the image itself) -> (R, M) True where column image
-    is a copy of the row image: its mean distance below ``ratio`` of the row's median over the others."""
+def pair_ratios(dist: torch.Tensor) -> torch.Tensor:
+    """(R, M, P) nearest-patch distances (infinite to the image itself) -> (R, M): each column image's mean
+    distance over the row image's median over the others (infinite to itself)."""
     pair = dist.mean(2)  # (R, M)
     finite = torch.isfinite(pair)
     typical = torch.where(finite, pair, torch.nan).nanmedian(dim=1).values  # (R,)
-    return finite & (pair < ratio * typical[:, None])
+    return torch.where(finite, pair / typical[:, None], torch.inf)
+
+
+def copies(dist: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(R, M, P) nearest-patch distances -> (R, M) True where the column image is a copy of the row image:
+    its :func:`pair_ratios` below ``ratio``."""
+    return pair_ratios(dist) < ratio
 
 
 @torch.inference_mode()
