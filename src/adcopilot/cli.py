@@ -1,11 +1,14 @@
 """The ``adcopilot`` command line: a thin layer that parses, calls the API and prints.
 
 User mistakes (bad files, unknown options, missing assets) print one line on stderr and exit
-with status 2; an interruption exits with 130. Tracebacks are shown only with ``--debug``.
+with status 2; an interruption exits with 130. A file-system error on a named path that no command
+turned into its own message (an output folder where a file is, a read-only disk) is the same one
+line, naming the path. Tracebacks are shown only with ``--debug``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -19,6 +22,7 @@ except ImportError:  # pragma: no cover
 
 from adcopilot import __version__
 from adcopilot.errors import AdcopilotError
+from adcopilot.paths import readable
 
 app = typer.Typer(
     name="adcopilot",
@@ -29,6 +33,27 @@ app = typer.Typer(
 )
 
 _DEBUG = {"on": False}
+
+#: Plain words for the file-system errors a user's path causes (errno -> text).
+_PATH_ERRORS = {
+    errno.EEXIST: "a file is there, not a folder",
+    errno.ENOTDIR: "part of the path is a file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOENT: "no such file or folder",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def path_error_line(exc: OSError) -> str | None:
+    """One line for an OSError about a named path (``None`` when it names none: a real fault)."""
+    if exc.filename is None:
+        return None
+    reason = _PATH_ERRORS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    return f"{readable(os.fsdecode(exc.filename))}: {reason}"
 
 
 def _version(value: bool) -> None:
@@ -96,3 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as exc:
+        line = path_error_line(exc)
+        if line is None or _DEBUG["on"]:
+            raise
+        typer.echo(f"error: {line}", err=True)
+        sys.exit(2)

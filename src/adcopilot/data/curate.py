@@ -334,21 +334,24 @@ def _card_md(card: dict, examples: dict[str, dict]) -> str:
 # pipeline
 
 
-def _prepare_out(cfg: CurateConfig) -> None:
+def _prepare_out(cfg: CurateConfig) -> Path | None:
+    """Refuse a folder curated with other settings; the config file to write once a source is usable
+    (None when it is there already), so a run that found nothing leaves no settings behind to refuse
+    the corrected command with."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     path = cfg.out / "config.json"
     settings = cfg.key_settings()
-    if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = None
-        if old != settings:
-            raise AdcopilotError(
-                f"{path}: this folder was curated with other settings; use another --out, or --fresh to start over"
-            )
-    else:
-        path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+    if not path.exists():
+        return path
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        old = None
+    if old != settings:
+        raise AdcopilotError(
+            f"{path}: this folder was curated with other settings; use another --out, or --fresh to start over"
+        )
+    return None
 
 
 def clear_out(out: Path) -> None:
@@ -390,14 +393,18 @@ def curate(cfg: CurateConfig) -> CurateReport:
         raise AdcopilotError(f"--task {sorted(unknown)[0]}: unknown task; choose from {', '.join(TASKS)}")
     if cfg.references < 1:
         raise AdcopilotError(f"--references {cfg.references}: must be at least 1")
+    if cfg.variants < 0:
+        raise AdcopilotError(f"--variants {cfg.variants}: must be 0 or more")
     kb = Knowledge.load(cfg.knowledge)
     cfg.out = Path(cfg.out)
-    _prepare_out(cfg)
+    config_path = _prepare_out(cfg)
 
     entries, problems = scan_sources(cfg.sources, cfg.out, variants=cfg.variants, seed=cfg.seed)
     source_problems = [{"source": s, "reason": r} for s, r in problems]
     if not entries:
         raise AdcopilotError("no usable source: " + "; ".join(r for _, r in problems))
+    if config_path is not None:
+        config_path.write_text(json.dumps(cfg.key_settings(), indent=1), encoding="utf-8")
     split = assign_splits(entries, cfg.seed, cfg.test_fraction)
     (cfg.out / "splits.json").write_text(json.dumps(
         {e.key: {"split": split[e.key], "instance": e.instance, "image": portable(e.image_path, cfg.out)}

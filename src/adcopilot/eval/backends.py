@@ -92,6 +92,8 @@ class Backend(ABC):
     #: How many questions may be asked at once (the runner's thread count).
     concurrency: int = 1
     supports_boxes: bool = False
+    #: Whether every question needs at least one normal reference (a comparison model cannot answer 0-shot).
+    needs_references: bool = False
 
     @abstractmethod
     def answer(self, images: Sequence[str | os.PathLike], question: Question) -> str:
@@ -129,6 +131,7 @@ class CopilotBackend(Backend):
     them by the language model's words, ``"text"`` gives the boxes the language model writes."""
 
     supports_boxes = True
+    needs_references = True
 
     def __init__(self, name: str, model: str | os.PathLike = "default", copilot: Inspector | None = None,
                  threshold: float | None = None, box_mode: str = "head", grounded: bool = True,

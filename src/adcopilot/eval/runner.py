@@ -129,6 +129,9 @@ def _identity(bench: MMADBenchmark, backend: Backend, k_shot: int, templates: st
         raise AdcopilotError(f"unknown template mode '{templates}'; use 'random' or 'similar'")
     if k_shot < 0:
         raise AdcopilotError(f"--k-shot must be 0 or more, got {k_shot}")
+    if k_shot == 0 and backend.needs_references:
+        # Refused before the run: otherwise every record would carry the same error and the table be empty.
+        raise AdcopilotError(f"--k-shot 0: backend '{backend.name}' compares with normal references; use 1 or more")
     d = backend.describe()
     identity = {
         "benchmark": str(bench.path.resolve()),

@@ -35,3 +35,20 @@ def test_curate_bad_input_is_one_line(tmp_path):
     assert p.returncode == 2 and "--source" in p.stderr
     p = run("curate", "-s", str(tmp_path), "-o", str(tmp_path / "o"), "--task", "poetry")
     assert p.returncode == 2 and "unknown task" in p.stderr
+    p = run("curate", "-s", str(tmp_path), "-o", str(tmp_path / "o"), "--variants", "-1")
+    assert p.returncode == 2 and "--variants -1: must be 0 or more" in p.stderr
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    p = run("curate", "-s", str(tmp_path / "absent"), "-o", str(a_file), "--no-progress")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"error: {a_file}: a file is there, not a folder"]
+
+
+def test_a_run_with_no_usable_source_does_not_hold_the_folder(curate_tree, tmp_path):
+    """A mistyped source leaves no settings behind that would refuse the corrected command."""
+    out = tmp_path / "out"
+    p = run("curate", "-s", str(tmp_path / "typo"), "-o", str(out), "--no-progress", "--workers", "1")
+    assert p.returncode == 2 and "no usable source" in p.stderr
+    p = run("curate", "-s", f"labels:{curate_tree / 'cells'}", "-o", str(out), "--no-progress", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    assert (out / "train.jsonl").exists()

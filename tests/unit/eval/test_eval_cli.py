@@ -56,6 +56,14 @@ def test_input_errors(run, tmp_path, small_bench):
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--prior-weight", "3"), "--prior-weight")
     one_error_line(run("mmad", "--benchmark", str(small_bench), "--templates", "best"), "template mode")
     one_error_line(run("detect", "--benchmark", str(small_bench), "--k-shot", "-1"), "--k-shot")
+    # A comparison model cannot answer without a reference: refused before the run, not an error per record.
+    one_error_line(run("mmad", "--benchmark", str(small_bench), "--k-shot", "0", "--out", str(tmp_path / "k0")),
+                   "--k-shot 0", "compares with normal references")
+    assert not (tmp_path / "k0" / "answers.jsonl").exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    one_error_line(run("detect", "--benchmark", str(small_bench), "--out", str(a_file / "run")),
+                   f"{a_file / 'run'}: part of the path is a file, not a folder")
 
 
 def test_score_an_answers_file(run, tmp_path):

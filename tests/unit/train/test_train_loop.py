@@ -173,3 +173,12 @@ def test_config_keys_are_flags():
     assert flags == {"lr": 0.01, "stop_after": 5, "cpu": True, "run_dir": "x"}
     cfg = load_config(None, flags)
     assert (cfg.lr, cfg.stop_after, cfg.cpu, cfg.run_folder()) == (0.01, 5, True, Path("x"))
+
+
+def test_a_run_folder_where_a_file_is_says_so_in_one_line(capsys, tmp_path):
+    a_file = tmp_path / "runs"
+    a_file.write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--stage", "1", "--steps", "1", "--run-dir", str(a_file)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err == f"error: {a_file}: a file is there, not a folder", err
