@@ -88,6 +88,10 @@ def test_adapt_memory_only_in_seconds(product, tmp_path):
         (["--normals", "ONE", "--memory-weight", "auto", "--memory-patches", "0"], "auto needs a product memory"),
         (["--normals", "ONE", "--steps", "-1"], "--steps must be 0 or more"),
         (["--normals", "ONE", "--padim", "maybe"], "--padim must be 'auto' or 'off'"),
+        (["--normals", "ONE", "--lr", "nan"], "--lr must be a positive number, got nan"),
+        (["--normals", "ONE", "--batch-size", "0"], "--batch-size must be 1 or more"),
+        (["--normals", "ONE", "--size", "100"], "--size must be a multiple of 16 from 32 to 1024, got 100"),
+        (["--normals", "ONE", "--size", "100000"], "--size must be a multiple of 16"),  # would exhaust memory
         (["--normals", "ONE", "--steps", "0", "--memory-patches", "0"], "nothing to do"),
         (["--normals", "MISSING"], "no such folder"),
         (["--normals", "EMPTY"], "no images found"),

@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
             if normals or defects:
                 raise AdcopilotError("use either --results or --normals/--defects, not both")
             if not results.is_dir():
-                raise AdcopilotError(f"{results}: no such batch folder")
+                what = "a file, not a batch folder" if results.exists() else "no such batch folder"
+                raise AdcopilotError(f"{results}: {what}")
         elif not normals or (not defects and target_false_alarm_rate is None):
             raise AdcopilotError(
                 "calibration needs --normals and --defects (or --results from a batch); "

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import typer
 
+from adcopilot.errors import AdcopilotError
+
 HELP = "Commands: /reset (new conversation), /save FILE (write it as JSON), /quit."
 
 
 def save_conversation(path: Path, query: str, refs: list[str], model: str, history: list[dict]) -> None:
     """Write the conversation as JSON ({"query", "references", "model", "turns"})."""
-    from adcopilot.errors import AdcopilotError
-
     data = {"query": query, "references": refs, "model": model, "turns": history}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +45,10 @@ def register(app: typer.Typer) -> None:
         from adcopilot.language.answering import context_options
         from adcopilot.protocols import require_answerer
 
+        if max_new_tokens < 1:
+            raise AdcopilotError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        if any(not q.strip() for q in ask or []):
+            raise AdcopilotError("--ask: the question is empty")
         load_image(query, name=str(query))  # fail early on a bad file
         for r in ref:
             load_image(r, name=str(r))

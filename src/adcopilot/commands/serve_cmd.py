@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import tempfile
 from pathlib import Path
 
 import typer
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the service could not listen on ``host:port`` (None when a socket binds there now), as uvicorn
+    binds: address reuse on, so a port left in TIME_WAIT by the last run is free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"--host {host}: not an address of this machine ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            reason = {errno.EADDRINUSE: "already in use (another server?)",
+                      errno.EACCES: "permission denied (ports below 1024 need privileges)",
+                      errno.EADDRNOTAVAIL: "not an address of this machine"}.get(exc.errno or 0, exc.strerror)
+            return f"--host {host} --port {port}: {reason}"
+    return None
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +73,9 @@ def register(app: typer.Typer) -> None:
             require_finite(threshold, "--threshold")
         if not 0 < port < 65536:
             raise AdcopilotError(f"--port {port}: not a TCP port (1-65535)")
+        problem = listen_problem(host, port)  # before the model loads: a taken port is known in a second
+        if problem:
+            raise AdcopilotError(problem)
         if max_upload_mb <= 0 or max_pixels <= 0 or max_references <= 0:
             raise AdcopilotError("--max-upload-mb, --max-pixels and --max-references must be positive")
         if not require_finite(request_timeout, "--request-timeout") > 0:

@@ -212,7 +212,10 @@ def eval_detect(o: RunOptions, echo: Echo) -> tuple[Path, dict[str, Any]]:
 
 def rescore(answers: Path, scoring: str, csv_out: Path | None = None, json_out: Path | None = None) -> ScoreTable:
     """Score an answers file again (a run's answers.jsonl or the benchmark's own answers JSON)."""
-    table = score(load_answers(answers), scoring)
+    records = load_answers(answers)
+    if not records:
+        raise AdcopilotError(f"{answers}: no answers in the file")
+    table = score(records, scoring)
     if csv_out:
         table.to_csv(csv_out)
     if json_out:

@@ -69,6 +69,18 @@ FEATURE_CHANNELS = 152
 IMAGE_SCORES = ("map", "fused", "fused-self")  # NanoConfig.image_score
 FUSED_SCORES = ("fused", "fused-self")  # the scores that read the references' dihedral views
 STRIDE = 8
+#: Image sides the model takes: the tower's stride-16 grid must be exactly half its stride-8 grid, and
+#: above 1024 px one pair's attention no longer fits a laptop's memory.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, IMAGE_SIZE_STEP = 32, 1024, 16
+
+
+def image_size_problem(size: Any) -> str | None:
+    """Why ``size`` cannot be the side of the model's square input (None when it can)."""
+    if not isinstance(size, int) or isinstance(size, bool):
+        return f"must be an integer number of pixels, got {size!r}"
+    if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE or size % IMAGE_SIZE_STEP:
+        return f"must be a multiple of {IMAGE_SIZE_STEP} from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {size}"
+    return None
 
 
 @dataclass
@@ -289,7 +301,10 @@ def valid_self_gate(v: Any) -> bool:
 
 
 def check_score_config(cfg: NanoConfig, path: Path) -> None:
-    """Refuse a config whose image scores, fused weight or thresholds are not usable (CheckpointError)."""
+    """Refuse a config whose image size, image scores, fused weight or thresholds are not usable (CheckpointError)."""
+    problem = image_size_problem(cfg.image_size)
+    if problem:
+        raise CheckpointError(f"{path}: image_size {problem}")
     scores, w = (cfg.image_score, cfg.multi_image_score), cfg.fused_weight
     if any(s not in IMAGE_SCORES for s in scores) or not _is_number(w) or not 0 <= w <= 1:
         raise CheckpointError(f"{path}: image_score and multi_image_score must be one of {', '.join(IMAGE_SCORES)} "

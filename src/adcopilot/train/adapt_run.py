@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from adcopilot.data.folders import load_folder_entries
 from adcopilot.errors import AdcopilotError
 from adcopilot.model.memory import DEFAULT_PATCHES
-from adcopilot.model.nano import NanoComparisonModel
+from adcopilot.model.nano import NanoComparisonModel, image_size_problem
 from adcopilot.train.adapt import AdaptSampler, adapt_card, default_licence_note, resolve_base
 from adcopilot.train.adapt_finish import Images, finish
 from adcopilot.train.config import TrainConfig
@@ -49,6 +50,13 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None]) -> Path:
     """Adapt the model to the product; returns the adapted checkpoint folder (``o.out``)."""
     if o.steps < 0:
         raise AdcopilotError(f"--steps must be 0 or more, got {o.steps}")
+    if o.batch_size < 1:
+        raise AdcopilotError(f"--batch-size must be 1 or more, got {o.batch_size}")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise AdcopilotError(f"--lr must be a positive number, got {o.lr}")
+    size_problem = image_size_problem(o.size)
+    if size_problem:
+        raise AdcopilotError(f"--size {size_problem}")
     if o.memory_patches < 0:
         raise AdcopilotError(f"--memory-patches must be 0 or more, got {o.memory_patches}")
     # Without fine-tuning the comparison model has never seen the product, so the memory, built from it,

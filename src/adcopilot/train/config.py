@@ -205,6 +205,14 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise AdcopilotError(f"{where}: '{name}' must be a positive integer, got {value!r}")
     if getattr(cfg, "num_workers", 0) < 0:
         raise AdcopilotError(f"{where}: 'num_workers' must be 0 or a positive integer, got {cfg.num_workers!r}")  # type: ignore[attr-defined]
+    # A NaN or negative rate trains nothing but NaN weights, silently, for as long as the run lasts.
+    lr = getattr(cfg, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise AdcopilotError(f"{where}: 'lr' must be a positive number, got {lr!r}")
+    for name in ("weight_decay", "grad_clip"):
+        value = getattr(cfg, name, 0.0)
+        if not (math.isfinite(value) and value >= 0):
+            raise AdcopilotError(f"{where}: '{name}' must be 0 or a positive number, got {value!r}")
     return cfg
 
 

@@ -26,8 +26,9 @@ from torch import nn
 
 from adcopilot.data.pairs import PairSampler
 from adcopilot.data.synth import jitter
+from adcopilot.errors import AdcopilotError
 from adcopilot.model.backbone import load_backbone
-from adcopilot.model.nano import STRIDE, NanoComparisonModel, NanoConfig
+from adcopilot.model.nano import STRIDE, NanoComparisonModel, NanoConfig, image_size_problem
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.train.config import TrainConfig
 from adcopilot.train.loop import SingleRateTask
@@ -55,7 +56,10 @@ class Stage1Task(SingleRateTask):
             opts = {k: v for k, v in cfg.data.items() if k not in ("multi_ref_prob", "max_refs", "train_size")}
             # The model is resolution-agnostic (relative positions, convolutional head): training at a
             # smaller size than inference costs quadratically less attention.
-            size = int(cfg.data.get("train_size", self.model_cfg.image_size))
+            size = cfg.data.get("train_size", self.model_cfg.image_size)
+            problem = image_size_problem(size)
+            if problem:
+                raise AdcopilotError(f"data.train_size {problem}")
             sampler = PairSampler(size=size, seed=cfg.seed, **opts)
         self.sampler = sampler
         self.card_writer = card_writer

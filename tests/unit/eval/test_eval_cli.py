@@ -82,6 +82,8 @@ def test_score_an_answers_file(run, tmp_path):
     p = run("score", str(answers), "--scoring", "strict", "--json", str(tmp_path / "s.json"))
     assert json.loads((tmp_path / "s.json").read_text())["table"]["D"]["Anomaly Detection"] == 50.0
     one_error_line(run("score", str(tmp_path / "none.jsonl")), "none.jsonl", "no such answers file")
+    (tmp_path / "empty.jsonl").write_text("")
+    one_error_line(run("score", str(tmp_path / "empty.jsonl")), "empty.jsonl: no answers in the file")
 
 
 def test_real_layout_through_every_eval_command(run, tmp_path, real_bench):

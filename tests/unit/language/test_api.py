@@ -143,6 +143,11 @@ def test_chat_command(tmp_path, model, detector, pair_images, capsys):
                                           "--model", "baseline", "--ask", "hi")
     assert "nope.png" in refused(capsys, "chat", str(tmp_path / "nope.png"), "--ref", str(tmp_path / "r.png"),
                                  "--model", str(ckpt))
+    assert "--ask: the question is empty" in refused(capsys, "chat", str(tmp_path / "q.png"), "--ref",
+                                                     str(tmp_path / "r.png"), "--model", str(ckpt), "--ask", " ")
+    assert "--max-new-tokens must be at least 1, got 0" in refused(
+        capsys, "chat", str(tmp_path / "q.png"), "--ref", str(tmp_path / "r.png"), "--model", str(ckpt),
+        "--max-new-tokens", "0", "--ask", "What is different?")
 
 
 def test_inspect_ask(tmp_path, model, detector, pair_images, capsys):

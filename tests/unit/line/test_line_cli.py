@@ -7,6 +7,7 @@ each); one runs through ``python -m adcopilot`` to pin the real entry point's ex
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 
@@ -80,3 +81,22 @@ def test_a_bad_argument_through_the_console_entry_point(tmp_path):
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(message) and "Traceback" not in p.stderr
+
+
+def test_serve_on_a_taken_port_or_an_unknown_host_says_so_before_loading(capsys):
+    """Another server on the port (or a mistyped host) is one line naming it, not the model loaded and
+    uvicorn's own log line after a banner saying the service is up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "--port", str(port), "--model", "baseline"])
+    assert exit_info.value.code == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == f"error: --host 127.0.0.1 --port {port}: already in use (another server?)"
+    assert "serving" not in out.out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--host", "no-such-host.invalid", "--port", str(port)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --host no-such-host.invalid: not an address of this machine")

@@ -205,3 +205,13 @@ def test_a_checkpoint_with_a_bad_self_gate_is_refused(tmp_path, gate):
     with pytest.raises(CheckpointError, match="self_gate must be a cosine distance in") as err:
         NanoComparisonModel.load(folder)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("size", [100, 8, 4096, "256", 256.0])
+def test_a_checkpoint_with_an_image_size_the_tower_cannot_tile_is_refused(tmp_path, size):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "image_size": size}))
+    with pytest.raises(CheckpointError, match="image_size must be") as err:
+        NanoComparisonModel.load(folder)
+    assert "\n" not in str(err.value)
