@@ -50,6 +50,10 @@ from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
 
+#: From this ratio of its sides on, a query squeezed into the model's square loses detail along its long side
+#: (a strip of six cells, 6:1, lost most of its defects: ``benchmarks/RESULTS.md``, "Elongated images").
+ELONGATED = 2.0
+
 
 @dataclass
 class StagedPair:
@@ -103,6 +107,7 @@ class Copilot:
         # detector without them is inspected without the check.
         self.check_rules: CheckRules | None = CheckRules() if image_check and detector.patch_distances else None
         self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
+        self._told_elongated = False  # the warning about elongated queries is given once per copilot
 
     @property
     def threshold(self) -> float:
@@ -179,6 +184,17 @@ class Copilot:
             return None
         return check_image(image_profile(None, query), profiles, self.check_rules, core.patch_dist)
 
+    def _note_shape(self, size: tuple[int, int], name: str) -> None:
+        """Warn (once) that an elongated query is squeezed into the model's square."""
+        w, h = size
+        if self._told_elongated or max(w, h) < ELONGATED * max(1, min(w, h)):
+            return
+        self._told_elongated = True
+        s = self.detector.image_size
+        log.warning("%s is %d x %d (%.1f:1): the model sees it squeezed to %d x %d, so a defect narrow along its "
+                    "long side can be lost; inspect such images in parts of about square shape, each against "
+                    "the same part of a reference", name, w, h, max(w, h) / max(1, min(w, h)), s, s)
+
     # ------------------------------------------------------------------ inspection
     def analyze(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
@@ -187,6 +203,7 @@ class Copilot:
         refs = as_references(references)
         t0 = time.perf_counter()
         qimg = load_image(query, name=source_name(query, "query"))
+        self._note_shape(qimg.size, source_name(query, "query"))
         q = to_float_array(qimg, self.detector.image_size)
         encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
         t1 = time.perf_counter()
@@ -297,6 +314,7 @@ class Copilot:
         t0 = time.perf_counter()
         refs = as_references(references)
         qimg = load_image(query, name=source_name(query, "query"))
+        self._note_shape(qimg.size, source_name(query, "query"))
         size = self.detector.image_size
         q = to_float_array(qimg, size)
         key = cache_key(refs[0], size)
