@@ -132,8 +132,12 @@ for _tau in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
         lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True, "self3t")), 0.05))
     EXTRA_RULES[f"fused 0.05 self-n gated patch {_tau} candidates"] = (
         lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True, "self3n")), 0.05))
+    EXTRA_RULES[f"fused 0.05 self-m gated patch {_tau} candidates"] = (  # self3m: only the query's ordinary twins
+        lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True, "self3m")), 0.05))
+    EXTRA_RULES[f"fused 0.05 self-q gated patch {_tau} candidates"] = (  # self3q: twins up to the 75th percentile
+        lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True, "self3q")), 0.05))
 EXTRA_RULES["fused 0.05 on all views"] = lambda p, a: fused_score(p, torch.from_numpy(a["dist8"]), 0.05)
-EXTRA_ARRAYS = ("dist", "dist8", "dist8_agg", "self3", "ref_self3", "self3n", "self3t")
+EXTRA_ARRAYS = ("dist", "dist8", "dist8_agg", "self3", "ref_self3", "self3n", "self3t", "self3m", "self3q")
 
 
 def load(folder: Path, sets: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:

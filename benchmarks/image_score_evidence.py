@@ -44,6 +44,8 @@ from adcopilot.registration import register, warp
 
 SYNTH_SEED = 9_000_001  # never a training seed
 TWIN_GATE = 0.3  # self3t: twins farther than this from the references are not admitted
+TWIN_QUANTILES = {"self3m": 0.5, "self3q": 0.75}  # twins farther from the references than this quantile of the
+# query's own distances are not admitted
 
 
 def aggregated(grid: torch.Tensor) -> torch.Tensor:
@@ -97,6 +99,7 @@ def photo_pairs(seed: int, shots: int) -> Iterator[tuple[str, int, list[Path], P
 def collect(detector: NanoDetector, pairs, size: int, registration: bool = True) -> dict[str, np.ndarray]:
     probs, dists, dists8, labels, groups, names, ms = [], [], [], [], [], [], []
     dists8_agg, selfs, ref_selfs, selfs_n, selfs_t = [], [], [], [], []
+    selfs_q: dict[str, list[np.ndarray]] = {key: [] for key in TWIN_QUANTILES}
     cache: dict[str, object] = {}
     for group, label, refs, query in pairs:
         ref_arrays = []
@@ -136,6 +139,11 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
         # self3t: only twins the references explain to within the gate count (the others cost 2, no match)
         admitted = torch.where(d8c < TWIN_GATE, d8c, torch.full_like(d8c, 2.0))
         selfs_t.append(self_distance(tokens, (h, h), twin_cost=admitted).view(h, h).numpy())
+        # self3m: only twins that are ordinary patches of this query (no farther from the references than its
+        # median patch): a large defect's milder parts are not ordinary, so they cannot explain its worst
+        for key, quantile in TWIN_QUANTILES.items():
+            ordinary = torch.where(d8c <= torch.quantile(d8c, quantile), d8c, torch.full_like(d8c, 2.0))
+            selfs_q[key].append(self_distance(tokens, (h, h), twin_cost=ordinary).view(h, h).numpy())
         ref_selfs.append(ref_arrays[0][4])
         probs.append(d.amap.astype(np.float16))
         dists.append(d.distance[:: size // h, :: size // h].astype(np.float32))  # (h, w) patch values
@@ -146,6 +154,7 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
             "dist8_agg": np.stack(dists8_agg).astype(np.float32), "self3": np.stack(selfs).astype(np.float32),
             "ref_self3": np.stack(ref_selfs).astype(np.float32), "self3n": np.stack(selfs_n).astype(np.float32),
             "self3t": np.stack(selfs_t).astype(np.float32),
+            **{key: np.stack(v).astype(np.float32) for key, v in selfs_q.items()},
             "label": np.array(labels),
             "group": np.array(groups), "name": np.array(names), "ms": np.array(ms)}
 

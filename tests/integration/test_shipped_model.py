@@ -22,6 +22,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+#: The threshold README suggests with ``"image_score": "fused-self"`` (chosen on ELPV training cells and photo
+#: templates by the two-reference rule: benchmarks/RESULTS.md, "only the query's ordinary patches as twins").
+FUSED_SELF_THRESHOLD = 0.485
+
+
 @pytest.fixture(scope="module")
 def copilot() -> Copilot:
     return Copilot.load()
@@ -128,3 +133,27 @@ def test_five_references_take_their_own_lower_threshold_on_poly_cells(copilot):
     assert sum(r.verdict == "anomalous" for r in good) <= 6
     missed = sum(r.verdict == "normal" for r in bad)
     assert missed <= 17 and missed <= sum(r.score < two for r in bad) - 6
+
+
+def test_the_self_gated_score_still_flags_a_large_uniform_defect():
+    """The opt-in "fused-self" score reads the query's own patches where the reference repeats itself. The demo
+    cell's dark band repeats itself too: with every patch a possible twin, its milder parts explained its
+    worst and the cell scored 0.434, below the score's threshold, a clear defect called normal. Only the
+    query's ordinary patches are twins now (``twin_quantile``); the band is flagged and boxed whole."""
+    from adcopilot.data.elpv import split
+
+    cells = split(seed=0)["test"]  # the demo's pair
+    normal = next(c for c in cells if c.kind == "mono" and c.probability == 0.0)
+    defective = next(c for c in cells if c.kind == "mono" and c.probability == 1.0)
+    det, _ = load_detector(resolve_model("default"))
+    cfg = det.model.cfg
+    scores = {}
+    for quantile in (1.0, cfg.twin_quantile):
+        det.model.cfg = replace(cfg, image_score="fused-self", threshold=FUSED_SELF_THRESHOLD, twin_quantile=quantile)
+        r = Copilot(det).inspect(defective.path, [normal.path])
+        scores[quantile] = r.score
+    assert cfg.twin_quantile < 1.0
+    assert scores[1.0] < FUSED_SELF_THRESHOLD <= scores[cfg.twin_quantile], scores  # every twin: called normal
+    assert r.verdict == "anomalous" and len(r.boxes) == 1
+    x0, y0, x1, y1 = r.boxes[0].bbox_2d
+    assert x1 - x0 > 0.75 * r.image_size[0]  # the band crosses the cell: boxed end to end

@@ -103,10 +103,12 @@ class NanoConfig:
     # The image score (model/score.py): "map" pools the map (the mean of its top ``topk_frac``); "fused"
     # takes the maximum of prob ** fused_weight * (distance to the reference's dihedral views) ** (1 - w).
     # "fused-self" is "fused" with the query's own patches as evidence where the reference repeats itself
-    # (its own self-distance below ``self_gate``; model/score.py).
+    # (its own self-distance below ``self_gate``), its ordinary patches (up to the ``twin_quantile`` of its
+    # distances to the references) as twins (model/score.py).
     image_score: str = "map"
     fused_weight: float = 0.05
     self_gate: float = 0.3
+    twin_quantile: float = 0.75
     # With two or more references and no product memory: the image score and the threshold of the verdict
     # (``multi_threshold``; None: ``threshold``). With two references the fused score's normal level is
     # about the same on every product measured, so one threshold on it needs no labels (benchmarks/RESULTS.md).
@@ -295,6 +297,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def valid_twin_quantile(v: Any) -> bool:
+    """``twin_quantile`` is usable: a finite share in (0, 1] (a checkpoint's config, an ONNX file's metadata)."""
+    return _is_number(v) and 0 < v <= 1
+
+
 def valid_self_gate(v: Any) -> bool:
     """``self_gate`` is usable: a finite cosine distance in (0, 2] (a checkpoint's config, an ONNX file's metadata)."""
     return _is_number(v) and 0 < v <= 2
@@ -311,6 +318,8 @@ def check_score_config(cfg: NanoConfig, path: Path) -> None:
                               f"and fused_weight a number in [0, 1], got {scores[0]!r}, {scores[1]!r} and {w!r}")
     if not valid_self_gate(cfg.self_gate):
         raise CheckpointError(f"{path}: self_gate must be a cosine distance in (0, 2], got {cfg.self_gate!r}")
+    if not valid_twin_quantile(cfg.twin_quantile):
+        raise CheckpointError(f"{path}: twin_quantile must be a number in (0, 1], got {cfg.twin_quantile!r}")
     for name in ("threshold", "multi_threshold"):
         v = getattr(cfg, name)
         if not (_is_number(v) or (v is None and name == "multi_threshold")):
@@ -598,7 +607,7 @@ class NanoDetector(Detector):
         tokens = qf[0].flatten(1).T  # (N, 152)
         d8 = view_distance(out["distance"][0, 0], tokens, refs.views[0])  # (h, w)
         if score == "fused-self" and refs.own is not None:
-            d8 = self_gated_distance(d8, tokens, refs.own.view(d8.shape), cfg.self_gate)
+            d8 = self_gated_distance(d8, tokens, refs.own.view(d8.shape), cfg.self_gate, cfg.twin_quantile)
         return fused_score(prob, d8, cfg.fused_weight)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:

@@ -32,10 +32,12 @@ from adcopilot.model.nano import (
     FUSED_SCORES,
     IMAGE_SCORES,
     STRIDE,
+    NanoConfig,
     check_threshold_table,
     pooled_score,
     threshold_by_count,
     valid_self_gate,
+    valid_twin_quantile,
 )
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
 from adcopilot.model.score import (
@@ -108,6 +110,8 @@ class OnnxDetector(Detector):
             self.scores = (meta.get("image_score", "map"), meta.get("multi_image_score", "map"))
             self.fused_weight = float(meta.get("fused_weight", "0.05"))
             self.self_gate = float(meta.get("self_gate", "0.3"))
+            # Files exported before it: the checkpoint's default, as the PyTorch path reads such a config.
+            self.twin_quantile = float(meta.get("twin_quantile", repr(NanoConfig.twin_quantile)))
             multi = meta.get("multi_threshold")
             self.multi_threshold = float(multi) if multi is not None else None
             self.multi_thresholds = check_threshold_table(json.loads(meta.get("multi_thresholds", "{}")))
@@ -115,9 +119,10 @@ class OnnxDetector(Detector):
             raise CheckpointError(f"{self.path}: malformed metadata ({exc})") from None
         finite = [self.threshold, self.fused_weight, self.self_gate] + ([self.multi_threshold] if self.multi_threshold is not None else [])
         if any(s not in IMAGE_SCORES for s in self.scores) or not all(np.isfinite(finite)) \
-                or not valid_self_gate(self.self_gate):
+                or not valid_self_gate(self.self_gate) or not valid_twin_quantile(self.twin_quantile):
             raise CheckpointError(f"{self.path}: malformed metadata (image scores {self.scores}, thresholds, "
-                                  "fused weight and self gate (in (0, 2]) must be known scores and finite numbers)")
+                                  "fused weight, self gate (in (0, 2]) and twin quantile (in (0, 1]) must be known "
+                                  "scores and finite numbers)")
         self.name = meta["name"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -200,7 +205,8 @@ class OnnxDetector(Detector):
         d1 = nearest_distance(q, torch.from_numpy(refs.tokens)).view(logits.shape)  # (h, w), as the graph's
         d8 = view_distance(d1, q, torch.from_numpy(refs.views))
         if score == "fused-self" and refs.own is not None:
-            d8 = self_gated_distance(d8, q, torch.from_numpy(refs.own).view(d8.shape), self.self_gate)
+            d8 = self_gated_distance(d8, q, torch.from_numpy(refs.own).view(d8.shape), self.self_gate,
+                                     self.twin_quantile)
         return prob, fused_score(prob, d8, self.fused_weight)
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:

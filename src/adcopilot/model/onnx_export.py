@@ -157,6 +157,7 @@ def export_onnx(
         "multi_image_score": cfg.multi_image_score,
         "fused_weight": repr(float(cfg.fused_weight)),
         "self_gate": repr(float(cfg.self_gate)),
+        "twin_quantile": repr(float(cfg.twin_quantile)),
     }
     if cfg.multi_threshold is not None:
         meta["multi_threshold"] = repr(float(cfg.multi_threshold))

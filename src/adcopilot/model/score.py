@@ -107,15 +107,23 @@ def self_distance(
     return (1.0 - sim.masked_fill_(near, -2.0).amax(dim=1)).clamp_min(0)
 
 
-def self_gated_distance(d8: torch.Tensor, query_tokens: torch.Tensor, reference_self: torch.Tensor, gate: float) -> torch.Tensor:
+def self_gated_distance(
+    d8: torch.Tensor, query_tokens: torch.Tensor, reference_self: torch.Tensor, gate: float, twin_quantile: float = 1.0
+) -> torch.Tensor:
     """``D`` (h, w) above: ``d8`` (h, w) lowered to the query's self-distance where ``reference_self``
     (h, w) is below ``gate``, each twin counted at no less than its own ``d8``; ``query_tokens`` (N, C) are
-    the query's patches, row-major."""
+    the query's patches, row-major. Only the query's ordinary patches serve as twins: those no farther from
+    the references than the ``twin_quantile`` of its own ``d8`` (1: all). A large uniform defect repeats
+    itself, and its milder parts would otherwise explain its worst (a dark band across a cell was called
+    normal); they are not ordinary patches of the query."""
     flat = d8.flatten()
     out = flat.clone()
     rows = (reference_self.flatten() < gate).nonzero().squeeze(1)  # (R,) the trusted positions
     if len(rows):  # a twin explains a patch only as well as the references explain the twin
-        out[rows] = torch.minimum(out[rows], self_distance(query_tokens, tuple(d8.shape), rows, twin_cost=flat))
+        cost = flat
+        if twin_quantile < 1.0:  # the others cost 2: similarity at most -1, never a match
+            cost = torch.where(flat <= torch.quantile(flat, twin_quantile), flat, torch.full_like(flat, 2.0))
+        out[rows] = torch.minimum(out[rows], self_distance(query_tokens, tuple(d8.shape), rows, twin_cost=cost))
     return out.view(d8.shape)
 
 

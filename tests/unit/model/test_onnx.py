@@ -168,10 +168,11 @@ def test_the_fused_self_score_matches_pytorch(tmp_path):
     """A model whose one-reference score reads the query's own patches where the reference repeats itself:
     the file stores the gate, makes the reference's own self-distance and scores as PyTorch does."""
     torch.manual_seed(2)
-    cfg = replace(TINY, image_score="fused-self", self_gate=0.6, multi_image_score="fused", multi_threshold=0.3)
+    cfg = replace(TINY, image_score="fused-self", self_gate=0.6, twin_quantile=0.6, multi_image_score="fused",
+                  multi_threshold=0.3)
     det = NanoDetector(NanoComparisonModel(cfg).eval(), load_vision_tower(pretrained=False), name="tiny-self")
     onx = OnnxDetector(export_onnx(det, tmp_path / "self.onnx"))
-    assert onx.self_gate == 0.6 and onx.image_score_for(1) == "fused-self"
+    assert onx.self_gate == 0.6 and onx.twin_quantile == 0.6 and onx.image_score_for(1) == "fused-self"
     q, r1, r2 = _images(4, 3)
     enc = onx.encode_reference(r1)
     want_own = det.with_own(det.encode_reference(r1)).own.numpy()

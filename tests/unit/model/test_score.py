@@ -154,6 +154,22 @@ def test_self_gated_distance_lowers_only_where_the_reference_repeats_itself():
     assert d8[7, 7] == pytest.approx(0.05) and d8[0, 0] == 0.5  # the input is not modified
 
 
+def test_a_large_defect_repeating_itself_does_not_explain_its_own_worst_part():
+    """A band of alike patches across the image (a dark band): with every patch a possible twin, its worst
+    part (0.9 from the references) is explained by its milder parts far along the band (0.6); only the
+    query's ordinary patches (up to its 75th percentile of distances: the plain ones) may be twins, and none
+    resembles the band."""
+    q = _grid_tokens({(3, c): [1.0, 0.0] for c in range(8)})  # the other patches plain, [0, 1]
+    d8 = torch.full((8, 8), 0.2)
+    d8[3, :] = 0.6
+    d8[3, 0] = 0.9
+    ref_self = torch.full((8, 8), 0.1)  # the reference repeats itself everywhere
+    assert self_gated_distance(d8, q, ref_self, 0.3)[3, 0] == pytest.approx(0.6)  # every patch a twin
+    kept = self_gated_distance(d8, q, ref_self, 0.3, twin_quantile=0.75)
+    assert kept[3, 0] == pytest.approx(0.9) and kept[3, 7] == pytest.approx(0.6)  # the band as the references see it
+    assert kept[0, 0] == pytest.approx(0.2)  # a plain patch still has plain twins, at their own cost
+
+
 def test_a_twin_counts_at_least_its_own_cost():
     t = _grid_tokens({(0, 0): [1.0, 0.0], (0, 4): [1.0, 0.0]})
     cost = torch.zeros(64)
@@ -191,10 +207,20 @@ def test_the_fused_self_score_reads_the_querys_own_patches_where_the_reference_r
     d = dets[0].detection(query, [dets[0].with_views(encoded[0])])
     tokens = d.features.flatten(1).T
     d8 = view_distance(torch.from_numpy(d.distance[::8, ::8]).contiguous(), tokens, dets[0].with_views(encoded[0]).views[0])
-    by_hand = fused_score(d.amap, self_gated_distance(d8, tokens, own.view(8, 8), 2.0), TINY.fused_weight)
+    by_hand = fused_score(d.amap, self_gated_distance(d8, tokens, own.view(8, 8), 2.0, TINY.twin_quantile),
+                          TINY.fused_weight)
     assert scores[1] == pytest.approx(by_hand, abs=1e-6)
     batched = dets[1].detections([query, _tiled(rng)], [[encoded[1]], [encoded[1]]])
     assert batched[0].score == pytest.approx(scores[1], abs=1e-5)
+
+
+@pytest.mark.parametrize("quantile", [0, 1.5, float("nan"), "0.75", None])
+def test_a_checkpoint_with_a_bad_twin_quantile_is_refused(tmp_path, quantile):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "image_score": "fused-self", "twin_quantile": quantile}))
+    with pytest.raises(CheckpointError, match="twin_quantile must be a number in"):
+        NanoComparisonModel.load(folder)
 
 
 @pytest.mark.parametrize("gate", [0, -0.1, 2.5, "0.3", float("nan"), None])
