@@ -191,28 +191,34 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     types are reported with the file's name."""
     raw = read_yaml_config(path, config_class)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    where = path if path is not None else "training configuration"
+    given = {k for k, v in (overrides or {}).items() if v is not None}
+
+    def where(name: str) -> str:  # the flag that set a value, else the file it came from
+        if name in given:
+            return "--" + name.replace("_", "-")
+        return str(path) if path is not None else "training configuration"
+
     kinds = _field_types(config_class)
     for name, value in raw.items():
         kind, optional = kinds[name]
         problem = None if value is None and optional else _type_error(name, kind, value)
         if problem:
-            raise AdcopilotError(f"{where}: {problem}")
+            raise AdcopilotError(f"{where(name)}: {problem}")
     cfg = config_class(**raw)
     for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "stop_after"):
         value = getattr(cfg, name)
         if not (value is None and kinds[name][1]) and value <= 0:
-            raise AdcopilotError(f"{where}: '{name}' must be a positive integer, got {value!r}")
+            raise AdcopilotError(f"{where(name)}: '{name}' must be a positive integer, got {value!r}")
     if getattr(cfg, "num_workers", 0) < 0:
-        raise AdcopilotError(f"{where}: 'num_workers' must be 0 or a positive integer, got {cfg.num_workers!r}")  # type: ignore[attr-defined]
+        raise AdcopilotError(f"{where('num_workers')}: 'num_workers' must be 0 or a positive integer, got {cfg.num_workers!r}")  # type: ignore[attr-defined]
     # A NaN or negative rate trains nothing but NaN weights, silently, for as long as the run lasts.
     lr = getattr(cfg, "lr", None)
     if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise AdcopilotError(f"{where}: 'lr' must be a positive number, got {lr!r}")
+        raise AdcopilotError(f"{where('lr')}: 'lr' must be a positive number, got {lr!r}")
     for name in ("weight_decay", "grad_clip"):
         value = getattr(cfg, name, 0.0)
         if not (math.isfinite(value) and value >= 0):
-            raise AdcopilotError(f"{where}: '{name}' must be 0 or a positive number, got {value!r}")
+            raise AdcopilotError(f"{where(name)}: '{name}' must be 0 or a positive number, got {value!r}")
     return cfg
 
 

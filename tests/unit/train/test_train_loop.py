@@ -160,7 +160,7 @@ def test_config_errors(tmp_path):
     (["--stage", "1", "--lr", "fast"], "error: --lr: expected a number, got 'fast'"),
     (["--stage", "1", "--num-workers", "-1"], "'num_workers' must be 0 or a positive integer"),
     (["--lr", "1e-3"], "error: --stage: required for --scale nano"),
-    (["--stage", "1", "--lr", "-1"], "'lr' must be a positive number, got -1.0"),
+    (["--stage", "1", "--lr", "-1"], "error: --lr: 'lr' must be a positive number, got -1.0"),  # the flag named
     (["--stage", "1", "--grad-clip", "-2"], "'grad_clip' must be 0 or a positive number"),
 ])
 def test_bad_train_commands_say_so_in_one_line(capsys, args, message):
