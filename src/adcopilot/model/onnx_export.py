@@ -99,7 +99,8 @@ def _check_writable(out: Path) -> None:
     if out.is_dir():
         raise AdcopilotError(f"{out}: is a directory; give the path of the .onnx file to write")
     if not out.parent.is_dir():
-        raise AdcopilotError(f"{out}: cannot write: folder {out.parent} does not exist")
+        why = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise AdcopilotError(f"{out}: cannot write: {out.parent} {why}")
     existed = out.exists()
     try:
         with open(out, "ab"):

@@ -123,10 +123,12 @@ def test_a_malformed_threshold_table_is_refused_in_one_line(exported, tmp_path, 
 
 @pytest.mark.parametrize("out, message", [
     ("missing-folder/model.onnx", "missing-folder does not exist"),
+    ("a-file/model.onnx", "a-file is a file, not a folder"),
     (".", "is a directory"),
 ])
 def test_unwritable_out_is_refused_in_one_line(exported, tmp_path, out, message):
     det, _ = exported
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(AdcopilotError, match=message):
         export_onnx(det, tmp_path / out)
 
