@@ -136,6 +136,12 @@ for _tau in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
         lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True, "self3m")), 0.05))
     EXTRA_RULES[f"fused 0.05 self-q gated patch {_tau} candidates"] = (  # self3q: twins up to the 75th percentile
         lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, t, True, True, "self3q")), 0.05))
+for _tau in (0.2, 0.25, 0.3, 0.35):
+    # The self-gated score where the reference repeats itself as a whole (its median self-distance below the
+    # gate: cells, textures), the pooled map elsewhere (objects), each as the model computes it.
+    EXTRA_RULES[f"hybrid {_tau}"] = (
+        lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, 0.3, True, True, "self3q")), 0.05)
+        if np.median(a["ref_self3"]) < t else topk(p, 0.01))
 EXTRA_RULES["fused 0.05 on all views"] = lambda p, a: fused_score(p, torch.from_numpy(a["dist8"]), 0.05)
 EXTRA_ARRAYS = ("dist", "dist8", "dist8_agg", "self3", "ref_self3", "self3n", "self3t", "self3m", "self3q")
 
