@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 
 from adcopilot.geometry import box_iou, region_name
+from adcopilot.model import boxes as boxes_module
 from adcopilot.model.boxes import BoxRules, boxes_from_map, deviation_map
 
 
@@ -153,3 +156,23 @@ def test_specks_at_the_border_are_dropped_inside_they_are_kept():
     boxes = boxes_from_map(m, 0.5, BoxRules(border_speck_frac=0.003))
     assert [b for b, _ in boxes] == [[100, 100, 109, 120]]
     assert len(boxes_from_map(m, 0.5, BoxRules(border_speck_frac=0.0))) == 2
+
+
+def test_a_map_above_the_pixel_cap_is_boxed_shrunk_with_the_same_boxes(monkeypatch):
+    """A large query's map is boxed shrunk to BOX_WORK_PIXELS and the boxes scaled back: the same boxes as at
+    full size to within the scale (a pixel of the shrunk map), the same order and scores."""
+    h, w = 2400, 3000  # 7.2 megapixels
+    amap = np.zeros((h, w), np.float32)
+    amap[300:700, 400:1400] = 0.9  # a wide defect
+    amap[1800:1900, 2500:2600] = 0.7  # a small one
+    amap = cv2.GaussianBlur(amap, (0, 0), 8)
+    deviation = np.where(amap > 0.3, -1.0, 0.0).astype(np.float32)
+    shrunk = boxes_from_map(amap, 0.5, deviation=deviation)
+    assert h * w > boxes_module.BOX_MAX_PIXELS
+    monkeypatch.setattr(boxes_module, "BOX_MAX_PIXELS", h * w)
+    full = boxes_from_map(amap, 0.5, deviation=deviation)
+    assert len(full) == len(shrunk) == 2
+    step = int(np.ceil(np.sqrt(h * w / boxes_module.BOX_WORK_PIXELS))) + 1
+    for (a, sa), (b, sb) in zip(full, shrunk, strict=True):
+        assert np.abs(np.array(a) - np.array(b)).max() <= step, (a, b)
+        assert sa == pytest.approx(sb, abs=0.01)
