@@ -53,6 +53,8 @@ def path_error_line(exc: OSError) -> str | None:
     if exc.filename is None:
         return None
     reason = _PATH_ERRORS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    if exc.errno == errno.EEXIST and os.path.isdir(exc.filename):
+        reason = "already exists"  # a folder made without exist_ok: not the file-for-a-folder mix-up
     return f"{readable(os.fsdecode(exc.filename))}: {reason}"
 
 

@@ -66,3 +66,23 @@ def test_missing_asset_message_names_the_fetch_command(tmp_path, monkeypatch):
         assert "adcopilot models fetch smollm2-135m" in str(exc)
     else:
         raise AssertionError("expected AssetMissingError")
+
+
+def test_file_system_errors_on_a_named_path_are_one_plain_line(tmp_path):
+    import errno
+    import os
+
+    from adcopilot.cli import path_error_line
+
+    a_file = tmp_path / "runs"
+    a_file.write_text("x")
+    assert path_error_line(FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(a_file))) == \
+        f"{a_file}: a file is there, not a folder"
+    assert path_error_line(FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(tmp_path))) == \
+        f"{tmp_path}: already exists"
+    assert path_error_line(NotADirectoryError(errno.ENOTDIR, "Not a directory", str(a_file / "x"))) == \
+        f"{a_file / 'x'}: part of the path is a file, not a folder"
+    assert path_error_line(OSError(errno.EIO, "Input/output error", "/dev/sdz")) == "/dev/sdz: Input/output error"
+    assert path_error_line(OSError(errno.EIO, "Input/output error")) is None  # no path: a fault, not a mistake
+    bad = os.fsdecode(b"/tmp/\xff.png")  # an undecodable name still gives one valid line
+    assert path_error_line(PermissionError(errno.EACCES, "Permission denied", bad)) == "/tmp/\\xff.png: permission denied"
