@@ -70,6 +70,7 @@ class StagedPair:
     encoded: list[tuple[np.ndarray, Any]] = field(default_factory=list)  # [(array (S, S, 3), encoding)]
     profiles: list[ImageProfile] | None = None  # the references' profiles for the image check
     detection: Detection | None = None
+    notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query)
 
 
 class Copilot:
@@ -184,16 +185,19 @@ class Copilot:
             return None
         return check_image(image_profile(None, query), profiles, self.check_rules, core.patch_dist)
 
-    def _note_shape(self, size: tuple[int, int], name: str) -> None:
-        """Warn (once) that an elongated query is squeezed into the model's square."""
+    def _shape_notes(self, size: tuple[int, int], name: str) -> list[str]:
+        """The note on an elongated query, squeezed into the model's square (in its result, and logged once)."""
         w, h = size
-        if self._told_elongated or max(w, h) < ELONGATED * max(1, min(w, h)):
-            return
-        self._told_elongated = True
+        if max(w, h) < ELONGATED * max(1, min(w, h)):
+            return []
         s = self.detector.image_size
-        log.warning("%s is %d x %d (%.1f:1): the model sees it squeezed to %d x %d, so a defect narrow along its "
-                    "long side can be lost; inspect such images in parts of about square shape, each against "
-                    "the same part of a reference", name, w, h, max(w, h) / max(1, min(w, h)), s, s)
+        note = (f"the image is {w} x {h} ({max(w, h) / max(1, min(w, h)):.1f}:1): the model sees it squeezed to "
+                f"{s} x {s}, so a defect narrow along its long side can be lost; inspect such images in parts of "
+                "about square shape, each against the same part of a reference")
+        if not self._told_elongated:
+            self._told_elongated = True
+            log.warning("%s: %s", name, note)
+        return [note]
 
     # ------------------------------------------------------------------ inspection
     def analyze(
@@ -203,7 +207,7 @@ class Copilot:
         refs = as_references(references)
         t0 = time.perf_counter()
         qimg = load_image(query, name=source_name(query, "query"))
-        self._note_shape(qimg.size, source_name(query, "query"))
+        notes = self._shape_notes(qimg.size, source_name(query, "query"))
         q = to_float_array(qimg, self.detector.image_size)
         encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
         t1 = time.perf_counter()
@@ -213,7 +217,9 @@ class Copilot:
         check = self.check(q, self.reference_profiles(refs, [e[0] for e in encoded]), core)
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
-        return self._analysis(qimg.size, core, check, timings)
+        analysis = self._analysis(qimg.size, core, check, timings)
+        analysis.notes = notes
+        return analysis
 
     @staticmethod
     def _analysis(size: tuple[int, int], core: CoreOutput, check: str | None, timings: dict[str, float]) -> Analysis:
@@ -262,6 +268,7 @@ class Copilot:
             timings_ms=timings,
             anomaly_map=amap,
             image_check=a.check,
+            notes=list(a.notes),
         )
 
     def threshold_for(self, references: Sequence[ImageInput]) -> float:
@@ -314,7 +321,7 @@ class Copilot:
         t0 = time.perf_counter()
         refs = as_references(references)
         qimg = load_image(query, name=source_name(query, "query"))
-        self._note_shape(qimg.size, source_name(query, "query"))
+        notes = self._shape_notes(qimg.size, source_name(query, "query"))
         size = self.detector.image_size
         q = to_float_array(qimg, size)
         key = cache_key(refs[0], size)
@@ -325,7 +332,7 @@ class Copilot:
         t1 = time.perf_counter()
         aligned = align(q, first, registration=registers(self.registration, len(refs)))
         return StagedPair(query, refs, qimg.size, aligned, None if threshold is None else float(threshold), t0,
-                          {"load": (t1 - t0) * 1e3})
+                          {"load": (t1 - t0) * 1e3}, notes=notes)
 
     def encode(self, pair: StagedPair) -> None:
         """Stage 2, the model's thread: the references' encodings and profiles (cached), the threshold."""
@@ -359,8 +366,9 @@ class Copilot:
         check = self.check(pair.aligned.query, pair.profiles, core)
         t2 = time.perf_counter()
         timings = {**pair.timings, **core.timings, "map back": (t1 - t0) * 1e3, "check": (t2 - t1) * 1e3}
-        return self._result(pair.query, pair.references, self._analysis(pair.size, core, check, timings),
-                            pair.threshold, pair.started)
+        analysis = self._analysis(pair.size, core, check, timings)
+        analysis.notes = pair.notes
+        return self._result(pair.query, pair.references, analysis, pair.threshold, pair.started)
 
 
 class AnsweringCopilot(LanguageAnswers, Copilot):

@@ -53,6 +53,7 @@ class Analysis:
     timings: dict[str, float]
     check: str | None = None  # why the query is not the references' product (model/sanity.py), or None
     deviation: np.ndarray | None = None  # (H, W) signed brightness deviation in the query's pixels (boxes)
+    notes: list[str] = field(default_factory=list)  # what the user should know about this inspection's input
 
 
 @dataclass
@@ -81,6 +82,7 @@ class InspectionResult:
     raw_answer: str | None = None  # a text model's own words behind the verdict and boxes
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
     image_check: str | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. an elongated query squeezed into the model's square
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -105,6 +107,8 @@ class InspectionResult:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "image_check": self.image_check,
         }
+        if self.notes:
+            d["notes"] = list(self.notes)
         if self.answer is not None:
             d["answer"] = self.answer
         if self.raw_answer is not None:

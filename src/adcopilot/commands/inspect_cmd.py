@@ -56,6 +56,8 @@ def register(app: typer.Typer) -> None:
         for b in result.boxes:
             con.print(f"  {b.label:<14} bbox_2d={b.bbox_2d}  score {b.score:.3f}")
         con.print(result.description)
+        for note in result.notes:
+            con.print(f"[yellow]Note:[/] {note}")
         if result.verdict == "unknown" and result.raw_answer is not None:
             con.print(f"[bold]The model's answer (no verdict could be read from it):[/] {result.raw_answer}")
         if result.answer:

@@ -395,6 +395,7 @@ def _record(item: LotItem, r: InspectionResult, chosen: list[tuple[Path, float]]
         "boxes": [b.to_dict() for b in r.boxes],
         "description": r.description,
         "image_check": r.image_check,
+        "notes": list(r.notes),
         "references": [str(p) for p, _ in chosen],
         "similarity": [round(s, 4) for _, s in chosen],
         "image_size": list(r.image_size),

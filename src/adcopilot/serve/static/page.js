@@ -247,6 +247,8 @@ function renderVerdict() {
     text = j.verdict.toUpperCase(); cls = j.verdict; desc = j.description;
     // Why the image was not judged as the product ("blank image", "not the reference product", ...).
     if (row.res.image_check) text += ` — ${row.res.image_check}`;
+    // What the service noted about the input (an elongated image squeezed into the model's square).
+    for (const note of row.res.notes || []) desc += ` Note: ${note}.`;
     score = `score ${row.res.score.toFixed(4)} · threshold ${j.threshold.toFixed(4)}`;
   }
   v.textContent = text; v.className = cls;
