@@ -75,3 +75,22 @@ def test_upload_a_pair_and_see_boxes(server, tmp_path):
     assert near > 40, near
     canvas_red = red[int(top):int(top + h), int(left):int(left + w)].sum()
     assert canvas_red - near < 0.1 * near  # and nowhere else on the image
+
+
+def test_an_elongated_image_shows_the_services_note(server, tmp_path):
+    """A row of parts (3:1) is squeezed into the model's square: the page shows the service's note with the verdict."""
+    from skimage import data
+
+    ref = np.concatenate([data.brick()] * 3, axis=1)  # 1536 x 512
+    Image.fromarray(ref).save(tmp_path / "good.png")
+    Image.fromarray(ref).save(tmp_path / "query.png")
+    with HeadlessChromium(width=1280, height=900, timeout=60) as b:
+        b.navigate(server + "/")
+        b.wait_for("document.getElementById('model').textContent.startsWith('model')")
+        b.set_files("#query-file", [tmp_path / "query.png"])
+        b.set_files("#ref-files", [tmp_path / "good.png"])
+        b.wait_for("document.querySelectorAll('#ref-thumbs img').length === 1")
+        b.evaluate("document.getElementById('inspect-btn').click()")
+        text = b.wait_for("(() => { const d = document.getElementById('description').textContent;"
+                          " return d.includes('Note:') ? d : ''; })()", timeout=120)
+    assert "Note: the image is 1536 x 512 (3.0:1): the model sees it squeezed to 256 x 256" in text
