@@ -35,7 +35,7 @@ import numpy as np
 
 from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
-from adcopilot.imaging import ImageInput, load_image, to_float_array
+from adcopilot.imaging import ImageInput, full_size, load_image, to_float_array
 from adcopilot.inputs import as_references, cache_key, reference_names, source_name
 from adcopilot.language.answering import LanguageAnswers
 from adcopilot.language.nano_language import NanoLanguage
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 #: From this ratio of its sides on, a query squeezed into the model's square loses detail along its long side
 #: (a strip of six cells, 6:1, lost most of its defects: ``benchmarks/RESULTS.md``, "Elongated images").
 ELONGATED = 2.0
+#: JPEG files are decoded at a reduced scale that keeps at least this many times the model's side in pixels
+#: (``imaging.load_image``'s ``draft``): every image is resized to the model's square anyway.
+DRAFT = 2
 
 
 @dataclass
@@ -135,7 +138,7 @@ class Copilot:
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        arr = to_float_array(load_image(src, name=name), size)
+        arr = to_float_array(load_image(src, name=name, draft=DRAFT * size), size)
         entry = (arr, self.detector.encode_reference(arr))
         if key is not None:
             self._cache[key] = entry
@@ -206,8 +209,9 @@ class Copilot:
         """Anomaly map in the query's pixels, image score, query size, registration and timings."""
         refs = as_references(references)
         t0 = time.perf_counter()
-        qimg = load_image(query, name=source_name(query, "query"))
-        notes = self._shape_notes(qimg.size, source_name(query, "query"))
+        qimg = load_image(query, name=source_name(query, "query"), draft=DRAFT * self.detector.image_size)
+        size = full_size(qimg)  # (w, h) as stored: the map and the boxes are in these pixels
+        notes = self._shape_notes(size, source_name(query, "query"))
         q = to_float_array(qimg, self.detector.image_size)
         encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
         t1 = time.perf_counter()
@@ -217,7 +221,7 @@ class Copilot:
         check = self.check(q, self.reference_profiles(refs, [e[0] for e in encoded]), core)
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
-        analysis = self._analysis(qimg.size, core, check, timings)
+        analysis = self._analysis(size, core, check, timings)
         analysis.notes = notes
         return analysis
 
@@ -320,18 +324,19 @@ class Copilot:
             require_finite(threshold, "threshold")
         t0 = time.perf_counter()
         refs = as_references(references)
-        qimg = load_image(query, name=source_name(query, "query"))
-        notes = self._shape_notes(qimg.size, source_name(query, "query"))
         size = self.detector.image_size
+        qimg = load_image(query, name=source_name(query, "query"), draft=DRAFT * size)
+        notes = self._shape_notes(full_size(qimg), source_name(query, "query"))
         q = to_float_array(qimg, size)
         key = cache_key(refs[0], size)
         # A lookup alone, from any thread: one dict operation, atomic under the GIL; only the model's
         # thread (encode) adds and evicts entries.
         cached = self._cache.get(key) if key is not None else None
-        first = cached[0] if cached is not None else to_float_array(load_image(refs[0], name=reference_names(refs)[0]), size)
+        first = cached[0] if cached is not None else to_float_array(
+            load_image(refs[0], name=reference_names(refs)[0], draft=DRAFT * size), size)
         t1 = time.perf_counter()
         aligned = align(q, first, registration=registers(self.registration, len(refs)))
-        return StagedPair(query, refs, qimg.size, aligned, None if threshold is None else float(threshold), t0,
+        return StagedPair(query, refs, full_size(qimg), aligned, None if threshold is None else float(threshold), t0,
                           {"load": (t1 - t0) * 1e3}, notes=notes)
 
     def encode(self, pair: StagedPair) -> None:

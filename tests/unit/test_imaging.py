@@ -234,3 +234,49 @@ def test_an_unsupported_format_names_the_ones_read(tmp_path, texture):
     Image.fromarray(texture).save(tmp_path / "a.gif")
     with pytest.raises(ImageError, match=r"a\.gif: unsupported image format GIF; use PNG, JPEG, BMP, TIFF, WebP or PGM / PPM"):
         load_image(tmp_path / "a.gif")
+
+
+def _large_scene(w: int, h: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    img = cv2.resize(rng.random((h // 40, w // 40, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_when_only_a_small_size_is_needed(tmp_path):
+    from adcopilot.imaging import FULL_SIZE, full_size
+
+    path = tmp_path / "frame.jpg"
+    Image.fromarray(_large_scene(2000, 1200)).save(path, quality=95)
+    full = load_image(path)
+    small = load_image(path, draft=512)
+    assert full.size == full_size(full) == (2000, 1200) and FULL_SIZE not in full.info
+    assert small.size == (1000, 600) and full_size(small) == (2000, 1200)  # 1/4 would leave 300 < 512 rows
+    # What the model sees is the same picture, to JPEG's and resampling's rounding.
+    assert np.abs(to_float_array(small, 256) - to_float_array(full, 256)).mean() < 0.01
+    png = tmp_path / "frame.png"
+    Image.fromarray(_large_scene(2000, 1200)).save(png)
+    assert load_image(png, draft=512).size == (2000, 1200)  # only JPEG has reduced scales
+
+
+def test_a_reduced_jpeg_with_an_exif_quarter_turn_reports_the_turned_size(tmp_path):
+    from adcopilot.imaging import full_size
+
+    img = Image.fromarray(_large_scene(2000, 1200))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "turned.jpg"
+    img.save(path, quality=95, exif=exif)
+    small = load_image(path, draft=512)
+    assert small.size == (600, 1000) and full_size(small) == (1200, 2000) == load_image(path).size
+
+
+def test_an_inspection_of_a_reduced_jpeg_is_in_the_files_pixels(tmp_path, nano_copilot):
+    q, r = tmp_path / "q.jpg", tmp_path / "r.jpg"
+    scene = _large_scene(2400, 1600)
+    Image.fromarray(scene).save(r, quality=95)
+    scene[600:800, 1000:1300] = 255
+    Image.fromarray(scene).save(q, quality=95)
+    res = nano_copilot.inspect(q, [r])
+    assert res.image_size == (2400, 1600) and res.anomaly_map.shape == (1600, 2400)
+    staged = nano_copilot.inspect_batch([(q, [r])])[0]  # the service's path
+    assert staged.image_size == (2400, 1600) and staged.score == pytest.approx(res.score, abs=1e-5)
