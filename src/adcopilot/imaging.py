@@ -107,7 +107,7 @@ def load_image(
 
     ``draft``: the image will only be seen at ``draft`` x ``draft`` pixels or less (resized for a model), so a
     JPEG file is decoded at the smallest of its 1/2, 1/4 or 1/8 scales that still has ``draft`` pixels on each
-    side (a 20-megapixel frame decodes about 5x faster); :func:`full_size` gives the size it has.
+    side (a large camera frame decodes several times faster); :func:`full_size` gives the size it has.
 
     Raises:
         ImageError: missing, empty, not an image, corrupt or truncated, unsupported format,

@@ -17,9 +17,9 @@ Rules (documented for users and for MMAD-BBox):
 6. Each box's score is the maximum of the map inside it; boxes are sorted by score, and at most
    ``max_boxes`` are kept.
 
-A map larger than :data:`BOX_MAX_PIXELS` (the query of a 20-megapixel camera) is boxed shrunk to
-:data:`BOX_WORK_PIXELS` and the boxes scaled back: every rule is relative to the image, and the map carries no detail finer than the
-detector's grid, while boxing 64 megapixels took seconds beside a 50 ms inspection.
+A map larger than :data:`BOX_MAX_PIXELS` (the query of a high-resolution camera) is boxed shrunk to
+:data:`BOX_WORK_PIXELS` and the boxes scaled back: every rule is relative to the image, and the map carries
+no detail finer than the detector's grid, while boxing it at full size cost many times the inspection.
 """
 
 from __future__ import annotations
