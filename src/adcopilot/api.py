@@ -138,7 +138,7 @@ class Copilot:
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        arr = to_float_array(load_image(src, name=name, draft=DRAFT * size), size)
+        arr = to_float_array(load_image(src, name=name, draft=self.draft_size), size)
         entry = (arr, self.detector.encode_reference(arr))
         if key is not None:
             self._cache[key] = entry
@@ -188,6 +188,11 @@ class Copilot:
             return None
         return check_image(image_profile(None, query), profiles, self.check_rules, core.patch_dist)
 
+    @property
+    def draft_size(self) -> int:
+        """The side a JPEG is decoded at no less than (``imaging.load_image``'s ``draft``) for this model."""
+        return DRAFT * self.detector.image_size
+
     def _shape_notes(self, size: tuple[int, int], name: str) -> list[str]:
         """The note on an elongated query, squeezed into the model's square (in its result, and logged once)."""
         w, h = size
@@ -209,7 +214,7 @@ class Copilot:
         """Anomaly map in the query's pixels, image score, query size, registration and timings."""
         refs = as_references(references)
         t0 = time.perf_counter()
-        qimg = load_image(query, name=source_name(query, "query"), draft=DRAFT * self.detector.image_size)
+        qimg = load_image(query, name=source_name(query, "query"), draft=self.draft_size)
         size = full_size(qimg)  # (w, h) as stored: the map and the boxes are in these pixels
         notes = self._shape_notes(size, source_name(query, "query"))
         q = to_float_array(qimg, self.detector.image_size)
@@ -325,7 +330,7 @@ class Copilot:
         t0 = time.perf_counter()
         refs = as_references(references)
         size = self.detector.image_size
-        qimg = load_image(query, name=source_name(query, "query"), draft=DRAFT * size)
+        qimg = load_image(query, name=source_name(query, "query"), draft=self.draft_size)
         notes = self._shape_notes(full_size(qimg), source_name(query, "query"))
         q = to_float_array(qimg, size)
         key = cache_key(refs[0], size)
@@ -333,7 +338,7 @@ class Copilot:
         # thread (encode) adds and evicts entries.
         cached = self._cache.get(key) if key is not None else None
         first = cached[0] if cached is not None else to_float_array(
-            load_image(refs[0], name=reference_names(refs)[0], draft=DRAFT * size), size)
+            load_image(refs[0], name=reference_names(refs)[0], draft=self.draft_size), size)
         t1 = time.perf_counter()
         aligned = align(q, first, registration=registers(self.registration, len(refs)))
         return StagedPair(query, refs, full_size(qimg), aligned, None if threshold is None else float(threshold), t0,

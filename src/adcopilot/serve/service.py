@@ -292,9 +292,12 @@ class InspectionService:
         return self._check_refs(uploads)
 
     def _query(self, upload: Upload) -> Image.Image:
+        """The upload decoded; a JPEG at the reduced scale a copilot's model needs (``Copilot.draft_size``), as
+        ``inspect`` decodes it from a file, so the service and the command line give the same scores."""
         check_header(upload, self.config.max_pixels)
+        draft = self.copilot.draft_size if isinstance(self.copilot, Copilot) else None
         try:
-            return load_image(upload[1], name=upload[0], max_pixels=self.config.max_pixels)
+            return load_image(upload[1], name=upload[0], max_pixels=self.config.max_pixels, draft=draft)
         except ImageError as exc:
             raise ServiceError(str(exc)) from None
 

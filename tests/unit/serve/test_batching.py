@@ -179,3 +179,22 @@ def test_the_queue_bound_counts_requests_still_being_prepared():
     assert full.value.retry_after_s >= 1 and b.stats()["refused"] == 1
     with b.admission() as submit:
         assert submit(7, time.monotonic() + 10).result(10) == 7
+
+
+def test_a_large_jpeg_upload_scores_as_the_same_file_inspected_from_disk(nano_copilot, tmp_path):
+    """The service decodes a JPEG at the reduced scale the model needs, as ``inspect`` does from a file (a
+    full decode against a reduced one moved scores a little): the same score, size and boxes."""
+    rng = np.random.default_rng(5)
+    scene = (rng.random((1200, 1800, 3)) * 255).astype(np.uint8)  # fine grain: decodings differ in detail
+    q = scene.copy()
+    q[400:600, 700:900] = 255
+    paths = {}
+    for name, arr in (("q", q), ("r", scene)):
+        paths[name] = tmp_path / f"{name}.jpg"
+        Image.fromarray(arr).save(paths[name], quality=95)
+    svc = InspectionService(nano_copilot, ServeConfig(batch_window_ms=0))
+    out = svc.inspect(("q.jpg", paths["q"].read_bytes()), [("r.jpg", paths["r"].read_bytes())])
+    want = nano_copilot.inspect(paths["q"], [paths["r"]])
+    assert out["image_size"] == [1800, 1200] == list(want.image_size)
+    assert out["score"] == pytest.approx(want.score, abs=TOL)
+    assert [b["bbox_2d"] for b in out["boxes"]] == [b.bbox_2d for b in want.boxes]
