@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.imaging import ImageInput, load_image
+from adcopilot.imaging import ImageInput, full_size, load_image, scale_box
 from adcopilot.results import InspectionResult
 
 RED = (230, 40, 40)
@@ -24,9 +24,12 @@ def heat_colours(amap: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nda
 
 
 def annotate(query: ImageInput, result: InspectionResult, alpha: float = 0.45) -> Image.Image:
-    """Query image (RGB) with the heat-map (where above ~half the threshold) and labelled boxes."""
-    img = np.asarray(load_image(query, name=result.query)).copy()
+    """Query image (RGB) with the heat-map (where above ~half the threshold) and labelled boxes; a JPEG
+    decoded at a reduced scale (``imaging.full_size``) is drawn at that scale, its boxes scaled to it."""
+    pil = load_image(query, name=result.query)
+    img = np.asarray(pil).copy()
     h, w = img.shape[:2]
+    fw, fh = full_size(pil)  # the boxes' pixels
     if result.anomaly_map is not None:
         amap = result.anomaly_map
         if amap.shape != (h, w):
@@ -37,7 +40,7 @@ def annotate(query: ImageInput, result: InspectionResult, alpha: float = 0.45) -
     thick = max(2, round(min(h, w) / 150))
     font_scale = max(0.4, min(h, w) / 600)
     for b in result.boxes:
-        x1, y1, x2, y2 = b.bbox_2d
+        x1, y1, x2, y2 = b.bbox_2d if (fw, fh) == (w, h) else scale_box(b.bbox_2d, (fw, fh), (w, h))
         cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), RED, thick)
         text = f"{b.label} {b.score:.2f}"
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)

@@ -157,10 +157,11 @@ def _check_manifest(out: Path, new: dict[str, Any], cfg: BatchConfig) -> None:
     os.replace(tmp, path)
 
 
-def load_query(item: LotItem, tower: Backbone | None) -> Loaded:
-    """Decode (and, with a tower, compute the global feature) in a worker thread, beside the model."""
+def load_query(item: LotItem, tower: Backbone | None, draft: int | None = None) -> Loaded:
+    """Decode (and, with a tower, compute the global feature) in a worker thread, beside the model; a JPEG at
+    the reduced scale the model needs (``draft``: ``Copilot.draft_size``), as ``inspect`` decodes it."""
     try:
-        img = load_image(item.path, name=str(item.path))
+        img = load_image(item.path, name=str(item.path), draft=draft)
     except AdcopilotError as exc:
         return Loaded(item, error=str(exc))
     feature = None
@@ -345,7 +346,7 @@ def run_batch(
         def submit(k: int) -> None:
             if k < len(chunks):
                 tower = plan.tower if plan.need_select else None
-                pending.append([pool.submit(load_query, it, tower) for it in chunks[k]])
+                pending.append([pool.submit(load_query, it, tower, getattr(copilot, "draft_size", None)) for it in chunks[k]])
 
         submit(0)
         for k in range(len(chunks)):

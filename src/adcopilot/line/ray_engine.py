@@ -129,7 +129,7 @@ class InspectWorker:
             for p, k, t in zip(batch["path"], batch["key"], batch["truth"], strict=True)
         ]
         # Decoded by the threads in order, while the model works on the queries before.
-        loaded: Iterator[Loaded] = self.pool.map(lambda it: load_query(it, self.tower), items)
+        loaded: Iterator[Loaded] = self.pool.map(lambda it: load_query(it, self.tower, getattr(self.copilot, "draft_size", None)), items)
         out: dict[str, list[Any]] = {"record": [], "error": [], "annotated": [], "thumb": []}
         for x in loaded:
             got = inspect_loaded(self.copilot, self.bank, x, self.cfg) if x.error is None else None

@@ -193,3 +193,32 @@ def test_what_a_resumed_folder_is_checked_against(tmp_path):
     (out / MANIFEST).write_text("{torn")  # unreadable: nothing to compare with, rewritten
     _check_manifest(out, run, BatchConfig())
     assert json.loads((out / MANIFEST).read_text()) == run
+
+
+def test_a_large_jpeg_lot_is_judged_as_inspect_judges_each_file(tiny_copilot, tmp_path):
+    """Large JPEG frames are decoded at the reduced scale the model needs, in the batch as by ``inspect``: the
+    same scores and boxes (in the files' pixels), annotated at the reduced scale with the boxes scaled to it."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    lot, refs = tmp_path / "lot", tmp_path / "refs"
+    lot.mkdir()
+    refs.mkdir()
+    scene = np.kron(rng.random((9, 15, 3)), np.ones((100, 100, 1)))  # 900 x 1500, blocks of 100 px
+    scene = (scene * 200 + rng.random(scene.shape) * 55).astype(np.uint8)  # and fine grain
+    Image.fromarray(scene).save(refs / "good.jpg", quality=95)
+    scene[200:600, 500:1000] = 0  # a large dark defect
+    Image.fromarray(scene).save(lot / "bad.jpg", quality=95)
+    run_batch(tiny_copilot, collect([lot]), [refs], tmp_path / "out", _cfg())
+    rec = read_records(tmp_path / "out" / "results.jsonl")[0]
+    want = tiny_copilot.inspect(lot / "bad.jpg", [refs / "good.jpg"])
+    assert rec["image_size"] == [1500, 900] and rec["score"] == pytest.approx(want.score, abs=1e-5)
+    assert [b["bbox_2d"] for b in rec["boxes"]] == [b.bbox_2d for b in want.boxes] and rec["boxes"]
+    pic = Image.open(tmp_path / "out" / rec["annotated"])
+    assert pic.size[0] < 1500 and pic.size[0] / pic.size[1] == pytest.approx(1500 / 900, rel=0.01)
+    # The first box drawn where it lies, at the picture's scale: its red frame, not elsewhere.
+    s = pic.size[0] / 1500
+    x1, y1, x2, y2 = (round(v * s) for v in rec["boxes"][0]["bbox_2d"])
+    px = np.asarray(pic.convert("RGB")).astype(int)
+    red = (px[..., 0] > 180) & (px[..., 1] < 90) & (px[..., 2] < 90)
+    assert red[y1:y2, x1:x1 + 3].mean() > 0.5  # the box's left edge
