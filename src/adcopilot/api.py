@@ -331,7 +331,8 @@ class Copilot:
         refs = as_references(references)
         size = self.detector.image_size
         qimg = load_image(query, name=source_name(query, "query"), draft=self.draft_size)
-        notes = self._shape_notes(full_size(qimg), source_name(query, "query"))
+        stored = full_size(qimg)  # (w, h) as stored: the result's map and boxes are in these pixels
+        notes = self._shape_notes(stored, source_name(query, "query"))
         q = to_float_array(qimg, size)
         key = cache_key(refs[0], size)
         # A lookup alone, from any thread: one dict operation, atomic under the GIL; only the model's
@@ -341,7 +342,7 @@ class Copilot:
             load_image(refs[0], name=reference_names(refs)[0], draft=self.draft_size), size)
         t1 = time.perf_counter()
         aligned = align(q, first, registration=registers(self.registration, len(refs)))
-        return StagedPair(query, refs, full_size(qimg), aligned, None if threshold is None else float(threshold), t0,
+        return StagedPair(query, refs, stored, aligned, None if threshold is None else float(threshold), t0,
                           {"load": (t1 - t0) * 1e3}, notes=notes)
 
     def encode(self, pair: StagedPair) -> None:

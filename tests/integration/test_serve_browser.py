@@ -30,6 +30,16 @@ def server(tmp_path, monkeypatch):
         yield url
 
 
+def _upload_and_inspect(b: HeadlessChromium, server: str, query, reference) -> None:
+    """Open the page, choose the query and one reference as a user would, and press Inspect."""
+    b.navigate(server + "/")
+    b.wait_for("document.getElementById('model').textContent.startsWith('model')")
+    b.set_files("#query-file", [query])
+    b.set_files("#ref-files", [reference])
+    b.wait_for("document.querySelectorAll('#ref-thumbs img').length === 1")
+    b.evaluate("document.getElementById('inspect-btn').click()")
+
+
 def test_upload_a_pair_and_see_boxes(server, tmp_path):
     from skimage import data
 
@@ -40,12 +50,7 @@ def test_upload_a_pair_and_see_boxes(server, tmp_path):
     Image.fromarray(ref).save(tmp_path / "good.png")
     Image.fromarray(bad).save(tmp_path / "query.png")
     with HeadlessChromium(width=1280, height=900, timeout=60) as b:
-        b.navigate(server + "/")
-        b.wait_for("document.getElementById('model').textContent.startsWith('model')")
-        b.set_files("#query-file", [tmp_path / "query.png"])
-        b.set_files("#ref-files", [tmp_path / "good.png"])
-        b.wait_for("document.querySelectorAll('#ref-thumbs img').length === 1")
-        b.evaluate("document.getElementById('inspect-btn').click()")
+        _upload_and_inspect(b, server, tmp_path / "query.png", tmp_path / "good.png")
         n = b.wait_for("document.querySelectorAll('#boxes .box').length", timeout=120)
         assert n >= 1
         assert b.evaluate("document.getElementById('verdict').textContent") == "ANOMALOUS"
@@ -85,12 +90,7 @@ def test_an_elongated_image_shows_the_services_note(server, tmp_path):
     Image.fromarray(ref).save(tmp_path / "good.png")
     Image.fromarray(ref).save(tmp_path / "query.png")
     with HeadlessChromium(width=1280, height=900, timeout=60) as b:
-        b.navigate(server + "/")
-        b.wait_for("document.getElementById('model').textContent.startsWith('model')")
-        b.set_files("#query-file", [tmp_path / "query.png"])
-        b.set_files("#ref-files", [tmp_path / "good.png"])
-        b.wait_for("document.querySelectorAll('#ref-thumbs img').length === 1")
-        b.evaluate("document.getElementById('inspect-btn').click()")
+        _upload_and_inspect(b, server, tmp_path / "query.png", tmp_path / "good.png")
         text = b.wait_for("(() => { const d = document.getElementById('description').textContent;"
                           " return d.includes('Note:') ? d : ''; })()", timeout=120)
     assert "Note: the image is 1536 x 512 (3.0:1): the model sees it squeezed to 256 x 256" in text
