@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from adcopilot.metrics import auroc
-from adcopilot.model.score import CANDIDATES, DISTANCE_SIGMA, fused_score
+from adcopilot.model.score import CANDIDATES, DISTANCE_SIGMA, SELF_CANDIDATES, fused_score
 from adcopilot.model.upsample import upsample_centered
 
 EPS = 1e-4
@@ -108,13 +108,17 @@ EXTRA_RULES: dict[str, PairRule] = {
 
 
 def self_gated(a: dict[str, np.ndarray], tau: float, per_patch: bool, candidates: bool = False,
-               own: str = "self3") -> np.ndarray:
+               own: str = "self3", limit: int | None = None) -> np.ndarray:
     """The distance to the reference's views (``candidates``: searched on the detector's candidate patches
     only, as the model computes it), lowered to the query's own self-distance where the reference
     shows that the product repeats itself (its own self-distance below ``tau``: at that position, or its
     median for the whole image); elsewhere the query's self-similarity is no evidence of normality."""
     d8 = candidates_d8(a["dist"], a["dist8"]).numpy() if candidates else a["dist8"]
     trusted = a["ref_self3"] < tau if per_patch else np.full(d8.shape, np.median(a["ref_self3"]) < tau)
+    if limit:  # twins searched only for the ``limit`` patches of largest d8, as the model searches them now
+        top = np.zeros(d8.size, bool)
+        top[np.argsort(-d8.ravel(), kind="stable")[:limit]] = True
+        trusted = trusted & top.reshape(d8.shape)
     return np.where(trusted, np.minimum(d8, a[own]), d8)
 
 
@@ -142,6 +146,8 @@ for _tau in (0.2, 0.25, 0.3, 0.35):
     EXTRA_RULES[f"hybrid {_tau}"] = (
         lambda p, a, t=_tau: fused_score(p, torch.from_numpy(self_gated(a, 0.3, True, True, "self3q")), 0.05)
         if np.median(a["ref_self3"]) < t else topk(p, 0.01))
+EXTRA_RULES["fused-self"] = (  # the model's "fused-self" score as computed now (SELF_CANDIDATES)
+    lambda p, a: fused_score(p, torch.from_numpy(self_gated(a, 0.3, True, True, "self3q", SELF_CANDIDATES)), 0.05))
 EXTRA_RULES["fused 0.05 on all views"] = lambda p, a: fused_score(p, torch.from_numpy(a["dist8"]), 0.05)
 EXTRA_ARRAYS = ("dist", "dist8", "dist8_agg", "self3", "ref_self3", "self3n", "self3t", "self3m", "self3q")
 

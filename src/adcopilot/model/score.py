@@ -37,7 +37,8 @@ pooled map (benchmarks/RESULTS.md):
     D = where(self_ref < gate, min(d8, self_q), d8)        score = max of prob ** w * B(D) ** (1 - w)
 
 The references' self-distance is made once and kept with them; the query's costs one (R, N) product
-over its R trusted positions.
+over its R trusted positions among the ``SELF_CANDIDATES`` of largest ``d8`` (the others keep ``d8``, an upper
+bound; searching them all cost 3.5x the time and ranked the same).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ DISTANCE_SIGMA = 4.0
 _FLOOR = 1e-4  # keeps the fused map's powers finite
 #: A patch's own neighbours (Chebyshev distance on the grid up to this) are not its matches in its image.
 SELF_RADIUS = 3
+#: Query patches (of the largest ``d8``) whose twins in the query itself are searched; the others keep ``d8``,
+#: an upper bound that seldom reaches the image's peak (a quarter of the 32 x 32 grid at 256 px).
+SELF_CANDIDATES = 256
 
 
 def dihedral_views(image: np.ndarray) -> list[np.ndarray]:
@@ -118,7 +122,10 @@ def self_gated_distance(
     normal); they are not ordinary patches of the query."""
     flat = d8.flatten()
     out = flat.clone()
-    rows = (reference_self.flatten() < gate).nonzero().squeeze(1)  # (R,) the trusted positions
+    trusted = reference_self.flatten() < gate
+    top = torch.zeros_like(trusted)
+    top[flat.topk(min(SELF_CANDIDATES, flat.numel())).indices] = True
+    rows = (trusted & top).nonzero().squeeze(1)  # (R,) the trusted positions among the candidates
     if len(rows):  # a twin explains a patch only as well as the references explain the twin
         cost = flat
         if twin_quantile < 1.0:  # the others cost 2: similarity at most -1, never a match

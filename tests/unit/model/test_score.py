@@ -14,6 +14,7 @@ import torch
 from adcopilot.errors import CheckpointError
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
 from adcopilot.model.score import (
+    SELF_CANDIDATES,
     SELF_RADIUS,
     dihedral_views,
     fused_score,
@@ -177,6 +178,25 @@ def test_a_twin_counts_at_least_its_own_cost():
     d = self_distance(t, (8, 8), twin_cost=cost)
     assert d[0] == pytest.approx(0.7)  # its only twin costs 0.7; the plain patches are 1 away
     assert d[4] == pytest.approx(0.0)  # (0, 4)'s twin (0, 0) costs nothing
+
+
+def test_twins_are_searched_only_for_the_patches_that_can_make_the_peak():
+    """On the 32 x 32 grid of a 256 px image, only the SELF_CANDIDATES patches of largest d8 are lowered by
+    their twins (exactly as a search over every patch lowers them); the others keep d8, an upper bound."""
+    rng = torch.Generator().manual_seed(0)
+    half = torch.nn.functional.normalize(torch.randn(512, 8, generator=rng), dim=1)
+    q = torch.cat([half, half])  # every patch has an identical twin 16 rows away
+    d8 = torch.rand(32, 32, generator=rng) * 0.5 + 0.3
+    ref_self = torch.zeros(32, 32)  # trusted everywhere
+    out = self_gated_distance(d8, q, ref_self, gate=0.3).flatten()
+    full = torch.minimum(d8.flatten(), self_distance(q, (32, 32), twin_cost=d8.flatten()))
+    top = d8.flatten().topk(SELF_CANDIDATES).indices
+    rest = torch.ones(1024, dtype=torch.bool)
+    rest[top] = False
+    assert SELF_CANDIDATES < 1024
+    assert torch.allclose(out[top], full[top])  # searched: as the search over every patch gives
+    assert (out[top] < d8.flatten()[top]).any()
+    assert torch.equal(out[rest], d8.flatten()[rest])  # not searched: d8 as it was
 
 
 def _tiled(rng: np.random.Generator, tile: int = 16, size: int = 64) -> np.ndarray:
