@@ -14,7 +14,7 @@ grey images multiplied by a Hanning window (centre-weighted; see ``ECC_WINDOWED`
 Usage::
 
     reg = register(query_rgb, ref_rgb)     # (H, W, 3) float arrays of the same size
-    aligned = warp(query_rgb, reg.matrix)  # query in the reference's frame
+    aligned = onto_reference(query_rgb, ref_rgb, reg.matrix)  # query in the reference's frame
     back = warp(map_in_ref_frame, reg.inverse)
 """
 
@@ -89,6 +89,21 @@ def warp(img: np.ndarray, matrix: np.ndarray, border: str = "replicate") -> np.n
     h, w = img.shape[:2]
     mode = cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT
     return cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=mode)
+
+
+def onto_reference(query: np.ndarray, reference: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The (H, W, C) float ``query`` warped by ``matrix`` into the frame of ``reference`` (same shape), with the
+    reference's own pixels where the warp leaves the query's frame. A shifted or turned part leaves a border
+    the camera did not see; filled by repeating the query's edge (``warp``), it is a smeared strip the
+    comparison flags as a defect on every good part that moved; filled from the reference, it is alike."""
+    h, w = query.shape[:2]
+    moved = warp(query, matrix)
+    cover = cv2.warpAffine(np.ones((h, w), np.float32), matrix, (w, h), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)  # (H, W) 1 where the query reaches
+    if cover.min() >= 1.0:
+        return moved
+    cover = cover[..., None] if moved.ndim == 3 else cover
+    return (moved * cover + reference * (1.0 - cover)).astype(moved.dtype, copy=False)
 
 
 def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[float, float]:

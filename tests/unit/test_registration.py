@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adcopilot.registration import phase_shift, register, warp
+from adcopilot.registration import onto_reference, phase_shift, register, warp
 
 
 def _structured(rng) -> np.ndarray:
@@ -93,3 +93,19 @@ def test_phase_correlation_leaves_its_inputs_as_they_were(rng):
     a0, b0 = a.copy(), b.copy()
     phase_shift(a, b, cv2.createHanningWindow((64, 64), cv2.CV_32F))
     assert np.array_equal(a, a0) and np.array_equal(b, b0)  # OpenCV 5.0 windows them in place
+
+
+def test_the_border_a_moved_part_leaves_is_filled_from_the_reference(rng):
+    """A good part shifted by 12 px: warped back into the reference's frame, the strip it does not cover
+    is the reference's own (alike: nothing there to flag), not the query's edge repeated (a smeared strip
+    the comparison took for a defect on every moved good part); the covered part is the warped query."""
+    ref = cv2.GaussianBlur(rng.random((256, 256, 3), dtype=np.float32), (0, 0), 2.0)  # a surface to the edges
+    m = np.float32([[1, 0, 12], [0, 1, 0]])  # the camera saw the part 12 px to the right
+    query = cv2.warpAffine(ref, m, (256, 256), borderMode=cv2.BORDER_REPLICATE)
+    back = np.float32([[1, 0, -12], [0, 1, 0]])  # query -> reference
+    out = onto_reference(query, ref, back)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert np.abs(out[:, 245:] - ref[:, 245:]).max() < 1e-6  # not seen by the camera: the reference's
+    assert np.abs(out[:, :243] - warp(query, back)[:, :243]).max() < 1e-6  # seen: the query's
+    assert np.abs(warp(query, back)[:, 245:] - ref[:, 245:]).mean() > 0.01  # the repeated edge is not alike
+    assert np.array_equal(onto_reference(query, ref, np.eye(2, 3, dtype=np.float32)), query)  # nothing left out

@@ -33,7 +33,7 @@ import torch
 from adcopilot.model.boxes import deviation_map
 from adcopilot.model.detector import Detection, Detector
 from adcopilot.model.sanity import patch_distance
-from adcopilot.registration import Registration, register, warp
+from adcopilot.registration import Registration, onto_reference, register, warp
 
 
 @dataclass
@@ -84,7 +84,7 @@ def align(query: np.ndarray, reference: np.ndarray, *, registration: bool = True
     Needs no model: callers run it beside the detector (the service, for requests waiting for it)."""
     t0 = time.perf_counter()
     reg = register(query, reference) if registration else Registration()
-    compared = warp(query, reg.matrix) if reg.method != "identity" else query
+    compared = onto_reference(query, reference, reg.matrix) if reg.method != "identity" else query
     return Aligned(query, compared, reg, (time.perf_counter() - t0) * 1e3)
 
 

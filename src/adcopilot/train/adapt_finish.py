@@ -27,7 +27,7 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import MEMORY_FILE, ProductMemory, build_memory
 from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
-from adcopilot.registration import register, warp
+from adcopilot.registration import onto_reference, register
 from adcopilot.train.validation import (
     MIN_REAL_DEFECTS,
     MIN_THRESHOLD_IMAGES,
@@ -156,7 +156,7 @@ def _validate(detector: NanoDetector, features, scales, good: Images, defects: I
         q, r = query.astype(np.float32) / 255.0, reference.astype(np.float32) / 255.0
         reg = register(q, r)  # as inspection does
         moved = reg.method != "identity"
-        compared = warp(q, reg.matrix) if moved else q
+        compared = onto_reference(q, r, reg.matrix) if moved else q
         ref = detector.encode_reference(r)
         prob, _, _ = detector.maps(compared, [ref])  # the comparison model's map (no memory on the detector)
         if memory is None:
