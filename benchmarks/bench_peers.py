@@ -17,7 +17,9 @@ normal images:
 Datasets: ELPV mono and poly cells (test split of ``elpv.split(seed=0)``, labels 0 and 1, a fixed
 seeded subset of ``--per-type`` cells of each type; normals from the training split) and the bundled
 benchmark's held-out photos (4 classes: 8 training normals, 10 normal and 20 defective test images
-with masks each; figures are the mean over classes). k = 1, 5 and all normals; ``--draws`` seeded
+with masks each; figures are the mean over classes), and ``--datasets surfaces``, the outside surfaces of
+``benchmarks/surfaces.py`` (9 classes: 8 normals, 15 normal and 18 defective test images each, defects by
+another library; the mean over classes). k = 1, 5 and all normals; ``--draws`` seeded
 draws, each one set of k normal images shared by all queries of the draw (few-shot protocol), the
 mean and the spread (standard deviation over draws) reported. Memory: ``--ratio`` (10 %) of the
 normal patches few-shot, ``--full-ratio`` with all normals (1 % on ELPV, where a 10 % greedy coreset of
@@ -65,6 +67,9 @@ from adcopilot.model.vision import FusedPatchTower, load_vision_tower
 log = logging.getLogger("bench_peers")
 SIZE = 256
 PHOTOS = assets.home() / "benchmarks" / "bundled" / "HeldOut-Photos"
+#: benchmarks/surfaces.py's outside surfaces (built on demand): product classes in the photos' layout
+SURFACES = assets.home() / "benchmarks" / "surfaces" / "Surfaces"
+CLASS_DATASETS = {"photos": PHOTOS, "surfaces": SURFACES}  # datasets of product classes, averaged over classes
 
 
 @dataclass
@@ -98,14 +103,18 @@ def elpv_tasks(per_type: int, kinds: list[str]) -> list[Task]:
     return tasks
 
 
-def photo_tasks(classes: list[str] | None) -> list[Task]:
+def photo_tasks(classes: list[str] | None, dataset: str = "photos") -> list[Task]:
+    """One task per product class of a class dataset (the bundled photos, or the surfaces)."""
     tasks = []
-    for cls in sorted(p for p in PHOTOS.iterdir() if p.is_dir() and (not classes or p.name in classes)):
+    root = CLASS_DATASETS[dataset]
+    if not root.is_dir():
+        raise SystemExit(f"{root}: not built (python benchmarks/surfaces.py)")
+    for cls in sorted(p for p in root.iterdir() if p.is_dir() and (not classes or p.name in classes)):
         tests = sorted((cls / "test").glob("*/*.png"))
         labels = [int(p.parent.name != "good") for p in tests]
         masks = [None if not y else cls / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
                  for p, y in zip(tests, labels, strict=True)]
-        tasks.append(Task(f"photos-{cls.name}", sorted((cls / "train" / "good").glob("*.png")), tests, labels, masks))
+        tasks.append(Task(f"{dataset}-{cls.name}", sorted((cls / "train" / "good").glob("*.png")), tests, labels, masks))
     return tasks
 
 
@@ -245,7 +254,7 @@ def main() -> None:
                     "figures already in --out are kept: they depend only on the draws)")
     ap.add_argument("--no-padim", action="store_true", help="PatchCore only")
     ap.add_argument("--suffix", default="", help="appended to anomalib's method names (a variant's own row)")
-    ap.add_argument("--datasets", nargs="+", default=["elpv", "photos"], choices=["elpv", "photos"])
+    ap.add_argument("--datasets", nargs="+", default=["elpv", "photos"], choices=["elpv", "photos", "surfaces"])
     ap.add_argument("--ratio", type=float, default=0.1, help="PatchCore memory share of the patches, few-shot")
     ap.add_argument("--full-ratio", type=float, default=0.01, help="the same with all normals")
     ap.add_argument("--full-memories", nargs="+", default=["coreset", "random"], choices=["coreset", "random"],
@@ -274,16 +283,17 @@ def main() -> None:
         log.warning("anomalib is NOT available (%s); measuring this project's models only. Install: "
                     'pip install -e ".[peers]" -c constraints/cpu-torch.txt', ANOMALIB_ERROR)
 
-    tasks = (elpv_tasks(args.per_type, args.kinds) if "elpv" in args.datasets else []) + (
-        photo_tasks(args.classes) if "photos" in args.datasets else [])
+    tasks = (elpv_tasks(args.per_type, args.kinds) if "elpv" in args.datasets else []) + [
+        t for ds in CLASS_DATASETS if ds in args.datasets for t in photo_tasks(args.classes, ds)]
     adapted: dict[str, Path] = {}
     if "elpv" in args.datasets and not args.peers_only and not args.no_full:
         adapted["elpv"] = Path(args.adapted_elpv) if args.adapted_elpv else build_adapted(  # both types' normals
             "elpv", {t.name.split("-")[1]: t.normals for t in elpv_tasks(1, ["mono", "poly"])},
             elpv_defects() if args.adapted_defects else None)
-    if "photos" in args.datasets and not args.peers_only and not args.no_full:
-        adapted["photos"] = Path(args.adapted_photos) if args.adapted_photos else build_adapted(  # every class's
-            "photos", {t.name.split("-", 1)[1]: t.normals for t in photo_tasks(None)})
+    for ds in (d for d in CLASS_DATASETS if d in args.datasets and not args.peers_only and not args.no_full):
+        given = args.adapted_photos if ds == "photos" else None
+        adapted[ds] = Path(given) if given else build_adapted(  # every class's normals
+            ds, {t.name.split("-", 1)[1]: t.normals for t in photo_tasks(None, ds)})
     ours = {} if args.peers_only else {"default": Copilot.load(args.default)}
     if args.baseline and not args.peers_only:
         ours = {"baseline": Copilot.load("baseline"), **ours}
@@ -325,9 +335,9 @@ def main() -> None:
                 log.info("%s %s %s: image AUROC %s ± %s%s", task.name, col, name, s.get("image_auroc"),
                          s.get("image_auroc_std"),
                          f", pixel AUROC {s['pixel_auroc']}, PRO {s['pro']}" if "pro" in s else "")
-    if "photos" in args.datasets:
-        results["photos (mean of classes)"] = mean_over_classes(
-            {k: v for k, v in results.items() if k.startswith("photos-")})
+    for ds in (d for d in CLASS_DATASETS if d in args.datasets):
+        results[f"{ds} (mean of classes)"] = mean_over_classes(
+            {k: v for k, v in results.items() if k.startswith(f"{ds}-")})
     # Runs of some columns only keep their own settings beside the others' in a merged file.
     columns = " all normals" if not args.shots else " few-shot" if args.no_full else ""
     payload = {
@@ -357,9 +367,10 @@ def main() -> None:
                 for method, cols in methods.items():
                     merged.setdefault(task_name, {}).setdefault(method, {}).update(cols)
             payload["results"] = merged
-            per_class = {k: v for k, v in payload["results"].items() if k.startswith("photos-")}
-            if per_class:
-                payload["results"]["photos (mean of classes)"] = mean_over_classes(per_class)
+            for ds in CLASS_DATASETS:
+                per_class = {k: v for k, v in payload["results"].items() if k.startswith(f"{ds}-")}
+                if per_class:
+                    payload["results"][f"{ds} (mean of classes)"] = mean_over_classes(per_class)
         out.write_text(json.dumps(payload, indent=1))
     log.info("wrote %s\n%s", args.out, table(payload["results"]))
 
@@ -378,13 +389,13 @@ def cell(r: dict | None, key: str) -> str:
 def paired(results: dict, ours: str = "default") -> str:
     """The default model's lead over each PatchCore memory per draw (the same references on both sides),
     few-shot columns: the mean and standard deviation of the per-draw differences and the draws won. The
-    photos' draw i is the mean of the classes' draws i."""
+    photos' (and surfaces') draw i is the mean of the classes' draws i."""
     lines = ["| image AUROC, ours - peer per draw | column | mean ± std | draws won |", "|---|---|---:|---:|"]
-    per_class = [v for k, v in results.items() if k.startswith("photos-")]
-    for product in ("elpv-mono", "elpv-poly", "photos"):
+    for product in ("elpv-mono", "elpv-poly", *CLASS_DATASETS):
+        per_class = [v for k, v in results.items() if k.startswith(f"{product}-")]
         for col in ("1-shot", "5-shot"):
             for peer in ("anomalib PatchCore (coreset)", "anomalib PatchCore (random)"):
-                parts = per_class if product == "photos" else [results.get(product, {})]
+                parts = per_class if product in CLASS_DATASETS else [results.get(product, {})]
                 try:
                     mine = np.mean([p[ours][col]["image_auroc_draws"] for p in parts], axis=0)
                     theirs = np.mean([p[peer][col]["image_auroc_draws"] for p in parts], axis=0)
@@ -399,11 +410,13 @@ def paired(results: dict, ours: str = "default") -> str:
 
 
 def table(results: dict) -> str:
-    """Markdown tables: image AUROC on every product and column; pixel AUROC and PRO on the photos."""
-    per_class = {k: v for k, v in results.items() if k.startswith("photos-")}
-    if per_class:
-        results = {**results, "photos (mean of classes)": mean_over_classes(per_class)}
-    products = [p for p in ("elpv-mono", "elpv-poly", "photos (mean of classes)") if p in results]
+    """Markdown tables: image AUROC on every product and column; pixel AUROC and PRO on the photos and surfaces."""
+    for ds in CLASS_DATASETS:
+        per_class = {k: v for k, v in results.items() if k.startswith(f"{ds}-")}
+        if per_class:
+            results = {**results, f"{ds} (mean of classes)": mean_over_classes(per_class)}
+    products = [p for p in ("elpv-mono", "elpv-poly", *(f"{ds} (mean of classes)" for ds in CLASS_DATASETS))
+                if p in results]
     cols = ["1-shot", "5-shot", "all"]
     methods = sorted(dict.fromkeys(m for p in products for m in results[p]), key=lambda m: not m.startswith("anomalib"))
     head = [f"{p.split(' ')[0]} {c}" for p in products for c in cols]
@@ -412,10 +425,12 @@ def table(results: dict) -> str:
     for m in methods:
         row = [cell(results[p].get(m, {}).get(c), "image_auroc") for p in products for c in cols]
         lines.append(f"| {m} | " + " | ".join(row) + " |")
-    photos = results.get("photos (mean of classes)")
-    if photos:
-        lines += ["", "| photos: pixel AUROC / PRO | " + " | ".join(cols) + " |", "|---" + "|---:" * 3 + "|"]
-        for m, by_col in photos.items():
+    for ds in CLASS_DATASETS:
+        by_method = results.get(f"{ds} (mean of classes)")
+        if not by_method:
+            continue
+        lines += ["", f"| {ds}: pixel AUROC / PRO | " + " | ".join(cols) + " |", "|---" + "|---:" * 3 + "|"]
+        for m, by_col in by_method.items():
             row = [f"{cell(by_col.get(c), 'pixel_auroc')} / {cell(by_col.get(c), 'pro')}" if by_col.get(c) else ""
                    for c in cols]
             lines.append(f"| {m} | " + " | ".join(row) + " |")
