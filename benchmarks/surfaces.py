@@ -89,10 +89,17 @@ def ensure_patterns(folder: Path) -> Path:
     if all((root / p).exists() for p in SURFACES.values()):
         return root
     with tempfile.TemporaryDirectory() as tmp:
-        for pkg in PACKAGES:
-            subprocess.run(["apt-get", "download", pkg], cwd=tmp, check=True, capture_output=True)
-        for deb in sorted(Path(tmp).glob("*.deb")):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True)
+        try:
+            for pkg in PACKAGES:
+                subprocess.run(["apt-get", "download", pkg], cwd=tmp, check=True, capture_output=True)
+            for deb in sorted(Path(tmp).glob("*.deb")):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise SystemExit(f"{folder}: the patterns of {' and '.join(PACKAGES)} could not be taken from Debian's "
+                             f"packages ({exc}); extract them there by hand (dpkg-deb -x)") from None
+    missing = [p for p in SURFACES.values() if not (root / p).exists()]
+    if missing:
+        raise SystemExit(f"{root}: no {', '.join(missing)}")
     return root
 
 
@@ -132,7 +139,9 @@ def _question(bad: bool, rng: np.random.Generator) -> dict:
 
 def build(out: Path, patterns: Path, n_normal: int, n_defective: int) -> dict:
     root_patterns = ensure_patterns(patterns)
-    if out.exists():
+    if out.exists():  # only a folder this script built is replaced
+        if not (out / "surfaces.json").is_file():
+            raise SystemExit(f"{out}: exists and is not a surfaces benchmark; name another --out")
         shutil.rmtree(out)
     data: dict[str, dict] = {}
     gens = generators()
@@ -157,6 +166,8 @@ def build(out: Path, patterns: Path, n_normal: int, n_defective: int) -> dict:
                     res = gens[kind].apply(img.copy())
                     if res.has_defect:
                         break
+                else:
+                    raise SystemExit(f"{name}: defect-synthesis left no {kind} on 20 tries")
                 img, mask = res.image, (res.anomaly_mask > 0).astype(np.uint8) * 255
                 rel = f"{DATASET}/{name}/test/{kind}/{i:03d}.png"
                 mask_rel = f"{DATASET}/{name}/ground_truth/{kind}/{i:03d}_mask.png"
@@ -183,6 +194,8 @@ def main() -> None:
     ap.add_argument("--normal", type=int, default=15)
     ap.add_argument("--defective", type=int, default=18)
     args = ap.parse_args()
+    if args.normal < 1 or args.defective < 1:
+        ap.error("--normal and --defective must be at least 1")
     if ScratchGenerator is None:
         raise SystemExit("defect-synthesis is not installed: pip install --no-deps defect-synthesis==0.1.0")
     summary = build(args.out, args.patterns, args.normal, args.defective)
