@@ -81,10 +81,10 @@ def main() -> None:
     times: list[float] = []
 
     def check(group: str, q: np.ndarray, refs: list[str]) -> None:
-        encoded = [cp._reference(r, r) for r in refs]  # cached, as inspect's references
+        encoded = cp._references(refs)  # cached, as inspect's references
         core = inspect_arrays(cp.detector, q, encoded, registration=cp.registration)
         t = time.perf_counter()
-        reason = cp.check(q, cp.reference_profiles(refs, [a for a, _ in encoded]), core)
+        reason = cp.check(q, cp.reference_profiles(refs, cp._plain_arrays(refs)), core)
         times.append(time.perf_counter() - t)
         counts[group][reason or "passed"] += 1
         distances[group].append(core.patch_dist)

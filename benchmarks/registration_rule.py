@@ -2,9 +2,9 @@
 
 ``register`` fits a rigid ECC transform, then a similarity (an affine fit projected onto it); the similarity is
 kept when it correlates better than the rigid fit by ``SIMILARITY_MARGIN`` (0: any gain; infinity: the rigid
-fit alone). The query is registered onto the first reference with up to two references ("two", the model's
-``REGISTER_UP_TO``) or with any number ("any", the rule before). Settings ``MARGIN/RULE``, and "none" (no
-registration):
+fit alone). The query is registered onto the first reference; with three references or more the others are
+brought into the first one's frame too ("common", the model's ``COMMON_FRAME_FROM``), or left as taken
+("first"; from two references on with "common2"). Settings ``MARGIN/RULE``, and "none" (no registration at all):
 
 * ``--part val``: each photo class's ``train/good`` images only (labels unused: all normal), the default
   model's score, lower when normal images look alike after alignment: with ``--shots 1`` every ordered pair,
@@ -14,8 +14,8 @@ registration):
   (``--score map``: a copy of the checkpoint with ``multi_image_score`` "map" and ``multi_threshold`` 0.5).
 
     python benchmarks/registration_rule.py --part val --shots 1      # and --shots 5
-    python benchmarks/registration_rule.py --part test --shots 5 --score map --settings 0/any inf/any
-    python benchmarks/registration_rule.py --part test --shots 5 --data elpv-mono --settings none 0/any
+    python benchmarks/registration_rule.py --part test --shots 5 --score map --settings 0/first 0/common
+    python benchmarks/registration_rule.py --part test --shots 5 --data elpv-mono --settings none 0/common
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from adcopilot.data.elpv import split
 from adcopilot.eval.detection import auroc
 
 PHOTOS = assets.home() / "benchmarks" / "bundled" / "HeldOut-Photos"
+SURFACES = assets.home() / "benchmarks" / "surfaces" / "Surfaces"  # benchmarks/surfaces.py builds it
 NANO = Path(__file__).resolve().parents[1] / "src" / "adcopilot" / "checkpoints" / "nano"
 
 
@@ -59,11 +60,15 @@ class Group:
 
 
 def groups(data: str, per_type: int) -> list[Group]:
-    """The photo classes, or one ELPV cell type (``elpv-mono``/``elpv-poly``: the seed-0 split's training
+    """The photo classes or the outside surfaces (``benchmarks/surfaces.py``), or one ELPV cell type (``elpv-mono``/``elpv-poly``: the seed-0 split's training
     normals and ``bench_peers.py``'s seeded subset of ``per_type`` test cells of probability 0 or 1)."""
-    if data == "photos":
+    if data in ("photos", "surfaces"):
+        root = PHOTOS if data == "photos" else SURFACES
+        if not root.is_dir():
+            raise SystemExit(f"{root}: missing (photos: adcopilot eval detect --benchmark bundled builds them; "
+                             "surfaces: python benchmarks/surfaces.py)")
         out = []
-        for cls in sorted(p for p in PHOTOS.iterdir() if p.is_dir()):
+        for cls in sorted(p for p in root.iterdir() if p.is_dir()):
             tests = sorted((cls / "test").glob("*/*.png"))
             out.append(Group(cls.name, sorted((cls / "train" / "good").glob("*.png")), tests,
                              [int(p.parent.name != "good") for p in tests]))
@@ -89,13 +94,13 @@ def map_model(folder: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("val", "test"), default="val")
-    ap.add_argument("--settings", nargs="+", default=["none", "0/two", "0/any", "inf/any"],
-                    help="MARGIN/RULE: the similarity margin, and registration with up to two references (two, the "
-                    "default) or with any number (any); 'none': no registration")
+    ap.add_argument("--settings", nargs="+", default=["none", "0/first", "0/common"],
+                    help="MARGIN/RULE: the similarity margin, and the references after the first in its frame "
+                    "from three (common, the default; common2: from two) or as taken (first); 'none': no registration")
     ap.add_argument("--shots", type=int, default=1)
     ap.add_argument("--score", choices=("shipped", "map"), default="shipped")
     ap.add_argument("--draws", type=int, default=5)
-    ap.add_argument("--data", choices=("photos", "elpv-mono", "elpv-poly"), default="photos")
+    ap.add_argument("--data", choices=("photos", "surfaces", "elpv-mono", "elpv-poly"), default="photos")
     ap.add_argument("--per-type", type=int, default=150, help="ELPV test cells (bench_peers.py's subset)")
     ap.add_argument("--val-normals", type=int, default=40, help="good images each validation set uses at most")
     args = ap.parse_args()
@@ -109,7 +114,7 @@ def main() -> None:
             margin, _, rule = setting.partition("/")
             if setting != "none":
                 registration.SIMILARITY_MARGIN = float(margin)
-                inspection.REGISTER_UP_TO = 2 if rule in ("", "two") else 10**9
+                inspection.COMMON_FRAME_FROM = {"": 3, "common": 3, "common2": 2, "first": 10**9}[rule]
             per: dict[str, float] = {}
             pooled: list[float] = []
             for cls in tqdm(classes, desc=setting, leave=False):

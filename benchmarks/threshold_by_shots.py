@@ -18,8 +18,8 @@ own leave-one-out scores (each reference against the set's others, unregistered)
 sigmoid(A x the set's mean leave-one-out logit + m), A in 0.25-1 and m chosen as above; the within-product
 correlation of that level with the set's normal queries' 95th percentile (logits).
 
-``--registered``: beside each ``--shots`` file of the choosing sets, its ``*_reg.npz`` twin
-(``threshold_evidence.py --register always``: the same sets, every query registered onto the set's first
+``--as-taken``: beside each ``--shots`` file of the choosing sets, its ``*_asis.npz`` twin
+(``threshold_evidence.py --register none``: the same sets, every query and reference compared unregistered
 reference); the image AUROC of each reference set both ways.
 """
 
@@ -45,7 +45,7 @@ def products(folder: Path, sets: list[str], shots: int) -> dict[str, tuple[np.nd
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for s in sets:
         pattern = f"{s}_seed*.npz" if shots == 2 else f"{s}_k{shots}_seed*.npz"
-        files = sorted(f for f in folder.glob(pattern) if not f.stem.endswith("_reg"))  # --register: its own
+        files = sorted(f for f in folder.glob(pattern) if not f.stem.endswith("_asis"))  # --register: its own
         if not files:
             raise SystemExit(f"{folder}: no evidence {pattern} (run threshold_evidence.py --shots {shots})")
         for path in files:
@@ -89,7 +89,7 @@ Sets = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]  # product: [(
 def loo_sets(folder: Path, sets: list[str], shots: int) -> Sets:
     out: Sets = {}
     for s in sets:
-        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_reg")):
+        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_asis")):
             z = np.load(path)
             for name in sorted({k.split("|")[0] for k in z.files}):
                 if f"{name}|set_loo" not in z.files:
@@ -130,21 +130,21 @@ def loo_rules(folder: Path, choose_on: list[str], measure_on: list[str], shots: 
                                for k, r in rs.items()), flush=True)
 
 
-def registered(folder: Path, sets: list[str], shots: int) -> None:
-    """Image AUROC per reference set, the query compared as ``inspect`` compares it and registered."""
+def as_taken(folder: Path, sets: list[str], shots: int) -> None:
+    """Image AUROC per reference set, the query compared as ``inspect`` compares it and unregistered."""
     for s in sets:
-        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_reg")):
-            twin = path.with_name(path.stem + "_reg.npz")
+        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_asis")):
+            twin = path.with_name(path.stem + "_asis.npz")
             if not twin.exists():
-                raise SystemExit(f"{twin}: missing (run threshold_evidence.py --register always)")
+                raise SystemExit(f"{twin}: missing (run threshold_evidence.py --register none)")
             a, b = np.load(path), np.load(twin)
             for name in sorted({k.split("|")[0] for k in a.files}):
                 y = a[f"{name}|labels"]
                 assert (a[f"{name}|pairs"] == b[f"{name}|pairs"]).all(), "not the same reference sets"
                 u, r = (np.array([auroc(z[f"{name}|scores"][:, j, FUSED], y) for j in range(len(z[f"{name}|pairs"]))])
                         for z in (a, b))
-                print(f"{shots} references {s}/{name}: AUROC as inspect compares {u.mean():.3f}, registered "
-                      f"{r.mean():.3f} (per set {np.mean(r - u):+.3f} +- {np.std(r - u):.3f}, registered better in "
+                print(f"{shots} references {s}/{name}: AUROC as inspect compares {u.mean():.3f}, unregistered "
+                      f"{r.mean():.3f} (per set {np.mean(r - u):+.3f} +- {np.std(r - u):.3f}, unregistered better in "
                       f"{int((r > u).sum())} of {len(u)})", flush=True)
 
 
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--fixed", type=float, nargs="*", default=[],
                     help="also report these thresholds (for instance one shared by several counts)")
     ap.add_argument("--loo", action="store_true", help="also the leave-one-out rules")
-    ap.add_argument("--registered", action="store_true", help="also the AUROC with every query registered")
+    ap.add_argument("--as-taken", action="store_true", help="also the AUROC with every image compared unregistered")
     args = ap.parse_args()
     for shots in args.shots:
         val = products(args.folder, args.choose_on, shots)
@@ -173,8 +173,8 @@ def main() -> None:
                 report(label, prods, t)
         if args.loo:
             loo_rules(args.folder, args.choose_on, args.measure_on, shots)
-        if args.registered:
-            registered(args.folder, args.choose_on, shots)
+        if args.as_taken:
+            as_taken(args.folder, args.choose_on, shots)
 
 
 if __name__ == "__main__":

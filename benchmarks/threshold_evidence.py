@@ -37,10 +37,11 @@ from bench_image_score import baseline_map
 from bench_threshold import augment
 from tqdm import tqdm
 
+import adcopilot.model.inspection as inspection
 from adcopilot.data.elpv import split
 from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
-from adcopilot.model.inspection import align, registers
+from adcopilot.model.inspection import align, in_common_frame, into_frame
 from adcopilot.model.nano import NanoDetector, pooled_score
 from adcopilot.model.registry import load_detector, resolve_model
 
@@ -103,13 +104,24 @@ class Scorer:
             self.cache[key] = (arr, self.detector.encode_reference(arr))
         return self.cache[key]
 
+    def framed(self, path: Path, first: Path) -> tuple[np.ndarray, object]:
+        """A reference in the ``first`` one's frame (``inspection.into_frame``), cached for the pair."""
+        key = f"{path}@{first}"
+        if key not in self.cache:
+            arr, enc = self.ref(path)
+            moved = into_frame(arr, self.ref(first)[0])
+            self.cache[key] = (arr, enc) if moved is arr else (moved, self.detector.encode_reference(moved))
+        return self.cache[key]
+
     @torch.inference_mode()
     def scores(self, query: np.ndarray, refs: list[Path], register: bool | None = None) -> tuple[float, float, float]:
         """(pooled map score, fused score, training-free baseline's score) of an (S, S, 3) query against
         ``refs``, registered as ``inspect`` registers it unless ``register`` says otherwise. The baseline's
         is the maximum of its map (the blurred nearest-reference distance) from the same pass."""
         entries = [self.ref(r) for r in refs]
-        reg = registers(True, len(entries)) if register is None else register
+        reg = True if register is None else register
+        if in_common_frame(reg, len(entries)):  # the others in the first one's frame, as inspect compares them
+            entries = [entries[0]] + [self.framed(r, refs[0]) for r in refs[1:]]
         aligned = align(query, entries[0][0], registration=reg)
         d = self.detector.detection(aligned.compared, [e for _, e in entries])
         step = self.size // d.features.shape[-1]
@@ -183,8 +195,11 @@ def main() -> None:
     ap.add_argument("--augs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--register", choices=["always"], default=None,
-                    help="register every query onto its set's first reference, whatever the count (file *_reg.npz)")
+    ap.add_argument("--register", choices=["none"], default=None,
+                    help="compare every query and reference as taken, unregistered (file *_asis.npz)")
+    ap.add_argument("--common-from", type=int, default=None,
+                    help="compare the references in the first one's frame from this count on (the model's "
+                         "inspection.COMMON_FRAME_FROM unless given; file *_commonN.npz)")
     ap.add_argument("--add-loo", action="store_true",
                     help="with --shots 3 or more: add the sets' leave-one-out scores to the file already written")
     ap.add_argument("--one-score", choices=["fused", "fused-self"], default="fused",
@@ -202,12 +217,15 @@ def main() -> None:
         groups = photo_groups()
     path = args.out / (f"{args.set}_seed{args.seed}.npz" if args.shots == 2 else f"{args.set}_k{args.shots}_seed{args.seed}.npz")
     if args.register:
-        path = path.with_name(path.stem + "_reg.npz")
+        path = path.with_name(path.stem + "_asis.npz")
+    if args.common_from is not None:
+        inspection.COMMON_FRAME_FROM = args.common_from
+        path = path.with_name(path.stem + f"_common{args.common_from}.npz")
     if args.add_loo:
         add_set_loo(Scorer(detector), groups, path)
         return
     data = collect(Scorer(detector), groups, args.pairs, args.augs, args.seed, first=args.set.endswith("val"),
-                   shots=args.shots, register=True if args.register else None)
+                   shots=args.shots, register=False if args.register else None)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **data)
     print(f"{path}: {len(groups)} groups", flush=True)

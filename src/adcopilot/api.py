@@ -42,7 +42,15 @@ from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
 from adcopilot.model.detector import Detection, Detector
-from adcopilot.model.inspection import Aligned, CoreOutput, align, in_query_frame, inspect_arrays, registers
+from adcopilot.model.inspection import (
+    Aligned,
+    CoreOutput,
+    align,
+    in_common_frame,
+    in_query_frame,
+    inspect_arrays,
+    into_frame,
+)
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.protocols import Inspector
@@ -132,19 +140,43 @@ class Copilot:
         return load(model, **options)
 
     # ------------------------------------------------------------------ references
-    def _reference(self, src: ImageInput, name: str) -> tuple[np.ndarray, Any]:
+    def _reference(
+        self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, Any]:
+        """(array (S, S, 3), encoding) of a reference, cached; with ``first`` (the set's first reference, source
+        and array), in that one's frame (:func:`into_frame`), cached for the pair."""
         size = self.detector.image_size
         key = cache_key(src, size)
+        if first is not None:
+            first_key = cache_key(first[0], size)
+            key = None if key is None or first_key is None else f"{key}@{first_key}"
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        arr = to_float_array(load_image(src, name=name, draft=self.draft_size), size)
-        entry = (arr, self.detector.encode_reference(arr))
+        if first is None:
+            arr = to_float_array(load_image(src, name=name, draft=self.draft_size), size)
+            entry = (arr, self.detector.encode_reference(arr))
+        else:
+            own = self._reference(src, name)
+            moved = into_frame(own[0], first[1])
+            entry = own if moved is own[0] else (moved, self.detector.encode_reference(moved))
         if key is not None:
             self._cache[key] = entry
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return entry
+
+    def _references(self, refs: Sequence[ImageInput]) -> list[tuple[np.ndarray, Any]]:
+        """The references as the inspection core compares them: from ``COMMON_FRAME_FROM`` on, the others in the
+        first one's frame (each cached for its pair)."""
+        names = reference_names(refs)
+        first = self._reference(refs[0], names[0])
+        onto = (refs[0], first[0]) if in_common_frame(self.registration, len(refs)) else None
+        return [first] + [self._reference(r, n, onto) for r, n in zip(refs[1:], names[1:], strict=True)]
+
+    def _plain_arrays(self, refs: Sequence[ImageInput]) -> list[np.ndarray]:
+        """The references' own (S, S, 3) arrays (cached): their profiles are read as they were taken."""
+        return [self._reference(r, n)[0] for r, n in zip(refs, reference_names(refs), strict=True)]
 
     def forget_references(self, references: Sequence[ImageInput]) -> int:
         """Drop the cached encodings of these references (a set no longer used); the number dropped."""
@@ -152,7 +184,9 @@ class Copilot:
         keys = {cache_key(r, size) for r in references} - {None}
         for k in keys:
             self._profiles.pop(k, None)
-        return sum(self._cache.pop(k, None) is not None for k in keys)
+        # References brought into another one's frame are cached as "KEY@FIRST": either side forgotten drops them.
+        pairs = [k for k in self._cache if "@" in k and set(k.split("@")) & keys]
+        return sum(self._cache.pop(k, None) is not None for k in [*keys, *pairs])
 
     @property
     def cached_references(self) -> int:
@@ -218,12 +252,12 @@ class Copilot:
         size = full_size(qimg)  # (w, h) as stored: the map and the boxes are in these pixels
         notes = self._shape_notes(size, source_name(query, "query"))
         q = to_float_array(qimg, self.detector.image_size)
-        encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
+        encoded = self._references(refs)
         t1 = time.perf_counter()
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration,
                               with_deviation=True)  # (S, S), query frame
         t2 = time.perf_counter()
-        check = self.check(q, self.reference_profiles(refs, [e[0] for e in encoded]), core)
+        check = self.check(q, self.reference_profiles(refs, self._plain_arrays(refs)), core)
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
         analysis = self._analysis(size, core, check, timings)
@@ -324,7 +358,7 @@ class Copilot:
     def prepare(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput], *, threshold: float | None = None
     ) -> StagedPair:
-        """Stage 1, no model (any thread): decode the query and register it onto the first reference (up to two)."""
+        """Stage 1, no model (any thread): decode the query and register it onto the first reference."""
         if threshold is not None:
             require_finite(threshold, "threshold")
         t0 = time.perf_counter()
@@ -341,7 +375,7 @@ class Copilot:
         first = cached[0] if cached is not None else to_float_array(
             load_image(refs[0], name=reference_names(refs)[0], draft=self.draft_size), size)
         t1 = time.perf_counter()
-        aligned = align(q, first, registration=registers(self.registration, len(refs)))
+        aligned = align(q, first, registration=self.registration)
         return StagedPair(query, refs, stored, aligned, None if threshold is None else float(threshold), t0,
                           {"load": (t1 - t0) * 1e3}, notes=notes)
 
@@ -349,8 +383,8 @@ class Copilot:
         """Stage 2, the model's thread: the references' encodings and profiles (cached), the threshold."""
         t0 = time.perf_counter()
         refs = pair.references
-        pair.encoded = [self._reference(r, name) for r, name in zip(refs, reference_names(refs), strict=True)]
-        pair.profiles = self.reference_profiles(refs, [a for a, _ in pair.encoded])
+        pair.encoded = self._references(refs)
+        pair.profiles = self.reference_profiles(refs, self._plain_arrays(refs))
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)
         pair.timings["queue"] = (t0 - pair.started) * 1e3 - pair.timings["load"] - pair.aligned.ms

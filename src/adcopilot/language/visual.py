@@ -46,7 +46,7 @@ from adcopilot.imaging import ImageInput, load_image, to_float_array
 from adcopilot.inputs import cache_key, reference_names, source_name
 from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.detector import to_batch
-from adcopilot.model.inspection import inspect_arrays
+from adcopilot.model.inspection import in_common_frame, inspect_arrays, into_frame
 from adcopilot.model.nano import NanoComparisonModel, NanoDetector
 
 GRID = 3
@@ -168,12 +168,23 @@ class VisualEncoder:
         self._cache: OrderedDict[str, _Image] = OrderedDict()
         self._cache_size = cache_size
 
-    def _image(self, src: ImageInput, name: str) -> _Image:
+    def _image(self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None) -> _Image:
+        """An image's features (cached); with ``first`` (a reference set's first: source, array), the reference in
+        that one's frame (:func:`into_frame`), as the inspection core compares it."""
         key = cache_key(src, self.size)
+        if first is not None:
+            first_key = cache_key(first[0], self.size)
+            key = None if key is None or first_key is None else f"{key}@{first_key}"
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        arr = to_float_array(load_image(src, name=name), self.size)
+        if first is None:
+            arr = to_float_array(load_image(src, name=name), self.size)
+        else:
+            own = self._image(src, name)
+            arr = into_frame(own.array, first[1])
+            if arr is own.array:
+                return own
         with torch.no_grad():
             pf, gf = self.tower.features(to_batch([arr]))
         entry = _Image(arr, pf[0], gf[0])
@@ -185,7 +196,10 @@ class VisualEncoder:
 
     @torch.no_grad()
     def encode(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs:
-        refs = [self._image(r, name) for r, name in zip(references, reference_names(references), strict=True)]
+        names = reference_names(references)
+        first = self._image(references[0], names[0])
+        onto = (references[0], first.array) if in_common_frame(self.registration, len(references)) else None
+        refs = [first] + [self._image(r, n, onto) for r, n in zip(references[1:], names[1:], strict=True)]
         for r in refs:
             if r.encoded is None:
                 r.encoded = self.detector.encode_reference(r.array)

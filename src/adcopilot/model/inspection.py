@@ -4,9 +4,13 @@ Every path that looks at a pair runs this and reads its :class:`CoreOutput`: ``C
 (verdict, boxes), the language model's visual inputs (:mod:`adcopilot.language.visual`), batch and
 serve through ``Copilot``. Steps, all at the detector's square size S:
 
-    query (S, S, 3) -> registration onto the first reference (optional; with one or two, see REGISTER_UP_TO)
+    query (S, S, 3) -> registration onto the first reference (optional)
       -> warp into the reference's frame -> detector (map, score, distance, features, tokens)
       -> map and distance warped back into the query's own frame
+
+With several references (from ``COMMON_FRAME_FROM``) the others are brought into the first's frame too
+(:func:`into_frame`, once per reference set: the caller caches them), so the query is compared with
+references that all lie in the pose it was warped to.
 
 The score is pooled in the reference frame, before warping back, where the map has no empty border.
 The three steps are also separate (:func:`align`, the detector, :func:`in_query_frame`), so that
@@ -66,17 +70,23 @@ class Aligned:
         return None if self.registration.method == "identity" else (self.query, self.registration.matrix)
 
 
-#: Registration onto the first reference is used with this many references at most. With more, the query is
-#: compared as it was taken: the references' own poses cover its pose better than a warp onto the first one,
-#: which moves it away from the others and resamples its texture (on good images only, normal queries scored
-#: lower without it at 3 and 5 references and level at 2, where the threshold for two references was set
-#: with it; benchmarks/RESULTS.md).
-REGISTER_UP_TO = 2
+#: From this many references on, the references after the first are registered onto it and compared in its
+#: frame (:func:`into_frame`). A query registered onto the first alone moves away from the other references'
+#: poses; compared as taken, it is not aligned at all. With every image in one frame good parts look most
+#: alike (benchmarks/RESULTS.md, "Several references in one frame").
+COMMON_FRAME_FROM = 3
 
 
-def registers(registration: bool, references: int) -> bool:
-    """Whether a query compared with ``references`` references is registered (``registration``: the option)."""
-    return registration and references <= REGISTER_UP_TO
+def in_common_frame(registration: bool, references: int) -> bool:
+    """Whether ``references`` references are compared in the first one's frame (``registration``: the option)."""
+    return registration and references >= COMMON_FRAME_FROM
+
+
+def into_frame(reference: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """A further ``reference`` (S, S, 3) registered onto the ``first`` one (S, S, 3) and warped into its frame,
+    the border it leaves filled from the first; the reference itself when registration keeps it as taken."""
+    reg = register(reference, first)
+    return onto_reference(reference, first, reg.matrix) if reg.method != "identity" else reference
 
 
 def align(query: np.ndarray, reference: np.ndarray, *, registration: bool = True) -> Aligned:
@@ -125,10 +135,19 @@ def inspect_arrays(
     with_tokens: bool = False,
     with_deviation: bool = False,
 ) -> CoreOutput:
-    """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...]."""
-    aligned = align(query, references[0][0], registration=registers(registration, len(references)))
+    """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...], the query registered
+    onto the first; from ``COMMON_FRAME_FROM`` references on, the others already in its frame (:func:`framed`)."""
+    aligned = align(query, references[0][0], registration=registration)
     t1 = time.perf_counter()
     d = detector.detection(aligned.compared, [e for _, e in references], with_tokens=with_tokens,  # reference frame
                            own_frame=aligned.own_frame)
     detect_ms = (time.perf_counter() - t1) * 1e3
     return in_query_frame(d, aligned, [a for a, _ in references], with_deviation=with_deviation, detect_ms=detect_ms)
+
+
+def framed(detector: Detector, arrays: Sequence[np.ndarray], *, registration: bool = True) -> list[tuple[np.ndarray, Any]]:
+    """(S, S, 3) reference arrays -> [(array, encoded), ...] as :func:`inspect_arrays` takes them: from
+    ``COMMON_FRAME_FROM`` on, the references after the first in its frame. Uncached: ``Copilot`` keeps its own."""
+    common = in_common_frame(registration, len(arrays))
+    moved = [a if i == 0 or not common else into_frame(a, arrays[0]) for i, a in enumerate(arrays)]
+    return [(a, detector.encode_reference(a)) for a in moved]

@@ -115,9 +115,8 @@ class NanoConfig:
     multi_image_score: str = "map"
     multi_threshold: float | None = None
     # Thresholds for larger reference sets, keyed by the smallest count each serves ({"3": t, "5": u}): with
-    # n references the entry of the largest count not above n, else ``multi_threshold``. From three
-    # references on the query is compared as taken (model/inspection.py) and the fused score of a normal
-    # part falls with every reference added, so the two-reference threshold would waste the ranking.
+    # n references the entry of the largest count not above n, else ``multi_threshold``. The fused score of
+    # a normal part falls with every reference added, so the two-reference threshold would waste the ranking.
     multi_thresholds: dict[str, float] = field(default_factory=dict)
     name: str = "nano"
     extra: dict[str, Any] = field(default_factory=dict)

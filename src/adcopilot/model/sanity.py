@@ -13,7 +13,7 @@ anomalous whatever the score, with one of these reasons:
   references';
 * ``"not the reference product"``: most of the frame unlike any patch of the references. In an
   inspection this reads the detector's own nearest-reference-patch distance map (the query as
-  compared, registered onto the first of up to two references): its 25th percentile (:func:`patch_distance`), so
+  compared, registered onto the first reference, the others in its frame): its 25th percentile (:func:`patch_distance`), so
   the check costs no vision-tower pass of its own, and a defect, however large, leaves the quarter
   of the frame it reads alone. Where there is no such map (a lot's images checked against each
   other), the global feature of the frozen vision tower (mean of the unit-norm patch features at

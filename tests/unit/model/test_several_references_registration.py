@@ -1,5 +1,6 @@
-"""Registration onto the first of one or two references; with three or more the query is compared as it was
-taken, on every path (``Copilot.inspect``, the staged service path of ``inspect_batch``)."""
+"""Several references: the query is registered onto the first, and from ``COMMON_FRAME_FROM`` on the other
+references are brought into the first one's frame, on every path (``Copilot.inspect``, the staged service path of
+``inspect_batch``, the language model's visual inputs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from adcopilot.model import inspection
-from adcopilot.model.inspection import registers
+from adcopilot.model.inspection import in_common_frame, into_frame
+from adcopilot.registration import register
 
 
 def _scene(seed: int) -> np.ndarray:
@@ -20,20 +22,56 @@ def _scene(seed: int) -> np.ndarray:
     return (cv2.GaussianBlur(img, (0, 0), 1.0) * 255).astype(np.uint8)
 
 
+def _moved(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    return np.ascontiguousarray(np.roll(img, (dy, dx), axis=(0, 1)))
+
+
 def test_the_rule():
-    assert registers(True, 1) and registers(True, 2) and not registers(True, 3) and not registers(False, 1)
+    assert not in_common_frame(True, 1) and not in_common_frame(True, 2)
+    assert in_common_frame(True, 3) and in_common_frame(True, 5) and not in_common_frame(False, 3)
 
 
-def test_one_or_two_references_register_three_do_not(nano_copilot, monkeypatch):
+def test_into_frame_moves_a_shifted_reference_back():
+    first = _scene(0).astype(np.float32) / 255.0
+    shifted = _moved(_scene(0), 4, -3).astype(np.float32) / 255.0
+    moved = into_frame(shifted, first)
+    inner = (slice(10, -10), slice(10, -10))
+    assert np.abs(moved[inner] - first[inner]).mean() < 0.25 * np.abs(shifted[inner] - first[inner]).mean()
+    assert into_frame(first, first) is first  # nothing to correct: the reference itself, no copy
+    assert register(moved, first).method in ("identity", "ecc")
+
+
+def test_three_references_share_the_first_ones_frame(nano_copilot):
     copilot = nano_copilot
-    ref, other, third = _scene(0), _scene(1), _scene(2)
-    shifted = np.ascontiguousarray(np.roll(ref, (3, 4), axis=(0, 1)))
-    two = copilot.inspect(shifted, [ref, other])
-    assert two.registration["method"] != "identity"
-    three = copilot.inspect(shifted, [ref, other, third])
-    assert three.registration["method"] == "identity"
-    staged = copilot.inspect_batch([(shifted, [ref, other]), (shifted, [ref, other, third])])  # the service's path
-    assert [r.registration["method"] for r in staged] == [two.registration["method"], "identity"]
-    assert staged[1].score == pytest.approx(three.score, abs=1e-5)
-    monkeypatch.setattr(inspection, "REGISTER_UP_TO", 5)
-    assert copilot.inspect(shifted, [ref, other, third]).registration["method"] != "identity"
+    ref = _scene(0)
+    refs = [ref, _moved(ref, 5, 3), _moved(ref, -4, 6)]  # one product placed three ways
+    query = _moved(ref, 3, -4)
+    framed = copilot._references(refs)
+    own = copilot._plain_arrays(refs)
+    inner = (slice(12, -12), slice(12, -12))
+    for (arr, _), plain in zip(framed[1:], own[1:], strict=True):  # both moved back onto the first
+        assert np.abs(arr[inner] - own[0][inner]).mean() < 0.3 * np.abs(plain[inner] - own[0][inner]).mean()
+    three = copilot.inspect(query, refs)
+    assert three.registration["method"] != "identity"  # the query too, whatever the count
+    # the same pair as taken: every image compared unregistered scores higher (misaligned parts look different)
+    as_taken = type(copilot)(copilot.detector, registration=False).inspect(query, refs)
+    assert three.score < as_taken.score
+    staged = copilot.inspect_batch([(query, refs), (query, refs[:2])])  # the service's path
+    assert staged[0].score == pytest.approx(three.score, abs=1e-5)
+    assert staged[1].score == pytest.approx(copilot.inspect(query, refs[:2]).score, abs=1e-5)
+    # the pair entries are cached and forgotten with either side
+    assert copilot.cached_references >= 5
+    copilot.forget_references([refs[0]])
+    assert not [k for k in copilot._cache if "@" in k]
+
+
+def test_framed_matches_the_copilots_references(nano_copilot, monkeypatch):
+    copilot = nano_copilot
+    ref = _scene(1)
+    refs = [ref, _moved(ref, 4, 2), _moved(ref, -3, -5)]
+    arrays = copilot._plain_arrays(refs)
+    mine = inspection.framed(copilot.detector, arrays)
+    for (a, _), (b, _) in zip(mine, copilot._references(refs), strict=True):
+        assert np.array_equal(a, b)
+    monkeypatch.setattr(inspection, "COMMON_FRAME_FROM", 10)
+    assert all(a is b for (a, _), b in zip(inspection.framed(copilot.detector, arrays), arrays, strict=True))
