@@ -1,0 +1,78 @@
+"""JPEG compression: how the default model's scores move when the images are saved as JPEG.
+
+Cameras and phones save JPEG; references are often kept lossless. Every query of an MMAD-format benchmark
+(the bundled one, or ``benchmarks/surfaces.py``'s outside surfaces) is inspected against its first random
+template at each ``--quality`` (Pillow's encoder, 4:2:0), in two set-ups: the query alone compressed (the
+references as stored, lossless), and query and reference compressed alike. Reported per set-up and quality:
+image AUROC, the false alarms and misses at the model's own threshold (1 reference, no calibration), and the
+median score of the normal queries. "png" is the images as stored.
+
+    python benchmarks/bench_jpeg.py --benchmark ~/.cache/adcopilot/benchmarks/surfaces/mmad.json
+    python benchmarks/bench_jpeg.py --benchmark bundled --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from adcopilot import Copilot
+from adcopilot.eval.bundled import ensure_bundled
+from adcopilot.eval.detection import auroc
+
+
+def compressed(img: Image.Image, quality: int | None) -> np.ndarray:
+    """The (H, W, 3) uint8 image after a JPEG round trip at ``quality`` (None: as it is)."""
+    if quality is None:
+        return np.asarray(img)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--benchmark", default="bundled", help="'bundled' or an MMAD-format JSON file")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--quality", type=int, nargs="+", default=[90, 75, 50, 40])
+    ap.add_argument("--limit", type=int, default=None, help="a seeded subset of the queries")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    path = ensure_bundled() if args.benchmark == "bundled" else Path(args.benchmark).expanduser()
+    root, items = path.parent, list(json.loads(path.read_text()).items())
+    random.Random(0).shuffle(items)
+    items = items[: args.limit]
+    cp = Copilot.load(args.model)
+    qualities: list[int | None] = [None, *args.quality]
+    setups = {"query only": False, "query and reference": True}
+    scores = {(s, q): [] for s in setups for q in qualities if not (q is None and s != "query only")}
+    labels, verdicts = [], {k: [] for k in scores}
+    for key, entry in tqdm(items, desc="queries"):
+        query = Image.open(root / key).convert("RGB")
+        ref = Image.open(root / entry["random_templates"][0]).convert("RGB")
+        labels.append(int("/good/" not in key))
+        for (setup, q) in scores:
+            r = cp.inspect(compressed(query, q), [compressed(ref, q) if setups[setup] else ref])
+            scores[(setup, q)].append(r.score)
+            verdicts[(setup, q)].append(r.verdict == "anomalous")
+    y = np.asarray(labels)
+    print(f"{path}: {len(y)} queries ({int(y.sum())} defective), model {cp.model_name}, threshold {cp.threshold:.4f}")
+    print("| set-up | quality | image AUROC | false alarms | misses | median normal score |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (setup, q), s in scores.items():
+        v, s = np.asarray(verdicts[(setup, q)]), np.asarray(s)
+        print(f"| {setup if q is not None else 'as stored'} | {q or 'png'} | {100 * auroc(list(s), list(y)):.1f} | "
+              f"{100 * v[y == 0].mean():.1f} % | {100 * (~v[y == 1]).mean():.1f} % | {np.median(s[y == 0]):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
