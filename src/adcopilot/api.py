@@ -46,6 +46,7 @@ from adcopilot.model.inspection import (
     Aligned,
     CoreOutput,
     align,
+    compared_references,
     in_common_frame,
     in_query_frame,
     inspect_arrays,
@@ -174,9 +175,14 @@ class Copilot:
         onto = (refs[0], first[0]) if in_common_frame(self.registration, len(refs)) else None
         return [first] + [self._reference(r, n, onto) for r, n in zip(refs[1:], names[1:], strict=True)]
 
+    def _plain(self, refs: Sequence[ImageInput]) -> list[tuple[np.ndarray, Any]]:
+        """The references as they were taken (cached): their profiles are read so, and a query registration could
+        not place is compared with them (``inspection.compared_references``)."""
+        return [self._reference(r, n) for r, n in zip(refs, reference_names(refs), strict=True)]
+
     def _plain_arrays(self, refs: Sequence[ImageInput]) -> list[np.ndarray]:
-        """The references' own (S, S, 3) arrays (cached): their profiles are read as they were taken."""
-        return [self._reference(r, n)[0] for r, n in zip(refs, reference_names(refs), strict=True)]
+        """The references' own (S, S, 3) arrays (cached)."""
+        return [a for a, _ in self._plain(refs)]
 
     def forget_references(self, references: Sequence[ImageInput]) -> int:
         """Drop the cached encodings of these references (a set no longer used); the number dropped."""
@@ -253,11 +259,12 @@ class Copilot:
         notes = self._shape_notes(size, source_name(query, "query"))
         q = to_float_array(qimg, self.detector.image_size)
         encoded = self._references(refs)
+        plain = self._plain(refs)
         t1 = time.perf_counter()
-        core = inspect_arrays(self.detector, q, encoded, registration=self.registration,
-                              with_deviation=True)  # (S, S), query frame
+        core = inspect_arrays(self.detector, q, encoded, registration=self.registration, with_deviation=True,
+                              as_taken=plain)  # (S, S), query frame
         t2 = time.perf_counter()
-        check = self.check(q, self.reference_profiles(refs, self._plain_arrays(refs)), core)
+        check = self.check(q, self.reference_profiles(refs, [a for a, _ in plain]), core)
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
         analysis = self._analysis(size, core, check, timings)
@@ -383,8 +390,9 @@ class Copilot:
         """Stage 2, the model's thread: the references' encodings and profiles (cached), the threshold."""
         t0 = time.perf_counter()
         refs = pair.references
-        pair.encoded = self._references(refs)
-        pair.profiles = self.reference_profiles(refs, self._plain_arrays(refs))
+        plain = self._plain(refs)
+        pair.encoded = list(compared_references(pair.aligned, self._references(refs), plain))
+        pair.profiles = self.reference_profiles(refs, [a for a, _ in plain])
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)
         pair.timings["queue"] = (t0 - pair.started) * 1e3 - pair.timings["load"] - pair.aligned.ms

@@ -199,13 +199,17 @@ class VisualEncoder:
         names = reference_names(references)
         first = self._image(references[0], names[0])
         onto = (references[0], first.array) if in_common_frame(self.registration, len(references)) else None
+        plain = [first] + [self._image(r, n) for r, n in zip(references[1:], names[1:], strict=True)]
         refs = [first] + [self._image(r, n, onto) for r, n in zip(references[1:], names[1:], strict=True)]
-        for r in refs:
+        for r in refs + plain:
             if r.encoded is None:
                 r.encoded = self.detector.encode_reference(r.array)
         q = self._image(query, source_name(query, "query"))  # a query needs no reference encoding
         core = inspect_arrays(self.detector, q.array, [(r.array, r.encoded) for r in refs],
-                              registration=self.registration, with_tokens=self.comparison is None)
+                              registration=self.registration, with_tokens=self.comparison is None,
+                              as_taken=[(r.array, r.encoded) for r in plain])
+        if core.registration.method == "identity":  # compared with the references as taken (compared_references)
+            refs = plain
         assert core.distance is not None and core.features is not None  # a nano detector gives both
         rf = torch.stack([r.patches for r in refs])  # (k, C, h, w)
         tokens = core.tokens

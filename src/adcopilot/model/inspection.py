@@ -89,6 +89,16 @@ def into_frame(reference: np.ndarray, first: np.ndarray) -> np.ndarray:
     return onto_reference(reference, first, reg.matrix) if reg.method != "identity" else reference
 
 
+def compared_references(aligned: Aligned, framed: Sequence[Any], as_taken: Sequence[Any] | None) -> Sequence[Any]:
+    """The references a query is compared with: those in the first one's frame (``framed``) when its registration
+    brought it there, else the references as taken (``as_taken``, when given). A query that registration could
+    not place (the identity fallback) is still in its own pose, which the references' own poses may cover; moved
+    into the first one's frame they would all differ from it."""
+    if as_taken is None or aligned.registration.method != "identity":
+        return framed
+    return as_taken
+
+
 def align(query: np.ndarray, reference: np.ndarray, *, registration: bool = True) -> Aligned:
     """Register ``query`` (S, S, 3) onto ``reference`` (S, S, 3) and warp it into the reference's frame.
     Needs no model: callers run it beside the detector (the service, for requests waiting for it)."""
@@ -134,10 +144,14 @@ def inspect_arrays(
     registration: bool = True,
     with_tokens: bool = False,
     with_deviation: bool = False,
+    as_taken: Sequence[tuple[np.ndarray, Any]] | None = None,
 ) -> CoreOutput:
     """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...], the query registered
-    onto the first; from ``COMMON_FRAME_FROM`` references on, the others already in its frame (:func:`framed`)."""
+    onto the first; from ``COMMON_FRAME_FROM`` references on, the others already in its frame (:func:`framed`), and
+    ``as_taken`` the same references unmoved, compared instead when the query stays where it was (see
+    :func:`compared_references`)."""
     aligned = align(query, references[0][0], registration=registration)
+    references = compared_references(aligned, references, as_taken)
     t1 = time.perf_counter()
     d = detector.detection(aligned.compared, [e for _, e in references], with_tokens=with_tokens,  # reference frame
                            own_frame=aligned.own_frame)
@@ -147,7 +161,8 @@ def inspect_arrays(
 
 def framed(detector: Detector, arrays: Sequence[np.ndarray], *, registration: bool = True) -> list[tuple[np.ndarray, Any]]:
     """(S, S, 3) reference arrays -> [(array, encoded), ...] as :func:`inspect_arrays` takes them: from
-    ``COMMON_FRAME_FROM`` on, the references after the first in its frame. Uncached: ``Copilot`` keeps its own."""
+    ``COMMON_FRAME_FROM`` on, the references after the first in its frame (give the plain ones as its ``as_taken``).
+    Uncached: ``Copilot`` keeps its own."""
     common = in_common_frame(registration, len(arrays))
     moved = [a if i == 0 or not common else into_frame(a, arrays[0]) for i, a in enumerate(arrays)]
     return [(a, detector.encode_reference(a)) for a in moved]

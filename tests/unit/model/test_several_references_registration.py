@@ -75,3 +75,20 @@ def test_framed_matches_the_copilots_references(nano_copilot, monkeypatch):
         assert np.array_equal(a, b)
     monkeypatch.setattr(inspection, "COMMON_FRAME_FROM", 10)
     assert all(a is b for (a, _), b in zip(inspection.framed(copilot.detector, arrays), arrays, strict=True))
+
+
+def test_a_query_registration_cannot_place_is_compared_with_the_references_as_taken(nano_copilot):
+    """The references in the first one's frame serve a query registered there; one left where it was (the
+    identity fallback) is compared with the references as they were taken, on every path."""
+    copilot = nano_copilot
+    ref = _scene(3)
+    refs = [ref, _moved(ref, 6, 2), _moved(ref, -2, 7)]
+    stranger = np.full((96, 96, 3), 128, np.uint8)  # a blank frame: nothing to register
+    placed = copilot.inspect(stranger, refs)
+    assert placed.registration["method"] == "identity"
+    as_taken = type(copilot)(copilot.detector, registration=False).inspect(stranger, refs)
+    assert placed.score == pytest.approx(as_taken.score, abs=1e-6)
+    framed = [(a, e) for a, e in copilot._references(refs)]
+    in_frame = inspection.inspect_arrays(copilot.detector, copilot._plain_arrays([stranger])[0], framed)
+    assert in_frame.score != pytest.approx(placed.score, abs=1e-6)  # the frame would have changed the comparison
+    assert copilot.inspect_batch([(stranger, refs)])[0].score == pytest.approx(placed.score, abs=1e-5)
