@@ -41,7 +41,7 @@ import adcopilot.model.inspection as inspection
 from adcopilot.data.elpv import split
 from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
-from adcopilot.model.inspection import align, in_common_frame, into_frame
+from adcopilot.model.inspection import align, compared_references, in_common_frame, into_frame
 from adcopilot.model.nano import NanoDetector, pooled_score
 from adcopilot.model.registry import load_detector, resolve_model
 
@@ -120,9 +120,10 @@ class Scorer:
         is the maximum of its map (the blurred nearest-reference distance) from the same pass."""
         entries = [self.ref(r) for r in refs]
         reg = True if register is None else register
-        if in_common_frame(reg, len(entries)):  # the others in the first one's frame, as inspect compares them
-            entries = [entries[0]] + [self.framed(r, refs[0]) for r in refs[1:]]
         aligned = align(query, entries[0][0], registration=reg)
+        if in_common_frame(reg, len(entries)):  # the others in the first one's frame, as inspect compares them
+            framed = [entries[0]] + [self.framed(r, refs[0]) for r in refs[1:]]
+            entries = list(compared_references(aligned, framed, entries))
         d = self.detector.detection(aligned.compared, [e for _, e in entries])
         step = self.size // d.features.shape[-1]
         baseline = float(baseline_map(d.distance[::step, ::step], self.size).max())
