@@ -46,9 +46,17 @@ def main() -> None:
     ap.add_argument("--quality", type=int, nargs="+", default=[90, 75, 50, 40])
     ap.add_argument("--limit", type=int, default=None, help="a seeded subset of the queries")
     args = ap.parse_args()
+    if any(not 1 <= q <= 95 for q in args.quality):
+        raise SystemExit(f"--quality: each value must be 1-95 (Pillow's JPEG range), got {args.quality}")
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit must be at least 1, got {args.limit}")
     torch.set_num_threads(1)
     path = ensure_bundled() if args.benchmark == "bundled" else Path(args.benchmark).expanduser()
-    root, items = path.parent, list(json.loads(path.read_text()).items())
+    try:
+        items = list(json.loads(path.read_text()).items())
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SystemExit(f"{path}: not an MMAD-format JSON file ({exc.__class__.__name__}: {exc})") from None
+    root = path.parent
     random.Random(0).shuffle(items)
     items = items[: args.limit]
     cp = Copilot.load(args.model)

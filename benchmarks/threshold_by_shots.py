@@ -45,7 +45,7 @@ def products(folder: Path, sets: list[str], shots: int) -> dict[str, tuple[np.nd
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for s in sets:
         pattern = f"{s}_seed*.npz" if shots == 2 else f"{s}_k{shots}_seed*.npz"
-        files = sorted(f for f in folder.glob(pattern) if not f.stem.endswith("_asis"))  # --register: its own
+        files = sorted(f for f in folder.glob(pattern) if not f.stem.endswith("_asis") and "_common" not in f.stem)  # --register / --common-from: their own
         if not files:
             raise SystemExit(f"{folder}: no evidence {pattern} (run threshold_evidence.py --shots {shots})")
         for path in files:
@@ -89,7 +89,7 @@ Sets = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]  # product: [(
 def loo_sets(folder: Path, sets: list[str], shots: int) -> Sets:
     out: Sets = {}
     for s in sets:
-        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_asis")):
+        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_asis") and "_common" not in f.stem):
             z = np.load(path)
             for name in sorted({k.split("|")[0] for k in z.files}):
                 if f"{name}|set_loo" not in z.files:
@@ -133,7 +133,7 @@ def loo_rules(folder: Path, choose_on: list[str], measure_on: list[str], shots: 
 def as_taken(folder: Path, sets: list[str], shots: int) -> None:
     """Image AUROC per reference set, the query compared as ``inspect`` compares it and unregistered."""
     for s in sets:
-        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_asis")):
+        for path in sorted(f for f in folder.glob(f"{s}_k{shots}_seed*.npz") if not f.stem.endswith("_asis") and "_common" not in f.stem):
             twin = path.with_name(path.stem + "_asis.npz")
             if not twin.exists():
                 raise SystemExit(f"{twin}: missing (run threshold_evidence.py --register none)")

@@ -36,7 +36,7 @@ import numpy as np
 from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
 from adcopilot.imaging import ImageInput, full_size, load_image, to_float_array
-from adcopilot.inputs import as_references, cache_key, reference_names, source_name
+from adcopilot.inputs import as_references, cache_key, frame_key, reference_names, source_name
 from adcopilot.language.answering import LanguageAnswers
 from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
@@ -147,10 +147,7 @@ class Copilot:
         """(array (S, S, 3), encoding) of a reference, cached; with ``first`` (the set's first reference, source
         and array), in that one's frame (:func:`into_frame`), cached for the pair."""
         size = self.detector.image_size
-        key = cache_key(src, size)
-        if first is not None:
-            first_key = cache_key(first[0], size)
-            key = None if key is None or first_key is None else f"{key}@{first_key}"
+        key = frame_key(src, None if first is None else first[0], size)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -49,6 +49,16 @@ def cache_key(src: ImageInput, size: int) -> str | None:
     return h.hexdigest()
 
 
+def frame_key(src: ImageInput, first: ImageInput | None, size: int) -> str | None:
+    """:func:`cache_key` of ``src``, or with ``first`` the key of ``src`` brought into that image's frame
+    ("KEY@FIRST_KEY"; ``inspection.into_frame``); None when either cannot be keyed."""
+    key = cache_key(src, size)
+    if first is None or key is None:
+        return key
+    first_key = cache_key(first, size)
+    return None if first_key is None else f"{key}@{first_key}"
+
+
 def pair_key(query: ImageInput, references: Sequence[ImageInput], size: int) -> str | None:
     """A key for a (query, references) pair, or None when any part cannot be keyed."""
     keys = [cache_key(x, size) for x in [query, *references]]

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from adcopilot.imaging import ImageInput, load_image, to_float_array
-from adcopilot.inputs import cache_key, reference_names, source_name
+from adcopilot.inputs import frame_key, reference_names, source_name
 from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.detector import to_batch
 from adcopilot.model.inspection import in_common_frame, inspect_arrays, into_frame
@@ -171,10 +171,7 @@ class VisualEncoder:
     def _image(self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None) -> _Image:
         """An image's features (cached); with ``first`` (a reference set's first: source, array), the reference in
         that one's frame (:func:`into_frame`), as the inspection core compares it."""
-        key = cache_key(src, self.size)
-        if first is not None:
-            first_key = cache_key(first[0], self.size)
-            key = None if key is None or first_key is None else f"{key}@{first_key}"
+        key = frame_key(src, None if first is None else first[0], self.size)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -147,7 +147,7 @@ def inspect_arrays(
     as_taken: Sequence[tuple[np.ndarray, Any]] | None = None,
 ) -> CoreOutput:
     """Compare ``query`` (S, S, 3) float with ``references`` [(array (S, S, 3), encoded), ...], the query registered
-    onto the first; from ``COMMON_FRAME_FROM`` references on, the others already in its frame (:func:`framed`), and
+    onto the first; from ``COMMON_FRAME_FROM`` references on, the others already in its frame (:func:`into_frame`), and
     ``as_taken`` the same references unmoved, compared instead when the query stays where it was (see
     :func:`compared_references`)."""
     aligned = align(query, references[0][0], registration=registration)
@@ -157,12 +157,3 @@ def inspect_arrays(
                            own_frame=aligned.own_frame)
     detect_ms = (time.perf_counter() - t1) * 1e3
     return in_query_frame(d, aligned, [a for a, _ in references], with_deviation=with_deviation, detect_ms=detect_ms)
-
-
-def framed(detector: Detector, arrays: Sequence[np.ndarray], *, registration: bool = True) -> list[tuple[np.ndarray, Any]]:
-    """(S, S, 3) reference arrays -> [(array, encoded), ...] as :func:`inspect_arrays` takes them: from
-    ``COMMON_FRAME_FROM`` on, the references after the first in its frame (give the plain ones as its ``as_taken``).
-    Uncached: ``Copilot`` keeps its own."""
-    common = in_common_frame(registration, len(arrays))
-    moved = [a if i == 0 or not common else into_frame(a, arrays[0]) for i, a in enumerate(arrays)]
-    return [(a, detector.encode_reference(a)) for a in moved]

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from adcopilot.inputs import cache_key, frame_key
 from adcopilot.model import inspection
 from adcopilot.model.inspection import in_common_frame, into_frame
 from adcopilot.registration import register
@@ -65,18 +66,6 @@ def test_three_references_share_the_first_ones_frame(nano_copilot):
     assert not [k for k in copilot._cache if "@" in k]
 
 
-def test_framed_matches_the_copilots_references(nano_copilot, monkeypatch):
-    copilot = nano_copilot
-    ref = _scene(1)
-    refs = [ref, _moved(ref, 4, 2), _moved(ref, -3, -5)]
-    arrays = copilot._plain_arrays(refs)
-    mine = inspection.framed(copilot.detector, arrays)
-    for (a, _), (b, _) in zip(mine, copilot._references(refs), strict=True):
-        assert np.array_equal(a, b)
-    monkeypatch.setattr(inspection, "COMMON_FRAME_FROM", 10)
-    assert all(a is b for (a, _), b in zip(inspection.framed(copilot.detector, arrays), arrays, strict=True))
-
-
 def test_a_query_registration_cannot_place_is_compared_with_the_references_as_taken(nano_copilot):
     """The references in the first one's frame serve a query registered there; one left where it was (the
     identity fallback) is compared with the references as they were taken, on every path."""
@@ -88,7 +77,14 @@ def test_a_query_registration_cannot_place_is_compared_with_the_references_as_ta
     assert placed.registration["method"] == "identity"
     as_taken = type(copilot)(copilot.detector, registration=False).inspect(stranger, refs)
     assert placed.score == pytest.approx(as_taken.score, abs=1e-6)
-    framed = [(a, e) for a, e in copilot._references(refs)]
-    in_frame = inspection.inspect_arrays(copilot.detector, copilot._plain_arrays([stranger])[0], framed)
+    in_frame = inspection.inspect_arrays(copilot.detector, copilot._plain_arrays([stranger])[0],
+                                         copilot._references(refs))
     assert in_frame.score != pytest.approx(placed.score, abs=1e-6)  # the frame would have changed the comparison
     assert copilot.inspect_batch([(stranger, refs)])[0].score == pytest.approx(placed.score, abs=1e-5)
+
+
+def test_frame_keys():
+    a, b = _scene(0), _scene(1)
+    assert frame_key(a, None, 64) == cache_key(a, 64)
+    assert frame_key(a, b, 64) == f"{cache_key(a, 64)}@{cache_key(b, 64)}" != frame_key(b, a, 64)
+    assert frame_key(object(), b, 64) is None and frame_key(a, object(), 64) is None  # cannot be keyed: not cached
