@@ -205,6 +205,9 @@ def main() -> None:
                     help="with --shots 3 or more: add the sets' leave-one-out scores to the file already written")
     ap.add_argument("--one-score", choices=["fused", "fused-self"], default="fused",
                     help="the second score with one reference (leave-one-out, augmentations, --shots 1)")
+    ap.add_argument("--multi-score", choices=["fused", "fused-self"], default=None,
+                    help="the second score with two references or more (the model's own unless given; "
+                         "file *_multiself.npz for fused-self)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -212,6 +215,8 @@ def main() -> None:
     assert isinstance(detector, NanoDetector)
     # Both scores from one pass: the pooled map, and the fused score (with one reference: --one-score's)
     detector.model.cfg = replace(detector.model.cfg, image_score=args.one_score)
+    if args.multi_score:
+        detector.model.cfg = replace(detector.model.cfg, multi_image_score=args.multi_score)
     if args.set.startswith("elpv"):
         groups = elpv_groups(args.set, args.n, args.pool, args.seed)
     else:
@@ -222,6 +227,8 @@ def main() -> None:
     if args.common_from is not None:
         inspection.COMMON_FRAME_FROM = args.common_from
         path = path.with_name(path.stem + f"_common{args.common_from}.npz")
+    if args.multi_score == "fused-self":
+        path = path.with_name(path.stem + "_multiself.npz")
     if args.add_loo:
         add_set_loo(Scorer(detector), groups, path)
         return
