@@ -46,6 +46,7 @@ from adcopilot.model.mutual import (
     lot_features,
     lot_threshold,
     pool_of,
+    relative_patch_values,
     view_distances,
 )
 from adcopilot.model.vision import FusedPatchTower
@@ -171,21 +172,24 @@ def pooled_patch_values(dist: torch.Tensor, pool: np.ndarray, closest: float) ->
 
 
 def trimmed_scores(dist: torch.Tensor, keep: float, closest: float, rounds: int, top_k: int = 3,
-                   by_z: bool = False, first: float = 0.3) -> np.ndarray:
+                   by_z: bool = False, first: float = 0.3, floor: float | None = None) -> np.ndarray:
     """Image scores after ``rounds`` passes: the first against the whole lot (its closest ``first`` share),
     each later one against the ``keep`` share of the lot the previous pass scored lowest, or with
     ``by_z`` against the images whose previous score is below ``keep`` robust deviations above the
-    lot's median (the lot's own threshold: what the previous pass judged normal)."""
+    lot's median (the lot's own threshold: what the previous pass judged normal). ``floor``: the last pass's
+    patch values less each image's own quantile of them (``mutual.relative_patch_values``)."""
     n = len(dist)
-    scores = image_scores(pooled_patch_values(dist, np.ones(n, bool), first), top_k).numpy()
-    for _ in range(rounds - 1):
+    values = pooled_patch_values(dist, np.ones(n, bool), first)
+    scores = image_scores(relative_patch_values(values, floor if rounds == 1 else None), top_k).numpy()
+    for r in range(rounds - 1):
         if by_z:  # the product's pool: below the lot threshold at k = keep
             pool = np.zeros(n, bool)
             pool[pool_of(torch.from_numpy(scores), keep)] = True
         else:
             pool = np.zeros(n, bool)
             pool[np.argsort(scores, kind="stable")[: max(2, int(round(keep * n)))]] = True
-        scores = image_scores(pooled_patch_values(dist, pool, closest), top_k).numpy()
+        values = pooled_patch_values(dist, pool, closest)
+        scores = image_scores(relative_patch_values(values, floor if r == rounds - 2 else None), top_k).numpy()
     return scores
 
 
@@ -274,6 +278,8 @@ def main() -> None:
     ap.add_argument("--fuse", default=None, help="keep,closest,rounds: only the fusions with lot PaDiM and Lite2")
     ap.add_argument("--padim-cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_towers")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_trim")
+    ap.add_argument("--floors", type=float, nargs="+", default=None,
+                    help="only the default two passes (k 2, closest 0.05), without and with each image floor (quantiles)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lots = {d.name: folder_lot(d) for d in args.lots} or {
@@ -312,6 +318,11 @@ def main() -> None:
                 for tag, ip in (("patches", None), ("patches of the image pool (k 2)", image_pool)):
                     got = patch_pool_scores(view, first, k, closest, ip)
                     print(f"patch pool k {k}, {tag}, closest {closest}: {area(got, prob)}", flush=True)
+            continue
+        if args.floors:
+            for fl in [None, *args.floors]:
+                got = trimmed_scores(dist, 2.0, 0.05, 2, by_z=True, floor=fl)
+                print(f"two passes (k 2, closest 0.05), floor {fl}: {area(got, prob)}", flush=True)
             continue
         print(f"plain (closest 30 %, one pass): {area(trimmed_scores(dist, 1.0, 0.3, 1), prob)}")
         for first, keep, closest, rounds in itertools.product(args.first, args.keeps, args.closest, args.rounds):
