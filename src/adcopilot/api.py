@@ -16,7 +16,8 @@ Data flow of ``inspect``: load and validate images -> resize both to the model's
 the inspection core (:func:`adcopilot.model.inspection.inspect_arrays`: registration, detector,
 map back in the query's frame) -> resize to the query's pixels -> score, verdict, boxes. Beside it,
 a global check (:mod:`adcopilot.model.sanity`) asks whether the query is the references' product
-at all; when it fails the verdict is anomalous, with the reason.
+at all; when it fails the verdict is anomalous, with the reason. The references are checked against each
+other once per set (:mod:`adcopilot.model.reference_check`): a bad one is named in the result's notes.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from adcopilot.model.inspection import (
     inspect_arrays,
     into_frame,
 )
+from adcopilot.model.reference_check import reference_notes, reference_reasons
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.protocols import Inspector
@@ -82,7 +84,7 @@ class StagedPair:
     encoded: list[tuple[np.ndarray, Any]] = field(default_factory=list)  # [(array (S, S, 3), encoding)]
     profiles: list[ImageProfile] | None = None  # the references' profiles for the image check
     detection: Detection | None = None
-    notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query)
+    notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query, the references)
 
 
 class Copilot:
@@ -120,6 +122,8 @@ class Copilot:
         # detector without them is inspected without the check.
         self.check_rules: CheckRules | None = CheckRules() if image_check and detector.patch_distances else None
         self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
+        self._sizes: OrderedDict[str, tuple[int, int]] = OrderedDict()  # references' stored (w, h)
+        self._set_notes: OrderedDict[str, list[str]] = OrderedDict()  # reference set -> its notes
         self._told_elongated = False  # the warning about elongated queries is given once per copilot
 
     @property
@@ -152,7 +156,10 @@ class Copilot:
             self._cache.move_to_end(key)
             return self._cache[key]
         if first is None:
-            arr = to_float_array(load_image(src, name=name, draft=self.draft_size), size)
+            img = load_image(src, name=name, draft=self.draft_size)
+            if key is not None:
+                _bounded_put(self._sizes, key, full_size(img), self._cache_size)
+            arr = to_float_array(img, size)
             entry = (arr, self.detector.encode_reference(arr))
         else:
             own = self._reference(src, name)
@@ -187,6 +194,9 @@ class Copilot:
         keys = {cache_key(r, size) for r in references} - {None}
         for k in keys:
             self._profiles.pop(k, None)
+            self._sizes.pop(k, None)
+        for k in [k for k in self._set_notes if set(k.split("|")) & keys]:
+            del self._set_notes[k]
         # References brought into another one's frame are cached as "KEY@FIRST": either side forgotten drops them.
         pairs = [k for k in self._cache if "@" in k and set(k.split("@")) & keys]
         return sum(self._cache.pop(k, None) is not None for k in [*keys, *pairs])
@@ -217,6 +227,33 @@ class Copilot:
             return None
         return [self._profile(src, arr) for src, arr in zip(references, arrays, strict=True)]
 
+    def reference_notes(self, references: Sequence[ImageInput]) -> list[str]:
+        """Notes on a reference set (:mod:`adcopilot.model.reference_check`: a reference blank, badly exposed,
+        blurred, of another product or elongated), made once per set and logged then; none when the image
+        check is off. A set with an input that cannot be keyed is checked each time. The model's thread."""
+        if self.check_rules is None:
+            return []
+        size = self.detector.image_size
+        keys = [cache_key(r, size) for r in references]
+        set_key = None if None in keys else "|".join(k for k in keys if k is not None)
+        if set_key is not None and set_key in self._set_notes:
+            self._set_notes.move_to_end(set_key)
+            return list(self._set_notes[set_key])
+        names = reference_names(references)
+        plain = self._plain(references)
+        profiles = [self._profile(r, a) for r, (a, _) in zip(references, plain, strict=True)]
+        notes = reference_notes(names, reference_reasons(self.detector, plain, profiles, self.check_rules,
+                                                         self.registration))
+        for k, name in zip(keys, names, strict=True):
+            stored = self._sizes.get(k) if k is not None else None
+            if stored is not None:
+                notes += self._shape_notes(stored, name, reference=True)
+        for note in notes:
+            log.warning("%s", note)
+        if set_key is not None:
+            _bounded_put(self._set_notes, set_key, notes, self._cache_size)
+        return list(notes)
+
     def check(self, query: np.ndarray, profiles: list[ImageProfile] | None, core: CoreOutput) -> str | None:
         """Why the (S, S, 3) query is not the references' product (their ``profiles``), or None (also when
         the check is off); ``core``: the query's inspection, whose patch distances the product test reads.
@@ -230,15 +267,18 @@ class Copilot:
         """The side a JPEG is decoded at no less than (``imaging.load_image``'s ``draft``) for this model."""
         return DRAFT * self.detector.image_size
 
-    def _shape_notes(self, size: tuple[int, int], name: str) -> list[str]:
-        """The note on an elongated query, squeezed into the model's square (in its result, and logged once)."""
+    def _shape_notes(self, size: tuple[int, int], name: str, reference: bool = False) -> list[str]:
+        """The note on an elongated query, squeezed into the model's square (in its result, and logged once),
+        or on an elongated ``reference`` (logged with its set's notes)."""
         w, h = size
         if max(w, h) < ELONGATED * max(1, min(w, h)):
             return []
         s = self.detector.image_size
-        note = (f"the image is {w} x {h} ({max(w, h) / max(1, min(w, h)):.1f}:1): the model sees it squeezed to "
-                f"{s} x {s}, so a defect narrow along its long side can be lost; inspect such images in parts of "
-                "about square shape, each against the same part of a reference")
+        shape = f"{w} x {h} ({max(w, h) / max(1, min(w, h)):.1f}:1): the model sees it squeezed to {s} x {s}"
+        if reference:
+            return [f"the reference {name} is {shape}; use references shaped as the queries, of about square shape"]
+        note = (f"the image is {shape}, so a defect narrow along its long side can be lost; inspect such images in "
+                "parts of about square shape, each against the same part of a reference")
         if not self._told_elongated:
             self._told_elongated = True
             log.warning("%s: %s", name, note)
@@ -257,6 +297,7 @@ class Copilot:
         q = to_float_array(qimg, self.detector.image_size)
         encoded = self._references(refs)
         plain = self._plain(refs)
+        notes += self.reference_notes(refs)
         t1 = time.perf_counter()
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration, with_deviation=True,
                               as_taken=plain)  # (S, S), query frame
@@ -390,6 +431,7 @@ class Copilot:
         plain = self._plain(refs)
         pair.encoded = list(compared_references(pair.aligned, self._references(refs), plain))
         pair.profiles = self.reference_profiles(refs, [a for a, _ in plain])
+        pair.notes = [*pair.notes, *self.reference_notes(refs)]
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)
         pair.timings["queue"] = (t0 - pair.started) * 1e3 - pair.timings["load"] - pair.aligned.ms
@@ -419,6 +461,14 @@ class Copilot:
         analysis = self._analysis(pair.size, core, check, timings)
         analysis.notes = pair.notes
         return self._result(pair.query, pair.references, analysis, pair.threshold, pair.started)
+
+
+def _bounded_put(cache: OrderedDict[str, Any], key: str, value: Any, size: int) -> None:
+    """Store ``value`` as the newest entry of ``cache``, dropping the oldest beyond ``size``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > size:
+        cache.popitem(last=False)
 
 
 class AnsweringCopilot(LanguageAnswers, Copilot):

@@ -55,6 +55,24 @@ def test_bad_frames_are_anomalous_with_a_reason(copilot, cells):
         assert json.loads(r.to_json())["image_check"] == reason
 
 
+def test_a_bad_reference_among_normal_cells_is_named_in_the_notes(copilot, cells, tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    refs, queries = cells
+    assert copilot.inspect(queries[0], refs).notes == []  # two normal cells: nothing to say
+    gravel, black = tmp_path / "gravel.png", tmp_path / "black.png"
+    Image.fromarray(data.gravel()).save(gravel)
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(black)
+    for bad, reason in ((gravel, NOT_PRODUCT), (black, BLANK)):
+        r = copilot.inspect(queries[0], [*refs, bad])
+        assert r.notes == [f"the reference {bad} is unlike the other references ({reason}): remove it, or verdicts "
+                           "compared with it may be wrong"]
+        assert r.image_check is None  # the query itself is still a normal cell, judged against the set
+    pair = copilot.inspect(queries[0], [refs[0], gravel]).notes
+    assert len(pair) == 1 and pair[0].startswith(f"the references {refs[0]} (")
+
+
 def test_the_demo_dark_region_is_one_box_without_border_specks(copilot):
     cells = split(seed=0)["test"]
     normal = next(c for c in cells if c.kind == "mono" and c.probability == 0.0)

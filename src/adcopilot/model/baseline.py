@@ -53,6 +53,9 @@ class NearestPatchDetector(Detector):
         amap = cv2.GaussianBlur(up, (0, 0), 4).astype(np.float32)
         return Detection(amap, self.pool_score(amap), distance=up)
 
+    def reference_tokens(self, reference: torch.Tensor) -> torch.Tensor:
+        return reference  # (h*w, C), as encoded
+
     def detect(self, query: np.ndarray, references: list[torch.Tensor]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)
         return d.amap, d.score

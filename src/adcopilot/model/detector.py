@@ -84,6 +84,12 @@ class Detector(ABC):
         frames = own_frames if own_frames is not None else [None] * len(queries)
         return [self.detection(q, list(r), with_tokens, f) for q, r, f in zip(queries, references, frames, strict=True)]
 
+    def reference_tokens(self, reference: Any) -> torch.Tensor | None:
+        """An encoded reference's (N, C) unit-norm patch features, those whose nearest-patch cosine distances make
+        this detector's ``Detection.distance``; None where its encoding does not hold them (the image check then
+        compares references with each other through :meth:`detection`)."""
+        return None
+
     def threshold_for(self, references: int) -> float:
         """The threshold of the verdict with this many references (detectors whose score changes with
         the number of references override it)."""

@@ -461,6 +461,10 @@ class NanoDetector(Detector):
         refs = ReferenceInputs.concat([self._as_inputs(r) for r in references])
         return self.model.compare_with(self.patch_features(query), refs, with_tokens=with_tokens)
 
+    def reference_tokens(self, reference: Any) -> torch.Tensor | None:
+        """(N, 152) the patch features the comparison's nearest-reference distance is measured against."""
+        return reference.tokens[0] if isinstance(reference, ReferenceInputs) and reference.tokens.shape[0] == 1 else None
+
     def _as_inputs(self, reference: ReferenceInputs | torch.Tensor) -> ReferenceInputs:
         if isinstance(reference, ReferenceInputs):
             return reference

@@ -119,13 +119,14 @@ def feature_distance(query: ImageProfile, references: Sequence[ImageProfile]) ->
 
 
 PATCH_STRIDE = 8  # the map is the stride-8 patch grid up-sampled: read at its patches' centres
+PATCH_QUANTILE = 0.25  # the share of the frame a defect, however large, leaves to the product test
 
 
 def patch_distance(distance: np.ndarray) -> float:
     """The query's distance from the references' patches as a whole: the 25th percentile of its
     (S, S) nearest-reference-patch cosine distance map (the detector's, in the frame it compared),
     read at the patch grid (every ``PATCH_STRIDE`` pixels: exactly the patches' values, 64x fewer)."""
-    return float(np.quantile(distance[::PATCH_STRIDE, ::PATCH_STRIDE], 0.25))
+    return float(np.quantile(distance[::PATCH_STRIDE, ::PATCH_STRIDE], PATCH_QUANTILE))
 
 
 def check_image(
@@ -133,10 +134,12 @@ def check_image(
     references: Sequence[ImageProfile],
     rules: CheckRules | None = None,
     patch_dist: float | None = None,
+    brightest: float | None = None,
 ) -> str | None:
     """The reason the query is not an image of the references' product, or None when it passes.
     With ``patch_dist`` (:func:`patch_distance` of the query's map) the product test reads it, else
-    the profiles' global features."""
+    the profiles' global features. ``brightest``: the mean brightness the overexposure test compares with
+    (the brightest reference's by default; a reference checked against a set it belongs to gives the others')."""
     r = rules or CheckRules()
     ref_std = float(np.median([p.std for p in references]))
     ref_mean = float(np.median([p.mean for p in references]))
@@ -146,7 +149,7 @@ def check_image(
     if query.std < r.blank_ratio * ref_std or (query.std < r.blank_std and ref_std >= 4 * r.blank_std):
         return BLANK
     excess = query.saturated - ref_sat
-    brightest = max(p.mean for p in references)
+    brightest = max(p.mean for p in references) if brightest is None else brightest
     if excess >= r.blown_out or (excess >= r.saturated_excess and query.mean >= r.bright_ratio * brightest):
         return OVEREXPOSED
     if query.mean <= r.dark_ratio * ref_mean and query.std <= r.dark_contrast_ratio * ref_std:
