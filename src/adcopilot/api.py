@@ -53,7 +53,7 @@ from adcopilot.model.inspection import (
     inspect_arrays,
     into_frame,
 )
-from adcopilot.model.reference_check import reference_notes, reference_reasons
+from adcopilot.model.reference_check import reference_label, reference_notes, reference_reasons
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.protocols import Inspector
@@ -276,7 +276,7 @@ class Copilot:
         s = self.detector.image_size
         shape = f"{w} x {h} ({max(w, h) / max(1, min(w, h)):.1f}:1): the model sees it squeezed to {s} x {s}"
         if reference:
-            return [f"the reference {name} is {shape}; use references shaped as the queries, of about square shape"]
+            return [f"{reference_label(name)} is {shape}; use references shaped as the queries, of about square shape"]
         note = (f"the image is {shape}, so a defect narrow along its long side can be lost; inspect such images in "
                 "parts of about square shape, each against the same part of a reference")
         if not self._told_elongated:

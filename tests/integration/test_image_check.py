@@ -70,7 +70,7 @@ def test_a_bad_reference_among_normal_cells_is_named_in_the_notes(copilot, cells
                            "compared with it may be wrong"]
         assert r.image_check is None  # the query itself is still a normal cell, judged against the set
     pair = copilot.inspect(queries[0], [refs[0], gravel]).notes
-    assert len(pair) == 1 and pair[0].startswith(f"the references {refs[0]} (")
+    assert len(pair) == 1 and pair[0].startswith(f"the reference {refs[0]} (")
 
 
 def test_the_demo_dark_region_is_one_box_without_border_specks(copilot):

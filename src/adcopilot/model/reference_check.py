@@ -25,6 +25,7 @@ Usage::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,14 +86,19 @@ def reference_reasons(
     return out
 
 
+def reference_label(name: str) -> str:
+    """How a note calls a reference: "the reference good.png", or "reference 2" where it has no file name."""
+    return name if re.fullmatch(r"reference \d+", name) else f"the reference {name}"
+
+
 def reference_notes(names: Sequence[str], reasons: Sequence[str | None]) -> list[str]:
     """The user's notes on the references (empty when every one passed)."""
     bad = [(n, r) for n, r in zip(names, reasons, strict=True) if r is not None]
     if len(names) == 2 and len(bad) == 2:  # each unlike the other: which one is wrong cannot be told
-        return [f"the references {names[0]} ({reasons[0]}) and {names[1]} ({reasons[1]}) do not look like one "
+        return [f"{reference_label(names[0])} ({reasons[0]}) and {reference_label(names[1])} ({reasons[1]}) do not look like one "
                 "product: verdicts compared with them cannot be trusted; use normal images of the product"]
     if len(names) == 1 and bad:
-        return [f"the reference {names[0]} is a {bad[0][1]} (no contrast): every query is compared with an empty "
-                "frame; use a normal image of the product"]
-    return [f"the reference {n} is unlike the other references ({r}): remove it, or verdicts compared with it may "
-            "be wrong" for n, r in bad]
+        return [f"{reference_label(names[0])} is a {bad[0][1]} (no contrast): every query is compared with an empty frame; "
+                "use a normal image of the product"]
+    return [f"{reference_label(n)} is unlike the other references ({r}): remove it, or verdicts compared with it may be wrong"
+            for n, r in bad]

@@ -30,6 +30,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -329,6 +330,7 @@ class InspectionService:
         r = cp.finish(done) if isinstance(done, StagedPair) else done  # the request's thread again
         r.query = query[0]
         r.references = [n for n, _ in refs]
+        r.notes = [self._name_refs(note, refs) for note in r.notes]
         out = r.to_dict()
         out["reference_set"] = reference_set
         if heatmap and r.anomaly_map is not None:
@@ -408,7 +410,9 @@ class InspectionService:
 
     @staticmethod
     def _name_refs(message: str, refs: list[Upload]) -> str:
-        # The model names references by position; say which upload it was.
+        # The model names references by position ("reference 2: ..." in errors, "reference 2 is ..." in notes);
+        # say which upload it was.
         for i, (n, _) in enumerate(refs):
             message = message.replace(f"reference {i + 1}:", f"{n}:")
+            message = re.sub(rf"\breference {i + 1}\b(?!:)", lambda _m, n=n: f"reference {n}", message)
         return message

@@ -78,8 +78,10 @@ def test_the_product_test_reads_each_reference_against_the_others(detector, shot
 def test_notes_name_the_reference_or_both_of_a_pair():
     assert reference_notes(["a.png", "b.png"], [None, None]) == []
     pair = reference_notes(["a.png", "b.png"], [NOT_PRODUCT, NOT_PRODUCT])
-    assert len(pair) == 1 and pair[0].startswith("the references a.png (not the reference product) and b.png (not the "
-                                                 "reference product) do not look like one product")
+    assert len(pair) == 1 and pair[0].startswith("the reference a.png (not the reference product) and the reference "
+                                                 "b.png (not the reference product) do not look like one product")
+    unnamed = reference_notes(["reference 1", "reference 2", "reference 3"], [None, None, BLANK])  # in-memory images
+    assert unnamed[0].startswith("reference 3 is unlike the other references (blank image)")
     three = reference_notes(["a.png", "b.png", "c.png"], [None, BLANK, None])
     assert three == ["the reference b.png is unlike the other references (blank image): remove it, or verdicts "
                      "compared with it may be wrong"]

@@ -120,6 +120,16 @@ def test_broken_reference_is_named(client, images):
     assert r.status_code == 422 and "good-part.png" in r.json()["detail"]
 
 
+def test_a_blank_reference_is_named_by_its_upload_in_the_notes(client, images):
+    blank = png(np.zeros((96, 96, 3), np.uint8))
+    files = [("query", ("q.png", images["good"], "image/png")), ("references", ("ref-a.png", images["ref"], "image/png")),
+             ("references", ("ref-b.png", images["ref"], "image/png")), ("references", ("lens-cap.png", blank, "image/png"))]
+    d = client.post("/v1/inspect", files=files).json()
+    assert d["notes"] == ["reference lens-cap.png is unlike the other references (blank image): remove it, or "
+                          "verdicts compared with it may be wrong"]
+    assert "notes" not in client.post("/v1/inspect", files=files[:3]).json()  # the two good ones: nothing to say
+
+
 def test_limits_on_pixels_body_and_references(make_client, images):
     c = make_client(max_pixels=50 * 50)
     r = c.post("/v1/inspect", files=_files(images, "bad"))
