@@ -69,6 +69,8 @@ def summarize(records: list[dict[str, Any]], skipped: list[tuple[str, str]]) -> 
         # Frames that failed the global image check (anomalous whatever the score), by reason.
         "image_check_failed": sum(bool(r.get("image_check")) for r in records),
         "image_check": dict(sorted(Counter(r["image_check"] for r in records if r.get("image_check")).items())),
+        # What the inputs' notes said (a bad reference, an elongated image), each once, with how many results carry it.
+        "notes": dict(Counter(n for r in records for n in r.get("notes", [])).most_common()),
     }
     known = [r for r in records if r.get("truth") in ("normal", "defective")]
     if known:
@@ -230,6 +232,11 @@ def write_html(
             f'<td data-v="{len(r.get("boxes", []))}">{len(r.get("boxes", []))} <small>{e(boxes)}</small></td>'
             f"<td>{e(refs)}</td></tr>"
         )
+    notes_html = ""
+    if summary.get("notes"):
+        items = "".join(f"<li>{e(note)} <small>({n} result{'s' if n > 1 else ''})</small></li>"
+                        for note, n in summary["notes"].items())
+        notes_html = f"<h2>Notes on the inputs</h2><ul>{items}</ul>"
     skipped_html = ""
     if skipped:
         items = "".join(f"<li><code>{e(f)}</code>: {e(reason)}</li>" for f, reason in skipped)
@@ -243,7 +250,7 @@ def write_html(
 <html lang="en"><head><meta charset="utf-8"><title>Inspection report</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>
 <body><h1>Inspection report</h1><div class="meta">{meta}</div>
-<div class="cards">{"".join(cards)}</div>{cm}
+<div class="cards">{"".join(cards)}</div>{cm}{notes_html}
 <div class="tools"><input id="filter" placeholder="filter by file name"> <select id="only">
 <option value="">all</option><option value="miss">misses</option><option value="overkill">overkill</option>
 <option value="anomalous">anomalous</option><option value="normal">normal</option>

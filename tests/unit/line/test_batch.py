@@ -151,7 +151,24 @@ def test_a_report_without_failed_checks_shows_no_such_card(tiny_copilot, lot):
     run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg(save_images=False))
     page = (lot["out"] / "report.html").read_text()
     assert "not inspected as the product" not in page and 'class="check"' not in page
-    assert json.loads((lot["out"] / "summary.json").read_text())["image_check_failed"] == 0
+    assert "Notes on the inputs" not in page
+    summary = json.loads((lot["out"] / "summary.json").read_text())
+    assert summary["image_check_failed"] == 0 and summary["notes"] == {}
+
+
+def test_a_blank_reference_chosen_from_the_pool_is_noted_in_its_records_the_summary_and_the_report(tiny_copilot, lot):
+    blank_ref = lot["refs"] / "lens-cap.png"
+    Image.new("RGB", (96, 96), (0, 0, 0)).save(blank_ref)
+    Image.new("RGB", (96, 96), (0, 0, 0)).save(lot["lot"] / "defect" / "black.png")  # chooses the blank reference
+    run_batch(tiny_copilot, collect([lot["lot"]]), [lot["refs"]], lot["out"], _cfg(save_images=False))
+    recs = {r["file"]: r for r in read_records(lot["out"] / "results.jsonl")}
+    note = (f"the reference {blank_ref} is a blank image (no contrast): every query is compared with an empty "
+            "frame; use a normal image of the product")
+    assert recs["defect/black.png"]["references"] == [str(blank_ref)] and recs["defect/black.png"]["notes"] == [note]
+    assert all(r["notes"] == [] for k, r in recs.items() if k != "defect/black.png")  # they chose good references
+    assert json.loads((lot["out"] / "summary.json").read_text())["notes"] == {note: 1}
+    page = (lot["out"] / "report.html").read_text()
+    assert "<h2>Notes on the inputs</h2>" in page and "lens-cap.png is a blank image" in page
 
 
 def test_outcomes_of_every_truth_and_verdict():
