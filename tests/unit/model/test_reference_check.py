@@ -75,6 +75,22 @@ def test_the_product_test_reads_each_reference_against_the_others(detector, shot
     assert _reasons(detector, [*shots[:2], *blanks], everything_far) == [NOT_PRODUCT, NOT_PRODUCT, BLANK, BLANK]
 
 
+class _NoTokens(NearestPatchDetector):
+    """A detector whose encodings do not expose their patch features (the check inspects instead)."""
+
+    def reference_tokens(self, reference):
+        return None
+
+
+def test_a_detector_without_tokens_is_checked_through_inspections(detector, shots):
+    plain = _NoTokens(tower=detector.tower, image_size=SIZE)
+    black = np.zeros_like(shots[0])
+    assert _reasons(plain, [*shots[:2], black]) == _reasons(detector, [*shots[:2], black]) == [None, None, BLANK]
+    assert _reasons(plain, shots) == [None, None, None]
+    everything_far = CheckRules(other_patches=0.0, far_patches=2.0)
+    assert _reasons(plain, shots, everything_far) == [NOT_PRODUCT] * 3
+
+
 def test_notes_name_the_reference_or_both_of_a_pair():
     assert reference_notes(["a.png", "b.png"], [None, None]) == []
     pair = reference_notes(["a.png", "b.png"], [NOT_PRODUCT, NOT_PRODUCT])
