@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -120,3 +121,29 @@ def test_calibrate_from_normal_images_only(elpv_lot, tmp_path):
     assert sum(r["score"] >= below for r in recs) > 0.1 * len(recs)
     assert cal["metrics"]["overkill_upper95"] > cal["metrics"]["overkill"]
     assert (tmp_path / "c" / "false-alarms.png").exists() and cal["saved"]
+
+
+def test_batch_names_a_black_frame_and_a_foreign_photo_filed_among_real_references(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    mono = [c for c in load_cells() if c.kind == "mono" and c.probability == 0.0]
+    refs, lot = tmp_path / "refs", tmp_path / "lot"
+    refs.mkdir()
+    lot.mkdir()
+    for c in mono[:6]:
+        shutil.copyfile(c.path, refs / c.name)
+    for c in mono[6:8]:
+        shutil.copyfile(c.path, lot / c.name)
+    Image.new("RGB", (300, 300)).save(refs / "black.png")
+    Image.fromarray(data.gravel()).save(refs / "gravel.png")
+    p = run("batch", str(lot), "--refs", str(refs), "--out", str(tmp_path / "out"), "--quiet", "--no-images",
+            home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    named = sorted(line.split(":")[0] for line in p.stdout.splitlines() if line.startswith("  look at "))
+    assert named == ["  look at reference black.png", "  look at reference gravel.png"], p.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["reference_check"]["checked"] == 8 and len(summary["reference_check"]["named"]) == 2
+    p = run("batch", str(lot), "--refs", str(refs), "--out", str(tmp_path / "unchecked"), "--quiet", "--no-images",
+            "--no-check-refs", home=tmp_path)
+    assert p.returncode == 0 and "look at" not in p.stdout, p.stdout + p.stderr

@@ -52,6 +52,11 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option(None, "--address", help="Ray cluster to run on (with --engine ray; default: a local Ray)."),
         actors: int = typer.Option(None, "--actors", help="Ray actors, one model each (default: CPUs / --threads)."),
         restart: bool = typer.Option(False, "--restart", help="Discard this shard's earlier results."),
+        no_check_refs: bool = typer.Option(
+            False, "--no-check-refs",
+            help="Do not compare a pool of references among themselves before the run (it names a defective, blank "
+            "or foreign one; the references are used as given either way).",
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
@@ -88,7 +93,7 @@ def register(app: typer.Typer) -> None:
             require_ray()
         cfg = BatchConfig(
             shots=shots, shard=parse_shard(shard), workers=workers, chunk=chunk, save_images=not no_images,
-            restart=restart, progress=not quiet,
+            restart=restart, progress=not quiet, check_references=not no_check_refs,
         )
         items = collect(queries)
         # With --mutual alone, --threshold is the lot score's: the model (asked with --lot-refs) keeps its own.
@@ -125,6 +130,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  skipped {f}: {reason}")
         if len(s.skipped) > 10:
             typer.echo(f"  ... {len(s.skipped) - 10} more in {s.files['skipped']}")
+        for note in s.reference_notes:
+            typer.echo(f"  look at {note}")
         if summary:
             line = f"lot so far: {summary['inspected']} inspected, {summary['anomalous']} anomalous, {summary['normal']} normal"
             t = summary.get("truth")

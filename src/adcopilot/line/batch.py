@@ -44,6 +44,7 @@ from tqdm import tqdm
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import load_image, to_float_array
+from adcopilot.line.pool_check import checked_pool, has_tower
 from adcopilot.line.records import MANIFEST, read_records
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, reference_paths, tower_for
 from adcopilot.line.report import build_report
@@ -66,6 +67,7 @@ class BatchConfig:
     report: bool = True
     restart: bool = False
     match_threshold: bool = True  # refuse to resume results made with another threshold
+    check_references: bool = True  # compare a pool of more references than shots among themselves first
     progress: bool = True
 
 
@@ -76,6 +78,7 @@ class BatchSummary:
     done_before: int  # already in the results when the run started
     processed: int  # inspected by this run
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    reference_notes: list[str] = field(default_factory=list)  # references the pool's check names
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -245,7 +248,8 @@ def plan_batch(
         choice = len(reference_paths(references)) > cfg.shots
         bank = ReferenceBank.from_paths(references, tower, need_features=choice)
     need_select = len(bank) > cfg.shots and bank.features.shape[1] > 0
-    _check_manifest(out, _manifest(copilot, bank, cfg, queries), cfg)
+    manifest = _manifest(copilot, bank, cfg, queries)
+    _check_manifest(out, manifest, cfg)
     if cfg.restart:
         for p in (results_path, skipped_path):
             p.unlink(missing_ok=True)
@@ -254,9 +258,22 @@ def plan_batch(
     todo = [it for it in mine if it.key not in done]
     summary = BatchSummary(out, len(mine), len(mine) - len(todo), 0)
     summary.skipped.extend((f"reference {p}", reason) for p, reason in bank.skipped)
+    summary.reference_notes = check_bank(copilot, bank, out, manifest, cfg)
     log.info("%d queries in shard %d/%d, %d already done, %d references", len(mine), index, count,
              summary.done_before, len(bank))
     return BatchPlan(out, results_path, skipped_path, bank, tower, need_select, todo, summary)
+
+
+def check_bank(
+    copilot: Copilot, bank: ReferenceBank, out: Path, manifest: dict[str, Any], cfg: BatchConfig
+) -> list[str]:
+    """The pool's check (:mod:`adcopilot.line.pool_check`) when queries choose among more references than
+    they use: notes on the references that do not belong (with as many as the shots, every inspection's
+    own check of its references already sees them all)."""
+    if not cfg.check_references or len(bank) <= cfg.shots or not has_tower(copilot):
+        return []
+    key = {"model": manifest["model"], "image_size": manifest["image_size"], "references": manifest["references"]}
+    return [f.note() for f in checked_pool(copilot, bank.paths, out, key, cfg.progress)]
 
 
 def inspect_loaded(

@@ -68,22 +68,21 @@ from adcopilot.line.batch import (
     _manifest,
     _record,
     _save_pictures,
+    check_bank,
     finish_batch,
     lot_id,
     output_folder,
     shard_suffix,
 )
+from adcopilot.line.lot_features import LotFeatures, encode_lot, lot_checks, lot_tower
 from adcopilot.line.records import read_records
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, tower_for
 from adcopilot.line.sources import LotItem
 from adcopilot.model.boxes import boxes_from_map
-from adcopilot.model.detector import to_batch
 from adcopilot.model.mutual import (
     MAD_K,
-    LotViews,
     MutualRecipe,
     image_scores,
-    lot_features,
     lot_image_scores,
     lot_threshold,
     lot_z,
@@ -91,8 +90,6 @@ from adcopilot.model.mutual import (
     pool_of,
     relative_patch_values,
 )
-from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
-from adcopilot.model.vision import PatchTower
 from adcopilot.results import Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
@@ -110,64 +107,6 @@ class MutualConfig:
     mad_k: float = MAD_K  # lot threshold: median + mad_k robust deviations
     threshold: float | None = None  # a fixed threshold for mutual scores instead of the lot's own
     lot_refs: int = 0  # with no references given: the model against this many of the lot's pool images (0: off)
-
-
-@dataclass
-class LotFeatures:
-    """The readable images of a lot with what mutual scoring and the image check need."""
-
-    items: list[LotItem]
-    views: LotViews  # the recipe's patch features at stride 16 and the global features
-    profiles: list[ImageProfile]
-    skipped: list[tuple[str, str]]  # (key, reason) of the files that cannot be read
-
-
-def lot_tower(copilot: Copilot) -> PatchTower:
-    """The frozen vision tower whose patch features the lot is compared with."""
-    det = copilot.detector
-    tower = getattr(det, "fused_tower", None) or getattr(det, "tower", None)
-    if tower is None:
-        raise AdcopilotError(f"--mutual needs a model with a vision tower; '{copilot.model_name}' has none")
-    return tower
-
-
-def _decode(item: LotItem, size: int) -> np.ndarray | str:
-    try:
-        return to_float_array(load_image(item.path, name=str(item.path)), size)  # (S, S, 3)
-    except AdcopilotError as exc:
-        return str(exc)
-
-
-def encode_lot(
-    items: Sequence[LotItem], tower: PatchTower, size: int, recipe: MutualRecipe | None = None, workers: int = 2,
-    chunk: int = 16, progress: bool = False,
-) -> LotFeatures:
-    """Decode the lot (in threads) and keep each readable image's patch features and profile."""
-    good: list[LotItem] = []
-    feats: list[LotViews] = []
-    profiles: list[ImageProfile] = []
-    skipped: list[tuple[str, str]] = []
-    with (
-        ThreadPoolExecutor(max(1, workers), thread_name_prefix="lot-io") as pool,
-        tqdm(total=len(items), unit="img", desc="features", disable=not progress, dynamic_ncols=True) as bar,
-    ):
-        for start in range(0, len(items), chunk):
-            part = list(items[start : start + chunk])
-            arrays = []
-            for item, got in zip(part, pool.map(_decode, part, [size] * len(part)), strict=True):
-                if isinstance(got, str):
-                    skipped.append((item.key, got))
-                    log.warning("skipped %s", got)
-                    continue
-                good.append(item)
-                arrays.append(got)
-                profiles.append(image_profile(tower, got))
-            if arrays:
-                feats.append(lot_features(tower, to_batch(arrays), recipe))
-            bar.update(len(part))
-    if len(good) < 2:
-        raise AdcopilotError(f"--mutual needs a lot of two readable images or more, got {len(good)}")
-    return LotFeatures(good, LotViews.cat(feats), profiles, skipped)
 
 
 def _load_scores(path: Path, digest: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,14 +233,6 @@ def joined_scores(mutual: Sequence[float], model: np.ndarray) -> np.ndarray:
     return lot_z(mutual) + lot_z(model)
 
 
-def lot_checks(profiles: Sequence[ImageProfile], rules: CheckRules | None) -> list[str | None]:
-    """Each image's global check against every other image of the lot (None: it passes, or no rules:
-    the check is off)."""
-    if rules is None:
-        return [None] * len(profiles)
-    return [check_image(q, [r for j, r in enumerate(profiles) if j != i], rules) for i, q in enumerate(profiles)]
-
-
 def _map_of(patch_values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """(P,) patch values on the stride-16 grid -> (H, W) map in the query's pixels."""
     side = int(round(patch_values.numel() ** 0.5))
@@ -404,6 +335,7 @@ def run_mutual_batch(
     summary = BatchSummary(out, len(queries), len(queries) - len(todo) - len(lot.skipped), 0)
     if bank is not None:
         summary.skipped.extend((f"reference {p}", reason) for p, reason in bank.skipped)
+        summary.reference_notes = check_bank(copilot, bank, out, manifest, cfg)
     empty = ReferenceBank([], torch.zeros(0, 0), [])
     plan = BatchPlan(out, results_path, skipped_path, bank or empty, tower_for(copilot.detector), False,
                      [lot.items[i] for i in todo], summary)

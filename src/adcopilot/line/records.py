@@ -1,4 +1,4 @@
-"""A batch folder's records: the manifest's name and the reader of ``results*.jsonl`` files.
+"""A batch folder's records: the manifest's and the reference check's names, the reader of ``results*.jsonl`` files.
 
 Written by :mod:`adcopilot.line.batch`, read by it (to resume) and by :mod:`adcopilot.line.report`.
 """
@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 #: The batch folder's manifest: the run's settings, checked when a run resumes.
 MANIFEST = "batch.json"
+#: The reference pool's check (:mod:`adcopilot.line.pool_check`): the references it names, and why.
+CHECK_FILE = "reference-check.json"
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.line.records import MANIFEST, read_records
+from adcopilot.line.records import CHECK_FILE, MANIFEST, read_records
 from adcopilot.paths import name_bytes, readable
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,11 @@ def write_html(
         items = "".join(f"<li>{e(note)} <small>({n} result{'s' if n > 1 else ''})</small></li>"
                         for note, n in summary["notes"].items())
         notes_html = f"<h2>Notes on the inputs</h2><ul>{items}</ul>"
+    checked = summary.get("reference_check")
+    if checked and checked["named"]:
+        items = "".join(f"<li>{e(note)}</li>" for note in checked["named"])
+        notes_html += (f"<h2>References to look at ({len(checked['named'])} of {checked['checked']})</h2>"
+                       f"<p>Compared with the other references before the run; they were used as given.</p><ul>{items}</ul>")
     skipped_html = ""
     if skipped:
         items = "".join(f"<li><code>{e(f)}</code>: {e(reason)}</li>" for f, reason in skipped)
@@ -277,6 +282,9 @@ def build_report(out_dir: str | os.PathLike) -> dict[str, Path]:
         manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         manifest = {}
+    checked = reference_check(out)
+    if checked is not None:
+        summary["reference_check"] = checked
     csv_path = write_csv(records, out / "results.csv")
     summary_path = out / "summary.json"
     tmp = summary_path.with_suffix(f".{os.getpid()}.tmp")  # shards may finish at the same time
@@ -285,6 +293,16 @@ def build_report(out_dir: str | os.PathLike) -> dict[str, Path]:
     html_path = write_html(records, skipped, summary, out, out / "report.html", manifest)
     log.info("report: %s", html_path)
     return {"csv": csv_path, "summary": summary_path, "html": html_path}
+
+
+def reference_check(out: Path) -> dict[str, Any] | None:
+    """The reference pool's check of a batch folder: how many references it compared and the notes on those
+    it names; None when the run did not check its pool (or the file is not readable)."""
+    try:
+        found = json.loads((out / CHECK_FILE).read_text())
+        return {"checked": int(found["checked"]), "named": [str(f["note"]) for f in found["findings"]]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def scored_against_lot(records: list[dict[str, Any]]) -> bool:

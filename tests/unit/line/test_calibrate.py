@@ -313,7 +313,8 @@ def test_scoring_labelled_images_writes_no_pictures_and_ignores_a_changed_thresh
     assert sorted((r["file"], r["truth"]) for r in records) == [
         *((f"defective/d{i}.png", "defective") for i in range(3)), *((f"normal/g{i}.png", "normal") for i in range(4))]
     assert all(len(r["references"]) == 1 and "annotated" not in r for r in records)  # one shot, no pictures
-    assert sorted(p.name for p in work.iterdir()) == ["batch.json", "results.jsonl", "skipped.csv"]  # no report
+    # No report or pictures; the reference pool's check (3 references for 1 shot) is kept for a re-run.
+    assert sorted(p.name for p in work.iterdir()) == ["batch.json", "reference-check.json", "results.jsonl", "skipped.csv"]
     # The scores do not depend on the threshold: another one reuses them instead of refusing the folder.
     other = Copilot(tiny_copilot.detector, registration=False, model_name="tiny",
                     threshold=tiny_copilot.threshold + 0.1)
