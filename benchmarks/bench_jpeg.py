@@ -2,10 +2,13 @@
 
 Cameras and phones save JPEG; references are often kept lossless. Every query of an MMAD-format benchmark
 (the bundled one, or ``benchmarks/surfaces.py``'s outside surfaces) is inspected against its first random
-template at each ``--quality`` (Pillow's encoder, 4:2:0), in two set-ups: the query alone compressed (the
-references as stored, lossless), and query and reference compressed alike. Reported per set-up and quality:
-image AUROC, the false alarms and misses at the model's own threshold (1 reference, no calibration), and the
-median score of the normal queries. "png" is the images as stored.
+template at each ``--quality`` (Pillow's encoder, 4:2:0), in three set-ups: the query alone compressed and
+given as pixels (the reference as stored, lossless: the product cannot tell it was a JPEG), query and reference
+compressed alike (pixels), and the query given as its JPEG file's bytes ("as a file": the product reads its
+quality and, below 90, smooths both sides, ``imaging.deblock_sigma``). ``--smooth S ...`` adds, per sigma, the
+pixel query with both images smoothed by a Gaussian of sigma S, and with the query alone smoothed. Reported per
+set-up and quality: image AUROC, the false alarms and misses at the model's own threshold (1 reference, no
+calibration), and the median score of the normal queries. "png" is the images as stored.
 
     python benchmarks/bench_jpeg.py --benchmark ~/.cache/adcopilot/benchmarks/surfaces/mmad.json
     python benchmarks/bench_jpeg.py --benchmark bundled --limit 200
@@ -19,6 +22,7 @@ import json
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -29,14 +33,18 @@ from adcopilot.eval.bundled import ensure_bundled
 from adcopilot.eval.detection import auroc
 
 
-def compressed(img: Image.Image, quality: int | None) -> np.ndarray:
-    """The (H, W, 3) uint8 image after a JPEG round trip at ``quality`` (None: as it is)."""
-    if quality is None:
-        return np.asarray(img)
+def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
+    return buf.getvalue()
+
+
+def compressed(img: Image.Image, quality: int | None) -> np.ndarray:
+    """The (H, W, 3) uint8 image after a JPEG round trip at ``quality`` (None: as it is), as pixels only (the
+    product does not know it was a JPEG)."""
+    if quality is None:
+        return np.asarray(img)
+    return np.asarray(Image.open(io.BytesIO(jpeg_bytes(img, quality))).convert("RGB"))
 
 
 def main() -> None:
@@ -45,6 +53,8 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--quality", type=int, nargs="+", default=[90, 75, 50, 40])
     ap.add_argument("--limit", type=int, default=None, help="a seeded subset of the queries")
+    ap.add_argument("--smooth", type=float, nargs="*", default=[],
+                    help="also: the query alone compressed, then query and reference blurred alike (Gaussian sigma, px)")
     args = ap.parse_args()
     if any(not 1 <= q <= 95 for q in args.quality):
         raise SystemExit(f"--quality: each value must be 1-95 (Pillow's JPEG range), got {args.quality}")
@@ -61,15 +71,31 @@ def main() -> None:
     items = items[: args.limit]
     cp = Copilot.load(args.model)
     qualities: list[int | None] = [None, *args.quality]
-    setups = {"query only": False, "query and reference": True}
-    scores = {(s, q): [] for s in setups for q in qualities if not (q is None and s != "query only")}
+    # "as a file": the query's JPEG bytes, so the product reads its quality and smooths both sides (the default);
+    # the other set-ups give pixels, as before the product did so.
+    setups = {"query only": (False, 0.0), "query and reference": (True, 0.0), "query only, as a file": (False, None)}
+    setups.update({f"query only, both smoothed {s:g}": (False, s) for s in args.smooth})
+    setups.update({f"query only, it alone smoothed {s:g}": (False, -s) for s in args.smooth})
+    scores = {(s, q): [] for s in setups for q in qualities
+              if not (q is None and (setups[s] == (True, 0.0) or setups[s][1] is None))}
     labels, verdicts = [], {k: [] for k in scores}
     for key, entry in tqdm(items, desc="queries"):
         query = Image.open(root / key).convert("RGB")
         ref = Image.open(root / entry["random_templates"][0]).convert("RGB")
         labels.append(int("/good/" not in key))
         for (setup, q) in scores:
-            r = cp.inspect(compressed(query, q), [compressed(ref, q) if setups[setup] else ref])
+            both, sigma = setups[setup]
+            if sigma is None:
+                r = cp.inspect(jpeg_bytes(query, q) if q is not None else np.asarray(query), [np.asarray(ref)])
+                scores[(setup, q)].append(r.score)
+                verdicts[(setup, q)].append(r.verdict == "anomalous")
+                continue
+            qa, ra = compressed(query, q), compressed(ref, q) if both else np.asarray(ref)
+            if sigma > 0:
+                qa, ra = (cv2.GaussianBlur(a, (0, 0), sigma) for a in (qa, ra))
+            elif sigma < 0:  # the compressed query alone: what a rule on each image's own compression does
+                qa = cv2.GaussianBlur(qa, (0, 0), -sigma) if q is not None else qa
+            r = cp.inspect(qa, [ra])
             scores[(setup, q)].append(r.score)
             verdicts[(setup, q)].append(r.verdict == "anomalous")
     y = np.asarray(labels)
@@ -78,7 +104,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for (setup, q), s in scores.items():
         v, s = np.asarray(verdicts[(setup, q)]), np.asarray(s)
-        print(f"| {setup if q is not None else 'as stored'} | {q or 'png'} | {100 * auroc(list(s), list(y)):.1f} | "
+        print(f"| {setup if q is not None or setups[setup][1] else 'as stored'} | {q or 'png'} | {100 * auroc(list(s), list(y)):.1f} | "
               f"{100 * v[y == 0].mean():.1f} % | {100 * (~v[y == 1]).mean():.1f} % | {np.median(s[y == 0]):.3f} |")
 
 

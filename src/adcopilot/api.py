@@ -33,11 +33,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
-from adcopilot.imaging import ImageInput, full_size, load_image, to_float_array
-from adcopilot.inputs import as_references, cache_key, frame_key, reference_names, source_name
+from adcopilot.imaging import JPEG_QUALITY, ImageInput, deblock_sigma, full_size, load_image, to_float_array
+from adcopilot.inputs import as_references, cache_key, frame_key, reference_names, smoothed_key, source_name
 from adcopilot.language.answering import LanguageAnswers
 from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
@@ -85,6 +86,7 @@ class StagedPair:
     profiles: list[ImageProfile] | None = None  # the references' profiles for the image check
     detection: Detection | None = None
     notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query, the references)
+    smooth: float = 0.0  # both sides' smoothing before comparison (``imaging.deblock_sigma`` of the query)
 
 
 class Copilot:
@@ -100,8 +102,11 @@ class Copilot:
         cache_size: int = 256,
         model_name: str | None = None,
         image_check: bool = True,
+        deblock: bool = True,
     ) -> None:
         self.detector = detector
+        # A strongly compressed JPEG query is compared with its references after both are smoothed alike.
+        self.deblock = deblock
         if threshold is not None:
             require_finite(threshold, "threshold")
         # A threshold given (or calibrated, or set later) serves every reference set; else the detector's,
@@ -146,12 +151,13 @@ class Copilot:
 
     # ------------------------------------------------------------------ references
     def _reference(
-        self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None
+        self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None, smooth: float = 0.0
     ) -> tuple[np.ndarray, Any]:
         """(array (S, S, 3), encoding) of a reference, cached; with ``first`` (the set's first reference, source
-        and array), in that one's frame (:func:`into_frame`), cached for the pair."""
+        and array), in that one's frame (:func:`into_frame`), cached for the pair; ``smooth``: smoothed first
+        (as a compressed query is, :func:`imaging.deblock_sigma`), cached apart."""
         size = self.detector.image_size
-        key = frame_key(src, None if first is None else first[0], size)
+        key = smoothed_key(frame_key(src, None if first is None else first[0], size), smooth)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -159,10 +165,10 @@ class Copilot:
             img = load_image(src, name=name, draft=self.draft_size)
             if key is not None:
                 _bounded_put(self._sizes, key, full_size(img), self._cache_size)
-            arr = to_float_array(img, size)
+            arr = to_float_array(img, size, smooth)
             entry = (arr, self.detector.encode_reference(arr))
         else:
-            own = self._reference(src, name)
+            own = self._reference(src, name, smooth=smooth)
             moved = into_frame(own[0], first[1])
             entry = own if moved is own[0] else (moved, self.detector.encode_reference(moved))
         if key is not None:
@@ -171,18 +177,18 @@ class Copilot:
                 self._cache.popitem(last=False)
         return entry
 
-    def _references(self, refs: Sequence[ImageInput]) -> list[tuple[np.ndarray, Any]]:
+    def _references(self, refs: Sequence[ImageInput], smooth: float = 0.0) -> list[tuple[np.ndarray, Any]]:
         """The references as the inspection core compares them: from ``COMMON_FRAME_FROM`` on, the others in the
         first one's frame (each cached for its pair)."""
         names = reference_names(refs)
-        first = self._reference(refs[0], names[0])
+        first = self._reference(refs[0], names[0], smooth=smooth)
         onto = (refs[0], first[0]) if in_common_frame(self.registration, len(refs)) else None
-        return [first] + [self._reference(r, n, onto) for r, n in zip(refs[1:], names[1:], strict=True)]
+        return [first] + [self._reference(r, n, onto, smooth) for r, n in zip(refs[1:], names[1:], strict=True)]
 
-    def _plain(self, refs: Sequence[ImageInput]) -> list[tuple[np.ndarray, Any]]:
+    def _plain(self, refs: Sequence[ImageInput], smooth: float = 0.0) -> list[tuple[np.ndarray, Any]]:
         """The references as they were taken (cached): their profiles are read so, and a query registration could
         not place is compared with them (``inspection.compared_references``)."""
-        return [self._reference(r, n) for r, n in zip(refs, reference_names(refs), strict=True)]
+        return [self._reference(r, n, smooth=smooth) for r, n in zip(refs, reference_names(refs), strict=True)]
 
     def _plain_arrays(self, refs: Sequence[ImageInput]) -> list[np.ndarray]:
         """The references' own (S, S, 3) arrays (cached)."""
@@ -206,9 +212,9 @@ class Copilot:
         """How many reference encodings are cached."""
         return len(self._cache)
 
-    def _profile(self, src: ImageInput, arr: np.ndarray) -> ImageProfile:
-        """The global profile of a reference (cached like its features)."""
-        key = cache_key(src, self.detector.image_size)
+    def _profile(self, src: ImageInput, arr: np.ndarray, smooth: float = 0.0) -> ImageProfile:
+        """The global profile of a reference (cached like its features, smoothed or not)."""
+        key = smoothed_key(cache_key(src, self.detector.image_size), smooth)
         if key is not None and key in self._profiles:
             self._profiles.move_to_end(key)
             return self._profiles[key]
@@ -220,12 +226,12 @@ class Copilot:
         return profile
 
     def reference_profiles(
-        self, references: Sequence[ImageInput], arrays: Sequence[np.ndarray]
+        self, references: Sequence[ImageInput], arrays: Sequence[np.ndarray], smooth: float = 0.0
     ) -> list[ImageProfile] | None:
         """The references' profiles for the image check (cached), or None when the check is off."""
         if self.check_rules is None:
             return None
-        return [self._profile(src, arr) for src, arr in zip(references, arrays, strict=True)]
+        return [self._profile(src, arr, smooth) for src, arr in zip(references, arrays, strict=True)]
 
     def reference_notes(self, references: Sequence[ImageInput]) -> list[str]:
         """Notes on a reference set (:mod:`adcopilot.model.reference_check`: a reference blank, badly exposed,
@@ -262,6 +268,15 @@ class Copilot:
             return None
         return check_image(image_profile(None, query), profiles, self.check_rules, core.patch_dist)
 
+    def _smoothing(self, query: Image.Image, notes: list[str]) -> float:
+        """Both sides' smoothing for this query (:func:`imaging.deblock_sigma`; 0 when turned off), said in ``notes``."""
+        smooth = deblock_sigma(query) if self.deblock else 0.0
+        if smooth:
+            notes.append(f"the query is a JPEG of quality about {query.info[JPEG_QUALITY]}: it and its references "
+                         f"were smoothed alike (sigma {smooth:g} px) so that its compression blocks do not read "
+                         "as defects; save at quality 90 or more for the sharpest comparison")
+        return smooth
+
     @property
     def draft_size(self) -> int:
         """The side a JPEG is decoded at no less than (``imaging.load_image``'s ``draft``) for this model."""
@@ -294,15 +309,16 @@ class Copilot:
         qimg = load_image(query, name=source_name(query, "query"), draft=self.draft_size)
         size = full_size(qimg)  # (w, h) as stored: the map and the boxes are in these pixels
         notes = self._shape_notes(size, source_name(query, "query"))
-        q = to_float_array(qimg, self.detector.image_size)
-        encoded = self._references(refs)
-        plain = self._plain(refs)
+        smooth = self._smoothing(qimg, notes)
+        q = to_float_array(qimg, self.detector.image_size, smooth)
+        encoded = self._references(refs, smooth)
+        plain = self._plain(refs, smooth)
         notes += self.reference_notes(refs)
         t1 = time.perf_counter()
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration, with_deviation=True,
                               as_taken=plain)  # (S, S), query frame
         t2 = time.perf_counter()
-        check = self.check(q, self.reference_profiles(refs, [a for a, _ in plain]), core)
+        check = self.check(q, self.reference_profiles(refs, [a for a, _ in plain], smooth), core)
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
         analysis = self._analysis(size, core, check, timings)
@@ -412,25 +428,26 @@ class Copilot:
         qimg = load_image(query, name=source_name(query, "query"), draft=self.draft_size)
         stored = full_size(qimg)  # (w, h) as stored: the result's map and boxes are in these pixels
         notes = self._shape_notes(stored, source_name(query, "query"))
-        q = to_float_array(qimg, size)
-        key = cache_key(refs[0], size)
+        smooth = self._smoothing(qimg, notes)
+        q = to_float_array(qimg, size, smooth)
+        key = smoothed_key(cache_key(refs[0], size), smooth)
         # A lookup alone, from any thread: one dict operation, atomic under the GIL; only the model's
         # thread (encode) adds and evicts entries.
         cached = self._cache.get(key) if key is not None else None
         first = cached[0] if cached is not None else to_float_array(
-            load_image(refs[0], name=reference_names(refs)[0], draft=self.draft_size), size)
+            load_image(refs[0], name=reference_names(refs)[0], draft=self.draft_size), size, smooth)
         t1 = time.perf_counter()
         aligned = align(q, first, registration=self.registration)
         return StagedPair(query, refs, stored, aligned, None if threshold is None else float(threshold), t0,
-                          {"load": (t1 - t0) * 1e3}, notes=notes)
+                          {"load": (t1 - t0) * 1e3}, notes=notes, smooth=smooth)
 
     def encode(self, pair: StagedPair) -> None:
         """Stage 2, the model's thread: the references' encodings and profiles (cached), the threshold."""
         t0 = time.perf_counter()
         refs = pair.references
-        plain = self._plain(refs)
-        pair.encoded = list(compared_references(pair.aligned, self._references(refs), plain))
-        pair.profiles = self.reference_profiles(refs, [a for a, _ in plain])
+        plain = self._plain(refs, pair.smooth)
+        pair.encoded = list(compared_references(pair.aligned, self._references(refs, pair.smooth), plain))
+        pair.profiles = self.reference_profiles(refs, [a for a, _ in plain], pair.smooth)
         pair.notes = [*pair.notes, *self.reference_notes(refs)]
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)

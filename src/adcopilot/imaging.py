@@ -5,6 +5,11 @@ RGBA or palette mode,
 applies the EXIF orientation, and refuses decompression bombs. Every failure raises
 :class:`~adcopilot.errors.ImageError` with one line naming the file and the problem.
 
+A JPEG's quality is estimated from its quantization table and kept with the image (:func:`deblock_sigma`):
+below ``DEBLOCK_BELOW`` its 8 x 8 block artefacts, which fall on the model's stride-8 patches, raise every
+normal score, so both images of a pair are smoothed alike before they are compared
+(``to_float_array(..., smooth=)``; ``benchmarks/RESULTS.md``, "JPEG images").
+
 Usage::
 
     img = load_image("part.png")          # PIL.Image in RGB
@@ -20,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
@@ -37,6 +43,19 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".
 FORMATS_TEXT = "PNG, JPEG, BMP, TIFF, WebP or PGM / PPM"
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+#: ``Image.info`` key of a JPEG's estimated quality (:func:`jpeg_quality`), set by :func:`load_image`.
+JPEG_QUALITY = "adcopilot_jpeg_quality"
+#: A JPEG query below this quality (IJG scale) is compared with its references after both are smoothed.
+DEBLOCK_BELOW = 90
+#: The smoothing's Gaussian sigma, in pixels of the image as decoded (benchmarks/bench_jpeg.py).
+DEBLOCK_SIGMA = 0.6
+#: The IJG (JPEG standard, Annex K) luminance quantization table at quality 50, row by row.
+_IJG_LUMA = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)
 
 
 def not_taken_note(names: Iterable[str]) -> str | None:
@@ -115,7 +134,11 @@ def load_image(
     """
     label = _describe(source, name)
     if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source) or source, label)
+        quality = source.info.get(JPEG_QUALITY, jpeg_quality(source))
+        out = _to_rgb(ImageOps.exif_transpose(source) or source, label)
+        if quality is not None:
+            out.info[JPEG_QUALITY] = quality
+        return out
     if isinstance(source, np.ndarray):
         return _from_array(source, label)
     if isinstance(source, (bytes, bytearray)):
@@ -162,11 +185,35 @@ def load_image(
     except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{label}: corrupt image ({exc})") from None
     turned = img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+    quality = jpeg_quality(img)
     img = ImageOps.exif_transpose(img) or img
     out = _to_rgb(img, label)
     if out.size != ((h, w) if turned else (w, h)):
         out.info[FULL_SIZE] = (h, w) if turned else (w, h)
+    if quality is not None:
+        out.info[JPEG_QUALITY] = quality
     return out
+
+
+def jpeg_quality(img: Image.Image) -> int | None:
+    """A JPEG's quality on the IJG scale (1-100), estimated from its luminance quantization table (an encoder
+    with tables of its own gets the IJG quality whose table is as coarse on average); None for other images."""
+    tables = getattr(img, "quantization", None)
+    if not isinstance(tables, dict) or len(tables.get(0, ())) != len(_IJG_LUMA):
+        return None
+    scale = 100.0 * sum(tables[0]) / sum(_IJG_LUMA)  # IJG: the table at quality 50 times scale / 100
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(round(min(100.0, max(1.0, quality))))
+
+
+def deblock_sigma(img: Image.Image) -> float:
+    """The smoothing (Gaussian sigma, px) a pair whose query is ``img`` is compared after: ``DEBLOCK_SIGMA``
+    for a JPEG below ``DEBLOCK_BELOW`` decoded at its full scale (one decoded at a reduced scale for a large
+    frame has its blocks averaged already), else 0."""
+    quality = img.info.get(JPEG_QUALITY)
+    if quality is None or quality >= DEBLOCK_BELOW or FULL_SIZE in img.info:
+        return 0.0
+    return DEBLOCK_SIGMA
 
 
 #: ``Image.info`` key of the (w, h) a JPEG decoded at a reduced scale has (:func:`load_image`'s ``draft``).
@@ -197,8 +244,11 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BILINEAR)
 
 
-def to_float_array(img: Image.Image, size: int | None = None) -> np.ndarray:
-    """RGB image -> (H, W, 3) float32 array in [0, 1], optionally resized square."""
+def to_float_array(img: Image.Image, size: int | None = None, smooth: float = 0.0) -> np.ndarray:
+    """RGB image -> (H, W, 3) float32 array in [0, 1], optionally smoothed (Gaussian sigma ``smooth`` px, at
+    the image's own scale: :func:`deblock_sigma`), then resized square."""
+    if smooth > 0:
+        img = Image.fromarray(cv2.GaussianBlur(np.asarray(img), (0, 0), smooth))
     if size is not None:
         img = resize_square(img, size)
     return np.asarray(img, dtype=np.float32) / 255.0
