@@ -2,7 +2,7 @@
 
 Cameras and phones save JPEG; references are often kept lossless. Every query of an MMAD-format benchmark
 (the bundled one, or ``benchmarks/surfaces.py``'s outside surfaces) is inspected against its first random
-template at each ``--quality`` (Pillow's encoder, 4:2:0), in three set-ups: the query alone compressed and
+template (``--shots``: templates) at each ``--quality`` (Pillow's encoder, 4:2:0), in three set-ups: the query alone compressed and
 given as pixels (the reference as stored, lossless: the product cannot tell it was a JPEG), query and reference
 compressed alike (pixels), and the query given as its JPEG file's bytes ("as a file": the product reads its
 quality and, below 90, smooths both sides, ``imaging.deblock_sigma``). ``--smooth S ...`` adds, per sigma, the
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--quality", type=int, nargs="+", default=[90, 75, 50, 40])
     ap.add_argument("--limit", type=int, default=None, help="a seeded subset of the queries")
+    ap.add_argument("--shots", type=int, default=1, help="references per query: the first random templates")
     ap.add_argument("--smooth", type=float, nargs="*", default=[],
                     help="also: the query alone compressed, then query and reference blurred alike (Gaussian sigma, px)")
     args = ap.parse_args()
@@ -81,25 +82,26 @@ def main() -> None:
     labels, verdicts = [], {k: [] for k in scores}
     for key, entry in tqdm(items, desc="queries"):
         query = Image.open(root / key).convert("RGB")
-        ref = Image.open(root / entry["random_templates"][0]).convert("RGB")
+        refs = [Image.open(root / t).convert("RGB") for t in entry["random_templates"][: args.shots]]
         labels.append(int("/good/" not in key))
         for (setup, q) in scores:
             both, sigma = setups[setup]
             if sigma is None:
-                r = cp.inspect(jpeg_bytes(query, q) if q is not None else np.asarray(query), [np.asarray(ref)])
+                r = cp.inspect(jpeg_bytes(query, q) if q is not None else np.asarray(query), [np.asarray(x) for x in refs])
                 scores[(setup, q)].append(r.score)
                 verdicts[(setup, q)].append(r.verdict == "anomalous")
                 continue
-            qa, ra = compressed(query, q), compressed(ref, q) if both else np.asarray(ref)
+            qa, ras = compressed(query, q), [compressed(x, q) if both else np.asarray(x) for x in refs]
             if sigma > 0:
-                qa, ra = (cv2.GaussianBlur(a, (0, 0), sigma) for a in (qa, ra))
+                qa, ras = cv2.GaussianBlur(qa, (0, 0), sigma), [cv2.GaussianBlur(a, (0, 0), sigma) for a in ras]
             elif sigma < 0:  # the compressed query alone: what a rule on each image's own compression does
                 qa = cv2.GaussianBlur(qa, (0, 0), -sigma) if q is not None else qa
-            r = cp.inspect(qa, [ra])
+            r = cp.inspect(qa, ras)
             scores[(setup, q)].append(r.score)
             verdicts[(setup, q)].append(r.verdict == "anomalous")
     y = np.asarray(labels)
-    print(f"{path}: {len(y)} queries ({int(y.sum())} defective), model {cp.model_name}, threshold {cp.threshold:.4f}")
+    print(f"{path}: {len(y)} queries ({int(y.sum())} defective), model {cp.model_name}, {args.shots} reference(s), "
+          f"threshold {cp.threshold_with(args.shots):.4f}")
     print("| set-up | quality | image AUROC | false alarms | misses | median normal score |")
     print("|---|---|---:|---:|---:|---:|")
     for (setup, q), s in scores.items():

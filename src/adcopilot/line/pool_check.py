@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from adcopilot.api import Copilot
 from adcopilot.line.lot_features import encode_lot, lot_checks, lot_tower
@@ -82,16 +83,20 @@ def _spread(indices: list[int]) -> list[int]:
     return [indices[i] for i in np.linspace(0, len(indices) - 1, MAX_COMPARED).round().astype(int)]
 
 
-def pool_scores(lot_views: LotViews, recipe: MutualRecipe) -> np.ndarray:
+def pool_scores(lot_views: LotViews, recipe: MutualRecipe, progress: bool = False) -> np.ndarray:
     """The pool's views -> (N,) mutual image scores: each reference against the others, then against those
     the first pass judged normal (the recipe's second pass), as ``batch --mutual`` scores a lot."""
     n = len(lot_views.global_features)
     sample = None if n <= MAX_COMPARED else _spread(list(range(n)))
-    first = mutual_patch_scores(lot_views, recipe.interval, pool=sample, twin_ratio=recipe.twin_ratio)  # (N, P)
-    values = first
-    if recipe.pool_k is not None:
-        pool = _spread(pool_of(image_scores(first, recipe.top_k), recipe.pool_k))  # two at least
-        values = mutual_patch_scores(lot_views, recipe.pool_interval, pool=pool, twin_ratio=recipe.twin_ratio)
+    passes = 1 if recipe.pool_k is None else 2
+    with tqdm(total=passes * n, unit="img", desc="references, compared", disable=not progress, dynamic_ncols=True) as bar:
+        first = mutual_patch_scores(lot_views, recipe.interval, pool=sample, twin_ratio=recipe.twin_ratio,
+                                    progress=bar.update)  # (N, P)
+        values = first
+        if recipe.pool_k is not None:
+            pool = _spread(pool_of(image_scores(first, recipe.top_k), recipe.pool_k))  # two at least
+            values = mutual_patch_scores(lot_views, recipe.pool_interval, pool=pool, twin_ratio=recipe.twin_ratio,
+                                         progress=bar.update)
     return lot_image_scores(values, lot_views.global_features, recipe).numpy().astype(np.float64)
 
 
@@ -111,7 +116,7 @@ def check_pool(
         if reason is not None:
             found[item.path] = PoolFinding(item.path, reason)
     if len(lot.items) >= MIN_POOL:
-        scores = pool_scores(lot.views, recipe)
+        scores = pool_scores(lot.views, recipe, progress)
         thr = lot_threshold(scores, mad_k)
         log.info("reference pool of %d: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))
         for item, s in zip(lot.items, scores, strict=True):
