@@ -44,6 +44,7 @@ from adcopilot.language.nano_language import NanoLanguage
 from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
 from adcopilot.model.detector import Detection, Detector
+from adcopilot.model.focus import matching_sigma, sharpness, soften
 from adcopilot.model.inspection import (
     Aligned,
     CoreOutput,
@@ -87,6 +88,7 @@ class StagedPair:
     detection: Detection | None = None
     notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query, the references)
     smooth: float = 0.0  # both sides' smoothing before comparison (``imaging.deblock_sigma`` of the query)
+    sharpness: float = 0.0  # the query's (``focus.sharpness``), for the references' softening
 
 
 class Copilot:
@@ -103,10 +105,14 @@ class Copilot:
         model_name: str | None = None,
         image_check: bool = True,
         deblock: bool = True,
+        refocus: bool = False,
     ) -> None:
         self.detector = detector
         # A strongly compressed JPEG query is compared with its references after both are smoothed alike.
         self.deblock = deblock
+        # Opt-in: a query much softer than a reference (out of focus) is compared with that reference softened
+        # to match (it helps a defocused camera on textures, and costs ELPV poly cells: benchmarks/RESULTS.md).
+        self.refocus = refocus
         if threshold is not None:
             require_finite(threshold, "threshold")
         # A threshold given (or calibrated, or set later) serves every reference set; else the detector's,
@@ -129,6 +135,7 @@ class Copilot:
         self._profiles: OrderedDict[str, ImageProfile] = OrderedDict()
         self._sizes: OrderedDict[str, tuple[int, int]] = OrderedDict()  # references' stored (w, h)
         self._set_notes: OrderedDict[str, list[str]] = OrderedDict()  # reference set -> its notes
+        self._sharpness: OrderedDict[str, float] = OrderedDict()  # references' sharpness (focus.sharpness)
         self._told_elongated = False  # the warning about elongated queries is given once per copilot
 
     @property
@@ -151,13 +158,15 @@ class Copilot:
 
     # ------------------------------------------------------------------ references
     def _reference(
-        self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None, smooth: float = 0.0
+        self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None, smooth: float = 0.0,
+        soft: float = 0.0,
     ) -> tuple[np.ndarray, Any]:
         """(array (S, S, 3), encoding) of a reference, cached; with ``first`` (the set's first reference, source
         and array), in that one's frame (:func:`into_frame`), cached for the pair; ``smooth``: smoothed first
-        (as a compressed query is, :func:`imaging.deblock_sigma`), cached apart."""
+        (as a compressed query is, :func:`imaging.deblock_sigma`), ``soft``: then softened at the model's size
+        (for a softer query, :mod:`adcopilot.model.focus`), each variant cached apart."""
         size = self.detector.image_size
-        key = smoothed_key(frame_key(src, None if first is None else first[0], size), smooth)
+        key = smoothed_key(smoothed_key(frame_key(src, None if first is None else first[0], size), smooth), soft, "^")
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -165,10 +174,10 @@ class Copilot:
             img = load_image(src, name=name, draft=self.draft_size)
             if key is not None:
                 _bounded_put(self._sizes, key, full_size(img), self._cache_size)
-            arr = to_float_array(img, size, smooth)
+            arr = soften(to_float_array(img, size, smooth), soft)
             entry = (arr, self.detector.encode_reference(arr))
         else:
-            own = self._reference(src, name, smooth=smooth)
+            own = self._reference(src, name, smooth=smooth, soft=soft)
             moved = into_frame(own[0], first[1])
             entry = own if moved is own[0] else (moved, self.detector.encode_reference(moved))
         if key is not None:
@@ -177,18 +186,28 @@ class Copilot:
                 self._cache.popitem(last=False)
         return entry
 
-    def _references(self, refs: Sequence[ImageInput], smooth: float = 0.0) -> list[tuple[np.ndarray, Any]]:
+    def _references(
+        self, refs: Sequence[ImageInput], smooth: float = 0.0, soft: Sequence[float] | None = None
+    ) -> list[tuple[np.ndarray, Any]]:
         """The references as the inspection core compares them: from ``COMMON_FRAME_FROM`` on, the others in the
-        first one's frame (each cached for its pair)."""
+        first one's frame (each cached for its pair; brought onto the first as it is, not softened)."""
         names = reference_names(refs)
-        first = self._reference(refs[0], names[0], smooth=smooth)
-        onto = (refs[0], first[0]) if in_common_frame(self.registration, len(refs)) else None
-        return [first] + [self._reference(r, n, onto, smooth) for r, n in zip(refs[1:], names[1:], strict=True)]
+        soft = list(soft) if soft is not None else [0.0] * len(refs)
+        first = self._reference(refs[0], names[0], smooth=smooth, soft=soft[0])
+        if not in_common_frame(self.registration, len(refs)):
+            return [first] + [self._reference(r, n, smooth=smooth, soft=s)
+                              for r, n, s in zip(refs[1:], names[1:], soft[1:], strict=True)]
+        onto = (refs[0], self._reference(refs[0], names[0], smooth=smooth)[0])
+        return [first] + [self._reference(r, n, onto, smooth, s) for r, n, s in zip(refs[1:], names[1:], soft[1:], strict=True)]
 
-    def _plain(self, refs: Sequence[ImageInput], smooth: float = 0.0) -> list[tuple[np.ndarray, Any]]:
-        """The references as they were taken (cached): their profiles are read so, and a query registration could
-        not place is compared with them (``inspection.compared_references``)."""
-        return [self._reference(r, n, smooth=smooth) for r, n in zip(refs, reference_names(refs), strict=True)]
+    def _plain(
+        self, refs: Sequence[ImageInput], smooth: float = 0.0, soft: Sequence[float] | None = None
+    ) -> list[tuple[np.ndarray, Any]]:
+        """The references as they were taken (cached): their profiles are read so (not softened), and a query
+        registration could not place is compared with them (``inspection.compared_references``)."""
+        soft = list(soft) if soft is not None else [0.0] * len(refs)
+        return [self._reference(r, n, smooth=smooth, soft=s)
+                for r, n, s in zip(refs, reference_names(refs), soft, strict=True)]
 
     def _plain_arrays(self, refs: Sequence[ImageInput]) -> list[np.ndarray]:
         """The references' own (S, S, 3) arrays (cached)."""
@@ -277,6 +296,34 @@ class Copilot:
                          "as defects; save at quality 90 or more for the sharpest comparison")
         return smooth
 
+    def _reference_sharpness(self, src: ImageInput, arr: np.ndarray, smooth: float, store: bool = True) -> float:
+        """A reference's sharpness (:func:`focus.sharpness` of its array as compared), cached by source unless
+        ``store`` is false (a thread other than the model's only looks up)."""
+        key = smoothed_key(cache_key(src, self.detector.image_size), smooth)
+        if key is not None and key in self._sharpness:
+            return self._sharpness[key]
+        value = sharpness(arr)
+        if key is not None and store:
+            _bounded_put(self._sharpness, key, value, self._cache_size)
+        return value
+
+    def _softening(
+        self, query_sharpness: float, refs: Sequence[ImageInput], arrays: Sequence[np.ndarray], smooth: float,
+        notes: list[str] | None = None,
+    ) -> list[float]:
+        """Each reference's softening for a query of ``query_sharpness`` (:func:`focus.matching_sigma`; all 0 when
+        turned off), said in ``notes``."""
+        if not self.refocus:
+            return [0.0] * len(refs)
+        sharp = [self._reference_sharpness(r, a, smooth, notes is not None) for r, a in zip(refs, arrays, strict=True)]
+        soft = [matching_sigma(query_sharpness, a, s) for a, s in zip(arrays, sharp, strict=True)]
+        if notes is not None and any(soft):
+            ratio = query_sharpness / max(float(np.median(sharp)), 1e-6)
+            notes.append(f"the query is softer than its references (sharpness {ratio:.2f} of theirs): they were softened "
+                         f"to match (sigma up to {max(soft):g} px) so that the lost texture does not read as a defect; "
+                         "check the camera's focus")
+        return soft
+
     @property
     def draft_size(self) -> int:
         """The side a JPEG is decoded at no less than (``imaging.load_image``'s ``draft``) for this model."""
@@ -311,14 +358,16 @@ class Copilot:
         notes = self._shape_notes(size, source_name(query, "query"))
         smooth = self._smoothing(qimg, notes)
         q = to_float_array(qimg, self.detector.image_size, smooth)
-        encoded = self._references(refs, smooth)
-        plain = self._plain(refs, smooth)
+        taken = self._plain(refs, smooth)  # as taken, not softened: the image check reads these
+        soft = self._softening(sharpness(q), refs, [a for a, _ in taken], smooth, notes)
+        encoded = self._references(refs, smooth, soft)
+        plain = self._plain(refs, smooth, soft)
         notes += self.reference_notes(refs)
         t1 = time.perf_counter()
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration, with_deviation=True,
                               as_taken=plain)  # (S, S), query frame
         t2 = time.perf_counter()
-        check = self.check(q, self.reference_profiles(refs, [a for a, _ in plain], smooth), core)
+        check = self.check(q, self.reference_profiles(refs, [a for a, _ in taken], smooth), core)
         t3 = time.perf_counter()
         timings = {"load": (t1 - t0) * 1e3, **core.timings, "check": (t3 - t2) * 1e3}
         analysis = self._analysis(size, core, check, timings)
@@ -436,18 +485,23 @@ class Copilot:
         cached = self._cache.get(key) if key is not None else None
         first = cached[0] if cached is not None else to_float_array(
             load_image(refs[0], name=reference_names(refs)[0], draft=self.draft_size), size, smooth)
+        sharp = sharpness(q)
+        # The query is registered onto the first reference as it will be compared (softened for a softer query).
+        first = soften(first, self._softening(sharp, refs[:1], [first], smooth)[0])
         t1 = time.perf_counter()
         aligned = align(q, first, registration=self.registration)
         return StagedPair(query, refs, stored, aligned, None if threshold is None else float(threshold), t0,
-                          {"load": (t1 - t0) * 1e3}, notes=notes, smooth=smooth)
+                          {"load": (t1 - t0) * 1e3}, notes=notes, smooth=smooth, sharpness=sharp)
 
     def encode(self, pair: StagedPair) -> None:
         """Stage 2, the model's thread: the references' encodings and profiles (cached), the threshold."""
         t0 = time.perf_counter()
         refs = pair.references
-        plain = self._plain(refs, pair.smooth)
-        pair.encoded = list(compared_references(pair.aligned, self._references(refs, pair.smooth), plain))
-        pair.profiles = self.reference_profiles(refs, [a for a, _ in plain], pair.smooth)
+        taken = self._plain(refs, pair.smooth)
+        soft = self._softening(pair.sharpness, refs, [a for a, _ in taken], pair.smooth, pair.notes)
+        plain = self._plain(refs, pair.smooth, soft)
+        pair.encoded = list(compared_references(pair.aligned, self._references(refs, pair.smooth, soft), plain))
+        pair.profiles = self.reference_profiles(refs, [a for a, _ in taken], pair.smooth)
         pair.notes = [*pair.notes, *self.reference_notes(refs)]
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)
@@ -493,8 +547,25 @@ class AnsweringCopilot(LanguageAnswers, Copilot):
     (:mod:`adcopilot.language.answering`)."""
 
     def __init__(self, detector: Detector, language: NanoLanguage, **kwargs: Any) -> None:
-        super().__init__(detector, **kwargs)
         self.language = language
+        super().__init__(detector, **kwargs)
+
+    # The language model's images are prepared as the inspection's are, so it reads the score inspect reports.
+    @property  # type: ignore[override]
+    def deblock(self) -> bool:
+        return self.language.deblock
+
+    @deblock.setter
+    def deblock(self, on: bool) -> None:
+        self.language.deblock = on
+
+    @property  # type: ignore[override]
+    def refocus(self) -> bool:
+        return self.language.refocus
+
+    @refocus.setter
+    def refocus(self, on: bool) -> None:
+        self.language.refocus = on
 
 
 def threshold_steps(inspector: Inspector, up_to: int) -> dict[str, float]:

@@ -59,9 +59,10 @@ def frame_key(src: ImageInput, first: ImageInput | None, size: int) -> str | Non
     return None if first_key is None else f"{key}@{first_key}"
 
 
-def smoothed_key(key: str | None, smooth: float) -> str | None:
-    """The key of an input smoothed by ``smooth`` px before use (``imaging.deblock_sigma``): ``key`` itself at 0."""
-    return key if key is None or not smooth else f"{key}~{smooth:g}"
+def smoothed_key(key: str | None, smooth: float, mark: str = "~") -> str | None:
+    """The key of an input smoothed by ``smooth`` px before use (``imaging.deblock_sigma``; ``mark`` tells one
+    smoothing from another): ``key`` itself at 0."""
+    return key if key is None or not smooth else f"{key}{mark}{smooth:g}"
 
 
 def pair_key(query: ImageInput, references: Sequence[ImageInput], size: int) -> str | None:

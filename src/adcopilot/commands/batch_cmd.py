@@ -42,6 +42,10 @@ def register(app: typer.Typer) -> None:
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align queries onto references."),
         no_images: bool = typer.Option(False, "--no-images", help="Do not write annotated images."),
+        refocus: bool = typer.Option(
+            False, "--refocus",
+            help="Compare a query much softer than its references (a camera out of focus) with them softened to match.",
+        ),
         workers: int = typer.Option(2, "--workers", help="Image-loading threads (per actor with --engine ray)."),
         threads: int = typer.Option(
             None, "--threads",
@@ -98,7 +102,8 @@ def register(app: typer.Typer) -> None:
         items = collect(queries)
         # With --mutual alone, --threshold is the lot score's: the model (asked with --lot-refs) keeps its own.
         model_threshold = None if mutual and not refs else threshold
-        loader = ModelLoader(model, model_threshold, not no_register, None if calibration is None else str(calibration))
+        loader = ModelLoader(model, model_threshold, not no_register, None if calibration is None else str(calibration),
+                             refocus)
         if engine == "ray":
             rcfg = RayConfig(address=address, actors=actors, cpus_per_actor=threads or 1)
             s = run_batch_ray(loader, items, refs, out, cfg, rcfg)

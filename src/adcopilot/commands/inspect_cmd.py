@@ -17,6 +17,10 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated, else the model's for the number of references)."),
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json (from adcopilot calibrate)."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align the query onto the reference."),
+        refocus: bool = typer.Option(
+            False, "--refocus",
+            help="Compare a query much softer than its references (a camera out of focus) with them softened to match.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Path = typer.Option(None, "--save", help="Write the annotated query image here."),
         ask: str = typer.Option(None, "--ask", help="A question about the pair, answered in words."),
@@ -34,6 +38,7 @@ def register(app: typer.Typer) -> None:
         if threshold is not None:
             require_finite(threshold, "--threshold")
         cp = Copilot.load(model, threshold=threshold, registration=not no_register, calibration=calibration)
+        cp.refocus = refocus
         answerer = require_answerer(cp) if ask else None
         context = context_options(answerer if ask else cp, product, material, [str(k) for k in knowledge or []])
         if answerer is not None:

@@ -53,6 +53,8 @@ class NanoLanguage:
         self._detector = detector
         self._encoder = encoder
         self._registration = registration
+        self.deblock = True  # set by the copilot it answers for (``Copilot.deblock``, ``Copilot.refocus``)
+        self.refocus = False
         self._visual: OrderedDict[str, VisualInputs] = OrderedDict()
         self._prefixes: dict[str, Any] = {}  # pair key -> cache of the prompt up to the image tokens
         self._prior: Any = None
@@ -93,6 +95,7 @@ class NanoLanguage:
             own = self.folder / "comparison" if self.folder is not None else None
             comparison = NanoComparisonModel.load(own) if own is not None and (own / "config.json").exists() else None
             self._encoder = VisualEncoder(self._detector, registration=self._registration, comparison=comparison)
+        self._encoder.deblock, self._encoder.refocus = self.deblock, self.refocus
         return self._encoder
 
     def _rescore(self, threshold: float | None) -> float | None:

@@ -41,11 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from adcopilot.imaging import ImageInput, load_image, to_float_array
-from adcopilot.inputs import frame_key, reference_names, source_name
+from adcopilot.imaging import ImageInput, deblock_sigma, load_image, to_float_array
+from adcopilot.inputs import frame_key, reference_names, smoothed_key, source_name
 from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.detector import to_batch
+from adcopilot.model.focus import matching_sigma, sharpness, soften
 from adcopilot.model.inspection import in_common_frame, inspect_arrays, into_frame
 from adcopilot.model.nano import NanoComparisonModel, NanoDetector
 
@@ -165,20 +167,29 @@ class VisualEncoder:
         self.tower = detector.tower
         self.size = int(detector.image_size)
         self.registration = registration
+        # As ``Copilot``: a compressed JPEG query and its references smoothed alike; references softened to a
+        # softer query (``imaging.deblock_sigma``, :mod:`adcopilot.model.focus`).
+        self.deblock = True
+        self.refocus = False
         self._cache: OrderedDict[str, _Image] = OrderedDict()
         self._cache_size = cache_size
 
-    def _image(self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None) -> _Image:
+    def _image(
+        self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None, smooth: float = 0.0,
+        soft: float = 0.0, loaded: Image.Image | None = None,
+    ) -> _Image:
         """An image's features (cached); with ``first`` (a reference set's first: source, array), the reference in
-        that one's frame (:func:`into_frame`), as the inspection core compares it."""
-        key = frame_key(src, None if first is None else first[0], self.size)
+        that one's frame (:func:`into_frame`), as the inspection core compares it; ``smooth`` and ``soft`` as
+        ``Copilot`` applies them, each variant cached apart; ``loaded``: the image already decoded."""
+        key = smoothed_key(smoothed_key(frame_key(src, None if first is None else first[0], self.size), smooth), soft, "^")
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         if first is None:
-            arr = to_float_array(load_image(src, name=name), self.size)
+            img = loaded if loaded is not None else load_image(src, name=name)
+            arr = soften(to_float_array(img, self.size, smooth), soft)
         else:
-            own = self._image(src, name)
+            own = self._image(src, name, smooth=smooth, soft=soft)
             arr = into_frame(own.array, first[1])
             if arr is own.array:
                 return own
@@ -194,14 +205,20 @@ class VisualEncoder:
     @torch.no_grad()
     def encode(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs:
         names = reference_names(references)
-        first = self._image(references[0], names[0])
-        onto = (references[0], first.array) if in_common_frame(self.registration, len(references)) else None
-        plain = [first] + [self._image(r, n) for r, n in zip(references[1:], names[1:], strict=True)]
-        refs = [first] + [self._image(r, n, onto) for r, n in zip(references[1:], names[1:], strict=True)]
+        qname = source_name(query, "query")
+        qimg = load_image(query, name=qname)
+        smooth = deblock_sigma(qimg) if self.deblock else 0.0
+        q = self._image(query, qname, smooth=smooth, loaded=qimg)  # a query needs no reference encoding
+        taken = [self._image(r, n, smooth=smooth) for r, n in zip(references, names, strict=True)]
+        sharp = sharpness(q.array)
+        soft = [matching_sigma(sharp, r.array) if self.refocus else 0.0 for r in taken]
+        onto = (references[0], taken[0].array) if in_common_frame(self.registration, len(references)) else None
+        plain = [self._image(r, n, smooth=smooth, soft=s) for r, n, s in zip(references, names, soft, strict=True)]
+        refs = plain[:1] + [self._image(r, n, onto, smooth, s) if onto is not None else p
+                            for r, n, s, p in zip(references[1:], names[1:], soft[1:], plain[1:], strict=True)]
         for r in refs + plain:
             if r.encoded is None:
                 r.encoded = self.detector.encode_reference(r.array)
-        q = self._image(query, source_name(query, "query"))  # a query needs no reference encoding
         core = inspect_arrays(self.detector, q.array, [(r.array, r.encoded) for r in refs],
                               registration=self.registration, with_tokens=self.comparison is None,
                               as_taken=[(r.array, r.encoded) for r in plain])

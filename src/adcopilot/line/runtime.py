@@ -62,8 +62,10 @@ class ModelLoader:
     threshold: float | None = None
     registration: bool = True
     calibration: str | None = None
+    refocus: bool = False  # references softened to a softer query (``Copilot.refocus``)
 
     def __call__(self) -> Copilot:
         cp = Copilot.load(self.model, threshold=self.threshold, registration=self.registration,
                           calibration=self.calibration)
+        cp.refocus = self.refocus
         return prepare_for_inference(cp)

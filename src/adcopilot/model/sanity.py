@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from adcopilot.imaging import grey_level
 from adcopilot.model.baseline import normalized_patch_features
 from adcopilot.model.detector import to_batch
+from adcopilot.model.focus import BLURRED_RATIO
 from adcopilot.model.vision import PatchTower
 
 BLANK = "blank image"
@@ -78,7 +79,7 @@ class CheckRules:
     # one product vary in brightness by 2x, with up to a third of a bright cell saturated)
     dark_ratio: float = 0.3  # underexposed: at most this brightness and ...
     dark_contrast_ratio: float = 0.3  # ... at most this contrast
-    blur_ratio: float = 0.18  # blurred: sharpness below this share of the references'
+    blur_ratio: float = BLURRED_RATIO  # blurred: sharpness below this share of the references'
     far_product: float = 0.5  # feature distance that is another product whatever else is seen
     other_product: float = 0.33  # feature distance beyond every normal image measured
     # The same two for the patch distance (:func:`patch_distance`): "other" halfway between the largest

@@ -45,3 +45,27 @@ def test_the_cells_read_inspects_map_in_the_query_frame(model, adapted, pair_ima
     cells = lang.visual(q, [r]).cells
     top_left = float(amap[:22, :22].max())  # adaptive pooling's first of 3 cells over 64 px: [0, 22)
     assert cells[0, 0].item() == pytest.approx(top_left, abs=1e-6)  # the defect square's cell: its peak
+
+
+@pytest.mark.parametrize("deblock_query", [False, True])
+def test_ask_reads_inspects_score_for_a_softer_or_compressed_query(model, adapted, pair_images, deblock_query):
+    import io
+
+    import cv2
+    from PIL import Image
+
+    q, r = pair_images
+    soft = cv2.GaussianBlur(q, (0, 0), 0.35)  # in the band where the reference is softened to match
+    query: object = soft
+    if deblock_query:  # a JPEG of quality 50: both sides smoothed first
+        buf = io.BytesIO()
+        Image.fromarray(soft).save(buf, "JPEG", quality=50)
+        query = buf.getvalue()
+    lang = NanoLanguage(model=model, detector=adapted, registration=False)
+    cp = AnsweringCopilot(adapted, lang, registration=False, threshold=0.5, refocus=True)
+    result = cp.inspect(query, [r])
+    assert any("softer than its references" in n for n in result.notes), result.notes
+    assert any("JPEG" in n for n in result.notes) == deblock_query
+    assert lang.visual(query, [r], cp.threshold).score == result.score
+    cp.refocus = False  # the language model follows the copilot's setting
+    assert lang.encoder.refocus is False
