@@ -88,7 +88,7 @@ class StagedPair:
     detection: Detection | None = None
     notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query, the references)
     smooth: float = 0.0  # both sides' smoothing before comparison (``imaging.deblock_sigma`` of the query)
-    sharpness: float = 0.0  # the query's (``focus.sharpness``), for the references' softening
+    sharpness: float | None = None  # the query's (``focus.sharpness``) when the references may be softened
 
 
 class Copilot:
@@ -300,20 +300,21 @@ class Copilot:
         """A reference's sharpness (:func:`focus.sharpness` of its array as compared), cached by source unless
         ``store`` is false (a thread other than the model's only looks up)."""
         key = smoothed_key(cache_key(src, self.detector.image_size), smooth)
-        if key is not None and key in self._sharpness:
-            return self._sharpness[key]
+        known = self._sharpness.get(key) if key is not None else None  # one dict operation: safe from any thread
+        if known is not None:
+            return known
         value = sharpness(arr)
         if key is not None and store:
             _bounded_put(self._sharpness, key, value, self._cache_size)
         return value
 
     def _softening(
-        self, query_sharpness: float, refs: Sequence[ImageInput], arrays: Sequence[np.ndarray], smooth: float,
+        self, query_sharpness: float | None, refs: Sequence[ImageInput], arrays: Sequence[np.ndarray], smooth: float,
         notes: list[str] | None = None,
     ) -> list[float]:
         """Each reference's softening for a query of ``query_sharpness`` (:func:`focus.matching_sigma`; all 0 when
-        turned off), said in ``notes``."""
-        if not self.refocus:
+        turned off or unknown), said in ``notes``."""
+        if not self.refocus or query_sharpness is None:
             return [0.0] * len(refs)
         sharp = [self._reference_sharpness(r, a, smooth, notes is not None) for r, a in zip(refs, arrays, strict=True)]
         soft = [matching_sigma(query_sharpness, a, s) for a, s in zip(arrays, sharp, strict=True)]
@@ -359,7 +360,7 @@ class Copilot:
         smooth = self._smoothing(qimg, notes)
         q = to_float_array(qimg, self.detector.image_size, smooth)
         taken = self._plain(refs, smooth)  # as taken, not softened: the image check reads these
-        soft = self._softening(sharpness(q), refs, [a for a, _ in taken], smooth, notes)
+        soft = self._softening(sharpness(q) if self.refocus else None, refs, [a for a, _ in taken], smooth, notes)
         encoded = self._references(refs, smooth, soft)
         plain = self._plain(refs, smooth, soft)
         notes += self.reference_notes(refs)
@@ -485,7 +486,7 @@ class Copilot:
         cached = self._cache.get(key) if key is not None else None
         first = cached[0] if cached is not None else to_float_array(
             load_image(refs[0], name=reference_names(refs)[0], draft=self.draft_size), size, smooth)
-        sharp = sharpness(q)
+        sharp = sharpness(q) if self.refocus else None
         # The query is registered onto the first reference as it will be compared (softened for a softer query).
         first = soften(first, self._softening(sharp, refs[:1], [first], smooth)[0])
         t1 = time.perf_counter()
