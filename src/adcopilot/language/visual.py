@@ -210,7 +210,7 @@ class VisualEncoder:
         smooth = deblock_sigma(qimg) if self.deblock else 0.0
         q = self._image(query, qname, smooth=smooth, loaded=qimg)  # a query needs no reference encoding
         taken = [self._image(r, n, smooth=smooth) for r, n in zip(references, names, strict=True)]
-        sharp = sharpness(q.array)
+        sharp = sharpness(q.array) if self.refocus else 0.0
         soft = [matching_sigma(sharp, r.array) if self.refocus else 0.0 for r in taken]
         onto = (references[0], taken[0].array) if in_common_frame(self.registration, len(references)) else None
         plain = [self._image(r, n, smooth=smooth, soft=s) for r, n, s in zip(references, names, soft, strict=True)]
