@@ -197,7 +197,7 @@ class Copilot:
         if not in_common_frame(self.registration, len(refs)):
             return [first] + [self._reference(r, n, smooth=smooth, soft=s)
                               for r, n, s in zip(refs[1:], names[1:], soft[1:], strict=True)]
-        onto = (refs[0], self._reference(refs[0], names[0], smooth=smooth)[0])
+        onto = (refs[0], first[0] if not soft[0] else self._reference(refs[0], names[0], smooth=smooth)[0])
         return [first] + [self._reference(r, n, onto, smooth, s) for r, n, s in zip(refs[1:], names[1:], soft[1:], strict=True)]
 
     def _plain(
@@ -362,7 +362,7 @@ class Copilot:
         taken = self._plain(refs, smooth)  # as taken, not softened: the image check reads these
         soft = self._softening(sharpness(q) if self.refocus else None, refs, [a for a, _ in taken], smooth, notes)
         encoded = self._references(refs, smooth, soft)
-        plain = self._plain(refs, smooth, soft)
+        plain = self._plain(refs, smooth, soft) if any(soft) else taken  # softened for the identity fallback
         notes += self.reference_notes(refs)
         t1 = time.perf_counter()
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration, with_deviation=True,
@@ -500,7 +500,7 @@ class Copilot:
         refs = pair.references
         taken = self._plain(refs, pair.smooth)
         soft = self._softening(pair.sharpness, refs, [a for a, _ in taken], pair.smooth, pair.notes)
-        plain = self._plain(refs, pair.smooth, soft)
+        plain = self._plain(refs, pair.smooth, soft) if any(soft) else taken
         pair.encoded = list(compared_references(pair.aligned, self._references(refs, pair.smooth, soft), plain))
         pair.profiles = self.reference_profiles(refs, [a for a, _ in taken], pair.smooth)
         pair.notes = [*pair.notes, *self.reference_notes(refs)]
