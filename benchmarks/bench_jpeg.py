@@ -2,11 +2,13 @@
 
 Cameras and phones save JPEG; references are often kept lossless. Every query of an MMAD-format benchmark
 (the bundled one, or ``benchmarks/surfaces.py``'s outside surfaces) is inspected against its first random
-template (``--shots``: templates) at each ``--quality`` (Pillow's encoder, 4:2:0), in three set-ups: the query alone compressed and
-given as pixels (the reference as stored, lossless: the product cannot tell it was a JPEG), query and reference
-compressed alike (pixels), and the query given as its JPEG file's bytes ("as a file": the product reads its
-quality and, below 90, smooths both sides, ``imaging.deblock_sigma``). ``--smooth S ...`` adds, per sigma, the
-pixel query with both images smoothed by a Gaussian of sigma S, and with the query alone smoothed. Reported per
+template (``--shots``: templates) at each ``--quality`` (Pillow's encoder, 4:2:0), in set-ups (``--setups``):
+the query alone compressed and given as pixels (the reference as stored, lossless: the product cannot tell it
+was a JPEG), query and reference compressed alike (pixels), the reference alone compressed (pixels), and each
+of these with the compressed images given as their JPEG files' bytes ("as a file": the product reads their
+quality and, below 90 on either side, smooths both sides, ``imaging.deblock_sigma``). ``--smooth S ...`` adds,
+per sigma, the compressed side as pixels with both images smoothed by a Gaussian of sigma S, and the compressed
+query alone smoothed. Reported per
 set-up and quality: image AUROC, the false alarms and misses at the model's own threshold (1 reference, no
 calibration), and the median score of the normal queries. "png" is the images as stored.
 
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=1, help="references per query: the first random templates")
     ap.add_argument("--smooth", type=float, nargs="*", default=[],
                     help="also: the query alone compressed, then query and reference blurred alike (Gaussian sigma, px)")
+    ap.add_argument("--setups", nargs="*", default=None, help="only these set-ups (by name; 'query only' always runs)")
     args = ap.parse_args()
     if any(not 1 <= q <= 95 for q in args.quality):
         raise SystemExit(f"--quality: each value must be 1-95 (Pillow's JPEG range), got {args.quality}")
@@ -72,30 +75,42 @@ def main() -> None:
     items = items[: args.limit]
     cp = Copilot.load(args.model)
     qualities: list[int | None] = [None, *args.quality]
-    # "as a file": the query's JPEG bytes, so the product reads its quality and smooths both sides (the default);
-    # the other set-ups give pixels, as before the product did so.
-    setups = {"query only": (False, 0.0), "query and reference": (True, 0.0), "query only, as a file": (False, None)}
-    setups.update({f"query only, both smoothed {s:g}": (False, s) for s in args.smooth})
-    setups.update({f"query only, it alone smoothed {s:g}": (False, -s) for s in args.smooth})
-    scores = {(s, q): [] for s in setups for q in qualities
-              if not (q is None and (setups[s] == (True, 0.0) or setups[s][1] is None))}
+    # Each set-up: (query compressed, references compressed, how): "pixels" gives the images as arrays (the
+    # product cannot tell they were JPEGs), "file" gives the compressed ones as their JPEG bytes (the product reads
+    # their quality and smooths both sides, the default), a sigma > 0 blurs both (pixels), < 0 the query alone.
+    setups: dict[str, tuple[bool, bool, str | float]] = {
+        "query only": (True, False, "pixels"), "query and reference": (True, True, "pixels"),
+        "query only, as a file": (True, False, "file"),
+        "query and reference, as files": (True, True, "file"),
+        "reference only": (False, True, "pixels"), "reference only, as a file": (False, True, "file"),
+    }
+    setups.update({f"query only, both smoothed {s:g}": (True, False, s) for s in args.smooth})
+    setups.update({f"query only, it alone smoothed {s:g}": (True, False, -s) for s in args.smooth})
+    setups.update({f"reference only, both smoothed {s:g}": (False, True, s) for s in args.smooth})
+    if args.setups:
+        unknown = sorted(set(args.setups) - set(setups))
+        if unknown:
+            raise SystemExit(f"--setups: unknown {unknown}; choose from {sorted(setups)}")
+        setups = {k: v for k, v in setups.items() if k in args.setups or k == "query only"}
+    # The images as stored once ("png"), under the first set-up's name.
+    scores = {(s, q): [] for s in setups for q in qualities if q is not None or s == "query only"}
     labels, verdicts = [], {k: [] for k in scores}
     for key, entry in tqdm(items, desc="queries"):
         query = Image.open(root / key).convert("RGB")
         refs = [Image.open(root / t).convert("RGB") for t in entry["random_templates"][: args.shots]]
         labels.append(int("/good/" not in key))
         for (setup, q) in scores:
-            both, sigma = setups[setup]
-            if sigma is None:
-                r = cp.inspect(jpeg_bytes(query, q) if q is not None else np.asarray(query), [np.asarray(x) for x in refs])
-                scores[(setup, q)].append(r.score)
-                verdicts[(setup, q)].append(r.verdict == "anomalous")
-                continue
-            qa, ras = compressed(query, q), [compressed(x, q) if both else np.asarray(x) for x in refs]
-            if sigma > 0:
-                qa, ras = cv2.GaussianBlur(qa, (0, 0), sigma), [cv2.GaussianBlur(a, (0, 0), sigma) for a in ras]
-            elif sigma < 0:  # the compressed query alone: what a rule on each image's own compression does
-                qa = cv2.GaussianBlur(qa, (0, 0), -sigma) if q is not None else qa
+            query_c, refs_c, how = setups[setup]
+            if how == "file":
+                qa = jpeg_bytes(query, q) if query_c and q is not None else np.asarray(query)
+                ras = [jpeg_bytes(x, q) if refs_c and q is not None else np.asarray(x) for x in refs]
+            else:
+                qa = compressed(query, q if query_c else None)
+                ras = [compressed(x, q if refs_c else None) for x in refs]
+                if isinstance(how, float) and how > 0:
+                    qa, ras = cv2.GaussianBlur(qa, (0, 0), how), [cv2.GaussianBlur(a, (0, 0), how) for a in ras]
+                elif isinstance(how, float) and how < 0 and q is not None:  # the compressed query alone smoothed
+                    qa = cv2.GaussianBlur(qa, (0, 0), -how)
             r = cp.inspect(qa, ras)
             scores[(setup, q)].append(r.score)
             verdicts[(setup, q)].append(r.verdict == "anomalous")
@@ -106,7 +121,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for (setup, q), s in scores.items():
         v, s = np.asarray(verdicts[(setup, q)]), np.asarray(s)
-        print(f"| {setup if q is not None or setups[setup][1] else 'as stored'} | {q or 'png'} | {100 * auroc(list(s), list(y)):.1f} | "
+        print(f"| {setup if q is not None else 'as stored'} | {q or 'png'} | {100 * auroc(list(s), list(y)):.1f} | "
               f"{100 * v[y == 0].mean():.1f} % | {100 * (~v[y == 1]).mean():.1f} % | {np.median(s[y == 0]):.3f} |")
 
 

@@ -37,7 +37,7 @@ from PIL import Image
 
 from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
-from adcopilot.imaging import JPEG_QUALITY, ImageInput, deblock_sigma, full_size, load_image, to_float_array
+from adcopilot.imaging import ImageInput, full_size, load_image, pair_deblock, to_float_array
 from adcopilot.inputs import as_references, cache_key, frame_key, reference_names, smoothed_key, source_name
 from adcopilot.language.answering import LanguageAnswers
 from adcopilot.language.nano_language import NanoLanguage
@@ -87,7 +87,7 @@ class StagedPair:
     profiles: list[ImageProfile] | None = None  # the references' profiles for the image check
     detection: Detection | None = None
     notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query, the references)
-    smooth: float = 0.0  # both sides' smoothing before comparison (``imaging.deblock_sigma`` of the query)
+    smooth: float = 0.0  # both sides' smoothing before comparison (``imaging.pair_deblock``)
     sharpness: float | None = None  # the query's (``focus.sharpness``) when the references may be softened
 
 
@@ -163,7 +163,7 @@ class Copilot:
     ) -> tuple[np.ndarray, Any]:
         """(array (S, S, 3), encoding) of a reference, cached; with ``first`` (the set's first reference, source
         and array), in that one's frame (:func:`into_frame`), cached for the pair; ``smooth``: smoothed first
-        (as a compressed query is, :func:`imaging.deblock_sigma`), ``soft``: then softened at the model's size
+        (as a pair with a compressed JPEG is, :func:`imaging.pair_deblock`), ``soft``: then softened at the model's size
         (for a softer query, :mod:`adcopilot.model.focus`), each variant cached apart."""
         size = self.detector.image_size
         key = smoothed_key(smoothed_key(frame_key(src, None if first is None else first[0], size), smooth), soft, "^")
@@ -172,8 +172,9 @@ class Copilot:
             return self._cache[key]
         if first is None:
             img = load_image(src, name=name, draft=self.draft_size)
-            if key is not None:
-                _bounded_put(self._sizes, key, full_size(img), self._cache_size)
+            base = cache_key(src, size)  # the stored size, whatever the variant
+            if base is not None:
+                _bounded_put(self._sizes, base, full_size(img), self._cache_size)
             arr = soften(to_float_array(img, size, smooth), soft)
             entry = (arr, self.detector.encode_reference(arr))
         else:
@@ -287,14 +288,22 @@ class Copilot:
             return None
         return check_image(image_profile(None, query), profiles, self.check_rules, core.patch_dist)
 
-    def _smoothing(self, query: Image.Image, notes: list[str]) -> float:
-        """Both sides' smoothing for this query (:func:`imaging.deblock_sigma`; 0 when turned off), said in ``notes``."""
-        smooth = deblock_sigma(query) if self.deblock else 0.0
-        if smooth:
-            notes.append(f"the query is a JPEG of quality about {query.info[JPEG_QUALITY]}: it and its references "
-                         f"were smoothed alike (sigma {smooth:g} px) so that its compression blocks do not read "
-                         "as defects; save at quality 90 or more for the sharpest comparison")
-        return smooth
+    def _smoothing(self, query: Image.Image, refs: Sequence[ImageInput], notes: list[str]) -> float:
+        """Both sides' smoothing for this pair (:func:`imaging.pair_deblock`: a compressed JPEG query or reference;
+        0 when turned off), said in ``notes``."""
+        if not self.deblock:
+            return 0.0
+        sigma, quality, index = pair_deblock(query, refs, self.draft_size)
+        if sigma and index is None:
+            notes.append(f"the query is a JPEG of quality about {quality}: it and its references were smoothed alike "
+                         f"(sigma {sigma:g} px) so that its compression blocks do not read as defects; save at "
+                         "quality 90 or more for the sharpest comparison")
+        elif sigma:
+            name = reference_label(reference_names(refs)[index])
+            notes.append(f"{name} is a JPEG of quality about {quality}: the query and the references were smoothed "
+                         f"alike (sigma {sigma:g} px) so that its compression blocks do not read as defects; keep "
+                         "references lossless or at quality 90 or more for the sharpest comparison")
+        return sigma
 
     def _reference_sharpness(self, src: ImageInput, arr: np.ndarray, smooth: float, store: bool = True) -> float:
         """A reference's sharpness (:func:`focus.sharpness` of its array as compared), cached by source unless
@@ -357,7 +366,7 @@ class Copilot:
         qimg = load_image(query, name=source_name(query, "query"), draft=self.draft_size)
         size = full_size(qimg)  # (w, h) as stored: the map and the boxes are in these pixels
         notes = self._shape_notes(size, source_name(query, "query"))
-        smooth = self._smoothing(qimg, notes)
+        smooth = self._smoothing(qimg, refs, notes)
         q = to_float_array(qimg, self.detector.image_size, smooth)
         taken = self._plain(refs, smooth)  # as taken, not softened: the image check reads these
         soft = self._softening(sharpness(q) if self.refocus else None, refs, [a for a, _ in taken], smooth, notes)
@@ -478,7 +487,7 @@ class Copilot:
         qimg = load_image(query, name=source_name(query, "query"), draft=self.draft_size)
         stored = full_size(qimg)  # (w, h) as stored: the result's map and boxes are in these pixels
         notes = self._shape_notes(stored, source_name(query, "query"))
-        smooth = self._smoothing(qimg, notes)
+        smooth = self._smoothing(qimg, refs, notes)
         q = to_float_array(qimg, size, smooth)
         key = smoothed_key(cache_key(refs[0], size), smooth)
         # A lookup alone, from any thread: one dict operation, atomic under the GIL; only the model's

@@ -22,8 +22,9 @@ import io
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -207,13 +208,60 @@ def jpeg_quality(img: Image.Image) -> int | None:
 
 
 def deblock_sigma(img: Image.Image) -> float:
-    """The smoothing (Gaussian sigma, px) a pair whose query is ``img`` is compared after: ``DEBLOCK_SIGMA``
-    for a JPEG below ``DEBLOCK_BELOW`` decoded at its full scale (one decoded at a reduced scale for a large
-    frame has its blocks averaged already), else 0."""
+    """The smoothing (Gaussian sigma, px) ``img`` asks of the pair it is in: ``DEBLOCK_SIGMA`` for a JPEG below
+    ``DEBLOCK_BELOW`` decoded at its full scale (one decoded at a reduced scale for a large frame has its blocks
+    averaged already), else 0."""
     quality = img.info.get(JPEG_QUALITY)
-    if quality is None or quality >= DEBLOCK_BELOW or FULL_SIZE in img.info:
-        return 0.0
-    return DEBLOCK_SIGMA
+    return _sigma_for(None if FULL_SIZE in img.info else quality)
+
+
+def _sigma_for(quality: int | None) -> float:
+    return DEBLOCK_SIGMA if quality is not None and quality < DEBLOCK_BELOW else 0.0
+
+
+def peek_jpeg_quality(source: ImageInput, draft: int | None = None) -> int | None:
+    """The quality :func:`load_image` (with ``draft``) would record for ``source`` decoded at its full scale,
+    read from the file's header without decoding it; None for any other image, one it would decode at a
+    reduced scale, an array, or a source it could not read (loading it reports why)."""
+    if isinstance(source, np.ndarray):
+        return None
+    if isinstance(source, Image.Image):
+        return None if FULL_SIZE in source.info else source.info.get(JPEG_QUALITY, jpeg_quality(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else Path(source)
+            with Image.open(stream) as img:
+                if img.format != "JPEG":
+                    return None
+                size = img.size
+                if draft is not None:
+                    img.draft("RGB", (draft, draft))  # as load_image: only the decoder's scale is set
+                return jpeg_quality(img) if img.size == size else None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+
+
+class Deblocking(NamedTuple):
+    """A pair's smoothing (:func:`pair_deblock`): ``sigma`` (px, 0 for none), the ``quality`` of the JPEG that
+    asked for it, and which one: ``reference`` is its index in the set, None for the query."""
+
+    sigma: float = 0.0
+    quality: int | None = None
+    reference: int | None = None
+
+
+def pair_deblock(query: Image.Image, references: Sequence[ImageInput], draft: int | None = None) -> Deblocking:
+    """Both sides' smoothing for a pair: :func:`deblock_sigma`'s when the query or any reference (``draft``: as
+    it will be decoded) is a compressed JPEG, since blocks on either side read as differences; the query asks
+    first, else the reference of lowest quality."""
+    if deblock_sigma(query):
+        return Deblocking(DEBLOCK_SIGMA, int(query.info[JPEG_QUALITY]))
+    qualities = [(q, i) for i, r in enumerate(references) if (q := peek_jpeg_quality(r, draft)) is not None]
+    if not qualities or not _sigma_for(min(qualities)[0]):
+        return Deblocking()
+    quality, index = min(qualities)
+    return Deblocking(DEBLOCK_SIGMA, quality, index)
 
 
 #: ``Image.info`` key of the (w, h) a JPEG decoded at a reduced scale has (:func:`load_image`'s ``draft``).

@@ -1,5 +1,6 @@
-"""JPEG queries: the quality read from the file's quantization table, and a strongly compressed query compared
-with its references after both are smoothed alike (in both inspection paths, cached apart, said in the notes)."""
+"""JPEG images: the quality read from the file's quantization table (also from a reference's header without
+decoding it), and a pair with a strongly compressed query or reference compared after both sides are smoothed
+alike (in both inspection paths, cached apart, said in the notes)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from adcopilot.imaging import (
     deblock_sigma,
     jpeg_quality,
     load_image,
+    pair_deblock,
+    peek_jpeg_quality,
 )
 from adcopilot.model.baseline import NearestPatchDetector
 from adcopilot.model.vision import load_vision_tower
@@ -95,3 +98,42 @@ def test_a_lightly_compressed_query_is_compared_as_it_is(copilot):
     got = copilot.inspect(data, [ref])
     assert got.score == pytest.approx(copilot.inspect(np.asarray(load_image(data)), [ref]).score, abs=1e-6)
     assert not any("JPEG" in n for n in got.notes)
+
+
+@pytest.mark.parametrize("quality", [50, 75, 95])
+def test_the_quality_is_peeked_from_the_header_as_loading_reads_it(tmp_path, quality):
+    data = _jpeg(_scene(size=1200), quality)
+    path = tmp_path / "ref.jpg"
+    path.write_bytes(data)
+    for src in (data, path, str(path), Image.open(io.BytesIO(data))):
+        assert peek_jpeg_quality(src) == quality == load_image(src).info[JPEG_QUALITY]
+    # Decoded at a reduced scale (a large frame), as load_image would: no quality to act on.
+    assert peek_jpeg_quality(path, draft=256) is None and deblock_sigma(load_image(path, draft=256)) == 0.0
+    assert peek_jpeg_quality(path, draft=1200) == quality
+
+
+def test_nothing_is_peeked_from_pixels_lossless_or_unreadable_sources(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_scene()).save(buf, "PNG")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not really")
+    for src in (_scene(), buf.getvalue(), tmp_path / "bad.jpg", tmp_path / "missing.jpg", b""):
+        assert peek_jpeg_quality(src) is None
+
+
+def test_a_compressed_reference_smooths_a_lossless_pair(copilot):
+    ref, query = _scene(2, size=64), _scene(2, size=64).copy()  # the model's size: no resize averages the blur away
+    query[20:40, 10:30] = 0
+    data = _jpeg(ref, 50)
+    decoded = np.asarray(load_image(data))
+    smooth = [cv2.GaussianBlur(a, (0, 0), DEBLOCK_SIGMA) for a in (query, decoded)]
+    assert pair_deblock(load_image(query), [ref, data]) == (DEBLOCK_SIGMA, 50, 1)
+    assert pair_deblock(load_image(query), [ref, _jpeg(ref, 95)]) == (0.0, None, None)
+    got = copilot.inspect(query, [data])
+    assert got.score == pytest.approx(copilot.inspect(smooth[0], [smooth[1]]).score, abs=1e-6)
+    assert got.score != pytest.approx(copilot.inspect(query, [decoded]).score, abs=1e-4)
+    assert any("reference 1 is a JPEG of quality about 50" in n for n in got.notes)
+    assert copilot.inspect_batch([(query, [data])])[0].score == pytest.approx(got.score, abs=1e-5)
+    # The same reference as a sharp array is not smoothed (cached apart), nor when turned off.
+    assert not any("JPEG" in n for n in copilot.inspect(query, [decoded]).notes)
+    off = Copilot(copilot.detector, model_name="tiny", deblock=False)
+    assert off.inspect(query, [data]).score == pytest.approx(copilot.inspect(query, [decoded]).score, abs=1e-6)

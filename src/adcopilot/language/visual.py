@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from adcopilot.imaging import ImageInput, deblock_sigma, load_image, to_float_array
+from adcopilot.imaging import ImageInput, load_image, pair_deblock, to_float_array
 from adcopilot.inputs import frame_key, reference_names, smoothed_key, source_name
 from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.detector import to_batch
@@ -168,7 +168,7 @@ class VisualEncoder:
         self.size = int(detector.image_size)
         self.registration = registration
         # As ``Copilot``: a compressed JPEG query and its references smoothed alike; references softened to a
-        # softer query (``imaging.deblock_sigma``, :mod:`adcopilot.model.focus`).
+        # softer query (``imaging.pair_deblock``, :mod:`adcopilot.model.focus`).
         self.deblock = True
         self.refocus = False
         self._cache: OrderedDict[str, _Image] = OrderedDict()
@@ -207,7 +207,7 @@ class VisualEncoder:
         names = reference_names(references)
         qname = source_name(query, "query")
         qimg = load_image(query, name=qname)
-        smooth = deblock_sigma(qimg) if self.deblock else 0.0
+        smooth = pair_deblock(qimg, references).sigma if self.deblock else 0.0  # decoded whole, as here
         q = self._image(query, qname, smooth=smooth, loaded=qimg)  # a query needs no reference encoding
         taken = [self._image(r, n, smooth=smooth) for r, n in zip(references, names, strict=True)]
         sharp = sharpness(q.array) if self.refocus else 0.0

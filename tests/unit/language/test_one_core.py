@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
+import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from adcopilot.api import AnsweringCopilot, Copilot
 from adcopilot.language.nano_language import NanoLanguage
@@ -47,25 +51,24 @@ def test_the_cells_read_inspects_map_in_the_query_frame(model, adapted, pair_ima
     assert cells[0, 0].item() == pytest.approx(top_left, abs=1e-6)  # the defect square's cell: its peak
 
 
-@pytest.mark.parametrize("deblock_query", [False, True])
-def test_ask_reads_inspects_score_for_a_softer_or_compressed_query(model, adapted, pair_images, deblock_query):
-    import io
+def _jpeg(arr, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
-    import cv2
-    from PIL import Image
 
+@pytest.mark.parametrize("compressed", ["none", "query", "reference"])
+def test_ask_reads_inspects_score_for_a_softer_or_compressed_pair(model, adapted, pair_images, compressed):
     q, r = pair_images
     soft = cv2.GaussianBlur(q, (0, 0), 0.35)  # in the band where the reference is softened to match
-    query: object = soft
-    if deblock_query:  # a JPEG of quality 50: both sides smoothed first
-        buf = io.BytesIO()
-        Image.fromarray(soft).save(buf, "JPEG", quality=50)
-        query = buf.getvalue()
+    # A JPEG of quality 50 on either side: both sides smoothed first.
+    query: object = _jpeg(soft, 50) if compressed == "query" else soft
+    ref: object = _jpeg(r, 50) if compressed == "reference" else r
     lang = NanoLanguage(model=model, detector=adapted, registration=False)
     cp = AnsweringCopilot(adapted, lang, registration=False, threshold=0.5, refocus=True)
-    result = cp.inspect(query, [r])
+    result = cp.inspect(query, [ref])
     assert any("softer than its references" in n for n in result.notes), result.notes
-    assert any("JPEG" in n for n in result.notes) == deblock_query
-    assert lang.visual(query, [r], cp.threshold).score == result.score
+    assert any("JPEG" in n for n in result.notes) == (compressed != "none")
+    assert lang.visual(query, [ref], cp.threshold).score == result.score
     cp.refocus = False  # the language model follows the copilot's setting
     assert lang.encoder.refocus is False
