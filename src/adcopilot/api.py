@@ -66,6 +66,10 @@ log = logging.getLogger(__name__)
 #: From this ratio of its sides on, a query squeezed into the model's square loses detail along its long side
 #: (a strip of six cells, 6:1, lost most of its defects: ``benchmarks/RESULTS.md``, "Elongated images").
 ELONGATED = 2.0
+#: From this ratio of a query's and a reference's aspect ratios on, the two are squeezed into the model's square
+#: unlike each other and a good part can be flagged (a reference cut to 90 % of its width: 0 -> 22 % false alarms
+#: on photos; ``benchmarks/RESULTS.md``, "References framed unlike the query"): a note says so.
+ASPECT_TOLERANCE = 1.05
 #: JPEG files are decoded at a reduced scale that keeps at least this many times the model's side in pixels
 #: (``imaging.load_image``'s ``draft``): every image is resized to the model's square anyway.
 DRAFT = 2
@@ -356,6 +360,31 @@ class Copilot:
             log.warning("%s: %s", name, note)
         return [note]
 
+    def _aspect_notes(self, size: tuple[int, int], refs: Sequence[ImageInput]) -> list[str]:
+        """A note on each reference framed unlike the query of (w, h) ``size`` (aspect ratios apart by
+        ``ASPECT_TOLERANCE`` or more): both are squeezed into the model's square, each its own way. The references'
+        sizes are read from the cache (loaded by then), from an array's shape or an image's size."""
+        notes: list[str] = []
+        if max(size) >= ELONGATED * max(1, min(size)):
+            return notes  # the query's own note says to inspect it in square parts
+        for src, name in zip(refs, reference_names(refs), strict=True):
+            key = cache_key(src, self.detector.image_size)
+            stored = self._sizes.get(key) if key is not None else None
+            if stored is None and isinstance(src, np.ndarray):
+                stored = (src.shape[1], src.shape[0])
+            elif stored is None and isinstance(src, Image.Image):
+                stored = src.size
+            if stored is None or min(stored) < 1:
+                continue
+            if self.check_rules is not None and max(stored) >= ELONGATED * max(1, min(stored)):
+                continue  # the set's notes name it elongated already
+            ratio = (size[0] / size[1]) / (stored[0] / stored[1])
+            if max(ratio, 1 / ratio) >= ASPECT_TOLERANCE:
+                notes.append(f"{reference_label(name)} is {stored[0]} x {stored[1]} where the query is {size[0]} x "
+                             f"{size[1]}: each is squeezed into the model's square its own way, so the part looks "
+                             "stretched and good parts can be flagged; use references framed as the queries are")
+        return notes
+
     # ------------------------------------------------------------------ inspection
     def analyze(
         self, query: ImageInput, references: ImageInput | Sequence[ImageInput]
@@ -372,7 +401,7 @@ class Copilot:
         soft = self._softening(sharpness(q) if self.refocus else None, refs, [a for a, _ in taken], smooth, notes)
         encoded = self._references(refs, smooth, soft)
         plain = self._plain(refs, smooth, soft) if any(soft) else taken  # softened for the identity fallback
-        notes += self.reference_notes(refs)
+        notes += self.reference_notes(refs) + self._aspect_notes(size, refs)
         t1 = time.perf_counter()
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration, with_deviation=True,
                               as_taken=plain)  # (S, S), query frame
@@ -512,7 +541,7 @@ class Copilot:
         plain = self._plain(refs, pair.smooth, soft) if any(soft) else taken
         pair.encoded = list(compared_references(pair.aligned, self._references(refs, pair.smooth, soft), plain))
         pair.profiles = self.reference_profiles(refs, [a for a, _ in taken], pair.smooth)
-        pair.notes = [*pair.notes, *self.reference_notes(refs)]
+        pair.notes = [*pair.notes, *self.reference_notes(refs), *self._aspect_notes(pair.size, refs)]
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)
         pair.timings["queue"] = (t0 - pair.started) * 1e3 - pair.timings["load"] - pair.aligned.ms
