@@ -16,18 +16,16 @@ the RESULTS section names as a lead). Run:
 from __future__ import annotations
 
 import argparse
-import json
-import random
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from benchmark_items import benchmark_items
 from PIL import Image
 from tqdm import tqdm
 
 from adcopilot import Copilot
-from adcopilot.eval.bundled import ensure_bundled
 from adcopilot.eval.detection import auroc
 from adcopilot.imaging import to_float_array
 from adcopilot.model.focus import sharpness, soften
@@ -64,10 +62,7 @@ def main() -> None:
                     help="instead: per class, the normal queries' rho over their reference's (a trigger lead, see RESULTS)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    path = ensure_bundled() if args.benchmark == "bundled" else Path(args.benchmark).expanduser()
-    items = list(json.loads(path.read_text()).items())
-    random.Random(0).shuffle(items)
-    items = items[: args.limit]
+    path, items = benchmark_items(args.benchmark, args.limit)
     root = path.parent
     cp = Copilot.load(args.model)
     size = cp.detector.image_size

@@ -1,11 +1,13 @@
 """References framed unlike the query: how a good part's score moves when its reference has another aspect ratio.
 
-A reference saved with another crop (another camera set-up, a region of interest drawn by hand) is squeezed into
-the model's square its own way, so the part looks stretched against the query. Every normal query of an
-MMAD-format benchmark is inspected against its first random template as stored, cut to ``--fractions`` of its
-width (centred), and padded by the same share (edge pixels). Reported per framing: the false alarms at the
-model's threshold (1 reference, no calibration), the median normal score, and how many results carry the note
-on a reference framed unlike the query (``api.ASPECT_TOLERANCE``).
+A reference saved with another crop (another camera set-up, a region of interest drawn by hand) or resized to
+another aspect ratio is squeezed into the model's square its own way, so the part looks stretched against the
+query; the product then compares it either squeezed or cut to the query's framing, whichever the query fits
+(``model/framing.py``). Every normal query of an MMAD-format benchmark is inspected against its first random
+template as stored, cut to ``--fractions`` of its width (centred: another crop), padded by the same share (edge
+pixels: a wider view), and resized to that share of its width (stretched). Reported per framing: the false
+alarms at the model's threshold (1 reference, no calibration), the median normal score, how many results carry
+a note on a reference framed unlike the query (``framing.ASPECT_TOLERANCE``), and how many were cut.
 
     python benchmarks/bench_framing.py --benchmark ~/.cache/adcopilot/benchmarks/surfaces/mmad.json
     python benchmarks/bench_framing.py --benchmark bundled
@@ -14,27 +16,29 @@ on a reference framed unlike the query (``api.ASPECT_TOLERANCE``).
 from __future__ import annotations
 
 import argparse
-import json
-import random
-from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from benchmark_items import benchmark_items
 from PIL import Image
 from tqdm import tqdm
 
 from adcopilot import Copilot
-from adcopilot.eval.bundled import ensure_bundled
 
 NOTE = "framed as the queries are"
+CUT = "cut to the query's framing"
 
 
 def framed(ref: np.ndarray, fraction: float, how: str) -> np.ndarray:
-    """(H, W, 3) ``ref`` cut to ``fraction`` of its width, or padded by the same share of it at both sides."""
+    """(H, W, 3) ``ref`` cut to ``fraction`` of its width, padded by the same share of it at both sides, or
+    resized to that share of its width."""
     w = ref.shape[1]
     cut = int(round(w * (1 - fraction) / 2))
     if cut == 0:
         return ref
+    if how == "resized":
+        return cv2.resize(ref, (w - 2 * cut, ref.shape[0]), interpolation=cv2.INTER_AREA)
     return ref[:, cut: w - cut] if how == "cut" else np.pad(ref, ((0, 0), (cut, cut), (0, 0)), mode="edge")
 
 
@@ -48,28 +52,24 @@ def main() -> None:
     if any(not 0.3 <= f < 1 for f in args.fractions):
         raise SystemExit(f"--fractions: each value must be in [0.3, 1), got {args.fractions}")
     torch.set_num_threads(1)
-    path = ensure_bundled() if args.benchmark == "bundled" else Path(args.benchmark).expanduser()
-    try:
-        items = [(k, v) for k, v in json.loads(path.read_text()).items() if "/good/" in k]
-    except (OSError, ValueError, AttributeError) as exc:
-        raise SystemExit(f"{path}: not an MMAD-format JSON file ({exc.__class__.__name__}: {exc})") from None
-    random.Random(0).shuffle(items)
-    items = items[: args.limit]
+    path, items = benchmark_items(args.benchmark, args.limit, normal_only=True)
     cp = Copilot.load(args.model)
-    framings = [("as stored", 1.0, "cut")] + [(f"{how} to {f:g}", f, how) for how in ("cut", "padded") for f in args.fractions]
-    found: dict[str, list[tuple[float, bool, bool]]] = {name: [] for name, _, _ in framings}
+    framings = [("as stored", 1.0, "cut")] + [(f"{how} to {f:g}", f, how) for how in ("cut", "padded", "resized")
+                                              for f in args.fractions]
+    found: dict[str, list[tuple[float, bool, bool, bool]]] = {name: [] for name, _, _ in framings}
     for key, entry in tqdm(items, desc="normal queries"):
         query = path.parent / key
         ref = np.asarray(Image.open(path.parent / entry["random_templates"][0]).convert("RGB"))
         for name, fraction, how in framings:
             r = cp.inspect(query, [framed(ref, fraction, how)])
-            found[name].append((r.score, r.verdict == "anomalous", any(NOTE in n for n in r.notes)))
+            found[name].append((r.score, r.verdict == "anomalous", any(NOTE in n for n in r.notes),
+                                any(CUT in n for n in r.notes)))
     print(f"{path}: {len(items)} normal queries, model {cp.model_name}, 1 reference, threshold {cp.threshold_with(1):.4f}")
-    print("| reference | false alarms | median normal score | with the note |")
-    print("|---|---:|---:|---:|")
+    print("| reference | false alarms | median normal score | with a note | cut to the query's framing |")
+    print("|---|---:|---:|---:|---:|")
     for name, rows in found.items():
-        s, v, n = (np.asarray(c) for c in zip(*rows, strict=True))
-        print(f"| {name} | {100 * v.mean():.1f} % | {np.median(s):.3f} | {100 * n.mean():.0f} % |")
+        s, v, n, c = (np.asarray(x) for x in zip(*rows, strict=True))
+        print(f"| {name} | {100 * v.mean():.1f} % | {np.median(s):.3f} | {100 * n.mean():.0f} % | {100 * c.mean():.0f} % |")
 
 
 if __name__ == "__main__":

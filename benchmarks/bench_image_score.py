@@ -97,7 +97,15 @@ def fused_on_aggregated(weight: float) -> PairRule:
     return lambda p, a: fused_score(p, torch.from_numpy(a["dist8_agg"]), weight)
 
 
+def fused_on_shifts(weight: float) -> PairRule:
+    """The fused score with the views at the other half-stride phases searched too (``dist8s``)."""
+    return lambda p, a: fused_score(p, candidates_d8(a["dist"], a["dist8s"]), weight)
+
+
 EXTRA_RULES: dict[str, PairRule] = {
+    "fused 0.05 shifts": fused_on_shifts(0.05),
+    "fused 0.1 shifts": fused_on_shifts(0.1),
+    "baseline8 shifts": lambda p, a: float(baseline_map(a["dist8s"], p.shape[-1]).max()),
     "baseline8 on 3x3 features": lambda p, a: float(baseline_map(a["dist8_agg"], p.shape[0]).max()),
     **{f"fused 3x3 {w}": fused_on_aggregated(w) for w in (0.05, 0.1, 0.15, 0.2)},
     "baseline8 min self": lambda p, a: float(baseline_map(np.minimum(a["dist8"], a["self3"]), p.shape[0]).max()),
@@ -149,7 +157,7 @@ for _tau in (0.2, 0.25, 0.3, 0.35):
 EXTRA_RULES["fused-self"] = (  # the model's "fused-self" score as computed now (SELF_CANDIDATES)
     lambda p, a: fused_score(p, torch.from_numpy(self_gated(a, 0.3, True, True, "self3q", SELF_CANDIDATES)), 0.05))
 EXTRA_RULES["fused 0.05 on all views"] = lambda p, a: fused_score(p, torch.from_numpy(a["dist8"]), 0.05)
-EXTRA_ARRAYS = ("dist", "dist8", "dist8_agg", "self3", "ref_self3", "self3n", "self3t", "self3m", "self3q")
+EXTRA_ARRAYS = ("dist", "dist8", "dist8s", "dist8_agg", "self3", "ref_self3", "self3n", "self3t", "self3m", "self3q")
 
 
 def load(folder: Path, sets: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:

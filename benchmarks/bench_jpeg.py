@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import random
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from benchmark_items import benchmark_items
 from PIL import Image
 from tqdm import tqdm
 
 from adcopilot import Copilot
-from adcopilot.eval.bundled import ensure_bundled
 from adcopilot.eval.detection import auroc
 
 
@@ -62,17 +59,9 @@ def main() -> None:
     args = ap.parse_args()
     if any(not 1 <= q <= 95 for q in args.quality):
         raise SystemExit(f"--quality: each value must be 1-95 (Pillow's JPEG range), got {args.quality}")
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"--limit must be at least 1, got {args.limit}")
     torch.set_num_threads(1)
-    path = ensure_bundled() if args.benchmark == "bundled" else Path(args.benchmark).expanduser()
-    try:
-        items = list(json.loads(path.read_text()).items())
-    except (OSError, ValueError, AttributeError) as exc:
-        raise SystemExit(f"{path}: not an MMAD-format JSON file ({exc.__class__.__name__}: {exc})") from None
+    path, items = benchmark_items(args.benchmark, args.limit)
     root = path.parent
-    random.Random(0).shuffle(items)
-    items = items[: args.limit]
     cp = Copilot.load(args.model)
     qualities: list[int | None] = [None, *args.quality]
     # Each set-up: (query compressed, references compressed, how): "pixels" gives the images as arrays (the

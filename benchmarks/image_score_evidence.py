@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,16 @@ TWIN_QUANTILES = {"self3m": 0.5, "self3q": 0.75}  # twins farther from the refer
 def aggregated(grid: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) unit-norm features -> each the renormalised mean of its 3 x 3 neighbourhood."""
     return F.normalize(F.avg_pool2d(grid, 3, 1, 1, count_include_pad=False), dim=1)
+
+
+#: Half-stride shifts (px at the model's size) whose views are searched for ``dist8s``.
+SHIFTS = ((4, 0), (0, 4), (4, 4))
+
+
+def _shift(arr: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    """(S, S, 3) ``arr`` moved by (dx, dy) px, the edge reflected into the gap."""
+    m = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+    return cv2.warpAffine(arr, m, arr.shape[1::-1], flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
 
 
 def _arr(path: Path, size: int) -> np.ndarray:
@@ -96,8 +107,10 @@ def photo_pairs(seed: int, shots: int) -> Iterator[tuple[str, int, list[Path], P
 
 
 @torch.inference_mode()
-def collect(detector: NanoDetector, pairs, size: int, registration: bool = True) -> dict[str, np.ndarray]:
-    probs, dists, dists8, labels, groups, names, ms = [], [], [], [], [], [], []
+def collect(
+    detector: NanoDetector, pairs, size: int, registration: bool = True, shifts: bool = False
+) -> dict[str, np.ndarray]:
+    probs, dists, dists8, dists8s, labels, groups, names, ms = [], [], [], [], [], [], [], []
     dists8_agg, selfs, ref_selfs, selfs_n, selfs_t = [], [], [], [], []
     selfs_q: dict[str, list[np.ndarray]] = {key: [] for key in TWIN_QUANTILES}
     cache: dict[str, object] = {}
@@ -109,10 +122,14 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
                 arr = _arr(r, size) if isinstance(r, Path) else r
                 grids = [detector.patch_features(v)[0] for v in dihedral_views(arr)]  # 8 x (C, h, w)
                 views = torch.cat([g.flatten(1).T for g in grids])  # (8N, C)
+                # With ``shifts``, the views at the other half-stride phases too (half a patch: 4 px at stride 8).
+                shifted = [detector.patch_features(v)[0].flatten(1).T for s in (SHIFTS if shifts else ())
+                           for v in dihedral_views(_shift(arr, s))]
+                views_s = torch.cat([views, *shifted])  # (32N, C) with shifts, else the views
                 views_agg = torch.cat([aggregated(g[None])[0].flatten(1).T for g in grids])
                 side = grids[0].shape[-1]
                 ref_self = self_distance(grids[0].flatten(1).T, (side, side)).view(side, side).numpy()  # as taken
-                entry = (arr, detector.encode_reference(arr), views, views_agg, ref_self)
+                entry = (arr, detector.encode_reference(arr), views, views_agg, ref_self, views_s)
                 if key is not None:
                     cache[key] = entry
             else:
@@ -128,6 +145,8 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
         h = d.features.shape[-1]
         d8 = nearest_distance(d.features.flatten(1).T, torch.cat([e[2] for e in ref_arrays]))  # (N,)
         dists8.append(d8.view(h, h).numpy().astype(np.float32))
+        d8s = nearest_distance(d.features.flatten(1).T, torch.cat([e[5] for e in ref_arrays]))
+        dists8s.append(d8s.view(h, h).numpy().astype(np.float32))
         agg = aggregated(d.features[None])[0].flatten(1).T
         dists8_agg.append(nearest_distance(agg, torch.cat([e[3] for e in ref_arrays])).view(h, h).numpy())
         tokens = d.features.flatten(1).T  # (N, C)
@@ -151,6 +170,7 @@ def collect(detector: NanoDetector, pairs, size: int, registration: bool = True)
         groups.append(group)
         names.append(str(query) if isinstance(query, Path) else query_name(len(names)))
     return {"prob": np.stack(probs), "dist": np.stack(dists), "dist8": np.stack(dists8),
+            **({"dist8s": np.stack(dists8s)} if shifts else {}),
             "dist8_agg": np.stack(dists8_agg).astype(np.float32), "self3": np.stack(selfs).astype(np.float32),
             "ref_self3": np.stack(ref_selfs).astype(np.float32), "self3n": np.stack(selfs_n).astype(np.float32),
             "self3t": np.stack(selfs_t).astype(np.float32),
@@ -180,6 +200,8 @@ def main() -> None:
     ap.add_argument("--ref-pool", type=int, default=None, help="ELPV: draw references from this many normals")
     ap.add_argument("--n", type=int, default=300, help="synth: pairs")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--shifts", action="store_true",
+                    help="also save dist8s: the views at the other half-stride phases searched too")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -192,7 +214,7 @@ def main() -> None:
             pairs = photo_pairs(seed, args.shots)
         else:
             pairs = synth_pairs(args.n, seed)
-        data = collect(detector, tqdm(pairs, desc=f"{args.set} seed {seed}"), detector.image_size)
+        data = collect(detector, tqdm(pairs, desc=f"{args.set} seed {seed}"), detector.image_size, shifts=args.shifts)
         path = args.out / f"{args.set}_{args.shots}shot_seed{seed}.npz"
         np.savez_compressed(path, **data)
         print(f"{path}: {len(data['label'])} pairs, median {np.median(data['ms']):.1f} ms", flush=True)

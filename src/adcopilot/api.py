@@ -37,7 +37,7 @@ from PIL import Image
 
 from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
-from adcopilot.imaging import ImageInput, full_size, load_image, pair_deblock, to_float_array
+from adcopilot.imaging import ImageInput, full_size, load_image, pair_deblock, peek_size, to_float_array
 from adcopilot.inputs import as_references, cache_key, frame_key, reference_names, smoothed_key, source_name
 from adcopilot.language.answering import LanguageAnswers
 from adcopilot.language.nano_language import NanoLanguage
@@ -45,6 +45,7 @@ from adcopilot.model.boxes import BoxRules, boxes_from_map
 from adcopilot.model.checkpoint_kind import FULL_KINDS, checkpoint_kind
 from adcopilot.model.detector import Detection, Detector
 from adcopilot.model.focus import matching_sigma, sharpness, soften
+from adcopilot.model.framing import elongated, frame_references
 from adcopilot.model.inspection import (
     Aligned,
     CoreOutput,
@@ -63,13 +64,6 @@ from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
 
-#: From this ratio of its sides on, a query squeezed into the model's square loses detail along its long side
-#: (a strip of six cells, 6:1, lost most of its defects: ``benchmarks/RESULTS.md``, "Elongated images").
-ELONGATED = 2.0
-#: From this ratio of a query's and a reference's aspect ratios on, the two are squeezed into the model's square
-#: unlike each other and a good part can be flagged (a reference cut to 90 % of its width: 0 -> 22 % false alarms
-#: on photos; ``benchmarks/RESULTS.md``, "References framed unlike the query"): a note says so.
-ASPECT_TOLERANCE = 1.05
 #: JPEG files are decoded at a reduced scale that keeps at least this many times the model's side in pixels
 #: (``imaging.load_image``'s ``draft``): every image is resized to the model's square anyway.
 DRAFT = 2
@@ -93,6 +87,7 @@ class StagedPair:
     notes: list[str] = field(default_factory=list)  # the result's notes (an elongated query, the references)
     smooth: float = 0.0  # both sides' smoothing before comparison (``imaging.pair_deblock``)
     sharpness: float | None = None  # the query's (``focus.sharpness``) when the references may be softened
+    framing: list[str] = field(default_factory=list)  # notes on references framed unlike the query
 
 
 class Copilot:
@@ -222,14 +217,18 @@ class Copilot:
         """Drop the cached encodings of these references (a set no longer used); the number dropped."""
         size = self.detector.image_size
         keys = {cache_key(r, size) for r in references} - {None}
-        for k in keys:
-            self._profiles.pop(k, None)
-            self._sizes.pop(k, None)
-        for k in [k for k in self._set_notes if set(k.split("|")) & keys]:
+
+        def derived(key: str) -> bool:
+            # A variant of a forgotten reference ("KEY~0.6" smoothed, "KEY^1" softened, "KEY#..." cut to a frame)
+            # or one brought into its frame ("OTHER@KEY"): either side forgotten drops it.
+            return any(key.startswith(k) or f"@{k}" in key for k in keys)
+
+        for store in (self._profiles, self._sizes):
+            for k in [k for k in store if derived(k)]:
+                del store[k]
+        for k in [k for k in self._set_notes if any(derived(part) for part in k.split("|"))]:
             del self._set_notes[k]
-        # References brought into another one's frame are cached as "KEY@FIRST": either side forgotten drops them.
-        pairs = [k for k in self._cache if "@" in k and set(k.split("@")) & keys]
-        return sum(self._cache.pop(k, None) is not None for k in [*keys, *pairs])
+        return sum(self._cache.pop(k, None) is not None for k in [k for k in self._cache if derived(k)])
 
     @property
     def cached_references(self) -> int:
@@ -347,7 +346,7 @@ class Copilot:
         """The note on an elongated query, squeezed into the model's square (in its result, and logged once),
         or on an elongated ``reference`` (logged with its set's notes)."""
         w, h = size
-        if max(w, h) < ELONGATED * max(1, min(w, h)):
+        if not elongated((w, h)):
             return []
         s = self.detector.image_size
         shape = f"{w} x {h} ({max(w, h) / max(1, min(w, h)):.1f}:1): the model sees it squeezed to {s} x {s}"
@@ -360,30 +359,23 @@ class Copilot:
             log.warning("%s: %s", name, note)
         return [note]
 
-    def _aspect_notes(self, size: tuple[int, int], refs: Sequence[ImageInput]) -> list[str]:
-        """A note on each reference framed unlike the query of (w, h) ``size`` (aspect ratios apart by
-        ``ASPECT_TOLERANCE`` or more): both are squeezed into the model's square, each its own way. The references'
-        sizes are read from the cache (loaded by then), from an array's shape or an image's size."""
-        notes: list[str] = []
-        if max(size) >= ELONGATED * max(1, min(size)):
-            return notes  # the query's own note says to inspect it in square parts
-        for src, name in zip(refs, reference_names(refs), strict=True):
-            key = cache_key(src, self.detector.image_size)
-            stored = self._sizes.get(key) if key is not None else None
-            if stored is None and isinstance(src, np.ndarray):
-                stored = (src.shape[1], src.shape[0])
-            elif stored is None and isinstance(src, Image.Image):
-                stored = src.size
-            if stored is None or min(stored) < 1:
-                continue
-            if self.check_rules is not None and max(stored) >= ELONGATED * max(1, min(stored)):
-                continue  # the set's notes name it elongated already
-            ratio = (size[0] / size[1]) / (stored[0] / stored[1])
-            if max(ratio, 1 / ratio) >= ASPECT_TOLERANCE:
-                notes.append(f"{reference_label(name)} is {stored[0]} x {stored[1]} where the query is {size[0]} x "
-                             f"{size[1]}: each is squeezed into the model's square its own way, so the part looks "
-                             "stretched and good parts can be flagged; use references framed as the queries are")
-        return notes
+    def _framed(
+        self, query: np.ndarray, size: tuple[int, int], refs: Sequence[ImageInput], smooth: float
+    ) -> tuple[list[ImageInput], list[str]]:
+        """The references framed for the (S, S, 3) query of stored (w, h) ``size`` (:func:`framing.frame_references`:
+        one framed unlike the query squeezed or cut to its framing), and the notes on them. Any thread: the
+        references' arrays are read from the cache or loaded, never stored."""
+        s = self.detector.image_size
+
+        def array_of(src: ImageInput, name: str) -> np.ndarray:
+            key = smoothed_key(cache_key(src, s), smooth)
+            cached = self._cache.get(key) if key is not None else None  # one dict operation: safe from any thread
+            if cached is not None:
+                return cached[0]
+            return to_float_array(load_image(src, name=name, draft=self.draft_size), s, smooth)
+
+        # Sizes from the headers (an array's shape): no cache key, so no hashing of an array per query.
+        return frame_references(query, size, refs, reference_names(refs), peek_size, array_of, bool(self.registration))
 
     # ------------------------------------------------------------------ inspection
     def analyze(
@@ -397,11 +389,12 @@ class Copilot:
         notes = self._shape_notes(size, source_name(query, "query"))
         smooth = self._smoothing(qimg, refs, notes)
         q = to_float_array(qimg, self.detector.image_size, smooth)
+        refs, framing = self._framed(q, size, refs, smooth)
         taken = self._plain(refs, smooth)  # as taken, not softened: the image check reads these
         soft = self._softening(sharpness(q) if self.refocus else None, refs, [a for a, _ in taken], smooth, notes)
         encoded = self._references(refs, smooth, soft)
         plain = self._plain(refs, smooth, soft) if any(soft) else taken  # softened for the identity fallback
-        notes += self.reference_notes(refs) + self._aspect_notes(size, refs)
+        notes += self.reference_notes(refs) + framing
         t1 = time.perf_counter()
         core = inspect_arrays(self.detector, q, encoded, registration=self.registration, with_deviation=True,
                               as_taken=plain)  # (S, S), query frame
@@ -518,6 +511,7 @@ class Copilot:
         notes = self._shape_notes(stored, source_name(query, "query"))
         smooth = self._smoothing(qimg, refs, notes)
         q = to_float_array(qimg, size, smooth)
+        refs, framing = self._framed(q, stored, refs, smooth)
         key = smoothed_key(cache_key(refs[0], size), smooth)
         # A lookup alone, from any thread: one dict operation, atomic under the GIL; only the model's
         # thread (encode) adds and evicts entries.
@@ -530,7 +524,7 @@ class Copilot:
         t1 = time.perf_counter()
         aligned = align(q, first, registration=self.registration)
         return StagedPair(query, refs, stored, aligned, None if threshold is None else float(threshold), t0,
-                          {"load": (t1 - t0) * 1e3}, notes=notes, smooth=smooth, sharpness=sharp)
+                          {"load": (t1 - t0) * 1e3}, notes=notes, smooth=smooth, sharpness=sharp, framing=framing)
 
     def encode(self, pair: StagedPair) -> None:
         """Stage 2, the model's thread: the references' encodings and profiles (cached), the threshold."""
@@ -541,7 +535,7 @@ class Copilot:
         plain = self._plain(refs, pair.smooth, soft) if any(soft) else taken
         pair.encoded = list(compared_references(pair.aligned, self._references(refs, pair.smooth, soft), plain))
         pair.profiles = self.reference_profiles(refs, [a for a, _ in taken], pair.smooth)
-        pair.notes = [*pair.notes, *self.reference_notes(refs), *self._aspect_notes(pair.size, refs)]
+        pair.notes = [*pair.notes, *self.reference_notes(refs), *pair.framing]
         if pair.threshold is None:
             pair.threshold = self.threshold_for(refs)
         pair.timings["queue"] = (t0 - pair.started) * 1e3 - pair.timings["load"] - pair.aligned.ms

@@ -23,6 +23,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,7 +44,18 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".
 #: The formats named to a user whose file is of another one.
 FORMATS_TEXT = "PNG, JPEG, BMP, TIFF, WebP or PGM / PPM"
 
-ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Framed:
+    """An image input cut to a centred box before use: ``keep`` is the share of its width and of its height
+    kept, each in (0, 1]. A reference framed unlike its query may be compared so (:mod:`adcopilot.model.framing`)."""
+
+    source: str | os.PathLike | bytes | Image.Image | np.ndarray
+    keep: tuple[float, float]
+
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Framed
 
 #: ``Image.info`` key of a JPEG's estimated quality (:func:`jpeg_quality`), set by :func:`load_image`.
 JPEG_QUALITY = "adcopilot_jpeg_quality"
@@ -74,6 +86,8 @@ def not_taken_note(names: Iterable[str]) -> str | None:
 def _describe(source: ImageInput, name: str | None) -> str:
     if name:
         return name
+    if isinstance(source, Framed):
+        return _describe(source.source, None)
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return f"<{type(source).__name__}>"
@@ -134,6 +148,9 @@ def load_image(
             or more than ``max_pixels`` pixels.
     """
     label = _describe(source, name)
+    if isinstance(source, Framed):
+        return _cut(load_image(source.source, name=label, max_pixels=max_pixels, draft=_framed_draft(source, draft)),
+                    source.keep)
     if isinstance(source, Image.Image):
         quality = source.info.get(JPEG_QUALITY, jpeg_quality(source))
         out = _to_rgb(ImageOps.exif_transpose(source) or source, label)
@@ -223,6 +240,8 @@ def peek_jpeg_quality(source: ImageInput, draft: int | None = None) -> int | Non
     """The quality :func:`load_image` (with ``draft``) would record for ``source`` decoded at its full scale,
     read from the file's header without decoding it; None for any other image, one it would decode at a
     reduced scale, an array, or a source it could not read (loading it reports why)."""
+    if isinstance(source, Framed):
+        return peek_jpeg_quality(source.source, _framed_draft(source, draft))
     if isinstance(source, np.ndarray):
         return None
     if isinstance(source, Image.Image):
@@ -240,6 +259,53 @@ def peek_jpeg_quality(source: ImageInput, draft: int | None = None) -> int | Non
                 return jpeg_quality(img) if img.size == size else None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
+
+
+def peek_size(source: ImageInput) -> tuple[int, int] | None:
+    """(w, h) of ``source`` as :func:`load_image` would give it (EXIF orientation applied, :func:`full_size`), read
+    from the file's header without decoding it; None for a source it could not read (loading it reports why)."""
+    if isinstance(source, Framed):
+        whole = peek_size(source.source)
+        return None if whole is None else _cut_size(whole, source.keep)
+    if isinstance(source, np.ndarray):
+        return (int(source.shape[1]), int(source.shape[0])) if source.ndim >= 2 else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(source, Image.Image):
+                return _oriented_size(source)
+            stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else Path(source)
+            with Image.open(stream) as img:
+                return _oriented_size(img)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    w, h = img.size
+    return (h, w) if img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8) else (w, h)
+
+
+def _cut_size(size: tuple[int, int], keep: tuple[float, float]) -> tuple[int, int]:
+    """(w, h) of the centred box that keeps ``keep`` of a (w, h) image."""
+    return max(1, round(size[0] * keep[0])), max(1, round(size[1] * keep[1]))
+
+
+def _framed_draft(source: Framed, draft: int | None) -> int | None:
+    """The decoding draft of a framed image's whole source: its kept box still gets ``draft`` pixels a side."""
+    return None if draft is None else int(np.ceil(draft / max(1e-3, min(source.keep))))
+
+
+def _cut(img: Image.Image, keep: tuple[float, float]) -> Image.Image:
+    """The centred box of ``img`` that keeps ``keep`` of its sides, with its JPEG quality and stored size."""
+    w, h = img.size
+    cw, ch = _cut_size((w, h), keep)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    out = img.crop((left, top, left + cw, top + ch))
+    out.info = {k: v for k, v in img.info.items() if k in (JPEG_QUALITY, FULL_SIZE)}
+    if FULL_SIZE in img.info:
+        out.info[FULL_SIZE] = _cut_size(img.info[FULL_SIZE], keep)
+    return out
 
 
 class Deblocking(NamedTuple):

@@ -1,6 +1,7 @@
 """Image inputs as the copilots take them: a display name, a cache key and the list of references.
 
-An input is a path, encoded bytes, a PIL image or an array (:data:`adcopilot.imaging.ImageInput`).
+An input is a path, encoded bytes, a PIL image or an array, or one of these cut to a centred box
+(:class:`adcopilot.imaging.Framed`) (:data:`adcopilot.imaging.ImageInput`).
 Both the detector's reference cache and the language side's per-pair cache key on
 :func:`cache_key`, so the two agree on when an input is "the same image".
 """
@@ -15,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from adcopilot.errors import AdcopilotError
-from adcopilot.imaging import ImageInput
+from adcopilot.imaging import Framed, ImageInput
 
 
 def source_name(src: ImageInput, fallback: str) -> str:
-    """The path of a file input, else ``fallback`` (e.g. "query", "reference 2")."""
+    """The path of a file input (also one cut to a frame), else ``fallback`` (e.g. "query", "reference 2")."""
+    if isinstance(src, Framed):
+        return source_name(src.source, fallback)
     return str(src) if isinstance(src, (str, os.PathLike)) else fallback
 
 
@@ -31,6 +34,9 @@ def reference_names(references: Sequence[ImageInput]) -> list[str]:
 def cache_key(src: ImageInput, size: int) -> str | None:
     """A key for ``src`` resized to ``size``: a file's path, mtime and size, or the bytes' hash;
     None when the input cannot be keyed (it is then never cached)."""
+    if isinstance(src, Framed):  # the source's key and the box kept
+        key = cache_key(src.source, size)
+        return None if key is None else f"{key}#{src.keep[0]:.4f}x{src.keep[1]:.4f}"
     h = hashlib.sha1(str(size).encode())
     if isinstance(src, (str, os.PathLike)):
         p = Path(src)

@@ -72,6 +72,11 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float((a * b).sum() / d) if d > 1e-9 else 0.0
 
 
+def grey_correlation(a: np.ndarray, b: np.ndarray, size: int = 64) -> float:
+    """Correlation of two images' smoothed grey levels at ``size`` x ``size`` (how alike their layouts are)."""
+    return _ncc(_gray(a, size), _gray(b, size))
+
+
 def nearest_similarity(m: np.ndarray) -> np.ndarray:
     """The similarity [[a, -b, tx], [b, a, ty]] closest (Frobenius) to the 2x3 affine ``m``."""
     a = (m[0, 0] + m[1, 1]) / 2.0

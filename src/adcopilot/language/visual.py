@@ -43,11 +43,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from adcopilot.imaging import ImageInput, load_image, pair_deblock, to_float_array
+from adcopilot.imaging import ImageInput, load_image, pair_deblock, peek_size, to_float_array
 from adcopilot.inputs import frame_key, reference_names, smoothed_key, source_name
 from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.detector import to_batch
 from adcopilot.model.focus import matching_sigma, sharpness, soften
+from adcopilot.model.framing import frame_references
 from adcopilot.model.inspection import in_common_frame, inspect_arrays, into_frame
 from adcopilot.model.nano import NanoComparisonModel, NanoDetector
 
@@ -209,6 +210,9 @@ class VisualEncoder:
         qimg = load_image(query, name=qname)
         smooth = pair_deblock(qimg, references).sigma if self.deblock else 0.0  # decoded whole, as here
         q = self._image(query, qname, smooth=smooth, loaded=qimg)  # a query needs no reference encoding
+        # References framed unlike the query: chosen as ``Copilot`` chooses them (the same rule on the same arrays).
+        references, _ = frame_references(q.array, qimg.size, references, names, peek_size,
+                                         lambda r, n: self._image(r, n, smooth=smooth).array, bool(self.registration))
         taken = [self._image(r, n, smooth=smooth) for r, n in zip(references, names, strict=True)]
         sharp = sharpness(q.array) if self.refocus else 0.0
         soft = [matching_sigma(sharp, r.array) if self.refocus else 0.0 for r in taken]

@@ -72,3 +72,15 @@ def test_ask_reads_inspects_score_for_a_softer_or_compressed_pair(model, adapted
     assert lang.visual(query, [ref], cp.threshold).score == result.score
     cp.refocus = False  # the language model follows the copilot's setting
     assert lang.encoder.refocus is False
+
+
+@pytest.mark.parametrize("framing", ["wider", "stretched"])
+def test_ask_reads_inspects_score_with_a_reference_framed_unlike_the_query(model, adapted, pair_images, framing):
+    q, r = pair_images
+    # 96 x 64 against the 64 x 64 query: the same view with more at its sides (cut back), or the view resized.
+    ref = np.pad(r, ((0, 0), (16, 16), (0, 0)), mode="reflect") if framing == "wider" else cv2.resize(r, (96, 64))
+    lang = NanoLanguage(model=model, detector=adapted, registration=True)
+    cp = AnsweringCopilot(adapted, lang, registration=True, threshold=0.5)
+    result = cp.inspect(q, [ref])
+    assert any("reference 1 is 96 x 64 where the query is 64 x 64" in n for n in result.notes), result.notes
+    assert lang.visual(q, [ref], cp.threshold).score == result.score

@@ -27,19 +27,3 @@ def test_an_elongated_query_is_named_in_one_warning(nano_copilot, caplog, tmp_pa
     assert len(warnings) == 1, warnings  # logged once per copilot, not once per image of a lot
     assert warnings[0] == f"{strip}: {whole.notes[0]}"
 
-
-def test_a_reference_framed_unlike_the_query_is_noted_on_both_paths(nano_copilot, tmp_path):
-    rng = np.random.default_rng(1)
-    query = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-    cut = tmp_path / "cut.png"
-    Image.fromarray(query[:, 4:-4]).save(cut)  # 56 x 64: 8:7 against the query's 1:1
-    for res in (nano_copilot.inspect(query, [query, cut]), nano_copilot.inspect_batch([(query, [query, cut])])[0]):
-        framing = [n for n in res.notes if "framed as the queries are" in n]
-        assert framing == [f"the reference {cut} is 56 x 64 where the query is 64 x 64: each is squeezed into the "
-                           "model's square its own way, so the part looks stretched and good parts can be flagged; "
-                           "use references framed as the queries are"], res.notes
-    # An array reference is read by its shape; a larger or slightly cropped one of the same framing says nothing.
-    assert any("reference 1 is 48 x 64" in n for n in nano_copilot.inspect(query, [query[:, 8:-8]]).notes)
-    bigger = np.asarray(Image.fromarray(query).resize((128, 128)))
-    for ref in (bigger, query[:, 1:-1]):  # 62 x 64: 3 % off
-        assert not any("framed" in n for n in nano_copilot.inspect(query, [ref]).notes)
