@@ -79,7 +79,7 @@ def _root(
 
 #: Every command module under adcopilot.commands, in the order of the help listing.
 COMMANDS = (
-    "inspect", "chat", "demo", "batch", "calibrate", "serve", "adapt", "curate", "train", "eval", "export", "models",
+    "inspect", "chat", "demo", "batch", "calibrate", "tolerance", "serve", "adapt", "curate", "train", "eval", "export", "models",
     "full",
 )
 

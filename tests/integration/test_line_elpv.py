@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from adcopilot.api import Copilot
 from adcopilot.data.elpv import load_cells
 
 from .conftest import run
@@ -147,3 +148,22 @@ def test_batch_names_a_black_frame_and_a_foreign_photo_filed_among_real_referenc
     p = run("batch", str(lot), "--refs", str(refs), "--out", str(tmp_path / "unchecked"), "--quiet", "--no-images",
             "--no-check-refs", home=tmp_path)
     assert p.returncode == 0 and "look at" not in p.stdout, p.stdout + p.stderr
+
+
+def test_tolerance_sheet_of_real_cells_matches_what_inspect_says(elpv_lot, tmp_path):
+    refs = sorted((elpv_lot / "refs").iterdir())[:2]  # two of the normal references
+    p = run("tolerance", "--good", str(elpv_lot / "lot" / "good"), "--defects", str(elpv_lot / "lot" / "defect"),
+            "--refs", *[str(r) for r in refs[:1]], "--refs", str(refs[1]), "-c", "gain 1.25", "-c", "shift 5 %",
+            "--json", "--quiet", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    sheet = json.loads(p.stdout)
+    assert [r["condition"] for r in sheet["rows"]] == ["as taken", "gain 1.25", "window 84 %", "shift 5 %"]
+    assert (sheet["good"], sheet["defective"], sheet["references"]) == (8, 6, 2)
+    assert len(sheet["skipped"]) == 1 and "truncated.png: truncated image file" in sheet["skipped"][0]
+    # The images as taken: exactly the verdicts `inspect` gives them at the model's own threshold.
+    cp = Copilot.load()
+    goods = sorted((elpv_lot / "lot" / "good").iterdir())
+    flagged = [cp.inspect(g, refs).verdict == "anomalous" for g in goods]
+    assert sheet["rows"][0]["false_alarms"] == pytest.approx(sum(flagged) / len(goods))
+    assert sheet["threshold"] == pytest.approx(cp.threshold_for(refs))
+    assert 0.5 <= sheet["rows"][0]["auroc"] <= 1.0

@@ -61,6 +61,10 @@ BAD_SHARD = (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --sha
         (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--prevalence", "2"],
          "error: --prevalence must be between 0 and 1 (exclusive), got 2.0"),
         (["calibrate", "--results", "out", "--prevalence", "0"], "error: --prevalence must be between 0 and 1 (exclusive)"),
+        (["tolerance", "--refs", "refs"], "error: --good is needed: images of good parts"),
+        (["tolerance", "--good", "good"], "error: no normal references given (--refs)"),
+        (["tolerance", "--good", "good", "--refs", "refs"], "error: refs: no such reference folder or image"),
+        (["tolerance", "--good", "good", "--refs", "refs", "-c", "fog"], "error: unknown condition 'fog'; choose from as taken"),
     ],
 )
 def test_bad_arguments(args, message, tmp_path, monkeypatch, capsys, caplog):
