@@ -12,7 +12,8 @@ def register(app: typer.Typer) -> None:
     @app.command("tolerance")
     def tolerance(
         good: list[Path] = typer.Option(None, "--good", help="Good parts: folders, images or CSV lists (repeatable)."),
-        refs: list[Path] = typer.Option(None, "--refs", help="The normal references they are compared with."),
+        refs: list[Path] = typer.Option(
+            None, "--refs", help="Normal references: each image is compared with all of them, as inspect --ref does."),
         defects: list[Path] = typer.Option(None, "--defects", help="Defective parts, for misses and AUROC (optional)."),
         conditions: list[str] = typer.Option(
             None, "--condition", "-c", help="Only this condition (repeatable; the baselines always run)."),
