@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         from adcopilot.line.references import reference_paths
         from adcopilot.line.runtime import prepare_for_inference, set_compute_threads
         from adcopilot.line.sources import collect
-        from adcopilot.line.tolerance import COSTLY, choose_conditions, measure_tolerance
+        from adcopilot.line.tolerance import COSTLY, HIGH_BASE, choose_conditions, measure_tolerance
 
         # Every argument checked before the model loads.
         choose_conditions(256, conditions)
@@ -58,6 +58,10 @@ def register(app: typer.Typer) -> None:
                           f"{100 * r.not_the_product:.0f} %", "-" if r.misses is None else f"{100 * r.misses:.1f} %",
                           "-" if r.auroc is None else f"{r.auroc:.3f}")
         con.print(table)
+        taken = report.rows[0]
+        if taken.false_alarms > HIGH_BASE:
+            con.print(f"the good images as taken are flagged {100 * taken.false_alarms:.0f} % of the time: give more "
+                      "references, or run `adcopilot calibrate`, before reading the rises below")
         costly = report.costly()
         if costly:
             con.print(f"hold steady (false alarms {100 * COSTLY:.0f} points or more above their baseline): "

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: A condition is said to cost when its false alarms exceed its baseline's by at least this share of good images.
 COSTLY = 0.10
+#: Above this share of good images flagged as taken, the threshold does not suit the line yet (fewer references
+#: than it needs, or no calibration): the sheet says so before its rises.
+HIGH_BASE = 0.20
 
 
 @dataclass
