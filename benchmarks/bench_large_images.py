@@ -1,6 +1,6 @@
 """Inspecting large camera frames: where the time goes past the detector. Before: the JPEG decoded at full
 size and the boxes found on the full-size map; after (the default): the JPEG decoded at the reduced scale the
-model's input needs (``api.DRAFT``) and the boxes found on a map shrunk to ``BOX_WORK_PIXELS``.
+model's input needs (``imaging.DRAFT``) and the boxes found on a map shrunk to ``BOX_WORK_PIXELS``.
 
 An ELPV demo pair (a defective cell and a normal one) upscaled to a square of each ``--sides`` and saved as
 JPEG (quality 90), inspected with the shipped model, one thread, the reference cached; the two ways

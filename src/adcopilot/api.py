@@ -37,7 +37,15 @@ from PIL import Image
 
 from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
-from adcopilot.imaging import ImageInput, full_size, load_image, pair_deblock, peek_size, to_float_array
+from adcopilot.imaging import (
+    DRAFT,
+    ImageInput,
+    full_size,
+    load_image,
+    pair_deblock,
+    peek_size,
+    to_float_array,
+)
 from adcopilot.inputs import as_references, cache_key, frame_key, reference_names, smoothed_key, source_name
 from adcopilot.language.answering import LanguageAnswers
 from adcopilot.language.nano_language import NanoLanguage
@@ -64,9 +72,6 @@ from adcopilot.results import Analysis, Box, InspectionResult, describe_findings
 
 log = logging.getLogger(__name__)
 
-#: JPEG files are decoded at a reduced scale that keeps at least this many times the model's side in pixels
-#: (``imaging.load_image``'s ``draft``): every image is resized to the model's square anyway.
-DRAFT = 2
 
 
 @dataclass

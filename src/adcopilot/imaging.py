@@ -57,6 +57,11 @@ class Framed:
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Framed
 
+#: A model's inputs decode a JPEG at a reduced scale that keeps at least this many times the model's side in
+#: pixels (:func:`load_image`'s ``draft``): every image is resized to the model's square anyway. ``Copilot`` and the
+#: language model's inputs decode alike, so ``ask`` reads the score ``inspect`` reports.
+DRAFT = 2
+
 #: ``Image.info`` key of a JPEG's estimated quality (:func:`jpeg_quality`), set by :func:`load_image`.
 JPEG_QUALITY = "adcopilot_jpeg_quality"
 #: A JPEG query below this quality (IJG scale) is compared with its references after both are smoothed.

@@ -43,7 +43,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from adcopilot.imaging import ImageInput, load_image, pair_deblock, peek_size, to_float_array
+from adcopilot.imaging import (
+    DRAFT,
+    ImageInput,
+    full_size,
+    load_image,
+    pair_deblock,
+    peek_size,
+    to_float_array,
+)
 from adcopilot.inputs import frame_key, reference_names, smoothed_key, source_name
 from adcopilot.model.backbone import backbone_spec
 from adcopilot.model.detector import to_batch
@@ -187,7 +195,7 @@ class VisualEncoder:
             self._cache.move_to_end(key)
             return self._cache[key]
         if first is None:
-            img = loaded if loaded is not None else load_image(src, name=name)
+            img = loaded if loaded is not None else load_image(src, name=name, draft=DRAFT * self.size)
             arr = soften(to_float_array(img, self.size, smooth), soft)
         else:
             own = self._image(src, name, smooth=smooth, soft=soft)
@@ -207,11 +215,11 @@ class VisualEncoder:
     def encode(self, query: ImageInput, references: Sequence[ImageInput]) -> VisualInputs:
         names = reference_names(references)
         qname = source_name(query, "query")
-        qimg = load_image(query, name=qname)
-        smooth = pair_deblock(qimg, references).sigma if self.deblock else 0.0  # decoded whole, as here
+        qimg = load_image(query, name=qname, draft=DRAFT * self.size)  # as ``Copilot`` decodes it
+        smooth = pair_deblock(qimg, references, DRAFT * self.size).sigma if self.deblock else 0.0
         q = self._image(query, qname, smooth=smooth, loaded=qimg)  # a query needs no reference encoding
         # References framed unlike the query: chosen as ``Copilot`` chooses them (the same rule on the same arrays).
-        references, _ = frame_references(q.array, qimg.size, references, names, peek_size,
+        references, _ = frame_references(q.array, full_size(qimg), references, names, peek_size,
                                          lambda r, n: self._image(r, n, smooth=smooth).array, bool(self.registration))
         taken = [self._image(r, n, smooth=smooth) for r, n in zip(references, names, strict=True)]
         sharp = sharpness(q.array) if self.refocus else 0.0

@@ -84,3 +84,14 @@ def test_ask_reads_inspects_score_with_a_reference_framed_unlike_the_query(model
     result = cp.inspect(q, [ref])
     assert any("reference 1 is 96 x 64 where the query is 64 x 64" in n for n in result.notes), result.notes
     assert lang.visual(q, [ref], cp.threshold).score == result.score
+
+
+@pytest.mark.parametrize("large", ["query", "reference"])
+def test_ask_reads_inspects_score_for_a_large_jpeg_decoded_at_a_reduced_scale(model, detector, pair_images, large):
+    q, r = pair_images
+    # 1,024 px against the model's 64: inspect decodes it at 1/8 scale, and so must the language inputs.
+    big = _jpeg(cv2.resize(q if large == "query" else r, (1024, 1024), interpolation=cv2.INTER_CUBIC), 95)
+    query, ref = (big, r) if large == "query" else (q, big)
+    lang = NanoLanguage(model=model, detector=detector, registration=False)
+    cp = AnsweringCopilot(detector, lang, registration=False, threshold=0.5)
+    assert lang.visual(query, [ref], cp.threshold).score == cp.inspect(query, [ref]).score
