@@ -45,7 +45,6 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".
 FORMATS_TEXT = "PNG, JPEG, BMP, TIFF, WebP or PGM / PPM"
 
 
-
 @dataclass(frozen=True)
 class Framed:
     """An image input cut to a centred box before use: ``keep`` is the share of its width and of its height
