@@ -13,10 +13,12 @@ def register(app: typer.Typer) -> None:
     def tolerance(
         good: list[Path] = typer.Option(None, "--good", help="Good parts: folders, images or CSV lists (repeatable)."),
         refs: list[Path] = typer.Option(
-            None, "--refs", help="Normal references: each image is compared with all of them, as inspect --ref does."),
+            None, "--refs", help="Normal references: each image is compared with all of them (or its --shots nearest)."),
         defects: list[Path] = typer.Option(None, "--defects", help="Defective parts, for misses and AUROC (optional)."),
         conditions: list[str] = typer.Option(
             None, "--condition", "-c", help="Only this condition (repeatable; the baselines always run)."),
+        shots: int = typer.Option(
+            None, "--shots", "-k", help="Compare each image with its k nearest references only (as batch does)."),
         model: str = typer.Option("default", "--model", "-m", help="'default', 'baseline' or a checkpoint folder."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align images onto references."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sensor noise."),
@@ -37,6 +39,8 @@ def register(app: typer.Typer) -> None:
 
         # Every argument checked before the model loads.
         choose_conditions(256, conditions)
+        if shots is not None and shots < 1:
+            raise AdcopilotError(f"--shots must be at least 1, got {shots}")
         if not good:
             raise AdcopilotError("--good is needed: images of good parts, on which the false alarms are counted")
         references = reference_paths(refs)
@@ -44,13 +48,16 @@ def register(app: typer.Typer) -> None:
         bad_paths = [it.path for it in collect(defects)] if defects else []
         set_compute_threads(None)
         cp = prepare_for_inference(Copilot.load(model, registration=not no_register))
-        report = measure_tolerance(cp, good_paths, references, bad_paths, conditions, seed=seed, progress=not quiet)
+        report = measure_tolerance(cp, good_paths, references, bad_paths, conditions, seed=seed, progress=not quiet,
+                                   shots=shots)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
             return
         con = Console()
+        against = f"the nearest {report.shots} of {report.references}" if report.shots != report.references else str(
+            report.references)
         table = Table(title=f"tolerance of {report.good} good and {report.defective} defective images, "
-                            f"{report.references} reference(s), threshold {report.threshold:.4f} ({report.model})")
+                            f"{against} reference(s), threshold {report.threshold:.4f} ({report.model})")
         for col in ("condition", "false alarms", "median normal score", "not the product", "misses", "AUROC"):
             table.add_column(col, justify="left" if col == "condition" else "right")
         for r in report.rows:

@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from adcopilot.api import Copilot
 from adcopilot.errors import AdcopilotError, ImageError
-from adcopilot.imaging import load_image
+from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.capture import AS_TAKEN, WINDOW, Condition, conditions, window
+from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, tower_for
 from adcopilot.metrics import auroc
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class ToleranceReport:
     threshold: float
     model: str
     skipped: list[str] = field(default_factory=list)  # "path: reason"
+    shots: int | None = None  # references each image was compared with (its nearest, from ``references``)
 
     def row(self, name: str) -> ToleranceRow:
         return next(r for r in self.rows if r.condition == name)
@@ -101,34 +103,55 @@ def measure_tolerance(
     names: Sequence[str] | None = None,
     seed: int = 0,
     progress: bool = True,
+    shots: int | None = None,
 ) -> ToleranceReport:
-    """The tolerance sheet of ``good`` (and ``defective``) images against ``references`` (see the module)."""
+    """The tolerance sheet of ``good`` (and ``defective``) images against ``references`` (see the module): each
+    image against all of them, or with ``shots`` against its ``shots`` nearest, chosen as ``batch`` chooses them
+    (on the image as taken, then kept for every condition)."""
     if not good:
         raise AdcopilotError("no good images given (--good): the false alarms are counted on them")
+    if shots is not None and shots < 1:
+        raise AdcopilotError(f"--shots must be at least 1, got {shots}")
     chosen = choose_conditions(copilot.detector.image_size, names)
-    refs = [np.asarray(load_image(r)) for r in references]  # a bad reference ends the run: nothing can be measured
-    windows = [window(r) for r in refs]
-    threshold = copilot.threshold_for(list(references))
+    bank, tower = None, None
+    if shots is not None and shots < len(references):
+        tower = tower_for(copilot.detector)
+        bank = ReferenceBank.from_paths(references, tower)
+        references = bank.paths  # the readable ones
+    windows: dict[Path, np.ndarray] = {}  # a reference's centred window, for the pose conditions
+
+    def window_of(ref: Path) -> np.ndarray:
+        if ref not in windows:  # a bad reference ends the run: nothing can be measured against it
+            windows[ref] = window(np.asarray(load_image(ref)))
+        return windows[ref]
+
+    k = min(shots or len(references), len(references))
+    threshold = copilot.threshold_with(k)
     scores: dict[str, list[tuple[int, float, bool, bool]]] = {name: [] for name in chosen}
     skipped: list[str] = []
     items = [(p, 0) for p in good] + [(p, 1) for p in defective]
     for i, (path, label) in enumerate(tqdm(items, desc="images", disable=not progress)):
         try:
-            image = np.asarray(load_image(path))
+            taken = load_image(path)
         except ImageError as exc:
             skipped.append(str(exc))
             log.warning("skipped %s", exc)
             continue
+        image = np.asarray(taken)
+        refs = list(references)
+        if bank is not None and tower is not None:
+            feature = global_features(tower, [to_float_array(taken, GLOBAL_SIZE)])[0]  # (D,)
+            refs = [p for p, _ in bank.nearest(feature, k, exclude=Path(path).absolute(), skip_copies=True)]
         for name, cond in chosen.items():
             changed = cond.change(image, np.random.default_rng([seed, i]))
-            r = copilot.inspect(changed, windows if cond.pose else list(references), threshold=threshold)
+            r = copilot.inspect(changed, [window_of(p) for p in refs] if cond.pose else refs, threshold=threshold)
             scores[name].append((label, r.score, r.verdict == "anomalous", r.image_check is not None))
     n_good = sum(1 for label, *_ in scores[AS_TAKEN] if label == 0)
     if not n_good:
         raise AdcopilotError("none of the good images could be read: " + "; ".join(skipped))
     rows = [_row(name, _window_name() if cond.pose else AS_TAKEN, scores[name]) for name, cond in chosen.items()]
     n_bad = len(scores[AS_TAKEN]) - n_good
-    return ToleranceReport(rows, n_good, n_bad, len(references), float(threshold), copilot.model_name, skipped)
+    return ToleranceReport(rows, n_good, n_bad, len(references), float(threshold), copilot.model_name, skipped, k)
 
 
 def _row(name: str, baseline: str, found: list[tuple[int, float, bool, bool]]) -> ToleranceRow:

@@ -65,6 +65,7 @@ BAD_SHARD = (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --sha
         (["tolerance", "--good", "good"], "error: no normal references given (--refs)"),
         (["tolerance", "--good", "good", "--refs", "refs"], "error: refs: no such reference folder or image"),
         (["tolerance", "--good", "good", "--refs", "refs", "-c", "fog"], "error: unknown condition 'fog'; choose from as taken"),
+        (["tolerance", "--good", "good", "--refs", "refs", "--shots", "0"], "error: --shots must be at least 1, got 0"),
     ],
 )
 def test_bad_arguments(args, message, tmp_path, monkeypatch, capsys, caplog):

@@ -89,3 +89,24 @@ def test_the_pose_windows_cover_no_made_up_border():
     a = np.arange(100 * 100 * 3, dtype=np.uint8).reshape(100, 100, 3)
     assert np.array_equal(window(a), a[8:92, 8:92])
     assert np.array_equal(window(a, 0.05, 0.05), a[13:97, 13:97])  # moved within the image, nothing replicated
+
+
+def test_with_shots_each_image_is_compared_with_its_nearest_references(nano_copilot, line, tmp_path):
+    other = tmp_path / "other.png"
+    Image.fromarray(255 - _part(9)).save(other)  # another product's picture: never the nearest
+    broken_ref = tmp_path / "broken_ref.png"
+    broken_ref.write_bytes(b"not an image")
+    pool = [other, line["ref"], broken_ref]
+    report = measure_tolerance(nano_copilot, [line["g1"], line["g2"]], pool, names=["turn 2 deg"], progress=False,
+                               shots=1)
+    assert (report.shots, report.references) == (1, 2)  # the unreadable reference left out of the pool
+    thr = nano_copilot.threshold_for([line["ref"]])
+    direct = [nano_copilot.inspect(g, [line["ref"]], threshold=thr) for g in (line["g1"], line["g2"])]
+    assert report.row(AS_TAKEN).median_normal_score == pytest.approx(float(np.median([r.score for r in direct])), abs=1e-6)
+    ref_window = window(np.asarray(Image.open(line["ref"])))
+    turned = [nano_copilot.inspect(conditions(64)["turn 2 deg"].change(np.asarray(Image.open(g)), None), [ref_window],
+                                   threshold=thr) for g in (line["g1"], line["g2"])]
+    assert report.row("turn 2 deg").median_normal_score == pytest.approx(float(np.median([r.score for r in turned])),
+                                                                        abs=1e-6)
+    with pytest.raises(AdcopilotError, match="--shots must be at least 1"):
+        measure_tolerance(nano_copilot, [line["g1"]], pool, shots=0, progress=False)
