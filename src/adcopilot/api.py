@@ -379,8 +379,16 @@ class Copilot:
                 return cached[0]
             return to_float_array(load_image(src, name=name, draft=self.draft_size), s, smooth)
 
-        # Sizes from the headers (an array's shape): no cache key, so no hashing of an array per query.
-        return frame_references(query, size, refs, reference_names(refs), peek_size, array_of, bool(self.registration))
+        def size_of(src: ImageInput) -> tuple[int, int] | None:
+            # An array's shape (no hashing); a loaded reference's stored size from the cache; else its header (which
+            # for a PNG means reading it whole: about 1 ms, once per reference instead of once per query).
+            if isinstance(src, np.ndarray):
+                return peek_size(src)
+            key = cache_key(src, s)
+            known = self._sizes.get(key) if key is not None else None  # one dict operation: safe from any thread
+            return known if known is not None else peek_size(src)
+
+        return frame_references(query, size, refs, reference_names(refs), size_of, array_of, bool(self.registration))
 
     # ------------------------------------------------------------------ inspection
     def analyze(

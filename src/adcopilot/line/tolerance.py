@@ -109,7 +109,7 @@ def measure_tolerance(
     image against all of them, or with ``shots`` against its ``shots`` nearest, chosen as ``batch`` chooses them
     (on the image as taken, then kept for every condition)."""
     if not good:
-        raise AdcopilotError("no good images given (--good): the false alarms are counted on them")
+        raise AdcopilotError("no good images in --good: the false alarms are counted on them")
     if shots is not None and shots < 1:
         raise AdcopilotError(f"--shots must be at least 1, got {shots}")
     chosen = choose_conditions(copilot.detector.image_size, names)

@@ -81,7 +81,7 @@ def test_conditions_are_chosen_with_their_baselines_and_unknown_ones_refused():
 def test_no_readable_good_image_is_an_error(nano_copilot, line):
     with pytest.raises(AdcopilotError, match="none of the good images could be read"):
         measure_tolerance(nano_copilot, [line["broken"]], [line["ref"]], progress=False)
-    with pytest.raises(AdcopilotError, match="no good images"):
+    with pytest.raises(AdcopilotError, match="no good images in --good"):
         measure_tolerance(nano_copilot, [], [line["ref"]], progress=False)
 
 
