@@ -156,6 +156,9 @@ for _tau in (0.2, 0.25, 0.3, 0.35):
         if np.median(a["ref_self3"]) < t else topk(p, 0.01))
 EXTRA_RULES["fused-self"] = (  # the model's "fused-self" score as computed now (SELF_CANDIDATES)
     lambda p, a: fused_score(p, torch.from_numpy(self_gated(a, 0.3, True, True, "self3q", SELF_CANDIDATES)), 0.05))
+for _w in (0.1, 0.15, 0.2, 0.3, 0.5):  # the map's weight in the self-gated score
+    EXTRA_RULES[f"fused-self {_w}"] = (
+        lambda p, a, w=_w: fused_score(p, torch.from_numpy(self_gated(a, 0.3, True, True, "self3q", SELF_CANDIDATES)), w))
 EXTRA_RULES["fused 0.05 on all views"] = lambda p, a: fused_score(p, torch.from_numpy(a["dist8"]), 0.05)
 EXTRA_ARRAYS = ("dist", "dist8", "dist8s", "dist8_agg", "self3", "ref_self3", "self3n", "self3t", "self3m", "self3q")
 
@@ -185,9 +188,11 @@ def scores_of(data: dict[str, np.ndarray], rule: Rule | PairRule) -> np.ndarray:
 
 
 def pools(data: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-    """Index sets to report: ELPV per cell type, photos and synthetic pairs pooled."""
+    """Index sets to report: ELPV per cell type, surfaces per surface, photos and synthetic pairs pooled."""
     if name.startswith("elpv"):
         return {str(g): data["group"] == g for g in ("mono", "poly")}
+    if name == "surfaces":
+        return {str(g): data["group"] == g for g in sorted(set(data["group"].tolist()))}
     return {name: np.ones(len(data["label"]), bool)}
 
 
@@ -210,6 +215,8 @@ def main() -> None:
                     y = run["label"][idx]
                     fa = float((sc[idx][y == 0] >= args.threshold).mean())
                     per_pool.setdefault(pool, []).append((auroc(sc[idx], y), fa))
+            if s == "surfaces":  # the mean over surfaces per draw, as bench_peers.py reports them
+                per_pool = {"surfaces": [tuple(np.mean(v, axis=0)) for v in zip(*per_pool.values(), strict=True)]}
             for pool, vals in per_pool.items():
                 a = np.array([v[0] for v in vals])
                 fa = np.mean([v[1] for v in vals])

@@ -15,6 +15,7 @@ Sets:
   ``bench_elpv.py`` draws them for the same seed.
 * ``photos``: the bundled benchmark's held-out photo classes (test images, a reference drawn from the
   class's template shots).
+* ``surfaces``: the outside surfaces of ``benchmarks/surfaces.py`` (built on demand), in the photos' layout.
 * ``synth``: stage-1-style synthetic pairs (procedural products and licensed training photos with
   synthetic defects) from a seed training never used.
 
@@ -34,15 +35,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from adcopilot.assets import home
 from adcopilot.data.elpv import split
 from adcopilot.data.pairs import PairSampler
 from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
+from adcopilot.model.inspection import align
 from adcopilot.model.nano import NanoDetector
 from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.score import dihedral_views, nearest_distance, self_distance, view_distance
-from adcopilot.registration import register, warp
 
+SURFACES = home() / "benchmarks" / "surfaces" / "Surfaces"  # benchmarks/surfaces.py's output
 SYNTH_SEED = 9_000_001  # never a training seed
 TWIN_GATE = 0.3  # self3t: twins farther than this from the references are not admitted
 TWIN_QUANTILES = {"self3m": 0.5, "self3q": 0.75}  # twins farther from the references than this quantile of the
@@ -94,9 +97,13 @@ def elpv_pairs(
             yield kind, int(c.probability == 1.0), refs, c.path
 
 
-def photo_pairs(seed: int, shots: int) -> Iterator[tuple[str, int, list[Path], Path]]:
-    ensure_bundled()
-    root = bundled_dir() / PHOTOS_DATASET
+def photo_pairs(seed: int, shots: int, root: Path | None = None) -> Iterator[tuple[str, int, list[Path], Path]]:
+    """(class, label, references, query) of a class dataset (the bundled photos unless ``root``)."""
+    if root is None:
+        ensure_bundled()
+        root = bundled_dir() / PHOTOS_DATASET
+    elif not root.is_dir():
+        raise SystemExit(f"{root}: not built (python benchmarks/surfaces.py)")
     rng = np.random.default_rng(seed)
     for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
         templates = sorted((root / cls / "train" / "good").glob("*.png"))
@@ -137,9 +144,7 @@ def collect(
             ref_arrays.append(entry)
         q = _arr(query, size) if isinstance(query, Path) else query
         t = time.perf_counter()
-        reg = register(q, ref_arrays[0][0]) if registration else None
-        if reg is not None and reg.method != "identity":
-            q = warp(q, reg.matrix)
+        q = align(q, ref_arrays[0][0], registration=registration).compared  # as the inspection core aligns it
         d = detector.detection(q, [e[1] for e in ref_arrays])
         ms.append((time.perf_counter() - t) * 1e3)
         h = d.features.shape[-1]
@@ -192,7 +197,7 @@ def synth_pairs(n: int, seed: int) -> Iterator[tuple[str, int, list[np.ndarray],
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", required=True, choices=["elpv-val", "elpv-test", "photos", "synth"])
+    ap.add_argument("--set", required=True, choices=["elpv-val", "elpv-test", "photos", "surfaces", "synth"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--shots", type=int, default=1)
     ap.add_argument("--per-side", type=int, default=100, help="elpv-val: normal and defective cells per type")
@@ -212,6 +217,8 @@ def main() -> None:
             pairs = elpv_pairs(args.set, seed, args.shots, args.per_side, args.limit, args.ref_pool)
         elif args.set == "photos":
             pairs = photo_pairs(seed, args.shots)
+        elif args.set == "surfaces":
+            pairs = photo_pairs(seed, args.shots, SURFACES)
         else:
             pairs = synth_pairs(args.n, seed)
         data = collect(detector, tqdm(pairs, desc=f"{args.set} seed {seed}"), detector.image_size, shifts=args.shifts)
