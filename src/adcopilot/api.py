@@ -633,7 +633,7 @@ def _load_nano(
 ) -> Copilot:
     detector, meta = load_detector(spec)
     name = meta.get("name", detector.name)
-    cal = None if threshold is not None else resolve_calibration(model, name, calibration)
+    cal = None if threshold is not None else resolve_calibration(model, name, calibration, detector.image_score_for)
     thr = threshold if threshold is not None else cal["threshold"] if cal else None  # None: the detector's
     language = Path(spec) / "language" if isinstance(spec, Path) else None
     options = {"threshold": thr, "registration": registration, "model_name": name}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
     if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 1):
         raise AdcopilotError(f"{p}: 'shots' must be the number of references the images were scored with "
                              f"(a whole number from 1), got {shots!r}")
+    score = data.get("image_score")
+    if score is not None and not isinstance(score, str):
+        raise AdcopilotError(f"{p}: 'image_score' must be the name of the image score calibrated, got {score!r}")
     data["path"] = str(p)
     return data
 
@@ -82,16 +86,33 @@ def calibrated_references(cal: dict[str, Any]) -> int | None:
     return int(shots) if shots is not None else None
 
 
+def score_mismatch(cal: dict[str, Any], image_score: Callable[[int], str] | None) -> str | None:
+    """Why a calibration does not fit the model's image score (``image_score``: its name by the number of
+    references), or None. A threshold is a point on one score's scale: a calibration made before the model's
+    config chose another score for that count (a checkpoint's ``image_score`` edited) would flag every part or
+    none. Files without ``image_score`` (written before it was recorded, or by hand) are trusted."""
+    kind = cal.get("image_score")
+    if kind is None or image_score is None:
+        return None
+    now = image_score(calibrated_references(cal) or 1)
+    return None if now == kind else f"calibrated on the '{kind}' image score, but the model now scores with '{now}'"
+
+
 def resolve_calibration(
-    model_spec: str | os.PathLike | None, model_name: str, explicit: str | os.PathLike | None = None
+    model_spec: str | os.PathLike | None, model_name: str, explicit: str | os.PathLike | None = None,
+    image_score: Callable[[int], str] | None = None,
 ) -> dict[str, Any] | None:
-    """The calibration to use for a model: the explicit file, else the stored one, else None."""
+    """The calibration to use for a model: the explicit file, else the stored one, else None. ``image_score``
+    (the model's score name by the number of references) rules out a calibration made on another score."""
     if explicit is not None:
         cal = read_calibration(explicit)
         if cal.get("model") not in (None, model_name):
             raise AdcopilotError(
                 f"{explicit}: calibrated for model '{cal.get('model')}', not for the loaded '{model_name}'"
             )
+        why = score_mismatch(cal, image_score)
+        if why is not None:
+            raise AdcopilotError(f"{explicit}: {why}; calibrate again")
         return cal
     path = default_calibration_path(model_spec, model_name)
     if not path.exists():
@@ -103,6 +124,10 @@ def resolve_calibration(
         return None
     if cal.get("model") not in (None, model_name):
         log.warning("ignoring %s: calibrated for model '%s', not '%s'", path, cal.get("model"), model_name)
+        return None
+    why = score_mismatch(cal, image_score)
+    if why is not None:
+        log.warning("ignoring %s: %s; calibrate again", path, why)
         return None
     log.info("using the calibrated threshold %.4f from %s", cal["threshold"], path)
     return cal

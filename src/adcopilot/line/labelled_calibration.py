@@ -122,6 +122,7 @@ def calibration_record(copilot: Copilot, choice: ThresholdChoice, *, shots: int 
         "model": copilot.model_name,
         "threshold": round(choice.threshold, 6),
         "model_threshold": float(copilot.detector.threshold_for(shots or 1)),  # the model's own for that many references
+        "image_score": copilot.detector.image_score_for(shots or 1),  # the score whose scale the threshold is on
         **choice.settings,
         "expected_cost": choice.expected_cost,
         "metrics": choice.metrics,

@@ -95,6 +95,12 @@ class Detector(ABC):
         the number of references override it)."""
         return self.threshold
 
+    def image_score_for(self, references: int) -> str:
+        """The name of the image score with this many references: one rule here ("map"); detectors that
+        score otherwise with some counts override it. A calibrated threshold holds only on the score it was
+        fitted to."""
+        return "map"
+
     def pool_score(self, amap: np.ndarray) -> float:
         """Image score from the map: its maximum (after the detector's own smoothing)."""
         return float(amap.max())

@@ -348,6 +348,7 @@ def test_a_calibration_record_says_what_made_it_and_is_saved_where_load_looks(ti
     rec = calibration_record(tiny_copilot, choice, shots=2, source="folders")
     assert rec["model"] == "tiny" and rec["threshold"] == 0.45  # 0.4500000617, to six decimals
     assert rec["model_threshold"] == tiny_copilot.detector.threshold and rec["image_size"] == 64
+    assert rec["image_score"] == tiny_copilot.detector.image_score_for(2)  # the score the threshold's scale is
     assert (rec["shots"], rec["source"], rec["registration"]) == (2, "folders", False)
     assert rec["miss_cost"] == 10.0 and rec["expected_cost"] == choice.expected_cost
     assert rec["metrics"] is choice.metrics

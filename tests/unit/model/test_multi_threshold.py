@@ -185,6 +185,46 @@ def test_a_calibration_serves_the_counts_it_was_fitted_for(tmp_path, shots, want
     assert threshold_steps(cp, 16) == {"1": 0.65}
 
 
+@pytest.mark.parametrize(("shots", "calibrated_on", "used"), [
+    (1, "map", False),  # one reference: the config now scores with "fused-self"
+    (1, "fused-self", True),
+    (2, "fused", True),  # two references still score with "fused": the edit does not touch this count
+    (2, "map", False),
+    (None, "map", False),  # no count: made for every count, checked against one reference's score
+])
+def test_a_calibration_made_on_another_image_score_is_not_used(tmp_path, caplog, shots, calibrated_on, used):
+    """A threshold is a point on one score's scale: after a checkpoint's ``image_score`` is edited, a calibration
+    made on the old score would flag every part or none. Stored beside the model it is ignored with a warning;
+    named explicitly it is refused in one line. A file that does not say its score is trusted, as before."""
+    folder = NanoComparisonModel(replace(MULTI, image_score="fused-self")).save(tmp_path / "ck")
+    cal = {"model": "nano", "threshold": 0.61, "image_score": calibrated_on, **({"shots": shots} if shots else {})}
+    (folder / "calibration.json").write_text(json.dumps(cal))
+    with caplog.at_level("WARNING", logger="adcopilot.calibration_store"):
+        cp = Copilot.load(folder)
+    assert (cp.calibration is not None) == used
+    assert (cp.threshold_with(shots or 1) == 0.61) == used
+    assert ("calibrate again" in caplog.text) != used
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps(cal))
+    if used:
+        assert Copilot.load(folder, calibration=named).calibration["threshold"] == 0.61
+    else:
+        with pytest.raises(AdcopilotError, match=rf"named.json: calibrated on the '{calibrated_on}' image score, but "
+                                                 r"the model now scores with '(fused-self|fused)'; calibrate again$"):
+            Copilot.load(folder, calibration=named)
+    del cal["image_score"]  # written before the score was recorded, or by hand
+    (folder / "calibration.json").write_text(json.dumps(cal))
+    assert Copilot.load(folder).calibration["threshold"] == 0.61
+
+
+def test_a_calibration_whose_image_score_is_not_a_name_is_refused(tmp_path):
+    folder = NanoComparisonModel(MULTI).save(tmp_path / "ck")
+    bad = tmp_path / "cal.json"
+    bad.write_text(json.dumps({"model": "nano", "threshold": 0.6, "image_score": 3}))
+    with pytest.raises(AdcopilotError, match=r"cal.json: 'image_score' must be the name of the image score calibrated"):
+        Copilot.load(folder, calibration=bad)
+
+
 @pytest.mark.parametrize("shots", [0, -2, 1.5, "2", True])
 def test_a_calibration_with_an_unusable_count_is_refused_in_one_line(tmp_path, shots):
     folder = NanoComparisonModel(MULTI).save(tmp_path / "ck")
