@@ -71,6 +71,13 @@ def _arr(path: Path, size: int) -> np.ndarray:
     return to_float_array(load_image(path, name=str(path)), size)
 
 
+def stretched(arr: np.ndarray) -> np.ndarray:
+    """(S, S, 3) float image with its grey levels' 1st and 99th percentiles stretched to 0 and 1 (a
+    photometric normalisation measured with ``--stretch``)."""
+    lo, hi = np.percentile(arr.mean(-1), [1, 99])
+    return np.clip((arr - lo) / max(hi - lo, 1e-3), 0, 1).astype(np.float32)
+
+
 def elpv_pairs(
     which: str, seed: int, shots: int, per_side: int, limit: int | None = None, ref_pool: int | None = None
 ) -> Iterator[tuple[str, int, list[Path], Path]]:
@@ -115,7 +122,7 @@ def photo_pairs(seed: int, shots: int, root: Path | None = None) -> Iterator[tup
 
 @torch.inference_mode()
 def collect(
-    detector: NanoDetector, pairs, size: int, registration: bool = True, shifts: bool = False
+    detector: NanoDetector, pairs, size: int, registration: bool = True, shifts: bool = False, stretch: bool = False
 ) -> dict[str, np.ndarray]:
     probs, dists, dists8, dists8s, labels, groups, names, ms = [], [], [], [], [], [], [], []
     dists8_agg, selfs, ref_selfs, selfs_n, selfs_t = [], [], [], [], []
@@ -127,6 +134,7 @@ def collect(
             key = str(r) if isinstance(r, Path) else None
             if key is None or key not in cache:
                 arr = _arr(r, size) if isinstance(r, Path) else r
+                arr = stretched(arr) if stretch else arr
                 grids = [detector.patch_features(v)[0] for v in dihedral_views(arr)]  # 8 x (C, h, w)
                 views = torch.cat([g.flatten(1).T for g in grids])  # (8N, C)
                 # With ``shifts``, the views at the other half-stride phases too (half a patch: 4 px at stride 8).
@@ -143,6 +151,7 @@ def collect(
                 entry = cache[key]
             ref_arrays.append(entry)
         q = _arr(query, size) if isinstance(query, Path) else query
+        q = stretched(q) if stretch else q
         t = time.perf_counter()
         q = align(q, ref_arrays[0][0], registration=registration).compared  # as the inspection core aligns it
         d = detector.detection(q, [e[1] for e in ref_arrays])
@@ -207,6 +216,8 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--shifts", action="store_true",
                     help="also save dist8s: the views at the other half-stride phases searched too")
+    ap.add_argument("--stretch", action="store_true",
+                    help="stretch every image's grey-level 1st-99th percentiles to 0-1 before anything else")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -221,7 +232,8 @@ def main() -> None:
             pairs = photo_pairs(seed, args.shots, SURFACES)
         else:
             pairs = synth_pairs(args.n, seed)
-        data = collect(detector, tqdm(pairs, desc=f"{args.set} seed {seed}"), detector.image_size, shifts=args.shifts)
+        data = collect(detector, tqdm(pairs, desc=f"{args.set} seed {seed}"), detector.image_size, shifts=args.shifts,
+                       stretch=args.stretch)
         path = args.out / f"{args.set}_{args.shots}shot_seed{seed}.npz"
         np.savez_compressed(path, **data)
         print(f"{path}: {len(data['label'])} pairs, median {np.median(data['ms']):.1f} ms", flush=True)
