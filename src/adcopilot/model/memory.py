@@ -25,7 +25,8 @@ it is given (``memory.safetensors`` in the adapted checkpoint folder).
   (``share`` 0: the nearest-patch map alone, 1: PaDiM alone); ``adapt`` chooses the share per variant on
   its validation images. The image score takes PaDiM's own (its map's maximum, calibrated, not clipped) by
   the same share beside the pooled nearest-patch map (:class:`PadimPart`). The detector hands the query's
-  raw stage outputs (``scales``) for it.
+  raw stage outputs (``scales``) for it; ``adapt`` fits PaDiM on grey-level-stretched images
+  (:func:`adcopilot.model.padim.stretch_grey`), and the detector then stretches the query alike.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from safetensors.torch import load_file, save_file
 
 from adcopilot.errors import CheckpointError
 from adcopilot.model.nearest import PatchIndex, exact_max_similarity
-from adcopilot.model.padim import PadimAccumulator, PadimStats, channel_subset
+from adcopilot.model.padim import PadimAccumulator, PadimStats, channel_subset, stretch_grey
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import joint_patch_features
 from adcopilot.registration import warp
@@ -77,6 +78,9 @@ class PadimPart:
     high: float
     share: float  # in [0, 1]
     score: str = "peak"
+    # Whether the statistics were fitted on grey-level-stretched images (model/padim.py ``stretch_grey``), so
+    # the query is stretched the same way before its tower pass for PaDiM (memories written before: False).
+    stretch: bool = False
 
     def peak(self, padim_map: np.ndarray) -> float:
         """PaDiM's own image score: the maximum of its (S, S) uncalibrated map, on its calibration scale."""
@@ -141,6 +145,12 @@ class ProductMemory:
     def needs_scales(self) -> bool:
         """Whether a variant's map uses PaDiM, which needs the query's raw stage outputs."""
         return any(v.padim is not None and v.padim.share > 0 for v in self.variants.values())
+
+    @property
+    def padim_stretch(self) -> bool:
+        """Whether PaDiM reads the query with its grey levels stretched (:func:`stretch_grey`): a memory is
+        built one way for all its variants."""
+        return any(v.padim is not None and v.padim.share > 0 and v.padim.stretch for v in self.variants.values())
 
     # ------------------------------------------------------------------ inspection
     def choose(self, reference_tokens: torch.Tensor) -> str:
@@ -252,7 +262,7 @@ class ProductMemory:
                 {"name": n, "low": v.low, "high": v.high, "images": v.images, "patches": int(v.bank.shape[0])}
                 | ({} if v.padim is None else {"padim": {
                     "low": v.padim.low, "high": v.padim.high, "share": v.padim.share, "grid": list(v.padim.stats.grid),
-                    "images": v.padim.stats.images, "score": v.padim.score}})
+                    "images": v.padim.stats.images, "score": v.padim.score, "stretch": v.padim.stretch}})
                 for n, v in self.variants.items()
             ]),
         }
@@ -284,7 +294,8 @@ class ProductMemory:
     def describe(self) -> dict[str, dict[str, float | int]]:
         return {n: {"images": v.images, "patches": int(v.bank.shape[0]), "low": round(v.low, 4),
                     "high": round(v.high, 4)}
-                | ({} if v.padim is None else {"padim_share": v.padim.share, "padim_score": v.padim.score})
+                | ({} if v.padim is None else {"padim_share": v.padim.share, "padim_score": v.padim.score,
+                                               "padim_stretch": v.padim.stretch})
                 for n, v in self.variants.items()}
 
 
@@ -298,9 +309,12 @@ def _load_padim(meta: dict | None, tensors: dict[str, torch.Tensor], i: int) -> 
     score = meta.get("score", "map")  # memories written before the peak score mixed PaDiM's map
     if score not in PADIM_SCORES:
         raise ValueError(f"PaDiM score {score!r} is not one of {', '.join(PADIM_SCORES)}")
+    stretch = meta.get("stretch", False)  # memories written before read images as they are
+    if not isinstance(stretch, bool):
+        raise ValueError(f"PaDiM stretch {stretch!r} is not true or false")
     stats = PadimStats(tensors[f"padim.idx.{i}"], tensors[f"padim.mean.{i}"], tensors[f"padim.inv_covariance.{i}"],
                        tuple(meta["grid"]), int(meta["images"]))
-    return PadimPart(stats, float(meta["low"]), float(meta["high"]), share, score)
+    return PadimPart(stats, float(meta["low"]), float(meta["high"]), share, score, stretch)
 
 
 def _smoothed(d: torch.Tensor, size: int) -> np.ndarray:
@@ -367,6 +381,7 @@ def build_memory(
     scales: Callable[[np.ndarray], Scales] | None = None,
     padim: dict[str, float] | None = None,
     pool: Callable[[np.ndarray], float] | None = None,
+    padim_stretch: bool = False,
 ) -> ProductMemory:
     """A memory from good images (S, S, 3) at the detector's size and their variants.
 
@@ -376,19 +391,23 @@ def build_memory(
     held-out ones) and their share; it needs ``scales(image)``, the raw stage outputs whose joint
     normalisation ``features`` is (then one tower pass per image serves both). With ``pool`` (the
     detector's pooling of a map into an image score) each variant also keeps its calibration images' scores
-    as the memory alone would give them (:attr:`VariantMemory.normal_scores`).
+    as the memory alone would give them (:attr:`VariantMemory.normal_scores`). With ``padim_stretch`` PaDiM
+    reads each image with its grey levels stretched (:func:`stretch_grey`; one more tower pass per image).
     """
     padim = padim or {}
     if padim and scales is None:
         raise ValueError("PaDiM statistics need the images' raw stage outputs (scales)")
 
-    def both(image: np.ndarray, fit: PadimAccumulator | None) -> tuple[torch.Tensor, Scales | None]:
+    def both(image: np.ndarray, fit: PadimAccumulator | None, for_padim: bool) -> tuple[torch.Tensor, Scales | None]:
+        """The image's joint features and, for a variant with PaDiM, what PaDiM reads of it (its raw stage
+        outputs: those of the same pass, or of the stretched image's)."""
         if scales is None:
             return features(image), None
         s = scales(image)
+        p = scales(stretch_grey(image)) if padim_stretch and for_padim else s
         if fit is not None:
-            fit.add(s)
-        return joint_patch_features(s), s
+            fit.add(p)
+        return joint_patch_features(s), p
 
     rng = np.random.default_rng(seed)
     by_group: dict[str, list[int]] = {}
@@ -410,7 +429,7 @@ def build_memory(
         grid: tuple[int, int] = (0, 0)
         keep = order[len(folds[0]):]
         for i in keep:
-            f, s = both(images[i], fit)  # (1, C, h, w)
+            f, s = both(images[i], fit, name in padim)  # (1, C, h, w)
             grid = (f.shape[2], f.shape[3])
             tokens[i] = f[0].flatten(1).T  # (h*w, C)
             if extra and s is not None and name in padim:
@@ -431,7 +450,7 @@ def build_memory(
                 fold_bank, fold_stats = bank, stats
             for i in held:
                 if k == 0:  # first seen here
-                    f, s = both(images[i], None)
+                    f, s = both(images[i], None, name in padim)
                     grid = (f.shape[2], f.shape[3])
                     tokens[i] = f[0].flatten(1).T
                     if extra and s is not None and name in padim:
@@ -444,7 +463,8 @@ def build_memory(
                 if progress and k == 0:
                     progress(1)
         low, high = _calibration(near_maps)
-        part = PadimPart(stats, *_calibration(padim_maps), padim[name]) if stats is not None else None
+        part = (PadimPart(stats, *_calibration(padim_maps), padim[name], stretch=padim_stretch)
+                if stats is not None else None)
         scores = [] if pool is None else _normal_scores(near_maps, padim_maps, low, high, part, pool)
         variants[name] = VariantMemory(bank, low, high, len(keep), part, scores)
     return ProductMemory(variants)

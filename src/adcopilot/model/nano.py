@@ -53,6 +53,7 @@ from adcopilot.model.compare import ComparisonConfig, ComparisonEncoder, grid_po
 from adcopilot.model.detector import Detection, Detector, OwnFrame, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import MemoryMaps, ProductMemory, Scales
+from adcopilot.model.padim import stretch_grey
 from adcopilot.model.score import (
     dihedral_views,
     fused_score,
@@ -496,12 +497,15 @@ class NanoDetector(Detector):
             return normalized_patch_features(self.fused_tower, x), [None] * b
         scales = self.fused_tower.patch_features(x)
         frames = own_frames if own_frames is not None else [None] * b
+        stretch = self.memory.padim_stretch  # PaDiM fitted on stretched images: one more tower pass, always
         position: list[tuple[Scales, np.ndarray | None] | None] = []
         for i, f in enumerate(frames):
-            if f is None:
+            if f is None and not stretch:
                 position.append(({k: v[i : i + 1] for k, v in scales.items()}, None))
             else:  # one more tower pass: the statistics hold in the frame the good images were taken in
-                position.append((self.fused_tower.patch_features(to_batch([f[0]])), f[1]))
+                own = x[i].permute(1, 2, 0).numpy() if f is None else f[0]  # (S, S, 3)
+                own = stretch_grey(own) if stretch else own
+                position.append((self.fused_tower.patch_features(to_batch([own])), None if f is None else f[1]))
         return joint_patch_features(scales), position
 
     def _maps_from(

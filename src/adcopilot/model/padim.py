@@ -15,6 +15,9 @@ anomalib 2.7's ``PadimModel`` step by step, on this project's tower:
 * anomalib's map: ``d`` bilinearly up-sampled to the image (``align_corners=False``), blurred by a
   Gaussian of sigma 4 (33 x 33, reflected borders); the image score is the map's maximum.
 
+Beyond anomalib, the product memory's PaDiM part reads every image with its grey levels stretched
+(:func:`stretch_grey`), so that a good image's overall brightness does not count as a deviation.
+
 :class:`PadimAccumulator` fits the statistics one image at a time (sums in float64), so the good images'
 embeddings never need to be held at once. The product memory (:mod:`adcopilot.model.memory`) uses the
 distance grid as a second normality model beside its nearest-patch search.
@@ -22,6 +25,7 @@ distance grid as a second normality model beside its nearest-patch search.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +33,25 @@ CHANNELS = 100  # anomalib's n_features for a backbone of this width (resnet18's
 REGULARISATION = 0.01  # added to every covariance's diagonal
 STABILISER = 1e-5  # added again before the inverse, as anomalib does
 SIGMA = 4  # anomalib's blur of the up-sampled map, in pixels
+#: Grey-level percentiles stretched to the range's ends before PaDiM reads an image (:func:`stretch_grey`).
+STRETCH_PERCENTILES = (1.0, 99.0)
+
+
+def stretch_grey(image: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) image (uint8, or float in [0, 1]) with its grey levels' 1st and 99th percentiles stretched
+    to the ends of the range, every channel alike; the same dtype back. Good images of one product can differ
+    in overall brightness and contrast (electroluminescence images of solar cells: each cell's own current),
+    which moves every position's features at once; a Gaussian per position then spends its variance on that
+    instead of on the product's local variation (measured on ELPV cells: benchmarks/RESULTS.md). A uniform
+    image is returned as it is."""
+    top = 255.0 if image.dtype == np.uint8 else 1.0
+    x = image.astype(np.float32) / top
+    lo, hi = np.percentile(x.mean(axis=-1), STRETCH_PERCENTILES)
+    if hi - lo < 1e-3:
+        return image
+    out = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return (np.rint(out * 255.0).astype(np.uint8) if image.dtype == np.uint8
+            else out.astype(image.dtype if image.dtype.kind == "f" else np.float32))
 
 
 def channel_subset(total: int, keep: int = CHANNELS, seed: int = 0) -> torch.Tensor:

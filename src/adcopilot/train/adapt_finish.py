@@ -27,6 +27,7 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import MEMORY_FILE, ProductMemory, build_memory
 from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
+from adcopilot.model.padim import stretch_grey
 from adcopilot.registration import onto_reference, register
 from adcopilot.train.validation import (
     MIN_REAL_DEFECTS,
@@ -40,6 +41,10 @@ from adcopilot.train.validation import (
 )
 
 log = logging.getLogger(__name__)
+
+#: PaDiM's statistics fitted on grey-level-stretched images, and queries stretched alike (chosen on ELPV's
+#: validation cells, the training split only: benchmarks/RESULTS.md).
+PADIM_STRETCH = True
 
 
 @dataclass
@@ -103,7 +108,7 @@ def finish(
         with tqdm(total=len(good.images), desc="product memory", unit="img") as bar:
             shares = {name: c.share for name, c in choices.items() if c.share > 0}
             memory = build_memory(good.images, good.groups, features, patches=patches, seed=seed, progress=bar.update,
-                                  scales=scales if shares else None, padim=shares,
+                                  scales=scales if shares else None, padim=shares, padim_stretch=PADIM_STRETCH,
                                   pool=lambda m: pooled_score(m, detector.model.cfg.topk_frac))
         if memory.variants:
             memory.save(out)
@@ -149,7 +154,7 @@ def _validate(detector: NanoDetector, features, scales, good: Images, defects: I
         groups = [good.groups[i] for i in train]
         with tqdm(total=len(train), desc="validation memory", unit="img") as bar:
             memory = build_memory([good.images[i] for i in train], groups, features, patches=patches, seed=seed,
-                                  progress=bar.update, scales=scales,
+                                  progress=bar.update, scales=scales, padim_stretch=PADIM_STRETCH,
                                   padim=dict.fromkeys(groups, 0.0) if scales is not None else None)
 
     def maps(query: np.ndarray, reference: np.ndarray):
@@ -163,7 +168,8 @@ def _validate(detector: NanoDetector, features, scales, good: Images, defects: I
             return prob, None
         qf = detector.patch_features(compared)  # (1, C, h, w)
         # PaDiM reads the query in its own frame (its statistics hold there) and its map follows registration.
-        own = None if scales is None else detector.fused_tower.patch_features(to_batch([q]))
+        own = None if scales is None else detector.fused_tower.patch_features(
+            to_batch([stretch_grey(q) if PADIM_STRETCH else q]))
         m = memory.maps(qf[0].flatten(1).T, ref.tokens[0], tuple(qf.shape[2:]), detector.image_size, scales=own,
                         padim_warp=reg.matrix if moved else None)
         # Per share: the map pooled with the comparison's and PaDiM's peak added, as the built memory scores.

@@ -1,5 +1,5 @@
 """The product memory's PaDiM part: built in the same tower pass, mixed by its share, its peak in the image score,
-in the detector, saved."""
+in the detector, saved; fitted on grey-level-stretched images, the query stretched alike."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from adcopilot.errors import CheckpointError
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import MEMORY_FILE, SMOOTH_SIGMA, ProductMemory, build_memory
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
+from adcopilot.model.padim import stretch_grey
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import load_vision_tower
 from adcopilot.registration import warp
@@ -39,12 +40,13 @@ def halves(rng: np.random.Generator, swapped: bool = False) -> np.ndarray:
     return img
 
 
-def _build(det: NanoDetector, images: list[np.ndarray], share: float | None) -> ProductMemory:
+def _build(det: NanoDetector, images: list[np.ndarray], share: float | None, stretch: bool = False) -> ProductMemory:
     def scales(im: np.ndarray):
         return det.fused_tower.patch_features(to_batch([im]))
 
     return build_memory(images, [""] * len(images), det.patch_features, patches=200, seed=0,
-                        scales=scales if share is not None else None, padim={"": share} if share is not None else None)
+                        scales=scales if share is not None else None, padim={"": share} if share is not None else None,
+                        padim_stretch=stretch)
 
 
 def test_padim_part_is_built_in_the_same_pass_and_flags_a_layout_the_good_images_never_show(tiny):
@@ -190,3 +192,69 @@ def test_image_score_takes_padims_peak_by_its_share_and_older_memories_keep_the_
               metadata={"format": "pt", "variants": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="PaDiM score 'max'"):
         ProductMemory.load(tmp_path)
+
+
+def test_stretch_grey_maps_the_grey_percentiles_to_the_ends_and_keeps_the_type():
+    rng = np.random.default_rng(4)
+    grey_in = np.repeat(0.3 + 0.2 * rng.random((32, 32, 1)), 3, axis=-1).astype(np.float32)  # grey, in [0.3, 0.5]
+    grey = stretch_grey(grey_in).mean(-1)
+    assert np.percentile(grey, 1) == pytest.approx(0.0, abs=1e-3) and np.percentile(grey, 99) == pytest.approx(1.0, abs=1e-3)
+    img = (0.3 + 0.2 * rng.random((32, 32, 3))).astype(np.float32)
+    out = stretch_grey(img)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    lo, hi = np.percentile(img.mean(-1), [1, 99])
+    np.testing.assert_allclose(out, np.clip((img - lo) / (hi - lo), 0, 1), atol=1e-6)  # every channel alike
+    np.testing.assert_allclose(stretch_grey(img * 0.5 + 0.1), out, atol=1e-5)  # brightness and contrast gone
+    u8 = np.rint(img * 255).astype(np.uint8)
+    assert stretch_grey(u8).dtype == np.uint8
+    np.testing.assert_allclose(stretch_grey(u8) / 255.0, stretch_grey(u8.astype(np.float32) / 255.0), atol=0.5 / 255 + 1e-6)
+    flat = np.full((8, 8, 3), 0.4, np.float32)
+    assert stretch_grey(flat) is flat  # nothing to stretch
+
+
+def test_padim_fitted_on_stretched_images_takes_a_darker_good_part_as_good(tiny, tmp_path):
+    """Good parts that differ in overall brightness: PaDiM fitted on the images as taken flags a good part
+    darker than any it saw; fitted on stretched images (and stretching the query alike, in the detector's
+    every path) it does not, and still flags a layout the good images never show."""
+    tower, model, det0 = tiny
+    rng = np.random.default_rng(5)
+    goods = [halves(rng) for _ in range(12)]
+    plain, stretched = _build(det0, goods, 1.0), _build(det0, goods, 1.0, stretch=True)
+    assert stretched.padim_stretch and not plain.padim_stretch and stretched.describe()[""]["padim_stretch"]
+    # The statistics are those of the stretched images (the first image calibrates, the others fit).
+    by_hand = _build(det0, [stretch_grey(g) for g in goods], 1.0).variants[""].padim.stats
+    torch.testing.assert_close(stretched.variants[""].padim.stats.mean, by_hand.mean)
+    torch.testing.assert_close(stretched.variants[""].padim.stats.inv_covariance, by_hand.inv_covariance)
+    torch.testing.assert_close(stretched.variants[""].bank, plain.variants[""].bank)  # nearest patches: as taken
+
+    ref = det0.encode_reference(goods[0])
+    darker = halves(rng) * 0.6  # a good part under less light
+    swapped = halves(rng, swapped=True)
+    score = {}
+    for name, memory in (("plain", plain), ("stretched", stretched)):
+        det = NanoDetector(model, tower, memory=memory, memory_weight=1.0)
+        score[name] = {k: det.detection(q, [ref]).score for k, q in (("good", halves(rng)), ("darker", darker),
+                                                                      ("swapped", swapped))}
+        batch = det.detections([darker, swapped], [[ref], [ref]])
+        assert [d.score for d in batch] == pytest.approx([score[name]["darker"], score[name]["swapped"]], abs=1e-4)
+    assert score["plain"]["darker"] > 1.5 * score["plain"]["good"]
+    assert score["stretched"]["darker"] < 1.2 * score["stretched"]["good"]
+    assert score["stretched"]["swapped"] > 2 * score["stretched"]["good"]
+
+    # Saved and loaded with its rule; a memory written before the stretch reads images as taken.
+    stretched.save(tmp_path)
+    assert ProductMemory.load(tmp_path).padim_stretch
+    meta = json.loads(safe_open(str(tmp_path / MEMORY_FILE), "pt").metadata()["variants"])
+    assert meta[0]["padim"]["stretch"] is True
+    for value, ok in ((None, True), ("yes", False)):
+        if value is None:
+            del meta[0]["padim"]["stretch"]
+        else:
+            meta[0]["padim"]["stretch"] = value
+        save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
+                  metadata={"format": "pt", "variants": json.dumps(meta)})
+        if ok:
+            assert not ProductMemory.load(tmp_path).padim_stretch
+        else:
+            with pytest.raises(CheckpointError, match="PaDiM stretch 'yes' is not true or false"):
+                ProductMemory.load(tmp_path)
