@@ -43,6 +43,7 @@ from adcopilot.model.mutual import (
     lot_threshold,
     view_distances,
 )
+from adcopilot.model.padim import stretch_grey
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,11 @@ def folder_lot(folder: Path) -> list[LotImage]:
     return [LotImage(p, 0.0 if "good" in p.relative_to(folder).parts else 1.0) for p in paths]
 
 
-def encode(cells: list, tower, size: int, recipe: MutualRecipe, kind: str) -> LotViews:
+def encode(cells: list, tower, size: int, recipe: MutualRecipe, kind: str, stretch: bool = False) -> LotViews:
     parts = []
+    read = stretch_grey if stretch else (lambda x: x)
     for start in tqdm(range(0, len(cells), 16), desc=f"{kind} features"):
-        batch = [to_float_array(load_image(c.path), size) for c in cells[start : start + 16]]
+        batch = [read(to_float_array(load_image(c.path), size)) for c in cells[start : start + 16]]
         parts.append(lot_features(tower, to_batch(batch), recipe))
     return LotViews.cat(parts)
 
@@ -128,6 +130,8 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["joint:1 0-0.3", "s8:1+s16:1 0-0.3"])
     ap.add_argument("--mad-k", type=float, nargs="*", default=[], help="report the last recipe's lot threshold at these k")
     ap.add_argument("--limit", type=int, default=None, help="a seeded subset of each lot, for quick runs")
+    ap.add_argument("--stretch", action="store_true", help="every image's grey-level 1st-99th percentiles stretched to "
+                    "0-1 before its features (model/padim.py stretch_grey)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     intervals = [tuple(float(v) for v in iv.split("-")) for iv in args.intervals]
@@ -148,7 +152,7 @@ def main() -> None:
             rng = np.random.default_rng(0)
             cells = [cells[i] for i in sorted(rng.permutation(len(cells))[: args.limit])]
         t0 = time.perf_counter()
-        lot = encode(cells, tower, size, every, kind)
+        lot = encode(cells, tower, size, every, kind, args.stretch)
         per_image = (time.perf_counter() - t0) / len(cells)
         prob = np.array([c.probability for c in cells])
         keep = np.isin(prob, (0.0, 1.0))

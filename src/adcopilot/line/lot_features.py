@@ -21,6 +21,7 @@ from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.sources import LotItem
 from adcopilot.model.detector import to_batch
 from adcopilot.model.mutual import LotViews, MutualRecipe, lot_features
+from adcopilot.model.padim import stretch_grey
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.model.vision import PatchTower
 
@@ -77,8 +78,9 @@ def encode_lot(
                 good.append(item)
                 arrays.append(got)
                 profiles.append(image_profile(tower, got))
-            if arrays:
-                feats.append(lot_features(tower, to_batch(arrays), recipe))
+            if arrays:  # the image check above reads the images as taken; the patch features, as the recipe says
+                read = [stretch_grey(a) for a in arrays] if (recipe or MutualRecipe()).stretch else arrays
+                feats.append(lot_features(tower, to_batch(read), recipe))
             bar.update(len(part))
     if len(good) < 2:
         raise AdcopilotError(f"--mutual needs a lot of two readable images or more, got {len(good)}")

@@ -4,6 +4,9 @@ Most parts of a lot are normal, so a patch that has a close match in most other 
 defect patch is not (the mutual-scoring idea of zero-shot methods such as MuSc, Li et al. 2024). No
 reference and no training are needed. A :class:`MutualRecipe` says how:
 
+- **Grey levels.** With ``stretch`` (the default) every image's grey levels' 1st-99th percentiles are stretched
+  to 0-1 before its features (:func:`adcopilot.model.padim.stretch_grey`), so that a lot's differences in
+  overall brightness do not count as differences.
 - **Views.** Each layer in ``layers`` is scored on its own: ``joint`` (the tower's two scales joined as
   the comparison model sees them, the default) or one scale, ``s8`` or ``s16``; stride-8 features are
   average-pooled 2 x 2 to the stride-16 grid, so every view has P = (S/16)^2 patches. Each layer is scored
@@ -88,6 +91,10 @@ class MutualRecipe:
     # pixel 0.03-0.28); the closest distinct pair among all ELPV cells and the photo lots 0.117
     # (benchmarks/RESULTS.md).
     twin_ratio: float | None = 0.05
+    # Every image's grey levels stretched (1st-99th percentiles to 0-1, model/padim.py ``stretch_grey``) before its
+    # patch features: images of one product can differ in overall brightness (solar cells under
+    # electroluminescence), which moves every patch at once (benchmarks/RESULTS.md).
+    stretch: bool = True
 
     def problems(self) -> list[str]:
         """What is wrong with the recipe (empty when it can be used)."""
@@ -112,7 +119,9 @@ class MutualRecipe:
     def key(self) -> str:
         """A stable text of the settings that change the first pass's patch values (for resuming saved scores)."""
         twins = "" if self.twin_ratio is None else f";twins={self.twin_ratio}"
-        return f"layers={','.join(self.layers)};windows={','.join(map(str, self.windows))};interval={self.interval}{twins}"
+        stretch = ";stretch" if self.stretch else ""
+        return (f"layers={','.join(self.layers)};windows={','.join(map(str, self.windows))};interval={self.interval}"
+                f"{twins}{stretch}")
 
     def pool_key(self) -> str:
         """The same for the second pass (its pool comes on top)."""

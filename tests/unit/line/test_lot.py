@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from adcopilot.errors import AdcopilotError
+from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.batch import BatchConfig, read_records
 from adcopilot.line.lot import (
     LOT_REFS_FILE,
@@ -28,16 +29,19 @@ from adcopilot.line.lot import (
 )
 from adcopilot.line.report import scored_against_lot
 from adcopilot.line.sources import collect
+from adcopilot.model.detector import to_batch
 from adcopilot.model.mutual import (
     MAD_K,
     MIN_SPREAD,
     MutualRecipe,
     image_scores,
+    lot_features,
     lot_threshold,
     lot_z,
     mutual_patch_scores,
     pool_of,
 )
+from adcopilot.model.padim import stretch_grey
 
 from .conftest import texture
 
@@ -258,3 +262,31 @@ def test_refused_settings(tiny_copilot, mixed_lot):
         run_mutual_batch(tiny_copilot, items, [mixed_lot["refs"]], mixed_lot["out"], _cfg(), MutualConfig(lot_refs=2))
     with pytest.raises(AdcopilotError, match="got -1"):
         run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(), MutualConfig(lot_refs=-1))
+
+
+def test_the_lots_features_read_stretched_grey_levels_and_the_image_check_the_images_as_taken(tiny_copilot, mixed_lot):
+    """The recipe's ``stretch`` (the default): each image's patch features are those of its grey levels stretched,
+    so a good part under less light is not a difference; the image check still reads the image as taken, and a
+    saved score of the other setting is not resumed."""
+    good = mixed_lot["lot"] / "good"
+    dark = np.asarray(Image.open(good / "g0.png")).astype(np.float32) * 0.55
+    Image.fromarray(np.rint(dark).astype(np.uint8)).save(good / "g8_dark.png")
+    items = collect([mixed_lot["lot"]])
+    tower, size = lot_tower(tiny_copilot), tiny_copilot.detector.image_size
+    stretched = encode_lot(items, tower, size)
+    plain = encode_lot(items, tower, size, MutualRecipe(stretch=False))
+    keys = [i.key for i in stretched.items]
+    i = keys.index("good/g8_dark.png")
+    arrays = [to_float_array(load_image(it.path), size) for it in stretched.items]
+    by_hand = lot_features(tower, to_batch([stretch_grey(a) for a in arrays]), MutualRecipe())
+    torch.testing.assert_close(stretched.views.views[0], by_hand.views[0])
+    assert [p.mean for p in stretched.profiles] == [p.mean for p in plain.profiles]  # the check: as taken
+    # The darker copy of g0 is g0's copy once stretched (left out as such), and a distinct image read as taken.
+    g0 = keys.index("good/g0.png")
+    def distance(lot) -> float:  # the mean distance of the dark copy's patches to g0's at the same place
+        v = lot.views.views[0].float()
+        return float((1 - (v[i] * v[g0]).sum(-1)).mean())
+
+    d_stretched, d_plain = distance(stretched), distance(plain)
+    assert d_stretched < 0.2 * d_plain
+    assert MutualRecipe().key() != MutualRecipe(stretch=False).key()  # saved scores of one are not the other's
