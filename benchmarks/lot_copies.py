@@ -13,6 +13,11 @@ distance to it is below that share of its median over the others. Two measuremen
 
     python benchmarks/lot_copies.py --copies
     python benchmarks/lot_copies.py --cached --ratio 0.05 0.1
+    python benchmarks/lot_copies.py --copies --cached --stretch   # on stretched grey levels, as batch --mutual reads
+
+With ``--stretch`` every image (copies included) has its grey levels stretched before its features, as
+``batch --mutual`` reads a lot (``MutualRecipe.stretch``), and ``--cached`` reads the lots cached by
+``lot_trim.py --stretch``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from adcopilot.eval.bundled import ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.lot import lot_tower
 from adcopilot.model.mutual import copies, lot_features, pair_ratios, view_distances
+from adcopilot.model.padim import stretch_grey
 
 CACHE = home() / "benchmarks" / "lot_trim"
 
@@ -75,7 +81,7 @@ def _lots(rng: np.random.Generator) -> Iterator[tuple[str, list[str]]]:
         yield cls, sorted(glob.glob(f"{photos}/{cls}/train/good/*")) + sorted(glob.glob(f"{photos}/{cls}/test/*/*"))
 
 
-def altered_copies(per_kind: int = 5) -> None:
+def altered_copies(per_kind: int = 5, stretch: bool = False) -> None:
     rng = np.random.default_rng(0)
     copilot = Copilot.load()
     tower, size = lot_tower(copilot), copilot.detector.image_size
@@ -86,6 +92,8 @@ def altered_copies(per_kind: int = 5) -> None:
         alter = _alterations(size, rng)
         extra = [(kind, i) for kind in alter for i in range(per_kind)]  # (alteration, original)
         lot = images + [alter[kind](images[i]) for kind, i in extra]
+        if stretch:
+            lot = [stretch_grey(a) for a in lot]
         views = lot_features(tower, torch.from_numpy(np.stack(lot)).permute(0, 3, 1, 2))
         r = pair_ratios(view_distances(views.views[0], list(range(len(lot)))))
         distinct = float(r[:n, :n].min())
@@ -97,8 +105,8 @@ def altered_copies(per_kind: int = 5) -> None:
         print(f"| {kind} | {min(values):.3f}-{max(values):.3f} |")
 
 
-def cached_lots(shares: list[float]) -> None:
-    files = sorted(CACHE.glob("*-w15.npz"))
+def cached_lots(shares: list[float], stretch: bool = False) -> None:
+    files = sorted(CACHE.glob("*-stretch.npz" if stretch else "*-w15.npz"))
     if not files:
         print(f"no cached lots in {CACHE}: run benchmarks/lot_trim.py first")
         return
@@ -115,12 +123,13 @@ def main() -> None:
     ap.add_argument("--copies", action="store_true", help="altered copies added to ELPV and photo lots")
     ap.add_argument("--cached", action="store_true", help="distinct pairs of the lots lot_trim.py cached")
     ap.add_argument("--ratio", type=float, nargs="+", default=[0.05, 0.1])
+    ap.add_argument("--stretch", action="store_true", help="grey levels stretched before the features (the default lot)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.copies:
-        altered_copies()
+        altered_copies(stretch=args.stretch)
     if args.cached:
-        cached_lots(args.ratio)
+        cached_lots(args.ratio, args.stretch)
 
 
 if __name__ == "__main__":

@@ -49,14 +49,16 @@ from adcopilot.model.mutual import (
     relative_patch_values,
     view_distances,
 )
+from adcopilot.model.padim import stretch_grey
 from adcopilot.model.vision import FusedPatchTower
 
 SIZE = 256
 
 
-def lot_view(paths: list[str], cache: Path, tower_name: str | None = None) -> torch.Tensor:
+def lot_view(paths: list[str], cache: Path, tower_name: str | None = None, stretch: bool = False) -> torch.Tensor:
     """(N, P, C) the lot's joint view (unit-norm patch features) on the default model's tower or the named
-    frozen backbone, cached beside its distances."""
+    frozen backbone, each image's grey levels stretched first if ``stretch`` (as ``batch --mutual`` reads
+    them), cached beside its distances."""
     path = cache.with_suffix(".view.npy")
     if not path.exists():
         tower = (FusedPatchTower.from_tower(load_backbone(tower_name)) if tower_name
@@ -64,18 +66,20 @@ def lot_view(paths: list[str], cache: Path, tower_name: str | None = None) -> to
         views = []
         with torch.inference_mode():
             for start in tqdm(range(0, len(paths), BATCH), desc="features"):
-                x = to_batch([to_float_array(load_image(p), SIZE) for p in paths[start : start + BATCH]])
+                arrays = [to_float_array(load_image(p), SIZE) for p in paths[start : start + BATCH]]
+                x = to_batch([stretch_grey(a) for a in arrays] if stretch else arrays)
                 views.append(lot_features(tower, x))
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, LotViews.cat(views).views[0].float().numpy().astype(np.float16))
     return torch.from_numpy(np.load(path).astype(np.float32))
 
 
-def lot_distances(paths: list[str], cache: Path, tower_name: str | None = None) -> torch.Tensor:
+def lot_distances(paths: list[str], cache: Path, tower_name: str | None = None,
+                  stretch: bool = False) -> torch.Tensor:
     """(N, N, P) float16: each patch of image i's nearest-patch distance to image j (inf for j = i)."""
     if cache.exists():
         return torch.from_numpy(np.load(cache)["dist"])
-    view = lot_view(paths, cache, tower_name).to(MATMUL_DTYPE)
+    view = lot_view(paths, cache, tower_name, stretch).to(MATMUL_DTYPE)
     n, p, _ = view.shape
     dist = torch.empty(n, n, p, dtype=torch.float16)
     for start in tqdm(range(0, n, 8), desc="distances"):
@@ -94,14 +98,14 @@ def window_mask(p: int, radius: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def window_distances(paths: list[str], cache: Path, radii: list[int], tower_name: str | None = None,
-                     chunk: int = 32) -> dict[int, torch.Tensor]:
+                     chunk: int = 32, stretch: bool = False) -> dict[int, torch.Tensor]:
     """{radius: (N, N, P) float16}: each patch of image i's nearest-patch distance to image j searched only
     within ``radius`` grid steps of its own place (aligned products), all radii from one product per pair;
     cached as ``<cache stem>-w<radius>.npz``."""
     files = {r: cache.with_name(f"{cache.stem}-w{r}.npz") for r in radii}
     todo = [r for r in radii if not files[r].exists()]
     if todo:
-        view = lot_view(paths, cache, tower_name).to(MATMUL_DTYPE)
+        view = lot_view(paths, cache, tower_name, stretch).to(MATMUL_DTYPE)
         n, p, c = view.shape
         outside = {r: ~window_mask(p, r) for r in todo}
         dist = {r: torch.empty(n, n, p, dtype=torch.float16) for r in todo}
@@ -268,6 +272,7 @@ def main() -> None:
                     help="folders scored as lots instead of ELPV (images under a 'good' folder are normal)")
     ap.add_argument("--thresholds", nargs="+", default=None, help="variants (one, share:KEEP:CLOSEST, z:K:CLOSEST): "
                     "only mostly normal lots, their AUROC and lot threshold")
+    ap.add_argument("--tops", type=int, nargs="+", default=[3], help="the image score's top-k patches")
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--mad-k", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     ap.add_argument("--patch-pool", type=float, nargs="+", default=None,
@@ -280,6 +285,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_trim")
     ap.add_argument("--floors", type=float, nargs="+", default=None,
                     help="only the default two passes (k 2, closest 0.05), without and with each image floor (quantiles)")
+    ap.add_argument("--stretch", action="store_true", help="every image's grey levels stretched before its features "
+                    "(MutualRecipe.stretch, batch --mutual's default)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lots = {d.name: folder_lot(d) for d in args.lots} or {
@@ -291,12 +298,13 @@ def main() -> None:
             fusions(args.split, kind, prob, (float(keep), float(closest), int(rounds)), args.cache, args.padim_cache,
                     args.by_z)
             continue
-        name = (f"lot-{kind}" if args.lots else f"{args.split}-{kind}") + (f"-{args.tower}" if args.tower else "")
+        name = ((f"lot-{kind}" if args.lots else f"{args.split}-{kind}") + (f"-{args.tower}" if args.tower else "")
+                + ("-stretch" if args.stretch else ""))
         if args.windows:
             keep, closest, rounds = args.keeps[0], args.closest[0], args.rounds[0]
             # radius 15 on the 16 x 16 grid is the global search (the same products, read the same way)
             windowed = window_distances([str(c.path) for c in cells], args.cache / f"{name}.npz",
-                                        sorted(set(args.windows) | {15}), args.tower)
+                                        sorted(set(args.windows) | {15}), args.tower, stretch=args.stretch)
             plain = trimmed_scores(windowed.pop(15), keep, closest, rounds, by_z=args.by_z)
             print(f"## {name}: global search, keep {keep} closest {closest} rounds {rounds}: {area(plain, prob)}")
             for r, wd in windowed.items():
@@ -304,13 +312,13 @@ def main() -> None:
                 print(f"window {r}: {area(got, prob)}; z-scores added to the global's: "
                       f"{area(robust_z(got) + robust_z(plain), prob)}", flush=True)
             continue
-        dist = lot_distances([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower)
+        dist = lot_distances([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower, args.stretch)
         if args.thresholds:
             threshold_draws(kind, dist, prob, args.thresholds, args.draws, args.mad_k)
             continue
         print(f"## {'' if args.lots else args.split} {kind} ({len(cells)} images)")
         if args.patch_pool:
-            view = lot_view([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower)
+            view = lot_view([str(c.path) for c in cells], args.cache / f"{name}.npz", args.tower, args.stretch)
             first = pooled_patch_values(dist, np.ones(len(cells), bool), 0.3)
             image_pool = np.zeros(len(cells), bool)
             image_pool[pool_of(image_scores(first), 2.0)] = True
@@ -325,9 +333,10 @@ def main() -> None:
                 print(f"two passes (k 2, closest 0.05), floor {fl}: {area(got, prob)}", flush=True)
             continue
         print(f"plain (closest 30 %, one pass): {area(trimmed_scores(dist, 1.0, 0.3, 1), prob)}")
-        for first, keep, closest, rounds in itertools.product(args.first, args.keeps, args.closest, args.rounds):
-            got = trimmed_scores(dist, keep, closest, rounds, by_z=args.by_z, first=first)
-            tag = "" if first == 0.3 else f"first {first} "
+        for first, keep, closest, rounds, top in itertools.product(args.first, args.keeps, args.closest, args.rounds,
+                                                                    args.tops):
+            got = trimmed_scores(dist, keep, closest, rounds, top_k=top, by_z=args.by_z, first=first)
+            tag = ("" if first == 0.3 else f"first {first} ") + ("" if top == 3 else f"top {top} ")
             print(f"{tag}keep {keep} closest {closest} rounds {rounds}: {area(got, prob)}", flush=True)
 
 
