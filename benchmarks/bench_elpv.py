@@ -56,12 +56,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="cells per type (random subset) for quick runs")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="reference draws to average over")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--no-registration", action="store_true", help="compare the query as taken (no registration)")
     args = ap.parse_args()
     parts = split(seed=0)
     results: dict = {}
     names = ["baseline"] + [m for m in args.model if m != "baseline"]
     for name in names:
-        cp = Copilot.load(name)
+        cp = Copilot.load(name, registration=not args.no_registration)
         for kind in args.kinds:
             for shots in args.shots:
                 runs = [evaluate(cp, parts["test"], parts["train"], kind, shots, seed, args.limit) for seed in args.seeds]
