@@ -3,7 +3,8 @@
 Reads the ``.npz`` files of ``benchmarks/image_score_evidence.py`` (the comparison model's smoothed
 probability map and the nearest-reference patch distance of each pair) and scores every pair with each
 rule below; prints the image AUROC per set and cell type / photo class pool, the mean and standard
-deviation over the reference draws (seeds), and the false-alarm rate of normal images at a threshold.
+deviation over the reference draws (seeds), and the false-alarm rate of normal images and the balanced
+accuracy at a threshold.
 
     python benchmarks/bench_image_score.py /tmp/evidence --sets elpv-val synth
     python benchmarks/bench_image_score.py /tmp/evidence --sets elpv-test photos --rules shipped baseline fused
@@ -201,7 +202,8 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--sets", nargs="+", default=["elpv-val", "synth"])
     ap.add_argument("--rules", nargs="+", default=list(RULES), choices=[*RULES, *EXTRA_RULES])
-    ap.add_argument("--threshold", type=float, default=0.5, help="false alarms of normal images at this score")
+    ap.add_argument("--threshold", type=float, default=0.5,
+                    help="false alarms of normal images and balanced accuracy (1 - (false alarms + misses) / 2) at this score")
     args = ap.parse_args()
     data = load(args.folder, args.sets)
     for rule_name in args.rules:
@@ -214,13 +216,15 @@ def main() -> None:
                 for pool, idx in pools(run, s).items():
                     y = run["label"][idx]
                     fa = float((sc[idx][y == 0] >= args.threshold).mean())
-                    per_pool.setdefault(pool, []).append((auroc(sc[idx], y), fa))
+                    miss = float((sc[idx][y == 1] < args.threshold).mean())
+                    per_pool.setdefault(pool, []).append((auroc(sc[idx], y), fa, 1.0 - (fa + miss) / 2))
             if s == "surfaces":  # the mean over surfaces per draw, as bench_peers.py reports them
                 per_pool = {"surfaces": [tuple(np.mean(v, axis=0)) for v in zip(*per_pool.values(), strict=True)]}
             for pool, vals in per_pool.items():
                 a = np.array([v[0] for v in vals])
                 fa = np.mean([v[1] for v in vals])
-                cells.append(f"{pool} {a.mean():.4f}±{a.std():.3f} fa{100 * fa:.0f}%")
+                bacc = np.mean([v[2] for v in vals])
+                cells.append(f"{pool} {a.mean():.4f}±{a.std():.3f} fa{100 * fa:.0f}% bacc{bacc:.3f}")
         print(f"{rule_name:>28}: " + " | ".join(cells), flush=True)
 
 
