@@ -118,6 +118,8 @@ def main() -> None:
                     "this many of each, at the first of --shots")
     ap.add_argument("--rounds", type=int, default=1, help="2: the pool and bank chosen again by the joined score")
     ap.add_argument("--mad-k", type=float, nargs="+", default=[1.5, 2.0])
+    ap.add_argument("--stretch", action="store_true", help="the mutual score on stretched grey levels (batch --mutual's "
+                    "default); the model inspects the images as taken, as the product does")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lots = {d.name: folder_lot(d) for d in args.lots} or {
@@ -125,8 +127,8 @@ def main() -> None:
     for kind, cells in lots.items():
         paths = [Path(c.path) for c in cells]
         prob = np.array([c.probability for c in cells])
-        name = f"lot-{kind}" if args.lots else f"{args.split}-{kind}"
-        dist = window_distances([str(p) for p in paths], args.cache / f"{name}.npz", [15])[15]
+        name = (f"lot-{kind}" if args.lots else f"{args.split}-{kind}") + ("-stretch" if args.stretch else "")
+        dist = window_distances([str(p) for p in paths], args.cache / f"{name}.npz", [15], stretch=args.stretch)[15]
         if args.draws:
             draws(name, kind, paths, prob, dist, args.models, args.shots[0], args.pool_k, args.draws, args.mad_k,
                   args.cache)

@@ -22,8 +22,8 @@ With references taken from the lot itself (``--lot-refs K``, opt-in), the images
 judged normal (below the lot threshold at ``pool_k``) that pass the image check become a reference bank;
 each image is inspected by the model against its ``K`` nearest bank images (itself left out; scores saved
 to ``lot-refs-scores.safetensors`` and resumed like the passes), and the two scores are joined on the
-lot's own scale: their robust z-scores added (:func:`adcopilot.model.mutual.lot_z`), with a lot threshold
-on that sum; the map is the larger of the two maps each divided by its threshold, so boxes come from the
+lot's own scale: their robust z-scores added (:func:`adcopilot.model.mutual.lot_z`), the model's at half
+weight (``LOT_REFS_WEIGHT``), with a lot threshold on that sum; the map is the larger of the two maps each divided by its threshold, so boxes come from the
 model's pixel map where it sees the defect. It helps aligned products (ELPV cells), not every one
 (``benchmarks/RESULTS.md``).
 
@@ -97,6 +97,10 @@ log = logging.getLogger(__name__)
 SCORES_FILE = "mutual-scores.safetensors"
 RESCORED_FILE = "mutual-rescored.safetensors"
 LOT_REFS_FILE = "lot-refs-scores.safetensors"
+#: The model's robust z-score counts at this weight beside the mutual score's in the ``--lot-refs`` join: chosen on
+#: ELPV's training split taken as lots, on stretched lot features (benchmarks/RESULTS.md; equal weights there lost
+#: poly cells what they gave mono cells).
+LOT_REFS_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -227,10 +231,10 @@ def score_against_lot(
 
 
 def joined_scores(mutual: Sequence[float], model: np.ndarray) -> np.ndarray:
-    """(N,) mutual and model scores of a lot -> the sum of their robust z-scores on the lot (an image the
-    model could not score counts at the model's median)."""
+    """(N,) mutual and model scores of a lot -> the mutual score's robust z-score on the lot plus the model's at
+    ``LOT_REFS_WEIGHT`` (an image the model could not score counts at the model's median)."""
     model = np.where(np.isfinite(model), model, np.nanmedian(model) if np.isfinite(model).any() else 0.0)
-    return lot_z(mutual) + lot_z(model)
+    return lot_z(mutual) + LOT_REFS_WEIGHT * lot_z(model)
 
 
 def _map_of(patch_values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -17,6 +17,7 @@ from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.batch import BatchConfig, read_records
 from adcopilot.line.lot import (
     LOT_REFS_FILE,
+    LOT_REFS_WEIGHT,
     RESCORED_FILE,
     SCORES_FILE,
     MutualConfig,
@@ -206,7 +207,7 @@ def test_lot_z_puts_scores_of_any_scale_on_one():
 def test_lot_references_join_the_model_on_the_lot_scale(tiny_copilot, mixed_lot):
     """With --lot-refs 2 and no references: each image is inspected against 2 of the lot's own images the
     mutual score calls normal (never itself, never a defect), and the verdict is the sum of the two scores'
-    robust z-scores against that sum's lot threshold."""
+    robust z-scores (the model's at LOT_REFS_WEIGHT) against that sum's lot threshold."""
     s = run_mutual_batch(tiny_copilot, collect([mixed_lot["lot"]]), None, mixed_lot["out"], _cfg(save_images=False),
                          MutualConfig(lot_refs=2))
     assert s.processed == 10 and (mixed_lot["out"] / LOT_REFS_FILE).exists()
@@ -214,7 +215,7 @@ def test_lot_references_join_the_model_on_the_lot_scale(tiny_copilot, mixed_lot)
     names = list(recs)
     mutual = np.array([recs[k]["mutual_score"] for k in names])
     model = np.array([recs[k]["reference_score"] for k in names])
-    joined = lot_z(mutual) + lot_z(model)
+    joined = lot_z(mutual) + LOT_REFS_WEIGHT * lot_z(model)
     thr = lot_threshold(joined)
     for k, z in zip(names, joined, strict=True):
         r = recs[k]
