@@ -360,6 +360,9 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if args.merge and out.exists():  # runs of separate datasets into one file
             old = json.loads(out.read_text())
+            for name, setting in payload["settings"].items():  # runs of one cell type each: the kinds of all
+                before = old.get("settings", {}).get(name, {})
+                setting["kinds"] = sorted(set(before.get("kinds", [])) | set(setting["kinds"]))
             for key in ("settings", "adapted", "tests"):
                 payload[key] = {**old.get(key, {}), **payload[key]}
             merged = old.get("results", {})
