@@ -86,6 +86,18 @@ def test_lot_references_on_real_cells(mono_lot, tmp_path):
     assert all(r["boxes"] for r in recs.values() if r["verdict"] == "anomalous")
 
 
+def test_an_aligned_lot_on_real_cells(mono_lot, tmp_path):
+    """``--aligned``: PaDiM fitted on the lot's own cells joins the mutual score; the defects still rank first
+    (the lot is small for PaDiM, which the run warns about), and the blank frame keeps its reason."""
+    d, recs, _ = _run_lot(mono_lot, tmp_path, "--aligned", "--no-images")
+    labels = [int(r["truth"] == "defective") for r in recs.values()]
+    assert auroc(np.array([r["score"] for r in recs.values()]), labels) >= 0.95
+    assert auroc(np.array([r["lot_padim_score"] for r in recs.values()]), labels) >= 0.9
+    t = d["summary"]["truth"]
+    assert t["overkill"] - 1 <= 2 and t["miss"] <= 1, t
+    assert d["summary"]["run"]["mutual"]["aligned"] is True
+
+
 def test_a_lot_threshold_is_not_the_models(mono_lot, tmp_path):
     """``--threshold`` with ``--mutual`` alone is the lot score's threshold: with ``--lot-refs`` the model keeps
     its own threshold (its map, on which boxes are drawn, is read on that scale)."""

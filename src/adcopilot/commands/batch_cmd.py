@@ -30,6 +30,11 @@ def register(app: typer.Typer) -> None:
             help="With --mutual and no --refs: also inspect each image with the model against its N nearest images "
             "the lot judged normal, both scores joined on the lot's scale (helps aligned parts; 3 is a good start).",
         ),
+        aligned: bool = typer.Option(
+            False, "--aligned",
+            help="With --mutual and no --refs: the lot's parts are aligned (cells, parts in a fixture); PaDiM fitted "
+            "on the lot itself joins the score. Ranks worse on loose parts; best with 50 images or more.",
+        ),
         out: Path = typer.Option(Path("batch-results"), "--out", "-o", help="Output folder (re-runs resume here)."),
         shots: int = typer.Option(1, "--shots", "-k", help="Nearest normal references per query."),
         shard: str = typer.Option(None, "--shard", help="Process only shard i of n, e.g. 2/4 (deterministic)."),
@@ -37,7 +42,7 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(
             None, "--threshold",
             help="Decision threshold (default: calibrated, else the model's; with --mutual alone: of the mutual "
-            "score, or with --lot-refs of the joined score, default the lot's own).",
+            "score, or with --lot-refs or --aligned of the joined score, default the lot's own).",
         ),
         calibration: Path = typer.Option(None, "--calibration", help="Use this calibration.json."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not align queries onto references."),
@@ -80,6 +85,9 @@ def register(app: typer.Typer) -> None:
         if lot_refs and (lot_refs < 0 or not mutual or refs):
             raise AdcopilotError(f"--lot-refs needs --mutual, no --refs (the references are the lot's own) and a "
                                  f"positive count, got {lot_refs}")
+        if aligned and (not mutual or refs):
+            raise AdcopilotError("--aligned needs --mutual and no --refs (PaDiM is fitted on the lot itself; with normal "
+                                 "references, adcopilot adapt fits it on them)")
         if not refs and not mutual:
             raise AdcopilotError("give normal references with --refs, or score the lot against itself with --mutual")
         if mutual_k is not None:
@@ -113,7 +121,7 @@ def register(app: typer.Typer) -> None:
 
             set_compute_threads(threads, reserve=max(1, workers))
             mcfg = MutualConfig(mad_k=MAD_K if mutual_k is None else mutual_k,
-                                threshold=None if refs else threshold, lot_refs=lot_refs)
+                                threshold=None if refs else threshold, lot_refs=lot_refs, aligned=aligned)
             s = run_mutual_batch(loader(), items, refs or None, out, cfg, mcfg)
         else:
             set_compute_threads(threads, reserve=max(1, workers))

@@ -27,6 +27,12 @@ weight (``LOT_REFS_WEIGHT``), with a lot threshold on that sum; the map is the l
 model's pixel map where it sees the defect. It helps aligned products (ELPV cells), not every one
 (``benchmarks/RESULTS.md``).
 
+For a lot of aligned parts (``--aligned``, opt-in: solar cells, parts in a fixture), PaDiM's Gaussians per
+position are fitted on the lot itself (:mod:`adcopilot.model.lot_padim`: on every image, then on the half the
+first fit scored lowest) and its robust z-score joins the sum at ``LOT_PADIM_WEIGHT``, alone with the mutual
+score or beside the lot references' (``lot_padim_score`` in each record; the maps stay the mutual score's, or the
+lot references' join of maps). On lots of loose parts it ranks worse (``benchmarks/RESULTS.md``).
+
 With references as well (``--refs``), each image is also inspected against its nearest references and
 the two judgements are joined on a common scale: each score divided by its own threshold, the larger
 wins (and the same for the maps, so boxes come from whichever sees the defect). Either alone suffices
@@ -79,6 +85,7 @@ from adcopilot.line.records import read_records
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, tower_for
 from adcopilot.line.sources import LotItem
 from adcopilot.model.boxes import boxes_from_map
+from adcopilot.model.lot_padim import lot_padim_scores
 from adcopilot.model.mutual import (
     MAD_K,
     MutualRecipe,
@@ -101,6 +108,11 @@ LOT_REFS_FILE = "lot-refs-scores.safetensors"
 #: ELPV's training split taken as lots, on stretched lot features (benchmarks/RESULTS.md; equal weights there lost
 #: poly cells what they gave mono cells).
 LOT_REFS_WEIGHT = 0.5
+#: The lot PaDiM's robust z-score counts at this weight beside the mutual score's in the ``--aligned`` join: chosen on
+#: ELPV's training split taken as lots, with and without lot references (benchmarks/RESULTS.md).
+LOT_PADIM_WEIGHT = 0.75
+#: Below this many images a lot's PaDiM (fitted on half of them, 100 features per position) is a weak model: warned.
+LOT_PADIM_MIN_IMAGES = 50
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ class MutualConfig:
     mad_k: float = MAD_K  # lot threshold: median + mad_k robust deviations
     threshold: float | None = None  # a fixed threshold for mutual scores instead of the lot's own
     lot_refs: int = 0  # with no references given: the model against this many of the lot's pool images (0: off)
+    aligned: bool = False  # the lot's parts are aligned: PaDiM fitted on the lot joins the score (no references given)
 
 
 def _load_scores(path: Path, digest: str, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,11 +243,17 @@ def score_against_lot(
     return values[:, 0].numpy().astype(np.float64)
 
 
-def joined_scores(mutual: Sequence[float], model: np.ndarray) -> np.ndarray:
-    """(N,) mutual and model scores of a lot -> the mutual score's robust z-score on the lot plus the model's at
-    ``LOT_REFS_WEIGHT`` (an image the model could not score counts at the model's median)."""
-    model = np.where(np.isfinite(model), model, np.nanmedian(model) if np.isfinite(model).any() else 0.0)
-    return lot_z(mutual) + LOT_REFS_WEIGHT * lot_z(model)
+def joined_scores(mutual: Sequence[float], model: np.ndarray | None = None, padim: np.ndarray | None = None) -> np.ndarray:
+    """(N,) scores of a lot -> the mutual score's robust z-score on the lot plus the model's (against lot
+    references) at ``LOT_REFS_WEIGHT`` and the lot PaDiM's at ``LOT_PADIM_WEIGHT``, each when given (an image the
+    model could not score counts at the model's median)."""
+    out = lot_z(mutual)
+    if model is not None:
+        model = np.where(np.isfinite(model), model, np.nanmedian(model) if np.isfinite(model).any() else 0.0)
+        out = out + LOT_REFS_WEIGHT * lot_z(model)
+    if padim is not None:
+        out = out + LOT_PADIM_WEIGHT * lot_z(padim)
+    return out
 
 
 def _map_of(patch_values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -262,6 +281,8 @@ def judge(
     the maps are joined as with references either way."""
     amap, score, thr = mutual_map, mutual_score, mutual_threshold
     map_thr = thr
+    if against_refs is None and joined is not None:  # the lot PaDiM's join: the map stays the mutual score's
+        score, thr = joined
     if against_refs is not None:
         r = against_refs
         check = r.image_check or check  # the references' check is the stricter one when it fails
@@ -299,12 +320,15 @@ def run_mutual_batch(
     if mcfg.lot_refs < 0 or (mcfg.lot_refs and references):
         raise AdcopilotError(f"lot references: a positive count without --refs (they are the lot's own), "
                              f"got {mcfg.lot_refs}" + (" with --refs" if references else ""))
+    if mcfg.aligned and references:
+        raise AdcopilotError("--aligned fits PaDiM on the lot itself, without --refs (with normal references, "
+                             "adcopilot adapt fits it on them)")
     out = output_folder(out_dir)
     tower = lot_tower(copilot)
     bank = ReferenceBank.from_paths(references, tower_for(copilot.detector), need_features=True) if references else None
     # As the manifest reads back (tuples as lists), so an unchanged run compares equal when it resumes.
     settings = json.loads(json.dumps({**asdict(mcfg.recipe), "mad_k": mcfg.mad_k, "threshold": mcfg.threshold,
-                                      "lot_refs": mcfg.lot_refs}))
+                                      "lot_refs": mcfg.lot_refs, "aligned": mcfg.aligned}))
     if bank is not None:
         manifest: dict[str, Any] = {**_manifest(copilot, bank, cfg, queries), "mutual": settings}
     else:
@@ -317,7 +341,8 @@ def run_mutual_batch(
         results_path.unlink(missing_ok=True)
 
     t0 = time.perf_counter()
-    lot = encode_lot(queries, tower, copilot.detector.image_size, mcfg.recipe, cfg.workers, progress=cfg.progress)
+    lot = encode_lot(queries, tower, copilot.detector.image_size, mcfg.recipe, cfg.workers, progress=cfg.progress,
+                     keep_scales=mcfg.aligned)
     patch_values = score_lot(lot, out, mcfg, cfg.restart, progress=cfg.progress)  # (N, P)
     scores = lot_image_scores(patch_values, lot.views.global_features, mcfg.recipe).tolist()
     patch_values = relative_patch_values(patch_values, mcfg.recipe.floor)  # the maps on the scores' scale
@@ -325,14 +350,28 @@ def run_mutual_batch(
     checks = lot_checks(lot.profiles, copilot.check_rules)
     log.info("lot of %d images: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))
     shots, joined, joined_thr = cfg.shots, None, 0.0
+    model, padim = None, None
+    if mcfg.aligned:
+        assert lot.scales is not None
+        if len(lot.items) < 3:
+            raise AdcopilotError(f"--aligned fits PaDiM on the lot: it needs three readable images or more, got "
+                                 f"{len(lot.items)}")
+        if len(lot.items) < LOT_PADIM_MIN_IMAGES:
+            log.warning("--aligned: a lot of %d images gives PaDiM few images per position (fewer than %d)",
+                        len(lot.items), LOT_PADIM_MIN_IMAGES)
+        with tqdm(total=2 * len(lot.items), unit="img", desc="lot PaDiM", disable=not cfg.progress,
+                  dynamic_ncols=True) as bar:
+            padim = lot_padim_scores(lot.scales, copilot.detector.image_size, progress=bar.update)
     if mcfg.lot_refs:
         bank = lot_bank(copilot, lot, scores, mcfg.recipe, checks)
         model = score_against_lot(copilot, lot, bank, mcfg.lot_refs, out, cfg.restart, progress=cfg.progress)
-        joined = joined_scores(scores, model)
+        shots = mcfg.lot_refs
+        log.info("lot references: %d of the lot's images", len(bank))
+    if model is not None or padim is not None:
+        joined = joined_scores(scores, model, padim)
         thr = lot_threshold(scores, mcfg.mad_k)  # the mutual map's own scale
         joined_thr = mcfg.threshold if mcfg.threshold is not None else lot_threshold(joined, mcfg.mad_k)
-        shots = mcfg.lot_refs
-        log.info("lot references: %d of the lot's images, joined threshold %.4f", len(bank), joined_thr)
+        log.info("joined lot threshold %.4f", joined_thr)
 
     done = {r.get("file") for r in read_records(results_path)}
     todo = [i for i, it in enumerate(lot.items) if it.key not in done]
@@ -352,7 +391,7 @@ def run_mutual_batch(
         for n, i in enumerate(todo):
             both = None if joined is None else (float(joined[i]), joined_thr)
             rec, result, img = _inspect_one(copilot, bank, lot.items[i], patch_values[i], scores[i], thr, checks[i],
-                                            cfg, shots, both)
+                                            cfg, shots, both, None if padim is None else float(padim[i]))
             if rec is None:
                 writer.skip(lot.items[i].key, result)
                 continue
@@ -374,6 +413,7 @@ def run_mutual_batch(
 def _inspect_one(
     copilot: Copilot, bank: ReferenceBank | None, item: LotItem, patch_values: torch.Tensor, score: float,
     thr: float, check: str | None, cfg: BatchConfig, shots: int, joined: tuple[float, float] | None = None,
+    padim: float | None = None,
 ) -> tuple[dict[str, Any] | None, Any, Any]:
     """(record, result, image) of one image, or (None, reason, None) when it cannot be inspected."""
     try:
@@ -393,6 +433,8 @@ def _inspect_one(
     rec["mutual_score"], rec["mutual_threshold"] = round(score, 6), round(thr, 6)
     if against is not None:
         rec["reference_score"], rec["reference_threshold"] = round(against.score, 6), round(against.threshold, 6)
+    if padim is not None:
+        rec["lot_padim_score"] = round(padim, 6)
     if cfg.save_images:
         name = _asset_name(item.key)
         rec["annotated"], rec["thumb"] = f"annotated/{name}", f"thumbs/{name}"

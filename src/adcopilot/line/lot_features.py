@@ -1,5 +1,6 @@
 """What lot-level scoring keeps of a set of images: decoded in threads, bad files listed, each readable
-image's patch features for mutual scoring and its global profile for the image check.
+image's patch features for mutual scoring, its global profile for the image check and, for a lot of aligned
+parts, the tower's raw stage outputs the lot's PaDiM is fitted on.
 
 Used by ``batch --mutual`` (:mod:`adcopilot.line.lot`) on the lot's queries and by the reference pool's
 check (:mod:`adcopilot.line.pool_check`) on the references.
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from adcopilot.api import Copilot
@@ -20,7 +22,7 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.sources import LotItem
 from adcopilot.model.detector import to_batch
-from adcopilot.model.mutual import LotViews, MutualRecipe, lot_features
+from adcopilot.model.mutual import LotViews, MutualRecipe, lot_views
 from adcopilot.model.padim import stretch_grey
 from adcopilot.model.sanity import CheckRules, ImageProfile, check_image, image_profile
 from adcopilot.model.vision import PatchTower
@@ -36,6 +38,9 @@ class LotFeatures:
     views: LotViews  # the recipe's patch features at stride 16 and the global features
     profiles: list[ImageProfile]
     skipped: list[tuple[str, str]]  # (key, reason) of the files that cannot be read
+    # With ``keep_scales``: the raw stage outputs of every readable image as the recipe reads it, float16
+    # ({"s8": (N, C8, S/8, S/8), "s16": (N, C16, S/16, S/16)}; about 140 kB an image at 256 px)
+    scales: dict[str, torch.Tensor] | None = None
 
 
 def lot_tower(copilot: Copilot) -> PatchTower:
@@ -56,11 +61,13 @@ def _decode(item: LotItem, size: int) -> np.ndarray | str:
 
 def encode_lot(
     items: Sequence[LotItem], tower: PatchTower, size: int, recipe: MutualRecipe | None = None, workers: int = 2,
-    chunk: int = 16, progress: bool = False,
+    chunk: int = 16, progress: bool = False, keep_scales: bool = False,
 ) -> LotFeatures:
-    """Decode the lot (in threads) and keep each readable image's patch features and profile."""
+    """Decode the lot (in threads) and keep each readable image's patch features and profile (and, with
+    ``keep_scales``, the tower's raw stage outputs)."""
     good: list[LotItem] = []
     feats: list[LotViews] = []
+    raw: list[dict[str, torch.Tensor]] = []
     profiles: list[ImageProfile] = []
     skipped: list[tuple[str, str]] = []
     with (
@@ -80,12 +87,16 @@ def encode_lot(
                 profiles.append(image_profile(tower, got))
             if arrays:  # the image check above reads the images as taken; the patch features, as the recipe says
                 read = [stretch_grey(a) for a in arrays] if (recipe or MutualRecipe()).stretch else arrays
-                feats.append(lot_features(tower, to_batch(read), recipe))
+                with torch.inference_mode():
+                    scales = tower.patch_features(to_batch(read))
+                feats.append(lot_views(scales, recipe))
+                if keep_scales:
+                    raw.append({k: v.half() for k, v in scales.items()})
             bar.update(len(part))
     if len(good) < 2:
         raise AdcopilotError(f"--mutual needs a lot of two readable images or more, got {len(good)}")
-    return LotFeatures(good, LotViews.cat(feats), profiles, skipped)
-
+    kept = {k: torch.cat([r[k] for r in raw]) for k in raw[0]} if raw else None
+    return LotFeatures(good, LotViews.cat(feats), profiles, skipped, kept)
 
 
 def lot_checks(profiles: Sequence[ImageProfile], rules: CheckRules | None) -> list[str | None]:

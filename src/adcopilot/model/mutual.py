@@ -164,8 +164,14 @@ def _on_grid(feature: torch.Tensor, stride: int) -> torch.Tensor:
 @torch.inference_mode()
 def lot_features(tower: PatchTower, images: torch.Tensor, recipe: MutualRecipe | None = None) -> LotViews:
     """(B, 3, S, S) in [0, 1] -> the images' views and global features (S a multiple of 16)."""
+    return lot_views(tower.patch_features(images), recipe)
+
+
+@torch.inference_mode()
+def lot_views(scales: dict[str, torch.Tensor], recipe: MutualRecipe | None = None) -> LotViews:
+    """The tower's raw stage outputs of B images ({"s8": (B, C8, S/8, S/8), "s16": ...}) -> their views and
+    global features, as :func:`lot_features`."""
     recipe = recipe or MutualRecipe()
-    scales = tower.patch_features(images)
     if "joint" in recipe.layers:
         scales = {**scales, "joint": joint_patch_features(scales)}
     grids = {name: _on_grid(scales[name], LAYER_STRIDES[name]) for name in recipe.layers}  # (B, C, S/16, S/16)

@@ -49,6 +49,8 @@ BAD_SHARD = (["batch", "lot", "--refs", "refs", "--shard", "0/2"], "error: --sha
         (["batch", "lot", "--mutual", "--refs", "refs", "--lot-refs", "3"], "error: --lot-refs needs --mutual, no --refs"),
         (["batch", "lot", "--mutual", "--lot-refs", "-1"], "error: --lot-refs needs --mutual, no --refs (the references "
          "are the lot's own) and a positive count, got -1"),
+        (["batch", "lot", "--aligned"], "error: --aligned needs --mutual and no --refs"),
+        (["batch", "lot", "--mutual", "--refs", "refs", "--aligned"], "error: --aligned needs --mutual and no --refs"),
         (["inspect", "q.png", "--ref", "r.png", "--threshold", "-inf"], "error: --threshold: must be a finite number"),
         (["calibrate", "--normals", "good", "--defects", "bad", "--refs", "refs", "--miss-cost", "nan"],
          "error: --miss-cost: must be a finite number, got nan"),

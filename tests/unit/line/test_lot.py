@@ -16,6 +16,7 @@ from adcopilot.errors import AdcopilotError
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.batch import BatchConfig, read_records
 from adcopilot.line.lot import (
+    LOT_PADIM_WEIGHT,
     LOT_REFS_FILE,
     LOT_REFS_WEIGHT,
     RESCORED_FILE,
@@ -31,6 +32,7 @@ from adcopilot.line.lot import (
 from adcopilot.line.report import scored_against_lot
 from adcopilot.line.sources import collect
 from adcopilot.model.detector import to_batch
+from adcopilot.model.lot_padim import lot_padim_scores
 from adcopilot.model.mutual import (
     MAD_K,
     MIN_SPREAD,
@@ -232,6 +234,48 @@ def test_lot_references_join_the_model_on_the_lot_scale(tiny_copilot, mixed_lot)
     assert {recs[k]["verdict"] for k in names if k.startswith("good/")} == {"normal"}
 
 
+def test_an_aligned_lot_joins_a_padim_fitted_on_itself(tiny_copilot, mixed_lot):
+    """With --aligned: PaDiM fitted on the lot's own stretched images (its raw stage outputs, kept as the features
+    are made) scores every image, and the verdict is the mutual score's robust z-score plus PaDiM's at
+    LOT_PADIM_WEIGHT against that sum's lot threshold; the maps and the mutual threshold stay the mutual score's."""
+    items = collect([mixed_lot["lot"]])
+    tower, size = lot_tower(tiny_copilot), tiny_copilot.detector.image_size
+    lot = encode_lot(items, tower, size, keep_scales=True)
+    arrays = [stretch_grey(to_float_array(load_image(it.path), size)) for it in lot.items]
+    by_hand = tower.patch_features(to_batch(arrays))
+    for k, v in by_hand.items():  # the stage outputs of the stretched images, kept in float16
+        torch.testing.assert_close(lot.scales[k].float(), v, atol=2e-2, rtol=2e-3)
+    assert encode_lot(items, tower, size).scales is None  # kept only when asked for
+    padim = lot_padim_scores(lot.scales, size)
+    s = run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(save_images=False), MutualConfig(aligned=True))
+    assert s.processed == 10
+    recs = {r["file"]: r for r in read_records(mixed_lot["out"] / "results.jsonl")}
+    names = [it.key for it in lot.items]
+    mutual = np.array([recs[k]["mutual_score"] for k in names])
+    assert [recs[k]["lot_padim_score"] for k in names] == pytest.approx(padim.tolist(), abs=1e-5)
+    joined = lot_z(mutual) + LOT_PADIM_WEIGHT * lot_z(padim)
+    thr = lot_threshold(joined)
+    for k, z in zip(names, joined, strict=True):
+        r = recs[k]
+        assert r["score"] == pytest.approx(z, abs=1e-3) and r["threshold"] == pytest.approx(thr, abs=1e-3)
+        assert r["verdict"] == ("anomalous" if r["score"] >= r["threshold"] else "normal")
+        assert r["mutual_threshold"] == pytest.approx(lot_threshold(mutual), abs=1e-5) and r["references"] == []
+    assert recs["defect/square.png"]["verdict"] == recs["defect/disc.png"]["verdict"] == "anomalous"
+    assert {recs[k]["verdict"] for k in names if k.startswith("good/")} == {"normal"}
+    assert json.loads((mixed_lot["out"] / "summary.json").read_text())["run"]["mutual"]["aligned"] is True
+
+
+def test_an_aligned_lot_with_lot_references_joins_all_three(tiny_copilot, mixed_lot):
+    run_mutual_batch(tiny_copilot, collect([mixed_lot["lot"]]), None, mixed_lot["out"], _cfg(save_images=False),
+                     MutualConfig(lot_refs=2, aligned=True))
+    recs = list(read_records(mixed_lot["out"] / "results.jsonl"))
+    mutual, model, padim = (np.array([r[k] for r in recs]) for k in ("mutual_score", "reference_score",
+                                                                      "lot_padim_score"))
+    joined = lot_z(mutual) + LOT_REFS_WEIGHT * lot_z(model) + LOT_PADIM_WEIGHT * lot_z(padim)
+    assert [r["score"] for r in recs] == pytest.approx(joined.tolist(), abs=1e-3)
+    assert [r["threshold"] for r in recs] == pytest.approx([lot_threshold(joined)] * len(recs), abs=1e-3)
+
+
 def test_lot_reference_scores_resume_where_they_stopped(tiny_copilot, mixed_lot, tmp_path):
     lot = encode_lot(collect([mixed_lot["lot"]]), lot_tower(tiny_copilot), tiny_copilot.detector.image_size)
     scores = image_scores(score_lot(lot, tmp_path, MutualConfig())).tolist()
@@ -263,6 +307,12 @@ def test_refused_settings(tiny_copilot, mixed_lot):
         run_mutual_batch(tiny_copilot, items, [mixed_lot["refs"]], mixed_lot["out"], _cfg(), MutualConfig(lot_refs=2))
     with pytest.raises(AdcopilotError, match="got -1"):
         run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(), MutualConfig(lot_refs=-1))
+    with pytest.raises(AdcopilotError, match="--aligned fits PaDiM on the lot: it needs three readable images or "
+                                              "more, got 2"):
+        two = [it for it in items if "broken" not in it.key][:2]
+        run_mutual_batch(tiny_copilot, two, None, mixed_lot["out"] / "two", _cfg(), MutualConfig(aligned=True))
+    with pytest.raises(AdcopilotError, match="--aligned fits PaDiM on the lot itself, without --refs"):
+        run_mutual_batch(tiny_copilot, items, [mixed_lot["refs"]], mixed_lot["out"], _cfg(), MutualConfig(aligned=True))
 
 
 def test_the_lots_features_read_stretched_grey_levels_and_the_image_check_the_images_as_taken(tiny_copilot, mixed_lot):

@@ -1,0 +1,59 @@
+"""PaDiM fitted on a lot itself: a second no-label score for a lot of aligned parts (``batch --mutual --aligned``).
+
+Where every image of a lot shows the product in the same place (solar cells, parts in a fixture), the lot's own
+images describe each position's normal appearance: PaDiM's Gaussian per position (:mod:`adcopilot.model.padim`,
+anomalib's recipe, on grey-level-stretched images as ``adapt`` fits it) can be fitted on the lot with no label. The
+lot is mostly normal but not clean, so the Gaussians are fitted twice: on every image, then again on the share of
+images the first fit scored lowest (``1 - TRIM``), and every image is scored by the second fit (anomalib's image
+score, the maximum of the blurred distance map). Joined with the mutual score on the lot's scale, it ranked ELPV
+lots better on both cell types; on lots of loose parts, where a position holds different things in different
+images, it ranked worse, so it is asked for, not assumed (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from adcopilot.model.padim import PadimAccumulator, channel_subset
+
+#: The share of a lot's images, scored highest by the first fit, left out of the second.
+TRIM = 0.5
+_BATCH = 32  # images per step of fitting and scoring
+
+
+def _fit_and_score(
+    scales: dict[str, torch.Tensor], rows: list[int], size: int, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """Gaussians fitted on the images ``rows``; every image's PaDiM image score, (N,); ``progress`` told of every
+    image scored."""
+    acc = PadimAccumulator(channel_subset(scales["s8"].shape[1] + scales["s16"].shape[1]))
+    for start in range(0, len(rows), _BATCH):
+        part = rows[start : start + _BATCH]
+        acc.add({k: v[part].float() for k, v in scales.items()})
+    stats = acc.finish()
+    n = len(scales["s8"])
+    out = []
+    for s in range(0, n, _BATCH):
+        out.append(stats.anomalib_map({k: v[s : s + _BATCH].float() for k, v in scales.items()}, size)[0])
+        if progress is not None:
+            progress(len(out[-1]))
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+@torch.inference_mode()
+def lot_padim_scores(
+    scales: dict[str, torch.Tensor], size: int, trim: float = TRIM, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """The raw stage outputs of a lot's N images ({"s8": (N, C8, S/8, S/8), "s16": (N, C16, S/16, S/16)}, any
+    float dtype) -> (N,) PaDiM image scores at image size ``size``: fitted on all, then on the ``1 - trim``
+    share the first fit scored lowest (two images at least). ``progress`` is told of every image scored (2N in
+    all)."""
+    n = len(scales["s8"])
+    if n < 3:
+        raise ValueError(f"a lot PaDiM needs three images or more, got {n}")
+    first = _fit_and_score(scales, list(range(n)), size, progress)
+    keep = np.argsort(first, kind="stable")[: max(2, int(n * (1.0 - trim)))]
+    return _fit_and_score(scales, sorted(int(i) for i in keep), size, progress)
