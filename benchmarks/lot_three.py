@@ -34,7 +34,7 @@ from adcopilot.line.lot import LOT_PADIM_WEIGHT, LOT_REFS_WEIGHT
 from adcopilot.model.detector import to_batch
 from adcopilot.model.lot_padim import lot_padim_scores
 from adcopilot.model.mutual import lot_threshold, pool_of
-from adcopilot.model.padim import stretch_grey
+from adcopilot.model.padim import PadimAccumulator, channel_subset, stretch_grey
 
 
 def raw_scales(cells: list, cache: Path, stretch: bool = False) -> dict[str, torch.Tensor]:
@@ -55,6 +55,27 @@ def raw_scales(cells: list, cache: Path, stretch: bool = False) -> dict[str, tor
     out = {k: torch.cat(v) for k, v in parts.items()}
     np.savez(cache, **{k: v.numpy() for k, v in out.items()})
     return out
+
+
+def padim_variant(raw: dict[str, torch.Tensor], channels: int = 100, trim: float = 0.5, fits: int = 2,
+                  regularisation: float = 0.01) -> np.ndarray:
+    """The lot PaDiM with other settings: ``channels`` of the 152, ``fits`` fits each without the ``trim`` share the
+    one before scored highest, the covariance's ``regularisation``."""
+    n = len(raw["s8"])
+    rows = list(range(n))
+    for _ in range(fits):
+        acc = PadimAccumulator(channel_subset(152, channels))
+        for s in range(0, len(rows), BATCH):
+            acc.add({k: v[rows[s : s + BATCH]].float() for k, v in raw.items()})
+        stats = acc.finish(regularisation)
+        sc = torch.cat([stats.anomalib_map({k: v[s : s + BATCH].float() for k, v in raw.items()}, 256)[0]
+                        for s in range(0, n, BATCH)]).numpy()
+        rows = sorted(np.argsort(sc)[: int(n * (1 - trim))].tolist())
+    return sc
+
+
+VARIANTS = {"all 152 channels": {"channels": 152}, "three fits": {"fits": 3}, "trim 0.3": {"trim": 0.3},
+            "trim 0.7": {"trim": 0.7}, "regularisation 0.1": {"regularisation": 0.1}}
 
 
 def roc(scores: np.ndarray, is_bad: np.ndarray) -> float:
@@ -99,6 +120,7 @@ def main() -> None:
     ap.add_argument("--lots", nargs="+", type=Path, default=[],
                     help="folders scored as lots instead of ELPV (images under a 'good' folder are normal)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/adcopilot/benchmarks/lot_trim")
+    ap.add_argument("--variants", action="store_true", help="also the lot PaDiM's variants (VARIANTS) at weight 0.75")
     ap.add_argument("--draws", type=int, default=0, help="only mostly normal lots (all normal cells with 5 %% / 10 %% "
                     "of the defective ones drawn in, this many of each): the mutual score alone and joined with the lot "
                     "PaDiM (--aligned), AUROC and the false alarms and misses at the lot threshold")
@@ -127,6 +149,10 @@ def main() -> None:
             print(f"  lot PaDiM ({tag}) {area(pd, prob)}; mutual + model + w x PaDiM: {row}", flush=True)
             row = "  ".join(f"w {w}: {area(robust_z(second) + w * robust_z(pd), prob)}" for w in args.weights)
             print(f"    mutual + w x PaDiM (no model): {row}", flush=True)
+        for tag, kw in VARIANTS.items() if args.variants else ():
+            pd = padim_variant(raw, **kw)
+            print(f"  variant {tag}: alone {area(pd, prob)}; mutual + 0.75 x PaDiM {area(robust_z(second) + 0.75 * robust_z(pd), prob)}; "
+                  f"mutual + model + 0.75 x PaDiM {area(two + 0.75 * robust_z(pd), prob)}", flush=True)
 
 
 if __name__ == "__main__":

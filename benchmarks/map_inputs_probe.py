@@ -120,6 +120,11 @@ def score(folder: Path) -> None:
     for s in ("elpv-val", "synth", "elpv-test", "photos", "surfaces"):
         for f in sorted(glob.glob(f"{folder}/{s}-*.json")):
             rows = json.loads(Path(f).read_text())
+            for r in rows:  # the reverse comparison as a normaliser of the forward one
+                if "rev_map" in r:
+                    r["map - 0.5 rev"] = r["map_d1"] - 0.5 * r["rev_map"]
+                    r["baseline - 0.5 rev"] = r["baseline"] - 0.5 * r["rev_baseline"]
+                    r["fself - 0.2 rev baseline"] = r["fself_d1"] - 0.2 * r["rev_baseline"]
             y = np.array([r["label"] for r in rows])
             g = np.array([r["group"] for r in rows])
             if s.startswith("elpv"):
