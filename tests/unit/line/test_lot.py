@@ -263,6 +263,16 @@ def test_an_aligned_lot_joins_a_padim_fitted_on_itself(tiny_copilot, mixed_lot):
     assert recs["defect/square.png"]["verdict"] == recs["defect/disc.png"]["verdict"] == "anomalous"
     assert {recs[k]["verdict"] for k in names if k.startswith("good/")} == {"normal"}
     assert json.loads((mixed_lot["out"] / "summary.json").read_text())["run"]["mutual"]["aligned"] is True
+    # Interrupted during the verdicts: the resumed run fits the same PaDiM and writes the same records.
+    res = mixed_lot["out"] / "results.jsonl"
+    res.write_text("\n".join(res.read_text().splitlines()[:-4]) + "\n")
+    s = run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(save_images=False), MutualConfig(aligned=True))
+    assert (s.done_before, s.processed) == (6, 4)
+    again = {r["file"]: r for r in read_records(res)}
+    assert {k: (r["score"], r["threshold"], r["lot_padim_score"]) for k, r in again.items()} == {
+        k: (r["score"], r["threshold"], r["lot_padim_score"]) for k, r in recs.items()}
+    with pytest.raises(AdcopilotError, match="holds results of a different run"):  # not resumed without it
+        run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(save_images=False))
 
 
 def test_an_aligned_lot_with_lot_references_joins_all_three(tiny_copilot, mixed_lot):
