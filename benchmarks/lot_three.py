@@ -32,7 +32,7 @@ from adcopilot.eval.detection import auroc
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.line.lot import LOT_PADIM_WEIGHT, LOT_REFS_WEIGHT
 from adcopilot.model.detector import to_batch
-from adcopilot.model.lot_padim import lot_padim_scores
+from adcopilot.model.lot_padim import lot_padim_scores, rank_agreement
 from adcopilot.model.mutual import lot_threshold, pool_of
 from adcopilot.model.padim import PadimAccumulator, channel_subset, stretch_grey
 
@@ -146,7 +146,8 @@ def main() -> None:
               f"mutual + model {area(two, prob)}", flush=True)
         for tag, pd in padims.items():
             row = "  ".join(f"w {w}: {area(two + w * robust_z(pd), prob)}" for w in args.weights)
-            print(f"  lot PaDiM ({tag}) {area(pd, prob)}; mutual + model + w x PaDiM: {row}", flush=True)
+            print(f"  lot PaDiM ({tag}) {area(pd, prob)} (rank agreement with the mutual score "
+                  f"{rank_agreement(second, pd):.3f}); mutual + model + w x PaDiM: {row}", flush=True)
             row = "  ".join(f"w {w}: {area(robust_z(second) + w * robust_z(pd), prob)}" for w in args.weights)
             print(f"    mutual + w x PaDiM (no model): {row}", flush=True)
         for tag, kw in VARIANTS.items() if args.variants else ():

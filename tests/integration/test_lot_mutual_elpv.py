@@ -88,7 +88,8 @@ def test_lot_references_on_real_cells(mono_lot, tmp_path):
 
 def test_an_aligned_lot_on_real_cells(mono_lot, tmp_path):
     """``--aligned``: PaDiM fitted on the lot's own cells joins the mutual score; the defects still rank first
-    (the lot is small for PaDiM, which the run warns about), and the blank frame keeps its reason."""
+    (the lot is small for PaDiM, which the run warns about), the blank frame keeps its reason, and the lot's PaDiM
+    agrees with the mutual score (no note that the parts may not be aligned)."""
     d, recs, _ = _run_lot(mono_lot, tmp_path, "--aligned", "--no-images")
     labels = [int(r["truth"] == "defective") for r in recs.values()]
     assert auroc(np.array([r["score"] for r in recs.values()]), labels) >= 0.95
@@ -96,6 +97,7 @@ def test_an_aligned_lot_on_real_cells(mono_lot, tmp_path):
     t = d["summary"]["truth"]
     assert t["overkill"] - 1 <= 2 and t["miss"] <= 1, t
     assert d["summary"]["run"]["mutual"]["aligned"] is True
+    assert d["lot_notes"] == []  # aligned cells: the lot PaDiM ranks them as the mutual score does
 
 
 def test_a_lot_threshold_is_not_the_models(mono_lot, tmp_path):

@@ -131,6 +131,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({
                 "out": str(out), "shard": list(cfg.shard), "in_shard": s.total, "done_before": s.done_before,
                 "processed": s.processed, "skipped": [{"file": f, "reason": r} for f, r in s.skipped],
+                "lot_notes": s.lot_notes,
                 "seconds": round(s.seconds, 2), "images_per_second": round(s.images_per_second, 2),
                 "report": {k: str(v) for k, v in s.files.items()}, "summary": summary,
             }, indent=2))
@@ -145,6 +146,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  ... {len(s.skipped) - 10} more in {s.files['skipped']}")
         for note in s.reference_notes:
             typer.echo(f"  look at {note}")
+        for note in s.lot_notes:
+            typer.echo(f"  note: {note}")
         if summary:
             line = f"lot so far: {summary['inspected']} inspected, {summary['anomalous']} anomalous, {summary['normal']} normal"
             t = summary.get("truth")

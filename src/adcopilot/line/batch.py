@@ -79,6 +79,7 @@ class BatchSummary:
     processed: int  # inspected by this run
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     reference_notes: list[str] = field(default_factory=list)  # references the pool's check names
+    lot_notes: list[str] = field(default_factory=list)  # what lot-level scoring found doubtful about its own premise
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
 

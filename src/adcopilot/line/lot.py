@@ -85,7 +85,7 @@ from adcopilot.line.records import read_records
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, tower_for
 from adcopilot.line.sources import LotItem
 from adcopilot.model.boxes import boxes_from_map
-from adcopilot.model.lot_padim import lot_padim_scores
+from adcopilot.model.lot_padim import AGREEMENT_FLOOR, lot_padim_scores, rank_agreement
 from adcopilot.model.mutual import (
     MAD_K,
     MutualRecipe,
@@ -351,6 +351,7 @@ def run_mutual_batch(
     log.info("lot of %d images: mutual threshold %.4f (median %.4f)", len(scores), thr, float(np.median(scores)))
     shots, joined, joined_thr = cfg.shots, None, 0.0
     model, padim = None, None
+    lot_notes: list[str] = []
     if mcfg.aligned:
         assert lot.scales is not None
         if len(lot.items) < 3:
@@ -362,6 +363,12 @@ def run_mutual_batch(
         with tqdm(total=2 * len(lot.items), unit="img", desc="lot PaDiM", disable=not cfg.progress,
                   dynamic_ncols=True) as bar:
             padim = lot_padim_scores(lot.scales, copilot.detector.image_size, progress=bar.update)
+        agreement = rank_agreement(np.asarray(scores), padim)
+        if agreement < AGREEMENT_FLOOR:
+            lot_notes.append(f"--aligned: the lot's PaDiM ranks the images unlike the mutual score (rank correlation "
+                             f"{agreement:.2f}); if the parts are not in the same place in every image, run without "
+                             "--aligned")
+            log.warning(lot_notes[-1])
     if mcfg.lot_refs:
         bank = lot_bank(copilot, lot, scores, mcfg.recipe, checks)
         model = score_against_lot(copilot, lot, bank, mcfg.lot_refs, out, cfg.restart, progress=cfg.progress)
@@ -375,7 +382,7 @@ def run_mutual_batch(
 
     done = {r.get("file") for r in read_records(results_path)}
     todo = [i for i, it in enumerate(lot.items) if it.key not in done]
-    summary = BatchSummary(out, len(queries), len(queries) - len(todo) - len(lot.skipped), 0)
+    summary = BatchSummary(out, len(queries), len(queries) - len(todo) - len(lot.skipped), 0, lot_notes=lot_notes)
     if bank is not None:
         summary.skipped.extend((f"reference {p}", reason) for p, reason in bank.skipped)
         summary.reference_notes = check_bank(copilot, bank, out, manifest, cfg)

@@ -7,7 +7,8 @@ lot is mostly normal but not clean, so the Gaussians are fitted twice: on every 
 images the first fit scored lowest (``1 - TRIM``), and every image is scored by the second fit (anomalib's image
 score, the maximum of the blurred distance map). Joined with the mutual score on the lot's scale, it ranked ELPV
 lots better on both cell types; on lots of loose parts, where a position holds different things in different
-images, it ranked worse, so it is asked for, not assumed (benchmarks/RESULTS.md).
+images, it ranked worse, so it is asked for, not assumed (benchmarks/RESULTS.md). Where it ranks the lot unlike the
+mutual score (:func:`rank_agreement` below ``AGREEMENT_FLOOR``), the parts are probably not aligned: the run says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from adcopilot.model.padim import PadimAccumulator, channel_subset
 
 #: The share of a lot's images, scored highest by the first fit, left out of the second.
 TRIM = 0.5
+#: Below this rank correlation with the mutual score the lot PaDiM is suspect: on ELPV lots it was 0.73-0.89 and on
+#: object lots 0.84-0.90, on the texture lots where it ranked 1.5-13 points worse 0.13-0.46 (benchmarks/RESULTS.md).
+AGREEMENT_FLOOR = 0.5
 _BATCH = 32  # images per step of fitting and scoring
 
 
@@ -57,3 +61,12 @@ def lot_padim_scores(
     first = _fit_and_score(scales, list(range(n)), size, progress)
     keep = np.argsort(first, kind="stable")[: max(2, int(n * (1.0 - trim)))]
     return _fit_and_score(scales, sorted(int(i) for i in keep), size, progress)
+
+
+def rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two (N,) scores of one lot (ties broken by order; 0 when either is constant)."""
+    ra = np.argsort(np.argsort(np.asarray(a), kind="stable"), kind="stable").astype(np.float64)
+    rb = np.argsort(np.argsort(np.asarray(b), kind="stable"), kind="stable").astype(np.float64)
+    if len(ra) < 2 or np.ptp(np.asarray(a)) == 0 or np.ptp(np.asarray(b)) == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ from adcopilot.line.lot import (
 from adcopilot.line.report import scored_against_lot
 from adcopilot.line.sources import collect
 from adcopilot.model.detector import to_batch
-from adcopilot.model.lot_padim import lot_padim_scores
+from adcopilot.model.lot_padim import AGREEMENT_FLOOR, lot_padim_scores, rank_agreement
 from adcopilot.model.mutual import (
     MAD_K,
     MIN_SPREAD,
@@ -273,6 +274,35 @@ def test_an_aligned_lot_joins_a_padim_fitted_on_itself(tiny_copilot, mixed_lot):
         k: (r["score"], r["threshold"], r["lot_padim_score"]) for k, r in recs.items()}
     with pytest.raises(AdcopilotError, match="holds results of a different run"):  # not resumed without it
         run_mutual_batch(tiny_copilot, items, None, mixed_lot["out"], _cfg(save_images=False))
+
+
+@pytest.mark.parametrize(("shift", "noted"), [((1, 1), False), ((17, 29), True)])
+def test_a_lot_whose_padim_disagrees_with_the_mutual_score_is_named(tiny_copilot, tmp_path, shift, noted):
+    """24 good images of one texture, each moved by a pixel or two (aligned parts) or by large steps (a surface
+    photographed at other places: every position holds something else in every image). The lot PaDiM of the moved
+    ones ranks the lot unlike the mutual score, and the run says so; of the aligned ones it does not."""
+    lot = tmp_path / "lot"
+    lot.mkdir()
+    base = texture(0)
+    for i in range(24):
+        Image.fromarray(np.roll(base, ((i % 3) * shift[0] % 96, (i // 3) * shift[1] % 96), axis=(0, 1))).save(lot / f"g{i}.png")
+    s = run_mutual_batch(tiny_copilot, collect([lot]), None, tmp_path / "out", _cfg(save_images=False),
+                         MutualConfig(aligned=True))
+    assert s.processed == 24
+    assert bool(s.lot_notes) is noted
+    if noted:
+        found = re.fullmatch(r"--aligned: the lot's PaDiM ranks the images unlike the mutual score \(rank correlation "
+                             r"(-?[0-9.]+)\); if the parts are not in the same place in every image, run without --aligned",
+                             s.lot_notes[0])
+        assert found and float(found[1]) < AGREEMENT_FLOOR, s.lot_notes
+
+
+def test_rank_agreement_is_spearmans_correlation():
+    a = np.array([0.1, 0.5, 0.3, 0.9, 0.7])
+    assert rank_agreement(a, a * 10 + 3) == pytest.approx(1.0)
+    assert rank_agreement(a, -a) == pytest.approx(-1.0)
+    assert rank_agreement(a, np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
+    assert rank_agreement(a, np.full(5, 2.0)) == 0.0 and rank_agreement(a[:1], a[:1]) == 0.0
 
 
 def test_an_aligned_lot_with_lot_references_joins_all_three(tiny_copilot, mixed_lot):
