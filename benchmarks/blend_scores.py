@@ -10,11 +10,18 @@ on the same benchmark (the same random templates): the shipped model, and a copy
 exactly this verdict, one question per image).
 
     python benchmarks/blend_scores.py MAP_RUN SELF_RUN --weights 1 0.4 0
+
+``--evidence DIR`` chooses w instead, on the files ``map_inputs_probe.py`` writes (both scores per pair): on the
+validation sets (ELPV training cells per type, synthetic pairs) the weight with the largest smallest gain over the
+shipped score (w = 1) in either image AUROC or balanced accuracy at 0.5, then the test sets at the chosen weight.
+
+    python benchmarks/blend_scores.py --evidence DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 from pathlib import Path
 
@@ -35,13 +42,61 @@ def blend(m: np.ndarray, s: np.ndarray, w: float) -> np.ndarray:
     return MAP_THRESHOLD * (m / MAP_THRESHOLD) ** w * (s / SELF_THRESHOLD) ** (1.0 - w)
 
 
+def evidence(folder: Path, sets: tuple[str, ...], w: float) -> dict[str, tuple[float, float]]:
+    """{pool: (image AUROC, balanced accuracy at 0.5)} of the blend at w, the mean over each set's files (draws)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for s in sets:
+        for f in sorted(glob.glob(f"{folder}/{s}-*.json")):
+            rows = json.loads(Path(f).read_text())
+            y, g = np.array([r["label"] for r in rows]), np.array([r["group"] for r in rows])
+            sc = blend(np.array([r["map_d1"] for r in rows]), np.array([r["fself_d1"] for r in rows]), w)
+            if s.startswith("elpv"):
+                pools = {f"{s} mono": g == "mono", f"{s} poly": g == "poly"}
+            elif s == "surfaces":
+                pools = {f"surfaces {x}": g == x for x in sorted(set(g))}
+            else:
+                pools = {s: np.ones(len(y), bool)}
+            got = []
+            for p, i in pools.items():
+                fa, miss = (sc[i][y[i] == 0] >= 0.5).mean(), (sc[i][y[i] == 1] < 0.5).mean()
+                got.append((p, auroc(sc[i], y[i]), 1 - (fa + miss) / 2))
+            if s == "surfaces":  # the mean over the surfaces, per draw
+                got = [("surfaces", float(np.mean([v[1] for v in got])), float(np.mean([v[2] for v in got])))]
+            for p, a, b in got:
+                out.setdefault(p, []).append((a, b))
+    return {p: tuple(np.mean(v, axis=0)) for p, v in out.items()}
+
+
+def choose(folder: Path) -> None:
+    val, test = ("elpv-val", "synth"), ("elpv-test", "photos", "surfaces")
+    shipped = evidence(folder, val, 1.0)
+    best, best_gain = 1.0, -1.0
+    for w in np.round(np.arange(0.0, 1.0001, 0.05), 2):
+        st = evidence(folder, val, float(w))
+        gain = min(min(st[p][0] - shipped[p][0], st[p][1] - shipped[p][1]) for p in st)
+        print(f"w {w:.2f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items())
+              + f"; smallest gain {gain:+.3f}", flush=True)
+        if gain > best_gain + 1e-9:
+            best, best_gain = float(w), gain
+    print(f"chosen: w {best:.2f}")
+    for w in (1.0, best, 0.0):
+        st = evidence(folder, test, w)
+        print(f"test, w {w:.2f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items()), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("map_run", type=Path)
-    ap.add_argument("self_run", type=Path)
+    ap.add_argument("map_run", type=Path, nargs="?")
+    ap.add_argument("self_run", type=Path, nargs="?")
     ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 0.4, 0.0])
     ap.add_argument("--by-class", action="store_true")
+    ap.add_argument("--evidence", type=Path, help="choose w on map_inputs_probe.py's files in this folder")
     args = ap.parse_args()
+    if args.evidence:
+        choose(args.evidence)
+        return
+    if args.map_run is None or args.self_run is None:
+        raise SystemExit("give the two eval detect runs, or --evidence DIR")
     a, b = read(args.map_run), read(args.self_run)
     keys = sorted(a.keys() & b.keys())
     if len(keys) < len(a) or any(a[k][0] != b[k][0] for k in keys):
