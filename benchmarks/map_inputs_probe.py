@@ -38,16 +38,20 @@ from adcopilot.model.upsample import upsample_centered
 
 
 def prob_of(det, logits):
+    """(1, 1, h, w) logits -> the (S, S) probability map as the detector makes it (up-sampled, smoothed)."""
     p = torch.sigmoid(upsample_centered(logits, det.image_size // logits.shape[-1]))[0, 0].numpy()
     return cv2.GaussianBlur(p, (0, 0), det.model.cfg.smooth_sigma)
 
 def topk(x, frac=0.01):
+    """The pooled map's score: the mean of the top ``frac`` of the map."""
     f = x.ravel()
     k = max(1, int(round(f.size * frac)))
     return float(np.partition(f, f.size - k)[-k:].mean())
 
 @torch.inference_mode()
 def run(det, pairs, size, all_variants=True):
+    """One row of scores per (group, label, references, query) pair; ``all_variants=False``: the plain map, the
+    reverse comparison and the baselines only."""
     m = det.model
     cfg = m.cfg
     cache = {}
@@ -61,8 +65,9 @@ def run(det, pairs, size, all_variants=True):
             views = torch.cat([g.flatten(1).T for g in grids])
             side = grids[0].shape[-1]
             own = self_distance(grids[0].flatten(1).T, (side, side)).view(side, side)
-            rin8 = det.model.reference_inputs(torch.stack(grids)[None])  # (1, 8, C, h, w)
-            rin4 = det.model.reference_inputs(torch.stack(grids[:4])[None])
+            # the reference's views as the comparison's references, only when those variants are asked for
+            rin8 = det.model.reference_inputs(torch.stack(grids)[None]) if all_variants else None  # (1, 8, C, h, w)
+            rin4 = det.model.reference_inputs(torch.stack(grids[:4])[None]) if all_variants else None
             entry = (arr, det.model.reference_inputs(grids[0][None, None]), views, own, rin8, rin4)
             if key is not None:
                 cache[key] = entry
@@ -89,8 +94,8 @@ def run(det, pairs, size, all_variants=True):
         for name, dist in (("d1", d1[0, 0]), ("d8", d8), ("ds", ds), ("dsa", ds_all))[: 4 if all_variants else 1]:
             p = prob_of(det, m.head(fmap, dist.view(1, 1, h, w)))
             row[f"map_{name}"] = topk(p)
-            row[f"fused_{name}"] = fused_score(p, d8c, 0.05)
-            row[f"fself_{name}"] = fused_score(p, ds, 0.05)
+            row[f"fused_{name}"] = fused_score(p, d8c, cfg.fused_weight)
+            row[f"fself_{name}"] = fused_score(p, ds, cfg.fused_weight)
             row[f"max_{name}"] = float(p.max())
         # The comparison the other way round: the reference as the query, the aligned query as its reference. Normal
         # variation that one reference does not show (grain) differs both ways; a defect of the query only one way.
@@ -107,15 +112,16 @@ def run(det, pairs, size, all_variants=True):
             cur2, _ = m.compare.encode(m.input_proj(qt), rr.prev, pos, rr.pos, prev_queries=rr.queries)
             p = prob_of(det, m.head(cur2.transpose(1, 2).reshape(b, -1, h, w), dd))
             row[f"map_{name}"] = topk(p)
-            row[f"fused_{name}"] = fused_score(p, d8c, 0.05)
-            row[f"fself_{name}"] = fused_score(p, ds, 0.05)
+            row[f"fused_{name}"] = fused_score(p, d8c, cfg.fused_weight)
+            row[f"fself_{name}"] = fused_score(p, ds, cfg.fused_weight)
             row[f"max_{name}"] = float(p.max())
-        b = cv2.GaussianBlur(upsample_centered(d1, size // h)[0, 0].numpy(), (0, 0), 4.0)
-        row["baseline"] = float(b.max())
+        baseline_map = cv2.GaussianBlur(upsample_centered(d1, size // h)[0, 0].numpy(), (0, 0), 4.0)
+        row["baseline"] = float(baseline_map.max())
         rows.append(row)
     return rows
 
 def score(folder: Path) -> None:
+    """Print every score's image AUROC and balanced accuracy at 0.5 per set (the mean over its files)."""
     res: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for s in ("elpv-val", "synth", "elpv-test", "photos", "surfaces"):
         for f in sorted(glob.glob(f"{folder}/{s}-*.json")):

@@ -277,8 +277,9 @@ def judge(
 ) -> InspectionResult:
     """The result of one image of the lot: its mutual score alone, or joined with its reference
     inspection (each divided by its own threshold, the larger wins; the threshold is then 1), or with
-    ``joined`` (score, threshold) the score and threshold of the lot's joined scale (lot references);
-    the maps are joined as with references either way."""
+    ``joined`` (score, threshold) the score and threshold of the lot's joined scale (lot references and/or the
+    lot PaDiM); the maps are joined as with references when there is a reference inspection, else the map is the
+    mutual score's at its own threshold."""
     amap, score, thr = mutual_map, mutual_score, mutual_threshold
     map_thr = thr
     if against_refs is None and joined is not None:  # the lot PaDiM's join: the map stays the mutual score's
