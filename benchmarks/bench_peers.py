@@ -363,8 +363,14 @@ def main() -> None:
             for name, setting in payload["settings"].items():  # runs of one cell type each: the kinds of all
                 before = old.get("settings", {}).get(name, {})
                 setting["kinds"] = sorted(set(before.get("kinds", [])) | set(setting["kinds"]))
+                setting["shots"] = sorted(set(before.get("shots", [])) | set(setting["shots"]))  # columns run apart
             for key in ("settings", "adapted", "tests"):
                 payload[key] = {**old.get(key, {}), **payload[key]}
+            if not VERSION and old.get("anomalib", "absent") != "absent" and not old["anomalib"].startswith("absent"):
+                payload["anomalib"] = old["anomalib"]  # ours only here: the peers' rows kept are that version's
+            # Every environment whose figures the file holds (the peers ran in their own).
+            seen = old.get("machines", [old["machine"]] if "machine" in old else [])
+            payload["machines"] = list(dict.fromkeys([*seen, payload["machine"]]))
             merged = old.get("results", {})
             for task_name, methods in payload["results"].items():  # a method's columns from several runs
                 for method, cols in methods.items():

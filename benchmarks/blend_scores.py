@@ -2,10 +2,11 @@
 
     blend = 0.5 * (map / 0.5) ** w * (self-gated / 0.42) ** (1 - w)        (verdict at 0.5, as the map's)
 
-w = 1 is the shipped score (the pooled map at 0.5), w = 0 the self-gated score at 0.42 (the threshold its balanced
-accuracy chose on ELPV training cells and synthetic pairs). The two scores come from two ``adcopilot eval detect`` runs
-on the same benchmark (the same random templates): the shipped model, and a copy of it with ``"image_score":
-"fused-self"`` in its config (its threshold does not matter here). Printed per dataset (and per class with
+w = 1 is the pooled map at 0.5 (the one-reference score shipped before the blend), w = 0 the self-gated score at 0.42
+(the threshold its balanced accuracy chose on ELPV training cells and synthetic pairs); the shipped model now scores one
+reference with the blend at w = 0.4 (``"image_score": "blend"``), chosen here. The two scores come from two ``adcopilot
+eval detect`` runs on the same benchmark (the same random templates): copies of the shipped model with ``"image_score":
+"map"`` and with ``"image_score": "fused-self"`` in their configs (the latter's threshold does not matter here). Printed per dataset (and per class with
 ``--by-class``): image AUROC, and accuracy, false alarms and misses at 0.5 (MMAD's Anomaly Detection questions ask
 exactly this verdict, one question per image).
 
@@ -13,7 +14,7 @@ exactly this verdict, one question per image).
 
 ``--evidence DIR`` chooses w instead, on the files ``map_inputs_probe.py`` writes (both scores per pair): on the
 validation sets (ELPV training cells per type, synthetic pairs) the weight with the largest smallest gain over the
-shipped score (w = 1) in either image AUROC or balanced accuracy at 0.5, then the test sets at the chosen weight.
+pooled map (w = 1) in either image AUROC or balanced accuracy at 0.5, then the test sets at the chosen weight.
 
     python benchmarks/blend_scores.py --evidence DIR
 """

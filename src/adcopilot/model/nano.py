@@ -21,7 +21,9 @@ float rounding.
 
 The image score is the mean of the top 1 % of the smoothed map (``pooled_score``), or, with
 ``image_score: "fused"`` in the config, the map fused with the distance to the references' dihedral views
-(:mod:`adcopilot.model.score`). ``multi_image_score`` and ``multi_threshold`` set the score and threshold
+(:mod:`adcopilot.model.score`), "fused-self" that distance lowered to the query's own repeats where the
+reference repeats itself, or "blend" (the shipped model's one-reference score) the pooled map and "fused-self"
+blended, each over its own threshold. ``multi_image_score`` and ``multi_threshold`` set the score and threshold
 used with two or more references: the shipped model's are the fused score and one threshold that flags
 about the same share of normal parts on every product measured (figures in benchmarks/RESULTS.md);
 ``multi_thresholds`` holds lower thresholds for three references or more.
@@ -55,6 +57,7 @@ from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import MemoryMaps, ProductMemory, Scales
 from adcopilot.model.padim import stretch_grey
 from adcopilot.model.score import (
+    blended_score,
     dihedral_views,
     fused_score,
     self_distance,
@@ -67,8 +70,9 @@ from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, joint_pat
 log = logging.getLogger(__name__)
 
 FEATURE_CHANNELS = 152
-IMAGE_SCORES = ("map", "fused", "fused-self")  # NanoConfig.image_score
-FUSED_SCORES = ("fused", "fused-self")  # the scores that read the references' dihedral views
+IMAGE_SCORES = ("map", "fused", "fused-self", "blend")  # NanoConfig.image_score
+FUSED_SCORES = ("fused", "fused-self", "blend")  # the scores that read the references' dihedral views
+SELF_SCORES = ("fused-self", "blend")  # the scores that read the query's own patches
 STRIDE = 8
 #: Image sides the model takes: the tower's stride-16 grid must be exactly half its stride-8 grid, and
 #: above 1024 px one pair's attention no longer fits a laptop's memory.
@@ -105,11 +109,16 @@ class NanoConfig:
     # takes the maximum of prob ** fused_weight * (distance to the reference's dihedral views) ** (1 - w).
     # "fused-self" is "fused" with the query's own patches as evidence where the reference repeats itself
     # (its own self-distance below ``self_gate``), its ordinary patches (up to the ``twin_quantile`` of its
-    # distances to the references) as twins (model/score.py).
+    # distances to the references) as twins (model/score.py). "blend" blends the pooled map and the
+    # "fused-self" score, each over its own threshold (``blend_map_scale``, ``blend_self_scale``), the map's
+    # share ``blend_weight``, on the map's scale (model/score.py).
     image_score: str = "map"
     fused_weight: float = 0.05
     self_gate: float = 0.3
     twin_quantile: float = 0.75
+    blend_weight: float = 0.4
+    blend_map_scale: float = 0.5
+    blend_self_scale: float = 0.42
     # With two or more references and no product memory: the image score and the threshold of the verdict
     # (``multi_threshold``; None: ``threshold``). With two references the fused score's normal level is
     # about the same on every product measured, so one threshold on it needs no labels (benchmarks/RESULTS.md).
@@ -307,6 +316,17 @@ def valid_self_gate(v: Any) -> bool:
     return _is_number(v) and 0 < v <= 2
 
 
+def blend_problem(weight: Any, map_scale: Any, self_scale: Any) -> str | None:
+    """Why the blend's parameters are not usable (None when they are): a share in [0, 1] and two positive
+    finite scales (a checkpoint's config, an ONNX file's metadata)."""
+    if not (_is_number(weight) and 0 <= weight <= 1):
+        return f"blend_weight must be a number in [0, 1], got {weight!r}"
+    for name, v in (("blend_map_scale", map_scale), ("blend_self_scale", self_scale)):
+        if not (_is_number(v) and v > 0):
+            return f"{name} must be a positive number, got {v!r}"
+    return None
+
+
 def check_score_config(cfg: NanoConfig, path: Path) -> None:
     """Refuse a config whose image size, image scores, fused weight or thresholds are not usable (CheckpointError)."""
     problem = image_size_problem(cfg.image_size)
@@ -320,6 +340,9 @@ def check_score_config(cfg: NanoConfig, path: Path) -> None:
         raise CheckpointError(f"{path}: self_gate must be a cosine distance in (0, 2], got {cfg.self_gate!r}")
     if not valid_twin_quantile(cfg.twin_quantile):
         raise CheckpointError(f"{path}: twin_quantile must be a number in (0, 1], got {cfg.twin_quantile!r}")
+    blend = blend_problem(cfg.blend_weight, cfg.blend_map_scale, cfg.blend_self_scale)
+    if blend:
+        raise CheckpointError(f"{path}: {blend}")
     for name in ("threshold", "multi_threshold"):
         v = getattr(cfg, name)
         if not (_is_number(v) or (v is None and name == "multi_threshold")):
@@ -401,7 +424,7 @@ class NanoDetector(Detector):
         return normalized_patch_features(self.fused_tower, to_batch([image]))
 
     def image_score_for(self, references: int) -> str:
-        """The image score ("map", "fused" or "fused-self") of a comparison with this many references. A product memory
+        """The image score ("map", "fused", "fused-self" or "blend") of a comparison with this many references. A product memory
         already holds many good images' normal variation: with one, the map is pooled as it is."""
         cfg = self.model.cfg
         if self.memory is not None:
@@ -429,8 +452,10 @@ class NanoDetector(Detector):
         """``reference`` with its other seven dihedral views' patches, made once and kept with it."""
         if reference.views is not None or reference.image is None:
             return reference
-        if "views" not in reference.made:  # (7, 152, h, w) -> (1, 7 * N, 152)
-            feats = normalized_patch_features(self.fused_tower, to_batch(dihedral_views(reference.image)[1:]))
+        if "views" not in reference.made:  # 7 x (1, 152, h, w) -> (1, 7 * N, 152)
+            # One view at a time: a batch of seven held 100 MB more at its peak, for no gain in time on a CPU.
+            feats = torch.cat([normalized_patch_features(self.fused_tower, to_batch([v]))
+                               for v in dihedral_views(reference.image)[1:]])
             reference.made["views"] = feats.flatten(2).transpose(1, 2).reshape(1, -1, feats.shape[1])
         return replace(reference, views=reference.made["views"])
 
@@ -450,7 +475,7 @@ class NanoDetector(Detector):
         score = self.image_score_for(len(parts))
         if score in FUSED_SCORES:
             parts = [self.with_views(p) for p in parts]
-        if score == "fused-self":
+        if score in SELF_SCORES:
             parts = [self.with_own(p) for p in parts]
         return ReferenceInputs.concat(parts)
 
@@ -605,7 +630,8 @@ class NanoDetector(Detector):
     def _score(self, prob: np.ndarray, out: dict[str, torch.Tensor], qf: torch.Tensor, refs: ReferenceInputs) -> float:
         """The image score (:meth:`image_score_for` the number of references): the map fused with the
         distance to the references' views (model/score.py) when the references carry them, else the pooled map;
-        "fused-self" lowers that distance to the query's own where the references repeat themselves."""
+        "fused-self" lowers that distance to the query's own where the references repeat themselves; "blend"
+        blends that with the pooled map."""
         cfg = self.model.cfg
         k = refs.tokens.shape[1] // (qf.shape[2] * qf.shape[3])  # references compared
         score = self.image_score_for(k)
@@ -613,9 +639,13 @@ class NanoDetector(Detector):
             return pooled_score(prob, cfg.topk_frac)
         tokens = qf[0].flatten(1).T  # (N, 152)
         d8 = view_distance(out["distance"][0, 0], tokens, refs.views[0])  # (h, w)
-        if score == "fused-self" and refs.own is not None:
+        if score in SELF_SCORES and refs.own is not None:
             d8 = self_gated_distance(d8, tokens, refs.own.view(d8.shape), cfg.self_gate, cfg.twin_quantile)
-        return fused_score(prob, d8, cfg.fused_weight)
+        fused = fused_score(prob, d8, cfg.fused_weight)
+        if score == "blend":
+            return blended_score(pooled_score(prob, cfg.topk_frac), fused, cfg.blend_weight, cfg.blend_map_scale,
+                                 cfg.blend_self_scale)
+        return fused
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)

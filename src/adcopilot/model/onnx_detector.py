@@ -31,8 +31,10 @@ from adcopilot.model.detector import Detector
 from adcopilot.model.nano import (
     FUSED_SCORES,
     IMAGE_SCORES,
+    SELF_SCORES,
     STRIDE,
     NanoConfig,
+    blend_problem,
     check_threshold_table,
     pooled_score,
     threshold_by_count,
@@ -41,6 +43,7 @@ from adcopilot.model.nano import (
 )
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
 from adcopilot.model.score import (
+    blended_score,
     dihedral_views,
     fused_score,
     nearest_distance,
@@ -112,6 +115,9 @@ class OnnxDetector(Detector):
             self.self_gate = float(meta.get("self_gate", "0.3"))
             # Files exported before it: the checkpoint's default, as the PyTorch path reads such a config.
             self.twin_quantile = float(meta.get("twin_quantile", repr(NanoConfig.twin_quantile)))
+            self.blend = (float(meta.get("blend_weight", repr(NanoConfig.blend_weight))),
+                          float(meta.get("blend_map_scale", repr(NanoConfig.blend_map_scale))),
+                          float(meta.get("blend_self_scale", repr(NanoConfig.blend_self_scale))))
             multi = meta.get("multi_threshold")
             self.multi_threshold = float(multi) if multi is not None else None
             self.multi_thresholds = check_threshold_table(json.loads(meta.get("multi_thresholds", "{}")))
@@ -123,6 +129,9 @@ class OnnxDetector(Detector):
             raise CheckpointError(f"{self.path}: malformed metadata (image scores {self.scores}, thresholds, "
                                   "fused weight, self gate (in (0, 2]) and twin quantile (in (0, 1]) must be known "
                                   "scores and finite numbers)")
+        blend = blend_problem(*self.blend)
+        if blend:
+            raise CheckpointError(f"{self.path}: malformed metadata ({blend})")
         self.name = meta["name"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -152,7 +161,7 @@ class OnnxDetector(Detector):
         return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, S, S)
 
     def image_score_for(self, references: int) -> str:
-        """The image score ("map", "fused" or "fused-self") with this many references, as the exported model's config says."""
+        """The image score ("map", "fused", "fused-self" or "blend") with this many references, as the exported model's config says."""
         return self.scores[1] if references >= 2 else self.scores[0]
 
     def threshold_for(self, references: int) -> float:
@@ -183,7 +192,7 @@ class OnnxDetector(Detector):
                                     for v in dihedral_views(image)[1:]])  # (7 * N, 152)
         tokens = self._tokens(feats)
         own = None
-        if "fused-self" in self.scores:
+        if set(SELF_SCORES) & set(self.scores):
             n = self.image_size // STRIDE
             own = self_distance(torch.from_numpy(tokens), (n, n)).numpy()  # (N,)
         return OnnxReference(tokens, prev[0], queries[0], views, own)
@@ -204,10 +213,13 @@ class OnnxDetector(Detector):
         q = torch.from_numpy(self._tokens(outs[1]))  # (N, 152)
         d1 = nearest_distance(q, torch.from_numpy(refs.tokens)).view(logits.shape)  # (h, w), as the graph's
         d8 = view_distance(d1, q, torch.from_numpy(refs.views))
-        if score == "fused-self" and refs.own is not None:
+        if score in SELF_SCORES and refs.own is not None:
             d8 = self_gated_distance(d8, q, torch.from_numpy(refs.own).view(d8.shape), self.self_gate,
                                      self.twin_quantile)
-        return prob, fused_score(prob, d8, self.fused_weight)
+        fused = fused_score(prob, d8, self.fused_weight)
+        if score == "blend":
+            return prob, blended_score(pooled_score(prob, self.topk_frac), fused, *self.blend)
+        return prob, fused
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         return self.detect(query, references)[0]

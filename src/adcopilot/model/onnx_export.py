@@ -159,6 +159,9 @@ def export_onnx(
         "fused_weight": repr(float(cfg.fused_weight)),
         "self_gate": repr(float(cfg.self_gate)),
         "twin_quantile": repr(float(cfg.twin_quantile)),
+        "blend_weight": repr(float(cfg.blend_weight)),
+        "blend_map_scale": repr(float(cfg.blend_map_scale)),
+        "blend_self_scale": repr(float(cfg.blend_self_scale)),
     }
     if cfg.multi_threshold is not None:
         meta["multi_threshold"] = repr(float(cfg.multi_threshold))

@@ -29,12 +29,18 @@ says which: at positions where the reference's own self-distance (each patch's d
 patch of the same image outside its 7 x 7 neighbourhood) is below ``gate``, the distance becomes the
 smaller of ``d8`` and the query's self-distance there; elsewhere ``d8`` stays. A twin explains a patch only
 as well as the references explain the twin (its distance counts as at least the twin's ``d8``), because a
-large uniform defect, a dark band across a cell, repeats itself too. That is not enough: the band's milder
-parts still explain its worst, so this score is opt-in and the shipped model's one-reference score is the
-pooled map (benchmarks/RESULTS.md):
+large uniform defect, a dark band across a cell, repeats itself too. Only the query's ordinary patches
+(up to the ``twin_quantile`` of its ``d8``) serve as twins, so the band's milder parts do not explain its worst:
 
     self_q(i) = min over j outside i's window of max(dist(i, j), d8(j))
     D = where(self_ref < gate, min(d8, self_q), d8)        score = max of prob ** w * B(D) ** (1 - w)
+
+**The blend ("blend", the shipped model's one-reference score).** Alone, the self-gated score ranks cells
+and textures better than the pooled map but misses half the defects of loose surfaces at any threshold that
+keeps the map's false alarms; the pooled map classifies those surfaces best. Each over its own threshold,
+the two are blended geometrically, on the pooled map's scale (verdict at 0.5; benchmarks/RESULTS.md):
+
+    blend = m_scale * (pooled map / m_scale) ** b * (self-gated score / s_scale) ** (1 - b)
 
 The references' self-distance is made once and kept with them; the query's costs one (R, N) product
 over its R trusted positions among the ``SELF_CANDIDATES`` of largest ``d8`` (the others keep ``d8``, an upper
@@ -141,3 +147,10 @@ def fused_score(prob: np.ndarray, d8: torch.Tensor, weight: float) -> float:
     b = cv2.GaussianBlur(b, (0, 0), DISTANCE_SIGMA)
     fused = np.maximum(prob, _FLOOR) ** weight * np.maximum(b, _FLOOR) ** (1.0 - weight)
     return float(fused.max())
+
+
+def blended_score(map_score: float, self_score: float, weight: float, map_scale: float, self_scale: float) -> float:
+    """The blend above: ``weight`` is the pooled map's share ``b``; each score is read over its own scale (its
+    threshold), the result on the map's. Scores are floored at 1e-6 so a zero keeps the power finite."""
+    m, s = max(float(map_score), 1e-6), max(float(self_score), 1e-6)
+    return float(map_scale * (m / map_scale) ** weight * (s / self_scale) ** (1.0 - weight))

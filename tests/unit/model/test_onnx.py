@@ -185,6 +185,37 @@ def test_the_fused_self_score_matches_pytorch(tmp_path):
         assert got_score == pytest.approx(want_score, abs=TOLERANCE)
 
 
+def test_the_blend_matches_pytorch_and_its_parameters_travel_in_the_file(tmp_path):
+    """The shipped model's one-reference score: the file stores the blend's share and scales and scores as
+    PyTorch does; a file whose blend is malformed is refused in one line."""
+    import onnx
+
+    torch.manual_seed(3)
+    cfg = replace(TINY, image_score="blend", self_gate=0.6, blend_weight=0.3, blend_map_scale=0.45,
+                  blend_self_scale=0.35, multi_image_score="fused", multi_threshold=0.3)
+    det = NanoDetector(NanoComparisonModel(cfg).eval(), load_vision_tower(pretrained=False), name="tiny-blend")
+    path = export_onnx(det, tmp_path / "blend.onnx")
+    onx = OnnxDetector(path)
+    assert onx.blend == (0.3, 0.45, 0.35) and onx.image_score_for(1) == "blend"
+    q, r1, r2 = _images(5, 3)
+    for refs in ([r1], [r1, r2]):
+        want, want_score = det.detect(q, [det.encode_reference(r) for r in refs])
+        got, got_score = onx.detect(q, [onx.encode_reference(r) for r in refs])
+        assert np.abs(got - want).max() < TOLERANCE
+        assert got_score == pytest.approx(want_score, abs=TOLERANCE)
+    assert got_score != pytest.approx(pooled_score(got, cfg.topk_frac))
+    proto = onnx.load(str(path))
+    for p in proto.metadata_props:
+        if p.key == "blend_self_scale":
+            p.value = "0"
+    bad = tmp_path / "blend-bad.onnx"
+    onnx.save_model(proto, str(bad))
+    with pytest.raises(CheckpointError, match="blend-bad.onnx: malformed metadata .blend_self_scale must be a "
+                                              "positive number") as exc:
+        Copilot.load(bad)
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.parametrize("gate", ["NaN", "inf", "wide", "-0.1", "0"])
 def test_a_malformed_self_gate_is_refused_in_one_line(exported, tmp_path, gate):
     import onnx

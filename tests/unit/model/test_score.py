@@ -16,6 +16,7 @@ from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, 
 from adcopilot.model.score import (
     SELF_CANDIDATES,
     SELF_RADIUS,
+    blended_score,
     dihedral_views,
     fused_score,
     self_distance,
@@ -232,6 +233,56 @@ def test_the_fused_self_score_reads_the_querys_own_patches_where_the_reference_r
     assert scores[1] == pytest.approx(by_hand, abs=1e-6)
     batched = dets[1].detections([query, _tiled(rng)], [[encoded[1]], [encoded[1]]])
     assert batched[0].score == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_the_blend_reads_each_score_over_its_own_scale():
+    assert blended_score(0.5, 0.42, 0.4, 0.5, 0.42) == pytest.approx(0.5)  # both at their thresholds: at the verdict's
+    assert blended_score(0.8, 0.1, 1.0, 0.5, 0.42) == pytest.approx(0.8)  # share 1: the pooled map
+    assert blended_score(0.8, 0.21, 0.0, 0.5, 0.42) == pytest.approx(0.25)  # share 0: the self-gated score on the map's scale
+    # 0.5 * (0.9 / 0.5) ** 0.4 * (0.3 / 0.42) ** 0.6, by hand
+    assert blended_score(0.9, 0.3, 0.4, 0.5, 0.42) == pytest.approx(0.5 * 1.8 ** 0.4 * (0.3 / 0.42) ** 0.6)
+    assert np.isfinite(blended_score(0.0, 0.0, 0.4, 0.5, 0.42))  # a blank map keeps the power finite
+    # Monotone in each score: a higher map or self-gated score never lowers the blend.
+    assert blended_score(0.6, 0.3, 0.4, 0.5, 0.42) > blended_score(0.5, 0.3, 0.4, 0.5, 0.42)
+    assert blended_score(0.5, 0.4, 0.4, 0.5, 0.42) > blended_score(0.5, 0.3, 0.4, 0.5, 0.42)
+
+
+def test_the_blend_is_the_pooled_map_and_the_self_gated_score_of_the_same_comparison(tower):
+    """The detector's "blend" is exactly the pooled map (the "map" score) and the "fused-self" score of the same
+    comparison, blended; the batched path gives the same, and with two references the multi-reference score stays."""
+    torch.manual_seed(5)
+    cfg = replace(TINY, self_gate=2.0, blend_weight=0.3, blend_map_scale=0.45, blend_self_scale=0.35)
+    models = [NanoComparisonModel(replace(cfg, image_score=s)).eval() for s in ("map", "fused-self", "blend")]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    dets = [NanoDetector(m, tower) for m in models]
+    rng = np.random.default_rng(3)
+    ref, query = _tiled(rng), _tiled(rng)
+    got = [d.detection(query, [d.encode_reference(ref)]).score for d in dets]
+    assert got[0] == pytest.approx(pooled_score(dets[0].detection(query, [dets[0].encode_reference(ref)]).amap,
+                                                cfg.topk_frac))
+    assert got[2] == pytest.approx(blended_score(got[0], got[1], 0.3, 0.45, 0.35), abs=1e-6)
+    assert got[2] != pytest.approx(got[0]) and got[2] != pytest.approx(got[1])
+    enc = dets[2].encode_reference(ref)
+    assert dets[2].detections([query], [[enc]])[0].score == pytest.approx(got[2], abs=1e-5)
+    assert dets[2].image_score_for(1) == "blend" and dets[2].image_score_for(2) == cfg.multi_image_score
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("blend_weight", 1.5, "blend_weight must be a number in"),
+    ("blend_weight", "0.4", "blend_weight must be a number in"),
+    ("blend_weight", float("nan"), "blend_weight must be a number in"),
+    ("blend_map_scale", 0, "blend_map_scale must be a positive number"),
+    ("blend_self_scale", -0.42, "blend_self_scale must be a positive number"),
+    ("blend_self_scale", None, "blend_self_scale must be a positive number"),
+])
+def test_a_checkpoint_with_a_bad_blend_is_refused(tmp_path, key, value, why):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "image_score": "blend", key: value}))
+    with pytest.raises(CheckpointError, match=why) as err:
+        NanoComparisonModel.load(folder)
+    assert "\n" not in str(err.value) and "config.json" in str(err.value)
 
 
 @pytest.mark.parametrize("quantile", [0, 1.5, float("nan"), "0.75", None])
