@@ -614,16 +614,27 @@ class AnsweringCopilot(LanguageAnswers, Copilot):
         self.language.refocus = on
 
 
+def _steps(value: Callable[[int], Any], up_to: int) -> dict[str, Any]:
+    """{count from which it applies: value} where ``value(n)`` changes, n = 1 .. ``up_to``."""
+    steps: dict[str, Any] = {}
+    last = None
+    for n in range(1, up_to + 1):
+        v = value(n)
+        if v != last:
+            steps[str(n)], last = v, v
+    return steps
+
+
 def threshold_steps(inspector: Inspector, up_to: int) -> dict[str, float]:
     """Where an inspector's threshold changes with the number of references, up to ``up_to``: {count from
     which it applies: threshold}, e.g. {"1": 0.5, "2": 0.4452, "3": 0.4158, "4": 0.3965}."""
-    steps: dict[str, float] = {}
-    last = None
-    for n in range(1, up_to + 1):
-        t = inspector.threshold_with(n)
-        if t != last:
-            steps[str(n)], last = t, t
-    return steps
+    return _steps(inspector.threshold_with, up_to)
+
+
+def score_steps(detector: Detector, up_to: int) -> dict[str, str]:
+    """Where a detector's image score changes with the number of references, up to ``up_to``: {count from which
+    it applies: the score's name}, e.g. {"1": "blend", "2": "fused"} (a threshold holds on its score's scale only)."""
+    return _steps(detector.image_score_for, up_to)
 
 
 # ---------------------------------------------------------------------- the model registry

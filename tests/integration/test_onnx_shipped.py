@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adcopilot import Copilot
-from adcopilot.api import threshold_steps
+from adcopilot.api import score_steps, threshold_steps
 from adcopilot.cli import main as cli_main
 from adcopilot.model.registry import DEFAULT_CHECKPOINT
 
@@ -51,6 +51,8 @@ def test_exported_file_inspects_like_pytorch(exported):
     torch_cp, onnx_cp = Copilot.load("default"), Copilot.load(exported)
     assert onnx_cp.threshold == torch_cp.threshold
     assert threshold_steps(onnx_cp, 16) == threshold_steps(torch_cp, 16)  # 3 or more references too
+    # One reference scored by the blend, two or more by the fused score, in the file as in the checkpoint.
+    assert score_steps(onnx_cp.detector, 16) == score_steps(torch_cp.detector, 16) == {"1": "blend", "2": "fused"}
     for query, refs in _pairs():
         want, got = torch_cp.inspect(query, refs), onnx_cp.inspect(query, refs)
         assert np.abs(got.anomaly_map - want.anomaly_map).max() < TOLERANCE

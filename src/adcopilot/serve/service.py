@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from adcopilot.api import Copilot, StagedPair, threshold_steps
+from adcopilot.api import Copilot, StagedPair, score_steps, threshold_steps
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
 from adcopilot.imaging import FORMATS_TEXT, SUPPORTED_FORMATS, load_image
 from adcopilot.protocols import Answerer, Inspector
@@ -213,6 +213,8 @@ class InspectionService:
             "threshold": cp.threshold_with(1),  # with one reference; other counts below
             "threshold_with_2_or_more_references": cp.threshold_with(2),
             "threshold_by_references": threshold_steps(cp, self.config.max_references),
+            # The image score each count is scored with: a threshold (or calibration) holds on that score's scale.
+            "image_score_by_references": score_steps(cp.detector, self.config.max_references),
             "threshold_source": "calibration" if cal else "model",
             "calibration": None if not cal else {k: cal.get(k) for k in (
                 "path", "date", "miss_cost", "false_alarm_cost", "target_miss_rate", "prevalence", "metrics")},

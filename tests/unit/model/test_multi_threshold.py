@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from adcopilot.api import Copilot, threshold_steps
+from adcopilot.api import Copilot, score_steps, threshold_steps
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.memory import build_memory
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
@@ -109,6 +109,9 @@ def test_larger_reference_sets_take_the_threshold_of_the_largest_count_they_reac
     assert cp.inspect(q, refs).threshold == 0.3
     assert threshold_steps(cp, 16) == {"1": TINY.threshold, "2": 0.3, "3": 0.25, "5": 0.2}
     assert threshold_steps(Copilot(det, threshold=0.6), 16) == {"1": 0.6}  # given: one for all
+    # The score each count is scored with, as GET /v1/models lists it beside the thresholds.
+    assert score_steps(det, 16) == {"1": MULTI.image_score, "2": "fused"}
+    assert score_steps(_detector(tower, replace(cfg, image_score="blend")), 16) == {"1": "blend", "2": "fused"}
     folder = NanoComparisonModel(cfg).save(tmp_path / "ck")  # kept in the checkpoint, as JSON keys
     assert json.loads((folder / "config.json").read_text())["multi_thresholds"] == {"3": 0.25, "5": 0.2}
     assert NanoComparisonModel.load(folder).cfg.multi_thresholds == {"3": 0.25, "5": 0.2}

@@ -30,6 +30,9 @@ def test_health_models_and_schema(client, tiny_copilot):
     steps = m["threshold_by_references"]  # from which count each threshold applies
     assert steps["1"] == pytest.approx(tiny_copilot.threshold_with(1))
     assert all(v == pytest.approx(tiny_copilot.threshold_with(int(k))) for k, v in steps.items())
+    scores = m["image_score_by_references"]  # the score each count is scored with, from which count
+    assert scores["1"] == tiny_copilot.detector.image_score_for(1)
+    assert all(v == tiny_copilot.detector.image_score_for(int(k)) for k, v in scores.items())
     schema = client.get("/openapi.json").json()
     assert {"/v1/inspect", "/v1/ask", "/v1/references", "/v1/health", "/v1/models"} <= set(schema["paths"])
     body = schema["paths"]["/v1/inspect"]["post"]["requestBody"]["content"]
