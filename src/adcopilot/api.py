@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from adcopilot.caches import REFERENCE_CACHE_BYTES, put_bounded
 from adcopilot.calibration_store import calibrated_references, resolve_calibration
 from adcopilot.errors import CheckpointError, require_finite
 from adcopilot.imaging import (
@@ -106,6 +107,7 @@ class Copilot:
         registration: bool = True,
         box_rules: BoxRules | None = None,
         cache_size: int = 256,
+        cache_bytes: int | None = REFERENCE_CACHE_BYTES,
         model_name: str | None = None,
         image_check: bool = True,
         deblock: bool = True,
@@ -133,6 +135,7 @@ class Copilot:
         self.calibrated_references: int | None = None
         self._cache: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes  # a reference's views grow its entry after it is stored (caches.py)
         # The global check's product test reads the detector's nearest-reference-patch distances; a
         # detector without them is inspected without the check.
         self.check_rules: CheckRules | None = CheckRules() if image_check and detector.patch_distances else None
@@ -178,7 +181,7 @@ class Copilot:
             img = load_image(src, name=name, draft=self.draft_size)
             base = cache_key(src, size)  # the stored size, whatever the variant
             if base is not None:
-                _bounded_put(self._sizes, base, full_size(img), self._cache_size)
+                put_bounded(self._sizes, base, full_size(img), self._cache_size, None)
             arr = soften(to_float_array(img, size, smooth), soft)
             entry = (arr, self.detector.encode_reference(arr))
         else:
@@ -186,9 +189,7 @@ class Copilot:
             moved = into_frame(own[0], first[1])
             entry = own if moved is own[0] else (moved, self.detector.encode_reference(moved))
         if key is not None:
-            self._cache[key] = entry
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            put_bounded(self._cache, key, entry, self._cache_size, self._cache_bytes)
         return entry
 
     def _references(
@@ -285,7 +286,7 @@ class Copilot:
         for note in notes:
             log.warning("%s", note)
         if set_key is not None:
-            _bounded_put(self._set_notes, set_key, notes, self._cache_size)
+            put_bounded(self._set_notes, set_key, notes, self._cache_size, None)
         return list(notes)
 
     def check(self, query: np.ndarray, profiles: list[ImageProfile] | None, core: CoreOutput) -> str | None:
@@ -322,7 +323,7 @@ class Copilot:
             return known
         value = sharpness(arr)
         if key is not None and store:
-            _bounded_put(self._sharpness, key, value, self._cache_size)
+            put_bounded(self._sharpness, key, value, self._cache_size, None)
         return value
 
     def _softening(
@@ -578,14 +579,6 @@ class Copilot:
         analysis = self._analysis(pair.size, core, check, timings)
         analysis.notes = pair.notes
         return self._result(pair.query, pair.references, analysis, pair.threshold, pair.started)
-
-
-def _bounded_put(cache: OrderedDict[str, Any], key: str, value: Any, size: int) -> None:
-    """Store ``value`` as the newest entry of ``cache``, dropping the oldest beyond ``size``."""
-    cache[key] = value
-    cache.move_to_end(key)
-    if len(cache) > size:
-        cache.popitem(last=False)
 
 
 class AnsweringCopilot(LanguageAnswers, Copilot):

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from adcopilot.caches import put_bounded
 from adcopilot.imaging import (
     DRAFT,
     ImageInput,
@@ -65,6 +66,8 @@ GRID = 3
 FEATURES = backbone_spec().channels  # C
 GLOBAL = backbone_spec().global_channels  # G
 CELL_STATS = 5
+#: Bytes the encoder's image cache may hold (64 entries of about 8.5 MB at 256 px once a reference's views are made).
+VISUAL_CACHE_BYTES = 256 * 2**20
 CELL_WIDTH = CELL_STATS + 2 * FEATURES
 
 
@@ -170,6 +173,7 @@ class VisualEncoder:
         registration: bool = True,
         cache_size: int = 64,
         comparison: NanoComparisonModel | None = None,
+        cache_bytes: int | None = VISUAL_CACHE_BYTES,
     ) -> None:
         self.detector = detector
         self.comparison = comparison
@@ -182,6 +186,7 @@ class VisualEncoder:
         self.refocus = False
         self._cache: OrderedDict[str, _Image] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes  # the images' features and reference encodings (caches.put_bounded)
 
     def _image(
         self, src: ImageInput, name: str, first: tuple[ImageInput, np.ndarray] | None = None, smooth: float = 0.0,
@@ -206,9 +211,7 @@ class VisualEncoder:
             pf, gf = self.tower.features(to_batch([arr]))
         entry = _Image(arr, pf[0], gf[0])
         if key is not None:
-            self._cache[key] = entry
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            put_bounded(self._cache, key, entry, self._cache_size, self._cache_bytes)
         return entry
 
     @torch.no_grad()
