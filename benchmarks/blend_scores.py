@@ -17,6 +17,12 @@ validation sets (ELPV training cells per type, synthetic pairs) the weight with 
 pooled map (w = 1) in either image AUROC or balanced accuracy at 0.5, then the test sets at the chosen weight.
 
     python benchmarks/blend_scores.py --evidence DIR
+
+``--with-baseline`` adds a third term, the training-free baseline's score over its own threshold (0.35), the files'
+``baseline``: ``... * (baseline / 0.35) ** c`` with the self-gated score's share 1 - w - c, w and c in steps of 0.1,
+chosen by the same rule on the validation sets only (the test sets are not read).
+
+    python benchmarks/blend_scores.py --evidence DIR --with-baseline
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 
 from adcopilot.metrics import auroc
 
-MAP_THRESHOLD, SELF_THRESHOLD = 0.5, 0.42
+MAP_THRESHOLD, SELF_THRESHOLD, BASELINE_THRESHOLD = 0.5, 0.42, 0.35
 
 
 def read(run: Path) -> dict[str, tuple[int, float]]:
@@ -38,19 +44,22 @@ def read(run: Path) -> dict[str, tuple[int, float]]:
     return {r["image"]: (int(r["label"]), float(r["score"])) for r in rows if r.get("error") is None}
 
 
-def blend(m: np.ndarray, s: np.ndarray, w: float) -> np.ndarray:
+def blend(m: np.ndarray, s: np.ndarray, w: float, b: np.ndarray | None = None, c: float = 0.0) -> np.ndarray:
+    """The blend at the map's share ``w`` (and the baseline score ``b``'s share ``c``; the self-gated score's 1 - w - c)."""
     m, s = np.maximum(m, 1e-6), np.maximum(s, 1e-6)
-    return MAP_THRESHOLD * (m / MAP_THRESHOLD) ** w * (s / SELF_THRESHOLD) ** (1.0 - w)
+    out = MAP_THRESHOLD * (m / MAP_THRESHOLD) ** w * (s / SELF_THRESHOLD) ** (1.0 - w - c)
+    return out if b is None or c == 0 else out * (np.maximum(b, 1e-6) / BASELINE_THRESHOLD) ** c
 
 
-def evidence(folder: Path, sets: tuple[str, ...], w: float) -> dict[str, tuple[float, float]]:
-    """{pool: (image AUROC, balanced accuracy at 0.5)} of the blend at w, the mean over each set's files (draws)."""
+def evidence(folder: Path, sets: tuple[str, ...], w: float, c: float = 0.0) -> dict[str, tuple[float, float]]:
+    """{pool: (image AUROC, balanced accuracy at 0.5)} of the blend at w (and c), the mean over each set's files (draws)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for s in sets:
         for f in sorted(glob.glob(f"{folder}/{s}-*.json")):
             rows = json.loads(Path(f).read_text())
             y, g = np.array([r["label"] for r in rows]), np.array([r["group"] for r in rows])
-            sc = blend(np.array([r["map_d1"] for r in rows]), np.array([r["fself_d1"] for r in rows]), w)
+            sc = blend(np.array([r["map_d1"] for r in rows]), np.array([r["fself_d1"] for r in rows]), w,
+                       np.array([r["baseline"] for r in rows]), c)
             if s.startswith("elpv"):
                 pools = {f"{s} mono": g == "mono", f"{s} poly": g == "poly"}
             elif s == "surfaces":
@@ -85,6 +94,22 @@ def choose(folder: Path) -> None:
         print(f"test, w {w:.2f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items()), flush=True)
 
 
+def choose_with_baseline(folder: Path) -> None:
+    """The same rule over (w, c), on the validation sets only."""
+    val = ("elpv-val", "synth")
+    shipped = evidence(folder, val, 1.0)
+    best, best_gain = (1.0, 0.0), -1.0
+    for w in np.round(np.arange(0.0, 1.0001, 0.1), 2):
+        for c in np.round(np.arange(0.0, 1.0001 - w, 0.1), 2):
+            st = evidence(folder, val, float(w), float(c))
+            gain = min(min(st[p][0] - shipped[p][0], st[p][1] - shipped[p][1]) for p in st)
+            print(f"w {w:.1f} c {c:.1f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items())
+                  + f"; smallest gain {gain:+.3f}", flush=True)
+            if gain > best_gain + 1e-9:
+                best, best_gain = (float(w), float(c)), gain
+    print(f"chosen: w {best[0]:.1f}, c {best[1]:.1f} (smallest gain {best_gain:+.3f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("map_run", type=Path, nargs="?")
@@ -92,9 +117,10 @@ def main() -> None:
     ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 0.4, 0.0])
     ap.add_argument("--by-class", action="store_true")
     ap.add_argument("--evidence", type=Path, help="choose w on map_inputs_probe.py's files in this folder")
+    ap.add_argument("--with-baseline", action="store_true", help="with --evidence: a third term, the baseline's score")
     args = ap.parse_args()
     if args.evidence:
-        choose(args.evidence)
+        (choose_with_baseline if args.with_baseline else choose)(args.evidence)
         return
     if args.map_run is None or args.self_run is None:
         raise SystemExit("give the two eval detect runs, or --evidence DIR")
