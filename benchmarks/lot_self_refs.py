@@ -45,10 +45,16 @@ def mutual_passes(dist: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_scores(model: str, paths: list[Path], bank_paths: list[Path], shots: int, cache: Path) -> np.ndarray:
-    """(N,) the model's image score of every image against its ``shots`` nearest bank images (cached)."""
-    if cache.exists():
-        return np.load(cache)["score"]
+    """(N,) the model's image score of every image against its ``shots`` nearest bank images (cached with the name
+    of the image score the model gives that many references: a file of another score is computed again)."""
     cop = Copilot.load(model)
+    kind = cop.detector.image_score_for(shots)
+    if cache.exists():
+        held = np.load(cache)
+        # Files written before the name was kept: the one-reference score was then the pooled map.
+        stored = str(held["image_score"]) if "image_score" in held else ("map" if shots == 1 else "fused")
+        if stored == kind:
+            return held["score"]
     cop._cache_size = len(bank_paths) + 8  # every bank image's encoding kept: each is a reference many times
     tower = tower_for(cop.detector)
     bank = ReferenceBank.from_paths(bank_paths, tower)
@@ -59,7 +65,7 @@ def model_scores(model: str, paths: list[Path], bank_paths: list[Path], shots: i
         refs = [str(r) for r, _ in bank.nearest(feature, shots, exclude=p)]
         out[i] = cop.analyze(img, refs).score
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, score=out)
+    np.savez(cache, score=out, image_score=np.array(kind))
     return out
 
 
