@@ -56,6 +56,7 @@ def model_scores(model: str, paths: list[Path], bank_paths: list[Path], shots: i
         if stored == kind:
             return held["score"]
     cop._cache_size = len(bank_paths) + 8  # every bank image's encoding kept: each is a reference many times
+    cop._cache_bytes = None  # (about 7 MB each at 256 px once the blend has made its views)
     tower = tower_for(cop.detector)
     bank = ReferenceBank.from_paths(bank_paths, tower)
     out = np.empty(len(paths))
