@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("decode", "register", "tower", "distance", "encoder", "head+blur", "memory", "map back", "deviation", "check",
-          "boxes")
+STAGES = ("decode", "register", "tower", "distance", "encoder", "head+blur", "memory", "score", "map back", "deviation",
+          "check", "boxes")
 
 
 def profile_child(model: str, n: int, search: str) -> dict:
@@ -50,7 +50,7 @@ def profile_child(model: str, n: int, search: str) -> dict:
     from adcopilot.model.inspection import CoreOutput
     from adcopilot.model.nano import ReferenceInputs, pooled_score
     from adcopilot.model.upsample import upsample_centered
-    from adcopilot.registration import register, warp
+    from adcopilot.registration import onto_reference, register, warp
 
     try:  # a tree whose image check reads the detector's patch distances
         from adcopilot.model.sanity import patch_distance
@@ -69,19 +69,21 @@ def profile_child(model: str, n: int, search: str) -> dict:
     ref_arr, ref_inputs = cp._reference(ref_path, "reference")
     times: dict[str, list[float]] = {s: [] for s in (*STAGES, "sum", "inspect")}
 
-    def staged(path: Path) -> tuple[np.ndarray, str | None]:
+    def staged(path: Path) -> tuple[np.ndarray, str | None, float]:
         t = [time.perf_counter()]
         img = load_image(path, name=str(path))
         q = to_float_array(img, size)
         t.append(time.perf_counter())
         reg = register(q, ref_arr)
         q_own = q
-        q = warp(q, reg.matrix) if reg.method != "identity" else q
+        q = onto_reference(q, ref_arr, reg.matrix) if reg.method != "identity" else q  # the border from the reference
         t.append(time.perf_counter())
         with torch.inference_mode():
             qf = det.patch_features(q)  # (1, 152, h, w)
             t.append(time.perf_counter())
-            refs = ReferenceInputs.concat([ref_inputs])
+            # With the views and self-distance the image score reads (made once with the cached reference).
+            refs = det._scored_inputs([ref_inputs]) if hasattr(det, "_scored_inputs") else \
+                ReferenceInputs.concat([ref_inputs])
             m = det.model
             b, c, h, w = qf.shape
             q_tokens = qf.flatten(2).transpose(1, 2)
@@ -101,7 +103,10 @@ def profile_child(model: str, n: int, search: str) -> dict:
                 mem = det.memory.anomaly_map(qf[0].flatten(1).T, refs.tokens[0], (h, w), size)
                 wt = det.weight_for(variant)
                 prob = (1.0 - wt) * prob + wt * mem
-            score = pooled_score(prob, m.cfg.topk_frac)
+            t.append(time.perf_counter())
+            # The detector's own image score (the pooled map with a memory; one reference: the blend).
+            score = pooled_score(prob, m.cfg.topk_frac) if det.memory is not None or not hasattr(det, "_score") \
+                else det._score(prob, {"distance": distance}, qf, refs)
             t.append(time.perf_counter())
         amap = warp(prob, reg.inverse, border="constant") if reg.method != "identity" else prob
         amap = cv2.resize(amap, img.size, interpolation=cv2.INTER_LINEAR).astype(np.float32)
@@ -123,7 +128,7 @@ def profile_child(model: str, n: int, search: str) -> dict:
         for stage, a, b_ in zip(STAGES, t[:-1], t[1:], strict=True):
             times[stage].append(1e3 * (b_ - a))
         times["sum"].append(1e3 * (t[-1] - t[0]))
-        return amap, reason
+        return amap, reason, score
 
     for p in queries[:3]:  # warm-up
         staged(p)
@@ -131,17 +136,21 @@ def profile_child(model: str, n: int, search: str) -> dict:
     for i, p in enumerate(queries):
         for which in ("staged", "inspect")[:: 1 if i % 2 else -1]:
             if which == "staged":
-                amap, reason = staged(p)
+                amap, reason, score = staged(p)
             else:
                 t0 = time.perf_counter()
                 r = cp.inspect(p, [ref_path])
                 times["inspect"].append(1e3 * (time.perf_counter() - t0))
         if not np.allclose(amap, r.anomaly_map, atol=1e-5):
             raise SystemExit(f"{p}: the staged map differs from inspect's (max {np.abs(amap - r.anomaly_map).max()})")
+        if abs(score - r.score) > 1e-5:
+            raise SystemExit(f"{p}: the staged score {score} differs from inspect's {r.score}")
         if reason != r.image_check:
             raise SystemExit(f"{p}: the staged image check says {reason!r}, inspect's {r.image_check!r}")
     if det.memory is None:
         times.pop("memory")
+    else:
+        times.pop("score")  # pooled with the memory's map, inside its stage
     return {k: statistics.median(v) for k, v in times.items()}
 
 
