@@ -239,6 +239,7 @@ def _validation_section(choices: dict[str, VariantChoice]) -> str:
         + "; 1-shot, registered, each "
         "with a reference drawn from the variant's training images. Image AUROC"
         + (" by the memory's weight in the fused map (0: comparison model alone, 1: memory alone; bold: the "
-           "weight kept)" if with_memory else "") + ":\n\n"
+           "weight kept)" if with_memory else " of the pooled map (`inspect` scores one reference with the config's "
+           "`image_score`)") + ":\n\n"
         f"| variant | good | defective | {head} |\n|---|---|---|{'---|' * len(weights)}\n{rows}\n"
     )
