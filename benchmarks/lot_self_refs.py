@@ -18,6 +18,7 @@ global search), read from its cache or computed and cached there. Run:
 from __future__ import annotations
 
 import argparse
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,16 @@ def mutual_passes(dist: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return first.numpy(), second.numpy()
 
 
+@lru_cache(maxsize=4)
+def _copilot(model: str) -> Copilot:
+    """One load per model for the whole run (its scores' cache is read or written many times)."""
+    return Copilot.load(model)
+
+
 def model_scores(model: str, paths: list[Path], bank_paths: list[Path], shots: int, cache: Path) -> np.ndarray:
     """(N,) the model's image score of every image against its ``shots`` nearest bank images (cached with the name
     of the image score the model gives that many references: a file of another score is computed again)."""
-    cop = Copilot.load(model)
+    cop = _copilot(model)
     kind = cop.detector.image_score_for(shots)
     if cache.exists():
         held = np.load(cache)
