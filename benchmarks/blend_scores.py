@@ -23,6 +23,11 @@ pooled map (w = 1) in either image AUROC or balanced accuracy at 0.5, then the t
 chosen by the same rule on the validation sets only (the test sets are not read).
 
     python benchmarks/blend_scores.py --evidence DIR --with-baseline
+
+``--check RUN`` compares a third run, of the shipped model (``"image_score": "blend"``), with the blend at w = 0.4 computed
+from the two runs: the largest difference of the per-image scores.
+
+    python benchmarks/blend_scores.py MAP_RUN SELF_RUN --check BLEND_RUN
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ def main() -> None:
     ap.add_argument("--by-class", action="store_true")
     ap.add_argument("--evidence", type=Path, help="choose w on map_inputs_probe.py's files in this folder")
     ap.add_argument("--with-baseline", action="store_true", help="with --evidence: a third term, the baseline's score")
+    ap.add_argument("--check", type=Path, help="an eval detect run of the shipped model: its scores against the blend")
     args = ap.parse_args()
     if args.evidence:
         (choose_with_baseline if args.with_baseline else choose)(args.evidence)
@@ -130,6 +136,13 @@ def main() -> None:
         raise SystemExit("the two runs do not hold the same images with the same labels")
     y = np.array([a[k][0] for k in keys])
     m, s = np.array([a[k][1] for k in keys]), np.array([b[k][1] for k in keys])
+    if args.check:
+        c = read(args.check)
+        if set(c) != set(keys):
+            raise SystemExit("the checked run does not hold the same images")
+        diff = np.abs(np.array([c[k][1] for k in keys]) - blend(m, s, 0.4))
+        print(f"{len(keys)} images: largest difference from the blend at w 0.40 {diff.max():.3g}")
+        return
     depth = 2 if args.by_class else 1
     groups = np.array(["/".join(k.split("/")[:depth]) for k in keys])
     for w in args.weights:
