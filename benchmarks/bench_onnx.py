@@ -1,13 +1,14 @@
-"""The dense path under onnxruntime beside PyTorch, in the same process, alternating query by query.
+"""The dense path under onnxruntime and OpenVINO beside PyTorch, in the same process, alternating query by query.
 
-The model is exported once (``adcopilot export onnx``, or ``--onnx FILE`` to reuse a file). For each
-query (real held-out photos and ELPV cells of the bundled benchmark, resized to the model's size) three
-things are timed for both runtimes, in alternating order: the dense path alone (vision tower +
-Comparison Encoder + dense head, the references encoded and cached beforehand, by each runtime
-in its own form), the detector's map
-(plus up-sampling, smoothing and pooling) and ``Copilot.inspect`` end to end (with registration).
-One thread for both (torch and onnxruntime's intra-op pool). The table gives medians (ms) of the
-wall-clock and of the CPU time, the ratios PyTorch / onnxruntime, and the largest difference of the maps.
+The model is exported once to each runtime (``adcopilot export onnx`` and ``adcopilot export openvino``, or
+``--onnx FILE`` / ``--openvino FILE.xml`` to reuse files). For each query (real held-out photos and ELPV cells of the
+bundled benchmark, resized to the model's size) three things are timed for every runtime, in an order that turns
+round from query to query: the dense path alone (vision tower + Comparison Encoder + dense head, the references
+encoded and cached beforehand, by each runtime in its own form), the detector's map (plus up-sampling, smoothing,
+pooling and the image score) and ``Copilot.inspect`` end to end (with registration and the image check). One thread
+for all (torch, onnxruntime's intra-op pool, OpenVINO's inference threads). The table gives medians (ms) of the
+wall-clock and of the CPU time, the ratios PyTorch / runtime, and the largest difference of the maps and scores from
+PyTorch's. OpenVINO is measured when it is installed (``pip install 'adcopilot[openvino]'``; ``--no-openvino`` skips it).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_onnx.py --n 40 --shots 1 5
 """
@@ -28,8 +29,11 @@ from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.nano import ReferenceInputs
 from adcopilot.model.onnx_detector import OnnxReference
 from adcopilot.model.onnx_export import export_onnx
+from adcopilot.model.openvino_detector import ov
+from adcopilot.model.openvino_export import export_openvino
 
 BUNDLED = Path.home() / ".cache" / "adcopilot" / "benchmarks" / "bundled"
+NAMES = {"pt": "PyTorch", "ox": "onnxruntime", "ov": "OpenVINO"}
 
 
 def images(n: int) -> tuple[list[Path], list[Path]]:
@@ -42,64 +46,83 @@ def images(n: int) -> tuple[list[Path], list[Path]]:
     return goods[:5], [tests[i] for i in rng.permutation(len(tests))[:n]]
 
 
+def exported(kind: str, given: Path | None, cp: Copilot) -> Path:
+    """The file of runtime ``kind`` ("ox", "ov"): ``given``, else the model exported now."""
+    if given is not None:
+        return given
+    path = Path(tempfile.mkdtemp()) / ("model.onnx" if kind == "ox" else "model.xml")
+    t = time.perf_counter()
+    (export_onnx if kind == "ox" else export_openvino)(cp.detector, path)
+    print(f"exported {path} in {time.perf_counter() - t:.1f} s")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--onnx", type=Path, default=None, help="an existing export of --model (default: export now)")
+    ap.add_argument("--onnx", type=Path, default=None, help="an existing ONNX export of --model (default: export now)")
+    ap.add_argument("--openvino", type=Path, default=None, help="an existing OpenVINO export (.xml) of --model")
+    ap.add_argument("--no-openvino", action="store_true", help="measure PyTorch and onnxruntime only")
     ap.add_argument("--n", type=int, default=40, help="queries per number of shots")
     ap.add_argument("--shots", type=int, nargs="+", default=[1])
     args = ap.parse_args()
     torch.set_num_threads(1)
     pt = Copilot.load(args.model)
-    path = args.onnx
-    if path is None:
-        path = Path(tempfile.mkdtemp()) / "model.onnx"
-        t = time.perf_counter()
-        export_onnx(pt.detector, path)
-        print(f"exported {path} in {time.perf_counter() - t:.1f} s")
-    ox = Copilot.load(path)
-    det, odet = pt.detector, ox.detector
+    kinds = ["ox"] + (["ov"] if ov is not None and not args.no_openvino else [])
+    if ov is None and not args.no_openvino:
+        print("OpenVINO is not installed (pip install 'adcopilot[openvino]'): measuring onnxruntime only")
+    cps = {"pt": pt, **{k: Copilot.load(exported(k, args.onnx if k == "ox" else args.openvino, pt)) for k in kinds}}
+    dets = {k: cp.detector for k, cp in cps.items()}
     refs, queries = images(args.n)
-    size = det.image_size
+    size = pt.detector.image_size
     rows = []
     for k in args.shots:
         ref_arrays = [to_float_array(load_image(r), size) for r in refs[:k]]
         with torch.inference_mode():
-            enc = ReferenceInputs.concat([det.encode_reference(r) for r in ref_arrays])
-        oref = OnnxReference.concat([odet.encode_reference(r) for r in ref_arrays])
+            enc = {"pt": ReferenceInputs.concat([dets["pt"].encode_reference(r) for r in ref_arrays])}
+        for kind in kinds:
+            enc[kind] = OnnxReference.concat([dets[kind].encode_reference(r) for r in ref_arrays])
 
-        def dense_pt(q: np.ndarray, enc: ReferenceInputs = enc) -> dict:
-            return det.model.compare_with(det.patch_features(q), enc, with_tokens=False)
+        def dense(kind: str, q: np.ndarray, enc: dict = enc) -> object:
+            if kind == "pt":
+                with torch.inference_mode():
+                    return dets["pt"].model.compare_with(dets["pt"].patch_features(q), enc["pt"], with_tokens=False)
+            return dets[kind].run(q, enc[kind])
 
-        for cp in (pt, ox):  # warm-up, caches the references
+        for cp in cps.values():  # warm-up, caches the references (and their views)
             cp.inspect(queries[0], refs[:k])
         clock = Clock()
-        worst = 0.0
+        worst = {kind: [0.0, 0.0] for kind in kinds}  # largest map and score differences from PyTorch
+        order = list(cps)
         for i, qp in enumerate(queries):
             q = to_float_array(load_image(qp), size)
-            for rt in ("pt", "ox")[:: 1 if i % 2 else -1]:
-                if rt == "pt":
-                    with torch.inference_mode():
-                        clock("dense pt", dense_pt, q)
-                    pm, _ = clock("map pt", det.detect, q, [enc])
-                    clock("inspect pt", pt.inspect, qp, refs[:k])
-                else:
-                    clock("dense ox", odet.run, q, oref)
-                    om, _ = clock("map ox", odet.detect, q, [oref])
-                    clock("inspect ox", ox.inspect, qp, refs[:k])
-            worst = max(worst, float(np.abs(pm - om).max()))
+            maps = {}
+            for kind in order[i % len(order):] + order[: i % len(order)]:  # each runtime first in turn
+                clock(f"dense {kind}", dense, kind, q)
+                with torch.inference_mode():
+                    maps[kind] = clock(f"map {kind}", dets[kind].detect, q, [enc[kind]])
+                clock(f"inspect {kind}", cps[kind].inspect, qp, refs[:k])
+            for kind in kinds:
+                worst[kind][0] = max(worst[kind][0], float(np.abs(maps["pt"][0] - maps[kind][0]).max()))
+                worst[kind][1] = max(worst[kind][1], abs(maps["pt"][1] - maps[kind][1]))
         med, cpu = clock.medians(), clock.medians(cpu=True)
         rows.append((k, med, cpu, worst))
         print(f"{k} shot(s): " + ", ".join(f"{key}={v:.1f}/{cpu[key]:.1f}" for key, v in med.items())
-              + f", max map diff {worst:.1e}", flush=True)
-    print(f"\n{args.n} queries, one thread, medians in ms (wall clock; CPU time):\n")
-    print("| shots | stage | PyTorch | onnxruntime | PyTorch / onnxruntime | CPU: PyTorch | onnxruntime | ratio |"
-          " max abs map difference |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+              + "; " + ", ".join(f"{NAMES[kind]} max map / score diff {w[0]:.1e} / {w[1]:.1e}"
+                                 for kind, w in worst.items()), flush=True)
+    print(f"\n{args.n} queries, one thread, medians in ms (wall clock; CPU time in brackets):\n")
+    print("| shots | stage | PyTorch | " + " | ".join(f"{NAMES[kind]} | PyTorch / {NAMES[kind]}" for kind in kinds)
+          + " | " + " | ".join(f"{NAMES[kind]}: max map / score difference" for kind in kinds) + " |")
+    print("|---:|---|---:|" + "---:|---:|" * len(kinds) + "---:|" * len(kinds))
     for k, med, cpu, worst in rows:
         for stage in ("dense", "map", "inspect"):
-            a, b, ca, cb = med[f"{stage} pt"], med[f"{stage} ox"], cpu[f"{stage} pt"], cpu[f"{stage} ox"]
-            print(f"| {k} | {stage} | {a:.1f} | {b:.1f} | {a / b:.2f} | {ca:.1f} | {cb:.1f} | {ca / cb:.2f} | {worst:.1e} |")
+            a, ca = med[f"{stage} pt"], cpu[f"{stage} pt"]
+            cells = [f"{a:.1f} ({ca:.1f})"]
+            for kind in kinds:
+                b, cb = med[f"{stage} {kind}"], cpu[f"{stage} {kind}"]
+                cells += [f"{b:.1f} ({cb:.1f})", f"{a / b:.2f} ({ca / cb:.2f})"]
+            cells += [f"{worst[kind][0]:.1e} / {worst[kind][1]:.1e}" for kind in kinds]
+            print(f"| {k} | {stage} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ features, their input projection and the first cross-attention's queries: an :cl
 and cached by the caller; a query costs one run of the comparison; the logits are up-sampled,
 smoothed and pooled as :class:`~adcopilot.model.nano.NanoDetector` does. The file holds one graph;
 the two halves are cut out of it at load time (``onnx.utils.Extractor``), so neither run computes
-what only the other needs. onnxruntime uses as many threads as torch (``OMP_NUM_THREADS``).
+what only the other needs. A query's nearest-reference patch distance is computed from its features (an output of
+the graph), as the image check reads it: a blank frame or another product is refused as with the PyTorch model.
+onnxruntime uses as many threads as torch (``OMP_NUM_THREADS``); the runtime's two hooks (:meth:`OnnxDetector._read_graph`,
+:meth:`OnnxDetector._open`) are what :class:`~adcopilot.model.openvino_detector.OpenvinoDetector` replaces.
 
 Needs the optional packages ``onnx`` and ``onnxruntime`` (``pip install 'adcopilot[onnx]'``).
 """
@@ -27,7 +30,7 @@ import torch
 
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.compare import grid_positions
-from adcopilot.model.detector import Detector
+from adcopilot.model.detector import Detection, Detector, OwnFrame
 from adcopilot.model.nano import (
     FUSED_SCORES,
     IMAGE_SCORES,
@@ -90,20 +93,56 @@ class OnnxReference:
 class OnnxDetector(Detector):
     """The dense path of an exported nano model; references are :class:`OnnxReference`."""
 
+    patch_distances = True  # its detections carry the nearest-reference distance: Copilot runs the image check
+
+    #: The runtime's name, as ``describe()`` reports it and errors name it.
+    runtime = "onnxruntime"
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        if ort is None:
-            raise AdcopilotError(f"{path}: running an ONNX model needs the optional packages onnx and onnxruntime: "
-                                 f"{INSTALL_HINT}")
         self.path = Path(path)
+        meta, names = self._read_graph()
+        if any(k not in meta for k in METADATA_KEYS) or names != (list(INPUTS), list(OUTPUTS)):
+            raise CheckpointError(f"{self.path}: not an adcopilot dense-path export of this version (make one with "
+                                  f"adcopilot export {'onnx' if self.runtime == 'onnxruntime' else self.runtime})")
+        self._configure(meta)
+        # The query's features: its nearest-reference distance (the image check's) and the fused score's search.
+        fused = any(s in FUSED_SCORES for s in self.scores)
+        self._outputs = [QUERY_OUTPUT, "features"]
+        try:
+            self.session = self._open(list(INPUTS), self._outputs, threads)
+            self.encoder = self._open(["image"], list(REFERENCE_OUTPUTS), threads)
+            self.view_encoder = self._open(["image"], ["features"], threads) if fused else None
+        except Exception as exc:  # each runtime raises its own exception types for broken graphs
+            raise CheckpointError(f"{self.path}: not a runnable model for {self.runtime} "
+                                  f"({str(exc).strip().splitlines()[0]})") from None
+        n = self.image_size // STRIDE
+        self._pos = grid_positions(n, n).numpy()  # (N, 2) int64, the positions of one reference
+
+    def _read_graph(self) -> tuple[dict[str, str], tuple[list[str], list[str]]]:
+        """The file's metadata and its graph's (input names, output names); the graph is kept for :meth:`_open`."""
+        if ort is None:
+            raise AdcopilotError(f"{self.path}: running an ONNX model needs the optional packages onnx and "
+                                 f"onnxruntime: {INSTALL_HINT}")
         try:
             proto = onnx.load(str(self.path))
         except Exception as exc:  # protobuf's decode errors, among others, for a file that is not ONNX
             raise CheckpointError(f"{self.path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        self._cut = Extractor(proto)
         meta = {p.key: p.value for p in proto.metadata_props}
-        names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
-        if any(k not in meta for k in METADATA_KEYS) or names != (list(INPUTS), list(OUTPUTS)):
-            raise CheckpointError(f"{self.path}: not an adcopilot dense-path export of this version (make one with "
-                                  "adcopilot export onnx)")
+        return meta, ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
+
+    def _open(self, inputs: list[str], outputs: list[str], threads: int | None) -> Any:
+        """A runnable part of the graph, ``inputs`` -> ``outputs``, with ``run(outputs, feeds)`` -> arrays."""
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        part = self._cut.extract_model(inputs, outputs)
+        return ort.InferenceSession(part.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def _configure(self, meta: dict[str, str]) -> None:
+        """The model's thresholds, smoothing, pooling and image scores from the file's metadata, checked."""
         try:
             self.image_size = int(meta["image_size"])
             self.threshold = float(meta["threshold"])
@@ -133,28 +172,6 @@ class OnnxDetector(Detector):
         if blend:
             raise CheckpointError(f"{self.path}: malformed metadata ({blend})")
         self.name = meta["name"]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            cut = Extractor(proto)
-            # The fused score also reads the query's features and the references' views' features.
-            fused = any(s in FUSED_SCORES for s in self.scores)
-            self._outputs = [QUERY_OUTPUT, "features"] if fused else [QUERY_OUTPUT]
-            self.session = self._session(cut.extract_model(list(INPUTS), self._outputs), opts)
-            self.encoder = self._session(cut.extract_model(["image"], list(REFERENCE_OUTPUTS)), opts)
-            self.view_encoder = self._session(cut.extract_model(["image"], ["features"]), opts) \
-                if fused else None
-        except Exception as exc:  # onnx and onnxruntime raise their own exception types for broken graphs
-            raise CheckpointError(f"{self.path}: not a runnable ONNX model ({str(exc).splitlines()[0]})") from None
-        n = self.image_size // STRIDE
-        self._pos = grid_positions(n, n).numpy()  # (N, 2) int64, the positions of one reference
-
-    @staticmethod
-    def _session(model: Any, opts: Any) -> Any:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     @staticmethod
     def _image(image: np.ndarray) -> np.ndarray:
@@ -197,35 +214,48 @@ class OnnxDetector(Detector):
             own = self_distance(torch.from_numpy(tokens), (n, n)).numpy()  # (N,)
         return OnnxReference(tokens, prev[0], queries[0], views, own)
 
-    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
+    def detection(
+        self, query: np.ndarray, references: list[Any], with_tokens: bool = False, own_frame: OwnFrame | None = None,
+    ) -> Detection:
+        """The map, its image score and the nearest-reference patch distance (S, S), which the image check reads
+        (``with_tokens`` and ``own_frame``: unused, the file has no comparison tokens and no product memory)."""
         refs = OnnxReference.concat(references)
-        outs = self._run(query, refs)
-        logits = outs[0][0, 0]  # (h, w)
-        up = upsample_centered(torch.from_numpy(logits)[None, None], self.image_size // logits.shape[-1])
-        prob = torch.sigmoid(up)[0, 0].numpy()  # (S, S)
+        logits, feats = self._run(query, refs)
+        logits = logits[0, 0]  # (h, w)
+        factor = self.image_size // logits.shape[-1]
+        prob = torch.sigmoid(upsample_centered(torch.from_numpy(logits)[None, None], factor))[0, 0].numpy()  # (S, S)
         if self.smooth_sigma > 0:
             prob = cv2.GaussianBlur(prob, (0, 0), self.smooth_sigma)
         prob = prob.astype(np.float32, copy=False)
+        q = torch.from_numpy(self._tokens(feats))  # (N, 152)
+        d1 = nearest_distance(q, torch.from_numpy(refs.tokens)).view(logits.shape)  # (h, w), as the graph's
+        distance = upsample_centered(d1[None, None], factor)[0, 0].numpy()  # (S, S)
+        return Detection(prob, self._score(prob, d1, q, refs), distance=distance)
+
+    def _score(self, prob: np.ndarray, d1: torch.Tensor, q: torch.Tensor, refs: OnnxReference) -> float:
+        """The image score for this many references, as :class:`~adcopilot.model.nano.NanoDetector` scores."""
         k = refs.tokens.shape[0] // self._pos.shape[0]
         score = self.image_score_for(k)
         if score not in FUSED_SCORES or refs.views is None:
-            return prob, pooled_score(prob, self.topk_frac)
-        q = torch.from_numpy(self._tokens(outs[1]))  # (N, 152)
-        d1 = nearest_distance(q, torch.from_numpy(refs.tokens)).view(logits.shape)  # (h, w), as the graph's
+            return pooled_score(prob, self.topk_frac)
         d8 = view_distance(d1, q, torch.from_numpy(refs.views))
         if score in SELF_SCORES and refs.own is not None:
             d8 = self_gated_distance(d8, q, torch.from_numpy(refs.own).view(d8.shape), self.self_gate,
                                      self.twin_quantile)
         fused = fused_score(prob, d8, self.fused_weight)
         if score == "blend":
-            return prob, blended_score(pooled_score(prob, self.topk_frac), fused, *self.blend)
-        return prob, fused
+            return blended_score(pooled_score(prob, self.topk_frac), fused, *self.blend)
+        return fused
+
+    def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
+        d = self.detection(query, references)
+        return d.amap, d.score
 
     def anomaly_map(self, query: np.ndarray, references: list[Any]) -> np.ndarray:
         return self.detect(query, references)[0]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "runtime": "onnxruntime", "file": str(self.path)}
+        return {**super().describe(), "runtime": self.runtime, "file": str(self.path)}
 
 
 def load_onnx_detector(path: str | os.PathLike) -> tuple[OnnxDetector, dict[str, Any]]:

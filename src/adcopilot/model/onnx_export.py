@@ -94,10 +94,10 @@ def example_inputs(detector: NanoDetector, references: int = 1) -> tuple[torch.T
     return image, ref.tokens, ref.prev, ref.queries, ref.pos
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     """Fail in one line before the (slow) export when ``out`` cannot be written."""
     if out.is_dir():
-        raise AdcopilotError(f"{out}: is a directory; give the path of the .onnx file to write")
+        raise AdcopilotError(f"{out}: is a directory; give the path of the file to write")
     if not out.parent.is_dir():
         why = "is a file, not a folder" if out.parent.exists() else "does not exist"
         raise AdcopilotError(f"{out}: cannot write: {out.parent} {why}")
@@ -121,7 +121,7 @@ def export_onnx(
     except ImportError as exc:
         raise AdcopilotError(f"ONNX export needs the optional package {exc.name!r}: {INSTALL_HINT}") from None
     out = Path(out)
-    _check_writable(out)
+    check_writable(out)
     if detector.memory is not None:
         log.warning("the product memory is not part of the ONNX graph: the file inspects with the comparison "
                     "model alone")

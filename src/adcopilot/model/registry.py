@@ -19,6 +19,7 @@ from adcopilot.model.checkpoint_kind import DEFAULT_CHECKPOINT
 from adcopilot.model.detector import Detector
 from adcopilot.model.nano import load_nano_detector
 from adcopilot.model.onnx_detector import load_onnx_detector
+from adcopilot.model.openvino_detector import load_openvino_detector
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,12 @@ def resolve_model(model: str | os.PathLike | None) -> str | Path:
 
 
 def load_detector(model: str | Path) -> tuple[Detector, dict[str, Any]]:
-    """(detector, metadata) for a name of :data:`DETECTORS`, a nano checkpoint folder or an ONNX export."""
+    """(detector, metadata) for a name of :data:`DETECTORS`, a nano checkpoint folder, an ONNX export or an OpenVINO
+    one."""
     if isinstance(model, str) and model in DETECTORS:
         return DETECTORS[model]()
     if Path(model).is_file() and Path(model).suffix == ".onnx":  # a dense path from `adcopilot export onnx`
         return load_onnx_detector(Path(model))
+    if Path(model).is_file() and Path(model).suffix == ".xml":  # the same under OpenVINO (`adcopilot export openvino`)
+        return load_openvino_detector(Path(model))
     return load_nano_detector(model)

@@ -74,7 +74,7 @@ def test_graph_is_cut_in_two(exported):
     onx = OnnxDetector(path)
     assert [o.name for o in onx.encoder.get_outputs()] == ["features", "prev", "queries"]
     assert [i.name for i in onx.encoder.get_inputs()] == ["image"]  # no reference needed to encode one
-    assert [o.name for o in onx.session.get_outputs()] == ["pixel_logits"]
+    assert [o.name for o in onx.session.get_outputs()] == ["pixel_logits", "features"]  # the distance reads them
 
 
 def test_copilot_loads_the_file_and_inspects(exported):
@@ -230,3 +230,19 @@ def test_a_malformed_self_gate_is_refused_in_one_line(exported, tmp_path, gate):
     with pytest.raises(CheckpointError, match="gate.onnx: malformed metadata") as exc:
         Copilot.load(bad)
     assert len(str(exc.value).splitlines()) == 1
+
+
+def test_the_file_runs_the_image_check(exported):
+    """The exported model carries the nearest-reference distance the image check reads: a blank frame and a
+    flat grey one are refused with a reason, as with the checkpoint (before, an ONNX model skipped the check)."""
+    det, path = exported
+    cp, pt = Copilot.load(path), Copilot(det)
+    (r,) = _images(6, 1)
+    onx = OnnxDetector(path)
+    q = _images(7, 1)[0]
+    got, want = onx.detection(q, [onx.encode_reference(r)]), det.detection(q, [det.encode_reference(r)])
+    assert got.distance is not None and np.abs(got.distance - want.distance).max() < TOLERANCE
+    for blank in (np.zeros((64, 64, 3), np.float32), np.full((64, 64, 3), 0.5, np.float32)):
+        result = cp.inspect(blank, [r])
+        assert result.image_check == pt.inspect(blank, [r]).image_check == "blank image"
+        assert result.verdict == "anomalous"
