@@ -77,6 +77,30 @@ def model_scores(model: str, paths: list[Path], bank_paths: list[Path], shots: i
     return out
 
 
+def model_scores_each(model: str, paths: list[Path], bank_paths: list[Path], shots: int, cache: Path) -> np.ndarray:
+    """(N, shots) the model's image score of every image against each of its ``shots`` nearest bank images alone
+    (the one-reference score), cached as :func:`model_scores` caches."""
+    cop = _copilot(model)
+    kind = cop.detector.image_score_for(1)
+    if cache.exists():
+        held = np.load(cache)
+        if str(held["image_score"]) == kind:
+            return held["score"]
+    cop._cache_size = len(bank_paths) + 8
+    cop._cache_bytes = None
+    tower = tower_for(cop.detector)
+    bank = ReferenceBank.from_paths(bank_paths, tower)
+    out = np.empty((len(paths), shots))
+    for i, p in enumerate(tqdm(paths, desc=f"{model} against each of {shots} lot references", mininterval=10)):
+        img = load_image(p)
+        feature = global_features(tower, [to_float_array(img, GLOBAL_SIZE)])[0]
+        for j, (r, _) in enumerate(bank.nearest(feature, shots, exclude=p)):
+            out[i, j] = cop.analyze(img, [str(r)]).score
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, score=out, image_score=np.array(kind))
+    return out
+
+
 def fused(second: np.ndarray, model: np.ndarray) -> np.ndarray:
     """The mutual score's and the model's robust z-scores on the lot, added."""
     return robust_z(second) + robust_z(model)
@@ -132,6 +156,8 @@ def main() -> None:
                     "this many of each, at the first of --shots")
     ap.add_argument("--rounds", type=int, default=1, help="2: the pool and bank chosen again by the joined score")
     ap.add_argument("--mad-k", type=float, nargs="+", default=[1.5, 2.0])
+    ap.add_argument("--each", action="store_true", help="also the model against each lot reference alone, its "
+                    "one-reference scores averaged (mean, median, smallest) instead of one comparison with all")
     ap.add_argument("--stretch", action="store_true", help="the mutual score on stretched grey levels (batch --mutual's "
                     "default); the model inspects the images as taken, as the product does")
     args = ap.parse_args()
@@ -163,6 +189,13 @@ def main() -> None:
                 print(f"  {model} against {shots} lot references: alone {area(sc, prob)}; z added {area(both, prob)}; "
                       f"z added, model at half weight {area(zm + 0.5 * robust_z(sc), prob)}; "
                       f"larger of the two over their lot thresholds {area(larger, prob)}", flush=True)
+                if args.each:  # the one-reference score against each lot reference alone, aggregated
+                    each = model_scores_each(model, paths, [paths[i] for i in bank_idx], shots,
+                                             args.cache / f"selfrefs-{name}-{model}-k{args.pool_k}-{shots}-each.npz")
+                    for agg in ("mean", "median", "min"):
+                        sa = getattr(np, agg)(each, axis=1)
+                        print(f"    each alone, {agg}: alone {area(sa, prob)}; z added {area(fused(second, sa), prob)}; "
+                              f"z added, model at half weight {area(zm + 0.5 * robust_z(sa), prob)}", flush=True)
                 if args.rounds > 1:  # again: the pool and the bank from the joined score, both scores again
                     pool = np.zeros(len(paths), bool)
                     pool[pool_of(torch.from_numpy(both), args.pool_k)] = True
