@@ -24,6 +24,12 @@ chosen by the same rule on the validation sets only (the test sets are not read)
 
     python benchmarks/blend_scores.py --evidence DIR --with-baseline
 
+``--with-white 0.3`` does the same with the whitened distance to the reference's views (``whitened_scores.py`` adds it
+to the files) over its own threshold (the largest mean balanced accuracy on the validation sets), then prints the test
+sets at the chosen weights beside the shipped blend.
+
+    python benchmarks/blend_scores.py --evidence DIR --with-white 0.3
+
 ``--check RUN`` compares a third run, of the shipped model (``"image_score": "blend"``), with the blend at w = 0.4 computed
 from the two runs: the largest difference of the per-image scores.
 
@@ -49,22 +55,26 @@ def read(run: Path) -> dict[str, tuple[int, float]]:
     return {r["image"]: (int(r["label"]), float(r["score"])) for r in rows if r.get("error") is None}
 
 
-def blend(m: np.ndarray, s: np.ndarray, w: float, b: np.ndarray | None = None, c: float = 0.0) -> np.ndarray:
-    """The blend at the map's share ``w`` (and the baseline score ``b``'s share ``c``; the self-gated score's 1 - w - c)."""
+def blend(m: np.ndarray, s: np.ndarray, w: float, b: np.ndarray | None = None, c: float = 0.0,
+          b_scale: float = BASELINE_THRESHOLD) -> np.ndarray:
+    """The blend at the map's share ``w`` (and a third score ``b``'s share ``c`` over its scale ``b_scale``, by default
+    the baseline's; the self-gated score's 1 - w - c)."""
     m, s = np.maximum(m, 1e-6), np.maximum(s, 1e-6)
     out = MAP_THRESHOLD * (m / MAP_THRESHOLD) ** w * (s / SELF_THRESHOLD) ** (1.0 - w - c)
-    return out if b is None or c == 0 else out * (np.maximum(b, 1e-6) / BASELINE_THRESHOLD) ** c
+    return out if b is None or c == 0 else out * (np.maximum(b, 1e-6) / b_scale) ** c
 
 
-def evidence(folder: Path, sets: tuple[str, ...], w: float, c: float = 0.0) -> dict[str, tuple[float, float]]:
-    """{pool: (image AUROC, balanced accuracy at 0.5)} of the blend at w (and c), the mean over each set's files (draws)."""
+def evidence(folder: Path, sets: tuple[str, ...], w: float, c: float = 0.0, third: str = "baseline",
+             third_scale: float = BASELINE_THRESHOLD) -> dict[str, tuple[float, float]]:
+    """{pool: (image AUROC, balanced accuracy at 0.5)} of the blend at w (and c of the files' score ``third`` over
+    ``third_scale``), the mean over each set's files (draws)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for s in sets:
         for f in sorted(glob.glob(f"{folder}/{s}-*.json")):
             rows = json.loads(Path(f).read_text())
             y, g = np.array([r["label"] for r in rows]), np.array([r["group"] for r in rows])
             sc = blend(np.array([r["map_d1"] for r in rows]), np.array([r["fself_d1"] for r in rows]), w,
-                       np.array([r["baseline"] for r in rows]), c)
+                       np.array([r[third] for r in rows]) if c else None, c, third_scale)
             if s.startswith("elpv"):
                 pools = {f"{s} mono": g == "mono", f"{s} poly": g == "poly"}
             elif s == "surfaces":
@@ -99,20 +109,43 @@ def choose(folder: Path) -> None:
         print(f"test, w {w:.2f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items()), flush=True)
 
 
-def choose_with_baseline(folder: Path) -> None:
-    """The same rule over (w, c), on the validation sets only."""
+def third_scale(folder: Path, third: str) -> float:
+    """The verdict threshold of the files' score ``third`` alone: the largest mean balanced accuracy over the
+    validation pools (ELPV training cells per type, synthetic pairs), as 0.42 was chosen for the self-gated score."""
+    pools = []
+    for s in ("elpv-val", "synth"):
+        for f in sorted(glob.glob(f"{folder}/{s}-*.json")):
+            rows = json.loads(Path(f).read_text())
+            y, g, v = (np.array([r[k] for r in rows]) for k in ("label", "group", third))
+            pools += [(y[g == k], v[g == k]) for k in sorted(set(g))] if s == "elpv-val" else [(y, v)]
+    grid = np.quantile(np.concatenate([v for _, v in pools]), np.linspace(0.02, 0.98, 97))
+    acc = [np.mean([1 - ((v[y == 0] >= t).mean() + (v[y == 1] < t).mean()) / 2 for y, v in pools]) for t in grid]
+    return float(grid[int(np.argmax(acc))])
+
+
+def choose_with_third(folder: Path, third: str = "baseline") -> None:
+    """The same rule over (w, c), on the validation sets only; the test sets are printed only for another third
+    score than the baseline, at the chosen (w, c) beside the shipped blend."""
     val = ("elpv-val", "synth")
+    scale = BASELINE_THRESHOLD if third == "baseline" else third_scale(folder, third)
+    print(f"third score {third}, over {scale:.4f}", flush=True)
     shipped = evidence(folder, val, 1.0)
     best, best_gain = (1.0, 0.0), -1.0
     for w in np.round(np.arange(0.0, 1.0001, 0.1), 2):
         for c in np.round(np.arange(0.0, 1.0001 - w, 0.1), 2):
-            st = evidence(folder, val, float(w), float(c))
+            st = evidence(folder, val, float(w), float(c), third, scale)
             gain = min(min(st[p][0] - shipped[p][0], st[p][1] - shipped[p][1]) for p in st)
             print(f"w {w:.1f} c {c:.1f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items())
                   + f"; smallest gain {gain:+.3f}", flush=True)
             if gain > best_gain + 1e-9:
                 best, best_gain = (float(w), float(c)), gain
     print(f"chosen: w {best[0]:.1f}, c {best[1]:.1f} (smallest gain {best_gain:+.3f})")
+    if third != "baseline":
+        test = ("elpv-test", "photos", "surfaces")
+        for w, c in ((0.4, 0.0), best, (0.3, 0.3), (0.2, 0.4), (0.0, 1.0)):
+            st = evidence(folder, test, w, c, third, scale)
+            print(f"test, w {w:.1f} c {c:.1f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items()),
+                  flush=True)
 
 
 def main() -> None:
@@ -123,10 +156,17 @@ def main() -> None:
     ap.add_argument("--by-class", action="store_true")
     ap.add_argument("--evidence", type=Path, help="choose w on map_inputs_probe.py's files in this folder")
     ap.add_argument("--with-baseline", action="store_true", help="with --evidence: a third term, the baseline's score")
+    ap.add_argument("--with-white", choices=["0.3", "0.1"], help="with --evidence: a third term, the whitened distance "
+                    "(whitened_scores.py's white_LAMBDA, over its own threshold chosen on the validation sets)")
     ap.add_argument("--check", type=Path, help="an eval detect run of the shipped model: its scores against the blend")
     args = ap.parse_args()
     if args.evidence:
-        (choose_with_baseline if args.with_baseline else choose)(args.evidence)
+        if args.with_white:
+            choose_with_third(args.evidence, f"white_{args.with_white}")
+        elif args.with_baseline:
+            choose_with_third(args.evidence)
+        else:
+            choose(args.evidence)
         return
     if args.map_run is None or args.self_run is None:
         raise SystemExit("give the two eval detect runs, or --evidence DIR")

@@ -17,6 +17,7 @@ Pairs as ``image_score_evidence.py`` draws them (``--set elpv-val``: training ce
 the product registers them. Printed: image AUROC per group.
 
     OMP_NUM_THREADS=1 python benchmarks/reference_variants_probe.py --set elpv-val
+    OMP_NUM_THREADS=1 python benchmarks/reference_variants_probe.py --set synth --by-class   # the other validation set
     OMP_NUM_THREADS=1 python benchmarks/reference_variants_probe.py --set elpv-test --limit 150   # also photos, surfaces
 """
 
@@ -28,7 +29,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 import torch
-from image_score_evidence import SURFACES, _arr, elpv_pairs, photo_pairs
+from image_score_evidence import SURFACES, _arr, elpv_pairs, photo_pairs, synth_pairs
 from tqdm import tqdm
 
 from adcopilot.metrics import auroc
@@ -68,7 +69,9 @@ GROUPS = {"gam": ("g0.7", "g1.4"), "con": ("c0.8", "c1.25"), "scl": ("s0.9", "s1
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", default="elpv-val", choices=["elpv-val", "elpv-test", "photos", "surfaces"])
+    ap.add_argument("--set", default="elpv-val", choices=["elpv-val", "elpv-test", "photos", "surfaces", "synth"])
+    ap.add_argument("--n", type=int, default=200, help="synth: pairs (stage-1-style, from a seed training never used)")
+    ap.add_argument("--by-class", action="store_true", help="photos, surfaces, synth: AUROC per class as well")
     ap.add_argument("--per-side", type=int, default=100, help="elpv-val: normal and defective cells per type")
     ap.add_argument("--limit", type=int, default=150, help="elpv-test: cells per type")
     ap.add_argument("--seed", type=int, default=0)
@@ -86,13 +89,16 @@ def main() -> None:
 
     if args.set.startswith("elpv"):
         pairs = list(elpv_pairs(args.set, args.seed, 1, args.per_side, args.limit if args.set == "elpv-test" else None))
+    elif args.set == "synth":
+        pairs = list(synth_pairs(args.n, args.seed))
     else:
         pairs = list(photo_pairs(args.seed, 1, SURFACES if args.set == "surfaces" else None))
     cache: dict[str, tuple] = {}
     rows = []
     for group, label, refs, query in tqdm(pairs, mininterval=10):
-        if str(refs[0]) not in cache:
-            arr = _arr(refs[0], size)
+        key = str(refs[0]) if not isinstance(refs[0], np.ndarray) else str(id(refs[0]))
+        if key not in cache:
+            arr = _arr(refs[0], size) if not isinstance(refs[0], np.ndarray) else refs[0]
             views = dihedral_views(arr)
             bank = {"v8": torch.cat([feats(v) for v in views])}  # (8N, 152)
             bank.update({k: torch.cat([feats(f(v)) for v in views]) for k, f in VARIANTS.items()})
@@ -103,9 +109,10 @@ def main() -> None:
                 ev, vec = torch.linalg.eigh(cov + lam * cov.trace() / cov.shape[0] * torch.eye(cov.shape[0]))
                 whiten[lam] = vec @ torch.diag(ev.rsqrt()) @ vec.T
             cache.clear()  # references are seldom drawn twice
-            cache[str(refs[0])] = (arr, bank, mu, whiten)
-        arr, bank, mu, whiten = cache[str(refs[0])]
-        tok = feats(align(_arr(query, size), arr).compared)  # registered as the product registers it
+            cache[key] = (arr, bank, mu, whiten)
+        arr, bank, mu, whiten = cache[key]
+        q = _arr(query, size) if not isinstance(query, np.ndarray) else query
+        tok = feats(align(q, arr).compared)  # registered as the product registers it
         n = tok.shape[0]
         h = int(round(n ** 0.5))
         dd = {k: nearest_distance(tok, b) for k, b in bank.items()}
@@ -119,9 +126,12 @@ def main() -> None:
             row[f"maha_{lam}"] = smax(zq.norm(dim=1), h)
         rows.append(row)
     keys = [k for k in rows[0] if k not in ("label", "group")]
-    for g in sorted({r["group"] for r in rows}) if args.set.startswith("elpv") else [None]:
+    groups = sorted({r["group"] for r in rows})
+    for g in groups if args.set.startswith("elpv") else [None, *(groups if args.by_class else [])]:
         sub = [r for r in rows if g is None or r["group"] == g]
         y = np.array([r["label"] for r in sub])
+        if len(set(y)) < 2:  # a class of one label (a few synthetic pairs) has no AUROC
+            continue
         print(f"{args.set} seed {args.seed} {g or 'all'} ({len(sub)}): "
               + " ".join(f"{k}={auroc(np.array([r[k] for r in sub]), y):.3f}" for k in keys), flush=True)
 
