@@ -214,6 +214,13 @@ class OnnxDetector(Detector):
             own = self_distance(torch.from_numpy(tokens), (n, n)).numpy()  # (N,)
         return OnnxReference(tokens, prev[0], queries[0], views, own)
 
+    def reference_tokens(self, reference: Any) -> torch.Tensor | None:
+        """(N, 152) one reference's patch features, those its nearest-reference distance is measured against (the
+        reference check compares references by them, as it does for the PyTorch model)."""
+        if isinstance(reference, OnnxReference) and reference.tokens.shape[0] == self._pos.shape[0]:
+            return torch.from_numpy(reference.tokens)
+        return None
+
     def detection(
         self, query: np.ndarray, references: list[Any], with_tokens: bool = False, own_frame: OwnFrame | None = None,
     ) -> Detection:

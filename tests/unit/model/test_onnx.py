@@ -242,6 +242,10 @@ def test_the_file_runs_the_image_check(exported):
     q = _images(7, 1)[0]
     got, want = onx.detection(q, [onx.encode_reference(r)]), det.detection(q, [det.encode_reference(r)])
     assert got.distance is not None and np.abs(got.distance - want.distance).max() < TOLERANCE
+    # The references are compared with each other by the same patches as the checkpoint's (no inspection between them).
+    want_tokens = det.reference_tokens(det.encode_reference(r))
+    assert np.abs(onx.reference_tokens(onx.encode_reference(r)).numpy() - want_tokens.numpy()).max() < 1e-5
+    assert onx.reference_tokens(OnnxReference.concat([onx.encode_reference(r)] * 2)) is None  # one reference only
     for blank in (np.zeros((64, 64, 3), np.float32), np.full((64, 64, 3), 0.5, np.float32)):
         result = cp.inspect(blank, [r])
         assert result.image_check == pt.inspect(blank, [r]).image_check == "blank image"
