@@ -53,6 +53,8 @@ class Detector(ABC):
     #: Whether its detections carry the nearest-reference-patch distance map (``Detection.distance``),
     #: which the image check's product test reads; without it ``Copilot`` runs no image check.
     patch_distances: bool = False
+    #: What computes its model: PyTorch here; an exported file's runtime for the detectors that run one.
+    runtime: str = "pytorch"
 
     @abstractmethod
     def encode_reference(self, image: np.ndarray) -> Any:
@@ -106,4 +108,4 @@ class Detector(ABC):
         return float(amap.max())
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "image_size": self.image_size, "threshold": self.threshold}
+        return {"name": self.name, "image_size": self.image_size, "threshold": self.threshold, "runtime": self.runtime}

@@ -262,7 +262,7 @@ class OnnxDetector(Detector):
         return self.detect(query, references)[0]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "runtime": self.runtime, "file": str(self.path)}
+        return {**super().describe(), "file": str(self.path)}
 
 
 def load_onnx_detector(path: str | os.PathLike) -> tuple[OnnxDetector, dict[str, Any]]:

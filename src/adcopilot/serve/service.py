@@ -210,6 +210,7 @@ class InspectionService:
             "name": cp.model_name,
             "loaded": True,
             "image_size": cp.detector.image_size,
+            "runtime": cp.detector.runtime,  # pytorch, or an exported file's: onnxruntime, openvino
             "threshold": cp.threshold_with(1),  # with one reference; other counts below
             "threshold_with_2_or_more_references": cp.threshold_with(2),
             "threshold_by_references": threshold_steps(cp, self.config.max_references),

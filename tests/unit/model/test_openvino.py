@@ -113,6 +113,18 @@ def test_copilot_loads_the_pair_inspects_and_checks_the_image(exported):
     assert blank.image_check == "blank image" and blank.verdict == "anomalous"
 
 
+def test_the_service_names_its_runtime(exported):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from adcopilot.serve.app import create_app
+
+    _, path = exported
+    with TestClient(create_app(Copilot.load(path))) as client:
+        m = client.get("/v1/models").json()["models"][0]
+    assert m["name"] == "tiny-ov" and m["runtime"] == "openvino" and m["image_size"] == 64
+
+
 def test_a_file_that_is_not_openvino_is_refused_in_one_line(tmp_path):
     bad = tmp_path / "bad.xml"
     bad.write_text("<net><layers></net>")

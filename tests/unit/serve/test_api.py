@@ -25,7 +25,7 @@ def test_health_models_and_schema(client, tiny_copilot):
     assert h["status"] == "ok" and h["model"] == "tiny"
     m = client.get("/v1/models").json()["models"][0]
     assert m["name"] == "tiny" and m["image_size"] == 64 and m["threshold"] == pytest.approx(tiny_copilot.threshold)
-    assert m["threshold_source"] == "model" and m["language"] is False
+    assert m["threshold_source"] == "model" and m["language"] is False and m["runtime"] == "pytorch"
     assert m["threshold_with_2_or_more_references"] == pytest.approx(tiny_copilot.threshold_with(2))
     steps = m["threshold_by_references"]  # from which count each threshold applies
     assert steps["1"] == pytest.approx(tiny_copilot.threshold_with(1))
