@@ -56,13 +56,13 @@ from adcopilot.model.detector import Detection, Detector, OwnFrame, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import MemoryMaps, ProductMemory, Scales
 from adcopilot.model.padim import stretch_grey
-from adcopilot.model.score import (
-    blended_score,
+from adcopilot.model.score import (  # FUSED_SCORES, SELF_SCORES, pooled_score: also read from here by others
+    FUSED_SCORES,
+    SELF_SCORES,
     dihedral_views,
-    fused_score,
+    image_score,
+    pooled_score,
     self_distance,
-    self_gated_distance,
-    view_distance,
 )
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, joint_patch_features, load_vision_tower
@@ -71,8 +71,6 @@ log = logging.getLogger(__name__)
 
 FEATURE_CHANNELS = 152
 IMAGE_SCORES = ("map", "fused", "fused-self", "blend")  # NanoConfig.image_score
-FUSED_SCORES = ("fused", "fused-self", "blend")  # the scores that read the references' dihedral views
-SELF_SCORES = ("fused-self", "blend")  # the scores that read the query's own patches
 STRIDE = 8
 #: Image sides the model takes: the tower's stride-16 grid must be exactly half its stride-8 grid, and
 #: above 1024 px one pair's attention no longer fits a laptop's memory.
@@ -375,18 +373,6 @@ def threshold_by_count(references: int, threshold: float, multi: float | None, t
     return float(max(served)[1]) if served else float(multi)
 
 
-def pooled_score(prob: np.ndarray, frac: float) -> float:
-    """Image score at inference: the mean of the top ``frac`` of the smoothed pixel probability map.
-
-    On real data the model never saw (ELPV) this pooling ranked defective cells better than the
-    training-time logit pooling on the coarse patch grid (figures in ``benchmarks/RESULTS.md``),
-    since smoothing at full resolution averages out isolated noisy patches.
-    """
-    flat = prob.ravel()
-    k = max(1, int(round(flat.size * frac)))
-    return float(np.partition(flat, flat.size - k)[-k:].mean())
-
-
 class NanoDetector(Detector):
     """:class:`Detector` around a trained :class:`NanoComparisonModel`.
 
@@ -634,18 +620,10 @@ class NanoDetector(Detector):
         blends that with the pooled map."""
         cfg = self.model.cfg
         k = refs.tokens.shape[1] // (qf.shape[2] * qf.shape[3])  # references compared
-        score = self.image_score_for(k)
-        if score not in FUSED_SCORES or refs.views is None:
-            return pooled_score(prob, cfg.topk_frac)
-        tokens = qf[0].flatten(1).T  # (N, 152)
-        d8 = view_distance(out["distance"][0, 0], tokens, refs.views[0])  # (h, w)
-        if score in SELF_SCORES and refs.own is not None:
-            d8 = self_gated_distance(d8, tokens, refs.own.view(d8.shape), cfg.self_gate, cfg.twin_quantile)
-        fused = fused_score(prob, d8, cfg.fused_weight)
-        if score == "blend":
-            return blended_score(pooled_score(prob, cfg.topk_frac), fused, cfg.blend_weight, cfg.blend_map_scale,
-                                 cfg.blend_self_scale)
-        return fused
+        return image_score(self.image_score_for(k), prob, out["distance"][0, 0], qf[0].flatten(1).T,
+                           None if refs.views is None else refs.views[0], refs.own, topk_frac=cfg.topk_frac,
+                           fused_weight=cfg.fused_weight, self_gate=cfg.self_gate, twin_quantile=cfg.twin_quantile,
+                           blend=(cfg.blend_weight, cfg.blend_map_scale, cfg.blend_self_scale))
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)

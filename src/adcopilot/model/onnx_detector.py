@@ -39,21 +39,12 @@ from adcopilot.model.nano import (
     NanoConfig,
     blend_problem,
     check_threshold_table,
-    pooled_score,
     threshold_by_count,
     valid_self_gate,
     valid_twin_quantile,
 )
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
-from adcopilot.model.score import (
-    blended_score,
-    dihedral_views,
-    fused_score,
-    nearest_distance,
-    self_distance,
-    self_gated_distance,
-    view_distance,
-)
+from adcopilot.model.score import dihedral_views, image_score, nearest_distance, self_distance
 from adcopilot.model.upsample import upsample_centered
 
 log = logging.getLogger(__name__)
@@ -242,17 +233,11 @@ class OnnxDetector(Detector):
     def _score(self, prob: np.ndarray, d1: torch.Tensor, q: torch.Tensor, refs: OnnxReference) -> float:
         """The image score for this many references, as :class:`~adcopilot.model.nano.NanoDetector` scores."""
         k = refs.tokens.shape[0] // self._pos.shape[0]
-        score = self.image_score_for(k)
-        if score not in FUSED_SCORES or refs.views is None:
-            return pooled_score(prob, self.topk_frac)
-        d8 = view_distance(d1, q, torch.from_numpy(refs.views))
-        if score in SELF_SCORES and refs.own is not None:
-            d8 = self_gated_distance(d8, q, torch.from_numpy(refs.own).view(d8.shape), self.self_gate,
-                                     self.twin_quantile)
-        fused = fused_score(prob, d8, self.fused_weight)
-        if score == "blend":
-            return blended_score(pooled_score(prob, self.topk_frac), fused, *self.blend)
-        return fused
+        return image_score(self.image_score_for(k), prob, d1, q,
+                           None if refs.views is None else torch.from_numpy(refs.views),
+                           None if refs.own is None else torch.from_numpy(refs.own), topk_frac=self.topk_frac,
+                           fused_weight=self.fused_weight, self_gate=self.self_gate, twin_quantile=self.twin_quantile,
+                           blend=self.blend)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)

@@ -57,6 +57,9 @@ import torch
 
 from adcopilot.model.upsample import upsample_centered
 
+#: The image scores that read the references' dihedral views, and those that also read the query's own patches.
+FUSED_SCORES = ("fused", "fused-self", "blend")
+SELF_SCORES = ("fused-self", "blend")
 #: Query patches (of the largest plain distance) whose distance to the reference's views is measured.
 CANDIDATES = 128
 #: Smoothing of the distance map, in pixels at the image size (as the training-free baseline's).
@@ -154,3 +157,34 @@ def blended_score(map_score: float, self_score: float, weight: float, map_scale:
     threshold), the result on the map's. Scores are floored at 1e-6 so a zero keeps the power finite."""
     m, s = max(float(map_score), 1e-6), max(float(self_score), 1e-6)
     return float(map_scale * (m / map_scale) ** weight * (s / self_scale) ** (1.0 - weight))
+
+
+def pooled_score(prob: np.ndarray, frac: float) -> float:
+    """Image score at inference: the mean of the top ``frac`` of the smoothed pixel probability map.
+
+    On real data the model never saw (ELPV) this pooling ranked defective cells better than the
+    training-time logit pooling on the coarse patch grid (figures in ``benchmarks/RESULTS.md``),
+    since smoothing at full resolution averages out isolated noisy patches.
+    """
+    flat = prob.ravel()
+    k = max(1, int(round(flat.size * frac)))
+    return float(np.partition(flat, flat.size - k)[-k:].mean())
+
+
+def image_score(
+    name: str, prob: np.ndarray, d1: torch.Tensor, tokens: torch.Tensor, views: torch.Tensor | None,
+    own: torch.Tensor | None, *, topk_frac: float, fused_weight: float, self_gate: float, twin_quantile: float,
+    blend: tuple[float, float, float],
+) -> float:
+    """The image score ``name`` of one comparison, as every runtime computes it: ``prob`` (S, S) the smoothed map,
+    ``d1`` (h, w) the query's nearest-reference distance, ``tokens`` (N, C) its patches, ``views`` (M, C) the
+    references' other views' patches and ``own`` (h, w) their self-distance (None where not made). The pooled map
+    for "map" or without views; else the map fused with the views' distance (self-gated for "fused-self" and
+    "blend"), and for "blend" that blended with the pooled map (``blend``: the map's share, its scale, the other's)."""
+    if name not in FUSED_SCORES or views is None:
+        return pooled_score(prob, topk_frac)
+    d8 = view_distance(d1, tokens, views)  # (h, w)
+    if name in SELF_SCORES and own is not None:
+        d8 = self_gated_distance(d8, tokens, own.view(d8.shape), self_gate, twin_quantile)
+    fused = fused_score(prob, d8, fused_weight)
+    return blended_score(pooled_score(prob, topk_frac), fused, *blend) if name == "blend" else fused
