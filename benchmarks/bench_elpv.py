@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from adcopilot import Copilot
+from adcopilot import Copilot, registration
 from adcopilot.data.elpv import split
 
 
@@ -57,7 +57,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="reference draws to average over")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--no-registration", action="store_true", help="compare the query as taken (no registration)")
+    ap.add_argument("--guard", choices=["plain", "windowed"], default=None,
+                    help="registration keeps a fit that beats the unaligned images' correlation measured as they are "
+                         "(plain) or windowed as the fit's (default: the product's)")
     args = ap.parse_args()
+    if args.guard:
+        registration.GUARD_LIKE_FOR_LIKE = args.guard == "windowed"
     parts = split(seed=0)
     results: dict = {}
     names = ["baseline"] + [m for m in args.model if m != "baseline"]

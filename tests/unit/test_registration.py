@@ -109,3 +109,29 @@ def test_the_border_a_moved_part_leaves_is_filled_from_the_reference(rng):
     assert np.abs(out[:, :243] - warp(query, back)[:, :243]).max() < 1e-6  # seen: the query's
     assert np.abs(warp(query, back)[:, 245:] - ref[:, 245:]).mean() > 0.01  # the repeated edge is not alike
     assert np.array_equal(onto_reference(query, ref, np.eye(2, 3, dtype=np.float32)), query)  # nothing left out
+
+
+def test_reported_correlations_are_measured_alike(rng):
+    """Both reported correlations are of the images as they are: a recovered shift correlates well after the fit,
+    and noise against a product does not, however the fit went (windowed, any two bright images correlate near 1)."""
+    ref = _structured(rng) * 0.6 + 0.3
+    m = np.float32([[1, 0, 7], [0, 1, -6]])
+    reg = register(cv2.warpAffine(ref, m, (256, 256), borderMode=cv2.BORDER_REPLICATE), ref)
+    assert reg.method != "identity"
+    assert reg.correlation_after > 0.95 > reg.correlation_before
+    noise = cv2.resize(rng.random((24, 24, 3)).astype(np.float32), (256, 256)) * 0.4 + 0.5
+    reg = register(noise, ref)
+    assert abs(reg.correlation_before) < 0.3 and abs(reg.correlation_after) < 0.3
+
+
+def test_a_fit_that_does_not_beat_the_unaligned_images_windowed_is_not_kept(rng):
+    """Two different surfaces of one kind (smooth random grain, as two solar cells) need no alignment. The guard
+    compares like with like, the fit and the unaligned images both windowed; measured against the unaligned images
+    as they are, the window's envelope alone let every such fit pass. A shifted part is still aligned."""
+    grain = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = (cv2.GaussianBlur(grain.random((256, 256, 3)).astype(np.float32), (0, 0), 6) * 0.5 + 0.4 for _ in "ab")
+        assert register(a, b).method == "identity"
+    ref = _structured(rng) * 0.6 + 0.3
+    moved = cv2.warpAffine(ref, np.float32([[1, 0, 5], [0, 1, 4]]), (256, 256), borderMode=cv2.BORDER_REPLICATE)
+    assert register(moved, ref).method == "ecc"
