@@ -45,7 +45,7 @@ def test_an_inspectors_yes_no_questions_about_the_defect_follow_the_inspection()
         assert cp.ask(*cup, question) == f"{on_cup} No defect: the query matches the normal reference " \
             f"(score 0.08, below the threshold 0.50).", question  # the blended one-reference score (0.04 pooled)
     # Its size is a figure, not a yes or a no; its cause comes from what is known about holes.
-    assert cp.ask(*hole, "Is the defect large?").startswith("Hole at the top right of the image, box [217, 0, 254, 33], about 1.9%")
+    assert cp.ask(*hole, "Is the defect large?").startswith("Hole at the top right of the image, box [217, 0, 256, 33], about 2.0%")
     assert "What is known about it: material inclusion that fell out." in cp.ask(*hole, "What caused it?")
     # The same as multiple-choice questions (the type head and the boxes, not the verdict alone).
     yn = {"A": "Yes.", "B": "No."}

@@ -155,9 +155,12 @@ def test_the_self_gated_score_still_flags_a_large_uniform_defect():
         scores[quantile] = r.score
     assert cfg.twin_quantile < 1.0 and r.threshold == FUSED_SELF_THRESHOLD
     assert scores[1.0] < FUSED_SELF_THRESHOLD <= scores[cfg.twin_quantile], scores  # every twin: called normal
-    assert r.verdict == "anomalous" and len(r.boxes) == 1
-    x0, y0, x1, y1 = r.boxes[0].bbox_2d
-    assert x1 - x0 > 0.75 * r.image_size[0]  # the band crosses the cell: boxed end to end
+    assert r.verdict == "anomalous"
+    # The band crosses the cell: boxed end to end, in one box; besides it at most the small dark spot below it
+    # (measured [216, 184, 227, 191]; the query is compared as taken against this reference).
+    band = [b for b in r.boxes if b.bbox_2d[2] - b.bbox_2d[0] > 0.75 * r.image_size[0]]
+    assert len(band) == 1 and len(r.boxes) <= 2
+    assert all(b.bbox_2d[2] - b.bbox_2d[0] < 20 for b in r.boxes if b not in band)
 
 
 @pytest.mark.parametrize("name", ["camera", "brick"])
