@@ -10,9 +10,9 @@ which a rigid part under a camera does not produce); the better correlating of t
 [1 / MAX_SCALE, MAX_SCALE], or the aligned images correlate less than the unaligned ones, the
 identity is used, and the result says so. ECC and the guards' correlations work on the grey images
 multiplied by a Hanning window (centre-weighted; see ``ECC_WINDOWED``), the unaligned images' too
-(``GUARD_LIKE_FOR_LIKE``). The correlations the
-result reports are both measured on the images as they are, so they compare: the window's shared envelope
-alone lifts any two bright images' correlation near 1 (random noise against a solar cell: 0.98 windowed).
+(``GUARD_LIKE_FOR_LIKE``). The two correlations the result reports are both of the images as they are, so
+they compare: the window's shared envelope alone lifts any two bright images' correlation near 1 (random
+noise against a solar cell: 0.98 windowed).
 
 Usage::
 
