@@ -51,9 +51,10 @@ from adcopilot.data import synth
 from adcopilot.data.folders import load_folder_entries
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import PADIM_TOTAL, build_memory
-from adcopilot.model.nano import NanoDetector, pooled_score
+from adcopilot.model.nano import NanoDetector
 from adcopilot.model.nearest import exact_max_similarity
 from adcopilot.model.padim import SIGMA, PadimAccumulator, channel_subset, gaussian_blur
+from adcopilot.model.score import pooled_score
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import joint_patch_features
 from adcopilot.registration import register, warp

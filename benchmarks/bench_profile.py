@@ -48,7 +48,8 @@ def profile_child(model: str, n: int, search: str) -> dict:
     from adcopilot.imaging import load_image, to_float_array
     from adcopilot.model.boxes import boxes_from_map, deviation_map
     from adcopilot.model.inspection import CoreOutput
-    from adcopilot.model.nano import ReferenceInputs, pooled_score
+    from adcopilot.model.nano import ReferenceInputs
+    from adcopilot.model.score import pooled_score
     from adcopilot.model.upsample import upsample_centered
     from adcopilot.registration import onto_reference, register, warp
 

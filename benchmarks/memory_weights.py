@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from adcopilot.data.elpv import split
 from adcopilot.imaging import load_image, to_float_array
-from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
+from adcopilot.model.nano import NanoDetector, load_nano_detector
+from adcopilot.model.score import pooled_score
 from adcopilot.registration import register, warp
 from adcopilot.train.validation import WEIGHTS
 

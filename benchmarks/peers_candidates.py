@@ -48,9 +48,10 @@ from adcopilot.eval.detection import auroc
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import SMOOTH_SIGMA, ProductMemory, VariantMemory, build_memory
-from adcopilot.model.nano import NanoDetector, pooled_score
+from adcopilot.model.nano import NanoDetector
 from adcopilot.model.nearest import exact_max_similarity
 from adcopilot.model.padim import PadimAccumulator, PadimStats, channel_subset
+from adcopilot.model.score import pooled_score
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.registration import register, warp
 

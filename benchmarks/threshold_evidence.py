@@ -42,8 +42,9 @@ from adcopilot.data.elpv import split
 from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.inspection import align, compared_references, in_common_frame, into_frame
-from adcopilot.model.nano import NanoDetector, pooled_score
+from adcopilot.model.nano import NanoDetector
 from adcopilot.model.registry import load_detector, resolve_model
+from adcopilot.model.score import pooled_score
 
 Group = tuple[list[Path], list[Path], list[int]]  # (reference pool, queries, labels)
 

@@ -11,7 +11,7 @@ multiple-instance learning (a defect anywhere makes the image anomalous); option
 (``global_score``) plus ``cls(mean(comparison query states))``, a global judgement from the
 comparison tokens, off in the shipped model because it did not transfer to unseen real data.
 That logit is what training optimises; at inference the reported score is the mean of the top
-1% of the smoothed, full-resolution pixel probability map (``nano.pooled_score``), which
+1% of the smoothed, full-resolution pixel probability map (``score.pooled_score``), which
 transferred better to unseen real data; the decision threshold is 0.5 unless calibrated.
 """
 

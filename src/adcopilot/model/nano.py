@@ -56,7 +56,7 @@ from adcopilot.model.detector import Detection, Detector, OwnFrame, to_batch
 from adcopilot.model.heads import DenseAnomalyHead, topk_mean
 from adcopilot.model.memory import MemoryMaps, ProductMemory, Scales
 from adcopilot.model.padim import stretch_grey
-from adcopilot.model.score import (  # FUSED_SCORES, SELF_SCORES, pooled_score: also read from here by others
+from adcopilot.model.score import (
     FUSED_SCORES,
     SELF_SCORES,
     dihedral_views,

@@ -32,9 +32,7 @@ from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.compare import grid_positions
 from adcopilot.model.detector import Detection, Detector, OwnFrame
 from adcopilot.model.nano import (
-    FUSED_SCORES,
     IMAGE_SCORES,
-    SELF_SCORES,
     STRIDE,
     NanoConfig,
     blend_problem,
@@ -44,7 +42,14 @@ from adcopilot.model.nano import (
     valid_twin_quantile,
 )
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
-from adcopilot.model.score import dihedral_views, image_score, nearest_distance, self_distance
+from adcopilot.model.score import (
+    FUSED_SCORES,
+    SELF_SCORES,
+    dihedral_views,
+    image_score,
+    nearest_distance,
+    self_distance,
+)
 from adcopilot.model.upsample import upsample_centered
 
 log = logging.getLogger(__name__)

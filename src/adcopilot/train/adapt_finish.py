@@ -26,8 +26,9 @@ from adcopilot.data.folders import load_folder_groups
 from adcopilot.errors import AdcopilotError
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import MEMORY_FILE, ProductMemory, build_memory
-from adcopilot.model.nano import NanoDetector, load_nano_detector, pooled_score
+from adcopilot.model.nano import NanoDetector, load_nano_detector
 from adcopilot.model.padim import stretch_grey
+from adcopilot.model.score import pooled_score
 from adcopilot.registration import onto_reference, register
 from adcopilot.train.validation import (
     MIN_REAL_DEFECTS,

@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 from adcopilot.errors import CheckpointError
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import MEMORY_FILE, SMOOTH_SIGMA, ProductMemory, build_memory
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
 from adcopilot.model.padim import stretch_grey
+from adcopilot.model.score import pooled_score
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import load_vision_tower
 from adcopilot.registration import warp

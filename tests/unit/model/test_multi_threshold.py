@@ -17,8 +17,8 @@ import torch
 from adcopilot.api import Copilot, score_steps, threshold_steps
 from adcopilot.errors import AdcopilotError, CheckpointError
 from adcopilot.model.memory import build_memory
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
-from adcopilot.model.score import fused_score, view_distance
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.score import fused_score, pooled_score, view_distance
 from adcopilot.model.vision import load_vision_tower
 
 TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)

@@ -18,8 +18,8 @@ from adcopilot.model.nano import (
     NanoDetector,
     ReferenceInputs,
     load_nano_detector,
-    pooled_score,
 )
+from adcopilot.model.score import pooled_score
 from adcopilot.model.vision import load_vision_tower
 
 TINY = NanoConfig(image_size=64, width=32, num_heads=4, mlp_hidden=48, num_queries=4, out_width=24, head_hidden=8)

@@ -12,7 +12,8 @@ import torch
 from adcopilot import Copilot
 from adcopilot.cli import main as cli_main
 from adcopilot.errors import AdcopilotError, CheckpointError
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
+from adcopilot.model.score import pooled_score
 from adcopilot.model.vision import load_vision_tower
 
 pytest.importorskip("onnxruntime")

@@ -16,10 +16,11 @@ import torch
 from adcopilot import Copilot
 from adcopilot.cli import main as cli_main
 from adcopilot.errors import AdcopilotError, CheckpointError
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
 from adcopilot.model.onnx_detector import OnnxDetector
 from adcopilot.model.openvino_detector import RT_INFO, OpenvinoDetector, ov  # openvino imported quietly there
 from adcopilot.model.openvino_export import export_openvino
+from adcopilot.model.score import pooled_score
 from adcopilot.model.vision import load_vision_tower
 
 if ov is None:

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from adcopilot.errors import CheckpointError
-from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector, pooled_score
+from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
 from adcopilot.model.score import (
     SELF_CANDIDATES,
     SELF_RADIUS,
     blended_score,
     dihedral_views,
     fused_score,
+    pooled_score,
     self_distance,
     self_gated_distance,
     view_distance,
