@@ -5,7 +5,10 @@ scores into a threshold for the queries inspected against that pair:
 
 * scale: ``map`` (the shipped pooled map) or ``fused`` (model/score.py); the query's score is on that scale;
 * level: the mean logit of the two leave-one-out scores (``loo``), their larger (``loo-max``), or the mean
-  logit of those and of the augmentations of each reference scored against the other (``loo+aug``);
+  logit of those and of the augmentations of each reference scored against the other (``loo+aug``); or, per
+  query rather than per pair, the logit of the query's own normal level (``spread``: the quantile of its
+  nearest-reference distances, ``score.spread_level``, the evidence's fourth column). A ``spread`` rule
+  with weight A is the model's ``spread_weight`` A: its relative score over one threshold, sigmoid(m);
 * margin: ``logit`` (the level + m logits), ``sd`` (the level + m standard deviations of the pooled
   leave-one-out and augmentation logits, the spread's own units, at least 0.25 logit) or ``shrinkA``
   (A x the level + m logits: the pair's level shrunk towards one fixed threshold, A = 0 being that).
@@ -40,7 +43,7 @@ from bench_threshold import best_miss
 from adcopilot.metrics import auroc
 
 SCALES = {"map": 0, "fused": 1}
-LEVELS = ("loo", "loo-max", "loo+aug")
+LEVELS = ("loo", "loo-max", "loo+aug", "spread")
 SHRINK = (0.0, 0.25, 0.5, 0.75)  # weights of the pair's level in a shrunk rule (0: one fixed threshold)
 MARGINS = {"logit": np.round(np.arange(0.0, 4.01, 0.1), 2), "sd": np.round(np.arange(0.0, 6.01, 0.1), 2),
            **{f"shrink{a}": np.round(np.arange(-3.0, 3.001, 0.02), 2) for a in SHRINK}}
@@ -66,6 +69,7 @@ class Product:
     loo: np.ndarray  # (K, 2) logits, both directions
     loo_aug: np.ndarray  # (K, 2 * augs) logits
     self_aug: np.ndarray  # (K, 2 * augs) logits of each reference's augmentations against itself
+    level: np.ndarray  # (Q, K) logits of each query's normal level (score.spread_level; NaN in older files)
 
 
 def products(folder: Path, sets: list[str], scale: str) -> dict[str, Product]:
@@ -80,22 +84,37 @@ def products(folder: Path, sets: list[str], scale: str) -> dict[str, Product]:
                 pairs = z[f"{name}|pairs"]
                 p = Product(z[f"{name}|scores"][..., c], z[f"{name}|labels"], logit(z[f"{name}|loo"][..., c]),
                             logit(z[f"{name}|loo_aug"][..., c]).reshape(len(pairs), -1),
-                            logit(np.concatenate([sa[pairs[:, 0]], sa[pairs[:, 1]]], axis=1)))
+                            logit(np.concatenate([sa[pairs[:, 0]], sa[pairs[:, 1]]], axis=1)), query_level(z, name))
                 out.setdefault(f"{s}/{name.split('/')[0]}", []).append(p)
     # Classes of one product set side by side: pair k of every class makes lot k.
     return {k: Product(np.concatenate([p.scores for p in v]), np.concatenate([p.labels for p in v]),
                        np.stack([p.loo for p in v], 1), np.stack([p.loo_aug for p in v], 1),
-                       np.stack([p.self_aug for p in v], 1)) if len(v) > 1 else _one(v[0])
+                       np.stack([p.self_aug for p in v], 1), np.concatenate([p.level for p in v]))
+                if len(v) > 1 else _one(v[0])
             for k, v in out.items()}
 
 
 def _one(p: Product) -> Product:
     """A product of one group, shaped like a stacked one: per-pair arrays (K, 1, n)."""
-    return Product(p.scores, p.labels, p.loo[:, None], p.loo_aug[:, None], p.self_aug[:, None])
+    return Product(p.scores, p.labels, p.loo[:, None], p.loo_aug[:, None], p.self_aug[:, None], p.level)
+
+
+def query_level(z: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+    """(Q, K) logits of the queries' normal levels; NaN where the file predates them (three columns)."""
+    s = z[f"{name}|scores"]
+    return logit(s[..., 3]) if s.shape[-1] > 3 else np.full(s.shape[:2], np.nan)
+
+
+def relative(p: Product, weight: float) -> np.ndarray:
+    """(Q, K) the logits of the model's relative score with ``spread_weight`` = weight."""
+    return logit(p.scores) - weight * p.level
 
 
 def thresholds(p: Product, level: str, margin: str, m: float) -> np.ndarray:
     """(Q, K) the rule's threshold for every query and pair (each query's group's pair)."""
+    if level == "spread":  # per query: the relative score's threshold, back on the score's own scale
+        weight = float(margin[len("shrink"):]) if margin.startswith("shrink") else 1.0
+        return sigmoid(weight * p.level + m)
     samples = p.loo if level != "loo+aug" else np.concatenate([p.loo, p.loo_aug], axis=2)  # (K, G, n)
     lev = samples.max(axis=2) if level == "loo-max" else samples.mean(axis=2)  # (K, G)
     if margin == "sd":
@@ -133,7 +152,11 @@ def choose(folder: Path, sets: list[str]) -> tuple[str, str, str, float]:
     for scale in SCALES:
         prods = products(folder, sets, scale)
         for level in LEVELS:
+            if level == "spread" and any(np.isnan(p.level).any() for p in prods.values()):
+                continue  # evidence written before the queries' levels were
             for margin, grid in MARGINS.items():
+                if level == "spread" and margin == "sd":
+                    continue  # a query's level has no spread of its own
                 res = [[evaluate(p, thresholds(p, level, margin, m)) for p in prods.values()] for m in grid]
                 worst = [max(abs(r["far"] - TARGET) for r in rs) for rs in res]
                 i = int(np.argmin(worst))
@@ -160,6 +183,10 @@ def report(folder: Path, sets: list[str], rule: tuple[str, str, str, float]) -> 
         prods = products(folder, sets, "map" if fixed is None else scale)
         for k, p in prods.items():
             r = evaluate(p, 0.5 if fixed is None else thresholds(p, level, margin, m))
+            if fixed is not None and level == "spread":  # the ranking of the score the rule makes
+                w = float(margin[len("shrink"):]) if margin.startswith("shrink") else 1.0
+                y = np.repeat(p.labels[:, None], p.scores.shape[1], axis=1)
+                r["auroc"] = float(auroc(relative(p, w).ravel(), y.ravel()) or 0)
             print(f"{name:28s} {k:22s} AUROC {r['auroc']:.3f} | per query: false alarms {100 * r['far']:.1f} % "
                   f"miss {100 * r['miss']:.1f} % excess {100 * r['excess']:+.1f} | line: false alarms "
                   f"{100 * r['line_far']:.1f} % ({100 * r['line_far_min']:.1f}-{100 * r['line_far_max']:.1f}) "

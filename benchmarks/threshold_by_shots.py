@@ -18,6 +18,11 @@ own leave-one-out scores (each reference against the set's others, unregistered)
 sigmoid(A x the set's mean leave-one-out logit + m), A in 0.25-1 and m chosen as above; the within-product
 correlation of that level with the set's normal queries' 95th percentile (logits).
 
+``--spread W``: the scores read relative to each query's normal level as the model's ``spread_weight`` W reads
+them (``score.relative_score``; the evidence's fourth column, written by ``threshold_evidence.py`` since it
+records the level); the shipped two-reference threshold is then not reported beside the chosen one (it was
+chosen on the score as it is).
+
 ``--as-taken``: beside each ``--shots`` file of the choosing sets, its ``*_asis.npz`` twin
 (``threshold_evidence.py --register none``: the same sets, every query and reference compared unregistered
 reference); the image AUROC of each reference set both ways.
@@ -39,9 +44,9 @@ GRID = sigmoid(np.round(np.arange(-3.0, 3.001, 0.02), 2))
 SHIPPED = 0.4452  # the two-reference threshold, for comparison
 
 
-def products(folder: Path, sets: list[str], shots: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def products(folder: Path, sets: list[str], shots: int, spread: float = 0.0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{set/product: (scores (Q*K,), labels (Q*K,))}, every (query, reference set) pooled; the photo
-    classes make one product."""
+    classes make one product. With ``spread``, the relative score of that weight."""
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for s in sets:
         pattern = f"{s}_seed*.npz" if shots == 2 else f"{s}_k{shots}_seed*.npz"
@@ -52,6 +57,10 @@ def products(folder: Path, sets: list[str], shots: int) -> dict[str, tuple[np.nd
             z = np.load(path)
             for name in sorted({k.split("|")[0] for k in z.files}):
                 sc = z[f"{name}|scores"][..., FUSED]  # (Q, K)
+                if spread:
+                    if z[f"{name}|scores"].shape[-1] < 4:
+                        raise SystemExit(f"{path}: no queries' levels (run threshold_evidence.py again)")
+                    sc = sigmoid(logit(sc) - spread * logit(z[f"{name}|scores"][..., 3]))
                 y = np.repeat(z[f"{name}|labels"][:, None], sc.shape[1], axis=1)
                 key = f"{s}/{name.split('/')[0]}"
                 out.setdefault(key, ([], []))
@@ -157,18 +166,21 @@ def main() -> None:
     ap.add_argument("--fixed", type=float, nargs="*", default=[],
                     help="also report these thresholds (for instance one shared by several counts)")
     ap.add_argument("--loo", action="store_true", help="also the leave-one-out rules")
+    ap.add_argument("--spread", type=float, default=0.0,
+                    help="read the scores relative to each query's normal level with this spread_weight")
     ap.add_argument("--as-taken", action="store_true", help="also the AUROC with every image compared unregistered")
     args = ap.parse_args()
     for shots in args.shots:
-        val = products(args.folder, args.choose_on, shots)
+        val = products(args.folder, args.choose_on, shots, args.spread)
         thr, ok = choose(val)
         print(f"== {shots} references: chosen {thr:.4f} (logit {np.log(thr / (1 - thr)):+.2f}), "
               f"{'eligible' if ok else 'NOT eligible'}", flush=True)
         sets = [("validation", val)]
         if args.measure_on:
-            sets.append(("measuring", products(args.folder, args.measure_on, shots)))
+            sets.append(("measuring", products(args.folder, args.measure_on, shots, args.spread)))
+        shipped = [] if args.spread else [SHIPPED]
         for name, prods in sets:
-            for t, label in [(thr, f"{name} chosen {thr:.4f}"), (SHIPPED, f"{name} two-ref {SHIPPED}")] + \
+            for t, label in [(thr, f"{name} chosen {thr:.4f}")] + [(t, f"{name} two-ref {t}") for t in shipped] + \
                     [(f, f"{name} fixed {f:.4f}") for f in args.fixed]:
                 report(label, prods, t)
         if args.loo:

@@ -4,7 +4,8 @@ Per product ("group"): a pool of normal references, ``--pairs`` reference pairs 
 queries (normal and defective). Every query is inspected against every pair (registered as ``inspect``
 registers it: onto the pair's first reference; then the detector), and both
 image scores come from that one pass: the shipped pooled map (``map``) and the fused score (``fused``, model/score.py; the map is the same, the fused
-score adds the references' dihedral views). For every pair the references are also scored against each
+score adds the references' dihedral views; recorded as it is, with the query's normal level beside it, from
+which ``spread_weight``'s relative score is made offline). For every pair the references are also scored against each
 other (leave-one-out, both directions) and ``--augs`` light augmentations of each reference against the
 other; for every reference, augmentations of it against itself (the 1-reference self-spread).
 
@@ -44,7 +45,7 @@ from adcopilot.imaging import load_image, to_float_array
 from adcopilot.model.inspection import align, compared_references, in_common_frame, into_frame
 from adcopilot.model.nano import NanoDetector
 from adcopilot.model.registry import load_detector, resolve_model
-from adcopilot.model.score import pooled_score
+from adcopilot.model.score import pooled_score, spread_level
 
 Group = tuple[list[Path], list[Path], list[int]]  # (reference pool, queries, labels)
 
@@ -115,10 +116,12 @@ class Scorer:
         return self.cache[key]
 
     @torch.inference_mode()
-    def scores(self, query: np.ndarray, refs: list[Path], register: bool | None = None) -> tuple[float, float, float]:
-        """(pooled map score, fused score, training-free baseline's score) of an (S, S, 3) query against
-        ``refs``, registered as ``inspect`` registers it unless ``register`` says otherwise. The baseline's
-        is the maximum of its map (the blurred nearest-reference distance) from the same pass."""
+    def scores(self, query: np.ndarray, refs: list[Path], register: bool | None = None) -> tuple[float, float, float, float]:
+        """(pooled map score, fused score, training-free baseline's score, the query's normal level) of an
+        (S, S, 3) query against ``refs``, registered as ``inspect`` registers it unless ``register`` says
+        otherwise. The baseline's is the maximum of its map (the blurred nearest-reference distance) from the
+        same pass; the level is ``score.spread_level`` of the nearest-reference distance (a "fused-spread" model's
+        score is recorded as the fused score it reads relative to that level)."""
         entries = [self.ref(r) for r in refs]
         reg = True if register is None else register
         aligned = align(query, entries[0][0], registration=reg)
@@ -127,8 +130,10 @@ class Scorer:
             entries = list(compared_references(aligned, framed, entries))
         d = self.detector.detection(aligned.compared, [e for _, e in entries])
         step = self.size // d.features.shape[-1]
-        baseline = float(baseline_map(d.distance[::step, ::step], self.size).max())
-        return pooled_score(d.amap, self.detector.model.cfg.topk_frac), float(d.score), baseline
+        d1 = d.distance[::step, ::step]  # (h, w): the grid's values, which the up-sampled map passes through
+        baseline = float(baseline_map(d1, self.size).max())
+        level = spread_level(torch.from_numpy(np.ascontiguousarray(d1)))
+        return pooled_score(d.amap, self.detector.model.cfg.topk_frac), float(d.score), baseline, level
 
 
 def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: int, first: bool,
@@ -137,7 +142,7 @@ def collect(scorer: Scorer, groups: dict[str, Group], k: int, augs: int, seed: i
     data: dict[str, np.ndarray] = {}
     for name, (pool, queries, labels) in groups.items():
         pairs = draw_pairs(len(pool), k, rng, first, shots)
-        q_scores = np.zeros((len(queries), k, 3), np.float32)  # [query, set, (map, fused, baseline)]
+        q_scores = np.zeros((len(queries), k, 4), np.float32)  # [query, set, (map, fused, baseline, level)]
         t0 = time.perf_counter()
         for i, q in enumerate(tqdm(queries, desc=name)):
             arr = to_float_array(load_image(q, name=str(q)), scorer.size)
@@ -216,6 +221,8 @@ def main() -> None:
     assert isinstance(detector, NanoDetector)
     # Both scores from one pass: the pooled map, and the fused score (with one reference: --one-score's)
     detector.model.cfg = replace(detector.model.cfg, image_score=args.one_score)
+    if detector.model.cfg.multi_image_score == "fused-spread":  # recorded as the fused score and the level
+        detector.model.cfg = replace(detector.model.cfg, multi_image_score="fused")
     if args.multi_score:
         detector.model.cfg = replace(detector.model.cfg, multi_image_score=args.multi_score)
     if args.set.startswith("elpv"):

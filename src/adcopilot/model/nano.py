@@ -22,11 +22,12 @@ float rounding.
 The image score is the mean of the top 1 % of the smoothed map (``pooled_score``), or, with
 ``image_score: "fused"`` in the config, the map fused with the distance to the references' dihedral views
 (:mod:`adcopilot.model.score`), "fused-self" that distance lowered to the query's own repeats where the
-reference repeats itself, or "blend" (the shipped model's one-reference score) the pooled map and "fused-self"
-blended, each over its own threshold. ``multi_image_score`` and ``multi_threshold`` set the score and threshold
-used with two or more references: the shipped model's are the fused score and one threshold that flags
-about the same share of normal parts on every product measured (figures in benchmarks/RESULTS.md);
-``multi_thresholds`` holds lower thresholds for three references or more.
+reference repeats itself, "blend" (the shipped model's one-reference score) the pooled map and "fused-self"
+blended, each over its own threshold, or "fused-spread" the fused score read relative to the query's own normal
+level. ``multi_image_score`` and ``multi_threshold`` set the score and threshold used with two or more
+references: the shipped model's are "fused-spread" and one threshold that flags about the same share of normal
+parts on every product measured (figures in benchmarks/RESULTS.md); ``multi_thresholds`` holds thresholds for
+three references or more.
 
 Checkpoint folder: ``config.json`` (architecture, threshold, image size), ``model.safetensors``
 (trained parts only; the tower comes from its package) and ``MODEL_CARD.md``.
@@ -70,7 +71,7 @@ from adcopilot.model.vision import EfficientNetLite0, FusedPatchTower, joint_pat
 log = logging.getLogger(__name__)
 
 FEATURE_CHANNELS = 152
-IMAGE_SCORES = ("map", "fused", "fused-self", "blend")  # NanoConfig.image_score
+IMAGE_SCORES = ("map", "fused", "fused-self", "blend", "fused-spread")  # NanoConfig.image_score
 STRIDE = 8
 #: Image sides the model takes: the tower's stride-16 grid must be exactly half its stride-8 grid, and
 #: above 1024 px one pair's attention no longer fits a laptop's memory.
@@ -109,7 +110,8 @@ class NanoConfig:
     # (its own self-distance below ``self_gate``), its ordinary patches (up to the ``twin_quantile`` of its
     # distances to the references) as twins (model/score.py). "blend" blends the pooled map and the
     # "fused-self" score, each over its own threshold (``blend_map_scale``, ``blend_self_scale``), the map's
-    # share ``blend_weight``, on the map's scale (model/score.py).
+    # share ``blend_weight``, on the map's scale (model/score.py). "fused-spread" reads the fused score relative
+    # to the query's own normal level (``spread_weight``, below).
     image_score: str = "map"
     fused_weight: float = 0.05
     self_gate: float = 0.3
@@ -122,6 +124,9 @@ class NanoConfig:
     # about the same on every product measured, so one threshold on it needs no labels (benchmarks/RESULTS.md).
     multi_image_score: str = "map"
     multi_threshold: float | None = None
+    # "fused-spread": the fused score read relative to the query's own normal level (the quantile of its
+    # nearest-reference distances) with this weight (model/score.py); the products' normal levels then meet.
+    spread_weight: float = 0.25
     # Thresholds for larger reference sets, keyed by the smallest count each serves ({"3": t, "5": u}): with
     # n references the entry of the largest count not above n, else ``multi_threshold``. The fused score of
     # a normal part falls with every reference added, so the two-reference threshold would waste the ranking.
@@ -309,6 +314,11 @@ def valid_twin_quantile(v: Any) -> bool:
     return _is_number(v) and 0 < v <= 1
 
 
+def valid_spread_weight(v: Any) -> bool:
+    """``spread_weight`` is usable: a finite weight in [0, 1] (a checkpoint's config, an ONNX file's metadata)."""
+    return _is_number(v) and 0 <= v <= 1
+
+
 def valid_self_gate(v: Any) -> bool:
     """``self_gate`` is usable: a finite cosine distance in (0, 2] (a checkpoint's config, an ONNX file's metadata)."""
     return _is_number(v) and 0 < v <= 2
@@ -338,6 +348,8 @@ def check_score_config(cfg: NanoConfig, path: Path) -> None:
         raise CheckpointError(f"{path}: self_gate must be a cosine distance in (0, 2], got {cfg.self_gate!r}")
     if not valid_twin_quantile(cfg.twin_quantile):
         raise CheckpointError(f"{path}: twin_quantile must be a number in (0, 1], got {cfg.twin_quantile!r}")
+    if not valid_spread_weight(cfg.spread_weight):
+        raise CheckpointError(f"{path}: spread_weight must be a number in [0, 1], got {cfg.spread_weight!r}")
     blend = blend_problem(cfg.blend_weight, cfg.blend_map_scale, cfg.blend_self_scale)
     if blend:
         raise CheckpointError(f"{path}: {blend}")
@@ -623,7 +635,8 @@ class NanoDetector(Detector):
         return image_score(self.image_score_for(k), prob, out["distance"][0, 0], qf[0].flatten(1).T,
                            None if refs.views is None else refs.views[0], refs.own, topk_frac=cfg.topk_frac,
                            fused_weight=cfg.fused_weight, self_gate=cfg.self_gate, twin_quantile=cfg.twin_quantile,
-                           blend=(cfg.blend_weight, cfg.blend_map_scale, cfg.blend_self_scale))
+                           blend=(cfg.blend_weight, cfg.blend_map_scale, cfg.blend_self_scale),
+                           spread_weight=cfg.spread_weight)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)

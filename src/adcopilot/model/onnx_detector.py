@@ -39,6 +39,7 @@ from adcopilot.model.nano import (
     check_threshold_table,
     threshold_by_count,
     valid_self_gate,
+    valid_spread_weight,
     valid_twin_quantile,
 )
 from adcopilot.model.onnx_export import INPUTS, INSTALL_HINT, METADATA_KEYS, OUTPUTS
@@ -153,6 +154,8 @@ class OnnxDetector(Detector):
             self.blend = (float(meta.get("blend_weight", repr(NanoConfig.blend_weight))),
                           float(meta.get("blend_map_scale", repr(NanoConfig.blend_map_scale))),
                           float(meta.get("blend_self_scale", repr(NanoConfig.blend_self_scale))))
+            # Files exported before it have no "fused-spread" score to read it.
+            self.spread_weight = float(meta.get("spread_weight", repr(NanoConfig.spread_weight)))
             multi = meta.get("multi_threshold")
             self.multi_threshold = float(multi) if multi is not None else None
             self.multi_thresholds = check_threshold_table(json.loads(meta.get("multi_thresholds", "{}")))
@@ -160,10 +163,11 @@ class OnnxDetector(Detector):
             raise CheckpointError(f"{self.path}: malformed metadata ({exc})") from None
         finite = [self.threshold, self.fused_weight, self.self_gate] + ([self.multi_threshold] if self.multi_threshold is not None else [])
         if any(s not in IMAGE_SCORES for s in self.scores) or not all(np.isfinite(finite)) \
-                or not valid_self_gate(self.self_gate) or not valid_twin_quantile(self.twin_quantile):
+                or not valid_self_gate(self.self_gate) or not valid_twin_quantile(self.twin_quantile) \
+                or not valid_spread_weight(self.spread_weight):
             raise CheckpointError(f"{self.path}: malformed metadata (image scores {self.scores}, thresholds, "
-                                  "fused weight, self gate (in (0, 2]) and twin quantile (in (0, 1]) must be known "
-                                  "scores and finite numbers)")
+                                  "fused weight, self gate (in (0, 2]), twin quantile (in (0, 1]) and spread weight "
+                                  "(in [0, 1]) must be known scores and finite numbers)")
         blend = blend_problem(*self.blend)
         if blend:
             raise CheckpointError(f"{self.path}: malformed metadata ({blend})")
@@ -242,7 +246,7 @@ class OnnxDetector(Detector):
                            None if refs.views is None else torch.from_numpy(refs.views),
                            None if refs.own is None else torch.from_numpy(refs.own), topk_frac=self.topk_frac,
                            fused_weight=self.fused_weight, self_gate=self.self_gate, twin_quantile=self.twin_quantile,
-                           blend=self.blend)
+                           blend=self.blend, spread_weight=self.spread_weight)
 
     def detect(self, query: np.ndarray, references: list[Any]) -> tuple[np.ndarray, float]:
         d = self.detection(query, references)

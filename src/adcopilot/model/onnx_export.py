@@ -162,6 +162,7 @@ def export_onnx(
         "blend_weight": repr(float(cfg.blend_weight)),
         "blend_map_scale": repr(float(cfg.blend_map_scale)),
         "blend_self_scale": repr(float(cfg.blend_self_scale)),
+        "spread_weight": repr(float(cfg.spread_weight)),
     }
     if cfg.multi_threshold is not None:
         meta["multi_threshold"] = repr(float(cfg.multi_threshold))

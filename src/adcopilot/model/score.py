@@ -42,6 +42,19 @@ the two are blended geometrically, on the pooled map's scale (verdict at 0.5; be
 
     blend = m_scale * (pooled map / m_scale) ** b * (self-gated score / s_scale) ** (1 - b)
 
+**The query's own spread ("fused-spread", the shipped model's score with two references or more).** The fused score of a normal part is not
+at the same level on every product: a texture whose patches no reference matches closely (the grain of a
+polycrystalline cell) scores every normal part higher than an object whose references explain it well (a
+photographed part), so one threshold flagged 3 % of one and 1 % of the other. The query's ordinary patches
+show that level without labels: ``L`` is the ``SPREAD_QUANTILE`` of its nearest-reference distance ``d1``
+over the grid (a defect covers too little of a part to move it much), and the fused score is read relative to it
+(``spread_weight`` w in the config):
+
+    fused-spread = sigmoid(logit(fused) - w * logit(L))
+
+A light weight (the shipped 0.25) puts normal parts of every product measured at about the same share above
+one threshold and leaves the ranking as it was (benchmarks/RESULTS.md, "The query's own spread").
+
 The references' self-distance is made once and kept with them; the query's costs one (R, N) product
 over its R trusted positions among the ``SELF_CANDIDATES`` of largest ``d8`` (the others keep ``d8``, an upper
 bound; searching them all cost 3.5x the time and ranked the same).
@@ -49,6 +62,7 @@ bound; searching them all cost 3.5x the time and ranked the same).
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cv2
@@ -58,7 +72,7 @@ import torch
 from adcopilot.model.upsample import upsample_centered
 
 #: The image scores that read the references' dihedral views, and those that also read the query's own patches.
-FUSED_SCORES = ("fused", "fused-self", "blend")
+FUSED_SCORES = ("fused", "fused-self", "blend", "fused-spread")
 SELF_SCORES = ("fused-self", "blend")
 #: Query patches (of the largest plain distance) whose distance to the reference's views is measured.
 CANDIDATES = 128
@@ -67,6 +81,10 @@ DISTANCE_SIGMA = 4.0
 _FLOOR = 1e-4  # keeps the fused map's powers finite
 #: A patch's own neighbours (Chebyshev distance on the grid up to this) are not its matches in its image.
 SELF_RADIUS = 3
+#: The quantile of a query's nearest-reference distances that measures its normal level ("spread_weight").
+SPREAD_QUANTILE = 0.75
+#: Probabilities are clipped to this distance from 0 and 1 before a logit.
+_LOGIT_EPS = 1e-4
 #: Query patches (of the largest ``d8``) whose twins in the query itself are searched; the others keep ``d8``,
 #: an upper bound that seldom reaches the image's peak (a quarter of the 32 x 32 grid at 256 px).
 SELF_CANDIDATES = 256
@@ -159,6 +177,21 @@ def blended_score(map_score: float, self_score: float, weight: float, map_scale:
     return float(map_scale * (m / map_scale) ** weight * (s / self_scale) ** (1.0 - weight))
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, _LOGIT_EPS), 1.0 - _LOGIT_EPS)
+    return math.log(p / (1.0 - p))
+
+
+def spread_level(d1: torch.Tensor) -> float:
+    """The query's normal level: the :data:`SPREAD_QUANTILE` of its nearest-reference distance ``d1`` (h, w)."""
+    return float(torch.quantile(d1.flatten().float(), SPREAD_QUANTILE))
+
+
+def relative_score(score: float, level: float, weight: float) -> float:
+    """``sigmoid(logit(score) - weight * logit(level))``: the score read relative to the query's normal level."""
+    return 1.0 / (1.0 + math.exp(-(_logit(score) - weight * _logit(level))))
+
+
 def pooled_score(prob: np.ndarray, frac: float) -> float:
     """Image score at inference: the mean of the top ``frac`` of the smoothed pixel probability map.
 
@@ -174,17 +207,21 @@ def pooled_score(prob: np.ndarray, frac: float) -> float:
 def image_score(
     name: str, prob: np.ndarray, d1: torch.Tensor, tokens: torch.Tensor, views: torch.Tensor | None,
     own: torch.Tensor | None, *, topk_frac: float, fused_weight: float, self_gate: float, twin_quantile: float,
-    blend: tuple[float, float, float],
+    blend: tuple[float, float, float], spread_weight: float = 0.0,
 ) -> float:
     """The image score ``name`` of one comparison, as every runtime computes it: ``prob`` (S, S) the smoothed map,
     ``d1`` (h, w) the query's nearest-reference distance, ``tokens`` (N, C) its patches, ``views`` (M, C) the
     references' other views' patches and ``own`` (h, w) their self-distance (None where not made). The pooled map
     for "map" or without views; else the map fused with the views' distance (self-gated for "fused-self" and
-    "blend"), and for "blend" that blended with the pooled map (``blend``: the map's share, its scale, the other's)."""
+    "blend"), and for "blend" that blended with the pooled map (``blend``: the map's share, its scale, the other's);
+    for "fused-spread" the fused score read relative to the query's normal level (:func:`relative_score`, weight
+    ``spread_weight``)."""
     if name not in FUSED_SCORES or views is None:
         return pooled_score(prob, topk_frac)
     d8 = view_distance(d1, tokens, views)  # (h, w)
     if name in SELF_SCORES and own is not None:
         d8 = self_gated_distance(d8, tokens, own.view(d8.shape), self_gate, twin_quantile)
     fused = fused_score(prob, d8, fused_weight)
-    return blended_score(pooled_score(prob, topk_frac), fused, *blend) if name == "blend" else fused
+    if name == "blend":
+        return blended_score(pooled_score(prob, topk_frac), fused, *blend)
+    return relative_score(fused, spread_level(d1), spread_weight) if name == "fused-spread" else fused

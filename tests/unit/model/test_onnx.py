@@ -251,3 +251,33 @@ def test_the_file_runs_the_image_check(exported):
         result = cp.inspect(blank, [r])
         assert result.image_check == pt.inspect(blank, [r]).image_check == "blank image"
         assert result.verdict == "anomalous"
+
+
+def test_the_spread_travels_in_the_file_and_scores_as_pytorch(tmp_path):
+    """A model whose score with two references is read relative to the query's normal level: the file stores
+    the weight and scores as PyTorch does with one reference and with two; a file without the weight reads the
+    default; a malformed weight is refused in one line."""
+    import onnx
+
+    torch.manual_seed(4)
+    cfg = replace(TINY, image_score="fused", multi_image_score="fused-spread", multi_threshold=0.4, spread_weight=0.3)
+    det = NanoDetector(NanoComparisonModel(cfg).eval(), load_vision_tower(pretrained=False), name="tiny-spread")
+    path = export_onnx(det, tmp_path / "spread.onnx")
+    onx = OnnxDetector(path)
+    assert onx.spread_weight == 0.3 and onx.image_score_for(2) == "fused-spread"
+    q, r1, r2 = _images(6, 3)
+    for refs in ([r1], [r1, r2]):
+        _, want_score = det.detect(q, [det.encode_reference(r) for r in refs])
+        _, got_score = onx.detect(q, [onx.encode_reference(r) for r in refs])
+        assert got_score == pytest.approx(want_score, abs=TOLERANCE)
+    proto = onnx.load(str(path))
+    old = [p for p in proto.metadata_props if p.key != "spread_weight"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(old)
+    onnx.save_model(proto, str(tmp_path / "old.onnx"))
+    assert OnnxDetector(tmp_path / "old.onnx").spread_weight == NanoConfig.spread_weight
+    proto.metadata_props.add(key="spread_weight", value="2")
+    onnx.save_model(proto, str(tmp_path / "spread-bad.onnx"))
+    with pytest.raises(CheckpointError, match="spread-bad.onnx: malformed metadata") as exc:
+        Copilot.load(tmp_path / "spread-bad.onnx")
+    assert len(str(exc.value).splitlines()) == 1

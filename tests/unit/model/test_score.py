@@ -16,12 +16,16 @@ from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
 from adcopilot.model.score import (
     SELF_CANDIDATES,
     SELF_RADIUS,
+    SPREAD_QUANTILE,
     blended_score,
     dihedral_views,
     fused_score,
+    image_score,
     pooled_score,
+    relative_score,
     self_distance,
     self_gated_distance,
+    spread_level,
     view_distance,
 )
 from adcopilot.model.vision import load_vision_tower
@@ -311,5 +315,66 @@ def test_a_checkpoint_with_an_image_size_the_tower_cannot_tile_is_refused(tmp_pa
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "image_size": size}))
     with pytest.raises(CheckpointError, match="image_size must be") as err:
+        NanoComparisonModel.load(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_the_relative_score_on_hand_computed_cases():
+    assert SPREAD_QUANTILE == 0.75
+    d1 = torch.tensor([[0.1, 0.2], [0.3, 0.5]])
+    assert spread_level(d1) == pytest.approx(0.35)  # the 0.75 quantile of 0.1, 0.2, 0.3, 0.5 (linear)
+    assert relative_score(0.5, 0.5, 0.25) == pytest.approx(0.5)  # logit 0 - 0.25 * logit 0
+    want = 1 / (1 + np.exp(-(np.log(0.6 / 0.4) - 0.25 * np.log(0.2 / 0.8))))
+    assert relative_score(0.6, 0.2, 0.25) == pytest.approx(want)
+    assert relative_score(0.6, 0.2, 0.0) == pytest.approx(0.6)
+    assert 0 < relative_score(0.0, 1.0, 1.0) < relative_score(1.0, 0.0, 1.0) < 1  # clipped, finite
+
+
+def test_the_spread_reads_a_peak_against_the_querys_ordinary_patches():
+    """The same defect's peak on two products: where no reference explains even the ordinary patches closely
+    (a grain), the peak means less than where the references explain them well (a moulded part)."""
+    prob = np.full((64, 64), 0.2, np.float32)
+    views = torch.nn.functional.normalize(torch.ones(1, 4), dim=1)  # no query patch is near it: d8 = d1
+
+    def score(background: float, peak: float, weight: float) -> float:
+        d1 = torch.full((8, 8), background)
+        d1[3:5, 3:5] = peak
+        tokens = torch.nn.functional.normalize(torch.eye(4)[torch.arange(64) % 4] - 0.5, dim=1)
+        return image_score("fused-spread" if weight else "fused", prob, d1, tokens, views, None, topk_frac=0.01,
+                           fused_weight=0.05, self_gate=0.3, twin_quantile=0.75, blend=(0.4, 0.5, 0.42),
+                           spread_weight=weight)
+
+    assert score(0.3, 0.6, 0.0) > score(0.05, 0.6, 0.0)  # as it is, the grain's ordinary patches lift its score
+    assert score(0.05, 0.6, 0.25) > score(0.3, 0.6, 0.25)  # read against them, the clean part's peak means more
+    assert score(0.3, 0.7, 0.25) > score(0.3, 0.6, 0.25)  # on one product the peak still orders the parts
+
+
+def test_the_spread_score_is_the_fused_score_read_relative_to_the_querys_level(tower):
+    """The shipped arrangement: "fused" with one reference (here), "fused-spread" with two."""
+    torch.manual_seed(7)
+    base = replace(TINY, image_score="fused", multi_image_score="fused", multi_threshold=0.4)
+    plain = NanoComparisonModel(base).eval()
+    spread = NanoComparisonModel(replace(base, multi_image_score="fused-spread", spread_weight=0.25)).eval()
+    spread.load_state_dict(plain.state_dict())
+    det_plain, det_spread = NanoDetector(plain, tower), NanoDetector(spread, tower)
+    rng = np.random.default_rng(8)
+    q, r1, r2 = (rng.random((64, 64, 3), dtype=np.float32) for _ in range(3))
+    one = [det_plain.encode_reference(r1)]
+    assert det_spread.detection(q, one).score == pytest.approx(det_plain.detection(q, one).score)
+    two = [det_plain.encode_reference(r) for r in (r1, r2)]
+    raw = det_plain.detection(q, two)
+    step = 64 // raw.features.shape[-1]
+    level = spread_level(torch.from_numpy(np.ascontiguousarray(raw.distance[::step, ::step])))
+    got = det_spread.detection(q, two).score
+    assert got == pytest.approx(relative_score(raw.score, level, 0.25), abs=1e-6)
+    assert got != pytest.approx(raw.score)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan"), "0.25", None])
+def test_a_checkpoint_with_a_bad_spread_weight_is_refused(tmp_path, weight):
+    folder = NanoComparisonModel(TINY).save(tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "multi_image_score": "fused-spread", "spread_weight": weight}))
+    with pytest.raises(CheckpointError, match="spread_weight must be a number in") as err:
         NanoComparisonModel.load(folder)
     assert "\n" not in str(err.value)
