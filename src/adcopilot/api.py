@@ -620,13 +620,13 @@ def _steps(value: Callable[[int], Any], up_to: int) -> dict[str, Any]:
 
 def threshold_steps(inspector: Inspector, up_to: int) -> dict[str, float]:
     """Where an inspector's threshold changes with the number of references, up to ``up_to``: {count from
-    which it applies: threshold}, e.g. {"1": 0.5, "2": 0.4452, "3": 0.4158, "4": 0.3965}."""
+    which it applies: threshold}, e.g. {"1": 0.5, "2": 0.485, "3": 0.475, "4": 0.4551, "5": 0.4403}."""
     return _steps(inspector.threshold_with, up_to)
 
 
 def score_steps(detector: Detector, up_to: int) -> dict[str, str]:
     """Where a detector's image score changes with the number of references, up to ``up_to``: {count from which
-    it applies: the score's name}, e.g. {"1": "blend", "2": "fused"} (a threshold holds on its score's scale only)."""
+    it applies: the score's name}, e.g. {"1": "blend", "2": "fused-spread"} (a threshold holds on its score's scale only)."""
     return _steps(detector.image_score_for, up_to)
 
 

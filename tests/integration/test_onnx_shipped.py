@@ -58,8 +58,9 @@ def test_exported_file_inspects_like_pytorch(exported):
     torch_cp, onnx_cp = Copilot.load("default"), Copilot.load(exported)
     assert onnx_cp.threshold == torch_cp.threshold
     assert threshold_steps(onnx_cp, 16) == threshold_steps(torch_cp, 16)  # 3 or more references too
-    # One reference scored by the blend, two or more by the fused score, in the file as in the checkpoint.
-    assert score_steps(onnx_cp.detector, 16) == score_steps(torch_cp.detector, 16) == {"1": "blend", "2": "fused"}
+    # One reference scored by the blend, two or more by the fused score read against the query's own level, in
+    # the file as in the checkpoint.
+    assert score_steps(onnx_cp.detector, 16) == score_steps(torch_cp.detector, 16) == {"1": "blend", "2": "fused-spread"}
     for query, refs in _pairs():
         want, got = torch_cp.inspect(query, refs), onnx_cp.inspect(query, refs)
         assert np.abs(got.anomaly_map - want.anomaly_map).max() < TOLERANCE

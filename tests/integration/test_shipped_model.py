@@ -90,11 +90,11 @@ def test_demo_prints_a_verdict_and_writes_the_annotated_image(tmp_path):
 
 
 def test_two_references_need_no_labels_on_poly_cells(copilot):
-    """With two references the verdict uses the fused score at the multi-reference threshold: on the
-    bundled benchmark's 40 normal polycrystalline ELPV cells (a texture the pooled map at 0.5 flags often)
-    it flags almost none, while still finding most of the 40 defective cells. Measured with the first two
-    training cells as references: 0 / 40 normal cells flagged (the pooled map at 0.5: 8 / 40), 18 / 40
-    defects missed."""
+    """With two references the verdict uses the fused score read against the query's own level ("fused-spread")
+    at the multi-reference threshold: on the bundled benchmark's 40 normal polycrystalline ELPV cells (a texture
+    the pooled map at 0.5 flags often) it flags almost none, while still finding about half of the 40 defective
+    cells. Measured with the first two training cells as references: 1 / 40 normal cells flagged (the pooled map
+    at 0.5: 8 / 40), 21 / 40 defects missed."""
     root = Path.home() / ".cache" / "adcopilot" / "benchmarks" / "bundled" / "ELPV" / "poly"
     if not (root / "test" / "good").is_dir():
         pytest.skip("the bundled benchmark is not installed")
@@ -105,22 +105,21 @@ def test_two_references_need_no_labels_on_poly_cells(copilot):
     flagged = {"default": 0, "map": 0}
     for q in sorted((root / "test" / "good").glob("*.png")):
         r, m = copilot.inspect(q, refs), before.inspect(q, refs)
-        assert r.threshold == pytest.approx(0.4452) and m.threshold == 0.5
-        assert r.score != pytest.approx(m.score)  # the fused score, not the pooled map
+        assert r.threshold == pytest.approx(0.485) and m.threshold == 0.5
+        assert r.score != pytest.approx(m.score)  # the relative fused score, not the pooled map
         flagged["default"] += r.verdict == "anomalous"
         flagged["map"] += m.verdict == "anomalous"
     missed = sum(copilot.inspect(q, refs).verdict == "normal" for q in sorted((root / "test" / "defect").glob("*.png")))
     assert flagged["default"] <= 2 and flagged["map"] >= 6, flagged
-    assert missed <= 20
+    assert missed <= 23
     assert copilot.inspect(refs[0], refs[:1]).threshold == 0.5  # one reference: the fixed threshold
 
 
 def test_five_references_take_their_own_lower_threshold_on_poly_cells(copilot):
-    """From three references the query is compared as taken and a normal part scores lower with every
-    reference added: the shipped table's threshold from four references (0.3965) keeps false alarms low on the 40
-    normal poly cells and misses far fewer of the 40 defective ones than the two-reference threshold would.
-    Measured with the first five training cells: 4 / 40 normal cells flagged, 14 / 40 defects missed
-    (at 0.4452: 0 flagged, 23 missed)."""
+    """A normal part scores lower with every reference added: the shipped table's threshold from five references
+    (0.4403) keeps false alarms low on the 40 normal poly cells and misses far fewer of the 40 defective ones than
+    the two-reference threshold would. Measured with the first five training cells: 4 / 40 normal cells flagged,
+    15 / 40 defects missed (at the two-reference 0.485: 0 flagged, 22 missed)."""
     root = Path.home() / ".cache" / "adcopilot" / "benchmarks" / "bundled" / "ELPV" / "poly"
     if not (root / "test" / "good").is_dir():
         pytest.skip("the bundled benchmark is not installed")
@@ -129,7 +128,8 @@ def test_five_references_take_their_own_lower_threshold_on_poly_cells(copilot):
     good = [copilot.inspect(q, refs) for q in sorted((root / "test" / "good").glob("*.png"))]
     bad = [copilot.inspect(q, refs) for q in sorted((root / "test" / "defect").glob("*.png"))]
     thr = good[0].threshold
-    assert thr == copilot.threshold_with(5) == copilot.threshold_with(4) < copilot.threshold_with(3) < two
+    assert thr == copilot.threshold_with(5) == copilot.threshold_with(9) < copilot.threshold_with(4) \
+        < copilot.threshold_with(3) < two
     assert sum(r.verdict == "anomalous" for r in good) <= 6
     missed = sum(r.verdict == "normal" for r in bad)
     assert missed <= 17 and missed <= sum(r.score < two for r in bad) - 6
@@ -184,7 +184,10 @@ def test_three_references_placed_apart_are_compared_in_one_frame(copilot, name):
     brought into the first one's frame and the query registered there: it scores lower than with every image
     compared as taken (camera 0.16 against 0.37). Where registration cannot place the query (coffee: the
     identity fallback) it is compared with the references as taken, as before; moved into the first one's
-    frame they had all differed from it (0.49, a false alarm)."""
+    frame they had all differed from it (0.49, a false alarm). As taken, the query's bottom-right corner (photo
+    x > 266, y > 264) is in no reference: it is boxed, and read against a query the references otherwise match
+    closely it flags the part (0.503 against 0.475; the fused score as it is, 0.352, called it normal). A
+    reference set should show every part of the product; registration's fallback cannot make up for it."""
     from skimage import data
 
     photo = getattr(data, name)()
@@ -193,8 +196,10 @@ def test_three_references_placed_apart_are_compared_in_one_frame(copilot, name):
     query = photo[24:280, 48:304]
     r = copilot.inspect(query, refs)
     as_taken = Copilot(copilot.detector, registration=False).inspect(query, refs)
-    assert r.verdict == "normal" and not r.boxes, (r.score, r.threshold)
     if r.registration["method"] == "identity":
         assert name == "coffee" and r.score == pytest.approx(as_taken.score, abs=1e-5)
+        # Only the corner no reference shows is boxed (query x from 218, y from 216).
+        assert r.boxes and all(b.bbox_2d[0] >= 210 and b.bbox_2d[1] >= 210 for b in r.boxes), r.boxes
     else:
+        assert r.verdict == "normal" and not r.boxes, (r.score, r.threshold)
         assert r.score < as_taken.score - 0.05, (r.score, as_taken.score)

@@ -509,7 +509,7 @@ $("chat-form").addEventListener("submit", (e) => {
 
 // ------------------------------------------------------------------ the model and the stored sets
 // The model's own thresholds with two references or more: a short range on the model line (it must stay
-// short on a phone), each count's in its title ("2 references: 0.4452 · 3: 0.4158 · 4 or more: 0.3965").
+// short on a phone), each count's in its title ("2 references: 0.485 · 3: 0.475 · 4: 0.4551 · 5 or more: 0.4403").
 function referenceThresholds(m) {
   const steps = Object.entries(m.threshold_by_references || {}).map(([k, v]) => [Number(k), v])
     .sort((a, b) => a[0] - b[0]).filter(([k]) => k >= 2);
