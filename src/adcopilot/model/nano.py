@@ -422,8 +422,9 @@ class NanoDetector(Detector):
         return normalized_patch_features(self.fused_tower, to_batch([image]))
 
     def image_score_for(self, references: int) -> str:
-        """The image score ("map", "fused", "fused-self" or "blend") of a comparison with this many references. A product memory
-        already holds many good images' normal variation: with one, the map is pooled as it is."""
+        """The image score ("map", "fused", "fused-self", "blend" or "fused-spread") of a comparison with this many
+        references. A product memory already holds many good images' normal variation: with one, the map is pooled
+        as it is."""
         cfg = self.model.cfg
         if self.memory is not None:
             return "map"

@@ -178,7 +178,8 @@ class OnnxDetector(Detector):
         return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, S, S)
 
     def image_score_for(self, references: int) -> str:
-        """The image score ("map", "fused", "fused-self" or "blend") with this many references, as the exported model's config says."""
+        """The image score ("map", "fused", "fused-self", "blend" or "fused-spread") with this many references, as
+        the exported model's config says."""
         return self.scores[1] if references >= 2 else self.scores[0]
 
     def threshold_for(self, references: int) -> float:
