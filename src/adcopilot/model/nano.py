@@ -120,7 +120,7 @@ class NanoConfig:
     blend_map_scale: float = 0.5
     blend_self_scale: float = 0.42
     # With two or more references and no product memory: the image score and the threshold of the verdict
-    # (``multi_threshold``; None: ``threshold``). With two references the fused score's normal level is
+    # (``multi_threshold``; None: ``threshold``). With two references the normal level of "fused-spread" is
     # about the same on every product measured, so one threshold on it needs no labels (benchmarks/RESULTS.md).
     multi_image_score: str = "map"
     multi_threshold: float | None = None
