@@ -17,6 +17,8 @@ Sets (the first two for choosing a rule, the last two for measuring it):
 * ``elpv-test``: ELPV *test* cells per type (``--n`` + ``--n``), references from a fresh pool of training
   normals.
 * ``photos-test``: the same photos with other template pairs (disjoint from the first draw's).
+* ``surfaces-test`` (measuring only, never chosen on): the nine outside surfaces of ``benchmarks/surfaces.py``
+  (8 normals, 15 normal and 18 defective test images each), pairs drawn as for ``photos-test``.
 
     python benchmarks/threshold_evidence.py --set elpv-val --n 40 --pairs 6 --out SPREAD
 
@@ -39,6 +41,7 @@ from bench_threshold import augment
 from tqdm import tqdm
 
 import adcopilot.model.inspection as inspection
+from adcopilot import assets
 from adcopilot.data.elpv import split
 from adcopilot.eval.bundled import PHOTOS_DATASET, bundled_dir, ensure_bundled
 from adcopilot.imaging import load_image, to_float_array
@@ -48,6 +51,7 @@ from adcopilot.model.registry import load_detector, resolve_model
 from adcopilot.model.score import pooled_score, spread_level
 
 Group = tuple[list[Path], list[Path], list[int]]  # (reference pool, queries, labels)
+SURFACES = assets.home() / "benchmarks" / "surfaces" / "Surfaces"  # benchmarks/surfaces.py's default output
 
 
 def elpv_groups(which: str, n: int, pool_size: int, seed: int) -> dict[str, Group]:
@@ -68,9 +72,14 @@ def elpv_groups(which: str, n: int, pool_size: int, seed: int) -> dict[str, Grou
     return out
 
 
-def photo_groups() -> dict[str, Group]:
-    ensure_bundled()
-    root = bundled_dir() / PHOTOS_DATASET
+def photo_groups(root: Path | None = None, prefix: str = "photos") -> dict[str, Group]:
+    """Per class of a folder of product classes in the photos' layout (``train/good``, ``test/<kind>``): the
+    bundled held-out photos, or ``root`` (the outside surfaces of ``benchmarks/surfaces.py``)."""
+    if root is None:
+        ensure_bundled()
+        root = bundled_dir() / PHOTOS_DATASET
+    elif not root.is_dir():
+        raise SystemExit(f"{root}: not built (python benchmarks/surfaces.py)")
     out = {}
     for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
         queries, labels = [], []
@@ -78,7 +87,7 @@ def photo_groups() -> dict[str, Group]:
             for q in sorted(sub.glob("*.png")):
                 queries.append(q)
                 labels.append(int(sub.name != "good"))
-        out[f"photos/{cls}"] = (sorted((root / cls / "train" / "good").glob("*.png")), queries, labels)
+        out[f"{prefix}/{cls}"] = (sorted((root / cls / "train" / "good").glob("*.png")), queries, labels)
     return out
 
 
@@ -194,7 +203,7 @@ def add_set_loo(scorer: Scorer, groups: dict[str, Group], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", required=True, choices=["elpv-val", "photos-val", "elpv-test", "photos-test"])
+    ap.add_argument("--set", required=True, choices=["elpv-val", "photos-val", "elpv-test", "photos-test", "surfaces-test"])
     ap.add_argument("--n", type=int, default=40, help="ELPV: normal and defective queries per type")
     ap.add_argument("--pool", type=int, default=12, help="ELPV: normal references per type")
     ap.add_argument("--pairs", type=int, default=6, help="reference pairs (sets) per product")
@@ -227,6 +236,8 @@ def main() -> None:
         detector.model.cfg = replace(detector.model.cfg, multi_image_score=args.multi_score)
     if args.set.startswith("elpv"):
         groups = elpv_groups(args.set, args.n, args.pool, args.seed)
+    elif args.set == "surfaces-test":
+        groups = photo_groups(SURFACES, "surfaces")
     else:
         groups = photo_groups()
     path = args.out / (f"{args.set}_seed{args.seed}.npz" if args.shots == 2 else f"{args.set}_k{args.shots}_seed{args.seed}.npz")
