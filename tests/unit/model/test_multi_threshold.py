@@ -220,6 +220,19 @@ def test_a_calibration_made_on_another_image_score_is_not_used(tmp_path, caplog,
     assert Copilot.load(folder).calibration["threshold"] == 0.61
 
 
+def test_a_two_reference_calibration_on_the_fused_score_is_refused_once_it_is_read_against_the_spread(tmp_path):
+    """The shipped model's two-reference score became "fused-spread" (the fused score read against the query's own
+    level): a calibration made on "fused" with two references is a point on the other scale."""
+    folder = NanoComparisonModel(replace(MULTI, multi_image_score="fused-spread")).save(tmp_path / "ck")
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"model": "nano", "threshold": 0.61, "image_score": "fused", "shots": 2}))
+    with pytest.raises(AdcopilotError, match=r"named.json: calibrated on the 'fused' image score, but the model now "
+                                             r"scores with 'fused-spread'; calibrate again$"):
+        Copilot.load(folder, calibration=named)
+    named.write_text(json.dumps({"model": "nano", "threshold": 0.61, "image_score": "fused-spread", "shots": 2}))
+    assert Copilot.load(folder, calibration=named).threshold_with(2) == 0.61
+
+
 def test_a_calibration_whose_image_score_is_not_a_name_is_refused(tmp_path):
     folder = NanoComparisonModel(MULTI).save(tmp_path / "ck")
     bad = tmp_path / "cal.json"
