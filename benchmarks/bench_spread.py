@@ -105,6 +105,11 @@ def query_level(z: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
     return logit(s[..., 3]) if s.shape[-1] > 3 else np.full(s.shape[:2], np.nan)
 
 
+def spread_weight(margin: str) -> float:
+    """The ``spread_weight`` of a ``spread`` rule: A of a ``shrinkA`` margin, 1 for ``logit``."""
+    return float(margin[len("shrink"):]) if margin.startswith("shrink") else 1.0
+
+
 def relative(p: Product, weight: float) -> np.ndarray:
     """(Q, K) the logits of the model's relative score with ``spread_weight`` = weight."""
     return logit(p.scores) - weight * p.level
@@ -113,8 +118,7 @@ def relative(p: Product, weight: float) -> np.ndarray:
 def thresholds(p: Product, level: str, margin: str, m: float) -> np.ndarray:
     """(Q, K) the rule's threshold for every query and pair (each query's group's pair)."""
     if level == "spread":  # per query: the relative score's threshold, back on the score's own scale
-        weight = float(margin[len("shrink"):]) if margin.startswith("shrink") else 1.0
-        return sigmoid(weight * p.level + m)
+        return sigmoid(spread_weight(margin) * p.level + m)
     samples = p.loo if level != "loo+aug" else np.concatenate([p.loo, p.loo_aug], axis=2)  # (K, G, n)
     lev = samples.max(axis=2) if level == "loo-max" else samples.mean(axis=2)  # (K, G)
     if margin == "sd":
@@ -184,9 +188,8 @@ def report(folder: Path, sets: list[str], rule: tuple[str, str, str, float]) -> 
         for k, p in prods.items():
             r = evaluate(p, 0.5 if fixed is None else thresholds(p, level, margin, m))
             if fixed is not None and level == "spread":  # the ranking of the score the rule makes
-                w = float(margin[len("shrink"):]) if margin.startswith("shrink") else 1.0
                 y = np.repeat(p.labels[:, None], p.scores.shape[1], axis=1)
-                r["auroc"] = float(auroc(relative(p, w).ravel(), y.ravel()) or 0)
+                r["auroc"] = float(auroc(relative(p, spread_weight(margin)).ravel(), y.ravel()) or 0)
             print(f"{name:28s} {k:22s} AUROC {r['auroc']:.3f} | per query: false alarms {100 * r['far']:.1f} % "
                   f"miss {100 * r['miss']:.1f} % excess {100 * r['excess']:+.1f} | line: false alarms "
                   f"{100 * r['line_far']:.1f} % ({100 * r['line_far_min']:.1f}-{100 * r['line_far_max']:.1f}) "

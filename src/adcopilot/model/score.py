@@ -42,18 +42,19 @@ the two are blended geometrically, on the pooled map's scale (verdict at 0.5; be
 
     blend = m_scale * (pooled map / m_scale) ** b * (self-gated score / s_scale) ** (1 - b)
 
-**The query's own spread ("fused-spread", the shipped model's score with two references or more).** The fused score of a normal part is not
-at the same level on every product: a texture whose patches no reference matches closely (the grain of a
-polycrystalline cell) scores every normal part higher than an object whose references explain it well (a
-photographed part), so one threshold flagged 3 % of one and 1 % of the other. The query's ordinary patches
-show that level without labels: ``L`` is the ``SPREAD_QUANTILE`` of its nearest-reference distance ``d1``
+**The query's own spread ("fused-spread", the shipped model's score with two references or more).** The fused
+score of a normal part is not at the same level on every product: a texture whose patches no reference matches
+closely (the grain of a polycrystalline cell) scores every normal part higher than an object whose references
+explain it well (a photographed part), so no one threshold flags the same share of both. The query's ordinary
+patches show that level without labels: ``L`` is the ``SPREAD_QUANTILE`` of its nearest-reference distance ``d1``
 over the grid (a defect covers too little of a part to move it much), and the fused score is read relative to it
 (``spread_weight`` w in the config):
 
     fused-spread = sigmoid(logit(fused) - w * logit(L))
 
-A light weight (the shipped 0.25) puts normal parts of every product measured at about the same share above
-one threshold and leaves the ranking as it was (benchmarks/RESULTS.md, "The query's own spread").
+A light weight brings the products' normal parts to about the same share above one threshold and leaves the
+ranking as it was; a heavy one lets a large defect, which does lift ``L``, pull its own score down (figures in
+benchmarks/RESULTS.md, "The query's own spread").
 
 The references' self-distance is made once and kept with them; the query's costs one (R, N) product
 over its R trusted positions among the ``SELF_CANDIDATES`` of largest ``d8`` (the others keep ``d8``, an upper
