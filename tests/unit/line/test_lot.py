@@ -278,18 +278,27 @@ def test_an_aligned_lot_joins_a_padim_fitted_on_itself(tiny_copilot, mixed_lot):
 
 @pytest.mark.parametrize(("shift", "noted"), [((1, 1), False), ((17, 29), True)])
 def test_a_lot_whose_padim_disagrees_with_the_mutual_score_is_named(tiny_copilot, tmp_path, shift, noted):
-    """24 good images of one texture, each moved by a pixel or two (aligned parts) or by large steps (a surface
-    photographed at other places: every position holds something else in every image). The lot PaDiM of the moved
-    ones ranks the lot unlike the mutual score, and the run says so; of the aligned ones it does not."""
+    """24 good images of one texture and 4 with a dark or bright square, each moved by a pixel or two (aligned parts)
+    or by large steps (a surface photographed at other places: every position holds something else in every image).
+    The lot PaDiM of the moved ones ranks the lot unlike the mutual score, and the run says so; of the aligned ones it
+    does not. (A lot with no defect at all gives the two scores nothing to agree on: both rank noise.)"""
     lot = tmp_path / "lot"
     lot.mkdir()
-    base = texture(0)
+    base = texture(2)
+
+    def moved(i: int) -> np.ndarray:
+        return np.roll(base, ((i % 3) * shift[0] % 96, (i // 3) * shift[1] % 96), axis=(0, 1)).copy()
+
     for i in range(24):
-        Image.fromarray(np.roll(base, ((i % 3) * shift[0] % 96, (i // 3) * shift[1] % 96), axis=(0, 1))).save(lot / f"g{i}.png")
+        Image.fromarray(moved(i)).save(lot / f"g{i}.png")
+    for j in range(4):
+        img = moved(j)
+        img[10 + 20 * j : 26 + 20 * j, 60 - 12 * j : 76 - 12 * j] = 255 if j % 2 else 0
+        Image.fromarray(img).save(lot / f"d{j}.png")
     s = run_mutual_batch(tiny_copilot, collect([lot]), None, tmp_path / "out", _cfg(save_images=False),
                          MutualConfig(aligned=True))
-    assert s.processed == 24
-    assert bool(s.lot_notes) is noted
+    assert s.processed == 28
+    assert bool(s.lot_notes) is noted, s.lot_notes
     if noted:
         found = re.fullmatch(r"--aligned: the lot's PaDiM ranks the images unlike the mutual score \(rank correlation "
                              r"(-?[0-9.]+)\); if the parts are not in the same place in every image, run without --aligned",
