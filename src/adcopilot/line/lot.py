@@ -85,7 +85,7 @@ from adcopilot.line.records import read_records
 from adcopilot.line.references import GLOBAL_SIZE, ReferenceBank, global_features, tower_for
 from adcopilot.line.sources import LotItem
 from adcopilot.model.boxes import boxes_from_map
-from adcopilot.model.lot_padim import AGREEMENT_FLOOR, lot_padim_scores, rank_agreement
+from adcopilot.model.lot_padim import AGREEMENT_FLOOR, NEIGHBOURHOOD, lot_padim_scores, rank_agreement
 from adcopilot.model.mutual import (
     MAD_K,
     MutualRecipe,
@@ -328,8 +328,10 @@ def run_mutual_batch(
     tower = lot_tower(copilot)
     bank = ReferenceBank.from_paths(references, tower_for(copilot.detector), need_features=True) if references else None
     # As the manifest reads back (tuples as lists), so an unchanged run compares equal when it resumes.
+    # The lot PaDiM's window is part of what an aligned run computes: a run begun with another is not resumed.
     settings = json.loads(json.dumps({**asdict(mcfg.recipe), "mad_k": mcfg.mad_k, "threshold": mcfg.threshold,
-                                      "lot_refs": mcfg.lot_refs, "aligned": mcfg.aligned}))
+                                      "lot_refs": mcfg.lot_refs, "aligned": mcfg.aligned,
+                                      **({"padim_neighbourhood": NEIGHBOURHOOD} if mcfg.aligned else {})}))
     if bank is not None:
         manifest: dict[str, Any] = {**_manifest(copilot, bank, cfg, queries), "mutual": settings}
     else:

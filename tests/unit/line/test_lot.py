@@ -263,7 +263,8 @@ def test_an_aligned_lot_joins_a_padim_fitted_on_itself(tiny_copilot, mixed_lot):
         assert r["mutual_threshold"] == pytest.approx(lot_threshold(mutual), abs=1e-5) and r["references"] == []
     assert recs["defect/square.png"]["verdict"] == recs["defect/disc.png"]["verdict"] == "anomalous"
     assert {recs[k]["verdict"] for k in names if k.startswith("good/")} == {"normal"}
-    assert json.loads((mixed_lot["out"] / "summary.json").read_text())["run"]["mutual"]["aligned"] is True
+    run = json.loads((mixed_lot["out"] / "summary.json").read_text())["run"]["mutual"]
+    assert run["aligned"] is True and run["padim_neighbourhood"] == 3
     # Interrupted during the verdicts: the resumed run fits the same PaDiM and writes the same records.
     res = mixed_lot["out"] / "results.jsonl"
     res.write_text("\n".join(res.read_text().splitlines()[:-4]) + "\n")
