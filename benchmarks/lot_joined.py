@@ -31,8 +31,9 @@ from lot_trim import pooled_patch_values
 
 from adcopilot.data.elpv import split
 from adcopilot.line.lot import LOT_PADIM_WEIGHT, LOT_REFS_WEIGHT
-from adcopilot.model.lot_padim import lot_padim_scores, neighbourhood_means, rank_agreement
+from adcopilot.model.lot_padim import lot_padim_scores, rank_agreement
 from adcopilot.model.mutual import image_scores, pool_of
+from adcopilot.model.padim import neighbourhood_means
 
 
 def lowest(scores: np.ndarray, share: float) -> list[int]:

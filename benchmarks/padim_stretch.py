@@ -26,7 +26,13 @@ from tqdm import tqdm
 from adcopilot.data.elpv import Cell, split
 from adcopilot.imaging import load_image, to_float_array
 from adcopilot.metrics import auroc
-from adcopilot.model.padim import PadimAccumulator, channel_subset, gaussian_blur, stretch_grey
+from adcopilot.model.padim import (
+    PadimAccumulator,
+    channel_subset,
+    gaussian_blur,
+    neighbourhood_means,
+    stretch_grey,
+)
 from adcopilot.model.vision import joint_patch_features, load_vision_tower
 
 SIZE = 256
@@ -69,6 +75,8 @@ def main() -> None:
     ap.add_argument("--split", choices=["test", "val"], default="val")
     ap.add_argument("--kind", choices=["mono", "poly"], default="poly")
     ap.add_argument("--readings", nargs="+", default=list(READINGS), choices=list(READINGS))
+    ap.add_argument("--neighbourhood", type=int, default=1, help="each position's features averaged over this "
+                    "square of positions first (the lot PaDiM's neighbourhood means; 1: as they are)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tower = load_vision_tower().eval()
@@ -77,7 +85,8 @@ def main() -> None:
 
     def scales(cell: Cell, read: Callable[[np.ndarray], np.ndarray]) -> dict[str, torch.Tensor]:
         x = read(to_float_array(load_image(cell.path, name=str(cell.path)), SIZE))
-        return tower.patch_features(torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float())
+        out = tower.patch_features(torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float())
+        return neighbourhood_means(out, args.neighbourhood)
 
     y = np.array([label for _, label in scored])
     for name in args.readings:
@@ -100,7 +109,7 @@ def main() -> None:
                 q = joint_patch_features(s)[0].flatten(1).T
                 side = s["s8"].shape[-1]
                 near.append(peak((1 - (q @ pool.T).max(1).values).clamp_min(0).view(1, 1, side, side)))
-        line = f"{args.kind} {args.split} {name:>16}: PaDiM {auroc(np.array(padim), y):.4f}"
+        line = f"{args.kind} {args.split} {name:>16} (neighbourhood {args.neighbourhood}): PaDiM {auroc(np.array(padim), y):.4f}"
         if memory:
             p, n = np.array(padim), np.array(near)
             z = (p - p[y == 0].mean()) / p[y == 0].std() + (n - n[y == 0].mean()) / n[y == 0].std()

@@ -19,9 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from adcopilot.model.padim import PadimAccumulator, channel_subset
+from adcopilot.model.padim import PadimAccumulator, channel_subset, neighbourhood_means
 
 #: The share of a lot's images, scored highest by the first fit, left out of the second.
 TRIM = 0.5
@@ -32,14 +31,6 @@ AGREEMENT_FLOOR = 0.5
 #: ELPV's training split taken as lots, over none, 3 and 5 (benchmarks/RESULTS.md).
 NEIGHBOURHOOD = 3
 _BATCH = 32  # images per step of fitting and scoring
-
-
-def neighbourhood_means(scales: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
-    """Stage outputs {name: (B, C, H, W)} -> float32, each position the mean over its ``width`` x ``width``
-    neighbours (at the border, over those inside the image); as they are for a width of 1."""
-    if width == 1:
-        return {k: v.float() for k, v in scales.items()}
-    return {k: F.avg_pool2d(v.float(), width, 1, width // 2, count_include_pad=False) for k, v in scales.items()}
 
 
 def _fit_and_score(
@@ -76,8 +67,7 @@ def lot_padim_scores(
     n = len(scales["s8"])
     if n < 3:
         raise ValueError(f"a lot PaDiM needs three images or more, got {n}")
-    if neighbourhood < 1 or neighbourhood % 2 == 0:
-        raise ValueError(f"a lot PaDiM's neighbourhood is an odd width of one position or more, got {neighbourhood}")
+    neighbourhood_means({}, neighbourhood)  # refuses a width that is not odd and positive before any work
     first = _fit_and_score(scales, list(range(n)), size, neighbourhood, progress)
     keep = np.argsort(first, kind="stable")[: max(2, int(n * (1.0 - trim)))]
     return _fit_and_score(scales, sorted(int(i) for i in keep), size, neighbourhood, progress)

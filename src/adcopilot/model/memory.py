@@ -44,7 +44,13 @@ from safetensors.torch import load_file, save_file
 
 from adcopilot.errors import CheckpointError
 from adcopilot.model.nearest import PatchIndex, exact_max_similarity
-from adcopilot.model.padim import PadimAccumulator, PadimStats, channel_subset, stretch_grey
+from adcopilot.model.padim import (
+    PadimAccumulator,
+    PadimStats,
+    channel_subset,
+    neighbourhood_means,
+    stretch_grey,
+)
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import joint_patch_features
 from adcopilot.registration import warp
@@ -81,6 +87,9 @@ class PadimPart:
     # Whether the statistics were fitted on grey-level-stretched images (model/padim.py ``stretch_grey``), so
     # the query is stretched the same way before its tower pass for PaDiM (memories written before: False).
     stretch: bool = False
+    # Each position's features averaged over this square of neighbours before PaDiM reads them, fitting and scoring
+    # alike (model/padim.py ``neighbourhood_means``; memories written before: 1, each position alone).
+    neighbourhood: int = 1
 
     def peak(self, padim_map: np.ndarray) -> float:
         """PaDiM's own image score: the maximum of its (S, S) uncalibrated map, on its calibration scale."""
@@ -228,7 +237,8 @@ class ProductMemory:
             if v.padim is not None and v.padim.share > 0:
                 raise ValueError(f"variant {name!r} mixes in PaDiM: the query's raw stage outputs are needed")
             return MemoryMaps(near, None, None, name)
-        pos = _smoothed(v.padim.stats.distance(scales), image_size)  # (S, S) in the good images' frame
+        read = neighbourhood_means(scales, v.padim.neighbourhood)
+        pos = _smoothed(v.padim.stats.distance(read), image_size)  # (S, S) in the good images' frame
         # PaDiM's own image score: the maximum where its statistics hold, on its calibration scale.
         peak = v.padim.peak(pos)
         if padim_warp is not None:
@@ -262,7 +272,8 @@ class ProductMemory:
                 {"name": n, "low": v.low, "high": v.high, "images": v.images, "patches": int(v.bank.shape[0])}
                 | ({} if v.padim is None else {"padim": {
                     "low": v.padim.low, "high": v.padim.high, "share": v.padim.share, "grid": list(v.padim.stats.grid),
-                    "images": v.padim.stats.images, "score": v.padim.score, "stretch": v.padim.stretch}})
+                    "images": v.padim.stats.images, "score": v.padim.score, "stretch": v.padim.stretch,
+                    "neighbourhood": v.padim.neighbourhood}})
                 for n, v in self.variants.items()
             ]),
         }
@@ -295,7 +306,8 @@ class ProductMemory:
         return {n: {"images": v.images, "patches": int(v.bank.shape[0]), "low": round(v.low, 4),
                     "high": round(v.high, 4)}
                 | ({} if v.padim is None else {"padim_share": v.padim.share, "padim_score": v.padim.score,
-                                               "padim_stretch": v.padim.stretch})
+                                               "padim_stretch": v.padim.stretch,
+                                               "padim_neighbourhood": v.padim.neighbourhood})
                 for n, v in self.variants.items()}
 
 
@@ -312,9 +324,12 @@ def _load_padim(meta: dict | None, tensors: dict[str, torch.Tensor], i: int) -> 
     stretch = meta.get("stretch", False)  # memories written before read images as they are
     if not isinstance(stretch, bool):
         raise ValueError(f"PaDiM stretch {stretch!r} is not true or false")
+    width = meta.get("neighbourhood", 1)  # memories written before read each position alone
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
+        raise ValueError(f"PaDiM neighbourhood {width!r} is not an odd number of positions")
     stats = PadimStats(tensors[f"padim.idx.{i}"], tensors[f"padim.mean.{i}"], tensors[f"padim.inv_covariance.{i}"],
                        tuple(meta["grid"]), int(meta["images"]))
-    return PadimPart(stats, float(meta["low"]), float(meta["high"]), share, score, stretch)
+    return PadimPart(stats, float(meta["low"]), float(meta["high"]), share, score, stretch, width)
 
 
 def _smoothed(d: torch.Tensor, size: int) -> np.ndarray:
@@ -382,6 +397,7 @@ def build_memory(
     padim: dict[str, float] | None = None,
     pool: Callable[[np.ndarray], float] | None = None,
     padim_stretch: bool = False,
+    padim_neighbourhood: int = 1,
 ) -> ProductMemory:
     """A memory from good images (S, S, 3) at the detector's size and their variants.
 
@@ -392,7 +408,8 @@ def build_memory(
     normalisation ``features`` is (then one tower pass per image serves both). With ``pool`` (the
     detector's pooling of a map into an image score) each variant also keeps its calibration images' scores
     as the memory alone would give them (:attr:`VariantMemory.normal_scores`). With ``padim_stretch`` PaDiM
-    reads each image with its grey levels stretched (:func:`stretch_grey`; one more tower pass per image).
+    reads each image with its grey levels stretched (:func:`stretch_grey`; one more tower pass per image), and
+    with ``padim_neighbourhood`` above 1 each position's features averaged over that square of neighbours.
     """
     padim = padim or {}
     if padim and scales is None:
@@ -405,6 +422,8 @@ def build_memory(
             return features(image), None
         s = scales(image)
         p = scales(stretch_grey(image)) if padim_stretch and for_padim else s
+        if for_padim and padim_neighbourhood > 1:
+            p = neighbourhood_means(p, padim_neighbourhood)
         if fit is not None:
             fit.add(p)
         return joint_patch_features(s), p
@@ -463,7 +482,8 @@ def build_memory(
                 if progress and k == 0:
                     progress(1)
         low, high = _calibration(near_maps)
-        part = (PadimPart(stats, *_calibration(padim_maps), padim[name], stretch=padim_stretch)
+        part = (PadimPart(stats, *_calibration(padim_maps), padim[name], stretch=padim_stretch,
+                          neighbourhood=padim_neighbourhood)
                 if stats is not None else None)
         scores = [] if pool is None else _normal_scores(near_maps, padim_maps, low, high, part, pool)
         variants[name] = VariantMemory(bank, low, high, len(keep), part, scores)

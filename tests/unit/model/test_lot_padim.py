@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from adcopilot.model.lot_padim import TRIM, lot_padim_scores, neighbourhood_means
-from adcopilot.model.padim import PadimAccumulator, channel_subset
+from adcopilot.model.lot_padim import TRIM, lot_padim_scores
+from adcopilot.model.padim import PadimAccumulator, channel_subset, neighbourhood_means
 
 
 def _aligned_lot(n: int, defects: list[int], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from adcopilot.errors import CheckpointError
 from adcopilot.model.detector import to_batch
 from adcopilot.model.memory import MEMORY_FILE, SMOOTH_SIGMA, ProductMemory, build_memory
 from adcopilot.model.nano import NanoComparisonModel, NanoConfig, NanoDetector
-from adcopilot.model.padim import stretch_grey
+from adcopilot.model.padim import PadimAccumulator, neighbourhood_means, stretch_grey
 from adcopilot.model.score import pooled_score
 from adcopilot.model.upsample import upsample_centered
 from adcopilot.model.vision import load_vision_tower
@@ -41,13 +41,14 @@ def halves(rng: np.random.Generator, swapped: bool = False) -> np.ndarray:
     return img
 
 
-def _build(det: NanoDetector, images: list[np.ndarray], share: float | None, stretch: bool = False) -> ProductMemory:
+def _build(det: NanoDetector, images: list[np.ndarray], share: float | None, stretch: bool = False,
+           neighbourhood: int = 1) -> ProductMemory:
     def scales(im: np.ndarray):
         return det.fused_tower.patch_features(to_batch([im]))
 
     return build_memory(images, [""] * len(images), det.patch_features, patches=200, seed=0,
                         scales=scales if share is not None else None, padim={"": share} if share is not None else None,
-                        padim_stretch=stretch)
+                        padim_stretch=stretch, padim_neighbourhood=neighbourhood)
 
 
 def test_padim_part_is_built_in_the_same_pass_and_flags_a_layout_the_good_images_never_show(tiny):
@@ -258,4 +259,51 @@ def test_padim_fitted_on_stretched_images_takes_a_darker_good_part_as_good(tiny,
             assert not ProductMemory.load(tmp_path).padim_stretch
         else:
             with pytest.raises(CheckpointError, match="PaDiM stretch 'yes' is not true or false"):
+                ProductMemory.load(tmp_path)
+
+
+def test_padim_on_neighbourhood_means_fits_and_reads_the_query_alike_and_round_trips(tiny, tmp_path):
+    """``adapt``'s PaDiM reads each position's features averaged over its 3 x 3 neighbours: the statistics are those
+    of the good images' means, the query is read the same way, and the window is saved with the memory (a memory
+    written before reads each position alone; a window that is not an odd number is refused in one line)."""
+    _, _, det = tiny
+    rng = np.random.default_rng(3)
+    goods = [halves(rng) for _ in range(12)]
+    plain, means = _build(det, goods, 1.0), _build(det, goods, 1.0, neighbourhood=3)
+    part = means.variants[""].padim
+    assert part.neighbourhood == 3 and plain.variants[""].padim.neighbourhood == 1
+    assert means.describe()[""]["padim_neighbourhood"] == 3
+    # The statistics, fitted by hand on the means of the good images that fit (all but the calibrating one).
+    order = [int(i) for i in np.random.default_rng(0).permutation(12)]
+    acc = PadimAccumulator(part.stats.idx)
+    for i in order[1:]:
+        acc.add(neighbourhood_means(det.fused_tower.patch_features(to_batch([goods[i]])), 3))
+    by_hand = acc.finish()
+    torch.testing.assert_close(part.stats.mean, by_hand.mean)
+    assert not torch.allclose(part.stats.mean, plain.variants[""].padim.stats.mean)
+    # The query's PaDiM map is the distance of its own means to those statistics.
+    q = halves(rng, swapped=True)
+    s = det.fused_tower.patch_features(to_batch([q]))
+    tokens, ref = det.patch_features(q)[0].flatten(1).T, det.encode_reference(goods[0]).tokens[0]
+    got = means.maps(tokens, ref, (8, 8), 64, scales=s)
+    d = part.stats.distance(neighbourhood_means(s, 3))  # (1, 1, 8, 8)
+    expect = cv2.GaussianBlur(upsample_centered(d, 64 // 8)[0, 0].numpy(), (0, 0), SMOOTH_SIGMA)
+    assert got.peak == pytest.approx(part.peak(expect), rel=1e-5)
+    assert got.peak != pytest.approx(part.peak(cv2.GaussianBlur(upsample_centered(part.stats.distance(s), 8)[0, 0]
+                                                                .numpy(), (0, 0), SMOOTH_SIGMA)), rel=1e-3)
+
+    means.save(tmp_path)
+    assert ProductMemory.load(tmp_path).variants[""].padim.neighbourhood == 3
+    meta = json.loads(safe_open(str(tmp_path / MEMORY_FILE), "pt").metadata()["variants"])
+    for value, ok in ((None, True), (2, False), ("3", False), (True, False)):
+        if value is None:
+            del meta[0]["padim"]["neighbourhood"]
+        else:
+            meta[0]["padim"]["neighbourhood"] = value
+        save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
+                  metadata={"format": "pt", "variants": json.dumps(meta)})
+        if ok:
+            assert ProductMemory.load(tmp_path).variants[""].padim.neighbourhood == 1
+        else:
+            with pytest.raises(CheckpointError, match=f"PaDiM neighbourhood {value!r} is not an odd number of positions"):
                 ProductMemory.load(tmp_path)
