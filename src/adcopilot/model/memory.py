@@ -26,7 +26,8 @@ it is given (``memory.safetensors`` in the adapted checkpoint folder).
   its validation images. The image score takes PaDiM's own (its map's maximum, calibrated, not clipped) by
   the same share beside the pooled nearest-patch map (:class:`PadimPart`). The detector hands the query's
   raw stage outputs (``scales``) for it; ``adapt`` fits PaDiM on grey-level-stretched images
-  (:func:`adcopilot.model.padim.stretch_grey`), and the detector then stretches the query alike.
+  (:func:`adcopilot.model.padim.stretch_grey`), and the detector then stretches the query alike; both read
+  each position's features averaged over its 3 x 3 neighbours (``PadimPart.neighbourhood``).
 """
 
 from __future__ import annotations
