@@ -29,9 +29,10 @@ model's pixel map where it sees the defect. It helps aligned products (ELPV cell
 
 For a lot of aligned parts (``--aligned``, opt-in: solar cells, parts in a fixture), PaDiM's Gaussians per
 position are fitted on the lot itself (:mod:`adcopilot.model.lot_padim`: each position's features averaged over its
-3 x 3 neighbours, fitted on every image, then on the half the first fit scored lowest) and its robust z-score joins the sum at ``LOT_PADIM_WEIGHT``, alone with the mutual
-score or beside the lot references' (``lot_padim_score`` in each record; the maps stay the mutual score's, or the
-lot references' join of maps). On lots of loose parts it ranks worse (``benchmarks/RESULTS.md``).
+3 x 3 neighbours, fitted on every image, then on the half the first fit scored lowest) and its robust z-score joins
+the sum at ``LOT_PADIM_WEIGHT``, alone with the mutual score or beside the lot references' (``lot_padim_score`` in
+each record; the maps stay the mutual score's, or the lot references' join of maps). On lots of loose parts it can
+rank worse (``benchmarks/RESULTS.md``).
 
 With references as well (``--refs``), each image is also inspected against its nearest references and
 the two judgements are joined on a common scale: each score divided by its own threshold, the larger

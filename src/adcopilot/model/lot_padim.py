@@ -7,9 +7,10 @@ lot is mostly normal but not clean, so the Gaussians are fitted twice: on every 
 images the first fit scored lowest (``1 - TRIM``), and every image is scored by the second fit (anomalib's image
 score, the maximum of the blurred distance map). Each position's features are first averaged over its
 ``NEIGHBOURHOOD`` x ``NEIGHBOURHOOD`` neighbours (as PatchCore aggregates patches): the parts of a lot sit a few
-pixels apart, and a Gaussian per position then meets a cell shifted by part of a patch without calling it new. Joined with the mutual score on the lot's scale, it ranked ELPV
-lots better on both cell types; on lots of loose parts, where a position holds different things in different
-images, it ranked worse, so it is asked for, not assumed (benchmarks/RESULTS.md). Where it ranks the lot unlike the
+pixels apart, and a Gaussian per position then meets a cell shifted by part of a patch without calling it new.
+Joined with the mutual score on the lot's scale, it ranked ELPV lots better on both cell types; on lots of loose
+parts, where a position holds different things in different images, it can rank worse, so it is asked for, not
+assumed (benchmarks/RESULTS.md). Where it ranks the lot unlike the
 mutual score (:func:`rank_agreement` below ``AGREEMENT_FLOOR``), the parts are probably not aligned: the run says so.
 """
 
