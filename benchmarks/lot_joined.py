@@ -82,7 +82,7 @@ def main() -> None:
         j2 = rows["both"]
         rows["both, a third round"] = joined(second_pass(dist, pool_of(torch.from_numpy(j2), 2.0)), model,
                                              padim_scores(raw, lowest(j2, 0.5)))
-        rows["mutual top 10"] = joined(image_scores(pooled_patch_values(dist, _mask(second, dist), 0.05), 10).numpy(),
+        rows["mutual top 10"] = joined(image_scores(pooled_patch_values(dist, _first_pool(dist), 0.05), 10).numpy(),
                                        model, padim)
         rows["lot PaDiM on 5 x 5 means"] = joined(second, model, lot_padim_scores(raw, 256, neighbourhood=5))
         padim3 = lot_padim_scores(raw, 256, neighbourhood=3)
@@ -103,7 +103,7 @@ def main() -> None:
             print(f"  {tag}: {' / '.join(area(x, prob) for x in np.atleast_2d(sc))}", flush=True)
 
 
-def _mask(second: np.ndarray, dist: torch.Tensor) -> np.ndarray:
+def _first_pool(dist: torch.Tensor) -> np.ndarray:
     """The product's bank for the second pass, as a mask (the first pass's pool at k = 2)."""
     n = len(dist)
     first = image_scores(pooled_patch_values(dist, np.ones(n, bool), 0.3)).numpy()
