@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from adcopilot.model.padim import PadimAccumulator, channel_subset, neighbourhood_means
+from adcopilot.model.padim import PadimAccumulator, channel_subset, check_neighbourhood, neighbourhood_means
 
 #: The share of a lot's images, scored highest by the first fit, left out of the second.
 TRIM = 0.5
@@ -68,7 +68,7 @@ def lot_padim_scores(
     n = len(scales["s8"])
     if n < 3:
         raise ValueError(f"a lot PaDiM needs three images or more, got {n}")
-    neighbourhood_means({}, neighbourhood)  # refuses a width that is not odd and positive before any work
+    check_neighbourhood(neighbourhood)  # before any work
     first = _fit_and_score(scales, list(range(n)), size, neighbourhood, progress)
     keep = np.argsort(first, kind="stable")[: max(2, int(n * (1.0 - trim)))]
     return _fit_and_score(scales, sorted(int(i) for i in keep), size, neighbourhood, progress)

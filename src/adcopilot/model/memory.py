@@ -49,6 +49,7 @@ from adcopilot.model.padim import (
     PadimAccumulator,
     PadimStats,
     channel_subset,
+    check_neighbourhood,
     neighbourhood_means,
     stretch_grey,
 )
@@ -325,9 +326,7 @@ def _load_padim(meta: dict | None, tensors: dict[str, torch.Tensor], i: int) -> 
     stretch = meta.get("stretch", False)  # memories written before read images as they are
     if not isinstance(stretch, bool):
         raise ValueError(f"PaDiM stretch {stretch!r} is not true or false")
-    width = meta.get("neighbourhood", 1)  # memories written before read each position alone
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
-        raise ValueError(f"PaDiM neighbourhood {width!r} is not an odd number of positions")
+    width = check_neighbourhood(meta.get("neighbourhood", 1))  # memories written before read each position alone
     stats = PadimStats(tensors[f"padim.idx.{i}"], tensors[f"padim.mean.{i}"], tensors[f"padim.inv_covariance.{i}"],
                        tuple(meta["grid"]), int(meta["images"]))
     return PadimPart(stats, float(meta["low"]), float(meta["high"]), share, score, stretch, width)
@@ -423,7 +422,7 @@ def build_memory(
             return features(image), None
         s = scales(image)
         p = scales(stretch_grey(image)) if padim_stretch and for_padim else s
-        if for_padim and padim_neighbourhood > 1:
+        if for_padim and padim_neighbourhood != 1:  # (neighbourhood_means refuses a width that is not odd)
             p = neighbourhood_means(p, padim_neighbourhood)
         if fit is not None:
             fit.add(p)

@@ -54,13 +54,18 @@ def stretch_grey(image: np.ndarray) -> np.ndarray:
             else out.astype(image.dtype if image.dtype.kind == "f" else np.float32))
 
 
+def check_neighbourhood(width: object) -> int:
+    """``width`` if it is an odd whole number of positions (1 or more), else ValueError naming it."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
+        raise ValueError(f"a PaDiM neighbourhood is an odd width of one position or more, got {width!r}")
+    return width
+
+
 def neighbourhood_means(scales: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
     """Stage outputs {name: (B, C, H, W)} -> float32, each position the mean over its ``width`` x ``width``
     neighbours (at the border, over those inside the image); as they are for a width of 1. PatchCore's local
     aggregation: a part a few pixels off its place still meets the Gaussian of its position."""
-    if width < 1 or width % 2 == 0:
-        raise ValueError(f"a PaDiM neighbourhood is an odd width of one position or more, got {width}")
-    if width == 1:
+    if check_neighbourhood(width) == 1:
         return {k: v.float() for k, v in scales.items()}
     return {k: F.avg_pool2d(v.float(), width, 1, width // 2, count_include_pad=False) for k, v in scales.items()}
 

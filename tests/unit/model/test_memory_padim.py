@@ -4,6 +4,7 @@ in the detector, saved; fitted on grey-level-stretched images, the query stretch
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -49,6 +50,23 @@ def _build(det: NanoDetector, images: list[np.ndarray], share: float | None, str
     return build_memory(images, [""] * len(images), det.patch_features, patches=200, seed=0,
                         scales=scales if share is not None else None, padim={"": share} if share is not None else None,
                         padim_stretch=stretch, padim_neighbourhood=neighbourhood)
+
+
+def _padim_meta(folder) -> dict:
+    """The first variant's PaDiM entry in a saved memory's metadata."""
+    return json.loads(safe_open(str(folder / MEMORY_FILE), "pt").metadata()["variants"])[0]["padim"]
+
+
+def _set_padim_meta(folder, key: str, value: object) -> None:
+    """Rewrite the saved memory with the first variant's PaDiM ``key`` set to ``value`` (None: removed, as in a
+    memory written before the key existed)."""
+    meta = json.loads(safe_open(str(folder / MEMORY_FILE), "pt").metadata()["variants"])
+    if value is None:
+        meta[0]["padim"].pop(key, None)
+    else:
+        meta[0]["padim"][key] = value
+    save_file(load_file(str(folder / MEMORY_FILE)), str(folder / MEMORY_FILE),
+              metadata={"format": "pt", "variants": json.dumps(meta)})
 
 
 def test_padim_part_is_built_in_the_same_pass_and_flags_a_layout_the_good_images_never_show(tiny):
@@ -179,19 +197,14 @@ def test_image_score_takes_padims_peak_by_its_share_and_older_memories_keep_the_
 
     # A memory written before the peak score (no "score" in its file) pools the mixed map, as it did.
     memory.save(tmp_path)
-    meta = json.loads(safe_open(str(tmp_path / MEMORY_FILE), "pt").metadata()["variants"])
-    assert meta[0]["padim"]["score"] == "peak" and ProductMemory.load(tmp_path).variants[""].padim.score == "peak"
-    del meta[0]["padim"]["score"]
-    save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
-              metadata={"format": "pt", "variants": json.dumps(meta)})
+    assert _padim_meta(tmp_path)["score"] == "peak" and ProductMemory.load(tmp_path).variants[""].padim.score == "peak"
+    _set_padim_meta(tmp_path, "score", None)
     old = ProductMemory.load(tmp_path)
     assert old.variants[""].padim.score == "map"
     det = NanoDetector(model, tower, memory=old, memory_weight=1.0)
     d = det.detection(queries["swapped"], [ref])
     assert d.score == pytest.approx(pooled_score(d.amap, TINY.topk_frac), abs=1e-6) and d.score <= 1.0
-    meta[0]["padim"]["score"] = "max"
-    save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
-              metadata={"format": "pt", "variants": json.dumps(meta)})
+    _set_padim_meta(tmp_path, "score", "max")
     with pytest.raises(CheckpointError, match="PaDiM score 'max'"):
         ProductMemory.load(tmp_path)
 
@@ -246,15 +259,9 @@ def test_padim_fitted_on_stretched_images_takes_a_darker_good_part_as_good(tiny,
     # Saved and loaded with its rule; a memory written before the stretch reads images as taken.
     stretched.save(tmp_path)
     assert ProductMemory.load(tmp_path).padim_stretch
-    meta = json.loads(safe_open(str(tmp_path / MEMORY_FILE), "pt").metadata()["variants"])
-    assert meta[0]["padim"]["stretch"] is True
+    assert _padim_meta(tmp_path)["stretch"] is True
     for value, ok in ((None, True), ("yes", False)):
-        if value is None:
-            del meta[0]["padim"]["stretch"]
-        else:
-            meta[0]["padim"]["stretch"] = value
-        save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
-                  metadata={"format": "pt", "variants": json.dumps(meta)})
+        _set_padim_meta(tmp_path, "stretch", value)
         if ok:
             assert not ProductMemory.load(tmp_path).padim_stretch
         else:
@@ -294,16 +301,10 @@ def test_padim_on_neighbourhood_means_fits_and_reads_the_query_alike_and_round_t
 
     means.save(tmp_path)
     assert ProductMemory.load(tmp_path).variants[""].padim.neighbourhood == 3
-    meta = json.loads(safe_open(str(tmp_path / MEMORY_FILE), "pt").metadata()["variants"])
     for value, ok in ((None, True), (2, False), ("3", False), (True, False)):
-        if value is None:
-            del meta[0]["padim"]["neighbourhood"]
-        else:
-            meta[0]["padim"]["neighbourhood"] = value
-        save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
-                  metadata={"format": "pt", "variants": json.dumps(meta)})
+        _set_padim_meta(tmp_path, "neighbourhood", value)
         if ok:
             assert ProductMemory.load(tmp_path).variants[""].padim.neighbourhood == 1
         else:
-            with pytest.raises(CheckpointError, match=f"PaDiM neighbourhood {value!r} is not an odd number of positions"):
+            with pytest.raises(CheckpointError, match=re.escape(f"odd width of one position or more, got {value!r}")):
                 ProductMemory.load(tmp_path)
