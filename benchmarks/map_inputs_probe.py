@@ -32,6 +32,7 @@ from adcopilot.model.score import (
     nearest_distance,
     self_distance,
     self_gated_distance,
+    spread_level,
     view_distance,
 )
 from adcopilot.model.upsample import upsample_centered
@@ -90,7 +91,7 @@ def run(det, pairs, size, all_variants=True):
         d8c = view_distance(d1[0, 0], tokens, views[h * w:])  # the detector's candidates d8
         ds = self_gated_distance(d8c, tokens, own, cfg.self_gate, cfg.twin_quantile)
         ds_all = self_gated_distance(d8, tokens, own, cfg.self_gate, cfg.twin_quantile)
-        row = {"label": label, "group": group}
+        row = {"label": label, "group": group, "level": spread_level(d1[0, 0])}
         for name, dist in (("d1", d1[0, 0]), ("d8", d8), ("ds", ds), ("dsa", ds_all))[: 4 if all_variants else 1]:
             p = prob_of(det, m.head(fmap, dist.view(1, 1, h, w)))
             row[f"map_{name}"] = topk(p)
@@ -137,7 +138,7 @@ def score(folder: Path) -> None:
                 pools = {f"{s}:mono": g == "mono", f"{s}:poly": g == "poly"}
             else:
                 pools = {str(x): g == x for x in sorted(set(g))} if s == "surfaces" else {s: np.ones(len(y), bool)}
-            for k in (k for k in rows[0] if k not in ("label", "group")):
+            for k in (k for k in rows[0] if k not in ("label", "group", "level")):
                 sc = np.array([r[k] for r in rows])
                 vals = []
                 for p, idx in pools.items():
