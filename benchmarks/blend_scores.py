@@ -31,10 +31,10 @@ sets at the chosen weights beside the shipped blend.
     python benchmarks/blend_scores.py --evidence DIR --with-white 0.3
 
 ``--by-level`` lets the map's share fall with the query's normal level L (the 75th percentile of its nearest-reference
-distances, the files' ``level``): 0.4 up to lo, linearly to 0 at hi (lo 0.26-0.36, hi - lo 0.02-0.12), chosen by the
+distances, the files' ``level``): 0.4 up to lo, linearly to 0 at hi (lo 0.26-0.36, hi - lo 0.02-0.12; with a KEY, another quantile of the files: lo from 0.06), chosen by the
 largest smallest gain over the shipped blend (w = 0.4 at every level) on the validation sets, then the test sets.
 
-    python benchmarks/blend_scores.py --evidence DIR --by-level
+    python benchmarks/blend_scores.py --evidence DIR --by-level               # or --by-level level_0.25
 
 ``--check RUN`` compares a third run, of the shipped model (``"image_score": "blend"``), with the blend at w = 0.4 computed
 from the two runs: the largest difference of the per-image scores.
@@ -72,7 +72,7 @@ def blend(m: np.ndarray, s: np.ndarray, w: float | np.ndarray, b: np.ndarray | N
 
 def evidence(folder: Path, sets: tuple[str, ...], w: float, c: float = 0.0, third: str = "baseline",
              third_scale: float = BASELINE_THRESHOLD, levels: tuple[float, float] | None = None,
-             ) -> dict[str, tuple[float, float]]:
+             level_key: str = "level") -> dict[str, tuple[float, float]]:
     """{pool: (image AUROC, balanced accuracy at 0.5)} of the blend at w (and c of the files' score ``third`` over
     ``third_scale``; with ``levels`` (lo, hi) the map's share w falls to 0 over the query's level from lo to hi), the
     mean over each set's files (draws)."""
@@ -84,7 +84,7 @@ def evidence(folder: Path, sets: tuple[str, ...], w: float, c: float = 0.0, thir
             share: float | np.ndarray = w
             if levels is not None:
                 lo, hi = levels
-                share = w * np.clip((hi - np.array([r["level"] for r in rows])) / (hi - lo), 0.0, 1.0)
+                share = w * np.clip((hi - np.array([r[level_key] for r in rows])) / (hi - lo), 0.0, 1.0)
             sc = blend(np.array([r["map_d1"] for r in rows]), np.array([r["fself_d1"] for r in rows]), share,
                        np.array([r[third] for r in rows]) if c else None, c, third_scale)
             if s.startswith("elpv"):
@@ -121,22 +121,24 @@ def choose(folder: Path) -> None:
         print(f"test, w {w:.2f}: " + " | ".join(f"{p} {a:.3f} / {b:.3f}" for p, (a, b) in st.items()), flush=True)
 
 
-def choose_by_level(folder: Path) -> None:
-    """``--by-level``: the ramp (lo, hi) of the map's share over the query's level, chosen on the validation sets."""
+def choose_by_level(folder: Path, key: str = "level") -> None:
+    """``--by-level``: the ramp (lo, hi) of the map's share over the query's level (the files' ``key``), chosen on
+    the validation sets."""
     val, test = ("elpv-val", "synth"), ("elpv-test", "photos", "surfaces")
     shipped = evidence(folder, val, 0.4)
     best, best_gain = None, -1.0
-    for lo in np.round(np.arange(0.26, 0.3601, 0.01), 2):
+    first = 0.26 if key == "level" else 0.06  # the lower quantiles sit lower
+    for lo in np.round(np.arange(first, 0.3601, 0.01), 2):
         for width in (0.02, 0.04, 0.06, 0.08, 0.10, 0.12):
             levels = (float(lo), float(lo + width))
-            st = evidence(folder, val, 0.4, levels=levels)
+            st = evidence(folder, val, 0.4, levels=levels, level_key=key)
             gain = min(min(st[p][0] - shipped[p][0], st[p][1] - shipped[p][1]) for p in st)
             if gain > best_gain + 1e-9:
                 best, best_gain = levels, gain
     print(f"chosen: levels {best[0]:.2f}-{best[1]:.2f}, smallest gain over the blend {best_gain:+.4f}")
     for name, levels in (("blend", None), (f"levels {best[0]:.2f}-{best[1]:.2f}", best)):
         for sets in (val, test):
-            st = evidence(folder, sets, 0.4, levels=levels)
+            st = evidence(folder, sets, 0.4, levels=levels, level_key=key)
             print(f"{name}: " + " | ".join(f"{p} {a:.4f} / {b:.3f}" for p, (a, b) in st.items()), flush=True)
 
 
@@ -189,8 +191,9 @@ def main() -> None:
     ap.add_argument("--with-baseline", action="store_true", help="with --evidence: a third term, the baseline's score")
     ap.add_argument("--with-white", choices=["0.3", "0.1"], help="with --evidence: a third term, the whitened distance "
                     "(whitened_scores.py's white_LAMBDA, over its own threshold chosen on the validation sets)")
-    ap.add_argument("--by-level", action="store_true", help="with --evidence: the map's share falling with the "
-                    "query's normal level (map_inputs_probe.py's files with ``level``)")
+    ap.add_argument("--by-level", nargs="?", const="level", default=None, metavar="KEY",
+                    help="with --evidence: the map's share falling with the query's normal level (map_inputs_probe.py's "
+                    "``level``, its 75th percentile, or another quantile's key: level_0.5, level_0.25, level_0.1)")
     ap.add_argument("--check", type=Path, help="an eval detect run of the shipped model: its scores against the blend")
     args = ap.parse_args()
     if args.evidence:
@@ -199,7 +202,7 @@ def main() -> None:
         elif args.with_baseline:
             choose_with_third(args.evidence)
         elif args.by_level:
-            choose_by_level(args.evidence)
+            choose_by_level(args.evidence, args.by_level)
         else:
             choose(args.evidence)
         return

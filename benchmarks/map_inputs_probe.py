@@ -37,6 +37,9 @@ from adcopilot.model.score import (
 )
 from adcopilot.model.upsample import upsample_centered
 
+#: Other quantiles of the query's nearest-reference distances written beside ``level`` (the 0.75 one).
+LEVEL_QUANTILES = (0.1, 0.25, 0.5)
+
 
 def prob_of(det, logits):
     """(1, 1, h, w) logits -> the (S, S) probability map as the detector makes it (up-sampled, smoothed)."""
@@ -91,7 +94,8 @@ def run(det, pairs, size, all_variants=True):
         d8c = view_distance(d1[0, 0], tokens, views[h * w:])  # the detector's candidates d8
         ds = self_gated_distance(d8c, tokens, own, cfg.self_gate, cfg.twin_quantile)
         ds_all = self_gated_distance(d8, tokens, own, cfg.self_gate, cfg.twin_quantile)
-        row = {"label": label, "group": group, "level": spread_level(d1[0, 0])}
+        row = {"label": label, "group": group, "level": spread_level(d1[0, 0]),
+               **{f"level_{q}": float(torch.quantile(d1.flatten(), q)) for q in LEVEL_QUANTILES}}
         for name, dist in (("d1", d1[0, 0]), ("d8", d8), ("ds", ds), ("dsa", ds_all))[: 4 if all_variants else 1]:
             p = prob_of(det, m.head(fmap, dist.view(1, 1, h, w)))
             row[f"map_{name}"] = topk(p)
@@ -138,7 +142,7 @@ def score(folder: Path) -> None:
                 pools = {f"{s}:mono": g == "mono", f"{s}:poly": g == "poly"}
             else:
                 pools = {str(x): g == x for x in sorted(set(g))} if s == "surfaces" else {s: np.ones(len(y), bool)}
-            for k in (k for k in rows[0] if k not in ("label", "group", "level")):
+            for k in (k for k in rows[0] if k not in ("label", "group") and not k.startswith("level")):
                 sc = np.array([r[k] for r in rows])
                 vals = []
                 for p, idx in pools.items():
