@@ -31,8 +31,10 @@ sets at the chosen weights beside the shipped blend.
     python benchmarks/blend_scores.py --evidence DIR --with-white 0.3
 
 ``--by-level`` lets the map's share fall with the query's normal level L (the 75th percentile of its nearest-reference
-distances, the files' ``level``): 0.4 up to lo, linearly to 0 at hi (lo 0.26-0.36, hi - lo 0.02-0.12; with a KEY, another quantile of the files: lo from 0.06), chosen by the
-largest smallest gain over the shipped blend (w = 0.4 at every level) on the validation sets, then the test sets.
+distances, the files' ``level``): 0.4 up to lo, linearly to 0 at hi (lo 0.26-0.36, hi - lo 0.02-0.12; with a KEY,
+another quantile the files hold, lo from 0.06), chosen by the largest smallest gain over the shipped blend (w = 0.4 at
+every level) on the validation sets, then the test sets (benchmarks/RESULTS.md, "Three more leads for the few-shot
+columns").
 
     python benchmarks/blend_scores.py --evidence DIR --by-level               # or --by-level level_0.25
 

@@ -5,7 +5,9 @@ model's comparison is run again with, as the dense head's distance channel, the 
 ``d1`` (the shipped map), the distance to the reference's dihedral views ``d8``, or the self-gated distance of
 ``"fused-self"`` (on the detector's candidates ``ds``, on every patch ``dsa``); and with the reference's views as
 references of the comparison itself (``v4``: its four flips, ``v8``: all eight views). Each map's pooled score
-(``map_*``), its maximum, and the fused and self-gated scores on it are saved as JSON, one file per set and seed;
+(``map_*``), its maximum, and the fused and self-gated scores on it are saved as JSON, one file per set and seed, with
+the query's normal level (``level``: the 75th percentile of ``d1``, as ``"fused-spread"`` reads it; ``level_Q``: other
+quantiles Q);
 ``--score`` prints image AUROC and balanced accuracy at 0.5 per set (ELPV per type, the surfaces' mean).
 
     python benchmarks/map_inputs_probe.py --set elpv-val --out DIR/elpv-val-0.json    # and synth, elpv-test
