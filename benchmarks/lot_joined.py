@@ -67,7 +67,7 @@ def main() -> None:
         name = (f"lot-{kind}" if args.lots else f"{args.split}-{kind}") + "-stretch"
         prob = np.array([c.probability for c in cells])
         dist = torch.from_numpy(np.load(args.cache / f"{name}-w15.npz")["dist"]).float()
-        _, second = mutual_passes(dist)
+        first, second = mutual_passes(dist)
         raw = raw_scales(cells, args.cache / f"{name}-raw.npz", True)
         model = np.load(args.cache / f"selfrefs-{name}-default-k2.0-3.npz")["score"]
         padim = lot_padim_scores(raw, 256, neighbourhood=1)  # the product before the neighbourhood means
@@ -82,8 +82,8 @@ def main() -> None:
         j2 = rows["both"]
         rows["both, a third round"] = joined(second_pass(dist, pool_of(torch.from_numpy(j2), 2.0)), model,
                                              padim_scores(raw, lowest(j2, 0.5)))
-        rows["mutual top 10"] = joined(image_scores(pooled_patch_values(dist, _first_pool(dist), 0.05), 10).numpy(),
-                                       model, padim)
+        product_bank = pool_of(torch.from_numpy(first), 2.0)  # the second pass's bank, as the product's
+        rows["mutual top 10"] = joined(second_pass(dist, product_bank, top_k=10), model, padim)
         rows["lot PaDiM on 5 x 5 means"] = joined(second, model, lot_padim_scores(raw, 256, neighbourhood=5))
         padim3 = lot_padim_scores(raw, 256, neighbourhood=3)
         rows["lot PaDiM on 3 x 3 means"] = joined(second, model, padim3)
@@ -101,15 +101,6 @@ def main() -> None:
               f"{rank_agreement(second, padim):.3f}, on 3 x 3 means {rank_agreement(second, padim3):.3f}", flush=True)
         for tag, sc in rows.items():
             print(f"  {tag}: {' / '.join(area(x, prob) for x in np.atleast_2d(sc))}", flush=True)
-
-
-def _first_pool(dist: torch.Tensor) -> np.ndarray:
-    """The product's bank for the second pass, as a mask (the first pass's pool at k = 2)."""
-    n = len(dist)
-    first = image_scores(pooled_patch_values(dist, np.ones(n, bool), 0.3)).numpy()
-    mask = np.zeros(n, bool)
-    mask[pool_of(torch.from_numpy(first), 2.0)] = True
-    return mask
 
 
 if __name__ == "__main__":

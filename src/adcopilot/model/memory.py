@@ -414,6 +414,7 @@ def build_memory(
     padim = padim or {}
     if padim and scales is None:
         raise ValueError("PaDiM statistics need the images' raw stage outputs (scales)")
+    check_neighbourhood(padim_neighbourhood)  # before any tower pass
 
     def both(image: np.ndarray, fit: PadimAccumulator | None, for_padim: bool) -> tuple[torch.Tensor, Scales | None]:
         """The image's joint features and, for a variant with PaDiM, what PaDiM reads of it (its raw stage
@@ -422,7 +423,7 @@ def build_memory(
             return features(image), None
         s = scales(image)
         p = scales(stretch_grey(image)) if padim_stretch and for_padim else s
-        if for_padim and padim_neighbourhood != 1:  # (neighbourhood_means refuses a width that is not odd)
+        if for_padim and padim_neighbourhood != 1:  # a width of 1 reads each position as it is
             p = neighbourhood_means(p, padim_neighbourhood)
         if fit is not None:
             fit.add(p)

@@ -308,3 +308,20 @@ def test_padim_on_neighbourhood_means_fits_and_reads_the_query_alike_and_round_t
         else:
             with pytest.raises(CheckpointError, match=re.escape(f"odd width of one position or more, got {value!r}")):
                 ProductMemory.load(tmp_path)
+
+
+@pytest.mark.parametrize("width", [0, 2, -3])
+def test_a_memory_is_not_built_with_a_window_that_is_not_odd(tiny, width):
+    """The window is checked before any image is read: no tower pass is spent on a memory that cannot be saved."""
+    _, _, det = tiny
+    passes = []
+
+    def scales(im: np.ndarray):
+        passes.append(1)
+        return det.fused_tower.patch_features(to_batch([im]))
+
+    rng = np.random.default_rng(4)
+    with pytest.raises(ValueError, match=re.escape(f"odd width of one position or more, got {width!r}")):
+        build_memory([halves(rng) for _ in range(4)], [""] * 4, det.patch_features, patches=50, seed=0,
+                     scales=scales, padim={"": 1.0}, padim_neighbourhood=width)
+    assert passes == []
