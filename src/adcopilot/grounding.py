@@ -74,14 +74,16 @@ _DEFECT_WORDS = re.compile(r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w
 _NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
 # A yes/no question naming no region is one about the whole part's verdict with these words too: beyond
 # MMAD's own wording ("Is there any defect in the object?") the ways an inspector asks it ("faulty", "broken",
-# "something wrong", "differs from the reference", "should it be rejected"; "OK", "acceptable", "would it
-# pass inspection", "does it look fine" but not "is the crack fine"). Only for yes/no questions: in others such
-# words may ask about the object or the defect.
+# "something wrong", "differs from the reference", "should it be rejected", "scrapped", "reworked", "NG"; "OK",
+# "acceptable", "would it pass inspection", "does it look fine" but not "is the crack fine", "would you ship it",
+# "can I use it"). Only for yes/no questions: in others such words may ask about the object or the defect.
 _VERDICT_DEFECT_WORDS = re.compile(
     r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*|fault\w*|broken|imperfect\w*|irregular\w*|wrong|"
-    r"problems?|reject\w*|differ\w*|deviat\w*)\b")
+    r"problems?|reject\w*|differ\w*|deviat\w*|scrap\w*|discard\w*|rework\w*|repair\w*|ng|n\.g\.|no good|not good|"
+    r"throw\w* (it |this |that |them )?away)\b")
 _VERDICT_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect|ok|okay|acceptable|pass(es)?|conform\w*|looks? fine|"
-                                   r"usable|useable|shippable|fit for use|be (used|shipped|sold|accepted))\b")
+                                   r"usable|useable|shippable|fit for use|be (used|shipped|sold|accepted|delivered|"
+                                   r"installed|released)|ship|sell|deliver|install|release|(i|we|you|they) (use|keep))\b")
 # "What part is shown?" asks what the object is; "what part of the image" asks where.
 _WHERE_WORDS = re.compile(r"\b(where|locat\w*|position\w*|region|which part|(which|what) (area|side|portion|quadrant|"
                           r"corner)|what part of the (image|picture|photo))\b")

@@ -77,6 +77,13 @@ def test_defect_answers_follow_the_verdict_and_the_question_polarity():
         ("Is the product defect-free?", False),
         ("Is the product free from any problems?", False),
         ("Is there no problem with it?", False),
+        ("Should we scrap this unit?", True),
+        ("Should this board be reworked?", True),
+        ("Is it NG?", True),
+        ("Should I throw it away?", True),
+        ("Would you ship this part?", False),
+        ("Can I use this part?", False),
+        ("Would you sell this item?", False),
     ],
 )
 def test_an_inspectors_own_wording_of_the_verdict_question_is_answered_by_the_verdict(question, yes_is_defect):
@@ -93,12 +100,13 @@ def test_an_inspectors_own_wording_of_where_is_answered_from_the_boxes(question)
 
 
 @pytest.mark.parametrize("question", ["Is this part OK?", "Would it pass inspection?", "Should this part be rejected?",
-                                      "Will this sample be accepted as good?", "Can the item be called normal?"])
+                                      "Will this sample be accepted as good?", "Can the item be called normal?",
+                                      "Would you ship this part?", "Should this unit be scrapped?"])
 def test_a_free_verdict_question_in_an_inspectors_words_starts_with_the_verdict(question):
     from adcopilot.grounding import free_defect_question, grounded_start, object_question
 
     assert free_defect_question(question) and not object_question(question)
-    yes_is_defect = "reject" in question
+    yes_is_defect = "reject" in question or "scrap" in question
     assert grounded_start(result(True), question) == ("Yes." if yes_is_defect else "No.")
     assert grounded_start(result(False), question) == ("No." if yes_is_defect else "Yes.")
 
