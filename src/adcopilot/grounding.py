@@ -308,12 +308,14 @@ def grounded_start(result: Any, question: str) -> str:
     return "Yes." if result.is_anomalous == yes_means_defect(question) else "No."
 
 
+_COMPARE = re.compile(r"\bcompar\w*")
 _KNOWLEDGE_OBJECT = re.compile(r"\b(object|product|item|part|thing|sample)s?\b")
 _TRAIT_OF_IT = re.compile(r"\b(it|this|that)\b.*\b(made of|used for|for what|purpose|function\w*)\b|"
                           r"\b(what|which) (material|purpose|function)\b")
 _FREE_DEFECT = re.compile(
     r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
-    r"describe|description|why|caus\w*|reason|affect\w*|effect\w*|impact|consequen\w*|harm\w*)\b"
+    r"describe|description|why|caus\w*|reason|affect\w*|effect\w*|impact|consequen\w*|harm\w*|"
+    r"compar\w*|sever\w*|serious\w*|critical\w*|how bad)\b"
 )
 
 
@@ -334,7 +336,9 @@ def object_question(question: str) -> bool:
     # Not "Is this part OK?": a question on the verdict in an inspector's words. "What is it made of?" names no
     # object but asks about one.
     about = _KNOWLEDGE_OBJECT.search(t) or _TRAIT_OF_IT.search(t)
-    return bool(about) and not _VERDICT_DEFECT_WORDS.search(t) and not _VERDICT_NORMAL_WORDS.search(t)
+    # "Compare the part with the reference" asks what differs: the inspection answers it.
+    return (bool(about) and not _VERDICT_DEFECT_WORDS.search(t) and not _VERDICT_NORMAL_WORDS.search(t)
+            and not _COMPARE.search(t))
 
 
 _OBJECT_TRAITS = re.compile(

@@ -187,8 +187,10 @@ def test_question_kinds_for_knowledge_objects_and_free_answers():
     assert not names_the_object("What does the surface of the object look like?", {"A": "Grey rock.", "B": "Steel."})
     assert not names_the_object("Which object is shown?", {"A": "Loose angular stones packed together in rows."})
     for q in ("What is the defect and where is it?", "Where is it?", "How large is the damage?", "What is wrong?",
-              "Is the part normal?"):
+              "Is the part normal?", "Compare the two images.", "Compare the part with the reference.",
+              "How severe is it?", "How bad is the damage?"):
         assert free_defect_question(q), q
+        assert not object_question(q), q
     assert not free_defect_question("What is this object used for?")
     assert identity_question("What is this object?") and identity_question("Which product is being inspected?")
     for q in ("What is this object made of?", "What is the object used for?", "Is the object defective?"):
