@@ -412,3 +412,38 @@ def detector_choice(result: Any, question: str, options: dict[str, str]) -> str 
     if kind == "location":
         return pick_region_option(predicted_cells(result), options) or None
     return None
+
+
+# A lettered option: "A. text", "A: text", "A) text" or "(A) text", at the start of the text or after white space.
+_OPTION_MARK = re.compile(r"(?:^|(?<=\s))(?:\(([A-H])\)|([A-H])[.:)])\s+")
+_STEM_LEAD = re.compile(r"^\s*question\s*:\s*", re.I)
+_STEM_TAIL = re.compile(r"\s*\b(options|choices|answers?)\s*:?\s*$", re.I)
+
+
+def question_options(text: str) -> tuple[str, dict[str, str]] | None:
+    """(question, options) of a question that carries its lettered options in its text, on lines of their own or
+    inline ("What type of defect is it?\\nA. Crack\\nB. Scratch", "Is it defective? A: Yes B: No", MMAD's
+    "Question: ..." block), or None. The options run A, B, C, ... to the end of the text, two at least, each
+    with some text, after a question of its own; anything else (a lone "grade A. part") is not a choice."""
+    marks = [(m.start(), m.end(), m.group(1) or m.group(2)) for m in _OPTION_MARK.finditer(text)]
+    for i, (start, _, letter) in enumerate(marks):
+        if letter != "A":
+            continue
+        run = [marks[i]]
+        for mark in marks[i + 1 :]:
+            if mark[2] == chr(ord(run[-1][2]) + 1):
+                run.append(mark)
+        if len(run) < 2:
+            continue
+        ends = [m[0] for m in run[1:]] + [len(text)]
+        options = {m[2]: text[m[1] : end].strip().rstrip(",;").strip() for m, end in zip(run, ends, strict=True)}
+        stem = _STEM_TAIL.sub("", _STEM_LEAD.sub("", text[:start])).strip()
+        if stem and all(options.values()) and not any(_OPTION_MARK.search(v) for v in options.values()):
+            return stem, options
+    return None
+
+
+def choice_text(letter: str, options: dict[str, str]) -> str:
+    """A chosen option as an answer says it: "C. Dark region" ("" when none was chosen: a model whose words name
+    no option)."""
+    return f"{letter}. {options[letter]}" if letter in options else ""

@@ -274,3 +274,25 @@ def test_what_is_it_made_of_is_about_the_object_even_without_naming_it():
     assert object_question("What is it made of?") and object_question("What is this used for?")
     assert object_question("What material is it?")
     assert not object_question("What is the defect made of?") and not object_question("Is it OK?")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("What kind of defect is it? A: crack B: scratch C: dark region",
+         ("What kind of defect is it?", {"A": "crack", "B": "scratch", "C": "dark region"})),
+        ("Question: Is there any defect in the object?\nA. Yes.\nB. No.\n",
+         ("Is there any defect in the object?", {"A": "Yes.", "B": "No."})),
+        ("Where is it?\n(A) top left\n(B) center", ("Where is it?", {"A": "top left", "B": "center"})),
+        ("Is it defective? Options: A) Yes, B) No", ("Is it defective?", {"A": "Yes", "B": "No"})),
+        ("Is this a grade A. part?", None),  # one letter is no choice
+        ("Is the defect in area A. B. or C.?", None),  # an empty option
+        ("A. yes B. no", None),  # no question
+        ("Which? A. one A. two", None),  # the letters do not run on
+        ("Is the scratch longer than the crack?", None),
+    ],
+)
+def test_options_written_into_a_question_are_read(text, expected):
+    from adcopilot.grounding import question_options
+
+    assert question_options(text) == expected

@@ -33,6 +33,7 @@ from adcopilot.data.knowledge import Knowledge, display_label
 from adcopilot.errors import AdcopilotError
 from adcopilot.geometry import region_name
 from adcopilot.grounding import (
+    choice_text,
     count_choice,
     count_options,
     defect_facts,
@@ -47,6 +48,7 @@ from adcopilot.grounding import (
     object_question,
     option_cells,
     question_kind,
+    question_options,
     region_question,
     strongest_box,
     type_options,
@@ -154,7 +156,10 @@ class LanguageAnswers:
         """The answer to ``question`` about the pair, after the ``history`` turns.
 
         A request for boxes ("... bounding boxes ... as JSON") is answered with the detector's
-        boxes (``result``'s when given). ``grounded`` (default): a question about the defect
+        boxes (``result``'s when given). A question that carries lettered options in its text ("What type
+        is it? A. Crack B. Scratch", :func:`~adcopilot.grounding.question_options`) is answered as
+        :meth:`answer_choice` answers it, as "B. Scratch" (the ``history`` does not count). ``grounded``
+        (default): a question about the defect
         (whether, what, where, how large) is answered from ``inspect``'s result at this copilot's
         threshold (yes/no first for a yes/no question), the type head's label and a sentence of
         domain knowledge about it; a question about the object, when ``product`` is given, from
@@ -193,6 +198,13 @@ class LanguageAnswers:
         lang = self.language
         if is_box_request(q):
             yield json.dumps(self.localize(query, refs, result=result, grounded=grounded))
+            return
+        choice = question_options(q)  # lettered options in the question: one of them is the answer
+        if choice is not None:
+            stem, options = choice
+            letter = self.answer_choice(query, refs, stem, options, grounded=grounded, result=result,
+                                        product=product, material=material)
+            yield choice_text(letter, options)
             return
         if grounded and object_question(q) and product_text(product, material):
             yield self._object_answer(q, product, material)

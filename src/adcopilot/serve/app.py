@@ -199,7 +199,8 @@ def create_app(copilot: Inspector | Callable[[], Inspector], config: ServeConfig
                                             "use it (default: the reference set's, if it has one).")] = None,
         material: Annotated[str | None, Form(description="The product's material (e.g. 'brown glass').")] = None,
     ) -> dict[str, Any]:
-        """Answer a question about the pair (needs a model with a language model; 501 otherwise)."""
+        """Answer a question about the pair (needs a model with a language model; 501 otherwise). A question
+        with lettered options in its text ("... A. Yes B. No") is answered with one: ``choice`` and ``options``."""
         q = (await _read([query]))[0]
         refs = await _read(references)
         return await in_time(svc.ask, q, refs, reference_set, question, history, product, material)

@@ -47,6 +47,7 @@ from PIL import Image
 
 from adcopilot.api import Copilot, StagedPair, score_steps, threshold_steps
 from adcopilot.errors import AdcopilotError, ImageError, require_finite
+from adcopilot.grounding import choice_text, question_options
 from adcopilot.imaging import FORMATS_TEXT, SUPPORTED_FORMATS, load_image
 from adcopilot.protocols import Answerer, Inspector
 from adcopilot.results import InspectionResult
@@ -401,15 +402,24 @@ class InspectionService:
             raise ServiceError(str(exc), 422) from None
         qimg = self._query(query)
         refs = self._references(references, reference_set)
+        choice = question_options(question)  # lettered options in the question: the answer names one
+        letter = None
         with self._model(started):
             try:
-                answer = cp.ask(qimg, [d for _, d in refs], question, history=turns,
-                                max_new_tokens=self.config.max_new_tokens, **context)
+                if choice is not None:
+                    letter = cp.answer_choice(qimg, [d for _, d in refs], choice[0], choice[1], **context)
+                    answer = choice_text(letter, choice[1])
+                else:
+                    answer = cp.ask(qimg, [d for _, d in refs], question, history=turns,
+                                    max_new_tokens=self.config.max_new_tokens, **context)
             except ImageError as exc:
                 raise ServiceError(self._name_refs(str(exc), refs)) from None
             except AdcopilotError as exc:
                 raise ServiceError(str(exc), 422) from None  # e.g. a malformed history
-        return {"answer": answer, "model": cp.model_name, "question": question}
+        out: dict[str, Any] = {"answer": answer, "model": cp.model_name, "question": question}
+        if choice is not None:
+            out.update(choice=letter if letter in choice[1] else None, options=choice[1])
+        return out
 
     @staticmethod
     def _name_refs(message: str, refs: list[Upload]) -> str:

@@ -115,6 +115,25 @@ def test_choices_and_free_answers_whole(lm_url, lm_copilot, images):
     assert 0 < n <= 5 and free["choices"][0]["finish_reason"] == ("length" if n == 5 else "stop")
 
 
+def test_a_question_with_its_options_in_its_text_is_answered_with_one_of_them(lm_url, lm_copilot, images):
+    ref, bad = images["ref"], images["bad"]
+    for text in ("Is there any defect? A. Yes. B. No.", "Is there any defect?\n(A) Yes.\n(B) No.",
+                 "Question: Is there any defect?\nA: Yes.\nB: No."):
+        assert lm_copilot.ask(bad, [ref], text) == "A. Yes.", text  # threshold 0: the verdict is defective
+    options = {"A": "Matte grey.", "B": "Shiny red.", "C": "Striped blue."}
+    letter = lm_copilot.answer_choice(bad, [ref], "What does the surface look like?", options)
+    text = "What does the surface look like? A: Matte grey. B: Shiny red. C: Striped blue."
+    assert lm_copilot.ask(bad, [ref], text) == f"{letter}. {options[letter]}"
+    files = [("query", ("q.png", bad, "image/png")), ("references", ("r.png", ref, "image/png"))]
+    r = httpx.post(lm_url + "/v1/ask", files=files, data={"question": text}, headers=KEY, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() | {"model": None} == {"answer": f"{letter}. {options[letter]}", "choice": letter,
+                                          "options": options, "question": text, "model": None}
+    plain = httpx.post(lm_url + "/v1/ask", files=files, data={"question": "Is there any defect?"}, headers=KEY,
+                       timeout=60).json()
+    assert "choice" not in plain and plain["answer"].startswith("Yes.")
+
+
 def test_streamed_answer_is_the_whole_answer(lm_url, lm_copilot, images):
     ref, bad = images["ref"], images["bad"]
     body = ask_body(ref, bad, "Write one sentence about the photo.", max_tokens=12, stream=True,
