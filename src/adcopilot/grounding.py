@@ -420,11 +420,21 @@ _STEM_LEAD = re.compile(r"^\s*question\s*:\s*", re.I)
 _STEM_TAIL = re.compile(r"\s*\b(options|choices|answers?)\s*:?\s*$", re.I)
 
 
+def _option_text(text: str, mark: int, start: int, end: int) -> str:
+    """An option's text: up to the next option, or to the end of its line when it begins a line (what follows the
+    last option's line is an instruction, "Answer with the option's letter.")."""
+    body = text[start:end]
+    if mark == 0 or text[mark - 1] == "\n":
+        body = body.split("\n", 1)[0]
+    return body.strip().rstrip(",;").strip()
+
+
 def question_options(text: str) -> tuple[str, dict[str, str]] | None:
     """(question, options) of a question that carries its lettered options in its text, on lines of their own or
     inline ("What type of defect is it?\\nA. Crack\\nB. Scratch", "Is it defective? A: Yes B: No", MMAD's
     "Question: ..." block), or None. The options run A, B, C, ... to the end of the text, two at least, each
-    with some text, after a question of its own; anything else (a lone "grade A. part") is not a choice."""
+    with some text, after a question of its own; anything else (a lone "grade A. part") is not a choice. Options on
+    lines of their own end with their line, so an instruction after them is not part of the last one."""
     marks = [(m.start(), m.end(), m.group(1) or m.group(2)) for m in _OPTION_MARK.finditer(text)]
     for i, (start, _, letter) in enumerate(marks):
         if letter != "A":
@@ -436,7 +446,7 @@ def question_options(text: str) -> tuple[str, dict[str, str]] | None:
         if len(run) < 2:
             continue
         ends = [m[0] for m in run[1:]] + [len(text)]
-        options = {m[2]: text[m[1] : end].strip().rstrip(",;").strip() for m, end in zip(run, ends, strict=True)}
+        options = {m[2]: _option_text(text, m[0], m[1], end) for m, end in zip(run, ends, strict=True)}
         stem = _STEM_TAIL.sub("", _STEM_LEAD.sub("", text[:start])).strip()
         if stem and all(options.values()) and not any(_OPTION_MARK.search(v) for v in options.values()):
             return stem, options

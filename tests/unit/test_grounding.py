@@ -285,6 +285,8 @@ def test_what_is_it_made_of_is_about_the_object_even_without_naming_it():
          ("Is there any defect in the object?", {"A": "Yes.", "B": "No."})),
         ("Where is it?\n(A) top left\n(B) center", ("Where is it?", {"A": "top left", "B": "center"})),
         ("Is it defective? Options: A) Yes, B) No", ("Is it defective?", {"A": "Yes", "B": "No"})),
+        ("Question: Is the part normal?\nOptions:\nA. Yes\nB. No\nAnswer with the option's letter from the given choices.",
+         ("Is the part normal?", {"A": "Yes", "B": "No"})),
         ("Is this a grade A. part?", None),  # one letter is no choice
         ("Is the defect in area A. B. or C.?", None),  # an empty option
         ("A. yes B. no", None),  # no question
