@@ -433,11 +433,13 @@ def question_options(text: str) -> tuple[str, dict[str, str]] | None:
     """(question, options) of a question that carries its lettered options in its text, on lines of their own or
     inline ("What type of defect is it?\\nA. Crack\\nB. Scratch", "Is it defective? A: Yes B: No", MMAD's
     "Question: ..." block), or None. The options run A, B, C, ... to the end of the text, two at least, each
-    with some text, after a question of its own; anything else (a lone "grade A. part") is not a choice. Options on
+    with some text, after a question of its own that ends where the first begins (a line, "?", ":" or "."); anything
+    else (a lone "grade A. part", "plan A: rework or plan B: scrap?") is not a choice. Options on
     lines of their own end with their line, so an instruction after them is not part of the last one."""
     marks = [(m.start(), m.end(), m.group(1) or m.group(2)) for m in _OPTION_MARK.finditer(text)]
     for i, (start, _, letter) in enumerate(marks):
-        if letter != "A":
+        # The first option begins a line or follows the question's end ("?", ":", "."): not "plan A: rework".
+        if letter != "A" or not (start == 0 or text[start - 1] == "\n" or text[:start].rstrip().endswith(("?", ":", "."))):
             continue
         run = [marks[i]]
         for mark in marks[i + 1 :]:

@@ -288,6 +288,7 @@ def test_what_is_it_made_of_is_about_the_object_even_without_naming_it():
         ("Question: Is the part normal?\nOptions:\nA. Yes\nB. No\nAnswer with the option's letter from the given choices.",
          ("Is the part normal?", {"A": "Yes", "B": "No"})),
         ("Is this a grade A. part?", None),  # one letter is no choice
+        ("Should we follow plan A: rework it, or plan B: scrap it?", None),  # not after the question's end
         ("Is the defect in area A. B. or C.?", None),  # an empty option
         ("A. yes B. no", None),  # no question
         ("Which? A. one A. two", None),  # the letters do not run on
