@@ -74,16 +74,20 @@ _DEFECT_WORDS = re.compile(r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w
 _NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect)\b")
 # A yes/no question naming no region is one about the whole part's verdict with these words too: beyond
 # MMAD's own wording ("Is there any defect in the object?") the ways an inspector asks it ("faulty", "broken",
-# "something wrong", "differs from the reference", "should it be rejected", "scrapped", "reworked", "NG"; "OK",
-# "acceptable", "would it pass inspection", "does it look fine" but not "is the crack fine", "would you ship it",
-# "can I use it"). Only for yes/no questions: in others such words may ask about the object or the defect.
+# "something wrong", "differs from the reference", "should it be rejected", "scrapped", "reworked", "NG", "any
+# issues", "is anything missing", "foreign objects"; "OK", "acceptable", "would it pass inspection", "is the part
+# fine" but not "is the crack fine", "would you ship it", "can I use it", "clean", "within spec"). Only for yes/no
+# questions: in others such words may ask about the object or the defect.
 _VERDICT_DEFECT_WORDS = re.compile(
     r"\b(defect\w*|anomal\w*|damage\w*|flaw\w*|abnormal\w*|fault\w*|broken|imperfect\w*|irregular\w*|wrong|"
     r"problems?|reject\w*|differ\w*|deviat\w*|scrap\w*|discard\w*|rework\w*|repair\w*|ng|n\.g\.|no good|not good|"
-    r"throw\w* (it |this |that |them )?away)\b")
+    r"throw\w* (it |this |that |them )?away|issues?|bad|missing|misalign\w*|foreign)\b")
 _VERDICT_NORMAL_WORDS = re.compile(r"\b(normal|good|intact|flawless|perfect|ok|okay|acceptable|pass(es)?|conform\w*|looks? fine|"
                                    r"usable|useable|shippable|fit for use|be (used|shipped|sold|accepted|delivered|"
-                                   r"installed|released)|ship|sell|deliver|install|release|(i|we|you|they) (use|keep))\b")
+                                   r"installed|released)|ship|sell|deliver|install|release|(i|we|you|they) (use|keep)|"
+                                   r"clean|correct|meets? (the )?spec\w*|within spec\w*|(part|product|item|unit|sample|"
+                                   r"piece|object|cell|board|module|it|this|that|everything|all) (is |are |looks? |seems? )?"
+                                   r"fine)\b")
 # "What part is shown?" asks what the object is; "what part of the image" asks where.
 _WHERE_WORDS = re.compile(r"\b(where|locat\w*|position\w*|region|which part|(which|what) (area|side|portion|quadrant|"
                           r"corner)|what part of the (image|picture|photo))\b")
@@ -308,14 +312,16 @@ def grounded_start(result: Any, question: str) -> str:
     return "Yes." if result.is_anomalous == yes_means_defect(question) else "No."
 
 
-_COMPARE = re.compile(r"\bcompar\w*")
+# Asked with the object's words but about the inspection: what differs, what to do with it.
+_NOT_ABOUT_OBJECT = re.compile(r"\b(compar\w*|what (should|do|can|must) (i|we|you) do)\b")
 _KNOWLEDGE_OBJECT = re.compile(r"\b(object|product|item|part|thing|sample)s?\b")
 _TRAIT_OF_IT = re.compile(r"\b(it|this|that)\b.*\b(made of|used for|for what|purpose|function\w*)\b|"
                           r"\b(what|which) (material|purpose|function)\b")
 _FREE_DEFECT = re.compile(
     r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
     r"describe|description|why|caus\w*|reason|affect\w*|effect\w*|impact|consequen\w*|harm\w*|"
-    r"compar\w*|sever\w*|serious\w*|critical\w*|how bad)\b"
+    r"compar\w*|sever\w*|serious\w*|critical\w*|how bad|issues?|see|explain\w*|summar\w*|results?|findings?|"
+    r"what (should|do|can|must) (i|we|you) do)\b"
 )
 
 
@@ -336,9 +342,9 @@ def object_question(question: str) -> bool:
     # Not "Is this part OK?": a question on the verdict in an inspector's words. "What is it made of?" names no
     # object but asks about one.
     about = _KNOWLEDGE_OBJECT.search(t) or _TRAIT_OF_IT.search(t)
-    # "Compare the part with the reference" asks what differs: the inspection answers it.
+    # "Compare the part with the reference", "What should I do with this part?": the inspection answers them.
     return (bool(about) and not _VERDICT_DEFECT_WORDS.search(t) and not _VERDICT_NORMAL_WORDS.search(t)
-            and not _COMPARE.search(t))
+            and not _NOT_ABOUT_OBJECT.search(t))
 
 
 _OBJECT_TRAITS = re.compile(

@@ -84,6 +84,13 @@ def test_defect_answers_follow_the_verdict_and_the_question_polarity():
         ("Would you ship this part?", False),
         ("Can I use this part?", False),
         ("Would you sell this item?", False),
+        ("Is anything missing?", True),
+        ("Are there foreign objects on it?", True),
+        ("Is the print misaligned?", True),
+        ("Is this bad?", True),
+        ("Is the part fine?", False),
+        ("Is the surface clean?", False),
+        ("Does it meet the spec?", False),
     ],
 )
 def test_an_inspectors_own_wording_of_the_verdict_question_is_answered_by_the_verdict(question, yes_is_defect):
@@ -134,6 +141,7 @@ def test_free_answers_start_with_the_verdict():
     assert verdict_question("Does this part look normal?")
     assert not verdict_question("What kind of defect is it?")
     assert not verdict_question("Is there a defect at the bottom left?")
+    assert not verdict_question("Is the crack fine?")  # fine as in thin: the type head, not the verdict
     assert grounded_start(result(True), "Is there any defect?") == "Yes."
     assert grounded_start(result(False), "Is there any defect?") == "No."
     assert grounded_start(result(True), "Does this part look normal?") == "No."
@@ -188,7 +196,8 @@ def test_question_kinds_for_knowledge_objects_and_free_answers():
     assert not names_the_object("Which object is shown?", {"A": "Loose angular stones packed together in rows."})
     for q in ("What is the defect and where is it?", "Where is it?", "How large is the damage?", "What is wrong?",
               "Is the part normal?", "Compare the two images.", "Compare the part with the reference.",
-              "How severe is it?", "How bad is the damage?"):
+              "How severe is it?", "How bad is the damage?", "What do you see?", "Explain the result.",
+              "Any visible issues?", "What should I do with this part?"):
         assert free_defect_question(q), q
         assert not object_question(q), q
     assert not free_defect_question("What is this object used for?")
