@@ -321,7 +321,7 @@ _FREE_DEFECT = re.compile(
     r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
     r"describe|description|why|caus\w*|reason|affect\w*|effect\w*|impact|consequen\w*|harm\w*|"
     r"compar\w*|sever\w*|serious\w*|critical\w*|how bad|issues?|see|explain\w*|summar\w*|results?|findings?|"
-    r"what (should|do|can|must) (i|we|you) do)\b"
+    r"what (should|do|can|must) (i|we|you) do|confiden\w*|sure|certain\w*|scores?|probabilit\w*|how likely)\b"
 )
 
 
@@ -380,7 +380,12 @@ def strongest_box(result: Any) -> Any | None:
 
 def defect_facts(result: Any, label: str | None) -> str:
     """What ``inspect`` found, in a sentence: for an anomalous verdict the type ``label``, the
-    region and size of the strongest box and the number of boxes; for a normal one, no defect."""
+    region and size of the strongest box and the number of boxes; for a normal one, no defect; for a query the global
+    check refused (a blank frame, another product), why, and no type: the comparison was not read."""
+    check = getattr(result, "image_check", None)
+    if check:
+        return (f"Not inspected as the product: {check} (the global check against the references failed), so "
+                "nothing is said of a defect's type or place.")
     if not result.is_anomalous:
         return (f"No defect: the query matches the normal reference (score {result.score:.2f}, "
                 f"below the threshold {result.threshold:.2f}).")
@@ -396,6 +401,24 @@ def defect_facts(result: Any, label: str | None) -> str:
     more = f"; {n} defect regions in all" if n > 1 else ""
     return (f"{what} at the {region_name(box.bbox_2d, w, h)} of the image, box {list(box.bbox_2d)}, "
             f"about {frac:.1f}% of the image{more}.")
+
+
+_SCORE_QUESTION = re.compile(r"\b(confiden\w*|sure|certain\w*|scores?|probabilit\w*|how likely)\b")
+
+
+def score_question(question: str) -> bool:
+    """Whether a question asks how sure the verdict is ("How confident are you?", "What's the anomaly score?")."""
+    return bool(_SCORE_QUESTION.search(question.lower()))
+
+
+def score_sentence(result: Any) -> str:
+    """The verdict's score against its threshold, in a sentence (a query the global check refused is anomalous
+    whatever its score, and the sentence says so)."""
+    side = "above" if result.score >= result.threshold else "below"
+    why = "anomalous" if result.is_anomalous else "normal"
+    if getattr(result, "image_check", None):
+        why = "anomalous all the same: the global check refused the query"
+    return f"The anomaly score is {result.score:.2f}, {side} the threshold {result.threshold:.2f} ({why})."
 
 
 def predicted_cells(result: Any) -> list[str]:

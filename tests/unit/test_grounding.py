@@ -308,3 +308,19 @@ def test_options_written_into_a_question_are_read(text, expected):
     from adcopilot.grounding import question_options
 
     assert question_options(text) == expected
+
+
+def test_a_refused_query_is_said_to_be_one_and_a_score_question_gets_the_score():
+    from adcopilot.grounding import free_defect_question, score_question, score_sentence
+
+    refused = result(anomalous=True, boxes=[[0, 0, 10, 10]])
+    refused.image_check = "blank image"
+    facts = defect_facts(refused, "Scratch")
+    assert facts.startswith("Not inspected as the product: blank image") and "Scratch" not in facts
+    assert "anomalous all the same" in score_sentence(refused)  # its score is 0, below the threshold
+    for q in ("How confident are you?", "What's the anomaly score?", "Are you sure?", "How likely is a defect?"):
+        assert score_question(q) and free_defect_question(q), q
+    assert not score_question("Where is the defect?")
+    r = result(anomalous=True, boxes=[[0, 0, 10, 10]])
+    r.score = 0.8
+    assert score_sentence(r) == "The anomaly score is 0.80, above the threshold 0.50 (anomalous)."

@@ -50,6 +50,8 @@ from adcopilot.grounding import (
     question_kind,
     question_options,
     region_question,
+    score_question,
+    score_sentence,
     strongest_box,
     type_options,
     yes_no_letters,
@@ -233,8 +235,11 @@ class LanguageAnswers:
         pair's visual inputs are computed for the type head."""
         labels = list(self.language.model.cfg.defect_labels)
         named = named_label(question, labels)  # "Is it a scratch?": the type head's label decides
-        start = "No." if named is not None and not r.is_anomalous else grounded_start(r, question)
-        if not r.is_anomalous:
+        refused = bool(r.image_check)  # not the product: no type or place to read
+        start = "No." if named is not None and (refused or not r.is_anomalous) else grounded_start(r, question)
+        if score_question(question):  # "How sure are you?": the score first
+            start = " ".join(filter(None, [start, score_sentence(r)]))
+        if refused or not r.is_anomalous:
             yield " ".join(filter(None, [start, defect_facts(r, None)]))
             return
         if named is not None:

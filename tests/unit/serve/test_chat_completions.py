@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 
 from adcopilot.api import AnsweringCopilot, Copilot
@@ -132,6 +133,19 @@ def test_a_question_with_its_options_in_its_text_is_answered_with_one_of_them(lm
     plain = httpx.post(lm_url + "/v1/ask", files=files, data={"question": "Is there any defect?"}, headers=KEY,
                        timeout=60).json()
     assert "choice" not in plain and plain["answer"].startswith("Yes.")
+
+
+def test_a_blank_frame_is_answered_as_refused_and_a_score_question_with_the_score(lm_copilot, images):
+    ref = images["ref"]
+    blank = np.zeros((64, 64, 3), np.uint8)  # a failed camera: the global check refuses it
+    r = lm_copilot.inspect(blank, [ref])
+    assert r.image_check == "blank image" and r.is_anomalous
+    answer = lm_copilot.ask(blank, [ref], "What is wrong with it?")
+    assert answer.startswith("Not inspected as the product: blank image"), answer  # no type, no place
+    assert lm_copilot.ask(blank, [ref], "Is it a crack?").startswith("No. Not inspected as the product")
+    sure = lm_copilot.ask(images["bad"], [ref], "How confident are you?")
+    bad = lm_copilot.inspect(images["bad"], [ref])
+    assert sure.startswith(f"The anomaly score is {bad.score:.2f}, ")
 
 
 def test_streamed_answer_is_the_whole_answer(lm_url, lm_copilot, images):
