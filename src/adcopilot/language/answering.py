@@ -160,9 +160,9 @@ class LanguageAnswers:
         A request for boxes ("... bounding boxes ... as JSON") is answered with the detector's
         boxes (``result``'s when given). A question that carries lettered options in its text ("What type
         is it? A. Crack B. Scratch", :func:`~adcopilot.grounding.question_options`) is answered as
-        :meth:`answer_choice` answers it, as "B. Scratch" (the ``history`` does not count). ``grounded``
-        (default): a question about the defect
-        (whether, what, where, how large) is answered from ``inspect``'s result at this copilot's
+        :meth:`answer_choice` answers it, as "B. Scratch" (the ``history`` does not count).
+        ``grounded`` (default): a question about the defect (whether, what, where, how large, how
+        sure) is answered from ``inspect``'s result at this copilot's
         threshold (yes/no first for a yes/no question), the type head's label and a sentence of
         domain knowledge about it; a question about the object, when ``product`` is given, from
         that context (the answer says so). Every other question, or all with ``grounded=False``,

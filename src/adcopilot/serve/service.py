@@ -408,8 +408,8 @@ class InspectionService:
             try:
                 if choice is not None:
                     letter = cp.answer_choice(qimg, [d for _, d in refs], choice[0], choice[1], **context)
-                    answer = choice_text(letter, choice[1])
-                else:
+                answer = choice_text(letter, choice[1]) if choice is not None and letter else ""
+                if not answer:  # no options, or a model whose words named none: its free answer
                     answer = cp.ask(qimg, [d for _, d in refs], question, history=turns,
                                     max_new_tokens=self.config.max_new_tokens, **context)
             except ImageError as exc:
@@ -418,7 +418,7 @@ class InspectionService:
                 raise ServiceError(str(exc), 422) from None  # e.g. a malformed history
         out: dict[str, Any] = {"answer": answer, "model": cp.model_name, "question": question}
         if choice is not None:
-            out.update(choice=letter if letter in choice[1] else None, options=choice[1])
+            out.update(choice=letter if letter and letter in choice[1] else None, options=choice[1])
         return out
 
     @staticmethod
