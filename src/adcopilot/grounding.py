@@ -320,8 +320,7 @@ _TRAIT_OF_IT = re.compile(r"\b(it|this|that)\b.*\b(made of|used for|for what|pur
 _FREE_DEFECT = re.compile(
     r"\b(wrong|differen\w*|differ\w*|problem\w*|type|kind|size|large|big|small|how many|count|what is it|"
     r"describe|description|why|caus\w*|reason|affect\w*|effect\w*|impact|consequen\w*|harm\w*|"
-    r"compar\w*|sever\w*|serious\w*|critical\w*|how bad|issues?|see|explain\w*|summar\w*|results?|findings?|"
-    r"what (should|do|can|must) (i|we|you) do|confiden\w*|sure|certain\w*|scores?|probabilit\w*|how likely)\b"
+    r"sever\w*|serious\w*|critical\w*|how bad|issues?|see|explain\w*|summar\w*|results?|findings?)\b"
 )
 
 
@@ -370,6 +369,7 @@ def free_defect_question(question: str) -> bool:
     """Whether a free question asks about the defect (what, where, how large, how many, whether)."""
     t = question.lower()
     return bool(verdict_question(question) or _DEFECT_WORDS.search(t) or _WHERE_WORDS.search(t)
+                or _NOT_ABOUT_OBJECT.search(t) or score_question(question)
                 or (_FREE_DEFECT.search(t) and not object_question(question)))
 
 
